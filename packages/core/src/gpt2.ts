@@ -1,0 +1,116 @@
+import { Rng, deriveSeed } from "./rng.js";
+import { Tensor } from "./tensor.js";
+import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
+import type { ModelShape } from "./types.js";
+
+/** HF GPT2Config defaults (transformers/models/gpt2/configuration_gpt2.py). */
+const DEFAULTS: Record<string, unknown> = {
+  vocab_size: 50257, n_positions: 1024, n_embd: 768, n_layer: 12, n_head: 12, n_inner: null,
+  activation_function: "gelu_new", resid_pdrop: 0.1, embd_pdrop: 0.1, attn_pdrop: 0.1,
+  layer_norm_epsilon: 1e-5, initializer_range: 0.02, scale_attn_weights: true,
+  scale_attn_by_inverse_layer_idx: false, reorder_and_upcast_attn: false,
+  bos_token_id: 50256, eos_token_id: 50256, tie_word_embeddings: true,
+};
+
+const positiveInt = (config: Record<string, unknown>, key: string, file: string): number => {
+  const v = config[key];
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 1) {
+    throw new Error(`${file}: "${key}" must be a positive integer, got ${JSON.stringify(v)}`);
+  }
+  return v;
+};
+
+function parseConfig(raw: Record<string, unknown>, file = "config.json") {
+  if (raw.model_type !== undefined && raw.model_type !== "gpt2") {
+    throw new Error(`${file}: model_type "${String(raw.model_type)}" is not gpt2`);
+  }
+  const config: Record<string, unknown> = { ...DEFAULTS, ...raw };
+  const layers = positiveInt(config, "n_layer", file);
+  const dModel = positiveInt(config, "n_embd", file);
+  const heads = positiveInt(config, "n_head", file);
+  const vocab = positiveInt(config, "vocab_size", file);
+  const context = positiveInt(config, "n_positions", file);
+  const ffn = config.n_inner === null ? 4 * dModel : positiveInt(config, "n_inner", file);
+  if (dModel % heads !== 0) throw new Error(`${file}: n_embd ${dModel} is not divisible by n_head ${heads}`);
+  const eps = config.layer_norm_epsilon;
+  if (typeof eps !== "number" || !(eps > 0)) throw new Error(`${file}: "layer_norm_epsilon" must be a positive number`);
+  if (typeof config.tie_word_embeddings !== "boolean") throw new Error(`${file}: "tie_word_embeddings" must be a boolean`);
+  const shape: ModelShape = { layers, dModel, heads, headDim: dModel / heads, ffn, vocab, context };
+  return { config, shape };
+}
+
+function withShape(base: Record<string, unknown>, s: ModelShape): Record<string, unknown> {
+  if (s.heads * s.headDim !== s.dModel) throw new Error(`shape: heads ${s.heads} × headDim ${s.headDim} ≠ dModel ${s.dModel}`);
+  return {
+    ...DEFAULTS, ...base,
+    model_type: "gpt2", architectures: ["GPT2LMHeadModel"],
+    n_layer: s.layers, n_embd: s.dModel, n_head: s.heads,
+    n_inner: s.ffn === 4 * s.dModel ? null : s.ffn,
+    vocab_size: s.vocab, n_positions: s.context,
+  };
+}
+
+function params(config: Record<string, unknown>): ParamSpec[] {
+  const { shape: s } = parseConfig(config);
+  const d = s.dModel;
+  const vec = (name: string, role: ParamSpec["role"], layer: number | null, n: number): ParamSpec =>
+    ({ name, role, layer, shape: [n], layout: "vector", decay: false });
+  const conv = (name: string, role: ParamSpec["role"], layer: number, rows: number, cols: number): ParamSpec =>
+    ({ name, role, layer, shape: [rows, cols], layout: "conv1d", decay: true });
+  const list: ParamSpec[] = [
+    { name: "transformer.wte.weight", role: "embed.tokens", layer: null, shape: [s.vocab, d], layout: "embedding", decay: true },
+    { name: "transformer.wpe.weight", role: "embed.positions", layer: null, shape: [s.context, d], layout: "embedding", decay: true },
+  ];
+  for (let i = 0; i < s.layers; i++) {
+    const p = `transformer.h.${i}.`;
+    list.push(
+      vec(`${p}ln_1.weight`, "norm.weight", i, d), vec(`${p}ln_1.bias`, "norm.bias", i, d),
+      { ...conv(`${p}attn.c_attn.weight`, "attn.qkv.weight", i, d, 3 * d), fused: ["q", "k", "v"] },
+      { ...vec(`${p}attn.c_attn.bias`, "attn.qkv.bias", i, 3 * d), fused: ["q", "k", "v"] },
+      conv(`${p}attn.c_proj.weight`, "attn.out.weight", i, d, d), vec(`${p}attn.c_proj.bias`, "attn.out.bias", i, d),
+      vec(`${p}ln_2.weight`, "norm.weight", i, d), vec(`${p}ln_2.bias`, "norm.bias", i, d),
+      conv(`${p}mlp.c_fc.weight`, "mlp.in.weight", i, d, s.ffn), vec(`${p}mlp.c_fc.bias`, "mlp.in.bias", i, s.ffn),
+      conv(`${p}mlp.c_proj.weight`, "mlp.out.weight", i, s.ffn, d), vec(`${p}mlp.c_proj.bias`, "mlp.out.bias", i, d),
+    );
+  }
+  list.push(vec("transformer.ln_f.weight", "final_norm.weight", null, d), vec("transformer.ln_f.bias", "final_norm.bias", null, d));
+  if (config.tie_word_embeddings === false) {
+    list.push({ name: "lm_head.weight", role: "lm_head.weight", layer: null, shape: [s.vocab, d], layout: "linear", decay: true });
+  }
+  return list;
+}
+
+/** GPT2Model checkpoints lack the `transformer.` prefix; the causal-mask buffers are not parameters. */
+function canonicalName(name: string): string | null {
+  if (/(^|\.)attn\.(bias|masked_bias)$/.test(name)) return null;
+  if (name === "lm_head.weight" || name.startsWith("transformer.")) return name;
+  return `transformer.${name}`;
+}
+
+/** HF GPT2PreTrainedModel._init_weights: N(0, σ) weights, c_proj weights N(0, σ/√(2L)), LN 1/0, biases 0. */
+function init(config: Record<string, unknown>, seed: number): Map<string, Tensor> {
+  const { shape } = parseConfig(config);
+  const sigma = typeof config.initializer_range === "number" ? config.initializer_range : 0.02;
+  const out = new Map<string, Tensor>();
+  for (const p of params(config)) {
+    const t = Tensor.zeros("F32", p.shape);
+    const data = t.f32;
+    if (p.role === "norm.weight" || p.role === "final_norm.weight") data.fill(1);
+    else if (p.layout !== "vector") {
+      const std = p.name.endsWith("c_proj.weight") ? sigma / Math.sqrt(2 * shape.layers) : sigma;
+      new Rng(deriveSeed(seed, p.name)).fillNormal(data, 0, std);
+    }
+    out.set(p.name, t);
+  }
+  return out;
+}
+
+export const gpt2: ArchitecturePlugin = {
+  name: "gpt2",
+  modelTypes: ["gpt2"],
+  parseConfig,
+  withShape,
+  params,
+  canonicalName,
+  init,
+};

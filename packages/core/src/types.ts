@@ -1,0 +1,91 @@
+import type { DType } from "./dtype.js";
+import type { Tensor } from "./tensor.js";
+
+/** A tensor known by dtype and shape whose values are produced on demand (read from disk or computed). */
+export interface LazyTensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  read(): Promise<Tensor>;
+}
+
+/** The architecture-independent shape of a decoder-only transformer. */
+export interface ModelShape {
+  layers: number;
+  dModel: number;
+  heads: number;
+  headDim: number;
+  ffn: number;
+  vocab: number;
+  context: number;
+}
+
+export interface AdamWState {
+  name: "adamw";
+  lr: number;
+  betas: [number, number];
+  eps: number;
+  weightDecay: number;
+  /** Parameter names excluded from weight decay. */
+  noDecay: string[];
+  /** Number of optimizer updates applied (PyTorch's `state["step"]`). */
+  step: number;
+  /** First and second moments by parameter name; absent for a bare pretrained checkpoint. */
+  expAvg?: Map<string, LazyTensor>;
+  expAvgSq?: Map<string, LazyTensor>;
+}
+
+/** A learning-rate restart at a growth step (interpreted by @staged/scheduler). */
+export interface LrRestart {
+  step: number;
+  warmupSteps: number;
+}
+
+/** Serializable LR schedule description; @staged/scheduler turns it into a function of the step. */
+export interface LrScheduleSpec {
+  kind: string;
+  peakLr: number;
+  warmupSteps: number;
+  totalSteps: number;
+  minLr?: number;
+  /** Kind-specific settings (e.g. the decay fraction of warmup-stable-decay). */
+  [option: string]: unknown;
+  restarts: LrRestart[];
+}
+
+/** One growth event. */
+export interface StageRecord {
+  step: number;
+  operator: string;
+  options: Record<string, unknown>;
+  before: ModelShape;
+  after: ModelShape;
+  /** The step the grown model continues from (DESIGN section 7: S_before / constant_op). */
+  continueAt?: number;
+}
+
+export interface Progress {
+  step: number;
+  tokensSeen: number;
+  flopsSeen: number;
+  samplerSeed: number;
+  stages: StageRecord[];
+}
+
+/** Byte-level (vocabulary 256) or a Hugging Face tokenizer.json stored beside the checkpoint. */
+export type TokenizerSpec = { kind: "bytes" } | { kind: "hf"; file: "tokenizer.json" };
+
+/** Everything a staged run needs: model, optimizer, schedule and progress (DESIGN section 3). */
+export interface TrainingState {
+  architecture: string;
+  /** The architecture's HF config (config.json). */
+  config: Record<string, unknown>;
+  shape: ModelShape;
+  /** Trainable parameters by canonical HF name; tied weights appear once, buffers never. */
+  params: Map<string, LazyTensor>;
+  optimizer: AdamWState;
+  schedule: LrScheduleSpec | null;
+  progress: Progress;
+  tokenizer: TokenizerSpec;
+  /** Extra files copied verbatim (tokenizer.json, tokenizer_config.json, ...). */
+  files?: Map<string, Uint8Array>;
+}

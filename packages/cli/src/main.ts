@@ -1,0 +1,30 @@
+import { Command, CommanderError } from "commander";
+import { registerInspect } from "./commands/inspect.js";
+
+export interface GlobalOptions { json?: boolean; debug?: boolean }
+
+/** Build the `staged` program; each command lives in its own module under commands/. */
+export function createProgram(): Command {
+  const program = new Command("staged")
+    .description("Staged training of transformer language models: grow the whole training state and keep training.")
+    .option("--json", "print one machine-readable JSON object on stdout")
+    .option("--debug", "print stack traces on errors")
+    .showHelpAfterError()
+    .exitOverride();
+  registerInspect(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = createProgram();
+  try {
+    await program.parseAsync(argv, { from: "user" });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // Commander already printed its message (help and version exit 0).
+      process.exitCode = e.exitCode;
+      return;
+    }
+    throw e;
+  }
+}

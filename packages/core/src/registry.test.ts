@@ -1,0 +1,28 @@
+import { describe, expect, it } from "vitest";
+import { createDefaultRegistry, createRegistry } from "./registry.js";
+
+describe("registry", () => {
+  it("registers, lists and looks up plugins by kind and name", () => {
+    const r = createRegistry();
+    const schedule = { name: "flat", create: () => () => 1 };
+    r.register("lrSchedule", schedule);
+    expect(r.get("lrSchedule", "flat")).toBe(schedule);
+    expect(r.list("lrSchedule")).toEqual(["flat"]);
+    expect(r.has("lrSchedule", "flat")).toBe(true);
+    expect(r.list("growth")).toEqual([]);
+  });
+
+  it("names what is registered when a name is unknown", () => {
+    const r = createDefaultRegistry();
+    expect(() => r.get("architecture", "llama")).toThrow('unknown architecture "llama" (registered: gpt2)');
+    expect(() => r.get("growth", "width")).toThrow("(registered: none)");
+  });
+
+  it("refuses duplicates and nameless plugins; registries are independent", () => {
+    const r = createDefaultRegistry();
+    expect(() => r.register("architecture", r.get("architecture", "gpt2"))).toThrow(/already registered/);
+    expect(() => r.register("trainer", { name: "" })).toThrow(/needs a name/);
+    r.register("trainer", { name: "ort" });
+    expect(createDefaultRegistry().has("trainer", "ort")).toBe(false);
+  });
+});

@@ -1,0 +1,310 @@
+import { mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { basename, dirname, join, relative, resolve, isAbsolute } from "node:path";
+import { isFloatDType } from "./dtype.js";
+import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
+import { createDefaultRegistry, type Registry } from "./registry.js";
+import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
+import type { AdamWState, LazyTensor, Progress, TokenizerSpec, TrainingState } from "./types.js";
+import { Tensor } from "./tensor.js";
+
+export const STATE_FORMAT = "staged-training-state";
+export const STATE_VERSION = 1;
+/** Files of an HF model directory that travel with a checkpoint unchanged. */
+const COPIED_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "generation_config.json"];
+
+/** PyTorch AdamW's defaults, used when a checkpoint carries no optimizer settings. */
+export const DEFAULT_ADAMW: Omit<AdamWState, "noDecay"> = {
+  name: "adamw", lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01, step: 0,
+};
+
+export interface LoadOptions { registry?: Registry }
+
+/** A loaded state whose tensors still read from the directory; `close()` releases its files. */
+export interface LoadedTrainingState extends TrainingState {
+  /** The directory the state was read from. */
+  source: string;
+  close(): Promise<void>;
+}
+
+export const architectureOf = (state: TrainingState, registry: Registry = createDefaultRegistry()): ArchitecturePlugin =>
+  registry.get("architecture", state.architecture);
+
+async function readJson(file: string): Promise<unknown> {
+  let text: string;
+  try { text = await readFile(file, "utf8"); } catch (e) {
+    throw new Error(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  try { return JSON.parse(text); } catch (e) { throw new Error(`${file}: invalid JSON (${(e as Error).message})`); }
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+const exists = (p: string): Promise<boolean> => stat(p).then(() => true, () => false);
+
+function findArchitecture(registry: Registry, config: Record<string, unknown>, file: string): ArchitecturePlugin {
+  const modelType = config.model_type;
+  for (const name of registry.list("architecture")) {
+    const arch = registry.get("architecture", name);
+    if (arch.modelTypes.includes(String(modelType))) return arch;
+  }
+  throw new Error(`${file}: unknown architecture model_type ${JSON.stringify(modelType)} ` +
+    `(registered: ${registry.list("architecture").join(", ") || "none"})`);
+}
+
+/**
+ * Read a TrainingState directory or a plain HF model directory (config.json + safetensors weights).
+ * Only headers are read here; tensor values are read when a LazyTensor is asked for them.
+ */
+export async function loadTrainingState(dir: string, options: LoadOptions = {}): Promise<LoadedTrainingState> {
+  const registry = options.registry ?? createDefaultRegistry();
+  const root = resolve(dir);
+  const st = await stat(root).catch(() => null);
+  if (!st?.isDirectory()) throw new Error(`${dir}: not a checkpoint directory (it does not exist or is not a directory)`);
+  const configFile = join(dir, "config.json");
+  const rawConfig = await readJson(configFile);
+  if (!isObject(rawConfig)) throw new Error(`${configFile}: expected a JSON object`);
+  const arch = findArchitecture(registry, rawConfig, configFile);
+  const { config, shape } = arch.parseConfig(rawConfig, configFile);
+  const specs = arch.params(config);
+
+  const opened: CheckpointFiles[] = [];
+  const close = async (): Promise<void> => { await Promise.all(opened.map(closeCheckpoint)); };
+  try {
+    const model = await openCheckpoint(root, "model");
+    if (!model) {
+      const legacy = await exists(join(root, "pytorch_model.bin"));
+      throw new Error(`${dir}: no model.safetensors or model.safetensors.index.json` +
+        (legacy ? " (pytorch_model.bin is not supported: convert it to safetensors)" : ""));
+    }
+    opened.push(model);
+    const params = collectParams(arch, specs, model, join(dir, model.files.length > 1 ? "model.safetensors.index.json" : "model.safetensors"), config);
+
+    const stateFile = join(dir, "training_state.json");
+    const saved = (await exists(stateFile)) ? parseStateFile(await readJson(stateFile), stateFile) : null;
+    const optimizer: AdamWState = saved?.optimizer ?? { ...DEFAULT_ADAMW, betas: [...DEFAULT_ADAMW.betas], noDecay: specs.filter((p) => !p.decay).map((p) => p.name) };
+
+    const moments = await openCheckpoint(root, "optimizer");
+    if (moments) {
+      opened.push(moments);
+      const file = join(dir, moments.files.length > 1 ? "optimizer.safetensors.index.json" : "optimizer.safetensors");
+      const [expAvg, expAvgSq] = collectMoments(specs, moments, file);
+      optimizer.expAvg = expAvg;
+      optimizer.expAvgSq = expAvgSq;
+    }
+
+    const files = new Map<string, Uint8Array>();
+    for (const name of COPIED_FILES) {
+      const p = join(root, name);
+      if (await exists(p)) files.set(name, await readFile(p));
+    }
+    const tokenizer: TokenizerSpec = saved?.tokenizer ?? (files.has("tokenizer.json") ? { kind: "hf", file: "tokenizer.json" } : { kind: "bytes" });
+    if (tokenizer.kind === "hf" && !files.has("tokenizer.json")) throw new Error(`${stateFile}: names tokenizer.json, which is missing`);
+    return {
+      architecture: arch.name, config, shape, params, optimizer,
+      schedule: saved?.schedule ?? null,
+      progress: saved?.progress ?? { step: 0, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] },
+      tokenizer, files, source: root, close,
+    };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+function collectParams(arch: ArchitecturePlugin, specs: ParamSpec[], model: CheckpointFiles, file: string,
+                       config: Record<string, unknown>): Map<string, LazyTensor> {
+  const found = new Map<string, { lazy: LazyTensor; original: string }>();
+  for (const [name, t] of model.tensors) {
+    const canonical = arch.canonicalName(name);
+    if (canonical === null) continue;
+    // A tied model may still store lm_head.weight (a copy of wte): HF ignores it, so do we.
+    if (canonical === "lm_head.weight" && config.tie_word_embeddings !== false) continue;
+    const prev = found.get(canonical);
+    if (prev) throw new Error(`${file}: tensors "${prev.original}" and "${name}" are the same parameter ${canonical}`);
+    found.set(canonical, { lazy: t.lazy, original: name });
+  }
+  const params = new Map<string, LazyTensor>();
+  for (const spec of specs) {
+    const f = found.get(spec.name);
+    if (!f) throw new Error(`${file}: missing tensor ${spec.name} [${spec.shape}]`);
+    checkTensor(f.lazy, spec.shape, `${file}: tensor ${f.original}`);
+    params.set(spec.name, f.lazy);
+    found.delete(spec.name);
+  }
+  const extra = [...found.values()].map((f) => f.original);
+  if (extra.length) throw new Error(`${file}: unexpected tensor${extra.length > 1 ? "s" : ""} ${extra.slice(0, 5).join(", ")} for this config`);
+  return params;
+}
+
+function checkTensor(t: LazyTensor, shape: readonly number[], what: string): void {
+  if (!isFloatDType(t.dtype)) throw new Error(`${what} has dtype ${t.dtype}, expected a float dtype`);
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    throw new Error(`${what} has shape [${t.shape}], the config says [${shape}]`);
+  }
+}
+
+function collectMoments(specs: ParamSpec[], moments: CheckpointFiles, file: string): [Map<string, LazyTensor>, Map<string, LazyTensor>] {
+  const maps: [Map<string, LazyTensor>, Map<string, LazyTensor>] = [new Map(), new Map()];
+  const expected = new Set<string>();
+  (["exp_avg", "exp_avg_sq"] as const).forEach((prefix, i) => {
+    for (const spec of specs) {
+      const name = `${prefix}.${spec.name}`;
+      expected.add(name);
+      const t = moments.tensors.get(name);
+      if (!t) throw new Error(`${file}: missing moment ${name} (the optimizer state does not match the model)`);
+      checkTensor(t.lazy, spec.shape, `${file}: moment ${name}`);
+      maps[i]!.set(spec.name, t.lazy);
+    }
+  });
+  const extra = [...moments.tensors.keys()].filter((n) => !expected.has(n));
+  if (extra.length) throw new Error(`${file}: moment ${extra[0]} matches no parameter of the model`);
+  return maps;
+}
+
+interface SavedState {
+  optimizer: AdamWState;
+  schedule: TrainingState["schedule"];
+  progress: Progress;
+  tokenizer: TokenizerSpec;
+}
+
+function parseStateFile(raw: unknown, file: string): SavedState {
+  if (!isObject(raw)) throw new Error(`${file}: expected a JSON object`);
+  if (raw.format !== STATE_FORMAT) throw new Error(`${file}: format is ${JSON.stringify(raw.format)}, expected "${STATE_FORMAT}"`);
+  if (raw.version !== STATE_VERSION) throw new Error(`${file}: version ${JSON.stringify(raw.version)} is not supported (this reads ${STATE_VERSION})`);
+  const o = raw.optimizer, p = raw.progress, t = raw.tokenizer;
+  const num = (obj: Record<string, unknown>, key: string, where: string): number => {
+    const v = obj[key];
+    if (typeof v !== "number" || !Number.isFinite(v)) throw new Error(`${file}: ${where}.${key} must be a finite number`);
+    return v;
+  };
+  if (!isObject(o) || o.name !== "adamw") throw new Error(`${file}: optimizer must be an object with name "adamw"`);
+  const betas = o.betas;
+  if (!Array.isArray(betas) || betas.length !== 2 || !betas.every((b) => typeof b === "number")) throw new Error(`${file}: optimizer.betas must be two numbers`);
+  if (!Array.isArray(o.noDecay) || !o.noDecay.every((n) => typeof n === "string")) throw new Error(`${file}: optimizer.noDecay must be a list of names`);
+  if (!isObject(p) || !Array.isArray(p.stages)) throw new Error(`${file}: progress must be an object with a stages list`);
+  if (raw.schedule !== null && !(isObject(raw.schedule) && typeof raw.schedule.kind === "string")) throw new Error(`${file}: schedule must be null or an object with a kind`);
+  if (!isObject(t) || (t.kind !== "bytes" && !(t.kind === "hf" && t.file === "tokenizer.json"))) throw new Error(`${file}: tokenizer must be {"kind":"bytes"} or {"kind":"hf","file":"tokenizer.json"}`);
+  return {
+    optimizer: {
+      name: "adamw", lr: num(o, "lr", "optimizer"), betas: [betas[0], betas[1]], eps: num(o, "eps", "optimizer"),
+      weightDecay: num(o, "weightDecay", "optimizer"), noDecay: o.noDecay as string[], step: num(o, "step", "optimizer"),
+    },
+    schedule: raw.schedule as TrainingState["schedule"],
+    progress: {
+      step: num(p, "step", "progress"), tokensSeen: num(p, "tokensSeen", "progress"), flopsSeen: num(p, "flopsSeen", "progress"),
+      samplerSeed: num(p, "samplerSeed", "progress"), stages: p.stages as Progress["stages"],
+    },
+    tokenizer: t as TokenizerSpec,
+  };
+}
+
+export interface SaveOptions {
+  registry?: Registry;
+  /** Replace an existing directory (atomically). Without it an existing target is an error. */
+  overwrite?: boolean;
+  /** Shard model and optimizer files above this many bytes (HF's default 5 GB). */
+  maxShardBytes?: number;
+}
+
+const inside = (child: string, parent: string): boolean => {
+  const r = relative(parent, child);
+  return r !== "" && !r.startsWith("..") && !isAbsolute(r);
+};
+
+/**
+ * Write a TrainingState directory atomically: everything goes to a temporary sibling that replaces
+ * `dir` only when complete. Tensors are read and written one at a time.
+ */
+export async function saveTrainingState(dir: string, state: TrainingState, options: SaveOptions = {}): Promise<void> {
+  const registry = options.registry ?? createDefaultRegistry();
+  const target = resolve(dir);
+  const source = (state as Partial<LoadedTrainingState>).source;
+  if (source && inside(target, source)) throw new Error(`${dir}: output is inside the input checkpoint ${source}`);
+  if (source && inside(source, target)) throw new Error(`${dir}: output contains the input checkpoint ${source}`);
+  const existing = await stat(target).catch(() => null);
+  if (existing && !options.overwrite) throw new Error(`${dir}: already exists (refusing to overwrite)`);
+  if (existing && !existing.isDirectory()) throw new Error(`${dir}: exists and is not a directory`);
+
+  const arch = architectureOf(state, registry);
+  const config = arch.withShape(state.config, state.shape);
+  const specs = arch.params(config);
+  const { entries: model, dtype } = modelEntries(specs, state);
+  const moments = momentEntries(specs, state);
+
+  const tmp = await mkdtemp(join(dirname(target), `.${basename(target)}.tmp-`));
+  try {
+    const shard = { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" } };
+    await writeFile(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: dtype }, null, 2) + "\n");
+    await writeCheckpoint(tmp, "model", model, shard);
+    if (moments) await writeCheckpoint(tmp, "optimizer", moments, shard);
+    const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
+    const meta = { format: STATE_FORMAT, version: STATE_VERSION, architecture: state.architecture,
+      optimizer: { ...optimizer, hasMoments: moments !== null }, schedule: state.schedule, progress: state.progress, tokenizer: state.tokenizer };
+    await writeFile(join(tmp, "training_state.json"), JSON.stringify(meta, null, 2) + "\n");
+    for (const [name, bytes] of state.files ?? []) await writeFile(join(tmp, name), bytes);
+    if (existing) {
+      const old = `${tmp}.old`;
+      await rename(target, old);
+      await rename(tmp, target);
+      await rm(old, { recursive: true, force: true });
+    } else {
+      await rename(tmp, target);
+    }
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+function modelEntries(specs: ParamSpec[], state: TrainingState): { entries: TensorEntry[]; dtype: string } {
+  const entries = specs.map((spec) => {
+    const t = state.params.get(spec.name);
+    if (!t) throw new Error(`state has no parameter ${spec.name}`);
+    checkTensor(t, spec.shape, `parameter ${spec.name}`);
+    return { name: spec.name, tensor: t };
+  });
+  const dtypes = new Set(entries.map((e) => e.tensor.dtype));
+  const dtype = dtypes.size === 1 ? { F64: "float64", F32: "float32", F16: "float16", BF16: "bfloat16" }[[...dtypes][0] as "F32"] : "float32";
+  return { entries, dtype };
+}
+
+function momentEntries(specs: ParamSpec[], state: TrainingState): TensorEntry[] | null {
+  const { expAvg, expAvgSq } = state.optimizer;
+  if (!expAvg && !expAvgSq) return null;
+  const entries: TensorEntry[] = [];
+  for (const [prefix, map] of [["exp_avg", expAvg], ["exp_avg_sq", expAvgSq]] as const) {
+    for (const spec of specs) {
+      const t = map?.get(spec.name);
+      if (!t) throw new Error(`optimizer state has no ${prefix} for ${spec.name}`);
+      checkTensor(t, spec.shape, `moment ${prefix}.${spec.name}`);
+      entries.push({ name: `${prefix}.${spec.name}`, tensor: t });
+    }
+  }
+  return entries;
+}
+
+/** A LazyTensor over values already in memory. */
+export const inMemory = (t: Tensor): LazyTensor => ({ dtype: t.dtype, shape: t.shape, read: async () => t });
+
+/** A fresh state: initialized weights, no moments, zero progress. */
+export function initTrainingState(architecture: string, config: Record<string, unknown>, seed: number,
+                                  registry: Registry = createDefaultRegistry()): TrainingState {
+  const arch = registry.get("architecture", architecture);
+  const parsed = arch.parseConfig(config);
+  const weights = arch.init(parsed.config, seed);
+  const specs = arch.params(parsed.config);
+  return {
+    architecture: arch.name,
+    config: arch.withShape(parsed.config, parsed.shape),
+    shape: parsed.shape,
+    params: new Map([...weights].map(([n, t]) => [n, inMemory(t)])),
+    optimizer: { ...DEFAULT_ADAMW, betas: [...DEFAULT_ADAMW.betas], noDecay: specs.filter((p) => !p.decay).map((p) => p.name) },
+    schedule: null,
+    progress: { step: 0, tokensSeen: 0, flopsSeen: 0, samplerSeed: seed, stages: [] },
+    tokenizer: { kind: "bytes" },
+  };
+}
+
+/** Count of distinct trainable values (a tied output layer once, buffers never). */
+export const parameterCount = (state: TrainingState): number =>
+  [...state.params.values()].reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);

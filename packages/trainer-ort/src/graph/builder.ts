@@ -1,0 +1,388 @@
+import onnxProto from "onnx-proto";
+
+const { onnx } = onnxProto;
+
+/** Element types the builder emits (ONNX TensorProto.DataType codes). */
+export type DType = "float32" | "float64" | "int64" | "int32" | "bool";
+
+const ONNX_TYPE: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9, float64: 11 };
+
+export const OPSET = 17;
+
+/** A tensor in the graph: its name, element type and static shape. */
+export class Value {
+  constructor(
+    readonly name: string,
+    readonly dtype: DType,
+    readonly shape: readonly number[],
+    /** The node producing it; undefined for inputs and initializers. */
+    readonly producer?: Node,
+  ) {}
+  get rank(): number { return this.shape.length; }
+  get size(): number { return this.shape.reduce((a, b) => a * b, 1); }
+}
+
+export type Attr = number | string | number[] | { float: number } | { floats: number[] };
+
+export interface Node {
+  readonly op: string;
+  readonly inputs: readonly (Value | null)[];
+  readonly outputs: readonly Value[];
+  readonly attrs: Readonly<Record<string, Attr>>;
+  readonly domain?: string;
+}
+
+export type Data = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
+
+interface Initializer { value: Value; data: Data }
+
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+
+/** Numpy broadcasting of two static shapes. */
+export function broadcastShapes(a: readonly number[], b: readonly number[]): number[] {
+  const n = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const x = a[a.length - n + i] ?? 1;
+    const y = b[b.length - n + i] ?? 1;
+    if (x !== y && x !== 1 && y !== 1) throw new Error(`cannot broadcast [${a}] with [${b}]`);
+    out.push(x === 1 ? y : x);
+  }
+  return out;
+}
+
+const normAxis = (axis: number, rank: number) => {
+  const a = axis < 0 ? axis + rank : axis;
+  if (a < 0 || a >= rank) throw new Error(`axis ${axis} out of range for rank ${rank}`);
+  return a;
+};
+
+function dataFor(dtype: DType, values: ArrayLike<number | bigint> | Data): Data {
+  if (ArrayBuffer.isView(values)) {
+    const want = { float32: Float32Array, float64: Float64Array, int64: BigInt64Array, int32: Int32Array, bool: Uint8Array }[dtype];
+    if (values instanceof want) return values;
+  }
+  const arr = Array.from(values as ArrayLike<number | bigint>);
+  switch (dtype) {
+    case "float32": return Float32Array.from(arr, Number);
+    case "float64": return Float64Array.from(arr, Number);
+    case "int32": return Int32Array.from(arr, Number);
+    case "bool": return Uint8Array.from(arr, (v) => (v ? 1 : 0));
+    case "int64": return BigInt64Array.from(arr, (v) => BigInt(v));
+  }
+}
+
+/**
+ * A typed ONNX graph under construction. Every op method infers the static output shape, so
+ * autodiff can reason about broadcasting without running anything.
+ */
+export class GraphBuilder {
+  readonly nodes: Node[] = [];
+  readonly inputs: Value[] = [];
+  readonly outputs: Value[] = [];
+  readonly initializers: Initializer[] = [];
+  private readonly names = new Set<string>();
+  private counter = 0;
+  private readonly constCache = new Map<string, Value>();
+  private readonly initData = new Map<Value, Data>();
+
+  /** A fresh unique name from a hint. */
+  fresh(hint: string): string {
+    let name = hint;
+    while (this.names.has(name)) name = `${hint}_${++this.counter}`;
+    this.names.add(name);
+    return name;
+  }
+
+  input(name: string, dtype: DType, shape: readonly number[]): Value {
+    if (this.names.has(name)) throw new Error(`duplicate graph name ${name}`);
+    this.names.add(name);
+    const v = new Value(name, dtype, [...shape]);
+    this.inputs.push(v);
+    return v;
+  }
+
+  /** Mark `v` as a graph output named `name` (through an Identity when the name differs). */
+  output(v: Value, name = v.name): Value {
+    const out = name === v.name && !this.outputs.includes(v) && !this.inputs.includes(v) ? v : this.node1("Identity", [v], {}, v.dtype, v.shape, name);
+    this.outputs.push(out);
+    return out;
+  }
+
+  /** An initializer holding `values`. */
+  initializer(name: string, dtype: DType, shape: readonly number[], values: ArrayLike<number | bigint> | Data): Value {
+    const v = new Value(this.fresh(name), dtype, [...shape]);
+    const data = dataFor(dtype, values);
+    if (data.length !== v.size) throw new Error(`initializer ${name}: ${data.length} values for shape [${shape}]`);
+    this.initializers.push({ value: v, data });
+    this.initData.set(v, data);
+    return v;
+  }
+
+  /** A small constant, shared between uses with the same content. */
+  constant(values: ArrayLike<number | bigint>, dtype: DType = "float32", shape: readonly number[] = [values.length]): Value {
+    const key = `${dtype}[${shape}]${Array.from(values).join(",")}`;
+    let v = this.constCache.get(key);
+    if (!v) {
+      v = this.initializer("const", dtype, shape, values);
+      if (values.length <= 64) this.constCache.set(key, v);
+    }
+    return v;
+  }
+
+  /** The values of an initializer (undefined for computed values and inputs). */
+  constValue(v: Value): Data | undefined { return this.initData.get(v); }
+  /** The integer values of an int64 initializer such as a Slice's starts. */
+  constInts(v: Value): number[] {
+    const d = this.initData.get(v);
+    if (!d) throw new Error(`${v.name} is not a constant`);
+    return Array.from(d as ArrayLike<number | bigint>, Number);
+  }
+
+  /** A zero tensor built at run time (Expand of a scalar), so large zeros never sit in the model file. */
+  zeros(shape: readonly number[], dtype: DType = "float32"): Value {
+    return this.node1("Expand", [this.scalar(0, dtype), this.ints(shape)], {}, dtype, shape);
+  }
+
+  scalar(x: number, dtype: DType = "float32"): Value { return this.constant([x], dtype, []); }
+  ints(values: readonly number[]): Value { return this.constant(values, "int64", [values.length]); }
+
+  /** Append a node; `outs` gives each output's dtype and shape. */
+  node(op: string, inputs: (Value | null)[], attrs: Record<string, Attr>, outs: { dtype: DType; shape: readonly number[]; name?: string }[], domain?: string): Value[] {
+    const outputs: Value[] = [];
+    const node: Node = { op, inputs, outputs, attrs, ...(domain ? { domain } : {}) };
+    for (const o of outs) outputs.push(new Value(o.name !== undefined ? this.freshExact(o.name) : this.fresh(op.toLowerCase()), o.dtype, [...o.shape], node));
+    this.nodes.push(node);
+    return outputs;
+  }
+
+  private freshExact(name: string): string {
+    if (this.names.has(name)) throw new Error(`duplicate graph name ${name}`);
+    this.names.add(name);
+    return name;
+  }
+
+  node1(op: string, inputs: (Value | null)[], attrs: Record<string, Attr>, dtype: DType, shape: readonly number[], name?: string): Value {
+    return this.node(op, inputs, attrs, [{ dtype, shape, ...(name !== undefined ? { name } : {}) }])[0]!;
+  }
+
+  // ---- elementwise ----
+  private binary(op: string, a: Value, b: Value, dtype: DType = a.dtype): Value {
+    if (a.dtype !== b.dtype) throw new Error(`${op}: dtype ${a.dtype} vs ${b.dtype}`);
+    return this.node1(op, [a, b], {}, dtype, broadcastShapes(a.shape, b.shape));
+  }
+  private lift(x: Value | number, like: Value): Value { return typeof x === "number" ? this.scalar(x, like.dtype) : x; }
+  add(a: Value, b: Value | number): Value { return this.binary("Add", a, this.lift(b, a)); }
+  sub(a: Value | number, b: Value): Value { return this.binary("Sub", this.lift(a, b), b); }
+  mul(a: Value, b: Value | number): Value { return this.binary("Mul", a, this.lift(b, a)); }
+  div(a: Value | number, b: Value | number): Value {
+    const av = typeof a === "number" ? this.lift(a, b as Value) : a;
+    return this.binary("Div", av, this.lift(b, av));
+  }
+  pow(a: Value, b: Value | number): Value { return this.binary("Pow", a, this.lift(b, a)); }
+  equal(a: Value, b: Value): Value { return this.binary("Equal", a, b, "bool"); }
+  less(a: Value, b: Value): Value { return this.binary("Less", a, b, "bool"); }
+  max(a: Value, b: Value | number): Value { return this.binary("Max", a, this.lift(b, a)); }
+  min(a: Value, b: Value | number): Value { return this.binary("Min", a, this.lift(b, a)); }
+  private unary(op: string, x: Value): Value { return this.node1(op, [x], {}, x.dtype, x.shape); }
+  sqrt(x: Value): Value { return this.unary("Sqrt", x); }
+  tanh(x: Value): Value { return this.unary("Tanh", x); }
+  exp(x: Value): Value { return this.unary("Exp", x); }
+  log(x: Value): Value { return this.unary("Log", x); }
+  neg(x: Value): Value { return this.unary("Neg", x); }
+  identity(x: Value): Value { return this.unary("Identity", x); }
+  /** Elementwise sum of same-shaped values (ONNX Sum). */
+  sum(xs: readonly Value[]): Value {
+    if (xs.length === 1) return xs[0]!;
+    if (xs.length === 2) return this.add(xs[0]!, xs[1]!);
+    return this.node1("Sum", [...xs], {}, xs[0]!.dtype, xs.slice(1).reduce((s, v) => broadcastShapes(s, v.shape), xs[0]!.shape));
+  }
+  cast(x: Value, to: DType): Value { return to === x.dtype ? x : this.node1("Cast", [x], { to: ONNX_TYPE[to] }, to, x.shape); }
+  where(cond: Value, a: Value, b: Value): Value {
+    if (a.dtype !== b.dtype) throw new Error(`Where: dtype ${a.dtype} vs ${b.dtype}`);
+    return this.node1("Where", [cond, a, b], {}, a.dtype, broadcastShapes(cond.shape, broadcastShapes(a.shape, b.shape)));
+  }
+
+  // ---- linear algebra ----
+  matmul(a: Value, b: Value): Value {
+    if (a.rank < 1 || b.rank < 1) throw new Error("MatMul needs rank ≥ 1");
+    const as = a.rank === 1 ? [1, a.shape[0]!] : a.shape;
+    const bs = b.rank === 1 ? [b.shape[0]!, 1] : b.shape;
+    const k1 = as[as.length - 1]!, k2 = bs[bs.length - 2]!;
+    if (k1 !== k2) throw new Error(`MatMul: [${a.shape}] @ [${b.shape}]`);
+    const batch = broadcastShapes(as.slice(0, -2), bs.slice(0, -2));
+    const shape = [...batch, ...(a.rank === 1 ? [] : [as[as.length - 2]!]), ...(b.rank === 1 ? [] : [bs[bs.length - 1]!])];
+    return this.node1("MatMul", [a, b], {}, a.dtype, shape);
+  }
+
+  /** Y = alpha·op(A)·op(B) + beta·C for 2-D A and B (C broadcast to [M, N]). */
+  gemm(a: Value, b: Value, c?: Value | null, o: { transA?: boolean; transB?: boolean; alpha?: number; beta?: number } = {}): Value {
+    if (a.rank !== 2 || b.rank !== 2) throw new Error("Gemm needs 2-D operands");
+    const [m, k1] = o.transA ? [a.shape[1]!, a.shape[0]!] : [a.shape[0]!, a.shape[1]!];
+    const [k2, n] = o.transB ? [b.shape[1]!, b.shape[0]!] : [b.shape[0]!, b.shape[1]!];
+    if (k1 !== k2) throw new Error(`Gemm: inner dims ${k1} vs ${k2}`);
+    if (c) broadcastShapes([m, n], c.shape);
+    const attrs: Record<string, Attr> = {};
+    if (o.transA) attrs.transA = 1;
+    if (o.transB) attrs.transB = 1;
+    if (o.alpha !== undefined && o.alpha !== 1) attrs.alpha = { float: o.alpha };
+    if (o.beta !== undefined && o.beta !== 1) attrs.beta = { float: o.beta };
+    return this.node1("Gemm", c ? [a, b, c] : [a, b], attrs, a.dtype, [m, n]);
+  }
+
+  // ---- normalization and activations ----
+  softmax(x: Value, axis = -1): Value { return this.node1("Softmax", [x], { axis }, x.dtype, x.shape); }
+  logSoftmax(x: Value, axis = -1): Value { return this.node1("LogSoftmax", [x], { axis }, x.dtype, x.shape); }
+
+  /** LayerNormalization over the axes from `axis` on; also returns Mean and InvStdDev (kept dims). */
+  layerNorm(x: Value, scale: Value, bias: Value | null, eps: number, axis = -1): { y: Value; mean: Value; invStd: Value } {
+    const a = normAxis(axis, x.rank);
+    const stat = x.shape.map((d, i) => (i < a ? d : 1));
+    // Mean and InvStdDev are float32 (stash_type 1): onnxruntime's CPU kernel has no double statistics.
+    const attrs: Record<string, Attr> = { axis: a, epsilon: { float: eps } };
+    const [y, mean, invStd] = this.node("LayerNormalization", bias ? [x, scale, bias] : [x, scale], attrs,
+      [{ dtype: x.dtype, shape: x.shape }, { dtype: "float32", shape: stat }, { dtype: "float32", shape: stat }]);
+    return { y: y!, mean: mean!, invStd: invStd! };
+  }
+
+  // ---- indexing ----
+  gather(data: Value, indices: Value, axis = 0): Value {
+    const a = normAxis(axis, data.rank);
+    return this.node1("Gather", [data, indices], { axis: a }, data.dtype, [...data.shape.slice(0, a), ...indices.shape, ...data.shape.slice(a + 1)]);
+  }
+  gatherElements(data: Value, indices: Value, axis = 0): Value {
+    return this.node1("GatherElements", [data, indices], { axis: normAxis(axis, data.rank) }, data.dtype, indices.shape);
+  }
+  scatterElements(data: Value, indices: Value, updates: Value, axis = 0, reduction: "none" | "add" = "none"): Value {
+    const attrs: Record<string, Attr> = { axis: normAxis(axis, data.rank) };
+    if (reduction !== "none") attrs.reduction = reduction;
+    return this.node1("ScatterElements", [data, indices, updates], attrs, data.dtype, data.shape);
+  }
+  scatterND(data: Value, indices: Value, updates: Value, reduction: "none" | "add" = "none"): Value {
+    return this.node1("ScatterND", [data, indices, updates], reduction === "none" ? {} : { reduction }, data.dtype, data.shape);
+  }
+
+  // ---- shape ----
+  reshape(x: Value, shape: readonly number[]): Value {
+    const known = shape.reduce((p, d) => (d === -1 ? p : p * d), 1);
+    const resolved = shape.map((d) => (d === -1 ? x.size / known : d));
+    if (resolved.reduce((a, b) => a * b, 1) !== x.size) throw new Error(`Reshape: [${x.shape}] to [${shape}]`);
+    if (sameShape(resolved, x.shape)) return x;
+    return this.node1("Reshape", [x, this.ints(resolved)], {}, x.dtype, resolved);
+  }
+  transpose(x: Value, perm: readonly number[]): Value {
+    if (perm.length !== x.rank) throw new Error(`Transpose: perm [${perm}] for rank ${x.rank}`);
+    if (perm.every((p, i) => p === i)) return x;
+    return this.node1("Transpose", [x], { perm: [...perm] }, x.dtype, perm.map((p) => x.shape[p]!));
+  }
+  expand(x: Value, shape: readonly number[]): Value {
+    const out = broadcastShapes(x.shape, shape);
+    if (sameShape(out, x.shape)) return x;
+    return this.node1("Expand", [x, this.ints(shape)], {}, x.dtype, out);
+  }
+  split(x: Value, axis: number, sizes: readonly number[]): Value[] {
+    const a = normAxis(axis, x.rank);
+    if (sizes.reduce((p, s) => p + s, 0) !== x.shape[a]) throw new Error(`Split: sizes [${sizes}] for axis length ${x.shape[a]}`);
+    return this.node("Split", [x, this.ints(sizes)], { axis: a }, sizes.map((s) => ({ dtype: x.dtype, shape: x.shape.map((d, i) => (i === a ? s : d)) })));
+  }
+  /** Step-1 slice [start, end) along each axis. */
+  slice(x: Value, starts: readonly number[], ends: readonly number[], axes: readonly number[]): Value {
+    const shape = [...x.shape];
+    const ax = axes.map((a) => normAxis(a, x.rank));
+    ax.forEach((a, i) => {
+      const s = starts[i]!, e = Math.min(ends[i]!, x.shape[a]!);
+      if (s < 0 || s > e) throw new Error(`Slice: [${s}, ${e}) on axis ${a}`);
+      shape[a] = e - s;
+    });
+    return this.node1("Slice", [x, this.ints(starts), this.ints(ends.map((e, i) => Math.min(e, x.shape[ax[i]!]!))), this.ints(ax)], {}, x.dtype, shape);
+  }
+  /** Constant padding: `before` and `after` per axis. */
+  pad(x: Value, before: readonly number[], after: readonly number[], value = 0): Value {
+    return this.node1("Pad", [x, this.ints([...before, ...after]), this.scalar(value, x.dtype)], { mode: "constant" }, x.dtype,
+      x.shape.map((d, i) => d + before[i]! + after[i]!));
+  }
+  concat(xs: readonly Value[], axis: number): Value {
+    const a = normAxis(axis, xs[0]!.rank);
+    const shape = [...xs[0]!.shape];
+    shape[a] = xs.reduce((p, v) => p + v.shape[a]!, 0);
+    return this.node1("Concat", [...xs], { axis: a }, xs[0]!.dtype, shape);
+  }
+  unsqueeze(x: Value, axes: readonly number[]): Value {
+    const r = x.rank + axes.length;
+    const ax = new Set(axes.map((a) => normAxis(a, r)));
+    const shape: number[] = [];
+    for (let i = 0, j = 0; i < r; i++) shape.push(ax.has(i) ? 1 : x.shape[j++]!);
+    return this.reshape(x, shape);
+  }
+
+  // ---- reductions (opset 17: ReduceSum takes axes as an input, the others as an attribute) ----
+  private reducedShape(x: Value, axes: readonly number[], keepdims: boolean): number[] {
+    const ax = new Set(axes.map((a) => normAxis(a, x.rank)));
+    return x.shape.flatMap((d, i) => (ax.has(i) ? (keepdims ? [1] : []) : [d]));
+  }
+  reduceSum(x: Value, axes: readonly number[], keepdims = true): Value {
+    if (axes.length === 0) return x;
+    return this.node1("ReduceSum", [x, this.ints(axes.map((a) => normAxis(a, x.rank)))], { keepdims: keepdims ? 1 : 0 }, x.dtype, this.reducedShape(x, axes, keepdims));
+  }
+  private reduceAttr(op: string, x: Value, axes: readonly number[], keepdims: boolean): Value {
+    return this.node1(op, [x], { axes: axes.map((a) => normAxis(a, x.rank)), keepdims: keepdims ? 1 : 0 }, x.dtype, this.reducedShape(x, axes, keepdims));
+  }
+  reduceMean(x: Value, axes: readonly number[], keepdims = true): Value { return this.reduceAttr("ReduceMean", x, axes, keepdims); }
+  reduceMax(x: Value, axes: readonly number[], keepdims = true): Value { return this.reduceAttr("ReduceMax", x, axes, keepdims); }
+  reduceSumSquare(x: Value, axes: readonly number[], keepdims = true): Value { return this.reduceAttr("ReduceSumSquare", x, axes, keepdims); }
+
+  // ---- serialization ----
+  /** Nodes and initializers that the outputs depend on, in order (dead code is dropped). */
+  live(): { nodes: Node[]; initializers: Initializer[] } {
+    const need = new Set<Value>(this.outputs);
+    const keep: Node[] = [];
+    for (let i = this.nodes.length - 1; i >= 0; i--) {
+      const n = this.nodes[i]!;
+      if (!n.outputs.some((o) => need.has(o))) continue;
+      keep.push(n);
+      for (const v of n.inputs) if (v) need.add(v);
+    }
+    return { nodes: keep.reverse(), initializers: this.initializers.filter((i) => need.has(i.value)) };
+  }
+
+  toModelProto(): InstanceType<typeof onnx.ModelProto> {
+    const { nodes, initializers } = this.live();
+    const vinfo = (v: Value) => ({
+      name: v.name,
+      type: { tensorType: { elemType: ONNX_TYPE[v.dtype], shape: { dim: v.shape.map((d) => ({ dimValue: d })) } } },
+    });
+    const attrProto = (name: string, a: Attr) => {
+      const T = onnx.AttributeProto.AttributeType;
+      if (typeof a === "number") return { name, type: T.INT, i: a };
+      if (typeof a === "string") return { name, type: T.STRING, s: new TextEncoder().encode(a) };
+      if (Array.isArray(a)) return { name, type: T.INTS, ints: a };
+      if ("float" in a) return { name, type: T.FLOAT, f: a.float };
+      return { name, type: T.FLOATS, floats: a.floats };
+    };
+    const graph = {
+      name: "staged",
+      input: this.inputs.map(vinfo),
+      output: this.outputs.map(vinfo),
+      initializer: initializers.map(({ value, data }) => ({
+        name: value.name, dims: [...value.shape], dataType: ONNX_TYPE[value.dtype],
+        rawData: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+      })),
+      node: nodes.map((n, i) => ({
+        name: `n${i}_${n.op}`, opType: n.op, domain: n.domain ?? "",
+        input: n.inputs.map((v) => (v ? v.name : "")),
+        output: n.outputs.map((v) => v.name),
+        attribute: Object.entries(n.attrs).map(([k, a]) => attrProto(k, a)),
+      })),
+    };
+    return onnx.ModelProto.create({
+      irVersion: 8,
+      producerName: "@staged/trainer-ort",
+      opsetImport: [{ domain: "", version: OPSET }],
+      graph,
+    });
+  }
+
+  serialize(): Uint8Array {
+    return onnx.ModelProto.encode(this.toModelProto()).finish();
+  }
+}

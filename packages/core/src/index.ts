@@ -4,4 +4,8 @@ export * from "./types.js";
 export * from "./plugins.js";
 export * from "./registry.js";
 export * from "./rng.js";
+export * from "./safetensors.js";
+export * from "./shards.js";
+export * from "./state.js";
+export * from "./stage.js";
 export { gpt2 } from "./gpt2.js";

@@ -1,0 +1,63 @@
+import type { LazyTensor, ModelShape, StageRecord, TrainingState } from "./types.js";
+import type { Tensor } from "./tensor.js";
+
+/** Options every growth operator shares: how the run continues after the growth. */
+export interface StageOptions {
+  /** LR re-warmup steps after the growth (0: no restart). */
+  rewarmup?: number;
+  /** The step the grown model continues from (default: unchanged). DESIGN section 7: S_before / constant_op. */
+  continueAt?: number;
+}
+
+/** A LazyTensor computed on demand from other lazy tensors, so growth streams one output at a time. */
+export const derived = (dtype: LazyTensor["dtype"], shape: readonly number[], compute: () => Promise<Tensor>): LazyTensor =>
+  ({ dtype, shape: [...shape], read: compute });
+
+export function checkStageOptions(o: StageOptions, state: TrainingState): void {
+  for (const key of ["rewarmup", "continueAt"] as const) {
+    const v = o[key];
+    if (v !== undefined && !(Number.isInteger(v) && v >= 0)) throw new Error(`${key} must be an integer ≥ 0, got ${v}`);
+  }
+  const total = state.schedule?.totalSteps;
+  if (o.continueAt !== undefined && total !== undefined && o.continueAt > total) {
+    throw new Error(`continueAt ${o.continueAt} is past the schedule's last step ${total}`);
+  }
+}
+
+/**
+ * The non-tensor part of a growth: new config and shape, the optimizer step (restarted with reset
+ * moments, whose bias correction must start over), the LR restart and a stages record.
+ */
+export function grownState(state: TrainingState, grown: {
+  operator: string; options: Record<string, unknown>; config: Record<string, unknown>; shape: ModelShape;
+  params: Map<string, LazyTensor>; expAvg?: Map<string, LazyTensor>; expAvgSq?: Map<string, LazyTensor>;
+  resetMoments: boolean; stage: StageOptions;
+  /** Parameter names excluded from weight decay after the growth (default: unchanged). */
+  noDecay?: string[];
+}): TrainingState {
+  const step = grown.stage.continueAt ?? state.progress.step;
+  const record: StageRecord = {
+    step: state.progress.step, operator: grown.operator, options: grown.options,
+    before: state.shape, after: grown.shape, continueAt: step,
+  };
+  const rewarmup = grown.stage.rewarmup ?? 0;
+  const schedule = state.schedule && rewarmup > 0
+    ? { ...state.schedule, restarts: [...state.schedule.restarts, { step, warmupSteps: rewarmup }] }
+    : state.schedule;
+  const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
+  const hasMoments = Boolean(grown.expAvg && grown.expAvgSq);
+  return {
+    ...state,
+    config: grown.config,
+    shape: grown.shape,
+    params: grown.params,
+    optimizer: {
+      ...optimizer,
+      step: grown.resetMoments ? 0 : state.optimizer.step,
+      noDecay: grown.noDecay ?? optimizer.noDecay,
+      ...(hasMoments ? { expAvg: grown.expAvg, expAvgSq: grown.expAvgSq } : {}),
+    },
+    schedule,
+    progress: { ...state.progress, step, stages: [...state.progress.stages, record] },
+  };
+}

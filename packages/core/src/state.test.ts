@@ -1,0 +1,182 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gpt2 } from "./gpt2.js";
+import { writeCheckpoint } from "./shards.js";
+import { inMemory, initTrainingState, loadTrainingState, parameterCount, saveTrainingState } from "./state.js";
+import { Tensor } from "./tensor.js";
+import type { TrainingState } from "./types.js";
+
+const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
+let dir: string;
+beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), "staged-state-")); });
+afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+
+/** Write an HF-style checkpoint as other tools do: names, dtype, extra tensors as given. */
+async function foreign(path: string, opts: { prefix?: boolean; lmHead?: boolean; buffers?: boolean; dtype?: "F32" | "F16" | "BF16"; maxShardBytes?: number; config?: object } = {}) {
+  await mkdir(path, { recursive: true });
+  const config = { ...tiny, ...opts.config };
+  await writeFile(join(path, "config.json"), JSON.stringify(config));
+  const weights = gpt2.init(config, 1);
+  const entries = [];
+  for (const [name, t] of weights) {
+    const stored = opts.prefix === false ? name.replace(/^transformer\./, "") : name;
+    entries.push({ name: stored, tensor: t.withDType(opts.dtype ?? "F32") });
+  }
+  if (opts.lmHead) entries.push({ name: "lm_head.weight", tensor: weights.get("transformer.wte.weight")! });
+  if (opts.buffers) {
+    for (let i = 0; i < tiny.n_layer; i++) {
+      entries.push({ name: `${opts.prefix === false ? "" : "transformer."}h.${i}.attn.bias`, tensor: Tensor.fromArray([1, 1, 8, 8], new Array(64).fill(1)) });
+      entries.push({ name: `h.${i}.attn.masked_bias`, tensor: Tensor.fromArray([], [-1e4]) });
+    }
+  }
+  await writeCheckpoint(path, "model", entries, { maxShardBytes: opts.maxShardBytes, metadata: { format: "pt" } });
+  return weights;
+}
+
+async function expectSameWeights(state: TrainingState, weights: Map<string, Tensor>, exact = true) {
+  expect([...state.params.keys()].sort()).toEqual([...weights.keys()].sort());
+  for (const [name, t] of weights) {
+    const got = (await state.params.get(name)!.read()).f32;
+    if (exact) expect(got).toEqual(t.f32);
+    else got.forEach((v, i) => expect(Math.abs(v - t.f32[i]!)).toBeLessThanOrEqual(Math.abs(t.f32[i]!) * 2 ** -7));
+  }
+}
+
+describe("loadTrainingState of foreign HF GPT-2 checkpoints", () => {
+  for (const variant of [
+    { label: "GPT2LMHeadModel names, tied", opts: {} },
+    { label: "GPT2Model names without the transformer. prefix", opts: { prefix: false } },
+    { label: "lm_head.weight stored although tied", opts: { lmHead: true } },
+    { label: "legacy attn.bias / attn.masked_bias buffers", opts: { buffers: true, prefix: false } },
+    { label: "sharded with an index", opts: { maxShardBytes: 2000 } },
+  ]) {
+    it(variant.label, async () => {
+      const weights = await foreign(join(dir, "m"), variant.opts);
+      const state = await loadTrainingState(join(dir, "m"));
+      await expectSameWeights(state, weights);
+      expect(state.optimizer.expAvg).toBeUndefined();
+      expect(state.progress).toEqual({ step: 0, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] });
+      expect(parameterCount(state)).toBe([...weights.values()].reduce((s, t) => s + t.size, 0));
+      await state.close();
+    });
+  }
+
+  it("keeps an untied lm_head", async () => {
+    const weights = await foreign(join(dir, "m"), { config: { tie_word_embeddings: false } });
+    expect(weights.has("lm_head.weight")).toBe(true);
+    const state = await loadTrainingState(join(dir, "m"));
+    await expectSameWeights(state, weights);
+    await state.close();
+  });
+
+  for (const dtype of ["F16", "BF16"] as const) {
+    it(`reads ${dtype} weights and writes them back as ${dtype}`, async () => {
+      const weights = await foreign(join(dir, "m"), { dtype });
+      const state = await loadTrainingState(join(dir, "m"));
+      expect(state.params.get("transformer.wte.weight")!.dtype).toBe(dtype);
+      await expectSameWeights(state, weights, false);
+      await saveTrainingState(join(dir, "out"), state);
+      const again = await loadTrainingState(join(dir, "out"));
+      expect(again.params.get("transformer.h.0.mlp.c_fc.weight")!.dtype).toBe(dtype);
+      for (const name of state.params.keys()) expect((await again.params.get(name)!.read()).f32).toEqual((await state.params.get(name)!.read()).f32);
+      expect(JSON.parse(await readFile(join(dir, "out", "config.json"), "utf8")).torch_dtype).toBe(dtype === "F16" ? "float16" : "bfloat16");
+      await Promise.all([state.close(), again.close()]);
+    });
+  }
+});
+
+describe("loadTrainingState errors name the file and the problem", () => {
+  it("missing directory, config or weights", async () => {
+    await expect(loadTrainingState(join(dir, "nope"))).rejects.toThrow(/nope: not a checkpoint directory/);
+    await mkdir(join(dir, "m"));
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/m\/config.json: cannot read/);
+    await writeFile(join(dir, "m", "config.json"), "{oops");
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/config.json: invalid JSON/);
+    await writeFile(join(dir, "m", "config.json"), JSON.stringify(tiny));
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/no model.safetensors/);
+    await writeFile(join(dir, "m", "config.json"), JSON.stringify({ ...tiny, model_type: "llama" }));
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/unknown architecture model_type "llama" \(registered: gpt2\)/);
+  });
+
+  it("shapes that disagree with the config, missing and unexpected tensors", async () => {
+    await foreign(join(dir, "m"));
+    await writeFile(join(dir, "m", "config.json"), JSON.stringify({ ...tiny, vocab_size: 17 }));
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/model.safetensors: tensor transformer.wte.weight has shape \[16,8\], the config says \[17,8\]/);
+    await writeFile(join(dir, "m", "config.json"), JSON.stringify({ ...tiny, n_layer: 3 }));
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/missing tensor transformer.h.2.ln_1.weight/);
+    await writeFile(join(dir, "m", "config.json"), JSON.stringify({ ...tiny, n_layer: 1 }));
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/unexpected tensors transformer.h.1/);
+  });
+
+  it("moments that do not match the model", async () => {
+    const state = initTrainingState("gpt2", tiny, 3);
+    const zeros = new Map([...state.params].map(([n, t]) => [n, inMemory(Tensor.zeros("F32", t.shape))]));
+    await saveTrainingState(join(dir, "s"), { ...state, optimizer: { ...state.optimizer, expAvg: zeros, expAvgSq: zeros } });
+    const entries = [...zeros].slice(1).map(([n, t]) => ({ name: `exp_avg.${n}`, tensor: t }));
+    await writeCheckpoint(join(dir, "s"), "optimizer", entries);
+    await expect(loadTrainingState(join(dir, "s"))).rejects.toThrow(/optimizer.safetensors: missing moment exp_avg.transformer.wte.weight/);
+  });
+});
+
+describe("saveTrainingState", () => {
+  it("round-trips the whole state, sharded, with HF's layout", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    const m1 = new Map([...state.params].map(([n, t]) => [n, inMemory(Tensor.fromArray(t.shape, Array.from({ length: t.shape.reduce((a, b) => a * b, 1) }, (_, i) => i * 1e-3)))]));
+    const full: TrainingState = {
+      ...state,
+      optimizer: { ...state.optimizer, step: 7, expAvg: m1, expAvgSq: m1 },
+      schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 20, restarts: [{ step: 5, warmupSteps: 1 }] },
+      progress: { step: 7, tokensSeen: 896, flopsSeen: 1e9, samplerSeed: 5, stages: [] },
+    };
+    await saveTrainingState(join(dir, "out"), full, { maxShardBytes: 3000 });
+    const files = (await readdir(join(dir, "out"))).sort();
+    expect(files).toContain("model.safetensors.index.json");
+    expect(files).toContain("optimizer.safetensors.index.json");
+    expect(files.filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f)).length).toBeGreaterThan(1);
+    const config = JSON.parse(await readFile(join(dir, "out", "config.json"), "utf8"));
+    expect(config).toMatchObject({ model_type: "gpt2", architectures: ["GPT2LMHeadModel"], n_layer: 2, torch_dtype: "float32" });
+    const back = await loadTrainingState(join(dir, "out"));
+    expect(back.optimizer).toMatchObject({ step: 7, lr: 1e-3, betas: [0.9, 0.999] });
+    expect(back.schedule).toEqual(full.schedule);
+    expect(back.progress).toEqual(full.progress);
+    for (const [n, t] of m1) expect((await back.optimizer.expAvgSq!.get(n)!.read()).f32).toEqual((await t.read()).f32);
+    await back.close();
+  });
+
+  it("is atomic: a failure mid-write leaves no directory and the input untouched", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    await saveTrainingState(join(dir, "in"), state);
+    const before = await readFile(join(dir, "in", "model.safetensors"));
+    const loaded = await loadTrainingState(join(dir, "in"));
+    const broken = new Map(loaded.params);
+    broken.set("transformer.ln_f.bias", { dtype: "F32", shape: [8], read: async () => { throw new Error("disk on fire"); } });
+    await expect(saveTrainingState(join(dir, "out"), { ...loaded, params: broken })).rejects.toThrow("disk on fire");
+    await expect(saveTrainingState(join(dir, "in"), { ...loaded, params: broken }, { overwrite: true })).rejects.toThrow("disk on fire");
+    expect((await readdir(dir)).sort()).toEqual(["in"]);
+    expect(await readFile(join(dir, "in", "model.safetensors"))).toEqual(before);
+    await loaded.close();
+  });
+
+  it("refuses to overwrite without asking and to write inside its input", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    await saveTrainingState(join(dir, "in"), state);
+    await expect(saveTrainingState(join(dir, "in"), state)).rejects.toThrow(/already exists/);
+    const loaded = await loadTrainingState(join(dir, "in"));
+    await expect(saveTrainingState(join(dir, "in", "sub"), loaded)).rejects.toThrow(/inside the input/);
+    await expect(saveTrainingState(dir, loaded, { overwrite: true })).rejects.toThrow(/contains the input/);
+    await saveTrainingState(join(dir, "in"), { ...loaded, progress: { ...loaded.progress, step: 3 } }, { overwrite: true });
+    const again = await loadTrainingState(join(dir, "in"));
+    expect(again.progress.step).toBe(3);
+    await Promise.all([loaded.close(), again.close()]);
+  });
+
+  it("checks shapes before writing anything", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    const params = new Map(state.params);
+    params.set("transformer.wpe.weight", inMemory(Tensor.zeros("F32", [9, 8])));
+    await expect(saveTrainingState(join(dir, "out"), { ...state, params })).rejects.toThrow(/transformer.wpe.weight has shape \[9,8\], the config says \[8,8\]/);
+    expect(await readdir(dir)).toEqual([]);
+  });
+});

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { registerInspect } from "./commands/inspect.js";
+import { registerGrow } from "./commands/grow.js";
 
 export interface GlobalOptions { json?: boolean; debug?: boolean }
 
@@ -9,9 +10,10 @@ export function createProgram(): Command {
     .description("Staged training of transformer language models: grow the whole training state and keep training.")
     .option("--json", "print one machine-readable JSON object on stdout")
     .option("--debug", "print stack traces on errors")
-    .showHelpAfterError()
-    .exitOverride();
+    .exitOverride()
+    .configureOutput({ outputError: (text, write) => write(`staged: ${text.replace(/^error: /, "")}`) });
   registerInspect(program);
+  registerGrow(program);
   return program;
 }
 

@@ -1,0 +1,87 @@
+import { resolve } from "node:path";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type TrainingState } from "@staged/core";
+import type { WidthOptions } from "@staged/grow-width";
+import type { DepthOptions } from "@staged/grow-depth";
+import { createCliRegistry } from "../registry.js";
+import { createOutput, runAction, UsageError } from "../output.js";
+import type { GlobalOptions } from "../main.js";
+
+/** Parse an integer option strictly: "2.5", "2x" and "" are errors, not 2. */
+export function integer(name: string, min = 0) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^-?\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`--${name} must be an integer ≥ ${min}.`);
+    return n;
+  };
+}
+const number = (name: string) => (value: string): number => {
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n)) throw new InvalidArgumentError(`--${name} must be a number.`);
+  return n;
+};
+const intList = (name: string) => (value: string): number[] => value.split(",").map((v) => integer(name)(v));
+
+interface CommonOptions { rewarmup?: number; continueAt?: number; force?: boolean; maxShardBytes?: number }
+
+async function grow<O extends object>(input: string, output: string, operator: string, options: O & CommonOptions, cmd: Command): Promise<void> {
+  const g = cmd.optsWithGlobals<GlobalOptions>();
+  await runAction(Boolean(g.debug), async () => {
+    const out = createOutput(Boolean(g.json));
+    if (resolve(input) === resolve(output)) throw new UsageError(`${output}: the output is the input checkpoint (growth never overwrites its input)`);
+    const registry = createCliRegistry();
+    const plugin = registry.get("growth", operator) as GrowthPlugin<O>;
+    const state = await loadTrainingState(input, { registry });
+    try {
+      const { force, maxShardBytes, ...growOptions } = options;
+      const grown: TrainingState = await plugin.grow(state, { ...growOptions, registry } as O);
+      const t0 = performance.now();
+      await saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes });
+      const stage = grown.progress.stages.at(-1)!;
+      const result = {
+        operator, input: resolve(input), output: resolve(output),
+        before: state.shape, after: grown.shape,
+        parametersBefore: parameterCount(state), parametersAfter: parameterCount(grown),
+        options: stage.options, step: stage.step, continueAt: stage.continueAt,
+        lossPreserving: plugin.lossPreserving(options),
+        seconds: (performance.now() - t0) / 1000,
+      };
+      const s = (x: typeof state.shape) => `${x.layers} layers × d${x.dModel} (${x.heads} heads, ffn ${x.ffn})`;
+      out.result(result, [
+        `grew ${operator}: ${s(state.shape)} → ${s(grown.shape)}`,
+        `  parameters ${result.parametersBefore} → ${result.parametersAfter}, ${result.lossPreserving ? "loss preserved exactly" : "loss NOT preserved by these options"}`,
+        `  wrote ${result.output} in ${result.seconds.toFixed(2)} s`,
+      ].join("\n"));
+    } finally {
+      await state.close();
+    }
+  });
+}
+
+const common = (c: Command): Command => c
+  .option("--rewarmup <steps>", "LR re-warmup steps after the growth", integer("rewarmup"))
+  .option("--continue-at <step>", "the step the grown model continues from", integer("continue-at"))
+  .option("--force", "replace an existing output directory")
+  .option("--max-shard-bytes <n>", "shard files above this size", integer("max-shard-bytes", 1));
+
+export function registerGrow(program: Command): void {
+  const growCmd = program.command("grow").description("grow a checkpoint's whole training state");
+  common(growCmd.command("width <in> <out>")
+    .description("hidden size, heads and FFN × factor (exact for --symmetry none|split)")
+    .option("--factor <k>", "width factor", integer("factor", 1), 2)
+    .option("--ffn-factor <m>", "extra FFN width factor", integer("ffn-factor", 1))
+    .addOption(new Option("--moments <mode>", "AdamW moments of the grown model").choices(["paper", "consistent", "reset"]).default("consistent"))
+    .addOption(new Option("--symmetry <mode>", "how copies diverge").choices(["none", "split", "noise"]).default("none"))
+    .option("--noise-std <s>", "noise standard deviation for --symmetry noise", number("noise-std"))
+    .option("--seed <s>", "seed of split/noise", integer("seed"), 0))
+    .action((input: string, output: string, o: WidthOptions & CommonOptions, cmd: Command) => grow(input, output, "width", o, cmd));
+  common(growCmd.command("depth <in> <out>")
+    .description("more layers from a layer map (exact with --init identity)")
+    .option("--factor <k>", "layers × k", integer("factor", 1))
+    .option("--layers <n>", "target layer count", integer("layers", 1))
+    .option("--layer-map <i,j,...>", "source layer of each new layer", intList("layer-map"))
+    .addOption(new Option("--placement <p>", "layer order").choices(["alternate", "append"]).default("alternate"))
+    .addOption(new Option("--init <mode>", "new layers' init").choices(["identity", "copy"]).default("identity"))
+    .addOption(new Option("--moments <mode>", "new layers' moments").choices(["copy", "reset"]).default("copy")))
+    .action((input: string, output: string, o: DepthOptions & CommonOptions, cmd: Command) => grow(input, output, "depth", o, cmd));
+}

@@ -1,0 +1,132 @@
+import {
+  Tensor, checkStageOptions, createDefaultRegistry, derived, grownState,
+  type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
+} from "@staged/core";
+
+export type DepthPlacement = "alternate" | "append";
+export type DepthInit = "identity" | "copy";
+export type DepthMoments = "copy" | "reset";
+
+export interface DepthOptions extends StageOptions {
+  /** Layers × factor (default 2 when neither `layers` nor `layerMap` is given). */
+  factor?: number;
+  /** Target layer count. */
+  layers?: number;
+  /** Explicit source layer of each new layer. */
+  layerMap?: number[];
+  /** alternate: 0,0,1,1,...; append: 0..L−1,0..L−1 (default alternate). */
+  placement?: DepthPlacement;
+  /** identity: new layers add nothing to the residual stream (exact); copy: plain stacking (default identity). */
+  init?: DepthInit;
+  /** copy: new layers take their source's moments; reset: fresh optimizer state (default copy). */
+  moments?: DepthMoments;
+  registry?: Registry;
+}
+
+/** The layer map: which source layer each of the grown model's layers comes from. */
+export function layerMap(sourceLayers: number, o: Pick<DepthOptions, "factor" | "layers" | "layerMap" | "placement">): number[] {
+  const L = sourceLayers;
+  const given = [o.factor, o.layers, o.layerMap].filter((v) => v !== undefined).length;
+  if (given > 1) throw new Error("give only one of factor, layers and layerMap");
+  if (o.layerMap) {
+    const map = o.layerMap;
+    for (const i of map) {
+      if (!Number.isInteger(i) || i < 0 || i >= L) throw new Error(`layer map names layer ${i}, but the model has layers 0..${L - 1}`);
+    }
+    for (let i = 0; i < L; i++) if (!map.includes(i)) throw new Error(`layer map omits layer ${i}: depth growth never removes layers`);
+    if (map.length <= L) throw new Error(`layer map has ${map.length} layers: growth needs more than ${L}`);
+    return [...map];
+  }
+  let N: number;
+  if (o.layers !== undefined) {
+    N = o.layers;
+    if (!Number.isInteger(N) || N <= L) throw new Error(`layers must be an integer above the current ${L}, got ${N}`);
+  } else {
+    const k = o.factor ?? 2;
+    if (!Number.isInteger(k) || k < 2) throw new Error(`factor must be an integer ≥ 2, got ${k}`);
+    N = k * L;
+  }
+  const placement = o.placement ?? "alternate";
+  if (placement === "alternate") return Array.from({ length: N }, (_, n) => Math.floor((n * L) / N));
+  if (placement === "append") return Array.from({ length: N }, (_, n) => n % L);
+  throw new Error(`placement must be alternate or append, got ${placement}`);
+}
+
+/** Identity init is exact when the original layers keep their order; copy init never is. */
+export function depthLossPreserving(map: readonly number[], init: DepthInit): boolean {
+  if (init !== "identity") return false;
+  const firsts = map.filter((l, n) => map.indexOf(l) === n);
+  return firsts.every((l, i) => l === i);
+}
+
+/** Roles zeroed in an identity-initialized layer: the block's outputs into the residual stream. */
+const RESIDUAL_OUTPUTS = new Set<ParamSpec["role"]>(["attn.out.weight", "attn.out.bias", "mlp.out.weight", "mlp.out.bias"]);
+
+const zerosLike = (t: LazyTensor, shape: readonly number[]): LazyTensor =>
+  derived(t.dtype, shape, async () => Tensor.zeros(t.dtype, shape));
+
+/**
+ * Depth growth: each new layer comes from a source layer (the layer map). The first occurrence of a source
+ * layer is the original; later ones are new, initialized as `copy` (stacking) or `identity` (a copy whose
+ * attention and MLP output projections, weights and biases, are zero, so the block adds nothing and the loss
+ * is exact). New layers' moments are copied from their source (zero for the zeroed projections), or the
+ * optimizer state is reset.
+ */
+export function growDepth(state: TrainingState, options: DepthOptions = {}): TrainingState {
+  const init = options.init ?? "identity";
+  const moments = options.moments ?? "copy";
+  if (init !== "identity" && init !== "copy") throw new Error(`init must be identity or copy, got ${init}`);
+  if (moments !== "copy" && moments !== "reset") throw new Error(`moments must be copy or reset, got ${moments}`);
+  checkStageOptions(options, state);
+  const map = layerMap(state.shape.layers, options);
+
+  const arch = (options.registry ?? createDefaultRegistry()).get("architecture", state.architecture);
+  const shape = { ...state.shape, layers: map.length };
+  const config = arch.withShape(state.config, shape);
+  const sourceSpecs = arch.params(state.config);
+  const byLayer = (specs: ParamSpec[], layer: number | null) => specs.filter((p) => p.layer === layer);
+  const { expAvg, expAvgSq } = state.optimizer;
+  const keepMoments = moments === "copy" && expAvg !== undefined && expAvgSq !== undefined;
+  const noDecay = new Set(state.optimizer.noDecay);
+
+  const params = new Map<string, LazyTensor>();
+  const avg = new Map<string, LazyTensor>();
+  const avgSq = new Map<string, LazyTensor>();
+  const newNoDecay: string[] = [];
+  const targetSpecs = arch.params(config);
+  const place = (target: ParamSpec, source: ParamSpec, zeroed: boolean): void => {
+    const get = (m: Map<string, LazyTensor> | undefined, what: string): LazyTensor => {
+      const t = m?.get(source.name);
+      if (!t) throw new Error(`depth growth: ${what} ${source.name} is missing`);
+      return t;
+    };
+    const p = get(state.params, "parameter");
+    params.set(target.name, zeroed ? zerosLike(p, target.shape) : p);
+    if (noDecay.has(source.name)) newNoDecay.push(target.name);
+    if (!keepMoments) return;
+    const m1 = get(expAvg, "exp_avg of"), m2 = get(expAvgSq, "exp_avg_sq of");
+    avg.set(target.name, zeroed ? zerosLike(m1, target.shape) : m1);
+    avgSq.set(target.name, zeroed ? zerosLike(m2, target.shape) : m2);
+  };
+  for (const target of byLayer(targetSpecs, null)) {
+    const source = sourceSpecs.find((p) => p.name === target.name);
+    if (!source) throw new Error(`depth growth: no source for ${target.name}`);
+    place(target, source, false);
+  }
+  map.forEach((src, n) => {
+    const isNew = map.indexOf(src) !== n;
+    const sources = byLayer(sourceSpecs, src);
+    byLayer(targetSpecs, n).forEach((target, i) => {
+      const source = sources[i]!;
+      if (source.role !== target.role) throw new Error(`depth growth: layer ${n} parameter ${i} is ${target.role}, source is ${source.role}`);
+      place(target, source, isNew && init === "identity" && RESIDUAL_OUTPUTS.has(target.role));
+    });
+  });
+  return grownState(state, {
+    operator: "depth",
+    options: { layerMap: map, init, moments },
+    config, shape, params,
+    ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
+    resetMoments: !keepMoments, stage: options, noDecay: newNoDecay,
+  });
+}

@@ -1,0 +1,203 @@
+import {
+  Rng, Tensor, checkStageOptions, concat, createDefaultRegistry, deriveSeed, derived, grownState,
+  type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
+} from "@staged/core";
+
+export type WidthMoments = "paper" | "consistent" | "reset";
+export type WidthSymmetry = "none" | "split" | "noise";
+
+export interface WidthOptions extends StageOptions {
+  /** Hidden size, heads and FFN width × factor, head size kept (default 2). */
+  factor?: number;
+  /** FFN width × ffnFactor on top of `factor` (default 1); with factor 1 only the FFN grows. */
+  ffnFactor?: number;
+  /** AdamW moments of the grown model (default "consistent"). */
+  moments?: WidthMoments;
+  /** How the copies are made to diverge (default "none"). */
+  symmetry?: WidthSymmetry;
+  /** Standard deviation of the `noise` symmetry breaking (default 1e-3). */
+  noiseStd?: number;
+  seed?: number;
+  registry?: Registry;
+}
+
+const MOMENTS: readonly WidthMoments[] = ["paper", "consistent", "reset"];
+const SYMMETRY: readonly WidthSymmetry[] = ["none", "split", "noise"];
+
+/** Whether the grown model computes exactly the small model's function (logits, loss) with these options. */
+export const widthLossPreserving = (o: WidthOptions): boolean => (o.symmetry ?? "none") !== "noise";
+
+/**
+ * Coefficient of input copy i in output copy j of a grown matrix with `a` input and `b` output copies.
+ * Every output copy's coefficients sum to 1, so it computes the original map of the (equal) input copies.
+ * a = b is the paper's block diagonal.
+ */
+function coefficient(a: number, b: number, i: number, j: number): number {
+  if (b >= a) return i === j % a ? 1 : 0;
+  const r = a / b;
+  return i % b === j ? 1 / r : 0;
+}
+
+interface Axes { /** copies along the input (rows) and output (columns) axes of a [in, out] matrix */ a: number; b: number }
+
+/** Grow a Conv1D [in, out] weight to [a·in, b·out]. */
+function growMatrix(w: Tensor, { a, b }: Axes, symmetry: WidthSymmetry, noiseStd: number, rng: Rng): Tensor {
+  const [rows, cols] = w.shape as [number, number];
+  const src = w.f32;
+  const W = b * cols;
+  const out = new Float32Array(a * rows * W);
+  if (symmetry === "split" && a > 1) {
+    // LEMON-style lossless split: each output copy takes a random convex combination of the input copies.
+    const share = new Float64Array(a);
+    for (let j = 0; j < b; j++) {
+      for (let r = 0; r < rows; r++) {
+        for (let c = 0; c < cols; c++) {
+          let sum = 0;
+          for (let i = 0; i < a; i++) { share[i] = 0.05 + rng.uniform(); sum += share[i]!; }
+          const v = src[r * cols + c]!;
+          for (let i = 0; i < a; i++) out[(i * rows + r) * W + j * cols + c] = (share[i]! / sum) * v;
+        }
+      }
+    }
+    return new Tensor(w.dtype, [a * rows, W], out);
+  }
+  for (let i = 0; i < a; i++) {
+    for (let j = 0; j < b; j++) {
+      const coef = coefficient(a, b, i, j);
+      if (coef === 0) continue;
+      const noisy = symmetry === "noise" && (i > 0 || j > 0);
+      for (let r = 0; r < rows; r++) {
+        const at = (i * rows + r) * W + j * cols;
+        const row = src.subarray(r * cols, (r + 1) * cols);
+        if (coef === 1 && !noisy) { out.set(row, at); continue; }
+        for (let c = 0; c < cols; c++) out[at + c] = coef * row[c]! + (noisy ? noiseStd * rng.normal() : 0);
+      }
+    }
+  }
+  return new Tensor(w.dtype, [a * rows, W], out);
+}
+
+/** The moments of a grown matrix: every block (consistent) or only the blocks the paper copies into. */
+function growMatrixMoment(m: Tensor, { a, b }: Axes, scale: number, everyBlock: boolean): Tensor {
+  const scaled = m.scale(scale);
+  if (everyBlock) return scaled.tile(1, b).tile(0, a);
+  const [rows, cols] = m.shape as [number, number];
+  const W = b * cols;
+  const out = new Float32Array(a * rows * W);
+  for (let i = 0; i < a; i++) {
+    for (let j = 0; j < b; j++) {
+      if (coefficient(a, b, i, j) === 0) continue;
+      for (let r = 0; r < rows; r++) out.set(scaled.f32.subarray(r * cols, (r + 1) * cols), (i * rows + r) * W + j * cols);
+    }
+  }
+  return new Tensor(m.dtype, [a * rows, W], out);
+}
+
+/** Apply `f` to each part of a fused q|k|v tensor (split along its last axis) and re-fuse. */
+function perPart(t: Tensor, spec: ParamSpec, f: (part: Tensor) => Tensor): Tensor {
+  if (!spec.fused) return f(t);
+  const axis = t.shape.length - 1;
+  return concat(t.chunk(axis, spec.fused.length).map(f), axis);
+}
+
+interface Rule {
+  /** Copies of the parameter along its grown axes. */
+  kind: "matrix" | "tile";
+  axes: Axes;
+  /** Axis tiled for `tile` rules. */
+  axis: number;
+  /** Factor on the values (the final LayerNorm's 1/k) and on the gradient (hence exp_avg). */
+  valueScale: number;
+  gradScale: number;
+}
+
+function ruleFor(spec: ParamSpec, k: number, f: number): Rule {
+  const tile = (copies: number, axis: number, valueScale = 1, gradScale = 1 / copies): Rule =>
+    ({ kind: "tile", axes: { a: 1, b: copies }, axis, valueScale, gradScale });
+  const matrix = (a: number, b: number): Rule => {
+    if (spec.layout !== "conv1d") throw new Error(`width growth: ${spec.name} has layout ${spec.layout}, expected conv1d`);
+    return { kind: "matrix", axes: { a, b }, axis: -1, valueScale: 1, gradScale: 1 / b };
+  };
+  switch (spec.role) {
+    case "embed.tokens": case "embed.positions": case "lm_head.weight": return tile(k, 1);
+    case "norm.weight": case "norm.bias": case "attn.qkv.bias": case "attn.out.bias": case "mlp.out.bias": return tile(k, 0);
+    // LayerNorm of the tiled state is the tiled LayerNorm; /k keeps the tied logits: Σ over k copies.
+    case "final_norm.weight": case "final_norm.bias": return tile(k, 0, 1 / k, 1);
+    case "mlp.in.bias": return tile(f, 0);
+    case "attn.qkv.weight": case "attn.out.weight": return matrix(k, k);
+    case "mlp.in.weight": return matrix(k, f);
+    case "mlp.out.weight": return matrix(f, k);
+  }
+}
+
+function positiveInt(v: number | undefined, fallback: number, what: string): number {
+  const x = v ?? fallback;
+  if (!Number.isInteger(x) || x < 1) throw new Error(`${what} must be an integer ≥ 1, got ${x}`);
+  return x;
+}
+
+/**
+ * Width growth (Shen et al. 2022): hidden size, heads and FFN × factor with the head size kept, so the
+ * hidden state becomes [h, h, ...]. Embeddings, biases and LayerNorms are tiled, linear maps become block
+ * matrices (block-diagonal for the paper's factor), the final LayerNorm is divided by k. Exact (same logits)
+ * for symmetry "none" and "split"; "noise" perturbs the new copies by N(0, noiseStd).
+ *
+ * Moments: every copied entry's gradient in the grown model is the original one over the number of copies
+ * of its output axis (the final LayerNorm's is unchanged), so exp_avg / c and exp_avg_sq / c². "consistent"
+ * gives that to every block, including the off-diagonal ones whose gradient equals the diagonal's; "paper"
+ * puts zeros off the diagonal as the released code does; "reset" drops the moments. With "split" the copies'
+ * weights differ, so "consistent" is the symmetric-model mapping, not the exact gradient.
+ */
+export function growWidth(state: TrainingState, options: WidthOptions = {}): TrainingState {
+  const k = positiveInt(options.factor, 2, "factor");
+  const m = positiveInt(options.ffnFactor, 1, "ffnFactor");
+  if (k === 1 && m === 1) throw new Error("nothing to grow: factor must be an integer ≥ 2 (or ffnFactor ≥ 2)");
+  const moments = options.moments ?? "consistent";
+  const symmetry = options.symmetry ?? "none";
+  if (!MOMENTS.includes(moments)) throw new Error(`moments must be one of ${MOMENTS.join(", ")}, got ${moments}`);
+  if (!SYMMETRY.includes(symmetry)) throw new Error(`symmetry must be one of ${SYMMETRY.join(", ")}, got ${symmetry}`);
+  const noiseStd = options.noiseStd ?? 1e-3;
+  if (!(noiseStd >= 0)) throw new Error(`noiseStd must be ≥ 0, got ${noiseStd}`);
+  const seed = options.seed ?? 0;
+  checkStageOptions(options, state);
+
+  const arch = (options.registry ?? createDefaultRegistry()).get("architecture", state.architecture);
+  const s = state.shape;
+  const shape = { ...s, dModel: k * s.dModel, heads: k * s.heads, ffn: k * m * s.ffn };
+  const config = arch.withShape(state.config, shape);
+  const newSpecs = new Map(arch.params(config).map((p) => [p.name, p]));
+  const { expAvg, expAvgSq } = state.optimizer;
+  const keepMoments = moments !== "reset" && expAvg !== undefined && expAvgSq !== undefined;
+
+  const params = new Map<string, LazyTensor>();
+  const avg = new Map<string, LazyTensor>();
+  const avgSq = new Map<string, LazyTensor>();
+  for (const spec of arch.params(state.config)) {
+    const target = newSpecs.get(spec.name);
+    const source = state.params.get(spec.name);
+    if (!target || !source) throw new Error(`width growth: parameter ${spec.name} is missing`);
+    const rule = ruleFor(spec, k, k * m);
+    const grow = (t: Tensor, rng: Rng): Tensor => perPart(t, spec, (part) => rule.kind === "matrix"
+      ? growMatrix(part, rule.axes, symmetry, noiseStd, rng)
+      : (rule.valueScale === 1 ? part : part.scale(rule.valueScale)).tile(rule.axis, rule.axes.b));
+    params.set(spec.name, derived(source.dtype, target.shape, async () => grow(await source.read(), new Rng(deriveSeed(seed, spec.name)))));
+    if (!keepMoments) continue;
+    const growMoment = (t: Tensor, power: number): Tensor => {
+      const scale = rule.gradScale ** power;
+      return perPart(t, spec, (part) => rule.kind === "matrix"
+        ? growMatrixMoment(part, rule.axes, scale, moments === "consistent")
+        : part.scale(scale).tile(rule.axis, rule.axes.b));
+    };
+    const m1 = expAvg.get(spec.name), m2 = expAvgSq.get(spec.name);
+    if (!m1 || !m2) throw new Error(`width growth: the optimizer state has no moments for ${spec.name}`);
+    avg.set(spec.name, derived(m1.dtype, target.shape, async () => growMoment(await m1.read(), 1)));
+    avgSq.set(spec.name, derived(m2.dtype, target.shape, async () => growMoment(await m2.read(), 2)));
+  }
+  return grownState(state, {
+    operator: "width",
+    options: { factor: k, ffnFactor: m, moments, symmetry, ...(symmetry === "noise" ? { noiseStd } : {}), seed },
+    config, shape, params,
+    ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
+    resetMoments: !keepMoments, stage: options,
+  });
+}

@@ -1,0 +1,439 @@
+import { inMemory, saveTrainingState, Tensor, type LazyTensor, type LrScheduleSpec, type TrainingState } from "@staged/core";
+import { createLrSchedule, flopsPerToken } from "@staged/scheduler";
+import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
+import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
+import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
+import { formatMetrics, METRICS_FILE, parseMetrics, readMetrics, type MetricsRecord } from "./metrics.js";
+
+/** What the trainer needs of a compiled engine (see ./engine.ts). */
+export interface TrainEngine {
+  readonly paramNames: readonly string[];
+  step(ids: Int32Array, lr: number, stepNumber: number): Promise<{ loss: number; gradNorm: number }>;
+  evalLoss(ids: Int32Array): Promise<number>;
+  params(): Map<string, Float32Array>;
+  moments(): { expAvg: Map<string, Float32Array>; expAvgSq: Map<string, Float32Array> };
+  release(): Promise<void>;
+}
+
+export interface TrainEngineOptions {
+  device?: "cpu" | "cuda"; threads?: number; batch: number; context: number; microBatch?: number;
+  betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null; noDecay?: Iterable<string>;
+}
+
+/** Builds an engine; the default is `createEngine` of ./engine.js. */
+export type EngineFactory = (architecture: string, config: Record<string, unknown>, weights: Map<string, Float32Array>,
+  moments: { expAvg?: Map<string, Float32Array>; expAvgSq?: Map<string, Float32Array> } | undefined,
+  options: TrainEngineOptions) => Promise<TrainEngine>;
+
+const ENGINE_MODULE = "./engine.js";
+export const defaultEngineFactory: EngineFactory = async (...args) =>
+  ((await import(ENGINE_MODULE)) as { createEngine: EngineFactory }).createEngine(...args);
+
+export const DEFAULT_BATCH = 8;
+export const DEFAULT_CLIP = 1.0;
+export const DEFAULT_EVAL_BLOCKS = 64;
+export const DEFAULT_SCHEDULE = "constant";
+
+export interface TrainOptions {
+  /** `brown` (Brown corpus: train split, validation split held out), a `.txt` file, or a `.bin` file of uint16 ids. */
+  data: string;
+  /** Validation data; default: the Brown validation split for `brown`, else the last 5% of `data` (≥ one block). */
+  valData?: string;
+  /** A tokenizer.json to use (and store in the checkpoint) instead of the state's tokenizer. */
+  tokenizer?: string;
+  /** Steps to run now (≥ 1). */
+  steps: number;
+  /** Blocks per step (default 8). */
+  batch?: number;
+  /** Blocks per micro-batch (gradient accumulation); must divide batch. Default: the whole batch. */
+  microBatch?: number;
+  /** Tokens per block (default: the model's n_positions; at most n_positions). */
+  context?: number;
+  // Options below left undefined keep the value stored in the state (or the default on a fresh state).
+  /** Peak learning rate (stored as schedule.peakLr and optimizer.lr). */
+  lr?: number;
+  /** LR schedule kind of @staged/scheduler: constant, linear, cosine, wsd (default constant). */
+  schedule?: string;
+  /** Linear warmup steps (default 0). */
+  warmup?: number;
+  /** Schedule length; default progress.step + steps, see {@link resolveSchedule}. */
+  totalSteps?: number;
+  /** Final LR of decaying schedules (default 0). */
+  minLr?: number;
+  betas?: [number, number];
+  eps?: number;
+  weightDecay?: number;
+  /** Global gradient-norm clip; null disables it (default 1.0; not stored in the state). */
+  clip?: number | null;
+  /** Batch sampler (default random; not stored in the state). */
+  sampler?: SamplerKind;
+  /** Sampler seed (stored as progress.samplerSeed). */
+  seed?: number;
+  /** Compute the validation loss every K steps (0: only after the last step). */
+  evalEvery?: number;
+  /** Validation blocks evaluated each time (the first K blocks of the validation stream; default 64). */
+  evalBlocks?: number;
+  /** Save a checkpoint every K steps (0: only at the end). */
+  saveEvery?: number;
+  /** Checkpoint directory; default the directory the state was loaded from; none: nothing is saved. */
+  saveDir?: string;
+  device?: "cpu" | "cuda";
+  threads?: number;
+  /** Engine builder (tests substitute their own). */
+  engineFactory?: EngineFactory;
+}
+
+export interface StepInfo {
+  /** progress.step after this step. */
+  step: number;
+  /** 1-based index of the step within this invocation, and the number of steps to run. */
+  index: number; steps: number;
+  loss: number; gradNorm: number; lr: number;
+  tokens: number; flops: number;
+  /** Training throughput of this invocation so far (sampling + step time only). */
+  tokensPerSecond: number;
+  /** Seconds spent in steps so far in this invocation. */
+  stepSeconds: number;
+}
+
+export interface EvalInfo { step: number; valLoss: number; blocks: number }
+export interface SaveInfo { step: number; dir: string }
+
+export interface TrainCallbacks {
+  onStep?(info: StepInfo): void | Promise<void>;
+  onEval?(info: EvalInfo): void | Promise<void>;
+  onSave?(info: SaveInfo): void | Promise<void>;
+  /** Called once, after the data is read and the engine built, just before the first step. */
+  onStart?(info: { data: PreparedData; schedule: LrScheduleSpec; context: number; batch: number; setupSeconds: number }): void | Promise<void>;
+}
+
+export interface TrainResult {
+  /** progress.step at the end. */
+  step: number;
+  /** The last step's training loss. */
+  loss: number;
+  /** Every step's training loss of this invocation, in order. */
+  losses: number[];
+  /** The last validation loss computed (null if there was none). */
+  valLoss: number | null;
+  /** Tokens per second over the steps themselves (graph building, session creation, evaluation and saving excluded). */
+  tokensPerSecond: number;
+  /** Totals seen by the state (progress.tokensSeen, progress.flopsSeen). */
+  tokens: number;
+  flops: number;
+  /** Tokens and FLOPs of this invocation. */
+  runTokens: number;
+  runFlops: number;
+  /** Wall-clock seconds of the whole call, and of the steps alone. */
+  seconds: number;
+  stepSeconds: number;
+  /** Seconds spent reading data and building the engine. */
+  setupSeconds: number;
+  /** The metrics records of this invocation. */
+  metrics: MetricsRecord[];
+  schedule: LrScheduleSpec;
+  /** Where checkpoints went (null when nothing was saved). */
+  saveDir: string | null;
+}
+
+const isPosInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 1;
+const isNonNegInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 0;
+const isNonNeg = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0;
+
+function check(ok: boolean, message: string): void {
+  if (!ok) throw new Error(message);
+}
+
+/** Validate the options that do not depend on the data. */
+function validate(state: TrainingState, o: TrainOptions): { batch: number; context: number } {
+  check(isPosInt(o.steps), `steps must be a positive integer, got ${o.steps}`);
+  const batch = o.batch ?? DEFAULT_BATCH;
+  check(isPosInt(batch), `batch must be a positive integer, got ${batch}`);
+  if (o.microBatch !== undefined) {
+    check(isPosInt(o.microBatch) && batch % o.microBatch === 0, `micro-batch must be a positive integer that divides the batch ${batch}, got ${o.microBatch}`);
+  }
+  const context = o.context ?? state.shape.context;
+  check(Number.isInteger(context) && context >= 2, `context must be an integer ≥ 2, got ${context}`);
+  check(context <= state.shape.context, `context ${context} is above the model's n_positions ${state.shape.context}`);
+  if (o.lr !== undefined) check(isNonNeg(o.lr) && o.lr > 0, `lr must be a positive number, got ${o.lr}`);
+  if (o.warmup !== undefined) check(isNonNegInt(o.warmup), `warmup must be a non-negative integer, got ${o.warmup}`);
+  if (o.totalSteps !== undefined) check(isPosInt(o.totalSteps), `total steps must be a positive integer, got ${o.totalSteps}`);
+  if (o.betas !== undefined) {
+    check(Array.isArray(o.betas) && o.betas.length === 2 && o.betas.every((b) => Number.isFinite(b) && b >= 0 && b < 1),
+      `betas must be two numbers in [0, 1), got ${JSON.stringify(o.betas)}`);
+  }
+  if (o.eps !== undefined) check(isNonNeg(o.eps) && o.eps > 0, `eps must be a positive number, got ${o.eps}`);
+  if (o.weightDecay !== undefined) check(isNonNeg(o.weightDecay), `weight decay must be a number ≥ 0, got ${o.weightDecay}`);
+  if (o.clip !== undefined && o.clip !== null) check(isNonNeg(o.clip) && o.clip > 0, `clip must be a positive number (or null for none), got ${o.clip}`);
+  if (o.sampler !== undefined) check(SAMPLER_KINDS.includes(o.sampler), `sampler must be ${SAMPLER_KINDS.join(" or ")}, got ${JSON.stringify(o.sampler)}`);
+  if (o.seed !== undefined) check(isNonNegInt(o.seed) && o.seed <= 0xffffffff, `seed must be an integer in [0, 2^32), got ${o.seed}`);
+  if (o.evalEvery !== undefined) check(isNonNegInt(o.evalEvery), `eval-every must be a non-negative integer, got ${o.evalEvery}`);
+  if (o.evalBlocks !== undefined) check(isPosInt(o.evalBlocks), `eval-blocks must be a positive integer, got ${o.evalBlocks}`);
+  if (o.saveEvery !== undefined) check(isNonNegInt(o.saveEvery), `save-every must be a non-negative integer, got ${o.saveEvery}`);
+  if (o.device !== undefined) check(o.device === "cpu" || o.device === "cuda", `device must be cpu or cuda, got ${JSON.stringify(o.device)}`);
+  if (o.threads !== undefined) check(isPosInt(o.threads), `threads must be a positive integer, got ${o.threads}`);
+  return { batch, context };
+}
+
+/**
+ * The LR schedule a call runs, from the stored one and the options. With no stored schedule (a fresh or
+ * bare checkpoint): kind `schedule` (default constant), peak `lr` (default the state's optimizer.lr),
+ * `warmup` (default 0), `minLr`, and totalSteps = `totalSteps` or else progress.step + steps. With a stored
+ * schedule: it is kept (restarts included), each option given replaces its field, and when no `totalSteps`
+ * is given and the run goes past the stored totalSteps, totalSteps is extended to progress.step + steps (so a
+ * decaying schedule never sits at its final LR for the extra steps). To split a decaying schedule over
+ * several calls exactly as one call would run it, give `totalSteps` in the first call.
+ */
+export function resolveSchedule(state: TrainingState, o: Pick<TrainOptions, "lr" | "schedule" | "warmup" | "totalSteps" | "minLr" | "steps">): LrScheduleSpec {
+  const end = state.progress.step + o.steps;
+  const stored = state.schedule;
+  const spec: LrScheduleSpec = stored
+    ? { ...stored, restarts: [...stored.restarts] }
+    : { kind: DEFAULT_SCHEDULE, peakLr: state.optimizer.lr, warmupSteps: 0, totalSteps: end, restarts: [] };
+  if (o.schedule !== undefined) spec.kind = o.schedule;
+  if (o.lr !== undefined) spec.peakLr = o.lr;
+  if (o.warmup !== undefined) spec.warmupSteps = o.warmup;
+  if (o.minLr !== undefined) spec.minLr = o.minLr;
+  if (o.totalSteps !== undefined) spec.totalSteps = o.totalSteps;
+  else if (end > spec.totalSteps) spec.totalSteps = end;
+  createLrSchedule(spec); // validates
+  return spec;
+}
+
+async function readFloat(t: LazyTensor): Promise<Float32Array> {
+  const v = await t.read();
+  // Always a private copy: the engine updates its buffers in place and must not touch the caller's state.
+  return v.data instanceof Float32Array ? v.data.slice() : Float32Array.from(v.data as ArrayLike<number>);
+}
+
+async function readAll(map: Map<string, LazyTensor>): Promise<Map<string, Float32Array>> {
+  const out = new Map<string, Float32Array>();
+  for (const [name, t] of map) out.set(name, await readFloat(t));
+  return out;
+}
+
+/**
+ * Mean next-token loss over `blocks` consecutive non-overlapping blocks of `context` tokens taken from the
+ * start of `tokens`, with an engine compiled for `batch` blocks. Full batches are evaluated as they are; a
+ * last partial batch of r blocks is filled up with copies of its first block X, and its exact mean is
+ * recovered as (B·L − (B − r)·L_X)/r with L_X the loss of a batch of B copies of X (one more evaluation).
+ * Every block has context − 1 predictions, so the mean over blocks is the mean over predictions.
+ */
+export async function evaluateBlocks(engine: Pick<TrainEngine, "evalLoss">, tokens: Int32Array, batch: number,
+                                     context: number, blocks: number): Promise<number> {
+  const B = batch, T = context;
+  if (!isPosInt(blocks)) throw new Error(`no evaluation blocks: need at least ${T} tokens, have ${tokens.length}`);
+  if (blocks * T > tokens.length) throw new Error(`${blocks} blocks of ${T} tokens need ${blocks * T} tokens, have ${tokens.length}`);
+  const buf = new Int32Array(B * T);
+  let sum = 0;
+  const full = Math.floor(blocks / B);
+  for (let b = 0; b < full; b++) {
+    buf.set(tokens.subarray(b * B * T, (b + 1) * B * T));
+    sum += (await engine.evalLoss(buf)) * B;
+  }
+  const r = blocks - full * B;
+  if (r > 0) {
+    const start = full * B * T;
+    const x = tokens.subarray(start, start + T);
+    for (let i = 0; i < B; i++) buf.set(x, i * T);
+    const lx = await engine.evalLoss(buf);
+    if (r === 1) {
+      sum += lx;
+    } else {
+      buf.set(tokens.subarray(start, start + r * T));
+      const l = await engine.evalLoss(buf);
+      sum += B * l - (B - r) * lx;
+    }
+  }
+  return sum / blocks;
+}
+
+/** The metrics history a run continues: the state's own, else the source directory's, up to progress.step. */
+async function metricsHistory(state: TrainingState): Promise<MetricsRecord[]> {
+  const inFiles = state.files?.get(METRICS_FILE);
+  const source = (state as { source?: string }).source;
+  const all = inFiles ? parseMetrics(new TextDecoder().decode(inFiles)) : source ? await readMetrics(source) : [];
+  return all.filter((r) => r.step <= state.progress.step);
+}
+
+async function tokenizerFor(state: TrainingState, o: TrainOptions): Promise<{ tokenizer: TextTokenizer; files?: Map<string, Uint8Array>; spec: TrainingState["tokenizer"] }> {
+  if (o.tokenizer === undefined) return { tokenizer: await tokenizerOf(state.tokenizer, state.files), spec: state.tokenizer };
+  const { tokenizer, bytes } = await loadHfTokenizer(o.tokenizer);
+  checkTokenizerFits(tokenizer, state.shape.vocab, o.tokenizer);
+  const files = new Map(state.files ?? []);
+  files.set("tokenizer.json", bytes);
+  return { tokenizer, files, spec: { kind: "hf", file: "tokenizer.json" } };
+}
+
+/**
+ * Train `state` for `options.steps` steps and return the new state with the run's result. Resumes where the
+ * state's progress says: the schedule step (progress.step) drives the LR and the sampler, the optimizer step
+ * drives AdamW's bias correction, the sampler seed is progress.samplerSeed; so N steps in one call give the
+ * same parameters as N/2 + N/2 with a save and reload in between (given the same options, and `totalSteps`
+ * for decaying schedules, see {@link resolveSchedule}).
+ *
+ * Checkpoints (when a directory is known) are written atomically every `saveEvery` steps and at the end; each
+ * carries `metrics.jsonl` (one line per step of the state's history). All input is checked, and the engine
+ * built, before anything is written.
+ */
+export async function train(state: TrainingState, options: TrainOptions,
+                            callbacks: TrainCallbacks = {}): Promise<{ state: TrainingState; result: TrainResult }> {
+  const t0 = performance.now();
+  const o = options;
+  const { batch, context } = validate(state, o);
+  const schedule = resolveSchedule(state, o);
+  const lrAt = createLrSchedule(schedule);
+  const { tokenizer, files: tokFiles, spec: tokenizerSpec } = await tokenizerFor(state, o);
+  const data = await prepareData({ data: o.data, valData: o.valData, tokenizer, vocab: state.shape.vocab, context });
+  const seed = o.seed ?? state.progress.samplerSeed;
+  const sampler = createSampler(o.sampler ?? "random", data.train.tokens, { batch, context, seed });
+  const valBlocks = evalBlockCount(data.validation.tokens.length, context, o.evalBlocks ?? DEFAULT_EVAL_BLOCKS);
+  const fpt = flopsPerToken(state.shape, context);
+  const saveDir = o.saveDir ?? (state as { source?: string }).source ?? null;
+  const history = saveDir ? await metricsHistory(state) : [];
+
+  const hasMoments = Boolean(state.optimizer.expAvg && state.optimizer.expAvgSq);
+  const optimizer = {
+    ...state.optimizer,
+    lr: schedule.peakLr,
+    betas: o.betas ?? state.optimizer.betas,
+    eps: o.eps ?? state.optimizer.eps,
+    weightDecay: o.weightDecay ?? state.optimizer.weightDecay,
+    // Without moments the bias correction starts over.
+    step: hasMoments ? state.optimizer.step : 0,
+  };
+  const weights = await readAll(state.params);
+  const moments = hasMoments
+    ? { expAvg: await readAll(state.optimizer.expAvg!), expAvgSq: await readAll(state.optimizer.expAvgSq!) }
+    : undefined;
+  const factory = o.engineFactory ?? defaultEngineFactory;
+  const engine = await factory(state.architecture, state.config, weights, moments, {
+    device: o.device, threads: o.threads, batch, context, microBatch: o.microBatch,
+    betas: optimizer.betas, eps: optimizer.eps, weightDecay: optimizer.weightDecay,
+    clip: o.clip === undefined ? DEFAULT_CLIP : o.clip, noDecay: optimizer.noDecay,
+  });
+
+  const progress = { ...state.progress, samplerSeed: seed, stages: [...state.progress.stages] };
+  const records: MetricsRecord[] = [];
+  const losses: number[] = [];
+  let valLoss: number | null = null;
+  let stepSeconds = 0;
+  let lastSaved = -1;
+  const shapes = new Map([...state.params].map(([n, t]) => [n, t.shape]));
+
+  const snapshot = (copy: boolean): TrainingState => {
+    const wrap = (m: Map<string, Float32Array>) =>
+      new Map([...m].map(([n, a]) => [n, inMemory(new Tensor("F32", shapes.get(n) ?? [a.length], copy ? a.slice() : a))]));
+    const mom = engine.moments();
+    const files = new Map(tokFiles ?? state.files ?? []);
+    files.set(METRICS_FILE, new TextEncoder().encode(formatMetrics([...history, ...records])));
+    const { source: _s, close: _c, ...plain } = state as TrainingState & { source?: string; close?: unknown };
+    return {
+      ...plain,
+      params: wrap(engine.params()),
+      optimizer: { ...optimizer, expAvg: wrap(mom.expAvg), expAvgSq: wrap(mom.expAvgSq) },
+      schedule: { ...schedule, restarts: [...schedule.restarts] },
+      progress: { ...progress, stages: [...progress.stages] },
+      tokenizer: tokenizerSpec,
+      files,
+    };
+  };
+  const save = async (): Promise<void> => {
+    if (!saveDir || lastSaved === progress.step) return;
+    await saveTrainingState(saveDir, snapshot(false), { overwrite: true });
+    lastSaved = progress.step;
+    await callbacks.onSave?.({ step: progress.step, dir: saveDir });
+  };
+  const evaluate = async (): Promise<number> => {
+    const v = await evaluateBlocks(engine, data.validation.tokens, batch, context, valBlocks);
+    valLoss = v;
+    await callbacks.onEval?.({ step: progress.step, valLoss: v, blocks: valBlocks });
+    return v;
+  };
+
+  let final: TrainingState;
+  const setupSeconds = (performance.now() - t0) / 1000;
+  try {
+    await callbacks.onStart?.({ data, schedule, context, batch, setupSeconds });
+    const ids = new Int32Array(batch * context);
+    for (let i = 1; i <= o.steps; i++) {
+      const ts = performance.now();
+      sampler.batch(progress.step, ids);
+      const lr = lrAt(progress.step);
+      const { loss, gradNorm } = await engine.step(ids, lr, optimizer.step + 1);
+      stepSeconds += (performance.now() - ts) / 1000;
+      optimizer.step += 1;
+      progress.step += 1;
+      progress.tokensSeen += batch * context;
+      progress.flopsSeen += batch * context * fpt;
+      losses.push(loss);
+      const record: MetricsRecord = { step: progress.step, tokens: progress.tokensSeen, flops: progress.flopsSeen, loss, lr };
+      const last = i === o.steps;
+      if ((o.evalEvery && progress.step % o.evalEvery === 0) || last) record.valLoss = await evaluate();
+      records.push(record);
+      await callbacks.onStep?.({
+        step: progress.step, index: i, steps: o.steps, loss, gradNorm, lr,
+        tokens: progress.tokensSeen, flops: progress.flopsSeen,
+        tokensPerSecond: (i * batch * context) / stepSeconds, stepSeconds,
+      });
+      if (o.saveEvery && progress.step % o.saveEvery === 0 && !last) await save();
+    }
+    await save();
+    final = snapshot(true);
+  } finally {
+    await engine.release();
+  }
+
+  const runTokens = o.steps * batch * context;
+  const result: TrainResult = {
+    step: progress.step,
+    loss: losses[losses.length - 1]!,
+    losses, valLoss,
+    tokensPerSecond: runTokens / stepSeconds,
+    tokens: progress.tokensSeen, flops: progress.flopsSeen,
+    runTokens, runFlops: runTokens * fpt,
+    seconds: (performance.now() - t0) / 1000, stepSeconds, setupSeconds,
+    metrics: records, schedule, saveDir,
+  };
+  return { state: final, result };
+}
+
+export interface EvaluateOptions {
+  data: string;
+  context?: number;
+  maxBlocks?: number;
+  batch?: number;
+  device?: "cpu" | "cuda";
+  threads?: number;
+  engineFactory?: EngineFactory;
+}
+
+export interface EvaluateResult { loss: number; tokens: number; blocks: number; context: number; data: string }
+
+/**
+ * Mean next-token loss of the state's model on `data` (for `brown`: the Brown validation split): consecutive
+ * non-overlapping blocks of `context` tokens (a last partial block dropped), the first `maxBlocks` if given,
+ * evaluated `batch` blocks at a time. `tokens` counts the tokens of the blocks evaluated.
+ */
+export async function evaluate(state: TrainingState, o: EvaluateOptions): Promise<EvaluateResult> {
+  const context = o.context ?? state.shape.context;
+  check(Number.isInteger(context) && context >= 2, `context must be an integer ≥ 2, got ${context}`);
+  check(context <= state.shape.context, `context ${context} is above the model's n_positions ${state.shape.context}`);
+  if (o.maxBlocks !== undefined) check(isPosInt(o.maxBlocks), `max-blocks must be a positive integer, got ${o.maxBlocks}`);
+  const batch = o.batch ?? DEFAULT_BATCH;
+  check(isPosInt(batch), `batch must be a positive integer, got ${batch}`);
+  const tokenizer = await tokenizerOf(state.tokenizer, state.files);
+  const stream = await readTokens(o.data, tokenizer, state.shape.vocab, "validation");
+  requireBlock(stream, context);
+  const blocks = evalBlockCount(stream.tokens.length, context, o.maxBlocks);
+  const engineBatch = Math.min(batch, blocks);
+  const weights = await readAll(state.params);
+  const engine = await (o.engineFactory ?? defaultEngineFactory)(state.architecture, state.config, weights, undefined,
+    { device: o.device, threads: o.threads, batch: engineBatch, context, noDecay: state.optimizer.noDecay });
+  try {
+    const loss = await evaluateBlocks(engine, stream.tokens, engineBatch, context, blocks);
+    return { loss, tokens: blocks * context, blocks, context, data: stream.name };
+  } finally {
+    await engine.release();
+  }
+}

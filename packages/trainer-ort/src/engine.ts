@@ -1,0 +1,264 @@
+import os from "node:os";
+import ort from "onnxruntime-node";
+import type { ParamSpec } from "@staged/core";
+import { modelGraph } from "./models/index.js";
+import { adamwDefaults, compileApply, compileEval, compileGradient, compileTrainStep, names, type AdamWOptions, type CompiledGraph } from "./step.js";
+
+export interface EngineOptions {
+  /** cuda: ask for the CUDA execution provider; throws when it cannot be loaded. */
+  device?: "cpu" | "cuda";
+  /** Intra-op threads; default: all cores (os.availableParallelism()). */
+  threads?: number;
+  /** B and T of the compiled graphs. */
+  batch: number;
+  context: number;
+  /** Gradient accumulation over micro-batches of this many rows when < batch (must divide batch). */
+  microBatch?: number;
+  betas?: [number, number];
+  eps?: number;
+  weightDecay?: number;
+  clip?: number | null;
+  noDecay?: Iterable<string>;
+}
+
+export interface Engine {
+  readonly paramNames: readonly string[];
+  /** Current values (views that stay valid until the step after next). */
+  params(): Map<string, Float32Array>;
+  /** One training step on ids (B·T values, row-major): the loss before the update and the gradient norm. */
+  step(ids: Int32Array | BigInt64Array, lr: number, stepNumber: number): Promise<{ loss: number; gradNorm: number }>;
+  /** Mean next-token loss over the predictions inside the blocks of ids (any number of T-token rows). */
+  evalLoss(ids: Int32Array | BigInt64Array): Promise<number>;
+  moments(): { expAvg: Map<string, Float32Array>; expAvgSq: Map<string, Float32Array> };
+  /** Gradients of the mean loss of one B×T batch, without updating. */
+  gradients(ids: Int32Array | BigInt64Array): Promise<{ loss: number; grads: Map<string, Float32Array> }>;
+  release(): Promise<void>;
+  /** The optimizer settings compiled into the step. */
+  readonly optimizer: Readonly<AdamWOptions>;
+  /** Compiled B and T, and the micro-batch rows. */
+  readonly shape: { batch: number; context: number; microBatch: number };
+}
+
+type Feeds = Record<string, ort.Tensor>;
+const f32 = (data: Float32Array, shape: readonly number[]) => new ort.Tensor("float32", data, shape as number[]);
+
+/** Two sets of buffers: a step reads one and writes the other (preallocated outputs), then they swap. */
+class DoubleBuffer {
+  cur: Map<string, ort.Tensor>;
+  next: Map<string, ort.Tensor>;
+  constructor(entries: [string, Float32Array, readonly number[]][]) {
+    this.cur = new Map(entries.map(([n, d, s]) => [n, f32(d, s)]));
+    this.next = new Map(entries.map(([n, d, s]) => [n, f32(new Float32Array(d.length), s)]));
+  }
+  swap(): void { [this.cur, this.next] = [this.next, this.cur]; }
+  view(): Map<string, Float32Array> { return new Map([...this.cur].map(([n, t]) => [n, t.data as Float32Array])); }
+}
+
+async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; threads: number }): Promise<ort.InferenceSession> {
+  const options: ort.InferenceSession.SessionOptions = {
+    executionProviders: [o.device],
+    graphOptimizationLevel: "all",
+    intraOpNumThreads: o.threads,
+    interOpNumThreads: 1,
+    executionMode: "sequential",
+    enableCpuMemArena: true,
+    enableMemPattern: true,
+  };
+  if (o.device === "cuda") {
+    const listed = ort.listSupportedBackends?.().some((b) => b.name === "cuda");
+    if (!listed) throw new Error("CUDA execution provider is not available: this onnxruntime-node build does not include it (its CUDA binaries are installed by the package's install script)");
+    try {
+      return await ort.InferenceSession.create(g.model, options);
+    } catch (e) {
+      throw new Error(`CUDA execution provider is not available: ${(e as Error).message}`);
+    }
+  }
+  return ort.InferenceSession.create(g.model, options);
+}
+
+/** Create a training engine for one architecture, shape and optimizer configuration. */
+export async function createEngine(
+  architecture: string,
+  config: Record<string, unknown>,
+  weights: Map<string, Float32Array>,
+  moments: { expAvg?: Map<string, Float32Array>; expAvgSq?: Map<string, Float32Array> } | undefined,
+  options: EngineOptions,
+): Promise<Engine> {
+  const model = modelGraph(architecture);
+  const specs: ParamSpec[] = model.params(config);
+  const vocab = model.shape(config).vocab;
+  const { batch: B, context: T } = options;
+  const micro = options.microBatch ?? B;
+  if (!(Number.isInteger(B) && B >= 1 && Number.isInteger(T) && T >= 2)) throw new Error(`batch ${B} and context ${T}: need B ≥ 1 and T ≥ 2`);
+  if (T > model.shape(config).context) throw new Error(`context ${T} exceeds the model's ${model.shape(config).context} positions`);
+  if (!(Number.isInteger(micro) && micro >= 1 && B % micro === 0)) throw new Error(`microBatch ${micro} must divide batch ${B}`);
+  const device = options.device ?? "cpu";
+  const threads = options.threads ?? os.availableParallelism();
+  const opt = adamwDefaults(specs, options);
+  const sess = { device, threads };
+
+  const size = (s: ParamSpec) => s.shape.reduce((a, b) => a * b, 1);
+  const take = (m: Map<string, Float32Array> | undefined, s: ParamSpec, what: string): Float32Array => {
+    const d = m?.get(s.name);
+    if (!d) {
+      if (what === "weights") throw new Error(`weights: missing parameter ${s.name}`);
+      return new Float32Array(size(s));
+    }
+    if (d.length !== size(s)) throw new Error(`${what}: ${s.name} has ${d.length} values, shape [${s.shape}] needs ${size(s)}`);
+    return Float32Array.from(d);
+  };
+  // Engine-owned copies: the caller's arrays are never written.
+  const state = new DoubleBuffer(specs.flatMap((s) => [
+    [s.name, take(weights, s, "weights"), s.shape],
+    [names.expAvg(s.name), take(moments?.expAvg, s, "expAvg"), s.shape],
+    [names.expAvgSq(s.name), take(moments?.expAvgSq, s, "expAvgSq"), s.shape],
+  ] as [string, Float32Array, readonly number[]][]));
+
+  const idsCache = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
+  /** Validated int64 ids [rows, T] in a reused buffer. */
+  const idsTensor = (ids: Int32Array | BigInt64Array, offset: number, rows: number): ort.Tensor => {
+    let e = idsCache.get(rows);
+    if (!e) {
+      const data = new BigInt64Array(rows * T);
+      e = { data, tensor: new ort.Tensor("int64", data, [rows, T]) };
+      idsCache.set(rows, e);
+    }
+    for (let i = 0; i < rows * T; i++) {
+      const v = Number(ids[offset + i]!);
+      if (!(v >= 0 && v < vocab && Number.isInteger(v))) throw new Error(`token id ${v} at ${offset + i} is outside the vocabulary [0, ${vocab})`);
+      e.data[i] = BigInt(v);
+    }
+    return e.tensor;
+  };
+  const checkLength = (ids: Int32Array | BigInt64Array, rows: number) => {
+    if (ids.length !== rows * T) throw new Error(`expected ${rows}×${T} = ${rows * T} token ids, got ${ids.length}`);
+  };
+  const scalar64 = (x: number) => new ort.Tensor("float64", Float64Array.of(x), []);
+  const scalar32 = () => new ort.Tensor("float32", new Float32Array(1), []);
+  /** Run with every output fetched, in the session's order (the binding maps results by output position). */
+  const run = async (s: ort.InferenceSession, feeds: Feeds, out: Record<string, ort.Tensor | null>) => {
+    const fetches: Record<string, ort.Tensor | null> = {};
+    for (const n of s.outputNames) fetches[n] = out[n] ?? null;
+    return s.run(feeds, fetches as ort.InferenceSession.FetchesType);
+  };
+  const stateFetches = (s: ort.InferenceSession, lossOut: ort.Tensor | null, normOut: ort.Tensor) => {
+    const out: Record<string, ort.Tensor | null> = { [names.gradNorm]: normOut };
+    if (lossOut) out[names.loss] = lossOut;
+    for (const n of s.outputNames) {
+      if (n.startsWith("new.")) out[n] = state.next.get(n.slice(4))!;
+    }
+    return out;
+  };
+  const stateFeeds = (): Feeds => Object.fromEntries(state.cur);
+
+  const lossOut = scalar32(), normOut = scalar32();
+  let stepSession: ort.InferenceSession | null = null;
+  let applySession: ort.InferenceSession | null = null;
+  let gradSession: ort.InferenceSession | null = null;
+  const evalSessions = new Map<number, ort.InferenceSession>();
+
+  // Gradient accumulation buffers: two sets of running sums and a zero set for the first micro-batch.
+  let acc: { a: Map<string, ort.Tensor>; b: Map<string, ort.Tensor>; zero: Map<string, ort.Tensor> } | null = null;
+  const getGradSession = async () => {
+    if (!gradSession) {
+      gradSession = await createSession(compileGradient(architecture, config, { batch: micro, context: T }), sess);
+      const mk = () => new Map(specs.map((s) => [s.name, f32(new Float32Array(size(s)), s.shape)]));
+      acc = { a: mk(), b: mk(), zero: mk() };
+    }
+    return gradSession;
+  };
+  /** Σ over micro-batches of the gradients; returns the tensors holding the sums and the mean loss. */
+  const accumulate = async (ids: Int32Array | BigInt64Array): Promise<{ loss: number; sums: Map<string, ort.Tensor> }> => {
+    const s = await getGradSession();
+    let src = acc!.zero, dst = acc!.a;
+    let loss = 0;
+    for (let k = 0; k < B / micro; k++) {
+      const feeds: Feeds = { [names.ids]: idsTensor(ids, k * micro * T, micro) };
+      for (const sp of specs) {
+        feeds[sp.name] = state.cur.get(sp.name)!;
+        feeds[names.gradAcc(sp.name)] = src.get(sp.name)!;
+      }
+      const out: Record<string, ort.Tensor | null> = { [names.loss]: lossOut };
+      for (const sp of specs) out[names.grad(sp.name)] = dst.get(sp.name)!;
+      await run(s, feeds, out);
+      loss += (lossOut.data as Float32Array)[0]!;
+      src = dst;
+      dst = dst === acc!.a ? acc!.b : acc!.a;
+    }
+    return { loss: loss / (B / micro), sums: src };
+  };
+
+  if (micro === B) {
+    stepSession = await createSession(compileTrainStep(architecture, config, { batch: B, context: T }, opt), sess);
+  } else {
+    applySession = await createSession(compileApply(architecture, config, opt), sess);
+    await getGradSession();
+  }
+
+  const paramNames = specs.map((s) => s.name);
+  const pick = (prefix: (n: string) => string) => new Map(paramNames.map((n) => [n, state.cur.get(prefix(n))!.data as Float32Array]));
+  let released = false;
+  const alive = () => { if (released) throw new Error("engine released"); };
+
+  return {
+    paramNames,
+    optimizer: opt,
+    shape: { batch: B, context: T, microBatch: micro },
+    params: () => pick((n) => n),
+    moments: () => ({ expAvg: pick(names.expAvg), expAvgSq: pick(names.expAvgSq) }),
+
+    async step(ids, lr, stepNumber) {
+      alive();
+      checkLength(ids, B);
+      if (!(stepNumber >= 1)) throw new Error(`step number ${stepNumber} must be ≥ 1 (the update count after this step)`);
+      let loss: number;
+      if (stepSession) {
+        const feeds = { ...stateFeeds(), [names.ids]: idsTensor(ids, 0, B), [names.lr]: scalar64(lr), [names.step]: scalar64(stepNumber) };
+        await run(stepSession, feeds, stateFetches(stepSession, lossOut, normOut));
+        loss = (lossOut.data as Float32Array)[0]!;
+      } else {
+        const r = await accumulate(ids);
+        loss = r.loss;
+        const feeds: Feeds = { ...stateFeeds(), [names.lr]: scalar64(lr), [names.step]: scalar64(stepNumber),
+          [names.microBatches]: new ort.Tensor("float32", Float32Array.of(B / micro), []) };
+        for (const sp of specs) feeds[names.grad(sp.name)] = r.sums.get(sp.name)!;
+        await run(applySession!, feeds, stateFetches(applySession!, null, normOut));
+      }
+      state.swap();
+      return { loss, gradNorm: (normOut.data as Float32Array)[0]! };
+    },
+
+    async evalLoss(ids) {
+      alive();
+      if (ids.length === 0 || ids.length % T !== 0) throw new Error(`evalLoss needs whole rows of ${T} tokens, got ${ids.length} ids`);
+      const rows = ids.length / T;
+      let s = evalSessions.get(rows);
+      if (!s) {
+        s = await createSession(compileEval(architecture, config, { batch: rows, context: T }), sess);
+        evalSessions.set(rows, s);
+      }
+      const feeds: Feeds = { [names.ids]: idsTensor(ids, 0, rows) };
+      for (const sp of specs) feeds[sp.name] = state.cur.get(sp.name)!;
+      const out = await run(s, feeds, { [names.loss]: null });
+      return Number((out[names.loss]!.data as Float32Array)[0]);
+    },
+
+    async gradients(ids) {
+      alive();
+      checkLength(ids, B);
+      const { loss, sums } = await accumulate(ids);
+      const k = B / micro;
+      const grads = new Map(specs.map((s) => {
+        const src = sums.get(s.name)!.data as Float32Array;
+        return [s.name, k === 1 ? Float32Array.from(src) : src.map((x) => x / k)];
+      }));
+      return { loss, grads };
+    },
+
+    async release() {
+      if (released) return;
+      released = true;
+      for (const s of [stepSession, applySession, gradSession, ...evalSessions.values()]) if (s) await s.release();
+    },
+  };
+}

@@ -1,0 +1,83 @@
+import { gpt2 as plugin } from "@staged/core";
+import type { GraphBuilder, Value } from "../graph/builder.js";
+import type { ModelGraph } from "./types.js";
+
+/**
+ * GPT2LMHeadModel's forward pass, as HF computes it (no dropout): token + position embeddings;
+ * per block ln_1 → fused c_attn → causal softmax(q·kᵀ/√d_head)·v → c_proj, residual, ln_2 → c_fc →
+ * gelu_new → c_proj, residual; ln_f; logits against wte (or an untied lm_head.weight).
+ * Activations are kept 2-D ([B·T, d]) so every Conv1D is one Gemm with its bias.
+ */
+function hidden(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value): Value {
+  const { config: c, shape: s } = plugin.parseConfig(config);
+  const eps = c.layer_norm_epsilon as number;
+  const [B, T] = ids.shape as [number, number];
+  if (T > s.context) throw new Error(`context ${T} exceeds n_positions ${s.context}`);
+  const { dModel: d, heads: H, headDim: hd } = s;
+  const N = B * T;
+
+  const tok = b.gather(p("transformer.wte.weight"), ids, 0); // [B, T, d]
+  const pos = b.slice(p("transformer.wpe.weight"), [0], [T], [0]); // [T, d]
+  let h = b.reshape(b.add(tok, pos), [N, d]);
+
+  // Additive causal mask: 0 on and below the diagonal, a large negative above (softmax gives exact zeros).
+  const mask = new Float32Array(T * T);
+  for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) mask[i * T + j] = -1e9;
+  const maskValue = b.initializer("causal_mask", "float32", [T, T], mask);
+  const scale = 1 / Math.sqrt(hd);
+
+  for (let l = 0; l < s.layers; l++) {
+    const q_ = (n: string) => p(`transformer.h.${l}.${n}`);
+    const a = b.layerNorm(h, q_("ln_1.weight"), q_("ln_1.bias"), eps).y;
+    const qkv = b.gemm(a, q_("attn.c_attn.weight"), q_("attn.c_attn.bias"));
+    const [q, k, v] = b.split(qkv, 1, [d, d, d]);
+    const heads = (x: Value, perm: number[]) => b.transpose(b.reshape(x, [B, T, H, hd]), perm);
+    // Scaling q (B·T·d values) rather than the scores (B·H·T·T) gives the same softmax input.
+    const qh = b.mul(heads(q!, [0, 2, 1, 3]), scale); // [B, H, T, hd]
+    const kt = heads(k!, [0, 2, 3, 1]); // [B, H, hd, T]
+    const vh = heads(v!, [0, 2, 1, 3]); // [B, H, T, hd]
+    const probs = b.softmax(b.add(b.matmul(qh, kt), maskValue), -1);
+    const ctx = b.reshape(b.transpose(b.matmul(probs, vh), [0, 2, 1, 3]), [N, d]);
+    h = b.add(h, b.gemm(ctx, q_("attn.c_proj.weight"), q_("attn.c_proj.bias")));
+
+    const m = b.layerNorm(h, q_("ln_2.weight"), q_("ln_2.bias"), eps).y;
+    const f = b.gemm(m, q_("mlp.c_fc.weight"), q_("mlp.c_fc.bias"));
+    h = b.add(h, b.gemm(geluNew(b, f), q_("mlp.c_proj.weight"), q_("mlp.c_proj.bias")));
+  }
+  return b.layerNorm(h, p("transformer.ln_f.weight"), p("transformer.ln_f.bias"), eps).y; // [N, d]
+}
+
+/** HF gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), with x³ as x·x·x. */
+export function geluNew(b: GraphBuilder, x: Value): Value {
+  const inner = b.mul(b.add(x, b.mul(b.mul(b.mul(x, x), x), 0.044715)), Math.sqrt(2 / Math.PI));
+  return b.mul(b.mul(x, 0.5), b.add(b.tanh(inner), 1));
+}
+
+const outputWeight = (config: Record<string, unknown>, p: (name: string) => Value) =>
+  p(config.tie_word_embeddings === false ? "lm_head.weight" : "transformer.wte.weight");
+
+export const gpt2: ModelGraph = {
+  architecture: "gpt2",
+  params: (config) => plugin.params(plugin.parseConfig(config).config),
+  shape: (config) => plugin.parseConfig(config).shape,
+
+  logits(b, config, p, ids) {
+    const h = hidden(b, config, p, ids);
+    const [B, T] = ids.shape as [number, number];
+    const logits = b.gemm(h, outputWeight(config, p), null, { transB: true });
+    return b.reshape(logits, [B, T, logits.shape[1]!]);
+  },
+
+  loss(b, config, p, ids) {
+    const [B, T] = ids.shape as [number, number];
+    if (T < 2) throw new Error("the loss needs blocks of at least 2 tokens");
+    const h = hidden(b, config, p, ids);
+    const d = h.shape[1]!;
+    // Only positions 0..T-2 predict a token inside the block: drop the last before the output layer.
+    const hp = b.reshape(b.slice(b.reshape(h, [B, T, d]), [0], [T - 1], [1]), [B * (T - 1), d]);
+    const logits = b.gemm(hp, outputWeight(config, p), null, { transB: true }); // [M, V]
+    const targets = b.reshape(b.slice(ids, [1], [T], [1]), [B * (T - 1), 1]);
+    const picked = b.gatherElements(b.logSoftmax(logits, 1), targets, 1); // [M, 1]
+    return b.neg(b.reduceMean(picked, [0, 1], false));
+  },
+};

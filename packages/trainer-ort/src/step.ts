@@ -1,0 +1,152 @@
+import type { ParamSpec } from "@staged/core";
+import { GraphBuilder, type Value } from "./graph/builder.js";
+import { gradients } from "./graph/autodiff.js";
+import { modelGraph } from "./models/index.js";
+
+/** Graph input and output names shared by the compiler and the engine. */
+export const names = {
+  ids: "input_ids",
+  lr: "lr",
+  step: "step",
+  microBatches: "micro_batches",
+  loss: "loss",
+  gradNorm: "grad_norm",
+  expAvg: (p: string) => `exp_avg.${p}`,
+  expAvgSq: (p: string) => `exp_avg_sq.${p}`,
+  grad: (p: string) => `grad.${p}`,
+  gradAcc: (p: string) => `grad_acc.${p}`,
+  /** Outputs holding the updated value of an input. */
+  updated: (input: string) => `new.${input}`,
+} as const;
+
+export interface AdamWOptions {
+  betas: [number, number];
+  eps: number;
+  weightDecay: number;
+  /** Max global gradient norm (clip_grad_norm_); null: no clipping. */
+  clip: number | null;
+  /** Names of the parameters that weight decay applies to. */
+  decay: ReadonlySet<string>;
+}
+
+export interface BatchShape { batch: number; context: number }
+
+export interface CompiledGraph {
+  /** The serialized ONNX model. */
+  model: Uint8Array;
+  inputs: string[];
+  outputs: string[];
+  params: ParamSpec[];
+}
+
+/** PyTorch's defaults, with decay on the parameters whose spec says so (2-D weights). */
+export function adamwDefaults(params: readonly ParamSpec[], o: Partial<Omit<AdamWOptions, "decay">> & { noDecay?: Iterable<string> } = {}): AdamWOptions {
+  const noDecay = new Set(o.noDecay ?? params.filter((p) => !p.decay).map((p) => p.name));
+  return {
+    betas: o.betas ?? [0.9, 0.999], eps: o.eps ?? 1e-8, weightDecay: o.weightDecay ?? 0.01, clip: o.clip === undefined ? 1.0 : o.clip,
+    decay: new Set(params.filter((p) => !noDecay.has(p.name)).map((p) => p.name)),
+  };
+}
+
+function setup(architecture: string, config: Record<string, unknown>) {
+  const model = modelGraph(architecture);
+  const params = model.params(config);
+  const b = new GraphBuilder();
+  const pv = new Map(params.map((s) => [s.name, b.input(s.name, "float32", s.shape)]));
+  const p = (name: string) => {
+    const v = pv.get(name);
+    if (!v) throw new Error(`model graph asked for unknown parameter ${name}`);
+    return v;
+  };
+  return { model, params, b, pv, p };
+}
+
+const finish = (b: GraphBuilder, params: ParamSpec[]): CompiledGraph => ({
+  model: b.serialize(), inputs: b.inputs.map((v) => v.name), outputs: b.outputs.map((v) => v.name), params,
+});
+
+/**
+ * Global-norm clipping (clip_grad_norm_: coef = max/(‖g‖+1e-6) clamped to ≤ 1) then PyTorch's AdamW
+ * (foreach=False): p ← p·(1−lr·wd) for decayed params; m ← lerp(m, g, 1−β1); v ← β2·v + (1−β2)·g²;
+ * p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + eps). Scalar factors are computed in float64 like torch's Python
+ * floats. Appends the outputs `grad_norm` and `new.*` for params and moments.
+ */
+function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grads: Value[], o: AdamWOptions): void {
+  const lr = b.input(names.lr, "float64", []);
+  const t = b.input(names.step, "float64", []);
+  const [beta1, beta2] = o.betas;
+  const f32 = (x: Value) => b.cast(x, "float32");
+  const bc1 = b.sub(1, b.pow(b.scalar(beta1, "float64"), t));
+  const stepSize = f32(b.div(lr, bc1));
+  const bc2Sqrt = f32(b.sqrt(b.sub(1, b.pow(b.scalar(beta2, "float64"), t))));
+  const decayFactor = f32(b.sub(1, b.mul(lr, o.weightDecay)));
+
+  const sq = grads.map((g) => b.reduceSumSquare(g, [...g.shape.keys()], false));
+  const norm = b.sqrt(b.sum(sq));
+  b.output(norm, names.gradNorm);
+  let coef: Value | null = null;
+  if (o.clip !== null) coef = b.min(b.div(o.clip, b.add(norm, 1e-6)), 1);
+
+  specs.forEach((s, i) => {
+    const g = coef ? b.mul(grads[i]!, coef) : grads[i]!;
+    const p = pv.get(s.name)!;
+    const m = b.input(names.expAvg(s.name), "float32", s.shape);
+    const v = b.input(names.expAvgSq(s.name), "float32", s.shape);
+    const pd = o.decay.has(s.name) && o.weightDecay !== 0 ? b.mul(p, decayFactor) : p;
+    const m2 = b.add(m, b.mul(b.sub(g, m), 1 - beta1));
+    const v2 = b.add(b.mul(v, beta2), b.mul(b.mul(g, g), 1 - beta2));
+    const denom = b.add(b.div(b.sqrt(v2), bc2Sqrt), o.eps);
+    b.output(b.sub(pd, b.mul(b.div(m2, denom), stepSize)), names.updated(s.name));
+    b.output(m2, names.updated(names.expAvg(s.name)));
+    b.output(v2, names.updated(names.expAvgSq(s.name)));
+  });
+}
+
+/**
+ * The whole training step: inputs = params, `exp_avg.*`, `exp_avg_sq.*`, `input_ids` int64 [B, T],
+ * float64 scalars `lr` and `step` (the 1-based update count); outputs = `loss`, `grad_norm`, `new.<param>`,
+ * `new.exp_avg.<param>`, `new.exp_avg_sq.<param>`.
+ */
+export function compileTrainStep(architecture: string, config: Record<string, unknown>, shape: BatchShape, opt: AdamWOptions): CompiledGraph {
+  const { model, params, b, pv, p } = setup(architecture, config);
+  const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
+  const loss = model.loss(b, config, p, ids);
+  b.output(loss, names.loss);
+  const grads = gradients(b, loss, params.map((s) => pv.get(s.name)!));
+  adamw(b, params, pv, grads, opt);
+  return finish(b, params);
+}
+
+/** Loss only: params and `input_ids` → `loss`. */
+export function compileEval(architecture: string, config: Record<string, unknown>, shape: BatchShape): CompiledGraph {
+  const { model, params, b, p } = setup(architecture, config);
+  const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
+  b.output(model.loss(b, config, p, ids), names.loss);
+  return finish(b, params);
+}
+
+/**
+ * Gradients of one micro-batch, added to running sums: params, `input_ids` and `grad_acc.*` →
+ * `loss` and `grad.<param>` = grad_acc + ∂loss/∂param.
+ */
+export function compileGradient(architecture: string, config: Record<string, unknown>, shape: BatchShape): CompiledGraph {
+  const { model, params, b, pv, p } = setup(architecture, config);
+  const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
+  const loss = model.loss(b, config, p, ids);
+  b.output(loss, names.loss);
+  const grads = gradients(b, loss, params.map((s) => pv.get(s.name)!));
+  params.forEach((s, i) => b.output(b.add(b.input(names.gradAcc(s.name), "float32", s.shape), grads[i]!), names.grad(s.name)));
+  return finish(b, params);
+}
+
+/**
+ * The update from summed micro-batch gradients: params, moments, `grad.*`, float32 scalar `micro_batches`
+ * (the gradient is the sum divided by it), `lr`, `step` → `grad_norm` and the `new.*` outputs.
+ */
+export function compileApply(architecture: string, config: Record<string, unknown>, opt: AdamWOptions): CompiledGraph {
+  const { params, b, pv } = setup(architecture, config);
+  const count = b.input(names.microBatches, "float32", []);
+  const grads = params.map((s) => b.div(b.input(names.grad(s.name), "float32", s.shape), count));
+  adamw(b, params, pv, grads, opt);
+  return finish(b, params);
+}

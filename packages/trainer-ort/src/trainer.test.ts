@@ -1,0 +1,158 @@
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { initTrainingState, loadTrainingState, type TrainingState } from "@staged/core";
+import { flopsPerToken } from "@staged/scheduler";
+import { defaultEngineFactory, evaluateBlocks, resolveSchedule, train, type EngineFactory, type TrainEngine, type TrainOptions } from "./trainer.js";
+import { parseMetrics } from "./metrics.js";
+
+let dir: string;
+let text: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-trainer-"));
+  text = join(dir, "data.txt");
+  const words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far"];
+  let s = "", x = 1;
+  for (let i = 0; i < 2000; i++) { x = (x * 1103515245 + 12345) % 2147483648; s += words[x % words.length] + (i % 12 === 11 ? ".\n" : " "); }
+  await writeFile(text, s);
+});
+afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+
+const tiny = (): TrainingState => initTrainingState("gpt2", { n_layer: 2, n_embd: 32, n_head: 2, vocab_size: 256, n_positions: 16 }, 3);
+
+/**
+ * A pure-JS stand-in for the ONNX engine: AdamW on the "loss" ½·mean(p²) + a term of the batch, in
+ * float32, deterministic; enough to check the trainer's bookkeeping without onnxruntime.
+ */
+const fakeEngine: EngineFactory = async (_arch, _config, weights, moments, options) => {
+  const m = moments?.expAvg ?? new Map([...weights].map(([n, a]) => [n, new Float32Array(a.length)]));
+  const v = moments?.expAvgSq ?? new Map([...weights].map(([n, a]) => [n, new Float32Array(a.length)]));
+  const [b1, b2] = options.betas ?? [0.9, 0.999];
+  const eps = options.eps ?? 1e-8;
+  const batchTerm = (ids: Int32Array) => { let s = 0; for (const id of ids) s += id; return s / ids.length / 256; };
+  const lossOf = (ids: Int32Array) => {
+    let s = 0, n = 0;
+    for (const a of weights.values()) for (const x of a) { s += x * x; n++; }
+    return Math.fround(0.5 * s / n + batchTerm(ids));
+  };
+  const engine: TrainEngine = {
+    paramNames: [...weights.keys()],
+    async step(ids, lr, k) {
+      const loss = lossOf(ids);
+      const t = batchTerm(ids);
+      for (const [name, p] of weights) {
+        const mm = m.get(name)!, vv = v.get(name)!;
+        for (let i = 0; i < p.length; i++) {
+          const g = Math.fround(p[i]! + t * 1e-3);
+          p[i] = Math.fround(p[i]! * (1 - lr * (options.weightDecay ?? 0)));
+          mm[i] = Math.fround(b1 * mm[i]! + (1 - b1) * g);
+          vv[i] = Math.fround(b2 * vv[i]! + (1 - b2) * g * g);
+          const mh = mm[i]! / (1 - b1 ** k), vh = vv[i]! / (1 - b2 ** k);
+          p[i] = Math.fround(p[i]! - lr * mh / (Math.sqrt(vh) + eps));
+        }
+      }
+      return { loss, gradNorm: 1 };
+    },
+    async evalLoss(ids) { return lossOf(ids); },
+    params: () => weights,
+    moments: () => ({ expAvg: m, expAvgSq: v }),
+    async release() {},
+  };
+  return engine;
+};
+
+const engineReady = existsSync(new URL("./engine.ts", import.meta.url));
+const engines: [string, EngineFactory][] = [["fake engine", fakeEngine], ...(engineReady ? [["onnxruntime engine", defaultEngineFactory] as [string, EngineFactory]] : [])];
+
+async function tensors(state: TrainingState, which: "params" | "expAvg" | "expAvgSq"): Promise<Map<string, Float32Array>> {
+  const map = which === "params" ? state.params : state.optimizer[which]!;
+  const out = new Map<string, Float32Array>();
+  for (const [n, t] of map) out.set(n, (await t.read()).f32);
+  return out;
+}
+
+describe.each(engines)("train with the %s", (_name, engineFactory) => {
+  const base = (): Omit<TrainOptions, "steps"> => ({
+    data: text, batch: 4, context: 16, lr: 3e-3, schedule: "linear", warmup: 2, totalSteps: 8,
+    sampler: "random", seed: 11, evalEvery: 2, engineFactory, threads: 1,
+  });
+
+  it("N steps in one go equal N/2 + N/2 with a save and reload in between", async () => {
+    const one = join(dir, `one-${_name}`), two = join(dir, `two-${_name}`);
+    const a = await train(tiny(), { ...base(), steps: 8, saveDir: one });
+    const b1 = await train(tiny(), { ...base(), steps: 4, saveDir: two });
+    const loaded = await loadTrainingState(two);
+    // The second half takes its schedule, seed and counters from the checkpoint.
+    const b2 = await train(loaded, { data: text, batch: 4, context: 16, steps: 4, evalEvery: 2, engineFactory, threads: 1 });
+    await loaded.close();
+    expect(b2.result.step).toBe(8);
+    expect([...b1.result.losses, ...b2.result.losses]).toEqual(a.result.losses);
+    const [sa, sb] = [await loadTrainingState(one), await loadTrainingState(two)];
+    for (const which of ["params", "expAvg", "expAvgSq"] as const) {
+      const [ta, tb] = [await tensors(sa, which), await tensors(sb, which)];
+      for (const [n, x] of ta) expect(tb.get(n), `${which} ${n}`).toEqual(x);
+    }
+    expect(sb.progress).toEqual(sa.progress);
+    expect(sb.optimizer.step).toBe(8);
+    expect(sb.schedule).toEqual(sa.schedule);
+    expect(await readFile(join(two, "metrics.jsonl"), "utf8")).toBe(await readFile(join(one, "metrics.jsonl"), "utf8"));
+    await sa.close(); await sb.close();
+  });
+
+  it("writes progress, schedule and metrics.jsonl into the checkpoint", async () => {
+    const out = join(dir, `metrics-${_name}`);
+    const saves: number[] = [];
+    const { result, state } = await train(tiny(), { ...base(), steps: 5, saveEvery: 2, saveDir: out }, { onSave: (s) => { saves.push(s.step); } });
+    expect(saves).toEqual([2, 4, 5]);
+    const fpt = flopsPerToken(state.shape, 16);
+    const lines = parseMetrics(await readFile(join(out, "metrics.jsonl"), "utf8"));
+    expect(lines.map((l) => l.step)).toEqual([1, 2, 3, 4, 5]);
+    expect(lines.map((l) => l.tokens)).toEqual([64, 128, 192, 256, 320]);
+    expect(lines[4]!.flops).toBe(320 * fpt);
+    expect(lines.map((l) => l.valLoss !== undefined)).toEqual([false, true, false, true, true]);
+    [0, 1.5e-3, 3e-3, 2.5e-3, 2e-3].forEach((lr, i) => expect(lines[i]!.lr).toBeCloseTo(lr, 12));
+    expect(lines.map((l) => l.loss)).toEqual(result.losses);
+    expect(result.valLoss).toBe(lines[4]!.valLoss);
+    const saved = await loadTrainingState(out);
+    expect(saved.progress).toMatchObject({ step: 5, tokensSeen: 320, flopsSeen: 320 * fpt, samplerSeed: 11 });
+    expect(saved.schedule).toMatchObject({ kind: "linear", peakLr: 3e-3, warmupSteps: 2, totalSteps: 8 });
+    expect(saved.optimizer.expAvg?.size).toBe(state.params.size);
+    await saved.close();
+    expect(result.tokensPerSecond).toBeGreaterThan(0);
+  });
+});
+
+describe("resolveSchedule", () => {
+  it("creates a schedule on a fresh state and extends a stored one only when the run goes past it", () => {
+    const s = tiny();
+    expect(resolveSchedule(s, { steps: 10 })).toEqual({ kind: "constant", peakLr: 1e-3, warmupSteps: 0, totalSteps: 10, restarts: [] });
+    s.schedule = { kind: "cosine", peakLr: 1e-2, warmupSteps: 5, totalSteps: 100, restarts: [{ step: 50, warmupSteps: 5 }] };
+    s.progress.step = 60;
+    expect(resolveSchedule(s, { steps: 10 })).toEqual(s.schedule);
+    expect(resolveSchedule(s, { steps: 50 }).totalSteps).toBe(110);
+    expect(resolveSchedule(s, { steps: 10, lr: 5e-3, totalSteps: 200 })).toMatchObject({ kind: "cosine", peakLr: 5e-3, totalSteps: 200 });
+    expect(() => resolveSchedule(s, { steps: 1, schedule: "zigzag" })).toThrow(/unknown LR schedule kind/);
+  });
+});
+
+describe("evaluateBlocks", () => {
+  // Per-block loss = first id of the block; the engine returns the batch mean.
+  const engine = (B: number, T: number) => ({
+    async evalLoss(ids: Int32Array) {
+      expect(ids.length).toBe(B * T);
+      let s = 0;
+      for (let i = 0; i < B; i++) s += ids[i * T]!;
+      return s / B;
+    },
+  });
+  const tokens = Int32Array.from({ length: 100 }, (_, i) => i);
+  it("averages full batches and recovers a partial last batch exactly", async () => {
+    // 11 blocks of 8: first ids 0, 8, ..., 80 → mean 40.
+    expect(await evaluateBlocks(engine(4, 8), tokens, 4, 8, 11)).toBeCloseTo(40, 10);
+    expect(await evaluateBlocks(engine(4, 8), tokens, 4, 8, 9)).toBeCloseTo(32, 10);
+    expect(await evaluateBlocks(engine(4, 8), tokens, 4, 8, 8)).toBeCloseTo(28, 10);
+    expect(await evaluateBlocks(engine(3, 8), tokens, 3, 8, 2)).toBeCloseTo(4, 10);
+  });
+});

@@ -18,7 +18,7 @@ import torch
 
 torch.set_default_dtype(torch.float64)
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
-HP = dict(lrs=[3e-2, 2e-2, 1e-2], betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1)
+HP = dict(lrs=[3e-2, 2e-2, 1e-2], betas=(0.9, 0.95), eps=1e-4, weight_decay=0.1)
 
 
 def param_names(cfg):

@@ -1,0 +1,150 @@
+// Exactness of the growth operators, measured by the trainer: a tiny GPT-2 trained a few steps (so it has
+// weights and AdamW moments worth preserving) is grown, and the grown model's loss and gradients are
+// computed by the same onnxruntime training engine that trains it.
+import { describe, expect, it, beforeAll } from "vitest";
+import { Rng, Tensor, inMemory, initTrainingState, type LazyTensor, type TrainingState } from "@staged/core";
+import { growWidth, type WidthOptions } from "@staged/grow-width";
+import { growDepth, type DepthOptions } from "@staged/grow-depth";
+import { createEngine, type Engine } from "@staged/trainer-ort";
+
+const B = 4, T = 12, VOCAB = 40;
+const config = { model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 2, vocab_size: VOCAB, n_positions: 16 };
+const batches = Array.from({ length: 8 }, (_, s) => {
+  const rng = new Rng(1000 + s);
+  return Int32Array.from({ length: B * T }, () => rng.int(VOCAB));
+});
+
+const readAll = async (m: Map<string, LazyTensor>) =>
+  new Map(await Promise.all([...m].map(async ([n, t]) => [n, (await t.read()).f32] as const)));
+
+async function engineFor(state: TrainingState): Promise<Engine> {
+  const { expAvg, expAvgSq } = state.optimizer;
+  return createEngine(state.architecture, state.config, await readAll(state.params),
+    expAvg && expAvgSq ? { expAvg: await readAll(expAvg), expAvgSq: await readAll(expAvgSq) } : undefined,
+    { batch: B, context: T, threads: 1, noDecay: state.optimizer.noDecay });
+}
+
+const lazy = (values: Map<string, Float32Array>, shapes: Map<string, LazyTensor>) =>
+  new Map([...values].map(([n, v]) => [n, inMemory(new Tensor("F32", shapes.get(n)!.shape, Float32Array.from(v)))]));
+
+/** A tiny model after a few AdamW steps: weights, moments, step counter. */
+async function trainedState(steps = 4): Promise<TrainingState> {
+  const init = initTrainingState("gpt2", config, 7);
+  const engine = await engineFor(init);
+  for (let s = 0; s < steps; s++) await engine.step(batches[s]!, 3e-3, s + 1);
+  const { expAvg, expAvgSq } = engine.moments();
+  const state: TrainingState = {
+    ...init,
+    params: lazy(engine.params(), init.params),
+    optimizer: { ...init.optimizer, step: steps, expAvg: lazy(expAvg, init.params), expAvgSq: lazy(expAvgSq, init.params) },
+    progress: { ...init.progress, step: steps },
+  };
+  await engine.release();
+  return state;
+}
+
+async function loss(state: TrainingState, batch = batches[7]!): Promise<number> {
+  const engine = await engineFor(state);
+  try { return await engine.evalLoss(batch); } finally { await engine.release(); }
+}
+
+let small: TrainingState;
+let smallLoss: number;
+beforeAll(async () => {
+  small = await trainedState();
+  smallLoss = await loss(small);
+}, 60_000);
+
+// float32 rounding: the grown model sums the same terms in another order and over more (zero) entries.
+const close = (a: number, b: number) => expect(Math.abs(a - b)).toBeLessThan(2e-6 * Math.max(1, Math.abs(b)));
+
+describe("width growth keeps the loss exactly", () => {
+  const cases: [string, WidthOptions][] = [
+    ["×2 (paper layout, consistent moments)", { factor: 2 }],
+    ["×2 with paper moments", { factor: 2, moments: "paper" }],
+    ["×3", { factor: 3 }],
+    ["FFN only ×2", { factor: 1, ffnFactor: 2 }],
+    ["×2 with FFN ×2 more", { factor: 2, ffnFactor: 2 }],
+    ["×2 with the lossless split", { factor: 2, symmetry: "split", seed: 5 }],
+    ["×3 with the lossless split", { factor: 3, symmetry: "split", seed: 5 }],
+  ];
+  for (const [label, options] of cases) {
+    it(label, async () => close(await loss(growWidth(small, options)), smallLoss), 30_000);
+  }
+
+  it("noise moves the loss, by little", async () => {
+    const moved = await loss(growWidth(small, { symmetry: "noise", noiseStd: 1e-3, seed: 1 }));
+    expect(moved).not.toBe(smallLoss);
+    expect(Math.abs(moved - smallLoss)).toBeLessThan(1e-2);
+  }, 30_000);
+});
+
+describe("depth growth", () => {
+  const cases: [string, DepthOptions][] = [
+    ["×2 alternate, identity init", { factor: 2, placement: "alternate" }],
+    ["×2 append, identity init", { factor: 2, placement: "append" }],
+    ["to 3 layers", { layers: 3 }],
+    ["explicit layer map", { layerMap: [0, 1, 1, 0, 1] }],
+  ];
+  for (const [label, options] of cases) {
+    it(`${label} keeps the loss exactly`, async () => close(await loss(growDepth(small, options)), smallLoss), 30_000);
+  }
+
+  it("copy init changes the loss", async () => {
+    expect(Math.abs((await loss(growDepth(small, { init: "copy" }))) - smallLoss)).toBeGreaterThan(1e-4);
+  }, 30_000);
+});
+
+describe("composition", () => {
+  it("width then depth, and depth then width, keep the loss exactly", async () => {
+    close(await loss(growDepth(growWidth(small, { factor: 2 }), { factor: 2 })), smallLoss);
+    close(await loss(growWidth(growDepth(small, { factor: 2, placement: "append" }), { factor: 2, symmetry: "split" })), smallLoss);
+  }, 60_000);
+});
+
+describe("consistent moments are the grown model's gradients", () => {
+  for (const options of [{ factor: 2 }, { factor: 3 }, { factor: 1, ffnFactor: 2 }, { factor: 2, ffnFactor: 3 }] as WidthOptions[]) {
+    it(`factor ${options.factor}, ffnFactor ${options.ffnFactor ?? 1}: every entry, off-diagonal blocks included`, async () => {
+      // Put the small model's gradient g (and g²) where its moments go; the consistent mapping of g must equal
+      // the gradient the grown model computes for every entry.
+      const engine = await engineFor(small);
+      const { grads } = await engine.gradients(batches[6]!);
+      await engine.release();
+      const g = lazy(grads, small.params);
+      const gSq = lazy(new Map([...grads].map(([n, v]) => [n, v.map((x) => x * x)])), small.params);
+      const grown = growWidth({ ...small, optimizer: { ...small.optimizer, expAvg: g, expAvgSq: gSq } }, { ...options, moments: "consistent" });
+      const big = await engineFor(grown);
+      const actual = (await big.gradients(batches[6]!)).grads;
+      await big.release();
+      const mapped = await readAll(grown.optimizer.expAvg!);
+      const mappedSq = await readAll(grown.optimizer.expAvgSq!);
+      let scale = 0;
+      for (const v of actual.values()) for (const x of v) scale = Math.max(scale, Math.abs(x));
+      for (const [name, a] of actual) {
+        const m = mapped.get(name)!, m2 = mappedSq.get(name)!;
+        for (let i = 0; i < a.length; i++) {
+          expect(Math.abs(a[i]! - m[i]!), `${name}[${i}]`).toBeLessThan(1e-5 * scale);
+          expect(Math.abs(a[i]! * a[i]! - m2[i]!), `${name}[${i}]²`).toBeLessThan(1e-5 * scale * scale);
+        }
+      }
+    }, 60_000);
+  }
+});
+
+describe("symmetry breaking", () => {
+  /** The largest difference between hidden copy 0 and copy 1 of the token embeddings after training. */
+  async function copyGap(options: WidthOptions): Promise<number> {
+    const grown = growWidth(small, { factor: 2, ...options });
+    const engine = await engineFor(grown);
+    for (let s = 0; s < 3; s++) await engine.step(batches[s]!, 3e-3, small.optimizer.step + s + 1);
+    const wte = new Tensor("F32", [VOCAB, 32], engine.params().get("transformer.wte.weight")!);
+    await engine.release();
+    const [a, b] = wte.chunk(1, 2);
+    return a!.f32.reduce((m, x, i) => Math.max(m, Math.abs(x - b!.f32[i]!)), 0);
+  }
+
+  it("copies stay identical under none and diverge under split", async () => {
+    expect(await copyGap({ symmetry: "none" })).toBeLessThan(1e-6);
+    expect(await copyGap({ symmetry: "split", seed: 2 })).toBeGreaterThan(1e-4);
+  }, 60_000);
+});

@@ -1,0 +1,104 @@
+import { readFile } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import type { LossPoint } from "./slope.js";
+import type { LearningCurve } from "./fit.js";
+
+/** One line of the trainer's metrics.jsonl: {"step","tokens","flops","loss","valLoss","lr"} (valLoss optional). */
+export interface MetricsLine {
+  step: number;
+  tokens: number;
+  flops: number;
+  loss: number | null;
+  valLoss?: number | null;
+  lr?: number;
+}
+
+const isNum = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
+
+/** Parse metrics.jsonl text; blank lines are skipped; a malformed line is an error naming file and line. */
+export function parseMetricsLines(text: string, source = "metrics.jsonl"): MetricsLine[] {
+  const out: MetricsLine[] = [];
+  text.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    let v: unknown;
+    try { v = JSON.parse(line); } catch { throw new Error(`${source}:${i + 1}: not JSON`); }
+    const r = v as Record<string, unknown>;
+    if (typeof v !== "object" || v === null || !isNum(r.step) || !isNum(r.tokens) || !isNum(r.flops)) {
+      throw new Error(`${source}:${i + 1}: expected {"step","tokens","flops","loss","valLoss","lr"}`);
+    }
+    out.push(r as unknown as MetricsLine);
+  });
+  return out;
+}
+
+export interface CurveFromMetricsOptions {
+  /** Which loss: "valLoss" (lines without one are skipped), "loss" (training loss), or "auto" (default):
+   *  valLoss when the file has any, else loss. */
+  field?: "valLoss" | "loss" | "auto";
+}
+
+/** Points {step, tokens, compute = flops, loss} of the chosen loss, in file order, finite positive losses only. */
+export function curveFromMetrics(lines: readonly MetricsLine[], options: CurveFromMetricsOptions = {}):
+  (LossPoint & { tokens: number })[] {
+  let field = options.field ?? "auto";
+  if (field === "auto") field = lines.some((l) => isNum(l.valLoss)) ? "valLoss" : "loss";
+  const out: (LossPoint & { tokens: number })[] = [];
+  for (const l of lines) {
+    const loss = l[field];
+    if (!isNum(loss) || loss <= 0 || !(l.flops > 0)) continue;
+    out.push({ step: l.step, tokens: l.tokens, compute: l.flops, loss });
+  }
+  return out;
+}
+
+/**
+ * Non-embedding parameters (Kaplan's N = layers·(4·d² + 2·d·ffn)) from a GPT-2 style config.json
+ * (n_layer, n_embd, n_inner; n_inner null means 4·n_embd), or null when the config does not say.
+ */
+export function paramsFromConfig(config: Record<string, unknown>): number | null {
+  const layers = config.n_layer ?? config.num_hidden_layers;
+  const d = config.n_embd ?? config.hidden_size;
+  const ffnRaw = config.n_inner ?? config.intermediate_size;
+  if (!isNum(layers) || !isNum(d)) return null;
+  const ffn = isNum(ffnRaw) ? ffnRaw : 4 * d;
+  return layers * (4 * d * d + 2 * d * ffn);
+}
+
+/**
+ * Read a learning curve from a metrics.jsonl file. The model size comes from, in order: `params` if given;
+ * the config.json beside the file; else an estimate flops / (6 · tokens) (which also counts the output layer
+ * and attention, so it over-estimates N; `estimated` says so).
+ */
+export async function readLearningCurve(path: string, options: CurveFromMetricsOptions & { params?: number } = {}):
+  Promise<LearningCurve & { estimated: boolean; points: (LossPoint & { tokens: number })[] }> {
+  let text: string;
+  try { text = await readFile(path, "utf8"); } catch (e) {
+    throw new Error(`${path}: cannot read (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  const points = curveFromMetrics(parseMetricsLines(text, path), options);
+  if (points.length === 0) throw new Error(`${path}: no points with a loss`);
+  let params = options.params ?? null;
+  let estimated = false;
+  if (params === null) {
+    try {
+      const config = JSON.parse(await readFile(join(dirname(path), "config.json"), "utf8")) as Record<string, unknown>;
+      params = paramsFromConfig(config);
+    } catch { /* no readable config beside it */ }
+  }
+  if (params === null) {
+    const last = points[points.length - 1]!;
+    params = last.compute / (6 * last.tokens);
+    estimated = true;
+  }
+  if (!(params > 0)) throw new Error(`${path}: model size must be > 0, got ${params}`);
+  return { params, points, source: path, estimated };
+}
+
+/** `path` or `path=N` (an explicit non-embedding parameter count, e.g. runs/a/metrics.jsonl=85e6). */
+export function parseCurveArg(arg: string): { path: string; params?: number } {
+  const m = /^(.*)=([0-9.eE+]+)$/.exec(arg);
+  if (!m || basename(m[1]!) === "") return { path: arg };
+  const n = Number(m[2]);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${arg}: the parameter count after "=" must be a number > 0`);
+  return { path: m[1]!, params: n };
+}

@@ -9,11 +9,11 @@ export interface OnlineDetectorOptions {
   spikeTolerance?: number;
 }
 
-export interface OnlineDecision {
+export interface OnlineDecision<P extends LossPoint = LossPoint> {
   /** Index, among the kept (spike-free) points, of the threshold point: the offline detector's index. */
   index: number;
   /** The threshold point (the offline detector's point). */
-  point: LossPoint;
+  point: P;
   slope: number;
   /** The step of the newest point when the decision was made: grow now, at this step. */
   growAtStep: number;
@@ -32,17 +32,17 @@ export interface OnlineDecision {
  * from the steepest slope of the whole curve instead; the two agree whenever the curve does not get steeper
  * again after the detection point, which is the case for learning curves that flatten.
  */
-export class OnlineGrowthDetector {
+export class OnlineGrowthDetector<P extends LossPoint = LossPoint> {
   readonly threshold: number;
   readonly constantOp: number | undefined;
   private readonly window: number;
   private readonly tolerance: number;
-  private readonly kept: LossPoint[] = [];
+  private readonly kept: P[] = [];
   private readonly logLoss: number[] = [];
   private prevLoss = Infinity;
   private nextSlope = 0;
   private steepest = Infinity;
-  private result: OnlineDecision | null = null;
+  private result: OnlineDecision<P> | null = null;
   private finished = false;
 
   constructor(options: OnlineDetectorOptions) {
@@ -56,17 +56,17 @@ export class OnlineGrowthDetector {
   }
 
   /** The decision, once made (it does not change afterwards). */
-  get decision(): OnlineDecision | null {
+  get decision(): OnlineDecision<P> | null {
     return this.result;
   }
 
   /** Points kept so far (spikes dropped). */
-  get points(): readonly LossPoint[] {
+  get points(): readonly P[] {
     return this.kept;
   }
 
   /** Add the next validation point; returns the decision once the threshold is crossed, else null. */
-  push(point: LossPoint): OnlineDecision | null {
+  push(point: P): OnlineDecision<P> | null {
     if (this.finished) throw new Error("the detector has finished; create a new one");
     const { step, compute, loss } = point;
     if (!(loss > 0) || !Number.isFinite(loss)) throw new Error(`step ${step}: loss must be a finite number > 0, got ${loss}`);
@@ -75,7 +75,7 @@ export class OnlineGrowthDetector {
     if (last && !(compute > last.compute)) throw new Error(`step ${step}: compute must increase (last ${last.compute}, got ${compute})`);
     if (loss > this.prevLoss && (loss - this.prevLoss) / this.prevLoss > this.tolerance) return this.result; // spike
     this.prevLoss = loss;
-    this.kept.push({ step, compute, loss });
+    this.kept.push(point);
     this.logLoss.push(Math.log10(loss));
     if (this.result) return this.result;
     // Slope i needs the running means at i and i + 1, final once point i + 1 + half exists.
@@ -85,7 +85,7 @@ export class OnlineGrowthDetector {
   }
 
   /** The run has ended: evaluate the remaining slopes with the end reflection, as the offline detector does. */
-  finish(): OnlineDecision | null {
+  finish(): OnlineDecision<P> | null {
     this.finished = true;
     while (!this.result && this.nextSlope + 1 <= this.kept.length - 1) this.evaluate(this.nextSlope++, true);
     return this.result;

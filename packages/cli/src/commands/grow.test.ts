@@ -1,0 +1,135 @@
+import { mkdir, mkdtemp, readdir, readFile, rm, truncate, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Tensor, initTrainingState, loadTrainingState, saveTrainingState, writeCheckpoint, type TrainingState } from "@staged/core";
+import { fingerprint, json, ok, staged } from "../testing.js";
+
+const config = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 32, n_positions: 16 };
+let root: string;
+const at = (name: string) => join(root, name);
+
+/** A checkpoint with moments, in a dtype, optionally sharded. */
+async function checkpoint(name: string, dtype: "F32" | "F16" | "BF16" = "F32", maxShardBytes?: number): Promise<string> {
+  const s = initTrainingState("gpt2", config, 3);
+  const as = (c: number) => new Map([...s.params].map(([n, t]) => [n, { dtype, shape: t.shape, read: async () => new Tensor(dtype, t.shape, (await t.read()).f32.map((v) => Math.abs(v) * c)) }]));
+  const state: TrainingState = { ...s, params: as(1), optimizer: { ...s.optimizer, step: 5, expAvg: as(0.1), expAvgSq: as(0.01) },
+    schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 40, restarts: [] }, progress: { ...s.progress, step: 5, tokensSeen: 320 } };
+  await saveTrainingState(at(name), state, { maxShardBytes });
+  return at(name);
+}
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-grow-cli-"));
+  await checkpoint("f32");
+}, 30_000);
+afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+
+describe("staged grow", () => {
+  it("width --json reports shapes, counts, options and exactness; the output loads and keeps its moments", async () => {
+    const r = json("grow", "width", at("f32"), at("w2"), "--factor", "2", "--moments", "paper", "--rewarmup", "3", "--continue-at", "2");
+    expect(r).toMatchObject({
+      operator: "width", before: { dModel: 8, heads: 2, ffn: 32 }, after: { dModel: 16, heads: 4, ffn: 64 },
+      options: { factor: 2, moments: "paper", symmetry: "none" }, lossPreserving: true, step: 5, continueAt: 2,
+    });
+    expect(r.parametersAfter).toBeGreaterThan(r.parametersBefore as number);
+    const grown = await loadTrainingState(at("w2"));
+    expect(grown.optimizer.expAvg?.size).toBe(grown.params.size);
+    expect(grown.schedule!.restarts).toEqual([{ step: 2, warmupSteps: 3 }]);
+    expect(grown.progress.stages).toHaveLength(1);
+    await grown.close();
+    expect(json("grow", "width", at("f32"), at("noisy"), "--symmetry", "noise", "--noise-std", "0.01").lossPreserving).toBe(false);
+  });
+
+  it("depth --json, then inspect shows both stages", () => {
+    const r = json("grow", "depth", at("w2"), at("w2d"), "--layer-map", "0,0,1,1,1");
+    expect(r).toMatchObject({ after: { layers: 5 }, lossPreserving: true, options: { layerMap: [0, 0, 1, 1, 1], init: "identity" } });
+    expect(json("grow", "depth", at("w2"), at("w2c"), "--init", "copy").lossPreserving).toBe(false);
+    const info = json("inspect", at("w2d"));
+    expect(info).toMatchObject({ layers: 5, dModel: 16, hasOptimizerState: true, step: 2 });
+    expect((info.stages as { operator: string }[]).map((s) => s.operator)).toEqual(["width", "depth"]);
+  });
+
+  for (const dtype of ["F16", "BF16"] as const) {
+    it(`keeps ${dtype}, sharded in and out`, async () => {
+      const input = await checkpoint(`in-${dtype}`, dtype, 4000);
+      expect((await readdir(input)).filter((f) => f.startsWith("model-")).length).toBeGreaterThan(1);
+      const out = at(`out-${dtype}`);
+      ok("grow", "width", input, out, "--max-shard-bytes", "4000");
+      const files = await readdir(out);
+      expect(files).toContain("model.safetensors.index.json");
+      expect(files).toContain("optimizer.safetensors.index.json");
+      expect(JSON.parse(await readFile(join(out, "config.json"), "utf8")).torch_dtype).toBe(dtype === "F16" ? "float16" : "bfloat16");
+      const info = json("inspect", out);
+      expect(info).toMatchObject({ dtype: dtype === "F16" ? "float16" : "bfloat16", dModel: 16 });
+    });
+  }
+
+  describe("bad input: one line, exit 1, nothing written", () => {
+    const cases: [string, string[], RegExp][] = [
+      ["a factor that is not an integer", ["width", "f32", "bad", "--factor", "2.5"], /--factor must be an integer/],
+      ["a factor of 1", ["width", "f32", "bad", "--factor", "1"], /nothing to grow: factor must be an integer ≥ 2/],
+      ["a depth factor of 1", ["depth", "f32", "bad", "--factor", "1"], /factor must be an integer ≥ 2/],
+      ["a layer map naming a missing layer", ["depth", "f32", "bad", "--layer-map", "0,1,2"], /layer map names layer 2/],
+      ["an output equal to the input", ["width", "f32", "f32"], /the output is the input/],
+      ["an output inside the input", ["width", "f32", "f32/sub"], /inside the input/],
+      ["an existing output", ["width", "f32", "w2"], /already exists/],
+      ["an unknown symmetry", ["width", "f32", "bad", "--symmetry", "magic"], /argument 'magic' is invalid/],
+    ];
+    for (const [label, args, message] of cases) {
+      it(label, async () => {
+        const paths = args.map((a, i) => (i > 0 && i < 3 ? at(a) : a));
+        const before = await fingerprint(at("f32"));
+        const r = staged("grow", ...paths);
+        expect(r.status).toBe(1);
+        expect(r.stderr).toMatch(message);
+        expect(r.stderr.trim().split("\n")).toHaveLength(1);
+        expect(await fingerprint(at("f32"))).toBe(before);
+        expect((await readdir(root)).some((f) => f === "bad" || f.startsWith(".bad"))).toBe(false);
+      });
+    }
+
+    it("--force replaces an existing output but never the input", () => {
+      expect(json("grow", "width", at("f32"), at("w2"), "--force", "--moments", "reset").after).toMatchObject({ dModel: 16 });
+      expect(staged("grow", "width", at("f32"), at("f32"), "--force").status).toBe(1);
+    });
+
+    it("a checkpoint of another architecture and mismatched moments", async () => {
+      await mkdir(at("llama"));
+      await writeFile(join(at("llama"), "config.json"), JSON.stringify({ model_type: "llama", hidden_size: 8 }));
+      let r = staged("grow", "width", at("llama"), at("bad"));
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/llama\/config.json: unknown architecture model_type "llama" \(registered: gpt2\)/);
+      const input = await checkpoint("mismatch");
+      const s = initTrainingState("gpt2", { ...config, n_embd: 4 }, 1);
+      await writeCheckpoint(input, "optimizer", [...s.params].map(([n, t]) => ({ name: `exp_avg.${n}`, tensor: t })));
+      r = staged("grow", "depth", input, at("bad"));
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/optimizer.safetensors: .*exp_avg/);
+      expect((await readdir(root)).includes("bad")).toBe(false);
+    });
+  });
+});
+
+describe("staged inspect", () => {
+  it("reports a checkpoint in JSON", () => {
+    expect(json("inspect", at("f32"))).toMatchObject({
+      architecture: "gpt2", layers: 2, dModel: 8, heads: 2, ffn: 32, vocab: 32, context: 16, parameters: 32 * 8 + 16 * 8 + 2 * (12 * 64 + 13 * 8) + 16,
+      dtype: "float32", hasOptimizerState: true, step: 5, tokensSeen: 320, stages: [],
+    });
+    expect(ok("inspect", at("f32")).stdout).toMatch(/gpt2: 2 layers, d_model 8, 2 heads × 4, ffn 32/);
+  });
+
+  it("names the file and the problem on bad input, with a stack trace only under --debug", async () => {
+    const broken = await checkpoint("broken");
+    await truncate(join(broken, "model.safetensors"), 100);
+    let r = staged("inspect", broken);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^staged: .*broken\/model.safetensors: /);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    r = staged("inspect", broken, "--debug");
+    expect(r.stderr.split("\n").length).toBeGreaterThan(2);
+    r = staged("inspect", at("missing"));
+    expect(r.stderr).toMatch(/missing: not a checkpoint directory/);
+  });
+});

@@ -72,3 +72,114 @@ export function f16BitsToF32(h: number): number {
   if (exp === 0x1f) return mant ? NaN : sign * Infinity;
   return sign * (1 + mant / 1024) * 2 ** (exp - 15);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bulk conversions between little-endian F16/BF16 bytes and float32 values (hot loops: typed
+// array views, no per-element closures or calls).
+
+/** True when the host stores multi-byte numbers little-endian (the safetensors byte order). */
+export const HOST_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+let f16Table: Float32Array | null = null;
+
+/** 65536-entry table: IEEE half bits → float32 value (built on first use, 256 KiB). */
+export function f16Table32(): Float32Array {
+  if (!f16Table) {
+    const t = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) t[h] = f16BitsToF32(h);
+    f16Table = t;
+  }
+  return f16Table;
+}
+
+function checkHalfLengths(fn: string, bytes: Uint8Array, values: Float32Array): void {
+  if (bytes.length !== values.length * 2) {
+    throw new RangeError(`${fn}: ${bytes.length} bytes do not hold ${values.length} 2-byte values`);
+  }
+}
+
+/** Little-endian IEEE half bytes → float32 values (exact). `bytes.length` must be `2 * out.length`. */
+export function decodeF16(bytes: Uint8Array, out: Float32Array): void {
+  checkHalfLengths("decodeF16", bytes, out);
+  const table = f16Table32();
+  const n = out.length;
+  if (HOST_LITTLE_ENDIAN && (bytes.byteOffset & 1) === 0) {
+    const src = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+    for (let i = 0; i < n; i++) out[i] = table[src[i]!]!;
+  } else {
+    for (let i = 0, j = 0; i < n; i++, j += 2) out[i] = table[bytes[j]! | (bytes[j + 1]! << 8)]!;
+  }
+}
+
+/** Little-endian bfloat16 bytes → float32 values (exact, NaN payloads kept). */
+export function decodeBF16(bytes: Uint8Array, out: Float32Array): void {
+  checkHalfLengths("decodeBF16", bytes, out);
+  const n = out.length;
+  const dst = new Uint32Array(out.buffer, out.byteOffset, n);
+  if (HOST_LITTLE_ENDIAN && (bytes.byteOffset & 1) === 0) {
+    const src = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+    for (let i = 0; i < n; i++) dst[i] = src[i]! << 16;
+  } else {
+    for (let i = 0, j = 0; i < n; i++, j += 2) dst[i] = ((bytes[j]! | (bytes[j + 1]! << 8)) << 16) >>> 0;
+  }
+}
+
+/**
+ * float32 values → little-endian IEEE half bytes, round to nearest even, overflow to ±Inf,
+ * subnormals kept, NaN → quiet NaN (same results as `f32ToF16Bits`).
+ */
+export function encodeF16(values: Float32Array, out: Uint8Array): void {
+  checkHalfLengths("encodeF16", out, values);
+  const n = values.length;
+  const src = new Uint32Array(values.buffer, values.byteOffset, n);
+  const aligned = HOST_LITTLE_ENDIAN && (out.byteOffset & 1) === 0;
+  const dst = aligned ? new Uint16Array(out.buffer, out.byteOffset, n) : null;
+  for (let i = 0; i < n; i++) {
+    const bits = src[i]!;
+    const sign = (bits >>> 16) & 0x8000;
+    const exp = (bits >>> 23) & 0xff;
+    const mant = bits & 0x7fffff;
+    let h: number;
+    if (exp >= 113) {
+      if (exp === 0xff) h = sign | 0x7c00 | (mant !== 0 ? 0x200 : 0);
+      else if (exp >= 143) h = sign | 0x7c00; // |x| >= 2^16: overflow
+      else {
+        // normal half: rebias the exponent, round 13 dropped mantissa bits (a carry into the exponent is correct)
+        h = ((exp - 112) << 10) | (mant >>> 13);
+        const rest = mant & 0x1fff;
+        if (rest > 0x1000 || (rest === 0x1000 && (h & 1) !== 0)) h++;
+        h |= sign;
+      }
+    } else if (exp < 102) {
+      h = sign; // below half the smallest subnormal: ±0
+    } else {
+      // subnormal half
+      const m = mant | 0x800000;
+      const shift = 126 - exp; // 14..24
+      const half = 1 << (shift - 1);
+      const rest = m & ((1 << shift) - 1);
+      h = m >>> shift;
+      if (rest > half || (rest === half && (h & 1) !== 0)) h++;
+      h |= sign;
+    }
+    if (dst) dst[i] = h;
+    else { out[2 * i] = h & 0xff; out[2 * i + 1] = h >>> 8; }
+  }
+}
+
+/** float32 values → little-endian bfloat16 bytes, round to nearest even, NaN → quiet NaN. */
+export function encodeBF16(values: Float32Array, out: Uint8Array): void {
+  checkHalfLengths("encodeBF16", out, values);
+  const n = values.length;
+  const src = new Uint32Array(values.buffer, values.byteOffset, n);
+  const aligned = HOST_LITTLE_ENDIAN && (out.byteOffset & 1) === 0;
+  const dst = aligned ? new Uint16Array(out.buffer, out.byteOffset, n) : null;
+  for (let i = 0; i < n; i++) {
+    const bits = src[i]!;
+    const h = (bits & 0x7fffffff) > 0x7f800000
+      ? ((bits >>> 16) | 0x40) & 0xffff
+      : ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
+    if (dst) dst[i] = h;
+    else { out[2 * i] = h & 0xff; out[2 * i + 1] = h >>> 8; }
+  }
+}

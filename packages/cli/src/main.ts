@@ -1,6 +1,9 @@
 import { Command, CommanderError } from "commander";
 import { registerInspect } from "./commands/inspect.js";
 import { registerGrow } from "./commands/grow.js";
+import { registerInit } from "./commands/init.js";
+import { registerTrain } from "./commands/train.js";
+import { registerEval } from "./commands/eval.js";
 
 export interface GlobalOptions { json?: boolean; debug?: boolean }
 
@@ -14,6 +17,9 @@ export function createProgram(): Command {
     .configureOutput({ outputError: (text, write) => write(`staged: ${text.replace(/^error: /, "")}`) });
   registerInspect(program);
   registerGrow(program);
+  registerInit(program);
+  registerTrain(program);
+  registerEval(program);
   return program;
 }
 

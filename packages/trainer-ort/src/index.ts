@@ -7,3 +7,18 @@ export {
   type AdamWOptions, type BatchShape, type CompiledGraph,
 } from "./step.js";
 export { createEngine, type Engine, type EngineOptions } from "./engine.js";
+export {
+  train, evaluate, evaluateBlocks, resolveSchedule, defaultEngineFactory,
+  DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, DEFAULT_SCHEDULE,
+  type TrainOptions, type TrainResult, type TrainCallbacks, type StepInfo, type EvalInfo, type SaveInfo,
+  type EvaluateOptions, type EvaluateResult, type EngineFactory, type TrainEngine, type TrainEngineOptions,
+} from "./trainer.js";
+export { METRICS_FILE, readMetrics, parseMetrics, formatMetrics, type MetricsRecord } from "./metrics.js";
+export { byteTokenizer, hfTokenizer, loadHfTokenizer, tokenizerOf, checkTokenizerFits, type TextTokenizer } from "./data/tokenizer.js";
+export { brownText, brownDocuments, untagDocument, untagSentence, BROWN_VALIDATION_EVERY, type BrownSplit } from "./data/brown.js";
+export {
+  readTokens, prepareData, decodeTokenFile, encodeTokenFile, requireBlock, HELD_OUT_FRACTION,
+  type TokenStream, type PreparedData, type PrepareOptions,
+} from "./data/corpus.js";
+export { createSampler, evalBlockCount, SAMPLER_KINDS, type Sampler, type SamplerKind, type SamplerOptions } from "./data/sampler.js";
+export { tinyBpeTokenizerJson } from "./data/testing.js";

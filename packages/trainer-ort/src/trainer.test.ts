@@ -26,9 +26,11 @@ const tiny = (): TrainingState => initTrainingState("gpt2", { n_layer: 2, n_embd
  * A pure-JS stand-in for the ONNX engine: AdamW on the "loss" ½·mean(p²) + a term of the batch, in
  * float32, deterministic; enough to check the trainer's bookkeeping without onnxruntime.
  */
-const fakeEngine: EngineFactory = async (_arch, _config, weights, moments, options) => {
-  const m = moments?.expAvg ?? new Map([...weights].map(([n, a]) => [n, new Float32Array(a.length)]));
-  const v = moments?.expAvgSq ?? new Map([...weights].map(([n, a]) => [n, new Float32Array(a.length)]));
+const fakeEngine: EngineFactory = async (_arch, _config, given, moments, options) => {
+  const weights = new Map([...given].map(([n, a]) => [n, a.slice()]));
+  const copy = (x?: Map<string, Float32Array>) => x && new Map([...x].map(([n, a]) => [n, a.slice()]));
+  const m = copy(moments?.expAvg) ?? new Map([...weights].map(([n, a]) => [n, new Float32Array(a.length)]));
+  const v = copy(moments?.expAvgSq) ?? new Map([...weights].map(([n, a]) => [n, new Float32Array(a.length)]));
   const [b1, b2] = options.betas ?? [0.9, 0.999];
   const eps = options.eps ?? 1e-8;
   const batchTerm = (ids: Int32Array) => { let s = 0; for (const id of ids) s += id; return s / ids.length / 256; };
@@ -141,14 +143,15 @@ describe("evaluateBlocks", () => {
   // Per-block loss = first id of the block; the engine returns the batch mean.
   const engine = (B: number, T: number) => ({
     async evalLoss(ids: Int32Array) {
-      expect(ids.length).toBe(B * T);
+      const rows = ids.length / T;
+      expect(rows).toBeLessThanOrEqual(B);
       let s = 0;
-      for (let i = 0; i < B; i++) s += ids[i * T]!;
-      return s / B;
+      for (let i = 0; i < rows; i++) s += ids[i * T]!;
+      return s / rows;
     },
   });
   const tokens = Int32Array.from({ length: 100 }, (_, i) => i);
-  it("averages full batches and recovers a partial last batch exactly", async () => {
+  it("averages full batches and a partial last batch by blocks", async () => {
     // 11 blocks of 8: first ids 0, 8, ..., 80 → mean 40.
     expect(await evaluateBlocks(engine(4, 8), tokens, 4, 8, 11)).toBeCloseTo(40, 10);
     expect(await evaluateBlocks(engine(4, 8), tokens, 4, 8, 9)).toBeCloseTo(32, 10);

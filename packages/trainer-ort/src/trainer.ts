@@ -3,12 +3,14 @@ import { createLrSchedule, flopsPerToken } from "@staged/scheduler";
 import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
+import { createEngine } from "./engine.js";
 import { formatMetrics, METRICS_FILE, parseMetrics, readMetrics, type MetricsRecord } from "./metrics.js";
 
 /** What the trainer needs of a compiled engine (see ./engine.ts). */
 export interface TrainEngine {
   readonly paramNames: readonly string[];
   step(ids: Int32Array, lr: number, stepNumber: number): Promise<{ loss: number; gradNorm: number }>;
+  /** Mean next-token loss over the predictions inside any whole number of T-token rows. */
   evalLoss(ids: Int32Array): Promise<number>;
   params(): Map<string, Float32Array>;
   moments(): { expAvg: Map<string, Float32Array>; expAvgSq: Map<string, Float32Array> };
@@ -25,9 +27,7 @@ export type EngineFactory = (architecture: string, config: Record<string, unknow
   moments: { expAvg?: Map<string, Float32Array>; expAvgSq?: Map<string, Float32Array> } | undefined,
   options: TrainEngineOptions) => Promise<TrainEngine>;
 
-const ENGINE_MODULE = "./engine.js";
-export const defaultEngineFactory: EngineFactory = async (...args) =>
-  ((await import(ENGINE_MODULE)) as { createEngine: EngineFactory }).createEngine(...args);
+export const defaultEngineFactory: EngineFactory = createEngine;
 
 export const DEFAULT_BATCH = 8;
 export const DEFAULT_CLIP = 1.0;
@@ -202,8 +202,8 @@ export function resolveSchedule(state: TrainingState, o: Pick<TrainOptions, "lr"
 
 async function readFloat(t: LazyTensor): Promise<Float32Array> {
   const v = await t.read();
-  // Always a private copy: the engine updates its buffers in place and must not touch the caller's state.
-  return v.data instanceof Float32Array ? v.data.slice() : Float32Array.from(v.data as ArrayLike<number>);
+  // The engine copies what it is given into buffers of its own.
+  return v.data instanceof Float32Array ? v.data : Float32Array.from(v.data as ArrayLike<number>);
 }
 
 async function readAll(map: Map<string, LazyTensor>): Promise<Map<string, Float32Array>> {
@@ -214,36 +214,19 @@ async function readAll(map: Map<string, LazyTensor>): Promise<Map<string, Float3
 
 /**
  * Mean next-token loss over `blocks` consecutive non-overlapping blocks of `context` tokens taken from the
- * start of `tokens`, with an engine compiled for `batch` blocks. Full batches are evaluated as they are; a
- * last partial batch of r blocks is filled up with copies of its first block X, and its exact mean is
- * recovered as (B·L − (B − r)·L_X)/r with L_X the loss of a batch of B copies of X (one more evaluation).
- * Every block has context − 1 predictions, so the mean over blocks is the mean over predictions.
+ * start of `tokens`, `batch` blocks per evaluation; a last partial batch of r blocks is evaluated as r rows
+ * (the engine compiles an evaluation graph for that row count). Every block has context − 1 predictions,
+ * so the block-weighted mean of the batch means is the mean over all predictions.
  */
 export async function evaluateBlocks(engine: Pick<TrainEngine, "evalLoss">, tokens: Int32Array, batch: number,
                                      context: number, blocks: number): Promise<number> {
   const B = batch, T = context;
   if (!isPosInt(blocks)) throw new Error(`no evaluation blocks: need at least ${T} tokens, have ${tokens.length}`);
   if (blocks * T > tokens.length) throw new Error(`${blocks} blocks of ${T} tokens need ${blocks * T} tokens, have ${tokens.length}`);
-  const buf = new Int32Array(B * T);
   let sum = 0;
-  const full = Math.floor(blocks / B);
-  for (let b = 0; b < full; b++) {
-    buf.set(tokens.subarray(b * B * T, (b + 1) * B * T));
-    sum += (await engine.evalLoss(buf)) * B;
-  }
-  const r = blocks - full * B;
-  if (r > 0) {
-    const start = full * B * T;
-    const x = tokens.subarray(start, start + T);
-    for (let i = 0; i < B; i++) buf.set(x, i * T);
-    const lx = await engine.evalLoss(buf);
-    if (r === 1) {
-      sum += lx;
-    } else {
-      buf.set(tokens.subarray(start, start + r * T));
-      const l = await engine.evalLoss(buf);
-      sum += B * l - (B - r) * lx;
-    }
+  for (let first = 0; first < blocks; first += B) {
+    const rows = Math.min(B, blocks - first);
+    sum += (await engine.evalLoss(tokens.subarray(first * T, (first + rows) * T))) * rows;
   }
   return sum / blocks;
 }
@@ -426,12 +409,11 @@ export async function evaluate(state: TrainingState, o: EvaluateOptions): Promis
   const stream = await readTokens(o.data, tokenizer, state.shape.vocab, "validation");
   requireBlock(stream, context);
   const blocks = evalBlockCount(stream.tokens.length, context, o.maxBlocks);
-  const engineBatch = Math.min(batch, blocks);
   const weights = await readAll(state.params);
   const engine = await (o.engineFactory ?? defaultEngineFactory)(state.architecture, state.config, weights, undefined,
-    { device: o.device, threads: o.threads, batch: engineBatch, context, noDecay: state.optimizer.noDecay });
+    { device: o.device, threads: o.threads, batch: Math.min(batch, blocks), context, noDecay: state.optimizer.noDecay });
   try {
-    const loss = await evaluateBlocks(engine, stream.tokens, engineBatch, context, blocks);
+    const loss = await evaluateBlocks(engine, stream.tokens, batch, context, blocks);
     return { loss, tokens: blocks * context, blocks, context, data: stream.name };
   } finally {
     await engine.release();

@@ -1,0 +1,36 @@
+import { resolve } from "node:path";
+import { Option, type Command } from "commander";
+import { loadTrainingState } from "@staged/core";
+import { evaluate, DEFAULT_BATCH } from "@staged/trainer-ort";
+import { createOutput, runAction } from "../output.js";
+import { integer } from "./grow.js";
+import type { GlobalOptions } from "../main.js";
+
+interface EvalCliOptions { data: string; context?: number; maxBlocks?: number; batch?: number; device?: "cpu" | "cuda"; threads?: number }
+
+export function registerEval(program: Command): void {
+  program.command("eval <dir>")
+    .description("mean next-token loss on consecutive non-overlapping blocks of the data (brown: its validation split)")
+    .requiredOption("--data <source>", "brown (the Brown validation split), brown:train, a .txt file, or a .bin file of uint16 token ids")
+    .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
+    .option("--max-blocks <K>", "evaluate only the first K blocks", integer("max-blocks", 1))
+    .option("--batch <B>", `blocks per evaluation batch (default ${DEFAULT_BATCH})`, integer("batch", 1))
+    .addOption(new Option("--device <d>", "execution provider (default cpu)").choices(["cpu", "cuda"]))
+    .option("--threads <N>", "CPU threads (default: all cores)", integer("threads", 1))
+    .action(async (dir: string, o: EvalCliOptions, cmd: Command) => {
+      const g = cmd.optsWithGlobals<GlobalOptions>();
+      await runAction(Boolean(g.debug), async () => {
+        const state = await loadTrainingState(dir);
+        try {
+          const t0 = performance.now();
+          const r = await evaluate(state, o);
+          const result = { ...r, perplexity: Math.exp(r.loss), step: state.progress.step, checkpoint: resolve(dir), seconds: (performance.now() - t0) / 1000 };
+          createOutput(Boolean(g.json)).result(result,
+            `loss ${r.loss.toFixed(4)} (perplexity ${result.perplexity.toFixed(2)}) on ${r.blocks} blocks of ${r.context} tokens of ${r.data} ` +
+            `(${r.tokens} tokens), checkpoint step ${result.step}`);
+        } finally {
+          await state.close();
+        }
+      });
+    });
+}

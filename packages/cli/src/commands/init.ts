@@ -1,0 +1,51 @@
+import { mkdir } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
+import type { Command } from "commander";
+import { initTrainingState, parameterCount, saveTrainingState } from "@staged/core";
+import { createOutput, runAction } from "../output.js";
+import { integer } from "./grow.js";
+import type { GlobalOptions } from "../main.js";
+
+export interface InitOptions {
+  layers: number; dModel: number; heads: number; ffn?: number; vocab: number; context: number; seed: number; tie: boolean;
+}
+
+/** The HF GPT-2 config of `staged init`. */
+export function initConfig(o: InitOptions): Record<string, unknown> {
+  return {
+    model_type: "gpt2", architectures: ["GPT2LMHeadModel"],
+    n_layer: o.layers, n_embd: o.dModel, n_head: o.heads, n_inner: o.ffn ?? null,
+    vocab_size: o.vocab, n_positions: o.context, tie_word_embeddings: o.tie,
+    // GPT-2's 50256 is outside a small vocabulary; the byte-level tokenizer has no special tokens.
+    bos_token_id: null, eos_token_id: null,
+  };
+}
+
+export function registerInit(program: Command): void {
+  program.command("init <dir>")
+    .description("create a freshly initialized GPT-2 checkpoint (HF weights N(0, 0.02), no optimizer state)")
+    .requiredOption("--layers <L>", "number of transformer blocks", integer("layers", 1))
+    .requiredOption("--d-model <D>", "hidden size", integer("d-model", 1))
+    .requiredOption("--heads <H>", "attention heads (must divide --d-model)", integer("heads", 1))
+    .option("--ffn <F>", "MLP inner size (default 4 × d-model)", integer("ffn", 1))
+    .option("--vocab <V>", "vocabulary size (256 fits the byte-level tokenizer)", integer("vocab", 1), 256)
+    .option("--context <T>", "n_positions, the longest block the model can take", integer("context", 2), 256)
+    .option("--seed <S>", "initialization seed (also the data sampler's seed)", integer("seed", 0), 0)
+    .option("--tie", "tie the output layer to the token embedding (default)", true)
+    .option("--no-tie", "give the model its own output layer lm_head.weight")
+    .action(async (dir: string, o: InitOptions, cmd: Command) => {
+      const g = cmd.optsWithGlobals<GlobalOptions>();
+      await runAction(Boolean(g.debug), async () => {
+        if (o.dModel % o.heads !== 0) throw new Error(`--d-model ${o.dModel} is not divisible by --heads ${o.heads}`);
+        if (o.seed > 0xffffffff) throw new Error(`--seed must be below 2^32, got ${o.seed}`);
+        const state = initTrainingState("gpt2", initConfig(o), o.seed);
+        await mkdir(dirname(resolve(dir)), { recursive: true });
+        await saveTrainingState(dir, state);
+        const s = state.shape;
+        const result = { path: resolve(dir), architecture: state.architecture, ...s, parameters: parameterCount(state), tied: o.tie, seed: o.seed };
+        createOutput(Boolean(g.json)).result(result,
+          `initialized ${result.path}: GPT-2, ${s.layers} layers, d_model ${s.dModel}, ${s.heads} heads, ffn ${s.ffn}, ` +
+          `vocab ${s.vocab}, context ${s.context}, ${result.parameters} parameters${o.tie ? " (tied output layer)" : ""}`);
+      });
+    });
+}

@@ -1,0 +1,173 @@
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { encodeTokenFile, tinyBpeTokenizerJson } from "@staged/trainer-ort";
+
+// End-to-end through the built command (the test target builds first: nx `test` depends on `build`).
+const BIN = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
+
+interface Run { status: number | null; stdout: string; stderr: string }
+function staged(...args: string[]): Run {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+function ok(...args: string[]): Run {
+  const r = staged(...args);
+  if (r.status !== 0) throw new Error(`staged ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
+  return r;
+}
+const json = (...args: string[]) => JSON.parse(ok("--json", ...args).stdout) as Record<string, unknown>;
+
+/** Hash of every file of a directory and the names in its parent, to show that nothing was written. */
+async function fingerprint(dir: string): Promise<string> {
+  const h = createHash("sha256");
+  for (const name of (await readdir(dir)).sort()) h.update(name).update(await readFile(join(dir, name)));
+  h.update((await readdir(join(dir, ".."))).sort().join("|"));
+  return h.digest("hex");
+}
+
+let root: string;
+let model: string;
+let text: string;
+const SHAPE = ["--layers", "2", "--d-model", "32", "--heads", "2", "--context", "16"];
+const TRAIN = ["--batch", "4", "--context", "16", "--threads", "1"];
+
+beforeAll(async () => {
+  if (!existsSync(BIN)) throw new Error(`${BIN} is missing: build the cli package first`);
+  root = await mkdtemp(join(tmpdir(), "staged-cli-train-"));
+  text = join(root, "data.txt");
+  await writeFile(text, "the quick brown fox jumps over the lazy dog. ".repeat(40));
+  // Alone in its parent, so the fingerprint also sees any stray temporary sibling.
+  model = join(root, "ckpt", "m");
+  ok("init", model, ...SHAPE, "--seed", "5");
+});
+afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+
+describe("staged init → train → eval → inspect", () => {
+  it("runs, resumes and reports", async () => {
+    const a = json("train", model, "--data", text, "--steps", "4", ...TRAIN, "--lr", "3e-3", "--eval-every", "2", "--save-every", "2");
+    expect(a.step).toBe(4);
+    expect((a.losses as number[]).length).toBe(4);
+    expect(a.loss).toBe((a.losses as number[])[3]);
+    expect(typeof a.valLoss).toBe("number");
+    expect(a.tokens).toBe(4 * 4 * 16);
+    expect(a.tokensPerSecond as number).toBeGreaterThan(0);
+    expect(a.flops as number).toBeGreaterThan(0);
+    expect(a.seconds as number).toBeGreaterThan(0);
+
+    const b = json("train", model, "--data", text, "--steps", "3", ...TRAIN);
+    expect(b.step).toBe(7);
+    expect(b.tokens).toBe(7 * 64);
+    const lines = (await readFile(join(model, "metrics.jsonl"), "utf8")).trim().split("\n").map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.step)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(lines.slice(4).map((l) => l.loss)).toEqual(b.losses);
+    expect(lines[6].valLoss).toBe(b.valLoss);
+
+    const e = json("eval", model, "--data", text, "--context", "16", "--max-blocks", "5", "--batch", "2");
+    expect(e).toMatchObject({ tokens: 80, blocks: 5 });
+    expect(e.loss as number).toBeGreaterThan(0);
+    expect(e.loss as number).toBeLessThan(Math.log(256) + 1);
+
+    const i = json("inspect", model);
+    expect(i).toMatchObject({ step: 7, tokensSeen: 7 * 64, optimizerStep: 7, hasOptimizerState: true });
+
+    // Human output: progress lines on stderr, a summary on stdout.
+    const h = ok("train", model, "--data", text, "--steps", "2", ...TRAIN);
+    expect(h.stderr).toMatch(/step 9 \(2\/2\)\s+loss \d/);
+    expect(h.stdout).toMatch(/^step 9: loss/);
+  });
+
+  it("continues a checkpoint exactly: N steps equal N/2 + N/2", () => {
+    const one = join(root, "one"), two = join(root, "two");
+    for (const d of [one, two]) ok("init", d, ...SHAPE, "--seed", "9");
+    const args = ["--data", text, ...TRAIN, "--schedule", "linear", "--warmup", "2", "--total-steps", "6", "--sampler", "sequential"];
+    const full = json("train", one, ...args, "--steps", "6");
+    const h1 = json("train", two, ...args, "--steps", "3");
+    const h2 = json("train", two, "--data", text, ...TRAIN, "--sampler", "sequential", "--steps", "3");
+    expect([...(h1.losses as number[]), ...(h2.losses as number[])]).toEqual(full.losses);
+    return Promise.all([readFile(join(one, "model.safetensors")), readFile(join(two, "model.safetensors"))])
+      .then(([x, y]) => expect(Buffer.compare(x, y)).toBe(0));
+  });
+});
+
+describe("bad input: one line, exit status 1, the checkpoint untouched", () => {
+  const cases: [string, () => Promise<string[]>, RegExp][] = [
+    ["empty data", async () => { const f = join(root, "empty.txt"); await writeFile(f, ""); return ["--data", f]; }, /empty data/],
+    ["data shorter than one block", async () => { const f = join(root, "short.txt"); await writeFile(f, "tiny"); return ["--data", f]; }, /4 tokens of data, shorter than one block of 16 tokens/],
+    ["a context above n_positions", async () => ["--data", text, "--context", "32"], /context 32 is above the model's n_positions 16/],
+    ["a token id outside the vocabulary", async () => { const f = join(root, "ids.bin"); await writeFile(f, encodeTokenFile([...Array(40).fill(7), 300])); return ["--data", f]; }, /ids\.bin: token id 300 at byte offset 80 is outside the model's vocabulary \(vocab_size 256\)/],
+    ["a .bin file of odd length", async () => { const f = join(root, "odd.bin"); await writeFile(f, new Uint8Array(41)); return ["--data", f]; }, /odd\.bin: 41 bytes, an odd length/],
+    ["a missing data file", async () => ["--data", join(root, "nothing.txt")], /nothing\.txt: cannot read the data \(no such file\)/],
+    ["a tokenizer larger than the model's vocabulary", async () => { const f = join(root, "tokenizer.json"); await writeFile(f, tinyBpeTokenizerJson()); return ["--data", text, "--tokenizer", f]; }, /the tokenizer's vocabulary has 259 ids, more than the model's vocab_size 256/],
+    ["micro-batch not dividing the batch", async () => ["--data", text, "--micro-batch", "3"], /micro-batch must be a positive integer that divides the batch 4/],
+    ["an invalid schedule", async () => ["--data", text, "--schedule", "wsd", "--warmup", "10", "--total-steps", "5"], /warmupSteps \(10\) exceeds totalSteps \(5\)|overlaps the warmup/],
+  ];
+  for (const [what, args, message] of cases) {
+    it(what, async () => {
+      const before = await fingerprint(model);
+      const r = staged("train", model, "--steps", "2", ...TRAIN, ...(await args()));
+      expect(r.status).toBe(1);
+      expect(r.stdout).toBe("");
+      const lines = r.stderr.trim().split("\n");
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(/^staged: /);
+      expect(lines[0]).toMatch(message);
+      expect(await fingerprint(model)).toBe(before);
+    });
+  }
+
+  it("--device cuda without the CUDA provider", async () => {
+    const before = await fingerprint(model);
+    const r = staged("train", model, "--data", text, "--steps", "1", ...TRAIN, "--device", "cuda");
+    if (r.status === 0) return; // a machine with CUDA: nothing to check here
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    // onnxruntime may log its own native error first; ours is the last line.
+    expect(r.stderr.trim().split("\n").at(-1)).toMatch(/^staged: CUDA execution provider is not available/);
+    expect(await fingerprint(model)).toBe(before);
+  });
+
+  it("a missing or malformed checkpoint", async () => {
+    const r = staged("train", join(root, "absent"), "--data", text, "--steps", "1");
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split("\n")).toEqual([expect.stringMatching(/absent: not a checkpoint directory/)]);
+    expect(existsSync(join(root, "absent"))).toBe(false);
+    const bad = join(root, "bad");
+    ok("init", bad, ...SHAPE);
+    await writeFile(join(bad, "config.json"), "{ not json");
+    const before = await fingerprint(bad);
+    const m = staged("train", bad, "--data", text, "--steps", "1", ...TRAIN);
+    expect(m.status).toBe(1);
+    expect(m.stderr.trim().split("\n")).toEqual([expect.stringMatching(/config\.json: invalid JSON/)]);
+    expect(await fingerprint(bad)).toBe(before);
+    const e = staged("eval", bad, "--data", text);
+    expect(e.status).toBe(1);
+    expect(e.stderr).toMatch(/config\.json: invalid JSON/);
+  });
+
+  it("eval: data shorter than one block, a context above n_positions", () => {
+    const r = staged("eval", model, "--data", text, "--context", "17");
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim()).toBe("staged: context 17 is above the model's n_positions 16");
+    const short = staged("eval", model, "--data", join(root, "short.txt"));
+    expect(short.status).toBe(1);
+    expect(short.stderr).toMatch(/shorter than one block of 16 tokens/);
+  });
+
+  it("init: an existing directory and heads that do not divide d-model", async () => {
+    const before = await fingerprint(model);
+    const r = staged("init", model, ...SHAPE);
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim()).toMatch(/already exists/);
+    expect(await fingerprint(model)).toBe(before);
+    const h = staged("init", join(root, "h3"), "--layers", "1", "--d-model", "32", "--heads", "3");
+    expect(h.status).toBe(1);
+    expect(h.stderr.trim()).toBe("staged: --d-model 32 is not divisible by --heads 3");
+    expect(existsSync(join(root, "h3"))).toBe(false);
+  });
+});

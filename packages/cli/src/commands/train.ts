@@ -1,0 +1,142 @@
+import { resolve } from "node:path";
+import { InvalidArgumentError, Option, type Command } from "commander";
+import cliProgress from "cli-progress";
+import { loadTrainingState } from "@staged/core";
+import { train, DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, type StepInfo, type TrainOptions } from "@staged/trainer-ort";
+import { createOutput, runAction } from "../output.js";
+import { integer } from "./grow.js";
+import type { GlobalOptions } from "../main.js";
+
+/** A finite number; with `positive`, > 0. */
+export const number = (name: string, positive = false) => (value: string): number => {
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || (positive ? n <= 0 : n < 0)) {
+    throw new InvalidArgumentError(`--${name} must be a ${positive ? "positive" : "non-negative"} number.`);
+  }
+  return n;
+};
+
+const betas = (value: string): [number, number] => {
+  const parts = value.split(",").map((v) => Number(v));
+  if (parts.length !== 2 || value.split(",").some((v) => v.trim() === "") || !parts.every((b) => Number.isFinite(b) && b >= 0 && b < 1)) {
+    throw new InvalidArgumentError("--betas must be two numbers in [0, 1) separated by a comma, e.g. 0.9,0.95.");
+  }
+  return [parts[0]!, parts[1]!];
+};
+
+const clip = (value: string): number | null => {
+  if (value === "none" || value === "0") return null;
+  return number("clip", true)(value);
+};
+
+interface TrainCliOptions {
+  data: string; steps: number; batch?: number; microBatch?: number; context?: number; lr?: number; schedule?: string;
+  warmup?: number; totalSteps?: number; minLr?: number; betas?: [number, number]; eps?: number; weightDecay?: number;
+  clip?: number | null; sampler?: "random" | "sequential"; seed?: number; evalEvery?: number; evalBlocks?: number;
+  saveEvery?: number; device?: "cpu" | "cuda"; valData?: string; tokenizer?: string; threads?: number;
+}
+
+const fmtLoss = (x: number | null | undefined): string => (x === null || x === undefined ? "-" : Number.isFinite(x) ? x.toFixed(4) : String(x));
+const fmtTime = (s: number): string => {
+  if (!Number.isFinite(s)) return "-";
+  const t = Math.max(0, Math.round(s));
+  const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), sec = t % 60;
+  return h ? `${h}h${String(m).padStart(2, "0")}m` : m ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
+};
+
+/** Progress on stderr: a cli-progress bar on a terminal, plain lines (about 20 per run) otherwise. */
+function progressReporter(steps: number) {
+  const tty = Boolean(process.stderr.isTTY);
+  let bar: cliProgress.SingleBar | null = null;
+  let valLoss: number | null = null;
+  let started = 0;
+  const every = Math.max(1, Math.round(steps / 20));
+  const line = (i: StepInfo, eta: number) =>
+    `step ${i.step} (${i.index}/${i.steps})  loss ${fmtLoss(i.loss)}  val ${fmtLoss(valLoss)}  lr ${i.lr.toExponential(2)}  ` +
+    `${Math.round(i.tokensPerSecond)} tok/s  ETA ${fmtTime(eta)}`;
+  return {
+    start() {
+      started = performance.now();
+      if (tty) {
+        bar = new cliProgress.SingleBar({
+          stream: process.stderr, hideCursor: true, clearOnComplete: false, etaBuffer: 20,
+          format: "{bar} {value}/{total} | step {step} | loss {loss} | val {val} | lr {lr} | {tps} tok/s | ETA {eta_formatted}",
+        }, cliProgress.Presets.shades_classic);
+        bar.start(steps, 0, { step: "-", loss: "-", val: "-", lr: "-", tps: "-" });
+      }
+    },
+    eval(v: number) { valLoss = v; },
+    step(i: StepInfo) {
+      const elapsed = (performance.now() - started) / 1000;
+      const eta = (elapsed / i.index) * (i.steps - i.index);
+      if (bar) {
+        bar.update(i.index, { step: i.step, loss: fmtLoss(i.loss), val: fmtLoss(valLoss), lr: i.lr.toExponential(2), tps: Math.round(i.tokensPerSecond) });
+      } else if (i.index % every === 0 || i.index === i.steps || i.index === 1) {
+        process.stderr.write(line(i, eta) + "\n");
+      }
+    },
+    stop() { bar?.stop(); bar = null; },
+  };
+}
+
+export function registerTrain(program: Command): void {
+  program.command("train <dir>")
+    .description("train a checkpoint in place for --steps steps (resumes from its progress; saves atomically)")
+    .requiredOption("--data <source>", "brown (the Brown corpus), a .txt file, or a .bin file of uint16 token ids")
+    .requiredOption("--steps <N>", "steps to run now", integer("steps", 1))
+    .option("--batch <B>", `blocks per step (default ${DEFAULT_BATCH})`, integer("batch", 1))
+    .option("--micro-batch <M>", "blocks per micro-batch (gradient accumulation; divides --batch)", integer("micro-batch", 1))
+    .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
+    .option("--lr <X>", "peak learning rate (default: the checkpoint's, 1e-3 for a fresh one)", number("lr", true))
+    .addOption(new Option("--schedule <kind>", "LR schedule (default: the checkpoint's, constant for a fresh one)").choices(["constant", "linear", "cosine", "wsd"]))
+    .option("--warmup <W>", "linear warmup steps (default 0)", integer("warmup", 0))
+    .option("--total-steps <N>", "length of the LR schedule (default: this run's end, or the stored schedule's if longer)", integer("total-steps", 1))
+    .option("--min-lr <X>", "final LR of decaying schedules (default 0)", number("min-lr"))
+    .option("--betas <b1,b2>", "AdamW betas (default: the checkpoint's, 0.9,0.999 for a fresh one)", betas)
+    .option("--eps <E>", "AdamW epsilon (default: the checkpoint's, 1e-8)", number("eps", true))
+    .option("--weight-decay <W>", "AdamW decoupled weight decay (default: the checkpoint's, 0.01)", number("weight-decay"))
+    .option("--clip <C>", `global gradient-norm clip, "none" to disable (default ${DEFAULT_CLIP})`, clip)
+    .addOption(new Option("--sampler <kind>", "batch sampler (default random)").choices(["random", "sequential"]))
+    .option("--seed <S>", "sampler seed (default: the checkpoint's)", integer("seed", 0))
+    .option("--eval-every <K>", "validation loss every K steps (0: only at the end)", integer("eval-every", 0))
+    .option("--eval-blocks <K>", `validation blocks per evaluation (default ${DEFAULT_EVAL_BLOCKS})`, integer("eval-blocks", 1))
+    .option("--save-every <K>", "checkpoint every K steps (0: only at the end)", integer("save-every", 0))
+    .addOption(new Option("--device <d>", "execution provider (default cpu)").choices(["cpu", "cuda"]))
+    .option("--threads <N>", "CPU threads (default: all cores)", integer("threads", 1))
+    .option("--val-data <file>", "validation data (default: Brown's validation split, or the last 5% of --data)")
+    .option("--tokenizer <tokenizer.json>", "an HF tokenizer to use and store in the checkpoint (default: the checkpoint's, bytes)")
+    .action(async (dir: string, o: TrainCliOptions, cmd: Command) => {
+      const g = cmd.optsWithGlobals<GlobalOptions>();
+      await runAction(Boolean(g.debug), async () => {
+        const out = createOutput(Boolean(g.json));
+        const state = await loadTrainingState(dir);
+        const progress = g.json ? null : progressReporter(o.steps);
+        try {
+          const options: TrainOptions = { ...o, saveDir: dir };
+          const { result } = await train(state, options, {
+            onStart: ({ data, schedule, context, batch, setupSeconds }) => {
+              out.info(`training ${resolve(dir)} from step ${state.progress.step}: ${o.steps} steps of ${batch} × ${context} tokens on ${data.train.name} ` +
+                `(${data.train.tokens.length} tokens), validation ${data.validation.name}; ${schedule.kind} LR ${schedule.peakLr} ` +
+                `over ${schedule.totalSteps} steps; ready in ${setupSeconds.toFixed(1)} s`);
+              progress?.start();
+            },
+            onEval: (e) => { progress?.eval(e.valLoss); },
+            onStep: (i) => { progress?.step(i); },
+          });
+          progress?.stop();
+          const json = {
+            step: result.step, loss: result.loss, losses: result.losses, valLoss: result.valLoss,
+            tokensPerSecond: result.tokensPerSecond, tokens: result.tokens, flops: result.flops, seconds: result.seconds,
+            runTokens: result.runTokens, stepSeconds: result.stepSeconds, setupSeconds: result.setupSeconds,
+            schedule: result.schedule, checkpoint: resolve(dir),
+          };
+          out.result(json, `step ${result.step}: loss ${fmtLoss(result.loss)}, val loss ${fmtLoss(result.valLoss)}, ` +
+            `${Math.round(result.tokensPerSecond)} tokens/s, ${result.tokens} tokens, ${result.flops.toExponential(2)} FLOPs seen; ` +
+            `saved ${resolve(dir)} (${result.seconds.toFixed(1)} s)`);
+        } finally {
+          progress?.stop();
+          await state.close();
+        }
+      });
+    });
+}

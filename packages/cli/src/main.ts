@@ -4,6 +4,7 @@ import { registerGrow } from "./commands/grow.js";
 import { registerInit } from "./commands/init.js";
 import { registerTrain } from "./commands/train.js";
 import { registerEval } from "./commands/eval.js";
+import { registerPlan } from "./commands/plan.js";
 
 export interface GlobalOptions { json?: boolean; debug?: boolean }
 
@@ -20,6 +21,7 @@ export function createProgram(): Command {
   registerInit(program);
   registerTrain(program);
   registerEval(program);
+  registerPlan(program);
   return program;
 }
 

@@ -76,7 +76,7 @@ export function planPlotSpec(plan: Plan, options: { title?: string; width?: numb
         mark: { type: "line", clip: true },
         encoding: {
           x: { field: "compute", type: "quantitative", scale: { type: "log" }, title: "training FLOPs" },
-          y: { field: "loss", type: "quantitative", scale: { type: "log", zero: false }, title: "loss" },
+          y: { field: "loss", type: "quantitative", scale: { type: "log" }, title: "loss" },
           color: { field: "series", type: "nominal", title: null },
           strokeDash: { condition: { test: "datum.series === 'staged path'", value: [6, 3] }, value: [1, 0] },
           order: { field: "order", type: "quantitative" },
@@ -87,7 +87,7 @@ export function planPlotSpec(plan: Plan, options: { title?: string; width?: numb
         mark: { type: "point", filled: true, size: 70 },
         encoding: {
           x: { field: "compute", type: "quantitative", scale: { type: "log" } },
-          y: { field: "loss", type: "quantitative", scale: { type: "log", zero: false } },
+          y: { field: "loss", type: "quantitative", scale: { type: "log" } },
           shape: { field: "series", type: "nominal", title: null },
           tooltip: { field: "label", type: "nominal" },
         },

@@ -1,0 +1,215 @@
+import { randomBytes } from "node:crypto";
+import { readFile, realpath, rename, rm, writeFile } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
+import type { Command } from "commander";
+import {
+  GROWTH_FACTORS, THRESHOLDS, chinchillaLaw, fitLaw, kaplan, lawFromFit, parseCurveArg, planPlotSpec, planStages,
+  readLearningCurve, DEFAULT_BATCH_TOKENS, type FitResult, type GrowthOperator, type Plan, type ScalingLaw, type StepGrid,
+} from "@staged/scheduler";
+import { createOutput, runAction, UsageError } from "../output.js";
+import type { GlobalOptions } from "../main.js";
+
+interface PlanOptions extends GlobalOptions {
+  law?: string;
+  targetParams?: string;
+  grow?: string;
+  thresholdGrow?: string;
+  thresholdOpt?: string;
+  batchTokens?: string;
+  steps?: string;
+  plot?: string;
+  out?: string;
+}
+
+function num(name: string, text: string | undefined, check: (v: number) => boolean, what: string): number | undefined {
+  if (text === undefined) return undefined;
+  const v = Number(text);
+  if (text.trim() === "" || !Number.isFinite(v) || !check(v)) throw new UsageError(`${name} must be ${what}, got "${text}"`);
+  return v;
+}
+
+/** The law named by --law: kaplan, chinchilla, or a fit file written by `staged plan fit`. */
+async function resolveLaw(spec: string | undefined, batchTokens: number | undefined): Promise<{ law: ScalingLaw; file?: string }> {
+  if (!spec) throw new UsageError("--law is required (kaplan, chinchilla, or a fit.json from `staged plan fit`)");
+  if (spec === "kaplan") return { law: kaplan };
+  if (spec === "chinchilla") return { law: chinchillaLaw({}, batchTokens ?? DEFAULT_BATCH_TOKENS) };
+  let text: string;
+  try { text = await readFile(spec, "utf8"); } catch (e) {
+    throw new UsageError(`--law ${spec}: not kaplan or chinchilla, and the file cannot be read (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  let fit: FitResult;
+  try { fit = JSON.parse(text) as FitResult; } catch { throw new UsageError(`${spec}: not JSON`); }
+  if (batchTokens !== undefined && fit && typeof fit === "object") fit = { ...fit, batchTokens };
+  return { law: lawFromFit(fit, spec), file: spec };
+}
+
+function parseOperators(text: string | undefined): GrowthOperator[] {
+  if (!text) throw new UsageError("--grow is required (width, depth, or a list such as width,depth)");
+  const ops = text.split(",").map((s) => s.trim()).filter(Boolean);
+  for (const op of ops) {
+    if (!(op in GROWTH_FACTORS)) throw new UsageError(`--grow: unknown operator "${op}" (operators: ${Object.keys(GROWTH_FACTORS).join(", ")})`);
+  }
+  if (!ops.length) throw new UsageError("--grow needs at least one operator");
+  return ops as GrowthOperator[];
+}
+
+function parseThresholds(text: string | undefined, count: number): number[] | undefined {
+  if (text === undefined) return undefined;
+  const parts = text.split(",");
+  if (parts.length !== 1 && parts.length !== count) throw new UsageError(`--threshold-grow: give one threshold or one per growth (${count}), got "${text}"`);
+  const values = parts.map((p) => num("--threshold-grow", p, (v) => v < 0, "a negative slope such as -0.0475")!);
+  return values.length === 1 ? Array(count).fill(values[0]) : values;
+}
+
+function parseGrid(text: string | undefined): StepGrid | undefined {
+  if (text === undefined) return undefined;
+  const parts = text.split(",").map((p) => Number(p));
+  if (parts.length !== 3 || !parts.every((v) => Number.isInteger(v) && v > 0) || parts[1]! <= parts[0]!) {
+    throw new UsageError(`--steps must be from,to,every with positive integers and from < to, got "${text}"`);
+  }
+  if ((parts[1]! - parts[0]!) / parts[2]! > 2_000_000) throw new UsageError(`--steps ${text}: more than 2,000,000 points; raise every`);
+  return { from: parts[0]!, to: parts[1]!, every: parts[2]! };
+}
+
+async function samePath(a: string, b: string): Promise<boolean> {
+  const real = async (p: string) => { try { return await realpath(p); } catch { return resolve(p); } };
+  return (await real(a)) === (await real(b));
+}
+
+/** Write a file atomically (a temporary sibling renamed into place), refusing to overwrite any input. */
+export async function writeOutputFile(path: string, data: string, inputs: readonly string[]): Promise<void> {
+  for (const input of inputs) {
+    if (await samePath(path, input)) throw new UsageError(`${path}: refusing to overwrite an input`);
+  }
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw new Error(`${path}: cannot write (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+}
+
+/** Render a plan's picture to SVG with Vega-Lite + Vega (headless, no browser). */
+export async function renderPlanSvg(plan: Plan): Promise<string> {
+  const [vega, vl] = await Promise.all([import("vega"), import("vega-lite")]);
+  const spec = vl.compile(planPlotSpec(plan) as never).spec;
+  const view = new vega.View(vega.parse(spec), { renderer: "none" });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
+
+const sci = (n: number) => n.toExponential(3);
+const pct = (f: number) => `${(f * 100).toFixed(1)}%`;
+const fmtParams = (n: number) => (n >= 1e9 ? `${+(n / 1e9).toPrecision(3)}B` : n >= 1e6 ? `${+(n / 1e6).toPrecision(3)}M` : `${+n.toPrecision(3)}`);
+
+/** The JSON object `staged plan --json` prints. */
+export function planJson(plan: Plan, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  const stages = plan.stages.map((s) => ({ ...s }));
+  const common = {
+    law: plan.law,
+    targetParams: plan.targetParams,
+    grow: plan.stages.map((s) => s.operator),
+    thresholdOpt: plan.thresholdOpt,
+    optimalityStep: plan.optimalityStep,
+    lossAtOptimality: plan.lossAtOptimality,
+    computeSaving: plan.computeSaving,
+    stagedCompute: plan.stagedCompute,
+    scratchCompute: plan.scratchCompute,
+    stagedSteps: plan.stagedSteps,
+    stages,
+    ...extra,
+  };
+  if (stages.length !== 1) return common;
+  const s = stages[0]!;
+  return {
+    ...common,
+    constantOp: s.constantOp,
+    growAtStep: s.growAtStep,
+    continueAtStep: s.continueAtStep,
+    lossAtGrowth: s.lossAtGrowth,
+    thresholdGrow: s.threshold,
+    paramsBefore: s.paramsBefore,
+    paramsAfter: s.paramsAfter,
+  };
+}
+
+function planText(plan: Plan): string {
+  const lines = [`staged plan (${plan.law}) for ${fmtParams(plan.targetParams)} non-embedding parameters`];
+  plan.stages.forEach((s, i) => {
+    lines.push(`  stage ${i + 1}  ${fmtParams(s.paramsBefore)}: grow ${s.operator} (×${s.factor} parameters) at step ${s.growAtStep}` +
+      ` (slope > ${s.threshold}, loss ${s.lossAtGrowth.toFixed(4)}) → ${fmtParams(s.paramsAfter)} continues at step ${s.continueAtStep}` +
+      ` (constant_op ${s.constantOp.toFixed(3)})`);
+  });
+  lines.push(`  final     ${fmtParams(plan.targetParams)}: stop at step ${plan.optimalityStep} (slope > ${plan.thresholdOpt}, loss ${plan.lossAtOptimality.toFixed(4)})`);
+  lines.push(`  compute   staged ${sci(plan.stagedCompute)} FLOPs vs ${sci(plan.scratchCompute)} from scratch: saving ${pct(plan.computeSaving)}`);
+  return lines.join("\n");
+}
+
+export function registerPlan(program: Command): void {
+  const plan = program.command("plan")
+    .description("scaling-law stage planning: when to grow, from which step to continue, the compute saved")
+    .option("--law <law>", "kaplan, chinchilla, or a fit.json written by `staged plan fit`")
+    .option("--target-params <n>", "non-embedding parameters of the final model, e.g. 3.4e8")
+    .option("--grow <ops>", "growth operators in order: width, depth, or width,depth")
+    .option("--threshold-grow <t>", `slope threshold(s) for growing, one or one per growth (default width ${THRESHOLDS.width}, depth ${THRESHOLDS.depth})`)
+    .option("--threshold-opt <t>", `slope threshold for stopping the final model (default ${THRESHOLDS.optimality})`)
+    .option("--batch-tokens <n>", `tokens per step for laws that count tokens (Chinchilla; default ${DEFAULT_BATCH_TOKENS})`)
+    .option("--steps <from,to,every>", "the simulated curves' optimizer steps, as Python's range (default the seed's 4000,90000,10)")
+    .option("--plot <file.svg>", "draw the curves, the growth and optimality points and the staged path")
+    .action(async (_opts: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals<PlanOptions>();
+      await runAction(Boolean(o.debug), async () => {
+        const target = num("--target-params", o.targetParams, (v) => v > 0, "a number > 0");
+        if (target === undefined) throw new UsageError("--target-params is required (non-embedding parameters of the final model)");
+        const operators = parseOperators(o.grow);
+        const thresholdGrow = parseThresholds(o.thresholdGrow, operators.length);
+        const thresholdOpt = num("--threshold-opt", o.thresholdOpt, (v) => v < 0, "a negative slope such as -0.052");
+        const batchTokens = num("--batch-tokens", o.batchTokens, (v) => Number.isInteger(v) && v > 0, "a positive integer");
+        if (o.plot !== undefined && !o.plot.trim()) throw new UsageError("--plot needs a file name");
+        const grid = parseGrid(o.steps);
+        const { law, file } = await resolveLaw(o.law, batchTokens);
+        const result = planStages({ law, targetParams: target, operators, thresholdGrow, thresholdOpt, grid });
+        if (o.plot) await writeOutputFile(o.plot, await renderPlanSvg(result), file ? [file] : []);
+        const out = createOutput(Boolean(o.json));
+        out.result(planJson(result, o.plot ? { plot: o.plot } : {}), planText(result) + (o.plot ? `\n  plot      ${o.plot}` : ""));
+      });
+    });
+
+  plan.command("fit <metrics...>")
+    .description("fit a scaling law to learning curves (metrics.jsonl files; append =N to give a file's non-embedding parameters)")
+    .option("--law <form>", "the law's form: kaplan or chinchilla")
+    .option("--out <fit.json>", "where to write the fit (atomically; never over an input)")
+    .action(async (metrics: string[], _opts: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals<PlanOptions>();
+      await runAction(Boolean(o.debug), async () => {
+        if (o.law !== "kaplan" && o.law !== "chinchilla") throw new UsageError(`--law must be kaplan or chinchilla, got ${o.law === undefined ? "nothing" : `"${o.law}"`}`);
+        if (!o.out) throw new UsageError("--out is required (the fit.json to write)");
+        const args = metrics.map(parseCurveArg);
+        const curves = [];
+        for (const a of args) curves.push(await readLearningCurve(a.path, { params: a.params }));
+        if (new Set(curves.map((c) => c.params)).size < 2) {
+          throw new UsageError("fitting a law needs learning curves of at least 2 model sizes");
+        }
+        const fit = fitLaw(o.law, curves);
+        await writeOutputFile(o.out, JSON.stringify(fit, null, 2) + "\n", args.map((a) => a.path));
+        const estimated = curves.filter((c) => c.estimated).map((c) => c.source!);
+        const summary = {
+          out: o.out, form: fit.form, constants: fit.constants, observations: fit.observations, rmse: fit.rmse,
+          maxAbsResidual: fit.maxAbsResidual, batchTokens: fit.batchTokens,
+          curves: curves.map((c) => ({ source: c.source, params: c.params, points: c.points.length, paramsEstimated: c.estimated })),
+        };
+        const text = [
+          `fitted ${fit.form} to ${fit.observations} points from ${curves.length} curves → ${o.out}`,
+          ...Object.entries(fit.constants).map(([k, v]) => `  ${k.padEnd(7)} ${sci(v)}`),
+          `  rmse    ${fit.rmse.toExponential(3)} (max |residual| ${fit.maxAbsResidual.toExponential(3)})`,
+          ...(estimated.length ? [`  note: model size estimated from flops/tokens for ${estimated.join(", ")} (no config.json beside it; append =N to set it)`] : []),
+        ];
+        createOutput(Boolean(o.json)).result(summary, text.join("\n"));
+      });
+    });
+}

@@ -19,6 +19,8 @@ export interface EngineOptions {
   weightDecay?: number;
   clip?: number | null;
   noDecay?: Iterable<string>;
+  /** Write onnxruntime's per-node profile (onnxruntime_profile_*.json in the working directory). */
+  profile?: boolean;
 }
 
 export interface Engine {
@@ -54,7 +56,7 @@ class DoubleBuffer {
   view(): Map<string, Float32Array> { return new Map([...this.cur].map(([n, t]) => [n, t.data as Float32Array])); }
 }
 
-async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; threads: number }): Promise<ort.InferenceSession> {
+async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; threads: number; profile: boolean }): Promise<ort.InferenceSession> {
   const options: ort.InferenceSession.SessionOptions = {
     executionProviders: [o.device],
     graphOptimizationLevel: "all",
@@ -63,6 +65,7 @@ async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; thre
     executionMode: "sequential",
     enableCpuMemArena: true,
     enableMemPattern: true,
+    ...(o.profile ? { enableProfiling: true, profileFilePrefix: "onnxruntime_profile" } : {}),
   };
   if (o.device === "cuda") {
     const listed = ort.listSupportedBackends?.().some((b) => b.name === "cuda");
@@ -95,7 +98,7 @@ export async function createEngine(
   const device = options.device ?? "cpu";
   const threads = options.threads ?? os.availableParallelism();
   const opt = adamwDefaults(specs, options);
-  const sess = { device, threads };
+  const sess = { device, threads, profile: options.profile ?? false };
 
   const size = (s: ParamSpec) => s.shape.reduce((a, b) => a * b, 1);
   const take = (m: Map<string, Float32Array> | undefined, s: ParamSpec, what: string): Float32Array => {

@@ -11,13 +11,17 @@ export const OPSET = 17;
 
 /** A tensor in the graph: its name, element type and static shape. */
 export class Value {
+  #name: string;
   constructor(
-    readonly name: string,
+    name: string,
     readonly dtype: DType,
     readonly shape: readonly number[],
     /** The node producing it; undefined for inputs and initializers. */
     readonly producer?: Node,
-  ) {}
+  ) { this.#name = name; }
+  get name(): string { return this.#name; }
+  /** Used by GraphBuilder.output to name a computed value after the graph output it becomes. */
+  renameTo(name: string): void { this.#name = name; }
   get rank(): number { return this.shape.length; }
   get size(): number { return this.shape.reduce((a, b) => a * b, 1); }
 }
@@ -104,7 +108,14 @@ export class GraphBuilder {
 
   /** Mark `v` as a graph output named `name` (through an Identity when the name differs). */
   output(v: Value, name = v.name): Value {
-    const out = name === v.name && !this.outputs.includes(v) && !this.inputs.includes(v) ? v : this.node1("Identity", [v], {}, v.dtype, v.shape, name);
+    let out = v;
+    if (this.outputs.includes(v) || !v.producer) out = this.node1("Identity", [v], {}, v.dtype, v.shape, name);
+    else if (name !== v.name) {
+      // Renaming the computed value itself avoids an Identity copy into the output.
+      this.freshExact(name);
+      this.names.delete(v.name);
+      v.renameTo(name);
+    }
     this.outputs.push(out);
     return out;
   }
@@ -231,6 +242,11 @@ export class GraphBuilder {
   }
 
   // ---- normalization and activations ----
+  /**
+   * onnxruntime's contrib FastGelu (com.microsoft): 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))), HF's gelu_new,
+   * in one kernel instead of nine elementwise ops (float32 only on the CPU provider).
+   */
+  fastGelu(x: Value): Value { return this.node("FastGelu", [x], {}, [{ dtype: x.dtype, shape: x.shape }], "com.microsoft")[0]!; }
   softmax(x: Value, axis = -1): Value { return this.node1("Softmax", [x], { axis }, x.dtype, x.shape); }
   logSoftmax(x: Value, axis = -1): Value { return this.node1("LogSoftmax", [x], { axis }, x.dtype, x.shape); }
 
@@ -377,7 +393,8 @@ export class GraphBuilder {
     return onnx.ModelProto.create({
       irVersion: 8,
       producerName: "@staged/trainer-ort",
-      opsetImport: [{ domain: "", version: OPSET }],
+      opsetImport: [{ domain: "", version: OPSET },
+        ...[...new Set(nodes.map((n) => n.domain).filter((d): d is string => !!d))].map((domain) => ({ domain, version: 1 }))],
       graph,
     });
   }

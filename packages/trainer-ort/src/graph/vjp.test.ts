@@ -128,7 +128,10 @@ describe("VJP rules against central finite differences (float64)", () => {
   });
 });
 
-describe("VJP rules in float32 (ops or casts the float64 checks cannot cover)", () => {
+describe("VJP rules in float32 (ops without a double kernel, casts)", () => {
+  it("FastGelu (com.microsoft, float32 only)", async () => {
+    await check((b, [x]) => b.fastGelu(x!), [{ shape: [12], values: [-4, -2.5, -1.2, -0.7, -0.3, -0.05, 0, 0.1, 0.6, 1.1, 2.2, 3.5] }], "float32");
+  });
   it("Cast float32 → float64", async () => {
     await check((b, [x]) => b.cast(b.mul(x!, x!), "float64"), [{ shape: [4], dtype: "float32" }], "float32");
   });

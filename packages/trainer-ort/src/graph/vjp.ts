@@ -121,6 +121,16 @@ export const VJP: Record<string, VjpRule> = {
     const G = g0(g);
     return [b.sub(G, b.mul(b.exp(out(n)), b.reduceSum(G, [n.attrs.axis as number])))];
   },
+  // gelu'(x) = ½(1+t)·(1 + x(1−t)(c + 3ca·x²)) with t = tanh(c(x + a·x³)), recomputed from x so that
+  // the forward stays one fused kernel.
+  FastGelu: (b, n, g) => {
+    if (n.inputs.length > 1) throw new Error("FastGelu VJP: the bias input is not supported");
+    const X = inp(n, 0), c = Math.sqrt(2 / Math.PI), a = 0.044715;
+    const x2 = b.mul(X, X);
+    const t = b.tanh(b.mul(X, b.add(b.mul(x2, c * a), c)));
+    const s = b.add(b.mul(b.mul(X, b.sub(1, t)), b.add(b.mul(x2, 3 * c * a), c)), 1);
+    return [b.mul(b.mul(g0(g), b.add(b.mul(t, 0.5), 0.5)), s)];
+  },
   MatMul: matmulVjp,
   Gemm: gemmVjp,
   LayerNormalization: layerNormVjp,

@@ -42,12 +42,12 @@ function hidden(b: GraphBuilder, config: Record<string, unknown>, p: (name: stri
 
     const m = b.layerNorm(h, q_("ln_2.weight"), q_("ln_2.bias"), eps).y;
     const f = b.gemm(m, q_("mlp.c_fc.weight"), q_("mlp.c_fc.bias"));
-    h = b.add(h, b.gemm(geluNew(b, f), q_("mlp.c_proj.weight"), q_("mlp.c_proj.bias")));
+    h = b.add(h, b.gemm(b.fastGelu(f), q_("mlp.c_proj.weight"), q_("mlp.c_proj.bias")));
   }
   return b.layerNorm(h, p("transformer.ln_f.weight"), p("transformer.ln_f.bias"), eps).y; // [N, d]
 }
 
-/** HF gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), with x³ as x·x·x. */
+/** HF gelu_new from standard ops (the model uses the equal, fused FastGelu; this is the portable form). */
 export function geluNew(b: GraphBuilder, x: Value): Value {
   const inner = b.mul(b.add(x, b.mul(b.mul(b.mul(x, x), x), 0.044715)), Math.sqrt(2 / Math.PI));
   return b.mul(b.mul(x, 0.5), b.add(b.tanh(inner), 1));

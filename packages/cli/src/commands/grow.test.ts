@@ -10,10 +10,10 @@ let root: string;
 const at = (name: string) => join(root, name);
 
 /** A checkpoint with moments, in a dtype, optionally sharded. */
-async function checkpoint(name: string, dtype: "F32" | "F16" | "BF16" = "F32", maxShardBytes?: number): Promise<string> {
+async function checkpoint(name: string, dtype: "F32" | "F16" | "BF16" = "F32", maxShardBytes?: number, scale = 1): Promise<string> {
   const s = initTrainingState("gpt2", config, 3);
   const as = (c: number) => new Map([...s.params].map(([n, t]) => [n, { dtype, shape: t.shape, read: async () => new Tensor(dtype, t.shape, (await t.read()).f32.map((v) => Math.abs(v) * c)) }]));
-  const state: TrainingState = { ...s, params: as(1), optimizer: { ...s.optimizer, step: 5, expAvg: as(0.1), expAvgSq: as(0.01) },
+  const state: TrainingState = { ...s, params: as(scale), optimizer: { ...s.optimizer, step: 5, expAvg: as(0.1), expAvgSq: as(0.01) },
     schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 40, restarts: [] }, progress: { ...s.progress, step: 5, tokensSeen: 320 } };
   await saveTrainingState(at(name), state, { maxShardBytes });
   return at(name);
@@ -48,6 +48,19 @@ describe("staged grow", () => {
     const info = json("inspect", at("w2d"));
     expect(info).toMatchObject({ layers: 5, dModel: 16, hasOptimizerState: true, step: 2 });
     expect((info.stages as { operator: string }[]).map((s) => s.operator)).toEqual(["width", "depth"]);
+  });
+
+  it("--eval-data measures the loss change: zero for exact options, reported for copy init", async () => {
+    const tokens = join(root, "tokens.bin");
+    await writeFile(tokens, Buffer.from(Uint16Array.from({ length: 4096 }, (_, i) => (i * 7 + (i >> 3)) % 32).buffer));
+    const exact = json("grow", "width", at("f32"), at("checked-w"), "--symmetry", "split", "--eval-data", tokens, "--eval-context", "16");
+    expect(exact.evalTokens).toBe(16 * 16);
+    expect(Math.abs(exact.lossChange as number)).toBeLessThan(1e-5);
+    // Weights large enough that a stacked copy of a layer visibly changes the function.
+    const strong = await checkpoint("strong", "F32", undefined, 20);
+    const copy = json("grow", "depth", strong, at("checked-d"), "--init", "copy", "--eval-data", tokens, "--eval-context", "16");
+    expect(Math.abs(copy.lossChange as number)).toBeGreaterThan(1e-2);
+    expect(copy.lossAfter).toBeCloseTo((copy.lossBefore as number) + (copy.lossChange as number), 6);
   });
 
   for (const dtype of ["F16", "BF16"] as const) {

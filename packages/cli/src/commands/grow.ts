@@ -1,6 +1,7 @@
 import { resolve } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type TrainingState } from "@staged/core";
+import { evaluate } from "@staged/trainer-ort";
 import type { WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
 import { createCliRegistry } from "../registry.js";
@@ -22,7 +23,10 @@ const number = (name: string) => (value: string): number => {
 };
 const intList = (name: string) => (value: string): number[] => value.split(",").map((v) => integer(name)(v));
 
-interface CommonOptions { rewarmup?: number; continueAt?: number; force?: boolean; maxShardBytes?: number }
+interface CommonOptions {
+  rewarmup?: number; continueAt?: number; force?: boolean; maxShardBytes?: number;
+  evalData?: string; evalContext?: number; evalBlocks?: number;
+}
 
 async function grow<O extends object>(input: string, output: string, operator: string, options: O & CommonOptions, cmd: Command): Promise<void> {
   const g = cmd.optsWithGlobals<GlobalOptions>();
@@ -33,8 +37,15 @@ async function grow<O extends object>(input: string, output: string, operator: s
     const plugin = registry.get("growth", operator) as GrowthPlugin<O>;
     const state = await loadTrainingState(input, { registry });
     try {
-      const { force, maxShardBytes, ...growOptions } = options;
+      const { force, maxShardBytes, evalData, evalContext, evalBlocks, ...growOptions } = options;
       const grown: TrainingState = await plugin.grow(state, { ...growOptions, registry } as O);
+      // The loss change the growth causes, measured before anything is written.
+      let check: { lossBefore: number; lossAfter: number; lossChange: number; evalTokens: number } | undefined;
+      if (evalData) {
+        const eo = { data: evalData, context: evalContext, maxBlocks: evalBlocks ?? 16 };
+        const before = await evaluate(state, eo), after = await evaluate(grown, eo);
+        check = { lossBefore: before.loss, lossAfter: after.loss, lossChange: after.loss - before.loss, evalTokens: before.tokens };
+      }
       const t0 = performance.now();
       await saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes });
       const stage = grown.progress.stages.at(-1)!;
@@ -44,12 +55,14 @@ async function grow<O extends object>(input: string, output: string, operator: s
         parametersBefore: parameterCount(state), parametersAfter: parameterCount(grown),
         options: stage.options, step: stage.step, continueAt: stage.continueAt,
         lossPreserving: plugin.lossPreserving(options),
+        ...check,
         seconds: (performance.now() - t0) / 1000,
       };
       const s = (x: typeof state.shape) => `${x.layers} layers × d${x.dModel} (${x.heads} heads, ffn ${x.ffn})`;
       out.result(result, [
         `grew ${operator}: ${s(state.shape)} → ${s(grown.shape)}`,
         `  parameters ${result.parametersBefore} → ${result.parametersAfter}, ${result.lossPreserving ? "loss preserved exactly" : "loss NOT preserved by these options"}`,
+        ...(check ? [`  loss on ${check.evalTokens} tokens of ${evalData}: ${check.lossBefore.toFixed(5)} → ${check.lossAfter.toFixed(5)} (change ${check.lossChange >= 0 ? "+" : ""}${check.lossChange.toExponential(2)})`] : []),
         `  wrote ${result.output} in ${result.seconds.toFixed(2)} s`,
       ].join("\n"));
     } finally {
@@ -62,7 +75,10 @@ const common = (c: Command): Command => c
   .option("--rewarmup <steps>", "LR re-warmup steps after the growth", integer("rewarmup"))
   .option("--continue-at <step>", "the step the grown model continues from", integer("continue-at"))
   .option("--force", "replace an existing output directory")
-  .option("--max-shard-bytes <n>", "shard files above this size", integer("max-shard-bytes", 1));
+  .option("--max-shard-bytes <n>", "shard files above this size", integer("max-shard-bytes", 1))
+  .option("--eval-data <data>", "measure the loss before and after the growth on this data (brown|file.txt|file.bin)")
+  .option("--eval-context <T>", "block size of that measurement (default: the model's context)", integer("eval-context", 2))
+  .option("--eval-blocks <K>", "blocks of that measurement (default 16)", integer("eval-blocks", 1));
 
 export function registerGrow(program: Command): void {
   const growCmd = program.command("grow").description("grow a checkpoint's whole training state");

@@ -66,3 +66,21 @@ describe.each(VARIANTS)("GPT-2 graph vs PyTorch fixture %s", (variant) => {
 it("unknown architectures are reported with the known ones", () => {
   expect(() => modelGraph("llama")).toThrow(/no model graph for architecture "llama" \(known: gpt2\)/);
 });
+
+describe("GPT-2 config options", () => {
+  const fx = loadFixture("gpt2-tiny");
+  const specs = modelGraph("gpt2").params(fx.config);
+  const lossWith = async (extra: Record<string, unknown>) => {
+    const s = await session(compileEval("gpt2", { ...fx.config, ...extra }, { batch: fx.B, context: fx.T }).model);
+    const feeds = Object.fromEntries(specs.map((sp) => [sp.name, new ort.Tensor("float32", fx.f32(`param.${sp.name}`), sp.shape)]));
+    const out = await s.run({ ...feeds, [names.ids]: new ort.Tensor("int64", BigInt64Array.from(fx.ids(0), BigInt), [fx.B, fx.T]) });
+    await s.release();
+    return Number(out[names.loss]!.data[0]);
+  };
+  it("gelu_pytorch_tanh is gelu_new; scale flags change the function; unsupported settings are refused", async () => {
+    expect(await lossWith({ activation_function: "gelu_pytorch_tanh" })).toBeCloseTo(Number(fx.meta.loss), 5);
+    expect(Math.abs((await lossWith({ scale_attn_by_inverse_layer_idx: true })) - Number(fx.meta.loss))).toBeGreaterThan(1e-4);
+    expect(Math.abs((await lossWith({ scale_attn_weights: false })) - Number(fx.meta.loss))).toBeGreaterThan(1e-4);
+    await expect(lossWith({ activation_function: "relu" })).rejects.toThrow(/activation_function "relu" is not supported/);
+  });
+});

@@ -8,6 +8,9 @@ import type { ModelGraph } from "./types.js";
  * gelu_new → c_proj, residual; ln_f; logits against wte (or an untied lm_head.weight).
  * Activations are kept 2-D ([B·T, d]) so every Conv1D is one Gemm with its bias.
  */
+/** HF activations equal to 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))). */
+const TANH_GELUS = new Set(["gelu_new", "gelu_pytorch_tanh", "gelu_fast"]);
+
 function hidden(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value): Value {
   const { config: c, shape: s } = plugin.parseConfig(config);
   const eps = c.layer_norm_epsilon as number;
@@ -24,7 +27,9 @@ function hidden(b: GraphBuilder, config: Record<string, unknown>, p: (name: stri
   const mask = new Float32Array(T * T);
   for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) mask[i * T + j] = -1e9;
   const maskValue = b.initializer("causal_mask", "float32", [T, T], mask);
-  const scale = 1 / Math.sqrt(hd);
+  const act = String(c.activation_function);
+  if (!TANH_GELUS.has(act)) throw new Error(`gpt2: activation_function "${act}" is not supported (supported: ${[...TANH_GELUS].join(", ")})`);
+  if (c.reorder_and_upcast_attn === true) throw new Error("gpt2: reorder_and_upcast_attn is not supported");
 
   for (let l = 0; l < s.layers; l++) {
     const q_ = (n: string) => p(`transformer.h.${l}.${n}`);
@@ -33,7 +38,9 @@ function hidden(b: GraphBuilder, config: Record<string, unknown>, p: (name: stri
     const [q, k, v] = b.split(qkv, 1, [d, d, d]);
     const heads = (x: Value, perm: number[]) => b.transpose(b.reshape(x, [B, T, H, hd]), perm);
     // Scaling q (B·T·d values) rather than the scores (B·H·T·T) gives the same softmax input.
-    const qh = b.mul(heads(q!, [0, 2, 1, 3]), scale); // [B, H, T, hd]
+    // HF: scores / √d_head (scale_attn_weights), and / (layer + 1) with scale_attn_by_inverse_layer_idx.
+    const scale = (c.scale_attn_weights === false ? 1 : 1 / Math.sqrt(hd)) / (c.scale_attn_by_inverse_layer_idx === true ? l + 1 : 1);
+    const qh = scale === 1 ? heads(q!, [0, 2, 1, 3]) : b.mul(heads(q!, [0, 2, 1, 3]), scale); // [B, H, T, hd]
     const kt = heads(k!, [0, 2, 3, 1]); // [B, H, hd, T]
     const vh = heads(v!, [0, 2, 1, 3]); // [B, H, T, hd]
     const probs = b.softmax(b.add(b.matmul(qh, kt), maskValue), -1);

@@ -4,6 +4,7 @@ import { createHash } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { Tensor, initTrainingState, saveTrainingState, type TrainingState } from "@staged/core";
 
 const BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
 
@@ -28,4 +29,16 @@ export async function fingerprint(dir: string): Promise<string> {
   for (const name of (await readdir(dir)).sort()) h.update(name).update(await readFile(join(dir, name)));
   h.update((await readdir(join(dir, ".."))).sort().join("|"));
   return h.digest("hex");
+}
+
+export const TEST_CONFIG = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 32, n_positions: 16 };
+
+/** A tiny checkpoint with moments, schedule and progress, in a dtype, optionally sharded, weights × scale. */
+export async function testCheckpoint(dir: string, dtype: "F32" | "F16" | "BF16" = "F32", maxShardBytes?: number, scale = 1): Promise<string> {
+  const s = initTrainingState("gpt2", TEST_CONFIG, 3);
+  const as = (c: number) => new Map([...s.params].map(([n, t]) => [n, { dtype, shape: t.shape, read: async () => new Tensor(dtype, t.shape, (await t.read()).f32.map((v) => Math.abs(v) * c)) }]));
+  const state: TrainingState = { ...s, params: as(scale), optimizer: { ...s.optimizer, step: 5, expAvg: as(0.1), expAvgSq: as(0.01) },
+    schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 40, restarts: [] }, progress: { ...s.progress, step: 5, tokensSeen: 320 } };
+  await saveTrainingState(dir, state, { maxShardBytes });
+  return dir;
 }

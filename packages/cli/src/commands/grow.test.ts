@@ -1,23 +1,14 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, truncate, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Tensor, initTrainingState, loadTrainingState, saveTrainingState, writeCheckpoint, type TrainingState } from "@staged/core";
-import { fingerprint, json, ok, staged } from "../testing.js";
+import { initTrainingState, loadTrainingState, writeCheckpoint } from "@staged/core";
+import { TEST_CONFIG as config, fingerprint, json, ok, staged, testCheckpoint } from "../testing.js";
 
-const config = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 32, n_positions: 16 };
 let root: string;
 const at = (name: string) => join(root, name);
-
-/** A checkpoint with moments, in a dtype, optionally sharded. */
-async function checkpoint(name: string, dtype: "F32" | "F16" | "BF16" = "F32", maxShardBytes?: number, scale = 1): Promise<string> {
-  const s = initTrainingState("gpt2", config, 3);
-  const as = (c: number) => new Map([...s.params].map(([n, t]) => [n, { dtype, shape: t.shape, read: async () => new Tensor(dtype, t.shape, (await t.read()).f32.map((v) => Math.abs(v) * c)) }]));
-  const state: TrainingState = { ...s, params: as(scale), optimizer: { ...s.optimizer, step: 5, expAvg: as(0.1), expAvgSq: as(0.01) },
-    schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 40, restarts: [] }, progress: { ...s.progress, step: 5, tokensSeen: 320 } };
-  await saveTrainingState(at(name), state, { maxShardBytes });
-  return at(name);
-}
+const checkpoint = (name: string, dtype?: "F32" | "F16" | "BF16", maxShardBytes?: number, scale?: number) =>
+  testCheckpoint(at(name), dtype, maxShardBytes, scale);
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "staged-grow-cli-"));
@@ -121,28 +112,5 @@ describe("staged grow", () => {
       expect(r.stderr).toMatch(/optimizer.safetensors: .*exp_avg/);
       expect((await readdir(root)).includes("bad")).toBe(false);
     });
-  });
-});
-
-describe("staged inspect", () => {
-  it("reports a checkpoint in JSON", () => {
-    expect(json("inspect", at("f32"))).toMatchObject({
-      architecture: "gpt2", layers: 2, dModel: 8, heads: 2, ffn: 32, vocab: 32, context: 16, parameters: 32 * 8 + 16 * 8 + 2 * (12 * 64 + 13 * 8) + 16,
-      dtype: "float32", hasOptimizerState: true, step: 5, tokensSeen: 320, stages: [],
-    });
-    expect(ok("inspect", at("f32")).stdout).toMatch(/gpt2: 2 layers, d_model 8, 2 heads × 4, ffn 32/);
-  });
-
-  it("names the file and the problem on bad input, with a stack trace only under --debug", async () => {
-    const broken = await checkpoint("broken");
-    await truncate(join(broken, "model.safetensors"), 100);
-    let r = staged("inspect", broken);
-    expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/^staged: .*broken\/model.safetensors: /);
-    expect(r.stderr.trim().split("\n")).toHaveLength(1);
-    r = staged("inspect", broken, "--debug");
-    expect(r.stderr.split("\n").length).toBeGreaterThan(2);
-    r = staged("inspect", at("missing"));
-    expect(r.stderr).toMatch(/missing: not a checkpoint directory/);
   });
 });

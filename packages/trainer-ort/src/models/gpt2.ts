@@ -35,16 +35,16 @@ function hidden(b: GraphBuilder, config: Record<string, unknown>, p: (name: stri
     const q_ = (n: string) => p(`transformer.h.${l}.${n}`);
     const a = b.layerNorm(h, q_("ln_1.weight"), q_("ln_1.bias"), eps).y;
     const qkv = b.gemm(a, q_("attn.c_attn.weight"), q_("attn.c_attn.bias"));
-    const [q, k, v] = b.split(qkv, 1, [d, d, d]);
-    const heads = (x: Value, perm: number[]) => b.transpose(b.reshape(x, [B, T, H, hd]), perm);
+    // One transpose to [3, B, H, T, hd], then contiguous splits: cheaper than splitting columns.
+    const parts = b.transpose(b.reshape(qkv, [B, T, 3, H, hd]), [2, 0, 3, 1, 4]);
+    const [q, k, v] = b.split(parts, 0, [1, 1, 1]).map((x) => b.reshape(x, [B, H, T, hd]));
     // Scaling q (B·T·d values) rather than the scores (B·H·T·T) gives the same softmax input.
     // HF: scores / √d_head (scale_attn_weights), and / (layer + 1) with scale_attn_by_inverse_layer_idx.
     const scale = (c.scale_attn_weights === false ? 1 : 1 / Math.sqrt(hd)) / (c.scale_attn_by_inverse_layer_idx === true ? l + 1 : 1);
-    const qh = scale === 1 ? heads(q!, [0, 2, 1, 3]) : b.mul(heads(q!, [0, 2, 1, 3]), scale); // [B, H, T, hd]
-    const kt = heads(k!, [0, 2, 3, 1]); // [B, H, hd, T]
-    const vh = heads(v!, [0, 2, 1, 3]); // [B, H, T, hd]
-    const probs = b.softmax(b.add(b.matmul(qh, kt), maskValue), -1);
-    const ctx = b.reshape(b.transpose(b.matmul(probs, vh), [0, 2, 1, 3]), [N, d]);
+    const qh = scale === 1 ? q! : b.mul(q!, scale);
+    // MatMul of a last-two-axes Transpose: onnxruntime fuses it into FusedMatMul(transB) without a copy.
+    const probs = b.softmax(b.add(b.matmul(qh, b.transpose(k!, [0, 1, 3, 2])), maskValue), -1);
+    const ctx = b.reshape(b.transpose(b.matmul(probs, v!), [0, 2, 1, 3]), [N, d]);
     h = b.add(h, b.gemm(ctx, q_("attn.c_proj.weight"), q_("attn.c_proj.bias")));
 
     const m = b.layerNorm(h, q_("ln_2.weight"), q_("ln_2.bias"), eps).y;
@@ -79,12 +79,12 @@ export const gpt2: ModelGraph = {
     const [B, T] = ids.shape as [number, number];
     if (T < 2) throw new Error("the loss needs blocks of at least 2 tokens");
     const h = hidden(b, config, p, ids);
-    const d = h.shape[1]!;
-    // Only positions 0..T-2 predict a token inside the block: drop the last before the output layer.
-    const hp = b.reshape(b.slice(b.reshape(h, [B, T, d]), [0], [T - 1], [1]), [B * (T - 1), d]);
-    const logits = b.gemm(hp, outputWeight(config, p), null, { transB: true }); // [M, V]
-    const targets = b.reshape(b.slice(ids, [1], [T], [1]), [B * (T - 1), 1]);
-    const picked = b.gatherElements(b.logSoftmax(logits, 1), targets, 1); // [M, 1]
-    return b.neg(b.reduceMean(picked, [0, 1], false));
+    const logits = b.gemm(h, outputWeight(config, p), null, { transB: true }); // [B·T, V]
+    // Position t predicts token t+1; the last position of each block predicts nothing: its target is a
+    // dummy 0 with weight 0. (Masking costs less than slicing the activations, a strided copy.)
+    const next = b.concat([b.slice(ids, [1], [T], [1]), b.zeros([B, 1], "int64")], 1);
+    const picked = b.gatherElements(b.logSoftmax(logits, 1), b.reshape(next, [B * T, 1]), 1); // [B·T, 1]
+    const weight = new Float32Array(B * T).map((_, i) => (i % T === T - 1 ? 0 : -1 / (B * (T - 1))));
+    return b.reduceSum(b.mul(picked, b.initializer("loss_weight", "float32", [B * T, 1], weight)), [0, 1], false);
   },
 };

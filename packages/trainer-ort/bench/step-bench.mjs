@@ -119,6 +119,15 @@ if (process.argv.includes("--profile")) {
     const total = [...byOp.values()].reduce((a, b) => a + b, 0);
     console.log(`profile ${f}: ${runs} runs, kernel time per run ${fmt(total / runs / 1000, 1)} ms`);
     for (const [op, us] of [...byOp].sort((a, b) => b[1] - a[1]).slice(0, 15)) console.log(`  ${op.padEnd(22)} ${fmt(us / runs / 1000, 1).padStart(7)} ms  ${fmt((100 * us) / total, 1)}%`);
+    // Node names start with the compiler's section (forward/backward/optimizer); a fused node keeps one of its names.
+    const bySection = new Map();
+    for (const e of events) {
+      // Names without a section are nodes onnxruntime's optimizer inserted (layout Transposes).
+      const section = e.name.includes("/") ? e.name.split("/")[0] : "inserted";
+      const key = `${section} ${["Gemm", "MatMul", "FusedMatMul"].includes(e.args.op_name) ? "matmul" : "other"}`;
+      bySection.set(key, (bySection.get(key) ?? 0) + e.dur);
+    }
+    console.log("  by section: " + [...bySection].sort().map(([k, us]) => `${k} ${fmt(us / runs / 1000, 1)} ms`).join(", "));
     if (existsSync(f) && !process.env.KEEP_PROFILE) rmSync(f);
   }
 }

@@ -52,6 +52,7 @@ function setup(architecture: string, config: Record<string, unknown>) {
   const model = modelGraph(architecture);
   const params = model.params(config);
   const b = new GraphBuilder();
+  b.section = "forward";
   const pv = new Map(params.map((s) => [s.name, b.input(s.name, "float32", s.shape)]));
   const p = (name: string) => {
     const v = pv.get(name);
@@ -72,6 +73,7 @@ const finish = (b: GraphBuilder, params: ParamSpec[]): CompiledGraph => ({
  * floats. Appends the outputs `grad_norm` and `new.*` for params and moments.
  */
 function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grads: Value[], o: AdamWOptions): void {
+  b.section = "optimizer";
   const lr = b.input(names.lr, "float64", []);
   const t = b.input(names.step, "float64", []);
   const [beta1, beta2] = o.betas;

@@ -11,6 +11,8 @@ const differentiable = (v: Value) => v.dtype === "float32" || v.dtype === "float
  */
 export function gradients(b: GraphBuilder, loss: Value, wrt: readonly Value[], seed?: Value): Value[] {
   const nodes = b.nodes.slice();
+  const section = b.section;
+  b.section = "backward";
   const fromWrt = new Set<Value>(wrt);
   for (const n of nodes) {
     if (n.inputs.some((v) => v && fromWrt.has(v))) for (const o of n.outputs) if (differentiable(o)) fromWrt.add(o);
@@ -47,5 +49,7 @@ export function gradients(b: GraphBuilder, loss: Value, wrt: readonly Value[], s
       if (v && needs[j] && g) add(v, g);
     });
   }
-  return wrt.map((v) => total(v) ?? b.zeros(v.shape, v.dtype));
+  const grads = wrt.map((v) => total(v) ?? b.zeros(v.shape, v.dtype));
+  b.section = section;
+  return grads;
 }

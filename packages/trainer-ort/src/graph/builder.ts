@@ -30,6 +30,8 @@ export type Attr = number | string | number[] | { float: number } | { floats: nu
 
 export interface Node {
   readonly op: string;
+  /** Node name in the serialized graph: the builder's `section` at creation, then an index. */
+  readonly name: string;
   readonly inputs: readonly (Value | null)[];
   readonly outputs: readonly Value[];
   readonly attrs: Readonly<Record<string, Attr>>;
@@ -89,6 +91,8 @@ export class GraphBuilder {
   private counter = 0;
   private readonly constCache = new Map<string, Value>();
   private readonly initData = new Map<Value, Data>();
+  /** Prefix of the names of nodes created from now on (e.g. "forward", "backward"), shown in profiles. */
+  section = "n";
 
   /** A fresh unique name from a hint. */
   fresh(hint: string): string {
@@ -161,7 +165,7 @@ export class GraphBuilder {
   /** Append a node; `outs` gives each output's dtype and shape. */
   node(op: string, inputs: (Value | null)[], attrs: Record<string, Attr>, outs: { dtype: DType; shape: readonly number[]; name?: string }[], domain?: string): Value[] {
     const outputs: Value[] = [];
-    const node: Node = { op, inputs, outputs, attrs, ...(domain ? { domain } : {}) };
+    const node: Node = { op, name: `${this.section}/${this.nodes.length}_${op}`, inputs, outputs, attrs, ...(domain ? { domain } : {}) };
     for (const o of outs) outputs.push(new Value(o.name !== undefined ? this.freshExact(o.name) : this.fresh(op.toLowerCase()), o.dtype, [...o.shape], node));
     this.nodes.push(node);
     return outputs;
@@ -383,8 +387,8 @@ export class GraphBuilder {
         name: value.name, dims: [...value.shape], dataType: ONNX_TYPE[value.dtype],
         rawData: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
       })),
-      node: nodes.map((n, i) => ({
-        name: `n${i}_${n.op}`, opType: n.op, domain: n.domain ?? "",
+      node: nodes.map((n) => ({
+        name: n.name, opType: n.op, domain: n.domain ?? "",
         input: n.inputs.map((v) => (v ? v.name : "")),
         output: n.outputs.map((v) => v.name),
         attribute: Object.entries(n.attrs).map(([k, a]) => attrProto(k, a)),

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""The PyTorch side of train-bench.mjs: a plain-torch GPT-2 training loop with the trainer's semantics
+(HF GPT2LMHeadModel: Conv1D x·W + b, tanh GELU, causal softmax attention scaled by 1/sqrt(head size), tied
+output layer, mean next-token cross-entropy over the B·(T−1) predictions), torch.nn.utils.clip_grad_norm_
+and torch.optim.AdamW (2-D weights decay, 1-D ones do not; foreach=True, its faster multi-tensor
+implementation, about 2x faster than the default here), on the CPU.
+
+Each step samples B blocks of T tokens at random offsets of a token file (little-endian uint16, as written
+by train-bench.mjs), like the trainer's random sampler. Argument: a JSON object
+{layers, d, heads, T, B, vocab, threads, warmup, steps, data}; prints one JSON line with the seconds of the
+timed steps and tokens/s over them."""
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+c = json.loads(sys.argv[1])
+torch.set_num_threads(c["threads"])
+torch.manual_seed(0)
+L, d, H, T, B, V = c["layers"], c["d"], c["heads"], c["T"], c["B"], c["vocab"]
+hd, ffn = d // H, 4 * d
+tokens = torch.from_numpy(np.fromfile(c["data"], dtype="<u2").astype(np.int64))
+gen = torch.Generator().manual_seed(0)
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln_1 = torch.nn.LayerNorm(d, eps=1e-5)
+        self.c_attn_w = torch.nn.Parameter(torch.randn(d, 3 * d) * 0.02)
+        self.c_attn_b = torch.nn.Parameter(torch.zeros(3 * d))
+        self.c_proj_w = torch.nn.Parameter(torch.randn(d, d) * 0.02 / math.sqrt(2 * L))
+        self.c_proj_b = torch.nn.Parameter(torch.zeros(d))
+        self.ln_2 = torch.nn.LayerNorm(d, eps=1e-5)
+        self.c_fc_w = torch.nn.Parameter(torch.randn(d, ffn) * 0.02)
+        self.c_fc_b = torch.nn.Parameter(torch.zeros(ffn))
+        self.m_proj_w = torch.nn.Parameter(torch.randn(ffn, d) * 0.02 / math.sqrt(2 * L))
+        self.m_proj_b = torch.nn.Parameter(torch.zeros(d))
+        self.register_buffer("causal", torch.tril(torch.ones(T, T, dtype=torch.bool)), persistent=False)
+
+    def forward(self, h):  # h: [B*T, d]
+        a = self.ln_1(h)
+        q, k, v = torch.addmm(self.c_attn_b, a, self.c_attn_w).view(B, T, 3 * d).split(d, dim=2)
+        q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in (q, k, v))
+        w = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+        w = w.masked_fill(~self.causal, torch.finfo(torch.float32).min)
+        o = (torch.softmax(w, dim=-1) @ v).transpose(1, 2).reshape(B * T, d)
+        h = h + torch.addmm(self.c_proj_b, o, self.c_proj_w)
+        f = F.gelu(torch.addmm(self.c_fc_b, self.ln_2(h), self.c_fc_w), approximate="tanh")
+        return h + torch.addmm(self.m_proj_b, f, self.m_proj_w)
+
+
+class GPT2(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = torch.nn.Parameter(torch.randn(V, d) * 0.02)
+        self.wpe = torch.nn.Parameter(torch.randn(T, d) * 0.02)
+        self.h = torch.nn.ModuleList(Block() for _ in range(L))
+        self.ln_f = torch.nn.LayerNorm(d, eps=1e-5)
+
+    def forward(self, ids):
+        h = (self.wte[ids] + self.wpe[:T]).view(B * T, d)
+        for block in self.h:
+            h = block(h)
+        h = self.ln_f(h).view(B, T, d)
+        logits = h[:, :-1].reshape(-1, d) @ self.wte.t()
+        return F.cross_entropy(logits, ids[:, 1:].reshape(-1))
+
+
+model = GPT2()
+params = list(model.parameters())
+opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() == 2], "weight_decay": 0.01},
+                         {"params": [p for p in params if p.dim() != 2], "weight_decay": 0.0}],
+                        lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+
+
+def step():
+    starts = torch.randint(0, len(tokens) - T + 1, (B,), generator=gen)
+    ids = torch.stack([tokens[s:s + T] for s in starts.tolist()])
+    opt.zero_grad(set_to_none=True)
+    loss = model(ids)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return float(loss)
+
+
+for _ in range(c["warmup"]):
+    step()
+losses = []
+t0 = time.perf_counter()
+for _ in range(c["steps"]):
+    losses.append(step())
+sec = time.perf_counter() - t0
+print(json.dumps({"seconds": sec, "tokensPerSecond": c["steps"] * B * T / sec, "lastLoss": losses[-1],
+                  "torch": torch.__version__, "threads": torch.get_num_threads()}))

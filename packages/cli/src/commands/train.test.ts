@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -80,6 +80,21 @@ describe("staged init → train → eval → inspect", () => {
     const h = ok("train", model, "--data", text, "--steps", "2", ...TRAIN);
     expect(h.stderr).toMatch(/step 9 \(2\/2\)\s+loss \d/);
     expect(h.stdout).toMatch(/^step 9: loss/);
+  });
+
+  it("trains with an HF tokenizer.json, stores it and evaluates with it", async () => {
+    const tok = join(root, "tok", "tokenizer.json");
+    await mkdir(join(root, "tok"), { recursive: true });
+    await writeFile(tok, tinyBpeTokenizerJson());
+    const m = join(root, "hf");
+    ok("init", m, ...SHAPE, "--vocab", "260");
+    const t = json("train", m, "--data", text, "--tokenizer", tok, "--steps", "2", ...TRAIN);
+    expect(t.step).toBe(2);
+    expect(await readFile(join(m, "tokenizer.json"), "utf8")).toBe(tinyBpeTokenizerJson());
+    expect(json("inspect", m).tokenizer).toBe("hf");
+    expect(json("train", m, "--data", text, "--steps", "1", ...TRAIN).step).toBe(3);
+    const e = json("eval", m, "--data", text, "--max-blocks", "2");
+    expect(e.blocks).toBe(2);
   });
 
   it("continues a checkpoint exactly: N steps equal N/2 + N/2", () => {

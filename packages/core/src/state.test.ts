@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gpt2 } from "./gpt2.js";
@@ -126,11 +126,14 @@ describe("saveTrainingState", () => {
     const m1 = new Map([...state.params].map(([n, t]) => [n, inMemory(Tensor.fromArray(t.shape, Array.from({ length: t.shape.reduce((a, b) => a * b, 1) }, (_, i) => i * 1e-3)))]));
     const full: TrainingState = {
       ...state,
-      optimizer: { ...state.optimizer, step: 7, expAvg: m1, expAvgSq: m1 },
+      optimizer: { ...state.optimizer, step: 7, clip: null, expAvg: m1, expAvgSq: m1 },
       schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 20, restarts: [{ step: 5, warmupSteps: 1 }] },
-      progress: { step: 7, tokensSeen: 896, flopsSeen: 1e9, samplerSeed: 5, stages: [] },
+      progress: { step: 7, tokensSeen: 896, flopsSeen: 1e9, samplerSeed: 5, sampler: "sequential", stages: [] },
+      files: new Map([["metrics.jsonl", new TextEncoder().encode('{"step":1}\n')]]),
     };
-    await saveTrainingState(join(dir, "out"), full, { maxShardBytes: 3000 });
+    await saveTrainingState(join(dir, "runs", "out"), full, { maxShardBytes: 3000 });
+    await rename(join(dir, "runs", "out"), join(dir, "out"));
+    expect((await stat(join(dir, "out"))).mode & 0o777).toBe(0o777 & ~process.umask());
     const files = (await readdir(join(dir, "out"))).sort();
     expect(files).toContain("model.safetensors.index.json");
     expect(files).toContain("optimizer.safetensors.index.json");
@@ -138,7 +141,8 @@ describe("saveTrainingState", () => {
     const config = JSON.parse(await readFile(join(dir, "out", "config.json"), "utf8"));
     expect(config).toMatchObject({ model_type: "gpt2", architectures: ["GPT2LMHeadModel"], n_layer: 2, torch_dtype: "float32" });
     const back = await loadTrainingState(join(dir, "out"));
-    expect(back.optimizer).toMatchObject({ step: 7, lr: 1e-3, betas: [0.9, 0.999] });
+    expect(back.optimizer).toMatchObject({ step: 7, lr: 1e-3, betas: [0.9, 0.999], clip: null });
+    expect(new TextDecoder().decode(back.files!.get("metrics.jsonl"))).toBe('{"step":1}\n');
     expect(back.schedule).toEqual(full.schedule);
     expect(back.progress).toEqual(full.progress);
     for (const [n, t] of m1) expect((await back.optimizer.expAvgSq!.get(n)!.read()).f32).toEqual((await t.read()).f32);

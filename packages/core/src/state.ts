@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve, isAbsolute } from "node:path";
 import { isFloatDType } from "./dtype.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
@@ -10,7 +10,11 @@ import { Tensor } from "./tensor.js";
 export const STATE_FORMAT = "staged-training-state";
 export const STATE_VERSION = 1;
 /** Files of an HF model directory that travel with a checkpoint unchanged. */
-const COPIED_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "generation_config.json"];
+const COPIED_FILES = [
+  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "generation_config.json",
+  // The trainer's learning curve travels with the state, through growth too, for the scheduler to read.
+  "metrics.jsonl",
+];
 
 /** PyTorch AdamW's defaults, used when a checkpoint carries no optimizer settings. */
 export const DEFAULT_ADAMW: Omit<AdamWState, "noDecay"> = {
@@ -177,6 +181,11 @@ function parseStateFile(raw: unknown, file: string): SavedState {
     if (typeof v !== "number" || !Number.isFinite(v)) throw new Error(`${file}: ${where}.${key} must be a finite number`);
     return v;
   };
+  const str = (obj: Record<string, unknown>, key: string, where: string): string => {
+    const v = obj[key];
+    if (typeof v !== "string") throw new Error(`${file}: ${where}.${key} must be a string`);
+    return v;
+  };
   if (!isObject(o) || o.name !== "adamw") throw new Error(`${file}: optimizer must be an object with name "adamw"`);
   const betas = o.betas;
   if (!Array.isArray(betas) || betas.length !== 2 || !betas.every((b) => typeof b === "number")) throw new Error(`${file}: optimizer.betas must be two numbers`);
@@ -188,11 +197,13 @@ function parseStateFile(raw: unknown, file: string): SavedState {
     optimizer: {
       name: "adamw", lr: num(o, "lr", "optimizer"), betas: [betas[0], betas[1]], eps: num(o, "eps", "optimizer"),
       weightDecay: num(o, "weightDecay", "optimizer"), noDecay: o.noDecay as string[], step: num(o, "step", "optimizer"),
+      ...(o.clip === undefined ? {} : { clip: o.clip === null ? null : num(o, "clip", "optimizer") }),
     },
     schedule: raw.schedule as TrainingState["schedule"],
     progress: {
       step: num(p, "step", "progress"), tokensSeen: num(p, "tokensSeen", "progress"), flopsSeen: num(p, "flopsSeen", "progress"),
       samplerSeed: num(p, "samplerSeed", "progress"), stages: p.stages as Progress["stages"],
+      ...(p.sampler === undefined ? {} : { sampler: str(p, "sampler", "progress") }),
     },
     tokenizer: t as TokenizerSpec,
   };
@@ -231,8 +242,11 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   const { entries: model, dtype } = modelEntries(specs, state);
   const moments = momentEntries(specs, state);
 
+  await mkdir(dirname(target), { recursive: true });
   const tmp = await mkdtemp(join(dirname(target), `.${basename(target)}.tmp-`));
   try {
+    // mkdtemp creates 0700; a checkpoint gets an ordinary directory's mode.
+    await chmod(tmp, 0o777 & ~process.umask());
     const shard = { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" } };
     await writeFile(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: dtype }, null, 2) + "\n");
     await writeCheckpoint(tmp, "model", model, shard);

@@ -25,6 +25,8 @@ export interface AdamWState {
   betas: [number, number];
   eps: number;
   weightDecay: number;
+  /** Global gradient-norm clip (torch.nn.utils.clip_grad_norm_), null for none; absent: the trainer's default. */
+  clip?: number | null;
   /** Parameter names excluded from weight decay. */
   noDecay: string[];
   /** Number of optimizer updates applied (PyTorch's `state["step"]`). */
@@ -68,6 +70,8 @@ export interface Progress {
   tokensSeen: number;
   flopsSeen: number;
   samplerSeed: number;
+  /** The data sampler kind ("random", "sequential"); absent: the trainer's default. */
+  sampler?: string;
   stages: StageRecord[];
 }
 

@@ -63,9 +63,9 @@ export interface TrainOptions {
   betas?: [number, number];
   eps?: number;
   weightDecay?: number;
-  /** Global gradient-norm clip; null disables it (default 1.0; not stored in the state). */
+  /** Global gradient-norm clip; null disables it (default: the state's, else 1.0; stored as optimizer.clip). */
   clip?: number | null;
-  /** Batch sampler (default random; not stored in the state). */
+  /** Batch sampler (default: the state's, else random; stored as progress.sampler). */
   sampler?: SamplerKind;
   /** Sampler seed (stored as progress.samplerSeed). */
   seed?: number;
@@ -269,7 +269,8 @@ export async function train(state: TrainingState, options: TrainOptions,
   const { tokenizer, files: tokFiles, spec: tokenizerSpec } = await tokenizerFor(state, o);
   const data = await prepareData({ data: o.data, valData: o.valData, tokenizer, vocab: state.shape.vocab, context });
   const seed = o.seed ?? state.progress.samplerSeed;
-  const sampler = createSampler(o.sampler ?? "random", data.train.tokens, { batch, context, seed });
+  const samplerKind = o.sampler ?? (state.progress.sampler as SamplerKind | undefined) ?? "random";
+  const sampler = createSampler(samplerKind, data.train.tokens, { batch, context, seed });
   const valBlocks = evalBlockCount(data.validation.tokens.length, context, o.evalBlocks ?? DEFAULT_EVAL_BLOCKS);
   const fpt = flopsPerToken(state.shape, context);
   const saveDir = o.saveDir ?? (state as { source?: string }).source ?? null;
@@ -282,6 +283,7 @@ export async function train(state: TrainingState, options: TrainOptions,
     betas: o.betas ?? state.optimizer.betas,
     eps: o.eps ?? state.optimizer.eps,
     weightDecay: o.weightDecay ?? state.optimizer.weightDecay,
+    clip: o.clip !== undefined ? o.clip : state.optimizer.clip !== undefined ? state.optimizer.clip : DEFAULT_CLIP,
     // Without moments the bias correction starts over.
     step: hasMoments ? state.optimizer.step : 0,
   };
@@ -293,10 +295,10 @@ export async function train(state: TrainingState, options: TrainOptions,
   const engine = await factory(state.architecture, state.config, weights, moments, {
     device: o.device, threads: o.threads, batch, context, microBatch: o.microBatch,
     betas: optimizer.betas, eps: optimizer.eps, weightDecay: optimizer.weightDecay,
-    clip: o.clip === undefined ? DEFAULT_CLIP : o.clip, noDecay: optimizer.noDecay,
+    clip: optimizer.clip, noDecay: optimizer.noDecay,
   });
 
-  const progress = { ...state.progress, samplerSeed: seed, stages: [...state.progress.stages] };
+  const progress = { ...state.progress, samplerSeed: seed, sampler: samplerKind, stages: [...state.progress.stages] };
   const records: MetricsRecord[] = [];
   const losses: number[] = [];
   let valLoss: number | null = null;

@@ -70,10 +70,13 @@ async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; thre
   if (o.device === "cuda") {
     const listed = ort.listSupportedBackends?.().some((b) => b.name === "cuda");
     if (!listed) throw new Error("CUDA execution provider is not available: this onnxruntime-node build does not include it (its CUDA binaries are installed by the package's install script)");
+    // ORT would also log the failed library load natively; the thrown error says it in one line.
+    ort.env.logLevel = "fatal";
     try {
       return await ort.InferenceSession.create(g.model, options);
     } catch (e) {
-      throw new Error(`CUDA execution provider is not available: ${(e as Error).message}`);
+      throw new Error(`CUDA execution provider is not available: ${(e as Error).message} ` +
+        "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)");
     }
   }
   return ort.InferenceSession.create(g.model, options);
@@ -191,9 +194,10 @@ export async function createEngine(
     return { loss: loss / (B / micro), sums: src };
   };
 
-  if (micro === B) {
+  // Evaluation sessions are made per batch size on first use; an eval-only engine compiles nothing else.
+  if (!options.evalOnly && micro === B) {
     stepSession = await createSession(compileTrainStep(architecture, config, { batch: B, context: T }, opt), sess);
-  } else {
+  } else if (!options.evalOnly) {
     applySession = await createSession(compileApply(architecture, config, opt), sess);
     await getGradSession();
   }
@@ -212,6 +216,7 @@ export async function createEngine(
 
     async step(ids, lr, stepNumber) {
       alive();
+      if (options.evalOnly) throw new Error("this engine was created with evalOnly: it does not train");
       checkLength(ids, B);
       if (!(stepNumber >= 1)) throw new Error(`step number ${stepNumber} must be ≥ 1 (the update count after this step)`);
       let loss: number;

@@ -99,6 +99,14 @@ describe("engine", () => {
     for (const [n, a] of w) expect(a).toEqual(before.get(n));
     await e.release();
   });
+  it("an eval-only engine evaluates like a training one and refuses to train", async () => {
+    const w = weightsOf(fx, "param.", paramNames(fx));
+    const full = await createEngine("gpt2", fx.config, w, undefined, { batch: fx.B, context: fx.T, threads: 1 });
+    const evalOnly = await createEngine("gpt2", fx.config, w, undefined, { batch: fx.B, context: fx.T, threads: 1, evalOnly: true });
+    expect(await evalOnly.evalLoss(fx.ids(0))).toBe(await full.evalLoss(fx.ids(0)));
+    await expect(evalOnly.step(fx.ids(0), 1e-3, 1)).rejects.toThrow(/evalOnly/);
+    await Promise.all([full.release(), evalOnly.release()]);
+  });
   it("rejects bad input clearly", async () => {
     const names = paramNames(fx);
     const w = weightsOf(fx, "param.", names);

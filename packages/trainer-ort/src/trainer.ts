@@ -20,6 +20,7 @@ export interface TrainEngine {
 export interface TrainEngineOptions {
   device?: "cpu" | "cuda"; threads?: number; batch: number; context: number; microBatch?: number;
   betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null; noDecay?: Iterable<string>;
+  evalOnly?: boolean;
 }
 
 /** Builds an engine; the default is `createEngine` of ./engine.js. */
@@ -413,7 +414,7 @@ export async function evaluate(state: TrainingState, o: EvaluateOptions): Promis
   const blocks = evalBlockCount(stream.tokens.length, context, o.maxBlocks);
   const weights = await readAll(state.params);
   const engine = await (o.engineFactory ?? defaultEngineFactory)(state.architecture, state.config, weights, undefined,
-    { device: o.device, threads: o.threads, batch: Math.min(batch, blocks), context, noDecay: state.optimizer.noDecay });
+    { device: o.device, threads: o.threads, batch: Math.min(batch, blocks), context, noDecay: state.optimizer.noDecay, evalOnly: true });
   try {
     const loss = await evaluateBlocks(engine, stream.tokens, batch, context, blocks);
     return { loss, tokens: blocks * context, blocks, context, data: stream.name };

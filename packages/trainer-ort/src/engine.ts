@@ -21,6 +21,8 @@ export interface EngineOptions {
   noDecay?: Iterable<string>;
   /** Write onnxruntime's per-node profile (onnxruntime_profile_*.json in the working directory). */
   profile?: boolean;
+  /** Compile only what evaluation needs: step() then throws (gradients() still works, compiled on first use). */
+  evalOnly?: boolean;
 }
 
 export interface Engine {

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { fitChinchilla, fitKaplan, lawFromFit, type LearningCurve } from "./fit.js";
 import { chinchillaLaw, kaplanLaw } from "./laws.js";
-import { curveFromMetrics, parseCurveArg, parseMetricsLines, paramsFromConfig, readLearningCurve } from "./metrics.js";
+import { curveFromMetrics, parseCurveArg, parseMetrics, paramsFromConfig, readLearningCurve } from "./metrics.js";
 import { constantOp } from "./plan.js";
 
 function gauss(seed: number): () => number {
@@ -80,13 +80,13 @@ describe("metrics.jsonl", () => {
       '{"step":3,"tokens":300,"flops":3000,"loss":null,"lr":0.001}',
       '{"step":4,"tokens":400,"flops":4000,"loss":4.1,"valLoss":4.2,"lr":0.001}',
     ].join("\n");
-    const lines = parseMetricsLines(text, "m.jsonl");
+    const lines = parseMetrics(text, "m.jsonl");
     expect(lines).toHaveLength(4);
     expect(curveFromMetrics(lines)).toEqual([
       { step: 2, tokens: 200, compute: 2000, loss: 4.7 }, { step: 4, tokens: 400, compute: 4000, loss: 4.2 }]);
     expect(curveFromMetrics(lines, { field: "loss" }).map((p) => p.step)).toEqual([1, 2, 4]);
-    expect(() => parseMetricsLines('{"step":1}\n', "m.jsonl")).toThrow(/m.jsonl:1: expected/);
-    expect(() => parseMetricsLines("nope\n", "m.jsonl")).toThrow(/m.jsonl:1: not JSON/);
+    expect(() => parseMetrics('{"step":1}\n', "m.jsonl")).toThrow(/m.jsonl:1: expected/);
+    expect(() => parseMetrics("nope\n", "m.jsonl")).toThrow(/m.jsonl:1: not JSON/);
   });
 
   it("reads the model size from the config.json beside the file, or estimates it", async () => {

@@ -3,8 +3,16 @@ import { basename, dirname, join } from "node:path";
 import type { LossPoint } from "./slope.js";
 import type { LearningCurve } from "./fit.js";
 
-/** One line of the trainer's metrics.jsonl: {"step","tokens","flops","loss","valLoss","lr"} (valLoss optional). */
-export interface MetricsLine {
+/** The name of the trainer's metrics log inside a checkpoint directory. */
+export const METRICS_FILE = "metrics.jsonl";
+
+/**
+ * One line of `metrics.jsonl`: the state after a training step. `step` is the schedule step after the
+ * update (progress.step), `tokens` and `flops` the totals seen so far (progress.tokensSeen / flopsSeen),
+ * `loss` the step's training loss (null when it diverged: JSON has no NaN), `lr` the learning rate the step
+ * used, `valLoss` the validation loss when it was computed after this step.
+ */
+export interface MetricsRecord {
   step: number;
   tokens: number;
   flops: number;
@@ -16,8 +24,8 @@ export interface MetricsLine {
 const isNum = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
 
 /** Parse metrics.jsonl text; blank lines are skipped; a malformed line is an error naming file and line. */
-export function parseMetricsLines(text: string, source = "metrics.jsonl"): MetricsLine[] {
-  const out: MetricsLine[] = [];
+export function parseMetrics(text: string, source = METRICS_FILE): MetricsRecord[] {
+  const out: MetricsRecord[] = [];
   text.split("\n").forEach((line, i) => {
     if (!line.trim()) return;
     let v: unknown;
@@ -26,9 +34,24 @@ export function parseMetricsLines(text: string, source = "metrics.jsonl"): Metri
     if (typeof v !== "object" || v === null || !isNum(r.step) || !isNum(r.tokens) || !isNum(r.flops)) {
       throw new Error(`${source}:${i + 1}: expected {"step","tokens","flops","loss","valLoss","lr"}`);
     }
-    out.push(r as unknown as MetricsLine);
+    out.push(r as unknown as MetricsRecord);
   });
   return out;
+}
+
+/** metrics.jsonl text of records, one JSON object per line. */
+export const formatMetrics = (records: readonly MetricsRecord[]): string =>
+  records.map((r) => JSON.stringify(r) + "\n").join("");
+
+/** The records of `dir/metrics.jsonl`, or [] when there is none. */
+export async function readMetrics(dir: string): Promise<MetricsRecord[]> {
+  const file = join(dir, METRICS_FILE);
+  let text: string;
+  try { text = await readFile(file, "utf8"); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw new Error(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  return parseMetrics(text, file);
 }
 
 export interface CurveFromMetricsOptions {
@@ -38,7 +61,7 @@ export interface CurveFromMetricsOptions {
 }
 
 /** Points {step, tokens, compute = flops, loss} of the chosen loss, in file order, finite positive losses only. */
-export function curveFromMetrics(lines: readonly MetricsLine[], options: CurveFromMetricsOptions = {}):
+export function curveFromMetrics(lines: readonly MetricsRecord[], options: CurveFromMetricsOptions = {}):
   (LossPoint & { tokens: number })[] {
   let field = options.field ?? "auto";
   if (field === "auto") field = lines.some((l) => isNum(l.valLoss)) ? "valLoss" : "loss";
@@ -75,7 +98,7 @@ export async function readLearningCurve(path: string, options: CurveFromMetricsO
   try { text = await readFile(path, "utf8"); } catch (e) {
     throw new Error(`${path}: cannot read (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
   }
-  const points = curveFromMetrics(parseMetricsLines(text, path), options);
+  const points = curveFromMetrics(parseMetrics(text, path), options);
   if (points.length === 0) throw new Error(`${path}: no points with a loss`);
   let params = options.params ?? null;
   let estimated = false;

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initTrainingState, loadTrainingState, type TrainingState } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
 import { defaultEngineFactory, evaluateBlocks, resolveSchedule, train, type EngineFactory, type TrainEngine, type TrainOptions } from "./trainer.js";
-import { parseMetrics } from "./metrics.js";
+import { parseMetrics } from "@staged/scheduler";
 
 let dir: string;
 let text: string;

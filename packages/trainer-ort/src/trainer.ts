@@ -4,7 +4,7 @@ import { prepareData, readTokens, requireBlock, type PreparedData } from "./data
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
 import { createEngine } from "./engine.js";
-import { formatMetrics, METRICS_FILE, parseMetrics, readMetrics, type MetricsRecord } from "./metrics.js";
+import { formatMetrics, METRICS_FILE, parseMetrics, readMetrics, type MetricsRecord } from "@staged/scheduler";
 
 /** What the trainer needs of a compiled engine (see ./engine.ts). */
 export interface TrainEngine {

@@ -3,7 +3,7 @@ import { Option, type Command } from "commander";
 import { loadTrainingState } from "@staged/core";
 import { evaluate, DEFAULT_BATCH } from "@staged/trainer-ort";
 import { createOutput, runAction } from "../output.js";
-import { integer } from "./grow.js";
+import { integer } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
 interface EvalCliOptions { data: string; context?: number; maxBlocks?: number; batch?: number; device?: "cpu" | "cuda"; threads?: number }

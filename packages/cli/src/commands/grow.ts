@@ -1,27 +1,14 @@
 import { resolve } from "node:path";
-import { Command, InvalidArgumentError, Option } from "commander";
+import { Command, Option } from "commander";
 import { loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type TrainingState } from "@staged/core";
 import { evaluate } from "@staged/trainer-ort";
 import type { WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
 import { createCliRegistry } from "../registry.js";
 import { createOutput, runAction, UsageError } from "../output.js";
+import { integer, intList, number } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
-/** Parse an integer option strictly: "2.5", "2x" and "" are errors, not 2. */
-export function integer(name: string, min = 0) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!/^-?\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`--${name} must be an integer ≥ ${min}.`);
-    return n;
-  };
-}
-const number = (name: string) => (value: string): number => {
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n)) throw new InvalidArgumentError(`--${name} must be a number.`);
-  return n;
-};
-const intList = (name: string) => (value: string): number[] => value.split(",").map((v) => integer(name)(v));
 
 interface CommonOptions {
   rewarmup?: number; continueAt?: number; force?: boolean; maxShardBytes?: number;

@@ -3,7 +3,7 @@ import { dirname, resolve } from "node:path";
 import type { Command } from "commander";
 import { initTrainingState, parameterCount, saveTrainingState } from "@staged/core";
 import { createOutput, runAction } from "../output.js";
-import { integer } from "./grow.js";
+import { integer } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
 export interface InitOptions {

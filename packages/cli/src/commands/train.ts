@@ -4,17 +4,8 @@ import cliProgress from "cli-progress";
 import { loadTrainingState } from "@staged/core";
 import { train, DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, type StepInfo, type TrainOptions } from "@staged/trainer-ort";
 import { createOutput, runAction } from "../output.js";
-import { integer } from "./grow.js";
+import { integer, number } from "../options.js";
 import type { GlobalOptions } from "../main.js";
-
-/** A finite number; with `positive`, > 0. */
-export const number = (name: string, positive = false) => (value: string): number => {
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n) || (positive ? n <= 0 : n < 0)) {
-    throw new InvalidArgumentError(`--${name} must be a ${positive ? "positive" : "non-negative"} number.`);
-  }
-  return n;
-};
 
 const betas = (value: string): [number, number] => {
   const parts = value.split(",").map((v) => Number(v));
@@ -26,7 +17,7 @@ const betas = (value: string): [number, number] => {
 
 const clip = (value: string): number | null => {
   if (value === "none" || value === "0") return null;
-  return number("clip", true)(value);
+  return number("clip", "positive")(value);
 };
 
 interface TrainCliOptions {
@@ -87,16 +78,16 @@ export function registerTrain(program: Command): void {
     .option("--batch <B>", `blocks per step (default ${DEFAULT_BATCH})`, integer("batch", 1))
     .option("--micro-batch <M>", "blocks per micro-batch (gradient accumulation; divides --batch)", integer("micro-batch", 1))
     .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
-    .option("--lr <X>", "peak learning rate (default: the checkpoint's, 1e-3 for a fresh one)", number("lr", true))
+    .option("--lr <X>", "peak learning rate (default: the checkpoint's, 1e-3 for a fresh one)", number("lr", "positive"))
     .addOption(new Option("--schedule <kind>", "LR schedule (default: the checkpoint's, constant for a fresh one)").choices(["constant", "linear", "cosine", "wsd"]))
     .option("--warmup <W>", "linear warmup steps (default 0)", integer("warmup", 0))
     .option("--total-steps <N>", "length of the LR schedule (default: this run's end, or the stored schedule's if longer)", integer("total-steps", 1))
     .option("--min-lr <X>", "final LR of decaying schedules (default 0)", number("min-lr"))
     .option("--betas <b1,b2>", "AdamW betas (default: the checkpoint's, 0.9,0.999 for a fresh one)", betas)
-    .option("--eps <E>", "AdamW epsilon (default: the checkpoint's, 1e-8)", number("eps", true))
+    .option("--eps <E>", "AdamW epsilon (default: the checkpoint's, 1e-8)", number("eps", "positive"))
     .option("--weight-decay <W>", "AdamW decoupled weight decay (default: the checkpoint's, 0.01)", number("weight-decay"))
-    .option("--clip <C>", `global gradient-norm clip, "none" to disable (default ${DEFAULT_CLIP})`, clip)
-    .addOption(new Option("--sampler <kind>", "batch sampler (default random)").choices(["random", "sequential"]))
+    .option("--clip <C>", `global gradient-norm clip, "none" to disable (default: the checkpoint's, ${DEFAULT_CLIP})`, clip)
+    .addOption(new Option("--sampler <kind>", "batch sampler (default: the checkpoint's, random)").choices(["random", "sequential"]))
     .option("--seed <S>", "sampler seed (default: the checkpoint's)", integer("seed", 0))
     .option("--eval-every <K>", "validation loss every K steps (0: only at the end)", integer("eval-every", 0))
     .option("--eval-blocks <K>", `validation blocks per evaluation (default ${DEFAULT_EVAL_BLOCKS})`, integer("eval-blocks", 1))

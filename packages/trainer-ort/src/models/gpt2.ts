@@ -2,15 +2,15 @@ import { gpt2 as plugin } from "@staged/core";
 import type { GraphBuilder, Value } from "../graph/builder.js";
 import type { ModelGraph } from "./types.js";
 
+/** HF activations equal to 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))). */
+const TANH_GELUS = new Set(["gelu_new", "gelu_pytorch_tanh", "gelu_fast"]);
+
 /**
  * GPT2LMHeadModel's forward pass, as HF computes it (no dropout): token + position embeddings;
  * per block ln_1 → fused c_attn → causal softmax(q·kᵀ/√d_head)·v → c_proj, residual, ln_2 → c_fc →
  * gelu_new → c_proj, residual; ln_f; logits against wte (or an untied lm_head.weight).
  * Activations are kept 2-D ([B·T, d]) so every Conv1D is one Gemm with its bias.
  */
-/** HF activations equal to 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))). */
-const TANH_GELUS = new Set(["gelu_new", "gelu_pytorch_tanh", "gelu_fast"]);
-
 function hidden(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value): Value {
   const { config: c, shape: s } = plugin.parseConfig(config);
   const eps = c.layer_norm_epsilon as number;

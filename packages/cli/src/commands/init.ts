@@ -18,6 +18,8 @@ export function initConfig(o: InitOptions): Record<string, unknown> {
     vocab_size: o.vocab, n_positions: o.context, tie_word_embeddings: o.tie,
     // GPT-2's 50256 is outside a small vocabulary; the byte-level tokenizer has no special tokens.
     bos_token_id: null, eos_token_id: null,
+    // The trainer uses no dropout; the config says so, so transformers trains it the same way.
+    resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0,
   };
 }
 

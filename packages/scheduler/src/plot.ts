@@ -70,14 +70,16 @@ export function planPlotSpec(plan: Plan, options: { title?: string; width?: numb
     width: options.width ?? 640,
     height: options.height ?? 400,
     background: "white",
+    resolve: { legend: { color: "independent", shape: "independent" } },
     layer: [
       {
         data: { values: curves },
         mark: { type: "line", clip: true },
         encoding: {
           x: { field: "compute", type: "quantitative", scale: { type: "log" }, title: "training FLOPs" },
-          y: { field: "loss", type: "quantitative", scale: { type: "log" }, title: "loss" },
-          color: { field: "series", type: "nominal", title: null },
+          // Losses span well under a decade: a log axis rounded to powers of ten would flatten them.
+          y: { field: "loss", type: "quantitative", scale: { type: "log", nice: false, padding: 8 }, title: "loss" },
+          color: { field: "series", type: "nominal", title: "curve" },
           strokeDash: { condition: { test: "datum.series === 'staged path'", value: [6, 3] }, value: [1, 0] },
           order: { field: "order", type: "quantitative" },
         },
@@ -87,8 +89,9 @@ export function planPlotSpec(plan: Plan, options: { title?: string; width?: numb
         mark: { type: "point", filled: true, size: 70 },
         encoding: {
           x: { field: "compute", type: "quantitative", scale: { type: "log" } },
-          y: { field: "loss", type: "quantitative", scale: { type: "log" } },
-          shape: { field: "series", type: "nominal", title: null },
+          y: { field: "loss", type: "quantitative", scale: { type: "log", nice: false, padding: 8 } },
+          shape: { field: "series", type: "nominal", title: "point" },
+          color: { value: "black" },
           tooltip: { field: "label", type: "nominal" },
         },
       },

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gpt2 } from "./gpt2.js";
 import { writeCheckpoint } from "./shards.js";
-import { inMemory, initTrainingState, loadTrainingState, parameterCount, saveTrainingState } from "./state.js";
+import { inMemory, initTrainingState, loadTrainingState, parameterCount, saveTrainingState, type SaveProgress } from "./state.js";
 import { Tensor } from "./tensor.js";
 import type { TrainingState } from "./types.js";
 
@@ -174,6 +174,15 @@ describe("saveTrainingState", () => {
     const again = await loadTrainingState(join(dir, "in"));
     expect(again.progress.step).toBe(3);
     await Promise.all([loaded.close(), again.close()]);
+  });
+
+  it("reports progress tensor by tensor", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    const seen: SaveProgress[] = [];
+    await saveTrainingState(join(dir, "out"), state, { onTensor: (p) => seen.push(p) });
+    expect(seen).toHaveLength(state.params.size);
+    expect(seen.map((p) => p.tensors)).toEqual(seen.map((_, i) => i + 1));
+    expect(seen.at(-1)).toMatchObject({ totalTensors: state.params.size, bytes: parameterCount(state) * 4, totalBytes: parameterCount(state) * 4 });
   });
 
   it("checks shapes before writing anything", async () => {

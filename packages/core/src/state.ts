@@ -1,6 +1,6 @@
 import { chmod, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve, isAbsolute } from "node:path";
-import { isFloatDType } from "./dtype.js";
+import { DTYPE_SIZES, isFloatDType } from "./dtype.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
 import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
@@ -215,7 +215,11 @@ export interface SaveOptions {
   overwrite?: boolean;
   /** Shard model and optimizer files above this many bytes (HF's default 5 GB). */
   maxShardBytes?: number;
+  /** Called as each tensor is produced for writing: long saves (growth of large checkpoints) show progress. */
+  onTensor?: (p: SaveProgress) => void;
 }
+
+export interface SaveProgress { name: string; tensors: number; totalTensors: number; bytes: number; totalBytes: number }
 
 const inside = (child: string, parent: string): boolean => {
   const r = relative(parent, child);
@@ -243,14 +247,15 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   const moments = momentEntries(specs, state);
 
   await mkdir(dirname(target), { recursive: true });
+  const reported = options.onTensor ? withProgress([...model, ...(moments ?? [])], options.onTensor) : null;
   const tmp = await mkdtemp(join(dirname(target), `.${basename(target)}.tmp-`));
   try {
     // mkdtemp creates 0700; a checkpoint gets an ordinary directory's mode.
     await chmod(tmp, 0o777 & ~process.umask());
     const shard = { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" } };
     await writeFile(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: dtype }, null, 2) + "\n");
-    await writeCheckpoint(tmp, "model", model, shard);
-    if (moments) await writeCheckpoint(tmp, "optimizer", moments, shard);
+    await writeCheckpoint(tmp, "model", reported ? reported.slice(0, model.length) : model, shard);
+    if (moments) await writeCheckpoint(tmp, "optimizer", reported ? reported.slice(model.length) : moments, shard);
     const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
     const meta = { format: STATE_FORMAT, version: STATE_VERSION, architecture: state.architecture,
       optimizer: { ...optimizer, hasMoments: moments !== null }, schedule: state.schedule, progress: state.progress, tokenizer: state.tokenizer };
@@ -268,6 +273,25 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     await rm(tmp, { recursive: true, force: true });
     throw e;
   }
+}
+
+/** The same entries, each reporting when its tensor has been read. */
+function withProgress(entries: TensorEntry[], report: (p: SaveProgress) => void): TensorEntry[] {
+  const sizeOf = (t: LazyTensor | Tensor) => t.shape.reduce((a, b) => a * b, DTYPE_SIZES[t.dtype]);
+  const totalBytes = entries.reduce((s, e) => s + sizeOf(e.tensor), 0);
+  let tensors = 0, bytes = 0;
+  return entries.map(({ name, tensor }) => ({
+    name,
+    tensor: {
+      dtype: tensor.dtype, shape: tensor.shape,
+      read: async () => {
+        const t = tensor instanceof Tensor ? tensor : await tensor.read();
+        bytes += sizeOf(t);
+        report({ name, tensors: ++tensors, totalTensors: entries.length, bytes, totalBytes });
+        return t;
+      },
+    },
+  }));
 }
 
 function modelEntries(specs: ParamSpec[], state: TrainingState): { entries: TensorEntry[]; dtype: string } {

@@ -1,6 +1,7 @@
 import { resolve } from "node:path";
 import { Command, Option } from "commander";
-import { loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type TrainingState } from "@staged/core";
+import cliProgress from "cli-progress";
+import { loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type SaveProgress, type TrainingState } from "@staged/core";
 import { evaluate } from "@staged/trainer-ort";
 import type { WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
@@ -34,7 +35,12 @@ async function grow<O extends object>(input: string, output: string, operator: s
         check = { lossBefore: before.loss, lossAfter: after.loss, lossChange: after.loss - before.loss, evalTokens: before.tokens };
       }
       const t0 = performance.now();
-      await saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes });
+      const progress = out.json ? null : writeProgress(t0);
+      try {
+        await saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes, onTensor: progress?.update });
+      } finally {
+        progress?.stop();
+      }
       const stage = grown.progress.stages.at(-1)!;
       const result = {
         operator, input: resolve(input), output: resolve(output),
@@ -56,6 +62,29 @@ async function grow<O extends object>(input: string, output: string, operator: s
       await state.close();
     }
   });
+}
+
+/** Progress of a long write on stderr: a bar on a terminal, a line about every 10% otherwise. */
+function writeProgress(t0: number) {
+  const bar = process.stderr.isTTY
+    ? new cliProgress.SingleBar({ stream: process.stderr, hideCursor: true, format: "writing {bar} {value}/{total} tensors | {mb} MB | {rate} MB/s | ETA {eta_formatted}" }, cliProgress.Presets.shades_classic)
+    : null;
+  let nextLine = 0.1;
+  return {
+    update(p: SaveProgress) {
+      const seconds = (performance.now() - t0) / 1000;
+      const rate = p.bytes / 1e6 / Math.max(seconds, 1e-3);
+      if (bar) {
+        if (p.tensors === 1) bar.start(p.totalTensors, 0, { mb: "0", rate: "-" });
+        bar.update(p.tensors, { mb: (p.bytes / 1e6).toFixed(0), rate: rate.toFixed(0) });
+      } else if (p.bytes >= nextLine * p.totalBytes) {
+        nextLine = Math.floor((p.bytes / p.totalBytes) * 10 + 1) / 10;
+        const eta = (p.totalBytes - p.bytes) / 1e6 / rate;
+        process.stderr.write(`  writing ${p.tensors}/${p.totalTensors} tensors, ${(p.bytes / 1e6).toFixed(1)} of ${(p.totalBytes / 1e6).toFixed(1)} MB, ${rate.toFixed(0)} MB/s, ETA ${eta.toFixed(0)} s\n`);
+      }
+    },
+    stop() { bar?.stop(); },
+  };
 }
 
 const common = (c: Command): Command => c

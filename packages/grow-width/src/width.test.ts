@@ -5,7 +5,7 @@ import { growWidth } from "./width.js";
 const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
 
 /** A small state with distinct, recognizable moments (m = value, v = value²) and a schedule. */
-function stateWithMoments(config: object = tiny): TrainingState {
+function stateWithMoments(config: Record<string, unknown> = tiny): TrainingState {
   const s = initTrainingState("gpt2", config, 1);
   const scaled = (p: number) => new Map([...s.params].map(([n, t]) => [n, {
     dtype: t.dtype, shape: t.shape, read: async () => { const x = (await t.read()).f32; return new Tensor("F32", t.shape, x.map((v) => (v + 0.5) ** p)); },

@@ -28,8 +28,8 @@ const lazy = (values: Map<string, Float32Array>, shapes: Map<string, LazyTensor>
   new Map([...values].map(([n, v]) => [n, inMemory(new Tensor("F32", shapes.get(n)!.shape, Float32Array.from(v)))]));
 
 /** A tiny model after a few AdamW steps: weights, moments, step counter. */
-async function trainedState(steps = 4): Promise<TrainingState> {
-  const init = initTrainingState("gpt2", config, 7);
+async function trainedState(steps = 4, cfg: Record<string, unknown> = config): Promise<TrainingState> {
+  const init = initTrainingState("gpt2", cfg, 7);
   const engine = await engineFor(init);
   for (let s = 0; s < steps; s++) await engine.step(batches[s]!, 3e-3, s + 1);
   const { expAvg, expAvgSq } = engine.moments();
@@ -93,6 +93,16 @@ describe("depth growth", () => {
   it("copy init changes the loss", async () => {
     expect(Math.abs((await loss(growDepth(small, { init: "copy" }))) - smallLoss)).toBeGreaterThan(1e-4);
   }, 30_000);
+});
+
+describe("an untied output layer", () => {
+  it("width ×2 (split) and depth ×2 keep the loss exactly", async () => {
+    const untied = await trainedState(3, { ...config, tie_word_embeddings: false });
+    expect(untied.params.has("lm_head.weight")).toBe(true);
+    const before = await loss(untied);
+    close(await loss(growWidth(untied, { factor: 2, symmetry: "split" })), before);
+    close(await loss(growDepth(untied, { factor: 2 })), before);
+  }, 60_000);
 });
 
 describe("composition", () => {

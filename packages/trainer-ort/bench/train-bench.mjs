@@ -1,55 +1,88 @@
 #!/usr/bin/env node
-// Training throughput of the whole trainer (`train()` of this package: sampling, the compiled ONNX step,
-// bookkeeping) against the same training loop in plain PyTorch on the CPU (bench/torch_train.py), for two
-// GPT-2 shapes with the byte vocabulary on the Brown corpus. Run after `pnpm build`; not part of the tests.
+// Training throughput (run after `pnpm build`; a script, not a test). Per GPT-2 shape, byte vocabulary:
+//   engine  — the compiled ONNX step alone, on random ids;
+//   trainer — this package's whole `train()` loop (sampling, step, bookkeeping) on the Brown training split;
+//   torch   — the same loop in plain PyTorch on the CPU (bench/torch_train.py), and trainer/torch.
+// Plus the machine's fp32 MatMul GFLOP/s through onnxruntime, measured in the same run, as the peak that
+// the achieved GFLOP/s are a fraction of.
 //
-// Both sides: random sampler over the Brown training split, AdamW (lr 1e-3, wd 0.01 on 2-D weights),
-// clip 1.0, `--threads` threads (default min(2, cores)), `--warmup` untimed steps (default 3) then `--steps`
-// timed steps (default 20); tokens/s = timed steps · B · T / their total seconds (graph building, session
-// creation, evaluation and saving excluded). PyTorch: Debian's python3-torch (`apt-get install -y
-// python3-torch libopenblas0-pthread`), found as python3 or /usr/bin/python3; skipped when not importable.
+// All three: AdamW (lr 1e-3, wd 0.01 on 2-D weights), clip 1.0, `--threads` threads (default min(2, cores)),
+// `--warmup` untimed steps (3), then `--steps` timed steps (20); tokens/s = timed steps · B · T / their
+// seconds (graph building, session creation and evaluation excluded). GFLOP/s = tokens/s · flopsPerToken of
+// @staged/scheduler, the formula the trainer counts compute with. PyTorch: Debian's python3-torch with
+// libopenblas0-pthread, found as python3 or /usr/bin/python3; skipped when not importable.
 //
 // Usage: node bench/train-bench.mjs [--threads N] [--steps N] [--warmup N] [--only A|B] [--no-torch] [--json]
+//        [--profile]   (onnxruntime's per-node profile of the engine step, by op type and compiler section)
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { initTrainingState } from "@staged/core";
+import { performance } from "node:perf_hooks";
+import ort from "onnxruntime-node";
+import { gpt2, initTrainingState } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
-import { brownText, byteTokenizer, encodeTokenFile, train } from "../dist/index.js";
+import { GraphBuilder, brownText, byteTokenizer, createEngine, encodeTokenFile, train } from "../dist/index.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
   return i < 0 ? dflt : process.argv[i + 1];
 };
+const flag = (name) => process.argv.includes(`--${name}`);
 const threads = Number(arg("threads", String(Math.min(2, os.availableParallelism()))));
 const steps = Number(arg("steps", "20"));
 const warmup = Number(arg("warmup", "3"));
 const only = arg("only", null);
-const noTorch = process.argv.includes("--no-torch");
-const asJson = process.argv.includes("--json");
+const [noTorch, asJson, profile] = [flag("no-torch"), flag("json"), flag("profile")];
 
 const SHAPES = [
   { id: "A", layers: 4, d: 256, heads: 4, T: 128, B: 16, vocab: 256 },
   { id: "B", layers: 6, d: 384, heads: 6, T: 256, B: 8, vocab: 256 },
 ].filter((c) => !only || c.id === only);
+const configOf = (c) => ({ n_layer: c.layers, n_embd: c.d, n_head: c.heads, vocab_size: c.vocab, n_positions: c.T });
+const OPTIM = { lr: 1e-3, weightDecay: 0.01, clip: 1.0 };
 
-const tmp = mkdtempSync(path.join(os.tmpdir(), "staged-train-bench-"));
-const dataFile = path.join(tmp, "brown-train.bin");
-const dataTokens = byteTokenizer().encode(await brownText("train"));
-writeFileSync(dataFile, encodeTokenFile(dataTokens));
+async function matmulPeak(n = 1536, reps = 5) {
+  const b = new GraphBuilder();
+  b.output(b.matmul(b.input("a", "float32", [n, n]), b.input("b", "float32", [n, n])), "c");
+  const s = await ort.InferenceSession.create(b.serialize(), { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all" });
+  const rnd = () => new ort.Tensor("float32", Float32Array.from({ length: n * n }, () => Math.random() - 0.5), [n, n]);
+  const feeds = { a: rnd(), b: rnd() };
+  const out = { c: new ort.Tensor("float32", new Float32Array(n * n), [n, n]) };
+  await s.run(feeds, out);
+  const t0 = performance.now();
+  for (let i = 0; i < reps; i++) await s.run(feeds, out);
+  const sec = (performance.now() - t0) / 1000 / reps;
+  await s.release();
+  return (2 * n ** 3) / sec / 1e9;
+}
 
-async function benchOurs(c) {
-  const state = initTrainingState("gpt2", { n_layer: c.layers, n_embd: c.d, n_head: c.heads, vocab_size: c.vocab, n_positions: c.T }, 0);
+async function benchEngine(c) {
+  const config = configOf(c);
+  const weights = new Map([...gpt2.init(config, 0)].map(([n, t]) => [n, t.f32]));
+  const t0 = performance.now();
+  const engine = await createEngine("gpt2", config, weights, undefined, { batch: c.B, context: c.T, threads, clip: OPTIM.clip, weightDecay: OPTIM.weightDecay, profile });
+  const setupSeconds = (performance.now() - t0) / 1000;
+  const batches = Array.from({ length: warmup + steps }, () => Int32Array.from({ length: c.B * c.T }, () => Math.floor(Math.random() * c.vocab)));
+  let t1 = performance.now();
+  for (let i = 0; i < batches.length; i++) {
+    if (i === warmup) t1 = performance.now();
+    await engine.step(batches[i], OPTIM.lr, i + 1);
+  }
+  const seconds = (performance.now() - t1) / 1000;
+  await engine.release();
+  return { seconds, setupSeconds };
+}
+
+async function benchTrainer(c, dataFile) {
+  const state = initTrainingState("gpt2", configOf(c), 0);
   let warmSeconds = 0;
   const { result } = await train(state, {
-    data: dataFile, steps: warmup + steps, batch: c.B, context: c.T, lr: 1e-3, weightDecay: 0.01, clip: 1.0,
-    sampler: "random", seed: 0, threads, evalBlocks: 1,
+    data: dataFile, steps: warmup + steps, batch: c.B, context: c.T, ...OPTIM, sampler: "random", seed: 0, threads, evalBlocks: 1,
   }, { onStep: (i) => { if (i.index === warmup) warmSeconds = i.stepSeconds; } });
-  const sec = result.stepSeconds - warmSeconds;
-  return { seconds: sec, tokensPerSecond: (steps * c.B * c.T) / sec, setupSeconds: result.setupSeconds, lastLoss: result.loss };
+  return { seconds: result.stepSeconds - warmSeconds, setupSeconds: result.setupSeconds, lastLoss: result.loss };
 }
 
 function findTorchPython() {
@@ -59,35 +92,75 @@ function findTorchPython() {
   return null;
 }
 
-function benchTorch(py, c) {
+function benchTorch(py, c, dataFile) {
   const r = spawnSync(py, [path.join(here, "torch_train.py"), JSON.stringify({ ...c, threads, warmup, steps, data: dataFile })], { encoding: "utf8" });
   if (r.status !== 0) throw new Error(`torch_train.py failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split("\n").pop());
 }
 
-const py = noTorch ? null : findTorchPython();
-const rows = [];
-try {
-  if (!asJson) console.log(`train-bench: ${threads} threads, ${os.cpus()[0]?.model ?? "cpu"}, ${warmup} warm-up + ${steps} timed steps, Brown train split (${dataTokens.length} byte tokens)`);
-  for (const c of SHAPES) {
-    const name = `L${c.layers} d${c.d} H${c.heads} T${c.T} B${c.B}`;
-    const ours = await benchOurs(c);
-    const fpt = flopsPerToken({ layers: c.layers, dModel: c.d, heads: c.heads, headDim: c.d / c.heads, ffn: 4 * c.d, vocab: c.vocab, context: c.T }, c.T);
-    const torch = py ? benchTorch(py, c) : null;
-    const row = {
-      shape: name, ours: ours.tokensPerSecond, oursGflops: (ours.tokensPerSecond * fpt) / 1e9, oursSetupSeconds: ours.setupSeconds,
-      torch: torch?.tokensPerSecond ?? null, torchVersion: torch?.torch ?? null,
-      ratio: torch ? ours.tokensPerSecond / torch.tokensPerSecond : null,
-      lastLoss: { ours: ours.lastLoss, torch: torch?.lastLoss ?? null },
-    };
-    rows.push(row);
-    if (!asJson) {
-      console.log(`${name}: staged ${row.ours.toFixed(0)} tokens/s (${row.oursGflops.toFixed(1)} GFLOP/s, setup ${ours.setupSeconds.toFixed(1)} s)` +
-        (torch ? ` | torch ${torch.torch} ${row.torch.toFixed(0)} tokens/s | staged/torch ${row.ratio.toFixed(2)}×`
-               : noTorch ? "" : " | torch: python3 with torch not found"));
+// onnxruntime writes one profile JSON per session to the working directory. Node names start with the
+// compiler's section (forward/backward/optimizer); names without one were inserted by onnxruntime.
+function profileSummary() {
+  const lines = [];
+  for (const f of readdirSync(".").filter((f) => /^onnxruntime_profile_.*\.json$/.test(f))) {
+    const all = JSON.parse(readFileSync(f, "utf8"));
+    const runs = all.filter((e) => e.name === "model_run").length;
+    const byOp = new Map(), bySection = new Map();
+    const add = (m, k, us) => m.set(k, (m.get(k) ?? 0) + us);
+    for (const e of all.filter((e) => e.cat === "Node" && e.name.endsWith("_kernel_time"))) {
+      add(byOp, e.args.op_name, e.dur);
+      const kind = ["Gemm", "MatMul", "FusedMatMul"].includes(e.args.op_name) ? "matmul" : "other";
+      add(bySection, `${e.name.includes("/") ? e.name.split("/")[0] : "inserted"} ${kind}`, e.dur);
     }
+    if (!process.env.KEEP_PROFILE) rmSync(f);
+    if (runs === 0) continue;
+    const ms = (us) => (us / runs / 1000).toFixed(1);
+    const total = [...byOp.values()].reduce((a, b) => a + b, 0);
+    lines.push(`profile ${f}: ${runs} runs, kernel time per run ${ms(total)} ms`);
+    for (const [op, us] of [...byOp].sort((a, b) => b[1] - a[1]).slice(0, 15)) lines.push(`  ${op.padEnd(22)} ${ms(us).padStart(7)} ms  ${((100 * us) / total).toFixed(1)}%`);
+    lines.push("  by section: " + [...bySection].sort().map(([k, us]) => `${k} ${ms(us)} ms`).join(", "));
   }
-  if (asJson) console.log(JSON.stringify({ threads, warmup, steps, rows }));
+  return lines;
+}
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), "staged-train-bench-"));
+try {
+  const dataFile = path.join(tmp, "brown-train.bin");
+  const dataTokens = byteTokenizer().encode(await brownText("train"));
+  writeFileSync(dataFile, encodeTokenFile(dataTokens));
+  const py = noTorch ? null : findTorchPython();
+  const log = (s) => { if (!asJson) console.log(s); };
+  log(`train-bench: onnxruntime-node ${ort.env.versions?.node ?? "?"}, ${threads} threads, ${os.cpus()[0]?.model ?? "cpu"}, ` +
+      `${warmup} warm-up + ${steps} timed steps, Brown train split (${dataTokens.length} byte tokens), load ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  const peak = await matmulPeak();
+  log(`fp32 MatMul 1536³ through onnxruntime: ${peak.toFixed(1)} GFLOP/s`);
+  if (!py && !noTorch) log("torch: no python3 that imports torch and numpy; torch columns skipped");
+
+  const rows = [];
+  for (const c of SHAPES) {
+    const fpt = flopsPerToken(gpt2.parseConfig(configOf(c)).shape, c.T);
+    const rate = (r) => {
+      const tokensPerSecond = (steps * c.B * c.T) / r.seconds, gflops = (tokensPerSecond * fpt) / 1e9;
+      return { ...r, tokensPerSecond, gflops, fractionOfPeak: gflops / peak };
+    };
+    const engine = rate(await benchEngine(c));
+    const prof = profile ? profileSummary() : undefined;
+    const trainer = rate(await benchTrainer(c, dataFile));
+    const t = py ? benchTorch(py, c, dataFile) : null;
+    const torch = t && { version: t.torch, ...rate({ seconds: t.seconds, lastLoss: t.lastLoss }) };
+    const shape = `L${c.layers} d${c.d} H${c.heads} T${c.T} B${c.B} V${c.vocab}`;
+    rows.push({ shape, flopsPerToken: fpt, engine, trainer, torch, ratio: torch ? trainer.tokensPerSecond / torch.tokensPerSecond : null, profile: prof });
+
+    const line = (name, r, extra) => log(`  ${name.padEnd(12)} ${r.tokensPerSecond.toFixed(0).padStart(6)} tokens/s  ${r.gflops.toFixed(1).padStart(6)} GFLOP/s  ` +
+      `${(100 * r.fractionOfPeak).toFixed(0).padStart(3)}% of MatMul  (${extra})`);
+    log(`${shape} (${(fpt / 1e6).toFixed(2)} MFLOP/token)`);
+    line("engine step", engine, `compile + session ${engine.setupSeconds.toFixed(1)} s`);
+    line("train()", trainer, `setup ${trainer.setupSeconds.toFixed(1)} s, last loss ${trainer.lastLoss.toFixed(3)}`);
+    if (torch) line("torch", torch, `torch ${torch.version}, last loss ${torch.lastLoss.toFixed(3)}`);
+    if (torch) log(`  train()/torch ${rows.at(-1).ratio.toFixed(2)}×`);
+    for (const l of prof ?? []) log(l);
+  }
+  if (asJson) console.log(JSON.stringify({ threads, warmup, steps, cpu: os.cpus()[0]?.model ?? null, loadavg: os.loadavg(), matmulGflops: peak, rows }));
 } finally {
   rmSync(tmp, { recursive: true, force: true });
 }

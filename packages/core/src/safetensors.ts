@@ -441,8 +441,9 @@ const sameShape = (a: readonly number[], b: readonly number[]): boolean =>
 
 /**
  * Stream a safetensors file: the header is computed from dtypes and shapes, then each tensor is
- * read (if lazy), encoded, appended and dropped, in entry order. A failed write removes the partial
- * file. Returns the number of bytes written.
+ * read (if lazy), encoded, appended and dropped, in entry order, the next one being read while the
+ * current one is written (at most two tensors in memory). A failed write removes the partial file.
+ * Returns the number of bytes written.
  */
 export async function writeSafetensors(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>): Promise<number> {
   const { header, dataLength } = encodeSafetensorsHeader(path, entries, metadata);
@@ -455,8 +456,19 @@ export async function writeSafetensors(path: string, entries: readonly TensorEnt
   try {
     const out = new BufferedWriter(fh);
     await out.write(header);
-    for (const { name, tensor } of entries) {
-      const t = isLazy(tensor) ? await tensor.read() : tensor;
+    // Produce tensor i+1 while tensor i is being written: a computed tensor (growth) overlaps the I/O.
+    const produce = (i: number): Promise<Tensor> | null => {
+      const e = entries[i];
+      if (!e) return null;
+      const p = isLazy(e.tensor) ? e.tensor.read() : Promise.resolve(e.tensor);
+      p.catch(() => undefined); // awaited below; this only keeps an early failure from being "unhandled"
+      return p;
+    };
+    let next = produce(0);
+    for (let i = 0; i < entries.length; i++) {
+      const { name, tensor } = entries[i]!;
+      const t = await next!;
+      next = produce(i + 1);
       if (t.dtype !== tensor.dtype || !sameShape(t.shape, tensor.shape)) {
         throw new SafetensorsError(path, `tensor ${describe(name)} was declared ${tensor.dtype} [${tensor.shape.join(", ")}] but read as ${t.dtype} [${t.shape.join(", ")}]`);
       }

@@ -220,7 +220,8 @@ async function readAll(map: Map<string, LazyTensor>): Promise<Map<string, Float3
  * so the block-weighted mean of the batch means is the mean over all predictions.
  */
 export async function evaluateBlocks(engine: Pick<TrainEngine, "evalLoss">, tokens: Int32Array, batch: number,
-                                     context: number, blocks: number): Promise<number> {
+                                     context: number, blocks: number,
+                                     onBatch?: (blocksDone: number, blocks: number) => void): Promise<number> {
   const B = batch, T = context;
   if (!isPosInt(blocks)) throw new Error(`no evaluation blocks: need at least ${T} tokens, have ${tokens.length}`);
   if (blocks * T > tokens.length) throw new Error(`${blocks} blocks of ${T} tokens need ${blocks * T} tokens, have ${tokens.length}`);
@@ -228,6 +229,7 @@ export async function evaluateBlocks(engine: Pick<TrainEngine, "evalLoss">, toke
   for (let first = 0; first < blocks; first += B) {
     const rows = Math.min(B, blocks - first);
     sum += (await engine.evalLoss(tokens.subarray(first * T, (first + rows) * T))) * rows;
+    onBatch?.(first + rows, blocks);
   }
   return sum / blocks;
 }
@@ -392,6 +394,8 @@ export interface EvaluateOptions {
   device?: "cpu" | "cuda";
   threads?: number;
   engineFactory?: EngineFactory;
+  /** Called after each evaluation batch, for progress. */
+  onBatch?: (blocksDone: number, blocks: number) => void;
 }
 
 export interface EvaluateResult { loss: number; tokens: number; blocks: number; context: number; data: string }
@@ -416,7 +420,7 @@ export async function evaluate(state: TrainingState, o: EvaluateOptions): Promis
   const engine = await (o.engineFactory ?? defaultEngineFactory)(state.architecture, state.config, weights, undefined,
     { device: o.device, threads: o.threads, batch: Math.min(batch, blocks), context, noDecay: state.optimizer.noDecay, evalOnly: true });
   try {
-    const loss = await evaluateBlocks(engine, stream.tokens, batch, context, blocks);
+    const loss = await evaluateBlocks(engine, stream.tokens, batch, context, blocks, o.onBatch);
     return { loss, tokens: blocks * context, blocks, context, data: stream.name };
   } finally {
     await engine.release();

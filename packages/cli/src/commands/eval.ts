@@ -4,6 +4,7 @@ import { loadTrainingState } from "@staged/core";
 import { evaluate, DEFAULT_BATCH } from "@staged/trainer-ort";
 import { createOutput, runAction } from "../output.js";
 import { integer } from "../options.js";
+import { createProgress } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
 
 interface EvalCliOptions { data: string; context?: number; maxBlocks?: number; batch?: number; device?: "cpu" | "cuda"; threads?: number }
@@ -23,7 +24,8 @@ export function registerEval(program: Command): void {
         const state = await loadTrainingState(dir);
         try {
           const t0 = performance.now();
-          const r = await evaluate(state, o);
+          const progress = g.json ? null : createProgress("evaluating", "blocks");
+          const r = await evaluate(state, { ...o, onBatch: progress?.update }).finally(() => progress?.stop());
           const result = { ...r, perplexity: Math.exp(r.loss), step: state.progress.step, checkpoint: resolve(dir), seconds: (performance.now() - t0) / 1000 };
           createOutput(Boolean(g.json)).result(result,
             `loss ${r.loss.toFixed(4)} (perplexity ${result.perplexity.toFixed(2)}) on ${r.blocks} blocks of ${r.context} tokens of ${r.data} ` +

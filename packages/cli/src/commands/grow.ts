@@ -1,13 +1,13 @@
 import { resolve } from "node:path";
 import { Command, Option } from "commander";
-import cliProgress from "cli-progress";
-import { loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type SaveProgress, type TrainingState } from "@staged/core";
+import { loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type TrainingState } from "@staged/core";
 import { evaluate } from "@staged/trainer-ort";
 import type { WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
 import { createCliRegistry } from "../registry.js";
 import { createOutput, runAction, UsageError } from "../output.js";
 import { integer, intList, number } from "../options.js";
+import { createProgress } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
 
 
@@ -35,9 +35,10 @@ async function grow<O extends object>(input: string, output: string, operator: s
         check = { lossBefore: before.loss, lossAfter: after.loss, lossChange: after.loss - before.loss, evalTokens: before.tokens };
       }
       const t0 = performance.now();
-      const progress = out.json ? null : writeProgress(t0);
+      const progress = out.json ? null : createProgress("writing", "MB", 1e6);
       try {
-        await saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes, onTensor: progress?.update });
+        await saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes,
+          onTensor: progress ? (p) => progress.update(p.bytes, p.totalBytes) : undefined });
       } finally {
         progress?.stop();
       }
@@ -62,29 +63,6 @@ async function grow<O extends object>(input: string, output: string, operator: s
       await state.close();
     }
   });
-}
-
-/** Progress of a long write on stderr: a bar on a terminal, a line about every 10% otherwise. */
-function writeProgress(t0: number) {
-  const bar = process.stderr.isTTY
-    ? new cliProgress.SingleBar({ stream: process.stderr, hideCursor: true, format: "writing {bar} {value}/{total} tensors | {mb} MB | {rate} MB/s | ETA {eta_formatted}" }, cliProgress.Presets.shades_classic)
-    : null;
-  let nextLine = 0.1;
-  return {
-    update(p: SaveProgress) {
-      const seconds = (performance.now() - t0) / 1000;
-      const rate = p.bytes / 1e6 / Math.max(seconds, 1e-3);
-      if (bar) {
-        if (p.tensors === 1) bar.start(p.totalTensors, 0, { mb: "0", rate: "-" });
-        bar.update(p.tensors, { mb: (p.bytes / 1e6).toFixed(0), rate: rate.toFixed(0) });
-      } else if (p.bytes >= nextLine * p.totalBytes) {
-        nextLine = Math.floor((p.bytes / p.totalBytes) * 10 + 1) / 10;
-        const eta = (p.totalBytes - p.bytes) / 1e6 / rate;
-        process.stderr.write(`  writing ${p.tensors}/${p.totalTensors} tensors, ${(p.bytes / 1e6).toFixed(1)} of ${(p.totalBytes / 1e6).toFixed(1)} MB, ${rate.toFixed(0)} MB/s, ETA ${eta.toFixed(0)} s\n`);
-      }
-    },
-    stop() { bar?.stop(); },
-  };
 }
 
 const common = (c: Command): Command => c

@@ -1,0 +1,30 @@
+import cliProgress from "cli-progress";
+
+/**
+ * Progress of long work on stderr: a bar on a terminal, a line about every 10% otherwise, both with the
+ * rate and an ETA. `scale` divides the counts for display (1e6: bytes shown as MB).
+ */
+export function createProgress(label: string, unit: string, scale = 1) {
+  const t0 = performance.now();
+  const show = (n: number) => (n / scale).toFixed(scale === 1 ? 0 : 1);
+  let bar: cliProgress.SingleBar | null = null;
+  let nextLine = 0.1;
+  return {
+    update(done: number, total: number): void {
+      const seconds = Math.max((performance.now() - t0) / 1000, 1e-3);
+      const rate = done / seconds;
+      if (process.stderr.isTTY) {
+        if (!bar) {
+          bar = new cliProgress.SingleBar({ stream: process.stderr, hideCursor: true,
+            format: `${label} {bar} {shown}/{all} ${unit} | {rate} ${unit}/s | ETA {eta_formatted}` }, cliProgress.Presets.shades_classic);
+          bar.start(total, 0, { shown: "0", all: show(total), rate: "-" });
+        }
+        bar.update(done, { shown: show(done), all: show(total), rate: show(rate) });
+      } else if (done >= nextLine * total) {
+        nextLine = Math.floor((done / total) * 10 + 1) / 10;
+        process.stderr.write(`  ${label} ${show(done)} of ${show(total)} ${unit}, ${show(rate)} ${unit}/s, ETA ${((total - done) / rate).toFixed(0)} s\n`);
+      }
+    },
+    stop(): void { bar?.stop(); bar = null; },
+  };
+}

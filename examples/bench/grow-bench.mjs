@@ -7,7 +7,7 @@ import { copyFile, mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Tensor, initTrainingState, inMemory, loadTrainingState, saveTrainingState } from "@staged/core";
+import { Tensor, initTrainingState, loadTrainingState, saveTrainingState } from "@staged/core";
 import { growWidth } from "@staged/grow-width";
 import { growDepth } from "@staged/grow-depth";
 

@@ -8,4 +8,5 @@ export * from "./safetensors.js";
 export * from "./shards.js";
 export * from "./state.js";
 export * from "./stage.js";
+export * from "./files.js";
 export { gpt2 } from "./gpt2.js";

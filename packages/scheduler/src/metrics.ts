@@ -1,4 +1,6 @@
+import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
+import { readInput } from "@staged/core";
 import { basename, dirname, join } from "node:path";
 import type { LossPoint } from "./slope.js";
 import type { LearningCurve } from "./fit.js";
@@ -46,12 +48,8 @@ export const formatMetrics = (records: readonly MetricsRecord[]): string =>
 /** The records of `dir/metrics.jsonl`, or [] when there is none. */
 export async function readMetrics(dir: string): Promise<MetricsRecord[]> {
   const file = join(dir, METRICS_FILE);
-  let text: string;
-  try { text = await readFile(file, "utf8"); } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return [];
-    throw new Error(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-  }
-  return parseMetrics(text, file);
+  if (!existsSync(file)) return [];
+  return parseMetrics((await readInput(file, "the metrics")).toString("utf8"), file);
 }
 
 export interface CurveFromMetricsOptions {
@@ -94,10 +92,7 @@ export function paramsFromConfig(config: Record<string, unknown>): number | null
  */
 export async function readLearningCurve(path: string, options: CurveFromMetricsOptions & { params?: number } = {}):
   Promise<LearningCurve & { estimated: boolean; points: (LossPoint & { tokens: number })[] }> {
-  let text: string;
-  try { text = await readFile(path, "utf8"); } catch (e) {
-    throw new Error(`${path}: cannot read (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-  }
+  const text = (await readInput(path, "the metrics")).toString("utf8");
   const points = curveFromMetrics(parseMetrics(text, path), options);
   if (points.length === 0) throw new Error(`${path}: no points with a loss`);
   let params = options.params ?? null;

@@ -78,7 +78,7 @@ async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; thre
       return await ort.InferenceSession.create(g.model, options);
     } catch (e) {
       throw new Error(`CUDA execution provider is not available: ${(e as Error).message} ` +
-        "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)");
+        "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)", { cause: e });
     }
   }
   return ort.InferenceSession.create(g.model, options);

@@ -87,7 +87,7 @@ export async function writeOutputFile(path: string, data: string, inputs: readon
     await rename(tmp, path);
   } catch (e) {
     await rm(tmp, { force: true });
-    throw new Error(`${path}: cannot write (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+    throw new Error(`${path}: cannot write (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
   }
 }
 

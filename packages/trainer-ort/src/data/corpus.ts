@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { readInput } from "@staged/core";
 import { extname } from "node:path";
 import { brownText, type BrownSplit } from "./brown.js";
 import type { TextTokenizer } from "./tokenizer.js";
@@ -74,11 +74,7 @@ export async function readTokens(source: string, tokenizer: TextTokenizer, vocab
     stream = { name: `brown (${s} split)`, tokens };
     checkIds(tokens, vocab, stream.name);
   } else {
-    let bytes: Uint8Array;
-    try { bytes = await readFile(source); } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      throw new Error(`${source}: cannot read the data (${code === "ENOENT" ? "no such file" : code === "EISDIR" ? "a directory" : code ?? String(e)})`);
-    }
+    const bytes = await readInput(source, "the data");
     if (extname(source).toLowerCase() === ".bin") {
       stream = { name: source, tokens: decodeTokenFile(bytes, vocab, source) };
     } else {

@@ -1,5 +1,4 @@
-import { readFile } from "node:fs/promises";
-import type { TokenizerSpec } from "@staged/core";
+import { parseJsonFile, readInput, type TokenizerSpec } from "@staged/core";
 
 /** Turns text into token ids. */
 export interface TextTokenizer {
@@ -31,12 +30,7 @@ const CHUNK_CHARS = 16384;
  * newline that ends a piece (byte-level BPE tokenizers split there anyway).
  */
 export async function hfTokenizer(json: Uint8Array | string, name = "tokenizer.json"): Promise<TextTokenizer> {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(typeof json === "string" ? json : new TextDecoder().decode(json));
-  } catch (e) {
-    throw new Error(`${name}: invalid JSON (${(e as Error).message})`);
-  }
+  const parsed = parseJsonFile(typeof json === "string" ? json : new TextDecoder().decode(json), name);
   if (typeof parsed !== "object" || parsed === null || typeof (parsed as { model?: unknown }).model !== "object") {
     throw new Error(`${name}: not a Hugging Face tokenizer.json (no "model" object)`);
   }
@@ -45,7 +39,7 @@ export async function hfTokenizer(json: Uint8Array | string, name = "tokenizer.j
   try {
     tok = new Tokenizer(parsed, {});
   } catch (e) {
-    throw new Error(`${name}: cannot build the tokenizer (${(e as Error).message})`);
+    throw new Error(`${name}: cannot build the tokenizer (${(e as Error).message})`, { cause: e });
   }
   let vocabSize = 0;
   for (const id of tok.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1);
@@ -73,10 +67,7 @@ export async function hfTokenizer(json: Uint8Array | string, name = "tokenizer.j
 
 /** Read a tokenizer.json file. */
 export async function loadHfTokenizer(file: string): Promise<{ tokenizer: TextTokenizer; bytes: Uint8Array }> {
-  let bytes: Uint8Array;
-  try { bytes = await readFile(file); } catch (e) {
-    throw new Error(`${file}: cannot read the tokenizer (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-  }
+  const bytes = await readInput(file, "the tokenizer");
   return { tokenizer: await hfTokenizer(bytes, file), bytes };
 }
 

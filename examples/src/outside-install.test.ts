@@ -10,7 +10,14 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const packages = ["core", "grow-width", "grow-depth"];
 let project: string;
 
-const run = (cmd: string, args: string[], cwd: string) => execFileSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+function run(cmd: string, args: string[], cwd: string): string {
+  try {
+    return execFileSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  } catch (e) {
+    const { stdout, stderr } = e as { stdout?: string; stderr?: string };
+    throw new Error(`${cmd} ${args.join(" ")} failed:\n${stdout ?? ""}${stderr ?? ""}`, { cause: e });
+  }
+}
 
 const script = `
 import { initTrainingState, saveTrainingState, loadTrainingState } from "@staged/core";

@@ -4,7 +4,7 @@ import { readFile } from "node:fs/promises";
  * Read a file the user named (`what`: "the data", "the tokenizer", ...); a failure becomes one line
  * naming the file and why ("no such file", "a directory", ...), with the system error as its cause.
  */
-export async function readInput(path: string, what = "the file"): Promise<Buffer> {
+export async function readInput(path: string, what = "the file"): Promise<Uint8Array> {
   try {
     return await readFile(path);
   } catch (e) {
@@ -14,7 +14,11 @@ export async function readInput(path: string, what = "the file"): Promise<Buffer
   }
 }
 
-/** Parse JSON text from `path`; invalid JSON becomes one line naming the file. */
+/** The file as UTF-8 text, with readInput's errors. */
+export const readTextInput = async (path: string, what?: string): Promise<string> =>
+  new TextDecoder().decode(await readInput(path, what));
+
+/** Parse JSON text read from `path`; invalid JSON becomes one line naming the file. */
 export function parseJsonFile(text: string, path: string): unknown {
   try {
     return JSON.parse(text);

@@ -1,7 +1,7 @@
 import { chmod, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve, isAbsolute } from "node:path";
 import { DTYPE_SIZES, isFloatDType } from "./dtype.js";
-import { parseJsonFile, readInput } from "./files.js";
+import { parseJsonFile, readTextInput } from "./files.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
 import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
@@ -34,7 +34,7 @@ export interface LoadedTrainingState extends TrainingState {
 export const architectureOf = (state: TrainingState, registry: Registry = createDefaultRegistry()): ArchitecturePlugin =>
   registry.get("architecture", state.architecture);
 
-const readJson = async (file: string): Promise<unknown> => parseJsonFile((await readInput(file)).toString("utf8"), file);
+const readJson = async (file: string): Promise<unknown> => parseJsonFile(await readTextInput(file), file);
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 const exists = (p: string): Promise<boolean> => stat(p).then(() => true, () => false);

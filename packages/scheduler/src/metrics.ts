@@ -1,6 +1,6 @@
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { readInput } from "@staged/core";
+import { readTextInput } from "@staged/core";
 import { basename, dirname, join } from "node:path";
 import type { LossPoint } from "./slope.js";
 import type { LearningCurve } from "./fit.js";
@@ -49,7 +49,7 @@ export const formatMetrics = (records: readonly MetricsRecord[]): string =>
 export async function readMetrics(dir: string): Promise<MetricsRecord[]> {
   const file = join(dir, METRICS_FILE);
   if (!existsSync(file)) return [];
-  return parseMetrics((await readInput(file, "the metrics")).toString("utf8"), file);
+  return parseMetrics(await readTextInput(file, "the metrics"), file);
 }
 
 export interface CurveFromMetricsOptions {
@@ -92,7 +92,7 @@ export function paramsFromConfig(config: Record<string, unknown>): number | null
  */
 export async function readLearningCurve(path: string, options: CurveFromMetricsOptions & { params?: number } = {}):
   Promise<LearningCurve & { estimated: boolean; points: (LossPoint & { tokens: number })[] }> {
-  const text = (await readInput(path, "the metrics")).toString("utf8");
+  const text = await readTextInput(path, "the metrics");
   const points = curveFromMetrics(parseMetrics(text, path), options);
   if (points.length === 0) throw new Error(`${path}: no points with a loss`);
   let params = options.params ?? null;

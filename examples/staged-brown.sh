@@ -11,7 +11,8 @@ mkdir -p "$run"
 data=(--data brown --batch 8 --context 64 --eval-every 20)
 
 staged init "$run/small" --layers 2 --d-model 64 --heads 2 --context 64 --seed 0
-staged train "$run/small" "${data[@]}" --steps 60 --lr 3e-3 --schedule linear --warmup 10
+# One linear schedule over the whole staged run (120 steps); each growth restarts it with a short re-warmup.
+staged train "$run/small" "${data[@]}" --steps 60 --lr 3e-3 --schedule linear --warmup 10 --total-steps 120
 staged eval "$run/small" --data brown --context 64 --max-blocks 64
 staged grow width "$run/small" "$run/wide" --factor 2 --rewarmup 5
 staged eval "$run/wide" --data brown --context 64 --max-blocks 64

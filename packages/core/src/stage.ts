@@ -1,5 +1,6 @@
 import type { LazyTensor, ModelShape, StageRecord, TrainingState } from "./types.js";
 import type { Tensor } from "./tensor.js";
+import { deriveSeed } from "./rng.js";
 
 /** Options every growth operator shares: how the run continues after the growth. */
 export interface StageOptions {
@@ -58,6 +59,10 @@ export function grownState(state: TrainingState, grown: {
       ...(hasMoments ? { expAvg: grown.expAvg, expAvgSq: grown.expAvgSq } : {}),
     },
     schedule,
-    progress: { ...state.progress, step, stages: [...state.progress.stages, record] },
+    progress: {
+      ...state.progress, step, stages: [...state.progress.stages, record],
+      // Continuing at an earlier step must not replay the batches the small model already saw there.
+      ...(step < state.progress.step ? { samplerSeed: deriveSeed(state.progress.samplerSeed, `stage:${state.progress.stages.length + 1}`) } : {}),
+    },
   };
 }

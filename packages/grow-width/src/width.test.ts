@@ -106,6 +106,9 @@ describe("growWidth", () => {
     expect(g.params.get("transformer.wpe.weight")!.dtype).toBe("BF16");
     expect((await read(g.params, "transformer.wpe.weight")).dtype).toBe("BF16");
     expect(g.progress.step).toBe(4);
+    // Rewound to step 4: the sampler draws new batches rather than those the small model saw at steps 4..10.
+    expect(g.progress.samplerSeed).not.toBe(s.progress.samplerSeed);
+    expect(growWidth(half, { factor: 2 }).progress.samplerSeed).toBe(s.progress.samplerSeed);
     expect(g.schedule!.restarts).toEqual([{ step: 4, warmupSteps: 5 }]);
     expect(g.progress.stages).toEqual([{ step: 10, operator: "width", options: { factor: 2, ffnFactor: 1, moments: "consistent", symmetry: "none", seed: 0 },
       before: s.shape, after: g.shape, continueAt: 4 }]);

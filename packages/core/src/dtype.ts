@@ -98,30 +98,38 @@ function checkHalfLengths(fn: string, bytes: Uint8Array, values: Float32Array): 
   }
 }
 
+/** The 16-bit words of little-endian `bytes`: a view when the host allows, else a copy. */
+function halfWords(bytes: Uint8Array, n: number): Uint16Array {
+  if (HOST_LITTLE_ENDIAN && (bytes.byteOffset & 1) === 0) return new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+  const words = new Uint16Array(n);
+  for (let i = 0, j = 0; i < n; i++, j += 2) words[i] = bytes[j]! | (bytes[j + 1]! << 8);
+  return words;
+}
+
+/** Where to put 16-bit words bound for `out`: `out` itself when the host allows, else scratch for storeHalfWords. */
+function halfWordsOut(out: Uint8Array, n: number): Uint16Array {
+  return HOST_LITTLE_ENDIAN && (out.byteOffset & 1) === 0 ? new Uint16Array(out.buffer, out.byteOffset, n) : new Uint16Array(n);
+}
+
+function storeHalfWords(words: Uint16Array, out: Uint8Array): void {
+  if (words.buffer === out.buffer) return;
+  for (let i = 0; i < words.length; i++) { out[2 * i] = words[i]! & 0xff; out[2 * i + 1] = words[i]! >>> 8; }
+}
+
 /** Little-endian IEEE half bytes → float32 values (exact). `bytes.length` must be `2 * out.length`. */
 export function decodeF16(bytes: Uint8Array, out: Float32Array): void {
   checkHalfLengths("decodeF16", bytes, out);
   const table = f16Table32();
-  const n = out.length;
-  if (HOST_LITTLE_ENDIAN && (bytes.byteOffset & 1) === 0) {
-    const src = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
-    for (let i = 0; i < n; i++) out[i] = table[src[i]!]!;
-  } else {
-    for (let i = 0, j = 0; i < n; i++, j += 2) out[i] = table[bytes[j]! | (bytes[j + 1]! << 8)]!;
-  }
+  const src = halfWords(bytes, out.length);
+  for (let i = 0; i < src.length; i++) out[i] = table[src[i]!]!;
 }
 
 /** Little-endian bfloat16 bytes → float32 values (exact, NaN payloads kept). */
 export function decodeBF16(bytes: Uint8Array, out: Float32Array): void {
   checkHalfLengths("decodeBF16", bytes, out);
-  const n = out.length;
-  const dst = new Uint32Array(out.buffer, out.byteOffset, n);
-  if (HOST_LITTLE_ENDIAN && (bytes.byteOffset & 1) === 0) {
-    const src = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
-    for (let i = 0; i < n; i++) dst[i] = src[i]! << 16;
-  } else {
-    for (let i = 0, j = 0; i < n; i++, j += 2) dst[i] = ((bytes[j]! | (bytes[j + 1]! << 8)) << 16) >>> 0;
-  }
+  const src = halfWords(bytes, out.length);
+  const dst = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let i = 0; i < src.length; i++) dst[i] = src[i]! << 16;
 }
 
 /**
@@ -132,8 +140,7 @@ export function encodeF16(values: Float32Array, out: Uint8Array): void {
   checkHalfLengths("encodeF16", out, values);
   const n = values.length;
   const src = new Uint32Array(values.buffer, values.byteOffset, n);
-  const aligned = HOST_LITTLE_ENDIAN && (out.byteOffset & 1) === 0;
-  const dst = aligned ? new Uint16Array(out.buffer, out.byteOffset, n) : null;
+  const dst = halfWordsOut(out, n);
   for (let i = 0; i < n; i++) {
     const bits = src[i]!;
     const sign = (bits >>> 16) & 0x8000;
@@ -162,9 +169,9 @@ export function encodeF16(values: Float32Array, out: Uint8Array): void {
       if (rest > half || (rest === half && (h & 1) !== 0)) h++;
       h |= sign;
     }
-    if (dst) dst[i] = h;
-    else { out[2 * i] = h & 0xff; out[2 * i + 1] = h >>> 8; }
+    dst[i] = h;
   }
+  storeHalfWords(dst, out);
 }
 
 /** float32 values → little-endian bfloat16 bytes, round to nearest even, NaN → quiet NaN. */
@@ -172,14 +179,12 @@ export function encodeBF16(values: Float32Array, out: Uint8Array): void {
   checkHalfLengths("encodeBF16", out, values);
   const n = values.length;
   const src = new Uint32Array(values.buffer, values.byteOffset, n);
-  const aligned = HOST_LITTLE_ENDIAN && (out.byteOffset & 1) === 0;
-  const dst = aligned ? new Uint16Array(out.buffer, out.byteOffset, n) : null;
+  const dst = halfWordsOut(out, n);
   for (let i = 0; i < n; i++) {
     const bits = src[i]!;
-    const h = (bits & 0x7fffffff) > 0x7f800000
+    dst[i] = (bits & 0x7fffffff) > 0x7f800000
       ? ((bits >>> 16) | 0x40) & 0xffff
       : ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
-    if (dst) dst[i] = h;
-    else { out[2 * i] = h & 0xff; out[2 * i + 1] = h >>> 8; }
   }
+  storeHalfWords(dst, out);
 }

@@ -1,3 +1,4 @@
+import { createRequire } from "node:module";
 import { Command, CommanderError } from "commander";
 import { registerInspect } from "./commands/inspect.js";
 import { registerGrow } from "./commands/grow.js";
@@ -12,15 +13,16 @@ export interface GlobalOptions { json?: boolean; debug?: boolean }
 export function createProgram(): Command {
   const program = new Command("staged")
     .description("Staged training of transformer language models: grow the whole training state and keep training.")
+    .version((createRequire(import.meta.url)("../package.json") as { version: string }).version)
     .option("--json", "print one machine-readable JSON object on stdout")
     .option("--debug", "print stack traces on errors")
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(`staged: ${text.replace(/^error: /, "")}`) });
   registerInspect(program);
-  registerGrow(program);
   registerInit(program);
   registerTrain(program);
   registerEval(program);
+  registerGrow(program);
   registerPlan(program);
   return program;
 }

@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { chinchillaLaw, flopsPerToken } from "@staged/scheduler";
+import { OnlineGrowthDetector, THRESHOLDS, chinchillaLaw, flopsPerToken, kaplan } from "@staged/scheduler";
 import { json, staged } from "../testing.js";
 
 let root: string;
@@ -129,4 +129,39 @@ describe("staged plan fit", () => {
     expect(p.stderr).toMatch(/refusing to overwrite an input/);
     expect(JSON.parse(await readFile(at("fit2.json"), "utf8")).format).toBe("staged-scaling-fit");
   }, 60_000);
+});
+
+describe("staged plan check", () => {
+  const steps = (last: number) => Array.from({ length: (last - 4000) / 500 + 1 }, (_, i) => 4000 + 500 * i);
+  /** A run directory whose validation curve is the Kaplan law's simulated curve for its size, up to `lastStep`. */
+  async function kaplanRun(name: string, lastStep: number): Promise<string> {
+    const dir = at(name);
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, "config.json"), JSON.stringify({ model_type: "gpt2", n_layer: 4, n_embd: 512, n_head: 8, vocab_size: 256, n_positions: 128 }));
+    const points = kaplan.curve(4 * 12 * 512 * 512, steps(lastStep));
+    await writeFile(join(dir, "metrics.jsonl"), points.map((p) => JSON.stringify({ step: p.step, tokens: p.step * 1e4, flops: p.compute, loss: p.loss, valLoss: p.loss })).join("\n") + "\n");
+    return dir;
+  }
+
+  it("says when to grow and where the grown model continues, as the online detector does", async () => {
+    const dir = await kaplanRun("kaplan-run", 90000);
+    const r = json("plan", "check", dir, "--grow", "width");
+    const detector = new OnlineGrowthDetector({ threshold: THRESHOLDS.width, constantOp: r.constantOp as number });
+    const points = kaplan.curve(4 * 12 * 512 * 512, steps(90000));
+    let expected = null;
+    for (const p of points) expected ??= detector.push(p);
+    expect(expected).not.toBeNull();
+    expect(r).toMatchObject({ grow: true, operator: "width", growAtStep: expected!.growAtStep, thresholdStep: expected!.point.step,
+      continueAtStep: Math.round(expected!.growAtStep / (r.constantOp as number)) });
+    expect(r.constantOp).toBeCloseTo(2.718, 2);
+    expect(json("plan", "check", dir, "--grow", "width", "--constant-op", "2").continueAtStep).toBe(Math.round(expected!.growAtStep / 2));
+  });
+
+  it("says not yet early in the run, and names a missing metrics file", async () => {
+    const dir = await kaplanRun("early-run", 6000);
+    expect(json("plan", "check", dir, "--grow", "width")).toMatchObject({ grow: false, lastStep: 6000 });
+    const r = staged("plan", "check", at("nowhere"), "--grow", "width");
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/nowhere\/metrics.jsonl: cannot read the metrics \(no such file\)/);
+  });
 });

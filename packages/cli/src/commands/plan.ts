@@ -3,13 +3,16 @@ import { readFile, realpath, rename, rm, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import {
-  GROWTH_FACTORS, THRESHOLDS, chinchillaLaw, fitLaw, kaplan, lawFromFit, parseCurveArg, planPlotSpec, planStages,
+  GROWTH_FACTORS, OnlineGrowthDetector, THRESHOLDS, chinchillaLaw, constantOp, fitLaw, kaplan, lawFromFit, parseCurveArg, planPlotSpec, planStages,
   readLearningCurve, DEFAULT_BATCH_TOKENS, type FitResult, type GrowthOperator, type Plan, type ScalingLaw, type StepGrid,
 } from "@staged/scheduler";
 import { createOutput, runAction, UsageError } from "../output.js";
 import type { GlobalOptions } from "../main.js";
 
 interface PlanOptions extends GlobalOptions {
+  threshold?: string;
+  constantOp?: string;
+  finished?: boolean;
   law?: string;
   targetParams?: string;
   grow?: string;
@@ -210,6 +213,41 @@ export function registerPlan(program: Command): void {
           ...(estimated.length ? [`  note: model size estimated from flops/tokens for ${estimated.join(", ")} (no config.json beside it; append =N to set it)`] : []),
         ];
         createOutput(Boolean(o.json)).result(summary, text.join("\n"));
+      });
+    });
+
+  plan.command("check <run>")
+    .description("the online growth decision for a run so far: feed its validation curve (metrics.jsonl) to the detector")
+    .option("--grow <op>", "the growth to decide: width or depth")
+    .option("--threshold <t>", `slope threshold (default width ${THRESHOLDS.width}, depth ${THRESHOLDS.depth})`)
+    .option("--constant-op <c>", "steps of the small model per step of the grown one at equal loss (default: from --law for this model size)")
+    .option("--law <law>", "kaplan (default), chinchilla, or a fit.json, for the default constant_op")
+    .option("--finished", "the run has ended: also evaluate the last slopes (with the end reflection)")
+    .action(async (run: string, _opts: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals<PlanOptions>();
+      await runAction(Boolean(o.debug), async () => {
+        const [op, ...more] = parseOperators(o.grow);
+        if (more.length) throw new UsageError("--grow: check decides one growth at a time");
+        const threshold = num("--threshold", o.threshold, (v) => v < 0, "a negative slope such as -0.0475") ?? THRESHOLDS[op!];
+        const file = run.endsWith(".jsonl") ? run : join(run, "metrics.jsonl");
+        const curve = await readLearningCurve(file, { field: "valLoss" });
+        const given = num("--constant-op", o.constantOp, (v) => v > 0, "a number > 0");
+        const c = given ?? constantOp((await resolveLaw(o.law ?? "kaplan", undefined)).law, curve.params * GROWTH_FACTORS[op!], op!);
+        const detector = new OnlineGrowthDetector({ threshold, constantOp: c });
+        for (const p of curve.points) if (!detector.decision) detector.push(p);
+        const decision = detector.decision ?? (o.finished ? detector.finish() : null);
+        const last = curve.points[curve.points.length - 1]!;
+        const result = {
+          run: resolve(run), operator: op, threshold, constantOp: c, points: curve.points.length, lastStep: last.step,
+          grow: decision !== null,
+          ...(decision ? { growAtStep: decision.growAtStep, thresholdStep: decision.point.step, slope: decision.slope, continueAtStep: decision.continueAtStep } : {}),
+        };
+        const text = decision
+          ? `grow ${op} now: the validation slope rose above ${threshold} at step ${decision.point.step} (slope ${decision.slope.toFixed(4)}); ` +
+            `the grown model continues at step ${decision.continueAtStep} (constant_op ${c.toFixed(3)}):\n` +
+            `  staged grow ${op} ${run.endsWith(".jsonl") ? dirname(run) : run} <out> --continue-at ${decision.continueAtStep} --rewarmup <steps>`
+          : `not yet: the slope has not risen above ${threshold} in ${curve.points.length} validation points (last step ${last.step})`;
+        createOutput(Boolean(o.json)).result(result, text);
       });
     });
 }

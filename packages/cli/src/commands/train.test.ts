@@ -97,6 +97,13 @@ describe("staged init → train → eval → inspect", () => {
     expect(e.blocks).toBe(2);
   });
 
+  it("--clip none trains without clipping and stores that in the checkpoint", async () => {
+    const dir = join(root, "noclip");
+    ok("init", dir, ...SHAPE, "--seed", "3");
+    json("train", dir, "--data", text, ...TRAIN, "--steps", "1", "--clip", "none");
+    expect(JSON.parse(await readFile(join(dir, "training_state.json"), "utf8")).optimizer.clip).toBeNull();
+  });
+
   it("continues a checkpoint exactly: N steps equal N/2 + N/2", () => {
     const one = join(root, "one"), two = join(root, "two");
     for (const d of [one, two]) ok("init", d, ...SHAPE, "--seed", "9");

@@ -15,15 +15,13 @@ const betas = (value: string): [number, number] => {
   return [parts[0]!, parts[1]!];
 };
 
-const clip = (value: string): number | null => {
-  if (value === "none" || value === "0") return null;
-  return number("clip", "positive")(value);
-};
+/** "none" (or 0) disables clipping; commander would turn a parser's null into "", so it is Infinity here. */
+const clip = (value: string): number => (value === "none" || value === "0" ? Infinity : number("clip", "positive")(value));
 
 interface TrainCliOptions {
   data: string; steps: number; batch?: number; microBatch?: number; context?: number; lr?: number; schedule?: string;
   warmup?: number; totalSteps?: number; minLr?: number; betas?: [number, number]; eps?: number; weightDecay?: number;
-  clip?: number | null; sampler?: "random" | "sequential"; seed?: number; evalEvery?: number; evalBlocks?: number;
+  clip?: number; sampler?: "random" | "sequential"; seed?: number; evalEvery?: number; evalBlocks?: number;
   saveEvery?: number; device?: "cpu" | "cuda"; valData?: string; tokenizer?: string; threads?: number;
 }
 
@@ -103,7 +101,7 @@ export function registerTrain(program: Command): void {
         const state = await loadTrainingState(dir);
         const progress = g.json ? null : progressReporter(o.steps);
         try {
-          const options: TrainOptions = { ...o, saveDir: dir };
+          const options: TrainOptions = { ...o, clip: o.clip === Infinity ? null : o.clip, saveDir: dir };
           const { result } = await train(state, options, {
             onStart: ({ data, schedule, context, batch, setupSeconds }) => {
               out.info(`training ${resolve(dir)} from step ${state.progress.step}: ${o.steps} steps of ${batch} × ${context} tokens on ${data.train.name} ` +

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readFile, readdir, realpath, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gpt2 } from "./gpt2.js";
@@ -174,6 +174,46 @@ describe("saveTrainingState", () => {
     const again = await loadTrainingState(join(dir, "in"));
     expect(again.progress.step).toBe(3);
     await Promise.all([loaded.close(), again.close()]);
+  });
+
+  it("knows a checkpoint by its real path: a symlink neither hides the input nor gets replaced", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    await saveTrainingState(join(dir, "real"), state);
+    await symlink(join(dir, "real"), join(dir, "link"));
+    const loaded = await loadTrainingState(join(dir, "link"));
+    expect(loaded.source).toBe(await realpath(join(dir, "real")));
+    await expect(saveTrainingState(join(dir, "real"), loaded)).rejects.toThrow(/already exists/);
+    await saveTrainingState(join(dir, "link"), { ...loaded, progress: { ...loaded.progress, step: 9 } }, { overwrite: true });
+    expect((await lstat(join(dir, "link"))).isSymbolicLink()).toBe(true);
+    const again = await loadTrainingState(join(dir, "real"));
+    expect(again.progress.step).toBe(9);
+    await Promise.all([loaded.close(), again.close()]);
+  });
+
+  it("keeps the other files of a checkpoint it replaces, and clears saves killed midway", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    await saveTrainingState(join(dir, "ck"), state, { maxShardBytes: 3000 });
+    await writeFile(join(dir, "ck", "README.md"), "notes");
+    await mkdir(join(dir, ".ck.tmp-dead01"));
+    await saveTrainingState(join(dir, "ck"), state, { overwrite: true });
+    const files = await readdir(join(dir, "ck"));
+    expect(files).toContain("README.md");
+    expect(files.filter((f) => f.startsWith("model-"))).toEqual([]);
+    expect(await readdir(dir)).toEqual(["ck"]);
+  });
+
+  it("points to the previous checkpoint when a save was interrupted between its two renames", async () => {
+    await saveTrainingState(join(dir, "ck"), initTrainingState("gpt2", tiny, 5));
+    await rename(join(dir, "ck"), join(dir, ".ck.tmp-abc123.old"));
+    await expect(loadTrainingState(join(dir, "ck"))).rejects.toThrow(/an interrupted save left the previous checkpoint at .*\.ck\.tmp-abc123\.old/);
+  });
+
+  it("refuses F64 parameters, naming the tensor", async () => {
+    await foreign(join(dir, "m"));
+    const weights = gpt2.init(tiny, 1);
+    const entries = [...weights].map(([name, t]) => ({ name, tensor: name.endsWith("ln_f.bias") ? new Tensor("F64", t.shape, Float64Array.from(t.f32)) : t }));
+    await writeCheckpoint(join(dir, "m"), "model", entries);
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/tensor transformer.ln_f.bias has dtype F64; parameters must be F32, F16, BF16/);
   });
 
   it("reports progress tensor by tensor", async () => {

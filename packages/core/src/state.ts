@@ -1,6 +1,6 @@
-import { chmod, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, cp, mkdir, mkdtemp, readdir, readFile, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve, isAbsolute } from "node:path";
-import { DTYPE_SIZES, isFloatDType } from "./dtype.js";
+import { DTYPE_SIZES, type DType } from "./dtype.js";
 import { parseJsonFile, readTextInput } from "./files.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
@@ -39,6 +39,20 @@ const readJson = async (file: string): Promise<unknown> => parseJsonFile(await r
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 const exists = (p: string): Promise<boolean> => stat(p).then(() => true, () => false);
 
+/** The absolute path with symlinks resolved, for the part of it that exists: a checkpoint is known by where it really is. */
+export async function canonicalPath(p: string): Promise<string> {
+  const abs = resolve(p);
+  try {
+    return await realpath(abs);
+  } catch {
+    const parent = dirname(abs);
+    return parent === abs ? abs : join(await canonicalPath(parent), basename(abs));
+  }
+}
+
+/** Temporary siblings of a checkpoint's saves: `.<name>.tmp-XXXXXX` and, during the swap, `<that>.old`. */
+const tmpPrefix = (target: string) => `.${basename(target)}.tmp-`;
+
 function findArchitecture(registry: Registry, config: Record<string, unknown>, file: string): ArchitecturePlugin {
   const modelType = config.model_type;
   for (const name of registry.list("architecture")) {
@@ -55,9 +69,13 @@ function findArchitecture(registry: Registry, config: Record<string, unknown>, f
  */
 export async function loadTrainingState(dir: string, options: LoadOptions = {}): Promise<LoadedTrainingState> {
   const registry = options.registry ?? createDefaultRegistry();
-  const root = resolve(dir);
+  const root = await canonicalPath(dir);
   const st = await stat(root).catch(() => null);
-  if (!st?.isDirectory()) throw new Error(`${dir}: not a checkpoint directory (it does not exist or is not a directory)`);
+  if (!st?.isDirectory()) {
+    const interrupted = st ? [] : (await readdir(dirname(root)).catch(() => [])).filter((f) => f.startsWith(tmpPrefix(root)) && f.endsWith(".old"));
+    throw new Error(`${dir}: not a checkpoint directory (it does not exist or is not a directory)` +
+      (interrupted.length ? `; an interrupted save left the previous checkpoint at ${join(dirname(root), interrupted[0]!)}` : ""));
+  }
   const configFile = join(dir, "config.json");
   const rawConfig = await readJson(configFile);
   if (!isObject(rawConfig)) throw new Error(`${configFile}: expected a JSON object`);
@@ -134,8 +152,11 @@ function collectParams(arch: ArchitecturePlugin, specs: ParamSpec[], model: Chec
   return params;
 }
 
+/** Parameter dtypes a checkpoint may hold (F64 and integers are refused, not silently converted). */
+const PARAM_DTYPES: readonly DType[] = ["F32", "F16", "BF16"];
+
 function checkTensor(t: LazyTensor, shape: readonly number[], what: string): void {
-  if (!isFloatDType(t.dtype)) throw new Error(`${what} has dtype ${t.dtype}, expected a float dtype`);
+  if (!PARAM_DTYPES.includes(t.dtype)) throw new Error(`${what} has dtype ${t.dtype}; parameters must be ${PARAM_DTYPES.join(", ")}`);
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
     throw new Error(`${what} has shape [${t.shape}], the config says [${shape}]`);
   }
@@ -227,7 +248,7 @@ const inside = (child: string, parent: string): boolean => {
  */
 export async function saveTrainingState(dir: string, state: TrainingState, options: SaveOptions = {}): Promise<void> {
   const registry = options.registry ?? createDefaultRegistry();
-  const target = resolve(dir);
+  const target = await canonicalPath(dir);
   const source = (state as Partial<LoadedTrainingState>).source;
   if (source && inside(target, source)) throw new Error(`${dir}: output is inside the input checkpoint ${source}`);
   if (source && inside(source, target)) throw new Error(`${dir}: output contains the input checkpoint ${source}`);
@@ -243,7 +264,11 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
 
   await mkdir(dirname(target), { recursive: true });
   const reported = options.onTensor ? withProgress([...model, ...(moments ?? [])], options.onTensor) : null;
-  const tmp = await mkdtemp(join(dirname(target), `.${basename(target)}.tmp-`));
+  // Saves killed midway leave their temporary directory: one writer per checkpoint, so they can go.
+  for (const f of await readdir(dirname(target))) {
+    if (f.startsWith(tmpPrefix(target)) && !f.endsWith(".old")) await rm(join(dirname(target), f), { recursive: true, force: true });
+  }
+  const tmp = await mkdtemp(join(dirname(target), tmpPrefix(target)));
   try {
     // mkdtemp creates 0700; a checkpoint gets an ordinary directory's mode.
     await chmod(tmp, 0o777 & ~process.umask());
@@ -257,6 +282,7 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     await writeFile(join(tmp, "training_state.json"), JSON.stringify(meta, null, 2) + "\n");
     for (const [name, bytes] of state.files ?? []) await writeFile(join(tmp, name), bytes);
     if (existing) {
+      await carryOtherFiles(target, tmp);
       const old = `${tmp}.old`;
       await rename(target, old);
       await rename(tmp, target);
@@ -267,6 +293,17 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
     throw e;
+  }
+}
+
+/** Weight files a save writes anew (of either layout); any other file of a replaced checkpoint is kept. */
+const WEIGHT_FILE = /^(model|optimizer)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$/;
+
+/** Copy into the new checkpoint the files of the old one that the save did not write (a README, notes, ...). */
+async function carryOtherFiles(from: string, to: string): Promise<void> {
+  const written = new Set(await readdir(to));
+  for (const f of await readdir(from)) {
+    if (!written.has(f) && !WEIGHT_FILE.test(f)) await cp(join(from, f), join(to, f), { recursive: true, preserveTimestamps: true });
   }
 }
 

@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -93,9 +93,15 @@ describe("staged grow", () => {
       });
     }
 
-    it("--force replaces an existing output but never the input", () => {
+    it("--force replaces an existing output but never the input, even through a symlink", async () => {
       expect(json("grow", "width", at("f32"), at("w2"), "--force", "--moments", "reset").after).toMatchObject({ dModel: 16 });
       expect(staged("grow", "width", at("f32"), at("f32"), "--force").status).toBe(1);
+      await symlink(at("f32"), at("f32-link"));
+      const before = await fingerprint(at("f32"));
+      const r = staged("grow", "width", at("f32-link"), at("f32"), "--force");
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/the output is the input/);
+      expect(await fingerprint(at("f32"))).toBe(before);
     });
 
     it("a checkpoint of another architecture and mismatched moments", async () => {

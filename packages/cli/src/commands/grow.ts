@@ -1,6 +1,6 @@
 import { resolve } from "node:path";
 import { Command, Option } from "commander";
-import { loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type TrainingState } from "@staged/core";
+import { canonicalPath, loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type TrainingState } from "@staged/core";
 import { evaluate } from "@staged/trainer-ort";
 import type { WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
@@ -20,7 +20,7 @@ async function grow<O extends object>(input: string, output: string, operator: s
   const g = cmd.optsWithGlobals<GlobalOptions>();
   await runAction(Boolean(g.debug), async () => {
     const out = createOutput(Boolean(g.json));
-    if (resolve(input) === resolve(output)) throw new UsageError(`${output}: the output is the input checkpoint (growth never overwrites its input)`);
+    if ((await canonicalPath(input)) === (await canonicalPath(output))) throw new UsageError(`${output}: the output is the input checkpoint (growth never overwrites its input)`);
     const registry = createCliRegistry();
     const plugin = registry.get("growth", operator) as GrowthPlugin<O>;
     const state = await loadTrainingState(input, { registry });

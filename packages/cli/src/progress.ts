@@ -1,8 +1,8 @@
 import cliProgress from "cli-progress";
 
 /**
- * Progress of long work on stderr: a bar on a terminal, a line about every 10% otherwise, both with the
- * rate and an ETA. `scale` divides the counts for display (1e6: bytes shown as MB).
+ * Progress of long work on stderr, from its first second on: a bar on a terminal, a line about every 10%
+ * otherwise, both with the rate and an ETA. `scale` divides the counts for display (1e6: bytes shown as MB).
  */
 export function createProgress(label: string, unit: string, scale = 1) {
   const t0 = performance.now();
@@ -12,6 +12,7 @@ export function createProgress(label: string, unit: string, scale = 1) {
   return {
     update(done: number, total: number): void {
       const seconds = Math.max((performance.now() - t0) / 1000, 1e-3);
+      if (seconds < 1 && !bar) return; // work that finishes within a second needs no progress report
       const rate = done / seconds;
       if (process.stderr.isTTY) {
         if (!bar) {

@@ -42,9 +42,10 @@ export function grownState(state: TrainingState, grown: {
     before: state.shape, after: grown.shape, continueAt: step,
   };
   const rewarmup = grown.stage.rewarmup ?? 0;
-  const schedule = state.schedule && rewarmup > 0
-    ? { ...state.schedule, restarts: [...state.schedule.restarts, { step, warmupSteps: rewarmup }] }
-    : state.schedule;
+  // A state without a schedule (fresh, or a pretrained checkpoint) gets the trainer's default, a constant LR,
+  // so that the re-warmup is not lost.
+  const base = state.schedule ?? { kind: "constant", peakLr: state.optimizer.lr, warmupSteps: 0, totalSteps: Math.max(step, 1), restarts: [] };
+  const schedule = rewarmup > 0 ? { ...base, restarts: [...base.restarts, { step, warmupSteps: rewarmup }] } : state.schedule;
   const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
   const hasMoments = Boolean(grown.expAvg && grown.expAvgSq);
   return {
@@ -61,7 +62,8 @@ export function grownState(state: TrainingState, grown: {
     schedule,
     progress: {
       ...state.progress, step, stages: [...state.progress.stages, record],
-      // Continuing at an earlier step must not replay the batches the small model already saw there.
+      // Continuing at an earlier step must not replay the random batches the small model saw there
+      // (the sequential sampler is defined by the step alone, so it does replay them).
       ...(step < state.progress.step ? { samplerSeed: deriveSeed(state.progress.samplerSeed, `stage:${state.progress.stages.length + 1}`) } : {}),
     },
   };

@@ -78,6 +78,10 @@ describe("growDepth", () => {
     expect(g.progress.stages.at(-1)).toMatchObject({ operator: "depth", step: 6, continueAt: 3, options: { layerMap: [0, 0, 1], init: "identity", moments: "copy" } });
     expect(g.schedule!.restarts).toEqual([{ step: 3, warmupSteps: 2 }]);
     expect(() => growDepth(stateWithMoments(), { rewarmup: -1 })).toThrow(/rewarmup must be an integer ≥ 0/);
+    // No schedule yet (a fresh or pretrained checkpoint): the re-warmup goes into the trainer's default one.
+    const fresh = initTrainingState("gpt2", tiny, 1);
+    expect(growDepth(fresh, { rewarmup: 4 }).schedule).toEqual({ kind: "constant", peakLr: fresh.optimizer.lr, warmupSteps: 0, totalSteps: 1, restarts: [{ step: 0, warmupSteps: 4 }] });
+    expect(growDepth(fresh, {}).schedule).toBeNull();
     expect(() => growDepth(stateWithMoments(), { init: "zero" as never })).toThrow(/init must be identity or copy/);
   });
 });

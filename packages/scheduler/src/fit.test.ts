@@ -85,6 +85,9 @@ describe("metrics.jsonl", () => {
     expect(curveFromMetrics(lines)).toEqual([
       { step: 2, tokens: 200, compute: 2000, loss: 4.7 }, { step: 4, tokens: 400, compute: 4000, loss: 4.2 }]);
     expect(curveFromMetrics(lines, { field: "loss" }).map((p) => p.step)).toEqual([1, 2, 4]);
+    // After a growth that continues at step 3, only the grown model's lines make its curve.
+    const grown = parseMetrics(text + '\n{"step":4,"stage":1,"tokens":500,"flops":9000,"loss":4.0,"valLoss":4.15,"lr":0.001}\n', "m.jsonl");
+    expect(curveFromMetrics(grown)).toEqual([{ step: 4, tokens: 500, compute: 9000, loss: 4.15 }]);
     expect(() => parseMetrics('{"step":1}\n', "m.jsonl")).toThrow(/m.jsonl:1: expected/);
     expect(() => parseMetrics("nope\n", "m.jsonl")).toThrow(/m.jsonl:1: not JSON/);
   });

@@ -12,10 +12,12 @@ export const METRICS_FILE = "metrics.jsonl";
  * One line of `metrics.jsonl`: the state after a training step. `step` is the schedule step after the
  * update (progress.step), `tokens` and `flops` the totals seen so far (progress.tokensSeen / flopsSeen),
  * `loss` the step's training loss (null when it diverged: JSON has no NaN), `lr` the learning rate the step
- * used, `valLoss` the validation loss when it was computed after this step.
+ * used, `valLoss` the validation loss when it was computed after this step, `stage` the number of growths
+ * before it (each stage is one model size; a growth may continue at an earlier step).
  */
 export interface MetricsRecord {
   step: number;
+  stage?: number;
   tokens: number;
   flops: number;
   loss: number | null;
@@ -58,13 +60,18 @@ export interface CurveFromMetricsOptions {
   field?: "valLoss" | "loss" | "auto";
 }
 
-/** Points {step, tokens, compute = flops, loss} of the chosen loss, in file order, finite positive losses only. */
+/**
+ * Points {step, tokens, compute = flops, loss} of the chosen loss, in file order, finite positive losses only,
+ * of the last stage: the model that config.json beside the log describes (earlier stages were smaller models).
+ */
 export function curveFromMetrics(lines: readonly MetricsRecord[], options: CurveFromMetricsOptions = {}):
   (LossPoint & { tokens: number })[] {
+  const stage = lines.reduce((m, l) => Math.max(m, l.stage ?? 0), 0);
+  const current = lines.filter((l) => (l.stage ?? 0) === stage);
   let field = options.field ?? "auto";
-  if (field === "auto") field = lines.some((l) => isNum(l.valLoss)) ? "valLoss" : "loss";
+  if (field === "auto") field = current.some((l) => isNum(l.valLoss)) ? "valLoss" : "loss";
   const out: (LossPoint & { tokens: number })[] = [];
-  for (const l of lines) {
+  for (const l of current) {
     const loss = l[field];
     if (!isNum(loss) || loss <= 0 || !(l.flops > 0)) continue;
     out.push({ step: l.step, tokens: l.tokens, compute: l.flops, loss });

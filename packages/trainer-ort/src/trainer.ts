@@ -234,12 +234,16 @@ export async function evaluateBlocks(engine: Pick<TrainEngine, "evalLoss">, toke
   return sum / blocks;
 }
 
-/** The metrics history a run continues: the state's own, else the source directory's, up to progress.step. */
+/**
+ * The metrics history a run continues: the state's own, else the source directory's. Earlier stages' lines
+ * are kept whole (a growth may continue at an earlier step); the current stage's up to progress.step.
+ */
 async function metricsHistory(state: TrainingState): Promise<MetricsRecord[]> {
   const inFiles = state.files?.get(METRICS_FILE);
   const source = (state as { source?: string }).source;
   const all = inFiles ? parseMetrics(new TextDecoder().decode(inFiles)) : source ? await readMetrics(source) : [];
-  return all.filter((r) => r.step <= state.progress.step);
+  const stage = state.progress.stages.length;
+  return all.filter((r) => (r.stage ?? 0) < stage || r.step <= state.progress.step);
 }
 
 async function tokenizerFor(state: TrainingState, o: TrainOptions): Promise<{ tokenizer: TextTokenizer; files?: Map<string, Uint8Array>; spec: TrainingState["tokenizer"] }> {
@@ -355,7 +359,7 @@ export async function train(state: TrainingState, options: TrainOptions,
       progress.tokensSeen += batch * context;
       progress.flopsSeen += batch * context * fpt;
       losses.push(loss);
-      const record: MetricsRecord = { step: progress.step, tokens: progress.tokensSeen, flops: progress.flopsSeen, loss, lr };
+      const record: MetricsRecord = { step: progress.step, stage: progress.stages.length, tokens: progress.tokensSeen, flops: progress.flopsSeen, loss, lr };
       const last = i === o.steps;
       if ((o.evalEvery && progress.step % o.evalEvery === 0) || last) record.valLoss = await evaluate();
       records.push(record);

@@ -97,6 +97,16 @@ describe("staged init → train → eval → inspect", () => {
     expect(e.blocks).toBe(2);
   });
 
+  it("keeps the small model's metrics when the grown one continues at an earlier step", async () => {
+    const small = join(root, "stage-small"), wide = join(root, "stage-wide");
+    ok("init", small, ...SHAPE, "--seed", "4");
+    ok("train", small, "--data", text, ...TRAIN, "--steps", "4");
+    ok("grow", "width", small, wide, "--continue-at", "2", "--rewarmup", "1");
+    ok("train", wide, "--data", text, ...TRAIN, "--steps", "2");
+    const lines = (await readFile(join(wide, "metrics.jsonl"), "utf8")).trim().split("\n").map((l) => JSON.parse(l) as { step: number; stage: number });
+    expect(lines.map((l) => [l.stage, l.step])).toEqual([[0, 1], [0, 2], [0, 3], [0, 4], [1, 3], [1, 4]]);
+  });
+
   it("--clip none trains without clipping and stores that in the checkpoint", async () => {
     const dir = join(root, "noclip");
     ok("init", dir, ...SHAPE, "--seed", "3");

@@ -1,4 +1,4 @@
-import { mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -276,6 +276,12 @@ describe("streaming writer", () => {
 });
 
 describe("validation (each rule with a hand-made malformed file)", () => {
+  it("a directory where the file should be", async () => {
+    const path = fresh("adir");
+    await mkdir(path);
+    expect(await openError(path)).toBe("not a regular file");
+  });
+
   it("file shorter than 8 bytes", async () => {
     const path = fresh("short");
     await writeFile(path, Uint8Array.of(1, 2, 3));

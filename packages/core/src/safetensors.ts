@@ -303,7 +303,9 @@ export class SafetensorsFile {
       throw new SafetensorsError(path, `cannot open: ${(e as Error).message}`);
     }
     try {
-      const { size } = await fh.stat();
+      const st = await fh.stat();
+      if (!st.isFile()) throw new SafetensorsError(path, "not a regular file");
+      const size = st.size;
       if (size < 8) throw new SafetensorsError(path, `file is ${size} bytes, too short for the 8-byte header length`);
       const head = new Uint8Array(8);
       await readFully(path, fh, head, 0);

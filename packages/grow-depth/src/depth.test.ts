@@ -65,12 +65,15 @@ describe("growDepth", () => {
     expect(g.optimizer.step).toBe(6);
   });
 
-  it("copy init stacks the source layer as it is; reset drops the optimizer state", async () => {
+  it("copy init stacks the source layer as it is; reset zeroes only the new layers' moments", async () => {
     const s = stateWithMoments();
     const g = growDepth(s, { placement: "append", init: "copy", moments: "reset" });
     expect(await values(g.params, "transformer.h.3.mlp.c_proj.weight")).toEqual(await values(s.params, "transformer.h.1.mlp.c_proj.weight"));
-    expect(g.optimizer.expAvg).toBeUndefined();
-    expect(g.optimizer.step).toBe(0);
+    expect((await values(g.optimizer.expAvg, "transformer.h.3.mlp.c_fc.weight")).every((x) => x === 0)).toBe(true);
+    expect((await values(g.optimizer.expAvgSq, "transformer.h.2.ln_1.bias")).every((x) => x === 0)).toBe(true);
+    expect(await values(g.optimizer.expAvg, "transformer.h.1.mlp.c_fc.weight")).toEqual(await values(s.optimizer.expAvg, "transformer.h.1.mlp.c_fc.weight"));
+    expect(g.optimizer.step).toBe(6);
+    expect(growDepth(initTrainingState("gpt2", tiny, 1), { moments: "copy" }).optimizer.expAvg).toBeUndefined();
   });
 
   it("records the stage and the LR restart", () => {

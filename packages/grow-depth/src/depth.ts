@@ -18,7 +18,7 @@ export interface DepthOptions extends StageOptions {
   placement?: DepthPlacement;
   /** identity: new layers add nothing to the residual stream (exact); copy: plain stacking (default identity). */
   init?: DepthInit;
-  /** copy: new layers take their source's moments; reset: fresh optimizer state (default copy). */
+  /** New layers' AdamW moments: copy their source's, or reset them to zero (default copy). Original layers keep theirs. */
   moments?: DepthMoments;
   registry?: Registry;
 }
@@ -69,8 +69,8 @@ const zerosLike = (t: LazyTensor, shape: readonly number[]): LazyTensor =>
  * Depth growth: each new layer comes from a source layer (the layer map). The first occurrence of a source
  * layer is the original; later ones are new, initialized as `copy` (stacking) or `identity` (a copy whose
  * attention and MLP output projections, weights and biases, are zero, so the block adds nothing and the loss
- * is exact). New layers' moments are copied from their source (zero for the zeroed projections), or the
- * optimizer state is reset.
+ * is exact). New layers' moments are copied from their source or reset to zero (always zero for the
+ * zeroed projections); the original layers keep theirs, and the optimizer step goes on.
  */
 export function growDepth(state: TrainingState, options: DepthOptions = {}): TrainingState {
   const init = options.init ?? "identity";
@@ -86,7 +86,7 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
   const sourceSpecs = arch.params(state.config);
   const byLayer = (specs: ParamSpec[], layer: number | null) => specs.filter((p) => p.layer === layer);
   const { expAvg, expAvgSq } = state.optimizer;
-  const keepMoments = moments === "copy" && expAvg !== undefined && expAvgSq !== undefined;
+  const hasMoments = expAvg !== undefined && expAvgSq !== undefined;
   const noDecay = new Set(state.optimizer.noDecay);
 
   const params = new Map<string, LazyTensor>();
@@ -94,7 +94,7 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
   const avgSq = new Map<string, LazyTensor>();
   const newNoDecay: string[] = [];
   const targetSpecs = arch.params(config);
-  const place = (target: ParamSpec, source: ParamSpec, zeroed: boolean): void => {
+  const place = (target: ParamSpec, source: ParamSpec, zeroed: boolean, isNew: boolean): void => {
     const get = (m: Map<string, LazyTensor> | undefined, what: string): LazyTensor => {
       const t = m?.get(source.name);
       if (!t) throw new Error(`depth growth: ${what} ${source.name} is missing`);
@@ -103,15 +103,16 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
     const p = get(state.params, "parameter");
     params.set(target.name, zeroed ? zerosLike(p, target.shape) : p);
     if (noDecay.has(source.name)) newNoDecay.push(target.name);
-    if (!keepMoments) return;
+    if (!hasMoments) return;
     const m1 = get(expAvg, "exp_avg of"), m2 = get(expAvgSq, "exp_avg_sq of");
-    avg.set(target.name, zeroed ? zerosLike(m1, target.shape) : m1);
-    avgSq.set(target.name, zeroed ? zerosLike(m2, target.shape) : m2);
+    const zeroMoments = zeroed || (isNew && moments === "reset");
+    avg.set(target.name, zeroMoments ? zerosLike(m1, target.shape) : m1);
+    avgSq.set(target.name, zeroMoments ? zerosLike(m2, target.shape) : m2);
   };
   for (const target of byLayer(targetSpecs, null)) {
     const source = sourceSpecs.find((p) => p.name === target.name);
     if (!source) throw new Error(`depth growth: no source for ${target.name}`);
-    place(target, source, false);
+    place(target, source, false, false);
   }
   map.forEach((src, n) => {
     const isNew = map.indexOf(src) !== n;
@@ -119,14 +120,14 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
     byLayer(targetSpecs, n).forEach((target, i) => {
       const source = sources[i]!;
       if (source.role !== target.role) throw new Error(`depth growth: layer ${n} parameter ${i} is ${target.role}, source is ${source.role}`);
-      place(target, source, isNew && init === "identity" && RESIDUAL_OUTPUTS.has(target.role));
+      place(target, source, isNew && init === "identity" && RESIDUAL_OUTPUTS.has(target.role), isNew);
     });
   });
   return grownState(state, {
     operator: "depth",
     options: { layerMap: map, init, moments },
     config, shape, params,
-    ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
-    resetMoments: !keepMoments, stage: options, noDecay: newNoDecay,
+    ...(hasMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
+    resetMoments: !hasMoments, stage: options, noDecay: newNoDecay,
   });
 }

@@ -120,6 +120,7 @@ describe("growWidth", () => {
     expect(() => growWidth(s, { factor: 2.5 })).toThrow(/factor must be an integer ≥ 1, got 2.5/);
     expect(() => growWidth(s, { ffnFactor: 0 })).toThrow(/ffnFactor must be an integer ≥ 1/);
     expect(() => growWidth(s, { moments: "magic" as never })).toThrow(/moments must be one of/);
+    expect(() => growWidth(s, { noiseStd: 0.1 })).toThrow(/noiseStd is only used with symmetry "noise"/);
     expect(() => growWidth(s, { continueAt: 101 })).toThrow(/past the schedule's last step 100/);
     expect(() => growWidth({ ...s, params: new Map([...s.params].slice(1)) })).toThrow(/transformer.wte.weight is missing/);
   });

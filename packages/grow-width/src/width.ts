@@ -156,6 +156,7 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
   const symmetry = options.symmetry ?? "none";
   if (!MOMENTS.includes(moments)) throw new Error(`moments must be one of ${MOMENTS.join(", ")}, got ${moments}`);
   if (!SYMMETRY.includes(symmetry)) throw new Error(`symmetry must be one of ${SYMMETRY.join(", ")}, got ${symmetry}`);
+  if (options.noiseStd !== undefined && symmetry !== "noise") throw new Error(`noiseStd is only used with symmetry "noise" (symmetry is "${symmetry}")`);
   const noiseStd = options.noiseStd ?? 1e-3;
   if (!(noiseStd >= 0)) throw new Error(`noiseStd must be ≥ 0, got ${noiseStd}`);
   const seed = options.seed ?? 0;

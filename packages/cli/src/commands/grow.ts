@@ -92,6 +92,6 @@ export function registerGrow(program: Command): void {
     .option("--layer-map <i,j,...>", "source layer of each new layer", intList("layer-map"))
     .addOption(new Option("--placement <p>", "layer order").choices(["alternate", "append"]).default("alternate"))
     .addOption(new Option("--init <mode>", "new layers' init").choices(["identity", "copy"]).default("identity"))
-    .addOption(new Option("--moments <mode>", "new layers' moments").choices(["copy", "reset"]).default("copy")))
+    .addOption(new Option("--moments <mode>", "new layers' moments: their source's, or zero (originals keep theirs)").choices(["copy", "reset"]).default("copy")))
     .action((input: string, output: string, o: DepthOptions & CommonOptions, cmd: Command) => grow(input, output, "depth", o, cmd));
 }

@@ -52,7 +52,7 @@ async function grow<O extends object>(input: string, output: string, operator: s
         ...check,
         seconds: (performance.now() - t0) / 1000,
       };
-      const s = (x: typeof state.shape) => `${x.layers} layers × d${x.dModel} (${x.heads} heads, ffn ${x.ffn})`;
+      const s = (x: typeof state.shape) => `${x.layers} layer${x.layers === 1 ? "" : "s"} × d${x.dModel} (${x.heads} heads, ffn ${x.ffn})`;
       out.result(result, [
         `grew ${operator}: ${s(state.shape)} → ${s(grown.shape)}`,
         `  parameters ${result.parametersBefore} → ${result.parametersAfter}, ${result.lossPreserving ? "loss preserved exactly" : "loss NOT preserved by these options"}`,

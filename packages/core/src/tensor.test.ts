@@ -44,5 +44,6 @@ describe("Tensor", () => {
     expect([...h.scale(0.5).data]).toEqual([0.5, 1]);
     expect(() => new Tensor("F32", [3], new Float32Array(2))).toThrow(/needs 3/);
     expect(Tensor.zeros("I64", [2]).data).toBeInstanceOf(BigInt64Array);
+    expect(() => Tensor.zeros("F32", [100000, 50000])).toThrow("a tensor of shape [100000, 50000] has 5000000000 values, more than one array holds (4294967295)");
   });
 });

@@ -13,6 +13,9 @@ const ARRAY_OF: Record<DType, new (n: number) => TypedArray> = {
 
 export const numel = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 
+/** The most values one typed array holds in V8 (2³² − 1). */
+const MAX_VALUES = 2 ** 32 - 1;
+
 /**
  * A dense row-major tensor. `dtype` is the storage dtype: an F16/BF16 tensor holds float32 values
  * in memory and is rounded (to nearest even) only when written.
@@ -25,7 +28,9 @@ export class Tensor<A extends TypedArray = TypedArray> {
   }
 
   static zeros(dtype: DType, shape: readonly number[]): Tensor {
-    return new Tensor(dtype, [...shape], new ARRAY_OF[dtype](numel(shape)));
+    const n = numel(shape);
+    if (n > MAX_VALUES) throw new Error(`a tensor of shape [${shape.join(", ")}] has ${n} values, more than one array holds (${MAX_VALUES})`);
+    return new Tensor(dtype, [...shape], new ARRAY_OF[dtype](n));
   }
 
   static fromArray(shape: readonly number[], values: ArrayLike<number>, dtype: DType = "F32"): Tensor<Float32Array> {

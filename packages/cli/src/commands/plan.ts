@@ -1,7 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { readFile, realpath, rename, rm, writeFile } from "node:fs/promises";
+import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
+import { canonicalPath } from "@staged/core";
 import {
   GROWTH_FACTORS, OnlineGrowthDetector, THRESHOLDS, chinchillaLaw, constantOp, fitLaw, kaplan, lawFromFit, parseCurveArg, planPlotSpec, planStages,
   readLearningCurve, DEFAULT_BATCH_TOKENS, type FitResult, type GrowthOperator, type Plan, type ScalingLaw, type StepGrid,
@@ -74,15 +75,10 @@ function parseGrid(text: string | undefined): StepGrid | undefined {
   return { from: parts[0]!, to: parts[1]!, every: parts[2]! };
 }
 
-async function samePath(a: string, b: string): Promise<boolean> {
-  const real = async (p: string) => { try { return await realpath(p); } catch { return resolve(p); } };
-  return (await real(a)) === (await real(b));
-}
-
 /** Write a file atomically (a temporary sibling renamed into place), refusing to overwrite any input. */
 export async function writeOutputFile(path: string, data: string, inputs: readonly string[]): Promise<void> {
   for (const input of inputs) {
-    if (await samePath(path, input)) throw new UsageError(`${path}: refusing to overwrite an input`);
+    if ((await canonicalPath(path)) === (await canonicalPath(input))) throw new UsageError(`${path}: refusing to overwrite an input`);
   }
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
   try {

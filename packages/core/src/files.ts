@@ -1,4 +1,5 @@
-import { readFile } from "node:fs/promises";
+import { open, readFile, rename, rm } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 
 /**
  * Read a file the user named (`what`: "the data", "the tokenizer", ...); a failure becomes one line
@@ -24,5 +25,26 @@ export function parseJsonFile(text: string, path: string): unknown {
     return JSON.parse(text);
   } catch (e) {
     throw new Error(`${path}: invalid JSON (${(e as Error).message})`, { cause: e });
+  }
+}
+
+/**
+ * Write a file atomically: the bytes go to a temporary sibling, are flushed to disk, and the sibling is
+ * renamed over `path`, so a reader sees the old file or the new one, never a part.
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
+  const fh = await open(tmp, "wx");
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
   }
 }

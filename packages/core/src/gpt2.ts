@@ -12,6 +12,24 @@ const DEFAULTS: Record<string, unknown> = {
   bos_token_id: 50256, eos_token_id: 50256, tie_word_embeddings: true,
 };
 
+/** What a fresh GPT-2 needs: the shape, plus whether the output layer is tied to the token embedding. */
+export interface Gpt2InitOptions {
+  layers: number; dModel: number; heads: number; ffn?: number; vocab: number; context: number; tie: boolean;
+}
+
+/** The HF GPT-2 config.json of a freshly initialized model (`staged init`, `staged run`). */
+export function gpt2InitConfig(o: Gpt2InitOptions): Record<string, unknown> {
+  return {
+    model_type: "gpt2", architectures: ["GPT2LMHeadModel"],
+    n_layer: o.layers, n_embd: o.dModel, n_head: o.heads, n_inner: o.ffn ?? null,
+    vocab_size: o.vocab, n_positions: o.context, tie_word_embeddings: o.tie,
+    // GPT-2's 50256 is outside a small vocabulary; the byte-level tokenizer has no special tokens.
+    bos_token_id: null, eos_token_id: null,
+    // The trainer uses no dropout; the config says so, so transformers trains it the same way.
+    resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0,
+  };
+}
+
 const positiveInt = (config: Record<string, unknown>, key: string, file: string): number => {
   const v = config[key];
   if (typeof v !== "number" || !Number.isInteger(v) || v < 1) {

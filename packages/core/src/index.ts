@@ -9,4 +9,4 @@ export * from "./shards.js";
 export * from "./state.js";
 export * from "./stage.js";
 export * from "./files.js";
-export { gpt2 } from "./gpt2.js";
+export { gpt2, gpt2InitConfig, type Gpt2InitOptions } from "./gpt2.js";

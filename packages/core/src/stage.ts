@@ -62,6 +62,7 @@ export function grownState(state: TrainingState, grown: {
     schedule,
     progress: {
       ...state.progress, step, stages: [...state.progress.stages, record],
+      globalStep: state.progress.globalStep ?? state.progress.step,
       // Continuing at an earlier step must not replay the random batches the small model saw there
       // (the sequential sampler is defined by the step alone, so it does replay them).
       ...(step < state.progress.step ? { samplerSeed: deriveSeed(state.progress.samplerSeed, `stage:${state.progress.stages.length + 1}`) } : {}),

@@ -5,7 +5,7 @@ import { parseJsonFile, readTextInput } from "./files.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
 import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
-import type { AdamWState, LazyTensor, Progress, TokenizerSpec, TrainingState } from "./types.js";
+import type { AdamWState, LazyTensor, Progress, TokenizerSpec, TrainingSettings, TrainingState } from "./types.js";
 import { Tensor } from "./tensor.js";
 
 export const STATE_FORMAT = "staged-training-state";
@@ -119,6 +119,7 @@ export async function loadTrainingState(dir: string, options: LoadOptions = {}):
       architecture: arch.name, config, shape, params, optimizer,
       schedule: saved?.schedule ?? null,
       progress: saved?.progress ?? { step: 0, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] },
+      ...(saved?.training ? { training: saved.training } : {}),
       tokenizer, files, source: root, close,
     };
   } catch (e) {
@@ -185,6 +186,28 @@ interface SavedState {
   schedule: TrainingState["schedule"];
   progress: Progress;
   tokenizer: TokenizerSpec;
+  training?: TrainingSettings;
+}
+
+function parseTraining(v: unknown, file: string): TrainingSettings | undefined {
+  if (v === undefined) return undefined;
+  if (!isObject(v)) throw new Error(`${file}: training must be an object`);
+  const int = (key: string, min: number, optional = false): number | undefined => {
+    const x = v[key];
+    if (x === undefined && optional) return undefined;
+    if (typeof x !== "number" || !Number.isInteger(x) || x < min) throw new Error(`${file}: training.${key} must be an integer ≥ ${min}`);
+    return x;
+  };
+  const text = (key: string): string | undefined => {
+    const x = v[key];
+    if (x !== undefined && typeof x !== "string") throw new Error(`${file}: training.${key} must be a string`);
+    return x as string | undefined;
+  };
+  const microBatch = int("microBatch", 1, true), data = text("data"), valData = text("valData");
+  return {
+    batch: int("batch", 1)!, context: int("context", 2)!, evalEvery: int("evalEvery", 0)!, evalBlocks: int("evalBlocks", 1)!,
+    ...(microBatch === undefined ? {} : { microBatch }), ...(data === undefined ? {} : { data }), ...(valData === undefined ? {} : { valData }),
+  };
 }
 
 function parseStateFile(raw: unknown, file: string): SavedState {
@@ -220,8 +243,10 @@ function parseStateFile(raw: unknown, file: string): SavedState {
       step: num(p, "step", "progress"), tokensSeen: num(p, "tokensSeen", "progress"), flopsSeen: num(p, "flopsSeen", "progress"),
       samplerSeed: num(p, "samplerSeed", "progress"), stages: p.stages as Progress["stages"],
       ...(p.sampler === undefined ? {} : { sampler: str(p, "sampler", "progress") }),
+      ...(p.globalStep === undefined ? {} : { globalStep: num(p, "globalStep", "progress") }),
     },
     tokenizer: t as TokenizerSpec,
+    ...(raw.training === undefined ? {} : { training: parseTraining(raw.training, file) }),
   };
 }
 
@@ -278,7 +303,8 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     if (moments) await writeCheckpoint(tmp, "optimizer", reported ? reported.slice(model.length) : moments, shard);
     const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
     const meta = { format: STATE_FORMAT, version: STATE_VERSION, architecture: state.architecture,
-      optimizer: { ...optimizer, hasMoments: moments !== null }, schedule: state.schedule, progress: state.progress, tokenizer: state.tokenizer };
+      optimizer: { ...optimizer, hasMoments: moments !== null }, schedule: state.schedule, progress: state.progress, tokenizer: state.tokenizer,
+      ...(state.training ? { training: state.training } : {}) };
     await writeFile(join(tmp, "training_state.json"), JSON.stringify(meta, null, 2) + "\n");
     for (const [name, bytes] of state.files ?? []) await writeFile(join(tmp, name), bytes);
     if (existing) {

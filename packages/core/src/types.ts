@@ -72,7 +72,32 @@ export interface Progress {
   samplerSeed: number;
   /** The data sampler kind ("random", "sequential"); absent: the trainer's default. */
   sampler?: string;
+  /**
+   * Optimizer updates over the whole run, all stages together: unlike `step`, which a growth may set back
+   * (continueAt), it never decreases, so curves plotted against it stay in order. Absent: equal to `step`.
+   */
+  globalStep?: number;
   stages: StageRecord[];
+}
+
+/**
+ * How the checkpoint is being trained, stored so that a resumed run (or the next stage after a growth)
+ * needs only `--data --steps`: options left out of a later call take these values.
+ */
+export interface TrainingSettings {
+  /** Blocks per optimizer step. */
+  batch: number;
+  /** Blocks per micro-batch (gradient accumulation); absent: the whole batch. */
+  microBatch?: number;
+  /** Tokens per block. */
+  context: number;
+  /** Validation every K steps (0: only at the end of each call). */
+  evalEvery: number;
+  /** Validation blocks each time. */
+  evalBlocks: number;
+  /** The training data (`brown`, a file path) and the validation data, when one was named. */
+  data?: string;
+  valData?: string;
 }
 
 /** Byte-level (vocabulary 256) or a Hugging Face tokenizer.json stored beside the checkpoint. */
@@ -92,4 +117,6 @@ export interface TrainingState {
   tokenizer: TokenizerSpec;
   /** Extra files copied verbatim (tokenizer.json, tokenizer_config.json, ...). */
   files?: Map<string, Uint8Array>;
+  /** The trainer's batch, context and evaluation settings (absent: never trained by this project's trainer). */
+  training?: TrainingSettings;
 }

@@ -36,6 +36,14 @@ export interface FitResult {
   /** Per point: params, step, loss, fitted, residual. */
   residuals: { params: number; step: number; loss: number; fitted: number; residual: number }[];
   sources?: string[];
+  /**
+   * Each fitted parameter (in the fit's own coordinates: logarithms for the scale constants) with its
+   * standard error from the Gauss–Newton covariance σ²·(JᵀJ)⁻¹ (σ² = SSE / (n − p)), and whether it ended on
+   * a bound of the search. Points along one curve are correlated, so the errors are lower bounds.
+   */
+  parameters?: { name: string; value: number; stdError: number; atBound: boolean }[];
+  /** Why the fit is ill-determined (a parameter on its bound, a relative error above 50%, too few sizes); empty when none. */
+  warnings?: string[];
 }
 
 export function observationsOf(curves: readonly LearningCurve[]): Observation[] {
@@ -142,6 +150,56 @@ function runFit(model: Model, obs: readonly Observation[], extraStarts: number[]
   return best;
 }
 
+/** Solve the symmetric system M x = b by Gaussian elimination with partial pivoting; null when singular. */
+function invert(m: number[][]): number[][] | null {
+  const n = m.length;
+  const a = m.map((row, i) => [...row, ...Array.from({ length: n }, (_, j) => (i === j ? 1 : 0))]);
+  for (let c = 0; c < n; c++) {
+    let piv = c;
+    for (let r = c + 1; r < n; r++) if (Math.abs(a[r]![c]!) > Math.abs(a[piv]![c]!)) piv = r;
+    const scale = Math.max(...m.map((row) => Math.abs(row[c]!)));
+    if (!(Math.abs(a[piv]![c]!) > 1e-14 * scale)) return null;
+    [a[c], a[piv]] = [a[piv]!, a[c]!];
+    const d = a[c]![c]!;
+    for (let j = 0; j < 2 * n; j++) a[c]![j]! /= d;
+    for (let r = 0; r < n; r++) {
+      if (r === c) continue;
+      const f = a[r]![c]!;
+      if (f !== 0) for (let j = 0; j < 2 * n; j++) a[r]![j]! -= f * a[c]![j]!;
+    }
+  }
+  return a.map((row) => row.slice(n));
+}
+
+/** Standard errors and bound hits of a fit, and the warnings they call for. */
+export function fitDiagnostics(model: { names: string[]; min: number[]; max: number[]; jac: Model["jac"] }, p: number[],
+                               obs: readonly Observation[], sse: number):
+  { parameters: NonNullable<FitResult["parameters"]>; warnings: string[] } {
+  const k = p.length, n = obs.length;
+  const jac = model.jac(p);
+  const jtj = Array.from({ length: k }, () => new Array<number>(k).fill(0));
+  for (const o of obs) {
+    const g = jac(o);
+    for (let i = 0; i < k; i++) for (let j = 0; j < k; j++) jtj[i]![j]! += g[i]! * g[j]!;
+  }
+  const inv = invert(jtj);
+  const sigma2 = n > k ? sse / (n - k) : NaN;
+  const warnings: string[] = [];
+  const parameters = model.names.map((name, i) => {
+    const value = p[i]!;
+    const stdError = inv ? Math.sqrt(Math.max(0, sigma2 * inv[i]![i]!)) : Infinity;
+    const span = model.max[i]! - model.min[i]!;
+    const atBound = Math.abs(value - model.min[i]!) <= 1e-6 * span || Math.abs(model.max[i]! - value) <= 1e-6 * span;
+    if (atBound) warnings.push(`${name} ended on its bound (${value.toPrecision(4)}): the data do not determine it`);
+    else if (!(stdError <= 0.5 * Math.max(Math.abs(value), 1e-12))) warnings.push(`${name} = ${value.toPrecision(4)} ± ${stdError.toPrecision(2)}: ill-determined (error above 50%)`);
+    return { name, value, stdError, atBound };
+  });
+  if (!inv) warnings.push("the fit's Jacobian is singular: some parameters are not identified by these curves");
+  const sizes = new Set(obs.map((o) => o.params)).size;
+  if (sizes < 3) warnings.push(`only ${sizes} model size${sizes === 1 ? "" : "s"}: the size exponent and the irreducible loss are confounded (use ≥ 3 sizes)`);
+  return { parameters, warnings };
+}
+
 function summarize(form: "kaplan" | "chinchilla", model: Model, p: number[], obs: readonly Observation[],
                    constants: Record<string, number>, batchTokens: number, sources?: string[]): FitResult {
   const f = model.f(p);
@@ -160,6 +218,7 @@ function summarize(form: "kaplan" | "chinchilla", model: Model, p: number[], obs
     rmse,
     maxAbsResidual: Math.max(...residuals.map((r) => Math.abs(r.residual))),
     residuals,
+    ...fitDiagnostics(model, p, obs, sse(model, p, obs)),
     ...(sources ? { sources } : {}),
   };
 }

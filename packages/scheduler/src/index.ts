@@ -8,3 +8,4 @@ export * from "./fit.js";
 export * from "./metrics.js";
 export * from "./plot.js";
 export * from "./registry.js";
+export * from "./marginal.js";

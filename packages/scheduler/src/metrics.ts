@@ -13,10 +13,13 @@ export const METRICS_FILE = "metrics.jsonl";
  * update (progress.step), `tokens` and `flops` the totals seen so far (progress.tokensSeen / flopsSeen),
  * `loss` the step's training loss (null when it diverged: JSON has no NaN), `lr` the learning rate the step
  * used, `valLoss` the validation loss when it was computed after this step, `stage` the number of growths
- * before it (each stage is one model size; a growth may continue at an earlier step).
+ * before it (each stage is one model size; a growth may continue at an earlier step), `globalStep` the
+ * updates of the whole run so far (never set back, so curves plot in order by it or by `flops`).
  */
 export interface MetricsRecord {
   step: number;
+  /** Optimizer updates over the whole run (progress.globalStep): monotone across growths, unlike `step`. */
+  globalStep?: number;
   stage?: number;
   tokens: number;
   flops: number;

@@ -1,4 +1,4 @@
-import { inMemory, saveTrainingState, Tensor, type LazyTensor, type LrScheduleSpec, type TrainingState } from "@staged/core";
+import { inMemory, saveTrainingState, Tensor, type LazyTensor, type LrScheduleSpec, type TrainingSettings, type TrainingState } from "@staged/core";
 import { createLrSchedule, flopsPerToken } from "@staged/scheduler";
 import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
@@ -36,14 +36,20 @@ export const DEFAULT_EVAL_BLOCKS = 64;
 export const DEFAULT_SCHEDULE = "constant";
 
 export interface TrainOptions {
-  /** `brown` (Brown corpus: train split, validation split held out), a `.txt` file, or a `.bin` file of uint16 ids. */
-  data: string;
+  /**
+   * `brown` (Brown corpus: train split, validation split held out), a `.txt` file, or a `.bin` file of uint16 ids.
+   * Default: the data the state was last trained on (state.training.data).
+   */
+  data?: string;
   /** Validation data; default: the Brown validation split for `brown`, else the last 5% of `data` (≥ one block). */
   valData?: string;
   /** A tokenizer.json to use (and store in the checkpoint) instead of the state's tokenizer. */
   tokenizer?: string;
   /** Steps to run now (≥ 1). */
   steps: number;
+  // batch, microBatch, context, evalEvery, evalBlocks, data and valData left undefined take the values stored
+  // in state.training by the last call (so a resumed or grown run keeps them), else the defaults below; the
+  // values used are stored in the returned state.
   /** Blocks per step (default 8). */
   batch?: number;
   /** Blocks per micro-batch (gradient accumulation); must divide batch. Default: the whole batch. */
@@ -97,12 +103,17 @@ export interface StepInfo {
   stepSeconds: number;
 }
 
-export interface EvalInfo { step: number; valLoss: number; blocks: number }
+export interface EvalInfo {
+  step: number; valLoss: number; blocks: number;
+  /** progress.globalStep, tokensSeen and flopsSeen after the step the evaluation follows. */
+  globalStep: number; tokens: number; flops: number;
+}
 export interface SaveInfo { step: number; dir: string }
 
 export interface TrainCallbacks {
   onStep?(info: StepInfo): void | Promise<void>;
-  onEval?(info: EvalInfo): void | Promise<void>;
+  /** Returning "stop" ends the call after this step (the state is saved as at the last step). */
+  onEval?(info: EvalInfo): void | "stop" | Promise<void | "stop">;
   onSave?(info: SaveInfo): void | Promise<void>;
   /** Called once, after the data is read and the engine built, just before the first step. */
   onStart?(info: { data: PreparedData; schedule: LrScheduleSpec; context: number; batch: number; setupSeconds: number }): void | Promise<void>;
@@ -146,14 +157,19 @@ function check(ok: boolean, message: string): void {
 }
 
 /** Validate the options that do not depend on the data. */
-function validate(state: TrainingState, o: TrainOptions): { batch: number; context: number } {
+function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { data: string } {
   check(isPosInt(o.steps), `steps must be a positive integer, got ${o.steps}`);
-  const batch = o.batch ?? DEFAULT_BATCH;
+  const stored = state.training;
+  const batch = o.batch ?? stored?.batch ?? DEFAULT_BATCH;
   check(isPosInt(batch), `batch must be a positive integer, got ${batch}`);
-  if (o.microBatch !== undefined) {
-    check(isPosInt(o.microBatch) && batch % o.microBatch === 0, `micro-batch must be a positive integer that divides the batch ${batch}, got ${o.microBatch}`);
+  // A stored micro-batch is kept only while it still divides the batch.
+  const microBatch = o.microBatch ?? (stored?.microBatch !== undefined && batch % stored.microBatch === 0 ? stored.microBatch : undefined);
+  if (microBatch !== undefined) {
+    check(isPosInt(microBatch) && batch % microBatch === 0, `micro-batch must be a positive integer that divides the batch ${batch}, got ${microBatch}`);
   }
-  const context = o.context ?? state.shape.context;
+  const data = o.data ?? stored?.data;
+  check(typeof data === "string" && data !== "", "no training data: name it (data: brown, a .txt or a .bin file); this checkpoint stores none");
+  const context = o.context ?? stored?.context ?? state.shape.context;
   check(Number.isInteger(context) && context >= 2, `context must be an integer ≥ 2, got ${context}`);
   check(context <= state.shape.context, `context ${context} is above the model's n_positions ${state.shape.context}`);
   if (o.lr !== undefined) check(isNonNeg(o.lr) && o.lr > 0, `lr must be a positive number, got ${o.lr}`);
@@ -173,7 +189,11 @@ function validate(state: TrainingState, o: TrainOptions): { batch: number; conte
   if (o.saveEvery !== undefined) check(isNonNegInt(o.saveEvery), `save-every must be a non-negative integer, got ${o.saveEvery}`);
   if (o.device !== undefined) check(o.device === "cpu" || o.device === "cuda", `device must be cpu or cuda, got ${JSON.stringify(o.device)}`);
   if (o.threads !== undefined) check(isPosInt(o.threads), `threads must be a positive integer, got ${o.threads}`);
-  return { batch, context };
+  const valData = o.valData ?? (o.data === undefined ? stored?.valData : undefined);
+  return {
+    batch, context, data: data!, evalEvery: o.evalEvery ?? stored?.evalEvery ?? 0, evalBlocks: o.evalBlocks ?? stored?.evalBlocks ?? DEFAULT_EVAL_BLOCKS,
+    ...(microBatch === undefined ? {} : { microBatch }), ...(valData === undefined ? {} : { valData }),
+  };
 }
 
 /**
@@ -243,7 +263,8 @@ async function metricsHistory(state: TrainingState): Promise<MetricsRecord[]> {
   const source = (state as { source?: string }).source;
   const all = inFiles ? parseMetrics(new TextDecoder().decode(inFiles)) : source ? await readMetrics(source) : [];
   const stage = state.progress.stages.length;
-  return all.filter((r) => (r.stage ?? 0) < stage || r.step <= state.progress.step);
+  const now = state.progress.globalStep ?? state.progress.step;
+  return all.filter((r) => (r.stage ?? 0) < stage || (r.globalStep ?? r.step) <= now);
 }
 
 async function tokenizerFor(state: TrainingState, o: TrainOptions): Promise<{ tokenizer: TextTokenizer; files?: Map<string, Uint8Array>; spec: TrainingState["tokenizer"] }> {
@@ -270,15 +291,16 @@ export async function train(state: TrainingState, options: TrainOptions,
                             callbacks: TrainCallbacks = {}): Promise<{ state: TrainingState; result: TrainResult }> {
   const t0 = performance.now();
   const o = options;
-  const { batch, context } = validate(state, o);
+  const settings = validate(state, o);
+  const { batch, context } = settings;
   const schedule = resolveSchedule(state, o);
   const lrAt = createLrSchedule(schedule);
   const { tokenizer, files: tokFiles, spec: tokenizerSpec } = await tokenizerFor(state, o);
-  const data = await prepareData({ data: o.data, valData: o.valData, tokenizer, vocab: state.shape.vocab, context });
+  const data = await prepareData({ data: settings.data, valData: settings.valData, tokenizer, vocab: state.shape.vocab, context });
   const seed = o.seed ?? state.progress.samplerSeed;
   const samplerKind = o.sampler ?? (state.progress.sampler as SamplerKind | undefined) ?? "random";
   const sampler = createSampler(samplerKind, data.train.tokens, { batch, context, seed });
-  const valBlocks = evalBlockCount(data.validation.tokens.length, context, o.evalBlocks ?? DEFAULT_EVAL_BLOCKS);
+  const valBlocks = evalBlockCount(data.validation.tokens.length, context, settings.evalBlocks);
   const fpt = flopsPerToken(state.shape, context);
   const saveDir = o.saveDir ?? (state as { source?: string }).source ?? null;
   const history = saveDir ? await metricsHistory(state) : [];
@@ -300,12 +322,13 @@ export async function train(state: TrainingState, options: TrainOptions,
     : undefined;
   const factory = o.engineFactory ?? defaultEngineFactory;
   const engine = await factory(state.architecture, state.config, weights, moments, {
-    device: o.device, threads: o.threads, batch, context, microBatch: o.microBatch,
+    device: o.device, threads: o.threads, batch, context, microBatch: settings.microBatch,
     betas: optimizer.betas, eps: optimizer.eps, weightDecay: optimizer.weightDecay,
     clip: optimizer.clip, noDecay: optimizer.noDecay,
   });
 
-  const progress = { ...state.progress, samplerSeed: seed, sampler: samplerKind, stages: [...state.progress.stages] };
+  const progress = { ...state.progress, samplerSeed: seed, sampler: samplerKind, stages: [...state.progress.stages],
+    globalStep: state.progress.globalStep ?? state.progress.step };
   const records: MetricsRecord[] = [];
   const losses: number[] = [];
   let valLoss: number | null = null;
@@ -328,6 +351,7 @@ export async function train(state: TrainingState, options: TrainOptions,
       progress: { ...progress, stages: [...progress.stages] },
       tokenizer: tokenizerSpec,
       files,
+      training: settings,
     };
   };
   const save = async (): Promise<void> => {
@@ -336,10 +360,12 @@ export async function train(state: TrainingState, options: TrainOptions,
     lastSaved = progress.step;
     await callbacks.onSave?.({ step: progress.step, dir: saveDir });
   };
+  let stop = false;
   const evaluate = async (): Promise<number> => {
     const v = await evaluateBlocks(engine, data.validation.tokens, batch, context, valBlocks);
     valLoss = v;
-    await callbacks.onEval?.({ step: progress.step, valLoss: v, blocks: valBlocks });
+    const info = { step: progress.step, valLoss: v, blocks: valBlocks, globalStep: progress.globalStep, tokens: progress.tokensSeen, flops: progress.flopsSeen };
+    if ((await callbacks.onEval?.(info)) === "stop") stop = true;
     return v;
   };
 
@@ -356,12 +382,19 @@ export async function train(state: TrainingState, options: TrainOptions,
       stepSeconds += (performance.now() - ts) / 1000;
       optimizer.step += 1;
       progress.step += 1;
+      progress.globalStep += 1;
       progress.tokensSeen += batch * context;
       progress.flopsSeen += batch * context * fpt;
       losses.push(loss);
-      const record: MetricsRecord = { step: progress.step, stage: progress.stages.length, tokens: progress.tokensSeen, flops: progress.flopsSeen, loss, lr };
-      const last = i === o.steps;
-      if ((o.evalEvery && progress.step % o.evalEvery === 0) || last) record.valLoss = await evaluate();
+      const record: MetricsRecord = {
+        step: progress.step, globalStep: progress.globalStep, stage: progress.stages.length,
+        tokens: progress.tokensSeen, flops: progress.flopsSeen, loss, lr,
+      };
+      let last = i === o.steps;
+      if ((settings.evalEvery && progress.step % settings.evalEvery === 0) || last) {
+        record.valLoss = await evaluate();
+        last ||= stop; // a callback ended the call here
+      }
       records.push(record);
       await callbacks.onStep?.({
         step: progress.step, index: i, steps: o.steps, loss, gradNorm, lr,
@@ -369,6 +402,7 @@ export async function train(state: TrainingState, options: TrainOptions,
         tokensPerSecond: (i * batch * context) / stepSeconds, stepSeconds,
       });
       if (o.saveEvery && progress.step % o.saveEvery === 0 && !last) await save();
+      if (last) break;
     }
     await save();
     final = snapshot(true);
@@ -376,7 +410,8 @@ export async function train(state: TrainingState, options: TrainOptions,
     await engine.release();
   }
 
-  const runTokens = o.steps * batch * context;
+  const stepsRun = losses.length;
+  const runTokens = stepsRun * batch * context;
   const result: TrainResult = {
     step: progress.step,
     loss: losses[losses.length - 1]!,

@@ -24,7 +24,7 @@ export function registerEval(program: Command): void {
         const state = await loadTrainingState(dir);
         try {
           const t0 = performance.now();
-          const progress = g.json ? null : createProgress("evaluating", "blocks");
+          const progress = createProgress("evaluating", "blocks"); // stderr, also with --json
           const r = await evaluate(state, { ...o, onBatch: progress?.update }).finally(() => progress?.stop());
           const result = { ...r, perplexity: Math.exp(r.loss), step: state.progress.step, checkpoint: resolve(dir), seconds: (performance.now() - t0) / 1000 };
           createOutput(Boolean(g.json)).result(result,

@@ -35,10 +35,10 @@ async function grow<O extends object>(input: string, output: string, operator: s
         check = { lossBefore: before.loss, lossAfter: after.loss, lossChange: after.loss - before.loss, evalTokens: before.tokens };
       }
       const t0 = performance.now();
-      const progress = out.json ? null : createProgress("writing", "MB", 1e6);
+      const progress = createProgress("writing", "MB", 1e6); // stderr, also with --json
       try {
         await saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes,
-          onTensor: progress ? (p) => progress.update(p.bytes, p.totalBytes) : undefined });
+          onTensor: (p) => progress.update(p.bytes, p.totalBytes) });
       } finally {
         progress?.stop();
       }

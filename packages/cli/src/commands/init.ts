@@ -1,7 +1,7 @@
 import { mkdir } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import type { Command } from "commander";
-import { initTrainingState, parameterCount, saveTrainingState } from "@staged/core";
+import { gpt2InitConfig, initTrainingState, parameterCount, saveTrainingState } from "@staged/core";
 import { createOutput, runAction } from "../output.js";
 import { integer } from "../options.js";
 import type { GlobalOptions } from "../main.js";
@@ -11,17 +11,7 @@ export interface InitOptions {
 }
 
 /** The HF GPT-2 config of `staged init`. */
-export function initConfig(o: InitOptions): Record<string, unknown> {
-  return {
-    model_type: "gpt2", architectures: ["GPT2LMHeadModel"],
-    n_layer: o.layers, n_embd: o.dModel, n_head: o.heads, n_inner: o.ffn ?? null,
-    vocab_size: o.vocab, n_positions: o.context, tie_word_embeddings: o.tie,
-    // GPT-2's 50256 is outside a small vocabulary; the byte-level tokenizer has no special tokens.
-    bos_token_id: null, eos_token_id: null,
-    // The trainer uses no dropout; the config says so, so transformers trains it the same way.
-    resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0,
-  };
-}
+export const initConfig = (o: InitOptions): Record<string, unknown> => gpt2InitConfig(o);
 
 export function registerInit(program: Command): void {
   program.command("init <dir>")

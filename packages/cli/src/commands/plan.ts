@@ -199,16 +199,20 @@ export function registerPlan(program: Command): void {
         const estimated = curves.filter((c) => c.estimated).map((c) => c.source!);
         const summary = {
           out: o.out, form: fit.form, constants: fit.constants, observations: fit.observations, rmse: fit.rmse,
-          maxAbsResidual: fit.maxAbsResidual, batchTokens: fit.batchTokens,
+          maxAbsResidual: fit.maxAbsResidual, batchTokens: fit.batchTokens, parameters: fit.parameters, warnings: fit.warnings ?? [],
           curves: curves.map((c) => ({ source: c.source, params: c.params, points: c.points.length, paramsEstimated: c.estimated })),
         };
         const text = [
           `fitted ${fit.form} to ${fit.observations} points from ${curves.length} curves → ${o.out}`,
           ...Object.entries(fit.constants).map(([k, v]) => `  ${k.padEnd(7)} ${sci(v)}`),
           `  rmse    ${fit.rmse.toExponential(3)} (max |residual| ${fit.maxAbsResidual.toExponential(3)})`,
+          ...(fit.warnings ?? []).map((w) => `  warning: ${w}`),
           ...(estimated.length ? [`  note: model size estimated from flops/tokens for ${estimated.join(", ")} (no config.json beside it; append =N to set it)`] : []),
         ];
-        createOutput(Boolean(o.json)).result(summary, text.join("\n"));
+        const out = createOutput(Boolean(o.json));
+        // The warnings reach stderr also with --json (stdout has the object, which lists them too).
+        if (o.json) for (const w of fit.warnings ?? []) process.stderr.write(`staged: warning: ${w}\n`);
+        out.result(summary, text.join("\n"));
       });
     });
 
@@ -239,8 +243,8 @@ export function registerPlan(program: Command): void {
           ...(decision ? { growAtStep: decision.growAtStep, thresholdStep: decision.point.step, slope: decision.slope, continueAtStep: decision.continueAtStep } : {}),
         };
         const text = decision
-          ? `grow ${op} now: the validation slope rose above ${threshold} at step ${decision.point.step} (slope ${decision.slope.toFixed(4)}); ` +
-            `the grown model continues at step ${decision.continueAtStep} (constant_op ${c.toFixed(3)}):\n` +
+          ? `grow ${op} now (at step ${decision.growAtStep}, the last point): the validation slope rose above ${threshold} at step ${decision.point.step} ` +
+            `(slope ${decision.slope.toFixed(4)}); the grown model continues at step ${decision.continueAtStep} = round(${decision.growAtStep} / constant_op ${c.toFixed(3)}):\n` +
             `  staged grow ${op} ${run.endsWith(".jsonl") ? dirname(run) : run} <out> --continue-at ${decision.continueAtStep} --rewarmup <steps>`
           : `not yet: the slope has not risen above ${threshold} in ${curve.points.length} validation points (last step ${last.step})`;
         createOutput(Boolean(o.json)).result(result, text);

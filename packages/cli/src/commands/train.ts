@@ -19,7 +19,7 @@ const betas = (value: string): [number, number] => {
 const clip = (value: string): number => (value === "none" || value === "0" ? Infinity : number("clip", "positive")(value));
 
 interface TrainCliOptions {
-  data: string; steps: number; batch?: number; microBatch?: number; context?: number; lr?: number; schedule?: string;
+  data?: string; steps: number; batch?: number; microBatch?: number; context?: number; lr?: number; schedule?: string;
   warmup?: number; totalSteps?: number; minLr?: number; betas?: [number, number]; eps?: number; weightDecay?: number;
   clip?: number; sampler?: "random" | "sequential"; seed?: number; evalEvery?: number; evalBlocks?: number;
   saveEvery?: number; device?: "cpu" | "cuda"; valData?: string; tokenizer?: string; threads?: number;
@@ -71,9 +71,9 @@ function progressReporter(steps: number) {
 export function registerTrain(program: Command): void {
   program.command("train <dir>")
     .description("train a checkpoint in place for --steps steps (resumes from its progress; saves atomically)")
-    .requiredOption("--data <source>", "brown (the Brown corpus), a .txt file, or a .bin file of uint16 token ids")
+    .option("--data <source>", "brown (the Brown corpus), a .txt file, or a .bin file of uint16 token ids (default: the checkpoint's last)")
     .requiredOption("--steps <N>", "steps to run now", integer("steps", 1))
-    .option("--batch <B>", `blocks per step (default ${DEFAULT_BATCH})`, integer("batch", 1))
+    .option("--batch <B>", `blocks per step (default: the checkpoint's, ${DEFAULT_BATCH} for a fresh one)`, integer("batch", 1))
     .option("--micro-batch <M>", "blocks per micro-batch (gradient accumulation; divides --batch)", integer("micro-batch", 1))
     .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
     .option("--lr <X>", "peak learning rate (default: the checkpoint's, 1e-3 for a fresh one)", number("lr", "positive"))
@@ -87,8 +87,8 @@ export function registerTrain(program: Command): void {
     .option("--clip <C>", `global gradient-norm clip, "none" to disable (default: the checkpoint's, ${DEFAULT_CLIP})`, clip)
     .addOption(new Option("--sampler <kind>", "batch sampler (default: the checkpoint's, random)").choices(["random", "sequential"]))
     .option("--seed <S>", "sampler seed (default: the checkpoint's)", integer("seed", 0))
-    .option("--eval-every <K>", "validation loss every K steps (0: only at the end)", integer("eval-every", 0))
-    .option("--eval-blocks <K>", `validation blocks per evaluation (default ${DEFAULT_EVAL_BLOCKS})`, integer("eval-blocks", 1))
+    .option("--eval-every <K>", "validation loss every K steps (0: only at the end; default: the checkpoint's)", integer("eval-every", 0))
+    .option("--eval-blocks <K>", `validation blocks per evaluation (default: the checkpoint's, ${DEFAULT_EVAL_BLOCKS})`, integer("eval-blocks", 1))
     .option("--save-every <K>", "checkpoint every K steps (0: only at the end)", integer("save-every", 0))
     .addOption(new Option("--device <d>", "execution provider (default cpu)").choices(["cpu", "cuda"]))
     .option("--threads <N>", "CPU threads (default: all cores)", integer("threads", 1))
@@ -99,7 +99,8 @@ export function registerTrain(program: Command): void {
       await runAction(Boolean(g.debug), async () => {
         const out = createOutput(Boolean(g.json));
         const state = await loadTrainingState(dir);
-        const progress = g.json ? null : progressReporter(o.steps);
+        // Progress goes to stderr also with --json (stdout carries only the result).
+        const progress = progressReporter(o.steps);
         try {
           const options: TrainOptions = { ...o, clip: o.clip === Infinity ? null : o.clip, saveDir: dir };
           const { result } = await train(state, options, {

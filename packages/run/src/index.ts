@@ -1,0 +1,5 @@
+export * from "./types.js";
+export * from "./spec.js";
+export * from "./run.js";
+export * from "./report.js";
+export * from "./plot.js";

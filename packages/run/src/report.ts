@@ -1,0 +1,386 @@
+/**
+ * The report of a set of runs: FLOPs to reach a validation loss, savings of each group over the baseline
+ * across seeds, and the loss penalty of each growth. Pure functions over `RunResult`s (see types.ts).
+ */
+import type { CurvePoint, RunResult } from "./types.js";
+
+/** A validation loss the report measures the FLOPs to reach. */
+export interface ReportTarget {
+  /** e.g. "baseline mean final", "baseline worst final", "loss 3.5". */
+  label: string;
+  loss: number;
+}
+
+/** The FLOPs one run needed to reach one target. */
+export interface SeedReach {
+  name: string;
+  seed: number;
+  /** `flopsToReach(points, target.loss)`: null when the run never reached the target for good. */
+  flops: number | null;
+}
+
+/** A non-baseline group's FLOPs saving over the baseline at one target. */
+export interface Saving {
+  /** 1 − mean(group)/mean(baseline), each mean over the seeds that reached the target; null if either has none. */
+  saving: number | null;
+  /** Per seed of the group (in seed order): 1 − flops(seed)/mean(baseline); null where the seed did not reach it (or no baseline seed did). */
+  perSeed: (number | null)[];
+  /** The smallest and largest of the non-null per-seed savings; null when there are none. */
+  min: number | null;
+  max: number | null;
+  /**
+   * True when every seed of the group reached the target and the group's largest per-seed FLOPs is below the
+   * baseline's smallest, a baseline seed that never reached it counting as infinite FLOPs: every seed of the
+   * group beat every baseline seed. A plain, bootstrap-free statement that the saving is outside the seed noise.
+   */
+  outsideNoise: boolean;
+}
+
+/** One group at one target. */
+export interface GroupReach {
+  target: ReportTarget;
+  /** One entry per run of the group, in seed order. */
+  perSeed: SeedReach[];
+  /** Mean FLOPs over the seeds that reached the target; null when none did. */
+  mean: number | null;
+  reached: number;
+  total: number;
+  /** Against the baseline; null for the baseline group itself. */
+  saving: Saving | null;
+}
+
+/** The loss penalty of one growth of one staged run (see `growthPenalty`). */
+export interface GrowthPenalty {
+  /** The stage the growth starts. */
+  stage: number;
+  operator: string;
+  /** The small model's validation loss just before the growth. */
+  before: number;
+  /**
+   * The largest validation loss of the new stage minus `before`, over the stage's points up to and including
+   * the first one back at or below `before` (all its points if it never gets back): signed, so negative when
+   * the first point of the stage is already below `before`; Infinity if one of those losses is not finite.
+   * Null when the stage has no validation point.
+   */
+  maxRise: number | null;
+  /** max(0, maxRise); null with maxRise. */
+  penalty: number | null;
+  /** FLOPs from the growth to the first point of the stage with valLoss <= before; null if none. */
+  recoverFlops: number | null;
+  /** Likewise in global optimizer steps. */
+  recoverSteps: number | null;
+}
+
+/** One growth (by index) of a group, over the group's runs that have it. */
+export interface GroupGrowth {
+  /** The index into each run's `growths` (0 for the first growth). */
+  index: number;
+  /** The stage it starts (from the first run having it). */
+  stage: number;
+  /** The operator; the distinct operators joined by "/" if the seeds differ. */
+  operator: string;
+  /** How many of the group's runs have this growth. */
+  runs: number;
+  /** Mean of the non-null maxRise / penalty over those runs; null when none. */
+  meanMaxRise: number | null;
+  meanPenalty: number | null;
+  /** Mean recoverFlops / recoverSteps over the runs that recovered; null when none did. */
+  meanRecoverFlops: number | null;
+  meanRecoverSteps: number | null;
+  /** How many of those runs recovered. */
+  recovered: number;
+  /** Each run's penalty, in seed order. */
+  perRun: (GrowthPenalty & { name: string; seed: number })[];
+}
+
+/** min, mean and max of some values. */
+export interface Spread {
+  mean: number;
+  min: number;
+  max: number;
+}
+
+/** One group of runs (runs that differ only in their seed). */
+export interface GroupReport {
+  group: string;
+  baseline: boolean;
+  /** The group's runs, in seed order. */
+  runs: { name: string; seed: number; done: boolean }[];
+  /** How many of them reached their budget. */
+  done: number;
+  /** The last validation loss of each run that has a point; null when none has. */
+  finalLoss: Spread | null;
+  /** Mean over the runs that have a point of the FLOPs at their last validation point; null when none has. */
+  meanTotalFlops: number | null;
+  /** One entry per target of the report, in the report's target order. */
+  reach: GroupReach[];
+  /** One entry per growth index that any run of the group has. */
+  growths: GroupGrowth[];
+}
+
+/** What `compareRuns` returns. */
+export interface RunReport {
+  /** The baseline group's name. */
+  baseline: string;
+  targets: ReportTarget[];
+  /** The baseline group first, then the others in name order. */
+  groups: GroupReport[];
+}
+
+/** Options of `compareRuns`. */
+export interface CompareOptions {
+  /** The baseline group's name (default "baseline"). */
+  baseline?: string;
+  /** Target losses; default: the baseline's mean final and worst (largest) final validation loss. */
+  losses?: number[];
+}
+
+const mean = (xs: readonly number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
+const present = <T>(xs: readonly (T | null)[]): T[] => xs.filter((x): x is T => x !== null);
+
+/** Throw unless the points' FLOPs are finite and non-decreasing. */
+function checkPoints(points: readonly CurvePoint[], what = "points"): void {
+  for (let i = 0; i < points.length; i++) {
+    const f = points[i]!.flops;
+    if (!Number.isFinite(f)) throw new Error(`${what}: point ${i} has non-finite flops (${f})`);
+    if (i > 0 && f < points[i - 1]!.flops) {
+      throw new Error(`${what}: points are not in increasing flops order (point ${i}: ${f} < point ${i - 1}: ${points[i - 1]!.flops})`);
+    }
+  }
+}
+
+/**
+ * The FLOPs at which a validation curve reaches `loss` for good (a sustained crossing): with i the first index
+ * such that points[i].valLoss <= loss and every later point is <= loss too, the FLOPs linearly interpolated
+ * (FLOPs against valLoss) between points[i-1] and points[i] at `loss`; points[0].flops when i is 0, and
+ * points[i].flops when points[i-1].valLoss is not finite. A dip below `loss` that later goes back above it
+ * does not count; a non-finite (NaN) loss counts as above. Null when the curve does not end at or below `loss`.
+ * Throws when the points are not in non-decreasing FLOPs order.
+ */
+export function flopsToReach(points: readonly CurvePoint[], loss: number): number | null {
+  checkPoints(points);
+  if (Number.isNaN(loss)) throw new Error("flopsToReach: the target loss is NaN");
+  let i = points.length;
+  while (i > 0 && points[i - 1]!.valLoss <= loss) i--;
+  if (i === points.length) return null;
+  const b = points[i]!;
+  if (i === 0) return b.flops;
+  const a = points[i - 1]!;
+  if (!Number.isFinite(a.valLoss)) return b.flops;
+  const t = (a.valLoss - loss) / (a.valLoss - b.valLoss); // a.valLoss > loss >= b.valLoss: in (0, 1]
+  return a.flops + t * (b.flops - a.flops);
+}
+
+/**
+ * The loss penalty of growth `growthIndex` of a staged run: how far the validation loss of the new stage
+ * (the points with stage === growth.stage, in order) rises above the loss just before the growth, and how
+ * long (FLOPs, global steps from the growth) until the first point back at or below it. See `GrowthPenalty`.
+ */
+export function growthPenalty(result: RunResult, growthIndex: number): GrowthPenalty {
+  const g = result.growths[growthIndex];
+  if (!g) throw new Error(`${result.name}: no growth #${growthIndex} (the run has ${result.growths.length})`);
+  const before = g.valLossBefore;
+  const stagePoints = result.points.filter((p) => p.stage === g.stage);
+  let maxRise: number | null = null;
+  let recovered: CurvePoint | null = null;
+  for (const p of stagePoints) {
+    const rise = Number.isFinite(p.valLoss) ? p.valLoss - before : Infinity;
+    if (maxRise === null || rise > maxRise) maxRise = rise;
+    if (p.valLoss <= before) { recovered = p; break; }
+  }
+  return {
+    stage: g.stage,
+    operator: g.operator,
+    before,
+    maxRise,
+    penalty: maxRise === null ? null : Math.max(0, maxRise),
+    recoverFlops: recovered ? recovered.flops - g.flops : null,
+    recoverSteps: recovered ? recovered.globalStep - g.globalStep : null,
+  };
+}
+
+function spreadOf(xs: readonly number[]): Spread | null {
+  if (!xs.length) return null;
+  return { mean: mean(xs)!, min: Math.min(...xs), max: Math.max(...xs) };
+}
+
+function groupGrowths(runs: readonly RunResult[]): GroupGrowth[] {
+  const count = Math.max(0, ...runs.map((r) => r.growths.length));
+  const out: GroupGrowth[] = [];
+  for (let k = 0; k < count; k++) {
+    const having = runs.filter((r) => r.growths.length > k);
+    const perRun = having.map((r) => ({ name: r.name, seed: r.seed, ...growthPenalty(r, k) }));
+    const recoveredRuns = perRun.filter((p) => p.recoverFlops !== null);
+    out.push({
+      index: k,
+      stage: perRun[0]!.stage,
+      operator: [...new Set(perRun.map((p) => p.operator))].join("/"),
+      runs: perRun.length,
+      meanMaxRise: mean(present(perRun.map((p) => p.maxRise))),
+      meanPenalty: mean(present(perRun.map((p) => p.penalty))),
+      meanRecoverFlops: mean(present(recoveredRuns.map((p) => p.recoverFlops))),
+      meanRecoverSteps: mean(present(recoveredRuns.map((p) => p.recoverSteps))),
+      recovered: recoveredRuns.length,
+      perRun,
+    });
+  }
+  return out;
+}
+
+/**
+ * Compare groups of runs (runs of a group differ only in their seed) with the baseline group: for each target
+ * loss, each run's FLOPs to reach it (`flopsToReach`), the group mean over the seeds that reached it, and each
+ * other group's saving (see `Saving`); per group, the final validation loss, the mean total FLOPs (at the last
+ * validation point) and the penalty of each growth (see `growthPenalty`).
+ *
+ * Targets: `options.losses` (labelled "loss <value>"), else the mean of the baseline runs' final validation
+ * losses ("baseline mean final", which the worse baseline seeds may not reach) and the largest of them
+ * ("baseline worst final", which every baseline seed reaches); only the first when the two are equal.
+ * Throws when there is no baseline group (naming the groups present), when a group has a seed twice, when the
+ * default targets are asked for and no baseline run has a validation point, or when a run's points are not in
+ * increasing FLOPs order.
+ */
+export function compareRuns(results: readonly RunResult[], options: CompareOptions = {}): RunReport {
+  const baseline = options.baseline ?? "baseline";
+  const byGroup = new Map<string, RunResult[]>();
+  for (const r of results) {
+    checkPoints(r.points, r.name);
+    let runs = byGroup.get(r.group);
+    if (!runs) byGroup.set(r.group, (runs = []));
+    runs.push(r);
+  }
+  const names = [...byGroup.keys()].sort();
+  if (!byGroup.has(baseline)) {
+    throw new Error(`no baseline group "${baseline}" among the results (groups: ${names.length ? names.join(", ") : "none"})`);
+  }
+  for (const [group, runs] of byGroup) {
+    runs.sort((a, b) => a.seed - b.seed);
+    for (let i = 1; i < runs.length; i++) {
+      if (runs[i]!.seed === runs[i - 1]!.seed) throw new Error(`group "${group}" has seed ${runs[i]!.seed} twice (${runs[i - 1]!.name}, ${runs[i]!.name})`);
+    }
+  }
+  const finalOf = (r: RunResult): number | null => (r.points.length ? r.points[r.points.length - 1]!.valLoss : null);
+
+  let targets: ReportTarget[];
+  if (options.losses?.length) {
+    targets = options.losses.map((loss) => {
+      if (!Number.isFinite(loss)) throw new Error(`target loss ${loss} is not a finite number`);
+      return { label: `loss ${loss}`, loss };
+    });
+  } else {
+    const finals = present(byGroup.get(baseline)!.map(finalOf));
+    if (!finals.length) throw new Error(`no run of the baseline group "${baseline}" has a validation point`);
+    const meanFinal = mean(finals)!;
+    const worst = Math.max(...finals);
+    targets = [{ label: "baseline mean final", loss: meanFinal }];
+    if (worst !== meanFinal) targets.push({ label: "baseline worst final", loss: worst });
+  }
+
+  const reachOf = (runs: readonly RunResult[], target: ReportTarget): Omit<GroupReach, "saving"> => {
+    const perSeed = runs.map((r) => ({ name: r.name, seed: r.seed, flops: flopsToReach(r.points, target.loss) }));
+    const got = present(perSeed.map((s) => s.flops));
+    return { target, perSeed, mean: mean(got), reached: got.length, total: perSeed.length };
+  };
+  const baseReach = targets.map((t) => reachOf(byGroup.get(baseline)!, t));
+
+  const groups: GroupReport[] = [baseline, ...names.filter((n) => n !== baseline)].map((group) => {
+    const runs = byGroup.get(group)!;
+    const isBase = group === baseline;
+    const reach: GroupReach[] = targets.map((target, t) => {
+      const base = baseReach[t]!;
+      if (isBase) return { ...base, saving: null };
+      const r = reachOf(runs, target);
+      const perSeed = r.perSeed.map((s) => (s.flops === null || base.mean === null ? null : 1 - s.flops / base.mean));
+      const got = present(perSeed);
+      const baseMin = base.reached === base.total ? Math.min(...present(base.perSeed.map((s) => s.flops))) : Infinity;
+      const groupMax = r.reached === r.total ? Math.max(...present(r.perSeed.map((s) => s.flops))) : Infinity;
+      return {
+        ...r,
+        saving: {
+          saving: r.mean === null || base.mean === null ? null : 1 - r.mean / base.mean,
+          perSeed,
+          min: got.length ? Math.min(...got) : null,
+          max: got.length ? Math.max(...got) : null,
+          outsideNoise: r.total > 0 && groupMax < baseMin,
+        },
+      };
+    });
+    const withPoints = runs.filter((r) => r.points.length);
+    return {
+      group,
+      baseline: isBase,
+      runs: runs.map((r) => ({ name: r.name, seed: r.seed, done: r.done })),
+      done: runs.filter((r) => r.done).length,
+      finalLoss: spreadOf(present(runs.map(finalOf))),
+      meanTotalFlops: mean(withPoints.map((r) => r.points[r.points.length - 1]!.flops)),
+      reach,
+      growths: groupGrowths(runs),
+    };
+  });
+  return { baseline, targets, groups };
+}
+
+/** FLOPs as `3.21e13`. */
+export function formatFlops(n: number): string {
+  return n.toExponential(2).replace("e+", "e");
+}
+
+const signedPct = (f: number) => `${f < 0 ? "-" : ""}${Math.abs(f * 100).toFixed(1)}`;
+const cell = (s: string) => s.replace(/\|/g, "\\|");
+
+function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const line = (cells: readonly string[]) => `| ${cells.map(cell).join(" | ")} |`;
+  return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
+}
+
+/**
+ * A Markdown report (pipe tables, pasteable into a README): one row per group with its runs, final
+ * validation loss (mean ± half the range over seeds), mean FLOPs to each target and the saving against the
+ * baseline with its per-seed range, then a table of the growth penalties, each followed by a line of
+ * definitions.
+ */
+export function formatReport(report: RunReport): string {
+  const header = ["group", "runs", "final val loss"];
+  for (const t of report.targets) header.push(`FLOPs to ${t.loss.toFixed(4)} (${t.label})`, "saving vs baseline");
+  const rows = report.groups.map((g) => {
+    const runs = `${g.runs.length}${g.done < g.runs.length ? ` (${g.done} done)` : ""}`;
+    const fl = g.finalLoss;
+    const row = [g.group, runs, fl ? `${fl.mean.toFixed(4)} ± ${((fl.max - fl.min) / 2).toFixed(4)}` : "—"];
+    for (const r of g.reach) {
+      const count = r.reached < r.total ? ` (${r.reached}/${r.total} reached)` : "";
+      row.push(r.mean === null ? `never (0/${r.total})` : `${formatFlops(r.mean)}${count}`);
+      const s = r.saving;
+      if (!s) row.push("(baseline)");
+      else if (s.saving === null) row.push(s.outsideNoise ? "only this group reached it *" : "—");
+      else row.push(`${signedPct(s.saving)}% [${signedPct(s.min!)}, ${signedPct(s.max!)}]${s.outsideNoise ? " *" : ""}`);
+    }
+    return row;
+  });
+  const parts = [
+    table(header, rows),
+    "",
+    `Saving = 1 − mean FLOPs(group) / mean FLOPs(${report.baseline}), means over the seeds that reached the target (for good: ` +
+      "the validation loss stays at or below it); [min, max] = per-seed savings against the baseline mean; " +
+      "* = every seed of the group reached it with fewer FLOPs than every baseline seed.",
+  ];
+  const growthRows: string[][] = [];
+  for (const g of report.groups) {
+    for (const gr of g.growths) {
+      const recover =
+        gr.meanRecoverFlops === null ? "never" : `${formatFlops(gr.meanRecoverFlops)}${gr.recovered < gr.runs ? ` (${gr.recovered}/${gr.runs} recovered)` : ""}`;
+      const rise = gr.meanMaxRise === null ? "—" : `${gr.meanMaxRise >= 0 ? "+" : ""}${gr.meanMaxRise.toFixed(4)}`;
+      growthRows.push([g.group, String(gr.index + 1), gr.operator, String(gr.runs), rise, recover]);
+    }
+  }
+  if (growthRows.length) {
+    parts.push(
+      "",
+      table(["group", "growth #", "operator", "runs", "max rise (nats)", "FLOPs to recover"], growthRows),
+      "",
+      "Max rise = the new stage's highest validation loss (until it is back at or below the loss before the growth) " +
+        "minus the loss before, mean over seeds; FLOPs to recover = from the growth to the first validation point back " +
+        "at or below it, mean over the seeds that recovered.",
+    );
+  }
+  return parts.join("\n") + "\n";
+}

@@ -1,0 +1,341 @@
+import { existsSync } from "node:fs";
+import { mkdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  createDefaultRegistry, gpt2InitConfig, initTrainingState, loadTrainingState, parseJsonFile, saveTrainingState,
+  writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
+} from "@staged/core";
+import { widthGrowth } from "@staged/grow-width";
+import { depthGrowth } from "@staged/grow-depth";
+import {
+  MarginalGrowthDetector, flopsPerToken, largeModelAt, lawFromFit, localPowerLaw, nonEmbeddingParams, planGrowthInRunUnits,
+  readMetrics, type ChinchillaLaw, type FitResult, type MetricsRecord,
+} from "@staged/scheduler";
+import { evaluate, train, type EngineFactory, type TrainOptions } from "@staged/trainer-ort";
+import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
+import type { CurvePoint, GrowthEvent, RunResult } from "./types.js";
+
+/** One run of a spec: the staged schedule for one seed, or a comparison (baseline, no-growth) for one seed. */
+export interface RunEntry {
+  /** Directory name under the output directory, e.g. "staged-s0", "baseline-s1". */
+  name: string;
+  group: string;
+  seed: number;
+  /** The model the run starts from (fresh) and the growths it makes. */
+  model: ModelSpec;
+  stages: StageSpec[];
+}
+
+/** The GPT-2 model a list of growths turns `model` into (ffn explicit). */
+export function grownModel(model: ModelSpec, stages: readonly StageSpec[]): ModelSpec {
+  let m: ModelSpec = { ...model, ffn: model.ffn ?? 4 * model.dModel };
+  for (const s of stages) {
+    if (s.grow === "width") {
+      const ffnFactor = typeof s.options.ffnFactor === "number" ? s.options.ffnFactor : 1;
+      m = { ...m, dModel: m.dModel * s.factor, heads: m.heads * s.factor, ffn: m.ffn! * s.factor * ffnFactor };
+    } else {
+      m = { ...m, layers: m.layers * s.factor };
+    }
+  }
+  return m;
+}
+
+/** The model shape of a ModelSpec at a context. */
+export function shapeOf(m: ModelSpec, context: number): ModelShape {
+  return { layers: m.layers, dModel: m.dModel, heads: m.heads, headDim: m.dModel / m.heads, ffn: m.ffn ?? 4 * m.dModel, vocab: m.vocab, context };
+}
+
+/** The runs a spec asks for: staged seeds, then the baseline's and the no-growth comparison's. */
+export function runEntries(spec: RunSpec): RunEntry[] {
+  const target = grownModel(spec.model, spec.stages);
+  return [
+    ...spec.seeds.map((seed) => ({ name: `${spec.name}-s${seed}`, group: spec.name, seed, model: spec.model, stages: spec.stages })),
+    ...(spec.baseline?.seeds ?? []).map((seed) => ({ name: `baseline-s${seed}`, group: "baseline", seed, model: target, stages: [] })),
+    ...(spec.noGrowth?.seeds ?? []).map((seed) => ({ name: `no-growth-s${seed}`, group: "no-growth", seed, model: spec.model, stages: [] })),
+  ];
+}
+
+/** The run's FLOP budget: given, or tokens × the final model's FLOPs per token. */
+export function budgetFlops(spec: RunSpec): number {
+  if ("flops" in spec.budget) return spec.budget.flops;
+  return spec.budget.tokens * flopsPerToken(shapeOf(grownModel(spec.model, spec.stages), spec.context), spec.context);
+}
+
+export interface RunProgress {
+  run: string;
+  stage: number;
+  stages: number;
+  step: number;
+  globalStep: number;
+  flops: number;
+  budget: number;
+  valLoss: number | null;
+  tokensPerSecond: number;
+  /** Seconds to the end of the budget at the run's FLOP rate so far. */
+  eta: number;
+}
+
+export interface ExecuteOptions {
+  /** Progress about every `progressEvery` seconds (default 10) and at each growth. */
+  onProgress?(p: RunProgress): void;
+  /** A line for people: growth decisions, resumes. */
+  onLine?(line: string): void;
+  progressEvery?: number;
+  threads?: number;
+  engineFactory?: EngineFactory;
+  /** Called after every training step (tests interrupt a run here to check resuming). */
+  onStep?(globalStep: number): void;
+}
+
+function createRegistry(): Registry {
+  return createDefaultRegistry().register("growth", widthGrowth).register("growth", depthGrowth);
+}
+
+const stageDir = (runDir: string, k: number) => join(runDir, `stage-${k}`);
+const isCheckpoint = (dir: string) => existsSync(join(dir, "training_state.json"));
+
+async function readJson<T>(file: string): Promise<T> {
+  return parseJsonFile(await readFile(file, "utf8"), file) as T;
+}
+
+/** Load the Chinchilla-form law a spec names. */
+export async function loadLaw(file: string): Promise<ChinchillaLaw> {
+  const law = lawFromFit(await readJson<FitResult>(file), file);
+  if (law.form !== "chinchilla") throw new Error(`${file}: growth timing in run units needs a Chinchilla-form fit (staged plan fit --form chinchilla), got ${law.form}`);
+  return law as ChinchillaLaw;
+}
+
+/** What identifies a run's configuration: a rerun into the same directory must match it. */
+function identity(spec: RunSpec, entry: RunEntry): Record<string, unknown> {
+  const { name: _n, seeds: _s, baseline: _b, noGrowth: _g, threads: _t, stages: _st, model: _m, ...shared } = spec;
+  return { format: "staged-run-entry", version: 1, ...shared, group: entry.group, seed: entry.seed, model: entry.model, stages: entry.stages };
+}
+
+/** The validation points of a metrics history, in order. */
+function curvePoints(records: readonly MetricsRecord[]): CurvePoint[] {
+  return records.filter((r) => typeof r.valLoss === "number" && Number.isFinite(r.valLoss)).map((r) => ({
+    globalStep: r.globalStep ?? r.step, step: r.step, stage: r.stage ?? 0, flops: r.flops, tokens: r.tokens, valLoss: r.valLoss as number,
+  }));
+}
+
+/**
+ * Run one entry to its budget in `runDir`, resuming from whatever an earlier (killed) invocation left: each
+ * stage's model is a checkpoint `stage-<k>` saved every few evaluations, growth writes the next stage's
+ * checkpoint atomically, and growth decisions are replayed from the saved validation curve. Returns the
+ * run's result, also written to `runDir/result.json`.
+ */
+export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions = {}): Promise<RunResult> {
+  const registry = createRegistry();
+  const budget = budgetFlops(spec);
+  await mkdir(runDir, { recursive: true });
+  const idFile = join(runDir, "run.json");
+  const id = identity(spec, entry);
+  if (existsSync(idFile)) {
+    const old = await readJson<unknown>(idFile);
+    if (JSON.stringify(old) !== JSON.stringify(id)) {
+      throw new Error(`${runDir}: holds a run of another spec (${idFile} differs); use another --out directory or remove it`);
+    }
+  } else {
+    await writeFileAtomic(idFile, JSON.stringify(id, null, 2) + "\n");
+  }
+  const resultFile = join(runDir, "result.json");
+  if (existsSync(resultFile)) {
+    const done = await readJson<RunResult>(resultFile);
+    if (done.done) return done;
+  }
+  const law = spec.stages.some((s) => s.at === "auto" || s.at === "plan" || s.continueAt === "law") ? await loadLaw(spec.law!) : null;
+  const growthsFile = join(runDir, "growths.json");
+  const growths: GrowthEvent[] = existsSync(growthsFile) ? await readJson<GrowthEvent[]>(growthsFile) : [];
+
+  // The newest stage with a checkpoint; stage 0 is created fresh.
+  let k = 0;
+  while (isCheckpoint(stageDir(runDir, k + 1))) k++;
+  if (k === 0 && !isCheckpoint(stageDir(runDir, 0))) {
+    const config = gpt2InitConfig({ ...entry.model, context: spec.context });
+    await saveTrainingState(stageDir(runDir, 0), initTrainingState("gpt2", config, entry.seed), { registry });
+  } else {
+    o.onLine?.(`${entry.name}: resuming at stage ${k} from ${stageDir(runDir, k)}`);
+  }
+  growths.splice(k); // a growth record whose checkpoint never landed is redone
+
+  const t0 = performance.now();
+  let flopsAtStart: number | null = null;
+  let lastReport = 0;
+  const report = (state: TrainingState, stage: number, valLoss: number | null, tps: number, force = false) => {
+    const now = performance.now();
+    if (!o.onProgress || (!force && now - lastReport < (o.progressEvery ?? 10) * 1000)) return;
+    lastReport = now;
+    const flops = state.progress.flopsSeen;
+    flopsAtStart ??= flops;
+    const rate = (flops - flopsAtStart) / Math.max((now - t0) / 1000, 1e-3);
+    o.onProgress({
+      run: entry.name, stage, stages: entry.stages.length, step: state.progress.step,
+      globalStep: state.progress.globalStep ?? state.progress.step, flops, budget, valLoss, tokensPerSecond: tps,
+      eta: rate > 0 ? Math.max(0, budget - flops) / rate : Infinity,
+    });
+  };
+
+  for (;; k++) {
+    const dir = stageDir(runDir, k);
+    let state: TrainingState & { close(): Promise<void> } = await loadTrainingState(dir, { registry });
+    try {
+      const stage = entry.stages[k];
+      const shape = state.shape;
+      const fpStep = flopsPerToken(shape, spec.context) * spec.batch * spec.context;
+      const lr = spec.optimizer.lr * entry.stages.slice(0, k).reduce((p, s) => p * s.lrScale, 1);
+      const history = await readMetrics(dir);
+      const stageStartGlobal = k === 0 ? 0 : growths[k - 1]!.globalStep;
+      const until = stage ? growthCondition(spec, entry, k, stage, state, law, budget) : null;
+      // Replay the stage's validation curve: a decision made before a kill is made again, identically.
+      let decided = until?.replay(curvePoints(history).filter((p) => p.stage === k)) ?? false;
+      let lastVal: number | null = curvePoints(history).at(-1)?.valLoss ?? null;
+      while (!decided && state.progress.flopsSeen < budget) {
+        const target = until?.flops !== undefined ? Math.min(until.flops, budget) : budget;
+        const stageSteps = (state.progress.globalStep ?? state.progress.step) - stageStartGlobal;
+        const byFlops = Math.ceil((target - state.progress.flopsSeen) / fpStep);
+        const bySteps = until?.steps !== undefined ? until.steps - stageSteps : Infinity;
+        const steps = Math.max(1, Math.min(byFlops, bySteps, spec.eval.every * 5));
+        const options: TrainOptions = {
+          data: spec.data, valData: spec.valData, tokenizer: k === 0 && state.progress.step === 0 ? spec.tokenizer : undefined,
+          steps, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
+          lr, schedule: "constant", warmup: spec.schedule.warmup,
+          betas: spec.optimizer.betas, eps: spec.optimizer.eps, weightDecay: spec.optimizer.weightDecay, clip: spec.optimizer.clip,
+          seed: k === 0 && state.progress.step === 0 ? entry.seed : undefined,
+          evalEvery: spec.eval.every, evalBlocks: spec.eval.blocks, saveDir: dir,
+          threads: o.threads ?? spec.threads, engineFactory: o.engineFactory,
+        };
+        let tps = 0;
+        const before = state;
+        const globalBefore = before.progress.globalStep ?? before.progress.step;
+        const r = await train(state, options, {
+          onEval: (e) => {
+            lastVal = e.valLoss;
+            if (until?.push({ step: e.step, globalStep: e.globalStep, stage: k, flops: e.flops, tokens: e.tokens, valLoss: e.valLoss })) {
+              decided = true;
+              return "stop";
+            }
+          },
+          onStep: (i) => {
+            tps = i.tokensPerSecond;
+            o.onStep?.(globalBefore + i.index);
+            report({ ...before, progress: { ...before.progress, step: i.step, flopsSeen: i.flops, globalStep: globalBefore + i.index } }, k, lastVal, tps);
+          },
+        });
+        await before.close();
+        state = Object.assign(r.state, { close: async () => {} });
+        if (!decided && until?.steps !== undefined && (state.progress.globalStep ?? 0) - stageStartGlobal >= until.steps) decided = true;
+        if (!decided && until?.flops !== undefined && state.progress.flopsSeen >= until.flops) decided = true;
+      }
+      if (!stage || !decided) {
+        // The budget is spent (a stage whose growth never came is recorded by the missing growth).
+        if (stage) o.onLine?.(`${entry.name}: the budget ended before stage ${k + 1}'s growth (${stage.grow}) was due`);
+        report(state, k, lastVal, 0, true);
+        const records = await readMetrics(dir);
+        const result: RunResult = {
+          format: "staged-run-result", version: 1, name: entry.name, group: entry.group, seed: entry.seed, done: true,
+          budgetFlops: budget, points: curvePoints(records), growths,
+        };
+        await writeFileAtomic(resultFile, JSON.stringify(result) + "\n");
+        return result;
+      }
+      // Grow into stage k + 1.
+      const records = await readMetrics(dir);
+      const valBefore = curvePoints(records).at(-1)?.valLoss ?? lastVal!;
+      const continueAt = stage.continueAt === "keep" ? undefined
+        : stage.continueAt === "law" ? continueAtFromLaw(law!, spec, entry, k, valBefore) : stage.continueAt;
+      const plugin = registry.get("growth", stage.grow) as GrowthPlugin<Record<string, unknown>>;
+      const grown = await plugin.grow(state, {
+        ...stage.options, factor: stage.factor,
+        rewarmup: stage.rewarmup, ...(continueAt === undefined ? {} : { continueAt }), registry,
+      });
+      const ev = { data: spec.valData ?? spec.data, context: spec.context, maxBlocks: spec.eval.blocks, batch: spec.batch, threads: o.threads ?? spec.threads, engineFactory: o.engineFactory };
+      const valAfter = (await evaluate(grown, ev)).loss;
+      const event: GrowthEvent = {
+        stage: k + 1, operator: stage.grow, options: { factor: stage.factor, ...stage.options, rewarmup: stage.rewarmup, lrScale: stage.lrScale, continueAt: continueAt ?? "keep" },
+        flops: state.progress.flopsSeen, globalStep: state.progress.globalStep ?? state.progress.step,
+        timing: typeof stage.at === "string" ? stage.at : Object.keys(stage.at)[0]!,
+        valLossBefore: valBefore, valLossAfter: valAfter,
+        paramsBefore: nonEmbeddingParams(state.shape), paramsAfter: nonEmbeddingParams(grown.shape),
+      };
+      growths[k] = event;
+      await writeFileAtomic(growthsFile, JSON.stringify(growths, null, 2) + "\n");
+      await saveTrainingState(stageDir(runDir, k + 1), grown, { registry, overwrite: true });
+      o.onLine?.(`${entry.name}: grew ${stage.grow} ×${stage.factor} at ${event.flops.toExponential(3)} FLOPs (global step ${event.globalStep}, ` +
+        `${event.timing}): ${shape.layers}×d${shape.dModel} → ${grown.shape.layers}×d${grown.shape.dModel}, val ${valBefore.toFixed(4)} → ${valAfter.toFixed(4)}`);
+    } finally {
+      await state.close();
+    }
+  }
+}
+
+function continueAtFromLaw(law: ChinchillaLaw, spec: RunSpec, entry: RunEntry, k: number, loss: number): number {
+  const large = grownModel(entry.model, entry.stages.slice(0, k + 1));
+  const shape = shapeOf(large, spec.context);
+  const at = largeModelAt(law, { params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, spec.context) },
+    { batchTokens: spec.batch * spec.context }, loss);
+  if (!at) throw new Error(`the law says the grown ${large.layers}×d${large.dModel} model never reaches the loss at growth ${loss.toFixed(4)}: continueAt "law" is undefined`);
+  return Math.round(at.step);
+}
+
+interface GrowthCondition {
+  /** Grow once the run has spent this many FLOPs / the stage has taken this many steps (when the timing is fixed). */
+  flops?: number;
+  steps?: number;
+  /** Feed a validation point; true once the growth is due. */
+  push(p: CurvePoint): boolean;
+  /** Feed the stage's saved points; true when the growth was already due. */
+  replay(points: readonly CurvePoint[]): boolean;
+}
+
+function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: StageSpec, state: TrainingState,
+                         law: ChinchillaLaw | null, budget: number): GrowthCondition {
+  const fixed = (c: { flops?: number; steps?: number }): GrowthCondition => ({ ...c, push: () => false, replay: () => false });
+  const at = stage.at;
+  if (typeof at === "object" && "flops" in at) return fixed({ flops: at.flops });
+  if (typeof at === "object" && "fraction" in at) return fixed({ flops: at.fraction * budget });
+  if (typeof at === "object" && "step" in at) return fixed({ steps: at.step });
+  const model = (m: ModelSpec) => {
+    const shape = shapeOf(m, spec.context);
+    return { params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, spec.context) };
+  };
+  const small = model(grownModel(entry.model, entry.stages.slice(0, k)));
+  const large = model(grownModel(entry.model, entry.stages.slice(0, k + 1)));
+  const units = { batchTokens: spec.batch * spec.context };
+  if (at === "plan") {
+    const plan = planGrowthInRunUnits(law!, small, large, units);
+    if (!plan) return fixed({ flops: Infinity });
+    // The first model grows at the law's step; a grown model, which the law cannot place on its own
+    // curve, when its smoothed validation loss reaches the law's loss at growth.
+    if (k === 0) return fixed({ steps: plan.growAtStep });
+    const pts: CurvePoint[] = [];
+    const push = (p: CurvePoint) => {
+      pts.push(p);
+      return pts.length >= 8 && localPowerLaw(pts.slice(-8).map((q) => ({ step: q.step, compute: q.flops, loss: q.valLoss })), p.flops).loss <= plan.lossAtGrowth;
+    };
+    return { push, replay: (ps) => ps.some((p) => push(p)) };
+  }
+  void state;
+  const detector = new MarginalGrowthDetector({ law: law!, small, large, units });
+  const push = (p: CurvePoint) => detector.push({ step: p.step, compute: p.flops, loss: p.valLoss }) !== null;
+  return { push, replay: (ps) => ps.some((p) => push(p)) };
+}
+
+export interface RunAllOptions extends ExecuteOptions {
+  /** Run only these entries (by name, e.g. "baseline-s1"). */
+  only?: readonly string[];
+}
+
+/** Every run of a spec into `outDir/<name>`, one after the other; returns their results. */
+export async function runSpec(spec: RunSpec, outDir: string, o: RunAllOptions = {}): Promise<RunResult[]> {
+  const entries = runEntries(spec);
+  if (o.only) {
+    const names = new Set(entries.map((e) => e.name));
+    for (const n of o.only) if (!names.has(n)) throw new Error(`--only: no run named ${JSON.stringify(n)} (runs: ${[...names].join(", ")})`);
+  }
+  const results: RunResult[] = [];
+  for (const e of entries) {
+    if (o.only && !o.only.includes(e.name)) continue;
+    results.push(await executeRun(spec, e, join(outDir, e.name), o));
+  }
+  return results;
+}

@@ -1,0 +1,221 @@
+import { dirname, isAbsolute, resolve } from "node:path";
+
+/**
+ * A staged run described in one JSON file (`staged run <spec.json>`): data, batch, optimizer, the budget,
+ * the first model and its growth stages with their timing, and the comparisons to run beside it. Every
+ * field is checked before anything is trained; an error names the file and the field.
+ */
+export interface RunSpec {
+  /** The group name of the staged runs (directories `<name>-s<seed>`); default "staged". */
+  name: string;
+  /** `brown`, or a .txt / .bin file (relative paths are taken from the spec file's directory). */
+  data: string;
+  valData?: string;
+  /** An HF tokenizer.json (default: bytes, vocabulary 256). */
+  tokenizer?: string;
+  /** Tokens per block and blocks per optimizer step. */
+  context: number;
+  batch: number;
+  microBatch?: number;
+  optimizer: { lr: number; betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null };
+  /**
+   * The LR schedule: constant after a linear warmup. Staged and baseline runs are compared at every FLOP
+   * count, which a schedule decaying over one run's own length would not allow.
+   */
+  schedule: { kind: "constant"; warmup: number };
+  /** Validation every `every` steps on the first `blocks` blocks of the validation data. */
+  eval: { every: number; blocks: number };
+  /** Training compute of every run: FLOPs (as the trainer counts them) or tokens (× the final model's FLOPs per token). */
+  budget: { flops: number } | { tokens: number };
+  /** The first model (a fresh GPT-2; vocabulary 256 with bytes). */
+  model: ModelSpec;
+  /** The growths, in order. */
+  stages: StageSpec[];
+  /** A Chinchilla-form fit (`staged plan fit --form chinchilla` output), needed by `auto` and `plan` timings. */
+  law?: string;
+  /** Seeds of the staged runs (init and data order); default [0]. */
+  seeds: number[];
+  /** The final model trained from scratch with the same budget and hyperparameters; its seeds (default: none). */
+  baseline?: { seeds: number[] };
+  /** The first model trained for the whole budget without growing (is the target really compute-optimal?). */
+  noGrowth?: { seeds: number[] };
+  /** CPU threads of the trainer (default: all cores). */
+  threads?: number;
+}
+
+export interface ModelSpec {
+  arch: "gpt2";
+  layers: number;
+  dModel: number;
+  heads: number;
+  ffn?: number;
+  vocab: number;
+  tie: boolean;
+}
+
+/** When a growth happens. */
+export type Timing =
+  | { step: number }          // at this step of the stage's model
+  | { flops: number }         // once the run has spent this many FLOPs
+  | { fraction: number }      // once the run has spent this fraction of the budget
+  | "auto"                    // online: the marginal-efficiency rule of @staged/scheduler on the run's own validation curve
+  | "plan";                   // ahead of time: the same rule on the law's simulated curve
+
+export interface StageSpec {
+  grow: "width" | "depth";
+  /** Width: hidden/heads/FFN × factor; depth: layers × factor (default 2). */
+  factor: number;
+  at: Timing;
+  /** Operator options (width: moments, symmetry, noiseStd, ffnFactor; depth: placement, init, moments). */
+  options: Record<string, unknown>;
+  /** LR re-warmup steps after the growth (default 0). */
+  rewarmup: number;
+  /** The peak LR after the growth is the previous one × lrScale (default 1; μP-style width growth: 1/factor). */
+  lrScale: number;
+  /** The step the grown model continues from: "keep" (default), "law" (the law's equal-loss step), or a step. */
+  continueAt: "keep" | "law" | number;
+}
+
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** Parse and check a spec; `file` names it in errors and anchors relative paths. */
+export function parseRunSpec(raw: unknown, file: string): RunSpec {
+  const fail = (field: string, what: string): never => { throw new Error(`${file}: ${field} ${what}`); };
+  if (!isObj(raw)) fail("the spec", "must be a JSON object");
+  const r = raw as Record<string, unknown>;
+  const known = new Set(["name", "data", "valData", "tokenizer", "context", "batch", "microBatch", "optimizer", "schedule",
+    "eval", "budget", "model", "stages", "law", "seeds", "baseline", "noGrowth", "threads", "$comment"]);
+  for (const k of Object.keys(r)) if (!known.has(k)) fail(JSON.stringify(k), `is not a spec field (fields: ${[...known].filter((x) => x !== "$comment").join(", ")})`);
+
+  const int = (v: unknown, field: string, min: number, max = Number.MAX_SAFE_INTEGER): number =>
+    typeof v === "number" && Number.isInteger(v) && v >= min && v <= max ? v : fail(field, `must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
+  const pos = (v: unknown, field: string): number =>
+    typeof v === "number" && Number.isFinite(v) && v > 0 ? v : fail(field, `must be a number > 0, got ${JSON.stringify(v)}`);
+  const str = (v: unknown, field: string): string => (typeof v === "string" && v !== "" ? v : fail(field, `must be a non-empty string, got ${JSON.stringify(v)}`));
+  const path = (v: string) => (v === "brown" || isAbsolute(v) ? v : resolve(dirname(file), v));
+  const seeds = (v: unknown, field: string): number[] => {
+    if (!Array.isArray(v) || v.length === 0) return fail(field, "must be a non-empty list of seeds");
+    const out = v.map((s, i) => int(s, `${field}[${i}]`, 0, 0xffffffff));
+    if (new Set(out).size !== out.length) fail(field, "has a seed twice");
+    return out;
+  };
+  const fields = (v: Record<string, unknown>, where: string, allowed: string[]) => {
+    for (const k of Object.keys(v)) if (!allowed.includes(k)) fail(`${where}.${k}`, `is not a field (fields: ${allowed.join(", ")})`);
+  };
+
+  const name = r.name === undefined ? "staged" : str(r.name, "name");
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name) || name === "baseline" || name === "no-growth") {
+    fail("name", `must be letters, digits, '.', '_', '-' and not "baseline" or "no-growth", got ${JSON.stringify(name)}`);
+  }
+  const context = int(r.context, "context", 2, 1 << 16);
+  const batch = int(r.batch, "batch", 1, 1 << 16);
+  const microBatch = r.microBatch === undefined ? undefined : int(r.microBatch, "microBatch", 1, batch);
+  if (microBatch !== undefined && batch % microBatch !== 0) fail("microBatch", `must divide batch ${batch}, got ${microBatch}`);
+
+  if (!isObj(r.optimizer)) fail("optimizer", "must be an object with lr");
+  const o = r.optimizer as Record<string, unknown>;
+  fields(o, "optimizer", ["lr", "betas", "eps", "weightDecay", "clip"]);
+  const optimizer: RunSpec["optimizer"] = { lr: pos(o.lr, "optimizer.lr") };
+  if (o.betas !== undefined) {
+    const b = o.betas;
+    if (!Array.isArray(b) || b.length !== 2 || !b.every((x) => typeof x === "number" && x >= 0 && x < 1)) fail("optimizer.betas", "must be two numbers in [0, 1)");
+    optimizer.betas = [(b as number[])[0]!, (b as number[])[1]!];
+  }
+  if (o.eps !== undefined) optimizer.eps = pos(o.eps, "optimizer.eps");
+  if (o.weightDecay !== undefined) {
+    optimizer.weightDecay = typeof o.weightDecay === "number" && o.weightDecay >= 0 && Number.isFinite(o.weightDecay)
+      ? o.weightDecay : fail("optimizer.weightDecay", "must be a number ≥ 0");
+  }
+  if (o.clip !== undefined) optimizer.clip = o.clip === null ? null : pos(o.clip, "optimizer.clip");
+
+  const sch = r.schedule === undefined ? { kind: "constant", warmup: 0 } : r.schedule;
+  if (!isObj(sch)) fail("schedule", "must be an object");
+  const s = sch as Record<string, unknown>;
+  fields(s, "schedule", ["kind", "warmup"]);
+  if (s.kind !== undefined && s.kind !== "constant") {
+    fail("schedule.kind", `must be "constant" (staged and baseline runs are compared at every FLOP count, which a schedule decaying over one run's length breaks), got ${JSON.stringify(s.kind)}`);
+  }
+  const schedule = { kind: "constant" as const, warmup: s.warmup === undefined ? 0 : int(s.warmup, "schedule.warmup", 0) };
+
+  if (!isObj(r.eval)) fail("eval", "must be an object {every, blocks}");
+  const e = r.eval as Record<string, unknown>;
+  fields(e, "eval", ["every", "blocks"]);
+  const evalSpec = { every: int(e.every, "eval.every", 1), blocks: e.blocks === undefined ? 64 : int(e.blocks, "eval.blocks", 1) };
+
+  if (!isObj(r.budget)) fail("budget", "must be {\"flops\": N} or {\"tokens\": N}");
+  const b = r.budget as Record<string, unknown>;
+  const budget = Object.keys(b).length === 1 && b.flops !== undefined ? { flops: pos(b.flops, "budget.flops") }
+    : Object.keys(b).length === 1 && b.tokens !== undefined ? { tokens: pos(b.tokens, "budget.tokens") }
+    : fail("budget", "must be {\"flops\": N} or {\"tokens\": N}");
+
+  if (!isObj(r.model)) fail("model", "must be an object {layers, dModel, heads}");
+  const m = r.model as Record<string, unknown>;
+  fields(m, "model", ["arch", "layers", "dModel", "heads", "ffn", "vocab", "tie"]);
+  if (m.arch !== undefined && m.arch !== "gpt2") fail("model.arch", `must be "gpt2", got ${JSON.stringify(m.arch)}`);
+  const model: ModelSpec = {
+    arch: "gpt2", layers: int(m.layers, "model.layers", 1, 1024), dModel: int(m.dModel, "model.dModel", 1, 1 << 16),
+    heads: int(m.heads, "model.heads", 1, 1024), vocab: m.vocab === undefined ? 256 : int(m.vocab, "model.vocab", 2, 1 << 20),
+    tie: m.tie === undefined ? true : typeof m.tie === "boolean" ? m.tie : fail("model.tie", "must be true or false"),
+    ...(m.ffn === undefined ? {} : { ffn: int(m.ffn, "model.ffn", 1, 1 << 20) }),
+  };
+  if (model.dModel % model.heads !== 0) fail("model.dModel", `${model.dModel} is not divisible by model.heads ${model.heads}`);
+
+  if (!Array.isArray(r.stages)) fail("stages", "must be a list (empty: no growth)");
+  const stages = (r.stages as unknown[]).map((v, i) => parseStage(v, `stages[${i}]`, fail, int, pos));
+  const law = r.law === undefined ? undefined : path(str(r.law, "law"));
+  if (!law && stages.some((st) => st.at === "auto" || st.at === "plan" || st.continueAt === "law")) {
+    fail("law", "is needed by an \"auto\" or \"plan\" timing or continueAt \"law\" (a fit.json from `staged plan fit --form chinchilla`)");
+  }
+  const group = (v: unknown, field: string) => {
+    if (v === undefined) return undefined;
+    if (!isObj(v)) return fail(field, "must be an object {seeds: [...]}");
+    fields(v, field, ["seeds"]);
+    return { seeds: seeds(v.seeds, `${field}.seeds`) };
+  };
+  return {
+    name, data: path(str(r.data, "data")), context, batch, optimizer, schedule, eval: evalSpec, budget, model, stages,
+    seeds: r.seeds === undefined ? [0] : seeds(r.seeds, "seeds"),
+    ...(r.valData === undefined ? {} : { valData: path(str(r.valData, "valData")) }),
+    ...(r.tokenizer === undefined ? {} : { tokenizer: path(str(r.tokenizer, "tokenizer")) }),
+    ...(microBatch === undefined ? {} : { microBatch }),
+    ...(law === undefined ? {} : { law }),
+    ...(r.baseline === undefined ? {} : { baseline: group(r.baseline, "baseline")! }),
+    ...(r.noGrowth === undefined ? {} : { noGrowth: group(r.noGrowth, "noGrowth")! }),
+    ...(r.threads === undefined ? {} : { threads: int(r.threads, "threads", 1, 1024) }),
+  };
+}
+
+function parseStage(v: unknown, where: string, fail: (f: string, w: string) => never,
+                    int: (v: unknown, f: string, min: number, max?: number) => number, pos: (v: unknown, f: string) => number): StageSpec {
+  if (!isObj(v)) fail(where, "must be an object {grow, at, ...}");
+  const s = v as Record<string, unknown>;
+  const allowed = ["grow", "factor", "at", "options", "rewarmup", "lrScale", "continueAt"];
+  for (const k of Object.keys(s)) if (!allowed.includes(k)) fail(`${where}.${k}`, `is not a field (fields: ${allowed.join(", ")})`);
+  if (s.grow !== "width" && s.grow !== "depth") fail(`${where}.grow`, `must be "width" or "depth", got ${JSON.stringify(s.grow)}`);
+  let at: Timing;
+  if (s.at === "auto" || s.at === "plan") at = s.at;
+  else if (isObj(s.at) && Object.keys(s.at).length === 1) {
+    const a = s.at;
+    if (a.step !== undefined) at = { step: int(a.step, `${where}.at.step`, 1) };
+    else if (a.flops !== undefined) at = { flops: pos(a.flops, `${where}.at.flops`) };
+    else if (a.fraction !== undefined) {
+      const f = pos(a.fraction, `${where}.at.fraction`);
+      if (f >= 1) fail(`${where}.at.fraction`, `must be below 1, got ${f}`);
+      at = { fraction: f };
+    } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N} or {\"fraction\": f}");
+  } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N} or {\"fraction\": f}");
+  const options = s.options === undefined ? {} : isObj(s.options) ? { ...s.options } : fail(`${where}.options`, "must be an object");
+  for (const k of ["factor", "layers", "layerMap", "rewarmup", "continueAt", "registry"]) {
+    if (k in options) fail(`${where}.options.${k}`, `is set by the stage itself (${k === "factor" ? "factor" : k === "rewarmup" || k === "continueAt" ? k : "factor"}), not in options`);
+  }
+  const continueAt = s.continueAt === undefined || s.continueAt === "keep" ? "keep" as const
+    : s.continueAt === "law" ? "law" as const : int(s.continueAt, `${where}.continueAt`, 0);
+  return {
+    grow: s.grow as "width" | "depth",
+    factor: s.factor === undefined ? 2 : int(s.factor, `${where}.factor`, 2, 64),
+    at, options,
+    rewarmup: s.rewarmup === undefined ? 0 : int(s.rewarmup, `${where}.rewarmup`, 0),
+    lrScale: s.lrScale === undefined ? 1 : pos(s.lrScale, `${where}.lrScale`),
+    continueAt,
+  };
+}

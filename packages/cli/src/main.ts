@@ -6,6 +6,7 @@ import { registerInit } from "./commands/init.js";
 import { registerTrain } from "./commands/train.js";
 import { registerEval } from "./commands/eval.js";
 import { registerPlan } from "./commands/plan.js";
+import { registerReport, registerRun } from "./commands/run.js";
 
 export interface GlobalOptions { json?: boolean; debug?: boolean }
 
@@ -24,6 +25,8 @@ export function createProgram(): Command {
   registerEval(program);
   registerGrow(program);
   registerPlan(program);
+  registerRun(program);
+  registerReport(program);
   return program;
 }
 

@@ -1,12 +1,11 @@
-import { randomBytes } from "node:crypto";
-import { readFile, rename, rm, writeFile } from "node:fs/promises";
-import { basename, dirname, join, resolve } from "node:path";
+import { readFile } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
-import { canonicalPath } from "@staged/core";
 import {
   GROWTH_FACTORS, OnlineGrowthDetector, THRESHOLDS, chinchillaLaw, constantOp, fitLaw, kaplan, lawFromFit, parseCurveArg, planPlotSpec, planStages,
   readLearningCurve, DEFAULT_BATCH_TOKENS, type FitResult, type GrowthOperator, type Plan, type ScalingLaw, type StepGrid,
 } from "@staged/scheduler";
+import { writeOutputFile } from "../files.js";
 import { createOutput, runAction, UsageError } from "../output.js";
 import type { GlobalOptions } from "../main.js";
 
@@ -75,20 +74,7 @@ function parseGrid(text: string | undefined): StepGrid | undefined {
   return { from: parts[0]!, to: parts[1]!, every: parts[2]! };
 }
 
-/** Write a file atomically (a temporary sibling renamed into place), refusing to overwrite any input. */
-export async function writeOutputFile(path: string, data: string, inputs: readonly string[]): Promise<void> {
-  for (const input of inputs) {
-    if ((await canonicalPath(path)) === (await canonicalPath(input))) throw new UsageError(`${path}: refusing to overwrite an input`);
-  }
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
-  try {
-    await writeFile(tmp, data);
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw new Error(`${path}: cannot write (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
-  }
-}
+export { writeOutputFile } from "../files.js";
 
 /** Render a plan's picture to SVG with Vega-Lite + Vega (headless, no browser). */
 export async function renderPlanSvg(plan: Plan): Promise<string> {

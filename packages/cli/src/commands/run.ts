@@ -1,0 +1,123 @@
+import { existsSync } from "node:fs";
+import { readdir } from "node:fs/promises";
+import { basename, dirname, extname, join, resolve } from "node:path";
+import type { Command } from "commander";
+import { parseJsonFile, readTextInput } from "@staged/core";
+import {
+  compareRuns, formatReport, parseRunSpec, renderReportSvg, runEntries, runSpec, svgToPng,
+  type RunProgress, type RunResult,
+} from "@staged/run";
+import { writeOutputFile } from "../files.js";
+import { createOutput, runAction, UsageError } from "../output.js";
+import { integer, intList } from "../options.js";
+import type { GlobalOptions } from "../main.js";
+
+const fmtTime = (s: number): string => {
+  if (!Number.isFinite(s)) return "-";
+  const t = Math.max(0, Math.round(s));
+  const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), sec = t % 60;
+  return h ? `${h}h${String(m).padStart(2, "0")}m` : m ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
+};
+
+/** One progress line: where the run is in its budget, its stage, the last validation loss, the rate and the ETA. */
+export function progressLine(p: RunProgress): string {
+  return `[${p.run}] stage ${p.stage}/${p.stages}  ${((100 * p.flops) / p.budget).toFixed(1)}% of ${p.budget.toExponential(2)} FLOPs  ` +
+    `step ${p.globalStep}  val ${p.valLoss === null ? "-" : p.valLoss.toFixed(4)}  ${Math.round(p.tokensPerSecond)} tok/s  ETA ${fmtTime(p.eta)}`;
+}
+
+/** The results under the given paths: a result.json, a run directory holding one, or an output directory of runs. */
+export async function readResults(paths: readonly string[]): Promise<RunResult[]> {
+  const files: string[] = [];
+  for (const p of paths) {
+    if (p.endsWith(".json")) { files.push(p); continue; }
+    if (!existsSync(p)) throw new UsageError(`${p}: no such file or directory`);
+    if (existsSync(join(p, "result.json"))) { files.push(join(p, "result.json")); continue; }
+    let names: string[];
+    try { names = (await readdir(p)).sort(); } catch { throw new UsageError(`${p}: not a run directory or a result.json`); }
+    const found = names.map((n) => join(p, n, "result.json")).filter((f) => existsSync(f));
+    if (!found.length) throw new UsageError(`${p}: no result.json in it or in its subdirectories (has \`staged run\` finished a run there?)`);
+    files.push(...found);
+  }
+  const results: RunResult[] = [];
+  for (const f of files) {
+    const r = parseJsonFile(await readTextInput(f, "the run result"), f) as RunResult;
+    if (r?.format !== "staged-run-result" || !Array.isArray(r.points) || !Array.isArray(r.growths)) {
+      throw new UsageError(`${f}: not a staged run result (format "staged-run-result")`);
+    }
+    results.push(r);
+  }
+  return results;
+}
+
+interface RunCliOptions { out?: string; only?: string; seeds?: number[]; baseline?: number[]; threads?: number }
+interface ReportCliOptions { loss?: string; baseline: string; plot?: string[]; title?: string }
+
+export function registerRun(program: Command): void {
+  program.command("run <spec.json>")
+    .description("a staged run end to end from one spec file (train, decide, grow, continue), with its baseline; rerun the same command to resume")
+    .option("--out <dir>", "output directory (default: the spec's path without .json)")
+    .option("--seeds <s,...>", "seeds of the staged runs (default: the spec's)", intList("seeds"))
+    .option("--baseline <s,...>", "also train the final model from scratch with these seeds (default: the spec's baseline)", intList("baseline"))
+    .option("--only <names>", "run only these runs (comma-separated, e.g. baseline-s1,staged-s0)")
+    .option("--threads <N>", "CPU threads of the trainer (default: the spec's, else all cores)", integer("threads", 1))
+    .action(async (file: string, o: RunCliOptions, cmd: Command) => {
+      const g = cmd.optsWithGlobals<GlobalOptions>();
+      await runAction(Boolean(g.debug), async () => {
+        const out = createOutput(Boolean(g.json));
+        const raw = parseJsonFile(await readTextInput(file, "the run spec"), file);
+        const spec = parseRunSpec(raw, resolve(file));
+        if (o.seeds) spec.seeds = o.seeds;
+        if (o.baseline) spec.baseline = { seeds: o.baseline };
+        const dir = o.out ?? join(dirname(file), basename(file, extname(file)));
+        const only = o.only?.split(",").map((s) => s.trim()).filter(Boolean);
+        const names = runEntries(spec).map((e) => e.name).filter((n) => !only || only.includes(n));
+        // Progress and decisions on stderr, also with --json.
+        process.stderr.write(`staged run: ${names.length} run${names.length === 1 ? "" : "s"} (${names.join(", ")}) into ${resolve(dir)}\n`);
+        const results = await runSpec(spec, dir, {
+          only, threads: o.threads,
+          onProgress: (p) => process.stderr.write(progressLine(p) + "\n"),
+          onLine: (line) => process.stderr.write(line + "\n"),
+        });
+        const hasBaseline = results.some((r) => r.group === "baseline");
+        const report = hasBaseline && results.some((r) => r.group !== "baseline") ? compareRuns(results) : null;
+        out.result({ out: resolve(dir), runs: results.map((r) => ({ name: r.name, group: r.group, seed: r.seed, done: r.done,
+          finalValLoss: r.points.at(-1)?.valLoss ?? null, flops: r.points.at(-1)?.flops ?? 0, growths: r.growths })), report },
+        [
+          ...results.map((r) => `${r.name}: final val loss ${r.points.at(-1)?.valLoss.toFixed(4) ?? "-"} after ${(r.points.at(-1)?.flops ?? 0).toExponential(3)} FLOPs, ${r.growths.length} growth${r.growths.length === 1 ? "" : "s"}`),
+          ...(report ? ["", formatReport(report)] : []),
+          `results in ${resolve(dir)} (staged report ${dir} --plot curves.svg)`,
+        ].join("\n"));
+      });
+    });
+}
+
+export function registerReport(program: Command): void {
+  program.command("report <runs...>")
+    .description("FLOPs each run needed to reach given losses, the saving against the baseline over seeds, growth penalties, and the plot")
+    .option("--loss <x,...>", "target validation losses (default: the baseline's mean and worst final loss)")
+    .option("--baseline <group>", "the group the others are compared with", "baseline")
+    .option("--plot <file...>", "draw validation loss against FLOPs with the growths marked (.svg or .png; several allowed)")
+    .option("--title <text>", "the plot's title")
+    .action(async (paths: string[], o: ReportCliOptions, cmd: Command) => {
+      const g = cmd.optsWithGlobals<GlobalOptions>();
+      await runAction(Boolean(g.debug), async () => {
+        const losses = o.loss?.split(",").map((v) => {
+          const x = Number(v);
+          if (v.trim() === "" || !Number.isFinite(x) || x <= 0) throw new UsageError(`--loss must be positive numbers separated by commas, got "${o.loss}"`);
+          return x;
+        });
+        for (const p of o.plot ?? []) {
+          if (![".svg", ".png"].includes(extname(p).toLowerCase())) throw new UsageError(`${p}: --plot writes .svg or .png`);
+        }
+        const results = await readResults(paths);
+        const report = compareRuns(results, { baseline: o.baseline, ...(losses ? { losses } : {}) });
+        const inputs = paths.map((p) => (p.endsWith(".json") ? p : join(p, "result.json")));
+        if (o.plot?.length) {
+          const svg = await renderReportSvg(results, report, o.title ? { title: o.title } : {});
+          for (const p of o.plot) await writeOutputFile(p, extname(p).toLowerCase() === ".png" ? svgToPng(svg) : svg, inputs);
+        }
+        createOutput(Boolean(g.json)).result({ report, plots: (o.plot ?? []).map((p) => resolve(p)) },
+          formatReport(report) + (o.plot?.length ? `\nplots: ${o.plot.map((p) => resolve(p)).join(", ")}` : ""));
+      });
+    });
+}

@@ -159,15 +159,14 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
   growths.splice(k); // a growth record whose checkpoint never landed is redone
 
   const t0 = performance.now();
-  let flopsAtStart: number | null = null;
+  let flopsAtStart: number | null = null; // set from the first checkpoint loaded below
   let lastReport = 0;
   const report = (state: TrainingState, stage: number, valLoss: number | null, tps: number, force = false) => {
     const now = performance.now();
     if (!o.onProgress || (!force && now - lastReport < (o.progressEvery ?? 10) * 1000)) return;
     lastReport = now;
     const flops = state.progress.flopsSeen;
-    flopsAtStart ??= flops;
-    const rate = (flops - flopsAtStart) / Math.max((now - t0) / 1000, 1e-3);
+    const rate = (flops - (flopsAtStart ?? flops)) / Math.max((now - t0) / 1000, 1e-3);
     o.onProgress({
       run: entry.name, stage, stages: entry.stages.length, step: state.progress.step,
       globalStep: state.progress.globalStep ?? state.progress.step, flops, budget, valLoss, tokensPerSecond: tps,
@@ -178,6 +177,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
   for (;; k++) {
     const dir = stageDir(runDir, k);
     let state: TrainingState & { close(): Promise<void> } = await loadTrainingState(dir, { registry });
+    flopsAtStart ??= state.progress.flopsSeen;
     try {
       const stage = entry.stages[k];
       const shape = state.shape;
@@ -248,7 +248,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
         ...stage.options, factor: stage.factor,
         rewarmup: stage.rewarmup, ...(continueAt === undefined ? {} : { continueAt }), registry,
       });
-      const ev = { data: spec.valData ?? spec.data, context: spec.context, maxBlocks: spec.eval.blocks, batch: spec.batch, threads: o.threads ?? spec.threads, engineFactory: o.engineFactory };
+      const ev = { data: spec.data, valData: spec.valData, stream: "training-validation" as const, context: spec.context, maxBlocks: spec.eval.blocks, batch: spec.batch, threads: o.threads ?? spec.threads, engineFactory: o.engineFactory };
       const valAfter = (await evaluate(grown, ev)).loss;
       const event: GrowthEvent = {
         stage: k + 1, operator: stage.grow, options: { factor: stage.factor, ...stage.options, rewarmup: stage.rewarmup, lrScale: stage.lrScale, continueAt: continueAt ?? "keep" },

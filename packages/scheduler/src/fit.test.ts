@@ -37,6 +37,32 @@ describe("fitted laws", () => {
     const fitted = lawFromFit(fit);
     expect(fitted.name).toBe("fit:chinchilla");
     expect(fitted.lossAtConvergence(1e9)).toBeCloseTo(law.lossAtConvergence(1e9), 1);
+    // five sizes, small noise: well determined, and the true values lie within a few standard errors
+    expect(fit.warnings).toEqual([]);
+    const p = Object.fromEntries(fit.parameters!.map((q) => [q.name, q]));
+    expect(p.E!.atBound).toBe(false);
+    expect(Math.abs(p.E!.value - truth.E)).toBeLessThan(6 * p.E!.stdError + 1e-3);
+    expect(p.beta!.stdError).toBeGreaterThan(0);
+  });
+
+  it("says when a fit is ill-determined: two sizes, or a parameter on its bound", () => {
+    const law = chinchillaLaw({ E: 1.8, A: 300, alpha: 0.32, B: 500, beta: 0.3 }, 65536);
+    const two: LearningCurve[] = [1e6, 4e6].map((n) => ({
+      params: n, points: law.curve(n, Array.from({ length: 30 }, (_, i) => Math.round(200 * 1.15 ** i))),
+    }));
+    const fit = fitChinchilla(two);
+    expect(fit.warnings!.some((w) => /only 2 model sizes/.test(w))).toBe(true);
+    // Curves that keep falling as a pure power law have no floor: E is pushed onto its bound 0.
+    const pure: LearningCurve[] = [1e6, 4e6, 1.6e7].map((n) => ({
+      params: n, points: Array.from({ length: 30 }, (_, i) => {
+        const step = Math.round(200 * 1.15 ** i);
+        return { step, tokens: step * 65536, loss: 30 * (step * 65536) ** -0.2 + 40 * n ** -0.3 };
+      }),
+    }));
+    const f2 = fitChinchilla(pure);
+    const e = f2.parameters!.find((q) => q.name === "E")!;
+    expect(e.atBound).toBe(true);
+    expect(f2.warnings!.some((w) => /^E ended on its bound/.test(w))).toBe(true);
   });
 
   it("recovers Kaplan-form constants from noisy synthetic curves", () => {

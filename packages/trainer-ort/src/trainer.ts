@@ -427,6 +427,15 @@ export async function train(state: TrainingState, options: TrainOptions,
 
 export interface EvaluateOptions {
   data: string;
+  /**
+   * Which stream of `data`: "validation" (default) reads it as `staged eval` does (for `brown`, the Brown
+   * validation split; a file whole); "training-validation" is the validation stream `train` uses for the
+   * same options (`valData` when given, the Brown split, else the held-out last 5% of a file), so a loss
+   * measured here equals the trainer's validation loss.
+   */
+  stream?: "validation" | "training-validation";
+  /** With stream "training-validation": the validation data given to `train`. */
+  valData?: string;
   context?: number;
   maxBlocks?: number;
   batch?: number;
@@ -452,7 +461,9 @@ export async function evaluate(state: TrainingState, o: EvaluateOptions): Promis
   const batch = o.batch ?? DEFAULT_BATCH;
   check(isPosInt(batch), `batch must be a positive integer, got ${batch}`);
   const tokenizer = await tokenizerOf(state.tokenizer, state.files);
-  const stream = await readTokens(o.data, tokenizer, state.shape.vocab, "validation");
+  const stream = o.stream === "training-validation"
+    ? (await prepareData({ data: o.data, valData: o.valData, tokenizer, vocab: state.shape.vocab, context })).validation
+    : await readTokens(o.data, tokenizer, state.shape.vocab, "validation");
   requireBlock(stream, context);
   const blocks = evalBlockCount(stream.tokens.length, context, o.maxBlocks);
   const weights = await readAll(state.params);

@@ -1,0 +1,120 @@
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadTrainingState } from "@staged/core";
+import { flopsPerToken } from "@staged/scheduler";
+import { brownText } from "@staged/trainer-ort";
+import { budgetFlops, executeRun, grownModel, runEntries, runSpec, shapeOf } from "./run.js";
+import { parseRunSpec, type RunSpec } from "./spec.js";
+import { compareRuns } from "./report.js";
+
+let dir: string;
+let data: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-run-"));
+  data = join(dir, "corpus.txt");
+  await writeFile(data, (await brownText("train")).slice(0, 60_000));
+});
+afterAll(() => rm(dir, { recursive: true, force: true }));
+
+function spec(over: Record<string, unknown> = {}): RunSpec {
+  return parseRunSpec({
+    name: "w", data, context: 16, batch: 4, optimizer: { lr: 3e-3 }, schedule: { kind: "constant", warmup: 2 },
+    eval: { every: 4, blocks: 4 }, budget: { flops: 6e8 }, model: { layers: 1, dModel: 16, heads: 2 },
+    stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }], threads: 1, ...over,
+  }, join(dir, "spec.json"));
+}
+
+describe("runEntries / grownModel", () => {
+  it("the baseline is the final model of the stages; no-growth the first", () => {
+    const s = spec({ stages: [{ grow: "width", at: { step: 5 }, options: { ffnFactor: 2 } }, { grow: "depth", at: { step: 5 }, factor: 3 }],
+      seeds: [0, 1], baseline: { seeds: [7] }, noGrowth: { seeds: [0] } });
+    expect(grownModel(s.model, s.stages)).toMatchObject({ layers: 3, dModel: 32, heads: 4, ffn: 256 });
+    expect(runEntries(s).map((e) => `${e.name}:${e.model.layers}x${e.model.dModel}:${e.stages.length}`))
+      .toEqual(["w-s0:1x16:2", "w-s1:1x16:2", "baseline-s7:3x32:0", "no-growth-s0:1x16:0"]);
+  });
+
+  it("a token budget is counted at the final model's FLOPs per token", () => {
+    const s = spec({ budget: { tokens: 1000 } });
+    expect(budgetFlops(s)).toBe(1000 * flopsPerToken(shapeOf(grownModel(s.model, s.stages), 16), 16));
+  });
+});
+
+describe("executeRun", () => {
+  it("trains to the budget, grows once at its moment, and records a monotone curve", async () => {
+    const s = spec();
+    const [entry] = runEntries(s);
+    const r = await executeRun(s, entry!, join(dir, "a"));
+    const fpStep0 = flopsPerToken(shapeOf(s.model, 16), 16) * 4 * 16;
+    expect(r.done).toBe(true);
+    expect(r.growths).toHaveLength(1);
+    const g = r.growths[0]!;
+    expect(g).toMatchObject({ stage: 1, operator: "width", timing: "fraction" });
+    // grows at the first step at or past 40% of the budget
+    expect(g.flops).toBeGreaterThanOrEqual(0.4 * 6e8);
+    expect(g.flops - fpStep0).toBeLessThan(0.4 * 6e8);
+    // width growth keeps the function: same validation loss before and after (float32 rounding)
+    expect(Math.abs(g.valLossAfter - g.valLossBefore)).toBeLessThan(1e-5);
+    const last = r.points.at(-1)!;
+    expect(last.flops).toBeGreaterThanOrEqual(6e8);
+    expect(last.stage).toBe(1);
+    for (let i = 1; i < r.points.length; i++) {
+      expect(r.points[i]!.globalStep).toBeGreaterThan(r.points[i - 1]!.globalStep);
+      expect(r.points[i]!.flops).toBeGreaterThan(r.points[i - 1]!.flops);
+    }
+    // stored settings: the checkpoint of the last stage knows batch, context and eval settings
+    const st = await loadTrainingState(join(dir, "a", "stage-1"));
+    expect(st.training).toMatchObject({ batch: 4, context: 16, evalEvery: 4, evalBlocks: 4 });
+    expect(st.shape.dModel).toBe(32);
+    await st.close();
+    // rerunning a finished run does nothing and returns the same result
+    expect(await executeRun(s, entry!, join(dir, "a"))).toEqual(r);
+  });
+
+  it("a run killed anywhere resumes to the result of an uninterrupted one", async () => {
+    const s = spec();
+    const [entry] = runEntries(s);
+    const whole = await executeRun(s, entry!, join(dir, "whole"));
+    for (const killAt of [3, 11, 26]) {
+      const d = join(dir, `killed-${killAt}`);
+      await expect(executeRun(s, entry!, d, { onStep: (g) => { if (g === killAt) throw new Error("killed"); } })).rejects.toThrow("killed");
+      const resumed = await executeRun(s, entry!, d);
+      expect(resumed.points.map((p) => [p.globalStep, p.valLoss])).toEqual(whole.points.map((p) => [p.globalStep, p.valLoss]));
+      expect(resumed.growths).toEqual(whole.growths);
+    }
+  });
+
+  it("refuses a directory that holds another spec's run", async () => {
+    const s = spec();
+    const [entry] = runEntries(s);
+    const d = join(dir, "a");
+    await expect(executeRun({ ...s, batch: 8 }, { ...entry! }, d)).rejects.toThrow(/holds a run of another spec/);
+  });
+
+  it("auto timing grows when the measured dL/dC reaches the law's large model's", async () => {
+    const law = join(dir, "law.json");
+    // A law under which the large model is far more efficient at any loss below 5: growth is due at once,
+    // as soon as the detector has its window (8 points) and patience (3).
+    await writeFile(law, JSON.stringify({ format: "staged-scaling-fit", version: 1, form: "chinchilla",
+      constants: { E: 0.5, A: 10, alpha: 0.5, B: 1, beta: 1 }, batchTokens: 64 }));
+    const s = spec({ law, stages: [{ grow: "width", at: "auto" }], budget: { flops: 1.2e9 } });
+    const r = await executeRun(s, runEntries(s)[0]!, join(dir, "auto"));
+    expect(r.growths).toHaveLength(1);
+    expect(r.growths[0]!.timing).toBe("auto");
+    // 10 validation points (8 for the window, then 3 in a row) at every 4 steps: step 40
+    expect(r.growths[0]!.globalStep).toBe(40);
+  });
+
+  it("runs baselines beside the staged run and compares them", async () => {
+    const s = spec({ seeds: [0], baseline: { seeds: [0] } });
+    const results = await runSpec(s, join(dir, "a"));
+    expect(results.map((r) => r.name)).toEqual(["w-s0", "baseline-s0"]);
+    const base = results[1]!;
+    expect(base.growths).toEqual([]);
+    const rep = compareRuns(results);
+    expect(rep.groups.map((g) => g.group)).toEqual(["baseline", "w"]);
+    const st = JSON.parse(await readFile(join(dir, "a", "baseline-s0", "stage-0", "config.json"), "utf8")) as Record<string, unknown>;
+    expect(st).toMatchObject({ n_embd: 32, n_head: 4, n_layer: 1 });
+  });
+});

@@ -1,0 +1,56 @@
+import { describe, expect, it } from "vitest";
+import { parseRunSpec } from "./spec.js";
+
+const base = {
+  data: "brown", context: 32, batch: 4, optimizer: { lr: 1e-3 }, eval: { every: 5 }, budget: { flops: 1e9 },
+  model: { layers: 1, dModel: 16, heads: 2 }, stages: [{ grow: "width", at: { fraction: 0.5 } }],
+};
+const parse = (over: Record<string, unknown>) => parseRunSpec({ ...base, ...over }, "/x/spec.json");
+
+describe("parseRunSpec", () => {
+  it("fills the defaults", () => {
+    const s = parse({});
+    expect(s.name).toBe("staged");
+    expect(s.seeds).toEqual([0]);
+    expect(s.schedule).toEqual({ kind: "constant", warmup: 0 });
+    expect(s.eval).toEqual({ every: 5, blocks: 64 });
+    expect(s.model).toEqual({ arch: "gpt2", layers: 1, dModel: 16, heads: 2, vocab: 256, tie: true });
+    expect(s.stages[0]).toEqual({ grow: "width", factor: 2, at: { fraction: 0.5 }, options: {}, rewarmup: 0, lrScale: 1, continueAt: "keep" });
+  });
+
+  it("resolves data paths against the spec's directory, keeps brown", () => {
+    expect(parse({ data: "corpus.txt" }).data).toBe("/x/corpus.txt");
+    expect(parse({ data: "/abs/c.txt" }).data).toBe("/abs/c.txt");
+    expect(parse({}).data).toBe("brown");
+  });
+
+  it.each([
+    [{ batch: 0 }, "/x/spec.json: batch must be an integer in [1, 65536], got 0"],
+    [{ batch: 2.5 }, "batch must be an integer"],
+    [{ microBatch: 3 }, "microBatch must divide batch 4, got 3"],
+    [{ budget: { flops: 1, tokens: 2 } }, "budget must be"],
+    [{ budget: { flops: -1 } }, "budget.flops must be a number > 0"],
+    [{ schedule: { kind: "cosine" } }, "schedule.kind must be \"constant\""],
+    [{ model: { layers: 1, dModel: 10, heads: 3 } }, "model.dModel 10 is not divisible by model.heads 3"],
+    [{ stages: [{ grow: "sideways", at: "auto" }] }, "stages[0].grow must be \"width\" or \"depth\""],
+    [{ stages: [{ grow: "width", at: { fraction: 1.5 } }] }, "stages[0].at.fraction must be below 1"],
+    [{ stages: [{ grow: "width", at: "soon" }] }, "stages[0].at must be"],
+    [{ stages: [{ grow: "width", at: "auto" }] }, "law is needed by an \"auto\""],
+    [{ stages: [{ grow: "width", at: { step: 3 }, options: { factor: 4 } }] }, "stages[0].options.factor is set by the stage itself"],
+    [{ stages: [{ grow: "width", at: { step: 3 }, speed: 1 }] }, "stages[0].speed is not a field"],
+    [{ seeds: [1, 1] }, "seeds has a seed twice"],
+    [{ name: "baseline" }, "name must be"],
+    [{ extra: 1 }, "\"extra\" is not a spec field"],
+    [{ optimizer: { lr: 1e-3, betas: [0.9] } }, "optimizer.betas must be two numbers"],
+  ])("refuses %j", (over, message) => {
+    expect(() => parse(over)).toThrow(message);
+  });
+
+  it("errors are one line naming the file", () => {
+    try { parse({ eval: { every: 0 } }); } catch (e) {
+      expect((e as Error).message).toMatch(/^\/x\/spec\.json: eval\.every must be an integer/);
+      expect((e as Error).message).not.toContain("\n");
+    }
+    expect.assertions(2);
+  });
+});

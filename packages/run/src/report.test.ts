@@ -67,10 +67,15 @@ describe("growthPenalty", () => {
     expect(p.stage).toBe(1);
     expect(p.operator).toBe("width");
     expect(p.before).toBe(3.5);
-    expect(p.maxRise).toBeCloseTo(0.4, 12); // 3.9 − 3.5; the later 3.8 (after recovery) does not count
+    expect(p.maxRise).toBeCloseTo(0.4, 12); // 3.9 − 3.5
     expect(p.penalty).toBeCloseTo(0.4, 12);
-    expect(p.recoverFlops).toBe(100); // 300 − 200
+    expect(p.recoverFlops).toBe(100); // 300 − 200: the first point after the peak back at 3.5 or below
     expect(p.recoverSteps).toBe(10);
+    // a rise after a first recovery (the re-warmed LR) counts, and recovery is after it
+    const late = run("staged", 4, [[100, 4], [200, 3.5], [220, 3.4, 1], [260, 3.8, 1], [300, 3.6, 1], [340, 3.45, 1]], [growth(1, 200, 3.5)]);
+    const q = growthPenalty(late, 0);
+    expect(q.maxRise).toBeCloseTo(0.3, 12);
+    expect(q.recoverFlops).toBe(140);
   });
 
   it("reports no recovery when the stage never gets back", () => {
@@ -87,9 +92,12 @@ describe("growthPenalty", () => {
   it("keeps a negative rise signed and the penalty at zero; null without points in the stage", () => {
     const better = run("staged", 2, [[100, 4], [200, 3.5], [250, 3.3, 1], [300, 3.6, 1]], [growth(1, 200, 3.5)]);
     const p = growthPenalty(better, 0);
-    expect(p.maxRise).toBeCloseTo(-0.2, 12);
-    expect(p.penalty).toBe(0);
-    expect(p.recoverFlops).toBe(50);
+    expect(p.maxRise).toBeCloseTo(0.1, 12); // 3.6 at 300
+    const never = run("staged", 5, [[100, 4], [200, 3.5], [250, 3.3, 1], [300, 3.2, 1]], [growth(1, 200, 3.5)]);
+    const n = growthPenalty(never, 0);
+    expect(n.maxRise).toBeCloseTo(-0.2, 12);
+    expect(n.penalty).toBe(0);
+    expect(n.recoverFlops).toBe(0);
     const empty = growthPenalty(run("staged", 3, [[100, 4], [200, 3.5]], [growth(1, 200, 3.5)]), 0);
     expect(empty.maxRise).toBeNull();
     expect(empty.penalty).toBeNull();

@@ -57,15 +57,18 @@ export interface GrowthPenalty {
   /** The small model's validation loss just before the growth. */
   before: number;
   /**
-   * The largest validation loss of the new stage minus `before`, over the stage's points up to and including
-   * the first one back at or below `before` (all its points if it never gets back): signed, so negative when
-   * the first point of the stage is already below `before`; Infinity if one of those losses is not finite.
-   * Null when the stage has no validation point.
+   * The largest validation loss of the new stage minus `before`, over all the stage's points (a re-warmed LR
+   * can raise the loss after the first points were fine, so the rise is not cut at the first recovery):
+   * signed, so negative when the stage never rises above `before`; Infinity if a loss is not finite. Null when
+   * the stage has no validation point.
    */
   maxRise: number | null;
   /** max(0, maxRise); null with maxRise. */
   penalty: number | null;
-  /** FLOPs from the growth to the first point of the stage with valLoss <= before; null if none. */
+  /**
+   * FLOPs from the growth to the first point after the largest rise that is back at or below `before`
+   * (0 when the stage never rises above it); null if it never gets back within the stage.
+   */
   recoverFlops: number | null;
   /** Likewise in global optimizer steps. */
   recoverSteps: number | null;
@@ -182,18 +185,19 @@ export function growthPenalty(result: RunResult, growthIndex: number): GrowthPen
   const before = g.valLossBefore;
   const stagePoints = result.points.filter((p) => p.stage === g.stage);
   let maxRise: number | null = null;
-  let recovered: CurvePoint | null = null;
-  for (const p of stagePoints) {
+  let peak = -1;
+  stagePoints.forEach((p, i) => {
     const rise = Number.isFinite(p.valLoss) ? p.valLoss - before : Infinity;
-    if (maxRise === null || rise > maxRise) maxRise = rise;
-    if (p.valLoss <= before) { recovered = p; break; }
-  }
+    if (maxRise === null || rise > maxRise) { maxRise = rise; peak = i; }
+  });
+  const rise = maxRise as number | null;
+  const recovered = rise === null ? null : rise <= 0 ? g : stagePoints.slice(peak + 1).find((p) => p.valLoss <= before) ?? null;
   return {
     stage: g.stage,
     operator: g.operator,
     before,
-    maxRise,
-    penalty: maxRise === null ? null : Math.max(0, maxRise),
+    maxRise: rise,
+    penalty: rise === null ? null : Math.max(0, rise),
     recoverFlops: recovered ? recovered.flops - g.flops : null,
     recoverSteps: recovered ? recovered.globalStep - g.globalStep : null,
   };
@@ -377,9 +381,9 @@ export function formatReport(report: RunReport): string {
       "",
       table(["group", "growth #", "operator", "runs", "max rise (nats)", "FLOPs to recover"], growthRows),
       "",
-      "Max rise = the new stage's highest validation loss (until it is back at or below the loss before the growth) " +
-        "minus the loss before, mean over seeds; FLOPs to recover = from the growth to the first validation point back " +
-        "at or below it, mean over the seeds that recovered.",
+      "Max rise = the new stage's highest validation loss minus the loss just before the growth, mean over seeds; " +
+        "FLOPs to recover = from the growth to the first validation point after that peak back at or below the loss " +
+        "before (0 when it never rose), mean over the seeds that recovered.",
     );
   }
   return parts.join("\n") + "\n";

@@ -32,7 +32,7 @@ describe("runEntries / grownModel", () => {
       seeds: [0, 1], baseline: { seeds: [7] }, noGrowth: { seeds: [0] } });
     expect(grownModel(s.model, s.stages)).toMatchObject({ layers: 3, dModel: 32, heads: 4, ffn: 256 });
     expect(runEntries(s).map((e) => `${e.name}:${e.model.layers}x${e.model.dModel}:${e.stages.length}`))
-      .toEqual(["w-s0:1x16:2", "w-s1:1x16:2", "baseline-s7:3x32:0", "no-growth-s0:1x16:0"]);
+      .toEqual(["w-s0:1x16:2", "w-s1:1x16:2", "baseline-s7:3x32:0", "no-growth-1x16-s0:1x16:0"]);
   });
 
   it("a token budget is counted at the final model's FLOPs per token", () => {

@@ -45,13 +45,21 @@ export function shapeOf(m: ModelSpec, context: number): ModelShape {
   return { layers: m.layers, dModel: m.dModel, heads: m.heads, headDim: m.dModel / m.heads, ffn: m.ffn ?? 4 * m.dModel, vocab: m.vocab, context };
 }
 
-/** The runs a spec asks for: staged seeds, then the baseline's and the no-growth comparison's. */
+/**
+ * The runs a spec asks for: the staged seeds (`<name>-s<seed>`), the baseline's (`baseline-s<seed>`: the
+ * final model from scratch) and the no-growth comparison's (`no-growth-<layers>x<d>-s<seed>`: the first
+ * model, never grown).
+ */
 export function runEntries(spec: RunSpec): RunEntry[] {
   const target = grownModel(spec.model, spec.stages);
   return [
     ...spec.seeds.map((seed) => ({ name: `${spec.name}-s${seed}`, group: spec.name, seed, model: spec.model, stages: spec.stages })),
     ...(spec.baseline?.seeds ?? []).map((seed) => ({ name: `baseline-s${seed}`, group: "baseline", seed, model: target, stages: [] })),
-    ...(spec.noGrowth?.seeds ?? []).map((seed) => ({ name: `no-growth-s${seed}`, group: "no-growth", seed, model: spec.model, stages: [] })),
+    // named by the model: specs whose first models differ can share an output directory
+    ...(spec.noGrowth?.seeds ?? []).map((seed) => {
+      const group = `no-growth-${spec.model.layers}x${spec.model.dModel}`;
+      return { name: `${group}-s${seed}`, group, seed, model: spec.model, stages: [] };
+    }),
   ];
 }
 
@@ -174,6 +182,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
     });
   };
 
+  let tps = 0;
   for (;; k++) {
     const dir = stageDir(runDir, k);
     let state: TrainingState & { close(): Promise<void> } = await loadTrainingState(dir, { registry });
@@ -204,7 +213,6 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
           evalEvery: spec.eval.every, evalBlocks: spec.eval.blocks, saveDir: dir,
           threads: o.threads ?? spec.threads, engineFactory: o.engineFactory,
         };
-        let tps = 0;
         const before = state;
         const globalBefore = before.progress.globalStep ?? before.progress.step;
         const r = await train(state, options, {
@@ -229,7 +237,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
       if (!stage || !decided) {
         // The budget is spent (a stage whose growth never came is recorded by the missing growth).
         if (stage) o.onLine?.(`${entry.name}: the budget ended before stage ${k + 1}'s growth (${stage.grow}) was due`);
-        report(state, k, lastVal, 0, true);
+        report(state, k, lastVal, tps, true);
         const records = await readMetrics(dir);
         const result: RunResult = {
           format: "staged-run-result", version: 1, name: entry.name, group: entry.group, seed: entry.seed, done: true,

@@ -1,0 +1,182 @@
+// The paper's result, measured here: does staged training reach the from-scratch baseline's loss with less
+// compute? Everything goes through the `staged` command (run, plan fit, report):
+//
+//   1. pilots: short runs of five small GPT-2 sizes on Brown; a Chinchilla law is fitted to them
+//      (`staged plan fit`, which says when the fit is ill-determined);
+//   2. the target: the candidate model that the fitted law says is compute-optimal for the budget;
+//   3. runs: the target from scratch (baseline, several seeds), the staged schedules (width, depth,
+//      width+depth) timed by the scheduler ("auto": the marginal-efficiency rule on the run's own validation
+//      curve with the fitted law), the first models never grown (is the target really the better use of the
+//      budget?), and ablations of the growth remedies and of the timing (one seed each);
+//   4. the report: FLOPs to the baseline's final loss, the saving with its spread over seeds, the post-growth
+//      penalties, and the plots (`staged report`), written to <out>/report.md, report.png, report.svg.
+//
+//   node examples/bench/staged-bench.mjs [--out runs/bench] [--budget 3e13] [--seeds 3] [--parallel 1]
+//        [--threads 2] [--phase all|pilots|runs|report] [--quick]
+//
+// --parallel runs that many `staged run --only <run>` processes at once (each with --threads). Every run
+// resumes where it stopped, so the script can be interrupted and rerun. --quick is the demo's short version
+// (one seed, width only, a small budget). Not a test: the full benchmark takes about two hours on 2 cores.
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const { values: a } = parseArgs({
+  options: {
+    out: { type: "string", default: "runs/bench" }, budget: { type: "string" }, seeds: { type: "string" },
+    parallel: { type: "string", default: "1" }, threads: { type: "string", default: "2" }, phase: { type: "string", default: "all" },
+    quick: { type: "boolean", default: false }, cli: { type: "string" }, "pilot-fraction": { type: "string" },
+  },
+});
+const cli = a.cli ?? process.env.STAGED_CLI ?? join(here, "..", "..", "packages", "cli", "dist", "bin.js");
+const out = resolve(a.out);
+const quick = a.quick;
+const budget = Number(a.budget ?? (quick ? 4e12 : 3e13));
+const seeds = Array.from({ length: Number(a.seeds ?? (quick ? 1 : 3)) }, (_, i) => i);
+const parallel = Number(a.parallel), threads = Number(a.threads);
+const pilotFraction = Number(a["pilot-fraction"] ?? (quick ? 0.25 : 0.15));
+
+// Shared hyperparameters of every run (the issue's: Brown, bytes, context 128, batch 16, AdamW 1e-3).
+const common = {
+  data: "brown", context: 128, batch: 16, optimizer: { lr: 1e-3 }, schedule: { kind: "constant", warmup: 100 },
+  eval: { every: quick ? 25 : 50, blocks: quick ? 32 : 64 },
+};
+const gpt2 = (layers, dModel) => ({ layers, dModel, heads: dModel / 32 });
+const label = (m) => `${m.layers}x${m.dModel}`;
+
+function sh(args, { quiet = false } = {}) {
+  return new Promise((res, rej) => {
+    const p = spawn(process.execPath, [cli, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    p.stdout.on("data", (d) => { stdout += d; });
+    p.stderr.on("data", (d) => { if (!quiet) process.stderr.write(d); });
+    p.on("close", (code) => (code === 0 ? res(stdout) : rej(new Error(`staged ${args.join(" ")} exited ${code}`))));
+  });
+}
+
+async function pool(jobs) {
+  const queue = [...jobs];
+  const workers = Array.from({ length: Math.min(parallel, queue.length) }, async () => {
+    while (queue.length) await queue.shift()();
+  });
+  await Promise.all(workers);
+}
+
+async function writeSpec(name, spec) {
+  const file = join(out, "specs", `${name}.json`);
+  await mkdir(dirname(file), { recursive: true });
+  await writeFile(file, JSON.stringify(spec, null, 2) + "\n");
+  return file;
+}
+
+/** Every run of a spec, one `staged run --only` per run, through the pool. */
+async function runAll(specs) {
+  const jobs = [];
+  const seen = new Set();
+  for (const { file, names } of specs) {
+    for (const n of names) {
+      if (seen.has(n)) continue; // the baseline appears in every spec; it is one run
+      seen.add(n);
+      jobs.push(() => sh(["run", file, "--out", join(out, "runs"), "--only", n, "--threads", String(threads)]));
+    }
+  }
+  await pool(jobs);
+}
+
+const t0 = performance.now();
+const phase = a.phase;
+await mkdir(out, { recursive: true });
+
+// 1. Pilots and the fitted law.
+const pilots = quick ? [gpt2(1, 64), gpt2(2, 64), gpt2(1, 128), gpt2(2, 128)] : [gpt2(1, 64), gpt2(2, 64), gpt2(1, 128), gpt2(2, 128), gpt2(4, 128)];
+const fitFile = join(out, "law.json");
+if (phase === "all" || phase === "pilots") {
+  const specs = [];
+  for (const m of pilots) {
+    const name = `pilot-${label(m)}`;
+    const file = await writeSpec(name, { ...common, name, budget: { flops: budget * pilotFraction }, model: m, stages: [], seeds: [0] });
+    specs.push({ file, names: [`${name}-s0`] });
+  }
+  await runAll(specs);
+  const metrics = pilots.map((m) => join(out, "runs", `pilot-${label(m)}-s0`, "stage-0", "metrics.jsonl"));
+  const fit = JSON.parse(await sh(["--json", "plan", "fit", ...metrics, "--law", "chinchilla", "--out", fitFile]));
+  console.error(`law fitted on ${pilots.length} pilot sizes at ${(budget * pilotFraction).toExponential(2)} FLOPs each: ` +
+    `${Object.entries(fit.constants).map(([k, v]) => `${k} ${Number(v).toPrecision(4)}`).join(", ")}; rmse ${fit.rmse.toExponential(2)}` +
+    (fit.warnings.length ? `; warnings: ${fit.warnings.join("; ")}` : "; well determined"));
+}
+
+// 2. The target: compute-optimal for the budget under the fitted law, among models whose halves exist.
+const { chinchillaLaw, computeOptimalChoice, flopsPerToken, nonEmbeddingParams } = await import("@staged/scheduler");
+const shape = (m) => ({ layers: m.layers, dModel: m.dModel, heads: m.heads, headDim: 32, ffn: 4 * m.dModel, vocab: 256, context: 128 });
+const model = (m) => ({ ...m, params: nonEmbeddingParams(shape(m)), flopsPerToken: flopsPerToken(shape(m), 128) });
+const fitJson = JSON.parse(await readFile(fitFile, "utf8"));
+const law = chinchillaLaw(fitJson.constants, fitJson.batchTokens);
+const candidates = (quick ? [gpt2(2, 64), gpt2(2, 128)] : [gpt2(2, 64), gpt2(2, 128), gpt2(4, 128), gpt2(4, 256)]).map(model);
+const choice = computeOptimalChoice(law, candidates, budget);
+const target = choice.best;
+console.error(`budget ${budget.toExponential(2)} FLOPs: predicted final losses ${choice.losses.map((l) => `${label(l.model)} ${l.loss.toFixed(4)}`).join(", ")} → target ${label(target)}`);
+
+// 3. The runs.
+const half = { width: gpt2(target.layers, target.dModel / 2), depth: gpt2(target.layers / 2, target.dModel) };
+const schedules = [
+  { name: "width", model: half.width, stages: [{ grow: "width", at: "auto" }] },
+  ...(quick || target.layers < 2 ? [] : [
+    { name: "depth", model: half.depth, stages: [{ grow: "depth", at: "auto" }] },
+    { name: "width-depth", model: gpt2(target.layers / 2, target.dModel / 2), stages: [{ grow: "width", at: "auto" }, { grow: "depth", at: "auto" }] },
+  ]),
+];
+// Ablations of the width schedule (one seed): the remedies for the post-growth penalty, and the timing.
+const ablations = quick ? [] : [
+  { name: "width-plan", stages: [{ grow: "width", at: "plan" }] },
+  { name: "width-at-25pct", stages: [{ grow: "width", at: { fraction: 0.25 } }] },
+  { name: "width-moments-paper", stages: [{ grow: "width", at: "auto", options: { moments: "paper" } }] },
+  { name: "width-moments-reset", stages: [{ grow: "width", at: "auto", options: { moments: "reset" } }] },
+  { name: "width-rewarmup-100", stages: [{ grow: "width", at: "auto", rewarmup: 100 }] },
+  { name: "width-lr-half", stages: [{ grow: "width", at: "auto", lrScale: 0.5 }] },
+  { name: "width-split", stages: [{ grow: "width", at: "auto", options: { symmetry: "split" } }] },
+];
+const specs = [];
+for (const s of schedules) {
+  const spec = { ...common, name: s.name, budget: { flops: budget }, model: s.model, stages: s.stages, law: fitFile, seeds,
+    baseline: { seeds }, noGrowth: { seeds: seeds.slice(0, quick ? 1 : 2) } };
+  specs.push({ file: await writeSpec(s.name, spec), names: [...seeds.map((x) => `baseline-s${x}`), ...seeds.map((x) => `${s.name}-s${x}`),
+    ...spec.noGrowth.seeds.map((x) => `no-growth-${label(s.model)}-s${x}`)] });
+}
+for (const ab of ablations) {
+  const spec = { ...common, name: ab.name, budget: { flops: budget }, model: half.width, stages: ab.stages, law: fitFile, seeds: [0] };
+  specs.push({ file: await writeSpec(ab.name, spec), names: [`${ab.name}-s0`] });
+}
+if (phase === "all" || phase === "runs") {
+  // Baselines first (every comparison needs them), then the schedules, the controls, the ablations.
+  const order = (n) => (n.startsWith("baseline") ? 0 : schedules.some((s) => n.startsWith(`${s.name}-s`)) ? 1 : n.startsWith("no-growth") ? 2 : 3);
+  const flat = specs.flatMap((s) => s.names.map((n) => ({ file: s.file, n }))).sort((x, y) => order(x.n) - order(y.n));
+  await runAll(flat.map(({ file, n }) => ({ file, names: [n] })));
+}
+
+// 4. The report.
+if (phase === "all" || phase === "report" || phase === "runs") {
+  const runsDir = join(out, "runs");
+  const dirs = (prefixes) => prefixes.flatMap((p) => seeds.map((x) => join(runsDir, `${p}-s${x}`))).filter((d) => existsSync(join(d, "result.json")));
+  const main = [...dirs(["baseline", ...schedules.map((s) => s.name)]),
+    ...schedules.flatMap((s) => dirs([`no-growth-${label(s.model)}`]))];
+  const rep = JSON.parse(await sh(["--json", "report", ...main, "--plot", join(out, "report.png"), join(out, "report.svg"),
+    "--title", `Staged vs from scratch: GPT-2 ${label(target)} on Brown, ${budget.toExponential(1)} FLOPs`], { quiet: true }));
+  const text = await sh(["report", ...main], { quiet: true });
+  let md = `# Staged training benchmark\n\nBudget ${budget.toExponential(2)} FLOPs; target ${label(target)} (law-optimal among ` +
+    `${candidates.map(label).join(", ")}); seeds ${seeds.join(", ")}; law ${fitFile}.\n\n${text}`;
+  const abl = [...dirs(["width"]).slice(0, 1), ...ablations.map((x) => join(runsDir, `${x.name}-s0`)).filter((d) => existsSync(join(d, "result.json"))),
+    ...dirs(["baseline"])];
+  if (ablations.length && abl.length > seeds.length + 1) {
+    md += `\n## Ablations (width schedule, seed 0)\n\n${await sh(["report", ...abl], { quiet: true })}`;
+  }
+  await writeFile(join(out, "report.md"), md);
+  console.log(md);
+  const width = rep.report.groups.find((g) => g.group === "width");
+  const saving = width?.reach?.[0]?.saving?.saving;
+  console.log(`measured saving of the width schedule: ${saving === null || saving === undefined ? "not reached" : `${(100 * saving).toFixed(1)}%`} ` +
+    `(${((performance.now() - t0) / 60000).toFixed(1)} min)`);
+}

@@ -1,0 +1,73 @@
+import { existsSync } from "node:fs";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { brownText } from "@staged/trainer-ort";
+import { staged } from "../testing.js";
+
+let root: string;
+const at = (name: string) => join(root, name);
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-run-cli-"));
+  await writeFile(at("corpus.txt"), (await brownText("train")).slice(0, 40_000));
+  await writeFile(at("spec.json"), JSON.stringify({
+    name: "w", data: "corpus.txt", context: 16, batch: 4, optimizer: { lr: 3e-3 }, schedule: { kind: "constant", warmup: 2 },
+    eval: { every: 4, blocks: 4 }, budget: { flops: 4e8 }, model: { layers: 1, dModel: 16, heads: 2 },
+    stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }], seeds: [0], baseline: { seeds: [0] }, threads: 1,
+  }));
+});
+afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+
+describe("staged run / staged report", () => {
+  it("runs the staged schedule and its baseline: one JSON object on stdout, progress on stderr; a rerun resumes (here: nothing left)", () => {
+    const r = staged("--json", "run", at("spec.json"));
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout.trim().split("\n")).toHaveLength(1);
+    const out = JSON.parse(r.stdout) as { out: string; runs: { name: string; growths: unknown[]; flops: number }[]; report: { groups: unknown[] } };
+    expect(out.out).toBe(at("spec"));
+    expect(out.runs.map((x) => [x.name, x.growths.length])).toEqual([["w-s0", 1], ["baseline-s0", 0]]);
+    expect(out.runs.every((x) => x.flops >= 4e8)).toBe(true);
+    expect(out.report.groups).toHaveLength(2);
+    expect(r.stderr).toMatch(/\[w-s0\] stage 1\/1 +10\d\.\d% of 4\.00e\+8 FLOPs  step \d+  val \d\.\d{4}  \d+ tok\/s  ETA 0s/);
+    expect(r.stderr).toMatch(/w-s0: grew width ×2 at/);
+    const again = staged("--json", "run", at("spec.json"));
+    expect(again.status).toBe(0);
+    expect(JSON.parse(again.stdout)).toEqual(out);
+  });
+
+  it("report: the table, the saving, and SVG + PNG plots", async () => {
+    const r = staged("report", at("spec"), "--plot", at("c.svg"), at("c.png"));
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/\| baseline \| 1 \|/);
+    expect(r.stdout).toMatch(/\| w \| 1 \|/);
+    expect(r.stdout).toMatch(/growth #/);
+    expect(await readFile(at("c.svg"), "utf8")).toMatch(/^<svg/);
+    expect([...(await readFile(at("c.png"))).subarray(0, 4)]).toEqual([0x89, 0x50, 0x4e, 0x47]);
+    const j = staged("--json", "report", join(at("spec"), "w-s0"), join(at("spec"), "baseline-s0", "result.json"), "--loss", "3,2.9");
+    expect(j.status, j.stderr).toBe(0);
+    expect((JSON.parse(j.stdout) as { report: { targets: { loss: number }[] } }).report.targets.map((t) => t.loss)).toEqual([3, 2.9]);
+  });
+
+  it.each([
+    [["run", "nope.json"], /nope\.json: .*(no such file|not found)/i],
+    [["run", "bad.json"], /bad\.json: batch must be an integer/],
+    [["run", "bad.json", "--only", "x"], /bad\.json: batch must be an integer/],
+    [["report", "empty"], /empty: no result\.json/],
+    [["report", "spec", "--plot", "x.gif"], /x\.gif: --plot writes \.svg or \.png/],
+    [["report", "spec", "--loss", "a"], /--loss must be positive numbers/],
+    [["report", "spec", "--baseline", "nope"], /no baseline group "nope"/],
+  ])("bad input %j: one line, exit 1, nothing written", async (args, message) => {
+    await writeFile(at("bad.json"), JSON.stringify({ data: "brown", context: 16, batch: 0 }));
+    await rm(at("empty"), { recursive: true, force: true });
+    await import("node:fs/promises").then((fs) => fs.mkdir(at("empty")));
+    const before = (await readdir(root)).sort();
+    const r = staged(...(args as string[]).map((a) => (/^(nope|bad)\.json$|^empty$|^spec$|^x\.gif$/.test(a) ? at(a) : a)));
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect((await readdir(root)).sort()).toEqual(before);
+    expect(existsSync(at("bad"))).toBe(false);
+  });
+});

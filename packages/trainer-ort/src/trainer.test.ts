@@ -126,6 +126,57 @@ describe.each(engines)("train with the %s", (_name, engineFactory) => {
   });
 });
 
+describe("stored settings, global step, stopping, snapshots", () => {
+  it("a resumed run needs only the steps: batch, context, eval settings and data come from the checkpoint", async () => {
+    const out = join(dir, "stored");
+    await train(tiny(), { data: text, steps: 3, batch: 2, context: 8, evalEvery: 3, evalBlocks: 2, saveDir: out, engineFactory: fakeEngine });
+    const st = await loadTrainingState(out);
+    expect(st.training).toEqual({ batch: 2, context: 8, evalEvery: 3, evalBlocks: 2, data: text });
+    const seen: number[] = [];
+    const { result, state } = await train(st, { steps: 3, engineFactory: fakeEngine }, { onEval: (e) => { seen.push(e.step); } });
+    await st.close();
+    expect(result.runTokens).toBe(3 * 2 * 8); // batch 2 × context 8, not the defaults 8 × 16
+    expect(seen).toEqual([6]);
+    expect(state.training).toEqual({ batch: 2, context: 8, evalEvery: 3, evalBlocks: 2, data: text });
+    // an explicit option wins and is stored
+    const again = await train(state, { steps: 1, batch: 4, saveDir: join(dir, "stored2"), engineFactory: fakeEngine });
+    expect(again.state.training?.batch).toBe(4);
+    await expect(train(tiny(), { steps: 1, engineFactory: fakeEngine })).rejects.toThrow(/no training data/);
+  });
+
+  it("the global step never goes back: a growth that continues at an earlier step keeps counting", async () => {
+    const a = await train(tiny(), { data: text, steps: 6, batch: 2, context: 8, saveDir: join(dir, "gs"), engineFactory: fakeEngine });
+    // what a growth with continueAt 2 does to progress (see @staged/core grownState)
+    const rewound = { ...a.state, progress: { ...a.state.progress, step: 2, globalStep: 6, stages: [{ step: 6, operator: "width", options: {}, before: a.state.shape, after: a.state.shape, continueAt: 2 }] } };
+    const b = await train(rewound, { steps: 3, saveDir: join(dir, "gs"), engineFactory: fakeEngine });
+    const lines = parseMetrics(await readFile(join(dir, "gs", "metrics.jsonl"), "utf8"));
+    expect(lines.map((l) => l.step)).toEqual([1, 2, 3, 4, 5, 6, 3, 4, 5]);
+    expect(lines.map((l) => l.globalStep)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(b.state.progress.globalStep).toBe(9);
+  });
+
+  it("onEval returning \"stop\" ends the call after that step, saved there", async () => {
+    const out = join(dir, "stop");
+    const { result } = await train(tiny(), { data: text, steps: 20, batch: 2, context: 8, evalEvery: 2, saveDir: out, engineFactory: fakeEngine },
+      { onEval: (e) => (e.step === 6 ? "stop" : undefined) });
+    expect(result.step).toBe(6);
+    expect(result.losses).toHaveLength(6);
+    const st = await loadTrainingState(out);
+    expect(st.progress.step).toBe(6);
+    await st.close();
+  });
+
+  it("keepEvery writes never-replaced snapshots beside the checkpoint", async () => {
+    const out = join(dir, "keep");
+    await train(tiny(), { data: text, steps: 5, batch: 2, context: 8, keepEvery: 2, saveDir: out, engineFactory: fakeEngine });
+    expect(existsSync(`${out}.step-2`) && existsSync(`${out}.step-4`)).toBe(true);
+    expect(existsSync(`${out}.step-5`)).toBe(false);
+    const s2 = await loadTrainingState(`${out}.step-2`);
+    expect(s2.progress.step).toBe(2);
+    await s2.close();
+  });
+});
+
 describe("resolveSchedule", () => {
   it("creates a schedule on a fresh state and extends a stored one only when the run goes past it", () => {
     const s = tiny();

@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { inMemory, saveTrainingState, Tensor, type LazyTensor, type LrScheduleSpec, type TrainingSettings, type TrainingState } from "@staged/core";
 import { createLrSchedule, flopsPerToken } from "@staged/scheduler";
 import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
@@ -82,6 +83,11 @@ export interface TrainOptions {
   evalBlocks?: number;
   /** Save a checkpoint every K steps (0: only at the end). */
   saveEvery?: number;
+  /**
+   * Also keep a snapshot every K updates (progress.globalStep a multiple of K), as a sibling directory
+   * `<saveDir>.step-<globalStep>` that later saves never replace (0 or absent: none).
+   */
+  keepEvery?: number;
   /** Checkpoint directory; default the directory the state was loaded from; none: nothing is saved. */
   saveDir?: string;
   device?: "cpu" | "cuda";
@@ -187,6 +193,7 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
   if (o.evalEvery !== undefined) check(isNonNegInt(o.evalEvery), `eval-every must be a non-negative integer, got ${o.evalEvery}`);
   if (o.evalBlocks !== undefined) check(isPosInt(o.evalBlocks), `eval-blocks must be a positive integer, got ${o.evalBlocks}`);
   if (o.saveEvery !== undefined) check(isNonNegInt(o.saveEvery), `save-every must be a non-negative integer, got ${o.saveEvery}`);
+  if (o.keepEvery !== undefined) check(isNonNegInt(o.keepEvery), `keep-every must be a non-negative integer, got ${o.keepEvery}`);
   if (o.device !== undefined) check(o.device === "cpu" || o.device === "cuda", `device must be cpu or cuda, got ${JSON.stringify(o.device)}`);
   if (o.threads !== undefined) check(isPosInt(o.threads), `threads must be a positive integer, got ${o.threads}`);
   const valData = o.valData ?? (o.data === undefined ? stored?.valData : undefined);
@@ -354,11 +361,21 @@ export async function train(state: TrainingState, options: TrainOptions,
       training: settings,
     };
   };
+  const keepDir = (): string | null =>
+    saveDir && o.keepEvery && progress.globalStep % o.keepEvery === 0 ? `${saveDir.replace(/[\\/]+$/, "")}.step-${progress.globalStep}` : null;
   const save = async (): Promise<void> => {
     if (!saveDir || lastSaved === progress.step) return;
     await saveTrainingState(saveDir, snapshot(false), { overwrite: true });
     lastSaved = progress.step;
     await callbacks.onSave?.({ step: progress.step, dir: saveDir });
+  };
+  const keep = async (): Promise<void> => {
+    const dir = keepDir();
+    if (!dir) return;
+    // A snapshot is never replaced: a resumed run that passes the same step again keeps the first one.
+    if (existsSync(dir)) return;
+    await saveTrainingState(dir, snapshot(false));
+    await callbacks.onSave?.({ step: progress.step, dir });
   };
   let stop = false;
   const evaluate = async (): Promise<number> => {
@@ -402,6 +419,7 @@ export async function train(state: TrainingState, options: TrainOptions,
         tokensPerSecond: (i * batch * context) / stepSeconds, stepSeconds,
       });
       if (o.saveEvery && progress.step % o.saveEvery === 0 && !last) await save();
+      await keep();
       if (last) break;
     }
     await save();

@@ -22,7 +22,7 @@ interface TrainCliOptions {
   data?: string; steps: number; batch?: number; microBatch?: number; context?: number; lr?: number; schedule?: string;
   warmup?: number; totalSteps?: number; minLr?: number; betas?: [number, number]; eps?: number; weightDecay?: number;
   clip?: number; sampler?: "random" | "sequential"; seed?: number; evalEvery?: number; evalBlocks?: number;
-  saveEvery?: number; device?: "cpu" | "cuda"; valData?: string; tokenizer?: string; threads?: number;
+  saveEvery?: number; keepEvery?: number; device?: "cpu" | "cuda"; valData?: string; tokenizer?: string; threads?: number;
 }
 
 const fmtLoss = (x: number | null | undefined): string => (x === null || x === undefined ? "-" : Number.isFinite(x) ? x.toFixed(4) : String(x));
@@ -90,6 +90,7 @@ export function registerTrain(program: Command): void {
     .option("--eval-every <K>", "validation loss every K steps (0: only at the end; default: the checkpoint's)", integer("eval-every", 0))
     .option("--eval-blocks <K>", `validation blocks per evaluation (default: the checkpoint's, ${DEFAULT_EVAL_BLOCKS})`, integer("eval-blocks", 1))
     .option("--save-every <K>", "checkpoint every K steps (0: only at the end)", integer("save-every", 0))
+    .option("--keep-every <K>", "also keep a snapshot <dir>.step-<N> every K updates, never replaced", integer("keep-every", 0))
     .addOption(new Option("--device <d>", "execution provider (default cpu)").choices(["cpu", "cuda"]))
     .option("--threads <N>", "CPU threads (default: all cores)", integer("threads", 1))
     .option("--val-data <file>", "validation data (default: Brown's validation split, or the last 5% of --data)")

@@ -30,7 +30,10 @@ const steps = Number(a.steps), every = Number(a.every), lr = Number(a.lr), batch
 const threads = a.threads ? Number(a.threads) : undefined;
 
 // Each variant: growth options, the LR re-warmup after the growth, and the LR scale of the grown model.
+// The first row of each list is the small model trained on without growing: the reference a grown model should beat.
+const SMALL = { name: "(small model, not grown)", grow: null, rewarmup: 0, lrScale: 1 };
 const WIDTH = [
+  SMALL,
   { name: "consistent moments, rewarmup 100 (run default before)", grow: { moments: "consistent" }, rewarmup: 100, lrScale: 1 },
   { name: "no rewarmup", grow: { moments: "consistent" }, rewarmup: 0, lrScale: 1 },
   { name: "rewarmup 400", grow: { moments: "consistent" }, rewarmup: 400, lrScale: 1 },
@@ -39,9 +42,13 @@ const WIDTH = [
   { name: "LR × 1/2 (muP-style for width x2)", grow: { moments: "consistent" }, rewarmup: 100, lrScale: 0.5 },
   { name: "LR × 1/2, no rewarmup", grow: { moments: "consistent" }, rewarmup: 0, lrScale: 0.5 },
   { name: "split symmetry", grow: { moments: "consistent", symmetry: "split" }, rewarmup: 100, lrScale: 1 },
+  { name: "LR × 1/2 + split symmetry", grow: { moments: "consistent", symmetry: "split" }, rewarmup: 100, lrScale: 0.5 },
+  { name: "LR × 1/2 + noise symmetry 1e-3", grow: { moments: "consistent", symmetry: "noise", noiseStd: 1e-3 }, rewarmup: 100, lrScale: 0.5 },
+  { name: "LR × 1/2 + split + reset moments", grow: { moments: "reset", symmetry: "split" }, rewarmup: 100, lrScale: 0.5 },
   { name: "noise symmetry 1e-3 (not exact)", grow: { moments: "consistent", symmetry: "noise", noiseStd: 1e-3 }, rewarmup: 100, lrScale: 1 },
 ];
 const DEPTH = [
+  SMALL,
   { name: "identity, copied moments, rewarmup 100", grow: { init: "identity", moments: "copy" }, rewarmup: 100, lrScale: 1 },
   { name: "no rewarmup", grow: { init: "identity", moments: "copy" }, rewarmup: 0, lrScale: 1 },
   { name: "reset moments (new layers)", grow: { init: "identity", moments: "reset" }, rewarmup: 100, lrScale: 1 },
@@ -58,7 +65,7 @@ try {
     const small = await loadTrainingState(src, { registry });
     const ev = { data: a.data, stream: "training-validation", context, maxBlocks: blocks, batch, threads };
     const before = (await evaluate(small, ev)).loss;
-    const grown = await plugin.grow(small, { factor: 2, ...v.grow, rewarmup: v.rewarmup, registry });
+    const grown = v.grow ? await plugin.grow(small, { factor: 2, ...v.grow, rewarmup: v.rewarmup, registry }) : small;
     const after = (await evaluate(grown, ev)).loss;
     const points = [];
     const t0 = performance.now();

@@ -8,6 +8,13 @@ export interface StageOptions {
   rewarmup?: number;
   /** The step the grown model continues from (default: unchanged). DESIGN section 7: S_before / constant_op. */
   continueAt?: number;
+  /**
+   * The grown model's peak LR (and minimum LR) is the small model's × lrScale. Default: the operator's
+   * (width growth: 1/factor, depth: 1), the setting that removed the post-growth loss rise in the ablation of
+   * @staged/run's README: with Adam, a matrix whose input dimension grew k-fold by copies changes the function
+   * k times faster at the same LR (the μP argument).
+   */
+  lrScale?: number;
 }
 
 /** A LazyTensor computed on demand from other lazy tensors, so growth streams one output at a time. */
@@ -18,6 +25,9 @@ export function checkStageOptions(o: StageOptions, state: TrainingState): void {
   for (const key of ["rewarmup", "continueAt"] as const) {
     const v = o[key];
     if (v !== undefined && !(Number.isInteger(v) && v >= 0)) throw new Error(`${key} must be an integer ≥ 0, got ${v}`);
+  }
+  if (o.lrScale !== undefined && !(typeof o.lrScale === "number" && Number.isFinite(o.lrScale) && o.lrScale > 0)) {
+    throw new Error(`lrScale must be a number > 0, got ${o.lrScale}`);
   }
   const total = state.schedule?.totalSteps;
   if (o.continueAt !== undefined && total !== undefined && o.continueAt > total) {
@@ -33,19 +43,24 @@ export function grownState(state: TrainingState, grown: {
   operator: string; options: Record<string, unknown>; config: Record<string, unknown>; shape: ModelShape;
   params: Map<string, LazyTensor>; expAvg?: Map<string, LazyTensor>; expAvgSq?: Map<string, LazyTensor>;
   resetMoments: boolean; stage: StageOptions;
+  /** The operator's LR scale when stage.lrScale is not given (default 1). */
+  defaultLrScale?: number;
   /** Parameter names excluded from weight decay after the growth (default: unchanged). */
   noDecay?: string[];
 }): TrainingState {
   const step = grown.stage.continueAt ?? state.progress.step;
+  const lrScale = grown.stage.lrScale ?? grown.defaultLrScale ?? 1;
   const record: StageRecord = {
-    step: state.progress.step, operator: grown.operator, options: grown.options,
+    step: state.progress.step, operator: grown.operator, options: { ...grown.options, lrScale },
     before: state.shape, after: grown.shape, continueAt: step,
   };
   const rewarmup = grown.stage.rewarmup ?? 0;
   // A state without a schedule (fresh, or a pretrained checkpoint) gets the trainer's default, a constant LR,
-  // so that the re-warmup is not lost.
+  // so that the re-warmup and the LR scale are not lost.
   const base = state.schedule ?? { kind: "constant", peakLr: state.optimizer.lr, warmupSteps: 0, totalSteps: Math.max(step, 1), restarts: [] };
-  const schedule = rewarmup > 0 ? { ...base, restarts: [...base.restarts, { step, warmupSteps: rewarmup }] } : state.schedule;
+  const scaled = lrScale === 1 ? base : { ...base, peakLr: base.peakLr * lrScale, ...(base.minLr === undefined ? {} : { minLr: base.minLr * lrScale }) };
+  const schedule = rewarmup > 0 ? { ...scaled, restarts: [...scaled.restarts, { step, warmupSteps: rewarmup }] }
+    : lrScale !== 1 ? scaled : state.schedule;
   const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
   const hasMoments = Boolean(grown.expAvg && grown.expAvgSq);
   return {
@@ -55,6 +70,7 @@ export function grownState(state: TrainingState, grown: {
     params: grown.params,
     optimizer: {
       ...optimizer,
+      lr: optimizer.lr * lrScale,
       step: grown.resetMoments ? 0 : state.optimizer.step,
       noDecay: grown.noDecay ?? optimizer.noDecay,
       ...(hasMoments ? { expAvg: grown.expAvg, expAvgSq: grown.expAvgSq } : {}),

@@ -110,8 +110,25 @@ describe("growWidth", () => {
     expect(g.progress.samplerSeed).not.toBe(s.progress.samplerSeed);
     expect(growWidth(half, { factor: 2 }).progress.samplerSeed).toBe(s.progress.samplerSeed);
     expect(g.schedule!.restarts).toEqual([{ step: 4, warmupSteps: 5 }]);
-    expect(g.progress.stages).toEqual([{ step: 10, operator: "width", options: { factor: 2, ffnFactor: 1, moments: "consistent", symmetry: "none", seed: 0 },
+    expect(g.progress.stages).toEqual([{ step: 10, operator: "width", options: { factor: 2, ffnFactor: 1, moments: "consistent", symmetry: "none", seed: 0, lrScale: 0.5 },
       before: s.shape, after: g.shape, continueAt: 4 }]);
+  });
+
+  it("scales the peak LR by 1/factor by default (lrScale overrides it), keeping the schedule's shape", () => {
+    const s = stateWithMoments();
+    const peak = s.schedule!.peakLr;
+    const g = growWidth(s, { factor: 2 });
+    expect(g.schedule!.peakLr).toBe(peak / 2);
+    expect(g.optimizer.lr).toBe(s.optimizer.lr / 2);
+    expect({ ...g.schedule, peakLr: peak }).toEqual(s.schedule);
+    expect(growWidth(s, { factor: 4 }).schedule!.peakLr).toBe(peak / 4);
+    const same = growWidth(s, { factor: 2, lrScale: 1 });
+    expect(same.schedule).toEqual(s.schedule);
+    expect(same.progress.stages[0]!.options.lrScale).toBe(1);
+    // a state without a schedule gets the trainer's default constant schedule at the scaled LR
+    const bare = growWidth({ ...s, schedule: null }, { factor: 2 });
+    expect(bare.schedule).toMatchObject({ kind: "constant", peakLr: s.optimizer.lr / 2, restarts: [] });
+    expect(() => growWidth(s, { factor: 2, lrScale: 0 })).toThrow(/lrScale must be a number > 0, got 0/);
   });
 
   it("rejects options that cannot hold", () => {

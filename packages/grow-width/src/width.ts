@@ -199,6 +199,6 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
     options: { factor: k, ffnFactor: m, moments, symmetry, ...(symmetry === "noise" ? { noiseStd } : {}), seed },
     config, shape, params,
     ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
-    resetMoments: !keepMoments, stage: options,
+    resetMoments: !keepMoments, stage: options, defaultLrScale: 1 / k,
   });
 }

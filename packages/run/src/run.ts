@@ -191,7 +191,6 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
       const stage = entry.stages[k];
       const shape = state.shape;
       const fpStep = flopsPerToken(shape, spec.context) * spec.batch * spec.context;
-      const lr = spec.optimizer.lr * entry.stages.slice(0, k).reduce((p, s) => p * s.lrScale, 1);
       const history = await readMetrics(dir);
       const stageStartGlobal = k === 0 ? 0 : growths[k - 1]!.globalStep;
       const until = stage ? growthCondition(spec, entry, k, stage, state, law, budget) : null;
@@ -207,7 +206,8 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
         const options: TrainOptions = {
           data: spec.data, valData: spec.valData, tokenizer: k === 0 && state.progress.step === 0 ? spec.tokenizer : undefined,
           steps, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
-          lr, schedule: "constant", warmup: spec.schedule.warmup,
+          // A grown model's peak LR is the checkpoint's (the growth scaled it by its lrScale).
+          ...(k === 0 ? { lr: spec.optimizer.lr, schedule: "constant", warmup: spec.schedule.warmup } : {}),
           betas: spec.optimizer.betas, eps: spec.optimizer.eps, weightDecay: spec.optimizer.weightDecay, clip: spec.optimizer.clip,
           seed: k === 0 && state.progress.step === 0 ? entry.seed : undefined,
           evalEvery: spec.eval.every, evalBlocks: spec.eval.blocks, saveDir: dir,
@@ -254,12 +254,14 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
       const plugin = registry.get("growth", stage.grow) as GrowthPlugin<Record<string, unknown>>;
       const grown = await plugin.grow(state, {
         ...stage.options, factor: stage.factor,
-        rewarmup: stage.rewarmup, ...(continueAt === undefined ? {} : { continueAt }), registry,
+        rewarmup: stage.rewarmup, ...(stage.lrScale === undefined ? {} : { lrScale: stage.lrScale }),
+        ...(continueAt === undefined ? {} : { continueAt }), registry,
       });
+      const record = grown.progress.stages.at(-1)!;
       const ev = { data: spec.data, valData: spec.valData, stream: "training-validation" as const, context: spec.context, maxBlocks: spec.eval.blocks, batch: spec.batch, threads: o.threads ?? spec.threads, engineFactory: o.engineFactory };
       const valAfter = (await evaluate(grown, ev)).loss;
       const event: GrowthEvent = {
-        stage: k + 1, operator: stage.grow, options: { factor: stage.factor, ...stage.options, rewarmup: stage.rewarmup, lrScale: stage.lrScale, continueAt: continueAt ?? "keep" },
+        stage: k + 1, operator: stage.grow, options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
         flops: state.progress.flopsSeen, globalStep: state.progress.globalStep ?? state.progress.step,
         timing: typeof stage.at === "string" ? stage.at : Object.keys(stage.at)[0]!,
         valLossBefore: valBefore, valLossAfter: valAfter,

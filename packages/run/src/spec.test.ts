@@ -15,7 +15,9 @@ describe("parseRunSpec", () => {
     expect(s.schedule).toEqual({ kind: "constant", warmup: 0 });
     expect(s.eval).toEqual({ every: 5, blocks: 64 });
     expect(s.model).toEqual({ arch: "gpt2", layers: 1, dModel: 16, heads: 2, vocab: 256, tie: true });
-    expect(s.stages[0]).toEqual({ grow: "width", factor: 2, at: { fraction: 0.5 }, options: {}, rewarmup: 0, lrScale: 1, continueAt: "keep" });
+    expect(s.stages[0]).toEqual({ grow: "width", factor: 2, at: { fraction: 0.5 }, options: {}, rewarmup: 0, continueAt: "keep" });
+    // the re-warmup defaults to the run's warmup; lrScale stays the operator's
+    expect(parse({ schedule: { warmup: 7 } }).stages[0]!.rewarmup).toBe(7);
   });
 
   it("resolves data paths against the spec's directory, keeps brown", () => {

@@ -68,10 +68,10 @@ export interface StageSpec {
   at: Timing;
   /** Operator options (width: moments, symmetry, noiseStd, ffnFactor; depth: placement, init, moments). */
   options: Record<string, unknown>;
-  /** LR re-warmup steps after the growth (default 0). */
+  /** LR re-warmup steps after the growth (default: the run's warmup, schedule.warmup). */
   rewarmup: number;
-  /** The peak LR after the growth is the previous one × lrScale (default 1; μP-style width growth: 1/factor). */
-  lrScale: number;
+  /** The peak LR after the growth is the previous one × lrScale (default: the operator's; width 1/factor, depth 1). */
+  lrScale?: number;
   /** The step the grown model continues from: "keep" (default), "law" (the law's equal-loss step), or a step. */
   continueAt: "keep" | "law" | number;
 }
@@ -161,7 +161,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   if (model.dModel % model.heads !== 0) fail("model.dModel", `${model.dModel} is not divisible by model.heads ${model.heads}`);
 
   if (!Array.isArray(r.stages)) fail("stages", "must be a list (empty: no growth)");
-  const stages = (r.stages as unknown[]).map((v, i) => parseStage(v, `stages[${i}]`, fail, int, pos));
+  const stages = (r.stages as unknown[]).map((v, i) => parseStage(v, `stages[${i}]`, fail, int, pos, schedule.warmup));
   const law = r.law === undefined ? undefined : path(str(r.law, "law"));
   if (!law && stages.some((st) => st.at === "auto" || st.at === "plan" || st.continueAt === "law")) {
     fail("law", "is needed by an \"auto\" or \"plan\" timing or continueAt \"law\" (a fit.json from `staged plan fit --form chinchilla`)");
@@ -186,7 +186,8 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
 }
 
 function parseStage(v: unknown, where: string, fail: (f: string, w: string) => never,
-                    int: (v: unknown, f: string, min: number, max?: number) => number, pos: (v: unknown, f: string) => number): StageSpec {
+                    int: (v: unknown, f: string, min: number, max?: number) => number, pos: (v: unknown, f: string) => number,
+                    warmup: number): StageSpec {
   if (!isObj(v)) fail(where, "must be an object {grow, at, ...}");
   const s = v as Record<string, unknown>;
   const allowed = ["grow", "factor", "at", "options", "rewarmup", "lrScale", "continueAt"];
@@ -205,8 +206,8 @@ function parseStage(v: unknown, where: string, fail: (f: string, w: string) => n
     } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N} or {\"fraction\": f}");
   } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N} or {\"fraction\": f}");
   const options = s.options === undefined ? {} : isObj(s.options) ? { ...s.options } : fail(`${where}.options`, "must be an object");
-  for (const k of ["factor", "layers", "layerMap", "rewarmup", "continueAt", "registry"]) {
-    if (k in options) fail(`${where}.options.${k}`, `is set by the stage itself (${k === "factor" ? "factor" : k === "rewarmup" || k === "continueAt" ? k : "factor"}), not in options`);
+  for (const k of ["factor", "layers", "layerMap", "rewarmup", "continueAt", "lrScale", "registry"]) {
+    if (k in options) fail(`${where}.options.${k}`, `is set by the stage itself (${["rewarmup", "continueAt", "lrScale"].includes(k) ? k : "factor"}), not in options`);
   }
   const continueAt = s.continueAt === undefined || s.continueAt === "keep" ? "keep" as const
     : s.continueAt === "law" ? "law" as const : int(s.continueAt, `${where}.continueAt`, 0);
@@ -214,8 +215,8 @@ function parseStage(v: unknown, where: string, fail: (f: string, w: string) => n
     grow: s.grow as "width" | "depth",
     factor: s.factor === undefined ? 2 : int(s.factor, `${where}.factor`, 2, 64),
     at, options,
-    rewarmup: s.rewarmup === undefined ? 0 : int(s.rewarmup, `${where}.rewarmup`, 0),
-    lrScale: s.lrScale === undefined ? 1 : pos(s.lrScale, `${where}.lrScale`),
+    rewarmup: s.rewarmup === undefined ? warmup : int(s.rewarmup, `${where}.rewarmup`, 0),
+    ...(s.lrScale === undefined ? {} : { lrScale: pos(s.lrScale, `${where}.lrScale`) }),
     continueAt,
   };
 }

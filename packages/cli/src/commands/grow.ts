@@ -12,7 +12,7 @@ import type { GlobalOptions } from "../main.js";
 
 
 interface CommonOptions {
-  rewarmup?: number; continueAt?: number; force?: boolean; maxShardBytes?: number;
+  rewarmup?: number; continueAt?: number; lrScale?: number; force?: boolean; maxShardBytes?: number;
   evalData?: string; evalContext?: number; evalBlocks?: number;
 }
 
@@ -68,6 +68,7 @@ async function grow<O extends object>(input: string, output: string, operator: s
 const common = (c: Command): Command => c
   .option("--rewarmup <steps>", "LR re-warmup steps after the growth", integer("rewarmup"))
   .option("--continue-at <step>", "the step the grown model continues from", integer("continue-at"))
+  .option("--lr-scale <s>", "the grown model's peak LR = the small one's × s (default: width 1/factor, depth 1)", number("lr-scale", "positive"))
   .option("--force", "replace an existing output directory")
   .option("--max-shard-bytes <n>", "shard files above this size", integer("max-shard-bytes", 1))
   .option("--eval-data <data>", "measure the loss before and after the growth on this data (brown|file.txt|file.bin)")

@@ -30,7 +30,7 @@ describe("staged run / staged report", () => {
     expect(out.runs.map((x) => [x.name, x.growths.length])).toEqual([["w-s0", 1], ["baseline-s0", 0]]);
     expect(out.runs.every((x) => x.flops >= 4e8)).toBe(true);
     expect(out.report.groups).toHaveLength(2);
-    expect(r.stderr).toMatch(/\[w-s0\] stage 1\/1 +10\d\.\d% of 4\.00e\+8 FLOPs  step \d+  val \d\.\d{4}  \d+ tok\/s  ETA 0s/);
+    expect(r.stderr).toMatch(/\[w-s0\] stage 1\/1 +10\d\.\d% of 4\.00e\+8 FLOPs {2}step \d+ {2}val \d\.\d{4} {2}\d+ tok\/s {2}ETA 0s/);
     expect(r.stderr).toMatch(/w-s0: grew width ×2 at/);
     const again = staged("--json", "run", at("spec.json"));
     expect(again.status).toBe(0);

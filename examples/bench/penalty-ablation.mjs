@@ -32,8 +32,10 @@ const threads = a.threads ? Number(a.threads) : undefined;
 // Each variant: growth options, the LR re-warmup after the growth, and the LR scale of the grown model.
 // The first row of each list is the small model trained on without growing: the reference a grown model should beat.
 const SMALL = { name: "(small model, not grown)", grow: null, rewarmup: 0, lrScale: 1 };
+// The same at half the LR: a grown model at a lower LR must beat this, or the gain is the LR's, not the growth's.
+const SMALL_HALF = { name: "(small model, not grown, LR × 1/2)", grow: null, rewarmup: 0, lrScale: 0.5 };
 const WIDTH = [
-  SMALL,
+  SMALL, SMALL_HALF,
   { name: "consistent moments, rewarmup 100 (run default before)", grow: { moments: "consistent" }, rewarmup: 100, lrScale: 1 },
   { name: "no rewarmup", grow: { moments: "consistent" }, rewarmup: 0, lrScale: 1 },
   { name: "rewarmup 400", grow: { moments: "consistent" }, rewarmup: 400, lrScale: 1 },
@@ -48,7 +50,7 @@ const WIDTH = [
   { name: "noise symmetry 1e-3 (not exact)", grow: { moments: "consistent", symmetry: "noise", noiseStd: 1e-3 }, rewarmup: 100, lrScale: 1 },
 ];
 const DEPTH = [
-  SMALL,
+  SMALL, SMALL_HALF,
   { name: "identity, copied moments, rewarmup 100", grow: { init: "identity", moments: "copy" }, rewarmup: 100, lrScale: 1 },
   { name: "no rewarmup", grow: { init: "identity", moments: "copy" }, rewarmup: 0, lrScale: 1 },
   { name: "reset moments (new layers)", grow: { init: "identity", moments: "reset" }, rewarmup: 100, lrScale: 1 },

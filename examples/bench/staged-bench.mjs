@@ -12,7 +12,7 @@
 //      penalties, and the plots (`staged report`), written to <out>/report.md, report.png, report.svg.
 //
 //   node examples/bench/staged-bench.mjs [--out runs/bench] [--budget 3e13] [--seeds 3] [--parallel 1]
-//        [--threads 2] [--phase all|pilots|runs|report] [--quick]
+//        [--threads 2] [--phase all|pilots|runs|report] [--quick] [--seed-list 1,2] [--groups baseline,width,...]
 //
 // --parallel runs that many `staged run --only <run>` processes at once (each with --threads). Every run
 // resumes where it stopped, so the script can be interrupted and rerun. --quick is the demo's short version
@@ -30,13 +30,17 @@ const { values: a } = parseArgs({
     out: { type: "string", default: "runs/bench" }, budget: { type: "string" }, seeds: { type: "string" },
     parallel: { type: "string", default: "1" }, threads: { type: "string", default: "2" }, phase: { type: "string", default: "all" },
     quick: { type: "boolean", default: false }, cli: { type: "string" }, "pilot-fraction": { type: "string" },
+    "seed-list": { type: "string" }, groups: { type: "string" },
   },
 });
 const cli = a.cli ?? process.env.STAGED_CLI ?? join(here, "..", "..", "packages", "cli", "dist", "bin.js");
 const out = resolve(a.out);
 const quick = a.quick;
 const budget = Number(a.budget ?? (quick ? 4e12 : 3e13));
-const seeds = Array.from({ length: Number(a.seeds ?? (quick ? 1 : 3)) }, (_, i) => i);
+const seeds = a["seed-list"] ? a["seed-list"].split(",").map(Number) : Array.from({ length: Number(a.seeds ?? (quick ? 1 : 3)) }, (_, i) => i);
+// Only the runs of these groups (e.g. to spread the seeds of a benchmark over machines); default: all.
+const groups = a.groups ? new Set(a.groups.split(",")) : null;
+const wanted = (name) => !groups || groups.has(name.replace(/-s\d+$/, ""));
 const parallel = Number(a.parallel), threads = Number(a.threads);
 const pilotFraction = Number(a["pilot-fraction"] ?? (quick ? 0.25 : 0.15));
 
@@ -139,12 +143,19 @@ const ablations = quick ? [] : [
   { name: "width-lr-half", stages: [{ grow: "width", at: "auto", lrScale: 0.5 }] },
   { name: "width-split", stages: [{ grow: "width", at: "auto", options: { symmetry: "split" } }] },
 ];
+// The target from scratch at the LR a width-grown model trains at (the growth scales it by 1/2): growth
+// lowers the LR, which by itself lowers the loss of a constant-LR run; this control separates the two.
+const lrControl = { name: "scratch-lr-half", model: target, stages: [], lr: common.optimizer.lr / 2 };
 const specs = [];
 for (const s of schedules) {
   const spec = { ...common, name: s.name, budget: { flops: budget }, model: s.model, stages: s.stages, law: fitFile, seeds,
     baseline: { seeds }, noGrowth: { seeds: seeds.slice(0, quick ? 1 : 2) } };
   specs.push({ file: await writeSpec(s.name, spec), names: [...seeds.map((x) => `baseline-s${x}`), ...seeds.map((x) => `${s.name}-s${x}`),
     ...spec.noGrowth.seeds.map((x) => `no-growth-${label(s.model)}-s${x}`)] });
+}
+if (!quick) {
+  const spec = { ...common, optimizer: { lr: lrControl.lr }, name: lrControl.name, budget: { flops: budget }, model: target, stages: [], seeds };
+  specs.push({ file: await writeSpec(lrControl.name, spec), names: seeds.map((x) => `${lrControl.name}-s${x}`) });
 }
 for (const ab of ablations) {
   const spec = { ...common, name: ab.name, budget: { flops: budget }, model: half.width, stages: ab.stages, law: fitFile, seeds: [0] };
@@ -153,15 +164,15 @@ for (const ab of ablations) {
 if (phase === "all" || phase === "runs") {
   // Baselines first (every comparison needs them), then the schedules, the controls, the ablations.
   const order = (n) => (n.startsWith("baseline") ? 0 : schedules.some((s) => n.startsWith(`${s.name}-s`)) ? 1 : n.startsWith("no-growth") ? 2 : 3);
-  const flat = specs.flatMap((s) => s.names.map((n) => ({ file: s.file, n }))).sort((x, y) => order(x.n) - order(y.n));
+  const flat = specs.flatMap((s) => s.names.filter(wanted).map((n) => ({ file: s.file, n }))).sort((x, y) => order(x.n) - order(y.n));
   await runAll(flat.map(({ file, n }) => ({ file, names: [n] })));
 }
 
 // 4. The report.
-if (phase === "all" || phase === "report" || phase === "runs") {
+if (phase === "all" || phase === "report") {
   const runsDir = join(out, "runs");
   const dirs = (prefixes) => prefixes.flatMap((p) => seeds.map((x) => join(runsDir, `${p}-s${x}`))).filter((d) => existsSync(join(d, "result.json")));
-  const main = [...dirs(["baseline", ...schedules.map((s) => s.name)]),
+  const main = [...dirs(["baseline", ...schedules.map((s) => s.name), ...(quick ? [] : [lrControl.name])]),
     ...schedules.flatMap((s) => dirs([`no-growth-${label(s.model)}`]))];
   const rep = JSON.parse(await sh(["--json", "report", ...main, "--plot", join(out, "report.png"), join(out, "report.svg"),
     "--title", `Staged vs from scratch: GPT-2 ${label(target)} on Brown, ${budget.toExponential(1)} FLOPs`], { quiet: true }));

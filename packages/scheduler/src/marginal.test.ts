@@ -37,6 +37,14 @@ describe("planGrowthInRunUnits", () => {
     expect(law.loss(large.params, plan.continueAtStep * units.batchTokens)).toBeCloseTo(plan.lossAtGrowth, 3);
   });
 
+  it("terminates and agrees with a scan for every horizon (bisection bounds)", () => {
+    const plan = planGrowthInRunUnits(law, small, large, units)!;
+    for (const maxSteps of [plan.growAtStep, plan.growAtStep + 1, plan.growAtStep + 2, 3 * plan.growAtStep, 4 * plan.growAtStep + 3]) {
+      expect(planGrowthInRunUnits(law, small, large, units, maxSteps)!.growAtStep).toBe(plan.growAtStep);
+    }
+    expect(planGrowthInRunUnits(law, small, large, units, plan.growAtStep - 1)).toBeNull();
+  });
+
   it("says never when the large model is no better within the horizon", () => {
     expect(planGrowthInRunUnits(law, small, { params: 1.01e5, flopsPerToken: 1e9 }, units, 1000)).toBeNull();
   });

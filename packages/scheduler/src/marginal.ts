@@ -178,7 +178,8 @@ export function planGrowthInRunUnits(law: ChinchillaLaw, small: RunModel, large:
   if (at(hi).diff < 0) return null;
   if (at(lo).diff >= 0) lo = hi = 1;
   while (hi - lo > 1) {
-    const mid = Math.floor(Math.sqrt(lo * hi));
+    // geometric bisection, always strictly between lo and hi
+    const mid = Math.min(hi - 1, Math.max(lo + 1, Math.floor(Math.sqrt(lo * hi))));
     if (at(mid).diff >= 0) hi = mid; else lo = mid;
   }
   const p = at(hi);

@@ -2,7 +2,10 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OnlineGrowthDetector, THRESHOLDS, chinchillaLaw, flopsPerToken, kaplan } from "@staged/scheduler";
+import {
+  OnlineGrowthDetector, THRESHOLDS, chinchillaLaw, flopsPerToken, kaplan, lawFromFit, nonEmbeddingParams, planGrowthInRunUnits,
+  type ChinchillaLaw, type FitResult,
+} from "@staged/scheduler";
 import { json, staged } from "../testing.js";
 
 let root: string;
@@ -108,6 +111,28 @@ describe("staged plan fit", () => {
     const p = json("plan", "--law", out, "--target-params", "1e7", "--grow", "depth", "--steps", "100,1000000,100");
     expect(p.law).toBe("fit:chinchilla");
     expect(p.constantOp as number).toBeGreaterThan(1);
+    // Four sizes of exact law curves: no warnings; the run-unit growth plan agrees with the library's.
+    expect((r as unknown as { warnings: string[] }).warnings).toEqual([]);
+    const g = json("plan", "growth", "--law", out, "--small", "2x64", "--large", "2x128", "--batch", "16", "--context", "128") as {
+      grow: boolean; growAtStep: number; continueAtStep: number; predictedSaving: number };
+    const fitted = lawFromFit(JSON.parse(await readFile(out, "utf8")) as FitResult) as ChinchillaLaw;
+    const shape = (layers: number, d: number) => ({ layers, dModel: d, heads: 1, headDim: d, ffn: 4 * d, vocab: 256, context: 128 });
+    const m = (layers: number, d: number) => ({ params: nonEmbeddingParams(shape(layers, d)), flopsPerToken: flopsPerToken(shape(layers, d), 128) });
+    const expected = planGrowthInRunUnits(fitted, m(2, 64), m(2, 128), { batchTokens: 2048 })!;
+    expect(g).toMatchObject({ grow: true, growAtStep: expected.growAtStep, continueAtStep: expected.continueAtStep });
+    expect(g.predictedSaving).toBeCloseTo(expected.predictedSaving, 12);
+    const bad = staged("plan", "growth", "--law", out, "--small", "2by64", "--large", "2x128");
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/^staged: --small must be layers x width such as 2x64, got "2by64"\n$/);
+    expect(staged("plan", "growth", "--law", "kaplan", "--small", "2x64", "--large", "2x128").stderr).toMatch(/needs a Chinchilla-form law/);
+  }, 30_000);
+
+  it("says when a fit is ill-determined (two sizes), on stderr also with --json", async () => {
+    const files = [await run("g", 2, 64), await run("h", 4, 128)];
+    const r = staged("--json", "plan", "fit", ...files, "--law", "chinchilla", "--out", at("fit2.json"));
+    expect(r.status).toBe(0);
+    expect((JSON.parse(r.stdout) as { warnings: string[] }).warnings.some((w) => /only 2 model sizes/.test(w))).toBe(true);
+    expect(r.stderr).toMatch(/staged: warning: only 2 model sizes/);
   }, 30_000);
 
   it("refuses to overwrite an input, and rejects bad input", async () => {

@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import {
-  GROWTH_FACTORS, OnlineGrowthDetector, THRESHOLDS, chinchillaLaw, constantOp, fitLaw, kaplan, lawFromFit, parseCurveArg, planPlotSpec, planStages,
+  GROWTH_FACTORS, OnlineGrowthDetector, flopsPerToken, nonEmbeddingParams, planGrowthInRunUnits, type ChinchillaLaw, THRESHOLDS, chinchillaLaw, constantOp, fitLaw, kaplan, lawFromFit, parseCurveArg, planPlotSpec, planStages,
   readLearningCurve, DEFAULT_BATCH_TOKENS, type FitResult, type GrowthOperator, type Plan, type ScalingLaw, type StepGrid,
 } from "@staged/scheduler";
 import { writeOutputFile } from "../files.js";
@@ -199,6 +199,38 @@ export function registerPlan(program: Command): void {
         // The warnings reach stderr also with --json (stdout has the object, which lists them too).
         if (o.json) for (const w of fit.warnings ?? []) process.stderr.write(`staged: warning: ${w}\n`);
         out.result(summary, text.join("\n"));
+      });
+    });
+
+  plan.command("growth")
+    .description("when to grow one model into another in the run's own units (steps at its batch, its FLOPs), from a Chinchilla-form fit")
+    .option("--small <LxD>", "the model before the growth, layers x width (e.g. 2x64; ffn 4·d, vocab 256)")
+    .option("--large <LxD>", "the model after it (e.g. 2x128)")
+    .option("--batch <B>", "blocks per step (default 16)")
+    .option("--context <T>", "tokens per block (default 128)")
+    .option("--vocab <V>", "vocabulary (default 256)")
+    .action(async (_opts: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals<PlanOptions & { small?: string; large?: string; batch?: string; context?: string; vocab?: string }>();
+      await runAction(Boolean(o.debug), async () => {
+        const { law, file } = await resolveLaw(o.law, undefined);
+        if (law.form !== "chinchilla") throw new UsageError(`--law ${file ?? o.law}: growth in run units needs a Chinchilla-form law (staged plan fit --law chinchilla)`);
+        const intOpt = (name: string, text: string | undefined, dflt: number) => num(name, text, (v) => Number.isInteger(v) && v >= 1, "a positive integer") ?? dflt;
+        const batch = intOpt("--batch", o.batch, 16), context = intOpt("--context", o.context, 128), vocab = intOpt("--vocab", o.vocab, 256);
+        const model = (name: string, text: string | undefined) => {
+          const m = text === undefined ? null : /^(\d+)x(\d+)$/.exec(text.trim());
+          if (!m) throw new UsageError(`${name} must be layers x width such as 2x64, got ${JSON.stringify(text ?? "")}`);
+          const layers = Number(m[1]), d = Number(m[2]);
+          if (!(layers >= 1 && d >= 1)) throw new UsageError(`${name}: layers and width must be ≥ 1`);
+          const shape = { layers, dModel: d, heads: 1, headDim: d, ffn: 4 * d, vocab, context };
+          return { label: `${layers}x${d}`, params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, context) };
+        };
+        const small = model("--small", o.small), large = model("--large", o.large);
+        const p = planGrowthInRunUnits(law as ChinchillaLaw, small, large, { batchTokens: batch * context });
+        const result = { law: file ?? o.law, small, large, batch, context, ...(p ? { grow: true, ...p } : { grow: false }) };
+        createOutput(Boolean(o.json)).result(result, p
+          ? `${small.label} → ${large.label} at batch ${batch} × ${context}: grow at step ${p.growAtStep} (${sci(p.flopsAtGrowth)} FLOPs, loss ${p.lossAtGrowth.toFixed(4)}); ` +
+            `the ${large.label} model reaches that loss from scratch at step ${p.continueAtStep} (${sci(p.largeFlops)} FLOPs): the law's saving ${pct(p.predictedSaving)} of that`
+          : `${small.label} → ${large.label}: under this law the larger model never becomes the better use of compute`);
       });
     });
 

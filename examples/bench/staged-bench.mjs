@@ -1,7 +1,7 @@
 // The paper's result, measured here: does staged training reach the from-scratch baseline's loss with less
 // compute? Everything goes through the `staged` command (run, plan fit, report):
 //
-//   1. pilots: short runs of five small GPT-2 sizes on Brown; a Chinchilla law is fitted to them
+//   1. pilots: short runs of four small GPT-2 sizes on Brown (the same tokens each); a Chinchilla law is fitted to them
 //      (`staged plan fit`, which says when the fit is ill-determined);
 //   2. the target: the candidate model that the fitted law says is compute-optimal for the budget;
 //   3. runs: the target from scratch (baseline, several seeds), the staged schedules (width, depth,
@@ -29,7 +29,7 @@ const { values: a } = parseArgs({
   options: {
     out: { type: "string", default: "runs/bench" }, budget: { type: "string" }, seeds: { type: "string" },
     parallel: { type: "string", default: "1" }, threads: { type: "string", default: "2" }, phase: { type: "string", default: "all" },
-    quick: { type: "boolean", default: false }, cli: { type: "string" }, "pilot-fraction": { type: "string" },
+    quick: { type: "boolean", default: false }, cli: { type: "string" }, "pilot-tokens": { type: "string" }, skip: { type: "string" },
     "seed-list": { type: "string" }, groups: { type: "string" },
   },
 });
@@ -42,7 +42,9 @@ const seeds = a["seed-list"] ? a["seed-list"].split(",").map(Number) : Array.fro
 const groups = a.groups ? new Set(a.groups.split(",")) : null;
 const wanted = (name) => !groups || groups.has(name.replace(/-s\d+$/, ""));
 const parallel = Number(a.parallel), threads = Number(a.threads);
-const pilotFraction = Number(a["pilot-fraction"] ?? (quick ? 0.25 : 0.15));
+// Every pilot sees the same number of tokens, so each size's data term is measured over the same range.
+const pilotTokens = Number(a["pilot-tokens"] ?? (quick ? 1e6 : 4e6));
+const skip = a.skip ?? "0.3";
 
 // Shared hyperparameters of every run (the issue's: Brown, bytes, context 128, batch 16, AdamW 1e-3).
 const common = {
@@ -96,19 +98,19 @@ const phase = a.phase;
 await mkdir(out, { recursive: true });
 
 // 1. Pilots and the fitted law.
-const pilots = quick ? [gpt2(1, 64), gpt2(2, 64), gpt2(1, 128), gpt2(2, 128)] : [gpt2(1, 64), gpt2(2, 64), gpt2(1, 128), gpt2(2, 128), gpt2(4, 128)];
+const pilots = [gpt2(1, 64), gpt2(2, 64), gpt2(1, 128), gpt2(2, 128)];
 const fitFile = join(out, "law.json");
 if (phase === "all" || phase === "pilots") {
   const specs = [];
   for (const m of pilots) {
     const name = `pilot-${label(m)}`;
-    const file = await writeSpec(name, { ...common, name, budget: { flops: budget * pilotFraction }, model: m, stages: [], seeds: [0] });
+    const file = await writeSpec(name, { ...common, name, budget: { tokens: pilotTokens }, model: m, stages: [], seeds: [0] });
     specs.push({ file, names: [`${name}-s0`] });
   }
   await runAll(specs);
   const metrics = pilots.map((m) => join(out, "runs", `pilot-${label(m)}-s0`, "stage-0", "metrics.jsonl"));
-  const fit = JSON.parse(await sh(["--json", "plan", "fit", ...metrics, "--law", "chinchilla", "--out", fitFile]));
-  console.error(`law fitted on ${pilots.length} pilot sizes at ${(budget * pilotFraction).toExponential(2)} FLOPs each: ` +
+  const fit = JSON.parse(await sh(["--json", "plan", "fit", ...metrics, "--law", "chinchilla", "--skip", skip, "--out", fitFile]));
+  console.error(`law fitted on ${pilots.length} pilot sizes at ${pilotTokens.toExponential(2)} tokens each (first ${skip} of each curve left out): ` +
     `${Object.entries(fit.constants).map(([k, v]) => `${k} ${Number(v).toPrecision(4)}`).join(", ")}; rmse ${fit.rmse.toExponential(2)}` +
     (fit.warnings.length ? `; warnings: ${fit.warnings.join("; ")}` : "; well determined"));
 }

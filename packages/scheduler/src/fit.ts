@@ -69,7 +69,7 @@ interface Model {
 
 // Kaplan, parameters [ln N_c, α_N, ln S_c, α_S]: L = (N_c/N)^α_N + (2·S_c/S)^α_S (S_min = S/2, as the seed).
 const KAPLAN_MODEL: Model = {
-  names: ["Nc", "alphaN", "Sc", "alphaS"],
+  names: ["ln Nc", "alphaN", "ln Sc", "alphaS"],
   starts: [
     [Math.log(KAPLAN_CONSTANTS.Nc), KAPLAN_CONSTANTS.alphaN, Math.log(KAPLAN_CONSTANTS.Sc), KAPLAN_CONSTANTS.alphaS],
     [Math.log(1e10), 0.1, Math.log(1e3), 0.5],
@@ -89,7 +89,7 @@ const KAPLAN_MODEL: Model = {
 
 // Chinchilla, parameters [E, ln A, α, ln B, β]: L = E + A/N^α + B/D^β.
 const CHINCHILLA_MODEL: Model = {
-  names: ["E", "A", "alpha", "B", "beta"],
+  names: ["E", "ln A", "alpha", "ln B", "beta"],
   starts: [
     [CHINCHILLA_CONSTANTS.E, Math.log(CHINCHILLA_CONSTANTS.A), CHINCHILLA_CONSTANTS.alpha, Math.log(CHINCHILLA_CONSTANTS.B), CHINCHILLA_CONSTANTS.beta],
     [1, Math.log(100), 0.3, Math.log(100), 0.3],
@@ -243,6 +243,19 @@ export function fitKaplan(curves: readonly LearningCurve[], fixed: Partial<Pick<
   return summarize("kaplan", KAPLAN_MODEL, p, obs, { ...constants }, medianBatch(obs), sourcesOf(curves));
 }
 
+/**
+ * The curves without the first `fraction` of each one's tokens: the early part of a learning curve (warmup, the
+ * plateau before the model learns more than unigram statistics) is not the power law the laws describe, and
+ * points there pull a fit off (Hoffmann et al. likewise fit only beyond the start of training).
+ */
+export function skipStart(curves: readonly LearningCurve[], fraction: number): LearningCurve[] {
+  if (!(fraction >= 0 && fraction < 1)) throw new Error(`the skipped fraction must be in [0, 1), got ${fraction}`);
+  return curves.map((c) => {
+    const last = Math.max(0, ...c.points.map((p) => p.tokens));
+    return { ...c, points: c.points.filter((p) => p.tokens >= fraction * last) };
+  });
+}
+
 /** Fit Hoffmann et al.'s L(N, D) = E + A/N^α + B/D^β to observed curves (D = tokens) by nonlinear least squares. */
 export function fitChinchilla(curves: readonly LearningCurve[]): FitResult {
   const obs = observationsOf(curves);
@@ -253,9 +266,10 @@ export function fitChinchilla(curves: readonly LearningCurve[]): FitResult {
   return summarize("chinchilla", CHINCHILLA_MODEL, p, obs, { ...constants }, medianBatch(obs), sourcesOf(curves));
 }
 
-export function fitLaw(form: "kaplan" | "chinchilla", curves: readonly LearningCurve[]): FitResult {
-  if (form === "kaplan") return fitKaplan(curves);
-  if (form === "chinchilla") return fitChinchilla(curves);
+export function fitLaw(form: "kaplan" | "chinchilla", curves: readonly LearningCurve[], options: { skipFraction?: number } = {}): FitResult {
+  const used = options.skipFraction ? skipStart(curves, options.skipFraction) : curves;
+  if (form === "kaplan") return fitKaplan(used);
+  if (form === "chinchilla") return fitChinchilla(used);
   throw new Error(`unknown law form ${JSON.stringify(form)} (forms: kaplan, chinchilla)`);
 }
 

@@ -169,6 +169,7 @@ export function registerPlan(program: Command): void {
     .description("fit a scaling law to learning curves (metrics.jsonl files; append =N to give a file's non-embedding parameters)")
     .option("--law <form>", "the law's form: kaplan or chinchilla")
     .option("--out <fit.json>", "where to write the fit (atomically; never over an input)")
+    .option("--skip <fraction>", "leave out the first fraction of each curve's tokens (warmup and the early plateau; default 0)")
     .action(async (metrics: string[], _opts: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<PlanOptions>();
       await runAction(Boolean(o.debug), async () => {
@@ -180,7 +181,8 @@ export function registerPlan(program: Command): void {
         if (new Set(curves.map((c) => c.params)).size < 2) {
           throw new UsageError("fitting a law needs learning curves of at least 2 model sizes");
         }
-        const fit = fitLaw(o.law, curves);
+        const skipFraction = num("--skip", (o as { skip?: string }).skip, (v) => v >= 0 && v < 1, "a fraction in [0, 1)");
+        const fit = fitLaw(o.law, curves, { skipFraction });
         await writeOutputFile(o.out, JSON.stringify(fit, null, 2) + "\n", args.map((a) => a.path));
         const estimated = curves.filter((c) => c.estimated).map((c) => c.source!);
         const summary = {

@@ -64,10 +64,12 @@ function sh(args, { quiet = false } = {}) {
   });
 }
 
+const failures = [];
 async function pool(jobs) {
   const queue = [...jobs];
   const workers = Array.from({ length: Math.min(parallel, queue.length) }, async () => {
-    while (queue.length) await queue.shift()();
+    // A failed run is reported and the others go on.
+    while (queue.length) await queue.shift()().catch((e) => { failures.push(e.message); console.error(`FAILED: ${e.message}`); });
   });
   await Promise.all(workers);
 }
@@ -135,19 +137,20 @@ const schedules = [
     { name: "width-depth", model: gpt2(target.layers / 2, target.dModel / 2), stages: [{ grow: "width", at: "auto" }, { grow: "depth", at: "auto" }] },
   ]),
 ];
-// Ablations of the width schedule (one seed): the remedies for the post-growth penalty, and the timing.
+// Ablations of the width schedule (one seed), each changing one default: the timing (law plan, a fixed 25%),
+// the LR scale (1 instead of 1/2), the re-warmup (none instead of the run's warmup), the moments, the symmetry.
 const ablations = quick ? [] : [
   { name: "width-plan", stages: [{ grow: "width", at: "plan" }] },
   { name: "width-at-25pct", stages: [{ grow: "width", at: { fraction: 0.25 } }] },
+  { name: "width-lr-1", stages: [{ grow: "width", at: "auto", lrScale: 1 }] },
+  { name: "width-rewarmup-0", stages: [{ grow: "width", at: "auto", rewarmup: 0 }] },
   { name: "width-moments-paper", stages: [{ grow: "width", at: "auto", options: { moments: "paper" } }] },
   { name: "width-moments-reset", stages: [{ grow: "width", at: "auto", options: { moments: "reset" } }] },
-  { name: "width-rewarmup-100", stages: [{ grow: "width", at: "auto", rewarmup: 100 }] },
-  { name: "width-lr-half", stages: [{ grow: "width", at: "auto", lrScale: 0.5 }] },
   { name: "width-split", stages: [{ grow: "width", at: "auto", options: { symmetry: "split" } }] },
 ];
 // The target from scratch at the LR a width-grown model trains at (the growth scales it by 1/2): growth
 // lowers the LR, which by itself lowers the loss of a constant-LR run; this control separates the two.
-const lrControl = { name: "scratch-lr-half", model: target, stages: [], lr: common.optimizer.lr / 2 };
+const lrControl = { name: "scratch-lr-half", model: gpt2(target.layers, target.dModel), stages: [], lr: common.optimizer.lr / 2 };
 const specs = [];
 for (const s of schedules) {
   const spec = { ...common, name: s.name, budget: { flops: budget }, model: s.model, stages: s.stages, law: fitFile, seeds,
@@ -156,7 +159,7 @@ for (const s of schedules) {
     ...spec.noGrowth.seeds.map((x) => `no-growth-${label(s.model)}-s${x}`)] });
 }
 if (!quick) {
-  const spec = { ...common, optimizer: { lr: lrControl.lr }, name: lrControl.name, budget: { flops: budget }, model: target, stages: [], seeds };
+  const spec = { ...common, optimizer: { lr: lrControl.lr }, name: lrControl.name, budget: { flops: budget }, model: lrControl.model, stages: [], seeds };
   specs.push({ file: await writeSpec(lrControl.name, spec), names: seeds.map((x) => `${lrControl.name}-s${x}`) });
 }
 for (const ab of ablations) {

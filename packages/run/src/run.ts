@@ -8,7 +8,7 @@ import {
 import { widthGrowth } from "@staged/grow-width";
 import { depthGrowth } from "@staged/grow-depth";
 import {
-  MarginalGrowthDetector, flopsPerToken, largeModelAt, lawFromFit, localPowerLaw, nonEmbeddingParams, planGrowthInRunUnits,
+  MarginalGrowthDetector, fitLossCeiling, flopsPerToken, largeModelAt, lawFromFit, localPowerLaw, nonEmbeddingParams, planGrowthInRunUnits,
   readMetrics, type ChinchillaLaw, type FitResult, type MetricsRecord,
 } from "@staged/scheduler";
 import { evaluate, train, type EngineFactory, type TrainOptions } from "@staged/trainer-ort";
@@ -106,11 +106,12 @@ async function readJson<T>(file: string): Promise<T> {
   return parseJsonFile(await readFile(file, "utf8"), file) as T;
 }
 
-/** Load the Chinchilla-form law a spec names. */
-export async function loadLaw(file: string): Promise<ChinchillaLaw> {
-  const law = lawFromFit(await readJson<FitResult>(file), file);
-  if (law.form !== "chinchilla") throw new Error(`${file}: growth timing in run units needs a Chinchilla-form fit (staged plan fit --form chinchilla), got ${law.form}`);
-  return law as ChinchillaLaw;
+/** Load the Chinchilla-form law a spec names, with the loss below which its fit is backed by data. */
+export async function loadLaw(file: string): Promise<{ law: ChinchillaLaw; maxLoss: number | null }> {
+  const fit = await readJson<FitResult>(file);
+  const law = lawFromFit(fit, file);
+  if (law.form !== "chinchilla") throw new Error(`${file}: growth timing in run units needs a Chinchilla-form fit (staged plan fit --law chinchilla), got ${law.form}`);
+  return { law: law as ChinchillaLaw, maxLoss: fitLossCeiling(fit) };
 }
 
 /** What identifies a run's configuration: a rerun into the same directory must match it. */
@@ -151,7 +152,8 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
     const done = await readJson<RunResult>(resultFile);
     if (done.done) return done;
   }
-  const law = spec.stages.some((s) => s.at === "auto" || s.at === "plan" || s.continueAt === "law") ? await loadLaw(spec.law!) : null;
+  const loaded = spec.stages.some((s) => s.at === "auto" || s.at === "plan" || s.continueAt === "law") ? await loadLaw(spec.law!) : null;
+  const law = loaded?.law ?? null;
   const growthsFile = join(runDir, "growths.json");
   const growths: GrowthEvent[] = existsSync(growthsFile) ? await readJson<GrowthEvent[]>(growthsFile) : [];
 
@@ -193,7 +195,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
       const fpStep = flopsPerToken(shape, spec.context) * spec.batch * spec.context;
       const history = await readMetrics(dir);
       const stageStartGlobal = k === 0 ? 0 : growths[k - 1]!.globalStep;
-      const until = stage ? growthCondition(spec, entry, k, stage, state, law, budget) : null;
+      const until = stage ? growthCondition(spec, entry, k, stage, law, loaded?.maxLoss ?? null, budget) : null;
       // Replay the stage's validation curve: a decision made before a kill is made again, identically.
       let decided = until?.replay(curvePoints(history).filter((p) => p.stage === k)) ?? false;
       let lastVal: number | null = curvePoints(history).at(-1)?.valLoss ?? null;
@@ -297,8 +299,8 @@ interface GrowthCondition {
   replay(points: readonly CurvePoint[]): boolean;
 }
 
-function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: StageSpec, state: TrainingState,
-                         law: ChinchillaLaw | null, budget: number): GrowthCondition {
+function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: StageSpec,
+                         law: ChinchillaLaw | null, maxLoss: number | null, budget: number): GrowthCondition {
   const fixed = (c: { flops?: number; steps?: number }): GrowthCondition => ({ ...c, push: () => false, replay: () => false });
   const at = stage.at;
   if (typeof at === "object" && "flops" in at) return fixed({ flops: at.flops });
@@ -324,8 +326,7 @@ function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: Stage
     };
     return { push, replay: (ps) => ps.some((p) => push(p)) };
   }
-  void state;
-  const detector = new MarginalGrowthDetector({ law: law!, small, large, units });
+  const detector = new MarginalGrowthDetector({ law: law!, small, large, units, ...(maxLoss === null ? {} : { maxLoss }) });
   const push = (p: CurvePoint) => detector.push({ step: p.step, compute: p.flops, loss: p.valLoss }) !== null;
   return { push, replay: (ps) => ps.some((p) => push(p)) };
 }

@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { fitChinchilla, fitKaplan, lawFromFit, type LearningCurve } from "./fit.js";
+import { fitChinchilla, fitKaplan, fitLossCeiling, lawFromFit, type LearningCurve } from "./fit.js";
 import { chinchillaLaw, kaplanLaw } from "./laws.js";
 import { curveFromMetrics, parseCurveArg, parseMetrics, paramsFromConfig, readLearningCurve } from "./metrics.js";
 import { constantOp } from "./plan.js";
@@ -43,6 +43,10 @@ describe("fitted laws", () => {
     expect(p.E!.atBound).toBe(false);
     expect(Math.abs(p.E!.value - truth.E)).toBeLessThan(6 * p.E!.stdError + 1e-3);
     expect(p.beta!.stdError).toBeGreaterThan(0);
+    // the loss range every size was fitted over starts at the lowest of the sizes' highest losses
+    const highest = (n: number) => Math.max(...fit.residuals.filter((r) => r.params === n).map((r) => r.loss));
+    expect(fitLossCeiling(fit)).toBe(Math.min(...[1e6, 4e6, 1.6e7, 6.4e7, 2.56e8].map(highest)));
+    expect(fitLossCeiling({ ...fit, residuals: [] })).toBeNull();
   });
 
   it("says when a fit is ill-determined: two sizes, or a parameter on its bound", () => {

@@ -299,3 +299,15 @@ export function lawFromFit(fit: FitResult, source = "fit"): KaplanLaw | Chinchil
   }
   throw new Error(`${source}: unknown law form ${JSON.stringify(fit.form)} (forms: kaplan, chinchilla)`);
 }
+
+/**
+ * The highest loss below which the fit describes every model size it saw: for each size the highest loss of
+ * its fitted points, then the lowest of those. Above it (early training: warmup, plateaus the power law does
+ * not have, or points a fit skipped) the law is extrapolating, and decisions taken from it there are not
+ * backed by data. Null when the fit has no residuals.
+ */
+export function fitLossCeiling(fit: FitResult): number | null {
+  const highest = new Map<number, number>();
+  for (const r of fit.residuals ?? []) highest.set(r.params, Math.max(highest.get(r.params) ?? -Infinity, r.loss));
+  return highest.size ? Math.min(...highest.values()) : null;
+}

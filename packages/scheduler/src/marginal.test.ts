@@ -79,6 +79,18 @@ describe("MarginalGrowthDetector", () => {
     expect(run(2)).toBe(8);
   });
 
+  it("decides nothing above maxLoss (a plateau early in training is not the small model being spent)", () => {
+    // A flat stretch at loss 3.0 (an early plateau), then a steady fall, then flat at 2.3.
+    const pts: [number, number][] = [[1, 3.0], [2, 3.0], [3, 3.0], [4, 3.0], [5, 2.6], [6, 2.45], [7, 2.3], [8, 2.3], [9, 2.3], [10, 2.3]];
+    const run = (maxLoss?: number) => {
+      const det = new MarginalGrowthDetector({ law, small, large, units, window: 3, patience: 2, ...(maxLoss === undefined ? {} : { maxLoss }) });
+      for (const [s, l] of pts) { const d = det.push({ step: s, compute: s * 1e9, loss: l }); if (d) return d.growAtStep; }
+      return null;
+    };
+    expect(run()).toBe(4);
+    expect(run(2.5)).toBe(10);
+  });
+
   it("rejects bad input", () => {
     expect(() => new MarginalGrowthDetector({ law, small, large, units, window: 2 })).toThrow(/window/);
     const det = new MarginalGrowthDetector({ law, small, large, units });

@@ -57,6 +57,12 @@ export interface MarginalDetectorOptions {
   patience?: number;
   /** FLOPs the stage's model spent before its first point here (a grown model's compute counts from 0 otherwise). */
   computeOffset?: number;
+  /**
+   * Decide only once the smoothed loss is at or below this (default: no limit): the range where the law was
+   * fitted ({@link fitLossCeiling}). Early learning curves have plateaus the law does not describe, on which a
+   * flat local slope would otherwise look like the small model being spent.
+   */
+  maxLoss?: number;
 }
 
 export interface MarginalDecision {
@@ -115,7 +121,8 @@ export class MarginalGrowthDetector {
     const large = largeModelAt(this.o.law, this.o.large, this.o.units, fit.loss);
     this.last = { loss: fit.loss, smallDLdC: fit.dLdC, largeDLdC: large?.dLdC ?? null };
     // The large model never reaches L̂ under the law: the small model is still the better use of compute.
-    if (!large) { this.streak = 0; return null; }
+    // Above maxLoss the law is not backed by data: no decision there either.
+    if (!large || (this.o.maxLoss !== undefined && fit.loss > this.o.maxLoss)) { this.streak = 0; return null; }
     this.streak = fit.dLdC >= large.dLdC ? this.streak + 1 : 0;
     if (this.streak >= this.patience) {
       this.result = {

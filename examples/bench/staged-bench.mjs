@@ -36,7 +36,7 @@ const { values: a } = parseArgs({
 const cli = a.cli ?? process.env.STAGED_CLI ?? join(here, "..", "..", "packages", "cli", "dist", "bin.js");
 const out = resolve(a.out);
 const quick = a.quick;
-const budget = Number(a.budget ?? (quick ? 4e12 : 3e13));
+const budget = Number(a.budget ?? (quick ? 1e13 : 3e13));
 const seeds = a["seed-list"] ? a["seed-list"].split(",").map(Number) : Array.from({ length: Number(a.seeds ?? (quick ? 1 : 3)) }, (_, i) => i);
 // Only the runs of these groups (e.g. to spread the seeds of a benchmark over machines); default: all.
 const groups = a.groups ? new Set(a.groups.split(",")) : null;
@@ -100,7 +100,7 @@ const phase = a.phase;
 await mkdir(out, { recursive: true });
 
 // 1. Pilots and the fitted law.
-const pilots = [gpt2(1, 64), gpt2(2, 64), gpt2(1, 128), gpt2(2, 128)];
+const pilots = quick ? [gpt2(2, 32), gpt2(1, 64), gpt2(2, 64), gpt2(2, 128)] : [gpt2(1, 64), gpt2(2, 64), gpt2(1, 128), gpt2(2, 128)];
 const fitFile = join(out, "law.json");
 if (phase === "all" || phase === "pilots") {
   const specs = [];
@@ -123,7 +123,7 @@ const shape = (m) => ({ layers: m.layers, dModel: m.dModel, heads: m.heads, head
 const model = (m) => ({ ...m, params: nonEmbeddingParams(shape(m)), flopsPerToken: flopsPerToken(shape(m), 128) });
 const fitJson = JSON.parse(await readFile(fitFile, "utf8"));
 const law = chinchillaLaw(fitJson.constants, fitJson.batchTokens);
-const candidates = (quick ? [gpt2(2, 64), gpt2(2, 128)] : [gpt2(2, 64), gpt2(2, 128), gpt2(4, 128), gpt2(4, 256)]).map(model);
+const candidates = (quick ? [gpt2(2, 32), gpt2(2, 64), gpt2(2, 128)] : [gpt2(2, 64), gpt2(2, 128), gpt2(4, 128), gpt2(4, 256)]).map(model);
 const choice = computeOptimalChoice(law, candidates, budget);
 const target = choice.best;
 console.error(`budget ${budget.toExponential(2)} FLOPs: predicted final losses ${choice.losses.map((l) => `${label(l.model)} ${l.loss.toFixed(4)}`).join(", ")} → target ${label(target)}`);
@@ -158,7 +158,7 @@ for (const s of schedules) {
   specs.push({ file: await writeSpec(s.name, spec), names: [...seeds.map((x) => `baseline-s${x}`), ...seeds.map((x) => `${s.name}-s${x}`),
     ...spec.noGrowth.seeds.map((x) => `no-growth-${label(s.model)}-s${x}`)] });
 }
-if (!quick) {
+{
   const spec = { ...common, optimizer: { lr: lrControl.lr }, name: lrControl.name, budget: { flops: budget }, model: lrControl.model, stages: [], seeds };
   specs.push({ file: await writeSpec(lrControl.name, spec), names: seeds.map((x) => `${lrControl.name}-s${x}`) });
 }
@@ -173,26 +173,36 @@ if (phase === "all" || phase === "runs") {
   await runAll(flat.map(({ file, n }) => ({ file, names: [n] })));
 }
 
-// 4. The report.
+// 4. The report: against the baseline (the issue's hyperparameters) and against the target from scratch at
+// the grown model's LR; the headline saving is the smaller of the two.
 if (phase === "all" || phase === "report") {
   const runsDir = join(out, "runs");
   const dirs = (prefixes) => prefixes.flatMap((p) => seeds.map((x) => join(runsDir, `${p}-s${x}`))).filter((d) => existsSync(join(d, "result.json")));
-  const main = [...dirs(["baseline", ...schedules.map((s) => s.name), ...(quick ? [] : [lrControl.name])]),
+  const main = [...dirs(["baseline", ...schedules.map((s) => s.name), lrControl.name]),
     ...schedules.flatMap((s) => dirs([`no-growth-${label(s.model)}`]))];
-  const rep = JSON.parse(await sh(["--json", "report", ...main, "--plot", join(out, "report.png"), join(out, "report.svg"),
-    "--title", `Staged vs from scratch: GPT-2 ${label(target)} on Brown, ${budget.toExponential(1)} FLOPs`], { quiet: true }));
+  const title = `Staged vs from scratch: GPT-2 ${label(target)} on Brown, ${budget.toExponential(1)} FLOPs`;
+  const rep = JSON.parse(await sh(["--json", "report", ...main, "--plot", join(out, "report.png"), join(out, "report.svg"), "--title", title], { quiet: true }));
   const text = await sh(["report", ...main], { quiet: true });
+  const hasControl = dirs([lrControl.name]).length > 0;
+  const vsControl = hasControl ? await sh(["report", ...main, "--baseline", lrControl.name], { quiet: true }) : "";
+  const repControl = hasControl ? JSON.parse(await sh(["--json", "report", ...main, "--baseline", lrControl.name], { quiet: true })) : null;
   let md = `# Staged training benchmark\n\nBudget ${budget.toExponential(2)} FLOPs; target ${label(target)} (law-optimal among ` +
-    `${candidates.map(label).join(", ")}); seeds ${seeds.join(", ")}; law ${fitFile}.\n\n${text}`;
+    `${candidates.map(label).join(", ")}); seeds ${seeds.join(", ")}.\n\n## Against the baseline (LR ${common.optimizer.lr})\n\n${text}`;
+  if (hasControl) md += `\n## Against the target from scratch at LR ${lrControl.lr} (the grown width's LR)\n\n${vsControl}`;
   const abl = [...dirs(["width"]).slice(0, 1), ...ablations.map((x) => join(runsDir, `${x.name}-s0`)).filter((d) => existsSync(join(d, "result.json"))),
     ...dirs(["baseline"])];
   if (ablations.length && abl.length > seeds.length + 1) {
-    md += `\n## Ablations (width schedule, seed 0)\n\n${await sh(["report", ...abl], { quiet: true })}`;
+    md += `\n## Ablations (width schedule, seed 0, one default changed each)\n\n${await sh(["report", ...abl], { quiet: true })}`;
   }
   await writeFile(join(out, "report.md"), md);
   console.log(md);
-  const width = rep.report.groups.find((g) => g.group === "width");
-  const saving = width?.reach?.[0]?.saving?.saving;
-  console.log(`measured saving of the width schedule: ${saving === null || saving === undefined ? "not reached" : `${(100 * saving).toFixed(1)}%`} ` +
-    `(${((performance.now() - t0) / 60000).toFixed(1)} min)`);
+  const savingOf = (r, group) => r?.report.groups.find((g) => g.group === group)?.reach?.[0]?.saving?.saving ?? null;
+  const fmt = (x) => (x === null ? "not reached" : `${(100 * x).toFixed(1)}%`);
+  for (const s of schedules) {
+    const a1 = savingOf(rep, s.name), a2 = savingOf(repControl, s.name);
+    console.log(`measured saving of the ${s.name} schedule at the baseline's final loss: ${fmt(a1)} against the baseline` +
+      (repControl ? `, ${fmt(a2)} against the target from scratch at LR ${lrControl.lr}` : ""));
+  }
+  if (failures.length) console.log(`${failures.length} run(s) failed: ${failures.join("; ")}`);
+  console.log(`(${((performance.now() - t0) / 60000).toFixed(1)} min)`);
 }

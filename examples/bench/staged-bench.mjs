@@ -147,6 +147,8 @@ const ablations = quick ? [] : [
   { name: "width-moments-paper", stages: [{ grow: "width", at: "auto", options: { moments: "paper" } }] },
   { name: "width-moments-reset", stages: [{ grow: "width", at: "auto", options: { moments: "reset" } }] },
   { name: "width-split", stages: [{ grow: "width", at: "auto", options: { symmetry: "split" } }] },
+  { name: "width-noise", stages: [{ grow: "width", at: "auto", options: { symmetry: "noise", noiseStd: 1e-3 } }] },
+  { name: "width-antithetic", stages: [{ grow: "width", at: "auto", options: { symmetry: "antithetic", noiseStd: 1e-3 } }] },
 ];
 // The target from scratch at the LR a width-grown model trains at (the growth scales it by 1/2): growth
 // lowers the LR, which by itself lowers the loss of a constant-LR run; this control separates the two.

@@ -4,7 +4,7 @@ import {
 } from "@staged/core";
 
 export type WidthMoments = "paper" | "consistent" | "reset";
-export type WidthSymmetry = "none" | "split" | "noise";
+export type WidthSymmetry = "none" | "split" | "noise" | "antithetic";
 
 export interface WidthOptions extends StageOptions {
   /** Hidden size, heads and FFN width × factor, head size kept (default 2). */
@@ -22,10 +22,13 @@ export interface WidthOptions extends StageOptions {
 }
 
 const MOMENTS: readonly WidthMoments[] = ["paper", "consistent", "reset"];
-const SYMMETRY: readonly WidthSymmetry[] = ["none", "split", "noise"];
+const SYMMETRY: readonly WidthSymmetry[] = ["none", "split", "noise", "antithetic"];
 
-/** Whether the grown model computes exactly the small model's function (logits, loss) with these options. */
-export const widthLossPreserving = (o: WidthOptions): boolean => (o.symmetry ?? "none") !== "noise";
+/**
+ * Whether the grown model computes exactly the small model's function (logits, loss) with these options.
+ * "antithetic" keeps it to second order in noiseStd only (the first-order terms cancel), so it is not exact.
+ */
+export const widthLossPreserving = (o: WidthOptions): boolean => !["noise", "antithetic"].includes(o.symmetry ?? "none");
 
 /**
  * Coefficient of input copy i in output copy j of a grown matrix with `a` input and `b` output copies.
@@ -56,6 +59,27 @@ function growMatrix(w: Tensor, { a, b }: Axes, symmetry: WidthSymmetry, noiseStd
           for (let i = 0; i < a; i++) { share[i] = 0.05 + rng.uniform(); sum += share[i]!; }
           const v = src[r * cols + c]!;
           for (let i = 0; i < a; i++) out[(i * rows + r) * W + j * cols + c] = (share[i]! / sum) * v;
+        }
+      }
+    }
+    return new Tensor(w.dtype, [a * rows, W], out);
+  }
+  if (symmetry === "antithetic" && b > 1) {
+    // Each entry of output copy j gets n_j, with n_0 + ... + n_{b-1} = 0 (z_j minus their mean, z_j ~
+    // N(0, noiseStd)): the copies of every hidden unit differ, so they stop receiving identical updates (with
+    // Adam, exact copies stay copies forever), while every map downstream of a copy is the same for all
+    // copies and the readout averages them, so the first-order change of the function cancels.
+    const z = new Float64Array(b);
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        let mean = 0;
+        for (let j = 0; j < b; j++) { z[j] = noiseStd * rng.normal(); mean += z[j]! / b; }
+        const v = src[r * cols + c]!;
+        for (let i = 0; i < a; i++) {
+          for (let j = 0; j < b; j++) {
+            const coef = coefficient(a, b, i, j);
+            if (coef !== 0) out[(i * rows + r) * W + j * cols + c] = coef * v + (z[j]! - mean);
+          }
         }
       }
     }
@@ -140,7 +164,8 @@ function positiveInt(v: number | undefined, fallback: number, what: string): num
  * Width growth (Shen et al. 2022): hidden size, heads and FFN × factor with the head size kept, so the
  * hidden state becomes [h, h, ...]. Embeddings, biases and LayerNorms are tiled, linear maps become block
  * matrices (block-diagonal for the paper's factor), the final LayerNorm is divided by k. Exact (same logits)
- * for symmetry "none" and "split"; "noise" perturbs the new copies by N(0, noiseStd).
+ * for symmetry "none" and "split"; "noise" perturbs the new copies by N(0, noiseStd); "antithetic" perturbs the
+ * copies of each output by noise that sums to zero over them, which changes the function only at second order.
  *
  * Moments: every copied entry's gradient in the grown model is the original one over the number of copies
  * of its output axis (the final LayerNorm's is unchanged), so exp_avg / c and exp_avg_sq / c². "consistent"
@@ -156,7 +181,9 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
   const symmetry = options.symmetry ?? "none";
   if (!MOMENTS.includes(moments)) throw new Error(`moments must be one of ${MOMENTS.join(", ")}, got ${moments}`);
   if (!SYMMETRY.includes(symmetry)) throw new Error(`symmetry must be one of ${SYMMETRY.join(", ")}, got ${symmetry}`);
-  if (options.noiseStd !== undefined && symmetry !== "noise") throw new Error(`noiseStd is only used with symmetry "noise" (symmetry is "${symmetry}")`);
+  if (options.noiseStd !== undefined && symmetry !== "noise" && symmetry !== "antithetic") {
+    throw new Error(`noiseStd is only used with symmetry "noise" or "antithetic" (symmetry is "${symmetry}")`);
+  }
   const noiseStd = options.noiseStd ?? 1e-3;
   if (!(noiseStd >= 0)) throw new Error(`noiseStd must be ≥ 0, got ${noiseStd}`);
   const seed = options.seed ?? 0;
@@ -196,7 +223,7 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
   }
   return grownState(state, {
     operator: "width",
-    options: { factor: k, ffnFactor: m, moments, symmetry, ...(symmetry === "noise" ? { noiseStd } : {}), seed },
+    options: { factor: k, ffnFactor: m, moments, symmetry, ...(symmetry === "noise" || symmetry === "antithetic" ? { noiseStd } : {}), seed },
     config, shape, params,
     ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
     resetMoments: !keepMoments, stage: options, defaultLrScale: 1 / k,

@@ -82,8 +82,8 @@ export function registerGrow(program: Command): void {
     .option("--factor <k>", "width factor", integer("factor", 1), 2)
     .option("--ffn-factor <m>", "extra FFN width factor", integer("ffn-factor", 1))
     .addOption(new Option("--moments <mode>", "AdamW moments of the grown model").choices(["paper", "consistent", "reset"]).default("consistent"))
-    .addOption(new Option("--symmetry <mode>", "how copies diverge").choices(["none", "split", "noise"]).default("none"))
-    .option("--noise-std <s>", "noise standard deviation for --symmetry noise", number("noise-std"))
+    .addOption(new Option("--symmetry <mode>", "how copies diverge").choices(["none", "split", "noise", "antithetic"]).default("none"))
+    .option("--noise-std <s>", "noise standard deviation for --symmetry noise|antithetic", number("noise-std"))
     .option("--seed <s>", "seed of split/noise", integer("seed"), 0))
     .action((input: string, output: string, o: WidthOptions & CommonOptions, cmd: Command) => grow(input, output, "width", o, cmd));
   common(growCmd.command("depth <in> <out>")

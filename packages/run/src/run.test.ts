@@ -104,6 +104,11 @@ describe("executeRun", () => {
     expect(r.growths[0]!.timing).toBe("auto");
     // 10 validation points (8 for the window, then 3 in a row) at every 4 steps: step 40
     expect(r.growths[0]!.globalStep).toBe(40);
+    // A second growth decides on the grown model's curve only after the first one's re-warmup (8 steps):
+    // its 10 points are those of global steps 48 ... 84.
+    const two = spec({ law, stages: [{ grow: "width", at: "auto", rewarmup: 8 }, { grow: "depth", at: "auto" }], budget: { flops: 2.5e9 } });
+    const r2 = await executeRun(two, runEntries(two)[0]!, join(dir, "auto2"));
+    expect(r2.growths.map((g) => [g.operator, g.globalStep])).toEqual([["width", 40], ["depth", 84]]);
   });
 
   it("runs baselines beside the staged run and compares them", async () => {

@@ -195,7 +195,9 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
       const fpStep = flopsPerToken(shape, spec.context) * spec.batch * spec.context;
       const history = await readMetrics(dir);
       const stageStartGlobal = k === 0 ? 0 : growths[k - 1]!.globalStep;
-      const until = stage ? growthCondition(spec, entry, k, stage, law, loaded?.maxLoss ?? null, budget) : null;
+      // Decisions on a grown model's curve start after the previous growth's re-warmup.
+      const settledFrom = k === 0 ? 0 : stageStartGlobal + entry.stages[k - 1]!.rewarmup;
+      const until = stage ? growthCondition(spec, entry, k, stage, law, loaded?.maxLoss ?? null, budget, settledFrom) : null;
       // Replay the stage's validation curve: a decision made before a kill is made again, identically.
       let decided = until?.replay(curvePoints(history).filter((p) => p.stage === k)) ?? false;
       let lastVal: number | null = curvePoints(history).at(-1)?.valLoss ?? null;
@@ -300,7 +302,7 @@ interface GrowthCondition {
 }
 
 function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: StageSpec,
-                         law: ChinchillaLaw | null, maxLoss: number | null, budget: number): GrowthCondition {
+                         law: ChinchillaLaw | null, maxLoss: number | null, budget: number, settledFrom: number): GrowthCondition {
   const fixed = (c: { flops?: number; steps?: number }): GrowthCondition => ({ ...c, push: () => false, replay: () => false });
   const at = stage.at;
   if (typeof at === "object" && "flops" in at) return fixed({ flops: at.flops });
@@ -321,13 +323,16 @@ function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: Stage
     if (k === 0) return fixed({ steps: plan.growAtStep });
     const pts: CurvePoint[] = [];
     const push = (p: CurvePoint) => {
+      if (p.globalStep < settledFrom) return false;
       pts.push(p);
       return pts.length >= 8 && localPowerLaw(pts.slice(-8).map((q) => ({ step: q.step, compute: q.flops, loss: q.valLoss })), p.flops).loss <= plan.lossAtGrowth;
     };
     return { push, replay: (ps) => ps.some((p) => push(p)) };
   }
   const detector = new MarginalGrowthDetector({ law: law!, small, large, units, ...(maxLoss === null ? {} : { maxLoss }) });
-  const push = (p: CurvePoint) => detector.push({ step: p.step, compute: p.flops, loss: p.valLoss }) !== null;
+  // A grown model's first steps run under the re-warmed LR, where its loss stalls by construction: the
+  // detector starts after them.
+  const push = (p: CurvePoint) => p.globalStep >= settledFrom && detector.push({ step: p.step, compute: p.flops, loss: p.valLoss }) !== null;
   return { push, replay: (ps) => ps.some((p) => push(p)) };
 }
 

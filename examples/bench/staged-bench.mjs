@@ -205,6 +205,16 @@ if (phase === "all" || phase === "report") {
     console.log(`measured saving of the ${s.name} schedule at the baseline's final loss: ${fmt(a1)} against the baseline` +
       (repControl ? `, ${fmt(a2)} against the target from scratch at LR ${lrControl.lr}` : ""));
   }
+  // Is the target really the compute-optimal model for this budget? The first models never grown say.
+  for (const s of schedules) {
+    const g = `no-growth-${label(s.model)}`;
+    const x = savingOf(rep, g);
+    if (!rep.report.groups.some((q) => q.group === g)) continue;
+    console.log(x !== null && x > 0
+      ? `the ${label(s.model)} model alone, never grown, reached the baseline's final loss with ${fmt(x)} fewer FLOPs: ` +
+        `at this budget ${label(target)} is NOT compute-optimal (the law's choice was wrong), so growth can only cost here`
+      : `the ${label(s.model)} model alone, never grown, did not reach the baseline's final loss: ${label(target)} is the better use of this budget`);
+  }
   if (failures.length) console.log(`${failures.length} run(s) failed: ${failures.join("; ")}`);
   console.log(`(${((performance.now() - t0) / 60000).toFixed(1)} min)`);
 }

@@ -29,3 +29,11 @@ export function createProgress(label: string, unit: string, scale = 1) {
     stop(): void { bar?.stop(); bar = null; },
   };
 }
+
+/** Seconds as 1h02m, 3m05s or 7s ("-" when not finite): ETAs of progress lines. */
+export function fmtTime(s: number): string {
+  if (!Number.isFinite(s)) return "-";
+  const t = Math.max(0, Math.round(s));
+  const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), sec = t % 60;
+  return h ? `${h}h${String(m).padStart(2, "0")}m` : m ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
+}

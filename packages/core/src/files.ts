@@ -1,4 +1,4 @@
-import { open, readFile, rename, rm } from "node:fs/promises";
+import { open, readFile, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /**
@@ -9,10 +9,29 @@ export async function readInput(path: string, what = "the file"): Promise<Uint8A
   try {
     return await readFile(path);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const why = code === "ENOENT" ? "no such file" : code === "EISDIR" ? "a directory" : code === "EACCES" ? "permission denied" : code ?? String(e);
-    throw new Error(`${path}: cannot read ${what} (${why})`, { cause: e });
+    throw inputError(path, what, e);
   }
+}
+
+/** The one-line error of a file the user named that cannot be read. */
+function inputError(path: string, what: string, e: unknown): Error {
+  const code = (e as NodeJS.ErrnoException).code;
+  const why = code === "ENOENT" ? "no such file" : code === "EISDIR" ? "a directory" : code === "EACCES" ? "permission denied" : code ?? String(e);
+  return new Error(`${path}: cannot read ${what} (${why})`, { cause: e });
+}
+
+/**
+ * Check, without reading it, that a file the user named is there and is a file, with readInput's errors:
+ * for commands that must refuse bad input before they write anything but read the file only later.
+ */
+export async function checkInput(path: string, what = "the file"): Promise<void> {
+  let isFile: boolean;
+  try {
+    isFile = (await stat(path)).isFile();
+  } catch (e) {
+    throw inputError(path, what, e);
+  }
+  if (!isFile) throw inputError(path, what, Object.assign(new Error("not a file"), { code: "EISDIR" }));
 }
 
 /** The file as UTF-8 text, with readInput's errors. */

@@ -1,8 +1,8 @@
 import { existsSync } from "node:fs";
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  createDefaultRegistry, gpt2InitConfig, initTrainingState, loadTrainingState, parseJsonFile, saveTrainingState,
+  checkInput, createDefaultRegistry, gpt2InitConfig, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState,
   writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
 } from "@staged/core";
 import { widthGrowth } from "@staged/grow-width";
@@ -102,16 +102,27 @@ function createRegistry(): Registry {
 const stageDir = (runDir: string, k: number) => join(runDir, `stage-${k}`);
 const isCheckpoint = (dir: string) => existsSync(join(dir, "training_state.json"));
 
-async function readJson<T>(file: string): Promise<T> {
-  return parseJsonFile(await readFile(file, "utf8"), file) as T;
+async function readJson<T>(file: string, what: string): Promise<T> {
+  return parseJsonFile(await readTextInput(file, what), file) as T;
 }
 
 /** Load the Chinchilla-form law a spec names, with the loss below which its fit is backed by data. */
 export async function loadLaw(file: string): Promise<{ law: ChinchillaLaw; maxLoss: number | null }> {
-  const fit = await readJson<FitResult>(file);
+  const fit = await readJson<FitResult>(file, "the law");
   const law = lawFromFit(fit, file);
   if (law.form !== "chinchilla") throw new Error(`${file}: growth timing in run units needs a Chinchilla-form fit (staged plan fit --law chinchilla), got ${law.form}`);
   return { law: law as ChinchillaLaw, maxLoss: fitLossCeiling(fit) };
+}
+
+/**
+ * Check every file a spec's runs will read (data, validation data, tokenizer, law) before anything is
+ * written, with one-line errors naming the file; returns the law when a timing needs one.
+ */
+export async function checkRunInputs(spec: RunSpec): Promise<{ law: ChinchillaLaw; maxLoss: number | null } | null> {
+  if (spec.data !== "brown") await checkInput(spec.data, "the data");
+  if (spec.valData !== undefined) await checkInput(spec.valData, "the validation data");
+  if (spec.tokenizer !== undefined) await checkInput(spec.tokenizer, "the tokenizer");
+  return spec.stages.some((s) => s.at === "auto" || s.at === "plan" || s.continueAt === "law") ? loadLaw(spec.law!) : null;
 }
 
 /** What identifies a run's configuration: a rerun into the same directory must match it. */
@@ -136,11 +147,13 @@ function curvePoints(records: readonly MetricsRecord[]): CurvePoint[] {
 export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions = {}): Promise<RunResult> {
   const registry = createRegistry();
   const budget = budgetFlops(spec);
+  const loaded = await checkRunInputs(spec);
+  const law = loaded?.law ?? null;
   await mkdir(runDir, { recursive: true });
   const idFile = join(runDir, "run.json");
   const id = identity(spec, entry);
   if (existsSync(idFile)) {
-    const old = await readJson<unknown>(idFile);
+    const old = await readJson<unknown>(idFile, "the run's identity");
     if (JSON.stringify(old) !== JSON.stringify(id)) {
       throw new Error(`${runDir}: holds a run of another spec (${idFile} differs); use another --out directory or remove it`);
     }
@@ -149,13 +162,11 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
   }
   const resultFile = join(runDir, "result.json");
   if (existsSync(resultFile)) {
-    const done = await readJson<RunResult>(resultFile);
+    const done = await readJson<RunResult>(resultFile, "the run result");
     if (done.done) return done;
   }
-  const loaded = spec.stages.some((s) => s.at === "auto" || s.at === "plan" || s.continueAt === "law") ? await loadLaw(spec.law!) : null;
-  const law = loaded?.law ?? null;
   const growthsFile = join(runDir, "growths.json");
-  const growths: GrowthEvent[] = existsSync(growthsFile) ? await readJson<GrowthEvent[]>(growthsFile) : [];
+  const growths: GrowthEvent[] = existsSync(growthsFile) ? await readJson<GrowthEvent[]>(growthsFile, "the growths") : [];
 
   // The newest stage with a checkpoint; stage 0 is created fresh.
   let k = 0;
@@ -171,16 +182,14 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
   const t0 = performance.now();
   let flopsAtStart: number | null = null; // set from the first checkpoint loaded below
   let lastReport = 0;
-  const report = (state: TrainingState, stage: number, valLoss: number | null, tps: number, force = false) => {
+  const report = (at: { step: number; globalStep: number; flops: number }, stage: number, valLoss: number | null, tps: number, force = false) => {
     const now = performance.now();
     if (!o.onProgress || (!force && now - lastReport < (o.progressEvery ?? 10) * 1000)) return;
     lastReport = now;
-    const flops = state.progress.flopsSeen;
-    const rate = (flops - (flopsAtStart ?? flops)) / Math.max((now - t0) / 1000, 1e-3);
+    const rate = (at.flops - (flopsAtStart ?? at.flops)) / Math.max((now - t0) / 1000, 1e-3);
     o.onProgress({
-      run: entry.name, stage, stages: entry.stages.length, step: state.progress.step,
-      globalStep: state.progress.globalStep ?? state.progress.step, flops, budget, valLoss, tokensPerSecond: tps,
-      eta: rate > 0 ? Math.max(0, budget - flops) / rate : Infinity,
+      run: entry.name, stage, stages: entry.stages.length, ...at, budget, valLoss, tokensPerSecond: tps,
+      eta: rate > 0 ? Math.max(0, budget - at.flops) / rate : Infinity,
     });
   };
 
@@ -199,8 +208,9 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
       const settledFrom = k === 0 ? 0 : stageStartGlobal + entry.stages[k - 1]!.rewarmup;
       const until = stage ? growthCondition(spec, entry, k, stage, law, loaded?.maxLoss ?? null, budget, settledFrom) : null;
       // Replay the stage's validation curve: a decision made before a kill is made again, identically.
-      let decided = until?.replay(curvePoints(history).filter((p) => p.stage === k)) ?? false;
-      let lastVal: number | null = curvePoints(history).at(-1)?.valLoss ?? null;
+      const saved = curvePoints(history);
+      let decided = until?.replay(saved.filter((p) => p.stage === k)) ?? false;
+      let lastVal: number | null = saved.at(-1)?.valLoss ?? null;
       while (!decided && state.progress.flopsSeen < budget) {
         const target = until?.flops !== undefined ? Math.min(until.flops, budget) : budget;
         const stageSteps = (state.progress.globalStep ?? state.progress.step) - stageStartGlobal;
@@ -230,7 +240,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
           onStep: (i) => {
             tps = i.tokensPerSecond;
             o.onStep?.(globalBefore + i.index);
-            report({ ...before, progress: { ...before.progress, step: i.step, flopsSeen: i.flops, globalStep: globalBefore + i.index } }, k, lastVal, tps);
+            report({ step: i.step, globalStep: globalBefore + i.index, flops: i.flops }, k, lastVal, tps);
           },
         });
         await before.close();
@@ -241,7 +251,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
       if (!stage || !decided) {
         // The budget is spent (a stage whose growth never came is recorded by the missing growth).
         if (stage) o.onLine?.(`${entry.name}: the budget ended before stage ${k + 1}'s growth (${stage.grow}) was due`);
-        report(state, k, lastVal, tps, true);
+        report({ step: state.progress.step, globalStep: state.progress.globalStep ?? state.progress.step, flops: state.progress.flopsSeen }, k, lastVal, tps, true);
         const records = await readMetrics(dir);
         const result: RunResult = {
           format: "staged-run-result", version: 1, name: entry.name, group: entry.group, seed: entry.seed, done: true,
@@ -339,6 +349,8 @@ function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: Stage
 export interface RunAllOptions extends ExecuteOptions {
   /** Run only these entries (by name, e.g. "baseline-s1"). */
   only?: readonly string[];
+  /** Called once the options and input files are checked, before anything is written, with the runs to do. */
+  onStart?(names: string[]): void;
 }
 
 /** Every run of a spec into `outDir/<name>`, one after the other; returns their results. */
@@ -348,10 +360,10 @@ export async function runSpec(spec: RunSpec, outDir: string, o: RunAllOptions = 
     const names = new Set(entries.map((e) => e.name));
     for (const n of o.only) if (!names.has(n)) throw new Error(`--only: no run named ${JSON.stringify(n)} (runs: ${[...names].join(", ")})`);
   }
+  const todo = entries.filter((e) => !o.only || o.only.includes(e.name));
+  await checkRunInputs(spec);
+  o.onStart?.(todo.map((e) => e.name));
   const results: RunResult[] = [];
-  for (const e of entries) {
-    if (o.only && !o.only.includes(e.name)) continue;
-    results.push(await executeRun(spec, e, join(outDir, e.name), o));
-  }
+  for (const e of todo) results.push(await executeRun(spec, e, join(outDir, e.name), o));
   return results;
 }

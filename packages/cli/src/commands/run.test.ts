@@ -54,20 +54,27 @@ describe("staged run / staged report", () => {
     [["run", "nope.json"], /nope\.json: .*(no such file|not found)/i],
     [["run", "bad.json"], /bad\.json: batch must be an integer/],
     [["run", "bad.json", "--only", "x"], /bad\.json: batch must be an integer/],
+    [["run", "spec.json", "--only", "x", "--out", "onlyx"], /--only: no run named "x" \(runs: w-s0, baseline-s0\)/],
+    [["run", "nodata.json"], /missing\.txt: cannot read the data \(no such file\)/],
+    [["run", "nolaw.json"], /missing-law\.json: cannot read the law \(no such file\)/],
     [["report", "empty"], /empty: no result\.json/],
     [["report", "spec", "--plot", "x.gif"], /x\.gif: --plot writes \.svg or \.png/],
     [["report", "spec", "--loss", "a"], /--loss must be positive numbers/],
     [["report", "spec", "--baseline", "nope"], /no baseline group "nope"/],
   ])("bad input %j: one line, exit 1, nothing written", async (args, message) => {
     await writeFile(at("bad.json"), JSON.stringify({ data: "brown", context: 16, batch: 0 }));
+    // valid specs whose files are missing: refused before the run directory is made
+    const ok = JSON.parse(await readFile(at("spec.json"), "utf8")) as Record<string, unknown>;
+    await writeFile(at("nodata.json"), JSON.stringify({ ...ok, data: "missing.txt" }));
+    await writeFile(at("nolaw.json"), JSON.stringify({ ...ok, law: "missing-law.json", stages: [{ grow: "width", at: "auto" }] }));
     await rm(at("empty"), { recursive: true, force: true });
     await import("node:fs/promises").then((fs) => fs.mkdir(at("empty")));
     const before = (await readdir(root)).sort();
-    const r = staged(...(args as string[]).map((a) => (/^(nope|bad)\.json$|^empty$|^spec$|^x\.gif$/.test(a) ? at(a) : a)));
+    const r = staged(...(args as string[]).map((a) => (/^(nope|bad|nodata|nolaw|spec)\.json$|^empty$|^spec$|^onlyx$|^x\.gif$/.test(a) ? at(a) : a)));
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(message);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     expect((await readdir(root)).sort()).toEqual(before);
-    expect(existsSync(at("bad"))).toBe(false);
+    for (const dir of ["bad", "nodata", "nolaw", "onlyx"]) expect(existsSync(at(dir))).toBe(false);
   });
 });

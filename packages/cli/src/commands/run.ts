@@ -4,20 +4,15 @@ import { basename, dirname, extname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { parseJsonFile, readTextInput } from "@staged/core";
 import {
-  compareRuns, formatReport, parseRunSpec, renderReportSvg, runEntries, runSpec, svgToPng,
+  compareRuns, formatReport, parseRunSpec, renderReportSvg, runSpec, svgToPng,
   type RunProgress, type RunResult,
 } from "@staged/run";
 import { writeOutputFile } from "../files.js";
+import { fmtTime } from "../progress.js";
 import { createOutput, runAction, UsageError } from "../output.js";
 import { integer, intList } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
-const fmtTime = (s: number): string => {
-  if (!Number.isFinite(s)) return "-";
-  const t = Math.max(0, Math.round(s));
-  const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), sec = t % 60;
-  return h ? `${h}h${String(m).padStart(2, "0")}m` : m ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
-};
 
 /** One progress line: where the run is in its budget, its stage, the last validation loss, the rate and the ETA. */
 export function progressLine(p: RunProgress): string {
@@ -70,11 +65,10 @@ export function registerRun(program: Command): void {
         if (o.baseline) spec.baseline = { seeds: o.baseline };
         const dir = o.out ?? join(dirname(file), basename(file, extname(file)));
         const only = o.only?.split(",").map((s) => s.trim()).filter(Boolean);
-        const names = runEntries(spec).map((e) => e.name).filter((n) => !only || only.includes(n));
         // Progress and decisions on stderr, also with --json.
-        process.stderr.write(`staged run: ${names.length} run${names.length === 1 ? "" : "s"} (${names.join(", ")}) into ${resolve(dir)}\n`);
         const results = await runSpec(spec, dir, {
           only, threads: o.threads,
+          onStart: (names) => process.stderr.write(`staged run: ${names.length} run${names.length === 1 ? "" : "s"} (${names.join(", ")}) into ${resolve(dir)}\n`),
           onProgress: (p) => process.stderr.write(progressLine(p) + "\n"),
           onLine: (line) => process.stderr.write(line + "\n"),
         });

@@ -3,6 +3,7 @@ import { InvalidArgumentError, Option, type Command } from "commander";
 import cliProgress from "cli-progress";
 import { loadTrainingState } from "@staged/core";
 import { train, DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, type StepInfo, type TrainOptions } from "@staged/trainer-ort";
+import { fmtTime } from "../progress.js";
 import { createOutput, runAction } from "../output.js";
 import { integer, number } from "../options.js";
 import type { GlobalOptions } from "../main.js";
@@ -26,12 +27,6 @@ interface TrainCliOptions {
 }
 
 const fmtLoss = (x: number | null | undefined): string => (x === null || x === undefined ? "-" : Number.isFinite(x) ? x.toFixed(4) : String(x));
-const fmtTime = (s: number): string => {
-  if (!Number.isFinite(s)) return "-";
-  const t = Math.max(0, Math.round(s));
-  const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), sec = t % 60;
-  return h ? `${h}h${String(m).padStart(2, "0")}m` : m ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
-};
 
 /** Progress on stderr: a cli-progress bar on a terminal, plain lines (about 20 per run) otherwise. */
 function progressReporter(steps: number) {

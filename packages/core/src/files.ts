@@ -1,4 +1,4 @@
-import { open, readFile, rename, rm, stat } from "node:fs/promises";
+import { open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /**
@@ -16,8 +16,41 @@ export async function readInput(path: string, what = "the file"): Promise<Uint8A
 /** The one-line error of a file the user named that cannot be read. */
 function inputError(path: string, what: string, e: unknown): Error {
   const code = (e as NodeJS.ErrnoException).code;
-  const why = code === "ENOENT" ? "no such file" : code === "EISDIR" ? "a directory" : code === "EACCES" ? "permission denied" : code ?? String(e);
-  return new Error(`${path}: cannot read ${what} (${why})`, { cause: e });
+  return new Error(`${path}: cannot read ${what} (${(code && REASONS[code]) ?? systemReason(e)})`, { cause: e });
+}
+
+const REASONS: Record<string, string> = {
+  ENOENT: "no such file", EISDIR: "a directory", ENOTDIR: "a path component is not a directory", EACCES: "permission denied",
+  EPERM: "operation not permitted", EROFS: "read-only file system", ENOSPC: "no space left on device", EDQUOT: "disk quota exceeded",
+  EEXIST: "already exists", EMFILE: "too many open files", ENAMETOOLONG: "name too long", EIO: "input/output error",
+};
+
+/** Why a system call failed, in words (with the code): "no space left on device (ENOSPC)". */
+export function systemReason(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === undefined) return e instanceof Error ? e.message : String(e);
+  const words = REASONS[code];
+  return words ? `${words} (${code})` : code;
+}
+
+/** fsync a directory, so that the renames and creations in it survive a power loss. */
+export async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** fsync every file under `dir`, then each directory (children before parents). */
+export async function syncTree(dir: string): Promise<void> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, entry.name);
+    if (entry.isDirectory()) await syncTree(p);
+    else if (entry.isFile()) await syncDir(p);
+  }
+  await syncDir(dir);
 }
 
 /**
@@ -53,17 +86,18 @@ export function parseJsonFile(text: string, path: string): unknown {
  */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
-  const fh = await open(tmp, "wx");
   try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
+    const fh = await open(tmp, "wx");
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
     await rename(tmp, path);
+    await syncDir(dirname(path));
   } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
+    await rm(tmp, { force: true }).catch(() => undefined);
+    throw new Error(`${path}: cannot write (${systemReason(e)})`, { cause: e });
   }
 }

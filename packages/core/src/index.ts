@@ -9,4 +9,6 @@ export * from "./shards.js";
 export * from "./state.js";
 export * from "./stage.js";
 export * from "./files.js";
+export * from "./lock.js";
+export { leftovers, needsRecovery, recoverCheckpoint, type Leftover, type LeftoverKind } from "./recovery.js";
 export { gpt2, gpt2InitConfig, type Gpt2InitOptions } from "./gpt2.js";

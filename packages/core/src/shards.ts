@@ -57,11 +57,29 @@ const exists = async (path: string): Promise<boolean> => {
 
 const q = (s: unknown): string => JSON.stringify(s) ?? String(s);
 
+/**
+ * A tensor read from its file on demand; read after the file is closed, it says why that happens: a state
+ * derived from a loaded checkpoint (grown, converted) still reads from the checkpoint's files.
+ */
+function readWhileOpen(shard: SafetensorsFile, name: string): LazyTensor {
+  const lazy = shard.lazy(name);
+  return {
+    dtype: lazy.dtype, shape: lazy.shape,
+    read: async () => {
+      if (shard.closed) {
+        throw new SafetensorsError(shard.path, `closed before tensor ${q(name)} was read: a state derived from a loaded checkpoint ` +
+          "reads its tensors from the checkpoint's files, so save it (or read its tensors) before closing the checkpoint it came from");
+      }
+      return lazy.read();
+    },
+  };
+}
+
 function fromFiles(files: string[], shards: SafetensorsFile[], index: string | null): CheckpointFiles {
   const tensors = new Map<string, CheckpointTensor>();
   shards.forEach((shard, i) => {
     for (const [name, info] of shard.tensors) {
-      tensors.set(name, { file: files[i]!, dtype: info.dtype, shape: info.shape, lazy: shard.lazy(name) });
+      tensors.set(name, { file: files[i]!, dtype: info.dtype, shape: info.shape, lazy: readWhileOpen(shard, name) });
     }
   });
   return { files, tensors, metadata: shards[0]?.metadata ?? null, shards, index };

@@ -158,9 +158,9 @@ describe("saveTrainingState", () => {
     broken.set("transformer.ln_f.bias", { dtype: "F32", shape: [8], read: async () => { throw new Error("disk on fire"); } });
     await expect(saveTrainingState(join(dir, "out"), { ...loaded, params: broken })).rejects.toThrow("disk on fire");
     await expect(saveTrainingState(join(dir, "in"), { ...loaded, params: broken }, { overwrite: true })).rejects.toThrow("disk on fire");
+    await loaded.close();
     expect((await readdir(dir)).sort()).toEqual(["in"]);
     expect(await readFile(join(dir, "in", "model.safetensors"))).toEqual(before);
-    await loaded.close();
   });
 
   it("refuses to overwrite without asking and to write inside its input", async () => {
@@ -202,10 +202,62 @@ describe("saveTrainingState", () => {
     expect(await readdir(dir)).toEqual(["ck"]);
   });
 
-  it("points to the previous checkpoint when a save was interrupted between its two renames", async () => {
-    await saveTrainingState(join(dir, "ck"), initTrainingState("gpt2", tiny, 5));
+  it("restores the previous checkpoint that a save of an earlier version left between its two renames, and says so", async () => {
+    await saveTrainingState(join(dir, "ck"), { ...initTrainingState("gpt2", tiny, 5), progress: { step: 4, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] } });
     await rename(join(dir, "ck"), join(dir, ".ck.tmp-abc123.old"));
-    await expect(loadTrainingState(join(dir, "ck"))).rejects.toThrow(/an interrupted save left the previous checkpoint at .*\.ck\.tmp-abc123\.old/);
+    const notes: string[] = [];
+    const back = await loadTrainingState(join(dir, "ck"), { notice: (l) => notes.push(l) });
+    expect(back.progress.step).toBe(4);
+    expect(notes).toEqual([expect.stringMatching(/ck: restored the previous checkpoint \(step 4\)/)]);
+    await back.close();
+    expect(await readdir(dir)).toEqual(["ck"]);
+  });
+
+  it("never saves non-finite weights or moments, and leaves the checkpoint there unchanged", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    await saveTrainingState(join(dir, "ck"), state);
+    const before = await readFile(join(dir, "ck", "model.safetensors"));
+    const params = new Map(state.params);
+    const w = Tensor.zeros("F32", [8]);
+    w.f32[3] = NaN;
+    params.set("transformer.ln_f.weight", inMemory(w));
+    await expect(saveTrainingState(join(dir, "ck"), { ...state, params }, { overwrite: true }))
+      .rejects.toThrow(/ck: not saved: transformer.ln_f.weight holds NaN at index 3 .*unchanged/);
+    const m = Tensor.zeros("F32", [8]);
+    m.f32[0] = Infinity;
+    const expAvg = new Map([...state.params].map(([n, t]) => [n, n === "transformer.ln_f.bias" ? inMemory(m) : inMemory(Tensor.zeros("F32", t.shape))]));
+    await expect(saveTrainingState(join(dir, "ck"), { ...state, optimizer: { ...state.optimizer, expAvg, expAvgSq: expAvg } }, { overwrite: true }))
+      .rejects.toThrow(/exp_avg.transformer.ln_f.bias holds Infinity at index 0/);
+    // Finite in float32 but infinite once stored as float16.
+    const big = new Map([...state.params].map(([n, t]) => [n, inMemory(n === "transformer.ln_f.bias" ? Tensor.fromArray([8], new Array(8).fill(7e4), "F16") : Tensor.zeros("F16", t.shape))]));
+    await expect(saveTrainingState(join(dir, "ck"), { ...state, params: big }, { overwrite: true })).rejects.toThrow(/ln_f.bias holds 70000 at index 0/);
+    expect(await readFile(join(dir, "ck", "model.safetensors"))).toEqual(before);
+    expect(await readdir(dir)).toEqual(["ck"]);
+  });
+
+  it("says to save a derived state before closing the checkpoint it reads from", async () => {
+    await saveTrainingState(join(dir, "ck"), initTrainingState("gpt2", tiny, 5));
+    const loaded = await loadTrainingState(join(dir, "ck"));
+    const { source: _s, close: _c, ...derived } = loaded;
+    await loaded.close();
+    await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toThrow(/model.safetensors: closed before tensor "transformer.wte.weight" was read: .*save it .* before closing/);
+    expect(await readdir(dir)).toEqual(["ck"]);
+  });
+
+  it("reads moments whose parameter names carry or lack the HF prefix, like the parameters", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    await saveTrainingState(join(dir, "ck"), state);
+    const entries = [];
+    for (const prefix of ["exp_avg", "exp_avg_sq"]) {
+      for (const [name, t] of state.params) entries.push({ name: `${prefix}.${name.replace(/^transformer\./, "")}`, tensor: Tensor.zeros("F32", t.shape) });
+    }
+    await writeCheckpoint(join(dir, "ck"), "optimizer", entries);
+    const loaded = await loadTrainingState(join(dir, "ck"));
+    expect([...loaded.optimizer.expAvg!.keys()].sort()).toEqual([...state.params.keys()].sort());
+    await loaded.close();
+    entries.push({ name: "exp_avg.transformer.h.0.ln_1.weight", tensor: Tensor.zeros("F32", [8]) });
+    await writeCheckpoint(join(dir, "ck"), "optimizer", entries);
+    await expect(loadTrainingState(join(dir, "ck"))).rejects.toThrow(/moments "exp_avg.h.0.ln_1.weight" and "exp_avg.transformer.h.0.ln_1.weight" are the same moment/);
   });
 
   it("refuses F64 parameters, naming the tensor", async () => {

@@ -1,7 +1,9 @@
-import { chmod, cp, mkdir, mkdtemp, readdir, readFile, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { cp, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve, isAbsolute } from "node:path";
 import { DTYPE_SIZES, type DType } from "./dtype.js";
-import { parseJsonFile, readTextInput } from "./files.js";
+import { parseJsonFile, readTextInput, syncDir, syncTree, systemReason } from "./files.js";
+import { lockCheckpoint, ownsWriteLock, type CheckpointLock } from "./lock.js";
+import { needsRecovery, recoverCheckpoint, siblingPath } from "./recovery.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
 import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
@@ -22,13 +24,47 @@ export const DEFAULT_ADAMW: Omit<AdamWState, "noDecay"> = {
   name: "adamw", lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01, step: 0,
 };
 
-export interface LoadOptions { registry?: Registry }
+export interface LoadOptions {
+  registry?: Registry;
+  /** Where to say what crash recovery did (default: a line on stderr each). */
+  notice?: (line: string) => void;
+}
 
-/** A loaded state whose tensors still read from the directory; `close()` releases its files. */
+/**
+ * A loaded state whose tensors still read from the directory; `close()` releases its files and its read
+ * lock (until then no other process can replace the checkpoint, so every tensor read is from one save).
+ */
 export interface LoadedTrainingState extends TrainingState {
   /** The directory the state was read from. */
   source: string;
   close(): Promise<void>;
+}
+
+const stderrNotice = (line: string): void => { process.stderr.write(`${line}\n`); };
+
+/**
+ * Settle what interrupted saves (kill -9, power loss) left beside checkpoint `target` (canonical path), so it is
+ * the newest complete checkpoint: under the write lock (see ./recovery.ts), each thing done told to `notice`.
+ * Nothing to do costs one readdir. A directory whose parent is read-only is left as it is.
+ */
+export async function recoverInterruptedSave(target: string, notice: (line: string) => void = stderrNotice): Promise<void> {
+  if (!(await needsRecovery(target))) return;
+  if (ownsWriteLock(target)) {
+    for (const line of await recoverCheckpoint(target)) notice(line);
+    return;
+  }
+  let lock: CheckpointLock;
+  try {
+    lock = await lockCheckpoint(target, "exclusive");
+  } catch (e) {
+    if (/cannot write here/.test((e as Error).message)) return;
+    throw e;
+  }
+  try {
+    for (const line of await recoverCheckpoint(target)) notice(line);
+  } finally {
+    await lock.release();
+  }
 }
 
 export const architectureOf = (state: TrainingState, registry: Registry = createDefaultRegistry()): ArchitecturePlugin =>
@@ -50,9 +86,6 @@ export async function canonicalPath(p: string): Promise<string> {
   }
 }
 
-/** Temporary siblings of a checkpoint's saves: `.<name>.tmp-XXXXXX` and, during the swap, `<that>.old`. */
-const tmpPrefix = (target: string) => `.${basename(target)}.tmp-`;
-
 function findArchitecture(registry: Registry, config: Record<string, unknown>, file: string): ArchitecturePlugin {
   const modelType = config.model_type;
   for (const name of registry.list("architecture")) {
@@ -70,12 +103,20 @@ function findArchitecture(registry: Registry, config: Record<string, unknown>, f
 export async function loadTrainingState(dir: string, options: LoadOptions = {}): Promise<LoadedTrainingState> {
   const registry = options.registry ?? createDefaultRegistry();
   const root = await canonicalPath(dir);
+  const parentExists = (await stat(dirname(root)).catch(() => null))?.isDirectory() ?? false;
+  if (parentExists) await recoverInterruptedSave(root, options.notice);
   const st = await stat(root).catch(() => null);
-  if (!st?.isDirectory()) {
-    const interrupted = st ? [] : (await readdir(dirname(root)).catch(() => [])).filter((f) => f.startsWith(tmpPrefix(root)) && f.endsWith(".old"));
-    throw new Error(`${dir}: not a checkpoint directory (it does not exist or is not a directory)` +
-      (interrupted.length ? `; an interrupted save left the previous checkpoint at ${join(dirname(root), interrupted[0]!)}` : ""));
+  if (!st?.isDirectory()) throw new Error(`${dir}: not a checkpoint directory (it does not exist or is not a directory)`);
+  const lock = await lockCheckpoint(root, "shared");
+  try {
+    return await readState(dir, root, registry, lock);
+  } catch (e) {
+    await lock.release();
+    throw e;
   }
+}
+
+async function readState(dir: string, root: string, registry: Registry, lock: CheckpointLock): Promise<LoadedTrainingState> {
   const configFile = join(dir, "config.json");
   const rawConfig = await readJson(configFile);
   if (!isObject(rawConfig)) throw new Error(`${configFile}: expected a JSON object`);
@@ -84,7 +125,13 @@ export async function loadTrainingState(dir: string, options: LoadOptions = {}):
   const specs = arch.params(config);
 
   const opened: CheckpointFiles[] = [];
-  const close = async (): Promise<void> => { await Promise.all(opened.map(closeCheckpoint)); };
+  const close = async (): Promise<void> => {
+    try {
+      await Promise.all(opened.map(closeCheckpoint));
+    } finally {
+      await lock.release();
+    }
+  };
   try {
     const model = await openCheckpoint(root, "model");
     if (!model) {
@@ -103,7 +150,7 @@ export async function loadTrainingState(dir: string, options: LoadOptions = {}):
     if (moments) {
       opened.push(moments);
       const file = join(dir, moments.files.length > 1 ? "optimizer.safetensors.index.json" : "optimizer.safetensors");
-      const [expAvg, expAvgSq] = collectMoments(specs, moments, file);
+      const [expAvg, expAvgSq] = collectMoments(arch, specs, moments, file);
       optimizer.expAvg = expAvg;
       optimizer.expAvgSq = expAvgSq;
     }
@@ -113,7 +160,9 @@ export async function loadTrainingState(dir: string, options: LoadOptions = {}):
       const p = join(root, name);
       if (await exists(p)) files.set(name, await readFile(p));
     }
-    const tokenizer: TokenizerSpec = saved?.tokenizer ?? (files.has("tokenizer.json") ? { kind: "hf", file: "tokenizer.json" } : { kind: "bytes" });
+    // A plain HF checkpoint without tokenizer.json: bytes only fit a vocabulary of 256.
+    const tokenizer: TokenizerSpec = saved?.tokenizer ??
+      (files.has("tokenizer.json") ? { kind: "hf", file: "tokenizer.json" } : shape.vocab > 256 ? { kind: "none" } : { kind: "bytes" });
     if (tokenizer.kind === "hf" && !files.has("tokenizer.json")) throw new Error(`${stateFile}: names tokenizer.json, which is missing`);
     return {
       architecture: arch.name, config, shape, params, optimizer,
@@ -163,20 +212,34 @@ function checkTensor(t: LazyTensor, shape: readonly number[], what: string): voi
   }
 }
 
-function collectMoments(specs: ParamSpec[], moments: CheckpointFiles, file: string): [Map<string, LazyTensor>, Map<string, LazyTensor>] {
+/**
+ * The moments `exp_avg.<param>` and `exp_avg_sq.<param>`, the parameter part normalized like the model's own
+ * names (an HF prefix such as `transformer.` is accepted), each exactly once.
+ */
+function collectMoments(arch: ArchitecturePlugin, specs: ParamSpec[], moments: CheckpointFiles, file: string): [Map<string, LazyTensor>, Map<string, LazyTensor>] {
+  const prefixes = ["exp_avg", "exp_avg_sq"] as const;
+  const found = new Map<string, { lazy: LazyTensor; original: string }>();
+  for (const [name, t] of moments.tensors) {
+    const m = /^(exp_avg|exp_avg_sq)\.(.+)$/.exec(name);
+    const canonical = m ? arch.canonicalName(m[2]!) : null;
+    if (!m || canonical === null) throw new Error(`${file}: moment ${name} matches no parameter of the model`);
+    const key = `${m[1]}.${canonical}`;
+    const prev = found.get(key);
+    if (prev) throw new Error(`${file}: moments "${prev.original}" and "${name}" are the same moment ${key}`);
+    found.set(key, { lazy: t.lazy, original: name });
+  }
   const maps: [Map<string, LazyTensor>, Map<string, LazyTensor>] = [new Map(), new Map()];
-  const expected = new Set<string>();
-  (["exp_avg", "exp_avg_sq"] as const).forEach((prefix, i) => {
+  prefixes.forEach((prefix, i) => {
     for (const spec of specs) {
-      const name = `${prefix}.${spec.name}`;
-      expected.add(name);
-      const t = moments.tensors.get(name);
-      if (!t) throw new Error(`${file}: missing moment ${name} (the optimizer state does not match the model)`);
-      checkTensor(t.lazy, spec.shape, `${file}: moment ${name}`);
+      const key = `${prefix}.${spec.name}`;
+      const t = found.get(key);
+      if (!t) throw new Error(`${file}: missing moment ${key} (the optimizer state does not match the model)`);
+      checkTensor(t.lazy, spec.shape, `${file}: moment ${t.original}`);
       maps[i]!.set(spec.name, t.lazy);
+      found.delete(key);
     }
   });
-  const extra = [...moments.tensors.keys()].filter((n) => !expected.has(n));
+  const extra = [...found.values()].map((f) => f.original);
   if (extra.length) throw new Error(`${file}: moment ${extra[0]} matches no parameter of the model`);
   return maps;
 }
@@ -231,7 +294,9 @@ function parseStateFile(raw: unknown, file: string): SavedState {
   if (!Array.isArray(o.noDecay) || !o.noDecay.every((n) => typeof n === "string")) throw new Error(`${file}: optimizer.noDecay must be a list of names`);
   if (!isObject(p) || !Array.isArray(p.stages)) throw new Error(`${file}: progress must be an object with a stages list`);
   if (raw.schedule !== null && !(isObject(raw.schedule) && typeof raw.schedule.kind === "string")) throw new Error(`${file}: schedule must be null or an object with a kind`);
-  if (!isObject(t) || (t.kind !== "bytes" && !(t.kind === "hf" && t.file === "tokenizer.json"))) throw new Error(`${file}: tokenizer must be {"kind":"bytes"} or {"kind":"hf","file":"tokenizer.json"}`);
+  if (!isObject(t) || (t.kind !== "bytes" && t.kind !== "none" && !(t.kind === "hf" && t.file === "tokenizer.json"))) {
+    throw new Error(`${file}: tokenizer must be {"kind":"bytes"}, {"kind":"hf","file":"tokenizer.json"} or {"kind":"none"}`);
+  }
   return {
     optimizer: {
       name: "adamw", lr: num(o, "lr", "optimizer"), betas: [betas[0], betas[1]], eps: num(o, "eps", "optimizer"),
@@ -258,6 +323,10 @@ export interface SaveOptions {
   maxShardBytes?: number;
   /** Called as each tensor is produced for writing: long saves (growth of large checkpoints) show progress. */
   onTensor?: (p: SaveProgress) => void;
+  /** The write lock of the target, held by the caller across several saves (see lockCheckpoint); default: taken for this save. */
+  lock?: CheckpointLock;
+  /** Where to say what crash recovery did (default: a line on stderr each). */
+  notice?: (line: string) => void;
 }
 
 export interface SaveProgress { name: string; tensors: number; totalTensors: number; bytes: number; totalBytes: number }
@@ -268,8 +337,11 @@ const inside = (child: string, parent: string): boolean => {
 };
 
 /**
- * Write a TrainingState directory atomically: everything goes to a temporary sibling that replaces
- * `dir` only when complete. Tensors are read and written one at a time.
+ * Write a TrainingState directory atomically and durably. Holding the directory's write lock (see ./lock.ts),
+ * after settling what interrupted saves left (./recovery.ts), everything goes to a temporary sibling that is
+ * fsynced and renamed into place only when complete; a kill -9 at any moment leaves the old checkpoint or the
+ * new one, never a mix. Tensors are read and written one at a time, and a non-finite value in any of them
+ * stops the save with nothing replaced.
  */
 export async function saveTrainingState(dir: string, state: TrainingState, options: SaveOptions = {}): Promise<void> {
   const registry = options.registry ?? createDefaultRegistry();
@@ -277,9 +349,9 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   const source = (state as Partial<LoadedTrainingState>).source;
   if (source && inside(target, source)) throw new Error(`${dir}: output is inside the input checkpoint ${source}`);
   if (source && inside(source, target)) throw new Error(`${dir}: output contains the input checkpoint ${source}`);
-  const existing = await stat(target).catch(() => null);
-  if (existing && !options.overwrite) throw new Error(`${dir}: already exists (refusing to overwrite)`);
-  if (existing && !existing.isDirectory()) throw new Error(`${dir}: exists and is not a directory`);
+  if (options.lock && (options.lock.path !== target || options.lock.mode !== "exclusive")) {
+    throw new Error(`${dir}: the lock given is ${options.lock.mode} on ${options.lock.path}, not the write lock of this directory`);
+  }
 
   const arch = architectureOf(state, registry);
   const config = arch.withShape(state.config, state.shape);
@@ -287,39 +359,100 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   const { entries: model, dtype } = modelEntries(specs, state);
   const moments = momentEntries(specs, state);
 
-  await mkdir(dirname(target), { recursive: true });
-  const reported = options.onTensor ? withProgress([...model, ...(moments ?? [])], options.onTensor) : null;
-  // Saves killed midway leave their temporary directory: one writer per checkpoint, so they can go.
-  for (const f of await readdir(dirname(target))) {
-    if (f.startsWith(tmpPrefix(target)) && !f.endsWith(".old")) await rm(join(dirname(target), f), { recursive: true, force: true });
-  }
-  const tmp = await mkdtemp(join(dirname(target), tmpPrefix(target)));
   try {
-    // mkdtemp creates 0700; a checkpoint gets an ordinary directory's mode.
-    await chmod(tmp, 0o777 & ~process.umask());
+    await mkdir(dirname(target), { recursive: true });
+  } catch (e) {
+    throw new Error(`${dir}: cannot create its parent directory (${systemReason(e)})`, { cause: e });
+  }
+  const lock = options.lock ?? await lockCheckpoint(target, "exclusive");
+  let tmp: string | null = null, done: string | null = null;
+  try {
+    for (const line of await recoverCheckpoint(target)) (options.notice ?? stderrNotice)(line);
+    const existing = await stat(target).catch(() => null);
+    if (existing && !options.overwrite) throw new Error(`${dir}: already exists (refusing to overwrite)`);
+    if (existing && !existing.isDirectory()) throw new Error(`${dir}: exists and is not a directory`);
+    const all = finiteChecked([...model, ...(moments ?? [])], dir);
+    const entries = options.onTensor ? withProgress(all, options.onTensor) : all;
+
+    tmp = siblingPath(target, "tmp");
+    await mkdir(tmp);
     const shard = { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" } };
     await writeFile(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: dtype }, null, 2) + "\n");
-    await writeCheckpoint(tmp, "model", reported ? reported.slice(0, model.length) : model, shard);
-    if (moments) await writeCheckpoint(tmp, "optimizer", reported ? reported.slice(model.length) : moments, shard);
+    await writeCheckpoint(tmp, "model", entries.slice(0, model.length), shard);
+    if (moments) await writeCheckpoint(tmp, "optimizer", entries.slice(model.length), shard);
     const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
     const meta = { format: STATE_FORMAT, version: STATE_VERSION, architecture: state.architecture,
       optimizer: { ...optimizer, hasMoments: moments !== null }, schedule: state.schedule, progress: state.progress, tokenizer: state.tokenizer,
       ...(state.training ? { training: state.training } : {}) };
     await writeFile(join(tmp, "training_state.json"), JSON.stringify(meta, null, 2) + "\n");
     for (const [name, bytes] of state.files ?? []) await writeFile(join(tmp, name), bytes);
+    if (existing) await carryOtherFiles(target, tmp);
+    await syncTree(tmp);
+    // Complete and durable: from here on a kill leaves a checkpoint that recovery puts in place.
+    done = siblingPath(target, "new");
+    await rename(tmp, done);
+    tmp = null;
+    await syncDir(dirname(target));
+    await lock.verify();
     if (existing) {
-      await carryOtherFiles(target, tmp);
-      const old = `${tmp}.old`;
+      const old = siblingPath(target, "old");
       await rename(target, old);
-      await rename(tmp, target);
+      try {
+        await rename(done, target);
+      } catch (e) {
+        await rename(old, target).catch(() => undefined);
+        throw e;
+      }
+      done = null;
+      await syncDir(dirname(target));
       await rm(old, { recursive: true, force: true });
     } else {
-      await rename(tmp, target);
+      await rename(done, target);
+      done = null;
     }
+    await syncDir(dirname(target));
   } catch (e) {
-    await rm(tmp, { recursive: true, force: true });
+    for (const p of [tmp, done]) if (p) await rm(p, { recursive: true, force: true }).catch(() => undefined);
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code) throw new Error(`${dir}: cannot save (${systemReason(e)}); the checkpoint there is unchanged`, { cause: e });
     throw e;
+  } finally {
+    if (!options.lock) await lock.release();
   }
+}
+
+/** The same entries, each checking when read that its values are finite (a diverged run is never saved). */
+function finiteChecked(entries: TensorEntry[], dir: string): TensorEntry[] {
+  return entries.map(({ name, tensor }) => ({
+    name,
+    tensor: {
+      dtype: tensor.dtype, shape: tensor.shape,
+      read: async () => {
+        const t = tensor instanceof Tensor ? tensor : await tensor.read();
+        const bad = firstNonFinite(t);
+        if (bad !== null) {
+          throw new Error(`${dir}: not saved: ${name} holds ${bad.value} at index ${bad.index} (a diverged run?); the checkpoint there is unchanged`);
+        }
+        return t;
+      },
+    },
+  }));
+}
+
+/** Largest magnitude that rounds to a finite float16 (65504 + half an ulp). */
+const F16_LIMIT = 65520;
+
+/** The first value of a float tensor that is not finite (or would not be once stored as F16), else null. */
+export function firstNonFinite(t: Tensor): { index: number; value: number } | null {
+  const d = t.data;
+  if (!(d instanceof Float32Array || d instanceof Float64Array)) return null;
+  const limit = t.dtype === "F16" ? F16_LIMIT : Infinity;
+  for (let i = 0; i < d.length; i++) {
+    const x = d[i]!;
+    // NaN fails both comparisons.
+    if (!(x < limit && x > -limit)) return { index: i, value: x };
+  }
+  return null;
 }
 
 /** Weight files a save writes anew (of either layout); any other file of a replaced checkpoint is kept. */

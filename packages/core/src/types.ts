@@ -100,8 +100,12 @@ export interface TrainingSettings {
   valData?: string;
 }
 
-/** Byte-level (vocabulary 256) or a Hugging Face tokenizer.json stored beside the checkpoint. */
-export type TokenizerSpec = { kind: "bytes" } | { kind: "hf"; file: "tokenizer.json" };
+/**
+ * Byte-level (vocabulary 256), a Hugging Face tokenizer.json stored beside the checkpoint, or none: an HF
+ * checkpoint whose vocabulary is larger than 256 came without a tokenizer.json (text data is then refused;
+ * token ids from a .bin file are fine).
+ */
+export type TokenizerSpec = { kind: "bytes" } | { kind: "hf"; file: "tokenizer.json" } | { kind: "none" };
 
 /** Everything a staged run needs: model, optimizer, schedule and progress (DESIGN section 3). */
 export interface TrainingState {

@@ -80,7 +80,7 @@ async function benchTrainer(c, dataFile) {
   const state = initTrainingState("gpt2", configOf(c), 0);
   let warmSeconds = 0;
   const { result } = await train(state, {
-    data: dataFile, steps: warmup + steps, batch: c.B, context: c.T, ...OPTIM, sampler: "random", seed: 0, threads, evalBlocks: 1,
+    data: dataFile, steps: warmup + steps, batch: c.B, context: c.T, ...OPTIM, sampler: "random", seed: 0, threads, evalBlocks: 1, saveDir: null,
   }, { onStep: (i) => { if (i.index === warmup) warmSeconds = i.stepSeconds; } });
   return { seconds: result.stepSeconds - warmSeconds, setupSeconds: result.setupSeconds, lastLoss: result.loss };
 }

@@ -1,9 +1,11 @@
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { initTrainingState, loadTrainingState, type TrainingState } from "@staged/core";
+import { canonicalPath, gpt2, initTrainingState, loadTrainingState, processStart, saveTrainingState, writeCheckpoint, type TrainingState } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
 import { defaultEngineFactory, evaluateBlocks, resolveSchedule, train, type EngineFactory, type TrainEngine, type TrainOptions } from "./trainer.js";
 import { parseMetrics } from "@staged/scheduler";
@@ -174,6 +176,80 @@ describe("stored settings, global step, stopping, snapshots", () => {
     const s2 = await loadTrainingState(`${out}.step-2`);
     expect(s2.progress.step).toBe(2);
     await s2.close();
+  });
+});
+
+describe("nothing lost", () => {
+  it("a diverged run (lr 1e5) stops at the step that diverged and keeps the last good checkpoint", async () => {
+    const out = join(dir, "diverge");
+    await train(tiny(), { data: text, steps: 2, batch: 2, context: 8, saveDir: out, threads: 1 });
+    const before = await readFile(join(out, "model.safetensors"));
+    const st = await loadTrainingState(out);
+    const run = train(st, { steps: 30, lr: 1e5, saveEvery: 1, threads: 1 });
+    await expect(run).rejects.toThrow(/^step \d+: the (training loss is (NaN|Infinity)|gradient norm is (NaN|Infinity)) \(learning rate 1\.00e\+5\): training diverged and stopped; the checkpoint .*diverge keeps step \d+, the last good one$/);
+    await st.close();
+    // Whatever was saved before the divergence is finite, and loads.
+    const after = await loadTrainingState(out);
+    for (const t of after.params.values()) expect((await t.read()).f32.every(Number.isFinite)).toBe(true);
+    await after.close();
+    expect(before.length).toBeGreaterThan(0);
+  });
+
+  it("a non-finite loss at the first step leaves the checkpoint unchanged", async () => {
+    const out = join(dir, "nan-first");
+    await train(tiny(), { data: text, steps: 1, batch: 2, context: 8, saveDir: out, engineFactory: fakeEngine });
+    const before = await readFile(join(out, "model.safetensors"));
+    const nanEngine: EngineFactory = async (...a) => ({ ...(await fakeEngine(...a)), step: async () => ({ loss: NaN, gradNorm: NaN }) });
+    const st = await loadTrainingState(out);
+    await expect(train(st, { steps: 3, engineFactory: nanEngine })).rejects.toThrow(/^step 2: the training loss is NaN .* the checkpoint .*nan-first is unchanged \(step 1\)$/);
+    await st.close();
+    expect(await readFile(join(out, "model.safetensors"))).toEqual(before);
+  });
+
+  it("a state not loaded from a directory needs saveDir (or null): a grown state never overwrites its source", async () => {
+    await expect(train(tiny(), { data: text, steps: 1, engineFactory: fakeEngine })).rejects.toThrow(/not loaded from a directory .*give saveDir/);
+    const { result } = await train(tiny(), { data: text, steps: 1, batch: 2, context: 8, saveDir: null, engineFactory: fakeEngine });
+    expect(result.saveDir).toBeNull();
+  });
+
+  it("refuses a schedule that ends before the run, and a warmup longer than the schedule", async () => {
+    const s = tiny();
+    s.progress.step = 10;
+    expect(() => resolveSchedule(s, { steps: 5, totalSteps: 12 })).toThrow(/total steps 12 ends the schedule before this run does \(step 15: 10 done \+ 5\); give at least 15/);
+    expect(() => resolveSchedule(s, { steps: 5, warmup: 20 })).toThrow(/warmup 20 is longer than the schedule \(15 steps\)/);
+    expect(resolveSchedule(s, { steps: 5, totalSteps: 15, warmup: 15 }).totalSteps).toBe(15);
+  });
+
+  it("refuses text for an HF checkpoint whose vocabulary needs a tokenizer it lacks; token ids are fine", async () => {
+    const hf = join(dir, "hf-no-tokenizer");
+    const config = { model_type: "gpt2", n_layer: 1, n_embd: 8, n_head: 2, vocab_size: 300, n_positions: 8 };
+    await mkdir(hf, { recursive: true });
+    await writeFile(join(hf, "config.json"), JSON.stringify(config));
+    await writeCheckpoint(hf, "model", [...gpt2.init(config, 1)].map(([name, tensor]) => ({ name, tensor })));
+    const st = await loadTrainingState(hf);
+    expect(st.tokenizer).toEqual({ kind: "none" });
+    await expect(train(st, { data: text, steps: 1, saveDir: join(dir, "hf-out"), engineFactory: fakeEngine }))
+      .rejects.toThrow(/hf-no-tokenizer: has a vocabulary larger than 256 but no tokenizer.json, .*--tokenizer/);
+    const ids = join(dir, "ids.bin");
+    await writeFile(join(ids), new Uint8Array(new Uint16Array(Array.from({ length: 400 }, (_, i) => (i * 7) % 300)).buffer));
+    const { result } = await train(st, { data: ids, steps: 1, batch: 2, context: 8, saveDir: join(dir, "hf-out"), engineFactory: fakeEngine });
+    expect(result.step).toBe(1);
+    await st.close();
+  });
+
+  it("refuses to train a checkpoint another live process reads or writes, before any setup", async () => {
+    const out = await canonicalPath(join(dir, "locked"));
+    await saveTrainingState(out, tiny());
+    const other = spawn("sleep", ["60"], { stdio: "ignore" });
+    try {
+      const holder = { pid: other.pid, host: hostname(), start: processStart(other.pid!), command: "staged grow width locked", since: "now" };
+      await symlink(JSON.stringify(holder), join(dir, ".locked.reader-9-x"));
+      const st = await loadTrainingState(out);
+      await expect(train(st, { data: text, steps: 1, engineFactory: fakeEngine })).rejects.toThrow(new RegExp(`locked: being read by pid ${other.pid} \\(staged grow width locked`));
+      await st.close();
+    } finally {
+      other.kill("SIGKILL");
+    }
   });
 });
 

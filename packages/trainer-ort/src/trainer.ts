@@ -1,5 +1,10 @@
 import { existsSync } from "node:fs";
-import { inMemory, saveTrainingState, Tensor, type LazyTensor, type LrScheduleSpec, type TrainingSettings, type TrainingState } from "@staged/core";
+import { mkdir } from "node:fs/promises";
+import { dirname } from "node:path";
+import {
+  canonicalPath, inMemory, lockCheckpoint, saveTrainingState, Tensor,
+  type CheckpointLock, type LazyTensor, type LrScheduleSpec, type TrainingSettings, type TrainingState,
+} from "@staged/core";
 import { createLrSchedule, flopsPerToken } from "@staged/scheduler";
 import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
@@ -88,8 +93,12 @@ export interface TrainOptions {
    * `<saveDir>.step-<globalStep>` that later saves never replace (0 or absent: none).
    */
   keepEvery?: number;
-  /** Checkpoint directory; default the directory the state was loaded from; none: nothing is saved. */
-  saveDir?: string;
+  /**
+   * Checkpoint directory, held under its write lock for the whole call; default the directory the state was
+   * loaded from; null: nothing is saved. A state not loaded from a directory (fresh, or derived by growth)
+   * needs one of the two: it is never saved over the checkpoint it was derived from.
+   */
+  saveDir?: string | null;
   device?: "cpu" | "cuda";
   threads?: number;
   /** Engine builder (tests substitute their own). */
@@ -181,6 +190,9 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
   if (o.lr !== undefined) check(isNonNeg(o.lr) && o.lr > 0, `lr must be a positive number, got ${o.lr}`);
   if (o.warmup !== undefined) check(isNonNegInt(o.warmup), `warmup must be a non-negative integer, got ${o.warmup}`);
   if (o.totalSteps !== undefined) check(isPosInt(o.totalSteps), `total steps must be a positive integer, got ${o.totalSteps}`);
+  if (o.saveDir !== undefined && o.saveDir !== null) check(typeof o.saveDir === "string" && o.saveDir !== "", `saveDir must be a directory path or null, got ${JSON.stringify(o.saveDir)}`);
+  check(o.saveDir !== undefined || typeof (state as { source?: unknown }).source === "string",
+    "this state was not loaded from a directory (it is fresh, or derived by growth): give saveDir, the directory to save it to, or saveDir: null to train without saving");
   if (o.betas !== undefined) {
     check(Array.isArray(o.betas) && o.betas.length === 2 && o.betas.every((b) => Number.isFinite(b) && b >= 0 && b < 1),
       `betas must be two numbers in [0, 1), got ${JSON.stringify(o.betas)}`);
@@ -222,8 +234,13 @@ export function resolveSchedule(state: TrainingState, o: Pick<TrainOptions, "lr"
   if (o.lr !== undefined) spec.peakLr = o.lr;
   if (o.warmup !== undefined) spec.warmupSteps = o.warmup;
   if (o.minLr !== undefined) spec.minLr = o.minLr;
-  if (o.totalSteps !== undefined) spec.totalSteps = o.totalSteps;
-  else if (end > spec.totalSteps) spec.totalSteps = end;
+  if (o.totalSteps !== undefined) {
+    check(o.totalSteps >= end, `total steps ${o.totalSteps} ends the schedule before this run does (step ${end}: ` +
+      `${state.progress.step} done + ${o.steps}); give at least ${end}, or leave it out`);
+    spec.totalSteps = o.totalSteps;
+  } else if (end > spec.totalSteps) spec.totalSteps = end;
+  check(spec.warmupSteps <= spec.totalSteps, `warmup ${spec.warmupSteps} is longer than the schedule (${spec.totalSteps} steps): ` +
+    "the learning rate would never reach its peak; shorten it or give a longer total steps");
   createLrSchedule(spec); // validates
   return spec;
 }
@@ -274,8 +291,10 @@ async function metricsHistory(state: TrainingState): Promise<MetricsRecord[]> {
   return all.filter((r) => (r.stage ?? 0) < stage || (r.globalStep ?? r.step) <= now);
 }
 
+const sourceOf = (state: TrainingState): string | undefined => (state as { source?: string }).source;
+
 async function tokenizerFor(state: TrainingState, o: TrainOptions): Promise<{ tokenizer: TextTokenizer; files?: Map<string, Uint8Array>; spec: TrainingState["tokenizer"] }> {
-  if (o.tokenizer === undefined) return { tokenizer: await tokenizerOf(state.tokenizer, state.files), spec: state.tokenizer };
+  if (o.tokenizer === undefined) return { tokenizer: await tokenizerOf(state.tokenizer, state.files, sourceOf(state)), spec: state.tokenizer };
   const { tokenizer, bytes } = await loadHfTokenizer(o.tokenizer);
   checkTokenizerFits(tokenizer, state.shape.vocab, o.tokenizer);
   const files = new Map(state.files ?? []);
@@ -297,10 +316,26 @@ async function tokenizerFor(state: TrainingState, o: TrainOptions): Promise<{ to
 export async function train(state: TrainingState, options: TrainOptions,
                             callbacks: TrainCallbacks = {}): Promise<{ state: TrainingState; result: TrainResult }> {
   const t0 = performance.now();
-  const o = options;
-  const settings = validate(state, o);
+  const settings = validate(state, options);
+  const schedule = resolveSchedule(state, options);
+  const saveDir = options.saveDir === undefined ? sourceOf(state)! : options.saveDir;
+  if (saveDir === null) return trainLocked(state, options, callbacks, { t0, settings, schedule, saveDir, lock: null });
+  // One writer per checkpoint: held from here to the last save, so no other process trains or saves it meanwhile.
+  const target = await canonicalPath(saveDir);
+  await mkdir(dirname(target), { recursive: true });
+  const lock = await lockCheckpoint(target, "exclusive");
+  try {
+    return await trainLocked(state, options, callbacks, { t0, settings, schedule, saveDir, lock });
+  } finally {
+    await lock.release();
+  }
+}
+
+interface Prepared { t0: number; settings: TrainingSettings & { data: string }; schedule: LrScheduleSpec; saveDir: string | null; lock: CheckpointLock | null }
+
+async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: TrainCallbacks,
+                           { t0, settings, schedule, saveDir, lock }: Prepared): Promise<{ state: TrainingState; result: TrainResult }> {
   const { batch, context } = settings;
-  const schedule = resolveSchedule(state, o);
   const lrAt = createLrSchedule(schedule);
   const { tokenizer, files: tokFiles, spec: tokenizerSpec } = await tokenizerFor(state, o);
   const data = await prepareData({ data: settings.data, valData: settings.valData, tokenizer, vocab: state.shape.vocab, context });
@@ -309,7 +344,6 @@ export async function train(state: TrainingState, options: TrainOptions,
   const sampler = createSampler(samplerKind, data.train.tokens, { batch, context, seed });
   const valBlocks = evalBlockCount(data.validation.tokens.length, context, settings.evalBlocks);
   const fpt = flopsPerToken(state.shape, context);
-  const saveDir = o.saveDir ?? (state as { source?: string }).source ?? null;
   const history = saveDir ? await metricsHistory(state) : [];
 
   const hasMoments = Boolean(state.optimizer.expAvg && state.optimizer.expAvgSq);
@@ -365,7 +399,7 @@ export async function train(state: TrainingState, options: TrainOptions,
     saveDir && o.keepEvery && progress.globalStep % o.keepEvery === 0 ? `${saveDir.replace(/[\\/]+$/, "")}.step-${progress.globalStep}` : null;
   const save = async (): Promise<void> => {
     if (!saveDir || lastSaved === progress.step) return;
-    await saveTrainingState(saveDir, snapshot(false), { overwrite: true });
+    await saveTrainingState(saveDir, snapshot(false), { overwrite: true, ...(lock ? { lock } : {}) });
     lastSaved = progress.step;
     await callbacks.onSave?.({ step: progress.step, dir: saveDir });
   };
@@ -397,6 +431,14 @@ export async function train(state: TrainingState, options: TrainOptions,
       const lr = lrAt(progress.step);
       const { loss, gradNorm } = await engine.step(ids, lr, optimizer.step + 1);
       stepSeconds += (performance.now() - ts) / 1000;
+      // A diverged step: its update (and every later one) is not finite; stop before anything is saved.
+      if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+        const kept = saveDir === null ? "nothing was saved"
+          : lastSaved >= 0 ? `the checkpoint ${saveDir} keeps step ${lastSaved}, the last good one`
+          : existsSync(saveDir) ? `the checkpoint ${saveDir} is unchanged (step ${state.progress.step})` : `nothing was saved to ${saveDir}`;
+        throw new Error(`step ${progress.step + 1}: the ${Number.isFinite(loss) ? `gradient norm is ${gradNorm}` : `training loss is ${loss}`} ` +
+          `(learning rate ${lr.toExponential(2)}): training diverged and stopped; ${kept}`);
+      }
       optimizer.step += 1;
       progress.step += 1;
       progress.globalStep += 1;
@@ -478,7 +520,7 @@ export async function evaluate(state: TrainingState, o: EvaluateOptions): Promis
   if (o.maxBlocks !== undefined) check(isPosInt(o.maxBlocks), `max-blocks must be a positive integer, got ${o.maxBlocks}`);
   const batch = o.batch ?? DEFAULT_BATCH;
   check(isPosInt(batch), `batch must be a positive integer, got ${batch}`);
-  const tokenizer = await tokenizerOf(state.tokenizer, state.files);
+  const tokenizer = await tokenizerOf(state.tokenizer, state.files, sourceOf(state));
   const stream = o.stream === "training-validation"
     ? (await prepareData({ data: o.data, valData: o.valData, tokenizer, vocab: state.shape.vocab, context })).validation
     : await readTokens(o.data, tokenizer, state.shape.vocab, "validation");

@@ -71,9 +71,19 @@ export async function loadHfTokenizer(file: string): Promise<{ tokenizer: TextTo
   return { tokenizer: await hfTokenizer(bytes, file), bytes };
 }
 
-/** The tokenizer a state describes: bytes, or its stored tokenizer.json. */
-export async function tokenizerOf(spec: TokenizerSpec, files?: ReadonlyMap<string, Uint8Array>): Promise<TextTokenizer> {
+/**
+ * The tokenizer a state describes: bytes, or its stored tokenizer.json; for a checkpoint without one
+ * (kind "none"), a tokenizer that refuses text, saying what to give instead (`where` names the checkpoint).
+ */
+export async function tokenizerOf(spec: TokenizerSpec, files?: ReadonlyMap<string, Uint8Array>, where = "the checkpoint"): Promise<TextTokenizer> {
   if (spec.kind === "bytes") return byteTokenizer();
+  if (spec.kind === "none") {
+    const refuse = (): never => {
+      throw new Error(`${where}: has a vocabulary larger than 256 but no tokenizer.json, so text cannot be tokenized for it ` +
+        "(give its tokenizer: --tokenizer <tokenizer.json>, or token ids in a .bin file)");
+    };
+    return { kind: "none", vocabSize: 0, encode: refuse, decode: refuse };
+  }
   const bytes = files?.get(spec.file);
   if (!bytes) throw new Error(`the checkpoint names ${spec.file} as its tokenizer, but has no such file`);
   return hfTokenizer(bytes, spec.file);

@@ -52,7 +52,17 @@ export async function leftovers(target: string): Promise<Leftover[]> {
   return found;
 }
 
-const deadOwner = (l: Leftover): boolean => l.pid === null || !pidAlive(l.pid);
+/** Leftovers of this process's saves in progress; any other with this process's pid was orphaned by a failed save. */
+const active = new Set<string>();
+
+/** A save of this process writes `path` (a sibling from siblingPath): recovery leaves it alone until `done()`. */
+export function claimSibling(path: string): { path: string; done(): void } {
+  active.add(path);
+  return { path, done: () => { active.delete(path); } };
+}
+
+const deadOwner = (l: Leftover): boolean =>
+  l.pid === null || (l.pid === process.pid ? !active.has(l.path) : !pidAlive(l.pid));
 
 /** Whether `target` has leftovers of dead owners to settle (cheap: one readdir). */
 export async function needsRecovery(target: string): Promise<boolean> {
@@ -79,7 +89,7 @@ export async function recoverCheckpoint(target: string): Promise<string[]> {
   const dead = (await leftovers(target)).filter(deadOwner);
   if (!dead.length) return [];
   const notes: string[] = [];
-  const owner = (l: Leftover) => (l.pid === null ? "an earlier version" : `pid ${l.pid}, no longer running`);
+  const owner = (l: Leftover) => (l.pid === null ? "an earlier version" : l.pid === process.pid ? "a failed save of this process" : `pid ${l.pid}, no longer running`);
   for (const l of dead.filter((x) => x.kind === "tmp")) {
     await rm(l.path, { recursive: true, force: true });
     notes.push(`${target}: removed the incomplete save ${basename(l.path)} (${owner(l)})`);

@@ -240,7 +240,7 @@ describe("saveTrainingState", () => {
     const loaded = await loadTrainingState(join(dir, "ck"));
     const { source: _s, close: _c, ...derived } = loaded;
     await loaded.close();
-    await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toThrow(/model.safetensors: closed before tensor "transformer.wte.weight" was read: .*save it .* before closing/);
+    await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toThrow(/model.safetensors: closed before tensor "transformer\.[a-z0-9_.]+" was read: .*save it .* before closing/);
     expect(await readdir(dir)).toEqual(["ck"]);
   });
 

@@ -3,7 +3,7 @@ import { basename, dirname, join, relative, resolve, isAbsolute } from "node:pat
 import { DTYPE_SIZES, type DType } from "./dtype.js";
 import { parseJsonFile, readTextInput, syncDir, syncTree, systemReason } from "./files.js";
 import { lockCheckpoint, ownsWriteLock, type CheckpointLock } from "./lock.js";
-import { needsRecovery, recoverCheckpoint, siblingPath } from "./recovery.js";
+import { claimSibling, needsRecovery, recoverCheckpoint, siblingPath } from "./recovery.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
 import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
@@ -365,6 +365,12 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     throw new Error(`${dir}: cannot create its parent directory (${systemReason(e)})`, { cause: e });
   }
   const lock = options.lock ?? await lockCheckpoint(target, "exclusive");
+  const claimed: { path: string; done(): void }[] = [];
+  const claim = (kind: "tmp" | "new" | "old"): string => {
+    const c = claimSibling(siblingPath(target, kind));
+    claimed.push(c);
+    return c.path;
+  };
   let tmp: string | null = null, done: string | null = null;
   try {
     for (const line of await recoverCheckpoint(target)) (options.notice ?? stderrNotice)(line);
@@ -374,7 +380,7 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     const all = finiteChecked([...model, ...(moments ?? [])], dir);
     const entries = options.onTensor ? withProgress(all, options.onTensor) : all;
 
-    tmp = siblingPath(target, "tmp");
+    tmp = claim("tmp");
     await mkdir(tmp);
     const shard = { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" } };
     await writeFile(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: dtype }, null, 2) + "\n");
@@ -389,18 +395,26 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     if (existing) await carryOtherFiles(target, tmp);
     await syncTree(tmp);
     // Complete and durable: from here on a kill leaves a checkpoint that recovery puts in place.
-    done = siblingPath(target, "new");
+    done = claim("new");
     await rename(tmp, done);
     tmp = null;
     await syncDir(dirname(target));
     await lock.verify();
     if (existing) {
-      const old = siblingPath(target, "old");
+      const old = claim("old");
       await rename(target, old);
       try {
         await rename(done, target);
       } catch (e) {
-        await rename(old, target).catch(() => undefined);
+        try {
+          await rename(old, target);
+        } catch {
+          // Both copies stay, complete, for the next command's recovery to put the newer in place.
+          for (const c of claimed) c.done();
+          done = null;
+          throw new Error(`${dir}: cannot save (${systemReason(e)}); the previous checkpoint is at ${old} and the new one at ` +
+            `${claimed[1]!.path}: the next staged command on ${dir} puts the newer in place`, { cause: e });
+        }
         throw e;
       }
       done = null;
@@ -417,6 +431,7 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     if (code) throw new Error(`${dir}: cannot save (${systemReason(e)}); the checkpoint there is unchanged`, { cause: e });
     throw e;
   } finally {
+    for (const c of claimed) c.done();
     if (!options.lock) await lock.release();
   }
 }

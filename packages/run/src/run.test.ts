@@ -1,8 +1,9 @@
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadTrainingState } from "@staged/core";
+import { loadTrainingState, processStart } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
 import { brownText } from "@staged/trainer-ort";
 import { budgetFlops, executeRun, grownModel, runEntries, runSpec, shapeOf } from "./run.js";
@@ -90,6 +91,20 @@ describe("executeRun", () => {
     const [entry] = runEntries(s);
     const d = join(dir, "a");
     await expect(executeRun({ ...s, batch: 8 }, { ...entry! }, d)).rejects.toThrow(/holds a run of another spec/);
+  });
+
+  it("refuses a run directory another live process is running, writing nothing", async () => {
+    const s = spec();
+    const d = join(dir, "busy");
+    await mkdir(d);
+    const other = spawn("sleep", ["60"], { stdio: "ignore" });
+    try {
+      await symlink(JSON.stringify({ pid: other.pid, host: hostname(), start: processStart(other.pid!), command: "staged run spec.json", since: "t" }), join(dir, ".busy.lock"));
+      await expect(executeRun(s, runEntries(s)[0]!, d)).rejects.toThrow(new RegExp(`busy: being written by pid ${other.pid} \\(staged run spec.json`));
+      expect(await readdir(d)).toEqual([]);
+    } finally {
+      other.kill("SIGKILL");
+    }
   });
 
   it("auto timing grows when the measured dL/dC reaches the law's large model's", async () => {

@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  checkInput, createDefaultRegistry, gpt2InitConfig, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState,
+  canonicalPath, checkInput, createDefaultRegistry, lockCheckpoint, gpt2InitConfig, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState,
   writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
 } from "@staged/core";
 import { widthGrowth } from "@staged/grow-width";
@@ -150,6 +150,17 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
   const loaded = await checkRunInputs(spec);
   const law = loaded?.law ?? null;
   await mkdir(runDir, { recursive: true });
+  // One process per run directory: a second `staged run` of it is refused, naming the first.
+  const lock = await lockCheckpoint(await canonicalPath(runDir), "exclusive");
+  try {
+    return await executeLocked(spec, entry, runDir, o, { registry, budget, law, maxLoss: loaded?.maxLoss ?? null });
+  } finally {
+    await lock.release();
+  }
+}
+
+async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions,
+                             { registry, budget, law, maxLoss }: { registry: Registry; budget: number; law: ChinchillaLaw | null; maxLoss: number | null }): Promise<RunResult> {
   const idFile = join(runDir, "run.json");
   const id = identity(spec, entry);
   if (existsSync(idFile)) {
@@ -206,7 +217,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
       const stageStartGlobal = k === 0 ? 0 : growths[k - 1]!.globalStep;
       // Decisions on a grown model's curve start after the previous growth's re-warmup.
       const settledFrom = k === 0 ? 0 : stageStartGlobal + entry.stages[k - 1]!.rewarmup;
-      const until = stage ? growthCondition(spec, entry, k, stage, law, loaded?.maxLoss ?? null, budget, settledFrom) : null;
+      const until = stage ? growthCondition(spec, entry, k, stage, law, maxLoss, budget, settledFrom) : null;
       // Replay the stage's validation curve: a decision made before a kill is made again, identically.
       const saved = curvePoints(history);
       let decided = until?.replay(saved.filter((p) => p.stage === k)) ?? false;

@@ -365,7 +365,8 @@ export class GraphBuilder {
     return { nodes: keep.reverse(), initializers: this.initializers.filter((i) => need.has(i.value)) };
   }
 
-  toModelProto(): InstanceType<typeof onnx.ModelProto> {
+  // Private so the emitted .d.ts never names onnx-proto's types (they need protobufjs' Long typings).
+  #modelProto(): InstanceType<typeof onnx.ModelProto> {
     const { nodes, initializers } = this.live();
     const vinfo = (v: Value) => ({
       name: v.name,
@@ -404,6 +405,6 @@ export class GraphBuilder {
   }
 
   serialize(): Uint8Array {
-    return onnx.ModelProto.encode(this.toModelProto()).finish();
+    return onnx.ModelProto.encode(this.#modelProto()).finish();
   }
 }

@@ -123,3 +123,19 @@ describe("checkpoint commands under locks", () => {
     await r.release();
   });
 });
+
+describe("loading for writing", () => {
+  it("holds the write lock until closed; saves over the source use it; a second writer is refused", async () => {
+    await saveTrainingState(ck, initTrainingState("gpt2", tiny, 1));
+    const loaded = await loadTrainingState(ck, { lock: "exclusive" });
+    expect(loaded.lock.mode).toBe("exclusive");
+    expect(JSON.parse(await readlink(join(dir, ".ck.lock"))).pid).toBe(process.pid);
+    await expect(lockCheckpoint(ck, "exclusive")).rejects.toThrow(/already being written by this process/);
+    await saveTrainingState(ck, { ...loaded, progress: { ...loaded.progress, step: 7 } }, { overwrite: true });
+    await loaded.close();
+    expect(await readdir(dir)).toEqual(["ck"]);
+    const back = await loadTrainingState(ck);
+    expect(back.progress.step).toBe(7);
+    await back.close();
+  });
+});

@@ -28,6 +28,11 @@ export interface LoadOptions {
   registry?: Registry;
   /** Where to say what crash recovery did (default: a line on stderr each). */
   notice?: (line: string) => void;
+  /**
+   * "shared" (default): a read lock, so no other process replaces the checkpoint while it is read. "exclusive":
+   * the write lock, for a command that will save over it (train): a second such command is refused at once.
+   */
+  lock?: "shared" | "exclusive";
 }
 
 /**
@@ -37,6 +42,8 @@ export interface LoadOptions {
 export interface LoadedTrainingState extends TrainingState {
   /** The directory the state was read from. */
   source: string;
+  /** The lock held on `source` until close() (the write lock can be given to saveTrainingState and train). */
+  lock: CheckpointLock;
   close(): Promise<void>;
 }
 
@@ -103,12 +110,22 @@ function findArchitecture(registry: Registry, config: Record<string, unknown>, f
 export async function loadTrainingState(dir: string, options: LoadOptions = {}): Promise<LoadedTrainingState> {
   const registry = options.registry ?? createDefaultRegistry();
   const root = await canonicalPath(dir);
-  const parentExists = (await stat(dirname(root)).catch(() => null))?.isDirectory() ?? false;
-  if (parentExists) await recoverInterruptedSave(root, options.notice);
-  const st = await stat(root).catch(() => null);
-  if (!st?.isDirectory()) throw new Error(`${dir}: not a checkpoint directory (it does not exist or is not a directory)`);
-  const lock = await lockCheckpoint(root, "shared");
+  const missing = (): Error => new Error(`${dir}: not a checkpoint directory (it does not exist or is not a directory)`);
+  if (!(await stat(dirname(root)).catch(() => null))?.isDirectory()) throw missing();
+  // The read lock first: while it is held no save can be between its renames, so the directory is there or not.
+  const mode = options.lock ?? "shared";
+  let lock = await lockCheckpoint(root, mode);
   try {
+    if (await needsRecovery(root)) {
+      if (mode === "exclusive") {
+        for (const line of await recoverCheckpoint(root)) (options.notice ?? stderrNotice)(line);
+      } else {
+        await lock.release();
+        await recoverInterruptedSave(root, options.notice);
+        lock = await lockCheckpoint(root, mode);
+      }
+    }
+    if (!(await stat(root).catch(() => null))?.isDirectory()) throw missing();
     return await readState(dir, root, registry, lock);
   } catch (e) {
     await lock.release();
@@ -169,7 +186,7 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
       schedule: saved?.schedule ?? null,
       progress: saved?.progress ?? { step: 0, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] },
       ...(saved?.training ? { training: saved.training } : {}),
-      tokenizer, files, source: root, close,
+      tokenizer, files, source: root, lock, close,
     };
   } catch (e) {
     await close();
@@ -364,7 +381,10 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   } catch (e) {
     throw new Error(`${dir}: cannot create its parent directory (${systemReason(e)})`, { cause: e });
   }
-  const lock = options.lock ?? await lockCheckpoint(target, "exclusive");
+  // The write lock: given, or brought by a state loaded with it from this directory, or taken for this save.
+  const carried = (state as Partial<LoadedTrainingState>).lock;
+  const held = options.lock ?? (carried?.mode === "exclusive" && carried.held && carried.path === target ? carried : undefined);
+  const lock = held ?? await lockCheckpoint(target, "exclusive");
   const claimed: { path: string; done(): void }[] = [];
   const claim = (kind: "tmp" | "new" | "old"): string => {
     const c = claimSibling(siblingPath(target, kind));
@@ -432,7 +452,7 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     throw e;
   } finally {
     for (const c of claimed) c.done();
-    if (!options.lock) await lock.release();
+    if (!held) await lock.release();
   }
 }
 

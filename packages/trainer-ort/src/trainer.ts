@@ -323,11 +323,14 @@ export async function train(state: TrainingState, options: TrainOptions,
   // One writer per checkpoint: held from here to the last save, so no other process trains or saves it meanwhile.
   const target = await canonicalPath(saveDir);
   await mkdir(dirname(target), { recursive: true });
-  const lock = await lockCheckpoint(target, "exclusive");
+  // A state loaded with the write lock of this directory brings it (see loadTrainingState's `lock`).
+  const given = (state as { lock?: CheckpointLock }).lock;
+  const own = given?.mode === "exclusive" && given.held && given.path === target ? given : null;
+  const lock = own ?? await lockCheckpoint(target, "exclusive");
   try {
     return await trainLocked(state, options, callbacks, { t0, settings, schedule, saveDir, lock });
   } finally {
-    await lock.release();
+    if (!own) await lock.release();
   }
 }
 
@@ -383,7 +386,7 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
     const mom = engine.moments();
     const files = new Map(tokFiles ?? state.files ?? []);
     files.set(METRICS_FILE, new TextEncoder().encode(formatMetrics([...history, ...records])));
-    const { source: _s, close: _c, ...plain } = state as TrainingState & { source?: string; close?: unknown };
+    const { source: _s, close: _c, lock: _l, ...plain } = state as TrainingState & { source?: string; close?: unknown; lock?: unknown };
     return {
       ...plain,
       params: wrap(engine.params()),

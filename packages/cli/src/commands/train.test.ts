@@ -138,7 +138,8 @@ describe("bad input: one line, exit status 1, the checkpoint untouched", () => {
     ["a missing data file", async () => ["--data", join(root, "nothing.txt")], /nothing\.txt: cannot read the data \(no such file\)/],
     ["a tokenizer larger than the model's vocabulary", async () => { const f = join(root, "tokenizer.json"); await writeFile(f, tinyBpeTokenizerJson()); return ["--data", text, "--tokenizer", f]; }, /the tokenizer's vocabulary has 259 ids, more than the model's vocab_size 256/],
     ["micro-batch not dividing the batch", async () => ["--data", text, "--micro-batch", "3"], /micro-batch must be a positive integer that divides the batch 4/],
-    ["an invalid schedule", async () => ["--data", text, "--schedule", "wsd", "--warmup", "10", "--total-steps", "5"], /warmupSteps \(10\) exceeds totalSteps \(5\)|overlaps the warmup/],
+    ["a schedule that ends before the run", async () => ["--data", text, "--total-steps", "5"], /total steps 5 ends the schedule before this run does \(step \d+: \d+ done \+ 2\); give at least \d+/],
+    ["a warmup longer than the schedule", async () => ["--data", text, "--schedule", "wsd", "--warmup", "500", "--total-steps", "400"], /warmup 500 is longer than the schedule \(400 steps\)/],
   ];
   for (const [what, args, message] of cases) {
     it(what, async () => {

@@ -94,7 +94,8 @@ export function registerTrain(program: Command): void {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
         const out = createOutput(Boolean(g.json));
-        const state = await loadTrainingState(dir);
+        // The write lock from the start: a second train (or a grow, eval, inspect) of this checkpoint is refused at once.
+        const state = await loadTrainingState(dir, { lock: "exclusive" });
         // Progress goes to stderr also with --json (stdout carries only the result).
         const progress = progressReporter(o.steps);
         try {

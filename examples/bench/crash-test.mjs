@@ -85,7 +85,17 @@ async function grownHash(step) {
   }
   return grownRef.get(step);
 }
-log(`reference: ${STEPS} steps saved every step in ${trainSeconds.toFixed(1)} s; kills land in [0, ${(trainSeconds * 1.2).toFixed(1)}] s`);
+// How long the killed commands take uninterrupted: the kills land uniformly within that.
+async function timed(args, prepare) {
+  await prepare?.();
+  const t = performance.now();
+  must(args);
+  return (performance.now() - t) / 1000;
+}
+const calib = join(root, "calibrate");
+const trialSeconds = await timed(["train", calib, "--steps", String(STEPS), "--save-every", "1", "--threads", "1"], () => cp(template, calib, { recursive: true }));
+const growSeconds = await timed(["grow", "width", template, join(root, "calibrate-wide"), "--factor", "2"]);
+log(`reference: ${STEPS + 1} steps saved every step in ${trainSeconds.toFixed(1)} s; a trial's train takes ${trialSeconds.toFixed(2)} s, a grow ${growSeconds.toFixed(2)} s`);
 
 const leftoversOf = async (dir) => {
   const parent = join(dir, ".."), name = dir.split("/").pop();
@@ -116,7 +126,7 @@ const KINDS = {
   /** kill -9 a `train --save-every 1` at a random moment. */
   async killTrain(i, dir) {
     const { child, done } = start(["train", dir, "--steps", String(STEPS), "--save-every", "1", "--threads", "1"]);
-    await sleep(Math.random() * trainSeconds * 1200);
+    await sleep(Math.random() * trialSeconds * 1000);
     child.kill("SIGKILL");
     const e = await done;
     count("killTrain", e.signal === "SIGKILL" ? "killed" : `exited ${e.code}`);
@@ -135,7 +145,7 @@ const KINDS = {
     const out = `${dir}-wide`;
     const before = await hashOf(dir);
     const { child, done } = start(["grow", "width", dir, out, "--factor", "2"]);
-    await sleep(Math.random() * 1500);
+    await sleep(Math.random() * growSeconds * 1000);
     child.kill("SIGKILL");
     const e = await done;
     count("killGrow", e.signal === "SIGKILL" ? "killed" : `exited ${e.code}`);
@@ -173,7 +183,7 @@ const KINDS = {
   async readerVsWriter(i, dir) {
     const out = `${dir}-wide`;
     const writer = start(["train", dir, "--steps", "20", "--save-every", "1", "--threads", "1"]);
-    await sleep(Math.random() * trainSeconds * 500);
+    await sleep(Math.random() * trialSeconds * 700);
     const g = await start(["grow", "width", dir, out, "--factor", "2"]).done;
     const w = await writer.done;
     if (w.code !== 0) {
@@ -219,7 +229,7 @@ async function worker() {
 }
 await Promise.all(Array.from({ length: PARALLEL }, worker));
 const seconds = (performance.now() - started) / 1000;
-const result = { ...stats, seconds, referenceTrainSeconds: trainSeconds };
+const result = { ...stats, seconds, trialTrainSeconds: trialSeconds, growSeconds };
 if (a.json) console.log(JSON.stringify(result, null, 2));
 else {
   console.log(`${stats.trials} trials in ${seconds.toFixed(0)} s: ${stats.lost} lost or corrupted checkpoints`);

@@ -285,3 +285,21 @@ describe("saveTrainingState", () => {
     expect(await readdir(dir)).toEqual([]);
   });
 });
+
+describe("firstNonFinite", () => {
+  it("finds the first NaN or ±Infinity at any position of a float32 tensor, and F16 overflow", async () => {
+    const { firstNonFinite } = await import("./state.js");
+    for (const n of [1, 3, 4, 5, 8, 13]) {
+      for (let at = 0; at < n; at++) {
+        for (const bad of [NaN, Infinity, -Infinity]) {
+          const t = Tensor.fromArray([n], Array.from({ length: n }, (_, i) => (i === at ? bad : (i % 2 ? -3.4e38 : 1e-40 * i))));
+          expect(firstNonFinite(t)).toEqual({ index: at, value: bad });
+        }
+      }
+      expect(firstNonFinite(Tensor.fromArray([n], new Array(n).fill(3.4e38)))).toBeNull();
+    }
+    expect(firstNonFinite(Tensor.fromArray([3], [1, 65504, -65519], "F16"))).toBeNull();
+    expect(firstNonFinite(Tensor.fromArray([3], [1, 65504, -65520], "F16"))).toEqual({ index: 2, value: -65520 });
+    expect(firstNonFinite(new Tensor("F64", [2], Float64Array.from([1, NaN])))).toEqual({ index: 1, value: NaN });
+  });
+});

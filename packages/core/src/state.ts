@@ -474,6 +474,22 @@ function finiteChecked(entries: TensorEntry[], dir: string): TensorEntry[] {
   }));
 }
 
+/**
+ * Whether every float32 is finite, branch-free on the bits (about 4× a comparison per value): an exponent
+ * of all ones (NaN, ±Infinity) plus one carries into bit 31, any other exponent does not.
+ */
+function allFiniteF32(d: Float32Array): boolean {
+  const u = new Uint32Array(d.buffer, d.byteOffset, d.length);
+  const n = u.length, m = n - (n % 4);
+  let acc = 0;
+  for (let i = 0; i < m; i += 4) {
+    acc |= ((u[i]! & 0x7f800000) + 0x00800000) | ((u[i + 1]! & 0x7f800000) + 0x00800000) |
+      ((u[i + 2]! & 0x7f800000) + 0x00800000) | ((u[i + 3]! & 0x7f800000) + 0x00800000);
+  }
+  for (let i = m; i < n; i++) acc |= (u[i]! & 0x7f800000) + 0x00800000;
+  return (acc & 0x80000000) === 0;
+}
+
 /** Largest magnitude that rounds to a finite float16 (65504 + half an ulp). */
 const F16_LIMIT = 65520;
 
@@ -481,6 +497,7 @@ const F16_LIMIT = 65520;
 export function firstNonFinite(t: Tensor): { index: number; value: number } | null {
   const d = t.data;
   if (!(d instanceof Float32Array || d instanceof Float64Array)) return null;
+  if (d instanceof Float32Array && t.dtype !== "F16" && allFiniteF32(d)) return null;
   const limit = t.dtype === "F16" ? F16_LIMIT : Infinity;
   for (let i = 0; i < d.length; i++) {
     const x = d[i]!;

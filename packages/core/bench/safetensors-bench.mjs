@@ -5,7 +5,9 @@
  *   (a) openCheckpoint + writeCheckpoint into another dir, tensor by tensor (read, decode, encode, write),
  *   (b) a plain copy of the same shard files, both with fs.copyFile (kernel copy) and with a
  *       userspace read+write loop (64 MiB buffer),
- * in the same run, and report MB/s (10^6 bytes/s), the ratio, and peak RSS against the largest tensor.
+ * in the same run, and report MB/s (10^6 bytes/s), the ratio, and peak RSS against the largest tensor;
+ * then (c) the parse of a ~10 MB valid header (87 000 tensors, about what a sharded 70B checkpoint's
+ * index lists), best of --reps.
  * Each timed job runs in a fresh child process (best of --reps runs), so its peak RSS
  * (process.resourceUsage().maxRSS) is that job's alone, Node's own baseline included.
  * Usage: node bench/safetensors-bench.mjs [--json] [--size-mb 1024] [--shards 4] [--reps 5] [--dir <parent of the temp dir, default os.tmpdir()>]
@@ -18,6 +20,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Tensor } from "../dist/tensor.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint } from "../dist/shards.js";
+import { parseSafetensorsHeader } from "../dist/safetensors.js";
 
 const args = process.argv.slice(2);
 const json = args.includes("--json");
@@ -98,6 +101,31 @@ async function sameFiles(a, b) {
     } finally { await fa.close(); await fb.close(); }
   }
   return true;
+}
+
+/** Best time to validate a ~10 MB header of mixed-dtype tensors, in milliseconds. */
+function headerParse() {
+  const dtypes = [["F32", 4], ["BF16", 2], ["F16", 2], ["I64", 8]];
+  const parts = [];
+  let offset = 0;
+  let length = 0;
+  for (let i = 0; length < 10e6; i++) {
+    const [dtype, size] = dtypes[i % 4];
+    const shape = [1 + (i % 97), 64 + (i % 13)];
+    const bytes = shape[0] * shape[1] * size;
+    const part = `"model.layers.${i}.self_attn.q_proj.weight":{"dtype":"${dtype}","shape":[${shape}],"data_offsets":[${offset},${offset + bytes}]}`;
+    offset += bytes;
+    length += part.length + 1;
+    parts.push(part);
+  }
+  const header = Buffer.from(`{"__metadata__":{"format":"pt"},${parts.join(",")}}`);
+  let best = Infinity;
+  for (let rep = 0; rep < Math.max(reps, 3); rep++) {
+    const t0 = performance.now();
+    parseSafetensorsHeader("bench", header, offset);
+    best = Math.min(best, performance.now() - t0);
+  }
+  return { bytes: header.length, tensors: parts.length, ms: +best.toFixed(1) };
 }
 
 async function timed(fn) {
@@ -191,6 +219,8 @@ async function main() {
         settle();
       }
     }
+    const header = headerParse();
+    log(`header parse: ${(header.bytes / MB).toFixed(1)} MB, ${header.tensors} tensors in ${header.ms} ms (best of ${Math.max(reps, 3)})`);
     const best = (k) => Math.min(...runs[k]);
     const mbps = (k) => Math.round(bytes / MB / best(k));
     const result = {
@@ -213,6 +243,9 @@ async function main() {
       generatorPeakRssMB: +(generatorRss / MB).toFixed(1),
       rssBudgetBytes: largest + 300 * MB,
       rewriteIdentical: identical,
+      headerParseMs: header.ms,
+      headerParseBytes: header.bytes,
+      headerParseTensors: header.tensors,
       throughputTargetMet: best("copyFile") / best("ours") >= 0.5 && best("streamCopy") / best("ours") >= 0.5,
       memoryTargetMet: rss.ours < largest + 300 * MB,
       node: process.version,

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
-  bf16BitsToF32, decodeBF16, decodeF16, encodeBF16, encodeF16, f16BitsToF32, f16Table32, f32ToBf16Bits, f32ToF16Bits,
+  DTYPE_SIZES, SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_BITS, TORCH_NAMES, bf16BitsToF32, decodeBF16, decodeF16, encodeBF16, encodeF16,
+  f16BitsToF32, f16Table32, f32ToBf16Bits, f32ToF16Bits, isDType, isSafetensorsDType,
 } from "./dtype.js";
 
 const bitsOf = (x: number): number => new Uint32Array(new Float32Array([x]).buffer)[0]!;
@@ -148,5 +149,14 @@ describe("BF16 bulk conversions", () => {
         if (!Number.isNaN(want)) expect(Object.is(out[h], want)).toBe(true);
       }
     }
+  });
+});
+
+describe("safetensors dtypes", () => {
+  it("every in-memory dtype is a reference dtype of the same size; the rest are parse-only", () => {
+    for (const [d, size] of Object.entries(DTYPE_SIZES)) expect(SAFETENSORS_DTYPE_BITS[d as keyof typeof DTYPE_SIZES]).toBe(8 * size);
+    expect(SAFETENSORS_DTYPES.filter((d) => !isDType(d))).toEqual(["F4", "F6_E2M3", "F6_E3M2", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"]);
+    expect(SAFETENSORS_DTYPES.every((d) => isSafetensorsDType(d) && typeof TORCH_NAMES[d] === "string")).toBe(true);
+    for (const s of ["f32", "F8", "__proto__", "constructor", 4, null]) expect(isSafetensorsDType(s)).toBe(false);
   });
 });

@@ -1,4 +1,30 @@
-/** safetensors dtypes and their in-memory typed arrays. */
+/**
+ * Every dtype of the reference implementation's `Dtype` enum
+ * (https://github.com/huggingface/safetensors, safetensors/src/tensor.rs, `enum Dtype` and
+ * `Dtype::bitsize`), in the enum's order, which the reference writer relies on ("increasing
+ * alignment order": it lays tensors out by descending position here, then by name), with each
+ * element's size in bits. F4 and F6_* pack elements below a byte: a tensor of them is valid only
+ * when its element count × bits is a whole number of bytes (the reference's `MisalignedSlice`).
+ */
+export const SAFETENSORS_DTYPE_BITS = {
+  BOOL: 8, F4: 4, F6_E2M3: 6, F6_E3M2: 6, U8: 8, I8: 8,
+  F8_E5M2: 8, F8_E4M3: 8, F8_E8M0: 8, F8_E4M3FNUZ: 8, F8_E5M2FNUZ: 8,
+  I16: 16, U16: 16, F16: 16, BF16: 16, I32: 32, U32: 32, F32: 32, C64: 64, F64: 64, I64: 64, U64: 64,
+} as const;
+
+/**
+ * A dtype a safetensors file may declare. Every one of them parses and reads as raw bytes
+ * (`SafetensorsFile.readRaw`); only the `DType` subset has an in-memory form (typed array).
+ */
+export type SafetensorsDType = keyof typeof SAFETENSORS_DTYPE_BITS;
+
+/** The reference's dtypes in its enum order (ascending alignment). */
+export const SAFETENSORS_DTYPES = Object.keys(SAFETENSORS_DTYPE_BITS) as readonly SafetensorsDType[];
+
+export const isSafetensorsDType = (s: unknown): s is SafetensorsDType =>
+  typeof s === "string" && Object.hasOwn(SAFETENSORS_DTYPE_BITS, s);
+
+/** safetensors dtypes that have an in-memory form here (typed arrays), with their sizes in bytes. */
 export const DTYPE_SIZES = {
   F64: 8, F32: 4, F16: 2, BF16: 2,
   I64: 8, I32: 4, I16: 2, I8: 1,
@@ -14,11 +40,14 @@ export const isDType = (s: unknown): s is DType => typeof s === "string" && Obje
 export const FLOAT_DTYPES: readonly DType[] = ["F64", "F32", "F16", "BF16"];
 export const isFloatDType = (d: DType): boolean => FLOAT_DTYPES.includes(d);
 
-/** Human names used by `inspect` and by HF's `torch_dtype`. */
-export const TORCH_NAMES: Record<DType, string> = {
+/** Human names used by `inspect` and by HF's `torch_dtype` (PyTorch's names where it has the dtype). */
+export const TORCH_NAMES: Record<SafetensorsDType, string> = {
   F64: "float64", F32: "float32", F16: "float16", BF16: "bfloat16",
   I64: "int64", I32: "int32", I16: "int16", I8: "int8",
   U64: "uint64", U32: "uint32", U16: "uint16", U8: "uint8", BOOL: "bool",
+  F8_E5M2: "float8_e5m2", F8_E4M3: "float8_e4m3fn", F8_E8M0: "float8_e8m0fnu",
+  F8_E4M3FNUZ: "float8_e4m3fnuz", F8_E5M2FNUZ: "float8_e5m2fnuz", C64: "complex64",
+  F4: "float4_e2m1fn_x2", F6_E2M3: "float6_e2m3", F6_E3M2: "float6_e3m2",
 };
 
 // Shared scratch for bit-level conversions.

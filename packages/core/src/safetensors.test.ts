@@ -2,10 +2,10 @@ import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/pro
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import type { DType } from "./dtype.js";
+import { DTYPE_SIZES, SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_BITS, type DType, type SafetensorsDType } from "./dtype.js";
 import {
-  MAX_HEADER_SIZE, SafetensorsError, SafetensorsFile, decodeTensor, encodeSafetensorsHeader, encodeTensor,
-  findDuplicateKey, writeSafetensors, type TensorEntry,
+  MAX_HEADER_SIZE, SafetensorsError, SafetensorsFile, compareCodePoints, decodeTensor, encodeSafetensorsHeader, encodeTensor,
+  findDuplicateKey, parseSafetensorsHeader, referenceOrder, writeSafetensors, type TensorEntry,
 } from "./safetensors.js";
 import { Tensor } from "./tensor.js";
 import type { LazyTensor } from "./types.js";
@@ -189,7 +189,8 @@ describe("file format", () => {
     const names = ["__proto__", "constructor", "a\"b\\c", "1", "0", "ünï\u2028"];
     const entries = names.map((name, i) => ({ name, tensor: Tensor.fromArray([1], [i]) }));
     const { file } = await roundTrip(entries);
-    expect([...file.tensors.keys()]).toEqual(names);
+    // One dtype: the reference writer's layout is by name.
+    expect([...file.tensors.keys()]).toEqual(["0", "1", "__proto__", "a\"b\\c", "constructor", "ünï\u2028"]);
     for (const [i, name] of names.entries()) expect((await file.readTensor(name)).f32[0]).toBe(i);
     await file.close();
   });
@@ -307,8 +308,8 @@ describe("validation (each rule with a hand-made malformed file)", () => {
   });
 
   it("header not a JSON object", async () => {
-    expect(await openError(await rawFile("[1, 2]"))).toBe(`header does not start with '{' (starts with "[1, 2]")`);
-    expect(await openError(await rawFile(" {}"))).toMatch(/^header does not start with '\{'/);
+    expect(await openError(await rawFile("[1, 2]"))).toBe("header is not a JSON object (got [1,2])");
+    expect(await openError(await rawFile(' "{}"'))).toBe('header is not a JSON object (got "{}")');
   });
 
   it("entry not an object or missing a field", async () => {
@@ -318,8 +319,9 @@ describe("validation (each rule with a hand-made malformed file)", () => {
   });
 
   it("unknown dtype", async () => {
-    expect(await openError(await rawFile(`{"a":${entry("F8_E4M3", [1], [0, 1])}}`, 1))).toBe('tensor "a": unknown dtype "F8_E4M3"');
+    expect(await openError(await rawFile(`{"a":${entry("F33", [1], [0, 1])}}`, 1))).toBe('tensor "a": unknown dtype "F33"');
     expect(await openError(await rawFile(`{"a":${entry("float32", [1], [0, 4])}}`, 4))).toBe('tensor "a": unknown dtype "float32"');
+    expect(await openError(await rawFile(`{"a":${entry("f32", [1], [0, 4])}}`, 4))).toBe('tensor "a": unknown dtype "f32"');
   });
 
   it("shape not an array of non-negative integers", async () => {
@@ -330,19 +332,24 @@ describe("validation (each rule with a hand-made malformed file)", () => {
   });
 
   it("data_offsets not [begin, end] with begin <= end", async () => {
-    for (const offsets of [[4, 0], [0], [0, "4"], [0, 4, 8], [-4, 0], [0, 2 ** 60]]) {
+    for (const offsets of [[4, 0], [0], [0, "4"], [0, 4, 8], [-4, 0], { 0: 0, 1: 4 }]) {
       expect(await openError(await rawFile(`{"a":${entry("F32", [1], offsets)}}`, 4)))
         .toBe(`tensor "a": data_offsets must be [begin, end] non-negative integers with begin <= end (got ${JSON.stringify(offsets)})`);
     }
   });
 
-  it("duplicate tensor name (JSON.parse would keep the last silently)", async () => {
+  it("duplicate names: tensors and __metadata__ keys (stricter than the reference, which keeps the last), fields of an entry", async () => {
     const e = entry("F32", [1], [0, 4]);
     expect(await openError(await rawFile(`{"a":${e}, "a" : ${e}}`, 4))).toBe('duplicate tensor name "a" in header');
-    expect(await openError(await rawFile(`{"a":${e},"\\u0061":${e}}`, 4))).toBe('duplicate tensor name "a" in header');
+    expect(await openError(await rawFile(`{"a":${e},"\\u0061":${entry("I32", [1], [0, 4])}}`, 4))).toBe('duplicate tensor name "a" in header');
     expect(await openError(await rawFile(`{"a":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}}`, 4)))
-      .toBe('duplicate key "dtype" in header entry "a"');
+      .toBe('tensor "a": duplicate field "dtype"');
     expect(await openError(await rawFile(`{"__metadata__":{"k":"1","k":"2"},"a":${e}}`, 4))).toBe('duplicate key "k" in __metadata__');
+    expect(await openError(await rawFile(`{"__metadata__":null,"__metadata__":{}}`))).toBe("__metadata__ appears twice in the header");
+    // Members serde ignores may repeat (the reference accepts this).
+    const file = await SafetensorsFile.open(await rawFile(`{"a":{"x":1,"x":{"y":2,"y":3},"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`, 4));
+    expect(file.tensors.get("a")).toEqual({ dtype: "F32", shape: [1], dataOffsets: [0, 4] });
+    await file.close();
     expect(findDuplicateKey('{"a":[{"x":1},{"x":2}],"b":"a\\"b","c":{"a":1}}')).toBeNull();
   });
 
@@ -381,5 +388,244 @@ describe("validation (each rule with a hand-made malformed file)", () => {
 
   it("missing file", async () => {
     expect(await openError(join(dir, "does-not-exist.safetensors"))).toMatch(/^cannot open: ENOENT/);
+  });
+});
+
+/** Parse a header text as a file would; the error's problem (after "path: ") or the parsed header. */
+function parseText(header: string | Uint8Array, dataLength?: number): string | ReturnType<typeof parseSafetensorsHeader> {
+  const bytes = typeof header === "string" ? new TextEncoder().encode(header) : header;
+  try {
+    return parseSafetensorsHeader("h.safetensors", bytes, dataLength);
+  } catch (e) {
+    expect(e).toBeInstanceOf(SafetensorsError);
+    const msg = (e as Error).message;
+    expect(msg.startsWith("h.safetensors: ")).toBe(true);
+    expect(msg).not.toContain("\n");
+    return msg.slice("h.safetensors: ".length);
+  }
+}
+const accepts = (header: string | Uint8Array, dataLength?: number): boolean => typeof parseText(header, dataLength) !== "string";
+
+describe("numbers in shape and data_offsets are usize, as serde reads them", () => {
+  const withShape = (dim: string): string => `{"a":{"dtype":"U8","shape":[${dim}],"data_offsets":[0,2]}}`;
+  const withEnd = (end: string): string => `{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,${end}]}}`;
+
+  it("refuses a fraction, an exponent, a sign, or a value above 2^64 − 1 (JSON.parse cannot tell 2.0 from 2)", () => {
+    expect(accepts(withShape("2"), 2)).toBe(true);
+    for (const dim of ["2.0", "2e0", "2E0", "20e-1", "0.2e1", "-2", "-0", "18446744073709551618"]) {
+      expect(parseText(withShape(dim), 2)).toBe(`tensor "a": shape must be an array of non-negative integers (got [${dim}])`);
+    }
+    for (const end of ["2.0", "8e0", "8.0", "1E1", "2e+0", "-2"]) {
+      expect(parseText(withEnd(end), 2)).toBe(`tensor "a": data_offsets must be [begin, end] non-negative integers with begin <= end (got [0,${end}])`);
+    }
+  });
+
+  it("stricter: refuses integers above 2^53 − 1, which the reference accepts up to 2^64 − 1", () => {
+    expect(accepts(`{"a":{"dtype":"U8","shape":[9007199254740991,0],"data_offsets":[0,0]}}`)).toBe(true);
+    expect(parseText(`{"a":{"dtype":"U8","shape":[18446744073709551615,0],"data_offsets":[0,0]}}`))
+      .toBe('tensor "a": 18446744073709551615 is above 2^53 − 1, the largest integer this reader represents exactly (the reference allows up to 2^64 − 1)');
+    expect(parseText(withEnd("9007199254740992"))).toMatch(/^tensor "a": 9007199254740992 is above 2\^53 − 1/);
+  });
+
+  it("ignores numbers in members serde ignores, but refuses one that overflows f64 anywhere", () => {
+    expect(accepts(`{"a":{"x":[2.5,-0,1e308,18446744073709551616,-7],"dtype":"U8","shape":[2],"data_offsets":[0,2]}}`, 2)).toBe(true);
+    expect(parseText(`{"a":{"x":1e400,"dtype":"U8","shape":[2],"data_offsets":[0,2]}}`, 2))
+      .toBe("header is not valid JSON: number out of range (1e400 overflows f64) at header byte 10");
+    expect(parseText(`{"a":{"x":-1${"0".repeat(400)},"dtype":"U8","shape":[2],"data_offsets":[0,2]}}`, 2)).toMatch(/number out of range/);
+    expect(accepts(`{"a":{"x":[0e999999,1e-999999],"dtype":"U8","shape":[2],"data_offsets":[0,2]}}`, 2)).toBe(true);
+  });
+
+  it("multiplies the shape left to right in u64, as the reference does (an overflow before a 0 still counts)", () => {
+    expect(parseText(`{"a":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}}`))
+      .toBe('tensor "a": shape [4294967296,4294967296,0] × F32 size overflows 64 bits');
+    expect(accepts(`{"a":{"dtype":"F32","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}}`)).toBe(true);
+    // 2^61 elements fit u64, their 2^67 bits do not.
+    expect(parseText(`{"a":{"dtype":"U64","shape":[2147483648,1073741824],"data_offsets":[0,8]}}`)).toMatch(/size overflows 64 bits/);
+  });
+});
+
+describe("strings and UTF-8 as serde_json reads them", () => {
+  const withName = (raw: string): string => `{"${raw}":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}`;
+
+  it("refuses lone surrogate escapes anywhere (tensor names, __metadata__, ignored members)", () => {
+    for (const raw of ["\\ud800", "\\udc00", "x\\uDBFF", "\\ud800\\u0041", "\\ud800\\n", "\\udc00\\ud800"]) {
+      expect(parseText(withName(raw))).toMatch(/^header is not valid JSON: unpaired surrogate escape \\u[0-9a-fA-F]{4} .* at header byte \d+$/);
+    }
+    expect(parseText('{"__metadata__":{"k":"\\ud83d"}}')).toMatch(/unpaired surrogate escape \\ud83d/);
+    expect(parseText('{"a":{"x":"\\udfff","dtype":"U8","shape":[0],"data_offsets":[0,0]}}')).toMatch(/unpaired surrogate escape \\udfff/);
+  });
+
+  it("decodes paired surrogate escapes and other escapes", () => {
+    const h = parseText(withName("\\ud83d\\ude00\\u00e9\\/\\t\\\"")) as ReturnType<typeof parseSafetensorsHeader>;
+    expect([...h.tensors.keys()]).toEqual(['😀é/\t"']);
+  });
+
+  it("refuses raw control characters, bad escapes and NUL characters in names and metadata", () => {
+    expect(parseText(withName("a\tb"))).toMatch(/^header is not valid JSON: control character in a string/);
+    expect(parseText(withName("a\\x"))).toMatch(/^header is not valid JSON: invalid escape \\x/);
+    expect(parseText(withName("a\\u12"))).toMatch(/^header is not valid JSON: invalid \\u escape/);
+    expect(parseText(withName("a\\u0000"))).toBe('tensor name "a\\u0000" contains a NUL character');
+    expect(parseText('{"__metadata__":{"k":"v\\u0000"}}')).toBe('__metadata__ value of "k" contains a NUL character');
+  });
+
+  it("refuses invalid UTF-8: stray, overlong, surrogate, truncated and out-of-range sequences, and a BOM", () => {
+    const header = (bytes: number[]): Uint8Array => Uint8Array.from([0x7b, 0x22, ...bytes, 0x22, 0x3a, 0x6e, 0x75, 0x6c, 0x6c, 0x7d]);
+    expect(accepts(header([0xc3, 0xa9]))).toBe(false); // valid "é", but a tensor entry cannot be null
+    expect(parseText(header([0xc3, 0xa9]))).toBe('tensor "é": header entry is not an object (got null)');
+    for (const bad of [[0xff], [0xc0, 0xaf], [0xe0, 0x80, 0xaf], [0xed, 0xa0, 0x80], [0xe2, 0x82], [0xf4, 0x90, 0x80, 0x80], [0x80]]) {
+      expect(parseText(header(bad))).toBe("header is not valid UTF-8");
+    }
+    expect(parseText(Uint8Array.from([0xef, 0xbb, 0xbf, 0x7b, 0x7d]))).toBe("header is not valid JSON: expected a value at header byte 0");
+  });
+});
+
+describe("nesting depth (serde_json's recursion limit of 128)", () => {
+  const nested = (depth: number): string => `{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":${"[".repeat(depth - 2)}${"]".repeat(depth - 2)}}}`;
+
+  it("accepts 127 nested arrays/objects, the outer object included, and refuses 128", () => {
+    expect(accepts(nested(127))).toBe(true);
+    expect(parseText(nested(128))).toBe("header is not valid JSON: arrays/objects nested deeper than 127 levels (serde_json's recursion limit) at header byte 181");
+  });
+
+  it("refuses a 5,000-deep header with one line naming the file (no stack overflow)", async () => {
+    const path = await rawFile(`{"a":${"[".repeat(5000)}${"]".repeat(5000)}}`);
+    expect(await openError(path)).toBe("header is not valid JSON: arrays/objects nested deeper than 127 levels (serde_json's recursion limit) at header byte 131");
+  });
+
+  it("refuses a 100 MB header nested 50 million deep at once", () => {
+    const bytes = new Uint8Array(MAX_HEADER_SIZE);
+    bytes.fill(0x5b, 0, MAX_HEADER_SIZE / 2);
+    bytes.fill(0x5d, MAX_HEADER_SIZE / 2);
+    bytes[0] = 0x7b; // {"a":[[[...
+    bytes.set([0x22, 0x61, 0x22, 0x3a], 1);
+    bytes[MAX_HEADER_SIZE - 1] = 0x7d;
+    const t0 = performance.now();
+    expect(parseText(bytes)).toMatch(/^header is not valid JSON: arrays\/objects nested deeper than 127 levels/);
+    expect(performance.now() - t0).toBeLessThan(5000); // the old reader took 27 s and 5 GB
+  });
+});
+
+describe("what else the reference accepts", () => {
+  it("JSON whitespace before and after the object (the writer pads with spaces), but no other padding", () => {
+    expect(accepts(" \t\r\n{}")).toBe(true);
+    expect(accepts("{}\r \t\n")).toBe(true);
+    expect(parseText("{}\0\0")).toBe("header is not valid JSON: trailing characters after the JSON value at header byte 2");
+    expect(parseText("{} {}")).toMatch(/^header is not valid JSON: trailing characters/);
+    expect(parseText("\u00a0{}")).toMatch(/^header is not valid JSON: expected a value/);
+  });
+
+  it('"__metadata__": null means no metadata; any other non-object is refused', () => {
+    const h = parseText('{"__metadata__":null,"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', 1) as ReturnType<typeof parseSafetensorsHeader>;
+    expect(h.metadata).toBeNull();
+    expect([...h.tensors.keys()]).toEqual(["a"]);
+    expect(parseText('{"__metadata__":"pt"}')).toBe('__metadata__ is not an object of string → string (got "pt")');
+    expect(parseText('{"\\u005f_metadata__":{"k":"v"}}')).toEqual({ tensors: new Map(), metadata: { k: "v" }, dataLength: 0 });
+  });
+
+  it("serde's other forms: an entry as [dtype, shape, data_offsets], a dtype as {\"F32\": null}", () => {
+    const h = parseText('{"a":["F32",[1],[0,4]],"b":{"dtype":{"I8":null},"shape":[],"data_offsets":[4,5]}}', 5) as ReturnType<typeof parseSafetensorsHeader>;
+    expect(h.tensors).toEqual(new Map([["a", { dtype: "F32", shape: [1], dataOffsets: [0, 4] }], ["b", { dtype: "I8", shape: [], dataOffsets: [4, 5] }]]));
+    expect(parseText('{"a":["F32",[1],[0,4],null]}', 4)).toBe('tensor "a": header entry is an array of 4 elements, not [dtype, shape, data_offsets]');
+    expect(parseText('{"a":{"dtype":{"F32":{}},"shape":[1],"data_offsets":[0,4]}}', 4)).toBe('tensor "a": unknown dtype {"F32":{}}');
+    expect(parseText('{"a":{"dtype":{"F32":null,"I8":null},"shape":[1],"data_offsets":[0,4]}}', 4)).toMatch(/unknown dtype/);
+  });
+
+  it("every dtype of the reference, with sub-byte sizes; each reads as raw bytes, decoding names the dtype", async () => {
+    expect(SAFETENSORS_DTYPES).toEqual([
+      "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
+      "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64",
+    ]);
+    let at = 0;
+    const parts: string[] = [];
+    for (const dtype of SAFETENSORS_DTYPES) {
+      const bytes = SAFETENSORS_DTYPE_BITS[dtype]; // 8 elements: `bits` bytes
+      parts.push(`"${dtype.toLowerCase()}":${entry(dtype, [2, 4], [at, at + bytes])}`);
+      at += bytes;
+    }
+    const data = Uint8Array.from({ length: at }, (_, i) => i % 251);
+    const file = await SafetensorsFile.open(await rawFile(`{${parts.join(",")}}`, data));
+    expect(file.header.get("f8_e4m3")!.dtype).toBe("F8_E4M3");
+    expect(Array.from(await file.readRaw("f4"))).toEqual(Array.from(data.subarray(file.header.get("f4")!.dataOffsets[0], file.header.get("f4")!.dataOffsets[1])));
+    expect((await file.readRaw("c64")).length).toBe(64);
+    await expect(file.readTensor("f8_e5m2")).rejects.toThrow(`: tensor "f8_e5m2": cannot decode a F8_E5M2 tensor: only F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL have an in-memory form (read its bytes with readRaw)`);
+    expect(file.lazy("c64").dtype).toBe("C64");
+    expect((await file.readTensor("bf16")).dtype).toBe("BF16");
+    await file.close();
+    expect(() => decodeTensor("F8_E4M3" as DType, [1], Uint8Array.of(0))).toThrow(/cannot decode a F8_E4M3 tensor/);
+  });
+
+  it("sub-byte tensors must be whole bytes (the reference's MisalignedSlice)", () => {
+    expect(accepts(`{"a":${entry("F4", [2, 3], [0, 3])}}`, 3)).toBe(true);
+    expect(accepts(`{"a":${entry("F6_E3M2", [4], [0, 3])}}`, 3)).toBe(true);
+    expect(parseText(`{"a":${entry("F4", [3], [0, 1])}}`, 1)).toBe('tensor "a": shape [3] of F4 (4 bits each) is not a whole number of bytes');
+    expect(parseText(`{"a":${entry("F6_E2M3", [2], [0, 1])}}`, 1)).toMatch(/is not a whole number of bytes/);
+  });
+});
+
+describe("the reference's own test cases (test-fixtures/reference, from safetensors/src/tensor.rs)", async () => {
+  const fixtures = new URL("../test-fixtures/reference/", import.meta.url);
+  const { cases } = JSON.parse(await readFile(new URL("cases.json", fixtures), "utf8")) as { cases: { file: string; test: string; expect: string }[] };
+
+  it.each(cases.map((c) => [c.file, c.test, c.expect]))("%s (%s): %s", async (file, _test, expected) => {
+    const path = join(new URL(".", fixtures).pathname, file);
+    if (expected === "accept") {
+      const f = await SafetensorsFile.open(path);
+      for (const name of f.header.keys()) expect((await f.readRaw(name)).length).toBe(f.header.get(name)!.dataOffsets[1] - f.header.get(name)!.dataOffsets[0]);
+      await f.close();
+    } else {
+      expect(await openError(path)).toMatch(/\S/);
+    }
+  });
+
+  it("our writer reproduces the reference writer's bytes", async () => {
+    const same = async (file: string, entries: TensorEntry[], metadata?: Record<string, string>): Promise<void> => {
+      const path = fresh("ref");
+      await writeSafetensors(path, entries, metadata);
+      expect(new Uint8Array(await readFile(path))).toEqual(new Uint8Array(await readFile(new URL(file, fixtures))));
+    };
+    await same("serialization.safetensors", [{ name: "attn.0", tensor: Tensor.fromArray([1, 2, 3], [0, 1, 2, 3, 4, 5]) }]);
+    await same("serialization_forced_alignement.safetensors", [{ name: "attn0", tensor: Tensor.fromArray([1, 1, 2, 3], [0, 1, 2, 3, 4, 5]) }]);
+    await same("empty.safetensors", []);
+    await same("empty_metadata.safetensors", [], { framework: "pt" });
+  });
+});
+
+describe("writer layout (the reference's prepare: dtype alignment descending, then name)", () => {
+  it("puts an F32 tensor written after an F16 one at an offset divisible by 4", async () => {
+    const { file } = await roundTrip([
+      { name: "half", tensor: new Tensor("F16", [3], Float32Array.of(1, 2, 3)) },
+      { name: "single", tensor: Tensor.fromArray([2], [4, 5]) },
+    ]);
+    expect(file.tensors.get("single")!.dataOffsets).toEqual([0, 8]);
+    expect(file.tensors.get("half")!.dataOffsets).toEqual([8, 14]);
+    expect(Array.from((await file.readTensor("single")).f32)).toEqual([4, 5]);
+    await file.close();
+  });
+
+  it("orders every dtype by the reference enum, descending, and aligns each tensor to its size", async () => {
+    const dtypes = Object.keys(DTYPE_SIZES) as DType[];
+    const entries = dtypes.map((dtype, i) => ({ name: `t${i}`, tensor: Tensor.zeros(dtype, [3]) }));
+    const { file } = await roundTrip(entries);
+    const order = [...file.tensors.values()].map((t) => t.dtype);
+    expect(order).toEqual([...SAFETENSORS_DTYPES].reverse().filter((d): d is DType => dtypes.includes(d as DType)));
+    for (const t of file.tensors.values()) expect((file.dataStart + t.dataOffsets[0]) % DTYPE_SIZES[t.dtype]).toBe(0);
+    await file.close();
+  });
+
+  it("orders names by code point (Rust's str order), not by UTF-16 unit", () => {
+    expect(compareCodePoints("\uffff", "😀")).toBeLessThan(0);
+    expect("\uffff" < "😀").toBe(false);
+    expect(compareCodePoints("a", "ab")).toBeLessThan(0);
+    const t = (name: string, dtype: SafetensorsDType) => ({ name, tensor: { dtype } });
+    expect(referenceOrder([t("😀", "F32"), t("\uffff", "F32"), t("b", "U8"), t("a", "F64")]).map((e) => e.name)).toEqual(["a", "\uffff", "😀", "b"]);
+  });
+
+  it("refuses names the reference cannot read or write: lone surrogates, NUL", async () => {
+    const path = fresh("badname");
+    const t = Tensor.fromArray([1], [1]);
+    await expect(writeSafetensors(path, [{ name: "a\ud800", tensor: t }])).rejects.toThrow(`${path}: tensor name "a\\ud800" holds a lone UTF-16 surrogate`);
+    await expect(writeSafetensors(path, [{ name: "a\0", tensor: t }])).rejects.toThrow(/contains a NUL character/);
+    await expect(writeSafetensors(path, [{ name: "a", tensor: t }], { k: "\udc00" })).rejects.toThrow(/__metadata__ value of "k" holds a lone UTF-16 surrogate/);
+    await expect(stat(path)).rejects.toThrow(/ENOENT/);
   });
 });

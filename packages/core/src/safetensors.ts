@@ -1,14 +1,58 @@
 /**
  * safetensors (https://github.com/huggingface/safetensors): an 8-byte little-endian header length N,
  * N bytes of UTF-8 JSON (`name → {dtype, shape, data_offsets}` plus an optional `__metadata__` of
- * string → string), then the byte buffer. Validation follows the reference implementation
- * (safetensors/src/tensor.rs); reading is lazy (header first, one tensor's byte range on demand) and
- * writing streams one tensor at a time.
+ * string → string), then the byte buffer. Reading is lazy (header first, one tensor's byte range on
+ * demand) and writing streams one tensor at a time.
+ *
+ * The reader accepts exactly the files the reference reader accepts — `SafeTensors::read_metadata`,
+ * `HashMetadata`, `TensorInfo`, `Dtype` and `Metadata::validate` in safetensors/src/tensor.rs of
+ * https://github.com/huggingface/safetensors, whose header goes through serde_json
+ * (https://github.com/serde-rs/json, src/de.rs and src/read.rs) — except where noted "stricter".
+ * These are the rules of the reference's current main branch (older releases knew fewer dtypes and
+ * allowed NUL characters):
+ *  - file ≥ 8 bytes; N (u64 LE) ≤ 100,000,000 (`MAX_HEADER_SIZE`); 8 + N ≤ file size;
+ *  - the header is strict UTF-8 (a BOM is kept, and is not JSON whitespace, so it is refused);
+ *  - the header is one JSON value with optional JSON whitespace (space, tab, CR, LF) before and
+ *    after it (the reference writer pads with spaces; leading whitespace is allowed too), nothing else;
+ *  - JSON as serde_json reads it: RFC 8259 grammar; no raw control characters in strings; every
+ *    `\uD800`–`\uDBFF` escape immediately followed by a `\uDC00`–`\uDFFF` escape and no other low
+ *    surrogate escape; a number whose magnitude overflows f64 (`1e400`) is refused ("number out of
+ *    range") — within the last unit of f64's range serde_json's own rounding may decide either way;
+ *    at most 127 nested arrays/objects counting the outer object (serde_json's recursion limit of
+ *    128), checked without recursion, so a deep header fails at once;
+ *  - the value is an object. `__metadata__` at most once, `null` (no metadata) or an object of
+ *    string values. Every other member is a tensor, in one of serde's two forms of `TensorInfo`: an
+ *    object with `dtype`, `shape` and `data_offsets` each exactly once (other members are ignored,
+ *    whatever they hold), or the array `[dtype, shape, data_offsets]`;
+ *  - `dtype`: one of `SAFETENSORS_DTYPES` as a string, or serde's enum form `{"F32": null}`;
+ *  - `shape`: array of integers, `data_offsets`: array of exactly two; each written as a plain
+ *    non-negative integer (no sign, fraction or exponent: `2.0`, `2e0`, `-0` are refused, as serde
+ *    refuses them for usize) ≤ 2^64 − 1. Stricter: ≤ 2^53 − 1, the largest integer a JavaScript
+ *    number holds exactly (no real file comes near it);
+ *  - no NUL character in a tensor name or in a `__metadata__` key or value;
+ *  - sorted by (begin, end), the tensors tile [0, end of the last) with no gap or overlap, each
+ *    with end ≥ begin; per tensor the shape's product, multiplied left to right, times the dtype's
+ *    bits, stays ≤ 2^64 − 1 at every step (`ValidationOverflow`, even if a later dimension is 0),
+ *    is a whole number of bytes, and equals end − begin; the file holds exactly 8 + N + that many bytes.
+ * Stricter: duplicate member names in the outer object (two tensors of one name) or in
+ * `__metadata__` are refused. The reference keeps the last silently (a serde HashMap), so a reader
+ * that keeps the first would see another dtype or shape for the same bytes; the reference's own
+ * issue tracker asks for this error (huggingface/safetensors#401).
+ *
+ * The writer lays tensors out as the reference's `prepare` does: by descending `Dtype` enum order
+ * (8-byte dtypes first), then by name (Unicode code point order, Rust's `str` order); `__metadata__`
+ * first; compact JSON; padded with spaces to a multiple of 8 bytes, so every tensor starts at a
+ * file offset that is a multiple of its element size. It refuses what the reference writer refuses
+ * (NUL in a name or metadata, a header over `MAX_HEADER_SIZE`) and names or metadata holding a lone
+ * UTF-16 surrogate, which no reader could take back.
+ *
+ * Every dtype parses and reads as raw bytes (`readRaw`); only `DType` (F64, F32, F16, BF16, the
+ * integers, BOOL) decodes to a `Tensor` and can be written; the others are refused naming the dtype.
  */
 import { open, unlink, type FileHandle } from "node:fs/promises";
 import {
-  type DType, DTYPE_SIZES, HOST_LITTLE_ENDIAN, isDType,
-  decodeBF16, decodeF16, encodeBF16, encodeF16,
+  type DType, type SafetensorsDType, DTYPE_SIZES, HOST_LITTLE_ENDIAN, SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_BITS,
+  isDType, isSafetensorsDType, decodeBF16, decodeF16, encodeBF16, encodeF16,
 } from "./dtype.js";
 import { Tensor, type TypedArray } from "./tensor.js";
 import type { LazyTensor } from "./types.js";
@@ -16,11 +60,16 @@ import type { LazyTensor } from "./types.js";
 /** The reference implementation's bound on the header length. */
 export const MAX_HEADER_SIZE = 100_000_000;
 
+/** serde_json's recursion limit is 128: the 128th nested array/object fails. */
+const MAX_JSON_DEPTH = 127;
+
 /** Largest single read/write handed to the OS (Linux transfers at most ~2 GiB per call). */
 const IO_CHUNK = 1 << 30;
 
-export interface TensorInfo {
-  dtype: DType;
+const U64_MAX = 2n ** 64n - 1n;
+
+export interface TensorInfo<D extends SafetensorsDType = DType> {
+  dtype: D;
   shape: number[];
   /** [begin, end) relative to the start of the byte buffer (just after the header). */
   dataOffsets: [number, number];
@@ -35,7 +84,8 @@ export class SafetensorsError extends Error {
 }
 
 export interface ParsedHeader {
-  tensors: Map<string, TensorInfo>;
+  /** Every tensor in data-offset order, with any of the reference's dtypes. */
+  tensors: Map<string, TensorInfo<SafetensorsDType>>;
   metadata: Record<string, string> | null;
   /** Length of the byte buffer the header describes (end of the last tensor). */
   dataLength: number;
@@ -46,14 +96,279 @@ const describe = (v: unknown): string => {
   return s === undefined ? String(v) : s.length > 80 ? `${s.slice(0, 77)}...` : s;
 };
 
-const isPlainObject = (v: unknown): v is Record<string, unknown> =>
-  typeof v === "object" && v !== null && !Array.isArray(v);
-
 const isIndex = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 
+// ---------------------------------------------------------------------------------------------
+// Header JSON. One linear pass, no recursion, over the decoded text, into a tree that keeps what
+// JSON.parse loses and serde sees: every member of an object in order (duplicates included) and how
+// each number was written.
+
+/** An object's members in order, duplicates kept: name, value, name, value, ... */
+class JsonObject {
+  readonly members: JsonValue[] = [];
+}
+
 /**
- * Validate a header (the N bytes after the length) exactly as the reference reader does. With
- * `dataLength` (file size − 8 − N), also check that the tensors cover the byte buffer exactly.
+ * A number other than a plain unsigned integer ≤ 2^53 − 1 (those are JS numbers), as written.
+ * `u64`: a plain unsigned integer ≤ 2^64 − 1, which serde would accept as a usize.
+ */
+class JsonNumber {
+  constructor(readonly raw: string, readonly u64: boolean) {}
+}
+
+type JsonValue = null | boolean | string | number | JsonNumber | JsonValue[] | JsonObject;
+
+class JsonSyntaxError extends Error {
+  constructor(message: string, readonly at: number) { super(message); }
+}
+
+const isJsonWs = (c: number): boolean => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+
+const hexValue = (c: number): number =>
+  c >= 0x30 && c <= 0x39 ? c - 0x30 : c >= 0x61 && c <= 0x66 ? c - 0x57 : c >= 0x41 && c <= 0x46 ? c - 0x37 : -1;
+
+/** The JSON value of `text` (whitespace around it allowed), as serde_json would read it. */
+function readJson(text: string): JsonValue {
+  const n = text.length;
+  let i = 0;
+  const fail = (what: string, at: number = i): never => { throw new JsonSyntaxError(what, at); };
+
+  const hex4 = (at: number): number => {
+    let v = 0;
+    for (let k = at; k < at + 4; k++) {
+      const h = k < n ? hexValue(text.charCodeAt(k)) : -1;
+      if (h < 0) fail("invalid \\u escape (needs 4 hex digits)", at - 2);
+      v = (v << 4) | h;
+    }
+    return v;
+  };
+
+  /** The string starting at text[i] === '"'; leaves i after the closing quote. */
+  const readString = (): string => {
+    const start = i + 1;
+    let j = start;
+    for (;;) {
+      if (j >= n) fail("unterminated string", start - 1);
+      const c = text.charCodeAt(j);
+      if (c === 0x22) { i = j + 1; return text.slice(start, j); }
+      if (c === 0x5c) break;
+      if (c < 0x20) fail("control character in a string (it must be escaped)", j);
+      j++;
+    }
+    const parts = [text.slice(start, j)];
+    for (;;) {
+      if (j >= n) fail("unterminated string", start - 1);
+      const c = text.charCodeAt(j);
+      if (c === 0x22) { i = j + 1; return parts.join(""); }
+      if (c !== 0x5c) {
+        const from = j;
+        while (j < n) {
+          const d = text.charCodeAt(j);
+          if (d === 0x22 || d === 0x5c) break;
+          if (d < 0x20) fail("control character in a string (it must be escaped)", j);
+          j++;
+        }
+        parts.push(text.slice(from, j));
+        continue;
+      }
+      const e = j + 1 < n ? text.charCodeAt(j + 1) : -1;
+      switch (e) {
+        case 0x22: parts.push('"'); break;
+        case 0x5c: parts.push("\\"); break;
+        case 0x2f: parts.push("/"); break;
+        case 0x62: parts.push("\b"); break;
+        case 0x66: parts.push("\f"); break;
+        case 0x6e: parts.push("\n"); break;
+        case 0x72: parts.push("\r"); break;
+        case 0x74: parts.push("\t"); break;
+        case 0x75: {
+          const u = hex4(j + 2);
+          if (u >= 0xdc00 && u <= 0xdfff) fail(`unpaired surrogate escape \\u${text.slice(j + 2, j + 6)} (a low surrogate with no high surrogate before it)`, j);
+          if (u >= 0xd800 && u <= 0xdbff) {
+            const lowOk = text.charCodeAt(j + 6) === 0x5c && text.charCodeAt(j + 7) === 0x75;
+            const low = lowOk ? hex4(j + 8) : -1;
+            if (low < 0xdc00 || low > 0xdfff) fail(`unpaired surrogate escape \\u${text.slice(j + 2, j + 6)} (a high surrogate not followed by a \\uDC00-\\uDFFF escape)`, j);
+            parts.push(String.fromCharCode(u, low));
+            j += 12;
+          } else {
+            parts.push(String.fromCharCode(u));
+            j += 6;
+          }
+          continue;
+        }
+        default:
+          fail(e < 0 ? "unterminated string" : `invalid escape \\${String.fromCharCode(e)}`, j);
+      }
+      j += 2;
+    }
+  };
+
+  /** The number starting at text[i]; leaves i after it. */
+  const readNumber = (): number | JsonNumber => {
+    const start = i;
+    let plain = true;
+    if (text.charCodeAt(i) === 0x2d) { plain = false; i++; }
+    let c = i < n ? text.charCodeAt(i) : -1;
+    let value = 0;
+    let digits = 0;
+    if (c === 0x30) {
+      i++;
+      digits = 1;
+      c = i < n ? text.charCodeAt(i) : -1;
+      if (c >= 0x30 && c <= 0x39) fail("invalid number (leading zero)", start);
+    } else if (c >= 0x31 && c <= 0x39) {
+      while (c >= 0x30 && c <= 0x39) {
+        value = value * 10 + (c - 0x30);
+        digits++;
+        i++;
+        c = i < n ? text.charCodeAt(i) : -1;
+      }
+    } else {
+      fail("invalid number", start);
+    }
+    if (c === 0x2e) {
+      plain = false;
+      i++;
+      c = i < n ? text.charCodeAt(i) : -1;
+      if (!(c >= 0x30 && c <= 0x39)) fail("invalid number (no digit after the decimal point)", start);
+      while (c >= 0x30 && c <= 0x39) { i++; c = i < n ? text.charCodeAt(i) : -1; }
+    }
+    if (c === 0x65 || c === 0x45) {
+      plain = false;
+      i++;
+      c = i < n ? text.charCodeAt(i) : -1;
+      if (c === 0x2b || c === 0x2d) { i++; c = i < n ? text.charCodeAt(i) : -1; }
+      if (!(c >= 0x30 && c <= 0x39)) fail("invalid number (no digit in the exponent)", start);
+      while (c >= 0x30 && c <= 0x39) { i++; c = i < n ? text.charCodeAt(i) : -1; }
+    }
+    if (plain && digits <= 15) return value; // < 10^15: exact
+    const raw = text.slice(start, i);
+    const approx = Number(raw);
+    if (!Number.isFinite(approx)) fail(`number out of range (${raw.length > 24 ? `${raw.slice(0, 21)}...` : raw} overflows f64)`, start);
+    if (!plain) return new JsonNumber(raw, false);
+    if (approx <= Number.MAX_SAFE_INTEGER) return approx; // integers up to 2^53 are exact, so this is too
+    return new JsonNumber(raw, BigInt(raw) <= U64_MAX);
+  };
+
+  const skipWs = (): void => { while (i < n && isJsonWs(text.charCodeAt(i))) i++; };
+
+  /** A member name and its colon, at text[i] (after whitespace); leaves i at the value. */
+  const readKey = (obj: JsonObject): void => {
+    if (text.charCodeAt(i) !== 0x22) fail(i >= n ? "unexpected end of header, expected a member name" : "expected a member name in double quotes");
+    obj.members.push(readString());
+    skipWs();
+    if (text.charCodeAt(i) !== 0x3a) fail(i >= n ? "unexpected end of header, expected ':'" : "expected ':'");
+    i++;
+    skipWs();
+  };
+
+  const stack: (JsonValue[] | JsonObject)[] = [];
+  let root: JsonValue = null;
+  skipWs();
+  for (;;) {
+    // A value starts at text[i].
+    if (i >= n) fail("unexpected end of header, expected a value");
+    const c = text.charCodeAt(i);
+    let value: JsonValue;
+    let opened = false;
+    if (c === 0x7b || c === 0x5b) {
+      if (stack.length >= MAX_JSON_DEPTH) {
+        fail(`arrays/objects nested deeper than ${MAX_JSON_DEPTH} levels (serde_json's recursion limit)`);
+      }
+      value = c === 0x7b ? new JsonObject() : [];
+      opened = true;
+      i++;
+    } else if (c === 0x22) {
+      value = readString();
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      value = readNumber();
+    } else if (c === 0x74 && text.startsWith("true", i)) {
+      value = true; i += 4;
+    } else if (c === 0x66 && text.startsWith("false", i)) {
+      value = false; i += 5;
+    } else if (c === 0x6e && text.startsWith("null", i)) {
+      value = null; i += 4;
+    } else {
+      value = fail("expected a value");
+    }
+    const parent = stack[stack.length - 1];
+    if (parent === undefined) root = value;
+    else if (parent instanceof JsonObject) parent.members.push(value);
+    else parent.push(value);
+    skipWs();
+    if (opened) {
+      const container = value as JsonValue[] | JsonObject;
+      stack.push(container);
+      const isObject = container instanceof JsonObject;
+      if (text.charCodeAt(i) !== (isObject ? 0x7d : 0x5d)) {
+        if (isObject) readKey(container);
+        continue;
+      }
+      i++;
+      stack.pop();
+      skipWs();
+    }
+    // After a complete value: close containers until one has a next element.
+    for (;;) {
+      const top = stack[stack.length - 1];
+      if (top === undefined) {
+        if (i < n) fail("trailing characters after the JSON value");
+        return root;
+      }
+      const isObject = top instanceof JsonObject;
+      const d = text.charCodeAt(i);
+      if (d === 0x2c) {
+        i++;
+        skipWs();
+        if (isObject) readKey(top);
+        break;
+      }
+      if (d !== (isObject ? 0x7d : 0x5d)) {
+        fail(i >= n ? "unexpected end of header" : isObject ? "expected ',' or '}'" : "expected ',' or ']'");
+      }
+      i++;
+      stack.pop();
+      skipWs();
+    }
+  }
+}
+
+/** Compact JSON-like text of a header value (numbers as written), cut at about 80 characters. */
+function show(v: JsonValue): string {
+  const out: string[] = [];
+  let len = 0;
+  const put = (s: string): void => { out.push(s); len += s.length; };
+  const walk = (x: JsonValue): void => {
+    if (len > 80) return;
+    if (x instanceof JsonNumber) put(x.raw);
+    else if (x instanceof JsonObject) {
+      put("{");
+      for (let k = 0; k < x.members.length && len <= 80; k += 2) {
+        put(`${k ? "," : ""}${JSON.stringify(x.members[k])}:`);
+        walk(x.members[k + 1]!);
+      }
+      put("}");
+    } else if (Array.isArray(x)) {
+      put("[");
+      x.forEach((e, i) => { if (len > 80) return; if (i) put(","); walk(e); });
+      put("]");
+    } else put(JSON.stringify(x));
+  };
+  walk(v);
+  const s = out.join("");
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+/** Byte offset in the UTF-8 header of character index `at` of its decoded text. */
+const byteOffset = (text: string, at: number): number => new TextEncoder().encode(text.slice(0, at)).length;
+
+// ---------------------------------------------------------------------------------------------
+// Header validation.
+
+/**
+ * Validate a header (the N bytes after the length) as the reference reader does (see the top of
+ * this file). With `dataLength` (file size − 8 − N), also check that the tensors cover the byte
+ * buffer exactly.
  */
 export function parseSafetensorsHeader(path: string, header: Uint8Array, dataLength?: number): ParsedHeader {
   const fail = (problem: string): never => { throw new SafetensorsError(path, problem); };
@@ -63,64 +378,53 @@ export function parseSafetensorsHeader(path: string, header: Uint8Array, dataLen
   } catch {
     return fail("header is not valid UTF-8");
   }
-  if (!text.startsWith("{")) fail(`header does not start with '{' (starts with ${describe(text.slice(0, 16))})`);
-  let json: unknown;
+  let json: JsonValue;
   try {
-    json = JSON.parse(text);
+    json = readJson(text);
   } catch (e) {
-    return fail(`header is not valid JSON: ${(e as Error).message}`);
+    if (!(e instanceof JsonSyntaxError)) throw e;
+    return fail(`header is not valid JSON: ${e.message} at header byte ${byteOffset(text, e.at)}`);
   }
-  if (!isPlainObject(json)) return fail("header is not a JSON object");
-  const dup = findDuplicateKey(text);
-  if (dup) {
-    if (dup.path.length === 0) fail(`duplicate tensor name ${describe(dup.key)} in header`);
-    else if (dup.path[0] === "__metadata__" && dup.path.length === 1) fail(`duplicate key ${describe(dup.key)} in __metadata__`);
-    else fail(`duplicate key ${describe(dup.key)} in header entry ${describe(dup.path[0])}`);
-  }
+  if (!(json instanceof JsonObject)) return fail(`header is not a JSON object (got ${show(json)})`);
 
   let metadata: Record<string, string> | null = null;
-  const entries: { name: string; info: TensorInfo }[] = [];
-  for (const name of Object.keys(json)) {
-    const value = json[name];
+  let sawMetadata = false;
+  const entries: { name: string; info: TensorInfo<SafetensorsDType> }[] = [];
+  const names = new Set<string>();
+  const members = json.members;
+  let sorted = true;
+  for (let k = 0; k < members.length; k += 2) {
+    const name = members[k] as string;
+    const value = members[k + 1]!;
     if (name === "__metadata__") {
-      if (!isPlainObject(value)) fail(`__metadata__ is not an object of string → string (got ${describe(value)})`);
-      const m = value as Record<string, unknown>;
-      for (const k of Object.keys(m)) {
-        if (typeof m[k] !== "string") fail(`__metadata__ value of ${describe(k)} is not a string (got ${describe(m[k])})`);
-      }
-      metadata = m as Record<string, string>;
+      if (sawMetadata) fail("__metadata__ appears twice in the header");
+      sawMetadata = true;
+      metadata = readMetadata(value, fail);
       continue;
     }
-    const where = `tensor ${describe(name)}`;
-    if (!isPlainObject(value)) fail(`${where}: header entry is not an object (got ${describe(value)})`);
-    const entry = value as Record<string, unknown>;
-    for (const field of ["dtype", "shape", "data_offsets"]) {
-      if (!Object.hasOwn(entry, field)) fail(`${where}: missing field "${field}"`);
-    }
-    const { dtype, shape, data_offsets: offsets } = entry;
-    if (!isDType(dtype)) fail(`${where}: unknown dtype ${describe(dtype)}`);
-    if (!Array.isArray(shape) || !shape.every(isIndex)) fail(`${where}: shape must be an array of non-negative integers (got ${describe(shape)})`);
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !isIndex(offsets[0]) || !isIndex(offsets[1]) || offsets[0] > offsets[1]) {
-      fail(`${where}: data_offsets must be [begin, end] non-negative integers with begin <= end (got ${describe(offsets)})`);
-    }
-    const dims = shape as number[];
-    const [begin, end] = offsets as [number, number];
-    let bytes = DTYPE_SIZES[dtype as DType];
-    for (const d of dims) bytes *= d;
-    if (!Number.isSafeInteger(bytes)) fail(`${where}: shape ${describe(dims)} × ${dtype} size overflows`);
-    if (end - begin !== bytes) {
-      fail(`${where}: data_offsets [${begin}, ${end}] span ${end - begin} bytes but shape ${describe(dims)} of ${dtype} needs ${bytes}`);
-    }
-    entries.push({ name, info: { dtype: dtype as DType, shape: [...dims], dataOffsets: [begin, end] } });
+    const info = readTensorInfo(name, value, fail);
+    if (names.has(name)) fail(`duplicate tensor name ${describe(name)} in header`);
+    names.add(name);
+    if (name.includes("\0")) fail(`tensor name ${describe(name)} contains a NUL character`);
+    const last = entries[entries.length - 1];
+    if (last && compareOffsets(last.info, info) > 0) sorted = false;
+    entries.push({ name, info });
   }
 
   // Sorted by offsets, the tensors must tile [0, end) with no gap or overlap.
-  entries.sort((a, b) => a.info.dataOffsets[0] - b.info.dataOffsets[0] || a.info.dataOffsets[1] - b.info.dataOffsets[1]);
+  if (!sorted) entries.sort((a, b) => compareOffsets(a.info, b.info));
   let at = 0;
   let prev: string | null = null;
-  for (const { name, info: { dataOffsets: [begin, end] } } of entries) {
-    if (begin < at) fail(`tensor ${describe(name)}: data_offsets [${begin}, ${end}] overlap tensor ${describe(prev)} (which ends at ${at})`);
-    if (begin > at) fail(`tensor ${describe(name)}: data_offsets [${begin}, ${end}] leave a hole of ${begin - at} bytes after ${prev === null ? "the header" : `tensor ${describe(prev)}`} (expected begin ${at})`);
+  for (const { name, info: { dtype, shape, dataOffsets: [begin, end] } } of entries) {
+    const where = (): string => `tensor ${describe(name)}`;
+    if (begin < at) fail(`${where()}: data_offsets [${begin}, ${end}] overlap tensor ${describe(prev)} (which ends at ${at})`);
+    if (begin > at) fail(`${where()}: data_offsets [${begin}, ${end}] leave a hole of ${begin - at} bytes after ${prev === null ? "the header" : `tensor ${describe(prev)}`} (expected begin ${at})`);
+    const bytes = byteLength(dtype, shape);
+    if (end - begin !== bytes) {
+      if (bytes === "overflow") fail(`${where()}: shape ${describe(shape)} × ${dtype} size overflows 64 bits`);
+      if (bytes === "misaligned") fail(`${where()}: shape ${describe(shape)} of ${dtype} (${SAFETENSORS_DTYPE_BITS[dtype]} bits each) is not a whole number of bytes`);
+      fail(`${where()}: data_offsets [${begin}, ${end}] span ${end - begin} bytes but shape ${describe(shape)} of ${dtype} needs ${bytes}`);
+    }
     at = end;
     prev = name;
   }
@@ -129,6 +433,120 @@ export function parseSafetensorsHeader(path: string, header: Uint8Array, dataLen
       (dataLength > at ? " (bytes not covered by any tensor)" : " (file truncated)"));
   }
   return { tensors: new Map(entries.map((e) => [e.name, e.info])), metadata, dataLength: at };
+}
+
+const compareOffsets = (a: TensorInfo<SafetensorsDType>, b: TensorInfo<SafetensorsDType>): number =>
+  a.dataOffsets[0] - b.dataOffsets[0] || a.dataOffsets[1] - b.dataOffsets[1];
+
+type Fail = (problem: string) => never;
+
+/** `__metadata__`: null, or an object of string values. */
+function readMetadata(value: JsonValue, fail: Fail): Record<string, string> | null {
+  if (value === null) return null;
+  if (!(value instanceof JsonObject)) return fail(`__metadata__ is not an object of string → string (got ${show(value)})`);
+  const m: Record<string, string> = {};
+  const members = value.members;
+  for (let k = 0; k < members.length; k += 2) {
+    const key = members[k] as string;
+    const v = members[k + 1]!;
+    if (typeof v !== "string") return fail(`__metadata__ value of ${describe(key)} is not a string (got ${show(v)})`);
+    if (Object.hasOwn(m, key)) fail(`duplicate key ${describe(key)} in __metadata__`);
+    if (key.includes("\0")) fail(`__metadata__ key ${describe(key)} contains a NUL character`);
+    if (v.includes("\0")) fail(`__metadata__ value of ${describe(key)} contains a NUL character`);
+    Object.defineProperty(m, key, { value: v, enumerable: true, writable: true, configurable: true });
+  }
+  return m;
+}
+
+/**
+ * A usize of serde's, as the JSON reader left it: a JS number is a plain unsigned integer ≤ 2^53 − 1;
+ * a `JsonNumber` with `u64` is one up to 2^64 − 1 (stricter: refused); anything else is not a usize.
+ */
+function index(v: JsonValue, name: string, problem: () => string, fail: Fail): number {
+  if (typeof v === "number") return v;
+  if (v instanceof JsonNumber && v.u64) {
+    fail(`tensor ${describe(name)}: ${v.raw} is above 2^53 − 1, the largest integer this reader represents exactly (the reference allows up to 2^64 − 1)`);
+  }
+  return fail(`tensor ${describe(name)}: ${problem()}`);
+}
+
+/** One tensor entry: serde's map form `{dtype, shape, data_offsets, ...ignored}` or its sequence form. */
+function readTensorInfo(name: string, value: JsonValue, fail: Fail): TensorInfo<SafetensorsDType> {
+  const bad = (problem: string): never => fail(`tensor ${describe(name)}: ${problem}`);
+  let dtype: JsonValue | undefined;
+  let shape: JsonValue | undefined;
+  let offsets: JsonValue | undefined;
+  if (value instanceof JsonObject) {
+    const members = value.members;
+    for (let k = 0; k < members.length; k += 2) {
+      const key = members[k];
+      const v = members[k + 1]!;
+      if (key === "dtype") {
+        if (dtype !== undefined) bad('duplicate field "dtype"');
+        dtype = v;
+      } else if (key === "shape") {
+        if (shape !== undefined) bad('duplicate field "shape"');
+        shape = v;
+      } else if (key === "data_offsets") {
+        if (offsets !== undefined) bad('duplicate field "data_offsets"');
+        offsets = v;
+      } // serde ignores any other member, whatever it holds
+    }
+    if (dtype === undefined) bad('missing field "dtype"');
+    if (shape === undefined) bad('missing field "shape"');
+    if (offsets === undefined) bad('missing field "data_offsets"');
+  } else if (Array.isArray(value)) {
+    if (value.length !== 3) bad(`header entry is an array of ${value.length} elements, not [dtype, shape, data_offsets]`);
+    [dtype, shape, offsets] = value;
+  } else {
+    bad(`header entry is not an object (got ${show(value)})`);
+  }
+
+  let dt = dtype!;
+  // serde's externally tagged form of a unit variant: {"F32": null}.
+  if (dt instanceof JsonObject && dt.members.length === 2 && dt.members[1] === null) dt = dt.members[0]!;
+  if (!isSafetensorsDType(dt)) bad(`unknown dtype ${show(dtype!)}`);
+
+  if (!Array.isArray(shape)) return bad(`shape must be an array of non-negative integers (got ${show(shape!)})`);
+  const shapeProblem = (): string => `shape must be an array of non-negative integers (got ${show(shape!)})`;
+  for (let k = 0; k < shape.length; k++) {
+    const d = shape[k];
+    if (typeof d !== "number") index(d!, name, shapeProblem, fail);
+  }
+  const offsetsProblem = (): string => `data_offsets must be [begin, end] non-negative integers with begin <= end (got ${show(offsets!)})`;
+  if (!Array.isArray(offsets) || offsets.length !== 2) return bad(offsetsProblem());
+  const begin = index(offsets[0]!, name, offsetsProblem, fail);
+  const end = index(offsets[1]!, name, offsetsProblem, fail);
+  if (begin > end) bad(offsetsProblem());
+  // Every element of `shape` is a number now, and the array is the reader's own.
+  return { dtype: dt as SafetensorsDType, shape: shape as number[], dataOffsets: [begin, end] };
+}
+
+/**
+ * Bytes of `shape` × `dtype` as the reference computes them: the product of the dimensions taken
+ * left to right in u64 (any intermediate overflow is an error), times the dtype's bits, which must
+ * fit u64 and be a whole number of bytes.
+ */
+function byteLength(dtype: SafetensorsDType, shape: readonly number[]): number | "overflow" | "misaligned" {
+  const bits = SAFETENSORS_DTYPE_BITS[dtype];
+  let count = 1;
+  let k = 0;
+  for (; k < shape.length; k++) {
+    const next = count * shape[k]!;
+    if (next > Number.MAX_SAFE_INTEGER) break;
+    count = next;
+  }
+  if (k === shape.length && bits % 8 === 0) return count * (bits / 8); // may exceed 2^53 only when no offsets can match
+  let big = BigInt(count);
+  for (; k < shape.length; k++) {
+    big *= BigInt(shape[k]!);
+    if (big > U64_MAX) return "overflow";
+  }
+  const totalBits = big * BigInt(bits);
+  if (totalBits > U64_MAX) return "overflow";
+  if (totalBits % 8n !== 0n) return "misaligned";
+  const bytes = totalBits / 8n;
+  return bytes > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER + 1 : Number(bytes);
 }
 
 /**
@@ -209,6 +627,11 @@ function swapBytes(bytes: Uint8Array, size: number): void {
   }
 }
 
+/** Why a dtype has no decoded form. */
+const undecodable = (dtype: unknown): string => isSafetensorsDType(dtype)
+  ? `cannot decode a ${dtype} tensor: only ${Object.keys(DTYPE_SIZES).join(", ")} have an in-memory form (read its bytes with readRaw)`
+  : `unknown dtype ${describe(dtype)}`;
+
 type ArrayCtor = new (buffer: ArrayBufferLike, byteOffset: number, length: number) => TypedArray;
 const VIEW_OF: Record<Exclude<DType, "F16" | "BF16">, ArrayCtor> = {
   F64: Float64Array, F32: Float32Array,
@@ -227,7 +650,7 @@ const byteCount = (dtype: DType, shape: readonly number[]): number => {
  * when its layout allows (no copy); otherwise the values are copied.
  */
 function decode(dtype: DType, shape: readonly number[], bytes: Uint8Array, owned: boolean): Tensor {
-  if (!isDType(dtype)) throw new Error(`unknown dtype ${describe(dtype)}`);
+  if (!isDType(dtype)) throw new Error(undecodable(dtype));
   const size = DTYPE_SIZES[dtype];
   const expected = byteCount(dtype, shape);
   if (bytes.length !== expected) {
@@ -283,16 +706,26 @@ export function encodeTensor(t: Tensor): Uint8Array {
 
 /** An open safetensors file: validated header in memory, tensor data read on demand. */
 export class SafetensorsFile {
+  /**
+   * Every tensor, in data-offset order (the same map as `header`). Typed with `DType` for callers that
+   * decode; a tensor of a dtype outside `DType` (F8_*, F4, F6_*, C64) carries its stored name all the
+   * same: test with `isDType` before decoding, or use `header`.
+   */
+  readonly tensors: ReadonlyMap<string, TensorInfo>;
+
   private constructor(
     readonly path: string,
     private handle: FileHandle | null,
-    readonly tensors: ReadonlyMap<string, TensorInfo>,
+    /** Every tensor, in data-offset order, with its stored dtype (any of the reference's). */
+    readonly header: ReadonlyMap<string, TensorInfo<SafetensorsDType>>,
     readonly metadata: Record<string, string> | null,
     /** Byte position of the buffer: 8 + N. */
     readonly dataStart: number,
     /** Size of the file in bytes. */
     readonly size: number,
-  ) {}
+  ) {
+    this.tensors = header as ReadonlyMap<string, TensorInfo>;
+  }
 
   /** Open and validate; reads only the 8-byte length and the header. */
   static async open(path: string): Promise<SafetensorsFile> {
@@ -343,12 +776,17 @@ export class SafetensorsFile {
     return buf;
   }
 
-  /** Decoded tensor; F16/BF16 values widened to float32 (the tensor keeps its dtype). */
+  /**
+   * Decoded tensor; F16/BF16 values widened to float32 (the tensor keeps its dtype). A dtype without
+   * an in-memory form (see `header`) is an error naming it: read those with `readRaw`.
+   */
   async readTensor(name: string): Promise<Tensor> {
     const { dtype, shape } = this.info(name);
+    if (!isDType(dtype)) throw new SafetensorsError(this.path, `tensor ${describe(name)}: ${undecodable(dtype)}`);
     return decode(dtype, shape, await this.readRaw(name), true);
   }
 
+  /** Read on demand; for a dtype without an in-memory form, `dtype` is its stored name and `read` rejects. */
   lazy(name: string): LazyTensor {
     const { dtype, shape } = this.info(name);
     return { dtype, shape, read: () => this.readTensor(name) };
@@ -368,45 +806,97 @@ export interface TensorEntry {
 
 const isLazy = (t: LazyTensor | Tensor): t is LazyTensor => typeof (t as Partial<LazyTensor>).read === "function";
 
-/** Unicode-safe JSON text of a header whose `__metadata__` (if any) comes first, like the reference writer. */
-function headerJson(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>): { json: string; dataLength: number } {
+/** A lone UTF-16 surrogate: JSON.stringify would write it as an escape the reference refuses. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** Rust's `str` order (UTF-8 bytes = Unicode code points), which differs from `<` on UTF-16 only past U+FFFF. */
+export function compareCodePoints(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    // Surrogates (U+10000 and up) sort after U+E000..U+FFFF in code point order.
+    if (x >= 0xd800 && y >= 0xd800) {
+      x += x < 0xe000 ? 0x2000 : -0x800;
+      y += y < 0xe000 ? 0x2000 : -0x800;
+    }
+    return x - y;
+  }
+  return a.length - b.length;
+}
+
+const DTYPE_RANK = new Map<string, number>(SAFETENSORS_DTYPES.map((d, i) => [d, i]));
+
+/**
+ * The reference writer's layout (`prepare`): by descending position in the `Dtype` enum, which puts
+ * 8-byte dtypes first and so aligns every tensor, then by name.
+ */
+export function referenceOrder<T extends { name: string; tensor: { dtype: string } }>(entries: readonly T[]): T[] {
+  return [...entries].sort((a, b) =>
+    (DTYPE_RANK.get(b.tensor.dtype) ?? -1) - (DTYPE_RANK.get(a.tensor.dtype) ?? -1) || compareCodePoints(a.name, b.name));
+}
+
+/**
+ * JSON text of a header whose `__metadata__` (if any) comes first and whose tensors are in the
+ * reference writer's order (returned as `order`, the order their bytes follow).
+ */
+function headerJson(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>): { json: string; dataLength: number; order: TensorEntry[] } {
   const fail = (problem: string): never => { throw new SafetensorsError(path, problem); };
   const parts: string[] = [];
   if (metadata) {
     const m: string[] = [];
     for (const k of Object.keys(metadata)) {
-      if (typeof metadata[k] !== "string") fail(`__metadata__ value of ${describe(k)} is not a string (got ${describe(metadata[k])})`);
-      m.push(`${JSON.stringify(k)}:${JSON.stringify(metadata[k])}`);
+      const v = metadata[k];
+      if (typeof v !== "string") return fail(`__metadata__ value of ${describe(k)} is not a string (got ${describe(v)})`);
+      if (LONE_SURROGATE.test(k) || LONE_SURROGATE.test(v)) fail(`__metadata__ ${LONE_SURROGATE.test(k) ? "key" : "value of"} ${describe(k)} holds a lone UTF-16 surrogate (not Unicode text)`);
+      if (k.includes("\0") || v.includes("\0")) fail(`__metadata__ ${k.includes("\0") ? "key" : "value of"} ${describe(k)} contains a NUL character`);
+      m.push(`${JSON.stringify(k)}:${JSON.stringify(v)}`);
     }
     parts.push(`"__metadata__":{${m.join(",")}}`);
   }
   const seen = new Set<string>();
-  let offset = 0;
-  for (const { name, tensor } of entries) {
+  const sizes = new Map<TensorEntry, number>();
+  for (const e of entries) {
+    const { name, tensor } = e;
     const where = `tensor ${describe(name)}`;
     if (typeof name !== "string") fail(`tensor name ${describe(name)} is not a string`);
     if (name === "__metadata__") fail(`"__metadata__" is reserved and cannot name a tensor`);
+    if (LONE_SURROGATE.test(name)) fail(`tensor name ${describe(name)} holds a lone UTF-16 surrogate (not Unicode text)`);
+    if (name.includes("\0")) fail(`tensor name ${describe(name)} contains a NUL character`);
     if (seen.has(name)) fail(`duplicate tensor name ${describe(name)}`);
     seen.add(name);
-    if (!isDType(tensor.dtype)) fail(`${where}: unknown dtype ${describe(tensor.dtype)}`);
+    if (!isDType(tensor.dtype)) fail(`${where}: ${undecodable(tensor.dtype)}`);
     if (!Array.isArray(tensor.shape) || !tensor.shape.every(isIndex)) fail(`${where}: shape must be an array of non-negative integers (got ${describe(tensor.shape)})`);
     const bytes = byteCount(tensor.dtype, tensor.shape);
     if (!Number.isSafeInteger(bytes)) fail(`${where}: shape ${describe(tensor.shape)} overflows`);
-    parts.push(`${JSON.stringify(name)}:{"dtype":"${tensor.dtype}","shape":[${tensor.shape.join(",")}],"data_offsets":[${offset},${offset + bytes}]}`);
-    offset += bytes;
+    sizes.set(e, bytes);
   }
-  return { json: `{${parts.join(",")}}`, dataLength: offset };
+  const order = referenceOrder(entries);
+  let offset = 0;
+  for (const e of order) {
+    const { name, tensor } = e;
+    const end = offset + sizes.get(e)!;
+    if (!Number.isSafeInteger(end)) fail(`tensor ${describe(name)}: the tensors add up to more than 2^53 − 1 bytes`);
+    parts.push(`${JSON.stringify(name)}:{"dtype":"${tensor.dtype}","shape":[${tensor.shape.join(",")}],"data_offsets":[${offset},${end}]}`);
+    offset = end;
+  }
+  return { json: `{${parts.join(",")}}`, dataLength: offset, order };
 }
 
-/** Header bytes (8-byte LE length + JSON padded with spaces to a multiple of 8) for these entries. */
-export function encodeSafetensorsHeader(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>): { header: Uint8Array; dataLength: number } {
-  const { json, dataLength } = headerJson(path, entries, metadata);
+/**
+ * Header bytes (8-byte LE length + JSON padded with spaces to a multiple of 8) for these entries,
+ * laid out in the reference writer's order (`order`: the order the tensors' bytes must follow).
+ */
+export function encodeSafetensorsHeader(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>): { header: Uint8Array; dataLength: number; order: TensorEntry[] } {
+  const { json, dataLength, order } = headerJson(path, entries, metadata);
   const body = new TextEncoder().encode(json);
   const padded = body.length + ((8 - (body.length % 8)) % 8);
+  if (padded > MAX_HEADER_SIZE) throw new SafetensorsError(path, `header too large: ${padded} bytes (limit ${MAX_HEADER_SIZE})`);
   const header = new Uint8Array(8 + padded).fill(0x20, 8 + body.length);
   new DataView(header.buffer).setBigUint64(0, BigInt(padded), true);
   header.set(body, 8);
-  return { header, dataLength };
+  return { header, dataLength, order };
 }
 
 /** Small writes are gathered into one buffer; large ones go straight to the file. */
@@ -443,12 +933,13 @@ const sameShape = (a: readonly number[], b: readonly number[]): boolean =>
 
 /**
  * Stream a safetensors file: the header is computed from dtypes and shapes, then each tensor is
- * read (if lazy), encoded, appended and dropped, in entry order, the next one being read while the
- * current one is written (at most two tensors in memory). A failed write removes the partial file.
+ * read (if lazy), encoded, appended and dropped, in the reference writer's order (`referenceOrder`:
+ * dtype alignment, then name), the next one being read while the current one is written (at most
+ * two tensors in memory). A failed write removes the partial file.
  * Returns the number of bytes written.
  */
 export async function writeSafetensors(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>): Promise<number> {
-  const { header, dataLength } = encodeSafetensorsHeader(path, entries, metadata);
+  const { header, dataLength, order } = encodeSafetensorsHeader(path, entries, metadata);
   let fh: FileHandle;
   try {
     fh = await open(path, "w");
@@ -460,15 +951,15 @@ export async function writeSafetensors(path: string, entries: readonly TensorEnt
     await out.write(header);
     // Produce tensor i+1 while tensor i is being written: a computed tensor (growth) overlaps the I/O.
     const produce = (i: number): Promise<Tensor> | null => {
-      const e = entries[i];
+      const e = order[i];
       if (!e) return null;
       const p = isLazy(e.tensor) ? e.tensor.read() : Promise.resolve(e.tensor);
       p.catch(() => undefined); // awaited below; this only keeps an early failure from being "unhandled"
       return p;
     };
     let next = produce(0);
-    for (let i = 0; i < entries.length; i++) {
-      const { name, tensor } = entries[i]!;
+    for (let i = 0; i < order.length; i++) {
+      const { name, tensor } = order[i]!;
       const t = await next!;
       next = produce(i + 1);
       if (t.dtype !== tensor.dtype || !sameShape(t.shape, tensor.shape)) {

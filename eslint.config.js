@@ -13,6 +13,6 @@ export default tseslint.config(
   },
   {
     files: ["**/*.mjs", "**/bench/**"],
-    languageOptions: { globals: { process: "readonly", console: "readonly", performance: "readonly", Buffer: "readonly" } },
+    languageOptions: { globals: { process: "readonly", console: "readonly", performance: "readonly", Buffer: "readonly", URL: "readonly", setTimeout: "readonly", clearTimeout: "readonly" } },
   },
 );

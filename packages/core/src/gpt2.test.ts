@@ -1,5 +1,9 @@
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { gpt2 } from "./gpt2.js";
+import { loadTrainingState } from "./state.js";
 
 const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 11, n_positions: 6 };
 
@@ -58,5 +62,46 @@ describe("gpt2 architecture", () => {
     expect(std(a.get("transformer.h.0.mlp.c_proj.weight")!.f32)).toBeCloseTo(0.02 / Math.sqrt(4), 3);
     expect([...a.get("transformer.h.1.ln_2.weight")!.f32].every((v) => v === 1)).toBe(true);
     expect([...a.get("transformer.h.1.mlp.c_fc.bias")!.f32].every((v) => v === 0)).toBe(true);
+  });
+
+  it("counts parameters arithmetically, as the parameter list does", () => {
+    const listed = (c: Record<string, unknown>) => gpt2.params(c).reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0);
+    for (const c of [tiny, { ...tiny, tie_word_embeddings: false }, { ...tiny, n_inner: 20 }, { model_type: "gpt2" }, { ...tiny, n_layer: 7, n_embd: 12, n_head: 3 }]) {
+      expect(gpt2.parameterCount(c)).toBe(listed(c));
+    }
+    expect(gpt2.parameterCount({ model_type: "gpt2" })).toBe(124439808); // GPT-2 small
+  });
+
+  it("refuses a config above the size limits before building anything per layer", () => {
+    const t0 = performance.now();
+    expect(() => gpt2.parseConfig({ ...tiny, n_embd: 768, n_head: 12, vocab_size: 50257, n_positions: 1024, n_layer: 100_000_000 }, "x/config.json")).toThrow(
+      "x/config.json: n_layer 100000000 gives 7.1e14 parameters (2.8 PB as F32); the limits are n_layer ≤ 10000 and 1e13 parameters");
+    expect(() => gpt2.params({ ...tiny, n_layer: 100_000_000 })).toThrow(/n_layer 100000000 gives/);
+    expect(() => gpt2.init({ ...tiny, n_embd: 2_000_000, n_head: 1 }, 1)).toThrow(
+      "config.json: n_embd 2000000, ffn 8000000 gives 9.6e13 parameters (384 TB as F32); the limits are n_embd ≤ 1048576, ffn ≤ 1048576 and 1e13 parameters");
+    expect(() => gpt2.parseConfig({ ...tiny, n_layer: 1000, n_embd: 30_000, n_head: 1, n_inner: 400_000 })).toThrow(
+      /^config.json: n_layer 1000, n_embd 30000, n_inner 400000, vocab_size 11, n_positions 6 gives 2\.8e13 parameters .*; the limit is 1e13 parameters$/);
+    expect(performance.now() - t0).toBeLessThan(100);
+  });
+
+  it("accepts the largest real shapes: a 405B Llama's sizes as a GPT-2 config", () => {
+    const big = { model_type: "gpt2", n_layer: 126, n_embd: 16384, n_head: 128, n_inner: 53248, vocab_size: 128256, n_positions: 131072 };
+    expect(gpt2.parseConfig(big).shape).toMatchObject({ layers: 126, dModel: 16384, ffn: 53248 });
+    expect(gpt2.parameterCount(big)).toBe(359414259712); // 126 × 2818772992 + (128256 + 131072 + 2) × 16384
+    expect(gpt2.params(big)).toHaveLength(2 + 126 * 12 + 2);
+  });
+
+  it("a checkpoint directory with an absurd config fails in well under a second, naming config.json", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "staged-gpt2-huge-"));
+    try {
+      await mkdir(join(dir, "ck"));
+      await writeFile(join(dir, "ck", "config.json"), JSON.stringify({ model_type: "gpt2", n_layer: 100_000_000 }));
+      await writeFile(join(dir, "ck", "model.safetensors"), new Uint8Array(16));
+      const t0 = performance.now();
+      await expect(loadTrainingState(join(dir, "ck"))).rejects.toThrow(/ck\/config.json: n_layer 100000000 gives 7\.1e14 parameters \(2\.8 PB as F32\)/);
+      expect(performance.now() - t0).toBeLessThan(1000);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,6 +1,7 @@
 import { Rng, deriveSeed } from "./rng.js";
 import { Tensor } from "./tensor.js";
 import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
+import { checkModelSize, type ShapeNames } from "./limits.js";
 import type { ModelShape } from "./types.js";
 
 /** HF GPT2Config defaults (transformers/models/gpt2/configuration_gpt2.py). */
@@ -38,7 +39,19 @@ const positiveInt = (config: Record<string, unknown>, key: string, file: string)
   return v;
 };
 
-function parseConfig(raw: Record<string, unknown>, file = "config.json") {
+/** The config's keys for each shape field, for size messages. */
+const NAMES: ShapeNames = { layers: "n_layer", dModel: "n_embd", heads: "n_head", ffn: "n_inner", vocab: "vocab_size", context: "n_positions" };
+
+/** Distinct trainable values, by arithmetic: the tied output layer once, the causal-mask buffers never. */
+function countParams(s: ModelShape, tied: boolean): number {
+  const d = s.dModel;
+  // ln_1, c_attn, c_proj, ln_2, c_fc, mlp.c_proj: weights and biases.
+  const block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * s.ffn + s.ffn) + (s.ffn * d + d);
+  return (s.vocab + s.context) * d + s.layers * block + 2 * d + (tied ? 0 : s.vocab * d);
+}
+
+/** The config with HF's defaults and its shape, checked field by field but not for size. */
+function readConfig(raw: Record<string, unknown>, file: string) {
   if (raw.model_type !== undefined && raw.model_type !== "gpt2") {
     throw new Error(`${file}: model_type "${String(raw.model_type)}" is not gpt2`);
   }
@@ -55,6 +68,19 @@ function parseConfig(raw: Record<string, unknown>, file = "config.json") {
   if (typeof config.tie_word_embeddings !== "boolean") throw new Error(`${file}: "tie_word_embeddings" must be a boolean`);
   const shape: ModelShape = { layers, dModel, heads, headDim: dModel / heads, ffn, vocab, context };
   return { config, shape };
+}
+
+/** Also checks the size against MODEL_LIMITS, before anything builds a list per layer. */
+function parseConfig(raw: Record<string, unknown>, file = "config.json") {
+  const parsed = readConfig(raw, file);
+  const names = parsed.config.n_inner === null ? { ...NAMES, ffn: "ffn" } : NAMES;
+  checkModelSize(file, parsed.shape, countParams(parsed.shape, parsed.config.tie_word_embeddings !== false), { names });
+  return parsed;
+}
+
+function parameterCount(config: Record<string, unknown>): number {
+  const { config: c, shape } = readConfig(config, "config");
+  return countParams(shape, c.tie_word_embeddings !== false);
 }
 
 function withShape(base: Record<string, unknown>, s: ModelShape): Record<string, unknown> {
@@ -128,6 +154,7 @@ export const gpt2: ArchitecturePlugin = {
   modelTypes: ["gpt2"],
   parseConfig,
   withShape,
+  parameterCount,
   params,
   canonicalName,
   init,

@@ -9,6 +9,7 @@ export * from "./shards.js";
 export * from "./state.js";
 export * from "./stage.js";
 export * from "./files.js";
+export * from "./limits.js";
 export * from "./lock.js";
 export { leftovers, needsRecovery, recoverCheckpoint, type Leftover, type LeftoverKind } from "./recovery.js";
 export { gpt2, gpt2InitConfig, type Gpt2InitOptions } from "./gpt2.js";

@@ -34,8 +34,18 @@ export interface ArchitecturePlugin {
   name: string;
   /** HF `model_type` values this plugin reads. */
   modelTypes: readonly string[];
-  /** Normalize an HF config (filling HF's defaults) and derive the shape; `file` names it in errors. */
+  /**
+   * Normalize an HF config (filling HF's defaults) and derive the shape; `file` names it in errors. Throws for
+   * a model above MODEL_LIMITS (checkModelSize of limits.ts), so nothing after it allocates for an absurd config.
+   */
   parseConfig(config: Record<string, unknown>, file?: string): { config: Record<string, unknown>; shape: ModelShape };
+  /**
+   * Distinct trainable values of a config's model (a tied output layer once, buffers never), computed
+   * arithmetically from the shape, in O(1): size checks call it before anything builds `params`, so a config
+   * claiming 10⁸ layers is refused at once. For another shape, count `withShape(base, shape)`.
+   * `parseConfig` checks this count and the shape against MODEL_LIMITS (limits.ts).
+   */
+  parameterCount(config: Record<string, unknown>): number;
   /** A config with a new shape, keeping every other setting of `base`. */
   withShape(base: Record<string, unknown>, shape: ModelShape): Record<string, unknown>;
   /** Trainable parameters in canonical order. */

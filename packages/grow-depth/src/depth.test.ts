@@ -1,6 +1,9 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { Tensor, initTrainingState, type LazyTensor, type TrainingState } from "@staged/core";
-import { depthLossPreserving, growDepth, layerMap } from "./depth.js";
+import { Tensor, initTrainingState, loadTrainingState, saveTrainingState, type LazyTensor, type TrainingState } from "@staged/core";
+import { depthLossPreserving, growDepth, layerMap, targetLayers } from "./depth.js";
 import { depthGrowth } from "./index.js";
 
 const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
@@ -86,5 +89,40 @@ describe("growDepth", () => {
     expect(growDepth(fresh, { rewarmup: 4 }).schedule).toEqual({ kind: "constant", peakLr: fresh.optimizer.lr, warmupSteps: 0, totalSteps: 1, restarts: [{ step: 0, warmupSteps: 4 }] });
     expect(growDepth(fresh, {}).schedule).toBeNull();
     expect(() => growDepth(stateWithMoments(), { init: "zero" as never })).toThrow(/init must be identity or copy/);
+  });
+
+  it("checks the grown size against the model limits before building the layer map", () => {
+    const s = stateWithMoments();
+    const t0 = performance.now();
+    expect(() => growDepth(s, { layers: 100_000 })).toThrow("depth growth: layers 100000 gives 8.7e7 parameters (349 MB as F32); the limit is layers ≤ 10000");
+    expect(() => growDepth(s, { factor: 50_000_000 })).toThrow(
+      "depth growth: factor 50000000 gives layers 100000000 and 8.7e10 parameters (349 GB as F32); the limit is layers ≤ 10000");
+    expect(performance.now() - t0).toBeLessThan(100);
+    expect(targetLayers(2, { factor: 3 })).toBe(6);
+    expect(targetLayers(2, { layerMap: [0, 1, 1] })).toBe(3);
+  });
+
+  it("grows to the layer limit in linear time", () => {
+    const t0 = performance.now();
+    const g = growDepth(stateWithMoments(), { layers: 10_000 });
+    expect(g.shape.layers).toBe(10_000);
+    expect(g.params.size).toBe(2 + 10_000 * 12 + 2);
+    expect(performance.now() - t0).toBeLessThan(5000);
+  });
+
+  it("returns a state without the loaded input's source directory and close", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "staged-depth-"));
+    try {
+      await saveTrainingState(join(dir, "small"), stateWithMoments());
+      const loaded = await loadTrainingState(join(dir, "small"));
+      const g = growDepth(loaded, { layers: 3 });
+      expect(loaded.source).toBeTruthy();
+      expect("source" in g).toBe(false);
+      expect("close" in g).toBe(false);
+      expect((await g.params.get("transformer.h.2.ln_1.weight")!.read()).shape).toEqual([8]);
+      await loaded.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

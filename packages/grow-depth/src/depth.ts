@@ -1,5 +1,5 @@
 import {
-  Tensor, checkStageOptions, createDefaultRegistry, derived, grownState,
+  Tensor, checkModelSize, checkStageOptions, createDefaultRegistry, derived, grownState,
   type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
 } from "@staged/core";
 
@@ -23,28 +23,35 @@ export interface DepthOptions extends StageOptions {
   registry?: Registry;
 }
 
-/** The layer map: which source layer each of the grown model's layers comes from. */
-export function layerMap(sourceLayers: number, o: Pick<DepthOptions, "factor" | "layers" | "layerMap" | "placement">): number[] {
+/** The grown model's layer count, from the options (checked as {@link layerMap} does, without building the map). */
+export function targetLayers(sourceLayers: number, o: Pick<DepthOptions, "factor" | "layers" | "layerMap">): number {
   const L = sourceLayers;
   const given = [o.factor, o.layers, o.layerMap].filter((v) => v !== undefined).length;
   if (given > 1) throw new Error("give only one of factor, layers and layerMap");
+  if (o.layerMap) return o.layerMap.length;
+  if (o.layers !== undefined) {
+    const N = o.layers;
+    if (!Number.isInteger(N) || N <= L) throw new Error(`layers must be an integer above the current ${L}, got ${N}`);
+    return N;
+  }
+  const k = o.factor ?? 2;
+  if (!Number.isInteger(k) || k < 2) throw new Error(`factor must be an integer ≥ 2, got ${k}`);
+  return k * L;
+}
+
+/** The layer map: which source layer each of the grown model's layers comes from. */
+export function layerMap(sourceLayers: number, o: Pick<DepthOptions, "factor" | "layers" | "layerMap" | "placement">): number[] {
+  const L = sourceLayers;
+  const N = targetLayers(L, o);
   if (o.layerMap) {
     const map = o.layerMap;
     for (const i of map) {
       if (!Number.isInteger(i) || i < 0 || i >= L) throw new Error(`layer map names layer ${i}, but the model has layers 0..${L - 1}`);
     }
-    for (let i = 0; i < L; i++) if (!map.includes(i)) throw new Error(`layer map omits layer ${i}: depth growth never removes layers`);
+    const named = new Set(map);
+    for (let i = 0; i < L; i++) if (!named.has(i)) throw new Error(`layer map omits layer ${i}: depth growth never removes layers`);
     if (map.length <= L) throw new Error(`layer map has ${map.length} layers: growth needs more than ${L}`);
     return [...map];
-  }
-  let N: number;
-  if (o.layers !== undefined) {
-    N = o.layers;
-    if (!Number.isInteger(N) || N <= L) throw new Error(`layers must be an integer above the current ${L}, got ${N}`);
-  } else {
-    const k = o.factor ?? 2;
-    if (!Number.isInteger(k) || k < 2) throw new Error(`factor must be an integer ≥ 2, got ${k}`);
-    N = k * L;
   }
   const placement = o.placement ?? "alternate";
   if (placement === "alternate") return Array.from({ length: N }, (_, n) => Math.floor((n * L) / N));
@@ -52,10 +59,17 @@ export function layerMap(sourceLayers: number, o: Pick<DepthOptions, "factor" | 
   throw new Error(`placement must be alternate or append, got ${placement}`);
 }
 
+/** For each position of a layer map, whether it is a later occurrence of its source layer (a new layer). */
+const newLayers = (map: readonly number[]): boolean[] => {
+  const seen = new Set<number>();
+  return map.map((l) => seen.has(l) || (seen.add(l), false));
+};
+
 /** Identity init is exact when the original layers keep their order; copy init never is. */
 export function depthLossPreserving(map: readonly number[], init: DepthInit): boolean {
   if (init !== "identity") return false;
-  const firsts = map.filter((l, n) => map.indexOf(l) === n);
+  const isNew = newLayers(map);
+  const firsts = map.filter((_, n) => !isNew[n]);
   return firsts.every((l, i) => l === i);
 }
 
@@ -78,13 +92,26 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
   if (init !== "identity" && init !== "copy") throw new Error(`init must be identity or copy, got ${init}`);
   if (moments !== "copy" && moments !== "reset") throw new Error(`moments must be copy or reset, got ${moments}`);
   checkStageOptions(options, state);
+  const arch = (options.registry ?? createDefaultRegistry()).get("architecture", state.architecture);
+  // The size is checked before the layer map or any list of the grown parameters is built.
+  const shape = { ...state.shape, layers: targetLayers(state.shape.layers, options) };
+  const config = arch.withShape(state.config, shape);
+  const cause = options.layers !== undefined ? undefined : options.layerMap ? `a layer map of ${options.layerMap.length} layers` : `factor ${options.factor ?? 2}`;
+  checkModelSize("depth growth", shape, arch.parameterCount(config), { ...(cause ? { cause } : {}) });
   const map = layerMap(state.shape.layers, options);
 
-  const arch = (options.registry ?? createDefaultRegistry()).get("architecture", state.architecture);
-  const shape = { ...state.shape, layers: map.length };
-  const config = arch.withShape(state.config, shape);
   const sourceSpecs = arch.params(state.config);
-  const byLayer = (specs: ParamSpec[], layer: number | null) => specs.filter((p) => p.layer === layer);
+  const grouped = (specs: ParamSpec[]): Map<number | null, ParamSpec[]> => {
+    const m = new Map<number | null, ParamSpec[]>();
+    for (const p of specs) {
+      const list = m.get(p.layer);
+      if (list) list.push(p);
+      else m.set(p.layer, [p]);
+    }
+    return m;
+  };
+  const sourceByLayer = grouped(sourceSpecs);
+  const byLayer = (specs: Map<number | null, ParamSpec[]>, layer: number | null): ParamSpec[] => specs.get(layer) ?? [];
   const { expAvg, expAvgSq } = state.optimizer;
   const hasMoments = expAvg !== undefined && expAvgSq !== undefined;
   const noDecay = new Set(state.optimizer.noDecay);
@@ -93,7 +120,8 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
   const avg = new Map<string, LazyTensor>();
   const avgSq = new Map<string, LazyTensor>();
   const newNoDecay: string[] = [];
-  const targetSpecs = arch.params(config);
+  const targetByLayer = grouped(arch.params(config));
+  const sourceByName = new Map(sourceSpecs.map((p) => [p.name, p]));
   const place = (target: ParamSpec, source: ParamSpec, zeroed: boolean, isNew: boolean): void => {
     const get = (m: Map<string, LazyTensor> | undefined, what: string): LazyTensor => {
       const t = m?.get(source.name);
@@ -109,25 +137,35 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
     avg.set(target.name, zeroMoments ? zerosLike(m1, target.shape) : m1);
     avgSq.set(target.name, zeroMoments ? zerosLike(m2, target.shape) : m2);
   };
-  for (const target of byLayer(targetSpecs, null)) {
-    const source = sourceSpecs.find((p) => p.name === target.name);
+  for (const target of byLayer(targetByLayer, null)) {
+    const source = sourceByName.get(target.name);
     if (!source) throw new Error(`depth growth: no source for ${target.name}`);
     place(target, source, false, false);
   }
+  const isNewLayer = newLayers(map);
   map.forEach((src, n) => {
-    const isNew = map.indexOf(src) !== n;
-    const sources = byLayer(sourceSpecs, src);
-    byLayer(targetSpecs, n).forEach((target, i) => {
-      const source = sources[i]!;
-      if (source.role !== target.role) throw new Error(`depth growth: layer ${n} parameter ${i} is ${target.role}, source is ${source.role}`);
+    const isNew = isNewLayer[n]!;
+    const sources = byLayer(sourceByLayer, src);
+    byLayer(targetByLayer, n).forEach((target, i) => {
+      const source = sources[i];
+      if (source?.role !== target.role) throw new Error(`depth growth: layer ${n} parameter ${i} is ${target.role}, source is ${source?.role ?? "missing"}`);
       place(target, source, isNew && init === "identity" && RESIDUAL_OUTPUTS.has(target.role), isNew);
     });
   });
-  return grownState(state, {
+  return detached(grownState(state, {
     operator: "depth",
     options: { layerMap: map, init, moments },
     config, shape, params,
     ...(hasMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
     resetMoments: !hasMoments, stage: options, noDecay: newNoDecay,
-  });
+  }));
+}
+
+/**
+ * The grown state without the `source` directory and `close` of a loaded input: a derived state belongs to
+ * no directory, so nothing (a trainer saving "where the state came from") can overwrite its input with it.
+ */
+function detached(state: TrainingState): TrainingState {
+  const { source: _source, close: _close, ...plain } = state as TrainingState & { source?: unknown; close?: unknown };
+  return plain;
 }

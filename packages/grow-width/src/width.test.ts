@@ -1,5 +1,10 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { Tensor, blockDiagonal, initTrainingState, type LazyTensor, type TrainingState } from "@staged/core";
+import {
+  Tensor, blockDiagonal, initTrainingState, loadTrainingState, saveTrainingState, type LazyTensor, type TrainingState,
+} from "@staged/core";
 import { growWidth } from "./width.js";
 
 const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
@@ -150,5 +155,32 @@ describe("growWidth", () => {
     expect(reads).toBe(0);
     await g.params.get("transformer.h.0.ln_1.weight")!.read();
     expect(reads).toBe(1);
+  });
+
+  it("checks the grown size against the model limits before building anything", () => {
+    const s = stateWithMoments();
+    const t0 = performance.now();
+    expect(() => growWidth(s, { factor: 1_000_000 })).toThrow(
+      "width growth: factor 1000000 gives d_model 8000000, heads 2000000, ffn 32000000 and 1.5e15 parameters (6.1 PB as F32); " +
+      "the limits are d_model ≤ 1048576, heads ≤ 1048576, ffn ≤ 1048576 and 1e13 parameters");
+    expect(() => growWidth(s, { factor: 2, ffnFactor: 100_000 })).toThrow(/^width growth: factor 2, ffnFactor 100000 gives ffn 6400000 and .*; the limit is ffn ≤ 1048576$/);
+    expect(performance.now() - t0).toBeLessThan(100);
+  });
+
+  it("returns a state without the loaded input's source directory and close", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "staged-width-"));
+    try {
+      await saveTrainingState(join(dir, "small"), stateWithMoments());
+      const loaded = await loadTrainingState(join(dir, "small"));
+      const g = growWidth(loaded, { factor: 2 });
+      expect(loaded.source).toBeTruthy();
+      expect("source" in g).toBe(false);
+      expect("close" in g).toBe(false);
+      // Its tensors still read from the input until the input is closed.
+      expect((await g.params.get("transformer.wte.weight")!.read()).shape).toEqual([16, 16]);
+      await loaded.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

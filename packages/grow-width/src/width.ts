@@ -1,5 +1,5 @@
 import {
-  Rng, Tensor, checkStageOptions, concat, createDefaultRegistry, deriveSeed, derived, grownState,
+  Rng, Tensor, checkModelSize, checkStageOptions, concat, createDefaultRegistry, deriveSeed, derived, grownState,
   type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
 } from "@staged/core";
 
@@ -193,6 +193,8 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
   const s = state.shape;
   const shape = { ...s, dModel: k * s.dModel, heads: k * s.heads, ffn: k * m * s.ffn };
   const config = arch.withShape(state.config, shape);
+  // The size is checked before any list of the grown parameters is built.
+  checkModelSize("width growth", shape, arch.parameterCount(config), { cause: `factor ${k}${m > 1 ? `, ffnFactor ${m}` : ""}` });
   const newSpecs = new Map(arch.params(config).map((p) => [p.name, p]));
   const { expAvg, expAvgSq } = state.optimizer;
   const keepMoments = moments !== "reset" && expAvg !== undefined && expAvgSq !== undefined;
@@ -221,11 +223,20 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
     avg.set(spec.name, derived(m1.dtype, target.shape, async () => growMoment(await m1.read(), 1)));
     avgSq.set(spec.name, derived(m2.dtype, target.shape, async () => growMoment(await m2.read(), 2)));
   }
-  return grownState(state, {
+  return detached(grownState(state, {
     operator: "width",
     options: { factor: k, ffnFactor: m, moments, symmetry, ...(symmetry === "noise" || symmetry === "antithetic" ? { noiseStd } : {}), seed },
     config, shape, params,
     ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
     resetMoments: !keepMoments, stage: options, defaultLrScale: 1 / k,
-  });
+  }));
+}
+
+/**
+ * The grown state without the `source` directory and `close` of a loaded input: a derived state belongs to
+ * no directory, so nothing (a trainer saving "where the state came from") can overwrite its input with it.
+ */
+function detached(state: TrainingState): TrainingState {
+  const { source: _source, close: _close, ...plain } = state as TrainingState & { source?: unknown; close?: unknown };
+  return plain;
 }

@@ -32,6 +32,13 @@ describe("staged grow", () => {
     expect(json("grow", "width", at("f32"), at("noisy"), "--symmetry", "noise", "--noise-std", "0.01").lossPreserving).toBe(false);
   });
 
+  it("a small growth says nothing on stderr: only writes above a gigabyte are announced", () => {
+    const r = staged("--json", "grow", "depth", at("f32"), at("quiet"));
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ after: { layers: 4 }, bytes: expect.any(Number) });
+    expect(r.stderr).toBe("");
+  });
+
   it("depth --json, then inspect shows both stages", () => {
     const r = json("grow", "depth", at("w2"), at("w2d"), "--layer-map", "0,0,1,1,1");
     expect(r).toMatchObject({ after: { layers: 5 }, lossPreserving: true, options: { layerMap: [0, 0, 1, 1, 1], init: "identity" } });
@@ -79,12 +86,21 @@ describe("staged grow", () => {
       ["an output inside the input", ["width", "f32", "f32/sub"], /inside the input/],
       ["an existing output", ["width", "f32", "w2"], /already exists/],
       ["an unknown symmetry", ["width", "f32", "bad", "--symmetry", "magic"], /argument 'magic' is invalid/],
+      ["an output containing the input", ["width", "f32", "."], /the output contains the input checkpoint/],
+      ["a depth above the layer limit (it ran for minutes before)", ["depth", "f32", "bad", "--layers", "100000"],
+        /^staged: depth growth: layers 100000 gives 8\.7e7 parameters \(349 MB as F32\); the limit is layers ≤ 10000\n$/],
+      ["a width factor above the size limits", ["width", "f32", "bad", "--factor", "1000000"],
+        /^staged: width growth: factor 1000000 gives d_model 8000000, heads 2000000, ffn 32000000 and 1\.5e15 parameters \(6\.1 PB as F32\); the limits are/],
+      ["a grown tensor larger than one array holds", ["width", "f32", "bad", "--factor", "8192"],
+        /^staged: width growth: tensor transformer\.h\.0\.attn\.c_attn\.weight \[65536, 196608\] has 1\.3e10 values; one array holds at most 4294967295\n$/],
     ];
     for (const [label, args, message] of cases) {
       it(label, async () => {
         const paths = args.map((a, i) => (i > 0 && i < 3 ? at(a) : a));
         const before = await fingerprint(at("f32"));
+        const t0 = performance.now();
         const r = staged("grow", ...paths);
+        expect(performance.now() - t0).toBeLessThan(5000);
         expect(r.status).toBe(1);
         expect(r.stderr).toMatch(message);
         expect(r.stderr.trim().split("\n")).toHaveLength(1);
@@ -92,6 +108,15 @@ describe("staged grow", () => {
         expect((await readdir(root)).some((f) => f === "bad" || f.startsWith(".bad"))).toBe(false);
       });
     }
+
+    it("a growth whose output exceeds the free disk space, with both sizes", async () => {
+      // 500 layers of d_model 8, × 4000: 6.1e12 parameters, 24.6 TB to write (within the model limits).
+      ok("init", at("deep"), "--layers", "500", "--d-model", "8", "--heads", "2");
+      const r = staged("grow", "width", at("deep"), at("bad"), "--factor", "4000");
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`^staged: ${at("bad")}: writing 24\\.6 TB \\(6\\.1e12 parameters\\) needs more than the .* free on the filesystem of ${root}\n$`));
+      expect((await readdir(root)).some((f) => f === "bad" || f.startsWith(".bad"))).toBe(false);
+    });
 
     it("--force replaces an existing output but never the input, even through a symlink", async () => {
       expect(json("grow", "width", at("f32"), at("w2"), "--force", "--moments", "reset").after).toMatchObject({ dModel: 16 });

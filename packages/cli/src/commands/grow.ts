@@ -1,6 +1,9 @@
-import { resolve } from "node:path";
+import { isAbsolute, relative, resolve } from "node:path";
 import { Command, Option } from "commander";
-import { canonicalPath, loadTrainingState, parameterCount, saveTrainingState, type GrowthPlugin, type TrainingState } from "@staged/core";
+import {
+  F32_BYTES, canonicalPath, checkDiskSpace, checkMemory, checkTensorSizes, checkpointBytes, formatBytes, formatCount,
+  loadTrainingState, parameterCount, saveTrainingState, writeAnnouncement, type GrowthPlugin, type TrainingState,
+} from "@staged/core";
 import { evaluate } from "@staged/trainer-ort";
 import type { WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
@@ -20,13 +23,25 @@ async function grow<O extends object>(input: string, output: string, operator: s
   const g = cmd.optsWithGlobals<GlobalOptions>();
   await runAction(Boolean(g.debug), async () => {
     const out = createOutput(Boolean(g.json));
-    if ((await canonicalPath(input)) === (await canonicalPath(output))) throw new UsageError(`${output}: the output is the input checkpoint (growth never overwrites its input)`);
+    const from = await canonicalPath(input), to = await canonicalPath(output);
+    if (from === to) throw new UsageError(`${output}: the output is the input checkpoint (growth never overwrites its input)`);
+    // The grown state has no source directory, so the save cannot see these itself.
+    if (inside(to, from)) throw new UsageError(`${output}: the output is inside the input checkpoint ${from}`);
+    if (inside(from, to)) throw new UsageError(`${output}: the output contains the input checkpoint ${from}`);
     const registry = createCliRegistry();
     const plugin = registry.get("growth", operator) as GrowthPlugin<O>;
     const state = await loadTrainingState(input, { registry });
     try {
       const { force, maxShardBytes, evalData, evalContext, evalBlocks, ...growOptions } = options;
+      // The operator checks the grown size against MODEL_LIMITS before building anything per layer.
       const grown: TrainingState = await plugin.grow(state, { ...growOptions, registry } as O);
+      // Nothing is computed yet: every resource is checked before the first tensor is.
+      const parametersAfter = parameterCount(grown);
+      checkTensorSizes(`${operator} growth`, grown.params);
+      const bytes = checkpointBytes(grown);
+      await checkDiskSpace(output, bytes, `${formatCount(parametersAfter)} parameters${grown.optimizer.expAvg ? " and their moments" : ""}`);
+      // The measurement holds each model's weights in memory as F32, one model at a time.
+      if (evalData) checkMemory(`${output}: --eval-data on the grown model (${formatCount(parametersAfter)} parameters)`, parametersAfter * F32_BYTES);
       // The loss change the growth causes, measured before anything is written.
       let check: { lossBefore: number; lossAfter: number; lossChange: number; evalTokens: number } | undefined;
       if (evalData) {
@@ -34,6 +49,8 @@ async function grow<O extends object>(input: string, output: string, operator: s
         const before = await evaluate(state, eo), after = await evaluate(grown, eo);
         check = { lossBefore: before.loss, lossAfter: after.loss, lossChange: after.loss - before.loss, evalTokens: before.tokens };
       }
+      const announce = writeAnnouncement(output, bytes);
+      if (announce) process.stderr.write(announce + "\n"); // also with --json: stdout keeps the one result
       const t0 = performance.now();
       const progress = createProgress("writing", "MB", 1e6); // stderr, also with --json
       try {
@@ -46,7 +63,7 @@ async function grow<O extends object>(input: string, output: string, operator: s
       const result = {
         operator, input: resolve(input), output: resolve(output),
         before: state.shape, after: grown.shape,
-        parametersBefore: parameterCount(state), parametersAfter: parameterCount(grown),
+        parametersBefore: parameterCount(state), parametersAfter, bytes,
         options: stage.options, step: stage.step, continueAt: stage.continueAt,
         lossPreserving: plugin.lossPreserving(options),
         ...check,
@@ -57,13 +74,18 @@ async function grow<O extends object>(input: string, output: string, operator: s
         `grew ${operator}: ${s(state.shape)} → ${s(grown.shape)}`,
         `  parameters ${result.parametersBefore} → ${result.parametersAfter}, ${result.lossPreserving ? "loss preserved exactly" : "loss NOT preserved by these options"}`,
         ...(check ? [`  loss on ${check.evalTokens} tokens of ${evalData}: ${check.lossBefore.toFixed(5)} → ${check.lossAfter.toFixed(5)} (change ${check.lossChange >= 0 ? "+" : ""}${check.lossChange.toExponential(2)})`] : []),
-        `  wrote ${result.output} in ${result.seconds.toFixed(2)} s`,
+        `  wrote ${result.output} (${formatBytes(bytes)}) in ${result.seconds.toFixed(2)} s`,
       ].join("\n"));
     } finally {
       await state.close();
     }
   });
 }
+
+const inside = (child: string, parent: string): boolean => {
+  const r = relative(parent, child);
+  return r !== "" && !r.startsWith("..") && !isAbsolute(r);
+};
 
 const common = (c: Command): Command => c
   .option("--rewarmup <steps>", "LR re-warmup steps after the growth", integer("rewarmup"))

@@ -1,7 +1,10 @@
-import { mkdir } from "node:fs/promises";
+import { mkdir, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import type { Command } from "commander";
-import { gpt2InitConfig, initTrainingState, parameterCount, saveTrainingState } from "@staged/core";
+import {
+  F32_BYTES, MODEL_LIMITS, checkDiskSpace, checkMemory, checkModelSize, checkTensorSizes, formatCount, gpt2, gpt2InitConfig, initTrainingState,
+  parameterCount, saveTrainingState, writeAnnouncement, type ModelShape,
+} from "@staged/core";
 import { createOutput, runAction } from "../output.js";
 import { integer } from "../options.js";
 import type { GlobalOptions } from "../main.js";
@@ -30,7 +33,23 @@ export function registerInit(program: Command): void {
       await runAction(Boolean(g.debug), async () => {
         if (o.dModel % o.heads !== 0) throw new Error(`--d-model ${o.dModel} is not divisible by --heads ${o.heads}`);
         if (o.seed > 0xffffffff) throw new Error(`--seed must be below 2^32, got ${o.seed}`);
-        const state = initTrainingState("gpt2", initConfig(o), o.seed);
+        // Every size and resource is checked before the first tensor is allocated.
+        const config = initConfig(o);
+        const shape: ModelShape = { layers: o.layers, dModel: o.dModel, heads: o.heads, headDim: o.dModel / o.heads,
+          ffn: o.ffn ?? 4 * o.dModel, vocab: o.vocab, context: o.context };
+        const count = gpt2.parameterCount(config);
+        // Without --ffn the MLP size comes from --d-model, which is then what the message names.
+        const derivedFfn = o.ffn === undefined && shape.ffn > MODEL_LIMITS.ffn;
+        checkModelSize("", shape, count, { names: { layers: "--layers", dModel: "--d-model", heads: "--heads",
+          ffn: o.ffn === undefined ? "ffn" : "--ffn", vocab: "--vocab", context: "--context" }, ...(derivedFfn ? { cause: `--d-model ${o.dModel}` } : {}) });
+        checkTensorSizes(dir, new Map(gpt2.params(config).map((p) => [p.name, p])));
+        if (await stat(dir).catch(() => null)) throw new Error(`${dir}: already exists (refusing to overwrite)`);
+        const bytes = count * F32_BYTES;
+        checkMemory(`${dir}: initializing ${formatCount(count)} parameters`, bytes);
+        await checkDiskSpace(dir, bytes, `${formatCount(count)} parameters as F32`);
+        const announce = writeAnnouncement(dir, bytes);
+        if (announce) process.stderr.write(announce + "\n"); // also with --json: stdout keeps the one result
+        const state = initTrainingState("gpt2", config, o.seed);
         await mkdir(dirname(resolve(dir)), { recursive: true });
         await saveTrainingState(dir, state);
         const s = state.shape;

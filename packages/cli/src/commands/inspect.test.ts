@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, rm, truncate, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, open, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -56,5 +56,52 @@ describe("staged inspect", () => {
     expect(r.stderr.split("\n").length).toBeGreaterThan(2);
     r = staged("inspect", at("missing"));
     expect(r.stderr).toMatch(/missing: not a checkpoint directory/);
+  });
+
+  it("refuses a config above the size limits at once, from the header alone", async () => {
+    await mkdir(at("huge"));
+    await writeFile(join(at("huge"), "config.json"), JSON.stringify({ model_type: "gpt2", n_layer: 100_000_000 }));
+    await writeFile(join(at("huge"), "model.safetensors"), new Uint8Array(16));
+    const t0 = performance.now();
+    const r = staged("inspect", at("huge"));
+    const ms = performance.now() - t0;
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(`staged: ${join(at("huge"), "config.json")}: n_layer 100000000 gives 7.1e14 parameters (2.8 PB as F32); ` +
+      "the limits are n_layer ≤ 10000 and 1e13 parameters\n");
+    // The process's own start included: before the check, this took 50 s and ended in a heap dump.
+    expect(ms).toBeLessThan(5000);
+  });
+
+  it("inspects a 6.7B-parameter checkpoint by its headers only (a sparse 13 GB file)", async () => {
+    const big = { model_type: "gpt2", n_layer: 32, n_embd: 4096, n_head: 32, vocab_size: 50257, n_positions: 2048 };
+    const dir = at("big");
+    await mkdir(dir);
+    await writeFile(join(dir, "config.json"), JSON.stringify(big));
+    // A safetensors header describing every tensor as BF16; the data is a hole, never written or read.
+    const header: Record<string, unknown> = {};
+    let offset = 0;
+    for (const p of gpt2.params(big)) {
+      const bytes = p.shape.reduce((a, b) => a * b, 2);
+      header[p.name] = { dtype: "BF16", shape: p.shape, data_offsets: [offset, offset + bytes] };
+      offset += bytes;
+    }
+    const json8 = JSON.stringify(header).padEnd(Math.ceil(JSON.stringify(header).length / 8) * 8, " ");
+    const prefix = new Uint8Array(8);
+    new DataView(prefix.buffer).setBigUint64(0, BigInt(json8.length), true);
+    const file = join(dir, "model.safetensors");
+    const fh = await open(file, "w");
+    try {
+      await fh.write(prefix);
+      await fh.write(json8);
+      await fh.truncate(8 + json8.length + offset);
+    } finally {
+      await fh.close();
+    }
+    expect((await stat(file)).size).toBeGreaterThan(13e9);
+    const t0 = performance.now();
+    const info = json("inspect", dir);
+    expect(performance.now() - t0).toBeLessThan(5000);
+    expect(info).toMatchObject({ layers: 32, dModel: 4096, parameters: gpt2.parameterCount(big), dtype: "bfloat16", hasOptimizerState: false });
+    expect(info.parameters).toBeGreaterThan(6.6e9);
   });
 });

@@ -39,6 +39,17 @@ export function checkStageOptions(o: StageOptions, state: TrainingState): void {
  * The non-tensor part of a growth: new config and shape, the optimizer step (restarted with reset
  * moments, whose bias correction must start over), the LR restart and a stages record.
  */
+/**
+ * The state without what a loaded one adds (its `source` directory, its `lock`, `close`): a derived state
+ * belongs to no directory, so nothing (a trainer saving "where the state came from") can overwrite its input
+ * with it. Its tensors may still read from the input's files until that is closed.
+ */
+export function detachedState(state: TrainingState): TrainingState {
+  const { source: _s, lock: _l, close: _c, ...plain } = state as TrainingState & { source?: unknown; lock?: unknown; close?: unknown };
+  return plain;
+}
+
+/** The state after a growth (see detachedState: it has no source directory). */
 export function grownState(state: TrainingState, grown: {
   operator: string; options: Record<string, unknown>; config: Record<string, unknown>; shape: ModelShape;
   params: Map<string, LazyTensor>; expAvg?: Map<string, LazyTensor>; expAvgSq?: Map<string, LazyTensor>;
@@ -64,7 +75,7 @@ export function grownState(state: TrainingState, grown: {
   const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
   const hasMoments = Boolean(grown.expAvg && grown.expAvgSq);
   return {
-    ...state,
+    ...detachedState(state),
     config: grown.config,
     shape: grown.shape,
     params: grown.params,

@@ -152,20 +152,11 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
       place(target, source, isNew && init === "identity" && RESIDUAL_OUTPUTS.has(target.role), isNew);
     });
   });
-  return detached(grownState(state, {
+  return grownState(state, {
     operator: "depth",
     options: { layerMap: map, init, moments },
     config, shape, params,
     ...(hasMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
     resetMoments: !hasMoments, stage: options, noDecay: newNoDecay,
-  }));
-}
-
-/**
- * The grown state without the `source` directory and `close` of a loaded input: a derived state belongs to
- * no directory, so nothing (a trainer saving "where the state came from") can overwrite its input with it.
- */
-function detached(state: TrainingState): TrainingState {
-  const { source: _source, close: _close, ...plain } = state as TrainingState & { source?: unknown; close?: unknown };
-  return plain;
+  });
 }

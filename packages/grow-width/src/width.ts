@@ -223,20 +223,11 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
     avg.set(spec.name, derived(m1.dtype, target.shape, async () => growMoment(await m1.read(), 1)));
     avgSq.set(spec.name, derived(m2.dtype, target.shape, async () => growMoment(await m2.read(), 2)));
   }
-  return detached(grownState(state, {
+  return grownState(state, {
     operator: "width",
     options: { factor: k, ffnFactor: m, moments, symmetry, ...(symmetry === "noise" || symmetry === "antithetic" ? { noiseStd } : {}), seed },
     config, shape, params,
     ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
     resetMoments: !keepMoments, stage: options, defaultLrScale: 1 / k,
-  }));
-}
-
-/**
- * The grown state without the `source` directory and `close` of a loaded input: a derived state belongs to
- * no directory, so nothing (a trainer saving "where the state came from") can overwrite its input with it.
- */
-function detached(state: TrainingState): TrainingState {
-  const { source: _source, close: _close, ...plain } = state as TrainingState & { source?: unknown; close?: unknown };
-  return plain;
+  });
 }

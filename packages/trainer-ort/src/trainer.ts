@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { dirname } from "node:path";
 import {
-  canonicalPath, inMemory, lockCheckpoint, saveTrainingState, Tensor,
+  canonicalPath, detachedState, inMemory, lockCheckpoint, saveTrainingState, Tensor,
   type CheckpointLock, type LazyTensor, type LrScheduleSpec, type TrainingSettings, type TrainingState,
 } from "@staged/core";
 import { createLrSchedule, flopsPerToken } from "@staged/scheduler";
@@ -386,7 +386,7 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
     const mom = engine.moments();
     const files = new Map(tokFiles ?? state.files ?? []);
     files.set(METRICS_FILE, new TextEncoder().encode(formatMetrics([...history, ...records])));
-    const { source: _s, close: _c, lock: _l, ...plain } = state as TrainingState & { source?: string; close?: unknown; lock?: unknown };
+    const plain = detachedState(state);
     return {
       ...plain,
       params: wrap(engine.params()),

@@ -456,23 +456,26 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   }
 }
 
-/** The same entries, each checking when read that its values are finite (a diverged run is never saved). */
-function finiteChecked(entries: TensorEntry[], dir: string): TensorEntry[] {
+/** The same entries, `seen(name, tensor)` called as each tensor is read (to check or report it). */
+function onRead(entries: TensorEntry[], seen: (name: string, t: Tensor) => void): TensorEntry[] {
   return entries.map(({ name, tensor }) => ({
     name,
     tensor: {
       dtype: tensor.dtype, shape: tensor.shape,
       read: async () => {
         const t = tensor instanceof Tensor ? tensor : await tensor.read();
-        const bad = firstNonFinite(t);
-        if (bad !== null) {
-          throw new Error(`${dir}: not saved: ${name} holds ${bad.value} at index ${bad.index} (a diverged run?); the checkpoint there is unchanged`);
-        }
+        seen(name, t);
         return t;
       },
     },
   }));
 }
+
+/** The same entries, each checking when read that its values are finite (a diverged run is never saved). */
+const finiteChecked = (entries: TensorEntry[], dir: string): TensorEntry[] => onRead(entries, (name, t) => {
+  const bad = firstNonFinite(t);
+  if (bad !== null) throw new Error(`${dir}: not saved: ${name} holds ${bad.value} at index ${bad.index} (a diverged run?); the checkpoint there is unchanged`);
+});
 
 /**
  * Whether every float32 is finite, branch-free on the bits (about 4× a comparison per value): an exponent
@@ -523,18 +526,10 @@ function withProgress(entries: TensorEntry[], report: (p: SaveProgress) => void)
   const sizeOf = (t: LazyTensor | Tensor) => t.shape.reduce((a, b) => a * b, DTYPE_SIZES[t.dtype]);
   const totalBytes = entries.reduce((s, e) => s + sizeOf(e.tensor), 0);
   let tensors = 0, bytes = 0;
-  return entries.map(({ name, tensor }) => ({
-    name,
-    tensor: {
-      dtype: tensor.dtype, shape: tensor.shape,
-      read: async () => {
-        const t = tensor instanceof Tensor ? tensor : await tensor.read();
-        bytes += sizeOf(t);
-        report({ name, tensors: ++tensors, totalTensors: entries.length, bytes, totalBytes });
-        return t;
-      },
-    },
-  }));
+  return onRead(entries, (name, t) => {
+    bytes += sizeOf(t);
+    report({ name, tensors: ++tensors, totalTensors: entries.length, bytes, totalBytes });
+  });
 }
 
 function modelEntries(specs: ParamSpec[], state: TrainingState): { entries: TensorEntry[]; dtype: string } {

@@ -1,5 +1,6 @@
 import { createRequire } from "node:module";
 import { Command, CommanderError } from "commander";
+import { describeThisProcess } from "@staged/core";
 import { registerInspect } from "./commands/inspect.js";
 import { registerGrow } from "./commands/grow.js";
 import { registerInit } from "./commands/init.js";
@@ -32,6 +33,8 @@ export function createProgram(): Command {
 
 export async function main(argv: string[]): Promise<void> {
   const program = createProgram();
+  // A checkpoint this command locks names it so to another command that finds it locked.
+  describeThisProcess(["staged", ...argv].join(" "));
   try {
     await program.parseAsync(argv, { from: "user" });
   } catch (e) {

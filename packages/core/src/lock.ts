@@ -87,8 +87,12 @@ export const pidAlive = (pid: number): boolean => holderAlive({ pid, host: hostn
 let startOfThis: string | null | undefined;
 const ownStart = (): string | null => (startOfThis === undefined ? (startOfThis = processStart(process.pid)) : startOfThis);
 
+let described: string | null = null;
+/** How this process's locks describe it to others (a CLI: `staged train runs/a --steps 100`); default its argv. */
+export function describeThisProcess(command: string): void { described = command; }
+
 function me(): LockHolder {
-  const args = process.argv.slice(1).map((a) => basename(a)).join(" ");
+  const args = described ?? process.argv.slice(1).map((a) => basename(a)).join(" ");
   return { pid: process.pid, host: hostname(), start: ownStart(), command: args.length > 120 ? `${args.slice(0, 117)}...` : args, since: new Date().toISOString() };
 }
 

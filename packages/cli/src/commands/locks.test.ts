@@ -3,6 +3,7 @@ import { existsSync } from "node:fs";
 import { cp, mkdtemp, readdir, rm, symlink, unlink, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { canonicalPath, loadTrainingState, processStart } from "@staged/core";
 import { fingerprint, ok, staged } from "../testing.js";
@@ -79,5 +80,23 @@ describe("commands on a checkpoint another process is writing", () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ step: 2 });
     expect(r.stderr).toMatch(/ck2: completed an interrupted save \(pid \d+, no longer running\): the checkpoint it had written \(step 2\) is now in place/);
     expect((await readdir(root)).filter((f) => f.startsWith(".ck2."))).toEqual([]);
+  });
+});
+
+describe("how a command describes itself in its locks", () => {
+  it("a train holding a checkpoint is named as the staged command it is", async () => {
+    const big = join(root, "busy");
+    await cp(ck, big, { recursive: true });
+    const child = spawn(process.execPath, [fileURLToPath(new URL("../../dist/bin.js", import.meta.url)), "train", big, "--steps", "100000", "--threads", "1"], { stdio: "ignore" });
+    try {
+      let r = staged("inspect", big);
+      for (let i = 0; i < 100 && !/being written/.test(r.stderr); i++) {
+        await new Promise((res) => setTimeout(res, 100));
+        r = staged("inspect", big);
+      }
+      expect(oneLine(r.stderr)).toMatch(new RegExp(`^staged: .*busy: being written by pid ${child.pid} \\(staged train .*busy --steps 100000 --threads 1, since `));
+    } finally {
+      child.kill("SIGKILL");
+    }
   });
 });

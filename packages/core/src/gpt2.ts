@@ -1,6 +1,6 @@
 import { Rng, deriveSeed } from "./rng.js";
 import { Tensor } from "./tensor.js";
-import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
+import type { ArchitecturePlugin, AxisSpace, DecoderSpec, InitShape, ParamSpec } from "./plugins.js";
 import { checkModelSize, type ShapeNames } from "./limits.js";
 import type { ModelShape } from "./types.js";
 
@@ -20,10 +20,15 @@ export interface Gpt2InitOptions {
 
 /** The HF GPT-2 config.json of a freshly initialized model (`staged init`, `staged run`). */
 export function gpt2InitConfig(o: Gpt2InitOptions): Record<string, unknown> {
+  return initConfig(o, o.tie);
+}
+
+function initConfig(o: InitShape, tie: boolean): Record<string, unknown> {
+  if (o.kvHeads !== undefined && o.kvHeads !== o.heads) throw new Error(`gpt2 has one key/value head per query head: kv-heads ${o.kvHeads} ≠ heads ${o.heads}`);
   return {
     model_type: "gpt2", architectures: ["GPT2LMHeadModel"],
     n_layer: o.layers, n_embd: o.dModel, n_head: o.heads, n_inner: o.ffn ?? null,
-    vocab_size: o.vocab, n_positions: o.context, tie_word_embeddings: o.tie,
+    vocab_size: o.vocab, n_positions: o.context, tie_word_embeddings: tie,
     // GPT-2's 50256 is outside a small vocabulary; the byte-level tokenizer has no special tokens.
     bos_token_id: null, eos_token_id: null,
     // The trainer uses no dropout; the config says so, so transformers trains it the same way.
@@ -97,29 +102,35 @@ function withShape(base: Record<string, unknown>, s: ModelShape): Record<string,
 function params(config: Record<string, unknown>): ParamSpec[] {
   const { shape: s } = parseConfig(config);
   const d = s.dModel;
-  const vec = (name: string, role: ParamSpec["role"], layer: number | null, n: number): ParamSpec =>
-    ({ name, role, layer, shape: [n], layout: "vector", decay: false });
-  const conv = (name: string, role: ParamSpec["role"], layer: number, rows: number, cols: number): ParamSpec =>
-    ({ name, role, layer, shape: [rows, cols], layout: "conv1d", decay: true });
+  type Extra = Partial<Pick<ParamSpec, "fused" | "writesResidual" | "feedsOutput">>;
+  const vec = (name: string, role: ParamSpec["role"], layer: number | null, n: number, space: AxisSpace, extra: Extra = {}): ParamSpec =>
+    ({ name, role, layer, shape: [n], layout: "vector", axes: [space], decay: false, ...extra });
+  // Conv1D [in, out]: y = x W + b.
+  const conv = (name: string, role: ParamSpec["role"], layer: number, rows: number, cols: number, axes: [AxisSpace, AxisSpace], extra: Extra = {}): ParamSpec =>
+    ({ name, role, layer, shape: [rows, cols], layout: "conv1d", axes, decay: true, ...extra });
+  const qkv = { fused: ["q", "k", "v"] as const };
   const list: ParamSpec[] = [
-    { name: "transformer.wte.weight", role: "embed.tokens", layer: null, shape: [s.vocab, d], layout: "embedding", decay: true },
-    { name: "transformer.wpe.weight", role: "embed.positions", layer: null, shape: [s.context, d], layout: "embedding", decay: true },
+    { name: "transformer.wte.weight", role: "embed.tokens", layer: null, shape: [s.vocab, d], layout: "embedding", axes: ["vocab", "model"], decay: true },
+    { name: "transformer.wpe.weight", role: "embed.positions", layer: null, shape: [s.context, d], layout: "embedding", axes: ["positions", "model"], decay: true },
   ];
   for (let i = 0; i < s.layers; i++) {
     const p = `transformer.h.${i}.`;
     list.push(
-      vec(`${p}ln_1.weight`, "norm.weight", i, d), vec(`${p}ln_1.bias`, "norm.bias", i, d),
-      { ...conv(`${p}attn.c_attn.weight`, "attn.qkv.weight", i, d, 3 * d), fused: ["q", "k", "v"] },
-      { ...vec(`${p}attn.c_attn.bias`, "attn.qkv.bias", i, 3 * d), fused: ["q", "k", "v"] },
-      conv(`${p}attn.c_proj.weight`, "attn.out.weight", i, d, d), vec(`${p}attn.c_proj.bias`, "attn.out.bias", i, d),
-      vec(`${p}ln_2.weight`, "norm.weight", i, d), vec(`${p}ln_2.bias`, "norm.bias", i, d),
-      conv(`${p}mlp.c_fc.weight`, "mlp.in.weight", i, d, s.ffn), vec(`${p}mlp.c_fc.bias`, "mlp.in.bias", i, s.ffn),
-      conv(`${p}mlp.c_proj.weight`, "mlp.out.weight", i, s.ffn, d), vec(`${p}mlp.c_proj.bias`, "mlp.out.bias", i, d),
+      vec(`${p}ln_1.weight`, "attn.norm.weight", i, d, "model"), vec(`${p}ln_1.bias`, "attn.norm.bias", i, d, "model"),
+      conv(`${p}attn.c_attn.weight`, "attn.qkv.weight", i, d, 3 * d, ["model", "qkv"], qkv),
+      vec(`${p}attn.c_attn.bias`, "attn.qkv.bias", i, 3 * d, "qkv", qkv),
+      conv(`${p}attn.c_proj.weight`, "attn.out.weight", i, d, d, ["heads", "model"], { writesResidual: true }),
+      vec(`${p}attn.c_proj.bias`, "attn.out.bias", i, d, "model", { writesResidual: true }),
+      vec(`${p}ln_2.weight`, "mlp.norm.weight", i, d, "model"), vec(`${p}ln_2.bias`, "mlp.norm.bias", i, d, "model"),
+      conv(`${p}mlp.c_fc.weight`, "mlp.in.weight", i, d, s.ffn, ["model", "ffn"]), vec(`${p}mlp.c_fc.bias`, "mlp.in.bias", i, s.ffn, "ffn"),
+      conv(`${p}mlp.c_proj.weight`, "mlp.out.weight", i, s.ffn, d, ["ffn", "model"], { writesResidual: true }),
+      vec(`${p}mlp.c_proj.bias`, "mlp.out.bias", i, d, "model", { writesResidual: true }),
     );
   }
-  list.push(vec("transformer.ln_f.weight", "final_norm.weight", null, d), vec("transformer.ln_f.bias", "final_norm.bias", null, d));
+  list.push(vec("transformer.ln_f.weight", "final_norm.weight", null, d, "model", { feedsOutput: true }),
+    vec("transformer.ln_f.bias", "final_norm.bias", null, d, "model", { feedsOutput: true }));
   if (config.tie_word_embeddings === false) {
-    list.push({ name: "lm_head.weight", role: "lm_head.weight", layer: null, shape: [s.vocab, d], layout: "linear", decay: true });
+    list.push({ name: "lm_head.weight", role: "lm_head.weight", layer: null, shape: [s.vocab, d], layout: "linear", axes: ["vocab", "model"], decay: true });
   }
   return list;
 }
@@ -139,7 +150,7 @@ function init(config: Record<string, unknown>, seed: number): Map<string, Tensor
   for (const p of params(config)) {
     const t = Tensor.zeros("F32", p.shape);
     const data = t.f32;
-    if (p.role === "norm.weight" || p.role === "final_norm.weight") data.fill(1);
+    if (p.role.endsWith("norm.weight")) data.fill(1);
     else if (p.layout !== "vector") {
       const std = p.name.endsWith("c_proj.weight") ? sigma / Math.sqrt(2 * shape.layers) : sigma;
       new Rng(deriveSeed(seed, p.name)).fillNormal(data, 0, std);
@@ -147,6 +158,25 @@ function init(config: Record<string, unknown>, seed: number): Map<string, Tensor
     out.set(p.name, t);
   }
   return out;
+}
+
+/** HF activations equal to 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))). */
+const TANH_GELUS = new Set(["gelu_new", "gelu_pytorch_tanh", "gelu_fast"]);
+
+/** GPT2LMHeadModel's forward pass (no dropout), as the trainer builds it. */
+function decoder(raw: Record<string, unknown>): DecoderSpec {
+  const { config: c, shape } = parseConfig(raw);
+  const act = String(c.activation_function);
+  if (!TANH_GELUS.has(act)) throw new Error(`gpt2: activation_function "${act}" is not supported (supported: ${[...TANH_GELUS].join(", ")})`);
+  if (c.reorder_and_upcast_attn === true) throw new Error("gpt2: reorder_and_upcast_attn is not supported");
+  return {
+    norm: { kind: "layernorm", eps: c.layer_norm_epsilon as number },
+    positions: { kind: "learned" },
+    // HF: scores / √d_head (scale_attn_weights), and / (layer + 1) with scale_attn_by_inverse_layer_idx.
+    attention: { scale: c.scale_attn_weights === false ? 1 : 1 / Math.sqrt(shape.headDim), scaleByInverseLayer: c.scale_attn_by_inverse_layer_idx === true },
+    mlp: { kind: "gelu_tanh" },
+    tiedOutput: c.tie_word_embeddings !== false,
+  };
 }
 
 export const gpt2: ArchitecturePlugin = {
@@ -158,4 +188,6 @@ export const gpt2: ArchitecturePlugin = {
   params,
   canonicalName,
   init,
+  decoder,
+  initConfig,
 };

@@ -13,3 +13,4 @@ export * from "./limits.js";
 export * from "./lock.js";
 export { leftovers, needsRecovery, recoverCheckpoint, type Leftover, type LeftoverKind } from "./recovery.js";
 export { gpt2, gpt2InitConfig, type Gpt2InitOptions } from "./gpt2.js";
+export { llama } from "./llama.js";

@@ -43,6 +43,7 @@ export type ShapeNames = Partial<Record<keyof ModelShape, string>>;
 
 const SHAPE_WORDS: Required<ShapeNames> = {
   layers: "layers", dModel: "d_model", heads: "heads", headDim: "head_dim", ffn: "ffn", vocab: "vocab", context: "context",
+  kvHeads: "kv_heads", gatedMlp: "gated_mlp",
 };
 /** The fields that set the parameter count, in the order a message lists them. */
 const SIZE_FIELDS = ["layers", "dModel", "ffn", "vocab", "context"] as const;

@@ -1,12 +1,19 @@
 import type { Tensor } from "./tensor.js";
 import type { ModelShape, TrainingState } from "./types.js";
 
-/** What a parameter is for, independent of the architecture's names (DESIGN section 5). */
+/**
+ * What a parameter is for, independent of the architecture's names (DESIGN section 5). A block has an
+ * attention part (its norm, q/k/v as one fused projection or three, the output projection) and an MLP part
+ * (its norm, the input projection, for gated MLPs (SwiGLU) a gate projection, the output projection).
+ */
 export type ParamRole =
   | "embed.tokens" | "embed.positions"
-  | "norm.weight" | "norm.bias"
-  | "attn.qkv.weight" | "attn.qkv.bias" | "attn.out.weight" | "attn.out.bias"
-  | "mlp.in.weight" | "mlp.in.bias" | "mlp.out.weight" | "mlp.out.bias"
+  | "attn.norm.weight" | "attn.norm.bias"
+  | "attn.qkv.weight" | "attn.qkv.bias"
+  | "attn.q.weight" | "attn.q.bias" | "attn.k.weight" | "attn.k.bias" | "attn.v.weight" | "attn.v.bias"
+  | "attn.out.weight" | "attn.out.bias"
+  | "mlp.norm.weight" | "mlp.norm.bias"
+  | "mlp.in.weight" | "mlp.in.bias" | "mlp.gate.weight" | "mlp.gate.bias" | "mlp.out.weight" | "mlp.out.bias"
   | "final_norm.weight" | "final_norm.bias"
   | "lm_head.weight";
 
@@ -16,6 +23,14 @@ export type ParamRole =
  */
 export type ParamLayout = "conv1d" | "linear" | "embedding" | "vector";
 
+/**
+ * What one axis of a parameter indexes, which is what width growth needs to know about it: the residual
+ * stream (`model`, dModel), the query heads (`heads`, heads·headDim), the key/value heads (`kvHeads`,
+ * kvHeads·headDim), the MLP's hidden units (`ffn`), the vocabulary, the positions, or a fused q|k|v axis
+ * (`qkv`: the parts named by ParamSpec.fused, each `heads` or `kvHeads`).
+ */
+export type AxisSpace = "model" | "heads" | "kvHeads" | "ffn" | "vocab" | "positions" | "qkv";
+
 export interface ParamSpec {
   name: string;
   role: ParamRole;
@@ -23,10 +38,33 @@ export interface ParamSpec {
   layer: number | null;
   shape: number[];
   layout: ParamLayout;
-  /** For fused projections, the parts along the output axis in order (GPT-2 c_attn: q, k, v). */
+  /** What each axis indexes (one entry per axis of `shape`). */
+  axes: readonly AxisSpace[];
+  /** For fused projections, the parts along the `qkv` axis in order (GPT-2 c_attn: q, k, v). */
   fused?: readonly ("q" | "k" | "v")[];
+  /** Whether it writes into the residual stream at the end of a block (zero in a new identity block). */
+  writesResidual?: boolean;
+  /** Whether it is the norm right before the output layer (its values carry width growth's 1/k). */
+  feedsOutput?: boolean;
   /** Whether AdamW decays it by default (2-D weights do, 1-D ones do not). */
   decay: boolean;
+}
+
+/**
+ * The forward pass of a decoder-only transformer, as data the trainer's graph follows: every architecture
+ * of the registry is a pre-norm decoder that these settings describe (see @staged/trainer-ort's decoder).
+ */
+export interface DecoderSpec {
+  /** LayerNorm (with bias) or RMSNorm (weight only, x / √(mean(x²) + eps)). */
+  norm: { kind: "layernorm" | "rmsnorm"; eps: number };
+  /** Learned absolute positions (embed.positions), or rotary embeddings (HF's rotate-half convention). */
+  positions: { kind: "learned" } | { kind: "rope"; theta: number };
+  /** Attention scores are q·kᵀ × scale (GPT-2 may also divide by layer + 1). */
+  attention: { scale: number; scaleByInverseLayer?: boolean; slidingWindow?: number | null };
+  /** MLP: tanh-approximated GELU (GPT-2's gelu_new) of the input projection, or SwiGLU silu(gate) · in. */
+  mlp: { kind: "gelu_tanh" | "swiglu" };
+  /** Logits against the token embedding (tied) or against lm_head.weight. */
+  tiedOutput: boolean;
 }
 
 /** One model family: its HF config, its parameters with roles, and a fresh initialization. */
@@ -54,6 +92,18 @@ export interface ArchitecturePlugin {
   canonicalName(name: string): string | null;
   /** Deterministic fresh weights for a seed. */
   init(config: Record<string, unknown>, seed: number): Map<string, Tensor>;
+  /** The forward pass of a config's model (throws for settings the trainer does not implement, by name). */
+  decoder(config: Record<string, unknown>): DecoderSpec;
+  /**
+   * The HF config.json of a fresh model of this architecture with this shape (`staged init`, `staged run`):
+   * no dropout, no special tokens outside a small vocabulary.
+   */
+  initConfig(shape: InitShape, tie: boolean): Record<string, unknown>;
+}
+
+/** The shape of a fresh model: ffn and kvHeads default to the architecture's (4·dModel or its own; heads). */
+export interface InitShape {
+  layers: number; dModel: number; heads: number; vocab: number; context: number; ffn?: number; kvHeads?: number;
 }
 
 /** A growth operator: a pure function of the training state and its options. */

@@ -14,7 +14,7 @@ describe("registry", () => {
 
   it("names what is registered when a name is unknown", () => {
     const r = createDefaultRegistry();
-    expect(() => r.get("architecture", "llama")).toThrow('unknown architecture "llama" (registered: gpt2)');
+    expect(() => r.get("architecture", "falcon")).toThrow('unknown architecture "falcon" (registered: gpt2, llama)');
     expect(() => r.get("growth", "width")).toThrow("(registered: none)");
   });
 

@@ -1,5 +1,6 @@
 import type { PluginKind, PluginKinds } from "./plugins.js";
 import { gpt2 } from "./gpt2.js";
+import { llama } from "./llama.js";
 
 export interface Registry {
   register<K extends PluginKind>(kind: K, plugin: PluginKinds[K]): Registry;
@@ -43,5 +44,5 @@ export function createRegistry(): Registry {
 
 /** A registry holding core's built-in plugins (the GPT-2 architecture); other packages add theirs. */
 export function createDefaultRegistry(): Registry {
-  return createRegistry().register("architecture", gpt2);
+  return createRegistry().register("architecture", gpt2).register("architecture", llama);
 }

@@ -96,8 +96,8 @@ describe("loadTrainingState errors name the file and the problem", () => {
     await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/config.json: invalid JSON/);
     await writeFile(join(dir, "m", "config.json"), JSON.stringify(tiny));
     await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/no model.safetensors/);
-    await writeFile(join(dir, "m", "config.json"), JSON.stringify({ ...tiny, model_type: "llama" }));
-    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/unknown architecture model_type "llama" \(registered: gpt2\)/);
+    await writeFile(join(dir, "m", "config.json"), JSON.stringify({ ...tiny, model_type: "falcon" }));
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/unknown architecture model_type "falcon" \(registered: gpt2, llama\)/);
   });
 
   it("shapes that disagree with the config, missing and unexpected tensors", async () => {

@@ -17,6 +17,10 @@ export interface ModelShape {
   ffn: number;
   vocab: number;
   context: number;
+  /** Key/value heads of grouped-query attention (absent: one per query head). */
+  kvHeads?: number;
+  /** Whether the MLP is gated (SwiGLU: three matrices, gate, in and out; absent: two). */
+  gatedMlp?: boolean;
 }
 
 export interface AdamWState {

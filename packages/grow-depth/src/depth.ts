@@ -74,7 +74,6 @@ export function depthLossPreserving(map: readonly number[], init: DepthInit): bo
 }
 
 /** Roles zeroed in an identity-initialized layer: the block's outputs into the residual stream. */
-const RESIDUAL_OUTPUTS = new Set<ParamSpec["role"]>(["attn.out.weight", "attn.out.bias", "mlp.out.weight", "mlp.out.bias"]);
 
 const zerosLike = (t: LazyTensor, shape: readonly number[]): LazyTensor =>
   derived(t.dtype, shape, async () => Tensor.zeros(t.dtype, shape));
@@ -149,7 +148,7 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
     byLayer(targetByLayer, n).forEach((target, i) => {
       const source = sources[i];
       if (source?.role !== target.role) throw new Error(`depth growth: layer ${n} parameter ${i} is ${target.role}, source is ${source?.role ?? "missing"}`);
-      place(target, source, isNew && init === "identity" && RESIDUAL_OUTPUTS.has(target.role), isNew);
+      place(target, source, isNew && init === "identity" && target.writesResidual === true, isNew);
     });
   });
   return grownState(state, {

@@ -1,6 +1,6 @@
 import {
   Rng, Tensor, checkModelSize, checkStageOptions, concat, createDefaultRegistry, deriveSeed, derived, grownState,
-  type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
+  type AxisSpace, type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
 } from "@staged/core";
 
 export type WidthMoments = "paper" | "consistent" | "reset";
@@ -135,24 +135,49 @@ interface Rule {
   gradScale: number;
 }
 
-function ruleFor(spec: ParamSpec, k: number, f: number): Rule {
-  const tile = (copies: number, axis: number, valueScale = 1, gradScale = 1 / copies): Rule =>
-    ({ kind: "tile", axes: { a: 1, b: copies }, axis, valueScale, gradScale });
-  const matrix = (a: number, b: number): Rule => {
-    if (spec.layout !== "conv1d") throw new Error(`width growth: ${spec.name} has layout ${spec.layout}, expected conv1d`);
-    return { kind: "matrix", axes: { a, b }, axis: -1, valueScale: 1, gradScale: 1 / b };
-  };
-  switch (spec.role) {
-    case "embed.tokens": case "embed.positions": case "lm_head.weight": return tile(k, 1);
-    case "norm.weight": case "norm.bias": case "attn.qkv.bias": case "attn.out.bias": case "mlp.out.bias": return tile(k, 0);
-    // LayerNorm of the tiled state is the tiled LayerNorm; /k keeps the tied logits: Σ over k copies.
-    case "final_norm.weight": case "final_norm.bias": return tile(k, 0, 1 / k, 1);
-    case "mlp.in.bias": return tile(f, 0);
-    case "attn.qkv.weight": case "attn.out.weight": return matrix(k, k);
-    case "mlp.in.weight": return matrix(k, f);
-    case "mlp.out.weight": return matrix(f, k);
+/** Copies of one axis: the residual stream and the (key/value) heads × k, the MLP × k·ffnFactor, the rest once. */
+function copiesOf(space: AxisSpace, k: number, f: number): number {
+  switch (space) {
+    case "model": case "heads": case "kvHeads": case "qkv": return k;
+    case "ffn": return f;
+    case "vocab": case "positions": return 1;
   }
 }
+
+/**
+ * How a parameter grows, from what its axes index (ParamSpec.axes): no per-architecture rule. A vector is
+ * tiled; the norm that feeds the output layer is also divided by k (the output layer sums over the k copies
+ * of the hidden state). A matrix with one growing axis (embeddings, the output layer) is tiled along it; with
+ * two it becomes the block matrix of its input copies (a) and output copies (b). Each copy's gradient is the
+ * original's over the copies of its output axis (for the output norm, unchanged).
+ */
+function ruleFor(spec: ParamSpec, k: number, f: number): Rule {
+  const copies = spec.axes.map((space) => copiesOf(space, k, f));
+  const tile = (n: number, axis: number, valueScale = 1, gradScale = 1 / n): Rule =>
+    ({ kind: "tile", axes: { a: 1, b: n }, axis, valueScale, gradScale });
+  if (spec.shape.length === 1) return spec.feedsOutput ? tile(copies[0]!, 0, 1 / k, 1) : tile(copies[0]!, 0);
+  if (spec.shape.length !== 2) throw new Error(`width growth: ${spec.name} has ${spec.shape.length} axes; parameters have 1 or 2`);
+  // [in, out] as stored by conv1d (and embeddings: row index in, vector out); torch's linear is [out, in].
+  const [inAxis, outAxis] = spec.layout === "linear" ? [1, 0] : [0, 1];
+  const a = copies[inAxis]!, b = copies[outAxis]!;
+  // Only the output grows (embeddings): each output copy is the original map.
+  if (a === 1) return tile(b, outAxis);
+  // The output layer reads the output norm, whose 1/k already averages the k copies it sums.
+  if (spec.role === "lm_head.weight" && b === 1) return tile(a, inAxis);
+  return { kind: "matrix", axes: { a, b }, axis: -1, valueScale: 1, gradScale: 1 / b };
+}
+
+/** A 2-D tensor transposed (linear [out, in] weights are grown in the [in, out] orientation). */
+function transpose2d(t: Tensor): Tensor {
+  const [rows, cols] = t.shape as [number, number];
+  const src = t.f32, out = new Float32Array(src.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = src[r * cols + c]!;
+  return new Tensor(t.dtype, [cols, rows], out);
+}
+
+/** Apply a grow function written for [in, out] matrices to a parameter in its stored layout. */
+const inOrientation = (spec: ParamSpec, f: (t: Tensor) => Tensor) =>
+  (t: Tensor): Tensor => (spec.layout === "linear" ? transpose2d(f(transpose2d(t))) : f(t));
 
 function positiveInt(v: number | undefined, fallback: number, what: string): number {
   const x = v ?? fallback;
@@ -191,7 +216,7 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
 
   const arch = (options.registry ?? createDefaultRegistry()).get("architecture", state.architecture);
   const s = state.shape;
-  const shape = { ...s, dModel: k * s.dModel, heads: k * s.heads, ffn: k * m * s.ffn };
+  const shape = { ...s, dModel: k * s.dModel, heads: k * s.heads, ffn: k * m * s.ffn, ...(s.kvHeads === undefined ? {} : { kvHeads: k * s.kvHeads }) };
   const config = arch.withShape(state.config, shape);
   // The size is checked before any list of the grown parameters is built.
   checkModelSize("width growth", shape, arch.parameterCount(config), { cause: `factor ${k}${m > 1 ? `, ffnFactor ${m}` : ""}` });
@@ -208,14 +233,14 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
     if (!target || !source) throw new Error(`width growth: parameter ${spec.name} is missing`);
     const rule = ruleFor(spec, k, k * m);
     const grow = (t: Tensor, rng: Rng): Tensor => perPart(t, spec, (part) => rule.kind === "matrix"
-      ? growMatrix(part, rule.axes, symmetry, noiseStd, rng)
+      ? inOrientation(spec, (m) => growMatrix(m, rule.axes, symmetry, noiseStd, rng))(part)
       : (rule.valueScale === 1 ? part : part.scale(rule.valueScale)).tile(rule.axis, rule.axes.b));
     params.set(spec.name, derived(source.dtype, target.shape, async () => grow(await source.read(), new Rng(deriveSeed(seed, spec.name)))));
     if (!keepMoments) continue;
     const growMoment = (t: Tensor, power: number): Tensor => {
       const scale = rule.gradScale ** power;
       return perPart(t, spec, (part) => rule.kind === "matrix"
-        ? growMatrixMoment(part, rule.axes, scale, moments === "consistent")
+        ? inOrientation(spec, (m) => growMatrixMoment(m, rule.axes, scale, moments === "consistent"))(part)
         : part.scale(scale).tile(rule.axis, rule.axes.b));
     };
     const m1 = expAvg.get(spec.name), m2 = expAvgSq.get(spec.name);

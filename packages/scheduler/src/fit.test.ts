@@ -129,10 +129,13 @@ describe("metrics.jsonl", () => {
     const est = await readLearningCurve(join(dir, "metrics.jsonl"));
     expect(est.estimated).toBe(true);
     expect(est.params).toBeCloseTo(1e6, 6);
-    await writeFile(join(dir, "config.json"), JSON.stringify({ model_type: "gpt2", n_layer: 2, n_embd: 64, n_inner: null }));
+    await writeFile(join(dir, "config.json"), JSON.stringify({ model_type: "gpt2", n_layer: 2, n_embd: 64, n_head: 4, n_inner: null }));
     const cur = await readLearningCurve(join(dir, "metrics.jsonl"));
     expect(cur.estimated).toBe(false);
     expect(cur.params).toBe(2 * (4 * 64 * 64 + 2 * 64 * 256));
+    // Llama: q and o 64·64, k and v 64·(2 heads × 16), a gated MLP of three 64·96 matrices.
+    await writeFile(join(dir, "config.json"), JSON.stringify({ model_type: "llama", num_hidden_layers: 2, hidden_size: 64, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 96 }));
+    expect((await readLearningCurve(join(dir, "metrics.jsonl"))).params).toBe(2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 96));
     expect((await readLearningCurve(join(dir, "metrics.jsonl"), { params: 5e5 })).params).toBe(5e5);
     await expect(readLearningCurve(join(dir, "missing.jsonl"))).rejects.toThrow(/missing.jsonl: cannot read/);
     expect(paramsFromConfig({})).toBeNull();

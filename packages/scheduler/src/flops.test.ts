@@ -17,6 +17,17 @@ describe("flopsPerToken", () => {
     expect(flopsPerToken(tiny, 8)).toBe(6 * (2 * (64 + 128) + 40) + 6 * 2 * 8 * 4);
   });
 
+  it("counts grouped-query attention and gated MLPs as they are (Llama 2 7B, Llama 3 8B)", () => {
+    // Llama 2 7B: 32·(4·4096² + 3·4096·11008) = 6,476,005,376; with both embeddings 6.74B parameters.
+    const llama2: ModelShape = { layers: 32, dModel: 4096, heads: 32, headDim: 128, kvHeads: 32, ffn: 11008, vocab: 32000, context: 4096, gatedMlp: true };
+    expect(nonEmbeddingParams(llama2)).toBe(6_476_005_376);
+    // Llama 3 8B: k and v have 8 heads of 128: 32·(2·4096² + 2·4096·1024 + 3·4096·14336) = 6,979,321,856.
+    const llama3: ModelShape = { ...llama2, kvHeads: 8, ffn: 14336, vocab: 128256, context: 8192 };
+    expect(nonEmbeddingParams(llama3)).toBe(6_979_321_856);
+    expect(nonEmbeddingParams(llama3) + 2 * 128256 * 4096).toBe(8_029_995_008); // the published 8.03B
+    expect(flopsPerToken(llama3, 8192)).toBe(6 * (6_979_321_856 + 128256 * 4096) + 6 * 32 * 8192 * 4096);
+  });
+
   it("rejects bad shapes and contexts", () => {
     expect(() => flopsPerToken({ ...gpt2, layers: 0 }, 1024)).toThrow(/shape.layers/);
     expect(() => flopsPerToken(gpt2, 1.5)).toThrow(/context/);

@@ -1,23 +1,35 @@
 import type { ModelShape } from "@staged/core";
 
 /**
- * Matrix (weight) parameters of a decoder-only transformer, embeddings' lookup excluded:
- * per layer 4·d² (attention q, k, v and output projections) + 2·d·ffn (MLP in and out), plus the output
- * layer vocab·d (a matrix multiply per token even when tied to the token embedding). Biases and norms are
- * left out, as in Kaplan et al. 2020.
+ * Weights of one block's matrices: q and o projections d·(heads·headDim) each, k and v d·(kvHeads·headDim)
+ * each (grouped-query attention), and the MLP's 2·d·ffn (3·d·ffn for a gated MLP: gate, in, out). For
+ * GPT-2 (heads·headDim = d, kvHeads = heads, not gated) 4·d² + 2·d·ffn. Everything comes from the shape.
+ */
+export function blockMatrixParams(shape: ModelShape): number {
+  const { dModel: d, ffn } = shape;
+  const q = attentionWidth(shape), kv = shape.kvHeads === undefined ? q : shape.kvHeads * shape.headDim;
+  return 2 * d * q + 2 * d * kv + (shape.gatedMlp ? 3 : 2) * d * ffn;
+}
+
+/** heads·headDim, the width of attention (d where a partial shape does not say). */
+const attentionWidth = (shape: ModelShape): number =>
+  Number.isInteger(shape.heads) && Number.isInteger(shape.headDim) ? shape.heads * shape.headDim : shape.dModel;
+
+/**
+ * Matrix (weight) parameters of a decoder-only transformer, embeddings' lookup excluded: every block's
+ * matrices ({@link blockMatrixParams}) plus the output layer vocab·d (a matrix multiply per token even when
+ * tied to the token embedding). Biases and norms are left out, as in Kaplan et al. 2020.
  */
 export function matrixParams(shape: ModelShape): number {
-  const { layers, dModel: d, ffn, vocab } = shape;
-  return layers * (4 * d * d + 2 * d * ffn) + vocab * d;
+  return shape.layers * blockMatrixParams(shape) + shape.vocab * shape.dModel;
 }
 
 /**
- * Non-embedding parameters in Kaplan's sense, `N = layers·(4·d² + 2·d·ffn)` (= 12·layers·d² when ffn = 4d):
+ * Non-embedding parameters in Kaplan's sense, the blocks' matrices (= 12·layers·d² for GPT-2 with ffn = 4d):
  * the N of the scaling laws. The output layer is not counted.
  */
 export function nonEmbeddingParams(shape: ModelShape): number {
-  const { layers, dModel: d, ffn } = shape;
-  return layers * (4 * d * d + 2 * d * ffn);
+  return shape.layers * blockMatrixParams(shape);
 }
 
 export interface FlopsOptions {
@@ -34,9 +46,10 @@ export interface FlopsOptions {
  *
  *   flopsPerToken = 6·N_matrix + 6·layers·context·d
  *
- * where N_matrix = layers·(4·d² + 2·d·ffn) + vocab·d ({@link matrixParams}): every matrix parameter costs 2
- * FLOPs forward (a multiply and an add) and 4 backward, and the attention term is Kaplan's forward
- * 2·n_layer·n_ctx·d_attn per token times 3 for training. With `{attention: "full"}` the attention term is
+ * where N_matrix = layers·(4·d² + 2·d·ffn) + vocab·d for GPT-2 ({@link matrixParams}: GQA and gated MLPs
+ * counted as they are): every matrix parameter costs 2 FLOPs forward (a multiply and an add) and 4 backward,
+ * and the attention term is Kaplan's forward 2·n_layer·n_ctx·d_attn per token (d_attn = heads·headDim) times 3
+ * for training. With `{attention: "full"}` the attention term is
  * 12·layers·context·d instead. Used wherever compute is counted (C = flopsPerToken · tokens).
  */
 export function flopsPerToken(shape: ModelShape, context: number, options: FlopsOptions = {}): number {
@@ -53,6 +66,7 @@ export function flopsPerToken(shape: ModelShape, context: number, options: Flops
   if (attention !== "kaplan" && attention !== "full") {
     throw new Error(`flopsPerToken: attention must be "kaplan" or "full", got ${JSON.stringify(attention)}`);
   }
-  const perLayerAttention = (attention === "kaplan" ? 2 : 4) * shape.layers * context * shape.dModel;
+  // Scores and their weighted sum run over the query heads' width, heads·headDim (= d for GPT-2).
+  const perLayerAttention = (attention === "kaplan" ? 2 : 4) * shape.layers * context * attentionWidth(shape);
   return 6 * matrixParams(shape) + 3 * perLayerAttention;
 }

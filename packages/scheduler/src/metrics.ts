@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { readTextInput } from "@staged/core";
+import { createDefaultRegistry, readTextInput, type Registry } from "@staged/core";
+import { nonEmbeddingParams } from "./flops.js";
 import { basename, dirname, join } from "node:path";
 import type { LossPoint } from "./slope.js";
 import type { LearningCurve } from "./fit.js";
@@ -83,16 +84,20 @@ export function curveFromMetrics(lines: readonly MetricsRecord[], options: Curve
 }
 
 /**
- * Non-embedding parameters (Kaplan's N = layers·(4·d² + 2·d·ffn)) from a GPT-2 style config.json
- * (n_layer, n_embd, n_inner; n_inner null means 4·n_embd), or null when the config does not say.
+ * Non-embedding parameters (Kaplan's N, {@link nonEmbeddingParams}) of the model a config.json describes, read
+ * by its architecture plugin (any registered model_type), or null when no plugin reads the config.
  */
-export function paramsFromConfig(config: Record<string, unknown>): number | null {
-  const layers = config.n_layer ?? config.num_hidden_layers;
-  const d = config.n_embd ?? config.hidden_size;
-  const ffnRaw = config.n_inner ?? config.intermediate_size;
-  if (!isNum(layers) || !isNum(d)) return null;
-  const ffn = isNum(ffnRaw) ? ffnRaw : 4 * d;
-  return layers * (4 * d * d + 2 * d * ffn);
+export function paramsFromConfig(config: Record<string, unknown>, registry: Registry = createDefaultRegistry()): number | null {
+  for (const name of registry.list("architecture")) {
+    const arch = registry.get("architecture", name);
+    if (!arch.modelTypes.includes(String(config.model_type))) continue;
+    try {
+      return nonEmbeddingParams(arch.parseConfig(config).shape);
+    } catch {
+      return null;
+    }
+  }
+  return null;
 }
 
 /**

@@ -100,12 +100,13 @@ function withShape(base: Record<string, unknown>, s: ModelShape): Record<string,
   const type = String(base.model_type ?? "llama");
   const defaults = DEFAULTS[type] ?? DEFAULTS.llama!;
   const kvHeads = s.kvHeads ?? s.heads;
+  const { head_dim: _h, ...rest } = { ...defaults, ...base };
+  // head_dim is written only where it is not hidden_size / heads (older transformers versions lack it).
+  const headDim = s.headDim * s.heads === s.dModel && (base.head_dim ?? null) === null ? {} : { head_dim: s.headDim };
   return {
-    ...defaults, ...base,
+    ...rest, ...headDim,
     model_type: type, architectures: [CAUSAL_LM[type] ?? "LlamaForCausalLM"],
     num_hidden_layers: s.layers, hidden_size: s.dModel, num_attention_heads: s.heads, num_key_value_heads: kvHeads,
-    // head_dim is written only where it is not hidden_size / heads (older transformers versions lack it).
-    head_dim: s.headDim * s.heads === s.dModel && (base.head_dim ?? null) === null ? null : s.headDim,
     intermediate_size: s.ffn, vocab_size: s.vocab, max_position_embeddings: s.context,
   };
 }

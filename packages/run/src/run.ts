@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  canonicalPath, checkInput, createDefaultRegistry, lockCheckpoint, gpt2InitConfig, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState,
+  canonicalPath, checkInput, createDefaultRegistry, lockCheckpoint, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState,
   writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
 } from "@staged/core";
 import { widthGrowth } from "@staged/grow-width";
@@ -26,13 +26,14 @@ export interface RunEntry {
   stages: StageSpec[];
 }
 
-/** The GPT-2 model a list of growths turns `model` into (ffn explicit). */
+/** The model a list of growths turns `model` into (ffn explicit). */
 export function grownModel(model: ModelSpec, stages: readonly StageSpec[]): ModelSpec {
   let m: ModelSpec = { ...model, ffn: model.ffn ?? 4 * model.dModel };
   for (const s of stages) {
     if (s.grow === "width") {
       const ffnFactor = typeof s.options.ffnFactor === "number" ? s.options.ffnFactor : 1;
-      m = { ...m, dModel: m.dModel * s.factor, heads: m.heads * s.factor, ffn: m.ffn! * s.factor * ffnFactor };
+      m = { ...m, dModel: m.dModel * s.factor, heads: m.heads * s.factor, ffn: m.ffn! * s.factor * ffnFactor,
+        ...(m.kvHeads === undefined ? {} : { kvHeads: m.kvHeads * s.factor }) };
     } else {
       m = { ...m, layers: m.layers * s.factor };
     }
@@ -40,9 +41,13 @@ export function grownModel(model: ModelSpec, stages: readonly StageSpec[]): Mode
   return m;
 }
 
-/** The model shape of a ModelSpec at a context. */
+/** The HF config.json of a fresh model of the spec's architecture. */
+export const modelConfig = (m: ModelSpec, context: number): Record<string, unknown> =>
+  createDefaultRegistry().get("architecture", m.arch).initConfig({ ...m, context }, m.tie);
+
+/** The model shape of a ModelSpec at a context, as its architecture reads it. */
 export function shapeOf(m: ModelSpec, context: number): ModelShape {
-  return { layers: m.layers, dModel: m.dModel, heads: m.heads, headDim: m.dModel / m.heads, ffn: m.ffn ?? 4 * m.dModel, vocab: m.vocab, context };
+  return createDefaultRegistry().get("architecture", m.arch).parseConfig(modelConfig(m, context)).shape;
 }
 
 /**
@@ -183,8 +188,8 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
   let k = 0;
   while (isCheckpoint(stageDir(runDir, k + 1))) k++;
   if (k === 0 && !isCheckpoint(stageDir(runDir, 0))) {
-    const config = gpt2InitConfig({ ...entry.model, context: spec.context });
-    await saveTrainingState(stageDir(runDir, 0), initTrainingState("gpt2", config, entry.seed), { registry });
+    const config = modelConfig(entry.model, spec.context);
+    await saveTrainingState(stageDir(runDir, 0), initTrainingState(entry.model.arch, config, entry.seed, registry), { registry });
   } else {
     o.onLine?.(`${entry.name}: resuming at stage ${k} from ${stageDir(runDir, k)}`);
   }

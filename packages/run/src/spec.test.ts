@@ -1,3 +1,4 @@
+import { grownModel, shapeOf } from "./run.js";
 import { describe, expect, it } from "vitest";
 import { parseRunSpec } from "./spec.js";
 
@@ -46,6 +47,15 @@ describe("parseRunSpec", () => {
     [{ optimizer: { lr: 1e-3, betas: [0.9] } }, "optimizer.betas must be two numbers"],
   ])("refuses %j", (over, message) => {
     expect(() => parse(over)).toThrow(message);
+  });
+
+  it("takes any registered architecture, with key/value heads", () => {
+    const s = parse({ model: { arch: "llama", layers: 2, dModel: 64, heads: 4, kvHeads: 2 } });
+    expect(s.model).toMatchObject({ arch: "llama", kvHeads: 2 });
+    expect(shapeOf(s.model, 32)).toEqual({ layers: 2, dModel: 64, heads: 4, headDim: 16, kvHeads: 2, ffn: 256, vocab: 256, context: 32, gatedMlp: true });
+    expect(shapeOf(grownModel(s.model, [{ grow: "width", factor: 2, options: {} } as never]), 32)).toMatchObject({ dModel: 128, heads: 8, kvHeads: 4 });
+    expect(() => parse({ model: { arch: "falcon", layers: 1, dModel: 8, heads: 2 } })).toThrow(/spec.json: model.arch must be one of gpt2, llama, got "falcon"/);
+    expect(() => parse({ model: { arch: "llama", layers: 1, dModel: 8, heads: 4, kvHeads: 3 } })).toThrow(/spec.json: model.kvHeads 3 does not divide model.heads 4/);
   });
 
   it("errors are one line naming the file", () => {

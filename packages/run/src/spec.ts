@@ -1,4 +1,5 @@
 import { dirname, isAbsolute, resolve } from "node:path";
+import { createDefaultRegistry } from "@staged/core";
 
 /**
  * A staged run described in one JSON file (`staged run <spec.json>`): data, batch, optimizer, the budget,
@@ -44,10 +45,13 @@ export interface RunSpec {
 }
 
 export interface ModelSpec {
-  arch: "gpt2";
+  /** A registered architecture: gpt2 (default) or llama. */
+  arch: string;
   layers: number;
   dModel: number;
   heads: number;
+  /** Key/value heads (grouped-query attention; default: one per query head). */
+  kvHeads?: number;
   ffn?: number;
   vocab: number;
   tie: boolean;
@@ -150,14 +154,17 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
 
   if (!isObj(r.model)) fail("model", "must be an object {layers, dModel, heads}");
   const m = r.model as Record<string, unknown>;
-  fields(m, "model", ["arch", "layers", "dModel", "heads", "ffn", "vocab", "tie"]);
-  if (m.arch !== undefined && m.arch !== "gpt2") fail("model.arch", `must be "gpt2", got ${JSON.stringify(m.arch)}`);
+  fields(m, "model", ["arch", "layers", "dModel", "heads", "kvHeads", "ffn", "vocab", "tie"]);
+  const archs = createDefaultRegistry().list("architecture");
+  if (m.arch !== undefined && !archs.includes(m.arch as string)) fail("model.arch", `must be one of ${archs.join(", ")}, got ${JSON.stringify(m.arch)}`);
   const model: ModelSpec = {
-    arch: "gpt2", layers: int(m.layers, "model.layers", 1, 1024), dModel: int(m.dModel, "model.dModel", 1, 1 << 16),
+    arch: (m.arch as string | undefined) ?? "gpt2", layers: int(m.layers, "model.layers", 1, 1024), dModel: int(m.dModel, "model.dModel", 1, 1 << 16),
     heads: int(m.heads, "model.heads", 1, 1024), vocab: m.vocab === undefined ? 256 : int(m.vocab, "model.vocab", 2, 1 << 20),
     tie: m.tie === undefined ? true : typeof m.tie === "boolean" ? m.tie : fail("model.tie", "must be true or false"),
     ...(m.ffn === undefined ? {} : { ffn: int(m.ffn, "model.ffn", 1, 1 << 20) }),
+    ...(m.kvHeads === undefined ? {} : { kvHeads: int(m.kvHeads, "model.kvHeads", 1, 1024) }),
   };
+  if (model.kvHeads !== undefined && model.heads % model.kvHeads !== 0) fail("model.kvHeads", `${model.kvHeads} does not divide model.heads ${model.heads}`);
   if (model.dModel % model.heads !== 0) fail("model.dModel", `${model.dModel} is not divisible by model.heads ${model.heads}`);
 
   if (!Array.isArray(r.stages)) fail("stages", "must be a list (empty: no growth)");

@@ -37,7 +37,7 @@ export function registerInspect(program: Command): void {
           const d = describe(state);
           const lines = [
             `${d.path}`,
-            `  architecture  ${d.architecture}: ${d.layers} layers, d_model ${d.dModel}, ${d.heads} heads × ${d.headDim}, ffn ${d.ffn}, vocab ${d.vocab}, context ${d.context}`,
+            `  architecture  ${d.architecture}: ${d.layers} layers, d_model ${d.dModel}, ${d.heads} heads × ${d.headDim}${d.kvHeads !== undefined && d.kvHeads !== d.heads ? ` (${d.kvHeads} key/value)` : ""}, ${d.gatedMlp ? "gated " : ""}ffn ${d.ffn}, vocab ${d.vocab}, context ${d.context}`,
             `  parameters    ${fmt(d.parameters)} (${d.parameters}), ${d.dtype}${d.tied ? ", tied output layer" : ""}`,
             `  optimizer     ${d.hasOptimizerState ? `AdamW moments, step ${d.optimizerStep}` : "no optimizer state"}`,
             `  progress      step ${d.step}, ${fmt(d.tokensSeen)} tokens, ${d.flopsSeen.toExponential(2)} FLOPs`,

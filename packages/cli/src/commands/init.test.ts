@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -15,6 +15,24 @@ describe("staged init", () => {
     expect(r.status).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ layers: 1, dModel: 16, parameters: 256 * 16 + 16 * 16 + 12 * 256 + 13 * 16 + 32 });
     expect(r.stderr).toBe("");
+  });
+
+  it("--arch llama with grouped-query attention writes a config transformers loads as LlamaForCausalLM", async () => {
+    const out = json("init", at("llama"), "--arch", "llama", "--layers", "2", "--d-model", "32", "--heads", "4", "--kv-heads", "2", "--context", "16");
+    expect(out).toMatchObject({ architecture: "llama", heads: 4, kvHeads: 2, gatedMlp: true, tied: false });
+    const config = JSON.parse(await readFile(join(at("llama"), "config.json"), "utf8")) as Record<string, unknown>;
+    expect(config).toMatchObject({ model_type: "llama", architectures: ["LlamaForCausalLM"], num_key_value_heads: 2, hidden_size: 32, tie_word_embeddings: false });
+    expect(json("inspect", at("llama"))).toMatchObject({ kvHeads: 2, parameters: out.parameters });
+    for (const [args, message] of [
+      [["--arch", "llama", "--heads", "4", "--kv-heads", "3"], /^staged: --kv-heads 3 does not divide --heads 4$/],
+      [["--heads", "4", "--kv-heads", "2"], /^staged: --kv-heads: gpt2 has one key\/value head per query head/],
+      [["--arch", "bert", "--heads", "4"], /^staged: option '--arch <name>' argument 'bert' is invalid\. Allowed choices are gpt2, llama\.$/],
+    ] as const) {
+      const r = staged("init", at("bad"), "--layers", "1", "--d-model", "32", ...args);
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim()).toMatch(message);
+    }
+    await rm(at("llama"), { recursive: true });
   });
 
   describe("checks sizes and resources before allocating: one line, exit 1, nothing written", () => {

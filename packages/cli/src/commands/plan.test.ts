@@ -125,6 +125,10 @@ describe("staged plan fit", () => {
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/^staged: --small must be layers x width such as 2x64, got "2by64"\n$/);
     expect(staged("plan", "growth", "--law", "kaplan", "--small", "2x64", "--large", "2x128").stderr).toMatch(/needs a Chinchilla-form law/);
+    // Llama: the gated MLP's third matrix is counted (3·d·ffn instead of 2·d·ffn per layer).
+    const gl = json("plan", "growth", "--law", out, "--small", "2x64", "--large", "2x128", "--arch", "llama") as { small: { params: number } };
+    expect(gl.small.params).toBe(2 * (4 * 64 * 64 + 3 * 64 * 256));
+    expect(staged("plan", "growth", "--law", out, "--small", "2x64", "--large", "2x128", "--arch", "t5").stderr).toMatch(/^staged: --arch must be one of gpt2, llama, got "t5"\n$/);
   }, 30_000);
 
   it("says when a fit is ill-determined (two sizes), on stderr also with --json", async () => {

@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
+import { createDefaultRegistry } from "@staged/core";
 import {
   GROWTH_FACTORS, OnlineGrowthDetector, flopsPerToken, nonEmbeddingParams, planGrowthInRunUnits, type ChinchillaLaw, THRESHOLDS, chinchillaLaw, constantOp, fitLaw, kaplan, lawFromFit, parseCurveArg, planPlotSpec, planStages,
   readLearningCurve, DEFAULT_BATCH_TOKENS, type FitResult, type GrowthOperator, type Plan, type ScalingLaw, type StepGrid,
@@ -211,19 +212,24 @@ export function registerPlan(program: Command): void {
     .option("--batch <B>", "blocks per step (default 16)")
     .option("--context <T>", "tokens per block (default 128)")
     .option("--vocab <V>", "vocabulary (default 256)")
+    .option("--arch <name>", "architecture of both models (default gpt2; llama counts its gated MLP)")
     .action(async (_opts: unknown, cmd: Command) => {
-      const o = cmd.optsWithGlobals<PlanOptions & { small?: string; large?: string; batch?: string; context?: string; vocab?: string }>();
+      const o = cmd.optsWithGlobals<PlanOptions & { small?: string; large?: string; batch?: string; context?: string; vocab?: string; arch?: string }>();
       await runAction(Boolean(o.debug), async () => {
         const { law, file } = await resolveLaw(o.law, undefined);
         if (law.form !== "chinchilla") throw new UsageError(`--law ${file ?? o.law}: growth in run units needs a Chinchilla-form law (staged plan fit --law chinchilla)`);
         const intOpt = (name: string, text: string | undefined, dflt: number) => num(name, text, (v) => Number.isInteger(v) && v >= 1, "a positive integer") ?? dflt;
         const batch = intOpt("--batch", o.batch, 16), context = intOpt("--context", o.context, 128), vocab = intOpt("--vocab", o.vocab, 256);
+        const registry = createDefaultRegistry();
+        if (o.arch !== undefined && !registry.has("architecture", o.arch)) throw new UsageError(`--arch must be one of ${registry.list("architecture").join(", ")}, got ${JSON.stringify(o.arch)}`);
+        const arch = registry.get("architecture", o.arch ?? "gpt2");
         const model = (name: string, text: string | undefined) => {
           const m = text === undefined ? null : /^(\d+)x(\d+)$/.exec(text.trim());
           if (!m) throw new UsageError(`${name} must be layers x width such as 2x64, got ${JSON.stringify(text ?? "")}`);
           const layers = Number(m[1]), d = Number(m[2]);
           if (!(layers >= 1 && d >= 1)) throw new UsageError(`${name}: layers and width must be ≥ 1`);
-          const shape = { layers, dModel: d, heads: 1, headDim: d, ffn: 4 * d, vocab, context };
+          // The architecture's own shape (heads do not change these counts): GQA and gated MLPs counted as they are.
+          const shape = arch.parseConfig(arch.initConfig({ layers, dModel: d, heads: 1, vocab, context, ffn: 4 * d }, true)).shape;
           return { label: `${layers}x${d}`, params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, context) };
         };
         const small = model("--small", o.small), large = model("--large", o.large);

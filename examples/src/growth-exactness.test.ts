@@ -28,8 +28,8 @@ const lazy = (values: Map<string, Float32Array>, shapes: Map<string, LazyTensor>
   new Map([...values].map(([n, v]) => [n, inMemory(new Tensor("F32", shapes.get(n)!.shape, Float32Array.from(v)))]));
 
 /** A tiny model after a few AdamW steps: weights, moments, step counter. */
-async function trainedState(steps = 4, cfg: Record<string, unknown> = config): Promise<TrainingState> {
-  const init = initTrainingState("gpt2", cfg, 7);
+async function trainedState(steps = 4, cfg: Record<string, unknown> = config, arch = "gpt2"): Promise<TrainingState> {
+  const init = initTrainingState(arch, cfg, 7);
   const engine = await engineFor(init);
   for (let s = 0; s < steps; s++) await engine.step(batches[s]!, 3e-3, s + 1);
   const { expAvg, expAvgSq } = engine.moments();
@@ -168,5 +168,55 @@ describe("symmetry breaking", () => {
     // no first-order term: doubling the noise (the same draws × 2) multiplies the change by more than 2×
     // (measured 12×: second- and fourth-order terms)
     expect(anti2 / anti1).toBeGreaterThan(3);
+  }, 60_000);
+});
+
+// The Llama family through the same trainer: grouped-query attention, qwen2's q/k/v biases, tied and untied heads.
+const llamaConfigs: [string, Record<string, unknown>][] = [
+  ["llama, GQA 4/2, untied", { model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: VOCAB, max_position_embeddings: 16 }],
+  ["llama, tied", { model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2, num_attention_heads: 2, vocab_size: VOCAB, max_position_embeddings: 16, tie_word_embeddings: true }],
+  ["qwen2, q/k/v biases, GQA", { model_type: "qwen2", hidden_size: 16, intermediate_size: 32, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 1, vocab_size: VOCAB, max_position_embeddings: 16 }],
+];
+
+describe.each(llamaConfigs)("Llama family: %s", (_label, cfg) => {
+  let base: TrainingState;
+  let baseLoss: number;
+  beforeAll(async () => {
+    base = await trainedState(3, cfg, "llama");
+    baseLoss = await loss(base);
+  }, 60_000);
+
+  const width: [string, WidthOptions][] = [
+    ["width ×2", { factor: 2 }], ["width ×2, paper moments", { factor: 2, moments: "paper" }], ["width ×3", { factor: 3 }],
+    ["FFN only ×2", { factor: 1, ffnFactor: 2 }], ["width ×2, lossless split", { factor: 2, symmetry: "split", seed: 3 }],
+  ];
+  for (const [label, options] of width) it(`${label} keeps the loss`, async () => close(await loss(growWidth(base, options)), baseLoss), 30_000);
+
+  const depth: [string, DepthOptions][] = [
+    ["depth ×2, identity (LLaMA Pro block expansion)", { factor: 2, placement: "alternate" }],
+    ["depth, SOLAR-style map 0,1 then 0,1 with identity", { layerMap: [0, 1, 0, 1] }],
+  ];
+  for (const [label, options] of depth) it(`${label} keeps the loss`, async () => close(await loss(growDepth(base, options)), baseLoss), 30_000);
+
+  it("SOLAR's depth up-scaling with copies (init copy) changes the loss", async () => {
+    expect(Math.abs((await loss(growDepth(base, { layerMap: [0, 1, 0, 1], init: "copy" }))) - baseLoss)).toBeGreaterThan(1e-5);
+  }, 30_000);
+
+  it("width then depth keeps the loss; consistent moments are the grown model's gradients", async () => {
+    close(await loss(growDepth(growWidth(base, { factor: 2 }), { factor: 2 })), baseLoss);
+    const engine = await engineFor(base);
+    const { grads } = await engine.gradients(batches[6]!);
+    await engine.release();
+    const grown = growWidth({ ...base, optimizer: { ...base.optimizer, expAvg: lazy(grads, base.params), expAvgSq: lazy(grads, base.params) } }, { factor: 2 });
+    const big = await engineFor(grown);
+    const actual = (await big.gradients(batches[6]!)).grads;
+    await big.release();
+    const mapped = await readAll(grown.optimizer.expAvg!);
+    let scale = 0;
+    for (const v of actual.values()) for (const x of v) scale = Math.max(scale, Math.abs(x));
+    for (const [name, a] of actual) {
+      const m = mapped.get(name)!;
+      for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - m[i]!), `${name}[${i}]`).toBeLessThan(1e-5 * scale);
+    }
   }, 60_000);
 });

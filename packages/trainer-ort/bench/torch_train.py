@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""The PyTorch side of train-bench.mjs: a plain-torch GPT-2 training loop with the trainer's semantics
-(HF GPT2LMHeadModel: Conv1D x·W + b, tanh GELU, causal softmax attention scaled by 1/sqrt(head size), tied
-output layer, LayerNorm eps 1e-5, mean next-token cross-entropy over the B·(T−1) predictions),
-torch.nn.utils.clip_grad_norm_(1.0) and torch.optim.AdamW (2-D weights decay, 1-D ones do not), on the CPU
-with `threads` threads (torch.set_num_threads).
+"""The PyTorch side of train-bench.mjs: a plain-torch training loop with the trainer's semantics, for
+- arch "gpt2" (HF GPT2LMHeadModel: Conv1D x·W + b, tanh GELU, causal softmax attention scaled by 1/sqrt(head
+  size), tied output layer, LayerNorm eps 1e-5),
+- arch "llama" (HF LlamaForCausalLM, modeling_llama.py: RMSNorm, rotary embeddings with rotate_half, grouped-query
+  attention through repeat_kv, SwiGLU MLP, torch Linear layers without biases, untied or tied output layer),
+with the mean next-token cross-entropy over the B·(T−1) predictions, torch.nn.utils.clip_grad_norm_(1.0) and
+torch.optim.AdamW (2-D weights decay, 1-D ones do not), on the CPU with `threads` threads (torch.set_num_threads).
 
 Each step samples B blocks of T tokens at random offsets of a token file (little-endian uint16, as written
 by train-bench.mjs), like the trainer's random sampler. Argument: a JSON object
 {layers, d, heads, T, B, vocab, threads, warmup, steps, data}; prints one JSON line with the seconds of the
-timed steps and tokens/s over them."""
+timed steps and tokens/s over them. Llama adds {kvHeads, ffn, eps, theta, tied}."""
 import json
 import math
 import sys
@@ -71,7 +73,74 @@ class GPT2(torch.nn.Module):
         return F.cross_entropy(logits, ids[:, 1:].reshape(-1))
 
 
-model = GPT2()
+class LlamaBlock(torch.nn.Module):
+    def __init__(self, kv, ffn, eps, cos, sin):
+        super().__init__()
+        self.kv, self.eps = kv, eps
+        self.input_layernorm = torch.nn.Parameter(torch.ones(d))
+        self.q_proj = torch.nn.Linear(d, H * hd, bias=False)
+        self.k_proj = torch.nn.Linear(d, kv * hd, bias=False)
+        self.v_proj = torch.nn.Linear(d, kv * hd, bias=False)
+        self.o_proj = torch.nn.Linear(H * hd, d, bias=False)
+        self.post_attention_layernorm = torch.nn.Parameter(torch.ones(d))
+        self.gate_proj = torch.nn.Linear(d, ffn, bias=False)
+        self.up_proj = torch.nn.Linear(d, ffn, bias=False)
+        self.down_proj = torch.nn.Linear(ffn, d, bias=False)
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj, self.down_proj):
+            torch.nn.init.normal_(lin.weight, std=0.02)
+        self.register_buffer("causal", torch.tril(torch.ones(T, T, dtype=torch.bool)), persistent=False)
+        self.cos, self.sin = cos, sin
+
+    def rms(self, x, w):
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+    def rope(self, x):
+        half = hd // 2
+        return x * self.cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * self.sin
+
+    def forward(self, h):  # h: [B*T, d]
+        a = self.rms(h, self.input_layernorm)
+        q = self.q_proj(a).view(B, T, H, hd).transpose(1, 2)
+        k = self.k_proj(a).view(B, T, self.kv, hd).transpose(1, 2)
+        v = self.v_proj(a).view(B, T, self.kv, hd).transpose(1, 2)
+        q, k = self.rope(q), self.rope(k)
+        rep = H // self.kv
+        if rep > 1:  # repeat_kv
+            k = k[:, :, None].expand(B, self.kv, rep, T, hd).reshape(B, H, T, hd)
+            v = v[:, :, None].expand(B, self.kv, rep, T, hd).reshape(B, H, T, hd)
+        w = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+        w = w.masked_fill(~self.causal, torch.finfo(torch.float32).min)
+        o = (torch.softmax(w, dim=-1) @ v).transpose(1, 2).reshape(B * T, H * hd)
+        h = h + self.o_proj(o)
+        m = self.rms(h, self.post_attention_layernorm)
+        return h + self.down_proj(F.silu(self.gate_proj(m)) * self.up_proj(m))
+
+
+class Llama(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        inv_freq = 1.0 / (c["theta"] ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+        angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        emb = torch.cat((angles, angles), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        self.embed_tokens = torch.nn.Parameter(torch.randn(V, d) * 0.02)
+        self.layers = torch.nn.ModuleList(LlamaBlock(c["kvHeads"], c["ffn"], c["eps"], cos, sin) for _ in range(L))
+        self.norm = torch.nn.Parameter(torch.ones(d))
+        self.lm_head = None if c["tied"] else torch.nn.Parameter(torch.randn(V, d) * 0.02)
+        self.eps = c["eps"]
+
+    def forward(self, ids):
+        h = self.embed_tokens[ids].view(B * T, d)
+        for block in self.layers:
+            h = block(h)
+        h = self.norm * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps))
+        h = h.view(B, T, d)
+        out = self.embed_tokens if self.lm_head is None else self.lm_head
+        logits = h[:, :-1].reshape(-1, d) @ out.t()
+        return F.cross_entropy(logits, ids[:, 1:].reshape(-1))
+
+
+model = Llama() if c.get("arch", "gpt2") == "llama" else GPT2()
 params = list(model.parameters())
 opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() == 2], "weight_decay": 0.01},
                          {"params": [p for p in params if p.dim() != 2], "weight_decay": 0.0}],

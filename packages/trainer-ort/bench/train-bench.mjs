@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-// Training throughput (run after `pnpm build`; a script, not a test). Per GPT-2 shape, byte vocabulary:
+// Training throughput (run after `pnpm build`; a script, not a test). Per shape and architecture (GPT-2, and a
+// Llama of the same layers, width, heads, context and batch: 2 query heads per key/value head, SwiGLU with
+// intermediate_size 4·d, untied output layer, as core's llama.initConfig makes it), byte vocabulary:
 //   engine  — the compiled ONNX step alone, on random ids;
 //   trainer — this package's whole `train()` loop (sampling, step, bookkeeping) on the Brown training split;
-//   torch   — the same loop in plain PyTorch on the CPU (bench/torch_train.py), and trainer/torch.
+//   torch   — the same loop in plain PyTorch on the CPU (bench/torch_train.py, the same architecture), and trainer/torch.
 // Plus the machine's fp32 MatMul GFLOP/s through onnxruntime, measured in the same run, as the peak that
 // the achieved GFLOP/s are a fraction of.
 //
@@ -12,7 +14,7 @@
 // @staged/scheduler, the formula the trainer counts compute with. PyTorch: Debian's python3-torch with
 // libopenblas0-pthread, found as python3 or /usr/bin/python3; skipped when not importable.
 //
-// Usage: node bench/train-bench.mjs [--threads N] [--steps N] [--warmup N] [--only A|B] [--no-torch] [--json]
+// Usage: node bench/train-bench.mjs [--threads N] [--steps N] [--warmup N] [--only A|B] [--arch gpt2|llama] [--no-torch] [--json]
 //        [--profile]   (onnxruntime's per-node profile of the engine step, by op type and compiler section)
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -21,7 +23,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { performance } from "node:perf_hooks";
 import ort from "onnxruntime-node";
-import { gpt2, initTrainingState } from "@staged/core";
+import { createDefaultRegistry, initTrainingState } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
 import { GraphBuilder, brownText, byteTokenizer, createEngine, encodeTokenFile, train } from "../dist/index.js";
 
@@ -35,13 +37,22 @@ const threads = Number(arg("threads", String(Math.min(2, os.availableParallelism
 const steps = Number(arg("steps", "20"));
 const warmup = Number(arg("warmup", "3"));
 const only = arg("only", null);
+const onlyArch = arg("arch", null);
 const [noTorch, asJson, profile] = [flag("no-torch"), flag("json"), flag("profile")];
 
 const SHAPES = [
   { id: "A", layers: 4, d: 256, heads: 4, T: 128, B: 16, vocab: 256 },
   { id: "B", layers: 6, d: 384, heads: 6, T: 256, B: 8, vocab: 256 },
 ].filter((c) => !only || c.id === only);
-const configOf = (c) => ({ n_layer: c.layers, n_embd: c.d, n_head: c.heads, vocab_size: c.vocab, n_positions: c.T });
+const registry = createDefaultRegistry();
+const ARCHS = [
+  { arch: "gpt2", config: (c) => ({ n_layer: c.layers, n_embd: c.d, n_head: c.heads, vocab_size: c.vocab, n_positions: c.T }), torch: () => ({}) },
+  {
+    arch: "llama",
+    config: (c) => registry.get("architecture", "llama").initConfig({ layers: c.layers, dModel: c.d, heads: c.heads, kvHeads: c.heads / 2, vocab: c.vocab, context: c.T }, false),
+    torch: (config) => ({ kvHeads: config.num_key_value_heads, ffn: config.intermediate_size, eps: config.rms_norm_eps, theta: config.rope_theta, tied: config.tie_word_embeddings }),
+  },
+].filter((a) => !onlyArch || a.arch === onlyArch);
 const OPTIM = { lr: 1e-3, weightDecay: 0.01, clip: 1.0 };
 
 async function matmulPeak(n = 1536, reps = 5) {
@@ -59,11 +70,11 @@ async function matmulPeak(n = 1536, reps = 5) {
   return (2 * n ** 3) / sec / 1e9;
 }
 
-async function benchEngine(c) {
-  const config = configOf(c);
-  const weights = new Map([...gpt2.init(config, 0)].map(([n, t]) => [n, t.f32]));
+async function benchEngine(c, a) {
+  const config = a.config(c);
+  const weights = new Map([...registry.get("architecture", a.arch).init(config, 0)].map(([n, t]) => [n, t.f32]));
   const t0 = performance.now();
-  const engine = await createEngine("gpt2", config, weights, undefined, { batch: c.B, context: c.T, threads, clip: OPTIM.clip, weightDecay: OPTIM.weightDecay, profile });
+  const engine = await createEngine(a.arch, config, weights, undefined, { batch: c.B, context: c.T, threads, clip: OPTIM.clip, weightDecay: OPTIM.weightDecay, profile });
   const setupSeconds = (performance.now() - t0) / 1000;
   const batches = Array.from({ length: warmup + steps }, () => Int32Array.from({ length: c.B * c.T }, () => Math.floor(Math.random() * c.vocab)));
   let t1 = performance.now();
@@ -76,8 +87,8 @@ async function benchEngine(c) {
   return { seconds, setupSeconds };
 }
 
-async function benchTrainer(c, dataFile) {
-  const state = initTrainingState("gpt2", configOf(c), 0);
+async function benchTrainer(c, a, dataFile) {
+  const state = initTrainingState(a.arch, a.config(c), 0);
   let warmSeconds = 0;
   const { result } = await train(state, {
     data: dataFile, steps: warmup + steps, batch: c.B, context: c.T, ...OPTIM, sampler: "random", seed: 0, threads, evalBlocks: 1, saveDir: null,
@@ -92,8 +103,9 @@ function findTorchPython() {
   return null;
 }
 
-function benchTorch(py, c, dataFile) {
-  const r = spawnSync(py, [path.join(here, "torch_train.py"), JSON.stringify({ ...c, threads, warmup, steps, data: dataFile })], { encoding: "utf8" });
+function benchTorch(py, c, a, dataFile) {
+  const spec = { ...c, arch: a.arch, ...a.torch(a.config(c)), threads, warmup, steps, data: dataFile };
+  const r = spawnSync(py, [path.join(here, "torch_train.py"), JSON.stringify(spec)], { encoding: "utf8" });
   if (r.status !== 0) throw new Error(`torch_train.py failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split("\n").pop());
 }
@@ -137,19 +149,20 @@ try {
   if (!py && !noTorch) log("torch: no python3 that imports torch and numpy; torch columns skipped");
 
   const rows = [];
-  for (const c of SHAPES) {
-    const fpt = flopsPerToken(gpt2.parseConfig(configOf(c)).shape, c.T);
+  for (const c of SHAPES) for (const a of ARCHS) {
+    const fpt = flopsPerToken(registry.get("architecture", a.arch).parseConfig(a.config(c)).shape, c.T);
     const rate = (r) => {
       const tokensPerSecond = (steps * c.B * c.T) / r.seconds, gflops = (tokensPerSecond * fpt) / 1e9;
       return { ...r, tokensPerSecond, gflops, fractionOfPeak: gflops / peak };
     };
-    const engine = rate(await benchEngine(c));
+    const engine = rate(await benchEngine(c, a));
     const prof = profile ? profileSummary() : undefined;
-    const trainer = rate(await benchTrainer(c, dataFile));
-    const t = py ? benchTorch(py, c, dataFile) : null;
+    const trainer = rate(await benchTrainer(c, a, dataFile));
+    const t = py ? benchTorch(py, c, a, dataFile) : null;
     const torch = t && { version: t.torch, ...rate({ seconds: t.seconds, lastLoss: t.lastLoss }) };
-    const shape = `L${c.layers} d${c.d} H${c.heads} T${c.T} B${c.B} V${c.vocab}`;
-    rows.push({ shape, flopsPerToken: fpt, engine, trainer, torch, ratio: torch ? trainer.tokensPerSecond / torch.tokensPerSecond : null, profile: prof });
+    const kv = a.torch(a.config(c)).kvHeads;
+    const shape = `${a.arch} L${c.layers} d${c.d} H${c.heads}${kv ? ` KV${kv}` : ""} T${c.T} B${c.B} V${c.vocab}`;
+    rows.push({ arch: a.arch, shape, flopsPerToken: fpt, engine, trainer, torch, ratio: torch ? trainer.tokensPerSecond / torch.tokensPerSecond : null, profile: prof });
 
     const line = (name, r, extra) => log(`  ${name.padEnd(12)} ${r.tokensPerSecond.toFixed(0).padStart(6)} tokens/s  ${r.gflops.toFixed(1).padStart(6)} GFLOP/s  ` +
       `${(100 * r.fractionOfPeak).toFixed(0).padStart(3)}% of MatMul  (${extra})`);

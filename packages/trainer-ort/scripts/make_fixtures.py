@@ -1,24 +1,36 @@
 #!/usr/bin/env python3
-"""Reference fixtures for @staged/trainer-ort, computed by an independent GPT-2 in plain PyTorch.
+"""Reference fixtures for @staged/trainer-ort, computed by independent models in plain PyTorch (no transformers).
 
 Run once (not by tests or CI): `apt-get install -y python3-torch` then
-`/usr/bin/python3 packages/trainer-ort/scripts/make_fixtures.py`. Writes fixtures/gpt2-tiny{,-untied}.safetensors:
-the initial weights, the batches, the loss and every gradient of the first batch, and the parameters and
-AdamW moments after 3 steps (torch.nn.utils.clip_grad_norm_ + torch.optim.AdamW, foreach=False).
-The model follows HF GPT2LMHeadModel (modeling_gpt2.py): Conv1D weights [in, out], fused q|k|v, gelu_new,
-causal attention scaled by 1/sqrt(head_dim), tied (or untied) output layer, loss = mean next-token CE.
-Computed in float64 so the fixture is the exact function, stored as float32.
+`/usr/bin/python3 packages/trainer-ort/scripts/make_fixtures.py [name ...]` (default: every fixture). Writes
+fixtures/<name>.safetensors: the initial weights, the batches, the loss and every gradient of the first batch,
+and the parameters and AdamW moments after 3 steps (torch.nn.utils.clip_grad_norm_ + torch.optim.AdamW,
+foreach=False).
+
+- gpt2-tiny, gpt2-tiny-untied follow HF GPT2LMHeadModel (modeling_gpt2.py): Conv1D weights [in, out], fused
+  q|k|v, gelu_new, causal attention scaled by 1/sqrt(head_dim), tied (or untied) output layer.
+- llama-tiny (grouped-query attention, 4 query heads on 2 key/value heads, untied), llama-tiny-tied (tied,
+  one key/value head per query head) and qwen2-tiny (biases on q, k, v; 4 query heads on 1 key/value head)
+  follow HF LlamaForCausalLM / Qwen2ForCausalLM (modeling_llama.py, modeling_qwen2.py): torch Linear weights
+  [out, in], RMSNorm, rotary embeddings with rotate_half (tables in float32, as HF computes them), repeat_kv,
+  SwiGLU MLP (silu(gate) * up -> down).
+
+The loss is the mean next-token cross-entropy. Computed in float64 so the fixture is the exact function,
+stored as float32.
 """
 import json
 import math
 import os
 import struct
+import sys
 
 import torch
 
 torch.set_default_dtype(torch.float64)
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
 HP = dict(lrs=[3e-2, 2e-2, 1e-2], betas=(0.9, 0.95), eps=1e-4, weight_decay=0.1)
+# Chosen so that some of the 3 steps clip and some do not (asserted in make).
+CLIP_LLAMA, CLIP_TIED, CLIP_QWEN2 = 3.0, 4.0, 3.1
 
 
 def param_names(cfg):
@@ -90,6 +102,113 @@ def loss_fn(cfg, P, ids):
     return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
+def llama_dims(cfg):
+    d, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or H
+    return d, H, kv, cfg.get("head_dim") or d // H, cfg["intermediate_size"]
+
+
+def llama_qkv_bias(cfg):
+    # Qwen2 always has q/k/v biases; Llama and Mistral per attention_bias (off in these fixtures).
+    return cfg["model_type"] == "qwen2" or cfg.get("attention_bias", False)
+
+
+def llama_shapes(cfg):
+    d, H, kv, hd, f = llama_dims(cfg)
+    v = cfg["vocab_size"]
+    shapes = {"model.embed_tokens.weight": (v, d)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (d,)
+        for part, n in (("q", H * hd), ("k", kv * hd), ("v", kv * hd)):
+            shapes[p + f"self_attn.{part}_proj.weight"] = (n, d)  # torch Linear [out, in]
+            if llama_qkv_bias(cfg):
+                shapes[p + f"self_attn.{part}_proj.bias"] = (n,)
+        shapes[p + "self_attn.o_proj.weight"] = (d, H * hd)
+        shapes[p + "post_attention_layernorm.weight"] = (d,)
+        shapes[p + "mlp.gate_proj.weight"] = (f, d)
+        shapes[p + "mlp.up_proj.weight"] = (f, d)
+        shapes[p + "mlp.down_proj.weight"] = (d, f)
+    shapes["model.norm.weight"] = (d,)
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (v, d)
+    return shapes
+
+
+def llama_init(cfg, seed):
+    g = torch.Generator().manual_seed(seed)
+    params = {}
+    for n, shape in llama_shapes(cfg).items():
+        # Non-trivial norms and biases so that every gradient is exercised.
+        if n.endswith("norm.weight"):
+            t = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif len(shape) == 1:
+            t = 0.05 * torch.randn(shape, generator=g)
+        else:
+            t = 0.2 * torch.randn(shape, generator=g)
+        params[n] = t.float().double().requires_grad_()
+    return params
+
+
+def rms_norm(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def rotary_tables(T, hd, theta):
+    # HF LlamaRotaryEmbedding (rope_type "default") computes inv_freq, the angles and cos/sin in float32.
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).to(torch.float32) / hd))
+    angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos().double(), emb.sin().double()
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def repeat_kv(x, n_rep):
+    B, kv, T, hd = x.shape
+    return x[:, :, None, :, :].expand(B, kv, n_rep, T, hd).reshape(B, kv * n_rep, T, hd)
+
+
+def llama_loss(cfg, P, ids):
+    B, T = ids.shape
+    d, H, kv, hd, _ = llama_dims(cfg)
+    eps = cfg["rms_norm_eps"]
+    cos, sin = rotary_tables(T, hd, cfg["rope_theta"])
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    linear = lambda x, name: x @ P[name + ".weight"].t() + (P[name + ".bias"] if name + ".bias" in P else 0)
+    h = P["model.embed_tokens.weight"][ids]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        a = rms_norm(h, P[p + "input_layernorm.weight"], eps)
+        q = linear(a, p + "self_attn.q_proj").view(B, T, H, hd).transpose(1, 2)
+        k = linear(a, p + "self_attn.k_proj").view(B, T, kv, hd).transpose(1, 2)
+        v = linear(a, p + "self_attn.v_proj").view(B, T, kv, hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k, v = repeat_kv(k, H // kv), repeat_kv(v, H // kv)
+        w = (q @ k.transpose(2, 3)) * hd ** -0.5
+        w = torch.where(causal, w, torch.tensor(torch.finfo(w.dtype).min))
+        o = (torch.softmax(w, dim=-1) @ v).transpose(1, 2).reshape(B, T, H * hd)
+        h = h + linear(o, p + "self_attn.o_proj")
+        m = rms_norm(h, P[p + "post_attention_layernorm.weight"], eps)
+        gate = linear(m, p + "mlp.gate_proj")
+        h = h + linear(gate * torch.sigmoid(gate) * linear(m, p + "mlp.up_proj"), p + "mlp.down_proj")
+    h = rms_norm(h, P["model.norm.weight"], eps)
+    out = P["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else P["lm_head.weight"]
+    logits = h @ out.t()
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+MODELS = {
+    "gpt2": (param_names, init, loss_fn),
+    "llama": (lambda cfg: list(llama_shapes(cfg)), llama_init, llama_loss),
+}
+MODELS["qwen2"] = MODELS["llama"]
+
+
 def write_safetensors(path, tensors, metadata):
     header, offset, blobs = {"__metadata__": metadata}, 0, []
     for name, t in tensors.items():
@@ -106,16 +225,17 @@ def write_safetensors(path, tensors, metadata):
 
 
 def make(name, cfg, seed, clip):
+    names_of, init_of, loss_of = MODELS[cfg["model_type"]]
     HP["clip"] = clip
     B, T = 2, 8
-    P = init(cfg, seed)
-    names = param_names(cfg)
+    P = init_of(cfg, seed)
+    names = names_of(cfg)
     g = torch.Generator().manual_seed(seed + 1)
     batches = torch.randint(0, cfg["vocab_size"], (len(HP["lrs"]), B, T), generator=g)
     tensors = {"ids": batches}
     tensors.update({f"param.{n}": P[n].float() for n in names})
 
-    loss = loss_fn(cfg, P, batches[0])
+    loss = loss_of(cfg, P, batches[0])
     grads = torch.autograd.grad(loss, [P[n] for n in names])
     tensors.update({f"grad.{n}": gr.float() for n, gr in zip(names, grads)})
 
@@ -129,7 +249,7 @@ def make(name, cfg, seed, clip):
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad()
-        l = loss_fn(cfg, P, batches[s])
+        l = loss_of(cfg, P, batches[s])
         l.backward()
         norms.append(float(torch.nn.utils.clip_grad_norm_([P[n] for n in names], HP["clip"])))
         losses.append(float(l))
@@ -152,5 +272,24 @@ if __name__ == "__main__":
     base = {"model_type": "gpt2", "n_layer": 2, "n_embd": 16, "n_head": 2, "n_inner": None, "vocab_size": 32,
             "n_positions": 16, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new",
             "tie_word_embeddings": True}
-    make("gpt2-tiny", base, 1234, 3.0)
-    make("gpt2-tiny-untied", {**base, "tie_word_embeddings": False, "n_inner": 24, "layer_norm_epsilon": 1e-4}, 4321, 2.0)
+    # HF config.json fields of the Llama family (configuration_llama.py, configuration_qwen2.py).
+    llama = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16, "intermediate_size": 24,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32,
+             "max_position_embeddings": 16, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
+             "tie_word_embeddings": False}
+    fixtures = {
+        "gpt2-tiny": lambda: make("gpt2-tiny", base, 1234, 3.0),
+        "gpt2-tiny-untied": lambda: make("gpt2-tiny-untied", {**base, "tie_word_embeddings": False, "n_inner": 24,
+                                                              "layer_norm_epsilon": 1e-4}, 4321, 2.0),
+        "llama-tiny": lambda: make("llama-tiny", llama, 2024, CLIP_LLAMA),
+        "llama-tiny-tied": lambda: make("llama-tiny-tied", {**llama, "num_attention_heads": 2, "num_key_value_heads": 2,
+                                                            "intermediate_size": 32, "rms_norm_eps": 1e-5,
+                                                            "rope_theta": 1000.0, "tie_word_embeddings": True}, 2025, CLIP_TIED),
+        "qwen2-tiny": lambda: make("qwen2-tiny", {**llama, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+                                                  "num_key_value_heads": 1, "rope_theta": 1000000.0,
+                                                  "use_sliding_window": False}, 2026, CLIP_QWEN2),
+    }
+    for name in sys.argv[1:] or list(fixtures):
+        if name not in fixtures:
+            sys.exit(f"unknown fixture {name} (known: {', '.join(fixtures)})")
+        fixtures[name]()

@@ -1,6 +1,6 @@
 import os from "node:os";
 import ort from "onnxruntime-node";
-import type { ParamSpec } from "@staged/core";
+import type { ParamSpec, Registry } from "@staged/core";
 import { modelGraph } from "./models/index.js";
 import { adamwDefaults, compileApply, compileEval, compileGradient, compileTrainStep, names, type AdamWOptions, type CompiledGraph } from "./step.js";
 
@@ -23,6 +23,8 @@ export interface EngineOptions {
   profile?: boolean;
   /** Compile only what evaluation needs: step() then throws (gradients() still works, compiled on first use). */
   evalOnly?: boolean;
+  /** Where the architecture's plugin is found (default: core's createDefaultRegistry()). */
+  registry?: Registry;
 }
 
 export interface Engine {
@@ -92,7 +94,8 @@ export async function createEngine(
   moments: { expAvg?: Map<string, Float32Array>; expAvgSq?: Map<string, Float32Array> } | undefined,
   options: EngineOptions,
 ): Promise<Engine> {
-  const model = modelGraph(architecture);
+  const registry = options.registry;
+  const model = modelGraph(architecture, registry);
   const specs: ParamSpec[] = model.params(config);
   const vocab = model.shape(config).vocab;
   const { batch: B, context: T } = options;
@@ -169,7 +172,7 @@ export async function createEngine(
   let acc: { a: Map<string, ort.Tensor>; b: Map<string, ort.Tensor>; zero: Map<string, ort.Tensor> } | null = null;
   const getGradSession = async () => {
     if (!gradSession) {
-      gradSession = await createSession(compileGradient(architecture, config, { batch: micro, context: T }), sess);
+      gradSession = await createSession(compileGradient(architecture, config, { batch: micro, context: T }, registry), sess);
       const mk = () => new Map(specs.map((s) => [s.name, f32(new Float32Array(size(s)), s.shape)]));
       acc = { a: mk(), b: mk(), zero: mk() };
     }
@@ -198,9 +201,9 @@ export async function createEngine(
 
   // Evaluation sessions are made per batch size on first use; an eval-only engine compiles nothing else.
   if (!options.evalOnly && micro === B) {
-    stepSession = await createSession(compileTrainStep(architecture, config, { batch: B, context: T }, opt), sess);
+    stepSession = await createSession(compileTrainStep(architecture, config, { batch: B, context: T }, opt, registry), sess);
   } else if (!options.evalOnly) {
-    applySession = await createSession(compileApply(architecture, config, opt), sess);
+    applySession = await createSession(compileApply(architecture, config, opt, registry), sess);
     await getGradSession();
   }
 
@@ -244,7 +247,7 @@ export async function createEngine(
       const rows = ids.length / T;
       let s = evalSessions.get(rows);
       if (!s) {
-        s = await createSession(compileEval(architecture, config, { batch: rows, context: T }), sess);
+        s = await createSession(compileEval(architecture, config, { batch: rows, context: T }, registry), sess);
         evalSessions.set(rows, s);
       }
       const feeds: Feeds = { [names.ids]: idsTensor(ids, 0, rows) };

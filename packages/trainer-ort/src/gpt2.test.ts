@@ -2,6 +2,8 @@ import ort from "onnxruntime-node";
 import { describe, expect, it } from "vitest";
 import { compileEval, compileGradient, names } from "./step.js";
 import { closeness, loadFixture } from "./testing/fixture.js";
+import { createRegistry, gpt2 } from "@staged/core";
+import { GraphBuilder } from "./graph/builder.js";
 import { modelGraph } from "./models/index.js";
 
 /**
@@ -40,7 +42,6 @@ describe.each(VARIANTS)("GPT-2 graph vs PyTorch fixture %s", (variant) => {
   });
 
   it("logits graph gives the same loss", async () => {
-    const { GraphBuilder } = await import("./graph/builder.js");
     const b = new GraphBuilder();
     const pv = new Map(specs.map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]));
     const idv = b.input(names.ids, "int64", [fx.B, fx.T]);
@@ -63,8 +64,27 @@ describe.each(VARIANTS)("GPT-2 graph vs PyTorch fixture %s", (variant) => {
   });
 });
 
-it("unknown architectures are reported with the known ones", () => {
-  expect(() => modelGraph("llama")).toThrow(/no model graph for architecture "llama" \(known: gpt2\)/);
+it("model graphs come from the plugin registry: unknown architectures get the registry's error", () => {
+  expect(modelGraph("llama").architecture).toBe("llama");
+  expect(() => modelGraph("mamba")).toThrow(/^unknown architecture "mamba" \(registered: gpt2, llama[,)]/);
+  expect(() => modelGraph("gpt2", createRegistry())).toThrow('unknown architecture "gpt2" (registered: none)');
+  // A registry passed in is the one asked: wte, wpe, 12 per block, ln_f's 2.
+  expect(modelGraph("gpt2", createRegistry().register("architecture", gpt2)).params(loadFixture("gpt2-tiny").config).length).toBe(2 + 12 * 2 + 2);
+});
+
+it("the GPT-2 forward graph keeps its fused ops: LayerNormalization, one Gemm per Conv1D, FastGelu, q scaled once", () => {
+  const fx = loadFixture("gpt2-tiny");
+  const b = new GraphBuilder();
+  const pv = new Map(modelGraph("gpt2").params(fx.config).map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]));
+  b.output(modelGraph("gpt2").logits(b, fx.config, (n) => pv.get(n)!, b.input(names.ids, "int64", [fx.B, fx.T])), "logits");
+  const ops: Record<string, number> = {};
+  for (const n of b.live().nodes) ops[n.op] = (ops[n.op] ?? 0) + 1;
+  // Per layer (2): 2 LayerNormalization, 4 Gemm, 1 FastGelu, 1 Split, 2 Transpose + the one fused into MatMul,
+  // 1 Mul (q·scale), 3 Add (mask, 2 residuals), 1 Softmax, 2 MatMul.
+  expect(ops).toEqual({
+    Gather: 1, Slice: 1, Add: 7, Reshape: 12, LayerNormalization: 5, Gemm: 9, Transpose: 6, Split: 2, Mul: 2,
+    MatMul: 4, Softmax: 2, FastGelu: 2,
+  });
 });
 
 describe("GPT-2 config options", () => {

@@ -1,4 +1,4 @@
-import type { ParamSpec } from "@staged/core";
+import type { ParamSpec, Registry } from "@staged/core";
 import { GraphBuilder, type Value } from "./graph/builder.js";
 import { gradients } from "./graph/autodiff.js";
 import { modelGraph } from "./models/index.js";
@@ -48,8 +48,9 @@ export function adamwDefaults(params: readonly ParamSpec[], o: Partial<Omit<Adam
   };
 }
 
-function setup(architecture: string, config: Record<string, unknown>) {
-  const model = modelGraph(architecture);
+/** The architecture's model graph comes from `registry` (default: core's createDefaultRegistry()). */
+function setup(architecture: string, config: Record<string, unknown>, registry?: Registry) {
+  const model = modelGraph(architecture, registry);
   const params = model.params(config);
   const b = new GraphBuilder();
   b.section = "forward";
@@ -109,8 +110,8 @@ function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grad
  * float64 scalars `lr` and `step` (the 1-based update count); outputs = `loss`, `grad_norm`, `new.<param>`,
  * `new.exp_avg.<param>`, `new.exp_avg_sq.<param>`.
  */
-export function compileTrainStep(architecture: string, config: Record<string, unknown>, shape: BatchShape, opt: AdamWOptions): CompiledGraph {
-  const { model, params, b, pv, p } = setup(architecture, config);
+export function compileTrainStep(architecture: string, config: Record<string, unknown>, shape: BatchShape, opt: AdamWOptions, registry?: Registry): CompiledGraph {
+  const { model, params, b, pv, p } = setup(architecture, config, registry);
   const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
   const loss = model.loss(b, config, p, ids);
   b.output(loss, names.loss);
@@ -120,8 +121,8 @@ export function compileTrainStep(architecture: string, config: Record<string, un
 }
 
 /** Loss only: params and `input_ids` → `loss`. */
-export function compileEval(architecture: string, config: Record<string, unknown>, shape: BatchShape): CompiledGraph {
-  const { model, params, b, p } = setup(architecture, config);
+export function compileEval(architecture: string, config: Record<string, unknown>, shape: BatchShape, registry?: Registry): CompiledGraph {
+  const { model, params, b, p } = setup(architecture, config, registry);
   const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
   b.output(model.loss(b, config, p, ids), names.loss);
   return finish(b, params);
@@ -131,8 +132,8 @@ export function compileEval(architecture: string, config: Record<string, unknown
  * Gradients of one micro-batch, added to running sums: params, `input_ids` and `grad_acc.*` →
  * `loss` and `grad.<param>` = grad_acc + ∂loss/∂param.
  */
-export function compileGradient(architecture: string, config: Record<string, unknown>, shape: BatchShape): CompiledGraph {
-  const { model, params, b, pv, p } = setup(architecture, config);
+export function compileGradient(architecture: string, config: Record<string, unknown>, shape: BatchShape, registry?: Registry): CompiledGraph {
+  const { model, params, b, pv, p } = setup(architecture, config, registry);
   const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
   const loss = model.loss(b, config, p, ids);
   b.output(loss, names.loss);
@@ -145,8 +146,8 @@ export function compileGradient(architecture: string, config: Record<string, unk
  * The update from summed micro-batch gradients: params, moments, `grad.*`, float32 scalar `micro_batches`
  * (the gradient is the sum divided by it), `lr`, `step` → `grad_norm` and the `new.*` outputs.
  */
-export function compileApply(architecture: string, config: Record<string, unknown>, opt: AdamWOptions): CompiledGraph {
-  const { params, b, pv } = setup(architecture, config);
+export function compileApply(architecture: string, config: Record<string, unknown>, opt: AdamWOptions, registry?: Registry): CompiledGraph {
+  const { params, b, pv } = setup(architecture, config, registry);
   const count = b.input(names.microBatches, "float32", []);
   const grads = params.map((s) => b.div(b.input(names.grad(s.name), "float32", s.shape), count));
   adamw(b, params, pv, grads, opt);

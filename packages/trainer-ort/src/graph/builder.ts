@@ -202,6 +202,7 @@ export class GraphBuilder {
   private unary(op: string, x: Value): Value { return this.node1(op, [x], {}, x.dtype, x.shape); }
   sqrt(x: Value): Value { return this.unary("Sqrt", x); }
   tanh(x: Value): Value { return this.unary("Tanh", x); }
+  sigmoid(x: Value): Value { return this.unary("Sigmoid", x); }
   exp(x: Value): Value { return this.unary("Exp", x); }
   log(x: Value): Value { return this.unary("Log", x); }
   neg(x: Value): Value { return this.unary("Neg", x); }

@@ -2,6 +2,7 @@ import ort from "onnxruntime-node";
 import { describe, expect, it } from "vitest";
 import { GraphBuilder, type DType, type Value } from "./builder.js";
 import { gradients } from "./autodiff.js";
+import { rmsNorm, silu } from "../models/decoder.js";
 
 /**
  * Each rule is checked by central finite differences of loss = Σ r ⊙ f(inputs) (r random, so the
@@ -62,12 +63,13 @@ describe("VJP rules against central finite differences (float64)", () => {
     await check((b, [x, y]) => b.mul(x!, y!), [{ shape: [2, 1, 4] }, { shape: [3, 1] }]);
     await check((b, [x, y]) => b.div(x!, y!), [{ shape: [2, 3] }, { shape: [3], positive: true }]);
   });
-  it("Pow (constant and tensor exponent), Sqrt, Tanh, Exp, Log, Neg, Identity", async () => {
+  it("Pow (constant and tensor exponent), Sqrt, Tanh, Sigmoid, Exp, Log, Neg, Identity", async () => {
     await check((b, [x]) => b.pow(x!, 3), [{ shape: [5] }]);
     await check((b, [x]) => b.pow(x!, 2), [{ shape: [5] }]);
     await check((b, [x, p]) => b.pow(x!, p!), [{ shape: [2, 3], positive: true }, { shape: [3] }]);
     await check((b, [x]) => b.sqrt(x!), [{ shape: [6], positive: true }]);
     await check((b, [x]) => b.tanh(x!), [{ shape: [6] }]);
+    await check((b, [x]) => b.sigmoid(x!), [{ shape: [7], values: [-6, -2, -0.5, 0, 0.3, 1.5, 5] }]);
     await check((b, [x]) => b.exp(x!), [{ shape: [6] }]);
     await check((b, [x]) => b.log(x!), [{ shape: [6], positive: true }]);
     await check((b, [x]) => b.neg(x!), [{ shape: [6] }]);
@@ -122,6 +124,15 @@ describe("VJP rules against central finite differences (float64)", () => {
   it("accumulates gradients of a value used several times", async () => {
     await check((b, [x]) => b.add(b.mul(x!, x!), b.tanh(x!)), [{ shape: [4] }]);
   });
+  it("the decoder's composites: RMSNorm, SwiGLU, rotate-half rotary embedding", async () => {
+    await check((b, [x, w]) => rmsNorm(b, x!, w!, 1e-6), [{ shape: [2, 3, 5] }, { shape: [5] }]);
+    await check((b, [g, u]) => b.mul(silu(b, g!), u!), [{ shape: [3, 4] }, { shape: [3, 4] }]);
+    // x·cos + cat(x₂, x₁)·sin over the last axis, tables broadcast over the leading axes.
+    await check((b, [x, c, s]) => {
+      const [x1, x2] = b.split(x!, -1, [2, 2]);
+      return b.add(b.mul(x!, c!), b.mul(b.concat([x2!, x1!], -1), s!));
+    }, [{ shape: [2, 3, 4] }, { shape: [3, 4] }, { shape: [3, 4] }]);
+  });
   it("cross-entropy: LogSoftmax + GatherElements + ReduceMean + Neg", async () => {
     await check((b, [z, t]) => b.neg(b.reduceMean(b.gatherElements(b.logSoftmax(z!, -1), t!, 1), [0, 1], false)),
       [{ shape: [4, 5] }, { shape: [4, 1], int: true, values: [1, 4, 0, 1] }]);
@@ -134,6 +145,11 @@ describe("VJP rules in float32 (ops without a double kernel, casts)", () => {
   });
   it("Cast float32 → float64", async () => {
     await check((b, [x]) => b.cast(b.mul(x!, x!), "float64"), [{ shape: [4], dtype: "float32" }], "float32");
+  });
+  it("Sigmoid, RMSNorm and SwiGLU in float32", async () => {
+    await check((b, [x]) => b.sigmoid(x!), [{ shape: [6] }], "float32");
+    await check((b, [x, w]) => rmsNorm(b, x!, w!, 1e-5), [{ shape: [2, 6] }, { shape: [6] }], "float32");
+    await check((b, [g, u]) => b.mul(silu(b, g!), u!), [{ shape: [2, 3] }, { shape: [2, 3] }], "float32");
   });
   it("LayerNormalization and the GELU pattern in float32", async () => {
     await check((b, [x, w, c]) => b.layerNorm(x!, w!, c!, 1e-5).y, [{ shape: [2, 6] }, { shape: [6] }, { shape: [6] }], "float32");

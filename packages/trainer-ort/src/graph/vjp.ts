@@ -109,6 +109,8 @@ export const VJP: Record<string, VjpRule> = {
   },
   Sqrt: (b, n, g) => [b.div(b.mul(g0(g), 0.5), out(n))],
   Tanh: (b, n, g) => [b.mul(g0(g), b.sub(1, b.mul(out(n), out(n))))],
+  // σ′(x) = σ(x)(1 − σ(x)), from the saved output.
+  Sigmoid: (b, n, g) => [b.mul(g0(g), b.mul(out(n), b.sub(1, out(n))))],
   Exp: (b, n, g) => [b.mul(g0(g), out(n))],
   Log: (b, n, g) => [b.div(g0(g), inp(n, 0))],
   Neg: (b, _n, g) => [b.neg(g0(g))],

@@ -1,16 +1,20 @@
-import { gpt2 } from "./gpt2.js";
+import { createDefaultRegistry, gpt2, type Registry } from "@staged/core";
+import { decoderGraph } from "./decoder.js";
 import type { ModelGraph } from "./types.js";
 
 export type { ModelGraph } from "./types.js";
-export { gpt2 as gpt2Graph, geluNew } from "./gpt2.js";
+export { decoderGraph, geluNew, rmsNorm, rotaryTables, silu } from "./decoder.js";
 
-const MODEL_GRAPHS: Readonly<Record<string, ModelGraph>> = { gpt2 };
-
-/** The model-graph module of an architecture; throws listing the known ones. */
-export function modelGraph(architecture: string): ModelGraph {
-  const m = Object.hasOwn(MODEL_GRAPHS, architecture) ? MODEL_GRAPHS[architecture] : undefined;
-  if (!m) throw new Error(`no model graph for architecture "${architecture}" (known: ${Object.keys(MODEL_GRAPHS).join(", ")})`);
-  return m;
+/**
+ * The model graph of a registered architecture: the generic decoder built from its plugin (parameter roles
+ * and DecoderSpec). Unknown names get the registry's error, which lists the registered ones.
+ */
+export function modelGraph(architecture: string, registry: Registry = createDefaultRegistry()): ModelGraph {
+  return decoderGraph(registry.get("architecture", architecture));
 }
 
-export const modelGraphNames = (): string[] => Object.keys(MODEL_GRAPHS);
+/** Architectures that have a model graph: every one the registry holds. */
+export const modelGraphNames = (registry: Registry = createDefaultRegistry()): string[] => registry.list("architecture");
+
+/** GPT-2's graph (HF GPT2LMHeadModel), the decoder of core's gpt2 plugin. */
+export const gpt2Graph: ModelGraph = decoderGraph(gpt2);

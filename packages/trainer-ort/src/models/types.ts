@@ -1,7 +1,7 @@
 import type { ModelShape, ParamSpec } from "@staged/core";
 import type { GraphBuilder, Value } from "../graph/builder.js";
 
-/** The forward graph of one architecture family, looked up by the architecture's name. */
+/** The forward graph of one architecture: the generic decoder built from its plugin (modelGraph, decoderGraph). */
 export interface ModelGraph {
   readonly architecture: string;
   /** Trainable parameters in canonical order (from the architecture plugin of @staged/core). */

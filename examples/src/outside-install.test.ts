@@ -32,7 +32,8 @@ function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = 
 }
 
 // Uses every package: grows a GPT-2 state, trains it a few steps on a few bytes (saving a checkpoint with its
-// metrics log), and runs a tiny staged run with its baseline through @staged/run down to the report.
+// metrics log), runs a tiny staged run with its baseline through @staged/run down to the report, and exports
+// the trained checkpoint to ONNX and generates from it through transformers.js (@staged/export).
 const script = `
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -42,6 +43,7 @@ import { growDepth } from "@staged/grow-depth";
 import { flopsPerToken } from "@staged/scheduler";
 import { train, readMetrics } from "@staged/trainer-ort";
 import { parseRunSpec, runSpec, compareRuns, formatReport } from "@staged/run";
+import { exportModel, generate } from "@staged/export";
 import { createProgram } from "@staged/cli";
 
 const dir = process.argv[2];
@@ -60,11 +62,15 @@ const spec = parseRunSpec({
   stages: [{ grow: "width", at: { fraction: 0.5 } }], seeds: [0], baseline: { seeds: [0] }, threads: 1,
 }, join(dir, "spec.json"));
 const results = await runSpec(spec, join(dir, "runs"));
+// The trained checkpoint to ONNX, and generation from the export through transformers.js.
+const exported = await exportModel(ckpt, join(dir, "exported"));
+const generated = await generate(exported.dir, "the quick", { maxNewTokens: 4 });
 console.log(JSON.stringify({
   grown: grown.shape, losses: result.losses, valLoss: result.valLoss, saved,
   flopsPerToken: flopsPerToken(saved.shape, 16),
   runs: results.map((r) => ({ name: r.name, done: r.done, growths: r.growths.length })),
   report: formatReport(compareRuns(results)),
+  exported: exported.files, generated: generated.newIds.length,
   program: createProgram().name(),
 }));
 `;
@@ -77,6 +83,7 @@ import { growDepth, type DepthOptions } from "@staged/grow-depth";
 import { chinchillaLaw, flopsPerToken, type ChinchillaLaw, type MetricsRecord } from "@staged/scheduler";
 import { GraphBuilder, train, type TrainOptions, type TrainResult, type Value } from "@staged/trainer-ort";
 import { compareRuns, parseRunSpec, type RunReport, type RunResult, type RunSpec } from "@staged/run";
+import { exportModel, loadGenerator, type ExportResult, type GenerateResult, type Generator } from "@staged/export";
 import { createProgram, main } from "@staged/cli";
 
 const options: WidthOptions = { factor: 2, moments: "paper", symmetry: "split" };
@@ -98,13 +105,16 @@ export const trained: Promise<TrainResult> = train(s, trainOptions).then((r) => 
 
 export const parse: (raw: unknown, file: string) => RunSpec = parseRunSpec;
 export const report = (runs: readonly RunResult[]): RunReport => compareRuns(runs);
+export const exported: Promise<ExportResult> = exportModel(s, "exported", { dtype: "fp16" });
+export const generator: Promise<Generator> = loadGenerator("exported", { threads: 1 });
+export const completion: Promise<string> = generator.then((g) => g.generate("the", { maxNewTokens: 4, temperature: 0.8, topP: 0.9 })).then((r: GenerateResult) => r.completion);
 export const program: string = createProgram().name();
 export const cli: (argv: string[]) => Promise<void> = main;
 `;
 
 describe("packed tarballs of every package outside the workspace", () => {
   beforeAll(async () => {
-    expect(packages).toEqual(expect.arrayContaining(["core", "grow-width", "grow-depth", "scheduler", "trainer-ort", "run", "cli"]));
+    expect(packages).toEqual(expect.arrayContaining(["core", "grow-width", "grow-depth", "scheduler", "trainer-ort", "run", "export", "cli"]));
     project = await mkdtemp(join(tmpdir(), "staged-outside-"));
     for (const p of packages) {
       const pkg = JSON.parse(readFileSync(join(root, "packages", p, "package.json"), "utf8")) as { main: string; bin?: Record<string, string> };
@@ -139,11 +149,16 @@ describe("packed tarballs of every package outside the workspace", () => {
     expect(out.runs).toEqual([{ name: "w-s0", done: true, growths: 1 }, { name: "baseline-s0", done: true, growths: 0 }]);
     expect(out.report).toContain("baseline");
     expect(out.program).toBe("staged");
+    expect(out.exported).toEqual(expect.arrayContaining(["onnx/model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]));
+    expect(out.generated).toBe(4);
 
     const help = run("npx", ["--no", "--", "staged", "--help"], project);
-    for (const command of ["inspect", "init", "train", "eval", "grow", "plan", "run", "report"]) expect(help).toContain(`${command} `);
+    for (const command of ["inspect", "init", "train", "eval", "grow", "plan", "run", "report", "export", "generate"]) expect(help).toContain(`${command} `);
     const inspected = JSON.parse(run("npx", ["--no", "--", "staged", "inspect", join(project, "ckpt"), "--json"], project));
     expect(inspected).toMatchObject({ architecture: "gpt2", layers: 2, dModel: 16, heads: 4, step: 3, hasOptimizerState: true });
+    const generated = JSON.parse(run("npx", ["--no", "--", "staged", "generate", join(project, "ckpt"), "--prompt", "the", "--max-new-tokens", "3", "--json"], project));
+    expect(generated).toMatchObject({ prompt: "the", promptIds: [116, 104, 101], exported: true });
+    expect(generated.newIds).toHaveLength(3);
   }, 120_000);
 
   it("a strict TypeScript file (skipLibCheck off) compiles against every package's public types", async () => {

@@ -8,6 +8,8 @@ import { registerTrain } from "./commands/train.js";
 import { registerEval } from "./commands/eval.js";
 import { registerPlan } from "./commands/plan.js";
 import { registerReport, registerRun } from "./commands/run.js";
+import { registerExport } from "./commands/export.js";
+import { registerGenerate } from "./commands/generate.js";
 
 export interface GlobalOptions { json?: boolean; debug?: boolean }
 
@@ -28,6 +30,8 @@ export function createProgram(): Command {
   registerPlan(program);
   registerRun(program);
   registerReport(program);
+  registerExport(program);
+  registerGenerate(program);
   return program;
 }
 

@@ -14,3 +14,4 @@ export * from "./lock.js";
 export { leftovers, needsRecovery, recoverCheckpoint, type Leftover, type LeftoverKind } from "./recovery.js";
 export { gpt2, gpt2InitConfig, type Gpt2InitOptions } from "./gpt2.js";
 export { llama } from "./llama.js";
+export { bytesToUnicode, byteLevelTokenizerJson, byteLevelTokenizerConfig, byteLevelTokenizerFiles, BYTE_LEVEL_PAD_ID } from "./tokenizer-json.js";

@@ -1,0 +1,40 @@
+import { basename, dirname, join, resolve } from "node:path";
+import { Option, type Command } from "commander";
+import { formatBytes } from "@staged/core";
+import { exportModel, type ExportDType } from "@staged/export";
+import { createOutput, runAction } from "../output.js";
+import { createProgress } from "../progress.js";
+import type { GlobalOptions } from "../main.js";
+
+interface ExportCliOptions { out?: string; dtype?: ExportDType }
+
+/** Where `staged export <dir>` writes without --out: the sibling `<dir>-onnx`. */
+export const defaultExportDir = (dir: string): string => join(dirname(resolve(dir)), `${basename(resolve(dir))}-onnx`);
+
+export function registerExport(program: Command): void {
+  program.command("export <dir>")
+    .description("export a checkpoint to ONNX with a KV cache, in a directory transformers.js (@huggingface/transformers) loads: onnx/model.onnx, config, tokenizer")
+    .option("--out <dir>", "the export directory (default: <dir>-onnx beside the checkpoint); an earlier export there is replaced")
+    .addOption(new Option("--dtype <d>", "fp32 (default): onnx/model.onnx; fp16: onnx/model_fp16.onnx as well").choices(["fp32", "fp16"]))
+    .action(async (dir: string, o: ExportCliOptions, cmd: Command) => {
+      const g = cmd.optsWithGlobals<GlobalOptions>();
+      await runAction(Boolean(g.debug), async () => {
+        const out = o.out ?? defaultExportDir(dir);
+        const t0 = performance.now();
+        let progress: ReturnType<typeof createProgress> | null = null, file = "";
+        const r = await exportModel(dir, out, {
+          dtype: o.dtype ?? "fp32",
+          // Progress on stderr (also with --json) for exports that take more than a second.
+          onProgress: (p) => {
+            if (p.file !== file) { progress?.stop(); file = p.file; progress = createProgress(`writing ${p.file}`, "MB", 1e6); }
+            progress?.update(p.bytes, p.totalBytes);
+          },
+        }).finally(() => progress?.stop());
+        const result = { checkpoint: resolve(dir), out: r.dir, files: r.files, bytes: r.bytes, dtypes: r.manifest.dtypes,
+          externalData: Object.keys(r.manifest.externalData).length > 0, architecture: r.manifest.architecture, seconds: (performance.now() - t0) / 1000 };
+        createOutput(Boolean(g.json)).result(result,
+          `exported ${dir} (${r.manifest.architecture}) to ${r.dir}: ${r.files.filter((f) => f.startsWith("onnx/")).join(", ")}, ${formatBytes(r.bytes)}\n` +
+          `load it with transformers.js: pipeline("text-generation", ${JSON.stringify(r.dir)}), or run staged generate ${r.dir} --prompt "..."`);
+      });
+    });
+}

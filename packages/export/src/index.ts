@@ -1,0 +1,11 @@
+export {
+  exportModel, readManifest, sourceFingerprint, EXPORT_VERSION, EXTERNAL_DATA_BYTES, MANIFEST, MANIFEST_FORMAT, ONNX_FILES,
+  type ExportDType, type ExportManifest, type ExportOptions, type ExportProgress, type ExportResult,
+} from "./export.js";
+export { ensureExport, exportCachePath, isExportDir, CACHE_SUFFIX, type EnsureExportOptions, type EnsuredExport } from "./cache.js";
+export {
+  generate, loadGenerator, checkSamplingOptions, filterTopKTopP,
+  type GenerateOptions, type GenerateResult, type GenerateTiming, type Generator, type GeneratorOptions, type SamplingOptions,
+} from "./generate.js";
+export { decoderGraph, rotaryTables, IO, AXES, type DecoderGraph, type DecoderGraphOptions } from "./graph.js";
+export { OnnxGraph, writeOnnxModel, decodeOnnxModel, EXPORT_OPSET, EXPORT_IR_VERSION, ELEM_TYPE, type ElemType, type Dim, type Initializer, type WriteOptions } from "./onnx.js";

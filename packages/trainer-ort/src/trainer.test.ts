@@ -5,9 +5,9 @@ import { hostname } from "node:os";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { canonicalPath, gpt2, initTrainingState, loadTrainingState, processStart, saveTrainingState, writeCheckpoint, type TrainingState } from "@staged/core";
+import { canonicalPath, createDefaultRegistry, gpt2, initTrainingState, llama, loadTrainingState, processStart, saveTrainingState, writeCheckpoint, type TrainingState } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
-import { defaultEngineFactory, evaluateBlocks, resolveSchedule, train, type EngineFactory, type TrainEngine, type TrainOptions } from "./trainer.js";
+import { defaultEngineFactory, evaluate, evaluateBlocks, resolveSchedule, train, type EngineFactory, type TrainEngine, type TrainOptions } from "./trainer.js";
 import { parseMetrics } from "@staged/scheduler";
 
 let dir: string;
@@ -250,6 +250,18 @@ describe("nothing lost", () => {
     } finally {
       other.kill("SIGKILL");
     }
+  });
+});
+
+describe("plugins of your own", () => {
+  it("train() and evaluate() find the architecture in the registry given", async () => {
+    const registry = createDefaultRegistry().register("architecture", { ...llama, name: "my-llama", modelTypes: ["my-llama"] });
+    const config = { model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1, num_attention_heads: 2, vocab_size: 256, max_position_embeddings: 16 };
+    const state = initTrainingState("my-llama", config, 1, registry);
+    await expect(train(state, { data: text, steps: 1, batch: 2, context: 8, saveDir: null, threads: 1 })).rejects.toThrow(/unknown architecture "my-llama"/);
+    const { result } = await train(state, { data: text, steps: 1, batch: 2, context: 8, saveDir: null, threads: 1, registry });
+    expect(Number.isFinite(result.loss)).toBe(true);
+    expect(Number.isFinite((await evaluate(state, { data: text, context: 8, maxBlocks: 2, threads: 1, registry })).loss)).toBe(true);
   });
 });
 

@@ -3,7 +3,7 @@ import { mkdir } from "node:fs/promises";
 import { dirname } from "node:path";
 import {
   canonicalPath, detachedState, inMemory, lockCheckpoint, saveTrainingState, Tensor,
-  type CheckpointLock, type LazyTensor, type LrScheduleSpec, type TrainingSettings, type TrainingState,
+  type CheckpointLock, type LazyTensor, type LrScheduleSpec, type Registry, type TrainingSettings, type TrainingState,
 } from "@staged/core";
 import { createLrSchedule, flopsPerToken } from "@staged/scheduler";
 import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
@@ -27,6 +27,8 @@ export interface TrainEngineOptions {
   device?: "cpu" | "cuda"; threads?: number; batch: number; context: number; microBatch?: number;
   betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null; noDecay?: Iterable<string>;
   evalOnly?: boolean;
+  /** Where the architecture's plugin is found (default: createDefaultRegistry()). */
+  registry?: Registry;
 }
 
 /** Builds an engine; the default is `createEngine` of ./engine.js. */
@@ -103,6 +105,8 @@ export interface TrainOptions {
   threads?: number;
   /** Engine builder (tests substitute their own). */
   engineFactory?: EngineFactory;
+  /** Where the state's architecture plugin is found (default: createDefaultRegistry()); plugins of your own train through it. */
+  registry?: Registry;
 }
 
 export interface StepInfo {
@@ -368,7 +372,7 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
   const engine = await factory(state.architecture, state.config, weights, moments, {
     device: o.device, threads: o.threads, batch, context, microBatch: settings.microBatch,
     betas: optimizer.betas, eps: optimizer.eps, weightDecay: optimizer.weightDecay,
-    clip: optimizer.clip, noDecay: optimizer.noDecay,
+    clip: optimizer.clip, noDecay: optimizer.noDecay, ...(o.registry ? { registry: o.registry } : {}),
   });
 
   const progress = { ...state.progress, samplerSeed: seed, sampler: samplerKind, stages: [...state.progress.stages],
@@ -505,6 +509,8 @@ export interface EvaluateOptions {
   device?: "cpu" | "cuda";
   threads?: number;
   engineFactory?: EngineFactory;
+  /** Where the state's architecture plugin is found (default: createDefaultRegistry()). */
+  registry?: Registry;
   /** Called after each evaluation batch, for progress. */
   onBatch?: (blocksDone: number, blocks: number) => void;
 }
@@ -531,7 +537,7 @@ export async function evaluate(state: TrainingState, o: EvaluateOptions): Promis
   const blocks = evalBlockCount(stream.tokens.length, context, o.maxBlocks);
   const weights = await readAll(state.params);
   const engine = await (o.engineFactory ?? defaultEngineFactory)(state.architecture, state.config, weights, undefined,
-    { device: o.device, threads: o.threads, batch: Math.min(batch, blocks), context, noDecay: state.optimizer.noDecay, evalOnly: true });
+    { device: o.device, threads: o.threads, batch: Math.min(batch, blocks), context, noDecay: state.optimizer.noDecay, evalOnly: true, ...(o.registry ? { registry: o.registry } : {}) });
   try {
     const loss = await evaluateBlocks(engine, stream.tokens, batch, context, blocks, o.onBatch);
     return { loss, tokens: blocks * context, blocks, context, data: stream.name };

@@ -50,3 +50,24 @@ describe("byte-level tokenizer.json", () => {
     expect(new TextDecoder().decode(files.get("tokenizer_config.json"))).toBe(byteLevelTokenizerConfig());
   });
 });
+
+describe("byte-level checkpoints carry the tokenizer", () => {
+  it("a saved byte-level state has tokenizer.json and tokenizer_config.json, and still loads as bytes", async () => {
+    const { mkdtemp, readdir, rm } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const { initTrainingState, loadTrainingState, saveTrainingState } = await import("./state.js");
+    const dir = await mkdtemp(join(tmpdir(), "staged-bytes-tok-"));
+    try {
+      await saveTrainingState(join(dir, "ck"), initTrainingState("gpt2", { n_layer: 1, n_embd: 8, n_head: 2, vocab_size: 256, n_positions: 8 }, 1));
+      expect((await readdir(join(dir, "ck"))).filter((f) => f.startsWith("tokenizer"))).toEqual(["tokenizer.json", "tokenizer_config.json"]);
+      const back = await loadTrainingState(join(dir, "ck"));
+      expect(back.tokenizer).toEqual({ kind: "bytes" });
+      const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
+      expect(text(back.files?.get("tokenizer.json"))).toBe(text(byteLevelTokenizerFiles().get("tokenizer.json")));
+      await back.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

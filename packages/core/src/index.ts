@@ -14,4 +14,5 @@ export * from "./lock.js";
 export { leftovers, needsRecovery, recoverCheckpoint, type Leftover, type LeftoverKind } from "./recovery.js";
 export { gpt2, gpt2InitConfig, type Gpt2InitOptions } from "./gpt2.js";
 export { llama } from "./llama.js";
+export { rotaryTables } from "./rope.js";
 export { bytesToUnicode, byteLevelTokenizerJson, byteLevelTokenizerConfig, byteLevelTokenizerFiles, BYTE_LEVEL_PAD_ID } from "./tokenizer-json.js";

@@ -13,7 +13,7 @@
  * With float16, weights, activations and the cache are float16; norms and the softmax run in float32, and the
  * logits are float32.
  */
-import { encodeF16, firstNonFinite, HOST_LITTLE_ENDIAN, Tensor, type ArchitecturePlugin, type DecoderSpec, type ModelShape, type ParamRole, type ParamSpec } from "@staged/core";
+import { encodeF16, firstNonFinite, HOST_LITTLE_ENDIAN, rotaryTables, Tensor, type ArchitecturePlugin, type DecoderSpec, type ModelShape, type ParamRole, type ParamSpec } from "@staged/core";
 import { OnnxGraph, type ElemType } from "./onnx.js";
 
 export type ExportDType = "fp32" | "fp16";
@@ -49,24 +49,6 @@ export interface DecoderGraph {
   kvHeads: number;
 }
 
-/**
- * Rotary tables for positions 0..T−1 (HF LlamaRotaryEmbedding, rope_type "default"): inv_freq and the angles in
- * float32 like HF; `sin` carries rotate_half's sign (rotate_half(x)·sin = cat(x₂, x₁)·cat(−sin, sin)).
- */
-export function rotaryTables(T: number, headDim: number, theta: number): { cos: Float32Array; sin: Float32Array } {
-  const half = headDim / 2;
-  const cos = new Float32Array(T * headDim), sin = new Float32Array(T * headDim);
-  for (let i = 0; i < half; i++) {
-    const invFreq = Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim)));
-    for (let t = 0; t < T; t++) {
-      const angle = Math.fround(t * invFreq);
-      const c = Math.fround(Math.cos(angle)), s = Math.fround(Math.sin(angle));
-      cos[t * headDim + i] = c; cos[t * headDim + half + i] = c;
-      sin[t * headDim + i] = -s; sin[t * headDim + half + i] = s;
-    }
-  }
-  return { cos, sin };
-}
 
 /** Little-endian bytes of float32 values as `type`, refusing values that are not finite there (a diverged model, or beyond float16). */
 export function encodeValues(values: Float32Array, type: "float32" | "float16", what: string): Uint8Array {

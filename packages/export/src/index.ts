@@ -7,5 +7,6 @@ export {
   generate, loadGenerator, checkSamplingOptions, filterTopKTopP,
   type GenerateOptions, type GenerateResult, type GenerateTiming, type Generator, type GeneratorOptions, type SamplingOptions,
 } from "./generate.js";
-export { decoderGraph, rotaryTables, IO, AXES, type DecoderGraph, type DecoderGraphOptions } from "./graph.js";
+export { rotaryTables } from "@staged/core";
+export { decoderGraph, IO, AXES, type DecoderGraph, type DecoderGraphOptions } from "./graph.js";
 export { OnnxGraph, writeOnnxModel, decodeOnnxModel, EXPORT_OPSET, EXPORT_IR_VERSION, ELEM_TYPE, type ElemType, type Dim, type Initializer, type WriteOptions } from "./onnx.js";

@@ -3,7 +3,8 @@ import { decoderGraph } from "./decoder.js";
 import type { ModelGraph } from "./types.js";
 
 export type { ModelGraph } from "./types.js";
-export { decoderGraph, geluNew, rmsNorm, rotaryTables, silu } from "./decoder.js";
+export { decoderGraph, geluNew, rmsNorm, silu } from "./decoder.js";
+export { rotaryTables } from "@staged/core";
 
 /**
  * The model graph of a registered architecture: the generic decoder built from its plugin (parameter roles

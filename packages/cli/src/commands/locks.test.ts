@@ -98,5 +98,5 @@ describe("how a command describes itself in its locks", () => {
     } finally {
       child.kill("SIGKILL");
     }
-  });
+  }, 60_000);
 });

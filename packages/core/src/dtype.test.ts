@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   DTYPE_SIZES, SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_BITS, TORCH_NAMES, bf16BitsToF32, decodeBF16, decodeF16, encodeBF16, encodeF16,
-  f16BitsToF32, f16Table32, f32ToBf16Bits, f32ToF16Bits, isDType, isSafetensorsDType,
+  f16BitsToF32, f16Table32, f32ToBf16Bits, f32ToF16Bits, firstNonFiniteStored, isDType, isSafetensorsDType, storedValue,
 } from "./dtype.js";
 
 const bitsOf = (x: number): number => new Uint32Array(new Float32Array([x]).buffer)[0]!;
@@ -158,5 +158,45 @@ describe("safetensors dtypes", () => {
     expect(SAFETENSORS_DTYPES.filter((d) => !isDType(d))).toEqual(["F4", "F6_E2M3", "F6_E3M2", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"]);
     expect(SAFETENSORS_DTYPES.every((d) => isSafetensorsDType(d) && typeof TORCH_NAMES[d] === "string")).toBe(true);
     for (const s of ["f32", "F8", "__proto__", "constructor", 4, null]) expect(isSafetensorsDType(s)).toBe(false);
+  });
+});
+
+describe("finite check on stored bytes", () => {
+  const le = (dtype: "F64" | "F32" | "F16" | "BF16", values: number[]): Uint8Array => {
+    const size = DTYPE_SIZES[dtype];
+    const out = new Uint8Array(values.length * size);
+    const dv = new DataView(out.buffer);
+    values.forEach((v, i) => {
+      if (dtype === "F64") dv.setFloat64(8 * i, v, true);
+      else if (dtype === "F32") dv.setFloat32(4 * i, v, true);
+      else dv.setUint16(2 * i, dtype === "F16" ? f32ToF16Bits(v) : f32ToBf16Bits(v), true);
+    });
+    return out;
+  };
+
+  it("finds the first NaN or ±Infinity at any position, in every float dtype, aligned or not", () => {
+    for (const dtype of ["F64", "F32", "F16", "BF16"] as const) {
+      const big = dtype === "F16" ? 65504 : dtype === "BF16" ? 3.3895314e38 : 3.4e38;
+      for (const n of [1, 3, 4, 5, 8, 13]) {
+        const fine = Array.from({ length: n }, (_, i) => (i % 2 ? -big : 6e-8 * i));
+        expect(firstNonFiniteStored(dtype, le(dtype, fine))).toBe(-1);
+        for (let at = 0; at < n; at++) {
+          for (const bad of [NaN, Infinity, -Infinity]) {
+            const bytes = le(dtype, fine.map((v, i) => (i === at ? bad : v)));
+            expect(firstNonFiniteStored(dtype, bytes)).toBe(at);
+            expect(storedValue(dtype, bytes, at)).toBe(bad);
+            // The same bytes one byte into a larger buffer (a view the checker must not misread).
+            const shifted = new Uint8Array(bytes.length + 1);
+            shifted.set(bytes, 1);
+            expect(firstNonFiniteStored(dtype, shifted.subarray(1))).toBe(at);
+          }
+        }
+      }
+    }
+    // F16's largest finite value passes; what would round past it is already +Infinity in the stored bytes.
+    expect(firstNonFiniteStored("F16", le("F16", [65504, 65520]))).toBe(1);
+    expect(storedValue("F16", le("F16", [1, -2.5]), 1)).toBe(-2.5);
+    expect(firstNonFiniteStored("I32", new Uint8Array(8).fill(0xff))).toBe(-1);
+    expect(() => firstNonFiniteStored("F32", new Uint8Array(6))).toThrow(/not whole F32 values/);
   });
 });

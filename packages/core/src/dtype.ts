@@ -217,3 +217,79 @@ export function encodeBF16(values: Float32Array, out: Uint8Array): void {
   }
   storeHalfWords(dst, out);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stored bytes (little-endian, F16/BF16 as 16-bit words): the finite check a save makes on them.
+
+/** Bits of a float dtype's exponent field in its top word (16 bits for F16/BF16, 32 for F32 and F64's high half). */
+const EXPONENT_MASK: Partial<Record<DType, number>> = { BF16: 0x7f80, F16: 0x7c00, F32: 0x7f800000, F64: 0x7ff00000 };
+
+/** `n` aligned little-endian words of `size` bytes: a view of `bytes` when the host allows, else a copy. */
+function wordsOf(bytes: Uint8Array, size: 2 | 4): Uint16Array | Uint32Array {
+  const n = bytes.length / size;
+  if (HOST_LITTLE_ENDIAN && bytes.byteOffset % size === 0) {
+    return size === 2 ? new Uint16Array(bytes.buffer, bytes.byteOffset, n) : new Uint32Array(bytes.buffer, bytes.byteOffset, n);
+  }
+  const out = size === 2 ? new Uint16Array(n) : new Uint32Array(n);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = 0; i < n; i++) out[i] = size === 2 ? dv.getUint16(2 * i, true) : dv.getUint32(4 * i, true);
+  return out;
+}
+
+/**
+ * The index of the first element of little-endian `bytes` of `dtype` that is NaN or ±Infinity (its exponent bits all
+ * ones: BF16 (u16 & 0x7F80) === 0x7F80, F16 (u16 & 0x7C00) === 0x7C00, F32 (u32 & 0x7F800000) === 0x7F800000, F64 the
+ * same on the high word), or -1 when every one is finite; always -1 for integer dtypes. A stored F16 cannot overflow:
+ * what would is already ±Infinity. Branch-free first (adding the exponent's lowest bit to an all-ones exponent carries
+ * into the sign bit, any other exponent does not), so a finite tensor costs one OR-accumulating pass.
+ */
+export function firstNonFiniteStored(dtype: DType, bytes: Uint8Array): number {
+  const mask = EXPONENT_MASK[dtype];
+  if (mask === undefined) return -1;
+  const size = DTYPE_SIZES[dtype];
+  if (bytes.length % size !== 0) throw new RangeError(`firstNonFiniteStored: ${bytes.length} bytes are not whole ${dtype} values`);
+  const low = mask & -mask, top = size === 2 ? 0x8000 : 0x80000000;
+  if (size === 2 && HOST_LITTLE_ENDIAN && bytes.byteOffset % 4 === 0 && allFinitePairs(bytes, mask, low)) return -1;
+  // F64: the exponent is in the high (odd) 32-bit word of each little-endian value.
+  const words = wordsOf(bytes, size === 2 ? 2 : 4);
+  const first = size === 8 ? 1 : 0, step = size === 8 ? 2 : 1;
+  const n = words.length;
+  let acc = 0;
+  if (step === 1) {
+    const m = n - (n % 4);
+    for (let i = 0; i < m; i += 4) {
+      acc |= ((words[i]! & mask) + low) | ((words[i + 1]! & mask) + low) | ((words[i + 2]! & mask) + low) | ((words[i + 3]! & mask) + low);
+    }
+    for (let i = m; i < n; i++) acc |= (words[i]! & mask) + low;
+  } else {
+    for (let i = first; i < n; i += step) acc |= (words[i]! & mask) + low;
+  }
+  if ((acc & top) === 0) return -1;
+  for (let i = first; i < n; i += step) if ((words[i]! & mask) === mask) return (i - first) / step;
+  return -1;
+}
+
+/** Whether no 16-bit value of 4-byte-aligned little-endian `bytes` has an all-ones exponent: two values per 32-bit word. */
+function allFinitePairs(bytes: Uint8Array, mask: number, low: number): boolean {
+  const u = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
+  const m2 = (mask | (mask << 16)) >>> 0, l2 = low | (low << 16);
+  const n = u.length, m = n - (n % 4);
+  let acc = 0;
+  for (let i = 0; i < m; i += 4) acc |= ((u[i]! & m2) + l2) | ((u[i + 1]! & m2) + l2) | ((u[i + 2]! & m2) + l2) | ((u[i + 3]! & m2) + l2);
+  for (let i = m; i < n; i++) acc |= (u[i]! & m2) + l2;
+  // An odd count leaves the last value out of the words.
+  if (bytes.length % 4 === 2) acc |= ((bytes[bytes.length - 2]! | (bytes[bytes.length - 1]! << 8)) & mask) + low;
+  return (acc & 0x80008000) === 0;
+}
+
+/** Element `i` of little-endian `bytes` of a float `dtype`, as a number (for messages). */
+export function storedValue(dtype: DType, bytes: Uint8Array, i: number): number {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  switch (dtype) {
+    case "F64": return dv.getFloat64(8 * i, true);
+    case "F32": return dv.getFloat32(4 * i, true);
+    case "F16": return f16BitsToF32(dv.getUint16(2 * i, true));
+    case "BF16": return bf16BitsToF32(dv.getUint16(2 * i, true));
+    default: throw new Error(`storedValue: ${dtype} is not a float dtype`);
+  }
+}

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { DTYPE_SIZES, SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_BITS, type DType, type SafetensorsDType } from "./dtype.js";
 import {
   MAX_HEADER_SIZE, SafetensorsError, SafetensorsFile, compareCodePoints, decodeTensor, encodeSafetensorsHeader, encodeTensor,
-  findDuplicateKey, parseSafetensorsHeader, referenceOrder, writeSafetensors, type TensorEntry,
+  findDuplicateKey, parseSafetensorsHeader, readStoredBytes, referenceOrder, writeSafetensors, type TensorEntry,
 } from "./safetensors.js";
 import { Tensor } from "./tensor.js";
 import type { LazyTensor } from "./types.js";
@@ -265,6 +265,97 @@ describe("streaming writer", () => {
     await expect(writeSafetensors(path, [{ name: "a", tensor: t }, { name: "a", tensor: t }])).rejects.toThrow(`${path}: duplicate tensor name "a"`);
     await expect(writeSafetensors(path, [{ name: "__metadata__", tensor: t }])).rejects.toThrow(/reserved/);
     await expect(writeSafetensors(path, [{ name: "x", tensor: t }], { k: 1 as unknown as string })).rejects.toThrow(/__metadata__ value of "k" is not a string/);
+    await expect(stat(path)).rejects.toThrow(/ENOENT/);
+  });
+
+  it("writes stored bytes as they are: readBytes and streamBytes are used, read() is not", async () => {
+    const reads: string[] = [];
+    const never = (name: string) => async (): Promise<Tensor> => { reads.push(name); throw new Error(`${name}: read() called`); };
+    // BF16 words that no float32 round trip would keep: a NaN payload and a signalling NaN.
+    const words = Uint16Array.of(0x3f80, 0x7f81, 0xffc1, 0x0001);
+    const whole: LazyTensor = { dtype: "BF16", shape: [4], read: never("whole"), readBytes: async () => new Uint8Array(words.buffer.slice(0)) };
+    const pieces: LazyTensor = {
+      dtype: "F32", shape: [2, 3], read: never("pieces"),
+      readBytes: async () => { throw new Error("readBytes of a streamed tensor"); },
+      streamBytes: async function* () { for (let r = 0; r < 2; r++) yield encodeTensor(Tensor.fromArray([3], [r, r + 0.5, -r])); },
+    };
+    const { file } = await roundTrip([{ name: "whole", tensor: whole }, { name: "pieces", tensor: pieces }]);
+    expect(reads).toEqual([]);
+    expect(await file.readRaw("whole")).toEqual(new Uint8Array(words.buffer));
+    expect(Array.from((await file.readTensor("pieces")).f32)).toEqual([0, 0.5, -0, 1, 1.5, -1]);
+    const streamOnly: LazyTensor = { dtype: "F32", shape: [2, 3], read: never("streamOnly"), streamBytes: pieces.streamBytes! };
+    expect(await readStoredBytes(streamOnly)).toEqual(await file.readRaw("pieces"));
+    expect(await readStoredBytes(file.lazy("whole"))).toEqual(new Uint8Array(words.buffer));
+    expect(await readStoredBytes(Tensor.fromArray([1], [2], "F16"))).toEqual(Uint8Array.of(0x00, 0x40));
+    await file.close();
+  });
+
+  it("streams a file's tensor in pieces and lends a streamed tensor a few buffers in turn, whatever its piece count", async () => {
+    const { file, path } = await roundTrip([{ name: "w", tensor: Tensor.fromArray([10], [...Array(10).keys()]) }]);
+    const got: number[][] = [];
+    for await (const p of file.streamRaw("w", undefined, 12)) got.push([...decodeTensor("F32", [p.length / 4], p).data as Float32Array]);
+    expect(got).toEqual([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]);
+    const lent = new Set<ArrayBufferLike>();
+    const tensor: LazyTensor = {
+      dtype: "I32", shape: [12, 1000], read: async () => { throw new Error("not read"); },
+      streamBytes: async function* (buffer) {
+        for (let r = 0; r < 12; r++) {
+          const b = buffer!(4000);
+          lent.add(b.buffer);
+          b.set(encodeTensor(new Tensor("I32", [1000], new Int32Array(1000).fill(r))));
+          yield b;
+        }
+      },
+    };
+    const out = fresh("lent");
+    await writeSafetensors(out, [{ name: "r", tensor }]);
+    // At most the piece being written and three produced ahead of it: the buffers go round.
+    expect(lent.size).toBeGreaterThanOrEqual(1);
+    expect(lent.size).toBeLessThanOrEqual(4);
+    const back = await SafetensorsFile.open(out);
+    const rows = (await back.readTensor("r")).data as Int32Array;
+    expect(rows.every((v, i) => v === Math.floor(i / 1000))).toBe(true);
+    await back.close();
+    await file.close();
+    await expect((async () => { for await (const _ of file.streamRaw("w")) break; })()).rejects.toThrow(`${path}: cannot read tensor "w": file is closed`);
+  });
+
+  it("produces one object given under several names once and writes it at each place, reporting each", async () => {
+    let produced = 0;
+    const shared: LazyTensor = {
+      dtype: "F32", shape: [3], read: async () => { throw new Error("not read"); },
+      readBytes: async () => { produced++; return encodeTensor(Tensor.fromArray([3], [1, 2, 3])); },
+    };
+    const seen: string[] = [], written: [string, number][] = [], done: [string, number][] = [];
+    const path = fresh("shared");
+    const entries = [
+      { name: "b", tensor: shared }, { name: "a", tensor: Tensor.fromArray([1], [7]) }, { name: "c", tensor: shared },
+      { name: "h", tensor: { ...shared, dtype: "F16" as const, shape: [3], readBytes: async () => encodeTensor(Tensor.fromArray([3], [4, 5, 6], "F16")) } },
+    ];
+    await writeSafetensors(path, entries, undefined, {
+      piece: (name, dtype, bytes, at) => seen.push(`${name} ${dtype} ${bytes.length} @${at}`),
+      bytesWritten: (name, n) => written.push([name, n]),
+      tensorWritten: (name, n) => done.push([name, n]),
+    });
+    expect(produced).toBe(1);
+    expect(seen).toEqual(["a F32 4 @0", "b F32 12 @0", "h F16 6 @0"]);
+    expect(written).toEqual([["a", 4], ["b", 12], ["c", 12], ["h", 6]]);
+    expect(done).toEqual([["a", 4], ["b", 12], ["c", 12], ["h", 6]]);
+    const file = await SafetensorsFile.open(path);
+    for (const name of ["b", "c"]) expect(Array.from((await file.readTensor(name)).f32)).toEqual([1, 2, 3]);
+    expect(Array.from((await file.readTensor("h")).f32)).toEqual([4, 5, 6]);
+    await file.close();
+  });
+
+  it("refuses stored bytes that do not fill the declared tensor, or overfill it, and removes the file", async () => {
+    const path = fresh("short");
+    const of = (n: number): LazyTensor => ({ dtype: "F32", shape: [3], read: async () => Tensor.zeros("F32", [3]), readBytes: async () => new Uint8Array(n) });
+    await expect(writeSafetensors(path, [{ name: "s", tensor: of(8) }])).rejects.toThrow(`${path}: tensor "s" gave 8 bytes, but F32 [3] is 12`);
+    await expect(stat(path)).rejects.toThrow(/ENOENT/);
+    await expect(writeSafetensors(path, [{ name: "l", tensor: of(16) }])).rejects.toThrow(`${path}: tensor "l" gave more than the 12 bytes of F32 [3]`);
+    await expect(stat(path)).rejects.toThrow(/ENOENT/);
+    const stop = writeSafetensors(path, [{ name: "x", tensor: of(12) }], undefined, { piece: () => { throw new Error("refused"); } });
+    await expect(stop).rejects.toThrow("refused");
     await expect(stat(path)).rejects.toThrow(/ENOENT/);
   });
 

@@ -54,7 +54,7 @@ import {
   type DType, type SafetensorsDType, DTYPE_SIZES, HOST_LITTLE_ENDIAN, SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_BITS,
   isDType, isSafetensorsDType, decodeBF16, decodeF16, encodeBF16, encodeF16,
 } from "./dtype.js";
-import { Tensor, type TypedArray } from "./tensor.js";
+import { PIECE_BYTES, Tensor, type TypedArray } from "./tensor.js";
 import type { LazyTensor } from "./types.js";
 
 /** The reference implementation's bound on the header length. */
@@ -607,12 +607,12 @@ async function readFully(path: string, fh: FileHandle, buf: Uint8Array, position
   }
 }
 
-/** Write all of `buf` at the handle's current position. */
-async function writeFully(fh: FileHandle, buf: Uint8Array): Promise<void> {
+/** Write all of `buf` at `position`. */
+async function writeFully(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
   let done = 0;
   while (done < buf.length) {
     const want = Math.min(IO_CHUNK, buf.length - done);
-    const { bytesWritten } = await fh.write(buf, done, want);
+    const { bytesWritten } = await fh.write(buf, done, want, position + done);
     if (bytesWritten <= 0) throw new Error("write made no progress");
     done += bytesWritten;
   }
@@ -777,6 +777,21 @@ export class SafetensorsFile {
   }
 
   /**
+   * The tensor's byte range in order, in pieces of at most `maxPieceBytes`, each one positioned read into fresh memory
+   * or into the memory `buffer(n)` gives (see LazyTensor.streamBytes).
+   */
+  async *streamRaw(name: string, buffer?: (bytes: number) => Uint8Array, maxPieceBytes = PIECE_BYTES): AsyncGenerator<Uint8Array> {
+    const { dataOffsets: [begin, end] } = this.info(name);
+    for (let at = begin; at < end; at += maxPieceBytes) {
+      if (!this.handle) throw new SafetensorsError(this.path, `cannot read tensor ${describe(name)}: file is closed`);
+      const n = Math.min(maxPieceBytes, end - at);
+      const buf = buffer?.(n) ?? new Uint8Array(Buffer.allocUnsafeSlow(n).buffer, 0, n);
+      await readFully(this.path, this.handle, buf, this.dataStart + at);
+      yield buf;
+    }
+  }
+
+  /**
    * Decoded tensor; F16/BF16 values widened to float32 (the tensor keeps its dtype). A dtype without
    * an in-memory form (see `header`) is an error naming it: read those with `readRaw`.
    */
@@ -786,10 +801,16 @@ export class SafetensorsFile {
     return decode(dtype, shape, await this.readRaw(name), true);
   }
 
-  /** Read on demand; for a dtype without an in-memory form, `dtype` is its stored name and `read` rejects. */
+  /**
+   * Read on demand: `read` decodes, `readBytes` is `readRaw` and `streamBytes` `streamRaw` (the stored bytes, which a
+   * writer copies as they are). For a dtype without an in-memory form, `dtype` is its stored name and `read` rejects.
+   */
   lazy(name: string): LazyTensor {
     const { dtype, shape } = this.info(name);
-    return { dtype, shape, read: () => this.readTensor(name) };
+    return {
+      dtype, shape, read: () => this.readTensor(name), readBytes: () => this.readRaw(name),
+      streamBytes: (buffer?: (bytes: number) => Uint8Array) => this.streamRaw(name, buffer),
+    };
   }
 
   async close(): Promise<void> {
@@ -899,31 +920,69 @@ export function encodeSafetensorsHeader(path: string, entries: readonly TensorEn
   return { header, dataLength, order };
 }
 
-/** Small writes are gathered into one buffer; large ones go straight to the file. */
-class BufferedWriter {
+/**
+ * The stored bytes of a tensor (see LazyTensor.readBytes): its own when it has them, else its values encoded
+ * (F16/BF16 rounded to nearest even), in a fresh buffer or one only the caller holds.
+ */
+export async function readStoredBytes(t: LazyTensor | Tensor): Promise<Uint8Array> {
+  if (!isLazy(t)) return encodeTensor(t);
+  if (t.readBytes) return t.readBytes();
+  if (t.streamBytes) {
+    const pieces: Uint8Array[] = [];
+    for await (const p of t.streamBytes()) pieces.push(p);
+    if (pieces.length === 1) return pieces[0]!.slice();
+    const out = new Uint8Array(pieces.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of pieces) { out.set(p, at); at += p.length; }
+    return out;
+  }
+  return encodeTensor(await t.read());
+}
+
+/**
+ * What a write reports as it goes (a save's finite check and progress are built on it). A tensor given under several
+ * names (one object: depth growth's layer copies) is produced once per file and written at each of its places.
+ */
+export interface WriteObserver {
+  /**
+   * Each piece of a tensor's stored bytes before any of it is written; a throw stops the write (and the file is
+   * removed). `at`: the piece's first element in the tensor. `values`: the tensor the piece was encoded from, when it
+   * was (absent for stored bytes written as they are). Seen once per produced piece, under the first name in file order.
+   */
+  piece?(name: string, dtype: DType, bytes: Uint8Array, at: number, values?: Tensor): void;
+  /** `bytes` more bytes of tensor `name` were written (each place of a tensor given under several names, by its name). */
+  bytesWritten?(name: string, bytes: number): void;
+  /** All `bytes` bytes of tensor `name` are written. */
+  tensorWritten?(name: string, bytes: number): void;
+}
+
+/**
+ * Positioned writes: the file in order goes through a buffer that gathers small writes (the order may skip a region
+ * already written); a write `ahead` of it (another place of a tensor given under several names) goes straight to the
+ * file, as do large ones.
+ */
+class PositionedWriter {
   private readonly buf = new Uint8Array(4 << 20);
   private used = 0;
+  private start = 0;
   written = 0;
   constructor(private readonly fh: FileHandle) {}
 
-  async write(bytes: Uint8Array): Promise<void> {
+  async write(bytes: Uint8Array, position: number, ahead = false): Promise<void> {
     this.written += bytes.length;
-    if (bytes.length <= this.buf.length - this.used) {
+    if (ahead) return writeFully(this.fh, bytes, position);
+    if (this.used > 0 && (position !== this.start + this.used || bytes.length > this.buf.length - this.used)) await this.flush();
+    if (this.used > 0 || bytes.length < this.buf.length / 4) {
+      if (this.used === 0) this.start = position;
       this.buf.set(bytes, this.used);
       this.used += bytes.length;
-      return;
-    }
-    await this.flush();
-    if (bytes.length < this.buf.length / 4) {
-      this.buf.set(bytes, 0);
-      this.used = bytes.length;
     } else {
-      await writeFully(this.fh, bytes);
+      await writeFully(this.fh, bytes, position);
     }
   }
 
   async flush(): Promise<void> {
-    if (this.used > 0) await writeFully(this.fh, this.buf.subarray(0, this.used));
+    if (this.used > 0) await writeFully(this.fh, this.buf.subarray(0, this.used), this.start);
     this.used = 0;
   }
 }
@@ -931,15 +990,55 @@ class BufferedWriter {
 const sameShape = (a: readonly number[], b: readonly number[]): boolean =>
   a.length === b.length && a.every((d, i) => d === b[i]);
 
+/** One tensor of a file and every place it goes (several when one object is given under several names). */
+interface Placed { tensor: LazyTensor | Tensor; dtype: DType; names: string[]; offsets: number[]; size: number }
+
+/** The pieces of a tensor's stored bytes, with the values they were encoded from, if they were. */
+async function* piecesOf(path: string, p: Placed, buffer: (bytes: number) => Uint8Array): AsyncGenerator<{ bytes: Uint8Array; values?: Tensor }> {
+  const t = p.tensor;
+  if (!isLazy(t)) {
+    yield { bytes: tensorBytes(t), values: t };
+  } else if (t.streamBytes) {
+    for await (const bytes of t.streamBytes(buffer)) yield { bytes };
+  } else if (t.readBytes) {
+    yield { bytes: await t.readBytes() };
+  } else {
+    const v = await t.read();
+    if (v.dtype !== t.dtype || !sameShape(v.shape, t.shape)) {
+      throw new SafetensorsError(path, `tensor ${describe(p.names[0])} was declared ${t.dtype} [${t.shape.join(", ")}] but read as ${v.dtype} [${v.shape.join(", ")}]`);
+    }
+    yield { bytes: tensorBytes(v), values: v };
+  }
+}
+
 /**
- * Stream a safetensors file: the header is computed from dtypes and shapes, then each tensor is
- * read (if lazy), encoded, appended and dropped, in the reference writer's order (`referenceOrder`:
- * dtype alignment, then name), the next one being read while the current one is written (at most
- * two tensors in memory). A failed write removes the partial file.
+ * Stream a safetensors file: the header is computed from dtypes and shapes, then each tensor's stored bytes (its own
+ * when it has them, see LazyTensor.readBytes/streamBytes, else its values encoded) go to their place, in the reference
+ * writer's order (`referenceOrder`: dtype alignment, then name), the next piece being produced while the current one is
+ * written: two pieces in memory (two whole tensors where a tensor gives its bytes or values only whole), plus what a
+ * computed tensor holds. One object given under several names is produced once and written at each of its places.
+ * An observer sees every piece before it is written and the bytes as they are. A failed write removes the partial file.
  * Returns the number of bytes written.
  */
-export async function writeSafetensors(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>): Promise<number> {
+export async function writeSafetensors(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>,
+                                       observer: WriteObserver = {}): Promise<number> {
   const { header, dataLength, order } = encodeSafetensorsHeader(path, entries, metadata);
+  const placed: Placed[] = [];
+  const byObject = new Map<object, Placed>();
+  let offset = header.length;
+  for (const { name, tensor } of order) {
+    const size = byteCount(tensor.dtype, tensor.shape);
+    const same = byObject.get(tensor);
+    if (same && same.dtype === tensor.dtype && sameShape(same.tensor.shape, tensor.shape)) {
+      same.names.push(name);
+      same.offsets.push(offset);
+    } else {
+      const p = { tensor, dtype: tensor.dtype, names: [name], offsets: [offset], size };
+      placed.push(p);
+      byObject.set(tensor, p);
+    }
+    offset += size;
+  }
   let fh: FileHandle;
   try {
     fh = await open(path, "w");
@@ -947,30 +1046,70 @@ export async function writeSafetensors(path: string, entries: readonly TensorEnt
     throw new SafetensorsError(path, `cannot create: ${(e as Error).message}`);
   }
   try {
-    const out = new BufferedWriter(fh);
-    await out.write(header);
-    // Produce tensor i+1 while tensor i is being written: a computed tensor (growth) overlaps the I/O.
-    const produce = (i: number): Promise<Tensor> | null => {
-      const e = order[i];
-      if (!e) return null;
-      const p = isLazy(e.tensor) ? e.tensor.read() : Promise.resolve(e.tensor);
-      p.catch(() => undefined); // awaited below; this only keeps an early failure from being "unhandled"
-      return p;
+    const out = new PositionedWriter(fh);
+    await out.write(header, 0);
+    // Memory for computed and streamed pieces, recycled once a piece is written: with one piece produced ahead of
+    // the writes, two buffers go round (fresh pages cost a fault and a zeroing each).
+    const pool: Uint8Array[] = [];
+    const ours = new Set<ArrayBufferLike>();
+    const buffer = (n: number): Uint8Array => {
+      if (n > PIECE_BYTES) return new Uint8Array(n);
+      const b = pool.pop() ?? new Uint8Array(PIECE_BYTES);
+      ours.add(b.buffer);
+      return b.subarray(0, n);
     };
-    let next = produce(0);
-    for (let i = 0; i < order.length; i++) {
-      const { name, tensor } = order[i]!;
-      const t = await next!;
-      next = produce(i + 1);
-      if (t.dtype !== tensor.dtype || !sameShape(t.shape, tensor.shape)) {
-        throw new SafetensorsError(path, `tensor ${describe(name)} was declared ${tensor.dtype} [${tensor.shape.join(", ")}] but read as ${t.dtype} [${t.shape.join(", ")}]`);
+    const recycle = (piece: Uint8Array): void => {
+      if (ours.delete(piece.buffer)) pool.push(new Uint8Array(piece.buffer, 0, PIECE_BYTES));
+    };
+    // Every piece of every tensor, counted and shown to the observer (its checks), then an end mark per tensor:
+    // produced one piece ahead of the writes, so that producing and checking a piece overlaps writing the previous one.
+    const stream = (async function* () {
+      for (const p of placed) {
+        const name = p.names[0]!;
+        let at = 0;
+        for await (const piece of piecesOf(path, p, buffer)) {
+          const { bytes } = piece;
+          if (at + bytes.length > p.size) throw new SafetensorsError(path, `tensor ${describe(name)} gave more than the ${p.size} bytes of ${p.dtype} [${p.tensor.shape.join(", ")}]`);
+          observer.piece?.(name, p.dtype, bytes, at / DTYPE_SIZES[p.dtype], piece.values);
+          at += bytes.length;
+          yield { p, bytes };
+        }
+        if (at !== p.size) throw new SafetensorsError(path, `tensor ${describe(name)} gave ${at} bytes, but ${p.dtype} [${p.tensor.shape.join(", ")}] is ${p.size}`);
+        yield { p, bytes: null };
+      }
+    })();
+    // Pieces asked for ahead of the one being written: reading (or computing) goes on while a write waits for the
+    // disk. Three, in the pool's buffers; one only after a piece larger than those (a tensor given whole).
+    const asked: ReturnType<typeof stream.next>[] = [];
+    const ask = (ahead: number): void => {
+      while (asked.length < ahead) {
+        const n = stream.next();
+        n.catch(() => undefined); // awaited below; this only keeps an early failure from being "unhandled"
+        asked.push(n);
+      }
+    };
+    ask(1);
+    let at = 0;
+    for (;;) {
+      const r = await asked.shift()!;
+      if (r.done) break;
+      ask(r.value.bytes !== null && r.value.bytes.length > PIECE_BYTES ? 1 : 3);
+      const { p, bytes } = r.value;
+      if (bytes === null) {
+        for (const n of p.names) observer.tensorWritten?.(n, p.size);
+        at = 0;
+        continue;
       }
       try {
-        await out.write(tensorBytes(t));
+        for (let k = 0; k < p.offsets.length; k++) {
+          await out.write(bytes, p.offsets[k]! + at, k > 0);
+          observer.bytesWritten?.(p.names[k]!, bytes.length);
+        }
       } catch (e) {
-        if (e instanceof SafetensorsError) throw e;
-        throw new SafetensorsError(path, `tensor ${describe(name)}: ${(e as Error).message}`);
+        throw new SafetensorsError(path, `tensor ${describe(p.names[0])}: ${(e as Error).message}`);
       }
+      recycle(bytes);
+      at += bytes.length;
     }
     await out.flush();
     if (out.written !== header.length + dataLength) {

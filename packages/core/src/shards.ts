@@ -6,7 +6,7 @@ import { readdir, readFile, stat, unlink, writeFile } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import { type DType, DTYPE_SIZES, isDType } from "./dtype.js";
 import {
-  SafetensorsError, SafetensorsFile, findDuplicateKey, writeSafetensors, type TensorEntry,
+  SafetensorsError, SafetensorsFile, findDuplicateKey, writeSafetensors, type TensorEntry, type WriteObserver,
 } from "./safetensors.js";
 import type { LazyTensor } from "./types.js";
 
@@ -63,15 +63,17 @@ const q = (s: unknown): string => JSON.stringify(s) ?? String(s);
  */
 function readWhileOpen(shard: SafetensorsFile, name: string): LazyTensor {
   const lazy = shard.lazy(name);
+  const open = (): void => {
+    if (shard.closed) {
+      throw new SafetensorsError(shard.path, `closed before tensor ${q(name)} was read: a state derived from a loaded checkpoint ` +
+        "reads its tensors from the checkpoint's files, so save it (or read its tensors) before closing the checkpoint it came from");
+    }
+  };
   return {
     dtype: lazy.dtype, shape: lazy.shape,
-    read: async () => {
-      if (shard.closed) {
-        throw new SafetensorsError(shard.path, `closed before tensor ${q(name)} was read: a state derived from a loaded checkpoint ` +
-          "reads its tensors from the checkpoint's files, so save it (or read its tensors) before closing the checkpoint it came from");
-      }
-      return lazy.read();
-    },
+    read: async () => { open(); return lazy.read(); },
+    readBytes: async () => { open(); return shard.readRaw(name); },
+    streamBytes: (buffer?: (bytes: number) => Uint8Array) => { open(); return shard.streamRaw(name, buffer); },
   };
 }
 
@@ -222,11 +224,13 @@ export function indexJson(totalSize: number, weightMap: ReadonlyMap<string, stri
  * Write `<base>.safetensors` when all tensors fit in `maxShardBytes` (default 5·10⁹), else HF shards
  * plus the index (written last). Tensors are read and written one at a time. Stale files of the
  * other layout (an old index or single file, shards of another count) are removed afterwards.
- * `totalBytes` counts the bytes written to the safetensors files; `totalSize` the tensor bytes.
+ * `totalBytes` counts the bytes written to the safetensors files; `totalSize` the tensor bytes. `observer` sees every
+ * piece before it is written and the bytes as they are (see writeSafetensors: a tensor given under several names is read
+ * once per file).
  */
 export async function writeCheckpoint(
   dir: string, base: string, entries: readonly TensorEntry[],
-  opts: { maxShardBytes?: number; metadata?: Record<string, string> } = {},
+  opts: { maxShardBytes?: number; metadata?: Record<string, string>; observer?: WriteObserver } = {},
 ): Promise<{ files: string[]; totalBytes: number; totalSize: number }> {
   const max = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
   if (!(max > 0)) throw new Error(`maxShardBytes must be positive (got ${max})`);
@@ -243,7 +247,7 @@ export async function writeCheckpoint(
   let totalBytes = 0;
   if (plan.length <= 1) {
     files.push(singleName(base));
-    totalBytes += await writeSafetensors(join(dir, files[0]!), entries, opts.metadata);
+    totalBytes += await writeSafetensors(join(dir, files[0]!), entries, opts.metadata, opts.observer);
   } else {
     const weightMap = new Map<string, string>();
     for (let i = 0; i < plan.length; i++) {
@@ -251,7 +255,7 @@ export async function writeCheckpoint(
       const shardEntries = plan[i]!.map((j) => entries[j]!);
       for (const e of shardEntries) weightMap.set(e.name, file);
       files.push(file);
-      totalBytes += await writeSafetensors(join(dir, file), shardEntries, opts.metadata);
+      totalBytes += await writeSafetensors(join(dir, file), shardEntries, opts.metadata, opts.observer);
     }
     await writeFile(join(dir, indexName(base)), indexJson(totalSize, weightMap));
   }

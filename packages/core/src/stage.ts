@@ -1,5 +1,6 @@
 import type { LazyTensor, ModelShape, StageRecord, TrainingState } from "./types.js";
-import type { Tensor } from "./tensor.js";
+import { PIECE_BYTES, Tensor, blockLayoutBytes, blockLayoutPieces, numel, zeroPieces, type BlockLayout } from "./tensor.js";
+import { DTYPE_SIZES } from "./dtype.js";
 import { deriveSeed } from "./rng.js";
 
 /** Options every growth operator shares: how the run continues after the growth. */
@@ -17,9 +18,51 @@ export interface StageOptions {
   lrScale?: number;
 }
 
-/** A LazyTensor computed on demand from other lazy tensors, so growth streams one output at a time. */
-export const derived = (dtype: LazyTensor["dtype"], shape: readonly number[], compute: () => Promise<Tensor>): LazyTensor =>
-  ({ dtype, shape: [...shape], read: compute });
+/** How a derived tensor's stored bytes are computed (see LazyTensor.readBytes / streamBytes). */
+export interface StoredBytesOf {
+  readBytes?: () => Promise<Uint8Array>;
+  streamBytes?: (buffer?: (bytes: number) => Uint8Array) => AsyncIterable<Uint8Array>;
+}
+
+/**
+ * A LazyTensor computed on demand from other lazy tensors, so growth streams one output at a time. `stored`: how its
+ * stored bytes are computed without decoding, where they can be (they must equal what writing read()'s values stores).
+ */
+export const derived = (dtype: LazyTensor["dtype"], shape: readonly number[], compute: () => Promise<Tensor>, stored: StoredBytesOf = {}): LazyTensor => {
+  const t: LazyTensor = { dtype, shape: [...shape], read: compute };
+  return Object.assign(t, stored.readBytes ? { readBytes: stored.readBytes } : {}, stored.streamBytes ? { streamBytes: stored.streamBytes } : {});
+};
+
+/** Whether every one of these tensors has its stored bytes (so growth can copy them instead of decoding). */
+export const haveStoredBytes = (...ts: LazyTensor[]): boolean => ts.every((t) => typeof t.readBytes === "function");
+
+/** A tensor of zeros: values, or stored bytes (all zero in every dtype) without a float32 array. */
+export const zerosTensor = (dtype: LazyTensor["dtype"], shape: readonly number[]): LazyTensor => {
+  const bytes = numel(shape) * DTYPE_SIZES[dtype];
+  return derived(dtype, shape, async () => Tensor.zeros(dtype, shape), {
+    readBytes: async () => new Uint8Array(bytes),
+    streamBytes: () => toAsync(zeroPieces(bytes)),
+  });
+};
+
+async function* toAsync<T>(it: Iterable<T>): AsyncGenerator<T> { yield* it; }
+
+/**
+ * A tensor laid out from blocks of stored bytes (tiles, block matrices: see BlockLayout): `sources()` gives them (read
+ * once per computation), `compute` the same tensor as values. Its stored bytes come in pieces of whole rows, so a writer
+ * holds the sources and one piece, never the whole result.
+ */
+export function laidOut(dtype: LazyTensor["dtype"], shape: readonly number[], compute: () => Promise<Tensor>,
+                        sources: () => Promise<Uint8Array[]>, layout: BlockLayout): LazyTensor {
+  const size = DTYPE_SIZES[dtype];
+  const want = numel(shape) * size;
+  const got = layout.rowBands * layout.rows * layout.colBands * layout.cols * size;
+  if (got !== want) throw new Error(`laidOut: the layout makes ${got} bytes, [${shape.join(", ")}] ${dtype} is ${want}`);
+  return derived(dtype, shape, compute, {
+    readBytes: async () => blockLayoutBytes(await sources(), size, layout),
+    streamBytes: async function* (buffer?: (bytes: number) => Uint8Array) { yield* blockLayoutPieces(await sources(), size, layout, PIECE_BYTES, buffer); },
+  });
+}
 
 export function checkStageOptions(o: StageOptions, state: TrainingState): void {
   for (const key of ["rewarmup", "continueAt"] as const) {

@@ -235,6 +235,32 @@ describe("saveTrainingState", () => {
     expect(await readdir(dir)).toEqual(["ck"]);
   });
 
+  it("checks stored bytes copied as they are on their exponent bits, and BF16 values once rounded", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    await saveTrainingState(join(dir, "ck"), state);
+    const before = await readFile(join(dir, "ck", "model.safetensors"));
+    const bf16 = (words: number[]) => ({ ...inMemory(Tensor.zeros("BF16", [8])), read: async () => { throw new Error("not read"); },
+      readBytes: async () => new Uint8Array(Uint16Array.from(words).buffer) });
+    for (const [word, shown] of [[0x7f80, "Infinity"], [0xff80, "-Infinity"], [0x7fc1, "NaN"]] as const) {
+      const params = new Map([...state.params].map(([n, t]) => [n, t.dtype === "F32" ? inMemory(Tensor.zeros("BF16", t.shape)) : t]));
+      params.set("transformer.ln_f.bias", bf16([0x3f80, 0, 0, 0, 0, word, 0, 0x7f7f]));
+      await expect(saveTrainingState(join(dir, "ck"), { ...state, params }, { overwrite: true }))
+        .rejects.toThrow(new RegExp(`ck: not saved: transformer.ln_f.bias holds ${shown} at index 5 .*unchanged`));
+    }
+    // Finite in float32, but past the largest bfloat16 once rounded (the values check alone let it through).
+    const huge = new Map([...state.params].map(([n, t]) => [n, inMemory(n === "transformer.ln_f.bias"
+      ? new Tensor("BF16", [8], Float32Array.from([1, 3.4e38, 0, 0, 0, 0, 0, 0])) : Tensor.zeros("BF16", t.shape))]));
+    await expect(saveTrainingState(join(dir, "ck"), { ...state, params: huge }, { overwrite: true })).rejects.toThrow(/ln_f.bias holds Infinity at index 1/);
+    expect(await readFile(join(dir, "ck", "model.safetensors"))).toEqual(before);
+    // Stored bytes that are finite are saved as they are.
+    const fine = new Map([...state.params].map(([n, t]) => [n, inMemory(Tensor.zeros("BF16", t.shape))]));
+    fine.set("transformer.ln_f.bias", bf16([0x3f80, 0x8000, 0x0001, 0x7f7f, 0xff7f, 0x8001, 0x4040, 0]));
+    await saveTrainingState(join(dir, "ck"), { ...state, params: fine }, { overwrite: true });
+    const back = await loadTrainingState(join(dir, "ck"));
+    expect(await back.params.get("transformer.ln_f.bias")!.readBytes!()).toEqual(new Uint8Array(Uint16Array.of(0x3f80, 0x8000, 0x0001, 0x7f7f, 0xff7f, 0x8001, 0x4040, 0).buffer));
+    await back.close();
+  });
+
   it("says to save a derived state before closing the checkpoint it reads from", async () => {
     await saveTrainingState(join(dir, "ck"), initTrainingState("gpt2", tiny, 5));
     const loaded = await loadTrainingState(join(dir, "ck"));
@@ -275,6 +301,20 @@ describe("saveTrainingState", () => {
     expect(seen).toHaveLength(state.params.size);
     expect(seen.map((p) => p.tensors)).toEqual(seen.map((_, i) => i + 1));
     expect(seen.at(-1)).toMatchObject({ totalTensors: state.params.size, bytes: parameterCount(state) * 4, totalBytes: parameterCount(state) * 4 });
+  });
+
+  it("reports progress piece by piece as bytes are written, a tensor under two names counted at each place", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    const params = new Map(state.params);
+    // One object for two parameters of one shape (a depth copy): produced once, written twice, counted twice.
+    params.set("transformer.h.1.ln_1.weight", params.get("transformer.h.0.ln_1.weight")!);
+    const seen: SaveProgress[] = [];
+    await saveTrainingState(join(dir, "out"), { ...state, params }, { onProgress: (p) => seen.push(p) });
+    const total = parameterCount(state) * 4;
+    expect(seen).toHaveLength(state.params.size);
+    expect(seen.map((p) => p.bytes)).toEqual([...seen.map((p) => p.bytes)].sort((a, b) => a - b));
+    expect(seen.at(-1)).toMatchObject({ bytes: total, totalBytes: total, totalTensors: state.params.size, tensors: state.params.size - 1 });
+    expect(seen.filter((p) => /h\.[01]\.ln_1\.weight/.test(p.name)).map((p) => p.name).sort()).toEqual(["transformer.h.0.ln_1.weight", "transformer.h.1.ln_1.weight"]);
   });
 
   it("checks shapes before writing anything", async () => {

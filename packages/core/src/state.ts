@@ -1,10 +1,12 @@
 import { cp, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve, isAbsolute } from "node:path";
-import { DTYPE_SIZES, type DType } from "./dtype.js";
+import { DTYPE_SIZES, firstNonFiniteStored, storedValue, type DType } from "./dtype.js";
 import { parseJsonFile, readTextInput, syncDir, syncTree, systemReason } from "./files.js";
 import { lockCheckpoint, ownsWriteLock, type CheckpointLock } from "./lock.js";
 import { claimSibling, needsRecovery, recoverCheckpoint, siblingPath } from "./recovery.js";
+import { byteLevelTokenizerFiles } from "./tokenizer-json.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
+import type { WriteObserver } from "./safetensors.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
 import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
 import type { AdamWState, LazyTensor, Progress, TokenizerSpec, TrainingSettings, TrainingState } from "./types.js";
@@ -338,8 +340,13 @@ export interface SaveOptions {
   overwrite?: boolean;
   /** Shard model and optimizer files above this many bytes (HF's default 5 GB). */
   maxShardBytes?: number;
-  /** Called as each tensor is produced for writing: long saves (growth of large checkpoints) show progress. */
+  /** Called as each tensor has been written (`bytes`: of the tensors written so far). */
   onTensor?: (p: SaveProgress) => void;
+  /**
+   * Called as bytes are written, piece by piece (a few MiB each for computed tensors, a tensor for one read from a
+   * file; `bytes`: written so far, `tensors`: written whole so far): the progress of a long save from its first second.
+   */
+  onProgress?: (p: SaveProgress) => void;
   /** The write lock of the target, held by the caller across several saves (see lockCheckpoint); default: taken for this save. */
   lock?: CheckpointLock;
   /** Where to say what crash recovery did (default: a line on stderr each). */
@@ -397,21 +404,20 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     const existing = await stat(target).catch(() => null);
     if (existing && !options.overwrite) throw new Error(`${dir}: already exists (refusing to overwrite)`);
     if (existing && !existing.isDirectory()) throw new Error(`${dir}: exists and is not a directory`);
-    const all = finiteChecked([...model, ...(moments ?? [])], dir);
-    const entries = options.onTensor ? withProgress(all, options.onTensor) : all;
+    const observer = saveObserver([...model, ...(moments ?? [])], dir, options);
 
     tmp = claim("tmp");
     await mkdir(tmp);
-    const shard = { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" } };
+    const shard = { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" }, observer };
     await writeFile(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: dtype }, null, 2) + "\n");
-    await writeCheckpoint(tmp, "model", entries.slice(0, model.length), shard);
-    if (moments) await writeCheckpoint(tmp, "optimizer", entries.slice(model.length), shard);
+    await writeCheckpoint(tmp, "model", model, shard);
+    if (moments) await writeCheckpoint(tmp, "optimizer", moments, shard);
     const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
     const meta = { format: STATE_FORMAT, version: STATE_VERSION, architecture: state.architecture,
       optimizer: { ...optimizer, hasMoments: moments !== null }, schedule: state.schedule, progress: state.progress, tokenizer: state.tokenizer,
       ...(state.training ? { training: state.training } : {}) };
     await writeFile(join(tmp, "training_state.json"), JSON.stringify(meta, null, 2) + "\n");
-    for (const [name, bytes] of state.files ?? []) await writeFile(join(tmp, name), bytes);
+    for (const [name, bytes] of filesToWrite(state)) await writeFile(join(tmp, name), bytes);
     if (existing) await carryOtherFiles(target, tmp);
     await syncTree(tmp);
     // Complete and durable: from here on a kill leaves a checkpoint that recovery puts in place.
@@ -456,26 +462,37 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   }
 }
 
-/** The same entries, `seen(name, tensor)` called as each tensor is read (to check or report it). */
-function onRead(entries: TensorEntry[], seen: (name: string, t: Tensor) => void): TensorEntry[] {
-  return entries.map(({ name, tensor }) => ({
-    name,
-    tensor: {
-      dtype: tensor.dtype, shape: tensor.shape,
-      read: async () => {
-        const t = tensor instanceof Tensor ? tensor : await tensor.read();
-        seen(name, t);
-        return t;
-      },
+/**
+ * What a save does with each piece of stored bytes before it is written, and as bytes are written: refuses a value that
+ * is not finite (a diverged run is never saved) and reports progress. Pieces encoded from values are checked on the
+ * values (the message names the value computed, e.g. an F16 overflow), BF16 ones also on the bytes (rounding may
+ * overflow); stored bytes copied as they are, on their exponent bits.
+ */
+function saveObserver(entries: TensorEntry[], dir: string, options: SaveOptions): WriteObserver {
+  const sizeOf = (t: LazyTensor | Tensor) => t.shape.reduce((a, b) => a * b, DTYPE_SIZES[t.dtype]);
+  const totalBytes = entries.reduce((s, e) => s + sizeOf(e.tensor), 0);
+  const totalTensors = entries.length;
+  let tensors = 0, written = 0, done = 0;
+  return {
+    piece: (name, dtype, bytes, at, values) => {
+      let bad = values ? firstNonFinite(values) : null;
+      if (!bad && (!values || dtype === "BF16")) {
+        const i = firstNonFiniteStored(dtype, bytes);
+        if (i >= 0) bad = { index: at + i, value: storedValue(dtype, bytes, i) };
+      }
+      if (bad !== null) throw new Error(`${dir}: not saved: ${name} holds ${bad.value} at index ${bad.index} (a diverged run?); the checkpoint there is unchanged`);
     },
-  }));
+    bytesWritten: (name, bytes) => {
+      written += bytes;
+      options.onProgress?.({ name, tensors, totalTensors, bytes: written, totalBytes });
+    },
+    tensorWritten: (name, bytes) => {
+      done += bytes;
+      tensors++;
+      options.onTensor?.({ name, tensors, totalTensors, bytes: done, totalBytes });
+    },
+  };
 }
-
-/** The same entries, each checking when read that its values are finite (a diverged run is never saved). */
-const finiteChecked = (entries: TensorEntry[], dir: string): TensorEntry[] => onRead(entries, (name, t) => {
-  const bad = firstNonFinite(t);
-  if (bad !== null) throw new Error(`${dir}: not saved: ${name} holds ${bad.value} at index ${bad.index} (a diverged run?); the checkpoint there is unchanged`);
-});
 
 /**
  * Whether every float32 is finite, branch-free on the bits (about 4× a comparison per value): an exponent
@@ -510,6 +527,18 @@ export function firstNonFinite(t: Tensor): { index: number; value: number } | nu
   return null;
 }
 
+/**
+ * The files that travel with the state; a byte-level state also gets the 256-entry byte-level BPE
+ * tokenizer.json (and tokenizer_config.json), so HF tools (transformers, transformers.js) can decode it.
+ */
+function filesToWrite(state: TrainingState): Map<string, Uint8Array> {
+  const files = new Map(state.files ?? []);
+  if (state.tokenizer.kind === "bytes" && !files.has("tokenizer.json")) {
+    for (const [name, bytes] of byteLevelTokenizerFiles()) if (!files.has(name)) files.set(name, bytes);
+  }
+  return files;
+}
+
 /** Weight files a save writes anew (of either layout); any other file of a replaced checkpoint is kept. */
 const WEIGHT_FILE = /^(model|optimizer)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$/;
 
@@ -519,17 +548,6 @@ async function carryOtherFiles(from: string, to: string): Promise<void> {
   for (const f of await readdir(from)) {
     if (!written.has(f) && !WEIGHT_FILE.test(f)) await cp(join(from, f), join(to, f), { recursive: true, preserveTimestamps: true });
   }
-}
-
-/** The same entries, each reporting when its tensor has been read. */
-function withProgress(entries: TensorEntry[], report: (p: SaveProgress) => void): TensorEntry[] {
-  const sizeOf = (t: LazyTensor | Tensor) => t.shape.reduce((a, b) => a * b, DTYPE_SIZES[t.dtype]);
-  const totalBytes = entries.reduce((s, e) => s + sizeOf(e.tensor), 0);
-  let tensors = 0, bytes = 0;
-  return onRead(entries, (name, t) => {
-    bytes += sizeOf(t);
-    report({ name, tensors: ++tensors, totalTensors: entries.length, bytes, totalBytes });
-  });
 }
 
 function modelEntries(specs: ParamSpec[], state: TrainingState): { entries: TensorEntry[]; dtype: string } {

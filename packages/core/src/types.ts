@@ -6,6 +6,20 @@ export interface LazyTensor {
   readonly dtype: DType;
   readonly shape: readonly number[];
   read(): Promise<Tensor>;
+  /**
+   * The tensor's stored bytes: little-endian values of `dtype` as a safetensors file holds them (F16/BF16 as 16-bit
+   * words, not widened), equal to what writing read()'s values would store. Present where they come without decoding:
+   * a tensor of a checkpoint file, and tensors growth computes from such tensors by copying bytes (tiles, block
+   * matrices, layer copies, zeros). Writers use them as they are; absent, they encode read()'s values.
+   */
+  readBytes?(): Promise<Uint8Array>;
+  /**
+   * The same bytes in order, in pieces of at most a few MiB, so that a writer never holds a large tensor whole; the
+   * pieces are read-only. `buffer(n)`, when given, supplies the memory of a piece of n bytes that has to be filled
+   * (a writer recycling a few buffers instead of faulting in fresh pages for every piece): such a piece is the
+   * caller's, and the tensor fills all of it. Absent: readBytes() as one piece.
+   */
+  streamBytes?(buffer?: (bytes: number) => Uint8Array): AsyncIterable<Uint8Array>;
 }
 
 /** The architecture-independent shape of a decoder-only transformer. */

@@ -1,9 +1,9 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { Tensor, initTrainingState, loadTrainingState, saveTrainingState, type LazyTensor, type TrainingState } from "@staged/core";
-import { depthLossPreserving, growDepth, layerMap, targetLayers } from "./depth.js";
+import { depthLossPreserving, growDepth, layerMap, targetLayers, type DepthOptions } from "./depth.js";
 import { depthGrowth } from "./index.js";
 
 const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
@@ -120,6 +120,81 @@ describe("growDepth", () => {
       expect("source" in g).toBe(false);
       expect("close" in g).toBe(false);
       expect((await g.params.get("transformer.h.2.ln_1.weight")!.read()).shape).toEqual([8]);
+      await loaded.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("growDepth on stored bytes", () => {
+  const llama = { model_type: "llama", num_hidden_layers: 2, hidden_size: 8, num_attention_heads: 2, num_key_value_heads: 1, intermediate_size: 12, vocab_size: 16, max_position_embeddings: 8 };
+  const cases: [string, DepthOptions][] = [
+    ["×2 identity", { factor: 2 }], ["×2 copy", { factor: 2, init: "copy" }], ["×3 appended, moments reset", { factor: 3, placement: "append", moments: "reset" }],
+  ];
+  for (const dtype of ["F32", "F16", "BF16"] as const) {
+    it(`${dtype}: writes the same bytes as the values path, reading each source tensor once per file and no value`, async () => {
+      const dir = await mkdtemp(join(tmpdir(), "staged-depth-bytes-"));
+      try {
+        for (const [arch, config] of [["gpt2", tiny], ["llama", llama]] as const) {
+          const s = initTrainingState(arch, config, 4);
+          const edgy = (v: number, i: number) => (i % 7 === 3 ? -0 : i % 11 === 5 ? -1e-39 : v);
+          const as = (f: (v: number) => number) => new Map([...s.params].map(([n, t]) => [n, {
+            dtype, shape: t.shape, read: async () => new Tensor(dtype, t.shape, (await t.read()).f32.map((v, i) => f(edgy(v, i)))),
+          } as LazyTensor]));
+          await saveTrainingState(join(dir, "in"), { ...s, params: as((v) => v), optimizer: { ...s.optimizer, step: 3, expAvg: as((v) => v / 7), expAvgSq: as((v) => v * v) } }, { overwrite: true });
+          const loaded = await loadTrainingState(join(dir, "in"));
+          const reads = new Map<string, number>();
+          const count = (key: string) => reads.set(key, (reads.get(key) ?? 0) + 1);
+          const wrap = (prefix: string, m: Map<string, LazyTensor> | undefined, bytes: boolean) => new Map([...m!].map(([n, t]) => [n, {
+            dtype: t.dtype, shape: t.shape, read: () => { count(`${prefix}read ${n}`); return t.read(); },
+            ...(bytes ? {
+              readBytes: () => { count(`${prefix}bytes ${n}`); return t.readBytes!(); },
+              streamBytes: (buffer?: (n: number) => Uint8Array) => { count(`${prefix}bytes ${n}`); return t.streamBytes!(buffer); },
+            } : {}),
+          } as LazyTensor]));
+          const state = (bytes: boolean): TrainingState => ({ ...loaded, params: wrap("", loaded.params, bytes),
+            optimizer: { ...loaded.optimizer, expAvg: wrap("m ", loaded.optimizer.expAvg, bytes), expAvgSq: wrap("v ", loaded.optimizer.expAvgSq, bytes) } });
+          const stored = state(true), values = state(false);
+          for (const [label, o] of cases) {
+            reads.clear();
+            await saveTrainingState(join(dir, "bytes"), growDepth(stored, o), { overwrite: true });
+            // Every source tensor is kept somewhere (the originals), and read once for its file however many copies it has.
+            expect([...reads.keys()].filter((k) => k.includes("read ")), label).toEqual([]);
+            expect(reads.size, label).toBe(3 * s.params.size);
+            for (const [key, n] of reads) expect(n, `${label}: ${key}`).toBe(1);
+            await saveTrainingState(join(dir, "values"), growDepth(values, o), { overwrite: true });
+            const names = (await readdir(join(dir, "bytes"))).sort();
+            expect((await readdir(join(dir, "values"))).sort()).toEqual(names);
+            for (const f of names) expect(Buffer.compare(await readFile(join(dir, "bytes", f)), await readFile(join(dir, "values", f))), `${label}: ${f}`).toBe(0);
+          }
+          await loaded.close();
+        }
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
+  }
+
+  it("reads a source tensor once per output file when its copies land in several shards", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "staged-depth-bytes-"));
+    try {
+      await saveTrainingState(join(dir, "in"), initTrainingState("gpt2", tiny, 4));
+      const loaded = await loadTrainingState(join(dir, "in"));
+      const reads = new Map<string, number>();
+      const count = (n: string) => reads.set(n, (reads.get(n) ?? 0) + 1);
+      const params = new Map([...loaded.params].map(([n, t]) => [n, { ...t,
+        readBytes: () => { count(n); return t.readBytes!(); },
+        streamBytes: (buffer?: (n: number) => Uint8Array) => { count(n); return t.streamBytes!(buffer); } } as LazyTensor]));
+      // Appended copies: layer 0 is at 0, 2 and 4, which small shards put in different files.
+      await saveTrainingState(join(dir, "out"), growDepth({ ...loaded, params }, { factor: 3, placement: "append", init: "copy" }), { maxShardBytes: 2000 });
+      const files = (await readdir(join(dir, "out"))).filter((f) => /^model-\d+-of-\d+\.safetensors$/.test(f));
+      expect(files.length).toBeGreaterThan(3);
+      const index = JSON.parse(await readFile(join(dir, "out", "model.safetensors.index.json"), "utf8")) as { weight_map: Record<string, string> };
+      const w = "transformer.h.0.attn.c_attn.weight";
+      const shardsOf = new Set([0, 2, 4].map((l) => index.weight_map[w.replace("h.0", `h.${l}`)]));
+      expect(shardsOf.size).toBeGreaterThan(1);
+      expect(reads.get(w)).toBe(shardsOf.size);
       await loaded.close();
     } finally {
       await rm(dir, { recursive: true, force: true });

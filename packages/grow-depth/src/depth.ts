@@ -1,5 +1,5 @@
 import {
-  Tensor, checkModelSize, checkStageOptions, createDefaultRegistry, derived, grownState,
+  checkModelSize, checkStageOptions, createDefaultRegistry, grownState, zerosTensor,
   type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
 } from "@staged/core";
 
@@ -73,10 +73,8 @@ export function depthLossPreserving(map: readonly number[], init: DepthInit): bo
   return firsts.every((l, i) => l === i);
 }
 
-/** Roles zeroed in an identity-initialized layer: the block's outputs into the residual stream. */
-
-const zerosLike = (t: LazyTensor, shape: readonly number[]): LazyTensor =>
-  derived(t.dtype, shape, async () => Tensor.zeros(t.dtype, shape));
+/** Zeros in the dtype of `t` (the tensors an identity-initialized layer zeroes, and reset moments): stored bytes or values. */
+const zerosLike = (t: LazyTensor, shape: readonly number[]): LazyTensor => zerosTensor(t.dtype, shape);
 
 /**
  * Depth growth: each new layer comes from a source layer (the layer map). The first occurrence of a source

@@ -1,11 +1,11 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
-  Tensor, blockDiagonal, initTrainingState, loadTrainingState, saveTrainingState, type LazyTensor, type TrainingState,
+  Tensor, blockDiagonal, encodeTensor, initTrainingState, loadTrainingState, saveTrainingState, type LazyTensor, type TrainingState,
 } from "@staged/core";
-import { growWidth } from "./width.js";
+import { growWidth, type WidthOptions } from "./width.js";
 
 const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
 
@@ -179,6 +179,100 @@ describe("growWidth", () => {
       // Its tensors still read from the input until the input is closed.
       expect((await g.params.get("transformer.wte.weight")!.read()).shape).toEqual([16, 16]);
       await loaded.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+/**
+ * A checkpoint on disk in `dtype` with AdamW moments whose values include −0, subnormals and large ones, and the
+ * same state loaded twice: as loaded (stored bytes) and with only read() (the values path, the reference).
+ */
+async function storedAndValues(dir: string, arch: string, config: Record<string, unknown>, dtype: "F32" | "F16" | "BF16") {
+  const s = initTrainingState(arch, config, 4);
+  const tiny = dtype === "F32" ? 1e-40 : dtype === "F16" ? 6e-8 : 1e-39;
+  const edgy = (v: number, i: number) => (i % 7 === 3 ? -0 : i % 11 === 5 ? -tiny : i % 13 === 6 ? v * 100 : v);
+  const as = (f: (v: number, i: number) => number) => new Map([...s.params].map(([n, t]) => [n, {
+    dtype, shape: t.shape, read: async () => new Tensor(dtype, t.shape, (await t.read()).f32.map((v, i) => f(edgy(v, i), i))),
+  } as LazyTensor]));
+  await saveTrainingState(join(dir, "in"), {
+    ...s, params: as((v) => v), optimizer: { ...s.optimizer, step: 3, expAvg: as((v) => v / 7), expAvgSq: as((v) => v * v) },
+  }, { overwrite: true });
+  const loaded = await loadTrainingState(join(dir, "in"));
+  const reads = new Map<string, number>();
+  // Counting wrappers that keep both paths (one object per tensor, so a writer can see copies of one source).
+  const counted = (prefix: string, m: Map<string, LazyTensor> | undefined) => new Map([...m!].map(([n, t]) => [n, {
+    dtype: t.dtype, shape: t.shape,
+    read: () => { reads.set(`${prefix}read ${n}`, (reads.get(`${prefix}read ${n}`) ?? 0) + 1); return t.read(); },
+    readBytes: () => { reads.set(`${prefix}bytes ${n}`, (reads.get(`${prefix}bytes ${n}`) ?? 0) + 1); return t.readBytes!(); },
+  } as LazyTensor]));
+  const valuesOnly = (m: Map<string, LazyTensor> | undefined) => new Map([...m!].map(([n, t]) => [n, { dtype: t.dtype, shape: t.shape, read: () => t.read() } as LazyTensor]));
+  const stored: TrainingState = { ...loaded, params: counted("", loaded.params),
+    optimizer: { ...loaded.optimizer, expAvg: counted("m ", loaded.optimizer.expAvg), expAvgSq: counted("v ", loaded.optimizer.expAvgSq) } };
+  const values: TrainingState = { ...loaded, params: valuesOnly(loaded.params),
+    optimizer: { ...loaded.optimizer, expAvg: valuesOnly(loaded.optimizer.expAvg), expAvgSq: valuesOnly(loaded.optimizer.expAvgSq) } };
+  return { stored, values, reads, close: () => loaded.close() };
+}
+
+/** Every file of two checkpoint directories, byte for byte. */
+async function expectSameFiles(a: string, b: string): Promise<void> {
+  const names = (await readdir(a)).sort();
+  expect((await readdir(b)).sort()).toEqual(names);
+  for (const f of names) expect(Buffer.compare(await readFile(join(a, f)), await readFile(join(b, f))), f).toBe(0);
+}
+
+describe("growWidth on stored bytes", () => {
+  const llama = { model_type: "llama", num_hidden_layers: 2, hidden_size: 8, num_attention_heads: 2, num_key_value_heads: 1, intermediate_size: 12, vocab_size: 16, max_position_embeddings: 8 };
+  const cases: [string, WidthOptions][] = [
+    ["×2", { factor: 2 }], ["FFN-only ×2", { factor: 1, ffnFactor: 2 }], ["×2, FFN ×3, paper moments", { factor: 2, ffnFactor: 3, moments: "paper" }],
+    ["×3", { factor: 3 }], ["×2 with noise in the matrices", { factor: 2, symmetry: "noise", seed: 5 }],
+  ];
+  for (const dtype of ["F32", "F16", "BF16"] as const) {
+    it(`${dtype}: writes the same bytes as the values path (GPT-2 and Llama with GQA), reading no value where nothing is scaled per value`, async () => {
+      const dir = await mkdtemp(join(tmpdir(), "staged-width-bytes-"));
+      try {
+        for (const [arch, config] of [["gpt2", tiny], ["llama", llama]] as const) {
+          const { stored, values, reads, close } = await storedAndValues(dir, arch, config, dtype);
+          for (const [label, o] of cases) {
+            reads.clear();
+            const viaBytes = growWidth(stored, o), viaValues = growWidth(values, o);
+            for (const [n, t] of viaBytes.params) {
+              expect(typeof t.readBytes === "function", `${n} has stored bytes`).toBe(!(o.symmetry === "noise" && t.shape.length === 2 && !/wte|wpe|embed|lm_head/.test(n)));
+            }
+            await saveTrainingState(join(dir, "bytes"), viaBytes, { overwrite: true });
+            await saveTrainingState(join(dir, "values"), viaValues, { overwrite: true });
+            await expectSameFiles(join(dir, "bytes"), join(dir, "values"));
+            // Each source tensor was read once, as stored bytes unless a matrix draws noise per value.
+            for (const [key, n] of reads) expect(n, `${label}: ${key}`).toBe(1);
+            const valueReads = [...reads.keys()].filter((k) => /^(m |v )?read /.test(k));
+            if (o.symmetry === undefined) expect(valueReads, label).toEqual([]);
+            // And a grown tensor's own readBytes equals its values encoded.
+            const name = arch === "gpt2" ? "transformer.h.1.attn.c_attn.weight" : "model.layers.1.mlp.down_proj.weight";
+            for (const m of [viaBytes.params, viaBytes.optimizer.expAvgSq]) {
+              if (m?.get(name)?.readBytes) expect(await m.get(name)!.readBytes!()).toEqual(encodeTensor(await m.get(name)!.read()));
+            }
+          }
+          await close();
+        }
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
+  }
+
+  it("streams a grown tensor in pieces that add up to its bytes", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "staged-width-bytes-"));
+    try {
+      const { stored, close } = await storedAndValues(dir, "gpt2", tiny, "BF16");
+      const g = growWidth(stored, { factor: 2 });
+      for (const name of ["transformer.h.0.attn.c_attn.weight", "transformer.ln_f.weight", "transformer.wte.weight"]) {
+        const t = g.params.get(name)!;
+        const pieces: Uint8Array[] = [];
+        for await (const p of t.streamBytes!()) pieces.push(p);
+        expect(Buffer.concat(pieces)).toEqual(Buffer.from(await t.readBytes!()));
+      }
+      await close();
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -1,6 +1,7 @@
 import {
-  Rng, Tensor, checkModelSize, checkStageOptions, concat, createDefaultRegistry, deriveSeed, derived, grownState,
-  type AxisSpace, type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
+  Rng, Tensor, checkModelSize, checkStageOptions, concat, createDefaultRegistry, deriveSeed, derived, grownState, haveStoredBytes,
+  laidOut, scaleStored, tileLayout,
+  type AxisSpace, type BlockLayout, type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
 } from "@staged/core";
 
 export type WidthMoments = "paper" | "consistent" | "reset";
@@ -179,6 +180,55 @@ function transpose2d(t: Tensor): Tensor {
 const inOrientation = (spec: ParamSpec, f: (t: Tensor) => Tensor) =>
   (t: Tensor): Tensor => (spec.layout === "linear" ? transpose2d(f(transpose2d(t))) : f(t));
 
+/**
+ * The same growth on stored bytes: the grown tensor's blocks in its stored layout, each a copy of the source, of the
+ * source × a coefficient, or zeros. `coefficientOf(i, j)`: the coefficient of input copy i in output copy j of a matrix
+ * (0: a zero block); a tile's single coefficient is `coefficientOf(0, 0)`. In the stored layout a linear [out, in]
+ * weight has the output copies as row bands and the input copies as column bands (the transpose of the [in, out] block
+ * matrix), a conv1d [in, out] weight the reverse; a fused q|k|v's parts along the last axis are each laid out by
+ * themselves, as perPart does. The grid of blocks is built when the bytes are first asked for (a growth by a large
+ * factor is refused for its size before, and must not cost factor² here).
+ */
+function storedLayout(spec: ParamSpec, rule: Rule, shape: readonly number[], coefficientOf: (i: number, j: number) => number): { layout: BlockLayout; coefficients: () => number[] } {
+  const parts = spec.fused?.length ?? 1;
+  if (rule.kind === "tile") return { layout: tileLayout(shape, rule.axis, rule.axes.b, parts), coefficients: () => [coefficientOf(0, 0)] };
+  const [rows, cols] = shape as [number, number];
+  const { a, b } = rule.axes;
+  const linear = spec.layout === "linear";
+  const rowBands = linear ? b : a, colBands = linear ? a : b;
+  let built: { grid: Int32Array; coefficients: number[] } | null = null;
+  const build = () => {
+    if (built) return built;
+    const coefficients: number[] = [];
+    const grid = new Int32Array(rowBands * colBands);
+    for (let s = 0; s < rowBands; s++) {
+      for (let t = 0; t < colBands; t++) {
+        const c = linear ? coefficientOf(t, s) : coefficientOf(s, t);
+        let k = c === 0 ? -1 : coefficients.indexOf(c);
+        if (c !== 0 && k < 0) k = coefficients.push(c) - 1;
+        grid[s * colBands + t] = k;
+      }
+    }
+    return (built = { grid, coefficients });
+  };
+  return { layout: { rows, cols, parts, rowBands, colBands, block: (s, t) => build().grid[s * colBands + t]! }, coefficients: () => build().coefficients };
+}
+
+/**
+ * A grown tensor that also has stored bytes: the source's bytes laid out (storedLayout), a block of coefficient c ≠ 1
+ * holding the source × c computed as the values path computes it (`plusZero`: growMatrix's `c · v + 0`), so the bytes
+ * are exactly those of writing `compute()`'s values.
+ */
+function grownBytes(source: LazyTensor, shape: readonly number[], compute: () => Promise<Tensor>, spec: ParamSpec, rule: Rule,
+                    coefficientOf: (i: number, j: number) => number, plusZero: boolean): LazyTensor {
+  const { layout, coefficients } = storedLayout(spec, rule, source.shape, coefficientOf);
+  const sources = async (): Promise<Uint8Array[]> => {
+    const raw = await source.readBytes!();
+    return coefficients().map((c) => (c === 1 ? raw : scaleStored(source.dtype, raw, c, plusZero)));
+  };
+  return laidOut(source.dtype, shape, compute, sources, layout);
+}
+
 function positiveInt(v: number | undefined, fallback: number, what: string): number {
   const x = v ?? fallback;
   if (!Number.isInteger(x) || x < 1) throw new Error(`${what} must be an integer ≥ 1, got ${x}`);
@@ -235,7 +285,12 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
     const grow = (t: Tensor, rng: Rng): Tensor => perPart(t, spec, (part) => rule.kind === "matrix"
       ? inOrientation(spec, (m) => growMatrix(m, rule.axes, symmetry, noiseStd, rng))(part)
       : (rule.valueScale === 1 ? part : part.scale(rule.valueScale)).tile(rule.axis, rule.axes.b));
-    params.set(spec.name, derived(source.dtype, target.shape, async () => grow(await source.read(), new Rng(deriveSeed(seed, spec.name)))));
+    const computeValues = async () => grow(await source.read(), new Rng(deriveSeed(seed, spec.name)));
+    // Copies and fixed coefficients have stored bytes (no decoding); symmetry breaking in a matrix draws per value.
+    params.set(spec.name, haveStoredBytes(source) && (rule.kind === "tile" || symmetry === "none")
+      ? grownBytes(source, target.shape, computeValues, spec, rule,
+        (i, j) => (rule.kind === "tile" ? rule.valueScale : coefficient(rule.axes.a, rule.axes.b, i, j)), rule.kind === "matrix")
+      : derived(source.dtype, target.shape, computeValues));
     if (!keepMoments) continue;
     const growMoment = (t: Tensor, power: number): Tensor => {
       const scale = rule.gradScale ** power;
@@ -245,8 +300,15 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
     };
     const m1 = expAvg.get(spec.name), m2 = expAvgSq.get(spec.name);
     if (!m1 || !m2) throw new Error(`width growth: the optimizer state has no moments for ${spec.name}`);
-    avg.set(spec.name, derived(m1.dtype, target.shape, async () => growMoment(await m1.read(), 1)));
-    avgSq.set(spec.name, derived(m2.dtype, target.shape, async () => growMoment(await m2.read(), 2)));
+    const grownMoment = (m: LazyTensor, power: number): LazyTensor => {
+      const compute = async () => growMoment(await m.read(), power);
+      if (!haveStoredBytes(m)) return derived(m.dtype, target.shape, compute);
+      const scale = rule.gradScale ** power;
+      return grownBytes(m, target.shape, compute, spec, rule, (i, j) =>
+        (rule.kind === "tile" || moments === "consistent" || coefficient(rule.axes.a, rule.axes.b, i, j) !== 0 ? scale : 0), false);
+    };
+    avg.set(spec.name, grownMoment(m1, 1));
+    avgSq.set(spec.name, grownMoment(m2, 2));
   }
   return grownState(state, {
     operator: "width",

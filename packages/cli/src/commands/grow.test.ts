@@ -39,6 +39,18 @@ describe("staged grow", () => {
     expect(r.stderr).toBe("");
   });
 
+  it("--progress jsonl and none are taken (a growth within a second shows nothing either way); other modes are refused", () => {
+    for (const mode of ["jsonl", "none", "lines"]) {
+      const r = staged("--json", "grow", "depth", at("f32"), at(`progress-${mode}`), "--progress", mode);
+      expect(r.status).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ after: { layers: 4 } });
+      expect(r.stderr).toBe("");
+    }
+    const r = staged("grow", "depth", at("f32"), at("bad"), "--progress", "loud");
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/argument 'loud' is invalid/);
+  });
+
   it("depth --json, then inspect shows both stages", () => {
     const r = json("grow", "depth", at("w2"), at("w2d"), "--layer-map", "0,0,1,1,1");
     expect(r).toMatchObject({ after: { layers: 5 }, lossPreserving: true, options: { layerMap: [0, 0, 1, 1, 1], init: "identity" } });
@@ -130,11 +142,11 @@ describe("staged grow", () => {
     });
 
     it("a checkpoint of another architecture and mismatched moments", async () => {
-      await mkdir(at("llama"));
-      await writeFile(join(at("llama"), "config.json"), JSON.stringify({ model_type: "llama", hidden_size: 8 }));
-      let r = staged("grow", "width", at("llama"), at("bad"));
+      await mkdir(at("rwkv"));
+      await writeFile(join(at("rwkv"), "config.json"), JSON.stringify({ model_type: "rwkv", hidden_size: 8 }));
+      let r = staged("grow", "width", at("rwkv"), at("bad"));
       expect(r.status).toBe(1);
-      expect(r.stderr).toMatch(/llama\/config.json: unknown architecture model_type "llama" \(registered: gpt2\)/);
+      expect(r.stderr).toMatch(/rwkv\/config.json: unknown architecture model_type "rwkv" \(registered: gpt2, llama\)/);
       const input = await checkpoint("mismatch");
       const s = initTrainingState("gpt2", { ...config, n_embd: 4 }, 1);
       await writeCheckpoint(input, "optimizer", [...s.params].map(([n, t]) => ({ name: `exp_avg.${n}`, tensor: t })));

@@ -10,13 +10,13 @@ import type { DepthOptions } from "@staged/grow-depth";
 import { createCliRegistry } from "../registry.js";
 import { createOutput, runAction, UsageError } from "../output.js";
 import { integer, intList, number } from "../options.js";
-import { createProgress } from "../progress.js";
+import { PROGRESS_MODES, createProgress, type ProgressMode } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
 
 
 interface CommonOptions {
   rewarmup?: number; continueAt?: number; lrScale?: number; force?: boolean; maxShardBytes?: number;
-  evalData?: string; evalContext?: number; evalBlocks?: number;
+  evalData?: string; evalContext?: number; evalBlocks?: number; progress?: ProgressMode;
 }
 
 async function grow<O extends object>(input: string, output: string, operator: string, options: O & CommonOptions, cmd: Command): Promise<void> {
@@ -32,7 +32,7 @@ async function grow<O extends object>(input: string, output: string, operator: s
     const plugin = registry.get("growth", operator) as GrowthPlugin<O>;
     const state = await loadTrainingState(input, { registry });
     try {
-      const { force, maxShardBytes, evalData, evalContext, evalBlocks, ...growOptions } = options;
+      const { force, maxShardBytes, evalData, evalContext, evalBlocks, progress: progressMode, ...growOptions } = options;
       // The operator checks the grown size against MODEL_LIMITS before building anything per layer.
       const grown: TrainingState = await plugin.grow(state, { ...growOptions, registry } as O);
       // Nothing is computed yet: every resource is checked before the first tensor is.
@@ -50,14 +50,19 @@ async function grow<O extends object>(input: string, output: string, operator: s
         check = { lossBefore: before.loss, lossAfter: after.loss, lossChange: after.loss - before.loss, evalTokens: before.tokens };
       }
       const announce = writeAnnouncement(output, bytes);
-      if (announce) process.stderr.write(announce + "\n"); // also with --json: stdout keeps the one result
+      // Also with --json (stdout keeps the one result); --progress jsonl makes it machine-readable, none silences it.
+      if (announce && progressMode !== "none") {
+        process.stderr.write(progressMode === "jsonl" ? JSON.stringify({ announce, output: resolve(output), bytes }) + "\n" : announce + "\n");
+      }
       const t0 = performance.now();
-      const progress = createProgress("writing", "MB", 1e6); // stderr, also with --json
+      // Bytes as they are written, from the first second (a line at 1 s, then every 5 s; a JSON line each second).
+      const progress = createProgress("writing", "MB", 1e6, { mode: progressMode ?? "auto", baseUnit: "bytes" });
+      progress.update(0, bytes - [...grown.files?.values() ?? []].reduce((n, f) => n + f.byteLength, 0)); // the tensors' bytes
       try {
         await saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes,
-          onTensor: (p) => progress.update(p.bytes, p.totalBytes) });
+          onProgress: (p) => progress.update(p.bytes, p.totalBytes) });
       } finally {
-        progress?.stop();
+        progress.stop();
       }
       const stage = grown.progress.stages.at(-1)!;
       const result = {
@@ -95,7 +100,9 @@ const common = (c: Command): Command => c
   .option("--max-shard-bytes <n>", "shard files above this size", integer("max-shard-bytes", 1))
   .option("--eval-data <data>", "measure the loss before and after the growth on this data (brown|file.txt|file.bin)")
   .option("--eval-context <T>", "block size of that measurement (default: the model's context)", integer("eval-context", 2))
-  .option("--eval-blocks <K>", "blocks of that measurement (default 16)", integer("eval-blocks", 1));
+  .option("--eval-blocks <K>", "blocks of that measurement (default 16)", integer("eval-blocks", 1))
+  .addOption(new Option("--progress <mode>", "progress on stderr: a bar on a terminal, else lines (auto), lines, JSON lines, or none")
+    .choices([...PROGRESS_MODES]).default("auto"));
 
 export function registerGrow(program: Command): void {
   const growCmd = program.command("grow").description("grow a checkpoint's whole training state");

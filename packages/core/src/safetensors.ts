@@ -1014,9 +1014,9 @@ async function* piecesOf(path: string, p: Placed, buffer: (bytes: number) => Uin
 /**
  * Stream a safetensors file: the header is computed from dtypes and shapes, then each tensor's stored bytes (its own
  * when it has them, see LazyTensor.readBytes/streamBytes, else its values encoded) go to their place, in the reference
- * writer's order (`referenceOrder`: dtype alignment, then name), the next piece being produced while the current one is
- * written: two pieces in memory (two whole tensors where a tensor gives its bytes or values only whole), plus what a
- * computed tensor holds. One object given under several names is produced once and written at each of its places.
+ * writer's order (`referenceOrder`: dtype alignment, then name), up to three pieces being produced while the current
+ * one is written: four pieces in memory (two whole tensors where a tensor gives its bytes or values only whole), plus
+ * what a computed tensor holds. One object given under several names is produced once and written at each of its places.
  * An observer sees every piece before it is written and the bytes as they are. A failed write removes the partial file.
  * Returns the number of bytes written.
  */
@@ -1048,8 +1048,8 @@ export async function writeSafetensors(path: string, entries: readonly TensorEnt
   try {
     const out = new PositionedWriter(fh);
     await out.write(header, 0);
-    // Memory for computed and streamed pieces, recycled once a piece is written: with one piece produced ahead of
-    // the writes, two buffers go round (fresh pages cost a fault and a zeroing each).
+    // Memory for computed and streamed pieces, recycled once a piece is written: with up to three pieces produced
+    // ahead of the writes, four buffers go round (fresh pages would cost a fault and a zeroing each).
     const pool: Uint8Array[] = [];
     const ours = new Set<ArrayBufferLike>();
     const buffer = (n: number): Uint8Array => {

@@ -19,10 +19,14 @@
 // /proc/self/status VmHWM, the highest of the runs; the bound is 2 × the largest output tensor in its stored dtype +
 // 300 MB.
 //
-// Usage: node bench/grow-bench.mjs [--cases small,xl-bf16-depth,...] [--reps 2] [--dir <parent of the work dir>]
-//        [--margin-gb 3] [--kv-heads 32] [--json]
+// --drop-caches (root only) empties the page cache before each timed job and reads the job's input back into it (the
+// growth's input, the files cp copies), so that both start from the same cache state; without it, cp copies an
+// output the growth has just written (mostly cached) while the growth reads an input its own writes evicted.
+//
+// Usage: node bench/grow-bench.mjs [--cases small,xl-bf16-depth,...] [--reps 2] [--drop-caches] [--dir <parent of the
+//        work dir>] [--margin-gb 3] [--kv-heads 32] [--json]
 import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, rm, stat, statfs } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -88,6 +92,7 @@ const cases = CASES.filter((c) => wanted.includes(c.id) || (c.group !== undefine
 const json = args.includes("--json");
 const marginBytes = Number(arg("margin-gb", 3)) * GB;
 const reps = Number(arg("reps", 2));
+const dropCaches = args.includes("--drop-caches");
 const log = (s) => { if (!json) console.error(s); };
 
 /** Deterministic pseudo-random values in ±0.05 (xorshift32), generated on read so the generation streams. */
@@ -160,9 +165,16 @@ function diskCounters() {
 /**
  * Flush, then wait (at most 2 minutes) until the disk has been idle for 2 s: the writeback and the discards of what an
  * earlier step wrote or removed (this filesystem is mounted with discard) otherwise slow whichever job runs next.
+ * With --drop-caches (root), the page cache is emptied first and `warm` (the files the next job reads) read into it,
+ * so that every job starts from the same cache state: its input cached as far as it fits, nothing else.
  */
-async function settle() {
+async function settle(warm = []) {
   spawnSync("sync");
+  if (dropCaches) {
+    writeFileSync("/proc/sys/vm/drop_caches", "1\n");
+    for (const f of warm) spawnSync("cat", [f], { stdio: ["ignore", "ignore", "ignore"] });
+    spawnSync("sync");
+  }
   let last = diskCounters(), quiet = 0;
   if (last === null) return;
   for (let t = 0; t < 240 && quiet < 4; t++) {
@@ -216,7 +228,7 @@ try {
       let r = null;
       for (let rep = 0; rep < reps; rep++) {
         await rm(output, { recursive: true, force: true });
-        await settle();
+        await settle((await readdir(input)).filter((f) => f.endsWith(".safetensors")).map((f) => join(input, f)));
         const child = timed(process.execPath, [fileURLToPath(import.meta.url), "--child", c.op, input, output]);
         const run = JSON.parse(child.stdout.trim().split("\n").at(-1));
         log(`  ours: ${run.seconds.toFixed(1)} s (user ${run.userSeconds.toFixed(1)} s, system ${run.systemSeconds.toFixed(1)} s), peak RSS ${(run.peakRssBytes / 2 ** 20).toFixed(0)} MiB`);
@@ -242,7 +254,7 @@ try {
         for (const b of batches) {
           await rm(copy, { recursive: true, force: true });
           await mkdir(copy);
-          await settle();
+          await settle(b.files.map((f) => join(output, f)));
           seconds += timed("bash", ["-c", `cd "$0" && cp -r "\${@:2}" "$1" && sync`, output, copy, ...b.files]).seconds;
         }
         log(`  cp: ${seconds.toFixed(1)} s${batches.length > 1 ? ` in ${batches.length} batches` : ""}`);

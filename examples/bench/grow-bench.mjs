@@ -24,7 +24,10 @@
 // output the growth has just written (mostly cached) while the growth reads an input its own writes evicted.
 //
 // Usage: node bench/grow-bench.mjs [--cases small,xl-bf16-depth,...] [--reps 2] [--drop-caches] [--dir <parent of the
-//        work dir>] [--margin-gb 3] [--kv-heads 32] [--json]
+//        work dir>] [--margin-gb 3] [--kv-heads 32] [--keep-inputs <dir>] [--json]
+//
+// --keep-inputs <dir> keeps the generated inputs in <dir> (and reuses those already there) instead of generating them
+// into the work dir and removing them after their last case: for repeated runs.
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, rm, stat, statfs } from "node:fs/promises";
@@ -93,6 +96,8 @@ const json = args.includes("--json");
 const marginBytes = Number(arg("margin-gb", 3)) * GB;
 const reps = Number(arg("reps", 2));
 const dropCaches = args.includes("--drop-caches");
+const keepInputs = arg("keep-inputs", undefined);
+if (keepInputs) await mkdir(keepInputs, { recursive: true });
 const log = (s) => { if (!json) console.error(s); };
 
 /** Deterministic pseudo-random values in ±0.05 (xorshift32), generated on read so the generation streams. */
@@ -200,6 +205,10 @@ try {
   for (const [i, c] of cases.entries()) {
     const key = `${c.model}-${c.dtype}-${c.moments}`;
     let input = inputs.get(key);
+    if (!input && keepInputs) {
+      const kept = join(keepInputs, key);
+      if (await stat(join(kept, "training_state.json")).then(() => true, () => false)) { input = kept; inputs.set(key, input); log(`reusing ${kept}`); }
+    }
     if (!input) {
       const state = syntheticState(c.model, c.dtype, c.moments);
       const need = checkpointBytes(state);
@@ -208,7 +217,7 @@ try {
         log(`skipped ${skipped.at(-1)}`);
         continue;
       }
-      input = join(work, key);
+      input = join(keepInputs ?? work, key);
       log(`generating ${c.model} ${c.dtype}${c.moments ? " with moments" : ""}: ${gb(need)} GB ...`);
       const t0 = performance.now();
       await saveTrainingState(input, state);
@@ -274,7 +283,7 @@ try {
     }
     // An input no later case reads is removed now, to leave the disk to the next ones.
     const key2 = `${c.model}-${c.dtype}-${c.moments}`;
-    if (!cases.slice(i + 1).some((n) => `${n.model}-${n.dtype}-${n.moments}` === key2)) {
+    if (!keepInputs && !cases.slice(i + 1).some((n) => `${n.model}-${n.dtype}-${n.moments}` === key2)) {
       await rm(input, { recursive: true, force: true });
       inputs.delete(key2);
     }

@@ -55,6 +55,7 @@ import {
   isDType, isSafetensorsDType, decodeBF16, decodeF16, encodeBF16, encodeF16,
 } from "./dtype.js";
 import { PIECE_BYTES, Tensor, type TypedArray } from "./tensor.js";
+import { DIRECT_ALIGN, DirectWriter, alignedMemory, alignedRange, isAlignedMemory, openDirect, readAligned, wantDirectIo } from "./direct.js";
 import type { LazyTensor } from "./types.js";
 
 /** The reference implementation's bound on the header length. */
@@ -727,6 +728,12 @@ export class SafetensorsFile {
     this.tensors = header as ReadonlyMap<string, TensorInfo>;
   }
 
+  /** A second handle for direct reads (see streamRaw): undefined until first wanted, then null where there is none. */
+  private direct: Promise<FileHandle | null> | undefined;
+
+  /** How many pieces streamRaw has read directly (bypassing the page cache), for diagnostics and tests. */
+  directPieces = 0;
+
   /** Open and validate; reads only the 8-byte length and the header. */
   static async open(path: string): Promise<SafetensorsFile> {
     let fh: FileHandle;
@@ -778,17 +785,58 @@ export class SafetensorsFile {
 
   /**
    * The tensor's byte range in order, in pieces of at most `maxPieceBytes`, each one positioned read into fresh memory
-   * or into the memory `buffer(n)` gives (see LazyTensor.streamBytes).
+   * or into the memory `buffer(n)` gives (see LazyTensor.streamBytes). Where `buffer` gives page-aligned memory
+   * (isAlignedMemory) and the file is large (wantDirectIo), the pieces are read directly, bypassing the page cache
+   * (see direct.ts): each then asks `buffer` for up to 2 × DIRECT_ALIGN bytes more than it holds, and is a view inside.
    */
   async *streamRaw(name: string, buffer?: (bytes: number) => Uint8Array, maxPieceBytes = PIECE_BYTES): AsyncGenerator<Uint8Array> {
     const { dataOffsets: [begin, end] } = this.info(name);
     for (let at = begin; at < end; at += maxPieceBytes) {
       if (!this.handle) throw new SafetensorsError(this.path, `cannot read tensor ${describe(name)}: file is closed`);
       const n = Math.min(maxPieceBytes, end - at);
+      const position = this.dataStart + at;
+      const direct = buffer ? await this.directHandle() : null;
+      if (direct) {
+        const { from, span, skew } = alignedRange(position, n);
+        const b = buffer!(span);
+        if (isAlignedMemory(b)) {
+          let got = -1;
+          try {
+            got = await readAligned(direct, b.subarray(0, span), from);
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== "EINVAL") throw new SafetensorsError(this.path, `cannot read tensor ${describe(name)}: ${(e as Error).message}`);
+            this.noDirect(); // the file system refused the alignment: read through the page cache from now on
+          }
+          if (got >= 0) {
+            if (got < skew + n) throw new SafetensorsError(this.path, `unexpected end of file at byte ${from + got} (file truncated while open?)`);
+            this.directPieces++;
+            yield b.subarray(skew, skew + n);
+            continue;
+          }
+        }
+        const piece = b.subarray(0, n);
+        await readFully(this.path, this.handle, piece, position);
+        yield piece;
+        continue;
+      }
       const buf = buffer?.(n) ?? new Uint8Array(Buffer.allocUnsafeSlow(n).buffer, 0, n);
-      await readFully(this.path, this.handle, buf, this.dataStart + at);
+      await readFully(this.path, this.handle, buf, position);
       yield buf;
     }
+  }
+
+  /** The handle for direct reads: opened on first use where wanted (wantDirectIo) and possible, else null. */
+  private async directHandle(): Promise<FileHandle | null> {
+    if (this.direct === undefined) {
+      this.direct = wantDirectIo(this.size) ? openDirect(this.path) : Promise.resolve(null);
+    }
+    return this.direct;
+  }
+
+  private noDirect(): void {
+    const d = this.direct;
+    this.direct = Promise.resolve(null);
+    void d?.then((fh) => fh?.close()).catch(() => undefined);
   }
 
   /**
@@ -815,8 +863,11 @@ export class SafetensorsFile {
 
   async close(): Promise<void> {
     const fh = this.handle;
+    const direct = this.direct;
     this.handle = null;
+    this.direct = Promise.resolve(null);
     await fh?.close();
+    await (await direct?.catch(() => null))?.close();
   }
 }
 
@@ -962,30 +1013,43 @@ export interface WriteObserver {
  * file, as do large ones.
  */
 class PositionedWriter {
-  private readonly buf = new Uint8Array(4 << 20);
+  private readonly buf = alignedMemory(4 << 20);
   private used = 0;
   private start = 0;
+  private skew = 0;
   written = 0;
-  constructor(private readonly fh: FileHandle) {}
+  /** `direct`: where the file's large writes go straight to the disk (see direct.ts), else null. */
+  constructor(private readonly fh: FileHandle, private readonly direct: DirectWriter | null) {}
+
+  private sink(bytes: Uint8Array, position: number): Promise<void> {
+    return this.direct ? this.direct.write(bytes, position) : writeFully(this.fh, bytes, position);
+  }
 
   async write(bytes: Uint8Array, position: number, ahead = false): Promise<void> {
     this.written += bytes.length;
-    if (ahead) return writeFully(this.fh, bytes, position);
-    if (this.used > 0 && (position !== this.start + this.used || bytes.length > this.buf.length - this.used)) await this.flush();
+    if (ahead) return this.sink(bytes, position);
+    if (this.used > 0 && (position !== this.start + this.used || bytes.length > this.buf.length - DIRECT_ALIGN - this.skew - this.used)) await this.flush();
     if (this.used > 0 || bytes.length < this.buf.length / 4) {
-      if (this.used === 0) this.start = position;
-      this.buf.set(bytes, this.used);
+      if (this.used === 0) {
+        this.start = position;
+        // Gathered at the file position's offset within a block, so that whole blocks are aligned in memory too.
+        this.skew = position % DIRECT_ALIGN;
+      }
+      this.buf.set(bytes, this.skew + this.used);
       this.used += bytes.length;
     } else {
-      await writeFully(this.fh, bytes, position);
+      await this.sink(bytes, position);
     }
   }
 
   async flush(): Promise<void> {
-    if (this.used > 0) await writeFully(this.fh, this.buf.subarray(0, this.used), this.start);
+    if (this.used > 0) await this.sink(this.buf.subarray(this.skew, this.skew + this.used), this.start);
     this.used = 0;
   }
 }
+
+/** The writer's piece memory: a piece of PIECE_BYTES with its direct read's aligned ends. */
+const POOL_BYTES = PIECE_BYTES + 2 * DIRECT_ALIGN;
 
 const sameShape = (a: readonly number[], b: readonly number[]): boolean =>
   a.length === b.length && a.every((d, i) => d === b[i]);
@@ -1045,21 +1109,30 @@ export async function writeSafetensors(path: string, entries: readonly TensorEnt
   } catch (e) {
     throw new SafetensorsError(path, `cannot create: ${(e as Error).message}`);
   }
+  let direct: DirectWriter | null = null;
   try {
-    const out = new PositionedWriter(fh);
+    const total = header.length + dataLength;
+    if (wantDirectIo(total)) {
+      // Direct writes land inside the file's final size (set first), so none of them extends it.
+      await fh.truncate(total);
+      const d = await openDirect(path, "write");
+      if (d) direct = new DirectWriter(fh, d, writeFully);
+    }
+    const out = new PositionedWriter(fh, direct);
     await out.write(header, 0);
     // Memory for computed and streamed pieces, recycled once a piece is written: with up to three pieces produced
     // ahead of the writes, four buffers go round (fresh pages would cost a fault and a zeroing each).
+    // Page-aligned, with room for a piece read directly (see SafetensorsFile.streamRaw: a piece and its aligned ends).
     const pool: Uint8Array[] = [];
     const ours = new Set<ArrayBufferLike>();
     const buffer = (n: number): Uint8Array => {
-      if (n > PIECE_BYTES) return new Uint8Array(n);
-      const b = pool.pop() ?? new Uint8Array(PIECE_BYTES);
+      if (n > POOL_BYTES) return new Uint8Array(n);
+      const b = pool.pop() ?? alignedMemory(POOL_BYTES);
       ours.add(b.buffer);
       return b.subarray(0, n);
     };
     const recycle = (piece: Uint8Array): void => {
-      if (ours.delete(piece.buffer)) pool.push(new Uint8Array(piece.buffer, 0, PIECE_BYTES));
+      if (ours.delete(piece.buffer)) pool.push(new Uint8Array(piece.buffer, 0, POOL_BYTES));
     };
     // Every piece of every tensor, counted and shown to the observer (its checks), then an end mark per tensor:
     // produced one piece ahead of the writes, so that producing and checking a piece overlaps writing the previous one.
@@ -1115,9 +1188,11 @@ export async function writeSafetensors(path: string, entries: readonly TensorEnt
     if (out.written !== header.length + dataLength) {
       throw new SafetensorsError(path, `wrote ${out.written} bytes, expected ${header.length + dataLength}`);
     }
+    await direct?.close();
     await fh.close();
     return out.written;
   } catch (e) {
+    await direct?.close().catch(() => undefined);
     await fh.close().catch(() => undefined);
     await unlink(path).catch(() => undefined);
     throw e;

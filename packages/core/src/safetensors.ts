@@ -1112,11 +1112,11 @@ export async function writeSafetensors(path: string, entries: readonly TensorEnt
   let direct: DirectWriter | null = null;
   try {
     const total = header.length + dataLength;
-    if (wantDirectIo(total)) {
+    const d = wantDirectIo(total) ? await openDirect(path, "write") : null;
+    if (d) {
+      direct = new DirectWriter(fh, d, writeFully);
       // Direct writes land inside the file's final size (set first), so none of them extends it.
       await fh.truncate(total);
-      const d = await openDirect(path, "write");
-      if (d) direct = new DirectWriter(fh, d, writeFully);
     }
     const out = new PositionedWriter(fh, direct);
     await out.write(header, 0);

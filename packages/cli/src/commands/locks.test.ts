@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { cp, mkdtemp, readdir, rm, symlink, unlink, writeFile } from "node:fs/promises";
+import { cp, lstat, mkdtemp, readdir, rm, symlink, unlink, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -88,12 +88,16 @@ describe("how a command describes itself in its locks", () => {
     const big = join(root, "busy");
     await cp(ck, big, { recursive: true });
     const child = spawn(process.execPath, [fileURLToPath(new URL("../../dist/bin.js", import.meta.url)), "train", big, "--steps", "100000", "--threads", "1"], { stdio: "ignore" });
+    let exited: number | null | undefined;
+    child.on("exit", (code) => { exited = code; });
     try {
-      let r = staged("inspect", big);
-      for (let i = 0; i < 100 && !/being written/.test(r.stderr); i++) {
+      // Wait for the train's writer lock by looking at it (an inspect meanwhile would hold a reader lock, and a train
+      // that found one would be refused and exit: the race this test once lost on a loaded machine).
+      for (let i = 0; i < 600 && exited === undefined && !(await lstat(join(root, ".busy.lock")).then(() => true, () => false)); i++) {
         await new Promise((res) => setTimeout(res, 100));
-        r = staged("inspect", big);
       }
+      expect(exited, "the train exited before taking its lock").toBeUndefined();
+      const r = staged("inspect", big);
       expect(oneLine(r.stderr)).toMatch(new RegExp(`^staged: .*busy: being written by pid ${child.pid} \\(staged train .*busy --steps 100000 --threads 1, since `));
     } finally {
       child.kill("SIGKILL");

@@ -81,18 +81,23 @@ const MODELS = {
     intermediate_size: 11008, vocab_size: 32000, max_position_embeddings: 4096, tie_word_embeddings: false,
   } },
 };
+const kvHeads = MODELS["llama-7b"].config.num_key_value_heads;
+const kvLabel = kvHeads === 32 ? "32 heads" : `GQA 32/${kvHeads}`;
 const CASES = [
   { id: "small-width", group: "small", label: "small F32 + moments, width ×2", model: "small", dtype: "F32", moments: true, op: "width" },
   { id: "small-depth", group: "small", label: "small F32 + moments, depth ×2", model: "small", dtype: "F32", moments: true, op: "depth" },
   { id: "xl-bf16-depth", label: "GPT-2 XL BF16, depth ×2", model: "gpt2-xl", dtype: "BF16", moments: false, op: "depth" },
   { id: "xl-bf16-width", label: "GPT-2 XL BF16, width ×2", model: "gpt2-xl", dtype: "BF16", moments: false, op: "width" },
   { id: "xl-f32m-depth", label: "GPT-2 XL F32 + moments, depth ×2", model: "gpt2-xl-tied", dtype: "F32", moments: true, op: "depth" },
-  { id: "7b-bf16-depth", label: "7B-class (d4096, 32 layers) BF16, depth ×2", model: "llama-7b", dtype: "BF16", moments: false, op: "depth" },
-  { id: "7b-bf16-width", label: "7B-class (d4096, 32 layers) BF16, width ×2", model: "llama-7b", dtype: "BF16", moments: false, op: "width" },
+  { id: "7b-bf16-depth", label: `7B-class Llama (d4096, 32 layers, ${kvLabel}) BF16, depth ×2`, model: "llama-7b", dtype: "BF16", moments: false, op: "depth" },
+  { id: "7b-bf16-width", label: `7B-class Llama (d4096, 32 layers, ${kvLabel}) BF16, width ×2`, model: "llama-7b", dtype: "BF16", moments: false, op: "width" },
 ];
 const wanted = arg("cases", CASES.map((c) => c.id).join(",")).split(",").map((s) => s.trim()).filter(Boolean);
 for (const id of wanted) {
-  if (!CASES.some((c) => c.id === id || c.group === id)) throw new Error(`--cases: unknown case ${id} (known: ${CASES.map((c) => c.id).join(", ")})`);
+  if (!CASES.some((c) => c.id === id || c.group === id)) {
+    console.error(`grow-bench: --cases: unknown case ${id} (known: ${CASES.map((c) => c.id).join(", ")})`);
+    process.exit(2);
+  }
 }
 const cases = CASES.filter((c) => wanted.includes(c.id) || (c.group !== undefined && wanted.includes(c.group)));
 const json = args.includes("--json");

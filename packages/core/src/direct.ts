@@ -1,13 +1,13 @@
 /**
- * Direct reads (O_DIRECT, Linux): a checkpoint's bytes going from the disk into the process without passing through the
- * page cache. A buffered read costs a kernel copy of every byte (page cache → process) besides the copy the write
- * makes (process → page cache); `cp` pays only one, because the kernel copies file to file itself, which Node cannot
- * ask for a byte range. Reading large checkpoints directly removes the first copy, and leaves the page cache to the
- * output (see the core README, "Reading at disk speed").
+ * Direct I/O (O_DIRECT, Linux): a large checkpoint's bytes going between the disk and the process without passing
+ * through the page cache. A buffered copy costs a kernel copy of every byte each way and a fresh page-cache page for
+ * every byte read and written; `cp` pays less, because the kernel copies file to file itself, which Node cannot ask
+ * for a byte range. See the core README, "Direct I/O for large files".
  *
- * A direct read needs its file offset, its length and its memory aligned (to the device's logical block, at most
- * 4096 bytes here): `alignedMemory` gives memory whose first byte is at a page boundary (a WebAssembly memory, which the
- * engine maps page-aligned); the file range is widened to aligned ends and the tensor's bytes taken from inside it.
+ * Direct I/O needs its file offset, its length and its memory aligned (to the device's logical block, at most 4096
+ * bytes here): `alignedMemory` gives memory whose first byte is at a page boundary (a WebAssembly memory, which the
+ * engine maps page-aligned); a read is widened to aligned ends and the tensor's bytes taken from inside it, a write
+ * sends its whole blocks directly and its partial end blocks through the page cache (DirectWriter).
  */
 import { constants } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
@@ -94,16 +94,17 @@ export async function readAligned(fh: FileHandle, b: Uint8Array, from: number): 
 export class DirectWriter {
   private readonly stage = alignedMemory(STAGE_BYTES);
   directBytes = 0;
+  /** `writeAll(handle, bytes, position)`: all of `bytes` written at `position` through `handle` (either of the two). */
   constructor(private readonly fh: FileHandle, private direct: FileHandle | null,
-              private readonly buffered: (fh: FileHandle, bytes: Uint8Array, position: number) => Promise<void>) {}
+              private readonly writeAll: (fh: FileHandle, bytes: Uint8Array, position: number) => Promise<void>) {}
 
   async write(bytes: Uint8Array, position: number): Promise<void> {
     const end = position + bytes.length;
     const a = Math.ceil(position / DIRECT_ALIGN) * DIRECT_ALIGN;
     const b = Math.floor(end / DIRECT_ALIGN) * DIRECT_ALIGN;
-    if (!this.direct || b - a < MIN_DIRECT_SPAN) return this.buffered(this.fh, bytes, position);
-    if (a > position) await this.buffered(this.fh, bytes.subarray(0, a - position), position);
-    if (end > b) await this.buffered(this.fh, bytes.subarray(b - position), b);
+    if (!this.direct || b - a < MIN_DIRECT_SPAN) return this.writeAll(this.fh, bytes, position);
+    if (a > position) await this.writeAll(this.fh, bytes.subarray(0, a - position), position);
+    if (end > b) await this.writeAll(this.fh, bytes.subarray(b - position), b);
     for (let x = a; x < b;) {
       const src = bytes.subarray(x - position, Math.min(b, x + STAGE_BYTES) - position);
       let mem = src;
@@ -112,16 +113,11 @@ export class DirectWriter {
         mem.set(src);
       }
       try {
-        let done = 0;
-        while (done < mem.length) {
-          const { bytesWritten } = await this.direct.write(mem, done, mem.length - done, x + done);
-          if (bytesWritten <= 0) throw new Error("write made no progress");
-          done += bytesWritten;
-        }
+        await this.writeAll(this.direct, mem, x);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== "EINVAL") throw e;
         await this.close(); // the file system refused the alignment: the page cache from now on
-        await this.buffered(this.fh, bytes.subarray(x - position, b - position), x);
+        await this.writeAll(this.fh, bytes.subarray(x - position, b - position), x);
         return;
       }
       this.directBytes += mem.length;

@@ -796,32 +796,37 @@ export class SafetensorsFile {
       const n = Math.min(maxPieceBytes, end - at);
       const position = this.dataStart + at;
       const direct = buffer ? await this.directHandle() : null;
+      let buf: Uint8Array;
       if (direct) {
         const { from, span, skew } = alignedRange(position, n);
         const b = buffer!(span);
-        if (isAlignedMemory(b)) {
-          let got = -1;
-          try {
-            got = await readAligned(direct, b.subarray(0, span), from);
-          } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== "EINVAL") throw new SafetensorsError(this.path, `cannot read tensor ${describe(name)}: ${(e as Error).message}`);
-            this.noDirect(); // the file system refused the alignment: read through the page cache from now on
-          }
-          if (got >= 0) {
-            if (got < skew + n) throw new SafetensorsError(this.path, `unexpected end of file at byte ${from + got} (file truncated while open?)`);
-            this.directPieces++;
-            yield b.subarray(skew, skew + n);
-            continue;
-          }
+        const got = isAlignedMemory(b) ? await this.readDirect(direct, b, from, name) : null;
+        if (got !== null) {
+          if (got < skew + n) throw new SafetensorsError(this.path, `unexpected end of file at byte ${from + got} (file truncated while open?)`);
+          this.directPieces++;
+          yield b.subarray(skew, skew + n);
+          continue;
         }
-        const piece = b.subarray(0, n);
-        await readFully(this.path, this.handle, piece, position);
-        yield piece;
-        continue;
+        buf = b.subarray(0, n);
+      } else {
+        buf = buffer?.(n) ?? new Uint8Array(Buffer.allocUnsafeSlow(n).buffer, 0, n);
       }
-      const buf = buffer?.(n) ?? new Uint8Array(Buffer.allocUnsafeSlow(n).buffer, 0, n);
       await readFully(this.path, this.handle, buf, position);
       yield buf;
+    }
+  }
+
+  /**
+   * A direct read into aligned memory `b` from aligned offset `from` (see readAligned): the bytes read, or null when
+   * the file system refused the alignment (EINVAL), after which this file is read through the page cache.
+   */
+  private async readDirect(direct: FileHandle, b: Uint8Array, from: number, name: string): Promise<number | null> {
+    try {
+      return await readAligned(direct, b, from);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EINVAL") throw new SafetensorsError(this.path, `cannot read tensor ${describe(name)}: ${(e as Error).message}`);
+      this.noDirect();
+      return null;
     }
   }
 
@@ -1185,9 +1190,7 @@ export async function writeSafetensors(path: string, entries: readonly TensorEnt
       at += bytes.length;
     }
     await out.flush();
-    if (out.written !== header.length + dataLength) {
-      throw new SafetensorsError(path, `wrote ${out.written} bytes, expected ${header.length + dataLength}`);
-    }
+    if (out.written !== total) throw new SafetensorsError(path, `wrote ${out.written} bytes, expected ${total}`);
     await direct?.close();
     await fh.close();
     return out.written;

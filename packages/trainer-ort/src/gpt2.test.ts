@@ -1,7 +1,7 @@
-import ort from "onnxruntime-node";
 import { describe, expect, it } from "vitest";
-import { compileEval, compileGradient, names } from "./step.js";
-import { closeness, loadFixture } from "./testing/fixture.js";
+import { compileEval, names } from "./step.js";
+import { loadFixture } from "./testing/fixture.js";
+import { expectGradientsMatch, expectLogitsLoss, idsTensor, paramFeeds, session } from "./testing/graph-checks.js";
 import { createRegistry, gpt2 } from "@staged/core";
 import { GraphBuilder } from "./graph/builder.js";
 import { modelGraph } from "./models/index.js";
@@ -12,56 +12,18 @@ import { modelGraph } from "./models/index.js";
  */
 const VARIANTS = ["gpt2-tiny", "gpt2-tiny-untied"];
 
-async function session(model: Uint8Array) {
-  return ort.InferenceSession.create(model, { graphOptimizationLevel: "all", intraOpNumThreads: 1 });
-}
-
 describe.each(VARIANTS)("GPT-2 graph vs PyTorch fixture %s", (variant) => {
   const fx = loadFixture(variant);
-  const specs = modelGraph("gpt2").params(fx.config);
-  const paramFeeds = () => Object.fromEntries(specs.map((s) => [s.name, new ort.Tensor("float32", fx.f32(`param.${s.name}`), s.shape)]));
-  const ids = () => new ort.Tensor("int64", BigInt64Array.from(fx.ids(0), BigInt), [fx.B, fx.T]);
-
   it("forward loss", async () => {
     const s = await session(compileEval("gpt2", fx.config, { batch: fx.B, context: fx.T }).model);
-    const out = await s.run({ ...paramFeeds(), [names.ids]: ids() });
+    const out = await s.run({ ...paramFeeds("gpt2", fx), [names.ids]: idsTensor(fx) });
     expect(Number(out[names.loss]!.data[0])).toBeCloseTo(Number(fx.meta.loss), 5);
     await s.release();
   });
 
-  it("every gradient", async () => {
-    const s = await session(compileGradient("gpt2", fx.config, { batch: fx.B, context: fx.T }).model);
-    const zeros = Object.fromEntries(specs.map((sp) => [names.gradAcc(sp.name), new ort.Tensor("float32", new Float32Array(sp.shape.reduce((a, b) => a * b, 1)), sp.shape)]));
-    const out = await s.run({ ...paramFeeds(), ...zeros, [names.ids]: ids() });
-    expect(Number(out[names.loss]!.data[0])).toBeCloseTo(Number(fx.meta.loss), 5);
-    for (const sp of specs) {
-      const c = closeness(out[names.grad(sp.name)]!.data as Float32Array, fx.f32(`grad.${sp.name}`), 1e-4, 1e-6);
-      expect(c.worst, `${sp.name}: ${JSON.stringify(c)}`).toBeLessThanOrEqual(0);
-    }
-    await s.release();
-  });
+  it("every gradient", () => expectGradientsMatch("gpt2", fx));
 
-  it("logits graph gives the same loss", async () => {
-    const b = new GraphBuilder();
-    const pv = new Map(specs.map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]));
-    const idv = b.input(names.ids, "int64", [fx.B, fx.T]);
-    b.output(modelGraph("gpt2").logits(b, fx.config, (n) => pv.get(n)!, idv), "logits");
-    const s = await session(b.serialize());
-    const logits = (await s.run({ ...paramFeeds(), [names.ids]: ids() })).logits!.data as Float32Array;
-    const V = logits.length / (fx.B * fx.T);
-    const tok = fx.ids(0);
-    let total = 0;
-    for (let r = 0; r < fx.B; r++) {
-      for (let t = 0; t < fx.T - 1; t++) {
-        const row = logits.subarray((r * fx.T + t) * V, (r * fx.T + t + 1) * V);
-        const max = Math.max(...row);
-        const lse = max + Math.log(row.reduce((a, x) => a + Math.exp(x - max), 0));
-        total += lse - row[tok[r * fx.T + t + 1]!]!;
-      }
-    }
-    expect(total / (fx.B * (fx.T - 1))).toBeCloseTo(Number(fx.meta.loss), 5);
-    await s.release();
-  });
+  it("logits graph gives the same loss", () => expectLogitsLoss("gpt2", fx));
 });
 
 it("model graphs come from the plugin registry: unknown architectures get the registry's error", () => {
@@ -89,11 +51,9 @@ it("the GPT-2 forward graph keeps its fused ops: LayerNormalization, one Gemm pe
 
 describe("GPT-2 config options", () => {
   const fx = loadFixture("gpt2-tiny");
-  const specs = modelGraph("gpt2").params(fx.config);
   const lossWith = async (extra: Record<string, unknown>) => {
     const s = await session(compileEval("gpt2", { ...fx.config, ...extra }, { batch: fx.B, context: fx.T }).model);
-    const feeds = Object.fromEntries(specs.map((sp) => [sp.name, new ort.Tensor("float32", fx.f32(`param.${sp.name}`), sp.shape)]));
-    const out = await s.run({ ...feeds, [names.ids]: new ort.Tensor("int64", BigInt64Array.from(fx.ids(0), BigInt), [fx.B, fx.T]) });
+    const out = await s.run({ ...paramFeeds("gpt2", fx), [names.ids]: idsTensor(fx) });
     await s.release();
     return Number(out[names.loss]!.data[0]);
   };

@@ -2,10 +2,10 @@ import ort from "onnxruntime-node";
 import { createDefaultRegistry, llama, type ArchitecturePlugin } from "@staged/core";
 import { describe, expect, it } from "vitest";
 import { createEngine } from "./engine.js";
-import { GraphBuilder } from "./graph/builder.js";
 import { modelGraph } from "./models/index.js";
-import { compileEval, compileGradient, names } from "./step.js";
+import { compileEval, names } from "./step.js";
 import { closeness, loadFixture, type Fixture } from "./testing/fixture.js";
+import { expectGradientsMatch, expectLogitsLoss, idsTensor, session } from "./testing/graph-checks.js";
 
 /**
  * The decoder graph on the Llama family against an independent PyTorch implementation (scripts/make_fixtures.py:
@@ -18,13 +18,8 @@ const VARIANTS = [
   ["qwen2-tiny", "q/k/v biases, 4 query heads on 1 key/value head"],
 ] as const;
 
-async function session(model: Uint8Array) {
-  return ort.InferenceSession.create(model, { graphOptimizationLevel: "all", intraOpNumThreads: 1 });
-}
-
 const paramNames = (fx: Fixture) => [...fx.tensors.keys()].filter((k) => k.startsWith("param.")).map((k) => k.slice(6));
 const weightsOf = (fx: Fixture, prefix: string, list: readonly string[]) => new Map(list.map((n) => [n, fx.f32(`${prefix}${n}`)]));
-const idsTensor = (fx: Fixture, s = 0) => new ort.Tensor("int64", BigInt64Array.from(fx.ids(s), BigInt), [fx.B, fx.T]);
 
 /** The eval graph's loss for this config on the fixture's weights and first batch. */
 async function evalLoss(fx: Fixture, config: Record<string, unknown>, architecture = "llama", registry = createDefaultRegistry()) {
@@ -39,7 +34,6 @@ async function evalLoss(fx: Fixture, config: Record<string, unknown>, architectu
 describe.each(VARIANTS)("decoder graph vs PyTorch fixture %s (%s)", (variant) => {
   const fx = loadFixture(variant);
   const specs = modelGraph("llama").params(fx.config);
-  const paramFeeds = () => Object.fromEntries(specs.map((s) => [s.name, new ort.Tensor("float32", fx.f32(`param.${s.name}`), s.shape)]));
 
   it("the plugin's parameters are the fixture's, in its order", () => {
     expect(specs.map((s) => s.name)).toEqual(paramNames(fx));
@@ -50,40 +44,9 @@ describe.each(VARIANTS)("decoder graph vs PyTorch fixture %s (%s)", (variant) =>
     expect(await evalLoss(fx, fx.config)).toBeCloseTo(Number(fx.meta.loss), 5);
   });
 
-  it("every gradient", async () => {
-    const s = await session(compileGradient("llama", fx.config, { batch: fx.B, context: fx.T }).model);
-    const zeros = Object.fromEntries(specs.map((sp) => [names.gradAcc(sp.name), new ort.Tensor("float32", new Float32Array(sp.shape.reduce((a, b) => a * b, 1)), sp.shape)]));
-    const out = await s.run({ ...paramFeeds(), ...zeros, [names.ids]: idsTensor(fx) });
-    expect(Number(out[names.loss]!.data[0])).toBeCloseTo(Number(fx.meta.loss), 5);
-    for (const sp of specs) {
-      const c = closeness(out[names.grad(sp.name)]!.data as Float32Array, fx.f32(`grad.${sp.name}`), 1e-4, 1e-6);
-      expect(c.worst, `${sp.name}: ${JSON.stringify(c)}`).toBeLessThanOrEqual(0);
-    }
-    await s.release();
-  });
+  it("every gradient", () => expectGradientsMatch("llama", fx));
 
-  it("logits graph gives the same loss", async () => {
-    const b = new GraphBuilder();
-    const pv = new Map(specs.map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]));
-    const idv = b.input(names.ids, "int64", [fx.B, fx.T]);
-    b.output(modelGraph("llama").logits(b, fx.config, (n) => pv.get(n)!, idv), "logits");
-    const s = await session(b.serialize());
-    const logits = (await s.run({ ...paramFeeds(), [names.ids]: idsTensor(fx) })).logits!.data as Float32Array;
-    const V = logits.length / (fx.B * fx.T);
-    expect(V).toBe(fx.config.vocab_size);
-    const tok = fx.ids(0);
-    let total = 0;
-    for (let r = 0; r < fx.B; r++) {
-      for (let t = 0; t < fx.T - 1; t++) {
-        const row = logits.subarray((r * fx.T + t) * V, (r * fx.T + t + 1) * V);
-        const max = Math.max(...row);
-        const lse = max + Math.log(row.reduce((a, x) => a + Math.exp(x - max), 0));
-        total += lse - row[tok[r * fx.T + t + 1]!]!;
-      }
-    }
-    expect(total / (fx.B * (fx.T - 1))).toBeCloseTo(Number(fx.meta.loss), 5);
-    await s.release();
-  });
+  it("logits graph gives the same loss", () => expectLogitsLoss("llama", fx));
 
   it("3 AdamW steps with clipping through the engine: losses, gradient norms, params and moments", async () => {
     const losses = JSON.parse(fx.meta.losses!) as number[];

@@ -114,3 +114,36 @@ it("sliding window (mistral): a token attends to the last `sliding_window` token
     await session.release();
   }
 });
+
+it("the export's logits do not depend on the thread count: 1, 4 and 8 intra-op threads, with and without a cache", async () => {
+  // Shapes large enough for onnxruntime's CPU kernels to split their work (4 rows × 96 positions, width 128),
+  // repeated tokens. Tolerance: float32 reduction order, as against the trainer.
+  const S = 96, rows = 4;
+  const ids = Array.from({ length: rows }, (_, r) => Array.from({ length: S }, (_, t) => A[(t * 3 + r) % 5]!));
+  const mask = ids.map((r) => r.map(() => 1)), pos = ids.map((r) => r.map((_, t) => t));
+  for (const [architecture, config] of [
+    ["gpt2", { model_type: "gpt2", n_layer: 2, n_embd: 128, n_head: 4, vocab_size: 256, n_positions: 128 }],
+    ["llama", { model_type: "llama", num_hidden_layers: 2, hidden_size: 128, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 256, vocab_size: 256, max_position_embeddings: 128 }],
+  ] as const) {
+    const state = await testState(architecture, config, 11, 2);
+    const dir = join(root, `threads-${architecture}`);
+    await exportModel(state, dir);
+    const dims = { layers: state.shape.layers, kv: state.shape.kvHeads ?? state.shape.heads, hd: state.shape.headDim };
+    const logitsAt = async (threads: number) => {
+      const session = await ort.InferenceSession.create(join(dir, "onnx", "model.onnx"), { intraOpNumThreads: threads });
+      try {
+        const first = await runExport(session, dims.layers, dims.kv, dims.hd, ids.map((r) => r.slice(0, S - 1)), mask.map((r) => r.slice(0, S - 1)), pos.map((r) => r.slice(0, S - 1)));
+        const last = await runExport(session, dims.layers, dims.kv, dims.hd, ids.map((r) => r.slice(S - 1)), mask, pos.map((r) => r.slice(S - 1)), first.present);
+        return { first: first.logits, last: last.logits };
+      } finally {
+        await session.release();
+      }
+    };
+    const one = await logitsAt(1);
+    for (const threads of [4, 8]) {
+      const many = await logitsAt(threads);
+      expect(worstExcess(many.first, one.first, RTOL, ATOL), `${architecture}, ${threads} threads`).toBeLessThanOrEqual(0);
+      expect(worstExcess(many.last, one.last, RTOL, ATOL), `${architecture}, ${threads} threads, cached step`).toBeLessThanOrEqual(0);
+    }
+  }
+}, 60_000);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { compileEval, names } from "./step.js";
 import { loadFixture } from "./testing/fixture.js";
-import { expectGradientsMatch, expectLogitsLoss, idsTensor, paramFeeds, session } from "./testing/graph-checks.js";
+import { expectGradientsMatch, expectLogitsLoss, FIXTURE_THREADS, idsTensor, paramFeeds, session } from "./testing/graph-checks.js";
 import { createRegistry, gpt2 } from "@staged/core";
 import { GraphBuilder } from "./graph/builder.js";
 import { modelGraph } from "./models/index.js";
@@ -12,18 +12,18 @@ import { modelGraph } from "./models/index.js";
  */
 const VARIANTS = ["gpt2-tiny", "gpt2-tiny-untied"];
 
-describe.each(VARIANTS)("GPT-2 graph vs PyTorch fixture %s", (variant) => {
+describe.each(VARIANTS.flatMap((v) => FIXTURE_THREADS.map((t) => [v, t] as const)))("GPT-2 graph vs PyTorch fixture %s, %i threads", (variant, threads) => {
   const fx = loadFixture(variant);
   it("forward loss", async () => {
-    const s = await session(compileEval("gpt2", fx.config, { batch: fx.B, context: fx.T }).model);
+    const s = await session(compileEval("gpt2", fx.config, { batch: fx.B, context: fx.T }).model, threads);
     const out = await s.run({ ...paramFeeds("gpt2", fx), [names.ids]: idsTensor(fx) });
     expect(Number(out[names.loss]!.data[0])).toBeCloseTo(Number(fx.meta.loss), 5);
     await s.release();
   });
 
-  it("every gradient", () => expectGradientsMatch("gpt2", fx));
+  it("every gradient", () => expectGradientsMatch("gpt2", fx, threads));
 
-  it("logits graph gives the same loss", () => expectLogitsLoss("gpt2", fx));
+  it("logits graph gives the same loss", () => expectLogitsLoss("gpt2", fx, threads));
 });
 
 it("model graphs come from the plugin registry: unknown architectures get the registry's error", () => {

@@ -5,7 +5,7 @@ import { createEngine } from "./engine.js";
 import { modelGraph } from "./models/index.js";
 import { compileEval, names } from "./step.js";
 import { closeness, loadFixture, type Fixture } from "./testing/fixture.js";
-import { expectGradientsMatch, expectLogitsLoss, idsTensor, session } from "./testing/graph-checks.js";
+import { expectGradientsMatch, expectLogitsLoss, FIXTURE_THREADS, idsTensor, session } from "./testing/graph-checks.js";
 
 /**
  * The decoder graph on the Llama family against an independent PyTorch implementation (scripts/make_fixtures.py:
@@ -22,16 +22,16 @@ const paramNames = (fx: Fixture) => [...fx.tensors.keys()].filter((k) => k.start
 const weightsOf = (fx: Fixture, prefix: string, list: readonly string[]) => new Map(list.map((n) => [n, fx.f32(`${prefix}${n}`)]));
 
 /** The eval graph's loss for this config on the fixture's weights and first batch. */
-async function evalLoss(fx: Fixture, config: Record<string, unknown>, architecture = "llama", registry = createDefaultRegistry()) {
+async function evalLoss(fx: Fixture, config: Record<string, unknown>, architecture = "llama", registry = createDefaultRegistry(), threads = 1) {
   const specs = modelGraph(architecture, registry).params(config);
-  const s = await session(compileEval(architecture, config, { batch: fx.B, context: fx.T }, registry).model);
+  const s = await session(compileEval(architecture, config, { batch: fx.B, context: fx.T }, registry).model, threads);
   const feeds = Object.fromEntries(specs.map((sp, i) => [sp.name, new ort.Tensor("float32", fx.f32(`param.${paramNames(fx)[i]!}`), sp.shape)]));
   const out = await s.run({ ...feeds, [names.ids]: idsTensor(fx) });
   await s.release();
   return Number(out[names.loss]!.data[0]);
 }
 
-describe.each(VARIANTS)("decoder graph vs PyTorch fixture %s (%s)", (variant) => {
+describe.each(VARIANTS.flatMap(([v, what]) => FIXTURE_THREADS.map((t) => [v, what, t] as const)))("decoder graph vs PyTorch fixture %s (%s), %i threads", (variant, _what, threads) => {
   const fx = loadFixture(variant);
   const specs = modelGraph("llama").params(fx.config);
 
@@ -41,18 +41,18 @@ describe.each(VARIANTS)("decoder graph vs PyTorch fixture %s (%s)", (variant) =>
   });
 
   it("forward loss", async () => {
-    expect(await evalLoss(fx, fx.config)).toBeCloseTo(Number(fx.meta.loss), 5);
+    expect(await evalLoss(fx, fx.config, "llama", createDefaultRegistry(), threads)).toBeCloseTo(Number(fx.meta.loss), 5);
   });
 
-  it("every gradient", () => expectGradientsMatch("llama", fx));
+  it("every gradient", () => expectGradientsMatch("llama", fx, threads));
 
-  it("logits graph gives the same loss", () => expectLogitsLoss("llama", fx));
+  it("logits graph gives the same loss", () => expectLogitsLoss("llama", fx, threads));
 
   it("3 AdamW steps with clipping through the engine: losses, gradient norms, params and moments", async () => {
     const losses = JSON.parse(fx.meta.losses!) as number[];
     const norms = JSON.parse(fx.meta.grad_norms!) as number[];
     const e = await createEngine("llama", fx.config, weightsOf(fx, "param.", paramNames(fx)), undefined, {
-      batch: fx.B, context: fx.T, threads: 1, betas: fx.hp.betas, eps: fx.hp.eps, weightDecay: fx.hp.weight_decay, clip: fx.hp.clip,
+      batch: fx.B, context: fx.T, threads, betas: fx.hp.betas, eps: fx.hp.eps, weightDecay: fx.hp.weight_decay, clip: fx.hp.clip,
     });
     for (let s = 0; s < 3; s++) {
       const r = await e.step(fx.ids(s), fx.hp.lrs[s]!, s + 1);

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { createEngine, type Engine } from "./engine.js";
 import { closeness, loadFixture, type Fixture } from "./testing/fixture.js";
+import { FIXTURE_THREADS } from "./testing/graph-checks.js";
 
 /**
  * Three AdamW steps (clip_grad_norm_ + torch.optim.AdamW, foreach=False) against the PyTorch fixture.
@@ -16,9 +17,9 @@ const VARIANTS = ["gpt2-tiny", "gpt2-tiny-untied"];
 const weightsOf = (fx: Fixture, prefix: string, names: readonly string[]) => new Map(names.map((n) => [n, fx.f32(`${prefix}${n}`)]));
 const paramNames = (fx: Fixture) => [...fx.tensors.keys()].filter((k) => k.startsWith("param.")).map((k) => k.slice(6));
 
-async function engineFor(fx: Fixture, microBatch?: number): Promise<Engine> {
+async function engineFor(fx: Fixture, microBatch?: number, threads = 1): Promise<Engine> {
   return createEngine("gpt2", fx.config, weightsOf(fx, "param.", paramNames(fx)), undefined, {
-    batch: fx.B, context: fx.T, threads: 1, betas: fx.hp.betas, eps: fx.hp.eps, weightDecay: fx.hp.weight_decay, clip: fx.hp.clip,
+    batch: fx.B, context: fx.T, threads, betas: fx.hp.betas, eps: fx.hp.eps, weightDecay: fx.hp.weight_decay, clip: fx.hp.clip,
     ...(microBatch ? { microBatch } : {}),
   });
 }
@@ -35,8 +36,8 @@ describe.each(VARIANTS)("training step vs PyTorch fixture %s", (variant) => {
   const losses = JSON.parse(fx.meta.losses!) as number[];
   const norms = JSON.parse(fx.meta.grad_norms!) as number[];
 
-  it("3 AdamW steps with clipping: losses, gradient norms, params and moments", async () => {
-    const e = await engineFor(fx);
+  it.each(FIXTURE_THREADS)("3 AdamW steps with clipping: losses, gradient norms, params and moments (%i threads)", async (threads) => {
+    const e = await engineFor(fx, undefined, threads);
     for (let s = 0; s < 3; s++) {
       const r = await e.step(fx.ids(s), fx.hp.lrs[s]!, s + 1);
       expect(r.loss).toBeCloseTo(losses[s]!, 4);

@@ -136,11 +136,18 @@ export const VJP: Record<string, VjpRule> = {
   MatMul: matmulVjp,
   Gemm: gemmVjp,
   LayerNormalization: layerNormVjp,
-  // Embedding-style lookups scatter-add the gradient rows back (repeated indices accumulate).
+  // Embedding-style lookups scatter-add the gradient rows back (repeated indices accumulate). Written as
+  // ScatterElements along axis 0 with the row index repeated across each row, not ScatterND: onnxruntime's CPU
+  // ScatterND(reduction="add") splits the updates between threads that add into the same row without
+  // synchronization, so repeated token ids lose updates once intraOpNumThreads > 1, while ScatterElements
+  // gives every output column to one thread, which adds its updates in index order: the same sums, in the
+  // same order, at any thread count (packages/trainer-ort/README.md, "Deterministic at any thread count").
   Gather: (b, n, g) => {
     if (n.attrs.axis !== 0) throw new Error("Gather VJP: only axis 0 is supported");
     const D = inp(n, 0), I = inp(n, 1);
-    return [b.scatterND(b.zeros(D.shape, D.dtype), b.reshape(b.cast(I, "int64"), [...I.shape, 1]), g0(g), "add"), null];
+    const rows = I.size, rest = D.shape.slice(1);
+    const index = b.expand(b.reshape(b.cast(I, "int64"), [rows, ...rest.map(() => 1)]), [rows, ...rest]);
+    return [b.scatterElements(b.zeros(D.shape, D.dtype), index, b.reshape(g0(g), [rows, ...rest]), 0, "add"), null];
   },
   GatherElements: (b, n, g) => {
     const D = inp(n, 0);

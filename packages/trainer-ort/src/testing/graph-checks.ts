@@ -7,8 +7,14 @@ import { modelGraph } from "../models/index.js";
 import { compileGradient, names } from "../step.js";
 import { closeness, type Fixture } from "./fixture.js";
 
-export async function session(model: Uint8Array): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(model, { graphOptimizationLevel: "all", intraOpNumThreads: 1 });
+/**
+ * Thread counts every fixture comparison runs at: results must not depend on the machine (onnxruntime's
+ * kernels split work between threads; a racy one, like CPU ScatterND with reduction "add", differs at 4).
+ */
+export const FIXTURE_THREADS = [1, 4] as const;
+
+export async function session(model: Uint8Array, threads = 1): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(model, { graphOptimizationLevel: "all", intraOpNumThreads: threads });
 }
 
 /** The fixture's weights as feeds of the architecture's parameters, in the plugin's order and shapes. */
@@ -20,9 +26,9 @@ export function paramFeeds(architecture: string, fx: Fixture): Record<string, or
 export const idsTensor = (fx: Fixture, s = 0): ort.Tensor => new ort.Tensor("int64", BigInt64Array.from(fx.ids(s), BigInt), [fx.B, fx.T]);
 
 /** The gradient graph's loss and every gradient equal the fixture's: loss rtol 1e-5, gradients |Δ| ≤ 1e-6 + 1e-4·|g|. */
-export async function expectGradientsMatch(architecture: string, fx: Fixture): Promise<void> {
+export async function expectGradientsMatch(architecture: string, fx: Fixture, threads = 1): Promise<void> {
   const specs = modelGraph(architecture).params(fx.config);
-  const s = await session(compileGradient(architecture, fx.config, { batch: fx.B, context: fx.T }).model);
+  const s = await session(compileGradient(architecture, fx.config, { batch: fx.B, context: fx.T }).model, threads);
   const zeros = Object.fromEntries(specs.map((sp) => [names.gradAcc(sp.name), new ort.Tensor("float32", new Float32Array(sp.shape.reduce((a, b) => a * b, 1)), sp.shape)]));
   const out = await s.run({ ...paramFeeds(architecture, fx), ...zeros, [names.ids]: idsTensor(fx) });
   expect(Number(out[names.loss]!.data[0])).toBeCloseTo(Number(fx.meta.loss), 5);
@@ -34,12 +40,12 @@ export async function expectGradientsMatch(architecture: string, fx: Fixture): P
 }
 
 /** The logits graph's mean next-token cross-entropy equals the fixture's loss (rtol 1e-5), over its whole vocabulary. */
-export async function expectLogitsLoss(architecture: string, fx: Fixture): Promise<void> {
+export async function expectLogitsLoss(architecture: string, fx: Fixture, threads = 1): Promise<void> {
   const b = new GraphBuilder();
   const pv = new Map(modelGraph(architecture).params(fx.config).map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]));
   const idv = b.input(names.ids, "int64", [fx.B, fx.T]);
   b.output(modelGraph(architecture).logits(b, fx.config, (n) => pv.get(n)!, idv), "logits");
-  const s = await session(b.serialize());
+  const s = await session(b.serialize(), threads);
   const logits = (await s.run({ ...paramFeeds(architecture, fx), [names.ids]: idsTensor(fx) })).logits!.data as Float32Array;
   const V = logits.length / (fx.B * fx.T);
   expect(V).toBe(fx.config.vocab_size);

@@ -31,6 +31,24 @@ describe("gpt2 architecture", () => {
     expect(gpt2.parseConfig(out).shape).toEqual({ ...shape, dModel: 16, heads: 4, headDim: 4, ffn: 64 });
   });
 
+  it("reads dropout from the config with HF's names and defaults (0.1), refuses values outside [0, 1) by field", () => {
+    // HF GPT2Config's defaults: a pretrained GPT-2 config without the fields trains with dropout 0.1.
+    expect(gpt2.decoder(tiny).dropout).toEqual({ embedding: 0.1, attention: 0.1, residual: 0.1 });
+    expect(gpt2.decoder({ ...tiny, embd_pdrop: 0.2, attn_pdrop: 0, resid_pdrop: 0.3 }).dropout).toEqual({ embedding: 0.2, attention: 0, residual: 0.3 });
+    expect(() => gpt2.parseConfig({ ...tiny, attn_pdrop: 1 }, "x/config.json")).toThrow('x/config.json: "attn_pdrop" must be a number in [0, 1), got 1');
+    expect(() => gpt2.parseConfig({ ...tiny, resid_pdrop: -0.1 })).toThrow('config.json: "resid_pdrop" must be a number in [0, 1), got -0.1');
+    expect(() => gpt2.parseConfig({ ...tiny, embd_pdrop: "0.1" })).toThrow('config.json: "embd_pdrop" must be a number in [0, 1), got "0.1"');
+    // A fresh config says its dropout (0 by default); growth's withShape keeps it.
+    const fresh = gpt2.initConfig({ layers: 1, dModel: 8, heads: 2, vocab: 11, context: 6 }, true);
+    expect([fresh.embd_pdrop, fresh.attn_pdrop, fresh.resid_pdrop]).toEqual([0, 0, 0]);
+    const dropped = gpt2.initConfig({ layers: 1, dModel: 8, heads: 2, vocab: 11, context: 6, dropout: 0.15 }, true);
+    expect(gpt2.decoder(dropped).dropout).toEqual({ embedding: 0.15, attention: 0.15, residual: 0.15 });
+    const { config, shape } = gpt2.parseConfig({ ...tiny, embd_pdrop: 0.2, attn_pdrop: 0, resid_pdrop: 0.3 });
+    expect(gpt2.decoder(gpt2.withShape(config, { ...shape, layers: 4, dModel: 16, heads: 4, headDim: 4, ffn: 64 })).dropout)
+      .toEqual({ embedding: 0.2, attention: 0, residual: 0.3 });
+    expect(() => gpt2.initConfig({ layers: 1, dModel: 8, heads: 2, vocab: 11, context: 6, dropout: 1 }, true)).toThrow("dropout must be a number in [0, 1), got 1");
+  });
+
   it("lists parameters with roles, layouts and HF shapes", () => {
     const specs = gpt2.params(gpt2.parseConfig(tiny).config);
     expect(specs).toHaveLength(2 + 2 * 12 + 2);

@@ -1,6 +1,6 @@
 import { Rng, deriveSeed } from "./rng.js";
 import { Tensor } from "./tensor.js";
-import type { ArchitecturePlugin, AxisSpace, DecoderSpec, InitShape, ParamSpec } from "./plugins.js";
+import { dropoutProbability, type ArchitecturePlugin, type AxisSpace, type DecoderSpec, type InitShape, type ParamSpec } from "./plugins.js";
 import { checkModelSize, type ShapeNames } from "./limits.js";
 import type { ModelShape } from "./types.js";
 
@@ -25,16 +25,20 @@ export function gpt2InitConfig(o: Gpt2InitOptions): Record<string, unknown> {
 
 function initConfig(o: InitShape, tie: boolean): Record<string, unknown> {
   if (o.kvHeads !== undefined && o.kvHeads !== o.heads) throw new Error(`gpt2 has one key/value head per query head: kv-heads ${o.kvHeads} ≠ heads ${o.heads}`);
+  const p = dropoutProbability(o.dropout ?? 0, "dropout");
   return {
     model_type: "gpt2", architectures: ["GPT2LMHeadModel"],
     n_layer: o.layers, n_embd: o.dModel, n_head: o.heads, n_inner: o.ffn ?? null,
     vocab_size: o.vocab, n_positions: o.context, tie_word_embeddings: tie,
     // GPT-2's 50256 is outside a small vocabulary; the byte-level tokenizer has no special tokens.
     bos_token_id: null, eos_token_id: null,
-    // The trainer uses no dropout; the config says so, so transformers trains it the same way.
-    resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0,
+    // Written even when 0 (HF's default is 0.1), so transformers trains it the way the trainer does.
+    resid_pdrop: p, embd_pdrop: p, attn_pdrop: p,
   };
 }
+
+/** GPT-2's dropout fields (HF GPT2Config), in the order DecoderSpec.dropout names them. */
+const DROPOUT_FIELDS = ["embd_pdrop", "attn_pdrop", "resid_pdrop"] as const;
 
 const positiveInt = (config: Record<string, unknown>, key: string, file: string): number => {
   const v = config[key];
@@ -71,6 +75,7 @@ function readConfig(raw: Record<string, unknown>, file: string) {
   const eps = config.layer_norm_epsilon;
   if (typeof eps !== "number" || !(eps > 0)) throw new Error(`${file}: "layer_norm_epsilon" must be a positive number`);
   if (typeof config.tie_word_embeddings !== "boolean") throw new Error(`${file}: "tie_word_embeddings" must be a boolean`);
+  for (const key of DROPOUT_FIELDS) dropoutProbability(config[key], `${file}: "${key}"`);
   const shape: ModelShape = { layers, dModel, heads, headDim: dModel / heads, ffn, vocab, context };
   return { config, shape };
 }
@@ -163,7 +168,11 @@ function init(config: Record<string, unknown>, seed: number): Map<string, Tensor
 /** HF activations equal to 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))). */
 const TANH_GELUS = new Set(["gelu_new", "gelu_pytorch_tanh", "gelu_fast"]);
 
-/** GPT2LMHeadModel's forward pass (no dropout), as the trainer builds it. */
+/**
+ * GPT2LMHeadModel's forward pass, as the trainer builds it; dropout where modeling_gpt2.py applies it:
+ * embd_pdrop on wte + wpe, attn_pdrop on the attention probabilities, resid_pdrop on the attention's and the
+ * MLP's c_proj outputs.
+ */
 function decoder(raw: Record<string, unknown>): DecoderSpec {
   const { config: c, shape } = parseConfig(raw);
   const act = String(c.activation_function);
@@ -176,6 +185,7 @@ function decoder(raw: Record<string, unknown>): DecoderSpec {
     attention: { scale: c.scale_attn_weights === false ? 1 : 1 / Math.sqrt(shape.headDim), scaleByInverseLayer: c.scale_attn_by_inverse_layer_idx === true },
     mlp: { kind: "gelu_tanh" },
     tiedOutput: c.tie_word_embeddings !== false,
+    dropout: { embedding: c.embd_pdrop as number, attention: c.attn_pdrop as number, residual: c.resid_pdrop as number },
   };
 }
 

@@ -70,6 +70,21 @@ describe("llama plugin", () => {
     }
   });
 
+  it("reads attention_dropout (HF default 0, Llama's only dropout) per model_type, refuses values outside [0, 1)", () => {
+    expect(llama.decoder(tiny).dropout).toEqual({ embedding: 0, attention: 0, residual: 0 });
+    for (const model_type of ["llama", "mistral", "qwen2"]) {
+      expect(llama.decoder({ ...tiny, model_type, attention_dropout: 0.25 }).dropout, model_type).toEqual({ embedding: 0, attention: 0.25, residual: 0 });
+    }
+    expect(() => llama.parseConfig({ ...tiny, attention_dropout: 1.5 }, "c.json")).toThrow('c.json: "attention_dropout" must be a number in [0, 1), got 1.5');
+    expect(() => llama.parseConfig({ ...tiny, attention_dropout: null }, "c.json")).toThrow('c.json: "attention_dropout" must be a number in [0, 1), got null');
+    const fresh = llama.initConfig({ layers: 1, dModel: 16, heads: 4, vocab: 40, context: 8, dropout: 0.1 }, false);
+    expect(fresh.attention_dropout).toBe(0.1);
+    expect(llama.initConfig({ layers: 1, dModel: 16, heads: 4, vocab: 40, context: 8 }, false).attention_dropout).toBe(0);
+    // Growth's withShape keeps it.
+    expect(llama.withShape(fresh, { ...llama.parseConfig(fresh).shape, layers: 2, dModel: 32, heads: 8, kvHeads: 8 }).attention_dropout).toBe(0.1);
+    expect(() => llama.initConfig({ layers: 1, dModel: 16, heads: 4, vocab: 40, context: 8, dropout: -1 }, false)).toThrow("dropout must be a number in [0, 1), got -1");
+  });
+
   it("writes configs transformers reads as LlamaForCausalLM / Qwen2ForCausalLM, keeping other settings", () => {
     const c = llama.withShape({ ...tiny, model_type: "qwen2", rope_theta: 1e6 }, { ...llama.parseConfig(tiny).shape, dModel: 32, heads: 8, kvHeads: 4 });
     expect(c).toMatchObject({ model_type: "qwen2", architectures: ["Qwen2ForCausalLM"], hidden_size: 32, num_attention_heads: 8, num_key_value_heads: 4, rope_theta: 1e6 });

@@ -7,7 +7,7 @@
 import { Rng, deriveSeed } from "./rng.js";
 import { Tensor } from "./tensor.js";
 import { checkModelSize, type ShapeNames } from "./limits.js";
-import type { ArchitecturePlugin, AxisSpace, DecoderSpec, InitShape, ParamSpec } from "./plugins.js";
+import { dropoutProbability, type ArchitecturePlugin, type AxisSpace, type DecoderSpec, type InitShape, type ParamSpec } from "./plugins.js";
 import type { ModelShape } from "./types.js";
 
 const COMMON: Record<string, unknown> = {
@@ -72,6 +72,7 @@ function readConfig(raw: Record<string, unknown>, file: string) {
     if (typeof v !== "number" || !(v > 0)) throw new Error(`${file}: "${key}" must be a positive number, got ${JSON.stringify(v)}`);
   }
   if (typeof config.tie_word_embeddings !== "boolean") throw new Error(`${file}: "tie_word_embeddings" must be a boolean`);
+  dropoutProbability(config.attention_dropout, `${file}: "attention_dropout"`);
   const shape: ModelShape = { layers, dModel, heads, headDim, ffn, vocab, context, kvHeads, gatedMlp: true };
   return { config, shape };
 }
@@ -168,7 +169,10 @@ function init(config: Record<string, unknown>, seed: number): Map<string, Tensor
   return out;
 }
 
-/** rope_scaling types the trainer implements: none (null, or rope_type "default"). */
+/**
+ * rope_scaling types the trainer implements: none (null, or rope_type "default"). Dropout: attention_dropout on
+ * the attention probabilities, the only one HF's Llama, Mistral and Qwen2 have.
+ */
 function decoder(raw: Record<string, unknown>): DecoderSpec {
   const { config: c, shape } = parseConfig(raw);
   if (c.hidden_act !== "silu") throw new Error(`${String(c.model_type)}: hidden_act "${String(c.hidden_act)}" is not supported (supported: silu)`);
@@ -183,17 +187,19 @@ function decoder(raw: Record<string, unknown>): DecoderSpec {
     attention: { scale: 1 / Math.sqrt(shape.headDim), slidingWindow: window },
     mlp: { kind: "swiglu" },
     tiedOutput: c.tie_word_embeddings === true,
+    dropout: { embedding: 0, attention: c.attention_dropout as number, residual: 0 },
   };
 }
 
-/** A fresh Llama's config.json: no dropout, no special tokens (a byte-level vocabulary has none). */
+/** A fresh Llama's config.json: attention_dropout `o.dropout` (default 0), no special tokens (a byte-level vocabulary has none). */
 function initConfig(o: InitShape, tie: boolean): Record<string, unknown> {
+  const p = dropoutProbability(o.dropout ?? 0, "dropout");
   return {
     model_type: "llama", architectures: ["LlamaForCausalLM"],
     num_hidden_layers: o.layers, hidden_size: o.dModel, num_attention_heads: o.heads, num_key_value_heads: o.kvHeads ?? o.heads,
     intermediate_size: o.ffn ?? 4 * o.dModel, vocab_size: o.vocab, max_position_embeddings: o.context,
     tie_word_embeddings: tie, rms_norm_eps: 1e-6, rope_theta: 10000.0, hidden_act: "silu",
-    attention_bias: false, mlp_bias: false, attention_dropout: 0.0, bos_token_id: null, eos_token_id: null, pad_token_id: null,
+    attention_bias: false, mlp_bias: false, attention_dropout: p, bos_token_id: null, eos_token_id: null, pad_token_id: null,
   };
 }
 

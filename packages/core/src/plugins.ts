@@ -65,6 +65,13 @@ export interface DecoderSpec {
   mlp: { kind: "gelu_tanh" | "swiglu" };
   /** Logits against the token embedding (tied) or against lm_head.weight. */
   tiedOutput: boolean;
+  /**
+   * Dropout probabilities in [0, 1), read from the HF config under the architecture's names, applied by the
+   * training graphs only (evaluation, logits and export never drop): `embedding` on the summed embeddings,
+   * `attention` on the attention probabilities after the softmax, `residual` on each block's attention and
+   * MLP outputs before their residual adds. Absent, or 0: none.
+   */
+  dropout?: { embedding: number; attention: number; residual: number };
 }
 
 /** One model family: its HF config, its parameters with roles, and a fresh initialization. */
@@ -96,14 +103,22 @@ export interface ArchitecturePlugin {
   decoder(config: Record<string, unknown>): DecoderSpec;
   /**
    * The HF config.json of a fresh model of this architecture with this shape (`staged init`, `staged run`):
-   * no dropout, no special tokens outside a small vocabulary.
+   * dropout `shape.dropout` (default none), no special tokens outside a small vocabulary.
    */
   initConfig(shape: InitShape, tie: boolean): Record<string, unknown>;
+}
+
+/** A dropout probability as DecoderSpec.dropout takes it: a number in [0, 1); `what` names it in the one-line error. */
+export function dropoutProbability(v: unknown, what: string): number {
+  if (typeof v !== "number" || !(v >= 0 && v < 1)) throw new Error(`${what} must be a number in [0, 1), got ${JSON.stringify(v)}`);
+  return v;
 }
 
 /** The shape of a fresh model: ffn and kvHeads default to the architecture's (4·dModel or its own; heads). */
 export interface InitShape {
   layers: number; dModel: number; heads: number; vocab: number; context: number; ffn?: number; kvHeads?: number;
+  /** The probability of every dropout the architecture's config has (GPT-2: three, Llama: one), in [0, 1); default 0. */
+  dropout?: number;
 }
 
 /** A growth operator: a pure function of the training state and its options. */

@@ -16,7 +16,18 @@ export interface StageOptions {
    * k times faster at the same LR (the μP argument).
    */
   lrScale?: number;
+  /**
+   * Which parameters lrScale applies to: "all" (default), or "fanIn", only the matrices whose input dimension
+   * the growth multiplied (μP's rule for Adam; the operator says which: width growth's hidden and output
+   * matrices, none for depth growth).
+   */
+  lrScaleParams?: LrScaleParams;
+  /** Steps over which the scale returns linearly to 1 after the growth (default 0: it stays). */
+  lrRamp?: number;
 }
+
+export type LrScaleParams = "all" | "fanIn";
+export const LR_SCALE_PARAMS: readonly LrScaleParams[] = ["all", "fanIn"];
 
 /** How a derived tensor's stored bytes are computed (see LazyTensor.readBytes / streamBytes). */
 export interface StoredBytesOf {
@@ -65,12 +76,15 @@ export function laidOut(dtype: LazyTensor["dtype"], shape: readonly number[], co
 }
 
 export function checkStageOptions(o: StageOptions, state: TrainingState): void {
-  for (const key of ["rewarmup", "continueAt"] as const) {
+  for (const key of ["rewarmup", "continueAt", "lrRamp"] as const) {
     const v = o[key];
     if (v !== undefined && !(Number.isInteger(v) && v >= 0)) throw new Error(`${key} must be an integer ≥ 0, got ${v}`);
   }
   if (o.lrScale !== undefined && !(typeof o.lrScale === "number" && Number.isFinite(o.lrScale) && o.lrScale > 0)) {
     throw new Error(`lrScale must be a number > 0, got ${o.lrScale}`);
+  }
+  if (o.lrScaleParams !== undefined && !LR_SCALE_PARAMS.includes(o.lrScaleParams)) {
+    throw new Error(`lrScaleParams must be one of ${LR_SCALE_PARAMS.join(", ")}, got ${JSON.stringify(o.lrScaleParams)}`);
   }
   const total = state.schedule?.totalSteps;
   if (o.continueAt !== undefined && total !== undefined && o.continueAt > total) {
@@ -101,18 +115,29 @@ export function grownState(state: TrainingState, grown: {
   defaultLrScale?: number;
   /** Parameter names excluded from weight decay after the growth (default: unchanged). */
   noDecay?: string[];
+  /** Roles of the matrices whose input dimension the growth multiplied (lrScaleParams "fanIn"); default none. */
+  fanInRoles?: string[];
 }): TrainingState {
   const step = grown.stage.continueAt ?? state.progress.step;
   const lrScale = grown.stage.lrScale ?? grown.defaultLrScale ?? 1;
+  const which = grown.stage.lrScaleParams ?? "all";
+  const ramp = grown.stage.lrRamp ?? 0;
   const record: StageRecord = {
-    step: state.progress.step, operator: grown.operator, options: { ...grown.options, lrScale },
+    step: state.progress.step, operator: grown.operator,
+    options: { ...grown.options, lrScale, ...(which === "all" ? {} : { lrScaleParams: which }), ...(ramp > 0 ? { lrRamp: ramp } : {}) },
     before: state.shape, after: grown.shape, continueAt: step,
   };
   const rewarmup = grown.stage.rewarmup ?? 0;
   // A state without a schedule (fresh, or a pretrained checkpoint) gets the trainer's default, a constant LR,
   // so that the re-warmup and the LR scale are not lost.
   const base = state.schedule ?? { kind: "constant", peakLr: state.optimizer.lr, warmupSteps: 0, totalSteps: Math.max(step, 1), restarts: [] };
-  const scaled = lrScale === 1 ? base : { ...base, peakLr: base.peakLr * lrScale, ...(base.minLr === undefined ? {} : { minLr: base.minLr * lrScale }) };
+  // A permanent scale of every parameter is a new peak LR; one that ramps back or spares some parameters is a
+  // per-parameter factor of the schedule (ParamLrScale).
+  const perParam = which !== "all" || ramp > 0;
+  const peakScale = perParam ? 1 : lrScale;
+  const scaled = lrScale === 1 ? base
+    : perParam ? { ...base, paramScales: [...(base.paramScales ?? []), { step, scale: lrScale, rampSteps: ramp, roles: which === "all" ? null : [...(grown.fanInRoles ?? [])] }] }
+    : { ...base, peakLr: base.peakLr * lrScale, ...(base.minLr === undefined ? {} : { minLr: base.minLr * lrScale }) };
   const schedule = rewarmup > 0 ? { ...scaled, restarts: [...scaled.restarts, { step, warmupSteps: rewarmup }] }
     : lrScale !== 1 ? scaled : state.schedule;
   const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
@@ -124,7 +149,7 @@ export function grownState(state: TrainingState, grown: {
     params: grown.params,
     optimizer: {
       ...optimizer,
-      lr: optimizer.lr * lrScale,
+      lr: optimizer.lr * peakScale,
       step: grown.resetMoments ? 0 : state.optimizer.step,
       noDecay: grown.noDecay ?? optimizer.noDecay,
       ...(hasMoments ? { expAvg: grown.expAvg, expAvgSq: grown.expAvgSq } : {}),

@@ -126,8 +126,9 @@ describe("saveTrainingState", () => {
     const m1 = new Map([...state.params].map(([n, t]) => [n, inMemory(Tensor.fromArray(t.shape, Array.from({ length: t.shape.reduce((a, b) => a * b, 1) }, (_, i) => i * 1e-3)))]));
     const full: TrainingState = {
       ...state,
-      optimizer: { ...state.optimizer, step: 7, clip: null, expAvg: m1, expAvgSq: m1 },
-      schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 20, restarts: [{ step: 5, warmupSteps: 1 }] },
+      optimizer: { ...state.optimizer, step: 7, clip: null, biasCorrection: false, expAvg: m1, expAvgSq: m1 },
+      schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 20, restarts: [{ step: 5, warmupSteps: 1 }],
+        paramScales: [{ step: 5, scale: 0.5, rampSteps: 10, roles: ["mlp.in.weight"] }] },
       progress: { step: 7, tokensSeen: 896, flopsSeen: 1e9, samplerSeed: 5, sampler: "sequential", stages: [] },
       files: new Map([["metrics.jsonl", new TextEncoder().encode('{"step":1}\n')]]),
     };
@@ -141,12 +142,21 @@ describe("saveTrainingState", () => {
     const config = JSON.parse(await readFile(join(dir, "out", "config.json"), "utf8"));
     expect(config).toMatchObject({ model_type: "gpt2", architectures: ["GPT2LMHeadModel"], n_layer: 2, torch_dtype: "float32" });
     const back = await loadTrainingState(join(dir, "out"));
-    expect(back.optimizer).toMatchObject({ step: 7, lr: 1e-3, betas: [0.9, 0.999], clip: null });
+    expect(back.optimizer).toMatchObject({ step: 7, lr: 1e-3, betas: [0.9, 0.999], clip: null, biasCorrection: false });
     expect(new TextDecoder().decode(back.files!.get("metrics.jsonl"))).toBe('{"step":1}\n');
     expect(back.schedule).toEqual(full.schedule);
     expect(back.progress).toEqual(full.progress);
     for (const [n, t] of m1) expect((await back.optimizer.expAvgSq!.get(n)!.read()).f32).toEqual((await t.read()).f32);
     await back.close();
+  });
+
+  it("refuses a training_state.json whose biasCorrection is not a boolean", async () => {
+    await saveTrainingState(join(dir, "bc"), { ...initTrainingState("gpt2", tiny, 5) });
+    const file = join(dir, "bc", "training_state.json");
+    const meta = JSON.parse(await readFile(file, "utf8"));
+    await writeFile(file, JSON.stringify({ ...meta, optimizer: { ...meta.optimizer, biasCorrection: "yes" } }));
+    await expect(loadTrainingState(join(dir, "bc"))).rejects.toThrow(/training_state\.json: optimizer\.biasCorrection must be true or false$/);
+    await rm(join(dir, "bc"), { recursive: true });
   });
 
   it("is atomic: a failure mid-write leaves no directory and the input untouched", async () => {

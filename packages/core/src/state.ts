@@ -302,6 +302,11 @@ function parseStateFile(raw: unknown, file: string): SavedState {
     if (typeof v !== "number" || !Number.isFinite(v)) throw new Error(`${file}: ${where}.${key} must be a finite number`);
     return v;
   };
+  const bool = (obj: Record<string, unknown>, key: string, where: string): boolean => {
+    const v = obj[key];
+    if (typeof v !== "boolean") throw new Error(`${file}: ${where}.${key} must be true or false`);
+    return v;
+  };
   const str = (obj: Record<string, unknown>, key: string, where: string): string => {
     const v = obj[key];
     if (typeof v !== "string") throw new Error(`${file}: ${where}.${key} must be a string`);
@@ -321,6 +326,7 @@ function parseStateFile(raw: unknown, file: string): SavedState {
       name: "adamw", lr: num(o, "lr", "optimizer"), betas: [betas[0], betas[1]], eps: num(o, "eps", "optimizer"),
       weightDecay: num(o, "weightDecay", "optimizer"), noDecay: o.noDecay as string[], step: num(o, "step", "optimizer"),
       ...(o.clip === undefined ? {} : { clip: o.clip === null ? null : num(o, "clip", "optimizer") }),
+      ...(o.biasCorrection === undefined ? {} : { biasCorrection: bool(o, "biasCorrection", "optimizer") }),
     },
     schedule: raw.schedule as TrainingState["schedule"],
     progress: {

@@ -49,6 +49,11 @@ export interface AdamWState {
   noDecay: string[];
   /** Number of optimizer updates applied (PyTorch's `state["step"]`). */
   step: number;
+  /**
+   * Adam's bias correction (÷ (1 − βᵗ) of both moments, PyTorch's). Absent: on. Off is the seed code's
+   * setting (allenai/staged-training trains with `correct_bias=False`).
+   */
+  biasCorrection?: boolean;
   /** First and second moments by parameter name; absent for a bare pretrained checkpoint. */
   expAvg?: Map<string, LazyTensor>;
   expAvgSq?: Map<string, LazyTensor>;
@@ -58,6 +63,19 @@ export interface AdamWState {
 export interface LrRestart {
   step: number;
   warmupSteps: number;
+}
+
+/**
+ * A per-parameter LR factor set by a growth: from `step`, the parameters whose role is in `roles` (null: every
+ * parameter) train at the schedule's LR × a factor that starts at `scale` and returns linearly to 1 over
+ * `rampSteps` steps (0: stays `scale`). Factors of several growths multiply. Interpreted by @staged/scheduler
+ * (`paramLrScale`).
+ */
+export interface ParamLrScale {
+  step: number;
+  scale: number;
+  rampSteps: number;
+  roles: string[] | null;
 }
 
 /** Serializable LR schedule description; @staged/scheduler turns it into a function of the step. */
@@ -70,6 +88,8 @@ export interface LrScheduleSpec {
   /** Kind-specific settings (e.g. the decay fraction of warmup-stable-decay). */
   [option: string]: unknown;
   restarts: LrRestart[];
+  /** Per-parameter factors on the LR (see ParamLrScale); absent or empty: every parameter at the schedule's LR. */
+  paramScales?: ParamLrScale[];
 }
 
 /** One growth event. */

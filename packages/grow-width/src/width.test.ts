@@ -136,6 +136,24 @@ describe("growWidth", () => {
     expect(() => growWidth(s, { factor: 2, lrScale: 0 })).toThrow(/lrScale must be a number > 0, got 0/);
   });
 
+  it("lrScaleParams fanIn and lrRamp: a per-parameter factor of the schedule (the matrices whose input grew), the peak LR kept", () => {
+    const s = stateWithMoments();
+    const g = growWidth(s, { factor: 2, lrScaleParams: "fanIn", lrRamp: 300, rewarmup: 5 });
+    expect(g.schedule!.peakLr).toBe(s.schedule!.peakLr);
+    expect(g.optimizer.lr).toBe(s.optimizer.lr);
+    expect(g.schedule!.restarts).toEqual([{ step: 10, warmupSteps: 5 }]);
+    // GPT-2 (tied): every block matrix reads the grown hidden state or the grown FFN; the embeddings read the vocabulary.
+    expect(g.schedule!.paramScales).toEqual([{ step: 10, scale: 0.5, rampSteps: 300,
+      roles: ["attn.qkv.weight", "attn.out.weight", "mlp.in.weight", "mlp.out.weight"] }]);
+    expect(g.progress.stages[0]!.options).toMatchObject({ lrScale: 0.5, lrScaleParams: "fanIn", lrRamp: 300 });
+    // Every parameter, ramping: roles null.
+    expect(growWidth(s, { factor: 2, lrRamp: 100 }).schedule!.paramScales).toEqual([{ step: 10, scale: 0.5, rampSteps: 100, roles: null }]);
+    // FFN only: only the FFN's output matrix reads a grown dimension.
+    expect(growWidth(s, { factor: 1, ffnFactor: 2, lrScale: 0.5, lrScaleParams: "fanIn" }).schedule!.paramScales![0]!.roles).toEqual(["mlp.out.weight"]);
+    expect(() => growWidth(s, { factor: 2, lrScaleParams: "some" as never })).toThrow(/lrScaleParams must be one of all, fanIn, got "some"/);
+    expect(() => growWidth(s, { factor: 2, lrRamp: -1 })).toThrow(/lrRamp must be an integer ≥ 0, got -1/);
+  });
+
   it("rejects options that cannot hold", () => {
     const s = stateWithMoments();
     expect(() => growWidth(s, { factor: 1 })).toThrow(/factor must be an integer ≥ 2/);

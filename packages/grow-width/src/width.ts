@@ -168,6 +168,12 @@ function ruleFor(spec: ParamSpec, k: number, f: number): Rule {
   return { kind: "matrix", axes: { a, b }, axis: -1, valueScale: 1, gradScale: 1 / b };
 }
 
+/** Copies of a matrix's input dimension (its fan-in) under growth; 1 for vectors and embeddings (their input is the vocabulary). */
+function fanInCopies(spec: ParamSpec, k: number, f: number): number {
+  if (spec.shape.length !== 2) return 1;
+  return copiesOf(spec.axes[spec.layout === "linear" ? 1 : 0]!, k, f);
+}
+
 /** A 2-D tensor transposed (linear [out, in] weights are grown in the [in, out] orientation). */
 function transpose2d(t: Tensor): Tensor {
   const [rows, cols] = t.shape as [number, number];
@@ -275,6 +281,7 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
   const keepMoments = moments !== "reset" && expAvg !== undefined && expAvgSq !== undefined;
 
   const params = new Map<string, LazyTensor>();
+  const fanInRoles = new Set<string>();
   const avg = new Map<string, LazyTensor>();
   const avgSq = new Map<string, LazyTensor>();
   for (const spec of arch.params(state.config)) {
@@ -282,6 +289,7 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
     const source = state.params.get(spec.name);
     if (!target || !source) throw new Error(`width growth: parameter ${spec.name} is missing`);
     const rule = ruleFor(spec, k, k * m);
+    if (fanInCopies(spec, k, k * m) > 1) fanInRoles.add(spec.role);
     const grow = (t: Tensor, rng: Rng): Tensor => perPart(t, spec, (part) => rule.kind === "matrix"
       ? inOrientation(spec, (m) => growMatrix(m, rule.axes, symmetry, noiseStd, rng))(part)
       : (rule.valueScale === 1 ? part : part.scale(rule.valueScale)).tile(rule.axis, rule.axes.b));
@@ -315,6 +323,6 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
     options: { factor: k, ffnFactor: m, moments, symmetry, ...(symmetry === "noise" || symmetry === "antithetic" ? { noiseStd } : {}), seed },
     config, shape, params,
     ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
-    resetMoments: !keepMoments, stage: options, defaultLrScale: 1 / k,
+    resetMoments: !keepMoments, stage: options, defaultLrScale: 1 / k, fanInRoles: [...fanInRoles],
   });
 }

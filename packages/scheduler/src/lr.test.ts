@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { createDefaultRegistry, type LrScheduleSpec } from "@staged/core";
-import { LR_SCHEDULE_KINDS, createLrSchedule, withRestart } from "./lr.js";
+import { LR_SCHEDULE_KINDS, createLrSchedule, hasParamLrScales, paramLrScale, withRestart } from "./lr.js";
 import { registerScheduler } from "./registry.js";
 
 const spec = (kind: string, extra: Partial<LrScheduleSpec> = {}): LrScheduleSpec =>
@@ -144,5 +144,37 @@ describe("createLrSchedule", () => {
     expect(f(550)).toBeCloseTo(1e-3 * 450 / 900, 15);
     expect(() => (reg.get("lrSchedule", "cosine") as unknown as { create(s: LrScheduleSpec): unknown }).create(spec("linear")))
       .toThrow(/got a spec of kind "linear"/);
+  });
+});
+
+describe("paramLrScale", () => {
+  it("1 everywhere without factors; a factor applies from its step to its roles, ramping back to 1; factors multiply", () => {
+    expect(paramLrScale(spec("constant"))(500, "attn.qkv.weight")).toBe(1);
+    expect(hasParamLrScales(spec("constant"))).toBe(false);
+    const s = spec("constant", { paramScales: [
+      { step: 100, scale: 0.5, rampSteps: 200, roles: ["attn.qkv.weight", "mlp.in.weight"] },
+      { step: 300, scale: 0.25, rampSteps: 0, roles: null },
+    ] });
+    expect(hasParamLrScales(s)).toBe(true);
+    const f = paramLrScale(s);
+    expect(f(99, "attn.qkv.weight")).toBe(1);
+    expect(f(100, "attn.qkv.weight")).toBe(0.5);
+    expect(f(200, "mlp.in.weight")).toBeCloseTo(0.75, 15);
+    expect(f(200, "embed.tokens.weight")).toBe(1); // not a named role
+    expect(f(299, "attn.qkv.weight")).toBeCloseTo(0.5 + 0.5 * 199 / 200, 15);
+    // From 300: the first is back at 1, the second (every role, no ramp) stays at 0.25.
+    expect(f(300, "attn.qkv.weight")).toBe(0.25);
+    expect(f(10_000, "embed.tokens.weight")).toBe(0.25);
+    // A factor of 1 changes nothing.
+    expect(hasParamLrScales(spec("constant", { paramScales: [{ step: 0, scale: 1, rampSteps: 0, roles: null }] }))).toBe(false);
+  });
+
+  it("is validated with the schedule, with errors naming the entry", () => {
+    const bad = (p: unknown) => spec("constant", { paramScales: [p] as never });
+    expect(() => createLrSchedule(bad({ step: 1, scale: 0, rampSteps: 0, roles: null }))).toThrow(/paramScales\[0\]\.scale must be a number > 0, got 0/);
+    expect(() => createLrSchedule(bad({ step: -1, scale: 0.5, rampSteps: 0, roles: null }))).toThrow(/paramScales\[0\]\.step/);
+    expect(() => createLrSchedule(bad({ step: 1, scale: 0.5, rampSteps: 1.5, roles: null }))).toThrow(/paramScales\[0\]\.rampSteps/);
+    expect(() => paramLrScale(bad({ step: 1, scale: 0.5, rampSteps: 0, roles: "all" }))).toThrow(/paramScales\[0\]\.roles must be null/);
+    expect(() => createLrSchedule(spec("constant", { paramScales: {} as never }))).toThrow(/paramScales must be an array/);
   });
 });

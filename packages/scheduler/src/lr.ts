@@ -1,4 +1,4 @@
-import type { LrRestart, LrScheduleSpec } from "@staged/core";
+import type { LrRestart, LrScheduleSpec, ParamLrScale } from "@staged/core";
 
 /** A learning rate as a pure function of the optimizer step (the number of updates already applied). */
 export type LrFunction = (step: number) => number;
@@ -44,8 +44,48 @@ function validateCommon(spec: LrScheduleSpec, needsTotal: boolean): number {
     nonNegativeNumber(spec, `restarts[${i}].step`, r.step, true);
     nonNegativeNumber(spec, `restarts[${i}].warmupSteps`, r.warmupSteps, true);
   });
+  validateParamScales(spec);
   return minLr;
 }
+
+function validateParamScales(spec: LrScheduleSpec): ParamLrScale[] {
+  const list = spec.paramScales ?? [];
+  if (!Array.isArray(list)) fail(spec.kind, "paramScales must be an array");
+  list.forEach((p: ParamLrScale, i: number) => {
+    if (!p || typeof p !== "object") fail(spec.kind, `paramScales[${i}] must be an object {step, scale, rampSteps, roles}`);
+    nonNegativeNumber(spec, `paramScales[${i}].step`, p.step, true);
+    nonNegativeNumber(spec, `paramScales[${i}].rampSteps`, p.rampSteps, true);
+    if (!(typeof p.scale === "number" && Number.isFinite(p.scale) && p.scale > 0)) fail(spec.kind, `paramScales[${i}].scale must be a number > 0, got ${JSON.stringify(p.scale)}`);
+    if (p.roles !== null && !(Array.isArray(p.roles) && p.roles.every((r) => typeof r === "string"))) {
+      fail(spec.kind, `paramScales[${i}].roles must be null (every parameter) or a list of parameter roles`);
+    }
+  });
+  return list;
+}
+
+/** A per-parameter LR factor as a function of the step and the parameter's role (1 for every role when there is none). */
+export type ParamLrScaleFunction = (step: number, role: string) => number;
+
+/**
+ * The product, over the schedule's `paramScales` (set by growths), of each one's factor for a parameter of this
+ * role at this step: 1 before its step and for roles it does not name; from its step, `scale` rising linearly
+ * to 1 over `rampSteps` (0: `scale` for good). The trainer multiplies each parameter's LR by it.
+ */
+export function paramLrScale(spec: LrScheduleSpec): ParamLrScaleFunction {
+  const list = validateParamScales(spec);
+  return (step, role) => {
+    let f = 1;
+    for (const p of list) {
+      if (step < p.step || (p.roles !== null && !p.roles.includes(role))) continue;
+      const t = p.rampSteps === 0 ? 0 : Math.min(1, (step - p.step) / p.rampSteps);
+      f *= p.scale + (1 - p.scale) * t;
+    }
+    return f;
+  };
+}
+
+/** Whether the schedule gives some parameters another LR than the others at some step. */
+export const hasParamLrScales = (spec: LrScheduleSpec): boolean => (spec.paramScales ?? []).some((p) => p.scale !== 1);
 
 /** Constant LR after a linear warmup (HF `get_constant_schedule_with_warmup`). */
 const constant: BaseFactory = (spec) => {

@@ -2,7 +2,8 @@ import { isAbsolute, relative, resolve } from "node:path";
 import { Command, Option } from "commander";
 import {
   F32_BYTES, canonicalPath, checkDiskSpace, checkMemory, checkTensorSizes, checkpointBytes, formatBytes, formatCount,
-  loadTrainingState, parameterCount, saveTrainingState, writeAnnouncement, type GrowthPlugin, type TrainingState,
+  LR_SCALE_PARAMS, loadTrainingState, parameterCount, saveTrainingState, writeAnnouncement, type GrowthPlugin, type LrScaleParams,
+  type TrainingState,
 } from "@staged/core";
 import { evaluate } from "@staged/trainer-ort";
 import type { WidthOptions } from "@staged/grow-width";
@@ -15,7 +16,7 @@ import type { GlobalOptions } from "../main.js";
 
 
 interface CommonOptions {
-  rewarmup?: number; continueAt?: number; lrScale?: number; force?: boolean; maxShardBytes?: number;
+  rewarmup?: number; continueAt?: number; lrScale?: number; lrScaleParams?: LrScaleParams; lrRamp?: number; force?: boolean; maxShardBytes?: number;
   evalData?: string; evalContext?: number; evalBlocks?: number; progress?: ProgressMode;
 }
 
@@ -96,6 +97,9 @@ const common = (c: Command): Command => c
   .option("--rewarmup <steps>", "LR re-warmup steps after the growth", integer("rewarmup"))
   .option("--continue-at <step>", "the step the grown model continues from", integer("continue-at"))
   .option("--lr-scale <s>", "the grown model's peak LR = the small one's × s (default: width 1/factor, depth 1)", number("lr-scale", "positive"))
+  .addOption(new Option("--lr-scale-params <which>", "parameters --lr-scale applies to: all, or the matrices whose input dimension grew (fanIn)")
+    .choices([...LR_SCALE_PARAMS]))
+  .option("--lr-ramp <steps>", "steps over which the LR scale returns linearly to 1 (default 0: it stays)", integer("lr-ramp"))
   .option("--force", "replace an existing output directory")
   .option("--max-shard-bytes <n>", "shard files above this size", integer("max-shard-bytes", 1))
   .option("--eval-data <data>", "measure the loss before and after the growth on this data (brown|file.txt|file.bin)")

@@ -1,0 +1,101 @@
+// Growth dynamics, ablated: grow one small checkpoint (a stage-0 of `staged run`, saved at its growth) with each
+// variant and seed, train every grown model the same steps, and write each as a run directory with the
+// result.json of `staged run` (the small model's curve before the growth, the grown model's after), so that
+// `staged report <dirs> <baseline dirs>` compares them with the target trained from scratch: FLOPs to each loss,
+// the post-growth rise, and the dynamics ratio (loss decrease per FLOP after the growth against the target's at
+// the same loss).
+//
+//   node examples/bench/dynamics-ablation.mjs <small-checkpoint> --out <dir> [--variants a,b,...] [--seeds 0,1]
+//        [--steps 1500] [--every 50] [--blocks 256] [--lr 1e-3] [--batch 16] [--context 128] [--threads 1] [--list]
+//
+// Resumable: a (variant, seed) whose result.json exists is skipped. The seed is the growth's (split, noise) and the
+// sampler's after the growth. Not a test: about 3 minutes per variant and seed on one core (2-layer d128).
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { createDefaultRegistry, loadTrainingState, writeFileAtomic } from "@staged/core";
+import { widthGrowth } from "@staged/grow-width";
+import { depthGrowth } from "@staged/grow-depth";
+import { readMetrics } from "@staged/scheduler";
+import { curvePoints } from "@staged/run";
+import { evaluate, train } from "@staged/trainer-ort";
+
+const { values: a, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    out: { type: "string" }, variants: { type: "string" }, seeds: { type: "string", default: "0" },
+    steps: { type: "string", default: "1500" }, every: { type: "string", default: "50" }, blocks: { type: "string", default: "256" },
+    lr: { type: "string", default: "1e-3" }, batch: { type: "string", default: "16" }, context: { type: "string", default: "128" },
+    threads: { type: "string" }, data: { type: "string", default: "brown" }, list: { type: "boolean", default: false },
+  },
+});
+
+// Each variant: the operator, its options, and the stage options (LR re-warmup, scale, which parameters, ramp).
+// "w-" variants grow width ×2, "d-" variants depth ×2. The defaults of `staged run` first.
+const R = 100; // the runs' warmup, the default re-warmup
+const VARIANTS = {
+  "w-default": { op: "width", grow: {}, stage: { rewarmup: R } },
+  "w-lr1": { op: "width", grow: {}, stage: { rewarmup: R, lrScale: 1 } },
+  "w-ramp500": { op: "width", grow: {}, stage: { rewarmup: R, lrRamp: 500 } },
+  "w-anti1e-2": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R } },
+  "w-anti1e-2-ramp500": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R, lrRamp: 500 } },
+  "w-anti1e-2-lr1": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R, lrScale: 1 } },
+  "w-anti3e-2-ramp500": { op: "width", grow: { symmetry: "antithetic", noiseStd: 3e-2 }, stage: { rewarmup: R, lrRamp: 500 } },
+  "w-anti1e-2-fanin-ramp500": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R, lrScaleParams: "fanIn", lrRamp: 500 } },
+  "w-anti1e-2-fanin": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R, lrScaleParams: "fanIn" } },
+  "w-noise1e-2-ramp500": { op: "width", grow: { symmetry: "noise", noiseStd: 1e-2 }, stage: { rewarmup: R, lrRamp: 500 } },
+  "w-split-ramp500": { op: "width", grow: { symmetry: "split" }, stage: { rewarmup: R, lrRamp: 500 } },
+  "d-default": { op: "depth", grow: {}, stage: { rewarmup: R } },
+};
+if (a.list) { for (const [k, v] of Object.entries(VARIANTS)) console.log(k, JSON.stringify(v)); process.exit(0); }
+const src = positionals[0];
+if (!src || !a.out) { console.error("usage: dynamics-ablation.mjs <small-checkpoint> --out <dir> [--variants a,b] [--seeds 0,1] [--steps N] ..."); process.exit(1); }
+const names = a.variants ? a.variants.split(",") : Object.keys(VARIANTS);
+for (const n of names) if (!VARIANTS[n]) { console.error(`unknown variant ${n} (variants: ${Object.keys(VARIANTS).join(", ")})`); process.exit(1); }
+const seeds = a.seeds.split(",").map(Number);
+const steps = Number(a.steps), every = Number(a.every), blocks = Number(a.blocks), lr = Number(a.lr), batch = Number(a.batch), context = Number(a.context);
+const threads = a.threads ? Number(a.threads) : undefined;
+const registry = createDefaultRegistry().register("growth", widthGrowth).register("growth", depthGrowth);
+const out = resolve(a.out);
+
+// The small model's curve up to the growth (its metrics history), and the budget of the run it came from.
+const history = curvePoints(await readMetrics(src));
+const source = JSON.parse(await readFile(join(src, "..", "run.json"), "utf8").catch(() => "{}"));
+
+for (const name of names) {
+  for (const seed of seeds) {
+    const v = VARIANTS[name];
+    const dir = join(out, `${name}-s${seed}`);
+    if (existsSync(join(dir, "result.json"))) { console.error(`${name}-s${seed}: done already`); continue; }
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+    const small = await loadTrainingState(src, { registry });
+    const ev = { data: a.data, stream: "training-validation", context, maxBlocks: blocks, batch, threads };
+    const before = history.at(-1)?.valLoss ?? (await evaluate(small, ev)).loss;
+    const grown = await registry.get("growth", v.op).grow(small, { factor: 2, ...v.grow, ...(v.op === "width" ? { seed } : {}), ...v.stage, registry });
+    const after = (await evaluate(grown, ev)).loss;
+    const t0 = performance.now();
+    const points = [];
+    await train(grown, {
+      data: a.data, steps, batch, context, evalEvery: every, evalBlocks: blocks, saveDir: join(dir, "checkpoint"), threads,
+      seed: seed * 1000 + 17,
+    }, { onEval: (e) => { points.push({ globalStep: e.globalStep, step: e.step, stage: 1, flops: e.flops, tokens: e.tokens, valLoss: e.valLoss }); } });
+    await small.close();
+    const record = grown.progress.stages.at(-1);
+    const result = {
+      format: "staged-run-result", version: 1, name: `${name}-s${seed}`, group: name, seed, done: true,
+      budgetFlops: source.budget?.flops ?? points.at(-1).flops,
+      points: [...history, ...points],
+      growths: [{
+        stage: 1, operator: v.op, options: { ...record.options, rewarmup: v.stage.rewarmup ?? 0, continueAt: "keep" },
+        flops: history.at(-1)?.flops ?? 0, globalStep: history.at(-1)?.globalStep ?? 0, timing: "ablation",
+        valLossBefore: before, valLossAfter: after, paramsBefore: 0, paramsAfter: 0,
+      }],
+    };
+    await writeFileAtomic(join(dir, "result.json"), JSON.stringify(result) + "\n");
+    await rm(join(dir, "checkpoint"), { recursive: true, force: true });
+    console.error(`${name}-s${seed}: before ${before.toFixed(4)}, after growth ${after.toFixed(4)}, final ${points.at(-1).valLoss.toFixed(4)} ` +
+      `(${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  }
+}

@@ -1,5 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { compareRuns, flopsToReach, formatFlops, formatReport, growthPenalty } from "./report.js";
+import {
+  compareRuns, DEFAULT_DYNAMICS_WINDOWS, flopsToFirstReach, flopsToReach, formatFlops, formatReport, growthDynamics, growthPenalty,
+  lossAtFlops, smoothCurve,
+} from "./report.js";
 import type { CurvePoint, GrowthEvent, RunResult } from "./types.js";
 
 /** Points from [flops, valLoss, stage?]; globalStep = flops / 10. */
@@ -205,6 +208,213 @@ describe("compareRuns", () => {
     expect(compareRuns(results, { baseline: "width", losses: [3] }).groups[0]!.group).toBe("width");
     expect(() => compareRuns([...results, reachAt("staged", 0, 75)])).toThrow(/group "staged" has seed 0 twice/);
     expect(() => compareRuns([run("baseline", 0, [[200, 3], [100, 2]])])).toThrow(/baseline-s0: points are not in increasing flops order/);
+  });
+});
+
+/** A run from a loss function per stage: points every `step` FLOPs from 0 to `end`, stage k after the k-th of `growAt`. */
+function curveRun(group: string, seed: number, loss: (flops: number, stage: number) => number, growAt: number[] = [], end = 1000, step = 10, budget = 1000): RunResult {
+  const rows: [number, number, number][] = [];
+  for (let i = 0; i * step <= end + 1e-9; i++) {
+    const f = i * step;
+    const stage = growAt.filter((c) => f > c).length;
+    rows.push([f, loss(f, stage), stage]);
+  }
+  const growths = growAt.map((c, k) => growth(k + 1, c, loss(c, k)));
+  return { ...run(group, seed, rows, growths), budgetFlops: budget };
+}
+
+/** Deterministic uniform noise in [−amp, amp] (a linear congruential generator). */
+function noise(seed: number, amp: number): () => number {
+  let x = seed + 1;
+  return () => {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    return ((x / 2 ** 32) * 2 - 1) * amp;
+  };
+}
+
+describe("smoothCurve, lossAtFlops, flopsToFirstReach", () => {
+  it("smoothCurve is exact on a straight line, also at the ends, and drops non-finite losses", () => {
+    const line = pts([[0, 5], [10, 4.9], [20, 4.8], [30, Number.NaN], [40, 4.6], [50, 4.5]]);
+    const s = smoothCurve(line, 15);
+    expect(s.map((p) => p.flops)).toEqual([0, 10, 20, 40, 50]);
+    s.forEach((p) => expect(p.valLoss).toBeCloseTo(5 - p.flops / 100, 12));
+    expect(smoothCurve(line, 0).map((p) => p.valLoss)).toEqual([5, 4.9, 4.8, 4.6, 4.5]);
+    expect(() => smoothCurve(line, -1)).toThrow(/half-width/);
+  });
+
+  it("smoothCurve takes out most of the noise: a local linear fit over ±halfWidth FLOPs", () => {
+    const next = noise(7, 0.01);
+    const noisy = pts(Array.from({ length: 201 }, (_, i) => [i * 10, 3 - i * 0.001 + next()] as const));
+    const err = (c: readonly CurvePoint[]) => Math.max(...c.slice(20, -20).map((p) => Math.abs(p.valLoss - (3 - p.flops * 1e-4))));
+    expect(err(noisy)).toBeGreaterThan(0.009);
+    expect(err(smoothCurve(noisy, 100))).toBeLessThan(0.005); // 21 points: the noise / ~4.6
+    // three equal-FLOPs points: their mean
+    expect(smoothCurve(pts([[10, 1], [10, 2], [10, 3]]), 5).map((p) => p.valLoss)).toEqual([2, 2, 2]);
+  });
+
+  it("lossAtFlops interpolates linearly in FLOPs and is null outside the curve", () => {
+    const c = pts([[100, 4], [200, 3], [300, 2.5]]);
+    expect(lossAtFlops(c, 150)).toBe(3.5);
+    expect(lossAtFlops(c, 100)).toBe(4);
+    expect(lossAtFlops(c, 300)).toBe(2.5);
+    expect(lossAtFlops(c, 99)).toBeNull();
+    expect(lossAtFlops(c, 301)).toBeNull();
+    expect(lossAtFlops([], 1)).toBeNull();
+  });
+
+  it("flopsToFirstReach takes the first crossing, inverse of lossAtFlops, and is null when the curve starts below or never gets there", () => {
+    const dip = pts([[100, 4.0], [200, 3.0], [300, 3.6], [400, 2.9]]);
+    expect(flopsToFirstReach(dip, 3.5)).toBe(150);
+    expect(flopsToFirstReach(dip, 3.2)).toBeCloseTo(180, 9); // flopsToReach: the sustained crossing after 300
+    expect(lossAtFlops(dip, flopsToFirstReach(dip, 3.2)!)).toBeCloseTo(3.2, 12);
+    expect(flopsToFirstReach(dip, 4.0)).toBe(100);
+    expect(flopsToFirstReach(dip, 4.5)).toBeNull();
+    expect(flopsToFirstReach(dip, 2.5)).toBeNull();
+  });
+});
+
+describe("growthDynamics", () => {
+  // Budget 1000 FLOPs; window 0.1 → W = 100. Baseline 0: 5 − C/500, reaches 4.0 at 500; baseline 1: 5 − C/400, at 400.
+  const base0 = curveRun("baseline", 0, (c) => 5 - c / 500);
+  const base1 = curveRun("baseline", 1, (c) => 5 - c / 400);
+  // The small model: 5 − C/300, grown at 300 at loss 4.0.
+  const small = (c: number) => 5 - c / 300;
+
+  it("gives ratio 1 and Δ 0 for a grown run that is the baseline shifted in FLOPs", () => {
+    const shifted = curveRun("staged", 0, (c, s) => (s === 0 ? small(c) : 5 - (c + 200) / 500), [300]);
+    const d = growthDynamics(shifted, 0, [base0], 0.1);
+    expect(d.window).toBe(0.1);
+    expect(d.windowFlops).toBe(100);
+    expect(d.flops).toBe(300);
+    expect(d.loss).toBeCloseTo(4.0, 12);
+    expect(d.lossAfter).toBeCloseTo(3.8, 12);
+    expect(d.decrease).toBeCloseTo(0.2, 12);
+    const b = d.perBaseline[0]!;
+    expect(b.name).toBe("baseline-s0");
+    expect(b.flops).toBeCloseTo(500, 9);
+    expect(b.lossAfter).toBeCloseTo(3.8, 12);
+    expect(b.ratio).toBeCloseTo(1, 9);
+    expect(b.delta).toBeCloseTo(0, 12);
+    expect(d.ratio!.mean).toBeCloseTo(1, 9);
+  });
+
+  it("gives 0.5 for a grown run that decreases half as fast, per baseline seed, with the mean, min and max", () => {
+    const half = curveRun("staged", 0, (c, s) => (s === 0 ? small(c) : 4 - (c - 300) / 1000), [300]);
+    const d = growthDynamics(half, 0, [base0, base1], 0.1);
+    expect(d.decrease).toBeCloseTo(0.1, 12);
+    expect(d.perBaseline.map((b) => b.flops)).toEqual([expect.closeTo(500, 9), expect.closeTo(400, 9)]);
+    expect(d.perBaseline[0]!.ratio).toBeCloseTo(0.5, 9); // 0.1 / 0.2
+    expect(d.perBaseline[1]!.ratio).toBeCloseTo(0.4, 9); // 0.1 / 0.25
+    expect(d.perBaseline[0]!.delta).toBeCloseTo(0.1, 12); // 3.9 − 3.8
+    expect(d.perBaseline[1]!.delta).toBeCloseTo(0.15, 12); // 3.9 − 3.75
+    expect(d.ratio!.mean).toBeCloseTo(0.45, 9);
+    expect(d.ratio!.min).toBeCloseTo(0.4, 9);
+    expect(d.ratio!.max).toBeCloseTo(0.5, 9);
+    expect(d.delta!.mean).toBeCloseTo(0.125, 12);
+  });
+
+  it("measures on the shape of real curves: shifted → 1 and 0, half the decrease → 0.5, with 0.01 noise on every point", () => {
+    // Budget 1e4, W = 1000, points every 10 FLOPs. The baseline: 2 + 3/sqrt(1 + C/100); the small model runs along
+    // it 1.5× as fast and grows at 2000 (loss = the baseline's at 3000).
+    const lb = (c: number) => 2 + 3 / Math.sqrt(1 + c / 100);
+    const withNoise = (seed: number, amp: number, f: (c: number, s: number) => number) => {
+      const next = noise(seed, amp);
+      return (c: number, s: number) => f(c, s) + next();
+    };
+    const make = (amp: number, post: (c: number) => number, seed = 0) => {
+      const bases = [0, 1, 2].map((b) => curveRun("baseline", b, withNoise(10 + b, amp, (c) => lb(c)), [], 10_000, 10, 10_000));
+      const staged = curveRun("staged", seed, withNoise(seed, amp, (c, s) => (s === 0 ? lb(1.5 * c) : post(c))), [2000], 10_000, 10, 10_000);
+      return growthDynamics(staged, 0, bases, 0.1);
+    };
+    // Without noise, the smoothing's own bias: L_g is a one-sided fit at the end of a convex curve, ~5e-4 nats
+    // low (curvature × (W/4)² / 12), against decreases of ~0.07 nats over W: about 1% of the ratio.
+    const shifted = make(0, (c) => lb(c + 1000));
+    expect(Math.abs(shifted.ratio!.mean - 1)).toBeLessThan(0.015);
+    expect(Math.abs(shifted.delta!.mean)).toBeLessThan(1e-3);
+    const half = make(0, (c) => lb(3000) - (lb(3000) - lb(c + 1000)) / 2);
+    expect(Math.abs(half.ratio!.mean - 0.5)).toBeLessThan(0.015);
+    for (const seed of [0, 1, 2]) {
+      const noisy = make(0.01, (c) => lb(c + 1000), seed);
+      // D ≈ 0.07 nats over W against noise ±0.01 on every point: measured within 0.05 of the answer (seeds 0–2)
+      expect(Math.abs(noisy.ratio!.mean - 1)).toBeLessThan(0.07);
+      expect(Math.abs(noisy.delta!.mean)).toBeLessThan(0.005);
+      const noisyHalf = make(0.01, (c) => lb(3000) - (lb(3000) - lb(c + 1000)) / 2, seed);
+      expect(Math.abs(noisyHalf.ratio!.mean - 0.5)).toBeLessThan(0.06);
+    }
+  });
+
+  it("is null where the window runs past the end of the stage or of a baseline curve, never extrapolated", () => {
+    const shifted = curveRun("staged", 0, (c, s) => (s === 0 ? small(c) : 5 - (c + 200) / 500), [300]);
+    const past = growthDynamics(shifted, 0, [base0], 0.8); // C_g + W = 1100 > 1000
+    expect(past.lossAfter).toBeNull();
+    expect(past.decrease).toBeNull();
+    expect(past.perBaseline[0]!.flops).toBeCloseTo(500, 9);
+    expect(past.perBaseline[0]!.lossAfter).toBeNull(); // C_b + W = 1300
+    expect(past.perBaseline[0]!.ratio).toBeNull();
+    expect(past.ratio).toBeNull();
+    expect(past.delta).toBeNull();
+    // One baseline ends before C_b + W: the spread is over the other.
+    const short = curveRun("baseline", 2, (c) => 5 - c / 400, [], 550);
+    const d = growthDynamics(shifted, 0, [base0, short], 0.2); // W = 200: 500 → 700 fine, 400 → 600 past 550
+    expect(d.perBaseline[1]!.flops).toBeCloseTo(400, 9);
+    expect(d.perBaseline[1]!.lossAfter).toBeNull();
+    expect(d.ratio!.mean).toBeCloseTo(1, 9);
+    expect(d.ratio!.min).toBeCloseTo(1, 9);
+    // A second growth 50 FLOPs later ends the stage: W = 100 runs past it although the run goes on.
+    const twice = curveRun("staged", 0, (c, s) => (s === 0 ? small(c) : 5 - (c + 200) / 500), [300, 350]);
+    expect(growthDynamics(twice, 0, [base0], 0.1).lossAfter).toBeNull();
+    expect(growthDynamics(twice, 0, [base0], 0.04).ratio!.mean).toBeCloseTo(1, 9);
+    // A baseline that never gets down to L_g, or starts below it: no C_b.
+    const high = curveRun("baseline", 3, () => 4.5);
+    const low = curveRun("baseline", 4, (c) => 3.5 - c / 1e4);
+    expect(growthDynamics(shifted, 0, [high, low], 0.1).perBaseline.map((b) => [b.flops, b.ratio])).toEqual([[null, null], [null, null]]);
+  });
+
+  it("takes L_g from the stage before the growth, else valLossBefore, and throws on a missing growth or a bad window", () => {
+    const noBefore = run("staged", 0, [[310, 3.9, 1], [400, 3.8, 1], [500, 3.7, 1]], [growth(1, 300, 4.0)]);
+    expect(growthDynamics(noBefore, 0, [base0], 0.1).loss).toBe(4.0);
+    expect(growthDynamics(noBefore, 0, [base0], 0.1).perBaseline[0]!.flops).toBeCloseTo(500, 9);
+    expect(() => growthDynamics(noBefore, 1, [base0], 0.1)).toThrow(/staged-s0: no growth #1/);
+    expect(() => growthDynamics(noBefore, 0, [base0], 0)).toThrow(/positive fraction/);
+    expect(() => growthDynamics(noBefore, 0, [base0], Number.NaN)).toThrow(/positive fraction/);
+  });
+});
+
+describe("compareRuns: dynamics", () => {
+  const base0 = curveRun("baseline", 0, (c) => 5 - c / 500);
+  const base1 = curveRun("baseline", 1, (c) => 5 - c / 400);
+  const small = (c: number) => 5 - c / 300;
+  const shifted = curveRun("staged", 0, (c, s) => (s === 0 ? small(c) : 5 - (c + 200) / 500), [300]);
+  const half = curveRun("staged", 1, (c, s) => (s === 0 ? small(c) : 4 - (c - 300) / 1000), [300]);
+
+  it("summarizes each growth's dynamics per window over the group's seeds; none for the baseline group", () => {
+    const rep = compareRuns([base0, base1, shifted, half], { losses: [3.5] });
+    expect(rep.windows).toEqual([...DEFAULT_DYNAMICS_WINDOWS]);
+    expect(rep.windows).toEqual([0.05, 0.1, 0.25]);
+    expect(rep.groups[0]!.growths).toEqual([]);
+    const dyn = rep.groups[1]!.growths[0]!.dynamics;
+    expect(dyn.map((d) => d.window)).toEqual([0.05, 0.1, 0.25]);
+    const d = dyn[1]!;
+    expect(d.runs).toBe(2);
+    expect(d.ratioRuns).toBe(2);
+    expect(d.meanLoss).toBeCloseTo(4, 12);
+    // shifted: 1 against base0, 0.2/0.25 = 0.8 against base1 (mean 0.9); half: 0.5 and 0.4 (mean 0.45)
+    expect(d.ratio!.mean).toBeCloseTo((0.9 + 0.45) / 2, 9);
+    expect(d.ratio!.min).toBeCloseTo(0.4, 9);
+    expect(d.ratio!.max).toBeCloseTo(1, 9);
+    expect(d.perRun.map((r) => r.name)).toEqual(["staged-s0", "staged-s1"]);
+    expect(compareRuns([base0, shifted], { windows: [0.2] }).groups[1]!.growths[0]!.dynamics.map((x) => x.window)).toEqual([0.2]);
+    expect(() => compareRuns([base0, shifted], { windows: [0.1, -1] })).toThrow(/dynamics window -1 is not a positive fraction/);
+  });
+
+  it("formatReport writes the dynamics table: ratio and Δ per window, mean [min, max], the runs measured", () => {
+    const text = formatReport(compareRuns([base0, base1, shifted, half], { losses: [3.5], windows: [0.1, 0.8] }));
+    expect(text).toContain("| group | growth # | operator | loss at growth | ratio, W 10% | Δ (nats), W 10% | ratio, W 80% | Δ (nats), W 80% |");
+    // Δ: shifted 0 and +0.05 (3.8 − 3.75), half +0.1 and +0.15: mean of means (0.025 + 0.125) / 2
+    expect(text).toContain("| staged | 1 | width | 4.0000 | 0.68 [0.40, 1.00] | +0.0750 [+0.0000, +0.1500] | — | — |");
+    expect(text).toContain("Dynamics at equal loss: L_g = the loss just before the growth");
+    const one = formatReport(compareRuns([base0, shifted, curveRun("staged", 1, (c, s) => (s === 0 ? small(c) : 4 - (c - 300) / 1000), [300], 350)], { losses: [3.5], windows: [0.1] }));
+    expect(one).toContain("| staged | 1 | width | 4.0000 | 1.00 [1.00, 1.00] (1/2) | +0.0000 [+0.0000, +0.0000] (1/2) |");
   });
 });
 

@@ -94,6 +94,65 @@ export interface GroupGrowth {
   recovered: number;
   /** Each run's penalty, in seed order. */
   perRun: (GrowthPenalty & { name: string; seed: number })[];
+  /** The dynamics after the growth against the baseline at equal loss, one entry per window of the report; empty for the baseline group. */
+  dynamics: GroupDynamics[];
+}
+
+/** One baseline seed's side of a growth's dynamics (see `growthDynamics`). */
+export interface BaselineDynamics {
+  name: string;
+  seed: number;
+  /** C_b: the FLOPs at which the baseline's smoothed curve first reaches L_g; null if it never does or starts below it. */
+  flops: number | null;
+  /** L_b(C_b + W) on the smoothed curve; null when C_b is null or C_b + W is past the curve's last point. */
+  lossAfter: number | null;
+  /** D_b = L_g − L_b(C_b + W); null with lossAfter. */
+  decrease: number | null;
+  /** D_grown / D_b; null when either is null or D_b ≤ 0. */
+  ratio: number | null;
+  /** Δ = L_grown(C_g + W) − L_b(C_b + W) in nats (negative: the grown model is ahead); null when either is null. */
+  delta: number | null;
+}
+
+/** How one staged run continues after one growth, against each baseline seed at the same loss (see `growthDynamics`). */
+export interface GrowthDynamics {
+  /** W as a fraction of the run's budget, and in FLOPs. */
+  window: number;
+  windowFlops: number;
+  /** C_g: the run's FLOPs at the growth. */
+  flops: number;
+  /** L_g: the smoothed validation loss just before the growth; null when it has none. */
+  loss: number | null;
+  /** L_grown(C_g + W) on the new stage's smoothed curve; null when C_g + W is outside the stage's points. */
+  lossAfter: number | null;
+  /** D_grown = L_g − L_grown(C_g + W); null with lossAfter. */
+  decrease: number | null;
+  /** One entry per baseline run, in seed order. */
+  perBaseline: BaselineDynamics[];
+  /** The non-null ratios / deltas over the baseline seeds; null when there are none. */
+  ratio: Spread | null;
+  delta: Spread | null;
+}
+
+/** One growth of a group, one window: the group's `GrowthDynamics` summarized over its seeds. */
+export interface GroupDynamics {
+  /** W as a fraction of the runs' budget. */
+  window: number;
+  /** How many of the group's runs have this growth. */
+  runs: number;
+  /** Mean L_g over those runs that have one; null when none. */
+  meanLoss: number | null;
+  /**
+   * mean: the mean over the group's runs of each run's mean over the baseline seeds; min, max: over every
+   * (run, baseline seed) pair. Null when no run has a value.
+   */
+  ratio: Spread | null;
+  delta: Spread | null;
+  /** How many runs have a ratio / a delta. */
+  ratioRuns: number;
+  deltaRuns: number;
+  /** Each run's dynamics, in seed order. */
+  perRun: (GrowthDynamics & { name: string; seed: number })[];
 }
 
 /** min, mean and max of some values. */
@@ -126,6 +185,8 @@ export interface RunReport {
   /** The baseline group's name. */
   baseline: string;
   targets: ReportTarget[];
+  /** The dynamics windows W, as fractions of each run's budget. */
+  windows: number[];
   /** The baseline group first, then the others in name order. */
   groups: GroupReport[];
 }
@@ -136,7 +197,16 @@ export interface CompareOptions {
   baseline?: string;
   /** Target losses; default: the baseline's mean final and worst (largest) final validation loss. */
   losses?: number[];
+  /** The dynamics windows W as fractions of each staged run's budget (default `DEFAULT_DYNAMICS_WINDOWS`). */
+  windows?: number[];
 }
+
+/**
+ * The default dynamics windows, as fractions of the run's budget: 10% the main one; 5% still fits between two
+ * close growths and in the last stretch of a late one; 25% shows what a short window hides (a grown model that
+ * starts like the target and slows later, or catches up).
+ */
+export const DEFAULT_DYNAMICS_WINDOWS: readonly number[] = [0.05, 0.1, 0.25];
 
 const mean = (xs: readonly number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
 const present = <T>(xs: readonly (T | null)[]): T[] => xs.filter((x): x is T => x !== null);
@@ -203,12 +273,159 @@ export function growthPenalty(result: RunResult, growthIndex: number): GrowthPen
   };
 }
 
+/**
+ * A validation curve smoothed for the dynamics: the points with a finite loss, each loss replaced by the value
+ * at the point's FLOPs of the least-squares line (loss against FLOPs) through the points within ±`halfWidth`
+ * FLOPs of it (the point included; their mean when they all have the same FLOPs).
+ *
+ * Why a local linear fit over a FLOPs window rather than a moving average of a few points: the line is exact on
+ * a locally straight curve, also one-sided at a curve's ends (a stage's end, the end of a run), where a moving
+ * average lags by half its width times the slope; and a width in FLOPs smooths every curve over the same compute
+ * whatever its evaluation interval (a grown model evaluates every N steps of more FLOPs than the small one, so
+ * k points would span different amounts of compute). On a convex curve it reads high by about
+ * curvature × halfWidth² / 6, the same for the two curves compared at equal loss.
+ * Throws when the points are not in non-decreasing FLOPs order.
+ */
+export function smoothCurve(points: readonly CurvePoint[], halfWidth: number): CurvePoint[] {
+  checkPoints(points);
+  if (!(halfWidth >= 0)) throw new Error(`smoothCurve: the half-width must be ≥ 0, got ${halfWidth}`);
+  const pts = points.filter((p) => Number.isFinite(p.valLoss));
+  let lo = 0;
+  let hi = 0;
+  return pts.map((p) => {
+    while (pts[lo]!.flops < p.flops - halfWidth) lo++;
+    while (hi < pts.length && pts[hi]!.flops <= p.flops + halfWidth) hi++;
+    return { ...p, valLoss: lineAt(pts.slice(lo, hi), p.flops) };
+  });
+}
+
+/** The least-squares line of valLoss against flops through `points` (at least one), at `flops`. */
+function lineAt(points: readonly CurvePoint[], flops: number): number {
+  const mx = mean(points.map((p) => p.flops))!;
+  const my = mean(points.map((p) => p.valLoss))!;
+  let sxx = 0;
+  let sxy = 0;
+  for (const p of points) {
+    sxx += (p.flops - mx) ** 2;
+    sxy += (p.flops - mx) * (p.valLoss - my);
+  }
+  return sxx > 0 ? my + (sxy / sxx) * (flops - mx) : my;
+}
+
+/**
+ * The loss of a curve at `flops`, linearly interpolated in FLOPs between the points around it; null outside
+ * [first point, last point] (never extrapolated) or without points. Throws when the points are not in
+ * non-decreasing FLOPs order.
+ */
+export function lossAtFlops(points: readonly CurvePoint[], flops: number): number | null {
+  checkPoints(points);
+  const i = points.findIndex((p) => p.flops >= flops);
+  if (i < 0 || !(flops >= points[0]!.flops)) return null;
+  const b = points[i]!;
+  if (b.flops === flops || i === 0) return b.valLoss;
+  const a = points[i - 1]!;
+  return a.valLoss + ((flops - a.flops) / (b.flops - a.flops)) * (b.valLoss - a.valLoss);
+}
+
+/**
+ * The FLOPs at which a curve first reaches `loss` (unlike `flopsToReach`, a later rise above it does not
+ * matter): with i the first index with points[i].valLoss <= loss, the FLOPs linearly interpolated between
+ * points[i-1] and points[i] (the inverse of `lossAtFlops`), points[i].flops when points[i-1]'s loss is not
+ * finite. Null when the curve never reaches `loss`, or starts below it (the crossing is before the curve).
+ */
+export function flopsToFirstReach(points: readonly CurvePoint[], loss: number): number | null {
+  checkPoints(points);
+  const i = points.findIndex((p) => p.valLoss <= loss);
+  if (i < 0) return null;
+  const b = points[i]!;
+  if (i === 0) return b.valLoss === loss ? b.flops : null;
+  const a = points[i - 1]!;
+  if (!Number.isFinite(a.valLoss)) return b.flops;
+  return a.flops + ((a.valLoss - loss) / (a.valLoss - b.valLoss)) * (b.flops - a.flops);
+}
+
+/**
+ * How staged run `result` continues after growth `growthIndex`, against each baseline run at the same loss,
+ * over a window of W = `window` × result.budgetFlops FLOPs. Every curve is smoothed with `smoothCurve` over
+ * ±W/4 (the smoothing at C and at C + W then never share a point) and read with `lossAtFlops`:
+ *
+ * - L_g: the smoothed curve of the stage before the growth (its points only) at its last point, the loss just
+ *   before the growth at C_g = growth.flops; growth.valLossBefore when that stage has no point;
+ * - D_grown = L_g − L_grown(C_g + W), on the new stage's own points (a window past the stage's end — the next
+ *   growth or the end of the run — gives null);
+ * - per baseline run b: C_b = `flopsToFirstReach`(b's smoothed curve, L_g), D_b = L_g − L_b(C_b + W),
+ *   ratio = D_grown / D_b (1: the grown model continues exactly like the target from scratch at equal loss),
+ *   Δ = L_grown(C_g + W) − L_b(C_b + W).
+ *
+ * Throws when the run has no such growth or the window is not a positive number.
+ */
+export function growthDynamics(result: RunResult, growthIndex: number, baselines: readonly RunResult[], window: number): GrowthDynamics {
+  const g = result.growths[growthIndex];
+  if (!g) throw new Error(`${result.name}: no growth #${growthIndex} (the run has ${result.growths.length})`);
+  if (!(window > 0) || !Number.isFinite(window)) throw new Error(`the dynamics window must be a positive fraction of the budget, got ${window}`);
+  const w = window * result.budgetFlops;
+  const smooth = (points: readonly CurvePoint[]) => smoothCurve(points, w / 4);
+  const before = smooth(result.points.filter((p) => p.stage === g.stage - 1)).at(-1)?.valLoss ?? g.valLossBefore;
+  const loss = Number.isFinite(before) ? before : null;
+  const lossAfter = lossAtFlops(smooth(result.points.filter((p) => p.stage === g.stage)), g.flops + w);
+  const decrease = loss === null || lossAfter === null ? null : loss - lossAfter;
+  const perBaseline = baselines.map((b): BaselineDynamics => {
+    const curve = smooth(b.points);
+    const flops = loss === null ? null : flopsToFirstReach(curve, loss);
+    const bAfter = flops === null ? null : lossAtFlops(curve, flops + w);
+    const bDecrease = bAfter === null ? null : loss! - bAfter;
+    return {
+      name: b.name,
+      seed: b.seed,
+      flops,
+      lossAfter: bAfter,
+      decrease: bDecrease,
+      ratio: decrease === null || bDecrease === null || !(bDecrease > 0) ? null : decrease / bDecrease,
+      delta: lossAfter === null || bAfter === null ? null : lossAfter - bAfter,
+    };
+  });
+  return {
+    window,
+    windowFlops: w,
+    flops: g.flops,
+    loss,
+    lossAfter,
+    decrease,
+    perBaseline,
+    ratio: spreadOf(present(perBaseline.map((b) => b.ratio))),
+    delta: spreadOf(present(perBaseline.map((b) => b.delta))),
+  };
+}
+
+/** Per-run spreads summarized over runs: the mean of the means, the min of the mins, the max of the maxes. */
+function spreadOfSpreads(xs: readonly Spread[]): Spread | null {
+  if (!xs.length) return null;
+  return { mean: mean(xs.map((x) => x.mean))!, min: Math.min(...xs.map((x) => x.min)), max: Math.max(...xs.map((x) => x.max)) };
+}
+
+function groupDynamics(having: readonly RunResult[], k: number, baselines: readonly RunResult[], window: number): GroupDynamics {
+  const perRun = having.map((r) => ({ name: r.name, seed: r.seed, ...growthDynamics(r, k, baselines, window) }));
+  const ratios = present(perRun.map((d) => d.ratio));
+  const deltas = present(perRun.map((d) => d.delta));
+  return {
+    window,
+    runs: perRun.length,
+    meanLoss: mean(present(perRun.map((d) => d.loss))),
+    ratio: spreadOfSpreads(ratios),
+    delta: spreadOfSpreads(deltas),
+    ratioRuns: ratios.length,
+    deltaRuns: deltas.length,
+    perRun,
+  };
+}
+
 function spreadOf(xs: readonly number[]): Spread | null {
   if (!xs.length) return null;
   return { mean: mean(xs)!, min: Math.min(...xs), max: Math.max(...xs) };
 }
 
-function groupGrowths(runs: readonly RunResult[]): GroupGrowth[] {
+/** The growths of a group's runs by index; their dynamics against `baselines` per window (none when `baselines` is null). */
+function groupGrowths(runs: readonly RunResult[], baselines: readonly RunResult[] | null, windows: readonly number[]): GroupGrowth[] {
   const count = Math.max(0, ...runs.map((r) => r.growths.length));
   const out: GroupGrowth[] = [];
   for (let k = 0; k < count; k++) {
@@ -226,6 +443,7 @@ function groupGrowths(runs: readonly RunResult[]): GroupGrowth[] {
       meanRecoverSteps: mean(present(recoveredRuns.map((p) => p.recoverSteps))),
       recovered: recoveredRuns.length,
       perRun,
+      dynamics: baselines ? windows.map((w) => groupDynamics(having, k, baselines, w)) : [],
     });
   }
   return out;
@@ -235,14 +453,16 @@ function groupGrowths(runs: readonly RunResult[]): GroupGrowth[] {
  * Compare groups of runs (runs of a group differ only in their seed) with the baseline group: for each target
  * loss, each run's FLOPs to reach it (`flopsToReach`), the group mean over the seeds that reached it, and each
  * other group's saving (see `Saving`); per group, the final validation loss, the mean total FLOPs (at the last
- * validation point) and the penalty of each growth (see `growthPenalty`).
+ * validation point) and the penalty of each growth (see `growthPenalty`); for each growth of the non-baseline
+ * groups, its dynamics against the baseline runs at equal loss for each of `options.windows` (see
+ * `growthDynamics`, `GroupDynamics`).
  *
  * Targets: `options.losses` (labelled "loss <value>"), else the mean of the baseline runs' final validation
  * losses ("baseline mean final", which the worse baseline seeds may not reach) and the largest of them
  * ("baseline worst final", which every baseline seed reaches); only the first when the two are equal.
  * Throws when there is no baseline group (naming the groups present), when a group has a seed twice, when the
- * default targets are asked for and no baseline run has a validation point, or when a run's points are not in
- * increasing FLOPs order.
+ * default targets are asked for and no baseline run has a validation point, when a window is not a positive
+ * number, or when a run's points are not in increasing FLOPs order.
  */
 export function compareRuns(results: readonly RunResult[], options: CompareOptions = {}): RunReport {
   const baseline = options.baseline ?? "baseline";
@@ -262,6 +482,10 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
     for (let i = 1; i < runs.length; i++) {
       if (runs[i]!.seed === runs[i - 1]!.seed) throw new Error(`group "${group}" has seed ${runs[i]!.seed} twice (${runs[i - 1]!.name}, ${runs[i]!.name})`);
     }
+  }
+  const windows = [...(options.windows?.length ? options.windows : DEFAULT_DYNAMICS_WINDOWS)];
+  for (const w of windows) {
+    if (!(w > 0) || !Number.isFinite(w)) throw new Error(`dynamics window ${w} is not a positive fraction of the budget`);
   }
   const finalOf = (r: RunResult): number | null => (r.points.length ? r.points[r.points.length - 1]!.valLoss : null);
 
@@ -318,10 +542,10 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
       finalLoss: spreadOf(present(runs.map(finalOf))),
       meanTotalFlops: mean(withPoints.map((r) => r.points[r.points.length - 1]!.flops)),
       reach,
-      growths: groupGrowths(runs),
+      growths: groupGrowths(runs, isBase ? null : byGroup.get(baseline)!, windows),
     };
   });
-  return { baseline, targets, groups };
+  return { baseline, targets, windows, groups };
 }
 
 /** FLOPs as `3.21e13`. */
@@ -330,6 +554,13 @@ export function formatFlops(n: number): string {
 }
 
 const signedPct = (f: number) => `${f < 0 ? "-" : ""}${Math.abs(f * 100).toFixed(1)}`;
+/** A loss difference in nats, signed: +0.0123, -0.0040. */
+const signed = (x: number) => {
+  const t = x.toFixed(4);
+  return t === "-0.0000" ? "+0.0000" : x >= 0 ? `+${t}` : t;
+};
+/** A window fraction as a percentage: 0.1 → 10%, 0.025 → 2.5%. */
+const windowPct = (w: number) => `${Number((w * 100).toFixed(2))}%`;
 const cell = (s: string) => s.replace(/\|/g, "\\|");
 
 function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
@@ -340,8 +571,8 @@ function table(header: readonly string[], rows: readonly (readonly string[])[]):
 /**
  * A Markdown report (pipe tables, pasteable into a README): one row per group with its runs, final
  * validation loss (mean ± half the range over seeds), mean FLOPs to each target and the saving against the
- * baseline with its per-seed range, then a table of the growth penalties, each followed by a line of
- * definitions.
+ * baseline with its per-seed range, then a table of the growth penalties and one of the growths' dynamics at
+ * equal loss (ratio and Δ per window, mean [min, max]), each followed by a line of definitions.
  */
 export function formatReport(report: RunReport): string {
   const header = ["group", "runs", "final val loss"];
@@ -372,7 +603,7 @@ export function formatReport(report: RunReport): string {
     for (const gr of g.growths) {
       const recover =
         gr.meanRecoverFlops === null ? "never" : `${formatFlops(gr.meanRecoverFlops)}${gr.recovered < gr.runs ? ` (${gr.recovered}/${gr.runs} recovered)` : ""}`;
-      const rise = gr.meanMaxRise === null ? "—" : `${gr.meanMaxRise >= 0 ? "+" : ""}${gr.meanMaxRise.toFixed(4)}`;
+      const rise = gr.meanMaxRise === null ? "—" : signed(gr.meanMaxRise);
       growthRows.push([g.group, String(gr.index + 1), gr.operator, String(gr.runs), rise, recover]);
     }
   }
@@ -384,6 +615,34 @@ export function formatReport(report: RunReport): string {
       "Max rise = the new stage's highest validation loss minus the loss just before the growth, mean over seeds; " +
         "FLOPs to recover = from the growth to the first validation point after that peak back at or below the loss " +
         "before (0 when it never rose), mean over the seeds that recovered.",
+    );
+  }
+  const dynamicsRows: string[][] = [];
+  for (const g of report.groups) {
+    for (const gr of g.growths) {
+      if (!gr.dynamics.length) continue;
+      const row = [g.group, String(gr.index + 1), gr.operator, gr.dynamics[0]!.meanLoss === null ? "—" : gr.dynamics[0]!.meanLoss.toFixed(4)];
+      for (const d of gr.dynamics) {
+        const of = (n: number) => (n < d.runs ? ` (${n}/${d.runs})` : "");
+        row.push(d.ratio ? `${d.ratio.mean.toFixed(2)} [${d.ratio.min.toFixed(2)}, ${d.ratio.max.toFixed(2)}]${of(d.ratioRuns)}` : "—");
+        row.push(d.delta ? `${signed(d.delta.mean)} [${signed(d.delta.min)}, ${signed(d.delta.max)}]${of(d.deltaRuns)}` : "—");
+      }
+      dynamicsRows.push(row);
+    }
+  }
+  if (dynamicsRows.length) {
+    const header = ["group", "growth #", "operator", "loss at growth"];
+    for (const w of report.windows) header.push(`ratio, W ${windowPct(w)}`, `Δ (nats), W ${windowPct(w)}`);
+    parts.push(
+      "",
+      table(header, dynamicsRows),
+      "",
+      `Dynamics at equal loss: L_g = the loss just before the growth, at C_g FLOPs; C_b = the FLOPs at which a ${report.baseline} run ` +
+        "first reaches L_g; ratio = (L_g − L(C_g + W)) / (L_g − L_b(C_b + W)), the grown run's loss decrease over the next W FLOPs " +
+        "against the baseline's from the same loss (1 = it continues like the target from scratch); Δ = L(C_g + W) − L_b(C_b + W) " +
+        "(negative: the grown run is ahead). W = a fraction of the run's budget; curves smoothed by a linear fit over ±W/4 FLOPs; " +
+        "mean over the baseline runs, then over the group's seeds; [min, max] over every (seed, baseline run) pair; " +
+        "— : the window runs past the stage's or the baseline's last point.",
     );
   }
   return parts.join("\n") + "\n";

@@ -43,11 +43,18 @@ describe("staged run / staged report", () => {
     expect(r.stdout).toMatch(/\| baseline \| 1 \|/);
     expect(r.stdout).toMatch(/\| w \| 1 \|/);
     expect(r.stdout).toMatch(/growth #/);
+    expect(r.stdout).toContain("| group | growth # | operator | loss at growth | ratio, W 5% | Δ (nats), W 5% | ratio, W 10% |");
+    expect(r.stdout).toMatch(/\| w \| 1 \| width \| \d\.\d{4} \|/);
     expect(await readFile(at("c.svg"), "utf8")).toMatch(/^<svg/);
     expect([...(await readFile(at("c.png"))).subarray(0, 4)]).toEqual([0x89, 0x50, 0x4e, 0x47]);
-    const j = staged("--json", "report", join(at("spec"), "w-s0"), join(at("spec"), "baseline-s0", "result.json"), "--loss", "3,2.9");
+    const j = staged("--json", "report", join(at("spec"), "w-s0"), join(at("spec"), "baseline-s0", "result.json"), "--loss", "3,2.9", "--window", "0.2,0.5");
     expect(j.status, j.stderr).toBe(0);
-    expect((JSON.parse(j.stdout) as { report: { targets: { loss: number }[] } }).report.targets.map((t) => t.loss)).toEqual([3, 2.9]);
+    const rep = (JSON.parse(j.stdout) as { report: { targets: { loss: number }[]; windows: number[]; groups: { growths: { dynamics: { window: number; runs: number; perRun: { flops: number; perBaseline: unknown[] }[] }[] }[] }[] } }).report;
+    expect(rep.targets.map((t) => t.loss)).toEqual([3, 2.9]);
+    expect(rep.windows).toEqual([0.2, 0.5]);
+    const dyn = rep.groups[1]!.growths[0]!.dynamics;
+    expect(dyn.map((d) => [d.window, d.runs, d.perRun[0]!.perBaseline.length])).toEqual([[0.2, 1, 1], [0.5, 1, 1]]);
+    expect(dyn[0]!.perRun[0]!.flops).toBeGreaterThan(0);
   });
 
   it.each([
@@ -60,6 +67,8 @@ describe("staged run / staged report", () => {
     [["report", "empty"], /empty: no result\.json/],
     [["report", "spec", "--plot", "x.gif"], /x\.gif: --plot writes \.svg or \.png/],
     [["report", "spec", "--loss", "a"], /--loss must be positive numbers/],
+    [["report", "spec", "--window", "0.1,0"], /--window must be fractions of the budget in \(0, 1\]/],
+    [["report", "spec", "--window", "2"], /--window must be fractions of the budget in \(0, 1\]/],
     [["report", "spec", "--baseline", "nope"], /no baseline group "nope"/],
   ])("bad input %j: one line, exit 1, nothing written", async (args, message) => {
     await writeFile(at("bad.json"), JSON.stringify({ data: "brown", context: 16, batch: 0 }));

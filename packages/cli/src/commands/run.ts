@@ -4,7 +4,7 @@ import { basename, dirname, extname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { parseJsonFile, readTextInput } from "@staged/core";
 import {
-  compareRuns, formatReport, parseRunSpec, renderReportSvg, runSpec, svgToPng,
+  compareRuns, DEFAULT_DYNAMICS_WINDOWS, formatReport, parseRunSpec, renderReportSvg, runSpec, svgToPng,
   type RunProgress, type RunResult,
 } from "@staged/run";
 import { writeOutputFile } from "../files.js";
@@ -45,7 +45,7 @@ export async function readResults(paths: readonly string[]): Promise<RunResult[]
 }
 
 interface RunCliOptions { out?: string; only?: string; seeds?: number[]; baseline?: number[]; threads?: number }
-interface ReportCliOptions { loss?: string; baseline: string; plot?: string[]; title?: string }
+interface ReportCliOptions { loss?: string; window?: string; baseline: string; plot?: string[]; title?: string }
 
 export function registerRun(program: Command): void {
   program.command("run <spec.json>")
@@ -87,10 +87,11 @@ export function registerRun(program: Command): void {
 
 export function registerReport(program: Command): void {
   program.command("report <runs...>")
-    .description("FLOPs each run needed to reach given losses, the saving against the baseline over seeds, growth penalties, and the plot")
+    .description("FLOPs each run needed to reach given losses, the saving against the baseline over seeds, growth penalties, the dynamics after each growth against the baseline at equal loss, and the plot")
     .option("--loss <x,...>", "target validation losses (default: the baseline's mean and worst final loss)")
+    .option("--window <f,...>", `windows W of the dynamics after each growth, as fractions of the run's budget (default: ${DEFAULT_DYNAMICS_WINDOWS.join(",")})`)
     .option("--baseline <group>", "the group the others are compared with", "baseline")
-    .option("--plot <file...>", "draw validation loss against FLOPs with the growths marked (.svg or .png; several allowed)")
+    .option("--plot <file...>", "draw validation loss against FLOPs with the growths marked, the end zoomed, and the saving against the loss (.svg or .png; several allowed)")
     .option("--title <text>", "the plot's title")
     .action(async (paths: string[], o: ReportCliOptions, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
@@ -100,11 +101,16 @@ export function registerReport(program: Command): void {
           if (v.trim() === "" || !Number.isFinite(x) || x <= 0) throw new UsageError(`--loss must be positive numbers separated by commas, got "${o.loss}"`);
           return x;
         });
+        const windows = o.window?.split(",").map((v) => {
+          const x = Number(v);
+          if (v.trim() === "" || !Number.isFinite(x) || x <= 0 || x > 1) throw new UsageError(`--window must be fractions of the budget in (0, 1] separated by commas, got "${o.window}"`);
+          return x;
+        });
         for (const p of o.plot ?? []) {
           if (![".svg", ".png"].includes(extname(p).toLowerCase())) throw new UsageError(`${p}: --plot writes .svg or .png`);
         }
         const results = await readResults(paths);
-        const report = compareRuns(results, { baseline: o.baseline, ...(losses ? { losses } : {}) });
+        const report = compareRuns(results, { baseline: o.baseline, ...(losses ? { losses } : {}), ...(windows ? { windows } : {}) });
         const inputs = paths.map((p) => (p.endsWith(".json") ? p : join(p, "result.json")));
         if (o.plot?.length) {
           const svg = await renderReportSvg(results, report, o.title ? { title: o.title } : {});

@@ -9,7 +9,10 @@
 //        [--steps 1500] [--every 50] [--blocks 256] [--lr 1e-3] [--batch 16] [--context 128] [--threads 1] [--list]
 //
 // Resumable: a (variant, seed) whose result.json exists is skipped. The seed is the growth's (split, noise) and the
-// sampler's after the growth. Not a test: about 3 minutes per variant and seed on one core (2-layer d128).
+// sampler's after the growth. Width variants also record how far the copies have drifted apart every `--chunk`
+// steps (result.json's `divergence`: ‖W₁₁ − W₂₂‖/‖W₁₁‖ of the two diagonal blocks of the first and last layers'
+// MLP input matrices, and of the token embedding's two column copies; 0 = still exact copies).
+// Not a test: about 3 minutes per variant and seed on one core (2-layer d128).
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -28,6 +31,7 @@ const { values: a, positionals } = parseArgs({
     steps: { type: "string", default: "1500" }, every: { type: "string", default: "50" }, blocks: { type: "string", default: "256" },
     lr: { type: "string", default: "1e-3" }, batch: { type: "string", default: "16" }, context: { type: "string", default: "128" },
     threads: { type: "string" }, data: { type: "string", default: "brown" }, list: { type: "boolean", default: false },
+    chunk: { type: "string", default: "250" },
   },
 });
 
@@ -63,6 +67,34 @@ const out = resolve(a.out);
 const history = curvePoints(await readMetrics(src));
 const source = JSON.parse(await readFile(join(src, "..", "run.json"), "utf8").catch(() => "{}"));
 
+/**
+ * ‖W₁₁ − W₂₂‖/‖W₁₁‖ of a width-×2-grown matrix's two diagonal blocks in its [in, out] orientation (the first and
+ * last layers' MLP input matrices), and of the token embedding's two column copies: how far the copies have drifted.
+ */
+async function copyDivergence(state) {
+  const specs = registry.get("architecture", state.architecture).params(state.config);
+  const layers = state.shape.layers;
+  const pick = [specs.find((p) => p.role === "mlp.in.weight" && p.layer === 0), specs.find((p) => p.role === "mlp.in.weight" && p.layer === layers - 1),
+    specs.find((p) => p.role === "embed.tokens")].filter(Boolean);
+  const tensors = {};
+  for (const p of pick) {
+    const w = (await state.params.get(p.name).read()).f32;
+    const [r, c] = p.shape;
+    const at = p.layout === "linear" ? (i, j) => w[j * c + i] : (i, j) => w[i * c + j]; // (in, out)
+    const [ins, outs] = p.layout === "linear" ? [c, r] : [r, c];
+    const emb = p.role === "embed.tokens"; // [vocab, d]: the copies are column halves
+    let diff = 0, norm = 0;
+    for (let i = 0; i < (emb ? ins : ins / 2); i++) {
+      for (let j = 0; j < outs / 2; j++) {
+        const x = at(i, j), y = emb ? at(i, j + outs / 2) : at(i + ins / 2, j + outs / 2);
+        diff += (x - y) ** 2; norm += x * x;
+      }
+    }
+    tensors[p.name] = Number(Math.sqrt(diff / norm).toPrecision(3));
+  }
+  return { tensors };
+}
+
 for (const name of names) {
   for (const seed of seeds) {
     const v = VARIANTS[name];
@@ -76,17 +108,31 @@ for (const name of names) {
     const grown = await registry.get("growth", v.op).grow(small, { factor: 2, ...v.grow, ...(v.op === "width" ? { seed } : {}), ...v.stage, registry });
     const after = (await evaluate(grown, ev)).loss;
     const t0 = performance.now();
-    const points = [];
-    await train(grown, {
-      data: a.data, steps, batch, context, evalEvery: every, evalBlocks: blocks, saveDir: join(dir, "checkpoint"), threads,
-      seed: seed * 1000 + 17,
-    }, { onEval: (e) => { points.push({ globalStep: e.globalStep, step: e.step, stage: 1, flops: e.flops, tokens: e.tokens, valLoss: e.valLoss }); } });
+    const points = [], divergence = [];
+    const chunk = Number(a.chunk);
+    let state = grown;
+    if (v.op === "width") divergence.push({ steps: 0, ...(await copyDivergence(state)) });
+    for (let done = 0; done < steps; done += chunk) {
+      const n = Math.min(chunk, steps - done);
+      const r = await train(state, {
+        data: a.data, steps: n, batch, context, evalEvery: every, evalBlocks: blocks, saveDir: join(dir, "checkpoint"), threads,
+        ...(done === 0 ? { seed: seed * 1000 + 17 } : {}),
+      }, { onEval: (e) => { points.push({ globalStep: e.globalStep, step: e.step, stage: 1, flops: e.flops, tokens: e.tokens, valLoss: e.valLoss }); } });
+      if (state !== grown) await state.close?.();
+      state = r.state;
+      if (v.op === "width") divergence.push({ steps: done + n, ...(await copyDivergence(state)) });
+      const el = (performance.now() - t0) / 1000;
+      console.error(`${name}-s${seed}: ${done + n}/${steps} steps, val ${points.at(-1).valLoss.toFixed(4)}, ${el.toFixed(0)} s, ETA ${(el / (done + n) * (steps - done - n)).toFixed(0)} s` +
+        (v.op === "width" ? `, copies apart ${JSON.stringify(divergence.at(-1).tensors)}` : ""));
+    }
+    if (state !== grown) await state.close?.();
     await small.close();
     const record = grown.progress.stages.at(-1);
     const result = {
       format: "staged-run-result", version: 1, name: `${name}-s${seed}`, group: name, seed, done: true,
       budgetFlops: source.budget?.flops ?? points.at(-1).flops,
       points: [...history, ...points],
+      ...(divergence.length ? { divergence } : {}),
       growths: [{
         stage: 1, operator: v.op, options: { ...record.options, rewarmup: v.stage.rewarmup ?? 0, continueAt: "keep" },
         flops: history.at(-1)?.flops ?? 0, globalStep: history.at(-1)?.globalStep ?? 0, timing: "ablation",

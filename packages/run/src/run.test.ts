@@ -86,6 +86,30 @@ describe("executeRun", () => {
     }
   });
 
+  it("a common cooldown after the budget: LR to 0, the loss on the final blocks, outside the curve; resumable inside it", async () => {
+    const s = spec({ cooldown: { steps: 10, blocks: 6 } });
+    const [entry] = runEntries(s);
+    const r = await executeRun(s, entry!, join(dir, "cool"));
+    const plain = await executeRun(spec(), entry!, join(dir, "a"));
+    // The curve is the constant-LR run's, exactly.
+    expect(r.points).toEqual(plain.points);
+    const fpStep = flopsPerToken(shapeOf(grownModel(s.model, s.stages), 16), 16) * 4 * 16;
+    expect(r.final).toMatchObject({ steps: 10, blocks: 6, tokens: 96 });
+    expect(r.final!.flops).toBeCloseTo(plain.points.at(-1)!.flops + 10 * fpStep, 0);
+    expect(r.final!.valLoss).toBeLessThan(r.final!.valLossBefore);
+    // The checkpoint's LR schedule ends at 0 on the cooldown's last step.
+    const st = await loadTrainingState(join(dir, "cool", "stage-1"));
+    expect(st.schedule).toMatchObject({ kind: "wsd", totalSteps: st.progress.step, minLr: 0 });
+    await st.close();
+    // Killed inside the cooldown (its steps are global steps past the budget's), the rerun ends the same.
+    const last = plain.points.at(-1)!.globalStep;
+    const d = join(dir, "cool-killed");
+    await expect(executeRun(s, entry!, d, { onStep: (g) => { if (g === last + 4) throw new Error("killed"); } })).rejects.toThrow("killed");
+    expect((await executeRun(s, entry!, d)).final).toEqual(r.final);
+    expect(() => spec({ cooldown: { steps: 0 } })).toThrow("cooldown.steps must be an integer in [1, ");
+    expect(() => spec({ cooldown: { steps: 5, decay: "cosine" } })).toThrow("cooldown.decay is not a field");
+  });
+
   it("refuses a directory that holds another spec's run", async () => {
     const s = spec();
     const [entry] = runEntries(s);

@@ -13,7 +13,7 @@ import {
 } from "@staged/scheduler";
 import { evaluate, train, type EngineFactory, type TrainOptions } from "@staged/trainer-ort";
 import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
-import type { CurvePoint, GrowthEvent, RunResult } from "./types.js";
+import type { CurvePoint, FinalEvaluation, GrowthEvent, RunResult } from "./types.js";
 
 /** One run of a spec: the staged schedule for one seed, or a comparison (baseline, no-growth) for one seed. */
 export interface RunEntry {
@@ -136,8 +136,8 @@ function identity(spec: RunSpec, entry: RunEntry): Record<string, unknown> {
   return { format: "staged-run-entry", version: 1, ...shared, group: entry.group, seed: entry.seed, model: entry.model, stages: entry.stages };
 }
 
-/** The validation points of a metrics history, in order. */
-function curvePoints(records: readonly MetricsRecord[]): CurvePoint[] {
+/** The validation points of a run's metrics records (the records with a finite valLoss), as result.json stores them. */
+export function curvePoints(records: readonly MetricsRecord[]): CurvePoint[] {
   return records.filter((r) => typeof r.valLoss === "number" && Number.isFinite(r.valLoss)).map((r) => ({
     globalStep: r.globalStep ?? r.step, step: r.step, stage: r.stage ?? 0, flops: r.flops, tokens: r.tokens, valLoss: r.valLoss as number,
   }));
@@ -239,6 +239,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
           // A grown model's peak LR is the checkpoint's (the growth scaled it by its lrScale).
           ...(k === 0 ? { lr: spec.optimizer.lr, schedule: "constant", warmup: spec.schedule.warmup } : {}),
           betas: spec.optimizer.betas, eps: spec.optimizer.eps, weightDecay: spec.optimizer.weightDecay, clip: spec.optimizer.clip,
+          biasCorrection: spec.optimizer.biasCorrection,
           seed: k === 0 && state.progress.step === 0 ? entry.seed : undefined,
           evalEvery: spec.eval.every, evalBlocks: spec.eval.blocks, saveDir: dir,
           threads: o.threads ?? spec.threads, engineFactory: o.engineFactory,
@@ -268,10 +269,13 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         // The budget is spent (a stage whose growth never came is recorded by the missing growth).
         if (stage) o.onLine?.(`${entry.name}: the budget ended before stage ${k + 1}'s growth (${stage.grow}) was due`);
         report({ step: state.progress.step, globalStep: state.progress.globalStep ?? state.progress.step, flops: state.progress.flopsSeen }, k, lastVal, tps, true);
-        const records = await readMetrics(dir);
+        const cooled = spec.cooldown ? await cooldown(state, spec, spec.cooldown, runDir, dir, o) : null;
+        // The curve is the constant-LR run up to the budget; the cooldown's points are not part of it.
+        const points = curvePoints(await readMetrics(dir)).filter((p) => !cooled || p.stage !== k || p.step <= cooled.startStep);
+        const final = cooled?.final;
         const result: RunResult = {
           format: "staged-run-result", version: 1, name: entry.name, group: entry.group, seed: entry.seed, done: true,
-          budgetFlops: budget, points: curvePoints(records), growths,
+          budgetFlops: budget, points, growths, ...(final ? { final } : {}),
         };
         await writeFileAtomic(resultFile, JSON.stringify(result) + "\n");
         return result;
@@ -285,6 +289,8 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       const grown = await plugin.grow(state, {
         ...stage.options, factor: stage.factor,
         rewarmup: stage.rewarmup, ...(stage.lrScale === undefined ? {} : { lrScale: stage.lrScale }),
+        ...(stage.lrScaleParams === undefined ? {} : { lrScaleParams: stage.lrScaleParams }),
+        ...(stage.lrRamp === undefined ? {} : { lrRamp: stage.lrRamp }),
         ...(continueAt === undefined ? {} : { continueAt }), registry,
       });
       const record = grown.progress.stages.at(-1)!;
@@ -306,6 +312,45 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       await state.close();
     }
   }
+}
+
+/**
+ * The spec's common cooldown, from the run's state at the end of its budget: `steps` more steps with the LR
+ * decaying linearly to 0 (the stored schedule becomes warmup-stable-decay ending at the cooldown's last step,
+ * its restarts and per-parameter factors kept), saved every few evaluations into the stage's checkpoint so a
+ * killed run resumes inside the cooldown, then the loss on the final validation blocks. The loss on the same
+ * blocks before the cooldown is measured first and kept in `cooldown.json`, which also marks where it began.
+ */
+async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, runDir: string, dir: string,
+                        o: ExecuteOptions): Promise<{ final: FinalEvaluation; startStep: number }> {
+  const file = join(runDir, "cooldown.json");
+  const ev = { data: spec.data, valData: spec.valData, stream: "training-validation" as const, context: spec.context, batch: spec.batch,
+    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(c.blocks === undefined ? {} : { maxBlocks: c.blocks }) };
+  let start: { step: number; valLossBefore: number };
+  if (existsSync(file)) start = await readJson<{ step: number; valLossBefore: number }>(file, "the cooldown's start");
+  else {
+    start = { step: state.progress.step, valLossBefore: (await evaluate(state, ev)).loss };
+    await writeFileAtomic(file, JSON.stringify(start) + "\n");
+  }
+  const total = start.step + c.steps;
+  let current: TrainingState = state;
+  while (current.progress.step < total) {
+    const steps = Math.min(total - current.progress.step, spec.eval.every * 5);
+    const schedule = { ...current.schedule!, decayFraction: c.steps / total };
+    const globalBefore = current.progress.globalStep ?? current.progress.step;
+    const r = await train({ ...current, schedule }, {
+      steps, schedule: "wsd", totalSteps: total, minLr: 0, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir: dir,
+      data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
+      threads: o.threads ?? spec.threads, engineFactory: o.engineFactory,
+    }, { onStep: (i) => o.onStep?.(globalBefore + i.index) });
+    current = r.state;
+    o.onLine?.(`${dir}: cooldown ${current.progress.step - start.step}/${c.steps} steps`);
+  }
+  const after = await evaluate(current, ev);
+  return {
+    final: { steps: c.steps, flops: current.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore: start.valLossBefore },
+    startStep: start.step,
+  };
 }
 
 function continueAtFromLaw(law: ChinchillaLaw, spec: RunSpec, entry: RunEntry, k: number, loss: number): number {

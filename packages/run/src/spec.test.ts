@@ -45,8 +45,19 @@ describe("parseRunSpec", () => {
     [{ name: "baseline" }, "name must be"],
     [{ extra: 1 }, "\"extra\" is not a spec field"],
     [{ optimizer: { lr: 1e-3, betas: [0.9] } }, "optimizer.betas must be two numbers"],
+    [{ optimizer: { lr: 1e-3, biasCorrection: "off" } }, "optimizer.biasCorrection must be true or false, got \"off\""],
+    [{ stages: [{ grow: "width", at: { step: 3 }, lrScaleParams: "some" }] }, "stages[0].lrScaleParams must be one of \"all\", \"fanIn\", got \"some\""],
+    [{ stages: [{ grow: "width", at: { step: 3 }, lrRamp: -5 }] }, "stages[0].lrRamp must be an integer in [0, "],
+    [{ stages: [{ grow: "width", at: { step: 3 }, options: { lrRamp: 5 } }] }, "stages[0].options.lrRamp is set by the stage itself (lrRamp)"],
   ])("refuses %j", (over, message) => {
     expect(() => parse(over)).toThrow(message);
+  });
+
+  it("takes the seed's Adam setting and the per-parameter LR scale of a growth", () => {
+    const s = parse({ optimizer: { lr: 2e-3, betas: [0.9, 0.98], eps: 1e-6, biasCorrection: false },
+      stages: [{ grow: "width", at: { step: 3 }, lrScale: 0.5, lrScaleParams: "fanIn", lrRamp: 500 }] });
+    expect(s.optimizer).toEqual({ lr: 2e-3, betas: [0.9, 0.98], eps: 1e-6, biasCorrection: false });
+    expect(s.stages[0]).toMatchObject({ lrScale: 0.5, lrScaleParams: "fanIn", lrRamp: 500 });
   });
 
   it("takes any registered architecture, with key/value heads", () => {

@@ -1,5 +1,5 @@
 import { dirname, isAbsolute, resolve } from "node:path";
-import { createDefaultRegistry } from "@staged/core";
+import { createDefaultRegistry, LR_SCALE_PARAMS, type LrScaleParams } from "@staged/core";
 
 /**
  * A staged run described in one JSON file (`staged run <spec.json>`): data, batch, optimizer, the budget,
@@ -18,7 +18,7 @@ export interface RunSpec {
   context: number;
   batch: number;
   microBatch?: number;
-  optimizer: { lr: number; betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null };
+  optimizer: { lr: number; betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null; biasCorrection?: boolean };
   /**
    * The LR schedule: constant after a linear warmup. Staged and baseline runs are compared at every FLOP
    * count, which a schedule decaying over one run's own length would not allow.
@@ -26,6 +26,12 @@ export interface RunSpec {
   schedule: { kind: "constant"; warmup: number };
   /** Validation every `every` steps on the first `blocks` blocks of the validation data. */
   eval: { every: number; blocks: number };
+  /**
+   * After the budget, every run trains `steps` more steps with the LR decaying linearly to 0 (the same cooldown
+   * for every run of the final model's size), then is evaluated on `blocks` validation blocks (default: the whole
+   * validation split). Its FLOPs come on top of the budget; its points are not part of the constant-LR curve.
+   */
+  cooldown?: { steps: number; blocks?: number };
   /** Training compute of every run: FLOPs (as the trainer counts them) or tokens (× the final model's FLOPs per token). */
   budget: { flops: number } | { tokens: number };
   /** The first model (a fresh GPT-2; vocabulary 256 with bytes). */
@@ -76,6 +82,10 @@ export interface StageSpec {
   rewarmup: number;
   /** The peak LR after the growth is the previous one × lrScale (default: the operator's; width 1/factor, depth 1). */
   lrScale?: number;
+  /** Which parameters lrScale applies to: "all" (default) or "fanIn" (the matrices whose input dimension grew). */
+  lrScaleParams?: LrScaleParams;
+  /** Steps over which lrScale returns linearly to 1 (default 0: it stays). */
+  lrRamp?: number;
   /** The step the grown model continues from: "keep" (default), "law" (the law's equal-loss step), or a step. */
   continueAt: "keep" | "law" | number;
 }
@@ -88,7 +98,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   if (!isObj(raw)) fail("the spec", "must be a JSON object");
   const r = raw as Record<string, unknown>;
   const known = new Set(["name", "data", "valData", "tokenizer", "context", "batch", "microBatch", "optimizer", "schedule",
-    "eval", "budget", "model", "stages", "law", "seeds", "baseline", "noGrowth", "threads", "$comment"]);
+    "eval", "cooldown", "budget", "model", "stages", "law", "seeds", "baseline", "noGrowth", "threads", "$comment"]);
   for (const k of Object.keys(r)) if (!known.has(k)) fail(JSON.stringify(k), `is not a spec field (fields: ${[...known].filter((x) => x !== "$comment").join(", ")})`);
 
   const int = (v: unknown, field: string, min: number, max = Number.MAX_SAFE_INTEGER): number =>
@@ -118,7 +128,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
 
   if (!isObj(r.optimizer)) fail("optimizer", "must be an object with lr");
   const o = r.optimizer as Record<string, unknown>;
-  fields(o, "optimizer", ["lr", "betas", "eps", "weightDecay", "clip"]);
+  fields(o, "optimizer", ["lr", "betas", "eps", "weightDecay", "clip", "biasCorrection"]);
   const optimizer: RunSpec["optimizer"] = { lr: pos(o.lr, "optimizer.lr") };
   if (o.betas !== undefined) {
     const b = o.betas;
@@ -131,6 +141,9 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
       ? o.weightDecay : fail("optimizer.weightDecay", "must be a number ≥ 0");
   }
   if (o.clip !== undefined) optimizer.clip = o.clip === null ? null : pos(o.clip, "optimizer.clip");
+  if (o.biasCorrection !== undefined) {
+    optimizer.biasCorrection = typeof o.biasCorrection === "boolean" ? o.biasCorrection : fail("optimizer.biasCorrection", `must be true or false, got ${JSON.stringify(o.biasCorrection)}`);
+  }
 
   const sch = r.schedule === undefined ? { kind: "constant", warmup: 0 } : r.schedule;
   if (!isObj(sch)) fail("schedule", "must be an object");
@@ -145,6 +158,14 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   const e = r.eval as Record<string, unknown>;
   fields(e, "eval", ["every", "blocks"]);
   const evalSpec = { every: int(e.every, "eval.every", 1), blocks: e.blocks === undefined ? 64 : int(e.blocks, "eval.blocks", 1) };
+
+  let cooldown: RunSpec["cooldown"];
+  if (r.cooldown !== undefined) {
+    if (!isObj(r.cooldown)) fail("cooldown", "must be an object {steps, blocks}");
+    const c = r.cooldown as Record<string, unknown>;
+    fields(c, "cooldown", ["steps", "blocks"]);
+    cooldown = { steps: int(c.steps, "cooldown.steps", 1), ...(c.blocks === undefined ? {} : { blocks: int(c.blocks, "cooldown.blocks", 1) }) };
+  }
 
   if (!isObj(r.budget)) fail("budget", "must be {\"flops\": N} or {\"tokens\": N}");
   const b = r.budget as Record<string, unknown>;
@@ -185,6 +206,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     ...(r.valData === undefined ? {} : { valData: path(str(r.valData, "valData")) }),
     ...(r.tokenizer === undefined ? {} : { tokenizer: path(str(r.tokenizer, "tokenizer")) }),
     ...(microBatch === undefined ? {} : { microBatch }),
+    ...(cooldown === undefined ? {} : { cooldown }),
     ...(law === undefined ? {} : { law }),
     ...(r.baseline === undefined ? {} : { baseline: group(r.baseline, "baseline")! }),
     ...(r.noGrowth === undefined ? {} : { noGrowth: group(r.noGrowth, "noGrowth")! }),
@@ -197,7 +219,7 @@ function parseStage(v: unknown, where: string, fail: (f: string, w: string) => n
                     warmup: number): StageSpec {
   if (!isObj(v)) fail(where, "must be an object {grow, at, ...}");
   const s = v as Record<string, unknown>;
-  const allowed = ["grow", "factor", "at", "options", "rewarmup", "lrScale", "continueAt"];
+  const allowed = ["grow", "factor", "at", "options", "rewarmup", "lrScale", "lrScaleParams", "lrRamp", "continueAt"];
   for (const k of Object.keys(s)) if (!allowed.includes(k)) fail(`${where}.${k}`, `is not a field (fields: ${allowed.join(", ")})`);
   if (s.grow !== "width" && s.grow !== "depth") fail(`${where}.grow`, `must be "width" or "depth", got ${JSON.stringify(s.grow)}`);
   let at: Timing;
@@ -213,8 +235,12 @@ function parseStage(v: unknown, where: string, fail: (f: string, w: string) => n
     } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N} or {\"fraction\": f}");
   } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N} or {\"fraction\": f}");
   const options = s.options === undefined ? {} : isObj(s.options) ? { ...s.options } : fail(`${where}.options`, "must be an object");
-  for (const k of ["factor", "layers", "layerMap", "rewarmup", "continueAt", "lrScale", "registry"]) {
-    if (k in options) fail(`${where}.options.${k}`, `is set by the stage itself (${["rewarmup", "continueAt", "lrScale"].includes(k) ? k : "factor"}), not in options`);
+  const ownFields = ["rewarmup", "continueAt", "lrScale", "lrScaleParams", "lrRamp"];
+  for (const k of ["factor", "layers", "layerMap", ...ownFields, "registry"]) {
+    if (k in options) fail(`${where}.options.${k}`, `is set by the stage itself (${ownFields.includes(k) ? k : "factor"}), not in options`);
+  }
+  if (s.lrScaleParams !== undefined && !LR_SCALE_PARAMS.includes(s.lrScaleParams as LrScaleParams)) {
+    fail(`${where}.lrScaleParams`, `must be one of ${LR_SCALE_PARAMS.map((x) => JSON.stringify(x)).join(", ")}, got ${JSON.stringify(s.lrScaleParams)}`);
   }
   const continueAt = s.continueAt === undefined || s.continueAt === "keep" ? "keep" as const
     : s.continueAt === "law" ? "law" as const : int(s.continueAt, `${where}.continueAt`, 0);
@@ -224,6 +250,8 @@ function parseStage(v: unknown, where: string, fail: (f: string, w: string) => n
     at, options,
     rewarmup: s.rewarmup === undefined ? warmup : int(s.rewarmup, `${where}.rewarmup`, 0),
     ...(s.lrScale === undefined ? {} : { lrScale: pos(s.lrScale, `${where}.lrScale`) }),
+    ...(s.lrScaleParams === undefined ? {} : { lrScaleParams: s.lrScaleParams as LrScaleParams }),
+    ...(s.lrRamp === undefined ? {} : { lrRamp: int(s.lrRamp, `${where}.lrRamp`, 0) }),
     continueAt,
   };
 }

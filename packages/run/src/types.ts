@@ -50,4 +50,19 @@ export interface RunResult {
   budgetFlops: number;
   points: CurvePoint[];
   growths: GrowthEvent[];
+  /** The common cooldown after the budget (spec `cooldown`), when the spec has one and the run finished it. */
+  final?: FinalEvaluation;
+}
+
+/** The end of a run: the LR decayed linearly to 0 over `steps` steps after the budget, then one evaluation. */
+export interface FinalEvaluation {
+  /** Cooldown steps, and the run's FLOPs when they are done (the budget's plus theirs). */
+  steps: number;
+  flops: number;
+  /** The loss on `blocks` validation blocks (`tokens` tokens) after the cooldown. */
+  valLoss: number;
+  blocks: number;
+  tokens: number;
+  /** The loss on the same blocks before the cooldown (at the budget), for the cooldown's own effect. */
+  valLossBefore: number;
 }

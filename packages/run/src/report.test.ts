@@ -187,6 +187,29 @@ describe("compareRuns", () => {
     expect(compareRuns([run("baseline", 0, [[100, 3.0], [200, 2.5]])]).targets).toEqual([{ label: "baseline mean final", loss: 2.5 }]);
   });
 
+  it("compares the losses after the common cooldown, with the loss before it, over the runs that finished it", () => {
+    const fin = (r: RunResult, valLoss: number, valLossBefore: number): RunResult =>
+      ({ ...r, final: { steps: 50, flops: 260, valLoss, blocks: 400, tokens: 51200, valLossBefore } });
+    const rep = compareRuns([
+      fin(run("baseline", 0, [[100, 3.0], [200, 2.5]]), 2.30, 2.50),
+      fin(run("baseline", 1, [[100, 3.0], [200, 2.7]]), 2.40, 2.70),
+      fin(run("staged", 0, [[100, 2.9], [200, 2.4]]), 2.20, 2.40),
+      run("staged", 1, [[100, 2.9], [200, 2.6]]),
+      run("other", 0, [[100, 2.9], [200, 2.6]]),
+    ]);
+    const [base, other, staged] = rep.groups;
+    expect(base!.cooled).toMatchObject({ runs: 2, steps: 50, blocks: 400, vsBaseline: null });
+    expect(base!.cooled!.valLoss.mean).toBeCloseTo(2.35, 12);
+    expect(staged!.cooled!.runs).toBe(1);
+    expect(staged!.cooled!.vsBaseline).toBeCloseTo(-0.15, 12);
+    expect(staged!.cooled!.before).toEqual({ mean: 2.4, min: 2.4, max: 2.4 });
+    expect(other!.cooled).toBeNull();
+    const text = formatReport(rep);
+    expect(text).toContain("| staged | 1/2 | 2.2000 [2.2000, 2.2000] | -0.1500 | 2.4000 [2.4000, 2.4000] |");
+    expect(text).toContain("trained 50 more steps with the LR decaying linearly to 0 and was evaluated on 400 validation blocks");
+    expect(formatReport(compareRuns([run("baseline", 0, [[100, 3.0]])]))).not.toContain("cooldown");
+  });
+
   it("summarizes the penalty of each growth over the seeds", () => {
     const a = run("staged", 0, [[100, 4.0], [200, 3.5], [210, 3.9, 1], [300, 3.4, 1]], [growth(1, 200, 3.5)]);
     const b = run("staged", 1, [[100, 4.0], [200, 3.5], [210, 3.7, 1], [400, 3.4, 1]], [growth(1, 200, 3.5)]);

@@ -174,6 +174,12 @@ export interface GroupReport {
   finalLoss: Spread | null;
   /** Mean over the runs that have a point of the FLOPs at their last validation point; null when none has. */
   meanTotalFlops: number | null;
+  /**
+   * After the spec's common cooldown (result.json `final`), over the runs that finished it: the loss on the final
+   * validation blocks, its difference from the baseline's mean (null for the baseline group), the loss on the
+   * same blocks before the cooldown, the cooldown's steps and the blocks; null when no run has one.
+   */
+  cooled: { runs: number; valLoss: Spread; vsBaseline: number | null; before: Spread; steps: number; blocks: number } | null;
   /** One entry per target of the report, in the report's target order. */
   reach: GroupReach[];
   /** One entry per growth index that any run of the group has. */
@@ -534,6 +540,9 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
       };
     });
     const withPoints = runs.filter((r) => r.points.length);
+    const finals = present(runs.map((r) => r.final ?? null));
+    const cooledMean = (rs: readonly RunResult[]) => mean(present(rs.map((r) => r.final?.valLoss ?? null)));
+    const baseCooled = cooledMean(byGroup.get(baseline)!);
     return {
       group,
       baseline: isBase,
@@ -541,6 +550,11 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
       done: runs.filter((r) => r.done).length,
       finalLoss: spreadOf(present(runs.map(finalOf))),
       meanTotalFlops: mean(withPoints.map((r) => r.points[r.points.length - 1]!.flops)),
+      cooled: finals.length ? {
+        runs: finals.length, valLoss: spreadOf(finals.map((f) => f.valLoss))!, before: spreadOf(finals.map((f) => f.valLossBefore))!,
+        vsBaseline: isBase || baseCooled === null ? null : cooledMean(runs)! - baseCooled,
+        steps: finals[0]!.steps, blocks: finals[0]!.blocks,
+      } : null,
       reach,
       growths: groupGrowths(runs, isBase ? null : byGroup.get(baseline)!, windows),
     };
@@ -598,6 +612,21 @@ export function formatReport(report: RunReport): string {
       "the validation loss stays at or below it); [min, max] = per-seed savings against the baseline mean; " +
       "* = every seed of the group reached it with fewer FLOPs than every baseline seed.",
   ];
+  const cooled = report.groups.filter((g) => g.cooled);
+  if (cooled.length) {
+    const c0 = cooled[0]!.cooled!;
+    parts.push(
+      "",
+      table(["group", "runs cooled down", "val loss after the cooldown", `vs ${report.baseline}`, "before the cooldown (same blocks)"],
+        cooled.map((g) => {
+          const c = g.cooled!, sp = (x: Spread) => `${x.mean.toFixed(4)} [${x.min.toFixed(4)}, ${x.max.toFixed(4)}]`;
+          return [g.group, `${c.runs}/${g.runs.length}`, sp(c.valLoss), c.vsBaseline === null ? (g.baseline ? "(baseline)" : "—") : signed(c.vsBaseline), sp(c.before)];
+        })),
+      "",
+      `After the budget every run trained ${c0.steps} more steps with the LR decaying linearly to 0 and was evaluated on ` +
+        `${c0.blocks} validation blocks; mean [min, max] over the runs that finished it.`,
+    );
+  }
   const growthRows: string[][] = [];
   for (const g of report.groups) {
     for (const gr of g.growths) {

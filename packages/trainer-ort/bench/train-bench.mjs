@@ -46,7 +46,8 @@ const SHAPES = [
 ].filter((c) => !only || c.id === only);
 const registry = createDefaultRegistry();
 const ARCHS = [
-  { arch: "gpt2", config: (c) => ({ n_layer: c.layers, n_embd: c.d, n_head: c.heads, vocab_size: c.vocab, n_positions: c.T }), torch: () => ({}) },
+  // Dropout 0 said explicitly (HF's GPT-2 default is 0.1): the torch side has none. Its cost: bench/dropout-bench.mjs.
+  { arch: "gpt2", config: (c) => ({ n_layer: c.layers, n_embd: c.d, n_head: c.heads, vocab_size: c.vocab, n_positions: c.T, embd_pdrop: 0, attn_pdrop: 0, resid_pdrop: 0 }), torch: () => ({}) },
   {
     arch: "llama",
     config: (c) => registry.get("architecture", "llama").initConfig({ layers: c.layers, dModel: c.d, heads: c.heads, kvHeads: c.heads / 2, vocab: c.vocab, context: c.T }, false),

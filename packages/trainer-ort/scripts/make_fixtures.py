@@ -15,8 +15,15 @@ foreach=False).
   [out, in], RMSNorm, rotary embeddings with rotate_half (tables in float32, as HF computes them), repeat_kv,
   SwiGLU MLP (silu(gate) * up -> down).
 
+- gpt2-tiny-dropout (embd_pdrop 0.1, attn_pdrop 0.2, resid_pdrop 0.3) and llama-tiny-dropout (attention_dropout
+  0.25): the loss and every gradient of one batch with fixed dropout masks (stored as mask.<site>: 0 or 1/(1 - p),
+  named and shaped as the training graph's `dropout.<site>` inputs), applied where HF's modeling_gpt2.py /
+  modeling_llama.py apply dropout: GPT-2 on wte + wpe (embed), on the attention probabilities (h<i>.attn_probs),
+  on the attention's and the MLP's c_proj outputs before the residual adds (h<i>.attn_out, h<i>.mlp_out);
+  Llama on the attention probabilities only.
+
 The loss is the mean next-token cross-entropy. Computed in float64 so the fixture is the exact function,
-stored as float32.
+stored as float32. The configs without dropout say so (GPT-2's HF default is 0.1).
 """
 import json
 import math
@@ -75,13 +82,19 @@ def gelu_new(x):
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-def loss_fn(cfg, P, ids):
+def dropper(masks):
+    """x * masks[site] (viewed as x's shape) where the fixture has a mask for the site, else x."""
+    return lambda x, site: x * masks[site].view(x.shape) if masks and site in masks else x
+
+
+def loss_fn(cfg, P, ids, masks=None):
+    drop = dropper(masks)
     B, T = ids.shape
     d, H = cfg["n_embd"], cfg["n_head"]
     hd = d // H
     eps = cfg["layer_norm_epsilon"]
     ln = lambda x, w, b: torch.nn.functional.layer_norm(x, (d,), w, b, eps)
-    h = P["transformer.wte.weight"][ids] + P["transformer.wpe.weight"][torch.arange(T)]
+    h = drop(P["transformer.wte.weight"][ids] + P["transformer.wpe.weight"][torch.arange(T)], "embed")
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
     for i in range(cfg["n_layer"]):
         p = lambda n: P[f"transformer.h.{i}.{n}"]
@@ -92,10 +105,10 @@ def loss_fn(cfg, P, ids):
         q, k, v = split(q), split(k), split(v)
         w = q @ k.transpose(-1, -2) / (hd ** 0.5)
         w = torch.where(causal, w, torch.tensor(torch.finfo(w.dtype).min))
-        o = (torch.softmax(w, dim=-1) @ v).permute(0, 2, 1, 3).reshape(B, T, d)
-        h = h + o @ p("attn.c_proj.weight") + p("attn.c_proj.bias")
+        o = (drop(torch.softmax(w, dim=-1), f"h{i}.attn_probs") @ v).permute(0, 2, 1, 3).reshape(B, T, d)
+        h = h + drop(o @ p("attn.c_proj.weight") + p("attn.c_proj.bias"), f"h{i}.attn_out")
         m = ln(h, p("ln_2.weight"), p("ln_2.bias"))
-        h = h + gelu_new(m @ p("mlp.c_fc.weight") + p("mlp.c_fc.bias")) @ p("mlp.c_proj.weight") + p("mlp.c_proj.bias")
+        h = h + drop(gelu_new(m @ p("mlp.c_fc.weight") + p("mlp.c_fc.bias")) @ p("mlp.c_proj.weight") + p("mlp.c_proj.bias"), f"h{i}.mlp_out")
     h = ln(h, P["transformer.ln_f.weight"], P["transformer.ln_f.bias"])
     out = P["transformer.wte.weight"] if cfg["tie_word_embeddings"] else P["lm_head.weight"]
     logits = h @ out.t()
@@ -172,7 +185,8 @@ def repeat_kv(x, n_rep):
     return x[:, :, None, :, :].expand(B, kv, n_rep, T, hd).reshape(B, kv * n_rep, T, hd)
 
 
-def llama_loss(cfg, P, ids):
+def llama_loss(cfg, P, ids, masks=None):
+    drop = dropper(masks)
     B, T = ids.shape
     d, H, kv, hd, _ = llama_dims(cfg)
     eps = cfg["rms_norm_eps"]
@@ -191,7 +205,7 @@ def llama_loss(cfg, P, ids):
         k, v = repeat_kv(k, H // kv), repeat_kv(v, H // kv)
         w = (q @ k.transpose(2, 3)) * hd ** -0.5
         w = torch.where(causal, w, torch.tensor(torch.finfo(w.dtype).min))
-        o = (torch.softmax(w, dim=-1) @ v).transpose(1, 2).reshape(B, T, H * hd)
+        o = (drop(torch.softmax(w, dim=-1), f"h{i}.attn_probs") @ v).transpose(1, 2).reshape(B, T, H * hd)
         h = h + linear(o, p + "self_attn.o_proj")
         m = rms_norm(h, P[p + "post_attention_layernorm.weight"], eps)
         gate = linear(m, p + "mlp.gate_proj")
@@ -267,11 +281,50 @@ def make(name, cfg, seed, clip):
     print(name, "loss", float(loss), "losses", losses, "grad norms", norms)
 
 
+def dropout_sites(cfg, B, T):
+    """The training graph's dropout sites of p > 0 in its order, with their probability and shape."""
+    if cfg["model_type"] == "gpt2":
+        d, H, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
+        rates = {"embed": cfg["embd_pdrop"], "attn_probs": cfg["attn_pdrop"], "attn_out": cfg["resid_pdrop"], "mlp_out": cfg["resid_pdrop"]}
+        sites = [("embed", (B * T, d))] + [(f"h{i}.{s}", shape) for i in range(L)
+                                           for s, shape in (("attn_probs", (B, H, T, T)), ("attn_out", (B * T, d)), ("mlp_out", (B * T, d)))]
+    else:
+        H, L = cfg["num_attention_heads"], cfg["num_hidden_layers"]
+        rates = {"attn_probs": cfg["attention_dropout"]}
+        sites = [(f"h{i}.attn_probs", (B, H, T, T)) for i in range(L)]
+    return [(name, rates[name.split(".")[-1]], shape) for name, shape in sites if rates[name.split(".")[-1]] > 0]
+
+
+def make_dropout(name, cfg, seed):
+    """The loss and every gradient of one batch with fixed inverted-dropout masks (mask.<site>)."""
+    names_of, init_of, loss_of = MODELS[cfg["model_type"]]
+    B, T = 2, 8
+    P = init_of(cfg, seed)
+    names = names_of(cfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    ids = torch.randint(0, cfg["vocab_size"], (1, B, T), generator=g)
+    masks = {}
+    for site, p, shape in dropout_sites(cfg, B, T):
+        keep = torch.rand(shape, generator=g) >= p
+        masks[site] = (keep.double() / (1 - p)).float().double()  # the float32 values the graph is fed
+    loss = loss_of(cfg, P, ids[0], masks)
+    grads = torch.autograd.grad(loss, [P[n] for n in names])
+    tensors = {"ids": ids}
+    tensors.update({f"param.{n}": P[n].float() for n in names})
+    tensors.update({f"mask.{s}": m.float() for s, m in masks.items()})
+    tensors.update({f"grad.{n}": gr.float() for n, gr in zip(names, grads)})
+    # Without the masks, for the check that they change the function.
+    meta = {"config": json.dumps(cfg), "loss": repr(float(loss)), "loss_without_dropout": repr(float(loss_of(cfg, P, ids[0]))),
+            "hyperparameters": json.dumps(HP), "torch": torch.__version__}
+    write_safetensors(os.path.join(OUT, f"{name}.safetensors"), tensors, meta)
+    print(name, "loss", float(loss), "masks", {s: list(m.shape) for s, m in masks.items()})
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     base = {"model_type": "gpt2", "n_layer": 2, "n_embd": 16, "n_head": 2, "n_inner": None, "vocab_size": 32,
             "n_positions": 16, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new",
-            "tie_word_embeddings": True}
+            "tie_word_embeddings": True, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}
     # HF config.json fields of the Llama family (configuration_llama.py, configuration_qwen2.py).
     llama = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16, "intermediate_size": 24,
              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32,
@@ -288,6 +341,9 @@ if __name__ == "__main__":
         "qwen2-tiny": lambda: make("qwen2-tiny", {**llama, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
                                                   "num_key_value_heads": 1, "rope_theta": 1000000.0,
                                                   "use_sliding_window": False}, 2026, CLIP_QWEN2),
+        "gpt2-tiny-dropout": lambda: make_dropout("gpt2-tiny-dropout", {**base, "embd_pdrop": 0.1, "attn_pdrop": 0.2,
+                                                                        "resid_pdrop": 0.3}, 1234),
+        "llama-tiny-dropout": lambda: make_dropout("llama-tiny-dropout", {**llama, "attention_dropout": 0.25}, 2024),
     }
     for name in sys.argv[1:] or list(fixtures):
         if name not in fixtures:

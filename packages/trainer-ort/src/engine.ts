@@ -2,6 +2,7 @@ import os from "node:os";
 import ort from "onnxruntime-node";
 import type { ParamSpec, Registry } from "@staged/core";
 import { modelGraph } from "./models/index.js";
+import { dropoutMasks, type DropoutMasks } from "./dropout.js";
 import { adamwDefaults, compileApply, compileEval, compileGradient, compileTrainStep, names, type AdamWOptions, type CompiledGraph } from "./step.js";
 
 export interface EngineOptions {
@@ -27,17 +28,27 @@ export interface EngineOptions {
   registry?: Registry;
 }
 
+/** Per-step settings beside the ids, the LR and the step number. */
+export interface StepOptions {
+  /**
+   * Names the step's dropout masks (a safe integer ≥ 0; default the step number): with the micro-batch index,
+   * the key of the stream they are drawn from, so the same key gives the same masks (the trainer passes
+   * streamKey(seed, global step), which a resumed run repeats). Ignored where the config has no dropout.
+   */
+  dropoutKey?: number;
+}
+
 export interface Engine {
   readonly paramNames: readonly string[];
   /** Current values (views that stay valid until the step after next). */
   params(): Map<string, Float32Array>;
   /** One training step on ids (B·T values, row-major): the loss before the update and the gradient norm. */
-  step(ids: Int32Array | BigInt64Array, lr: number, stepNumber: number): Promise<{ loss: number; gradNorm: number }>;
+  step(ids: Int32Array | BigInt64Array, lr: number, stepNumber: number, options?: StepOptions): Promise<{ loss: number; gradNorm: number }>;
   /** Mean next-token loss over the predictions inside the blocks of ids (any number of T-token rows). */
   evalLoss(ids: Int32Array | BigInt64Array): Promise<number>;
   moments(): { expAvg: Map<string, Float32Array>; expAvgSq: Map<string, Float32Array> };
-  /** Gradients of the mean loss of one B×T batch, without updating. */
-  gradients(ids: Int32Array | BigInt64Array): Promise<{ loss: number; grads: Map<string, Float32Array> }>;
+  /** Gradients of the mean loss of one B×T batch, without updating; without dropout unless given a dropout key (as StepOptions'). */
+  gradients(ids: Int32Array | BigInt64Array, options?: { dropoutKey?: number }): Promise<{ loss: number; grads: Map<string, Float32Array> }>;
   release(): Promise<void>;
   /** The optimizer settings compiled into the step. */
   readonly optimizer: Readonly<AdamWOptions>;
@@ -170,21 +181,29 @@ export async function createEngine(
 
   // Gradient accumulation buffers: two sets of running sums and a zero set for the first micro-batch.
   let acc: { a: Map<string, ort.Tensor>; b: Map<string, ort.Tensor>; zero: Map<string, ort.Tensor> } | null = null;
+  // The training graphs' dropout masks (none without dropout): drawn per step, or ones for gradients().
+  let stepMasks: DropoutMasks | null = null, gradMasks: DropoutMasks | null = null;
   const getGradSession = async () => {
     if (!gradSession) {
-      gradSession = await createSession(compileGradient(architecture, config, { batch: micro, context: T }, registry), sess);
+      const g = compileGradient(architecture, config, { batch: micro, context: T }, registry);
+      gradMasks = dropoutMasks(g.dropout);
+      gradSession = await createSession(g, sess);
       const mk = () => new Map(specs.map((s) => [s.name, f32(new Float32Array(size(s)), s.shape)]));
       acc = { a: mk(), b: mk(), zero: mk() };
     }
     return gradSession;
   };
-  /** Σ over micro-batches of the gradients; returns the tensors holding the sums and the mean loss. */
-  const accumulate = async (ids: Int32Array | BigInt64Array): Promise<{ loss: number; sums: Map<string, ort.Tensor> }> => {
+  /**
+   * Σ over micro-batches of the gradients; returns the tensors holding the sums and the mean loss. Micro-batch
+   * k's dropout masks are those of (dropoutKey, k); a null key: none.
+   */
+  const accumulate = async (ids: Int32Array | BigInt64Array, dropoutKey: number | null): Promise<{ loss: number; sums: Map<string, ort.Tensor> }> => {
     const s = await getGradSession();
     let src = acc!.zero, dst = acc!.a;
     let loss = 0;
     for (let k = 0; k < B / micro; k++) {
-      const feeds: Feeds = { [names.ids]: idsTensor(ids, k * micro * T, micro) };
+      const masks = !gradMasks!.active ? {} : dropoutKey === null ? gradMasks!.ones() : gradMasks!.draw(dropoutKey, k);
+      const feeds: Feeds = { [names.ids]: idsTensor(ids, k * micro * T, micro), ...masks };
       for (const sp of specs) {
         feeds[sp.name] = state.cur.get(sp.name)!;
         feeds[names.gradAcc(sp.name)] = src.get(sp.name)!;
@@ -201,7 +220,9 @@ export async function createEngine(
 
   // Evaluation sessions are made per batch size on first use; an eval-only engine compiles nothing else.
   if (!options.evalOnly && micro === B) {
-    stepSession = await createSession(compileTrainStep(architecture, config, { batch: B, context: T }, opt, registry), sess);
+    const g = compileTrainStep(architecture, config, { batch: B, context: T }, opt, registry);
+    stepMasks = dropoutMasks(g.dropout);
+    stepSession = await createSession(g, sess);
   } else if (!options.evalOnly) {
     applySession = await createSession(compileApply(architecture, config, opt, registry), sess);
     await getGradSession();
@@ -219,18 +240,20 @@ export async function createEngine(
     params: () => pick((n) => n),
     moments: () => ({ expAvg: pick(names.expAvg), expAvgSq: pick(names.expAvgSq) }),
 
-    async step(ids, lr, stepNumber) {
+    async step(ids, lr, stepNumber, stepOptions = {}) {
       alive();
       if (options.evalOnly) throw new Error("this engine was created with evalOnly: it does not train");
       checkLength(ids, B);
       if (!(stepNumber >= 1)) throw new Error(`step number ${stepNumber} must be ≥ 1 (the update count after this step)`);
+      const dropoutKey = stepOptions.dropoutKey ?? stepNumber;
       let loss: number;
       if (stepSession) {
-        const feeds = { ...stateFeeds(), [names.ids]: idsTensor(ids, 0, B), [names.lr]: scalar64(lr), [names.step]: scalar64(stepNumber) };
+        const masks = stepMasks!.active ? stepMasks!.draw(dropoutKey, 0) : {};
+        const feeds = { ...stateFeeds(), [names.ids]: idsTensor(ids, 0, B), [names.lr]: scalar64(lr), [names.step]: scalar64(stepNumber), ...masks };
         await run(stepSession, feeds, stateFetches(stepSession, lossOut, normOut));
         loss = (lossOut.data as Float32Array)[0]!;
       } else {
-        const r = await accumulate(ids);
+        const r = await accumulate(ids, dropoutKey);
         loss = r.loss;
         const feeds: Feeds = { ...stateFeeds(), [names.lr]: scalar64(lr), [names.step]: scalar64(stepNumber),
           [names.microBatches]: new ort.Tensor("float32", Float32Array.of(B / micro), []) };
@@ -256,10 +279,10 @@ export async function createEngine(
       return Number((out[names.loss]!.data as Float32Array)[0]);
     },
 
-    async gradients(ids) {
+    async gradients(ids, gradOptions = {}) {
       alive();
       checkLength(ids, B);
-      const { loss, sums } = await accumulate(ids);
+      const { loss, sums } = await accumulate(ids, gradOptions.dropoutKey ?? null);
       const k = B / micro;
       const grads = new Map(specs.map((s) => {
         const src = sums.get(s.name)!.data as Float32Array;

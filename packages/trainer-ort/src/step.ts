@@ -1,7 +1,7 @@
 import type { ParamSpec, Registry } from "@staged/core";
 import { GraphBuilder, type Value } from "./graph/builder.js";
 import { gradients } from "./graph/autodiff.js";
-import { modelGraph } from "./models/index.js";
+import { modelGraph, type ApplyDropout, type DropoutSite } from "./models/index.js";
 
 /** Graph input and output names shared by the compiler and the engine. */
 export const names = {
@@ -15,6 +15,8 @@ export const names = {
   expAvgSq: (p: string) => `exp_avg_sq.${p}`,
   grad: (p: string) => `grad.${p}`,
   gradAcc: (p: string) => `grad_acc.${p}`,
+  /** float32 dropout mask of a site (DropoutSite.name), x's shape: 0 or 1/(1 − p) per entry. */
+  dropoutMask: (site: string) => `dropout.${site}`,
   /** Outputs holding the updated value of an input. */
   updated: (input: string) => `new.${input}`,
 } as const;
@@ -31,12 +33,40 @@ export interface AdamWOptions {
 
 export interface BatchShape { batch: number; context: number }
 
+/** A dropout mask input of a training graph: its site, the input's name and shape. */
+export interface DropoutInput extends DropoutSite { input: string; shape: number[] }
+
 export interface CompiledGraph {
   /** The serialized ONNX model. */
   model: Uint8Array;
   inputs: string[];
   outputs: string[];
   params: ParamSpec[];
+  /** The dropout mask inputs, in input order (none in evaluation graphs, and where every probability is 0). */
+  dropout: DropoutInput[];
+}
+
+/** Options of the training graphs (compileTrainStep, compileGradient). */
+export interface TrainGraphOptions {
+  /** false: no dropout even where the config has some (the graph of p = 0). Default true. */
+  dropout?: boolean;
+}
+
+/**
+ * The training graphs' dropout (inverted): x · m at each site, m a float32 input `dropout.<site>` of x's shape
+ * holding 0 or 1/(1 − p), which the engine draws from a keyed stream. Masks fed from outside rather than drawn
+ * by onnxruntime's Dropout or RandomUniform, whose generator state lives in the session: a resumed run, or one
+ * at another thread count, then draws the same masks.
+ */
+function dropoutMasks(b: GraphBuilder, enabled: boolean): { apply?: ApplyDropout; inputs: DropoutInput[] } {
+  const inputs: DropoutInput[] = [];
+  if (!enabled) return { inputs };
+  const apply: ApplyDropout = (x, site) => {
+    const input = names.dropoutMask(site.name);
+    inputs.push({ ...site, input, shape: [...x.shape] });
+    return b.mul(x, b.input(input, "float32", x.shape));
+  };
+  return { apply, inputs };
 }
 
 /** PyTorch's defaults, with decay on the parameters whose spec says so (2-D weights). */
@@ -63,8 +93,8 @@ function setup(architecture: string, config: Record<string, unknown>, registry?:
   return { model, params, b, pv, p };
 }
 
-const finish = (b: GraphBuilder, params: ParamSpec[]): CompiledGraph => ({
-  model: b.serialize(), inputs: b.inputs.map((v) => v.name), outputs: b.outputs.map((v) => v.name), params,
+const finish = (b: GraphBuilder, params: ParamSpec[], dropout: DropoutInput[] = []): CompiledGraph => ({
+  model: b.serialize(), inputs: b.inputs.map((v) => v.name), outputs: b.outputs.map((v) => v.name), params, dropout,
 });
 
 /**
@@ -107,17 +137,20 @@ function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grad
 
 /**
  * The whole training step: inputs = params, `exp_avg.*`, `exp_avg_sq.*`, `input_ids` int64 [B, T],
- * float64 scalars `lr` and `step` (the 1-based update count); outputs = `loss`, `grad_norm`, `new.<param>`,
- * `new.exp_avg.<param>`, `new.exp_avg_sq.<param>`.
+ * float64 scalars `lr` and `step` (the 1-based update count), and a `dropout.<site>` mask per dropout site
+ * of p > 0 (CompiledGraph.dropout); outputs = `loss`, `grad_norm`, `new.<param>`, `new.exp_avg.<param>`,
+ * `new.exp_avg_sq.<param>`.
  */
-export function compileTrainStep(architecture: string, config: Record<string, unknown>, shape: BatchShape, opt: AdamWOptions, registry?: Registry): CompiledGraph {
+export function compileTrainStep(architecture: string, config: Record<string, unknown>, shape: BatchShape, opt: AdamWOptions, registry?: Registry,
+                                 options: TrainGraphOptions = {}): CompiledGraph {
   const { model, params, b, pv, p } = setup(architecture, config, registry);
   const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
-  const loss = model.loss(b, config, p, ids);
+  const drop = dropoutMasks(b, options.dropout ?? true);
+  const loss = model.loss(b, config, p, ids, drop.apply ? { dropout: drop.apply } : {});
   b.output(loss, names.loss);
   const grads = gradients(b, loss, params.map((s) => pv.get(s.name)!));
   adamw(b, params, pv, grads, opt);
-  return finish(b, params);
+  return finish(b, params, drop.inputs);
 }
 
 /** Loss only: params and `input_ids` → `loss`. */
@@ -129,17 +162,19 @@ export function compileEval(architecture: string, config: Record<string, unknown
 }
 
 /**
- * Gradients of one micro-batch, added to running sums: params, `input_ids` and `grad_acc.*` →
- * `loss` and `grad.<param>` = grad_acc + ∂loss/∂param.
+ * Gradients of one micro-batch, added to running sums: params, `input_ids`, `grad_acc.*` and the dropout
+ * masks (as in compileTrainStep) → `loss` and `grad.<param>` = grad_acc + ∂loss/∂param.
  */
-export function compileGradient(architecture: string, config: Record<string, unknown>, shape: BatchShape, registry?: Registry): CompiledGraph {
+export function compileGradient(architecture: string, config: Record<string, unknown>, shape: BatchShape, registry?: Registry,
+                                options: TrainGraphOptions = {}): CompiledGraph {
   const { model, params, b, pv, p } = setup(architecture, config, registry);
   const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
-  const loss = model.loss(b, config, p, ids);
+  const drop = dropoutMasks(b, options.dropout ?? true);
+  const loss = model.loss(b, config, p, ids, drop.apply ? { dropout: drop.apply } : {});
   b.output(loss, names.loss);
   const grads = gradients(b, loss, params.map((s) => pv.get(s.name)!));
   params.forEach((s, i) => b.output(b.add(b.input(names.gradAcc(s.name), "float32", s.shape), grads[i]!), names.grad(s.name)));
-  return finish(b, params);
+  return finish(b, params, drop.inputs);
 }
 
 /**

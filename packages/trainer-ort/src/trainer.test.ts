@@ -265,6 +265,32 @@ describe("plugins of your own", () => {
   });
 });
 
+describe("dropout from config.json", () => {
+  it("is on at HF's default (GPT-2: 0.1); keyed by seed and global step, a resumed run draws the masks an uninterrupted one does", async () => {
+    expect(gpt2.decoder(tiny().config).dropout).toEqual({ embedding: 0.1, attention: 0.1, residual: 0.1 });
+    const o = { data: text, batch: 2, context: 8, lr: 3e-3, seed: 5, threads: 1 };
+    const one = join(dir, "dropout-one"), two = join(dir, "dropout-two");
+    const a = await train(tiny(), { ...o, steps: 4, saveDir: one });
+    await train(tiny(), { ...o, steps: 2, saveDir: two });
+    const loaded = await loadTrainingState(two);
+    const b = await train(loaded, { steps: 2, threads: 1 });
+    await loaded.close();
+    expect(b.state.progress.globalStep).toBe(4);
+    expect(parseMetrics(await readFile(join(two, "metrics.jsonl"), "utf8")).map((l) => l.loss)).toEqual(a.result.losses);
+    const [pa, pb] = [await tensors(a.state, "params"), await tensors(b.state, "params")];
+    for (const [n, x] of pa) expect(pb.get(n), n).toEqual(x);
+    // The masks change training: the same run without dropout, or with another seed's masks, differs.
+    const noDropout = { ...tiny(), config: { ...tiny().config, embd_pdrop: 0, attn_pdrop: 0, resid_pdrop: 0 } };
+    const c = await train(noDropout, { ...o, steps: 4, saveDir: null });
+    expect(c.result.losses[0]).not.toBe(a.result.losses[0]);
+    const d = await train(tiny(), { ...o, steps: 1, saveDir: null, seed: 6 });
+    expect(d.result.losses[0]).not.toBe(a.result.losses[0]);
+    // Evaluation has none: the dropout and the dropout-free config evaluate the same weights alike.
+    const [ea, ec] = [await evaluate(a.state, { data: text, context: 8, maxBlocks: 4, threads: 1 }), await evaluate({ ...a.state, config: noDropout.config }, { data: text, context: 8, maxBlocks: 4, threads: 1 })];
+    expect(ea.loss).toBe(ec.loss);
+  });
+});
+
 describe("resolveSchedule", () => {
   it("creates a schedule on a fresh state and extends a stored one only when the run goes past it", () => {
     const s = tiny();

@@ -2,20 +2,20 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { dirname } from "node:path";
 import {
-  canonicalPath, detachedState, inMemory, lockCheckpoint, saveTrainingState, Tensor,
+  canonicalPath, detachedState, inMemory, lockCheckpoint, saveTrainingState, streamKey, Tensor,
   type CheckpointLock, type LazyTensor, type LrScheduleSpec, type Registry, type TrainingSettings, type TrainingState,
 } from "@staged/core";
 import { createLrSchedule, flopsPerToken } from "@staged/scheduler";
 import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
-import { createEngine } from "./engine.js";
+import { createEngine, type StepOptions } from "./engine.js";
 import { formatMetrics, METRICS_FILE, parseMetrics, readMetrics, type MetricsRecord } from "@staged/scheduler";
 
 /** What the trainer needs of a compiled engine (see ./engine.ts). */
 export interface TrainEngine {
   readonly paramNames: readonly string[];
-  step(ids: Int32Array, lr: number, stepNumber: number): Promise<{ loss: number; gradNorm: number }>;
+  step(ids: Int32Array, lr: number, stepNumber: number, options?: StepOptions): Promise<{ loss: number; gradNorm: number }>;
   /** Mean next-token loss over the predictions inside any whole number of T-token rows. */
   evalLoss(ids: Int32Array): Promise<number>;
   params(): Map<string, Float32Array>;
@@ -309,7 +309,8 @@ async function tokenizerFor(state: TrainingState, o: TrainOptions): Promise<{ to
 /**
  * Train `state` for `options.steps` steps and return the new state with the run's result. Resumes where the
  * state's progress says: the schedule step (progress.step) drives the LR and the sampler, the optimizer step
- * drives AdamW's bias correction, the sampler seed is progress.samplerSeed; so N steps in one call give the
+ * drives AdamW's bias correction, the sampler seed is progress.samplerSeed, and the dropout masks (where the
+ * config has dropout) are keyed by that seed and progress.globalStep; so N steps in one call give the
  * same parameters as N/2 + N/2 with a save and reload in between (given the same options, and `totalSteps`
  * for decaying schedules, see {@link resolveSchedule}).
  *
@@ -436,7 +437,9 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
       const ts = performance.now();
       sampler.batch(progress.step, ids);
       const lr = lrAt(progress.step);
-      const { loss, gradNorm } = await engine.step(ids, lr, optimizer.step + 1);
+      // Dropout masks keyed by the seed and the global step (which never repeats, and which a resumed run continues).
+      const dropoutKey = streamKey(seed, progress.globalStep + 1);
+      const { loss, gradNorm } = await engine.step(ids, lr, optimizer.step + 1, { dropoutKey });
       stepSeconds += (performance.now() - ts) / 1000;
       // A diverged step: its update (and every later one) is not finite; stop before anything is saved.
       if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {

@@ -1,7 +1,7 @@
 import type { ArchitecturePlugin, DecoderSpec, ParamRole, ParamSpec } from "@staged/core";
 import { rotaryTables } from "@staged/core";
 import type { GraphBuilder, Value } from "../graph/builder.js";
-import type { ModelGraph } from "./types.js";
+import type { ApplyDropout, DropoutSite, ModelGraph } from "./types.js";
 
 /** Projections, by the role prefix of their weight (and bias, where the architecture has one). */
 type Projection = "attn.qkv" | "attn.q" | "attn.k" | "attn.v" | "attn.out" | "mlp.in" | "mlp.gate" | "mlp.out";
@@ -56,9 +56,11 @@ function context(plugin: ArchitecturePlugin, config: Record<string, unknown>, p:
  * 2-D so that every projection is one Gemm with its bias. GPT-2 (HF GPT2LMHeadModel) builds the same nodes
  * the hand-written graph did: LayerNormalization, the fused c_attn split by one transpose, q scaled instead
  * of the scores, FastGelu. The Llama family (HF modeling_llama.py, modeling_mistral.py, modeling_qwen2.py):
- * RMSNorm, rotary q and k, grouped-query attention without repeating k and v, SwiGLU.
+ * RMSNorm, rotary q and k, grouped-query attention without repeating k and v, SwiGLU. With `dropout` (the
+ * training graphs), dropout where HF's modeling code applies it: on the embeddings, on the attention
+ * probabilities, and on each block's attention and MLP outputs before their residual adds (sites of p 0 skipped).
  */
-function hidden(b: GraphBuilder, plugin: ArchitecturePlugin, config: Record<string, unknown>, p: (name: string) => Value, ids: Value) {
+function hidden(b: GraphBuilder, plugin: ArchitecturePlugin, config: Record<string, unknown>, p: (name: string) => Value, ids: Value, dropout?: ApplyDropout) {
   const m = context(plugin, config, p);
   const { shape: s, spec, type, need, optional } = m;
   const [B, T] = ids.shape as [number, number];
@@ -68,6 +70,14 @@ function hidden(b: GraphBuilder, plugin: ArchitecturePlugin, config: Record<stri
   const window = spec.attention.slidingWindow ?? null;
   if (window !== null && T > window) throw new Error(`${type}: context ${T} exceeds sliding_window ${window}`);
   if (H % KV !== 0) throw new Error(`${type}: ${H} query heads are not a multiple of ${KV} key/value heads`);
+
+  // Dropout where HF applies it (DecoderSpec.dropout), only when asked (the training graphs) and p > 0.
+  const rates = spec.dropout;
+  const drop = (x: Value, kind: DropoutSite["kind"], layer: number | null, name: string): Value => {
+    const rate = rates?.[kind] ?? 0;
+    if (!dropout || !(rate > 0)) return x;
+    return dropout(x, { name, kind, layer, p: rate, causal: kind === "attention" });
+  };
 
   const project = (x: Value, part: Projection, layer: number): Value => {
     const { w, transB } = m.matrix(need(`${part}.weight`, layer));
@@ -89,6 +99,7 @@ function hidden(b: GraphBuilder, plugin: ArchitecturePlugin, config: Record<stri
   } else {
     h = b.reshape(tok, [N, d]);
   }
+  h = drop(h, "embedding", null, "embed");
 
   // Additive causal mask: 0 on and below the diagonal, a large negative above (softmax gives exact zeros).
   // A sliding window W ≥ T masks nothing more (i − j ≤ T − 1 < W).
@@ -149,16 +160,16 @@ function hidden(b: GraphBuilder, plugin: ArchitecturePlugin, config: Record<stri
     const r = H / KV;
     // MatMul of a last-two-axes Transpose: onnxruntime fuses it into FusedMatMul(transB) without a copy.
     const scores = b.reshape(b.matmul(b.reshape(q, [B, KV, r * T, hd]), b.transpose(k, [0, 1, 3, 2])), [B, H, T, T]);
-    const probs = b.softmax(b.add(scores, maskValue), -1);
+    const probs = drop(b.softmax(b.add(scores, maskValue), -1), "attention", l, `h${l}.attn_probs`);
     const o = b.reshape(b.matmul(b.reshape(probs, [B, KV, r * T, T]), v), [B, H, T, hd]);
     const ctx = b.reshape(b.transpose(o, [0, 2, 1, 3]), [N, H * hd]);
-    h = b.add(h, project(ctx, "attn.out", l));
+    h = b.add(h, drop(project(ctx, "attn.out", l), "residual", l, `h${l}.attn_out`));
 
     const x = norm(h, "mlp.norm", l);
     const act = spec.mlp.kind === "gelu_tanh"
       ? b.fastGelu(project(x, "mlp.in", l))
       : b.mul(silu(b, project(x, "mlp.gate", l)), project(x, "mlp.in", l));
-    h = b.add(h, project(act, "mlp.out", l));
+    h = b.add(h, drop(project(act, "mlp.out", l), "residual", l, `h${l}.mlp_out`));
   }
   h = norm(h, "final_norm", null); // [N, d]
   const out = m.matrix(need(spec.tiedOutput ? "embed.tokens" : "lm_head.weight", null));
@@ -181,10 +192,10 @@ export function decoderGraph(plugin: ArchitecturePlugin): ModelGraph {
       return b.reshape(logits, [r.B, r.T, logits.shape[1]!]);
     },
 
-    loss(b, config, p, ids) {
+    loss(b, config, p, ids, options = {}) {
       const [B, T] = ids.shape as [number, number];
       if (T < 2) throw new Error("the loss needs blocks of at least 2 tokens");
-      const logits = outputLogits(b, hidden(b, plugin, config, p, ids)); // [B·T, V]
+      const logits = outputLogits(b, hidden(b, plugin, config, p, ids, options.dropout)); // [B·T, V]
       // Position t predicts token t+1; the last position of each block predicts nothing: its target is a
       // dummy 0 with weight 0. (Masking costs less than slicing the activations, a strided copy.)
       const next = b.concat([b.slice(ids, [1], [T], [1]), b.zeros([B, 1], "int64")], 1);

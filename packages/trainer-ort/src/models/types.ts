@@ -1,6 +1,22 @@
 import type { ModelShape, ParamSpec } from "@staged/core";
 import type { GraphBuilder, Value } from "../graph/builder.js";
 
+/**
+ * A place where the training graph applies dropout (DecoderSpec.dropout): its name (unique in the graph), kind,
+ * layer and probability p > 0; `causal` for the attention probabilities [B, H, T, T], of which only the entries
+ * on and below the diagonal of the last two axes are not 0.
+ */
+export interface DropoutSite {
+  name: string;
+  kind: "embedding" | "attention" | "residual";
+  layer: number | null;
+  p: number;
+  causal: boolean;
+}
+
+/** Applies dropout to x at a site and returns the result (step.ts: x times a mask fed as a graph input). */
+export type ApplyDropout = (x: Value, site: DropoutSite) => Value;
+
 /** The forward graph of one architecture: the generic decoder built from its plugin (modelGraph, decoderGraph). */
 export interface ModelGraph {
   readonly architecture: string;
@@ -9,6 +25,10 @@ export interface ModelGraph {
   shape(config: Record<string, unknown>): ModelShape;
   /** Logits [B, T, vocab] for int64 ids [B, T]; `p` returns the graph value of a parameter. */
   logits(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value): Value;
-  /** Scalar mean next-token cross-entropy over the B·(T−1) predictions inside the blocks. */
-  loss(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value): Value;
+  /**
+   * Scalar mean next-token cross-entropy over the B·(T−1) predictions inside the blocks. With `dropout` (the
+   * training graphs), it is called at every site whose probability is above 0; without it (evaluation), the
+   * graph has no dropout.
+   */
+  loss(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value, options?: { dropout?: ApplyDropout }): Value;
 }

@@ -18,4 +18,11 @@ export const number = (name: string, range: "non-negative" | "positive" = "non-n
   return n;
 };
 
+/** A probability in [0, 1), e.g. a dropout rate. */
+export const probability = (name: string) => (value: string): number => {
+  const n = Number(value);
+  if (value.trim() === "" || !(n >= 0 && n < 1)) throw new InvalidArgumentError(`--${name} must be a number in [0, 1).`);
+  return n;
+};
+
 export const intList = (name: string) => (value: string): number[] => value.split(",").map((v) => integer(name)(v));

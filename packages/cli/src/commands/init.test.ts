@@ -64,6 +64,21 @@ describe("staged init", () => {
     });
   });
 
+  it("--dropout writes the architecture's dropout fields (default 0); outside [0, 1) is refused", async () => {
+    const read = async (name: string) => JSON.parse(await readFile(join(at(name), "config.json"), "utf8")) as Record<string, unknown>;
+    expect(await read("small")).toMatchObject({ embd_pdrop: 0, attn_pdrop: 0, resid_pdrop: 0 });
+    expect(json("init", at("dropout"), "--layers", "1", "--d-model", "16", "--heads", "2", "--context", "16", "--dropout", "0.1")).toMatchObject({ dropout: 0.1 });
+    expect(await read("dropout")).toMatchObject({ embd_pdrop: 0.1, attn_pdrop: 0.1, resid_pdrop: 0.1 });
+    json("init", at("dropout-llama"), "--arch", "llama", "--layers", "1", "--d-model", "16", "--heads", "2", "--context", "16", "--dropout", "0.25");
+    expect((await read("dropout-llama")).attention_dropout).toBe(0.25);
+    for (const v of ["1", "-0.1", "x"]) {
+      const r = staged("init", at("bad"), "--layers", "1", "--d-model", "16", "--heads", "2", "--dropout", v);
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim()).toBe(`staged: option '--dropout <p>' argument '${v}' is invalid. --dropout must be a number in [0, 1).`);
+    }
+    await Promise.all(["dropout", "dropout-llama"].map((n) => rm(at(n), { recursive: true })));
+  });
+
   it("still writes a model of the usual sizes", () => {
     expect(json("init", at("gpt2ish"), "--layers", "2", "--d-model", "64", "--heads", "4", "--vocab", "512", "--context", "64").parameters)
       .toBe(512 * 64 + 64 * 64 + 2 * (12 * 64 * 64 + 13 * 64) + 128);

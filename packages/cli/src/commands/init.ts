@@ -6,11 +6,13 @@ import {
   parameterCount, saveTrainingState, writeAnnouncement, type ModelShape,
 } from "@staged/core";
 import { createOutput, runAction } from "../output.js";
-import { integer } from "../options.js";
+import { integer, probability } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
 export interface InitOptions {
   arch?: string; layers: number; dModel: number; heads: number; kvHeads?: number; ffn?: number; vocab: number; context: number; seed: number; tie?: boolean;
+  /** Written into every dropout field of the architecture's config (GPT-2: embd/attn/resid_pdrop; Llama: attention_dropout). */
+  dropout?: number;
 }
 
 /** The HF config of `staged init`: the architecture's own (GPT-2 ties its output layer by default, Llama does not). */
@@ -33,6 +35,8 @@ export function registerInit(program: Command): void {
     .option("--seed <S>", "initialization seed (also the data sampler's seed)", integer("seed", 0), 0)
     .option("--tie", "tie the output layer to the token embedding (default for gpt2)")
     .option("--no-tie", "give the model its own output layer lm_head.weight (default for llama)")
+    .option("--dropout <p>", "dropout probability written into the config (gpt2: embd_pdrop, attn_pdrop, resid_pdrop; llama: attention_dropout), " +
+      "which training applies", probability("dropout"), 0)
     .action(async (dir: string, o: InitOptions, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
@@ -62,11 +66,12 @@ export function registerInit(program: Command): void {
         await saveTrainingState(dir, state);
         const s = state.shape;
         const tied = arch.decoder(config).tiedOutput;
-        const result = { path: resolve(dir), architecture: state.architecture, ...s, parameters: parameterCount(state), tied, seed: o.seed };
+        const result = { path: resolve(dir), architecture: state.architecture, ...s, parameters: parameterCount(state), tied, seed: o.seed, dropout: o.dropout ?? 0 };
         createOutput(Boolean(g.json)).result(result,
           `initialized ${result.path}: ${ARCH_NAMES[arch.name] ?? arch.name}, ${s.layers} layers, d_model ${s.dModel}, ${s.heads} heads` +
           `${s.kvHeads !== undefined && s.kvHeads !== s.heads ? ` (${s.kvHeads} key/value)` : ""}, ffn ${s.ffn}, ` +
-          `vocab ${s.vocab}, context ${s.context}, ${result.parameters} parameters${tied ? " (tied output layer)" : ""}`);
+          `vocab ${s.vocab}, context ${s.context}, ${result.parameters} parameters${tied ? " (tied output layer)" : ""}` +
+          `${result.dropout > 0 ? `, dropout ${result.dropout}` : ""}`);
       });
     });
 }

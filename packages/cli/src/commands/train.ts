@@ -65,7 +65,7 @@ function progressReporter(steps: number) {
 
 export function registerTrain(program: Command): void {
   program.command("train <dir>")
-    .description("train a checkpoint in place for --steps steps (resumes from its progress; saves atomically)")
+    .description("train a checkpoint in place for --steps steps (resumes from its progress; saves atomically; with the dropout its config.json says)")
     .option("--data <source>", "brown (the Brown corpus), a .txt file, or a .bin file of uint16 token ids (default: the checkpoint's last)")
     .requiredOption("--steps <N>", "steps to run now", integer("steps", 1))
     .option("--batch <B>", `blocks per step (default: the checkpoint's, ${DEFAULT_BATCH} for a fresh one)`, integer("batch", 1))

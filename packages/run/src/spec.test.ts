@@ -1,4 +1,4 @@
-import { grownModel, shapeOf } from "./run.js";
+import { grownModel, modelConfig, runEntries, shapeOf } from "./run.js";
 import { describe, expect, it } from "vitest";
 import { parseRunSpec } from "./spec.js";
 
@@ -67,6 +67,18 @@ describe("parseRunSpec", () => {
     expect(shapeOf(grownModel(s.model, [{ grow: "width", factor: 2, options: {} } as never]), 32)).toMatchObject({ dModel: 128, heads: 8, kvHeads: 4 });
     expect(() => parse({ model: { arch: "falcon", layers: 1, dModel: 8, heads: 2 } })).toThrow(/spec.json: model.arch must be one of gpt2, llama, got "falcon"/);
     expect(() => parse({ model: { arch: "llama", layers: 1, dModel: 8, heads: 4, kvHeads: 3 } })).toThrow(/spec.json: model.kvHeads 3 does not divide model.heads 4/);
+  });
+
+  it("model.dropout (default 0) reaches the configs of the first model and of the baseline", () => {
+    expect(parse({}).model.dropout).toBeUndefined();
+    expect(modelConfig(parse({}).model, 32)).toMatchObject({ embd_pdrop: 0, attn_pdrop: 0, resid_pdrop: 0 });
+    const s = parse({ model: { layers: 1, dModel: 16, heads: 2, dropout: 0.1 }, baseline: { seeds: [0] } });
+    expect(s.model.dropout).toBe(0.1);
+    for (const e of runEntries(s)) expect(modelConfig(e.model, 32), e.name).toMatchObject({ embd_pdrop: 0.1, attn_pdrop: 0.1, resid_pdrop: 0.1 });
+    expect(modelConfig(parse({ model: { arch: "llama", layers: 1, dModel: 16, heads: 2, dropout: 0.2 } }).model, 32).attention_dropout).toBe(0.2);
+    for (const bad of [1, -0.5, "0.1"]) {
+      expect(() => parse({ model: { layers: 1, dModel: 16, heads: 2, dropout: bad } })).toThrow(`/x/spec.json: model.dropout must be a number in [0, 1), got ${JSON.stringify(bad)}`);
+    }
   });
 
   it("errors are one line naming the file", () => {

@@ -61,6 +61,12 @@ export interface ModelSpec {
   ffn?: number;
   vocab: number;
   tie: boolean;
+  /**
+   * Dropout in [0, 1), written into every dropout field of the architecture's config (GPT-2: embd_pdrop,
+   * attn_pdrop, resid_pdrop; Llama: attention_dropout) of the first model, which growth keeps, and of the
+   * baseline; absent: 0.
+   */
+  dropout?: number;
 }
 
 /** When a growth happens. */
@@ -175,7 +181,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
 
   if (!isObj(r.model)) fail("model", "must be an object {layers, dModel, heads}");
   const m = r.model as Record<string, unknown>;
-  fields(m, "model", ["arch", "layers", "dModel", "heads", "kvHeads", "ffn", "vocab", "tie"]);
+  fields(m, "model", ["arch", "layers", "dModel", "heads", "kvHeads", "ffn", "vocab", "tie", "dropout"]);
   const archs = createDefaultRegistry().list("architecture");
   if (m.arch !== undefined && !archs.includes(m.arch as string)) fail("model.arch", `must be one of ${archs.join(", ")}, got ${JSON.stringify(m.arch)}`);
   const model: ModelSpec = {
@@ -184,6 +190,9 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     tie: m.tie === undefined ? true : typeof m.tie === "boolean" ? m.tie : fail("model.tie", "must be true or false"),
     ...(m.ffn === undefined ? {} : { ffn: int(m.ffn, "model.ffn", 1, 1 << 20) }),
     ...(m.kvHeads === undefined ? {} : { kvHeads: int(m.kvHeads, "model.kvHeads", 1, 1024) }),
+    ...(m.dropout === undefined ? {} : {
+      dropout: typeof m.dropout === "number" && m.dropout >= 0 && m.dropout < 1 ? m.dropout : fail("model.dropout", `must be a number in [0, 1), got ${JSON.stringify(m.dropout)}`),
+    }),
   };
   if (model.kvHeads !== undefined && model.heads % model.kvHeads !== 0) fail("model.kvHeads", `${model.kvHeads} does not divide model.heads ${model.heads}`);
   if (model.dModel % model.heads !== 0) fail("model.dModel", `${model.dModel} is not divisible by model.heads ${model.heads}`);

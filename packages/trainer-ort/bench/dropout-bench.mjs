@@ -12,8 +12,7 @@
 import os from "node:os";
 import { performance } from "node:perf_hooks";
 import { createDefaultRegistry } from "@staged/core";
-import { adamwDefaults, compileTrainStep, createEngine, modelGraph } from "../dist/index.js";
-import { dropoutMasks } from "../dist/dropout.js";
+import { adamwDefaults, compileTrainStep, createEngine, dropoutMasks, modelGraph } from "../dist/index.js";
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);

@@ -1,12 +1,13 @@
 export { GraphBuilder, Value, broadcastShapes, OPSET, type DType, type Node, type Attr, type Data } from "./graph/builder.js";
 export { gradients } from "./graph/autodiff.js";
 export { VJP, unbroadcast, type VjpRule } from "./graph/vjp.js";
-export { modelGraph, modelGraphNames, decoderGraph, gpt2Graph, geluNew, rmsNorm, rotaryTables, silu, type ModelGraph } from "./models/index.js";
+export { modelGraph, modelGraphNames, decoderGraph, gpt2Graph, geluNew, rmsNorm, rotaryTables, silu, type ModelGraph, type ApplyDropout, type DropoutSite } from "./models/index.js";
 export {
   names, adamwDefaults, compileTrainStep, compileEval, compileGradient, compileApply,
-  type AdamWOptions, type BatchShape, type CompiledGraph,
+  type AdamWOptions, type BatchShape, type CompiledGraph, type DropoutInput, type TrainGraphOptions,
 } from "./step.js";
-export { createEngine, type Engine, type EngineOptions } from "./engine.js";
+export { createEngine, type Engine, type EngineOptions, type StepOptions } from "./engine.js";
+export { dropoutMasks, type DropoutMasks } from "./dropout.js";
 export {
   train, evaluate, evaluateBlocks, resolveSchedule, defaultEngineFactory,
   DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, DEFAULT_SCHEDULE,

@@ -17,6 +17,10 @@ export interface EngineOptions {
   microBatch?: number;
   betas?: [number, number];
   eps?: number;
+  /** Adam's bias correction (default on: PyTorch's). */
+  biasCorrection?: boolean;
+  /** Compile the step with a per-parameter factor on the LR (StepOptions.lrScales). */
+  perParamLr?: boolean;
   weightDecay?: number;
   clip?: number | null;
   noDecay?: Iterable<string>;
@@ -30,6 +34,8 @@ export interface EngineOptions {
 
 /** Per-step settings beside the ids, the LR and the step number. */
 export interface StepOptions {
+  /** Each parameter's factor on the LR, in `paramNames` order (needs EngineOptions.perParamLr; default all 1). */
+  lrScales?: ArrayLike<number>;
   /**
    * Names the step's dropout masks (a safe integer ≥ 0; default the step number): with the micro-batch index,
    * the key of the stream they are drawn from, so the same key gives the same masks (the trainer passes
@@ -229,6 +235,22 @@ export async function createEngine(
   }
 
   const paramNames = specs.map((s) => s.name);
+  const scalesData = new Float64Array(specs.length);
+  const scalesTensor = new ort.Tensor("float64", scalesData, [specs.length]);
+  /** The `lr_scales` input of a step compiled with perParamLr: the given factors, else 1 for every parameter. */
+  const lrScaleFeeds = (scales: ArrayLike<number> | undefined): Feeds => {
+    if (!opt.perParamLr) {
+      if (scales !== undefined) throw new Error("lrScales needs an engine created with perParamLr");
+      return {};
+    }
+    if (scales !== undefined && scales.length !== specs.length) throw new Error(`lrScales has ${scales.length} factors for ${specs.length} parameters`);
+    for (let i = 0; i < specs.length; i++) {
+      const f = scales === undefined ? 1 : scales[i]!;
+      if (!(Number.isFinite(f) && f >= 0)) throw new Error(`lrScales[${i}] (${specs[i]!.name}) must be a finite number ≥ 0, got ${f}`);
+      scalesData[i] = f;
+    }
+    return { [names.lrScales]: scalesTensor };
+  };
   const pick = (prefix: (n: string) => string) => new Map(paramNames.map((n) => [n, state.cur.get(prefix(n))!.data as Float32Array]));
   let released = false;
   const alive = () => { if (released) throw new Error("engine released"); };
@@ -245,17 +267,18 @@ export async function createEngine(
       if (options.evalOnly) throw new Error("this engine was created with evalOnly: it does not train");
       checkLength(ids, B);
       if (!(stepNumber >= 1)) throw new Error(`step number ${stepNumber} must be ≥ 1 (the update count after this step)`);
+      const lrFeeds: Feeds = { [names.lr]: scalar64(lr), [names.step]: scalar64(stepNumber), ...lrScaleFeeds(stepOptions.lrScales) };
       const dropoutKey = stepOptions.dropoutKey ?? stepNumber;
       let loss: number;
       if (stepSession) {
         const masks = stepMasks!.active ? stepMasks!.draw(dropoutKey, 0) : {};
-        const feeds = { ...stateFeeds(), [names.ids]: idsTensor(ids, 0, B), [names.lr]: scalar64(lr), [names.step]: scalar64(stepNumber), ...masks };
+        const feeds = { ...stateFeeds(), [names.ids]: idsTensor(ids, 0, B), ...lrFeeds, ...masks };
         await run(stepSession, feeds, stateFetches(stepSession, lossOut, normOut));
         loss = (lossOut.data as Float32Array)[0]!;
       } else {
         const r = await accumulate(ids, dropoutKey);
         loss = r.loss;
-        const feeds: Feeds = { ...stateFeeds(), [names.lr]: scalar64(lr), [names.step]: scalar64(stepNumber),
+        const feeds: Feeds = { ...stateFeeds(), ...lrFeeds,
           [names.microBatches]: new ort.Tensor("float32", Float32Array.of(B / micro), []) };
         for (const sp of specs) feeds[names.grad(sp.name)] = r.sums.get(sp.name)!;
         await run(applySession!, feeds, stateFetches(applySession!, null, normOut));

@@ -87,6 +87,50 @@ describe.each(VARIANTS)("training step vs PyTorch fixture %s", (variant) => {
   });
 });
 
+describe("AdamW variants: one step against the update computed from the gradients", () => {
+  const fx = loadFixture("gpt2-tiny");
+  const names = paramNames(fx);
+  const w = weightsOf(fx, "param.", names);
+  const [b1, b2] = [0.9, 0.95], eps = 1e-6, wd = 0.1, lr = 1e-2;
+  // First step from zero moments: m = (1−β1)g, v = (1−β2)g²; p ← p(1 − lr·s·wd) − lr·s · m̂ / (√v̂ + eps).
+  const expected = (g: Float32Array, p: Float32Array, scale: number, decays: boolean, correct: boolean) => p.map((x, i) => {
+    const m = (1 - b1) * g[i]!, v = (1 - b2) * g[i]! * g[i]!;
+    const mh = correct ? m / (1 - b1) : m, vh = correct ? v / (1 - b2) : v;
+    return x * (decays ? 1 - lr * scale * wd : 1) - lr * scale * mh / (Math.sqrt(vh) + eps);
+  });
+  // Without dropout, so that the step's gradients are those gradients() computes.
+  const config = { ...fx.config, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 };
+  const check = async (biasCorrection: boolean, scales: number[] | null) => {
+    const e = await createEngine("gpt2", config, w, undefined, {
+      batch: fx.B, context: fx.T, threads: 1, betas: [b1, b2], eps, weightDecay: wd, clip: null, biasCorrection, ...(scales ? { perParamLr: true } : {}),
+    });
+    const { grads } = await e.gradients(fx.ids(0));
+    await e.step(fx.ids(0), lr, 1, scales ? { lrScales: scales } : {});
+    e.paramNames.forEach((n, i) => {
+      const decays = e.optimizer.decay.has(n);
+      const c = closeness(e.params().get(n)!, expected(grads.get(n)!, w.get(n)!, scales ? scales[i]! : 1, decays, biasCorrection), 1e-5, 1e-7);
+      expect(c.worst, `${n}: ${JSON.stringify(c)}`).toBeLessThanOrEqual(0);
+    });
+    await e.release();
+  };
+  it("bias correction on (PyTorch's) and off (the seed code's correct_bias=False)", async () => {
+    await check(true, null);
+    await check(false, null);
+  });
+  it("per-parameter LR factors: each parameter's step and decay at lr × its factor", async () => {
+    await check(true, names.map((_, i) => [1, 0.5, 0.25, 0][i % 4]!));
+    await check(false, names.map((_, i) => 0.3 + i / names.length));
+  });
+  it("refuses factors it was not compiled for, or of the wrong count", async () => {
+    const plain = await createEngine("gpt2", fx.config, w, undefined, { batch: fx.B, context: fx.T, threads: 1 });
+    await expect(plain.step(fx.ids(0), lr, 1, { lrScales: names.map(() => 1) })).rejects.toThrow("lrScales needs an engine created with perParamLr");
+    const scaled = await createEngine("gpt2", fx.config, w, undefined, { batch: fx.B, context: fx.T, threads: 1, perParamLr: true });
+    await expect(scaled.step(fx.ids(0), lr, 1, { lrScales: [1] })).rejects.toThrow(`lrScales has 1 factors for ${names.length} parameters`);
+    await expect(scaled.step(fx.ids(0), lr, 1, { lrScales: names.map(() => Number.NaN) })).rejects.toThrow(/lrScales\[0\] \(transformer.wte.weight\) must be a finite number ≥ 0/);
+    await Promise.all([plain.release(), scaled.release()]);
+  });
+});
+
 describe("engine", () => {
   const fx = loadFixture("gpt2-tiny");
   it("starts from given moments and does not write the caller's arrays", async () => {

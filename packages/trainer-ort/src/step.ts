@@ -7,6 +7,8 @@ import { modelGraph, type ApplyDropout, type DropoutSite } from "./models/index.
 export const names = {
   ids: "input_ids",
   lr: "lr",
+  /** float64 [P]: each parameter's factor on lr, in the params' order (only with AdamWOptions.perParamLr). */
+  lrScales: "lr_scales",
   step: "step",
   microBatches: "micro_batches",
   loss: "loss",
@@ -29,6 +31,10 @@ export interface AdamWOptions {
   clip: number | null;
   /** Names of the parameters that weight decay applies to. */
   decay: ReadonlySet<string>;
+  /** Adam's bias correction (PyTorch's; off: the seed code's `correct_bias=False`). */
+  biasCorrection: boolean;
+  /** Whether the step takes a per-parameter factor on the LR (input `lr_scales`). */
+  perParamLr: boolean;
 }
 
 export interface BatchShape { batch: number; context: number }
@@ -75,6 +81,7 @@ export function adamwDefaults(params: readonly ParamSpec[], o: Partial<Omit<Adam
   return {
     betas: o.betas ?? [0.9, 0.999], eps: o.eps ?? 1e-8, weightDecay: o.weightDecay ?? 0.01, clip: o.clip === undefined ? 1.0 : o.clip,
     decay: new Set(params.filter((p) => !noDecay.has(p.name)).map((p) => p.name)),
+    biasCorrection: o.biasCorrection ?? true, perParamLr: o.perParamLr ?? false,
   };
 }
 
@@ -101,18 +108,23 @@ const finish = (b: GraphBuilder, params: ParamSpec[], dropout: DropoutInput[] = 
  * Global-norm clipping (clip_grad_norm_: coef = max/(‖g‖+1e-6) clamped to ≤ 1) then PyTorch's AdamW
  * (foreach=False): p ← p·(1−lr·wd) for decayed params; m ← lerp(m, g, 1−β1); v ← β2·v + (1−β2)·g²;
  * p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + eps). Scalar factors are computed in float64 like torch's Python
- * floats. Appends the outputs `grad_norm` and `new.*` for params and moments.
+ * floats. Without bias correction both (1 − βᵗ) are 1. With per-parameter LR factors, parameter i trains
+ * at lr·lr_scales[i], as a PyTorch param group of that lr would (its decay too). Appends the outputs
+ * `grad_norm` and `new.*` for params and moments.
  */
 function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grads: Value[], o: AdamWOptions): void {
   b.section = "optimizer";
   const lr = b.input(names.lr, "float64", []);
   const t = b.input(names.step, "float64", []);
+  const scales = o.perParamLr ? b.input(names.lrScales, "float64", [specs.length]) : null;
   const [beta1, beta2] = o.betas;
   const f32 = (x: Value) => b.cast(x, "float32");
-  const bc1 = b.sub(1, b.pow(b.scalar(beta1, "float64"), t));
-  const stepSize = f32(b.div(lr, bc1));
-  const bc2Sqrt = f32(b.sqrt(b.sub(1, b.pow(b.scalar(beta2, "float64"), t))));
-  const decayFactor = f32(b.sub(1, b.mul(lr, o.weightDecay)));
+  const bc1 = o.biasCorrection ? b.sub(1, b.pow(b.scalar(beta1, "float64"), t)) : null;
+  const stepSizeOf = (lrOf: Value) => f32(bc1 ? b.div(lrOf, bc1) : lrOf);
+  const decayFactorOf = (lrOf: Value) => f32(b.sub(1, b.mul(lrOf, o.weightDecay)));
+  const stepSize = stepSizeOf(lr);
+  const bc2Sqrt = o.biasCorrection ? f32(b.sqrt(b.sub(1, b.pow(b.scalar(beta2, "float64"), t)))) : null;
+  const decayFactor = decayFactorOf(lr);
 
   const sq = grads.map((g) => b.reduceSumSquare(g, [...g.shape.keys()], false));
   const norm = b.sqrt(b.sum(sq));
@@ -125,11 +137,12 @@ function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grad
     const p = pv.get(s.name)!;
     const m = b.input(names.expAvg(s.name), "float32", s.shape);
     const v = b.input(names.expAvgSq(s.name), "float32", s.shape);
-    const pd = o.decay.has(s.name) && o.weightDecay !== 0 ? b.mul(p, decayFactor) : p;
+    const lrOf = scales ? b.mul(lr, b.gather(scales, b.constant([i], "int64", []))) : null;
+    const pd = o.decay.has(s.name) && o.weightDecay !== 0 ? b.mul(p, lrOf ? decayFactorOf(lrOf) : decayFactor) : p;
     const m2 = b.add(m, b.mul(b.sub(g, m), 1 - beta1));
     const v2 = b.add(b.mul(v, beta2), b.mul(b.mul(g, g), 1 - beta2));
-    const denom = b.add(b.div(b.sqrt(v2), bc2Sqrt), o.eps);
-    b.output(b.sub(pd, b.mul(b.div(m2, denom), stepSize)), names.updated(s.name));
+    const denom = b.add(bc2Sqrt ? b.div(b.sqrt(v2), bc2Sqrt) : b.sqrt(v2), o.eps);
+    b.output(b.sub(pd, b.mul(b.div(m2, denom), lrOf ? stepSizeOf(lrOf) : stepSize)), names.updated(s.name));
     b.output(m2, names.updated(names.expAvg(s.name)));
     b.output(v2, names.updated(names.expAvgSq(s.name)));
   });

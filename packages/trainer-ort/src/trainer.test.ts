@@ -292,6 +292,33 @@ describe("dropout from config.json", () => {
 });
 
 describe("resolveSchedule", () => {
+  it("per-parameter LR factors of the schedule reach the engine each step by role; bias correction is passed and stored", async () => {
+    const seen: { options: Parameters<EngineFactory>[4]; steps: { lr: number; scales: number[] | null }[]; names: readonly string[] } = { options: { batch: 0, context: 0 }, steps: [], names: [] };
+    const spy: EngineFactory = async (...args) => {
+      const e = await fakeEngine(...args);
+      seen.options = args[4];
+      seen.names = e.paramNames;
+      return { ...e, paramNames: e.paramNames, step: (ids, lr, k, o) => { seen.steps.push({ lr, scales: o?.lrScales ? Array.from(o.lrScales) : null }); return e.step(ids, lr, k); } };
+    };
+    const s = tiny();
+    const state: TrainingState = { ...s, schedule: { kind: "constant", peakLr: 1e-3, warmupSteps: 0, totalSteps: 10, restarts: [],
+      paramScales: [{ step: 1, scale: 0.5, rampSteps: 2, roles: ["mlp.in.weight"] }] } };
+    const { state: after } = await train(state, { data: text, steps: 4, batch: 2, context: 8, saveDir: null, engineFactory: spy, biasCorrection: false });
+    expect(seen.options).toMatchObject({ perParamLr: true, biasCorrection: false });
+    const fc = seen.names.indexOf("transformer.h.0.mlp.c_fc.weight"), wte = seen.names.indexOf("transformer.wte.weight");
+    // Steps 0..3 of the schedule: before the factor, at it, half way back, back at 1.
+    expect(seen.steps.map((x) => x.scales![fc])).toEqual([1, 0.5, 0.75, 1]);
+    expect(seen.steps.every((x) => x.scales![wte] === 1 && x.lr === 1e-3)).toBe(true);
+    expect(after.optimizer.biasCorrection).toBe(false);
+    // Without factors the engine is compiled as before and gets none.
+    seen.steps = [];
+    await train(s, { data: text, steps: 1, batch: 2, context: 8, saveDir: null, engineFactory: spy });
+    expect(seen.options.perParamLr).toBeUndefined();
+    expect(seen.options.biasCorrection).toBeUndefined();
+    expect(seen.steps[0]!.scales).toBeNull();
+    await expect(train(s, { data: text, steps: 1, saveDir: null, engineFactory: spy, biasCorrection: "no" as never })).rejects.toThrow('biasCorrection must be true or false, got "no"');
+  });
+
   it("creates a schedule on a fresh state and extends a stored one only when the run goes past it", () => {
     const s = tiny();
     expect(resolveSchedule(s, { steps: 10 })).toEqual({ kind: "constant", peakLr: 1e-3, warmupSteps: 0, totalSteps: 10, restarts: [] });

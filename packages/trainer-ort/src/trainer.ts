@@ -2,10 +2,10 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { dirname } from "node:path";
 import {
-  canonicalPath, detachedState, inMemory, lockCheckpoint, saveTrainingState, streamKey, Tensor,
+  canonicalPath, createDefaultRegistry, detachedState, inMemory, lockCheckpoint, saveTrainingState, streamKey, Tensor,
   type CheckpointLock, type LazyTensor, type LrScheduleSpec, type Registry, type TrainingSettings, type TrainingState,
 } from "@staged/core";
-import { createLrSchedule, flopsPerToken } from "@staged/scheduler";
+import { createLrSchedule, flopsPerToken, hasParamLrScales, paramLrScale } from "@staged/scheduler";
 import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
@@ -26,6 +26,7 @@ export interface TrainEngine {
 export interface TrainEngineOptions {
   device?: "cpu" | "cuda"; threads?: number; batch: number; context: number; microBatch?: number;
   betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null; noDecay?: Iterable<string>;
+  biasCorrection?: boolean; perParamLr?: boolean;
   evalOnly?: boolean;
   /** Where the architecture's plugin is found (default: createDefaultRegistry()). */
   registry?: Registry;
@@ -78,6 +79,8 @@ export interface TrainOptions {
   betas?: [number, number];
   eps?: number;
   weightDecay?: number;
+  /** Adam's bias correction (default: the state's, else on; stored as optimizer.biasCorrection). */
+  biasCorrection?: boolean;
   /** Global gradient-norm clip; null disables it (default: the state's, else 1.0; stored as optimizer.clip). */
   clip?: number | null;
   /** Batch sampler (default: the state's, else random; stored as progress.sampler). */
@@ -202,6 +205,7 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
       `betas must be two numbers in [0, 1), got ${JSON.stringify(o.betas)}`);
   }
   if (o.eps !== undefined) check(isNonNeg(o.eps) && o.eps > 0, `eps must be a positive number, got ${o.eps}`);
+  if (o.biasCorrection !== undefined) check(typeof o.biasCorrection === "boolean", `biasCorrection must be true or false, got ${JSON.stringify(o.biasCorrection)}`);
   if (o.weightDecay !== undefined) check(isNonNeg(o.weightDecay), `weight decay must be a number ≥ 0, got ${o.weightDecay}`);
   if (o.clip !== undefined && o.clip !== null) check(isNonNeg(o.clip) && o.clip > 0, `clip must be a positive number (or null for none), got ${o.clip}`);
   if (o.sampler !== undefined) check(SAMPLER_KINDS.includes(o.sampler), `sampler must be ${SAMPLER_KINDS.join(" or ")}, got ${JSON.stringify(o.sampler)}`);
@@ -355,6 +359,7 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
   const history = saveDir ? await metricsHistory(state) : [];
 
   const hasMoments = Boolean(state.optimizer.expAvg && state.optimizer.expAvgSq);
+  const biasCorrection = o.biasCorrection ?? state.optimizer.biasCorrection;
   const optimizer = {
     ...state.optimizer,
     lr: schedule.peakLr,
@@ -362,9 +367,12 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
     eps: o.eps ?? state.optimizer.eps,
     weightDecay: o.weightDecay ?? state.optimizer.weightDecay,
     clip: o.clip !== undefined ? o.clip : state.optimizer.clip !== undefined ? state.optimizer.clip : DEFAULT_CLIP,
+    ...(biasCorrection === undefined ? {} : { biasCorrection }),
     // Without moments the bias correction starts over.
     step: hasMoments ? state.optimizer.step : 0,
   };
+  // Per-parameter LR factors set by growths (ParamLrScale), by the role of each of the engine's parameters.
+  const scaleAt = hasParamLrScales(schedule) ? paramLrScale(schedule) : null;
   const weights = await readAll(state.params);
   const moments = hasMoments
     ? { expAvg: await readAll(state.optimizer.expAvg!), expAvgSq: await readAll(state.optimizer.expAvgSq!) }
@@ -374,7 +382,16 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
     device: o.device, threads: o.threads, batch, context, microBatch: settings.microBatch,
     betas: optimizer.betas, eps: optimizer.eps, weightDecay: optimizer.weightDecay,
     clip: optimizer.clip, noDecay: optimizer.noDecay, ...(o.registry ? { registry: o.registry } : {}),
+    ...(optimizer.biasCorrection === false ? { biasCorrection: false } : {}), ...(scaleAt ? { perParamLr: true } : {}),
   });
+  const roleOf = new Map((o.registry ?? createDefaultRegistry()).get("architecture", state.architecture).params(state.config).map((s) => [s.name, s.role]));
+  const roles = engine.paramNames.map((n) => roleOf.get(n) ?? n);
+  const lrScales = new Float64Array(roles.length);
+  const stepOptions = (step: number): StepOptions | undefined => {
+    if (!scaleAt) return undefined;
+    roles.forEach((r, i) => { lrScales[i] = scaleAt(step, r); });
+    return { lrScales };
+  };
 
   const progress = { ...state.progress, samplerSeed: seed, sampler: samplerKind, stages: [...state.progress.stages],
     globalStep: state.progress.globalStep ?? state.progress.step };
@@ -439,7 +456,7 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
       const lr = lrAt(progress.step);
       // Dropout masks keyed by the seed and the global step (which never repeats, and which a resumed run continues).
       const dropoutKey = streamKey(seed, progress.globalStep + 1);
-      const { loss, gradNorm } = await engine.step(ids, lr, optimizer.step + 1, { dropoutKey });
+      const { loss, gradNorm } = await engine.step(ids, lr, optimizer.step + 1, { ...stepOptions(progress.step), dropoutKey });
       stepSeconds += (performance.now() - ts) / 1000;
       // A diverged step: its update (and every later one) is not finite; stop before anything is saved.
       if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {

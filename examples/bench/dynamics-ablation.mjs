@@ -7,6 +7,7 @@
 //
 //   node examples/bench/dynamics-ablation.mjs <small-checkpoint> --out <dir> [--variants a,b,...] [--seeds 0,1]
 //        [--steps 1500] [--every 50] [--blocks 256] [--lr 1e-3] [--batch 16] [--context 128] [--threads 1] [--list]
+//        [--cooldown N [--cooldown-blocks K]]   (then N steps with the LR decaying to 0, and the loss on the validation split)
 //
 // Resumable: a (variant, seed) whose result.json exists is skipped. The seed is the growth's (split, noise) and the
 // sampler's after the growth. Width variants also record how far the copies have drifted apart every `--chunk`
@@ -31,7 +32,7 @@ const { values: a, positionals } = parseArgs({
     steps: { type: "string", default: "1500" }, every: { type: "string", default: "50" }, blocks: { type: "string", default: "256" },
     lr: { type: "string", default: "1e-3" }, batch: { type: "string", default: "16" }, context: { type: "string", default: "128" },
     threads: { type: "string" }, data: { type: "string", default: "brown" }, list: { type: "boolean", default: false },
-    chunk: { type: "string", default: "250" },
+    chunk: { type: "string", default: "250" }, cooldown: { type: "string", default: "0" }, "cooldown-blocks": { type: "string" },
   },
 });
 
@@ -50,7 +51,12 @@ const VARIANTS = {
   "w-anti1e-2-fanin": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R, lrScaleParams: "fanIn" } },
   "w-noise1e-2-ramp500": { op: "width", grow: { symmetry: "noise", noiseStd: 1e-2 }, stage: { rewarmup: R, lrRamp: 500 } },
   "w-split-ramp500": { op: "width", grow: { symmetry: "split" }, stage: { rewarmup: R, lrRamp: 500 } },
+  // Dropout from the growth on (config fields of the grown model; the small model and the baseline had none).
+  "w-dropout0.1": { op: "width", grow: {}, stage: { rewarmup: R }, config: { resid_pdrop: 0.1, embd_pdrop: 0.1, attn_pdrop: 0.1 } },
   "d-default": { op: "depth", grow: {}, stage: { rewarmup: R } },
+  // Copied layers (not exact: the function changes), as in stacking (Gong et al. 2019; Du et al. 2024's G_stack).
+  "d-copy": { op: "depth", grow: { init: "copy" }, stage: { rewarmup: R } },
+  "d-lrhalf": { op: "depth", grow: {}, stage: { rewarmup: R, lrScale: 0.5 } },
 };
 if (a.list) { for (const [k, v] of Object.entries(VARIANTS)) console.log(k, JSON.stringify(v)); process.exit(0); }
 const src = positionals[0];
@@ -105,7 +111,8 @@ for (const name of names) {
     const small = await loadTrainingState(src, { registry });
     const ev = { data: a.data, stream: "training-validation", context, maxBlocks: blocks, batch, threads };
     const before = history.at(-1)?.valLoss ?? (await evaluate(small, ev)).loss;
-    const grown = await registry.get("growth", v.op).grow(small, { factor: 2, ...v.grow, ...(v.op === "width" ? { seed } : {}), ...v.stage, registry });
+    const g = await registry.get("growth", v.op).grow(small, { factor: 2, ...v.grow, ...(v.op === "width" ? { seed } : {}), ...v.stage, registry });
+    const grown = v.config ? { ...g, config: { ...g.config, ...v.config } } : g;
     const after = (await evaluate(grown, ev)).loss;
     const t0 = performance.now();
     const points = [], divergence = [];
@@ -125,6 +132,23 @@ for (const name of names) {
       console.error(`${name}-s${seed}: ${done + n}/${steps} steps, val ${points.at(-1).valLoss.toFixed(4)}, ${el.toFixed(0)} s, ETA ${(el / (done + n) * (steps - done - n)).toFixed(0)} s` +
         (v.op === "width" ? `, copies apart ${JSON.stringify(divergence.at(-1).tensors)}` : ""));
     }
+    // The common cooldown of `staged run` (spec cooldown): the LR decays linearly to 0 over N more steps, then the
+    // loss on the whole validation split (or --cooldown-blocks), before and after.
+    let final;
+    const coolSteps = Number(a.cooldown);
+    if (coolSteps > 0) {
+      const fev = { ...ev, ...(a["cooldown-blocks"] ? { maxBlocks: Number(a["cooldown-blocks"]) } : { maxBlocks: undefined }) };
+      const valLossBefore = (await evaluate(state, fev)).loss;
+      const total = state.progress.step + coolSteps;
+      const restarts = state.schedule.restarts.filter((x) => x.step + x.warmupSteps <= state.progress.step);
+      const r = await train({ ...state, schedule: { ...state.schedule, restarts, decayFraction: coolSteps / total } }, {
+        data: a.data, steps: coolSteps, batch, context, schedule: "wsd", totalSteps: total, minLr: 0, evalEvery: 0, evalBlocks: blocks,
+        saveDir: join(dir, "checkpoint"), threads,
+      });
+      const after = await evaluate(r.state, fev);
+      final = { steps: coolSteps, flops: r.state.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore };
+      console.error(`${name}-s${seed}: after a ${coolSteps}-step cooldown ${after.loss.toFixed(4)} on ${after.blocks} blocks (before it ${valLossBefore.toFixed(4)})`);
+    }
     if (state !== grown) await state.close?.();
     await small.close();
     const record = grown.progress.stages.at(-1);
@@ -133,6 +157,7 @@ for (const name of names) {
       budgetFlops: source.budget?.flops ?? points.at(-1).flops,
       points: [...history, ...points],
       ...(divergence.length ? { divergence } : {}),
+      ...(final ? { final } : {}),
       growths: [{
         stage: 1, operator: v.op, options: { ...record.options, rewarmup: v.stage.rewarmup ?? 0, continueAt: "keep" },
         flops: history.at(-1)?.flops ?? 0, globalStep: history.at(-1)?.globalStep ?? 0, timing: "ablation",

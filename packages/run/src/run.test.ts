@@ -106,6 +106,11 @@ describe("executeRun", () => {
     const d = join(dir, "cool-killed");
     await expect(executeRun(s, entry!, d, { onStep: (g) => { if (g === last + 4) throw new Error("killed"); } })).rejects.toThrow("killed");
     expect((await executeRun(s, entry!, d)).final).toEqual(r.final);
+    // A growth whose re-warmup is still under way when the budget ends: the cooldown decays from the peak, it does
+    // not ramp towards its own end (an LR of 0 would leave the loss unchanged).
+    const late = spec({ stages: [{ grow: "width", at: { fraction: 0.9 }, rewarmup: 40 }], cooldown: { steps: 6, blocks: 6 } });
+    const rl = await executeRun(late, runEntries(late)[0]!, join(dir, "cool-late"));
+    expect(rl.final!.valLoss).not.toBe(rl.final!.valLossBefore);
     expect(() => spec({ cooldown: { steps: 0 } })).toThrow("cooldown.steps must be an integer in [1, ");
     expect(() => spec({ cooldown: { steps: 5, decay: "cosine" } })).toThrow("cooldown.decay is not a field");
   });

@@ -336,7 +336,9 @@ async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunS
   let current: TrainingState = state;
   while (current.progress.step < total) {
     const steps = Math.min(total - current.progress.step, spec.eval.every * 5);
-    const schedule = { ...current.schedule!, decayFraction: c.steps / total };
+    // A re-warmup still under way at the cooldown's start would ramp towards the decayed LR (0 at its end): dropped.
+    const stored = current.schedule!;
+    const schedule = { ...stored, restarts: stored.restarts.filter((r) => r.step + r.warmupSteps <= start.step), decayFraction: c.steps / total };
     const globalBefore = current.progress.globalStep ?? current.progress.step;
     const r = await train({ ...current, schedule }, {
       steps, schedule: "wsd", totalSteps: total, minLr: 0, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir: dir,

@@ -6,7 +6,7 @@
 // the same loss).
 //
 //   node examples/bench/dynamics-ablation.mjs <small-checkpoint> --out <dir> [--variants a,b,...] [--seeds 0,1]
-//        [--steps 1500] [--every 50] [--blocks 256] [--lr 1e-3] [--batch 16] [--context 128] [--threads 1] [--list]
+//        [--steps 1500] [--every 50] [--blocks 256] [--batch 16] [--context 128] [--threads 1] [--list]
 //        [--cooldown N [--cooldown-blocks K]]   (then N steps with the LR decaying to 0, and the loss on the validation split)
 //
 // Resumable: a (variant, seed) whose result.json exists is skipped. The seed is the growth's (split, noise) and the
@@ -14,7 +14,7 @@
 // steps (result.json's `divergence`: ‖W₁₁ − W₂₂‖/‖W₁₁‖ of the two diagonal blocks of the first and last layers'
 // MLP input matrices, and of the token embedding's two column copies; 0 = still exact copies).
 // Not a test: about 3 minutes per variant and seed on one core (2-layer d128).
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -30,7 +30,7 @@ const { values: a, positionals } = parseArgs({
   options: {
     out: { type: "string" }, variants: { type: "string" }, seeds: { type: "string", default: "0" },
     steps: { type: "string", default: "1500" }, every: { type: "string", default: "50" }, blocks: { type: "string", default: "256" },
-    lr: { type: "string", default: "1e-3" }, batch: { type: "string", default: "16" }, context: { type: "string", default: "128" },
+    batch: { type: "string", default: "16" }, context: { type: "string", default: "128" },
     threads: { type: "string" }, data: { type: "string", default: "brown" }, list: { type: "boolean", default: false },
     chunk: { type: "string", default: "250" }, cooldown: { type: "string", default: "0" }, "cooldown-blocks": { type: "string" },
   },
@@ -64,7 +64,7 @@ if (!src || !a.out) { console.error("usage: dynamics-ablation.mjs <small-checkpo
 const names = a.variants ? a.variants.split(",") : Object.keys(VARIANTS);
 for (const n of names) if (!VARIANTS[n]) { console.error(`unknown variant ${n} (variants: ${Object.keys(VARIANTS).join(", ")})`); process.exit(1); }
 const seeds = a.seeds.split(",").map(Number);
-const steps = Number(a.steps), every = Number(a.every), blocks = Number(a.blocks), lr = Number(a.lr), batch = Number(a.batch), context = Number(a.context);
+const steps = Number(a.steps), every = Number(a.every), blocks = Number(a.blocks), batch = Number(a.batch), context = Number(a.context);
 const threads = a.threads ? Number(a.threads) : undefined;
 const registry = createDefaultRegistry().register("growth", widthGrowth).register("growth", depthGrowth);
 const out = resolve(a.out);

@@ -53,6 +53,8 @@ const VARIANTS = {
   "w-split-ramp500": { op: "width", grow: { symmetry: "split" }, stage: { rewarmup: R, lrRamp: 500 } },
   // Dropout from the growth on (config fields of the grown model; the small model and the baseline had none).
   "w-dropout0.1": { op: "width", grow: {}, stage: { rewarmup: R }, config: { resid_pdrop: 0.1, embd_pdrop: 0.1, attn_pdrop: 0.1 } },
+  // No growth: the checkpoint itself (with --steps 0 --cooldown N: one point of the cooled-down frontier of a run).
+  "none": { op: null, grow: {}, stage: {} },
   "d-default": { op: "depth", grow: {}, stage: { rewarmup: R } },
   // Copied layers (not exact: the function changes), as in stacking (Gong et al. 2019; Du et al. 2024's G_stack).
   "d-copy": { op: "depth", grow: { init: "copy" }, stage: { rewarmup: R } },
@@ -111,9 +113,9 @@ for (const name of names) {
     const small = await loadTrainingState(src, { registry });
     const ev = { data: a.data, stream: "training-validation", context, maxBlocks: blocks, batch, threads };
     const before = history.at(-1)?.valLoss ?? (await evaluate(small, ev)).loss;
-    const g = await registry.get("growth", v.op).grow(small, { factor: 2, ...v.grow, ...(v.op === "width" ? { seed } : {}), ...v.stage, registry });
+    const g = v.op ? await registry.get("growth", v.op).grow(small, { factor: 2, ...v.grow, ...(v.op === "width" ? { seed } : {}), ...v.stage, registry }) : small;
     const grown = v.config ? { ...g, config: { ...g.config, ...v.config } } : g;
-    const after = (await evaluate(grown, ev)).loss;
+    const after = v.op ? (await evaluate(grown, ev)).loss : before;
     const t0 = performance.now();
     const points = [], divergence = [];
     const chunk = Number(a.chunk);
@@ -151,22 +153,22 @@ for (const name of names) {
     }
     if (state !== grown) await state.close?.();
     await small.close();
-    const record = grown.progress.stages.at(-1);
+    const record = v.op ? grown.progress.stages.at(-1) : null;
     const result = {
       format: "staged-run-result", version: 1, name: `${name}-s${seed}`, group: name, seed, done: true,
-      budgetFlops: source.budget?.flops ?? points.at(-1).flops,
+      budgetFlops: source.budget?.flops ?? (points.at(-1) ?? history.at(-1)).flops,
       points: [...history, ...points],
       ...(divergence.length ? { divergence } : {}),
       ...(final ? { final } : {}),
-      growths: [{
+      growths: record ? [{
         stage: 1, operator: v.op, options: { ...record.options, rewarmup: v.stage.rewarmup ?? 0, continueAt: "keep" },
         flops: history.at(-1)?.flops ?? 0, globalStep: history.at(-1)?.globalStep ?? 0, timing: "ablation",
         valLossBefore: before, valLossAfter: after, paramsBefore: 0, paramsAfter: 0,
-      }],
+      }] : [],
     };
     await writeFileAtomic(join(dir, "result.json"), JSON.stringify(result) + "\n");
     await rm(join(dir, "checkpoint"), { recursive: true, force: true });
-    console.error(`${name}-s${seed}: before ${before.toFixed(4)}, after growth ${after.toFixed(4)}, final ${points.at(-1).valLoss.toFixed(4)} ` +
+    console.error(`${name}-s${seed}: before ${before.toFixed(4)}, after growth ${after.toFixed(4)}, final ${(points.at(-1) ?? history.at(-1)).valLoss.toFixed(4)} ` +
       `(${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   }
 }

@@ -21,7 +21,7 @@ import { parseArgs } from "node:util";
 import { createDefaultRegistry, loadTrainingState, writeFileAtomic } from "@staged/core";
 import { widthGrowth } from "@staged/grow-width";
 import { depthGrowth } from "@staged/grow-depth";
-import { readMetrics } from "@staged/scheduler";
+import { readMetrics, withCooldown } from "@staged/scheduler";
 import { curvePoints } from "@staged/run";
 import { evaluate, train } from "@staged/trainer-ort";
 
@@ -141,10 +141,8 @@ for (const name of names) {
     if (coolSteps > 0) {
       const fev = { ...ev, ...(a["cooldown-blocks"] ? { maxBlocks: Number(a["cooldown-blocks"]) } : { maxBlocks: undefined }) };
       const valLossBefore = (await evaluate(state, fev)).loss;
-      const total = state.progress.step + coolSteps;
-      const restarts = state.schedule.restarts.filter((x) => x.step + x.warmupSteps <= state.progress.step);
-      const r = await train({ ...state, schedule: { ...state.schedule, restarts, decayFraction: coolSteps / total } }, {
-        data: a.data, steps: coolSteps, batch, context, schedule: "wsd", totalSteps: total, minLr: 0, evalEvery: 0, evalBlocks: blocks,
+      const r = await train({ ...state, schedule: withCooldown(state.schedule, state.progress.step, coolSteps) }, {
+        data: a.data, steps: coolSteps, batch, context, evalEvery: 0, evalBlocks: blocks,
         saveDir: join(dir, "checkpoint"), threads,
       });
       const after = await evaluate(r.state, fev);

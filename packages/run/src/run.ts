@@ -9,7 +9,7 @@ import { widthGrowth } from "@staged/grow-width";
 import { depthGrowth } from "@staged/grow-depth";
 import {
   MarginalGrowthDetector, fitLossCeiling, flopsPerToken, largeModelAt, lawFromFit, localPowerLaw, nonEmbeddingParams, planGrowthInRunUnits,
-  readMetrics, type ChinchillaLaw, type FitResult, type MetricsRecord,
+  readMetrics, withCooldown, type ChinchillaLaw, type FitResult, type MetricsRecord,
 } from "@staged/scheduler";
 import { evaluate, train, type EngineFactory, type TrainOptions } from "@staged/trainer-ort";
 import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
@@ -336,12 +336,10 @@ async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunS
   let current: TrainingState = state;
   while (current.progress.step < total) {
     const steps = Math.min(total - current.progress.step, spec.eval.every * 5);
-    // A re-warmup still under way at the cooldown's start would ramp towards the decayed LR (0 at its end): dropped.
-    const stored = current.schedule!;
-    const schedule = { ...stored, restarts: stored.restarts.filter((r) => r.step + r.warmupSteps <= start.step), decayFraction: c.steps / total };
     const globalBefore = current.progress.globalStep ?? current.progress.step;
-    const r = await train({ ...current, schedule }, {
-      steps, schedule: "wsd", totalSteps: total, minLr: 0, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir: dir,
+    // Once a piece is saved the stored schedule is the cooldown's, which withCooldown leaves as it is.
+    const r = await train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) }, {
+      steps, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir: dir,
       data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
       threads: o.threads ?? spec.threads, engineFactory: o.engineFactory,
     }, { onStep: (i) => o.onStep?.(globalBefore + i.index) });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { createDefaultRegistry, type LrScheduleSpec } from "@staged/core";
-import { LR_SCHEDULE_KINDS, createLrSchedule, hasParamLrScales, paramLrScale, withRestart } from "./lr.js";
+import { LR_SCHEDULE_KINDS, createLrSchedule, hasParamLrScales, paramLrScale, withCooldown, withRestart } from "./lr.js";
 import { registerScheduler } from "./registry.js";
 
 const spec = (kind: string, extra: Partial<LrScheduleSpec> = {}): LrScheduleSpec =>
@@ -176,5 +176,22 @@ describe("paramLrScale", () => {
     expect(() => createLrSchedule(bad({ step: 1, scale: 0.5, rampSteps: 1.5, roles: null }))).toThrow(/paramScales\[0\]\.rampSteps/);
     expect(() => paramLrScale(bad({ step: 1, scale: 0.5, rampSteps: 0, roles: "all" }))).toThrow(/paramScales\[0\]\.roles must be null/);
     expect(() => createLrSchedule(spec("constant", { paramScales: {} as never }))).toThrow(/paramScales must be an array/);
+  });
+});
+
+describe("withCooldown", () => {
+  it("decays linearly from the schedule's LR to 0 over the cooldown, keeping the rest; an unfinished re-warmup is dropped", () => {
+    const base = spec("constant", { restarts: [{ step: 200, warmupSteps: 50 }, { step: 980, warmupSteps: 100 }],
+      paramScales: [{ step: 200, scale: 0.5, rampSteps: 0, roles: null }] });
+    const c = withCooldown(base, 1000, 100);
+    expect(c).toMatchObject({ kind: "wsd", totalSteps: 1100, minLr: 0, restarts: [{ step: 200, warmupSteps: 50 }], paramScales: base.paramScales });
+    const f = createLrSchedule(c);
+    expect(f(999)).toBe(1e-3);
+    expect(f(1000)).toBeCloseTo(1e-3, 15);
+    expect(f(1050)).toBeCloseTo(5e-4, 15);
+    expect(f(1100)).toBe(0);
+    expect(f(225)).toBeCloseTo(createLrSchedule(base)(225), 15); // the finished re-warmup is kept
+    expect(base.kind).toBe("constant");
+    expect(() => withCooldown(base, 1000, 0)).toThrow("withCooldown: steps must be an integer ≥ 1, got 0");
   });
 });

@@ -223,6 +223,25 @@ export function createLrSchedule(spec: LrScheduleSpec): LrFunction {
 }
 
 /**
+ * A cooldown appended to a schedule at `step`: the LR decays linearly from the schedule's value there to 0 over
+ * `steps` steps (kind "wsd" ending at step + steps, with the schedule's warmup, completed restarts and per-parameter
+ * factors kept). A re-warmup still under way at `step` is dropped: it would ramp towards the decayed LR, 0 at the
+ * end. The input spec is not modified.
+ */
+export function withCooldown(spec: LrScheduleSpec, step: number, steps: number): LrScheduleSpec {
+  for (const [k, v] of [["step", step], ["steps", steps]] as const) {
+    if (!Number.isInteger(v) || v < (k === "steps" ? 1 : 0)) throw new Error(`withCooldown: ${k} must be an integer ≥ ${k === "steps" ? 1 : 0}, got ${v}`);
+  }
+  const total = step + steps;
+  const out: LrScheduleSpec = {
+    ...spec, kind: "wsd", totalSteps: total, decayFraction: steps / total, minLr: 0,
+    restarts: spec.restarts.filter((r) => r.step + r.warmupSteps <= step),
+  };
+  createLrSchedule(out); // validates
+  return out;
+}
+
+/**
  * A copy of `spec` with one more restart: from `step` the LR re-warms up linearly from 0 over `warmupSteps`
  * steps towards the value the schedule has at `step + warmupSteps`, then continues the schedule unchanged.
  * Throws if the arguments are not non-negative integers. The input spec is not modified.

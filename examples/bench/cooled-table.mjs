@@ -1,0 +1,75 @@
+// Losses after a common cooldown, against a cooled-down frontier: every run directory given holds a result.json
+// with `final` (the loss on the validation split after the same cooldown: `staged run` with a spec `cooldown`, or
+// examples/bench/dynamics-ablation.mjs --cooldown). Runs are grouped by result.json's group (seeds together);
+// `--frontier <dirs>` are the cooled-down points of one model trained from scratch (variant `none` of
+// dynamics-ablation.mjs on each snapshot of a run, and `staged run` baselines), which say how many FLOPs that model
+// needs to reach a cooled-down loss: interpolated linearly in log FLOPs between the two points around it.
+//
+//   node examples/bench/cooled-table.mjs <run dirs...> --frontier <dirs...> [--json]
+//
+// Prints a Markdown table: group, runs, cooled-down loss (mean [min, max]), total FLOPs (cooldown included), the
+// frontier's FLOPs to that loss, and the saving 1 − FLOPs(group) / FLOPs(frontier). Not a test.
+import { existsSync } from "node:fs";
+import { readFile, readdir } from "node:fs/promises";
+import { join } from "node:path";
+
+const argv = process.argv.slice(2);
+const json = argv.includes("--json");
+const at = argv.indexOf("--frontier");
+if (at < 0) { console.error("usage: cooled-table.mjs <run dirs...> --frontier <dirs...> [--json]"); process.exit(1); }
+const runDirs = argv.slice(0, at).filter((a) => a !== "--json");
+const frontierDirs = argv.slice(at + 1).filter((a) => a !== "--json");
+
+/** Every result.json with a `final` in a directory or its subdirectories. */
+async function results(dir) {
+  if (existsSync(join(dir, "result.json"))) {
+    const r = JSON.parse(await readFile(join(dir, "result.json"), "utf8"));
+    return r.final ? [r] : [];
+  }
+  const out = [];
+  for (const e of await readdir(dir, { withFileTypes: true })) if (e.isDirectory()) out.push(...await results(join(dir, e.name)));
+  return out;
+}
+const load = async (dirs) => (await Promise.all(dirs.map(results))).flat();
+
+const frontier = (await load(frontierDirs)).map((r) => ({ flops: r.final.flops, loss: r.final.valLoss })).sort((a, b) => a.flops - b.flops);
+if (frontier.length < 2) { console.error(`the frontier needs at least 2 cooled-down points, got ${frontier.length}`); process.exit(1); }
+
+/** FLOPs at which the frontier reaches `loss` (first crossing, linear in log FLOPs); null outside its range. */
+function frontierFlops(loss) {
+  for (let i = 1; i < frontier.length; i++) {
+    const a = frontier[i - 1], b = frontier[i];
+    if (a.loss >= loss && b.loss <= loss) {
+      const t = a.loss === b.loss ? 0 : (a.loss - loss) / (a.loss - b.loss);
+      return Math.exp(Math.log(a.flops) + t * (Math.log(b.flops) - Math.log(a.flops)));
+    }
+  }
+  return null;
+}
+
+const groups = new Map();
+for (const r of await load(runDirs)) {
+  if (!groups.has(r.group)) groups.set(r.group, []);
+  groups.get(r.group).push(r);
+}
+const rows = [...groups].sort(([a], [b]) => a.localeCompare(b)).map(([group, runs]) => {
+  const losses = runs.map((r) => r.final.valLoss);
+  const mean = losses.reduce((s, x) => s + x, 0) / losses.length;
+  const flops = runs.reduce((s, r) => s + r.final.flops, 0) / runs.length;
+  const need = frontierFlops(mean);
+  const perSeed = runs.map((r) => { const f = frontierFlops(r.final.valLoss); return f === null ? null : 1 - r.final.flops / f; });
+  return { group, runs: runs.length, seeds: runs.map((r) => r.seed), loss: { mean, min: Math.min(...losses), max: Math.max(...losses) },
+    flops, frontierFlops: need, saving: need === null ? null : 1 - flops / need, perSeed };
+});
+if (json) {
+  console.log(JSON.stringify({ frontier, groups: rows }, null, 2));
+} else {
+  const pct = (x) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
+  console.log("| group | runs | cooled-down loss | total FLOPs | frontier's FLOPs to it | saving [per seed] |");
+  console.log("| --- | --- | --- | --- | --- | --- |");
+  for (const r of rows) {
+    console.log(`| ${r.group} | ${r.runs} | ${r.loss.mean.toFixed(4)} [${r.loss.min.toFixed(4)}, ${r.loss.max.toFixed(4)}] | ${r.flops.toExponential(3)} | ` +
+      `${r.frontierFlops === null ? "outside the frontier" : r.frontierFlops.toExponential(3)} | ${pct(r.saving)} [${r.perSeed.map(pct).join(", ")}] |`);
+  }
+  console.log(`\nFrontier (cooled-down loss by total FLOPs): ${frontier.map((p) => `${p.flops.toExponential(2)} → ${p.loss.toFixed(4)}`).join(", ")}`);
+}

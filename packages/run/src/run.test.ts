@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -113,6 +113,22 @@ describe("executeRun", () => {
     expect(rl.final!.valLoss).not.toBe(rl.final!.valLossBefore);
     expect(() => spec({ cooldown: { steps: 0 } })).toThrow("cooldown.steps must be an integer in [1, ");
     expect(() => spec({ cooldown: { steps: 5, decay: "cosine" } })).toThrow("cooldown.decay is not a field");
+  });
+
+  it("a run killed after the small model's last save and before its growth grows at the step it was due (issue 22, 1)", async () => {
+    const s = spec({ stages: [{ grow: "width", at: { step: 20 }, rewarmup: 2 }] });
+    const [entry] = runEntries(s);
+    const whole = await executeRun(s, entry!, join(dir, "due"));
+    expect(whole.growths[0]!.globalStep).toBe(20);
+    // The same run as a kill in that window leaves it: stage-0 saved at step 20, no stage-1, no result.
+    const d = join(dir, "due-killed");
+    await cp(join(dir, "due"), d, { recursive: true });
+    await rm(join(d, "stage-1"), { recursive: true });
+    await rm(join(d, "result.json"));
+    await writeFile(join(d, "growths.json"), "[]\n");
+    const resumed = await executeRun(s, entry!, d);
+    expect(resumed.growths[0]!.globalStep).toBe(20);
+    expect(resumed.points).toEqual(whole.points);
   });
 
   it("refuses a directory that holds another spec's run", async () => {

@@ -227,6 +227,11 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       const saved = curvePoints(history);
       let decided = until?.replay(saved.filter((p) => p.stage === k)) ?? false;
       let lastVal: number | null = saved.at(-1)?.valLoss ?? null;
+      // A growth at a step or FLOP count, due when the checkpoint was saved (a run killed between the small model's
+      // last save and the growth), is due now: not one step later.
+      const due = (s: TrainingState) => (until?.steps !== undefined && (s.progress.globalStep ?? s.progress.step) - stageStartGlobal >= until.steps) ||
+        (until?.flops !== undefined && s.progress.flopsSeen >= until.flops);
+      decided ||= due(state);
       while (!decided && state.progress.flopsSeen < budget) {
         const target = until?.flops !== undefined ? Math.min(until.flops, budget) : budget;
         const stageSteps = (state.progress.globalStep ?? state.progress.step) - stageStartGlobal;
@@ -262,8 +267,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         });
         await before.close();
         state = Object.assign(r.state, { close: async () => {} });
-        if (!decided && until?.steps !== undefined && (state.progress.globalStep ?? 0) - stageStartGlobal >= until.steps) decided = true;
-        if (!decided && until?.flops !== undefined && state.progress.flopsSeen >= until.flops) decided = true;
+        decided ||= due(state);
       }
       if (!stage || !decided) {
         // The budget is spent (a stage whose growth never came is recorded by the missing growth).

@@ -8,7 +8,8 @@ import { growDepth, type DepthOptions } from "@staged/grow-depth";
 import { createEngine, type Engine } from "@staged/trainer-ort";
 
 const B = 4, T = 12, VOCAB = 40;
-const config = { model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 2, vocab_size: VOCAB, n_positions: 16 };
+// No dropout (HF's GPT-2 default is 0.1): the steps here must be the deterministic function of the batches.
+const config = { model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 2, vocab_size: VOCAB, n_positions: 16, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 };
 const batches = Array.from({ length: 8 }, (_, s) => {
   const rng = new Rng(1000 + s);
   return Int32Array.from({ length: B * T }, () => rng.int(VOCAB));

@@ -11,7 +11,7 @@ import {
   MarginalGrowthDetector, fitLossCeiling, flopsPerToken, largeModelAt, lawFromFit, localPowerLaw, nonEmbeddingParams, planGrowthInRunUnits,
   readMetrics, withCooldown, type ChinchillaLaw, type FitResult, type MetricsRecord,
 } from "@staged/scheduler";
-import { evaluate, train, type EngineFactory, type TrainOptions } from "@staged/trainer-ort";
+import { evaluate, train, type EngineFactory, type EvaluateOptions, type TrainOptions } from "@staged/trainer-ort";
 import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
 import type { CurvePoint, FinalEvaluation, GrowthEvent, RunResult } from "./types.js";
 
@@ -298,7 +298,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         ...(continueAt === undefined ? {} : { continueAt }), registry,
       });
       const record = grown.progress.stages.at(-1)!;
-      const ev = { data: spec.data, valData: spec.valData, stream: "training-validation" as const, context: spec.context, maxBlocks: spec.eval.blocks, batch: spec.batch, threads: o.threads ?? spec.threads, engineFactory: o.engineFactory };
+      const ev = validationOf(spec, o, spec.eval.blocks);
       const valAfter = (await evaluate(grown, ev)).loss;
       const event: GrowthEvent = {
         stage: k + 1, operator: stage.grow, options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
@@ -318,6 +318,12 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
   }
 }
 
+/** Options of `evaluate` for the run's validation stream (the trainer's), on `maxBlocks` blocks (undefined: all). */
+function validationOf(spec: RunSpec, o: ExecuteOptions, maxBlocks: number | undefined): EvaluateOptions {
+  return { data: spec.data, valData: spec.valData, stream: "training-validation", context: spec.context, batch: spec.batch,
+    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(maxBlocks === undefined ? {} : { maxBlocks }) };
+}
+
 /**
  * The spec's common cooldown, from the run's state at the end of its budget: `steps` more steps with the LR
  * decaying linearly to 0 (the stored schedule becomes warmup-stable-decay ending at the cooldown's last step,
@@ -328,8 +334,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
 async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, runDir: string, dir: string,
                         o: ExecuteOptions): Promise<{ final: FinalEvaluation; startStep: number }> {
   const file = join(runDir, "cooldown.json");
-  const ev = { data: spec.data, valData: spec.valData, stream: "training-validation" as const, context: spec.context, batch: spec.batch,
-    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(c.blocks === undefined ? {} : { maxBlocks: c.blocks }) };
+  const ev = validationOf(spec, o, c.blocks);
   let start: { step: number; valLossBefore: number };
   if (existsSync(file)) start = await readJson<{ step: number; valLossBefore: number }>(file, "the cooldown's start");
   else {

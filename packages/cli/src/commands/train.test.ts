@@ -114,6 +114,27 @@ describe("staged init → train → eval → inspect", () => {
     expect(JSON.parse(await readFile(join(dir, "training_state.json"), "utf8")).optimizer.clip).toBeNull();
   });
 
+  it("--no-bias-correction is stored and kept; --bias-correction turns it back on", async () => {
+    const dir = join(root, "nobc");
+    ok("init", dir, ...SHAPE, "--seed", "3");
+    const stored = async () => JSON.parse(await readFile(join(dir, "training_state.json"), "utf8")).optimizer.biasCorrection;
+    json("train", dir, "--data", text, ...TRAIN, "--steps", "1", "--no-bias-correction");
+    expect(await stored()).toBe(false);
+    json("train", dir, "--data", text, ...TRAIN, "--steps", "1");
+    expect(await stored()).toBe(false);
+    json("train", dir, "--data", text, ...TRAIN, "--steps", "1", "--bias-correction");
+    expect(await stored()).not.toBe(false);
+    // The same start with and without: the first loss is the same (taken before any update), the second is not.
+    const withBc = join(root, "bc"), withoutBc = join(root, "nobc2");
+    ok("init", withBc, ...SHAPE, "--seed", "3");
+    ok("init", withoutBc, ...SHAPE, "--seed", "3");
+    const common = ["--data", text, ...TRAIN, "--steps", "2", "--betas", "0.9,0.98", "--eps", "1e-6"];
+    const l1 = json("train", withBc, ...common).losses as number[];
+    const l0 = json("train", withoutBc, ...common, "--no-bias-correction").losses as number[];
+    expect(l0[0]).toBe(l1[0]);
+    expect(l0[1]).not.toBe(l1[1]);
+  });
+
   it("continues a checkpoint exactly: N steps equal N/2 + N/2", () => {
     const one = join(root, "one"), two = join(root, "two");
     for (const d of [one, two]) ok("init", d, ...SHAPE, "--seed", "9");

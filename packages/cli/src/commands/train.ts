@@ -22,7 +22,7 @@ const clip = (value: string): number => (value === "none" || value === "0" ? Inf
 interface TrainCliOptions {
   data?: string; steps: number; batch?: number; microBatch?: number; context?: number; lr?: number; schedule?: string;
   warmup?: number; totalSteps?: number; minLr?: number; betas?: [number, number]; eps?: number; weightDecay?: number;
-  clip?: number; sampler?: "random" | "sequential"; seed?: number; evalEvery?: number; evalBlocks?: number;
+  clip?: number; biasCorrection?: boolean; sampler?: "random" | "sequential"; seed?: number; evalEvery?: number; evalBlocks?: number;
   saveEvery?: number; keepEvery?: number; device?: "cpu" | "cuda"; valData?: string; tokenizer?: string; threads?: number;
 }
 
@@ -80,6 +80,8 @@ export function registerTrain(program: Command): void {
     .option("--eps <E>", "AdamW epsilon (default: the checkpoint's, 1e-8)", number("eps", "positive"))
     .option("--weight-decay <W>", "AdamW decoupled weight decay (default: the checkpoint's, 0.01)", number("weight-decay"))
     .option("--clip <C>", `global gradient-norm clip, "none" to disable (default: the checkpoint's, ${DEFAULT_CLIP})`, clip)
+    .option("--bias-correction", "Adam's bias correction (default: the checkpoint's, on for a fresh one)")
+    .option("--no-bias-correction", "no bias correction, as the seed code's correct_bias=False (stored in the checkpoint)")
     .addOption(new Option("--sampler <kind>", "batch sampler (default: the checkpoint's, random)").choices(["random", "sequential"]))
     .option("--seed <S>", "sampler seed (default: the checkpoint's)", integer("seed", 0))
     .option("--eval-every <K>", "validation loss every K steps (0: only at the end; default: the checkpoint's)", integer("eval-every", 0))

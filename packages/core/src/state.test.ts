@@ -44,6 +44,9 @@ async function expectSameWeights(state: TrainingState, weights: Map<string, Tens
   }
 }
 
+// training_state.json as parsed JSON, for tests that corrupt one field.
+interface Meta { format: unknown; optimizer: Record<string, unknown>; progress: Record<string, unknown>; training?: unknown }
+
 describe("loadTrainingState of foreign HF GPT-2 checkpoints", () => {
   for (const variant of [
     { label: "GPT2LMHeadModel names, tied", opts: {} },
@@ -157,6 +160,32 @@ describe("saveTrainingState", () => {
     await writeFile(file, JSON.stringify({ ...meta, optimizer: { ...meta.optimizer, biasCorrection: "yes" } }));
     await expect(loadTrainingState(join(dir, "bc"))).rejects.toThrow(/training_state\.json: optimizer\.biasCorrection must be true or false$/);
     await rm(join(dir, "bc"), { recursive: true });
+  });
+
+  // What no command-line flag could have produced is refused at load, naming the file and the field, so nothing trains
+  // on it or copies it into a grown checkpoint.
+  it.each([
+    ["a step past 2^53", (m: Meta) => { m.progress.step = 1e300; }, /progress\.step must be an integer ≥ 0/],
+    ["a fractional step", (m: Meta) => { m.optimizer.step = 2.5; }, /optimizer\.step must be an integer ≥ 0/],
+    ["betas outside [0, 1)", (m: Meta) => { m.optimizer.betas = [1.5, 2]; }, /optimizer\.betas\[0\] must be a number in \[0, 1\)/],
+    ["eps 0", (m: Meta) => { m.optimizer.eps = 0; }, /optimizer\.eps must be a positive number/],
+    ["a negative LR", (m: Meta) => { m.optimizer.lr = -1e-3; }, /optimizer\.lr must be a positive number/],
+    ["negative FLOPs seen", (m: Meta) => { m.progress.flopsSeen = -5; }, /progress\.flopsSeen must be a number ≥ 0/],
+    ["a growth record without its fields", (m: Meta) => { m.progress.stages = [{ bogus: 1 }]; }, /progress\.stages\[0\]\.step /],
+    ["an unknown sampler", (m: Meta) => { m.progress.sampler = "shuffled"; }, /progress\.sampler /],
+    ["a batch of 0", (m: Meta) => { m.training = { batch: 0, context: 8, evalEvery: 0, evalBlocks: 1 }; }, /training\.batch must be an integer ≥ 1/],
+    ["an unknown format", (m: Meta) => { m.format = "other"; }, /format must be "staged-training-state"/],
+  ])("refuses a training_state.json with %s", async (_what, edit, message) => {
+    await saveTrainingState(join(dir, "range"), { ...initTrainingState("gpt2", tiny, 5) });
+    const file = join(dir, "range", "training_state.json");
+    const meta = JSON.parse(await readFile(file, "utf8")) as Meta;
+    edit(meta);
+    await writeFile(file, JSON.stringify(meta));
+    const error = await loadTrainingState(join(dir, "range")).then(() => null, (e: unknown) => e as Error);
+    expect(error?.message.split("\n")).toHaveLength(1);
+    expect(error?.message).toMatch(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: `));
+    expect(error?.message).toMatch(message);
+    await rm(join(dir, "range"), { recursive: true });
   });
 
   it("is atomic: a failure mid-write leaves no directory and the input untouched", async () => {

@@ -9,11 +9,11 @@ import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles,
 import type { WriteObserver } from "./safetensors.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
 import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
-import type { AdamWState, LazyTensor, Progress, TokenizerSpec, TrainingSettings, TrainingState } from "./types.js";
+import type { AdamWState, LazyTensor, TokenizerSpec, TrainingState } from "./types.js";
 import { Tensor } from "./tensor.js";
+import { formatStateFile, parseStateFile, STATE_FILE } from "./state-format.js";
 
-export const STATE_FORMAT = "staged-training-state";
-export const STATE_VERSION = 1;
+export { STATE_FILE, STATE_FORMAT, STATE_VERSION } from "./state-format.js";
 /** Files of an HF model directory that travel with a checkpoint unchanged. */
 const COPIED_FILES = [
   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "generation_config.json",
@@ -161,7 +161,7 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
     opened.push(model);
     const params = collectParams(arch, specs, model, join(dir, model.files.length > 1 ? "model.safetensors.index.json" : "model.safetensors"), config);
 
-    const stateFile = join(dir, "training_state.json");
+    const stateFile = join(dir, STATE_FILE);
     const saved = (await exists(stateFile)) ? parseStateFile(await readJson(stateFile), stateFile) : null;
     const optimizer: AdamWState = saved?.optimizer ?? { ...DEFAULT_ADAMW, betas: [...DEFAULT_ADAMW.betas], noDecay: specs.filter((p) => !p.decay).map((p) => p.name) };
 
@@ -263,83 +263,6 @@ function collectMoments(arch: ArchitecturePlugin, specs: ParamSpec[], moments: C
   return maps;
 }
 
-interface SavedState {
-  optimizer: AdamWState;
-  schedule: TrainingState["schedule"];
-  progress: Progress;
-  tokenizer: TokenizerSpec;
-  training?: TrainingSettings;
-}
-
-function parseTraining(v: unknown, file: string): TrainingSettings | undefined {
-  if (v === undefined) return undefined;
-  if (!isObject(v)) throw new Error(`${file}: training must be an object`);
-  const int = (key: string, min: number, optional = false): number | undefined => {
-    const x = v[key];
-    if (x === undefined && optional) return undefined;
-    if (typeof x !== "number" || !Number.isInteger(x) || x < min) throw new Error(`${file}: training.${key} must be an integer ≥ ${min}`);
-    return x;
-  };
-  const text = (key: string): string | undefined => {
-    const x = v[key];
-    if (x !== undefined && typeof x !== "string") throw new Error(`${file}: training.${key} must be a string`);
-    return x as string | undefined;
-  };
-  const microBatch = int("microBatch", 1, true), data = text("data"), valData = text("valData");
-  return {
-    batch: int("batch", 1)!, context: int("context", 2)!, evalEvery: int("evalEvery", 0)!, evalBlocks: int("evalBlocks", 1)!,
-    ...(microBatch === undefined ? {} : { microBatch }), ...(data === undefined ? {} : { data }), ...(valData === undefined ? {} : { valData }),
-  };
-}
-
-function parseStateFile(raw: unknown, file: string): SavedState {
-  if (!isObject(raw)) throw new Error(`${file}: expected a JSON object`);
-  if (raw.format !== STATE_FORMAT) throw new Error(`${file}: format is ${JSON.stringify(raw.format)}, expected "${STATE_FORMAT}"`);
-  if (raw.version !== STATE_VERSION) throw new Error(`${file}: version ${JSON.stringify(raw.version)} is not supported (this reads ${STATE_VERSION})`);
-  const o = raw.optimizer, p = raw.progress, t = raw.tokenizer;
-  const num = (obj: Record<string, unknown>, key: string, where: string): number => {
-    const v = obj[key];
-    if (typeof v !== "number" || !Number.isFinite(v)) throw new Error(`${file}: ${where}.${key} must be a finite number`);
-    return v;
-  };
-  const bool = (obj: Record<string, unknown>, key: string, where: string): boolean => {
-    const v = obj[key];
-    if (typeof v !== "boolean") throw new Error(`${file}: ${where}.${key} must be true or false`);
-    return v;
-  };
-  const str = (obj: Record<string, unknown>, key: string, where: string): string => {
-    const v = obj[key];
-    if (typeof v !== "string") throw new Error(`${file}: ${where}.${key} must be a string`);
-    return v;
-  };
-  if (!isObject(o) || o.name !== "adamw") throw new Error(`${file}: optimizer must be an object with name "adamw"`);
-  const betas = o.betas;
-  if (!Array.isArray(betas) || betas.length !== 2 || !betas.every((b) => typeof b === "number")) throw new Error(`${file}: optimizer.betas must be two numbers`);
-  if (!Array.isArray(o.noDecay) || !o.noDecay.every((n) => typeof n === "string")) throw new Error(`${file}: optimizer.noDecay must be a list of names`);
-  if (!isObject(p) || !Array.isArray(p.stages)) throw new Error(`${file}: progress must be an object with a stages list`);
-  if (raw.schedule !== null && !(isObject(raw.schedule) && typeof raw.schedule.kind === "string")) throw new Error(`${file}: schedule must be null or an object with a kind`);
-  if (!isObject(t) || (t.kind !== "bytes" && t.kind !== "none" && !(t.kind === "hf" && t.file === "tokenizer.json"))) {
-    throw new Error(`${file}: tokenizer must be {"kind":"bytes"}, {"kind":"hf","file":"tokenizer.json"} or {"kind":"none"}`);
-  }
-  return {
-    optimizer: {
-      name: "adamw", lr: num(o, "lr", "optimizer"), betas: [betas[0], betas[1]], eps: num(o, "eps", "optimizer"),
-      weightDecay: num(o, "weightDecay", "optimizer"), noDecay: o.noDecay as string[], step: num(o, "step", "optimizer"),
-      ...(o.clip === undefined ? {} : { clip: o.clip === null ? null : num(o, "clip", "optimizer") }),
-      ...(o.biasCorrection === undefined ? {} : { biasCorrection: bool(o, "biasCorrection", "optimizer") }),
-    },
-    schedule: raw.schedule as TrainingState["schedule"],
-    progress: {
-      step: num(p, "step", "progress"), tokensSeen: num(p, "tokensSeen", "progress"), flopsSeen: num(p, "flopsSeen", "progress"),
-      samplerSeed: num(p, "samplerSeed", "progress"), stages: p.stages as Progress["stages"],
-      ...(p.sampler === undefined ? {} : { sampler: str(p, "sampler", "progress") }),
-      ...(p.globalStep === undefined ? {} : { globalStep: num(p, "globalStep", "progress") }),
-    },
-    tokenizer: t as TokenizerSpec,
-    ...(raw.training === undefined ? {} : { training: parseTraining(raw.training, file) }),
-  };
-}
-
 export interface SaveOptions {
   registry?: Registry;
   /** Replace an existing directory (atomically). Without it an existing target is an error. */
@@ -418,11 +341,7 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     await writeFile(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: dtype }, null, 2) + "\n");
     await writeCheckpoint(tmp, "model", model, shard);
     if (moments) await writeCheckpoint(tmp, "optimizer", moments, shard);
-    const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
-    const meta = { format: STATE_FORMAT, version: STATE_VERSION, architecture: state.architecture,
-      optimizer: { ...optimizer, hasMoments: moments !== null }, schedule: state.schedule, progress: state.progress, tokenizer: state.tokenizer,
-      ...(state.training ? { training: state.training } : {}) };
-    await writeFile(join(tmp, "training_state.json"), JSON.stringify(meta, null, 2) + "\n");
+    await writeFile(join(tmp, STATE_FILE), formatStateFile(state, moments !== null));
     for (const [name, bytes] of filesToWrite(state)) await writeFile(join(tmp, name), bytes);
     if (existing) await carryOtherFiles(target, tmp);
     await syncTree(tmp);

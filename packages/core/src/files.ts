@@ -1,5 +1,6 @@
-import { open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { readlinkSync } from "node:fs";
+import { lstat, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
+import { basename, dirname, isAbsolute, join, relative } from "node:path";
 
 /**
  * Read a file the user named (`what`: "the data", "the tokenizer", ...); a failure becomes one line
@@ -13,8 +14,8 @@ export async function readInput(path: string, what = "the file"): Promise<Uint8A
   }
 }
 
-/** The one-line error of a file the user named that cannot be read. */
-function inputError(path: string, what: string, e: unknown): Error {
+/** The one-line error of a file the user named that cannot be read: "x.bin: cannot read the data (input/output error)". */
+export function inputError(path: string, what: string, e: unknown): Error {
   const code = (e as NodeJS.ErrnoException).code;
   return new Error(`${path}: cannot read ${what} (${(code && REASONS[code]) ?? systemReason(e)})`, { cause: e });
 }
@@ -23,6 +24,7 @@ const REASONS: Record<string, string> = {
   ENOENT: "no such file", EISDIR: "a directory", ENOTDIR: "a path component is not a directory", EACCES: "permission denied",
   EPERM: "operation not permitted", EROFS: "read-only file system", ENOSPC: "no space left on device", EDQUOT: "disk quota exceeded",
   EEXIST: "already exists", EMFILE: "too many open files", ENAMETOOLONG: "name too long", EIO: "input/output error",
+  ERR_FS_FILE_TOO_LARGE: "over 2 GiB, more than one read holds",
 };
 
 /** Why a system call failed, in words (with the code): "no space left on device (ENOSPC)". */
@@ -71,14 +73,23 @@ export async function checkInput(path: string, what = "the file"): Promise<void>
 export const readTextInput = async (path: string, what?: string): Promise<string> =>
   new TextDecoder().decode(await readInput(path, what));
 
-/** Parse JSON text read from `path`; invalid JSON becomes one line naming the file. */
+/**
+ * Parse JSON text read from `path`; invalid JSON becomes one line naming the file. The parser's message
+ * quotes the text where it failed: control characters (and the U+FFFD a binary file decodes to) in it are
+ * written as \uXXXX escapes, so a binary file's bytes never reach the terminal.
+ */
 export function parseJsonFile(text: string, path: string): unknown {
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new Error(`${path}: invalid JSON (${(e as Error).message})`, { cause: e });
+    throw new Error(`${path}: invalid JSON (${printable((e as Error).message)})`, { cause: e });
   }
 }
+
+/** `text` with control characters, line separators and U+FFFD written as \uXXXX: safe on one line of a terminal. */
+export const printable = (text: string): string =>
+  // eslint-disable-next-line no-control-regex
+  text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\ufffd]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 
 /**
  * Write a file atomically: the bytes go to a temporary sibling, are flushed to disk, and the sibling is
@@ -99,5 +110,50 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
   } catch (e) {
     await rm(tmp, { force: true }).catch(() => undefined);
     throw new Error(`${path}: cannot write (${systemReason(e)})`, { cause: e });
+  }
+}
+
+/**
+ * Check a file a checkpoint directory holds before it is read: absent → false; a regular file, or a symlink that
+ * stays inside the directory → true. A symlink that leaves the directory is refused (a checkpoint from elsewhere
+ * must not make a command read, copy or export a file of this machine), with one exception that is said here: the
+ * Hugging Face hub cache, whose `<repo>/snapshots/<revision>/<file>` are symlinks to `<repo>/blobs/<hash>`
+ * (docs/formats.md, "Files a checkpoint may hold"). Anything else than a regular file (a directory, a device, a
+ * FIFO) is refused too. `root` is the directory's canonical path; `display` names the file in messages.
+ */
+export async function checkCheckpointFile(root: string, name: string, display: string): Promise<boolean> {
+  const path = join(root, name);
+  const link = await lstat(path).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === "ENOENT" || e.code === "ENOTDIR") return null;
+    throw inputError(display, "the file", e);
+  });
+  if (!link) return false;
+  if (link.isSymbolicLink()) {
+    const target = await realpath(path).catch((e: unknown) => {
+      throw new Error(`${display}: a symlink to ${JSON.stringify(readlinkOr(path))} that cannot be followed (${systemReason(e)})`, { cause: e });
+    });
+    if (!within(target, root) && !hubBlob(target, root)) {
+      throw new Error(`${display}: a symlink to ${target}, outside the checkpoint directory (refused: copy the file into the checkpoint)`);
+    }
+  }
+  const s = await stat(path).catch((e: unknown) => { throw inputError(display, "the file", e); });
+  if (!s.isFile()) throw new Error(`${display}: not a regular file`);
+  return true;
+}
+
+const within = (child: string, parent: string): boolean => {
+  const r = relative(parent, child);
+  return r !== "" && !r.startsWith("..") && !isAbsolute(r);
+};
+
+/** A file of the hub cache's blob store, seen from one of its snapshots: `<repo>/snapshots/<rev>` → `<repo>/blobs/<file>`. */
+const hubBlob = (target: string, root: string): boolean =>
+  basename(dirname(root)) === "snapshots" && dirname(target) === join(dirname(dirname(root)), "blobs");
+
+function readlinkOr(path: string): string {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return path;
   }
 }

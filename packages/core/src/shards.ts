@@ -2,13 +2,14 @@
  * Hugging Face checkpoints: a single `<base>.safetensors`, or shards `<base>-00001-of-0000N.safetensors`
  * listed by `<base>.safetensors.index.json` = {"metadata": {"total_size": ...}, "weight_map": {...}}.
  */
-import { readdir, readFile, stat, unlink, writeFile } from "node:fs/promises";
+import { readdir, readFile, unlink, writeFile } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import { type DType, DTYPE_SIZES, isDType } from "./dtype.js";
 import {
   SafetensorsError, SafetensorsFile, findDuplicateKey, writeSafetensors, type TensorEntry, type WriteObserver,
 } from "./safetensors.js";
 import type { LazyTensor } from "./types.js";
+import { checkCheckpointFile } from "./files.js";
 
 export type { TensorEntry } from "./safetensors.js";
 
@@ -45,15 +46,6 @@ export const shardName = (base: string, i: number, n: number): string => `${base
 const escapeRe = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 const shardPattern = (base: string): RegExp => new RegExp(`^${escapeRe(base)}-\\d{5}-of-\\d{5}\\.safetensors$`);
 
-const exists = async (path: string): Promise<boolean> => {
-  try {
-    await stat(path);
-    return true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
-    throw e;
-  }
-};
 
 const q = (s: unknown): string => JSON.stringify(s) ?? String(s);
 
@@ -94,6 +86,9 @@ function fromFiles(files: string[], shards: SafetensorsFile[], index: string | n
  */
 export async function openCheckpoint(dir: string, base: string): Promise<CheckpointFiles | null> {
   const indexPath = join(dir, indexName(base));
+  // Each file is checked before it is opened: a regular file, not a symlink out of the checkpoint (./files.ts).
+  const present = (name: string): Promise<boolean> => checkCheckpointFile(dir, name, join(dir, name));
+  await present(indexName(base));
   let raw: Uint8Array;
   try {
     raw = await readFile(indexPath);
@@ -101,7 +96,7 @@ export async function openCheckpoint(dir: string, base: string): Promise<Checkpo
     const code = (e as NodeJS.ErrnoException).code;
     if (code !== "ENOENT" && code !== "ENOTDIR") throw new SafetensorsError(indexPath, `cannot read: ${(e as Error).message}`);
     const single = join(dir, singleName(base));
-    if (!(await exists(single))) return null;
+    if (!(await present(singleName(base)))) return null;
     const file = await SafetensorsFile.open(single);
     return fromFiles([singleName(base)], [file], null);
   }
@@ -147,7 +142,7 @@ export async function openCheckpoint(dir: string, base: string): Promise<Checkpo
   if (fileSet.size === 0) fail("weight_map lists no tensors");
   const files = [...fileSet].sort();
   for (const f of files) {
-    if (!(await exists(join(dir, f)))) fail(`shard ${q(f)} listed in weight_map does not exist`);
+    if (!(await present(f))) fail(`shard ${q(f)} listed in weight_map does not exist`);
   }
 
   const shards: SafetensorsFile[] = [];

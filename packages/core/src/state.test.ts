@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { lstat, mkdir, mkdtemp, readFile, readdir, realpath, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, realpath, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gpt2 } from "./gpt2.js";
@@ -133,7 +133,7 @@ describe("saveTrainingState", () => {
       schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 20, restarts: [{ step: 5, warmupSteps: 1 }],
         paramScales: [{ step: 5, scale: 0.5, rampSteps: 10, roles: ["mlp.in.weight"] }] },
       progress: { step: 7, tokensSeen: 896, flopsSeen: 1e9, samplerSeed: 5, sampler: "sequential", stages: [] },
-      files: new Map([["metrics.jsonl", new TextEncoder().encode('{"step":1}\n')]]),
+      files: new Map([["metrics.jsonl", new TextEncoder().encode('{"step":1,"tokens":8,"flops":100,"loss":2.5}\n')]]),
     };
     await saveTrainingState(join(dir, "runs", "out"), full, { maxShardBytes: 3000 });
     await rename(join(dir, "runs", "out"), join(dir, "out"));
@@ -146,7 +146,7 @@ describe("saveTrainingState", () => {
     expect(config).toMatchObject({ model_type: "gpt2", architectures: ["GPT2LMHeadModel"], n_layer: 2, torch_dtype: "float32" });
     const back = await loadTrainingState(join(dir, "out"));
     expect(back.optimizer).toMatchObject({ step: 7, lr: 1e-3, betas: [0.9, 0.999], clip: null, biasCorrection: false });
-    expect(new TextDecoder().decode(back.files!.get("metrics.jsonl"))).toBe('{"step":1}\n');
+    expect(new TextDecoder().decode(back.files!.get("metrics.jsonl"))).toBe('{"step":1,"tokens":8,"flops":100,"loss":2.5}\n');
     expect(back.schedule).toEqual(full.schedule);
     expect(back.progress).toEqual(full.progress);
     for (const [n, t] of m1) expect((await back.optimizer.expAvgSq!.get(n)!.read()).f32).toEqual((await t.read()).f32);
@@ -238,6 +238,39 @@ describe("saveTrainingState", () => {
     const files = await readdir(join(dir, "ck"));
     expect(files).toContain("README.md");
     expect(files.filter((f) => f.startsWith("model-"))).toEqual([]);
+    expect(await readdir(dir)).toEqual(["ck"]);
+  });
+
+  it("keeps a symlink of a checkpoint it replaces as it was: a relative one relative, even one pointing out of the directory", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    const ck = join(dir, "ck");
+    await saveTrainingState(ck, state);
+    await mkdir(join(ck, "notes"));
+    await writeFile(join(ck, "notes", "a.md"), "a");
+    await writeFile(join(dir, "shared.md"), "shared");
+    await symlink("notes/a.md", join(ck, "README.md"));
+    await symlink("a.md", join(ck, "notes", "latest.md"));
+    await symlink("../shared.md", join(ck, "SHARED.md"));
+    await symlink("gone.md", join(ck, "dangling.md"));
+    await symlink(join(dir, "shared.md"), join(ck, "absolute.md"));
+    await saveTrainingState(ck, { ...state, progress: { ...state.progress, step: 2 } }, { overwrite: true });
+    expect(await readlink(join(ck, "README.md"))).toBe("notes/a.md");
+    expect(await readlink(join(ck, "notes", "latest.md"))).toBe("a.md");
+    expect(await readlink(join(ck, "SHARED.md"))).toBe("../shared.md");
+    expect(await readlink(join(ck, "dangling.md"))).toBe("gone.md");
+    expect(await readlink(join(ck, "absolute.md"))).toBe(join(dir, "shared.md"));
+    expect(await readFile(join(ck, "README.md"), "utf8")).toBe("a");
+    expect(await readFile(join(ck, "SHARED.md"), "utf8")).toBe("shared");
+  });
+
+  it("refuses an output that is a symlink to nothing, saying so, and writes nothing", async () => {
+    const state = initTrainingState("gpt2", tiny, 5);
+    await symlink(join(dir, "elsewhere", "ck"), join(dir, "ck"));
+    await expect(saveTrainingState(join(dir, "ck"), state))
+      .rejects.toThrow(new RegExp(`^${join(dir, "ck")}: a symlink to ${join(dir, "elsewhere", "ck")}, which does not exist$`));
+    await expect(saveTrainingState(join(dir, "ck"), state, { overwrite: true })).rejects.toThrow(/ck: a symlink to .*, which does not exist/);
+    // Under a symlink to nothing: that symlink is named.
+    await expect(saveTrainingState(join(dir, "ck", "sub"), state)).rejects.toThrow(new RegExp(`^${join(dir, "ck")}: a symlink to ${join(dir, "elsewhere", "ck")}, which does not exist$`));
     expect(await readdir(dir)).toEqual(["ck"]);
   });
 
@@ -380,5 +413,63 @@ describe("firstNonFinite", () => {
     expect(firstNonFinite(Tensor.fromArray([3], [1, 65504, -65519], "F16"))).toBeNull();
     expect(firstNonFinite(Tensor.fromArray([3], [1, 65504, -65520], "F16"))).toEqual({ index: 2, value: -65520 });
     expect(firstNonFinite(new Tensor("F64", [2], Float64Array.from([1, NaN])))).toEqual({ index: 1, value: NaN });
+  });
+});
+
+describe("files a checkpoint holds, from elsewhere", () => {
+  const tiny2 = { model_type: "gpt2", n_layer: 1, n_embd: 8, n_head: 2, n_positions: 8, vocab_size: 16 };
+  const fails = (p: Promise<unknown>): Promise<string> => p.then(() => "loaded", (e: unknown) => (e as Error).message);
+  let root: string;
+  beforeEach(async () => { root = await mkdtemp(join(tmpdir(), "staged-foreign-")); });
+  afterEach(async () => { await rm(root, { recursive: true, force: true }); });
+
+  it("refuses a symlink that leaves the checkpoint, for copied files and for weights, and says which", async () => {
+    const ck = join(root, "ck");
+    await saveTrainingState(ck, initTrainingState("gpt2", tiny2, 1));
+    await writeFile(join(root, "secret.json"), '{"model": {"type": "BPE"}, "secret": 1}');
+    await rm(join(ck, "tokenizer.json"));
+    await symlink(join(root, "secret.json"), join(ck, "tokenizer.json"));
+    expect(await fails(loadTrainingState(ck))).toMatch(/ck\/tokenizer\.json: a symlink to .*secret\.json, outside the checkpoint directory/);
+    await rm(join(ck, "tokenizer.json"));
+    await rename(join(ck, "model.safetensors"), join(root, "model.safetensors"));
+    await symlink("../model.safetensors", join(ck, "model.safetensors"));
+    expect(await fails(loadTrainingState(ck))).toMatch(/ck\/model\.safetensors: a symlink to .*outside the checkpoint directory/);
+  });
+
+  it("follows a symlink inside the checkpoint, and the hub cache's snapshot → blob links", async () => {
+    const ck = join(root, "ck");
+    await saveTrainingState(ck, initTrainingState("gpt2", tiny2, 1));
+    await mkdir(join(ck, "sub"));
+    await rename(join(ck, "model.safetensors"), join(ck, "sub", "w.safetensors"));
+    await symlink("sub/w.safetensors", join(ck, "model.safetensors"));
+    const a = await loadTrainingState(ck);
+    await a.close();
+    // models--x/snapshots/<rev>/<file> → ../../blobs/<hash>, as huggingface_hub lays out its cache.
+    const repo = join(root, "models--org--tiny"), snap = join(repo, "snapshots", "0123abc");
+    await mkdir(join(repo, "blobs"), { recursive: true });
+    await mkdir(snap, { recursive: true });
+    for (const f of ["config.json", "model.safetensors"]) {
+      await rename(join(ck, f === "model.safetensors" ? "sub/w.safetensors" : f), join(repo, "blobs", `blob-${f}`));
+      await symlink(`../../blobs/blob-${f}`, join(snap, f));
+    }
+    const b = await loadTrainingState(snap);
+    expect(b.shape.dModel).toBe(8);
+    await b.close();
+  });
+
+  it.each([
+    ["tokenizer.json", "[1, 2]", /tokenizer\.json: expected a JSON object/],
+    ["tokenizer.json", '{"version": "1.0"}', /tokenizer\.json: not a tokenizer\.json \(no "model" object\)/],
+    ["tokenizer_config.json", "{not json", /tokenizer_config\.json: invalid JSON/],
+    ["metrics.jsonl", '{"step": 1, "tokens": 8, "flops": 1}\ngarbage\n', /metrics\.jsonl:2: not JSON/],
+    ["metrics.jsonl", '{"step": -1, "tokens": 8, "flops": 1}\n', /metrics\.jsonl:1: step must be an integer ≥ 0/],
+    ["merges.txt", new Uint8Array([0xff, 0xfe, 0x00]), /merges\.txt: not UTF-8 text/],
+  ])("refuses a corrupt %s that a grown or exported checkpoint would inherit", async (name, content, message) => {
+    const ck = join(root, "ck");
+    await saveTrainingState(ck, initTrainingState("gpt2", tiny2, 1));
+    await writeFile(join(ck, name), content);
+    const m = await fails(loadTrainingState(ck));
+    expect(m).toMatch(message);
+    expect(m.split("\n")).toHaveLength(1);
   });
 });

@@ -1,7 +1,7 @@
-import { cp, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { cp, lstat, mkdir, readdir, readFile, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve, isAbsolute } from "node:path";
 import { DTYPE_SIZES, firstNonFiniteStored, storedValue, type DType } from "./dtype.js";
-import { parseJsonFile, readTextInput, syncDir, syncTree, systemReason } from "./files.js";
+import { checkCheckpointFile, parseJsonFile, readTextInput, syncDir, syncTree, systemReason } from "./files.js";
 import { lockCheckpoint, ownsWriteLock, type CheckpointLock } from "./lock.js";
 import { claimSibling, needsRecovery, recoverCheckpoint, siblingPath } from "./recovery.js";
 import { byteLevelTokenizerFiles } from "./tokenizer-json.js";
@@ -12,6 +12,7 @@ import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
 import type { AdamWState, LazyTensor, TokenizerSpec, TrainingState } from "./types.js";
 import { Tensor } from "./tensor.js";
 import { formatStateFile, parseStateFile, STATE_FILE } from "./state-format.js";
+import { parseMetrics } from "./metrics-format.js";
 
 export { STATE_FILE, STATE_FORMAT, STATE_VERSION } from "./state-format.js";
 /** Files of an HF model directory that travel with a checkpoint unchanged. */
@@ -20,6 +21,29 @@ const COPIED_FILES = [
   // The trainer's learning curve travels with the state, through growth too, for the scheduler to read.
   "metrics.jsonl",
 ];
+
+/**
+ * Check a file that travels with a checkpoint before it is carried into the next one: what a later command will
+ * parse must parse now, so a grown or exported checkpoint never inherits a file that makes it unusable. JSON files
+ * must be JSON objects (tokenizer.json one with a "model" object, as every tokenizers file has), text must be UTF-8,
+ * metrics.jsonl must be the trainer's lines.
+ */
+function checkCopiedFile(name: string, bytes: Uint8Array, display: string): Uint8Array {
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new Error(`${display}: not UTF-8 text`);
+  }
+  if (name === "metrics.jsonl") {
+    parseMetrics(text, display);
+  } else if (name.endsWith(".json")) {
+    const v = parseJsonFile(text, display);
+    if (!isObject(v)) throw new Error(`${display}: expected a JSON object`);
+    if (name === "tokenizer.json" && !isObject(v.model)) throw new Error(`${display}: not a tokenizer.json (no "model" object)`);
+  }
+  return bytes;
+}
 
 /** PyTorch AdamW's defaults, used when a checkpoint carries no optimizer settings. */
 export const DEFAULT_ADAMW: Omit<AdamWState, "noDecay"> = {
@@ -95,6 +119,21 @@ export async function canonicalPath(p: string): Promise<string> {
   }
 }
 
+/**
+ * Refuse an output path that is, or lies under, a symlink to nothing: writing there would fail with a misleading
+ * system error (ENOTDIR, EEXIST). Says which symlink and where it points, as written.
+ */
+export async function checkOutputPath(dir: string): Promise<void> {
+  const abs = resolve(dir);
+  for (let p = abs; ; p = dirname(p)) {
+    if ((await lstat(p).catch(() => null))?.isSymbolicLink()) {
+      const missing = await stat(p).then(() => false, (e: NodeJS.ErrnoException) => e.code === "ENOENT" || e.code === "ENOTDIR");
+      if (missing) throw new Error(`${p === abs ? dir : p}: a symlink to ${await readlink(p).catch(() => "?")}, which does not exist`);
+    }
+    if (dirname(p) === p) return;
+  }
+}
+
 function findArchitecture(registry: Registry, config: Record<string, unknown>, file: string): ArchitecturePlugin {
   const modelType = config.model_type;
   for (const name of registry.list("architecture")) {
@@ -137,6 +176,9 @@ export async function loadTrainingState(dir: string, options: LoadOptions = {}):
 
 async function readState(dir: string, root: string, registry: Registry, lock: CheckpointLock): Promise<LoadedTrainingState> {
   const configFile = join(dir, "config.json");
+  // Every file read from the checkpoint is checked first: a regular file, not a symlink out of the directory.
+  const present = (name: string): Promise<boolean> => checkCheckpointFile(root, name, join(dir, name));
+  if (!(await present("config.json"))) throw new Error(`${configFile}: cannot read the file (no such file)`);
   const rawConfig = await readJson(configFile);
   if (!isObject(rawConfig)) throw new Error(`${configFile}: expected a JSON object`);
   const arch = findArchitecture(registry, rawConfig, configFile);
@@ -162,7 +204,7 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
     const params = collectParams(arch, specs, model, join(dir, model.files.length > 1 ? "model.safetensors.index.json" : "model.safetensors"), config);
 
     const stateFile = join(dir, STATE_FILE);
-    const saved = (await exists(stateFile)) ? parseStateFile(await readJson(stateFile), stateFile) : null;
+    const saved = (await present(STATE_FILE)) ? parseStateFile(await readJson(stateFile), stateFile) : null;
     const optimizer: AdamWState = saved?.optimizer ?? { ...DEFAULT_ADAMW, betas: [...DEFAULT_ADAMW.betas], noDecay: specs.filter((p) => !p.decay).map((p) => p.name) };
 
     const moments = await openCheckpoint(root, "optimizer");
@@ -177,7 +219,7 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
     const files = new Map<string, Uint8Array>();
     for (const name of COPIED_FILES) {
       const p = join(root, name);
-      if (await exists(p)) files.set(name, await readFile(p));
+      if (await present(name)) files.set(name, checkCopiedFile(name, await readFile(p), join(dir, name)));
     }
     // A plain HF checkpoint without tokenizer.json: bytes only fit a vocabulary of 256.
     const tokenizer: TokenizerSpec = saved?.tokenizer ??
@@ -298,6 +340,7 @@ const inside = (child: string, parent: string): boolean => {
  */
 export async function saveTrainingState(dir: string, state: TrainingState, options: SaveOptions = {}): Promise<void> {
   const registry = options.registry ?? createDefaultRegistry();
+  await checkOutputPath(dir);
   const target = await canonicalPath(dir);
   const source = (state as Partial<LoadedTrainingState>).source;
   if (source && inside(target, source)) throw new Error(`${dir}: output is inside the input checkpoint ${source}`);
@@ -471,7 +514,8 @@ const WEIGHT_FILE = /^(model|optimizer)(-\d{5}-of-\d{5})?\.safetensors(\.index\.
 async function carryOtherFiles(from: string, to: string): Promise<void> {
   const written = new Set(await readdir(to));
   for (const f of await readdir(from)) {
-    if (!written.has(f) && !WEIGHT_FILE.test(f)) await cp(join(from, f), join(to, f), { recursive: true, preserveTimestamps: true });
+    // Symlinks as they are (a relative one stays relative, wherever it points), not resolved to absolute paths.
+    if (!written.has(f) && !WEIGHT_FILE.test(f)) await cp(join(from, f), join(to, f), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
   }
 }
 

@@ -118,7 +118,7 @@ describe("metrics.jsonl", () => {
     // After a growth that continues at step 3, only the grown model's lines make its curve.
     const grown = parseMetrics(text + '\n{"step":4,"stage":1,"tokens":500,"flops":9000,"loss":4.0,"valLoss":4.15,"lr":0.001}\n', "m.jsonl");
     expect(curveFromMetrics(grown)).toEqual([{ step: 4, tokens: 500, compute: 9000, loss: 4.15 }]);
-    expect(() => parseMetrics('{"step":1}\n', "m.jsonl")).toThrow(/m.jsonl:1: expected/);
+    expect(() => parseMetrics('{"step":1}\n', "m.jsonl")).toThrow(/^m.jsonl:1: tokens expected number, received undefined \(a line is/);
     expect(() => parseMetrics("nope\n", "m.jsonl")).toThrow(/m.jsonl:1: not JSON/);
   });
 

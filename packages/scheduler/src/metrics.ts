@@ -6,50 +6,10 @@ import { basename, dirname, join } from "node:path";
 import type { LossPoint } from "./slope.js";
 import type { LearningCurve } from "./fit.js";
 
-/** The name of the trainer's metrics log inside a checkpoint directory. */
-export const METRICS_FILE = "metrics.jsonl";
-
-/**
- * One line of `metrics.jsonl`: the state after a training step. `step` is the schedule step after the
- * update (progress.step), `tokens` and `flops` the totals seen so far (progress.tokensSeen / flopsSeen),
- * `loss` the step's training loss (null when it diverged: JSON has no NaN), `lr` the learning rate the step
- * used, `valLoss` the validation loss when it was computed after this step, `stage` the number of growths
- * before it (each stage is one model size; a growth may continue at an earlier step), `globalStep` the
- * updates of the whole run so far (never set back, so curves plot in order by it or by `flops`).
- */
-export interface MetricsRecord {
-  step: number;
-  /** Optimizer updates over the whole run (progress.globalStep): monotone across growths, unlike `step`. */
-  globalStep?: number;
-  stage?: number;
-  tokens: number;
-  flops: number;
-  loss: number | null;
-  valLoss?: number | null;
-  lr?: number;
-}
+export { METRICS_FILE, parseMetrics, formatMetrics, type MetricsRecord } from "@staged/core";
+import { METRICS_FILE, parseMetrics, type MetricsRecord } from "@staged/core";
 
 const isNum = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
-
-/** Parse metrics.jsonl text; blank lines are skipped; a malformed line is an error naming file and line. */
-export function parseMetrics(text: string, source = METRICS_FILE): MetricsRecord[] {
-  const out: MetricsRecord[] = [];
-  text.split("\n").forEach((line, i) => {
-    if (!line.trim()) return;
-    let v: unknown;
-    try { v = JSON.parse(line); } catch { throw new Error(`${source}:${i + 1}: not JSON`); }
-    const r = v as Record<string, unknown>;
-    if (typeof v !== "object" || v === null || !isNum(r.step) || !isNum(r.tokens) || !isNum(r.flops)) {
-      throw new Error(`${source}:${i + 1}: expected {"step","tokens","flops","loss","valLoss","lr"}`);
-    }
-    out.push(r as unknown as MetricsRecord);
-  });
-  return out;
-}
-
-/** metrics.jsonl text of records, one JSON object per line. */
-export const formatMetrics = (records: readonly MetricsRecord[]): string =>
-  records.map((r) => JSON.stringify(r) + "\n").join("");
 
 /** The records of `dir/metrics.jsonl`, or [] when there is none. */
 export async function readMetrics(dir: string): Promise<MetricsRecord[]> {

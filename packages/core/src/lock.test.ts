@@ -70,6 +70,17 @@ describe("lockCheckpoint", () => {
     expect(await readdir(dir)).toEqual([]);
   });
 
+  it("a reader clears the reader locks of dead readers, and leaves live ones", async () => {
+    for (let i = 0; i < 18; i++) await plant(`.ck.reader-${deadPid}-k${i}`, holder(deadPid, null));
+    await plant(".ck.reader-1-a", holder(live.pid!));
+    const r = await lockCheckpoint(ck, "shared");
+    const readers = (await readdir(dir)).filter((f) => f !== ".ck.reader-1-a");
+    expect(readers).toHaveLength(1);
+    expect(JSON.parse(await readlink(join(dir, readers[0]!))).pid).toBe(process.pid);
+    await r.release();
+    expect(await readdir(dir)).toEqual([".ck.reader-1-a"]);
+  });
+
   it("in one process: a writer may follow the process's own reader, a second writer may not", async () => {
     const r = await lockCheckpoint(ck, "shared");
     const w = await lockCheckpoint(ck, "exclusive");

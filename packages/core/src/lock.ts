@@ -7,8 +7,9 @@
  * writer link and then looks for live readers; a reader creates its link and then looks for a live writer;
  * whichever comes second sees the first and backs off, so a writer and a reader never both hold the lock.
  * A lock whose holder is dead (its pid is gone, or now belongs to a process started at another time) is
- * stale and is removed by the next process that finds it. Locks live beside the directory, not in it, because
- * a save replaces the directory.
+ * stale and is removed by the next process that finds it (a reader clears stale reader locks too). Locks live
+ * beside the directory, not in it, because a save replaces the directory. Where a reader's lock cannot be made
+ * it reads without one: on a read-only parent, and on a full disk unless a live writer holds the lock.
  *
  * Locks are between processes: within one process, a writer ignores the process's own readers (a command
  * that loaded a checkpoint may save over it), and two writers of one directory in one process are refused.
@@ -17,6 +18,7 @@ import { readFileSync } from "node:fs";
 import { readdir, readlink, rename, symlink, unlink } from "node:fs/promises";
 import { hostname } from "node:os";
 import { basename, dirname, join } from "node:path";
+import { systemReason } from "./files.js";
 
 export type LockMode = "exclusive" | "shared";
 
@@ -36,7 +38,10 @@ export interface CheckpointLock {
   /** The directory locked. */
   readonly path: string;
   readonly mode: LockMode;
-  /** Whether the lock is really held (false where the directory's parent is read-only: nobody can write there). */
+  /**
+   * Whether the lock is really held: false for a reader where the directory's parent is read-only (nobody can write
+   * there) or its disk or quota is full (a reader's lock cannot be made, nor a writer's).
+   */
   readonly held: boolean;
   /** For an exclusive lock: throws if another process has taken it over (it was wrongly judged stale). */
   verify(): Promise<void>;
@@ -112,6 +117,8 @@ const random = (): string => Math.random().toString(36).slice(2, 10);
 const code = (e: unknown): string | undefined => (e as NodeJS.ErrnoException).code;
 /** Errors that mean the parent cannot be written: a read-only checkpoint can still be read. */
 const READ_ONLY = new Set(["EACCES", "EPERM", "EROFS"]);
+/** Errors that mean the lock's link cannot be made for want of space: the disk (or the user's quota) is full. */
+const NO_SPACE = new Set(["ENOSPC", "EDQUOT"]);
 
 async function readHolder(link: string): Promise<LockHolder | "gone" | "unreadable"> {
   try {
@@ -165,6 +172,20 @@ async function liveReaders(dir: string): Promise<LockHolder | null> {
   return found;
 }
 
+/** Remove the reader locks of dead processes beside `dir` (best effort: a read never fails for this). */
+const clearDeadReaders = (dir: string): Promise<unknown> => liveReaders(dir).catch(() => null);
+
+/** Throws a LockedError if a live process (not this one) holds the writer lock of `dir`; breaks a stale one. */
+async function noLiveWriter(dir: string, writer: string): Promise<void> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const h = await readHolder(writer);
+    if (h === "gone") return;
+    if (h !== "unreadable" && h.pid === process.pid && h.host === hostname()) return;
+    if (h !== "unreadable" && holderAlive(h)) throw new LockedError(dir, h, "exclusive");
+    await breakStale(writer, await readlink(writer).catch(() => ""));
+  }
+}
+
 /**
  * Lock checkpoint directory `dir` (an absolute, canonical path: see canonicalPath) for writing
  * ("exclusive") or for reading one consistent checkpoint ("shared"). Fails at once with a LockedError
@@ -182,6 +203,7 @@ export async function lockCheckpoint(dir: string, mode: LockMode): Promise<Check
         break;
       } catch (e) {
         if (READ_ONLY.has(code(e) ?? "")) throw new Error(`${dir}: cannot write here (${code(e)} creating the lock ${writer})`, { cause: e });
+        if (NO_SPACE.has(code(e) ?? "")) throw new Error(`${dir}: cannot write here (${systemReason(e)} creating the lock ${writer})`, { cause: e });
         if (code(e) !== "EEXIST" || attempt > 20) throw e;
       }
       const h = await readHolder(writer);
@@ -212,24 +234,28 @@ export async function lockCheckpoint(dir: string, mode: LockMode): Promise<Check
   }
 
   const link = join(dirname(dir), `${readerPrefix(dir)}${process.pid}-${random()}`);
+  const unlocked: CheckpointLock = { path: dir, mode, held: false, verify: async () => undefined, release: async () => undefined };
   try {
     await symlink(text, link);
   } catch (e) {
-    if (READ_ONLY.has(code(e) ?? "")) return { path: dir, mode, held: false, verify: async () => undefined, release: async () => undefined };
+    if (READ_ONLY.has(code(e) ?? "")) return unlocked;
+    // A full disk: read without a lock, as on a read-only directory (a writer cannot make its lock either), but
+    // not while a live writer holds one taken before the disk filled.
+    if (NO_SPACE.has(code(e) ?? "")) {
+      await noLiveWriter(dir, writer);
+      await clearDeadReaders(dir);
+      return unlocked;
+    }
     throw e;
   }
   try {
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const h = await readHolder(writer);
-      if (h === "gone") break;
-      if (h !== "unreadable" && h.pid === process.pid && h.host === hostname()) break;
-      if (h !== "unreadable" && holderAlive(h)) throw new LockedError(dir, h, "exclusive");
-      await breakStale(writer, await readlink(writer).catch(() => ""));
-    }
+    await noLiveWriter(dir, writer);
   } catch (e) {
     await unlink(link).catch(() => undefined);
     throw e;
   }
+  // Readers killed before releasing leave their links: each reader clears them, not only the next writer.
+  await clearDeadReaders(dir);
   let released = false;
   return {
     path: dir, mode, held: true,

@@ -1,11 +1,11 @@
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadTrainingState, saveTrainingState } from "@staged/core";
+import { loadTrainingState, processStart, saveTrainingState } from "@staged/core";
 import { ensureExport, exportCachePath } from "./cache.js";
 import { exportModel, readManifest } from "./export.js";
 import { loadGenerator } from "./generate.js";
@@ -76,6 +76,39 @@ describe("the export cache beside a checkpoint", () => {
     expect(await ensureExport(out)).toEqual({ dir: out, exported: false, direct: true });
     await expect(ensureExport(out, { dtype: "fp16" })).rejects.toThrow(`${out}: an export without onnx/model_fp16.onnx (export it with --dtype fp16)`);
     expect((await readdir(root)).filter((f) => f.includes("exported"))).toEqual(["exported"]);
+  });
+
+  it("a checkpoint between the renames of another process's save is being written, not missing", async () => {
+    const ckpt = join(root, "saving");
+    await saveTrainingState(ckpt, await testState("gpt2", gpt2Config, 5));
+    // What `staged train --save-every 1` leaves for an instant: its write lock, the old checkpoint set aside, the new one not yet in place.
+    const writer = spawn("sleep", ["60"], { stdio: "ignore" });
+    try {
+      const pid = writer.pid!;
+      await symlink(JSON.stringify({ pid, host: hostname(), start: processStart(pid), command: "staged train saving --save-every 1", since: "2026-11-27T12:00:00.000Z" }),
+        join(root, ".saving.lock"));
+      await rename(ckpt, join(root, `.saving.old-${pid}-a`));
+      await mkdir(join(root, `.saving.new-${pid}-b`));
+      await expect(ensureExport(ckpt)).rejects.toThrow(new RegExp(`^.*saving: being written by pid ${pid} \\(staged train saving --save-every 1, since .*\\); try again when it has finished$`));
+      await expect(loadGenerator(ckpt)).rejects.toThrow(/saving: being written by pid/);
+      // The writer killed before its new checkpoint was complete: the old one is put back (and said so), then exported.
+      await rm(join(root, `.saving.new-${pid}-b`), { recursive: true });
+      writer.kill("SIGKILL");
+      await new Promise((resolve) => writer.once("exit", resolve));
+      const notices: string[] = [];
+      expect((await ensureExport(ckpt, { notice: (l) => notices.push(l) })).exported).toBe(true);
+      expect(notices).toEqual([`${ckpt}: restored the previous checkpoint (step 0) that an interrupted save had set aside (the save itself was incomplete)`]);
+      expect((await readdir(root)).filter((f) => f.includes("saving")).sort()).toEqual([".saving.staged-export", "saving"]);
+    } finally {
+      writer.kill("SIGKILL");
+    }
+  });
+
+  it("a missing checkpoint, or one whose parent is missing, is said so in one line", async () => {
+    for (const missing of [join(root, "nothing"), join(root, "no-parent", "nothing")]) {
+      await expect(ensureExport(missing)).rejects.toThrow(new RegExp(`^${missing}: not a checkpoint directory \\(it does not exist or is not a directory\\)$`));
+    }
+    expect((await readdir(root)).filter((f) => f.includes("nothing") || f.includes("no-parent"))).toEqual([]);
   });
 
   it("concurrent users export once: in one process they wait for each other, another process's export is waited for", async () => {

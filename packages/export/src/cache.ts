@@ -7,7 +7,7 @@
  */
 import { stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { canonicalPath, LockedError, lockCheckpoint, withCheckpointLock, type CheckpointLock, type Registry } from "@staged/core";
+import { canonicalPath, LockedError, lockCheckpoint, recoverInterruptedSave, systemReason, withCheckpointLock, type CheckpointLock, type Registry } from "@staged/core";
 import { EXPORT_VERSION, exportModel, ONNX_FILES, readManifest, sourceFingerprint, type ExportDType, type ExportProgress } from "./export.js";
 
 export const CACHE_SUFFIX = ".staged-export";
@@ -69,11 +69,18 @@ export async function lockWaiting(dir: string, mode: "shared" | "exclusive", wai
 export async function ensureExport(dir: string, options: EnsureExportOptions = {}): Promise<EnsuredExport> {
   const dtype = options.dtype ?? "fp32";
   const root = await canonicalPath(dir);
-  if (!(await isDir(root))) throw new Error(`${dir}: not a checkpoint directory (it does not exist or is not a directory)`);
-  if (await isExportDir(root)) {
+  const missing = (): Error => new Error(`${dir}: not a checkpoint directory (it does not exist or is not a directory)`);
+  if (!(await isDir(dirname(root)))) throw missing();
+  // Looked at under the read lock, after what a killed save left is settled (as loadTrainingState does): a save in
+  // progress renames the checkpoint away for an instant, and its writer is named instead of the checkpoint said missing.
+  await recoverInterruptedSave(root, options.notice);
+  const direct = await withCheckpointLock(root, "shared", async () => {
+    if (!(await isDir(root))) throw missing();
+    if (!(await isExportDir(root))) return false;
     if (!(await isFile(join(root, ONNX_FILES[dtype])))) throw new Error(`${dir}: an export without ${ONNX_FILES[dtype]} (export it with --dtype ${dtype})`);
-    return { dir: root, exported: false, direct: true };
-  }
+    return true;
+  });
+  if (direct) return { dir: root, exported: false, direct: true };
   const cache = exportCachePath(root);
   for (;;) {
     const running = inProcess.get(cache);
@@ -96,7 +103,9 @@ async function ensureCache(root: string, cache: string, dtype: ExportDType, opti
     lock = await lockWaiting(cache, "exclusive", options.waitMs ?? 30 * 60_000, notice);
   } catch (e) {
     if (/cannot write here/.test((e as Error).message)) {
-      throw new Error(`${root}: cannot write its export cache ${cache} (the directory is read-only); ` +
+      const cause = (e as Error).cause;
+      const full = ["ENOSPC", "EDQUOT"].includes(String((cause as NodeJS.ErrnoException | undefined)?.code));
+      throw new Error(`${root}: cannot write its export cache ${cache} (${full ? systemReason(cause) : "the directory is read-only"}); ` +
         `export it elsewhere with \`staged export ${root} --out <dir>\` and generate from that directory`, { cause: e });
     }
     throw e;

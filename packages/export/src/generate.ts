@@ -136,25 +136,26 @@ export async function loadGenerator(dir: string, options: GeneratorOptions = {})
   const dtype = options.dtype ?? "fp32";
   if (options.threads !== undefined && !(Number.isSafeInteger(options.threads) && options.threads >= 1)) throw new Error(`threads must be an integer ≥ 1, got ${options.threads}`);
   const ensured = await ensureExport(dir, options);
-  const config = await readJson(join(ensured.dir, "config.json"));
   const registry = options.registry ?? createDefaultRegistry();
-  const shape = shapeOf(config, registry);
-  const context = shape?.context ?? null;
   const tf: Transformers = await import("@huggingface/transformers");
-  // A shared lock while the runtime reads the files: no other command replaces the cache meanwhile.
+  // A shared lock while its files are read (config.json too): no other command replaces the cache meanwhile.
   const notice = options.notice ?? ((line: string) => { process.stderr.write(`${line}\n`); });
   const lock = ensured.direct ? null : await lockWaiting(ensured.dir, "shared", options.waitMs ?? 30 * 60_000, notice);
   let pipe: Awaited<ReturnType<typeof tf.pipeline<"text-generation">>>;
+  let config: Record<string, unknown>;
   try {
+    config = await readJson(join(ensured.dir, "config.json"));
     pipe = await tf.pipeline("text-generation", ensured.dir, {
       dtype, device: "cpu", local_files_only: true,
       session_options: options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {},
+    }).catch((e: unknown) => {
+      throw new Error(`${ensured.dir}: transformers.js cannot load the export (${(e as Error).message.split("\n")[0]})`, { cause: e });
     });
-  } catch (e) {
-    throw new Error(`${ensured.dir}: transformers.js cannot load the export (${(e as Error).message.split("\n")[0]})`, { cause: e });
   } finally {
     await lock?.release();
   }
+  const shape = shapeOf(config, registry);
+  const context = shape?.context ?? null;
   const tokenizer = pipe.tokenizer;
   const generationConfig = ((pipe.model as unknown as { generation_config?: Record<string, unknown> }).generation_config ?? {});
   const eosRaw = generationConfig.eos_token_id ?? config.eos_token_id ?? null;

@@ -168,6 +168,31 @@ describe("stored settings, global step, stopping, snapshots", () => {
     await st.close();
   });
 
+  it("an aborted signal stops after the step in progress, saves it, and the run resumes to an uninterrupted one's state", async () => {
+    const full = join(dir, "sig-full"), cut = join(dir, "sig-cut");
+    const opts = { data: text, batch: 2, context: 8, evalEvery: 3, seed: 4, engineFactory: fakeEngine };
+    const a = await train(tiny(), { ...opts, steps: 10, saveDir: full });
+    const ac = new AbortController();
+    const evals: number[] = [];
+    const b = await train(tiny(), { ...opts, steps: 10, saveDir: cut, signal: ac.signal },
+      { onStep: (i) => { if (i.step === 4) ac.abort(); }, onEval: (e) => { evals.push(e.step); } });
+    expect(b.result).toMatchObject({ step: 4, interrupted: true });
+    expect(b.result.losses).toHaveLength(4);
+    expect(evals).toEqual([3]); // no evaluation delays the stop
+    const st = await loadTrainingState(cut);
+    expect(st.progress.step).toBe(4);
+    const c = await train(st, { data: text, steps: 6, batch: 2, context: 8, engineFactory: fakeEngine });
+    await st.close();
+    expect(c.result.interrupted).toBe(false);
+    expect([...b.result.losses, ...c.result.losses]).toEqual(a.result.losses);
+    // Aborted before the first step: nothing runs, nothing is written.
+    const none = join(dir, "sig-none");
+    const d = await train(tiny(), { ...opts, steps: 5, saveDir: none, signal: AbortSignal.abort() });
+    expect(d.result).toMatchObject({ step: 0, interrupted: true, saveDir: null });
+    expect(d.result.losses).toEqual([]);
+    expect(existsSync(none)).toBe(false);
+  });
+
   it("keepEvery writes never-replaced snapshots beside the checkpoint", async () => {
     const out = join(dir, "keep");
     await train(tiny(), { data: text, steps: 5, batch: 2, context: 8, keepEvery: 2, saveDir: out, engineFactory: fakeEngine });
@@ -317,6 +342,23 @@ describe("resolveSchedule", () => {
     expect(seen.options.biasCorrection).toBeUndefined();
     expect(seen.steps[0]!.scales).toBeNull();
     await expect(train(s, { data: text, steps: 1, saveDir: null, engineFactory: spy, biasCorrection: "no" as never })).rejects.toThrow('biasCorrection must be true or false, got "no"');
+  });
+
+  it("names the state a bad stored optimizer step, sampler, schedule kind or metrics line comes from", async () => {
+    const s = tiny();
+    const opts: TrainOptions = { data: text, steps: 1, batch: 2, context: 8, saveDir: null, engineFactory: fakeEngine };
+    await expect(train({ ...s, optimizer: { ...s.optimizer, step: -5 } }, opts)).rejects.toThrow(/^the state: optimizer\.step must be an integer ≥ 0, got -5$/);
+    await expect(train({ ...s, progress: { ...s.progress, sampler: "zigzag" } }, opts)).rejects.toThrow(/^the state: progress\.sampler must be random or sequential, got "zigzag"$/);
+    const zigzag = { kind: "zigzag", peakLr: 1e-3, warmupSteps: 0, totalSteps: 10, restarts: [] };
+    await expect(train({ ...s, schedule: zigzag }, opts)).rejects.toThrow(/^the state: schedule: unknown LR schedule kind "zigzag"/);
+    // Loaded from a directory: its training_state.json. An option at fault is not blamed on the state.
+    const loaded = Object.assign({ ...s, schedule: zigzag }, { source: "runs/a" });
+    expect(() => resolveSchedule(loaded, { steps: 1 })).toThrow(/^runs\/a\/training_state\.json: schedule: unknown LR schedule kind "zigzag"/);
+    expect(resolveSchedule(loaded, { steps: 1, schedule: "constant" }).kind).toBe("constant");
+    expect(() => resolveSchedule(s, { steps: 1, schedule: "zigzag" })).toThrow(/^unknown LR schedule kind "zigzag"/);
+    const files = new Map([["metrics.jsonl", new TextEncoder().encode('{"step":1,"tokens":1,"flops":1,"loss":1}\nnot json\n')]]);
+    const withMetrics = Object.assign({ ...s, files }, { source: join(dir, "m-src") });
+    await expect(train(withMetrics, { ...opts, saveDir: join(dir, "m-out") })).rejects.toThrow(`${join(dir, "m-src", "metrics.jsonl")}:2: not JSON`);
   });
 
   it("creates a schedule on a fresh state and extends a stored one only when the run goes past it", () => {

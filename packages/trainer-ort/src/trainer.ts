@@ -1,11 +1,11 @@
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import {
   canonicalPath, createDefaultRegistry, detachedState, inMemory, lockCheckpoint, saveTrainingState, streamKey, Tensor,
   type CheckpointLock, type LazyTensor, type LrScheduleSpec, type Registry, type TrainingSettings, type TrainingState,
 } from "@staged/core";
-import { createLrSchedule, flopsPerToken, hasParamLrScales, paramLrScale } from "@staged/scheduler";
+import { createLrSchedule, flopsPerToken, hasParamLrScales, LR_SCHEDULE_KINDS, paramLrScale } from "@staged/scheduler";
 import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
@@ -46,7 +46,7 @@ export const DEFAULT_SCHEDULE = "constant";
 
 export interface TrainOptions {
   /**
-   * `brown` (Brown corpus: train split, validation split held out), a `.txt` file, or a `.bin` file of uint16 ids.
+   * `brown` (Brown corpus: train split, validation split held out), a `.txt` file, or a token file (`.bin`: uint16 ids, `.u32.bin`: uint32; see readTokenFile).
    * Default: the data the state was last trained on (state.training.data).
    */
   data?: string;
@@ -108,6 +108,12 @@ export interface TrainOptions {
   threads?: number;
   /** Engine builder (tests substitute their own). */
   engineFactory?: EngineFactory;
+  /**
+   * Stop early and keep the work (Ctrl-C in the CLI): once aborted, the step in progress finishes, nothing more is
+   * evaluated, the state is saved (with saveDir) and the call returns with `interrupted: true`. Aborted before the
+   * first step: no step runs and nothing is saved.
+   */
+  signal?: AbortSignal;
   /** Where the state's architecture plugin is found (default: createDefaultRegistry()); plugins of your own train through it. */
   registry?: Registry;
 }
@@ -168,11 +174,19 @@ export interface TrainResult {
   schedule: LrScheduleSpec;
   /** Where checkpoints went (null when nothing was saved). */
   saveDir: string | null;
+  /** Stopped by `signal` before `steps` steps (the state then holds the steps done, saved with saveDir). */
+  interrupted: boolean;
 }
 
 const isPosInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 1;
 const isNonNegInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 0;
 const isNonNeg = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0;
+
+/** Where a state's fields are, for messages: its directory's training_state.json, or "the state" for one built in memory. */
+const stateFileOf = (state: TrainingState): string => {
+  const source = (state as { source?: string }).source;
+  return source === undefined ? "the state" : join(source, "training_state.json");
+};
 
 function check(ok: boolean, message: string): void {
   if (!ok) throw new Error(message);
@@ -216,6 +230,13 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
   if (o.keepEvery !== undefined) check(isNonNegInt(o.keepEvery), `keep-every must be a non-negative integer, got ${o.keepEvery}`);
   if (o.device !== undefined) check(o.device === "cpu" || o.device === "cuda", `device must be cpu or cuda, got ${JSON.stringify(o.device)}`);
   if (o.threads !== undefined) check(isPosInt(o.threads), `threads must be a positive integer, got ${o.threads}`);
+  // What the state itself says, checked here for a state built in memory (a loaded one was checked as it was read).
+  const where = stateFileOf(state);
+  check(isNonNegInt(state.optimizer.step), `${where}: optimizer.step must be an integer ≥ 0, got ${state.optimizer.step}`);
+  const storedSampler = state.progress.sampler;
+  if (o.sampler === undefined && storedSampler !== undefined) {
+    check(SAMPLER_KINDS.includes(storedSampler as SamplerKind), `${where}: progress.sampler must be ${SAMPLER_KINDS.join(" or ")}, got ${JSON.stringify(storedSampler)}`);
+  }
   const valData = o.valData ?? (o.data === undefined ? stored?.valData : undefined);
   return {
     batch, context, data: data!, evalEvery: o.evalEvery ?? stored?.evalEvery ?? 0, evalBlocks: o.evalBlocks ?? stored?.evalBlocks ?? DEFAULT_EVAL_BLOCKS,
@@ -249,7 +270,16 @@ export function resolveSchedule(state: TrainingState, o: Pick<TrainOptions, "lr"
   } else if (end > spec.totalSteps) spec.totalSteps = end;
   check(spec.warmupSteps <= spec.totalSteps, `warmup ${spec.warmupSteps} is longer than the schedule (${spec.totalSteps} steps): ` +
     "the learning rate would never reach its peak; shorten it or give a longer total steps");
-  createLrSchedule(spec); // validates
+  try {
+    createLrSchedule(spec); // validates
+  } catch (e) {
+    // The stored schedule is at fault when its kind is the unknown one, or when no option changed it.
+    const fromState = stored !== null && (LR_SCHEDULE_KINDS.includes(spec.kind)
+      ? [o.schedule, o.lr, o.warmup, o.minLr, o.totalSteps].every((v) => v === undefined)
+      : o.schedule === undefined);
+    if (fromState) throw new Error(`${stateFileOf(state)}: schedule: ${(e as Error).message}`, { cause: e });
+    throw e;
+  }
   return spec;
 }
 
@@ -293,7 +323,8 @@ export async function evaluateBlocks(engine: Pick<TrainEngine, "evalLoss">, toke
 async function metricsHistory(state: TrainingState): Promise<MetricsRecord[]> {
   const inFiles = state.files?.get(METRICS_FILE);
   const source = (state as { source?: string }).source;
-  const all = inFiles ? parseMetrics(new TextDecoder().decode(inFiles)) : source ? await readMetrics(source) : [];
+  const all = inFiles ? parseMetrics(new TextDecoder().decode(inFiles), source ? join(source, METRICS_FILE) : `the state's ${METRICS_FILE}`)
+    : source ? await readMetrics(source) : [];
   const stage = state.progress.stages.length;
   const now = state.progress.globalStep ?? state.progress.step;
   return all.filter((r) => (r.stage ?? 0) < stage || (r.globalStep ?? r.step) <= now);
@@ -446,11 +477,13 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
   };
 
   let final: TrainingState;
+  let interrupted = false;
   const setupSeconds = (performance.now() - t0) / 1000;
   try {
     await callbacks.onStart?.({ data, schedule, context, batch, setupSeconds });
     const ids = new Int32Array(batch * context);
     for (let i = 1; i <= o.steps; i++) {
+      if (o.signal?.aborted) { interrupted = true; break; }
       const ts = performance.now();
       sampler.batch(progress.step, ids);
       const lr = lrAt(progress.step);
@@ -476,8 +509,10 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
         step: progress.step, globalStep: progress.globalStep, stage: progress.stages.length,
         tokens: progress.tokensSeen, flops: progress.flopsSeen, loss, lr,
       };
-      let last = i === o.steps;
-      if ((settings.evalEvery && progress.step % settings.evalEvery === 0) || last) {
+      // Interrupted: this step is kept (saved below), without the evaluation that would delay the stop.
+      if (o.signal?.aborted && i < o.steps) interrupted = true;
+      let last = i === o.steps || interrupted;
+      if (((settings.evalEvery && progress.step % settings.evalEvery === 0) || last) && !interrupted) {
         record.valLoss = await evaluate();
         last ||= stop; // a callback ended the call here
       }
@@ -491,7 +526,7 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
       await keep();
       if (last) break;
     }
-    await save();
+    if (losses.length > 0) await save();
     final = snapshot(true);
   } finally {
     await engine.release();
@@ -501,13 +536,13 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
   const runTokens = stepsRun * batch * context;
   const result: TrainResult = {
     step: progress.step,
-    loss: losses[losses.length - 1]!,
+    loss: losses.at(-1) ?? NaN,
     losses, valLoss,
-    tokensPerSecond: runTokens / stepSeconds,
+    tokensPerSecond: stepSeconds > 0 ? runTokens / stepSeconds : 0,
     tokens: progress.tokensSeen, flops: progress.flopsSeen,
     runTokens, runFlops: runTokens * fpt,
     seconds: (performance.now() - t0) / 1000, stepSeconds, setupSeconds,
-    metrics: records, schedule, saveDir,
+    metrics: records, schedule, saveDir: stepsRun > 0 ? saveDir : null, interrupted,
   };
   return { state: final, result };
 }

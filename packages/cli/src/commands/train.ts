@@ -5,6 +5,7 @@ import { loadTrainingState } from "@staged/core";
 import { train, DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, type StepInfo, type TrainOptions } from "@staged/trainer-ort";
 import { fmtTime } from "../progress.js";
 import { createOutput, runAction } from "../output.js";
+import { listenForInterrupt, lostSince } from "../interrupt.js";
 import { integer, number } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
@@ -66,7 +67,7 @@ function progressReporter(steps: number) {
 export function registerTrain(program: Command): void {
   program.command("train <dir>")
     .description("train a checkpoint in place for --steps steps (resumes from its progress; saves atomically; with the dropout its config.json says)")
-    .option("--data <source>", "brown (the Brown corpus), a .txt file, or a .bin file of uint16 token ids (default: the checkpoint's last)")
+    .option("--data <source>", "brown (the Brown corpus), a .txt file, or a file of little-endian token ids: .bin uint16, .u32.bin uint32 (vocabularies past 65,536), read in pieces at any size (default: the checkpoint's last)")
     .requiredOption("--steps <N>", "steps to run now", integer("steps", 1))
     .option("--batch <B>", `blocks per step (default: the checkpoint's, ${DEFAULT_BATCH} for a fresh one)`, integer("batch", 1))
     .option("--micro-batch <M>", "blocks per micro-batch (gradient accumulation; divides --batch)", integer("micro-batch", 1))
@@ -100,9 +101,13 @@ export function registerTrain(program: Command): void {
         const state = await loadTrainingState(dir, { lock: "exclusive" });
         // Progress goes to stderr also with --json (stdout carries only the result).
         const progress = progressReporter(o.steps);
+        // Ctrl-C: the step in progress finishes and is saved; a second Ctrl-C says what it loses.
+        let saved = state.progress.step, current = state.progress.step;
+        const interrupt = listenForInterrupt("finishing the step in progress and saving", () => lostSince(saved, current, dir));
         try {
-          const options: TrainOptions = { ...o, clip: o.clip === Infinity ? null : o.clip, saveDir: dir };
+          const options: TrainOptions = { ...o, clip: o.clip === Infinity ? null : o.clip, saveDir: dir, signal: interrupt.signal };
           const { result } = await train(state, options, {
+            onSave: (s) => { if (s.dir === dir) saved = s.step; },
             onStart: ({ data, schedule, context, batch, setupSeconds }) => {
               out.info(`training ${resolve(dir)} from step ${state.progress.step}: ${o.steps} steps of ${batch} × ${context} tokens on ${data.train.name} ` +
                 `(${data.train.tokens.length} tokens), validation ${data.validation.name}; ${schedule.kind} LR ${schedule.peakLr} ` +
@@ -110,19 +115,26 @@ export function registerTrain(program: Command): void {
               progress?.start();
             },
             onEval: (e) => { progress?.eval(e.valLoss); },
-            onStep: (i) => { progress?.step(i); },
+            onStep: (i) => { current = i.step; progress?.step(i); },
           });
           progress?.stop();
+          if (result.interrupted) {
+            process.exitCode = interrupt.status() ?? 130;
+            out.info(result.losses.length === 0
+              ? `interrupted before the first step: ${resolve(dir)} is unchanged (step ${state.progress.step})`
+              : `interrupted after ${result.losses.length} of ${o.steps} steps: saved step ${result.step} to ${resolve(dir)}; nothing is lost`);
+          }
           const json = {
             step: result.step, loss: result.loss, losses: result.losses, valLoss: result.valLoss,
             tokensPerSecond: result.tokensPerSecond, tokens: result.tokens, flops: result.flops, seconds: result.seconds,
             runTokens: result.runTokens, stepSeconds: result.stepSeconds, setupSeconds: result.setupSeconds,
-            schedule: result.schedule, checkpoint: resolve(dir),
+            schedule: result.schedule, checkpoint: resolve(dir), interrupted: result.interrupted,
           };
           out.result(json, `step ${result.step}: loss ${fmtLoss(result.loss)}, val loss ${fmtLoss(result.valLoss)}, ` +
             `${Math.round(result.tokensPerSecond)} tokens/s, ${result.tokens} tokens, ${result.flops.toExponential(2)} FLOPs seen; ` +
-            `saved ${resolve(dir)} (${result.seconds.toFixed(1)} s)`);
+            (result.saveDir ? `saved ${resolve(dir)}` : `${resolve(dir)} unchanged`) + ` (${result.seconds.toFixed(1)} s)`);
         } finally {
+          interrupt.dispose();
           progress?.stop();
           await state.close();
         }

@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import ort from "onnxruntime-node";
@@ -80,6 +80,11 @@ describe("exportModel", () => {
     await expect(exportModel({ ...s, params: big }, join(root, "big"), { dtype: "fp16" })).rejects.toThrow("parameter transformer.wte.weight holds 1000000 at index 3, beyond float16's range (export it as fp32)");
     expect((await readdir(root)).filter((f) => /^(nan|big)$|^\.(nan|big)\./.test(f))).toEqual([]);
     await expect(exportModel(join(root, "missing"), join(root, "x"))).rejects.toThrow(/missing: not a checkpoint directory/);
+    // An output that is a symlink to nothing is said to be one (not ENOTDIR from the rename).
+    const dangling = join(root, "dangling");
+    await symlink("nowhere/export", dangling);
+    await expect(exportModel(ckpt, dangling)).rejects.toThrow(new RegExp(`^${dangling}: a symlink to nowhere/export, which does not exist$`));
+    expect((await readdir(root)).filter((f) => f.includes("dangling") || f.includes("nowhere"))).toEqual(["dangling"]);
   });
 });
 

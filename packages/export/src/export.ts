@@ -8,7 +8,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/p
 import { createRequire } from "node:module";
 import { basename, dirname, join, relative, isAbsolute } from "node:path";
 import {
-  byteLevelTokenizerConfig, byteLevelTokenizerJson, BYTE_LEVEL_PAD_ID, canonicalPath, createDefaultRegistry, loadTrainingState,
+  byteLevelTokenizerConfig, byteLevelTokenizerJson, BYTE_LEVEL_PAD_ID, canonicalPath, checkOutputPath, createDefaultRegistry, loadTrainingState,
   lockCheckpoint, parseJsonFile, recoverCheckpoint, syncDir, syncTree, systemReason,
   type CheckpointLock, type LoadedTrainingState, type Registry, type TrainingState,
 } from "@staged/core";
@@ -215,6 +215,7 @@ export interface ExportInternals {
  */
 export async function exportModel(source: string | TrainingState, outDir: string, options: ExportOptions & ExportInternals = {}): Promise<ExportResult> {
   const registry = options.registry ?? createDefaultRegistry();
+  await checkOutputPath(outDir);
   const target = await canonicalPath(outDir);
   const loaded: LoadedTrainingState | null = typeof source === "string" ? await loadTrainingState(source, { registry }) : null;
   const state: TrainingState = loaded ?? (source as TrainingState);

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTrainingState, processStart } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
 import { brownText } from "@staged/trainer-ort";
-import { budgetFlops, executeRun, grownModel, runEntries, runSpec, shapeOf } from "./run.js";
+import { budgetFlops, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
 import { parseRunSpec, type RunSpec } from "./spec.js";
 import { compareRuns } from "./report.js";
 
@@ -115,6 +115,27 @@ describe("executeRun", () => {
     expect(() => spec({ cooldown: { steps: 5, decay: "cosine" } })).toThrow("cooldown.decay is not a field");
   });
 
+  it("a signal stops a run after the step in progress, saved; the rerun ends as an uninterrupted run (in a stage and in the cooldown)", async () => {
+    const s = spec({ cooldown: { steps: 10, blocks: 6 } });
+    const [entry] = runEntries(s);
+    const whole = await executeRun(s, entry!, join(dir, "sig-whole"));
+    const last = whole.points.at(-1)!.globalStep;
+    for (const at of [7, 23, last + 3]) {
+      const d = join(dir, `sig-${at}`);
+      const ac = new AbortController();
+      const e = await executeRun(s, entry!, d, { signal: ac.signal, onStep: (g) => { if (g === at) ac.abort(); } }).then(() => null, (x: unknown) => x);
+      expect(e).toBeInstanceOf(RunInterrupted);
+      expect((e as RunInterrupted).message).toMatch(/interrupted at step \d+, saved in .*stage-\d; run the same command again to resume$/);
+      // The step at which it stopped is saved (nothing lost), and no result is written yet.
+      const st = await loadTrainingState((e as RunInterrupted).dir);
+      expect(st.progress.globalStep).toBe(at);
+      await st.close();
+      const resumed = await executeRun(s, entry!, d);
+      expect(resumed.points).toEqual(whole.points);
+      expect(resumed.final).toEqual(whole.final);
+    }
+  });
+
   it("a run killed after the small model's last save and before its growth grows at the step it was due (issue 22, 1)", async () => {
     const s = spec({ stages: [{ grow: "width", at: { step: 20 }, rewarmup: 2 }] });
     const [entry] = runEntries(s);
@@ -150,6 +171,14 @@ describe("executeRun", () => {
     } finally {
       other.kill("SIGKILL");
     }
+  });
+
+  it("refuses a run directory that is a symlink to nothing, saying so, writing nothing", async () => {
+    const s = spec();
+    const d = join(dir, "dangling");
+    await symlink("nowhere/run", d);
+    await expect(executeRun(s, runEntries(s)[0]!, d)).rejects.toThrow(new RegExp(`^${d}: a symlink to nowhere/run, which does not exist$`));
+    expect((await readdir(dir)).filter((f) => f.includes("dangling") || f.includes("nowhere"))).toEqual(["dangling"]);
   });
 
   it("auto timing grows when the measured dL/dC reaches the law's large model's", async () => {

@@ -1,8 +1,8 @@
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import {
-  canonicalPath, checkInput, createDefaultRegistry, lockCheckpoint, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState,
+  canonicalPath, checkInput, checkOutputPath, createDefaultRegistry, lockCheckpoint, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState,
   writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
 } from "@staged/core";
 import { widthGrowth } from "@staged/grow-width";
@@ -98,6 +98,19 @@ export interface ExecuteOptions {
   engineFactory?: EngineFactory;
   /** Called after every training step (tests interrupt a run here to check resuming). */
   onStep?(globalStep: number): void;
+  /**
+   * Stop early and keep the work (Ctrl-C in the CLI): the step in progress finishes and is saved, and the run throws
+   * RunInterrupted; running the same spec again resumes from there as after a kill.
+   */
+  signal?: AbortSignal;
+}
+
+/** A run stopped by ExecuteOptions.signal, its work saved: the same command resumes it. */
+export class RunInterrupted extends Error {
+  constructor(readonly run: string, readonly dir: string, readonly step: number) {
+    super(`${run}: interrupted at step ${step}, saved in ${dir}; run the same command again to resume`);
+    this.name = "RunInterrupted";
+  }
 }
 
 function createRegistry(): Registry {
@@ -154,6 +167,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
   const budget = budgetFlops(spec);
   const loaded = await checkRunInputs(spec);
   const law = loaded?.law ?? null;
+  await checkOutputPath(runDir);
   await mkdir(runDir, { recursive: true });
   // One process per run directory: a second `staged run` of it is refused, naming the first.
   const lock = await lockCheckpoint(await canonicalPath(runDir), "exclusive");
@@ -247,7 +261,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
           biasCorrection: spec.optimizer.biasCorrection,
           seed: k === 0 && state.progress.step === 0 ? entry.seed : undefined,
           evalEvery: spec.eval.every, evalBlocks: spec.eval.blocks, saveDir: dir,
-          threads: o.threads ?? spec.threads, engineFactory: o.engineFactory,
+          threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal,
         };
         const before = state;
         const globalBefore = before.progress.globalStep ?? before.progress.step;
@@ -267,6 +281,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         });
         await before.close();
         state = Object.assign(r.state, { close: async () => {} });
+        if (r.result.interrupted) throw new RunInterrupted(entry.name, dir, state.progress.step);
         decided ||= due(state);
       }
       if (!stage || !decided) {
@@ -284,7 +299,8 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         await writeFileAtomic(resultFile, JSON.stringify(result) + "\n");
         return result;
       }
-      // Grow into stage k + 1.
+      // Grow into stage k + 1 (not once stopped: the stage's checkpoint is saved, and a resume replays the growth).
+      if (o.signal?.aborted) throw new RunInterrupted(entry.name, dir, state.progress.step);
       const records = await readMetrics(dir);
       const valBefore = curvePoints(records).at(-1)?.valLoss ?? lastVal!;
       const continueAt = stage.continueAt === "keep" ? undefined
@@ -350,9 +366,10 @@ async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunS
     const r = await train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) }, {
       steps, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir: dir,
       data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
-      threads: o.threads ?? spec.threads, engineFactory: o.engineFactory,
+      threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal,
     }, { onStep: (i) => o.onStep?.(globalBefore + i.index) });
     current = r.state;
+    if (r.result.interrupted) throw new RunInterrupted(basename(runDir), dir, current.progress.step);
     o.onLine?.(`${dir}: cooldown ${current.progress.step - start.step}/${c.steps} steps`);
   }
   const after = await evaluate(current, ev);

@@ -45,5 +45,5 @@ export function listenForInterrupt(stopping: string, lost: () => string,
 /** What stopping now loses of a checkpoint saved at step `saved` whose training reached step `current`. */
 export const lostSince = (saved: number, current: number, dir: string): string =>
   current > saved
-    ? `${current - saved} step${current - saved === 1 ? "" : "s"} since the last save are lost (${dir} keeps step ${saved})`
+    ? `${current - saved} step${current - saved === 1 ? " since the last save is" : "s since the last save are"} lost (${dir} keeps step ${saved})`
     : `nothing is lost (${dir} keeps step ${saved})`;

@@ -251,7 +251,10 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         const stageSteps = (state.progress.globalStep ?? state.progress.step) - stageStartGlobal;
         const byFlops = Math.ceil((target - state.progress.flopsSeen) / fpStep);
         const bySteps = until?.steps !== undefined ? until.steps - stageSteps : Infinity;
-        const steps = Math.max(1, Math.min(byFlops, bySteps, spec.eval.every * 5));
+        // Pieces of 5 evaluations from the stage's start (each piece ends with an evaluation and a save); a run resumed
+        // from a step inside a piece (after Ctrl-C) finishes that piece first, so its curve has the same points.
+        const piece = spec.eval.every * 5;
+        const steps = Math.max(1, Math.min(byFlops, bySteps, piece - (stageSteps % piece)));
         const options: TrainOptions = {
           data: spec.data, valData: spec.valData, tokenizer: k === 0 && state.progress.step === 0 ? spec.tokenizer : undefined,
           steps, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,

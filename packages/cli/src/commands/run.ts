@@ -4,12 +4,13 @@ import { basename, dirname, extname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { parseJsonFile, readTextInput } from "@staged/core";
 import {
-  compareRuns, DEFAULT_DYNAMICS_WINDOWS, formatReport, parseRunSpec, renderReportSvg, runSpec, svgToPng,
+  compareRuns, DEFAULT_DYNAMICS_WINDOWS, formatReport, parseRunSpec, renderReportSvg, RunInterrupted, runSpec, svgToPng,
   type RunProgress, type RunResult,
 } from "@staged/run";
 import { writeOutputFile } from "../files.js";
 import { fmtTime } from "../progress.js";
 import { createOutput, runAction, UsageError } from "../output.js";
+import { listenForInterrupt } from "../interrupt.js";
 import { integer, intList } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
@@ -65,13 +66,26 @@ export function registerRun(program: Command): void {
         if (o.baseline) spec.baseline = { seeds: o.baseline };
         const dir = o.out ?? join(dirname(file), basename(file, extname(file)));
         const only = o.only?.split(",").map((s) => s.trim()).filter(Boolean);
+        // Ctrl-C: the step in progress finishes and is saved; the same command resumes the run from there.
+        const interrupt = listenForInterrupt("finishing the step in progress and saving",
+          () => "the steps since the run's last save are lost; run the same command again to resume from it");
         // Progress and decisions on stderr, also with --json.
-        const results = await runSpec(spec, dir, {
-          only, threads: o.threads,
-          onStart: (names) => process.stderr.write(`staged run: ${names.length} run${names.length === 1 ? "" : "s"} (${names.join(", ")}) into ${resolve(dir)}\n`),
-          onProgress: (p) => process.stderr.write(progressLine(p) + "\n"),
-          onLine: (line) => process.stderr.write(line + "\n"),
-        });
+        let results: Awaited<ReturnType<typeof runSpec>>;
+        try {
+          results = await runSpec(spec, dir, {
+            only, threads: o.threads, signal: interrupt.signal,
+            onStart: (names) => process.stderr.write(`staged run: ${names.length} run${names.length === 1 ? "" : "s"} (${names.join(", ")}) into ${resolve(dir)}\n`),
+            onProgress: (p) => process.stderr.write(progressLine(p) + "\n"),
+            onLine: (line) => process.stderr.write(line + "\n"),
+          });
+        } catch (e) {
+          if (!(e instanceof RunInterrupted)) throw e;
+          process.stderr.write(`staged: ${e.message}\n`);
+          process.exitCode = interrupt.status() ?? 130;
+          return;
+        } finally {
+          interrupt.dispose();
+        }
         const hasBaseline = results.some((r) => r.group === "baseline");
         const report = hasBaseline && results.some((r) => r.group !== "baseline") ? compareRuns(results) : null;
         out.result({ out: resolve(dir), runs: results.map((r) => ({ name: r.name, group: r.group, seed: r.seed, done: r.done,

@@ -47,3 +47,6 @@ export const lostSince = (saved: number, current: number, dir: string): string =
   current > saved
     ? `${current - saved} step${current - saved === 1 ? " since the last save is" : "s since the last save are"} lost (${dir} keeps step ${saved})`
     : `nothing is lost (${dir} keeps step ${saved})`;
+
+/** A command stopped by a signal: runAction reports it in one line and keeps the signal's exit status. */
+export class Interrupted extends Error {}

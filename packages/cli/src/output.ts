@@ -1,3 +1,4 @@
+import { Interrupted } from "./interrupt.js";
 /** How every command reports: human lines on stderr/stdout, or one JSON object with --json. */
 export interface Output {
   json: boolean;
@@ -27,6 +28,7 @@ export async function runAction(debug: boolean, body: () => Promise<void>): Prom
     const err = e instanceof Error ? e : new Error(String(e));
     process.stderr.write(`staged: ${err.message.split("\n")[0]}\n`);
     if (debug && err.stack) process.stderr.write(err.stack + "\n");
-    process.exitCode = 1;
+    // Stopped by Ctrl-C or SIGTERM: the status the command set for the signal (130, 143) stays.
+    if (!(err instanceof Interrupted && process.exitCode)) process.exitCode = 1;
   }
 }

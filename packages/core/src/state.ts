@@ -322,6 +322,11 @@ export interface SaveOptions {
   lock?: CheckpointLock;
   /** Where to say what crash recovery did (default: a line on stderr each). */
   notice?: (line: string) => void;
+  /**
+   * Abandon the save once aborted (Ctrl-C in the CLI): checked before each piece written, it ends the save with an
+   * error, its temporary files removed and the target as it was.
+   */
+  signal?: AbortSignal;
 }
 
 export interface SaveProgress { name: string; tensors: number; totalTensors: number; bytes: number; totalBytes: number }
@@ -443,6 +448,7 @@ function saveObserver(entries: TensorEntry[], dir: string, options: SaveOptions)
   let tensors = 0, written = 0, done = 0;
   return {
     piece: (name, dtype, bytes, at, values) => {
+      if (options.signal?.aborted) throw new Error(`${dir}: not saved: interrupted (${String(options.signal.reason ?? "aborted")}); nothing was written there`);
       let bad = values ? firstNonFinite(values) : null;
       if (!bad && (!values || dtype === "BF16")) {
         const i = firstNonFiniteStored(dtype, bytes);

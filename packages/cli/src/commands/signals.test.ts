@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -84,4 +84,24 @@ describe("staged run under Ctrl-C", () => {
     const points = async (d: string): Promise<unknown> => (JSON.parse(await readFile(join(d, "w-s0", "result.json"), "utf8")) as { points: unknown }).points;
     expect(await points(out)).toEqual(await points(join(root, "whole")));
   }, 90_000);
+});
+
+describe("grow and export under Ctrl-C", () => {
+  it("abandon the write at once: temporary files removed, nothing written, status 130", async () => {
+    const input = join(root, "big", "m");
+    ok("init", input, "--layers", "2", "--d-model", "768", "--heads", "12", "--context", "64");
+    const parent = join(root, "outs");
+    ok("init", join(parent, "keep"), ...SHAPE);
+    const writing = () => readdirSync(parent).some((n) => n !== "keep");
+    const grown = join(parent, "grown");
+    const g = await interrupted(["grow", "width", input, grown, "--factor", "2"], writing, ["SIGINT"]);
+    expect(g.status, g.stderr).toBe(130);
+    expect(g.stderr.trim().split("\n").at(-1)).toBe(`staged: ${grown}: interrupted: nothing was written`);
+    expect(readdirSync(parent)).toEqual(["keep"]);
+    const exported = join(parent, "onnx-out");
+    const e = await interrupted(["export", input, "--out", exported], writing, ["SIGINT"]);
+    expect(e.status, e.stderr).toBe(130);
+    expect(e.stderr.trim().split("\n").at(-1)).toBe(`staged: ${exported}: interrupted: nothing was written`);
+    expect(readdirSync(parent)).toEqual(["keep"]);
+  }, 120_000);
 });

@@ -6,7 +6,7 @@ import {
   type CheckpointLock, type LazyTensor, type LrScheduleSpec, type Registry, type TrainingSettings, type TrainingState,
 } from "@staged/core";
 import { createLrSchedule, flopsPerToken, hasParamLrScales, LR_SCHEDULE_KINDS, paramLrScale } from "@staged/scheduler";
-import { prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
+import { brownSplitOf, prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
 import { createEngine, type StepOptions } from "./engine.js";
@@ -205,6 +205,15 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
   }
   const data = o.data ?? stored?.data;
   check(typeof data === "string" && data !== "", "no training data: name it (data: brown, a .txt or a .bin file); this checkpoint stores none");
+  // The data a checkpoint names is read only when it is what --data takes (a checkpoint from elsewhere must not pick
+  // an arbitrary file of this machine to train on, and so copy it into the weights); anything else must be named.
+  for (const [key, value] of [["data", o.data === undefined ? stored?.data : undefined], ["valData", o.valData === undefined && o.data === undefined ? stored?.valData : undefined]] as const) {
+    if (value !== undefined) {
+      check(brownSplitOf(value) !== null || /\.(txt|bin)$/i.test(value),
+        `the checkpoint's training_state.json names training.${key} ${JSON.stringify(value)}, which is not brown, a .txt or a .bin file: ` +
+        `give the ${key === "data" ? "training" : "validation"} data yourself to use it`);
+    }
+  }
   const context = o.context ?? stored?.context ?? state.shape.context;
   check(Number.isInteger(context) && context >= 2, `context must be an integer ≥ 2, got ${context}`);
   check(context <= state.shape.context, `context ${context} is above the model's n_positions ${state.shape.context}`);

@@ -1,7 +1,9 @@
+import { existsSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { Option, type Command } from "commander";
 import { formatBytes } from "@staged/core";
 import { exportModel, type ExportDType } from "@staged/export";
+import { loadHfTokenizer } from "@staged/trainer-ort";
 import { createOutput, runAction } from "../output.js";
 import { Interrupted, listenForInterrupt } from "../interrupt.js";
 import { createProgress } from "../progress.js";
@@ -22,6 +24,8 @@ export function registerExport(program: Command): void {
       await runAction(Boolean(g.debug), async () => {
         const out = o.out ?? defaultExportDir(dir);
         const t0 = performance.now();
+        // A tokenizer.json that does not load would make an export transformers.js cannot load: refused before writing.
+        if (existsSync(join(dir, "tokenizer.json"))) await loadHfTokenizer(join(dir, "tokenizer.json"));
         let progress: ReturnType<typeof createProgress> | null = null, file = "";
         // Ctrl-C: the export is abandoned at the next piece written and its temporary directory removed.
         const interrupt = listenForInterrupt(`abandoning the export: nothing is written to ${out}`,

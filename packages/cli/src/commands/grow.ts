@@ -5,7 +5,7 @@ import {
   LR_SCALE_PARAMS, loadTrainingState, parameterCount, saveTrainingState, writeAnnouncement, type GrowthPlugin, type LrScaleParams,
   type TrainingState,
 } from "@staged/core";
-import { evaluate } from "@staged/trainer-ort";
+import { evaluate, tokenizerOf } from "@staged/trainer-ort";
 import type { WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
 import { createCliRegistry } from "../registry.js";
@@ -34,6 +34,8 @@ async function grow<O extends object>(input: string, output: string, operator: s
     const plugin = registry.get("growth", operator) as GrowthPlugin<O>;
     const state = await loadTrainingState(input, { registry });
     try {
+      // A tokenizer.json that does not load would be carried into the grown checkpoint, unusable there too.
+      if (state.tokenizer.kind === "hf") await tokenizerOf(state.tokenizer, state.files, input);
       const { force, maxShardBytes, evalData, evalContext, evalBlocks, progress: progressMode, ...growOptions } = options;
       // The operator checks the grown size against MODEL_LIMITS before building anything per layer.
       const grown: TrainingState = await plugin.grow(state, { ...growOptions, registry } as O);

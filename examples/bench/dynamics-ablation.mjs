@@ -7,6 +7,7 @@
 //
 //   node examples/bench/dynamics-ablation.mjs <small-checkpoint> --out <dir> [--variants a,b,...] [--seeds 0,1]
 //        [--steps 1500] [--every 50] [--blocks 256] [--batch 16] [--context 128] [--threads 1] [--list]
+//        [--data brown|<file>] [--val-data <file>]   (the training and validation data, as `staged train`'s)
 //        [--cooldown N [--cooldown-blocks K]]   (then N steps with the LR decaying to 0, and the loss on the validation split)
 //
 // Resumable: a (variant, seed) whose result.json exists is skipped. The seed is the growth's (split, noise) and the
@@ -31,7 +32,7 @@ const { values: a, positionals } = parseArgs({
     out: { type: "string" }, variants: { type: "string" }, seeds: { type: "string", default: "0" },
     steps: { type: "string", default: "1500" }, every: { type: "string", default: "50" }, blocks: { type: "string", default: "256" },
     batch: { type: "string", default: "16" }, context: { type: "string", default: "128" },
-    threads: { type: "string" }, data: { type: "string", default: "brown" }, list: { type: "boolean", default: false },
+    threads: { type: "string" }, data: { type: "string", default: "brown" }, "val-data": { type: "string" }, list: { type: "boolean", default: false },
     chunk: { type: "string", default: "250" }, cooldown: { type: "string", default: "0" }, "cooldown-blocks": { type: "string" },
   },
 });
@@ -68,6 +69,7 @@ for (const n of names) if (!VARIANTS[n]) { console.error(`unknown variant ${n} (
 const seeds = a.seeds.split(",").map(Number);
 const steps = Number(a.steps), every = Number(a.every), blocks = Number(a.blocks), batch = Number(a.batch), context = Number(a.context);
 const threads = a.threads ? Number(a.threads) : undefined;
+const vd = a["val-data"] ? { valData: a["val-data"] } : {};
 const registry = createDefaultRegistry().register("growth", widthGrowth).register("growth", depthGrowth);
 const out = resolve(a.out);
 
@@ -111,7 +113,7 @@ for (const name of names) {
     await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { recursive: true });
     const small = await loadTrainingState(src, { registry });
-    const ev = { data: a.data, stream: "training-validation", context, maxBlocks: blocks, batch, threads };
+    const ev = { data: a.data, ...vd, stream: "training-validation", context, maxBlocks: blocks, batch, threads };
     const before = history.at(-1)?.valLoss ?? (await evaluate(small, ev)).loss;
     const g = v.op ? await registry.get("growth", v.op).grow(small, { factor: 2, ...v.grow, ...(v.op === "width" ? { seed } : {}), ...v.stage, registry }) : small;
     const grown = v.config ? { ...g, config: { ...g.config, ...v.config } } : g;
@@ -124,7 +126,7 @@ for (const name of names) {
     for (let done = 0; done < steps; done += chunk) {
       const n = Math.min(chunk, steps - done);
       const r = await train(state, {
-        data: a.data, steps: n, batch, context, evalEvery: every, evalBlocks: blocks, saveDir: join(dir, "checkpoint"), threads,
+        data: a.data, ...vd, steps: n, batch, context, evalEvery: every, evalBlocks: blocks, saveDir: join(dir, "checkpoint"), threads,
         ...(done === 0 ? { seed: seed * 1000 + 17 } : {}),
       }, { onEval: (e) => { points.push({ globalStep: e.globalStep, step: e.step, stage: 1, flops: e.flops, tokens: e.tokens, valLoss: e.valLoss }); } });
       if (state !== grown) await state.close?.();
@@ -142,7 +144,7 @@ for (const name of names) {
       const fev = { ...ev, ...(a["cooldown-blocks"] ? { maxBlocks: Number(a["cooldown-blocks"]) } : { maxBlocks: undefined }) };
       const valLossBefore = (await evaluate(state, fev)).loss;
       const r = await train({ ...state, schedule: withCooldown(state.schedule, state.progress.step, coolSteps) }, {
-        data: a.data, steps: coolSteps, batch, context, evalEvery: 0, evalBlocks: blocks,
+        data: a.data, ...vd, steps: coolSteps, batch, context, evalEvery: 0, evalBlocks: blocks,
         saveDir: join(dir, "checkpoint"), threads,
       });
       const after = await evaluate(r.state, fev);

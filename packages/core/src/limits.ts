@@ -1,3 +1,4 @@
+import { constants as bufferConstants } from "node:buffer";
 import { freemem, totalmem } from "node:os";
 import { stat, statfs } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
@@ -171,3 +172,18 @@ export const ANNOUNCE_WRITE_BYTES = 1e9;
 /** "writing 12.3 GB to runs/big" for a write above the threshold, else null. */
 export const writeAnnouncement = (dir: string, bytes: number, threshold = ANNOUNCE_WRITE_BYTES): string | null =>
   bytes > threshold ? `writing ${formatBytes(bytes)} to ${dir}` : null;
+
+/**
+ * The longest string this JavaScript engine holds (V8: 2²⁹ − 24 UTF-16 units, 536870888), so the most bytes of
+ * UTF-8 text read as one string: each byte decodes to at most one unit. Text data above it cannot be decoded
+ * at once; a corpus that large belongs in a `.bin` file of token ids, read in pieces at any size.
+ */
+export const MAX_TEXT_BYTES: number = bufferConstants.MAX_STRING_LENGTH;
+
+/**
+ * The largest tokenizer.json read: 256 MiB. The largest published ones are about 33 MB (Gemma 3's, 262144
+ * tokens; GPT-2's is 1.4 MB, Llama 3's 9 MB), so a real one passes 7 times over; the file is decoded to one
+ * string and parsed whole (V8 refuses strings past MAX_TEXT_BYTES, 512 MiB, and the parsed objects take
+ * several times the file's size), so a larger file is a wrong file, refused before it is read.
+ */
+export const MAX_TOKENIZER_BYTES = 256 * 2 ** 20;

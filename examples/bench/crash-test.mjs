@@ -1,11 +1,16 @@
 // Crash and concurrency trials of the real commands: kill -9 at random moments of `staged train` (saving every
-// step) and `staged grow` saves, two writers at once, and readers racing a writer. After each trial a fresh
-// process opens the checkpoint; the trial counts as lost or corrupted unless
+// step) and `staged grow` saves, two writers at once, readers racing a writer, Ctrl-C / SIGTERM at random moments
+// of `staged train`, and kill -9, Ctrl-C or SIGTERM of a `staged run` with a growth (at random moments, and aimed at
+// the growth: as stage 1's first save begins). After each trial a fresh process opens the checkpoint; the trial
+// counts as lost or corrupted unless
 //   - the checkpoint loads, every tensor is finite, and it has no save leftovers beside it afterwards;
 //   - its model, optimizer and training_state.json are byte-identical to an uninterrupted reference run's
 //     checkpoint at the same step (so never a mix of two saves), and the step never goes backwards;
 //   - with two writers, the steps gained equal the steps of the commands that exited 0 (none lost);
-//   - a grow that exited 0 wrote exactly the reference growth of one complete checkpoint; the input is untouched.
+//   - a grow that exited 0 wrote exactly the reference growth of one complete checkpoint; the input is untouched;
+//   - after Ctrl-C or SIGTERM, train exited 130 or 143 and its checkpoint holds the last step it finished (the one
+//     it says it saved): no step is lost;
+//   - a `staged run` stopped any of these ways, rerun, gives the uninterrupted run's result (curve and growths).
 //
 //   node examples/bench/crash-test.mjs [--trials 300] [--parallel 2] [--json]      (after `pnpm build`)
 //
@@ -97,6 +102,22 @@ const trialSeconds = await timed(["train", calib, "--steps", String(STEPS), "--s
 const growSeconds = await timed(["grow", "width", template, join(root, "calibrate-wide"), "--factor", "2"]);
 log(`reference: ${STEPS + 1} steps saved every step in ${trainSeconds.toFixed(1)} s; a trial's train takes ${trialSeconds.toFixed(2)} s, a grow ${growSeconds.toFixed(2)} s`);
 
+// A staged run with one growth, and its uninterrupted result.
+const spec = join(root, "spec.json");
+await writeFile(spec, JSON.stringify({
+  name: "w", data, context: 16, batch: 4, optimizer: { lr: 3e-3 }, schedule: { kind: "constant", warmup: 2 },
+  eval: { every: 4, blocks: 4 }, budget: { flops: 6e8 }, model: { layers: 1, dModel: 16, heads: 2 },
+  stages: [{ grow: "width", at: { step: 40 }, rewarmup: 2 }], seeds: [0], threads: 1,
+}));
+const runRef = join(root, "run-ref");
+const runSeconds = await timed(["run", spec, "--out", runRef]);
+const resultOf = async (dir) => {
+  const r = JSON.parse(await readFile(join(dir, "w-s0", "result.json"), "utf8"));
+  return JSON.stringify({ points: r.points, growths: r.growths.map(({ seconds: _s, ...g }) => g) });
+};
+const runRefResult = await resultOf(runRef);
+log(`a staged run with a growth at step 40 takes ${runSeconds.toFixed(2)} s`);
+
 const leftoversOf = async (dir) => {
   const parent = join(dir, ".."), name = dir.split("/").pop();
   return (await readdir(parent)).filter((f) => new RegExp(`^\\.${name}\\.(tmp|new|old)-`).test(f));
@@ -165,6 +186,48 @@ const KINDS = {
     if (c.hash !== (await grownHash(1))) return problem("killGrow", i, "the output is not the reference growth");
     count("killGrow", "complete output");
   },
+  /** Ctrl-C or SIGTERM a `train --save-every 7` at a random moment: the checkpoint holds the last step it finished. */
+  async signalTrain(i, dir) {
+    const sig = Math.random() < 0.5 ? "SIGINT" : "SIGTERM";
+    const { child, done } = start(["--json", "train", dir, "--steps", String(STEPS), "--save-every", "7", "--threads", "1"]);
+    let stdout = "";
+    child.stdout.removeAllListeners("data");
+    child.stdout.on("data", (d) => { stdout += d; });
+    await sleep(Math.random() * trialSeconds * 1000);
+    child.kill(sig);
+    const e = await done;
+    count("signalTrain", e.code === 0 ? "finished first" : `exited ${e.code}`);
+    if (e.code !== 0 && e.code !== (sig === "SIGINT" ? 130 : 143)) return problem("signalTrain", i, `${sig}: exit ${e.code ?? e.signal}: ${e.stderr.trim()}`);
+    const c = await check(dir);
+    if (c.problem) return problem("signalTrain", i, c.problem);
+    if (refHash.get(c.step) !== c.hash) return problem("signalTrain", i, `step ${c.step} differs from the reference checkpoint at that step`);
+    const said = stdout.trim() ? JSON.parse(stdout.trim()) : null;
+    if (!said) return problem("signalTrain", i, `no result after ${sig}: ${e.stderr.trim()}`);
+    if (said.step !== c.step) return problem("signalTrain", i, `${sig}: said step ${said.step}, the checkpoint holds ${c.step}: ${said.step - c.step} steps lost`);
+    count("signalTrain", said.interrupted ? "stopped, nothing lost" : "finished, saved");
+  },
+  /** kill -9, Ctrl-C or SIGTERM a `staged run` with a growth (random moment, or as stage 1's first save begins), rerun it. */
+  async stopRun(i, dir) {
+    const out = join(dir, "..", "run");
+    const how = ["SIGKILL", "SIGINT", "SIGTERM"][i % 3];
+    const aimed = Math.random() < 0.5;
+    const { child, done } = start(["run", spec, "--out", out]);
+    if (aimed) {
+      // The growth window: stage 0 saved at its growth, stage 1 not yet (its first save is being written).
+      const parent = join(out, "w-s0");
+      const t = performance.now();
+      while (!(existsSync(parent) && (await readdir(parent)).some((f) => /stage-1/.test(f))) && performance.now() - t < runSeconds * 3000) await sleep(2);
+    } else {
+      await sleep(Math.random() * runSeconds * 1000);
+    }
+    child.kill(how);
+    const e = await done;
+    count("stopRun", `${how}${aimed ? " at the growth" : ""}: ${e.code === 0 ? "finished first" : e.signal ?? `exited ${e.code}`}`);
+    if (how !== "SIGKILL" && e.code !== 0 && e.code !== (how === "SIGINT" ? 130 : 143)) return problem("stopRun", i, `${how}: exit ${e.code ?? e.signal}: ${e.stderr.trim()}`);
+    const again = run(["run", spec, "--out", out]);
+    if (again.status !== 0) return problem("stopRun", i, `the rerun failed: ${again.stderr.trim()}`);
+    if ((await resultOf(out)) !== runRefResult) return problem("stopRun", i, `${how}${aimed ? " at the growth" : ""}: the resumed run's result differs from the uninterrupted one's`);
+  },
   /** Two `train --steps k` at once: the steps gained are those of the commands that exited 0. */
   async twoWriters(i, dir) {
     const k = 5;
@@ -204,7 +267,8 @@ const KINDS = {
 };
 
 const plan = [];
-for (let i = 0; i < TRIALS; i++) plan.push(["killTrain", "killTrain", "killGrow", "twoWriters", "readerVsWriter"][i % 5]);
+const ORDER = ["killTrain", "killTrain", "killGrow", "twoWriters", "readerVsWriter", "signalTrain", "signalTrain", "stopRun"];
+for (let i = 0; i < TRIALS; i++) plan.push(ORDER[i % ORDER.length]);
 let next = 0, finished = 0;
 const started = performance.now();
 async function worker() {

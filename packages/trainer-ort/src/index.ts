@@ -19,7 +19,8 @@ export { METRICS_FILE, readMetrics, parseMetrics, formatMetrics, type MetricsRec
 export { byteTokenizer, hfTokenizer, loadHfTokenizer, tokenizerOf, checkTokenizerFits, type TextTokenizer } from "./data/tokenizer.js";
 export { brownText, brownDocuments, untagDocument, untagSentence, BROWN_VALIDATION_EVERY, type BrownSplit } from "./data/brown.js";
 export {
-  readTokens, prepareData, decodeTokenFile, encodeTokenFile, requireBlock, HELD_OUT_FRACTION,
+  readTokens, readTokenFile, tokenFileDtype, prepareData, decodeTokenFile, encodeTokenFile, requireBlock, HELD_OUT_FRACTION, TOKEN_FILE_CHUNK_BYTES,
+  type TokenDtype, type ReadTokenFileOptions,
   type TokenStream, type PreparedData, type PrepareOptions,
 } from "./data/corpus.js";
 export { createSampler, evalBlockCount, SAMPLER_KINDS, type Sampler, type SamplerKind, type SamplerOptions } from "./data/sampler.js";

@@ -1,11 +1,11 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { brownDocuments, brownText, untagSentence } from "./brown.js";
-import { decodeTokenFile, encodeTokenFile, prepareData, readTokens } from "./corpus.js";
+import { decodeTokenFile, encodeTokenFile, prepareData, readTokenFile, readTokens, tokenFileDtype } from "./corpus.js";
 import { createSampler, evalBlockCount } from "./sampler.js";
-import { byteTokenizer, checkTokenizerFits, hfTokenizer } from "./tokenizer.js";
+import { byteTokenizer, checkTokenizerFits, hfTokenizer, loadHfTokenizer, tokenizerOf } from "./tokenizer.js";
 import { tinyBpeTokenizerJson } from "./testing.js";
 
 let dir: string;
@@ -50,6 +50,23 @@ describe("tokenizers", () => {
     await expect(hfTokenizer("{nope", "bad.json")).rejects.toThrow(/bad.json: invalid JSON/);
     await expect(hfTokenizer("{}", "bad.json")).rejects.toThrow(/not a Hugging Face tokenizer.json/);
   });
+  it("refuses a binary file without echoing its bytes, and names a stored one by its checkpoint", async () => {
+    const elf = Uint8Array.from([0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0x00, 0xff, 0xfe, 0x00, 0x1b]);
+    await expect(hfTokenizer(elf, "/usr/bin/ls")).rejects.toThrow(/^\/usr\/bin\/ls: not a tokenizer\.json \(not UTF-8 text\)$/);
+    // Valid UTF-8 but not JSON (NULs, an escape): the parser's quote of the text is escaped.
+    const nul = new TextEncoder().encode("\u0000\u0000\u001b[2Jhello");
+    const e = await hfTokenizer(nul, "nul.json").then(() => null, (x: Error) => x);
+    expect(e?.message).toMatch(/^nul\.json: invalid JSON \(/);
+    expect(e?.message).toContain("\\u0000");
+    // eslint-disable-next-line no-control-regex
+    expect(e?.message).not.toMatch(/[\u0000-\u001f]/);
+    const f = join(dir, "ls-like.json");
+    await writeFile(f, elf);
+    await expect(loadHfTokenizer(f)).rejects.toThrow(`${f}: not a tokenizer.json (not UTF-8 text)`);
+    const files = new Map([["tokenizer.json", new TextEncoder().encode("{nope")]]);
+    await expect(tokenizerOf({ kind: "hf", file: "tokenizer.json" }, files, "runs/a")).rejects.toThrow(/^runs\/a\/tokenizer\.json: invalid JSON/);
+    await expect(tokenizerOf({ kind: "hf", file: "tokenizer.json" }, new Map(), "runs/a")).rejects.toThrow(/^runs\/a: names tokenizer\.json as its tokenizer, but has no such file/);
+  });
 });
 
 describe("token files", () => {
@@ -73,6 +90,51 @@ describe("token files", () => {
     const hi = join(dir, "hi.txt");
     await writeFile(hi, "abc\u00e9");
     await expect(readTokens(hi, bytes, 128)).rejects.toThrow(/token id 195 at token 3 is outside the model's vocabulary \(vocab_size 128\)/);
+  });
+});
+
+describe("token files in pieces", () => {
+  const ids = Array.from({ length: 1001 }, (_, i) => (i * 7919) % 1000);
+  it("read the same ids whatever the piece size, uint16 for .bin and uint32 for .u32.bin", async () => {
+    expect(tokenFileDtype("a.bin")).toBe("uint16");
+    expect(tokenFileDtype("/x/a.U32.BIN")).toBe("uint32");
+    expect(tokenFileDtype("a.u32")).toBeNull();
+    expect(tokenFileDtype("a.txt")).toBeNull();
+    const u16 = join(dir, "p.bin"), u32 = join(dir, "p.u32.bin");
+    await writeFile(u16, encodeTokenFile(ids));
+    await writeFile(u32, encodeTokenFile(ids, "uint32"));
+    for (const chunkBytes of [4, 8, 12, 400, 1 << 20]) {
+      expect(Array.from(await readTokenFile(u16, 1000, { chunkBytes }))).toEqual(ids);
+      expect(Array.from(await readTokenFile(u32, 1000, { chunkBytes }))).toEqual(ids);
+    }
+    expect(Array.from((await readTokens(u32, bytes, 1000)).tokens)).toEqual(ids);
+  });
+  it("uint32 ids past 65,536, and ids at or past the vocabulary refused in any piece, with their byte offset", async () => {
+    const big = [70_000, 5, 199_999, 131_071];
+    const f = join(dir, "wide.u32.bin");
+    await writeFile(f, encodeTokenFile(big, "uint32"));
+    expect(Array.from(await readTokenFile(f, 200_000, { chunkBytes: 4 }))).toEqual(big);
+    await expect(readTokenFile(f, 199_999, { chunkBytes: 4 })).rejects.toThrow(`${f}: token id 199999 at byte offset 8 is outside the model's vocabulary (vocab_size 199999)`);
+    // 2³² − 1 does not become −1 on its way to the Int32Array: it is refused as what it is.
+    await writeFile(f, encodeTokenFile([1, 0xffffffff], "uint32"));
+    await expect(readTokenFile(f, 2 ** 24)).rejects.toThrow(`${f}: token id 4294967295 at byte offset 4`);
+    const g = join(dir, "late.bin");
+    await writeFile(g, encodeTokenFile([...ids, 1000]));
+    await expect(readTokenFile(g, 1000, { chunkBytes: 8 })).rejects.toThrow(`${g}: token id 1000 at byte offset 2002 is outside`);
+  });
+  it("refuse a length that is not whole ids, a directory, too little memory, and a bad piece size", async () => {
+    const f = join(dir, "six.u32.bin");
+    await writeFile(f, new Uint8Array(6));
+    await expect(readTokenFile(f, 256)).rejects.toThrow(`${f}: 6 bytes, not a multiple of 4: not a file of uint32 token ids (.u32.bin)`);
+    const odd = join(dir, "odd.bin");
+    await writeFile(odd, new Uint8Array(7));
+    await expect(readTokenFile(odd, 256)).rejects.toThrow(`${odd}: 7 bytes, an odd length: not a file of uint16 token ids`);
+    await mkdir(join(dir, "d.bin"), { recursive: true });
+    await expect(readTokenFile(join(dir, "d.bin"), 256)).rejects.toThrow(`${join(dir, "d.bin")}: cannot read the data (a directory)`);
+    const g = join(dir, "mem.bin");
+    await writeFile(g, encodeTokenFile(ids));
+    await expect(readTokenFile(g, 1000, { freeBytes: 4000 })).rejects.toThrow(`${g}: 1001 token ids need 4.0 kB of memory (4 bytes each); 4.0 kB is free`);
+    await expect(readTokenFile(g, 1000, { chunkBytes: 6 })).rejects.toThrow(/chunkBytes must be a positive multiple of 4, got 6/);
   });
 });
 

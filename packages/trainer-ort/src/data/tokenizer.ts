@@ -1,4 +1,5 @@
-import { parseJsonFile, readInput, type TokenizerSpec } from "@staged/core";
+import { checkInputSize, MAX_TOKENIZER_BYTES, parseJsonFile, readInputWithin, type InputLimit, type TokenizerSpec } from "@staged/core";
+import { join } from "node:path";
 
 /** Turns text into token ids. */
 export interface TextTokenizer {
@@ -24,13 +25,26 @@ export function byteTokenizer(): TextTokenizer {
 /** Text is encoded in pieces of about this many characters, cut after a newline (see hfTokenizer). */
 const CHUNK_CHARS = 16384;
 
+/** The size limit of a tokenizer.json (core/limits.ts MAX_TOKENIZER_BYTES says why). */
+const TOKENIZER_LIMIT: InputLimit = { maxBytes: MAX_TOKENIZER_BYTES, kind: "a tokenizer.json" };
+
+/** The text of a tokenizer.json's bytes: at most MAX_TOKENIZER_BYTES of UTF-8, else one line naming the file. */
+function tokenizerText(bytes: Uint8Array, name: string): string {
+  checkInputSize(name, bytes.byteLength, TOKENIZER_LIMIT);
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new Error(`${name}: not a tokenizer.json (not UTF-8 text)`);
+  }
+}
+
 /**
  * A Hugging Face `tokenizer.json` through `@huggingface/tokenizers`. Special tokens are not added.
  * Long texts are encoded piece by piece, each piece ending at a newline, so a token never spans a
  * newline that ends a piece (byte-level BPE tokenizers split there anyway).
  */
 export async function hfTokenizer(json: Uint8Array | string, name = "tokenizer.json"): Promise<TextTokenizer> {
-  const parsed = parseJsonFile(typeof json === "string" ? json : new TextDecoder().decode(json), name);
+  const parsed = parseJsonFile(typeof json === "string" ? json : tokenizerText(json, name), name);
   if (typeof parsed !== "object" || parsed === null || typeof (parsed as { model?: unknown }).model !== "object") {
     throw new Error(`${name}: not a Hugging Face tokenizer.json (no "model" object)`);
   }
@@ -65,9 +79,9 @@ export async function hfTokenizer(json: Uint8Array | string, name = "tokenizer.j
   };
 }
 
-/** Read a tokenizer.json file. */
+/** Read a tokenizer.json file (refused from its size when above MAX_TOKENIZER_BYTES, before it is read). */
 export async function loadHfTokenizer(file: string): Promise<{ tokenizer: TextTokenizer; bytes: Uint8Array }> {
-  const bytes = await readInput(file, "the tokenizer");
+  const bytes = await readInputWithin(file, "the tokenizer", TOKENIZER_LIMIT);
   return { tokenizer: await hfTokenizer(bytes, file), bytes };
 }
 
@@ -85,8 +99,8 @@ export async function tokenizerOf(spec: TokenizerSpec, files?: ReadonlyMap<strin
     return { kind: "none", vocabSize: 0, encode: refuse, decode: refuse };
   }
   const bytes = files?.get(spec.file);
-  if (!bytes) throw new Error(`the checkpoint names ${spec.file} as its tokenizer, but has no such file`);
-  return hfTokenizer(bytes, spec.file);
+  if (!bytes) throw new Error(`${where}: names ${spec.file} as its tokenizer, but has no such file`);
+  return hfTokenizer(bytes, where === "the checkpoint" ? `the checkpoint's ${spec.file}` : join(where, spec.file));
 }
 
 /** Fail unless every id the tokenizer can produce is a row of the model's embedding. */

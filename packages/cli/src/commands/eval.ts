@@ -12,7 +12,7 @@ interface EvalCliOptions { data: string; context?: number; maxBlocks?: number; b
 export function registerEval(program: Command): void {
   program.command("eval <dir>")
     .description("mean next-token loss on consecutive non-overlapping blocks of the data (brown: its validation split)")
-    .requiredOption("--data <source>", "brown (the Brown validation split), brown:train, a .txt file, or a .bin file of uint16 token ids")
+    .requiredOption("--data <source>", "brown (the Brown validation split), brown:train, a .txt file, or a file of little-endian token ids (.bin uint16, .u32.bin uint32)")
     .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
     .option("--max-blocks <K>", "evaluate only the first K blocks", integer("max-blocks", 1))
     .option("--batch <B>", `blocks per evaluation batch (default ${DEFAULT_BATCH})`, integer("batch", 1))

@@ -59,6 +59,8 @@ describe("staged generate", () => {
       [["generate", at("fresh"), "--prompt", "x", "--temperature", "-1"], /^staged: option '--temperature <t>' argument '-1' is invalid\. --temperature must be a non-negative number\.$/],
       [["generate", at("fresh"), "--prompt", "x", "--dtype", "int8"], /^staged: option '--dtype <d>' argument 'int8' is invalid\. Allowed choices are fp32, fp16\.$/],
       [["generate", at("fresh")], /^staged: required option '--prompt <text>' not specified$/],
+      // Refused before the export cache beside the checkpoint is made (the listing below shows none).
+      [["generate", at("fresh"), "--prompt", ""], /^staged: .*fresh: --prompt is empty and the checkpoint's tokenizer adds no start token: give some text to continue$/],
     ] as const) {
       const r = staged(...args);
       expect(r.status, args.join(" ")).toBe(1);

@@ -1,7 +1,8 @@
-import { resolve } from "node:path";
+import { readFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { loadGenerator, type ExportDType } from "@staged/export";
-import { createOutput, runAction } from "../output.js";
+import { createOutput, runAction, UsageError } from "../output.js";
 import { integer, number } from "../options.js";
 import { createProgress } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
@@ -16,6 +17,19 @@ const probability = (value: string): number => {
   if (value.trim() === "" || !(n > 0 && n <= 1)) throw new InvalidArgumentError("--top-p must be a number in (0, 1].");
   return n;
 };
+
+/**
+ * Whether the tokenizer of checkpoint (or export) `dir` adds a start or end token (tokenizer_config.json's
+ * add_bos_token / add_eos_token, which the generator encodes with): only then does an empty prompt give a token.
+ */
+async function addsSpecialTokens(dir: string): Promise<boolean> {
+  try {
+    const config = JSON.parse(await readFile(join(dir, "tokenizer_config.json"), "utf8")) as Record<string, unknown>;
+    return config.add_bos_token === true || config.add_eos_token === true;
+  } catch {
+    return false;
+  }
+}
 
 export function registerGenerate(program: Command): void {
   program.command("generate <dir>")
@@ -32,6 +46,10 @@ export function registerGenerate(program: Command): void {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
         const out = createOutput(Boolean(g.json));
+        // Refused before the export is made: nothing is written for a prompt that cannot be continued.
+        if (o.prompt === "" && !(await addsSpecialTokens(dir))) {
+          throw new UsageError(`${dir}: --prompt is empty and the checkpoint's tokenizer adds no start token: give some text to continue`);
+        }
         let progress: ReturnType<typeof createProgress> | null = null;
         const generator = await loadGenerator(dir, {
           dtype: o.dtype ?? "fp32", ...(o.threads ? { threads: o.threads } : {}),

@@ -113,7 +113,7 @@ const common = (c: Command): Command => c
   .option("--lr-ramp <steps>", "steps over which the LR scale returns linearly to 1 (default 0: it stays)", integer("lr-ramp"))
   .option("--force", "replace an existing output directory")
   .option("--max-shard-bytes <n>", "shard files above this size", integer("max-shard-bytes", 1))
-  .option("--eval-data <data>", "measure the loss before and after the growth on this data (brown|file.txt|file.bin)")
+  .option("--eval-data <data>", "measure the loss before and after the growth on this data (brown|file.txt|file.bin|file.u32.bin)")
   .option("--eval-context <T>", "block size of that measurement (default: the model's context)", integer("eval-context", 2))
   .option("--eval-blocks <K>", "blocks of that measurement (default 16)", integer("eval-blocks", 1))
   .addOption(new Option("--progress <mode>", "progress on stderr: a bar on a terminal, else lines (auto), lines, JSON lines, or none")

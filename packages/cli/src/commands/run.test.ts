@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -56,6 +56,27 @@ describe("staged run / staged report", () => {
     expect(dyn.map((d) => [d.window, d.runs, d.perRun[0]!.perBaseline.length])).toEqual([[0.2, 1, 1], [0.5, 1, 1]]);
     expect(dyn[0]!.perRun[0]!.flops).toBeGreaterThan(0);
   });
+
+  it("report: a result with a non-finite number is named by its file; an unwritable plot says so once", async () => {
+    const runs = at("synthetic");
+    const result = (name: string, group: string, flops: (number | null)[]) => ({
+      format: "staged-run-result", version: 1, name, group, seed: 0, done: true, budgetFlops: 100, growths: [],
+      points: flops.map((f, i) => ({ globalStep: i + 1, step: i + 1, stage: 0, flops: f, tokens: i + 1, valLoss: 3 - i })),
+    });
+    for (const [name, group, flops] of [["baseline-s0", "baseline", [10, 100]], ["staged-s0", "staged", [null, 100]]] as const) {
+      await mkdir(join(runs, name), { recursive: true });
+      await writeFile(join(runs, name, "result.json"), JSON.stringify(result(name, group, [...flops])));
+    }
+    const bad = staged("report", runs);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr.trim().split("\n")).toEqual([`staged: ${join(runs, "staged-s0", "result.json")}: points[0].flops must be a finite number, got null`]);
+    await writeFile(join(runs, "staged-s0", "result.json"), JSON.stringify(result("staged-s0", "staged", [100, 10])));
+    expect(staged("report", runs).stderr.trim()).toBe(`staged: ${join(runs, "staged-s0", "result.json")}: points[1].flops 10 is below points[0].flops 100 (points must be in increasing FLOPs order)`);
+    await writeFile(join(runs, "staged-s0", "result.json"), JSON.stringify(result("staged-s0", "staged", [5, 100])));
+    const plot = staged("report", runs, "--plot", "/proc/x.svg");
+    expect(plot.status).toBe(1);
+    expect(plot.stderr.trim().split("\n")).toEqual([expect.stringMatching(/^staged: \/proc\/x\.svg: cannot write \([^()]*(\([A-Z]+\))?\)$/)]);
+  }, 60_000);
 
   it.each([
     [["run", "nope.json"], /nope\.json: .*(no such file|not found)/i],

@@ -40,9 +40,32 @@ export async function readResults(paths: readonly string[]): Promise<RunResult[]
     if (r?.format !== "staged-run-result" || !Array.isArray(r.points) || !Array.isArray(r.growths)) {
       throw new UsageError(`${f}: not a staged run result (format "staged-run-result")`);
     }
+    checkResult(r, f);
     results.push(r);
   }
   return results;
+}
+
+/** Throw, naming the file, unless the numbers the report computes with are there and finite, the points in FLOPs order. */
+function checkResult(r: RunResult, file: string): void {
+  const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
+  const need = (v: unknown, field: string) => {
+    if (!finite(v)) throw new UsageError(`${file}: ${field} must be a finite number, got ${JSON.stringify(v) ?? "nothing"}`);
+  };
+  if (typeof r.name !== "string" || typeof r.group !== "string") throw new UsageError(`${file}: name and group must be strings`);
+  need(r.budgetFlops, "budgetFlops");
+  r.points.forEach((p: unknown, i) => {
+    const q = (typeof p === "object" && p !== null ? p : {}) as Record<string, unknown>;
+    for (const k of ["globalStep", "step", "stage", "flops", "tokens", "valLoss"]) need(q[k], `points[${i}].${k}`);
+    const before = r.points[i - 1]?.flops;
+    if (before !== undefined && (q.flops as number) < before) {
+      throw new UsageError(`${file}: points[${i}].flops ${String(q.flops)} is below points[${i - 1}].flops ${before} (points must be in increasing FLOPs order)`);
+    }
+  });
+  r.growths.forEach((g: unknown, i) => {
+    const q = (typeof g === "object" && g !== null ? g : {}) as Record<string, unknown>;
+    for (const k of ["stage", "flops", "globalStep"]) need(q[k], `growths[${i}].${k}`);
+  });
 }
 
 interface RunCliOptions { out?: string; only?: string; seeds?: number[]; baseline?: number[]; threads?: number }

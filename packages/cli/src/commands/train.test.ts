@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -149,6 +149,18 @@ describe("staged init → train → eval → inspect", () => {
   });
 });
 
+describe("token files", () => {
+  it("trains a model of a vocabulary past 65,536 on uint32 ids (.u32.bin)", async () => {
+    const wide = join(root, "wide");
+    ok("init", wide, "--layers", "1", "--d-model", "16", "--heads", "2", "--context", "16", "--vocab", "70000");
+    const ids = join(root, "wide.u32.bin");
+    await writeFile(ids, encodeTokenFile(Array.from({ length: 2000 }, (_, i) => (i * 7919) % 70_000), "uint32"));
+    const r = json("train", wide, "--data", ids, "--steps", "1", ...TRAIN);
+    expect(r.step).toBe(1);
+    expect(typeof r.loss).toBe("number");
+  }, 60_000);
+});
+
 describe("bad input: one line, exit status 1, the checkpoint untouched", () => {
   const cases: [string, () => Promise<string[]>, RegExp][] = [
     ["empty data", async () => { const f = join(root, "empty.txt"); await writeFile(f, ""); return ["--data", f]; }, /empty data/],
@@ -156,6 +168,10 @@ describe("bad input: one line, exit status 1, the checkpoint untouched", () => {
     ["a context above n_positions", async () => ["--data", text, "--context", "32"], /context 32 is above the model's n_positions 16/],
     ["a token id outside the vocabulary", async () => { const f = join(root, "ids.bin"); await writeFile(f, encodeTokenFile([...Array(40).fill(7), 300])); return ["--data", f]; }, /ids\.bin: token id 300 at byte offset 80 is outside the model's vocabulary \(vocab_size 256\)/],
     ["a .bin file of odd length", async () => { const f = join(root, "odd.bin"); await writeFile(f, new Uint8Array(41)); return ["--data", f]; }, /odd\.bin: 41 bytes, an odd length/],
+    ["a uint32 token id outside the vocabulary", async () => { const f = join(root, "ids.u32.bin"); await writeFile(f, encodeTokenFile([...Array(40).fill(7), 70_000], "uint32")); return ["--data", f]; }, /ids\.u32\.bin: token id 70000 at byte offset 160 is outside the model's vocabulary \(vocab_size 256\)$/],
+    ["a .u32.bin file whose length is not whole uint32 ids", async () => { const f = join(root, "six.u32.bin"); await writeFile(f, new Uint8Array(66)); return ["--data", f]; }, /six\.u32\.bin: 66 bytes, not a multiple of 4: not a file of uint32 token ids \(\.u32\.bin\)$/],
+    ["a binary file as the tokenizer", async () => { const f = join(root, "ls"); await writeFile(f, Uint8Array.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0, 0xff, 0xfe, 0x1b, 0x5b])); return ["--data", text, "--tokenizer", f]; }, /ls: not a tokenizer\.json \(not UTF-8 text\)$/],
+    ["a tokenizer.json past the size limit (sparse: refused from its size, not read)", async () => { const f = join(root, "huge.json"); await writeFile(f, ""); await truncate(f, 300 * 2 ** 20); return ["--data", text, "--tokenizer", f]; }, /huge\.json: 314572800 bytes is too large for a tokenizer\.json \(limit 268435456 bytes\)$/],
     ["a missing data file", async () => ["--data", join(root, "nothing.txt")], /nothing\.txt: cannot read the data \(no such file\)/],
     ["a tokenizer larger than the model's vocabulary", async () => { const f = join(root, "tokenizer.json"); await writeFile(f, tinyBpeTokenizerJson()); return ["--data", text, "--tokenizer", f]; }, /the tokenizer's vocabulary has 259 ids, more than the model's vocab_size 256/],
     ["micro-batch not dividing the batch", async () => ["--data", text, "--micro-batch", "3"], /micro-batch must be a positive integer that divides the batch 4/],
@@ -175,6 +191,20 @@ describe("bad input: one line, exit status 1, the checkpoint untouched", () => {
       expect(await fingerprint(model)).toBe(before);
     });
   }
+
+  it("a stored schedule of an unknown kind: named by the checkpoint's training_state.json", async () => {
+    const c = join(root, "bad-schedule");
+    await cp(model, c, { recursive: true });
+    const file = join(c, "training_state.json");
+    const st = JSON.parse(await readFile(file, "utf8")) as { schedule: Record<string, unknown> | null };
+    st.schedule = { kind: "zigzag", peakLr: 1e-3, warmupSteps: 0, totalSteps: 10, restarts: [] };
+    await writeFile(file, JSON.stringify(st));
+    const before = await fingerprint(c);
+    const r = staged("train", c, "--data", text, "--steps", "1", ...TRAIN);
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split("\n")).toEqual([expect.stringMatching(/^staged: .*bad-schedule\/training_state\.json: schedule.*"zigzag"/)]);
+    expect(await fingerprint(c)).toBe(before);
+  });
 
   it("--device cuda without the CUDA provider", async () => {
     const before = await fingerprint(model);

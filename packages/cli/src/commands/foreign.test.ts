@@ -1,23 +1,13 @@
-import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ok, staged } from "../testing.js";
 
 // A checkpoint from elsewhere (issue 22, 3): what it names or holds does not reach into this machine or into new checkpoints.
-const BIN = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
-const staged = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", timeout: 60_000 });
-const ok = (...args: string[]) => {
-  const r = staged(...args);
-  if (r.status !== 0) throw new Error(`staged ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
-  return r;
-};
 const SHAPE = ["--layers", "1", "--d-model", "16", "--heads", "2", "--context", "16"];
 let root: string, text: string;
 beforeAll(async () => {
-  if (!existsSync(BIN)) throw new Error(`${BIN} is missing: build the cli package first`);
   root = await mkdtemp(join(tmpdir(), "staged-cli-foreign-"));
   text = join(root, "data.txt");
   await writeFile(text, "the quick brown fox jumps over the lazy dog. ".repeat(40));

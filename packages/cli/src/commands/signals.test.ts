@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { brownText } from "@staged/trainer-ort";
+import { ok } from "../testing.js";
 
 // Ctrl-C and SIGTERM through the built command (src/interrupt.ts): a real process, a real signal.
 const BIN = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
@@ -28,11 +29,6 @@ function interrupted(args: string[], when: RegExp | (() => boolean), signals: No
     child.on("exit", (status) => { clearTimeout(timer); if (poll) clearInterval(poll); resolve({ status, stdout, stderr }); });
   });
 }
-const ok = (...args: string[]): string => {
-  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`staged ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
-  return r.stdout;
-};
 const stored = async (dir: string): Promise<number> =>
   (JSON.parse(await readFile(join(dir, "training_state.json"), "utf8")) as { progress: { step: number } }).progress.step;
 

@@ -12,11 +12,21 @@ export interface InputLimit {
   why?: string;
 }
 
+/** What openInput gives to read a file in pieces (a node:fs FileHandle; typed here so the public types need no @types/node). */
+export interface InputHandle {
+  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  close(): Promise<void>;
+}
+/** The open file's kind and size. */
+export interface InputStats { size: number; isFile(): boolean; isDirectory(): boolean }
+
 /**
  * Open a file the user named for reading in pieces, with readInput's errors (a directory is refused here,
  * not at the first read); `stats` of the open file. The caller closes the handle.
  */
-export async function openInput(path: string, what = "the file"): Promise<{ handle: FileHandle; stats: Stats }> {
+export const openInput = (path: string, what = "the file"): Promise<{ handle: InputHandle; stats: InputStats }> => openFile(path, what);
+
+async function openFile(path: string, what: string): Promise<{ handle: FileHandle; stats: Stats }> {
   let handle: FileHandle;
   try {
     handle = await open(path, "r");
@@ -39,7 +49,7 @@ export async function openInput(path: string, what = "the file"): Promise<{ hand
  *   big.json: 3000000000 bytes is too large for a tokenizer.json (limit 268435456 bytes)
  */
 export async function readInputWithin(path: string, what: string, limit: InputLimit): Promise<Uint8Array> {
-  const { handle, stats } = await openInput(path, what);
+  const { handle, stats } = await openFile(path, what);
   try {
     if (stats.isFile()) checkInputSize(path, stats.size, limit);
     let bytes: Uint8Array;

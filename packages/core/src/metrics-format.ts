@@ -49,7 +49,7 @@ export function parseMetrics(text: string, source = METRICS_FILE): MetricsRecord
       throw new Error(`${source}:${i + 1}: ${field}${(issue?.message ?? "invalid").replace(/^Invalid input: /, "")} ` +
         `(a line is {"step","tokens","flops","loss","valLoss","lr"})`);
     }
-    out.push(r.data as MetricsRecord);
+    out.push(v as MetricsRecord); // as written: the keys in their order, so a rewritten log is byte-identical
   });
   return out;
 }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
+  frontierFlops,
   compareRuns, DEFAULT_DYNAMICS_WINDOWS, flopsToFirstReach, flopsToReach, formatFlops, formatReport, growthDynamics, growthPenalty,
   lossAtFlops, smoothCurve,
 } from "./report.js";
@@ -208,6 +209,41 @@ describe("compareRuns", () => {
     expect(text).toContain("| staged | 1/2 | 2.2000 [2.2000, 2.2000] | -0.1500 | 2.4000 [2.4000, 2.4000] |");
     expect(text).toContain("trained 50 more steps with the LR decaying linearly to 0 and was evaluated on 400 validation blocks");
     expect(formatReport(compareRuns([run("baseline", 0, [[100, 3.0]])]))).not.toContain("cooldown");
+  });
+
+  it("prices a cooled-down loss on the baseline's cooled-down frontier: FLOPs to it, the saving, per seed", () => {
+    const ev = (flops: number, valLoss: number) => ({ steps: 50, flops, valLoss, blocks: 400, tokens: 51200, valLossBefore: valLoss + 0.1 });
+    const base = (seed: number, d: number): RunResult => ({
+      ...run("baseline", seed, [[100, 3.0], [200, 2.5]]), frontier: [ev(100, 2.8 + d), ev(150, 2.6 + d)], final: ev(200, 2.4 + d),
+    });
+    const rep = compareRuns([
+      base(0, -0.01), base(1, 0.01),
+      { ...run("staged", 0, [[100, 2.9], [200, 2.4]]), final: ev(200, 2.5) },
+      { ...run("staged", 1, [[100, 2.9], [200, 2.4]]), final: ev(200, 2.7) },
+      { ...run("better", 0, [[100, 2.9], [200, 2.4]]), final: ev(200, 2.3) },
+      { ...run("worse", 0, [[100, 2.9], [200, 2.4]]), final: ev(200, 2.9) },
+    ]);
+    expect(rep.frontier).toEqual([{ flops: 100, loss: 2.8 }, { flops: 150, loss: 2.6 }, { flops: 200, loss: 2.4 }]);
+    const g = (name: string) => rep.groups.find((x) => x.group === name)!.cooled!;
+    // Mean 2.6: exactly the frontier's 150 FLOPs, so the staged runs' 200 FLOPs are 1/3 more (saving −33.3%).
+    expect(g("staged").frontier!.flops).toBeCloseTo(150, 9);
+    expect(g("staged").frontier!.saving).toBeCloseTo(1 - 200 / 150, 9);
+    expect(g("staged").frontier!.extrapolated).toBe(false);
+    // Per seed: 2.5 lies halfway in loss between 150 and 200, linear in log FLOPs: √(150·200).
+    expect(g("staged").frontier!.perSeed[0]).toBeCloseTo(1 - 200 / Math.sqrt(150 * 200), 9);
+    expect(g("staged").frontier!.perSeed[1]).toBeCloseTo(1 - 200 / Math.exp(Math.log(100) + 0.5 * Math.log(1.5)), 9);
+    // Below the last point: the last two extended as a power law, said so.
+    const b = g("better").frontier!;
+    const slope = Math.log(2.4 / 2.6) / Math.log(200 / 150);
+    expect(b.extrapolated).toBe(true);
+    expect(b.flops).toBeCloseTo(200 * Math.exp(Math.log(2.3 / 2.4) / slope), 6);
+    expect(b.saving).toBeGreaterThan(0);
+    expect(g("worse").frontier).toBeNull(); // above the frontier's first point
+    const text = formatReport(rep);
+    expect(text).toContain("| staged | 2/2 | 2.6000 [2.5000, 2.7000] | +0.2000 | 2.7000 [2.6000, 2.8000] | 2.00e2 | 1.50e2 | -33.3% [");
+    expect(text).toMatch(/\| better \|.*\(extrapolated\) \| \d+\.\d%/);
+    expect(text).toContain("cooled-down frontier (the same cooldown from copies at 1.00e2, 1.50e2, 2.00e2 FLOPs with it: 2.8000, 2.6000, 2.4000)");
+    expect(frontierFlops([{ flops: 1, loss: 2 }], 2)).toBeNull();
   });
 
   it("summarizes the penalty of each growth over the seeds", () => {

@@ -179,7 +179,18 @@ export interface GroupReport {
    * validation blocks, its difference from the baseline's mean (null for the baseline group), the loss on the
    * same blocks before the cooldown, the cooldown's steps and the blocks; null when no run has one.
    */
-  cooled: { runs: number; valLoss: Spread; vsBaseline: number | null; before: Spread; steps: number; blocks: number } | null;
+  cooled: {
+    runs: number; valLoss: Spread; vsBaseline: number | null; before: Spread; steps: number; blocks: number;
+    /** Mean FLOPs of the runs with their cooldown. */
+    flops: number;
+    /**
+     * Against the baseline's cooled-down frontier (spec cooldown.frontier): the FLOPs the model from scratch needs to
+     * reach this group's mean cooled-down loss (its cooldown included), and the saving 1 − flops / that; per seed too.
+     * `extrapolated`: the loss lies beyond the frontier's last point, so its last two points were extended (a power
+     * law in FLOPs). Null without a frontier of at least two points, or for a loss above its first point.
+     */
+    frontier: { flops: number; saving: number; perSeed: (number | null)[]; extrapolated: boolean } | null;
+  } | null;
   /** One entry per target of the report, in the report's target order. */
   reach: GroupReach[];
   /** One entry per growth index that any run of the group has. */
@@ -195,6 +206,8 @@ export interface RunReport {
   windows: number[];
   /** The baseline group first, then the others in name order. */
   groups: GroupReport[];
+  /** The baseline's cooled-down frontier (cooledFrontier), empty without one. */
+  frontier: FrontierPoint[];
 }
 
 /** Options of `compareRuns`. */
@@ -494,6 +507,7 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
     if (!(w > 0) || !Number.isFinite(w)) throw new Error(`dynamics window ${w} is not a positive fraction of the budget`);
   }
   const finalOf = (r: RunResult): number | null => (r.points.length ? r.points[r.points.length - 1]!.valLoss : null);
+  const baseFrontier = cooledFrontier(byGroup.get(baseline)!);
 
   let targets: ReportTarget[];
   if (options.losses?.length) {
@@ -543,6 +557,12 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
     const finals = present(runs.map((r) => r.final ?? null));
     const cooledMean = (rs: readonly RunResult[]) => mean(present(rs.map((r) => r.final?.valLoss ?? null)));
     const baseCooled = cooledMean(byGroup.get(baseline)!);
+    const meanCooledFlops = finals.length ? mean(finals.map((f) => f.flops))! : 0;
+    const onFrontier = (loss: number, flops: number) => {
+      const at = frontierFlops(baseFrontier, loss);
+      return at ? { ...at, saving: 1 - flops / at.flops } : null;
+    };
+    const groupOnFrontier = isBase || !finals.length ? null : onFrontier(mean(finals.map((f) => f.valLoss))!, meanCooledFlops);
     return {
       group,
       baseline: isBase,
@@ -553,13 +573,55 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
       cooled: finals.length ? {
         runs: finals.length, valLoss: spreadOf(finals.map((f) => f.valLoss))!, before: spreadOf(finals.map((f) => f.valLossBefore))!,
         vsBaseline: isBase || baseCooled === null ? null : cooledMean(runs)! - baseCooled,
-        steps: finals[0]!.steps, blocks: finals[0]!.blocks,
+        steps: finals[0]!.steps, blocks: finals[0]!.blocks, flops: meanCooledFlops,
+        frontier: groupOnFrontier && {
+          flops: groupOnFrontier.flops, saving: groupOnFrontier.saving, extrapolated: groupOnFrontier.extrapolated,
+          perSeed: runs.map((r) => (r.final ? onFrontier(r.final.valLoss, r.final.flops)?.saving ?? null : null)),
+        },
       } : null,
       reach,
       growths: groupGrowths(runs, isBase ? null : byGroup.get(baseline)!, windows),
     };
   });
-  return { baseline, targets, windows, groups };
+  return { baseline, targets, windows, groups, frontier: baseFrontier };
+}
+
+/** One point of a cooled-down frontier: total FLOPs (the cooldown included) and the loss after the cooldown. */
+export interface FrontierPoint { flops: number; loss: number }
+
+/**
+ * The cooled-down frontier of runs of one model from scratch (the baseline): each run's `frontier` points and its
+ * `final`, averaged over the runs point by point (the runs of one spec have the same points), in FLOPs order. Runs
+ * without all of them are left out; empty when none has a frontier.
+ */
+export function cooledFrontier(runs: readonly RunResult[]): FrontierPoint[] {
+  const full = runs.filter((r) => r.final && r.frontier?.length);
+  if (!full.length) return [];
+  const n = Math.max(...full.map((r) => r.frontier!.length));
+  const all = full.filter((r) => r.frontier!.length === n).map((r) => [...r.frontier!, r.final!]);
+  return all[0]!.map((_, i) => ({
+    flops: mean(all.map((p) => p[i]!.flops))!, loss: mean(all.map((p) => p[i]!.valLoss))!,
+  })).sort((a, b) => a.flops - b.flops);
+}
+
+/**
+ * The FLOPs at which a cooled-down frontier reaches `loss`: its first crossing, linear in log FLOPs between the two
+ * points around it; beyond its last point, the last two points extended as a power law (`extrapolated`). Null for a
+ * loss above its first point, or with fewer than two points.
+ */
+export function frontierFlops(frontier: readonly FrontierPoint[], loss: number): { flops: number; extrapolated: boolean } | null {
+  if (frontier.length < 2 || !(loss <= frontier[0]!.loss)) return null;
+  for (let i = 1; i < frontier.length; i++) {
+    const a = frontier[i - 1]!, b = frontier[i]!;
+    if (a.loss >= loss && b.loss <= loss) {
+      const t = a.loss === b.loss ? 0 : (a.loss - loss) / (a.loss - b.loss);
+      return { flops: Math.exp(Math.log(a.flops) + t * (Math.log(b.flops) - Math.log(a.flops))), extrapolated: false };
+    }
+  }
+  const a = frontier.at(-2)!, b = frontier.at(-1)!;
+  if (!(b.loss < a.loss)) return null;
+  const slope = (Math.log(b.loss) - Math.log(a.loss)) / (Math.log(b.flops) - Math.log(a.flops)); // < 0
+  return { flops: Math.exp(Math.log(b.flops) + (Math.log(loss) - Math.log(b.loss)) / slope), extrapolated: true };
 }
 
 /** FLOPs as `3.21e13`. */
@@ -617,14 +679,24 @@ export function formatReport(report: RunReport): string {
     const c0 = cooled[0]!.cooled!;
     parts.push(
       "",
-      table(["group", "runs cooled down", "val loss after the cooldown", `vs ${report.baseline}`, "before the cooldown (same blocks)"],
+      table(["group", "runs cooled down", "val loss after the cooldown", `vs ${report.baseline}`, "before the cooldown (same blocks)",
+        "FLOPs with it", `${report.baseline}'s FLOPs to that loss`, "saving [per seed]"],
         cooled.map((g) => {
           const c = g.cooled!, sp = (x: Spread) => `${x.mean.toFixed(4)} [${x.min.toFixed(4)}, ${x.max.toFixed(4)}]`;
-          return [g.group, `${c.runs}/${g.runs.length}`, sp(c.valLoss), c.vsBaseline === null ? (g.baseline ? "(baseline)" : "—") : signed(c.vsBaseline), sp(c.before)];
+          const f = c.frontier;
+          const pct = (x: number | null) => (x === null ? "—" : `${signedPct(x)}%`);
+          return [g.group, `${c.runs}/${g.runs.length}`, sp(c.valLoss), c.vsBaseline === null ? (g.baseline ? "(baseline)" : "—") : signed(c.vsBaseline), sp(c.before),
+            formatFlops(c.flops), f ? `${formatFlops(f.flops)}${f.extrapolated ? " (extrapolated)" : ""}` : "—",
+            f ? `${pct(f.saving)} [${f.perSeed.map(pct).join(", ")}]` : "—"];
         })),
       "",
       `After the budget every run trained ${c0.steps} more steps with the LR decaying linearly to 0 and was evaluated on ` +
-        `${c0.blocks} validation blocks; mean [min, max] over the runs that finished it.`,
+        `${c0.blocks} validation blocks; mean [min, max] over the runs that finished it. ` +
+        (report.frontier.length >= 2
+          ? `The ${report.baseline}'s FLOPs to a loss come from its cooled-down frontier (the same cooldown from copies at ` +
+            `${report.frontier.map((p) => formatFlops(p.flops)).join(", ")} FLOPs with it: ${report.frontier.map((p) => p.loss.toFixed(4)).join(", ")}), ` +
+            "linear in log FLOPs between its points and extended as a power law beyond the last; saving = 1 − FLOPs(group) / those FLOPs."
+          : "No cooled-down frontier of the baseline (spec cooldown.frontier): no saving is computed from these losses."),
     );
   }
   const growthRows: string[][] = [];

@@ -200,6 +200,35 @@ describe("executeRun", () => {
     expect(r2.growths.map((g) => [g.operator, g.globalStep])).toEqual([["width", 40], ["depth", 84]]);
   });
 
+  it("a baseline with cooldown.frontier cools copies of itself down at those fractions; the frontier survives a kill", async () => {
+    const s = spec({ seeds: [0], baseline: { seeds: [0] }, cooldown: { steps: 6, blocks: 6, frontier: [0.3, 0.6] } });
+    const entry = runEntries(s).find((e) => e.group === "baseline");
+    const r = await executeRun(s, entry!, join(dir, "front"));
+    const fpStep = flopsPerToken(shapeOf(grownModel(s.model, s.stages), 16), 16) * 4 * 16;
+    expect(r.frontier).toHaveLength(2);
+    r.frontier!.forEach((p, i) => {
+      // From the first step at or past the fraction of the budget, 6 cooldown steps.
+      const from = Math.ceil(([0.3, 0.6][i]! * budgetFlops(s)) / fpStep) * fpStep;
+      expect(p).toMatchObject({ steps: 6, blocks: 6 });
+      expect(p.flops).toBeCloseTo(from + 6 * fpStep, 0);
+      expect(p.valLoss).toBeLessThan(p.valLossBefore);
+    });
+    expect(r.frontier![1]!.valLoss).toBeLessThan(r.frontier![0]!.valLoss);
+    expect(r.final!.flops).toBeGreaterThan(r.frontier![1]!.flops);
+    // Killed inside the second frontier cooldown (its steps count on from the copy's global step), the rerun ends the same.
+    const at2 = Math.ceil((0.6 * budgetFlops(s)) / fpStep);
+    const d = join(dir, "front-killed");
+    let seen = 0;
+    await expect(executeRun(s, entry!, d, { onStep: (g) => { if (g === at2 + 3) throw new Error("killed"); seen = g; } })).rejects.toThrow("killed");
+    expect(seen).toBe(at2 + 2);
+    expect(JSON.parse(await readFile(join(d, "frontier.json"), "utf8"))).toHaveLength(1);
+    const resumed = await executeRun(s, entry!, d);
+    expect(resumed.frontier).toEqual(r.frontier);
+    expect(resumed.points).toEqual(r.points);
+    expect(() => spec({ cooldown: { steps: 5, frontier: [0.5, 0.4] } })).toThrow("cooldown.frontier must be increasing");
+    expect(() => spec({ cooldown: { steps: 5, frontier: [1] } })).toThrow("cooldown.frontier[0] must be a fraction of the budget in (0, 1), got 1");
+  });
+
   it("runs baselines beside the staged run and compares them", async () => {
     const s = spec({ seeds: [0], baseline: { seeds: [0] } });
     const results = await runSpec(s, join(dir, "a"));

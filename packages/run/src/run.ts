@@ -208,6 +208,11 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
     o.onLine?.(`${entry.name}: resuming at stage ${k} from ${stageDir(runDir, k)}`);
   }
   growths.splice(k); // a growth record whose checkpoint never landed is redone
+  // The baseline's cooled-down frontier (spec cooldown.frontier): at each of these FLOPs a copy is cooled down and
+  // evaluated; frontier.json holds the points done (one left undone by a kill is redone from the save made there).
+  const frontierFile = join(runDir, "frontier.json");
+  const frontierAt = entry.group === "baseline" && spec.cooldown?.frontier ? spec.cooldown.frontier.map((f) => f * budget) : [];
+  const frontier: FinalEvaluation[] = existsSync(frontierFile) ? await readJson<FinalEvaluation[]>(frontierFile, "the frontier") : [];
 
   const t0 = performance.now();
   let flopsAtStart: number | null = null; // set from the first checkpoint loaded below
@@ -247,7 +252,14 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         (until?.flops !== undefined && s.progress.flopsSeen >= until.flops);
       decided ||= due(state);
       while (!decided && state.progress.flopsSeen < budget) {
-        const target = until?.flops !== undefined ? Math.min(until.flops, budget) : budget;
+        const nextFrontier = frontierAt[frontier.length];
+        if (nextFrontier !== undefined && state.progress.flopsSeen >= nextFrontier) {
+          frontier.push(await coolCopy(state, spec, spec.cooldown!, o, entry.name, dir));
+          await writeFileAtomic(frontierFile, JSON.stringify(frontier) + "\n");
+          o.onLine?.(`${entry.name}: frontier point ${frontier.length}/${frontierAt.length}: ${frontier.at(-1)!.valLoss.toFixed(4)} after a cooldown from ${state.progress.flopsSeen.toExponential(3)} FLOPs`);
+          continue;
+        }
+        const target = Math.min(until?.flops !== undefined ? Math.min(until.flops, budget) : budget, nextFrontier ?? Infinity);
         const stageSteps = (state.progress.globalStep ?? state.progress.step) - stageStartGlobal;
         const byFlops = Math.ceil((target - state.progress.flopsSeen) / fpStep);
         const bySteps = until?.steps !== undefined ? until.steps - stageSteps : Infinity;
@@ -297,7 +309,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         const final = cooled?.final;
         const result: RunResult = {
           format: "staged-run-result", version: 1, name: entry.name, group: entry.group, seed: entry.seed, done: true,
-          budgetFlops: budget, points, growths, ...(final ? { final } : {}),
+          budgetFlops: budget, points, growths, ...(final ? { final } : {}), ...(frontier.length ? { frontier } : {}),
         };
         await writeFileAtomic(resultFile, JSON.stringify(result) + "\n");
         return result;
@@ -338,6 +350,21 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
 }
 
 /** Options of `evaluate` for the run's validation stream (the trainer's), on `maxBlocks` blocks (undefined: all). */
+/** The spec's cooldown from a copy of `state` (nothing saved): one point of the baseline's cooled-down frontier. */
+async function coolCopy(state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, o: ExecuteOptions,
+                        run: string, dir: string): Promise<FinalEvaluation> {
+  const ev = validationOf(spec, o, c.blocks);
+  const before = await evaluate(state, ev);
+  const r = await train({ ...state, schedule: withCooldown(state.schedule!, state.progress.step, c.steps) }, {
+    steps: c.steps, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir: null,
+    data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
+    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal,
+  }, { onStep: (i) => o.onStep?.((state.progress.globalStep ?? state.progress.step) + i.index) });
+  if (r.result.interrupted) throw new RunInterrupted(run, dir, state.progress.step);
+  const after = await evaluate(r.state, ev);
+  return { steps: c.steps, flops: r.state.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore: before.loss };
+}
+
 function validationOf(spec: RunSpec, o: ExecuteOptions, maxBlocks: number | undefined): EvaluateOptions {
   return { data: spec.data, valData: spec.valData, stream: "training-validation", context: spec.context, batch: spec.batch,
     threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(maxBlocks === undefined ? {} : { maxBlocks }) };

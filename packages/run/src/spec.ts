@@ -30,8 +30,11 @@ export interface RunSpec {
    * After the budget, every run trains `steps` more steps with the LR decaying linearly to 0 (the same cooldown
    * for every run of the final model's size), then is evaluated on `blocks` validation blocks (default: the whole
    * validation split). Its FLOPs come on top of the budget; its points are not part of the constant-LR curve.
+   * `frontier`: fractions of the budget in (0, 1) at which each baseline run also cools down a copy of itself the
+   * same way (result.json `frontier`): the baseline's cooled-down frontier, which says how many FLOPs the model
+   * from scratch needs to reach a cooled-down loss, and so what a staged run's cooled-down loss saved.
    */
-  cooldown?: { steps: number; blocks?: number };
+  cooldown?: { steps: number; blocks?: number; frontier?: number[] };
   /** Training compute of every run: FLOPs (as the trainer counts them) or tokens (× the final model's FLOPs per token). */
   budget: { flops: number } | { tokens: number };
   /** The first model (a fresh GPT-2; vocabulary 256 with bytes). */
@@ -169,8 +172,20 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   if (r.cooldown !== undefined) {
     if (!isObj(r.cooldown)) fail("cooldown", "must be an object {steps, blocks}");
     const c = r.cooldown as Record<string, unknown>;
-    fields(c, "cooldown", ["steps", "blocks"]);
-    cooldown = { steps: int(c.steps, "cooldown.steps", 1), ...(c.blocks === undefined ? {} : { blocks: int(c.blocks, "cooldown.blocks", 1) }) };
+    fields(c, "cooldown", ["steps", "blocks", "frontier"]);
+    let frontier: number[] | undefined;
+    if (c.frontier !== undefined) {
+      if (!Array.isArray(c.frontier) || c.frontier.length === 0) fail("cooldown.frontier", "must be a non-empty list of fractions of the budget in (0, 1)");
+      frontier = (c.frontier as unknown[]).map((f, i) => {
+        if (typeof f !== "number" || !(f > 0 && f < 1)) fail(`cooldown.frontier[${i}]`, `must be a fraction of the budget in (0, 1), got ${JSON.stringify(f)}`);
+        return f as number;
+      });
+      if (frontier.some((f, i) => i > 0 && f <= frontier![i - 1]!)) fail("cooldown.frontier", "must be increasing");
+    }
+    cooldown = {
+      steps: int(c.steps, "cooldown.steps", 1), ...(c.blocks === undefined ? {} : { blocks: int(c.blocks, "cooldown.blocks", 1) }),
+      ...(frontier ? { frontier } : {}),
+    };
   }
 
   if (!isObj(r.budget)) fail("budget", "must be {\"flops\": N} or {\"tokens\": N}");

@@ -52,6 +52,8 @@ export interface RunResult {
   growths: GrowthEvent[];
   /** The common cooldown after the budget (spec `cooldown`), when the spec has one and the run finished it. */
   final?: FinalEvaluation;
+  /** Baseline runs with a spec `cooldown.frontier`: the same cooldown from copies of the run at those fractions of the budget. */
+  frontier?: FinalEvaluation[];
 }
 
 /** The end of a run: the LR decayed linearly to 0 over `steps` steps after the budget, then one evaluation. */

@@ -15,6 +15,7 @@
 import { existsSync } from "node:fs";
 import { readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
+import { frontierFlops as frontierFlopsOf } from "@staged/run";
 
 const argv = process.argv.slice(2);
 const json = argv.includes("--json");
@@ -43,16 +44,10 @@ const frontier = (await load(frontierDirs)).map((r) => ({ flops: r.final.flops, 
   .sort((a, b) => a.flops - b.flops);
 if (frontier.length < 2) { console.error(`the frontier needs at least 2 cooled-down points, got ${frontier.length}`); process.exit(1); }
 
-/** FLOPs (`key`: with the cooldown, or trained before it) at which the frontier reaches `loss` (first crossing, linear in log FLOPs); null outside its range. */
+/** FLOPs (`key`: with the cooldown, or trained before it) at which the frontier reaches `loss` (@staged/run's frontierFlops: linear in log FLOPs between its points); null outside its range. */
 function frontierFlops(loss, key = "flops") {
-  for (let i = 1; i < frontier.length; i++) {
-    const a = frontier[i - 1], b = frontier[i];
-    if (a.loss >= loss && b.loss <= loss) {
-      const t = a.loss === b.loss ? 0 : (a.loss - loss) / (a.loss - b.loss);
-      return Math.exp(Math.log(a[key]) + t * (Math.log(b[key]) - Math.log(a[key])));
-    }
-  }
-  return null;
+  const at = frontierFlopsOf(frontier.map((p) => ({ flops: p[key], loss: p.loss })), loss);
+  return at && !at.extrapolated ? at.flops : null;
 }
 const start = startDir ? (await results(startDir))[0] ?? null : null;
 if (startDir && !start) { console.error(`${startDir}: no result.json with a cooled-down point`); process.exit(1); }

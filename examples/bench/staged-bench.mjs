@@ -16,7 +16,8 @@
 //
 // --parallel runs that many `staged run --only <run>` processes at once (each with --threads). Every run
 // resumes where it stopped, so the script can be interrupted and rerun. --quick is the demo's short version
-// (one seed, width only, a small budget). Not a test: the full benchmark takes about two hours on 2 cores.
+// (one seed, width only, a small budget). Every run ends with a common cooldown; the saving is priced on the
+// baseline's cooled-down frontier (see `common`). Not a test: the full benchmark takes hours on 2 cores.
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
@@ -46,11 +47,19 @@ const parallel = Number(a.parallel), threads = Number(a.threads);
 const pilotTokens = Number(a["pilot-tokens"] ?? (quick ? 1e6 : 4e6));
 const skip = a.skip ?? "0.3";
 
-// Shared hyperparameters of every run (the issue's: Brown, bytes, context 128, batch 16, AdamW 1e-3).
+// Shared hyperparameters of every run (the issue's: Brown, bytes, context 128, batch 16, AdamW 1e-3), and the
+// comparison the growth-dynamics ablation showed is needed (packages/run/README.md, "Growth dynamics, ablated"): every
+// run ends with the same cooldown (LR linearly to 0) and is evaluated on the whole validation split; the baselines
+// also cool down copies of themselves at fractions of the budget, their cooled-down frontier, which prices each
+// run's cooled-down loss in the baseline's FLOPs (constant-LR curves compare LR noise floors, not models).
 const common = {
   data: "brown", context: 128, batch: 16, optimizer: { lr: 1e-3 }, schedule: { kind: "constant", warmup: 100 },
   eval: { every: quick ? 25 : 50, blocks: quick ? 32 : 64 },
+  cooldown: { steps: quick ? 150 : 300, frontier: quick ? [0.5, 0.75] : [0.5, 0.625, 0.75, 0.875] },
 };
+// The width growth the ablation found best among the function-preserving ones: the LR kept (× 1, not × 1/2) and
+// antithetic noise 1e-2 to break the copies' symmetry.
+const WIDTH = { grow: "width", at: "auto", lrScale: 1, options: { symmetry: "antithetic", noiseStd: 1e-2 } };
 const gpt2 = (layers, dModel) => ({ layers, dModel, heads: dModel / 32 });
 const label = (m) => `${m.layers}x${m.dModel}`;
 
@@ -131,27 +140,21 @@ console.error(`budget ${budget.toExponential(2)} FLOPs: predicted final losses $
 // 3. The runs.
 const half = { width: gpt2(target.layers, target.dModel / 2), depth: gpt2(target.layers / 2, target.dModel) };
 const schedules = [
-  { name: "width", model: half.width, stages: [{ grow: "width", at: "auto" }] },
+  { name: "width", model: half.width, stages: [WIDTH] },
   ...(quick || target.layers < 2 ? [] : [
     { name: "depth", model: half.depth, stages: [{ grow: "depth", at: "auto" }] },
-    { name: "width-depth", model: gpt2(target.layers / 2, target.dModel / 2), stages: [{ grow: "width", at: "auto" }, { grow: "depth", at: "auto" }] },
+    { name: "width-depth", model: gpt2(target.layers / 2, target.dModel / 2), stages: [WIDTH, { grow: "depth", at: "auto" }] },
   ]),
 ];
-// Ablations of the width schedule (one seed), each changing one default: the timing (law plan, a fixed 25%),
-// the LR scale (1 instead of 1/2), the re-warmup (none instead of the run's warmup), the moments, the symmetry.
+// Ablations of the width schedule (one seed), each changing one choice: the timing (the law's plan, a fixed 25%),
+// and the package defaults the ablation replaced (LR × 1/2, no symmetry breaking).
 const ablations = quick ? [] : [
-  { name: "width-plan", stages: [{ grow: "width", at: "plan" }] },
-  { name: "width-at-25pct", stages: [{ grow: "width", at: { fraction: 0.25 } }] },
-  { name: "width-lr-1", stages: [{ grow: "width", at: "auto", lrScale: 1 }] },
-  { name: "width-rewarmup-0", stages: [{ grow: "width", at: "auto", rewarmup: 0 }] },
-  { name: "width-moments-paper", stages: [{ grow: "width", at: "auto", options: { moments: "paper" } }] },
-  { name: "width-moments-reset", stages: [{ grow: "width", at: "auto", options: { moments: "reset" } }] },
-  { name: "width-split", stages: [{ grow: "width", at: "auto", options: { symmetry: "split" } }] },
-  { name: "width-noise", stages: [{ grow: "width", at: "auto", options: { symmetry: "noise", noiseStd: 1e-3 } }] },
-  { name: "width-antithetic", stages: [{ grow: "width", at: "auto", options: { symmetry: "antithetic", noiseStd: 1e-3 } }] },
+  { name: "width-plan", stages: [{ ...WIDTH, at: "plan" }] },
+  { name: "width-at-25pct", stages: [{ ...WIDTH, at: { fraction: 0.25 } }] },
+  { name: "width-defaults", stages: [{ grow: "width", at: "auto" }] },
 ];
-// The target from scratch at the LR a width-grown model trains at (the growth scales it by 1/2): growth
-// lowers the LR, which by itself lowers the loss of a constant-LR run; this control separates the two.
+// The target from scratch at half the LR: the control of the constant-LR comparisons (a growth that halved the LR
+// lowered a constant-LR loss by itself); with the common cooldown it is only run on request (--groups).
 const lrControl = { name: "scratch-lr-half", model: gpt2(target.layers, target.dModel), stages: [], lr: common.optimizer.lr / 2 };
 const specs = [];
 for (const s of schedules) {
@@ -160,7 +163,7 @@ for (const s of schedules) {
   specs.push({ file: await writeSpec(s.name, spec), names: [...seeds.map((x) => `baseline-s${x}`), ...seeds.map((x) => `${s.name}-s${x}`),
     ...spec.noGrowth.seeds.map((x) => `no-growth-${label(s.model)}-s${x}`)] });
 }
-{
+if (groups?.has(lrControl.name)) {
   const spec = { ...common, optimizer: { lr: lrControl.lr }, name: lrControl.name, budget: { flops: budget }, model: lrControl.model, stages: [], seeds };
   specs.push({ file: await writeSpec(lrControl.name, spec), names: seeds.map((x) => `${lrControl.name}-s${x}`) });
 }
@@ -187,7 +190,6 @@ if (phase === "all" || phase === "report") {
   const text = await sh(["report", ...main], { quiet: true });
   const hasControl = dirs([lrControl.name]).length > 0;
   const vsControl = hasControl ? await sh(["report", ...main, "--baseline", lrControl.name], { quiet: true }) : "";
-  const repControl = hasControl ? JSON.parse(await sh(["--json", "report", ...main, "--baseline", lrControl.name], { quiet: true })) : null;
   let md = `# Staged training benchmark\n\nBudget ${budget.toExponential(2)} FLOPs; target ${label(target)} (law-optimal among ` +
     `${candidates.map(label).join(", ")}); seeds ${seeds.join(", ")}.\n\n## Against the baseline (LR ${common.optimizer.lr})\n\n${text}`;
   if (hasControl) md += `\n## Against the target from scratch at LR ${lrControl.lr} (the grown width's LR)\n\n${vsControl}`;
@@ -198,22 +200,24 @@ if (phase === "all" || phase === "report") {
   }
   await writeFile(join(out, "report.md"), md);
   console.log(md);
-  const savingOf = (r, group) => r?.report.groups.find((g) => g.group === group)?.reach?.[0]?.saving?.saving ?? null;
-  const fmt = (x) => (x === null ? "not reached" : `${(100 * x).toFixed(1)}%`);
-  for (const s of schedules) {
-    const a1 = savingOf(rep, s.name), a2 = savingOf(repControl, s.name);
-    console.log(`measured saving of the ${s.name} schedule at the baseline's final loss: ${fmt(a1)} against the baseline` +
-      (repControl ? `, ${fmt(a2)} against the target from scratch at LR ${lrControl.lr}` : ""));
-  }
+  // The headline: after the common cooldown, the FLOPs the baseline needs (on its cooled-down frontier) to reach each
+  // group's cooled-down loss, against the FLOPs the group spent.
+  const cooledOf = (r, group) => r?.report.groups.find((g) => g.group === group)?.cooled ?? null;
+  const pct = (x) => (x === null || x === undefined ? "—" : `${x < 0 ? "−" : "+"}${Math.abs(100 * x).toFixed(1)}%`);
+  const line = (c) => c?.frontier
+    ? `cooled-down loss ${c.valLoss.mean.toFixed(4)} with ${c.flops.toExponential(3)} FLOPs; the baseline needs ${c.frontier.flops.toExponential(3)}` +
+      `${c.frontier.extrapolated ? " (extrapolated past its frontier)" : ""}: saving ${pct(c.frontier.saving)} [per seed ${c.frontier.perSeed.map(pct).join(", ")}]`
+    : c ? `cooled-down loss ${c.valLoss.mean.toFixed(4)} (vs the baseline ${c.vsBaseline >= 0 ? "+" : ""}${c.vsBaseline.toFixed(4)}); not on the baseline's frontier` : "no cooled-down result";
+  for (const s of schedules) console.log(`measured saving of the ${s.name} schedule after the common cooldown: ${line(cooledOf(rep, s.name))}`);
   // Is the target really the compute-optimal model for this budget? The first models never grown say.
   for (const s of schedules) {
     const g = `no-growth-${label(s.model)}`;
-    const x = savingOf(rep, g);
-    if (!rep.report.groups.some((q) => q.group === g)) continue;
-    console.log(x !== null && x > 0
-      ? `the ${label(s.model)} model alone, never grown, reached the baseline's final loss with ${fmt(x)} fewer FLOPs: ` +
-        `at this budget ${label(target)} is NOT compute-optimal (the law's choice was wrong), so growth can only cost here`
-      : `the ${label(s.model)} model alone, never grown, did not reach the baseline's final loss: ${label(target)} is the better use of this budget`);
+    const c = cooledOf(rep, g);
+    if (!c) continue;
+    console.log(c.vsBaseline < 0
+      ? `the ${label(s.model)} model alone, never grown, ends below the baseline after the cooldown (${line(c)}): ` +
+        `at this budget ${label(target)} is NOT compute-optimal (the law's choice was wrong), so growing into it cannot save compute here`
+      : `the ${label(s.model)} model alone, never grown, ends above the baseline after the cooldown (${line(c)}): ${label(target)} is the better use of this budget`);
   }
   if (failures.length) console.log(`${failures.length} run(s) failed: ${failures.join("; ")}`);
   console.log(`(${((performance.now() - t0) / 60000).toFixed(1)} min)`);

@@ -133,7 +133,7 @@ describe("staged init → train → eval → inspect", () => {
     const l0 = json("train", withoutBc, ...common, "--no-bias-correction").losses as number[];
     expect(l0[0]).toBe(l1[0]);
     expect(l0[1]).not.toBe(l1[1]);
-  });
+  }, 60_000);
 
   it("continues a checkpoint exactly: N steps equal N/2 + N/2", () => {
     const one = join(root, "one"), two = join(root, "two");

@@ -115,7 +115,8 @@ if (phase === "all" || phase === "pilots") {
   const specs = [];
   for (const m of pilots) {
     const name = `pilot-${label(m)}`;
-    const file = await writeSpec(name, { ...common, name, budget: { tokens: pilotTokens }, model: m, stages: [], seeds: [0] });
+    // The law is fitted to constant-LR curves: pilots need no cooldown.
+    const file = await writeSpec(name, { ...common, cooldown: undefined, name, budget: { tokens: pilotTokens }, model: m, stages: [], seeds: [0] });
     specs.push({ file, names: [`${name}-s0`] });
   }
   await runAll(specs);

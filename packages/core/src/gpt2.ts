@@ -200,4 +200,5 @@ export const gpt2: ArchitecturePlugin = {
   init,
   decoder,
   initConfig,
+  tiedByDefault: true,
 };

@@ -214,4 +214,5 @@ export const llama: ArchitecturePlugin = {
   init,
   decoder,
   initConfig,
+  tiedByDefault: false,
 };

@@ -106,6 +106,11 @@ export interface ArchitecturePlugin {
    * dropout `shape.dropout` (default none), no special tokens outside a small vocabulary.
    */
   initConfig(shape: InitShape, tie: boolean): Record<string, unknown>;
+  /**
+   * Whether a fresh model of this architecture ties its output layer to the token embedding unless told otherwise
+   * (HF's default for the architecture: GPT-2 ties, Llama does not). `staged init` and `staged run` specs use it.
+   */
+  tiedByDefault: boolean;
 }
 
 /** A dropout probability as DecoderSpec.dropout takes it: a number in [0, 1); `what` names it in the one-line error. */

@@ -42,8 +42,10 @@ export function grownModel(model: ModelSpec, stages: readonly StageSpec[]): Mode
 }
 
 /** The HF config.json of a fresh model of the spec's architecture. */
-export const modelConfig = (m: ModelSpec, context: number): Record<string, unknown> =>
-  createDefaultRegistry().get("architecture", m.arch).initConfig({ ...m, context }, m.tie);
+export function modelConfig(m: ModelSpec, context: number): Record<string, unknown> {
+  const arch = createDefaultRegistry().get("architecture", m.arch);
+  return arch.initConfig({ ...m, context }, m.tie ?? arch.tiedByDefault);
+}
 
 /** The model shape of a ModelSpec at a context, as its architecture reads it. */
 export function shapeOf(m: ModelSpec, context: number): ModelShape {

@@ -15,7 +15,7 @@ describe("parseRunSpec", () => {
     expect(s.seeds).toEqual([0]);
     expect(s.schedule).toEqual({ kind: "constant", warmup: 0 });
     expect(s.eval).toEqual({ every: 5, blocks: 64 });
-    expect(s.model).toEqual({ arch: "gpt2", layers: 1, dModel: 16, heads: 2, vocab: 256, tie: true });
+    expect(s.model).toEqual({ arch: "gpt2", layers: 1, dModel: 16, heads: 2, vocab: 256 });
     expect(s.stages[0]).toEqual({ grow: "width", factor: 2, at: { fraction: 0.5 }, options: {}, rewarmup: 0, continueAt: "keep" });
     // the re-warmup defaults to the run's warmup; lrScale stays the operator's
     expect(parse({ schedule: { warmup: 7 } }).stages[0]!.rewarmup).toBe(7);
@@ -65,6 +65,11 @@ describe("parseRunSpec", () => {
     expect(s.model).toMatchObject({ arch: "llama", kvHeads: 2 });
     expect(shapeOf(s.model, 32)).toEqual({ layers: 2, dModel: 64, heads: 4, headDim: 16, kvHeads: 2, ffn: 256, vocab: 256, context: 32, gatedMlp: true });
     expect(shapeOf(grownModel(s.model, [{ grow: "width", factor: 2, options: {} } as never]), 32)).toMatchObject({ dModel: 128, heads: 8, kvHeads: 4 });
+    // The output layer is tied as the architecture's default says (as `staged init` does): Llama unties, GPT-2 ties.
+    expect(modelConfig(s.model, 32).tie_word_embeddings).toBe(false);
+    expect(modelConfig(parse({ model: { arch: "llama", layers: 1, dModel: 16, heads: 2, tie: true } }).model, 32).tie_word_embeddings).toBe(true);
+    expect(modelConfig(parse({}).model, 32).tie_word_embeddings).not.toBe(false);
+    expect(modelConfig(parse({ model: { layers: 1, dModel: 16, heads: 2, tie: false } }).model, 32).tie_word_embeddings).toBe(false);
     expect(() => parse({ model: { arch: "falcon", layers: 1, dModel: 8, heads: 2 } })).toThrow(/spec.json: model.arch must be one of gpt2, llama, got "falcon"/);
     expect(() => parse({ model: { arch: "llama", layers: 1, dModel: 8, heads: 4, kvHeads: 3 } })).toThrow(/spec.json: model.kvHeads 3 does not divide model.heads 4/);
   });

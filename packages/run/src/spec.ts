@@ -63,7 +63,8 @@ export interface ModelSpec {
   kvHeads?: number;
   ffn?: number;
   vocab: number;
-  tie: boolean;
+  /** Tie the output layer to the token embedding; absent: the architecture's default (GPT-2 ties, Llama does not). */
+  tie?: boolean;
   /**
    * Dropout in [0, 1), written into every dropout field of the architecture's config (GPT-2: embd_pdrop,
    * attn_pdrop, resid_pdrop; Llama: attention_dropout) of the first model, which growth keeps, and of the
@@ -202,7 +203,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   const model: ModelSpec = {
     arch: (m.arch as string | undefined) ?? "gpt2", layers: int(m.layers, "model.layers", 1, 1024), dModel: int(m.dModel, "model.dModel", 1, 1 << 16),
     heads: int(m.heads, "model.heads", 1, 1024), vocab: m.vocab === undefined ? 256 : int(m.vocab, "model.vocab", 2, 1 << 20),
-    tie: m.tie === undefined ? true : typeof m.tie === "boolean" ? m.tie : fail("model.tie", "must be true or false"),
+    ...(m.tie === undefined ? {} : { tie: typeof m.tie === "boolean" ? m.tie : fail("model.tie", "must be true or false") }),
     ...(m.ffn === undefined ? {} : { ffn: int(m.ffn, "model.ffn", 1, 1 << 20) }),
     ...(m.kvHeads === undefined ? {} : { kvHeads: int(m.kvHeads, "model.kvHeads", 1, 1024) }),
     ...(m.dropout === undefined ? {} : {

@@ -15,9 +15,11 @@ export interface InitOptions {
   dropout?: number;
 }
 
-/** The HF config of `staged init`: the architecture's own (GPT-2 ties its output layer by default, Llama does not). */
-export const initConfig = (o: InitOptions): Record<string, unknown> =>
-  createDefaultRegistry().get("architecture", o.arch ?? "gpt2").initConfig(o, o.tie ?? (o.arch ?? "gpt2") === "gpt2");
+/** The HF config of `staged init`: the architecture's own, tied as the architecture is by default unless told. */
+export function initConfig(o: InitOptions): Record<string, unknown> {
+  const arch = createDefaultRegistry().get("architecture", o.arch ?? "gpt2");
+  return arch.initConfig(o, o.tie ?? arch.tiedByDefault);
+}
 
 const ARCH_NAMES: Record<string, string> = { gpt2: "GPT-2", llama: "Llama" };
 

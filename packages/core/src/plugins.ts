@@ -2,7 +2,7 @@ import type { Tensor } from "./tensor.js";
 import type { ModelShape, TrainingState } from "./types.js";
 
 /**
- * What a parameter is for, independent of the architecture's names (DESIGN section 5). A block has an
+ * What a parameter is for, independent of the architecture's names (docs/ARCHITECTURE.md). A block has an
  * attention part (its norm, q/k/v as one fused projection or three, the output projection) and an MLP part
  * (its norm, the input projection, for gated MLPs (SwiGLU) a gate projection, the output projection).
  */

@@ -7,7 +7,10 @@ import { deriveSeed } from "./rng.js";
 export interface StageOptions {
   /** LR re-warmup steps after the growth (0: no restart). */
   rewarmup?: number;
-  /** The step the grown model continues from (default: unchanged). DESIGN section 7: S_before / constant_op. */
+  /**
+   * The step the grown model continues from (default: unchanged): the paper's S_before / constant_op, the grown
+   * model placed on the larger model's curve at equal loss (docs/ARCHITECTURE.md).
+   */
   continueAt?: number;
   /**
    * The grown model's peak LR (and minimum LR) is the small model's × lrScale. Default: the operator's

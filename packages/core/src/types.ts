@@ -99,7 +99,7 @@ export interface StageRecord {
   options: Record<string, unknown>;
   before: ModelShape;
   after: ModelShape;
-  /** The step the grown model continues from (DESIGN section 7: S_before / constant_op). */
+  /** The step the grown model continues from (the paper's S_before / constant_op; docs/formats.md, progress.stages). */
   continueAt?: number;
 }
 
@@ -145,7 +145,7 @@ export interface TrainingSettings {
  */
 export type TokenizerSpec = { kind: "bytes" } | { kind: "hf"; file: "tokenizer.json" } | { kind: "none" };
 
-/** Everything a staged run needs: model, optimizer, schedule and progress (DESIGN section 3). */
+/** Everything a staged run needs: model, optimizer, schedule and progress (docs/ARCHITECTURE.md). */
 export interface TrainingState {
   architecture: string;
   /** The architecture's HF config (config.json). */

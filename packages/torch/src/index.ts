@@ -1,0 +1,15 @@
+export { TorchFile, writeTorchFile, isTorchFile, MAX_PICKLE_BYTES } from "./file.js";
+export type { TorchInput, TorchRecords, WriteTorchOptions, WriteTorchResult } from "./file.js";
+export { TorchTensor, TorchStorage, TORCH_TO_DTYPE, DTYPE_TO_TORCH } from "./tensor.js";
+export type { StorageSource } from "./tensor.js";
+export { PyTuple, PyDict, PySet, PyGlobal, PyObject, tuple, pyRepr, pyTypeName, pyEqual, isHashable } from "./values.js";
+export type { PyValue, PyKey, PyDictKind } from "./values.js";
+export { unpickle } from "./unpickle.js";
+export type { UnpickleHooks } from "./unpickle.js";
+export { pickle, PersistentId, MAX_PICKLE_DEPTH } from "./pickle.js";
+export type { PickleHooks, Reduction } from "./pickle.js";
+export { WEIGHTS_ONLY_GLOBALS, BLOCKED_MODULES, IMPORT_MAPPING, NAME_MAPPING, isAllowedGlobal, globalName } from "./allowlist.js";
+export { TorchFormatError, RefusedGlobalError } from "./errors.js";
+export type { TorchFormatErrorCode } from "./errors.js";
+export { readZipDirectory, crc32, STORAGE_ALIGNMENT } from "./zip.js";
+export type { ZipEntry, ZipDirectory } from "./zip.js";

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { type DType, type LazyTensor, Tensor, decodeTensor } from "@staged/core";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { RefusedGlobalError, TorchFormatError } from "./errors.js";
-import { TorchFile, writeTorchFile } from "./file.js";
+import { TorchFile, isTorchFile, writeTorchFile } from "./file.js";
 import { PersistentId, pickle } from "./pickle.js";
 import { TorchTensor } from "./tensor.js";
 import { f32Bytes, writeRawArchive } from "./test-archive.js";
@@ -219,8 +219,9 @@ describe("writing tensors", () => {
 
   test("ZIP64 fields on every entry read back the same", async () => {
     const out = join(dir, "zip64.pt");
-    await writeTorchFile(out, { w: Tensor.fromArray([2], [1, 2]) }, { forceZip64: true });
+    await writeTorchFile(out, { w: Tensor.fromArray([2], [1, 2]) }, { forceZip64: true, location: "cuda:0" });
     const f = await TorchFile.open(out);
+    expect([...f.storages.values()].map((s) => s.location)).toEqual(["cuda:0"]);
     expect(Array.from((await ((f.value as PyDict).get("w") as TorchTensor).read()).f32)).toEqual([1, 2]);
     await f.close();
   });
@@ -299,6 +300,25 @@ describe("views, sharing and damage", () => {
     await expect(writeTorchFile(out, f.value)).rejects.toThrow("does not match its CRC-32");
     await expect(readFile(out)).rejects.toThrow();
     await f.close();
+  });
+
+  test("written over the file it is read from: the new file replaces it whole", async () => {
+    const path = join(dir, "in-place.pt");
+    await copyFile(join(FIX, "gpt2-checkpoint-3", "optimizer.pt"), path);
+    const f = await TorchFile.open(path);
+    const groups = (f.value as PyDict).get("param_groups") as PyDict[];
+    groups[1]!.set("lr", 0.5);
+    await writeTorchFile(path, f.value);
+    await f.close();
+    const g = await TorchFile.open(path);
+    expect(((g.value as PyDict).get("param_groups") as PyDict[])[1]!.get("lr")).toBe(0.5);
+    const src = await TorchFile.open(join(FIX, "gpt2-checkpoint-3", "optimizer.pt"));
+    for (const [i, t] of g.tensors.entries()) expect(Buffer.compare(await t.readBytes(), await src.tensors[i]!.readBytes())).toBe(0);
+    await g.close();
+    await src.close();
+    expect(await isTorchFile(path)).toBe(true);
+    expect(await isTorchFile(join(FIX, "facts.json"))).toBe(false);
+    expect(await isTorchFile(dir)).toBe(false);
   });
 
   test("a closed file reads nothing", async () => {

@@ -242,7 +242,10 @@ export interface WriteTorchOptions {
   archiveName?: string;
   /** `.data/serialization_id` to write (torch 2.x writes a random one); default none, as torch 1.x. */
   serializationId?: string | null;
-  /** The location of the storages of tensors that have none (core tensors), default "cpu"; a TorchTensor keeps its own. */
+  /**
+   * The location written for every storage ("cpu", "cuda:0": where torch.load puts it unless told otherwise). Default: a
+   * TorchTensor's own, "cpu" for core tensors.
+   */
   location?: string;
   /** Give every zip entry ZIP64 fields, as an archive of more than 4 GiB has (for tests and interop checks). */
   forceZip64?: boolean;
@@ -268,8 +271,8 @@ interface PlannedStorage {
   pieces: (buffer: (n: number) => Uint8Array) => Pieces;
   /** What it comes from, for errors ("value.state[0].exp_avg"). */
   where: string;
-  /** The source's CRC-32, checked when copying a whole stored record. */
-  check?: (crc: number) => void;
+  /** The CRC-32 of a stored record copied whole (its stream checks it). */
+  crc?: number;
 }
 
 const TORCH = "torch";
@@ -294,7 +297,7 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
   const base = basename(path);
   const archive = options.archiveName ?? (base.lastIndexOf(".") > 0 ? base.slice(0, base.lastIndexOf(".")) : base);
   if (!archive || /[/\\]/.test(archive)) throw new TorchFormatError(path, "bad-value", `archive name ${printableName(archive)} (one folder name, no slash)`);
-  const location = options.location ?? "cpu";
+  const location = options.location ?? "cpu"; // for core tensors; a TorchTensor's own unless options.location
   const planned: PlannedStorage[] = [];
   const byStorage = new Map<object, PlannedStorage>();
 
@@ -317,14 +320,8 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
         const s = v.storage;
         let p = byStorage.get(s);
         if (!p) {
-          const source = s.source;
-          p = {
-            key: String(planned.length), byteLength: s.byteLength, dtype: v.dtype, where,
-            pieces: (buffer) => s.stream(0, s.byteLength, buffer),
-            check: (crc) => {
-              if (crc !== source.crc32) throw new TorchFormatError(source.path, "crc-mismatch", `${source.entry} does not match its CRC-32 (the file is damaged)`);
-            },
-          };
+          // The whole storage is streamed, which checks its CRC-32 at the end: the record's CRC is the source's.
+          p = { key: String(planned.length), byteLength: s.byteLength, dtype: v.dtype, where, pieces: (buffer) => s.stream(0, s.byteLength, buffer), crc: s.source.crc32 };
           planned.push(p);
           byStorage.set(s, p);
         } else if (p.dtype !== v.dtype) {
@@ -367,7 +364,7 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
       const b = ring[turn++ % ring.length]!;
       return n <= b.length ? b.subarray(0, n) : new Uint8Array(n);
     };
-    for (const p of planned) await zip.add(`${archive}/data/${p.key}`, p.byteLength, p.pieces(buffer), p.where, p.check);
+    for (const p of planned) await zip.add(`${archive}/data/${p.key}`, p.byteLength, p.pieces(buffer), p.where, p.crc);
     await zip.add(`${archive}/version`, 2, text("3\n"));
     if (options.serializationId) {
       const id = new TextEncoder().encode(options.serializationId);

@@ -54,7 +54,8 @@ export class TorchStorage {
     let crc = 0;
     for (let at = from; at < to; at += maxPieceBytes) {
       const n = Math.min(maxPieceBytes, to - at);
-      const buf = buffer?.(n).subarray(0, n) ?? new Uint8Array(n);
+      // Fresh memory is not zeroed first: the read overwrites every byte (and a short read is an error).
+      const buf = buffer?.(n).subarray(0, n) ?? new Uint8Array(Buffer.allocUnsafeSlow(n).buffer, 0, n);
       await this.source.read(buf, this.source.dataOffset + at);
       if (whole) crc = crc32(buf, crc);
       yield buf;
@@ -66,9 +67,10 @@ export class TorchStorage {
 
   /** Bytes [from, to) in one fresh buffer. */
   async read(from = 0, to = this.byteLength): Promise<Uint8Array> {
-    const out = new Uint8Array(to - from);
+    const out = new Uint8Array(Buffer.allocUnsafeSlow(to - from).buffer, 0, to - from);
     let at = 0;
-    for await (const p of this.stream(from, to)) { out.set(p, at); at += p.length; }
+    // Each piece is read straight into its place in `out`.
+    for await (const p of this.stream(from, to, (n) => out.subarray(at, at + n))) at += p.length;
     return out;
   }
 }

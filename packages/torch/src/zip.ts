@@ -283,10 +283,11 @@ export class ZipWriter {
   }
 
   /**
-   * One stored entry of `size` bytes from `pieces`. `check(crc)` runs once all bytes are there (a copy compares the
-   * CRC-32 with its source's); `what` names the entry's source in errors.
+   * One stored entry of `size` bytes from `pieces`; `what` names the entry's source in errors. `knownCrc`: the CRC-32
+   * of the bytes, when the source vouches for it (a stored record whose pieces check it as they are read), which
+   * spares computing it again.
    */
-  async add(name: string, size: number, pieces: Pieces, what = name, check?: (crc: number) => void): Promise<void> {
+  async add(name: string, size: number, pieces: Pieces, what = name, knownCrc?: number): Promise<void> {
     const nameBytes = Buffer.from(name, "utf8");
     const offset = this.position;
     const bigSize = this.forceZip64 || size >= U32_MAX;
@@ -332,7 +333,7 @@ export class ZipWriter {
         const piece = r.value;
         if (written + piece.length > size) throw new TorchFormatError(this.path, "bad-value", `${what}: more than the ${size} bytes declared`);
         next = ahead();
-        crc = crc32(piece, crc);
+        if (knownCrc === undefined) crc = crc32(piece, crc);
         await this.write(piece);
         written += piece.length;
       }
@@ -341,7 +342,7 @@ export class ZipWriter {
       throw e;
     }
     if (written !== size) throw new TorchFormatError(this.path, "bad-value", `${what}: ${written} bytes given, ${size} declared`);
-    check?.(crc);
+    if (knownCrc !== undefined) crc = knownCrc;
 
     const desc = new Uint8Array(z64 ? 24 : 16);
     const dv = new DataView(desc.buffer);

@@ -196,7 +196,17 @@ const KINDS = {
     await sleep(Math.random() * trialSeconds * 1000);
     child.kill(sig);
     const e = await done;
-    count("signalTrain", e.code === 0 ? "finished first" : `exited ${e.code}`);
+    count("signalTrain", e.code === 0 ? "finished first" : e.signal ? `ended by ${e.signal}` : `exited ${e.code}`);
+    // A signal while the command does not listen ends the process the default way (the shell's status 130/143):
+    // before training (Node loading, the checkpoint not yet open) the checkpoint must be the one given; after it
+    // (the result printed, the process exiting) the finished run's.
+    if (e.signal === sig) {
+      const c = await check(dir);
+      if (c.problem) return problem("signalTrain", i, c.problem);
+      if ((c.step !== 1 && c.step !== STEPS + 1) || c.hash !== refHash.get(c.step)) return problem("signalTrain", i, `${sig} outside training, yet the checkpoint is at step ${c.step}`);
+      count("signalTrain", c.step === 1 ? "ended while starting, nothing trained" : "ended while exiting, all saved");
+      return;
+    }
     if (e.code !== 0 && e.code !== (sig === "SIGINT" ? 130 : 143)) return problem("signalTrain", i, `${sig}: exit ${e.code ?? e.signal}: ${e.stderr.trim()}`);
     const c = await check(dir);
     if (c.problem) return problem("signalTrain", i, c.problem);
@@ -223,7 +233,8 @@ const KINDS = {
     child.kill(how);
     const e = await done;
     count("stopRun", `${how}${aimed ? " at the growth" : ""}: ${e.code === 0 ? "finished first" : e.signal ?? `exited ${e.code}`}`);
-    if (how !== "SIGKILL" && e.code !== 0 && e.code !== (how === "SIGINT" ? 130 : 143)) return problem("stopRun", i, `${how}: exit ${e.code ?? e.signal}: ${e.stderr.trim()}`);
+    // Ended by the signal itself only before the command listens (while starting); the rerun below checks the rest.
+    if (how !== "SIGKILL" && e.signal !== how && e.code !== 0 && e.code !== (how === "SIGINT" ? 130 : 143)) return problem("stopRun", i, `${how}: exit ${e.code ?? e.signal}: ${e.stderr.trim()}`);
     const again = run(["run", spec, "--out", out]);
     if (again.status !== 0) return problem("stopRun", i, `the rerun failed: ${again.stderr.trim()}`);
     if ((await resultOf(out)) !== runRefResult) return problem("stopRun", i, `${how}${aimed ? " at the growth" : ""}: the resumed run's result differs from the uninterrupted one's`);

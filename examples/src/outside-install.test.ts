@@ -45,6 +45,7 @@ import { train, readMetrics } from "@staged/trainer-ort";
 import { parseRunSpec, runSpec, compareRuns, formatReport } from "@staged/run";
 import { exportModel, generate } from "@staged/export";
 import { createProgram } from "@staged/cli";
+import { TorchFile, writeTorchFile } from "@staged/torch";
 
 const dir = process.argv[2];
 const small = initTrainingState("gpt2", { model_type: "gpt2", n_layer: 1, n_embd: 8, n_head: 2, vocab_size: 256, n_positions: 16 }, 1);
@@ -65,7 +66,13 @@ const results = await runSpec(spec, join(dir, "runs"));
 // The trained checkpoint to ONNX, and generation from the export through transformers.js.
 const exported = await exportModel(ckpt, join(dir, "exported"));
 const generated = await generate(exported.dir, "the quick", { maxNewTokens: 4 });
-console.log(JSON.stringify({
+// A torch.save file of a trained tensor (what torch.load(weights_only=True) reads), and back.
+const wte = [...grown.params.values()][0];
+await writeTorchFile(join(dir, "wte.pt"), { wte });
+const pt = await TorchFile.open(join(dir, "wte.pt"));
+const torchShape = pt.value.get("wte").shape;
+await pt.close();
+console.log(JSON.stringify({ torchShape,
   grown: grown.shape, losses: result.losses, valLoss: result.valLoss, saved,
   flopsPerToken: flopsPerToken(saved.shape, 16),
   runs: results.map((r) => ({ name: r.name, done: r.done, growths: r.growths.length })),
@@ -85,6 +92,7 @@ import { GraphBuilder, train, type TrainOptions, type TrainResult, type Value } 
 import { compareRuns, parseRunSpec, type RunReport, type RunResult, type RunSpec } from "@staged/run";
 import { exportModel, loadGenerator, type ExportResult, type GenerateResult, type Generator } from "@staged/export";
 import { createProgram, main } from "@staged/cli";
+import { PyDict, TorchFile, writeTorchFile, type TorchTensor, type WriteTorchResult } from "@staged/torch";
 
 const options: WidthOptions = { factor: 2, moments: "paper", symmetry: "split" };
 const depth: DepthOptions = { layers: 3, init: "identity" };
@@ -110,6 +118,8 @@ export const generator: Promise<Generator> = loadGenerator("exported", { threads
 export const completion: Promise<string> = generator.then((g) => g.generate("the", { maxNewTokens: 4, temperature: 0.8, topP: 0.9 })).then((r: GenerateResult) => r.completion);
 export const program: string = createProgram().name();
 export const cli: (argv: string[]) => Promise<void> = main;
+export const written: Promise<WriteTorchResult> = writeTorchFile("t.pt", { t: [...s.params.values()][0]! });
+export const read: Promise<TorchTensor> = TorchFile.open("t.pt").then((f) => (f.value as PyDict).get("t") as TorchTensor);
 `;
 
 describe("packed tarballs of every package outside the workspace", () => {
@@ -151,6 +161,7 @@ describe("packed tarballs of every package outside the workspace", () => {
     expect(out.program).toBe("staged");
     expect(out.exported).toEqual(expect.arrayContaining(["onnx/model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]));
     expect(out.generated).toBe(4);
+    expect(out.torchShape).toEqual([256, 16]); // the grown token embedding, through torch.save's format and back
 
     const help = run("npx", ["--no", "--", "staged", "--help"], project);
     for (const command of ["inspect", "init", "train", "eval", "grow", "plan", "run", "report", "export", "generate"]) expect(help).toContain(`${command} `);

@@ -14,7 +14,14 @@
  * end the central directory, a ZIP64 end record and locator (always, as miniz with MZ_ZIP_FLAG_WRITE_ZIP64), and the
  * classic end record. See the package README for why no zip library is used.
  */
-import type { FileHandle } from "node:fs/promises";
+/**
+ * What the zip reader and writer use of a node:fs FileHandle (typed here so that the package's public types need no
+ * @types/node; a FileHandle is one).
+ */
+export interface FileHandle {
+  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }>;
+}
 import * as zlib from "node:zlib";
 import { TorchFormatError } from "./errors.js";
 

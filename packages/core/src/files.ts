@@ -132,16 +132,18 @@ export async function checkCheckpointFile(root: string, name: string, display: s
     const target = await realpath(path).catch((e: unknown) => {
       throw new Error(`${display}: a symlink to ${JSON.stringify(readlinkOr(path))} that cannot be followed (${systemReason(e)})`, { cause: e });
     });
-    if (!within(target, root) && !hubBlob(target, root)) {
+    if (!isInside(target, root) && !hubBlob(target, root)) {
       throw new Error(`${display}: a symlink to ${target}, outside the checkpoint directory (refused: copy the file into the checkpoint)`);
     }
   }
-  const s = await stat(path).catch((e: unknown) => { throw inputError(display, "the file", e); });
+  // What the path is: lstat's answer, or for a symlink its target's.
+  const s = link.isSymbolicLink() ? await stat(path).catch((e: unknown) => { throw inputError(display, "the file", e); }) : link;
   if (!s.isFile()) throw new Error(`${display}: not a regular file`);
   return true;
 }
 
-const within = (child: string, parent: string): boolean => {
+/** Whether path `child` lies strictly inside directory `parent` (both resolved the same way). */
+export const isInside = (child: string, parent: string): boolean => {
   const r = relative(parent, child);
   return r !== "" && !r.startsWith("..") && !isAbsolute(r);
 };

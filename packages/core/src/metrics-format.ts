@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { schemaError } from "./schema.js";
 
 /**
  * metrics.jsonl: the trainer's learning curve inside a checkpoint directory, one JSON object per line, carried
@@ -44,10 +45,7 @@ export function parseMetrics(text: string, source = METRICS_FILE): MetricsRecord
     try { v = JSON.parse(l); } catch { throw new Error(`${source}:${i + 1}: not JSON`); }
     const r = line.safeParse(v);
     if (!r.success) {
-      const issue = r.error.issues[0];
-      const field = issue?.path.length ? `${issue.path.map(String).join(".")} ` : "";
-      throw new Error(`${source}:${i + 1}: ${field}${(issue?.message ?? "invalid").replace(/^Invalid input: /, "")} ` +
-        `(a line is {"step","tokens","flops","loss","valLoss","lr"})`);
+      throw new Error(`${schemaError(`${source}:${i + 1}`, r.error).message} (a line is {"step","tokens","flops","loss","valLoss","lr"})`);
     }
     out.push(v as MetricsRecord); // as written: the keys in their order, so a rewritten log is byte-identical
   });

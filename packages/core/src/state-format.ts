@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { schemaError } from "./schema.js";
 import type { AdamWState, Progress, TokenizerSpec, TrainingSettings, TrainingState } from "./types.js";
 
 /**
@@ -73,14 +74,6 @@ export interface SavedState {
   progress: Progress;
   tokenizer: TokenizerSpec;
   training?: TrainingSettings;
-}
-
-/** The first problem of a parsed value as one line: `<file>: <field>: <problem>`. */
-export function schemaError(file: string, error: z.ZodError): Error {
-  const issue = error.issues[0];
-  const path = issue?.path.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("").replace(/^\./, "") ?? "";
-  const message = (issue?.message ?? "invalid").replace(/^Invalid input: /, "");
-  return new Error(`${file}: ${path ? `${path} ` : ""}${message}`);
 }
 
 /** Validate the parsed JSON of a training_state.json (`file` names it in the error). */

@@ -1,7 +1,7 @@
 import { cp, lstat, mkdir, readdir, readFile, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
-import { basename, dirname, join, relative, resolve, isAbsolute } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { DTYPE_SIZES, firstNonFiniteStored, storedValue, type DType } from "./dtype.js";
-import { checkCheckpointFile, parseJsonFile, readTextInput, syncDir, syncTree, systemReason } from "./files.js";
+import { checkCheckpointFile, isInside, parseJsonFile, readTextInput, syncDir, syncTree, systemReason } from "./files.js";
 import { lockCheckpoint, ownsWriteLock, type CheckpointLock } from "./lock.js";
 import { claimSibling, needsRecovery, recoverCheckpoint, siblingPath } from "./recovery.js";
 import { byteLevelTokenizerFiles } from "./tokenizer-json.js";
@@ -331,11 +331,6 @@ export interface SaveOptions {
 
 export interface SaveProgress { name: string; tensors: number; totalTensors: number; bytes: number; totalBytes: number }
 
-const inside = (child: string, parent: string): boolean => {
-  const r = relative(parent, child);
-  return r !== "" && !r.startsWith("..") && !isAbsolute(r);
-};
-
 /**
  * Write a TrainingState directory atomically and durably. Holding the directory's write lock (see ./lock.ts),
  * after settling what interrupted saves left (./recovery.ts), everything goes to a temporary sibling that is
@@ -348,8 +343,8 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   await checkOutputPath(dir);
   const target = await canonicalPath(dir);
   const source = (state as Partial<LoadedTrainingState>).source;
-  if (source && inside(target, source)) throw new Error(`${dir}: output is inside the input checkpoint ${source}`);
-  if (source && inside(source, target)) throw new Error(`${dir}: output contains the input checkpoint ${source}`);
+  if (source && isInside(target, source)) throw new Error(`${dir}: output is inside the input checkpoint ${source}`);
+  if (source && isInside(source, target)) throw new Error(`${dir}: output contains the input checkpoint ${source}`);
   if (options.lock && (options.lock.path !== target || options.lock.mode !== "exclusive")) {
     throw new Error(`${dir}: the lock given is ${options.lock.mode} on ${options.lock.path}, not the write lock of this directory`);
   }

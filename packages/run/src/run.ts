@@ -351,22 +351,26 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
   }
 }
 
-/** Options of `evaluate` for the run's validation stream (the trainer's), on `maxBlocks` blocks (undefined: all). */
 /** The spec's cooldown from a copy of `state` (nothing saved): one point of the baseline's cooled-down frontier. */
 async function coolCopy(state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, o: ExecuteOptions,
                         run: string, dir: string): Promise<FinalEvaluation> {
   const ev = validationOf(spec, o, c.blocks);
   const before = await evaluate(state, ev);
-  const r = await train({ ...state, schedule: withCooldown(state.schedule!, state.progress.step, c.steps) }, {
-    steps: c.steps, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir: null,
-    data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
-    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal,
-  }, { onStep: (i) => o.onStep?.((state.progress.globalStep ?? state.progress.step) + i.index) });
+  const r = await train({ ...state, schedule: withCooldown(state.schedule!, state.progress.step, c.steps) },
+    cooldownOptions(spec, o, c.steps, null), { onStep: (i) => o.onStep?.((state.progress.globalStep ?? state.progress.step) + i.index) });
   if (r.result.interrupted) throw new RunInterrupted(run, dir, state.progress.step);
   const after = await evaluate(r.state, ev);
   return { steps: c.steps, flops: r.state.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore: before.loss };
 }
 
+/** The trainer's options for `steps` cooldown steps of the spec's data and batch (the schedule comes with the state). */
+const cooldownOptions = (spec: RunSpec, o: ExecuteOptions, steps: number, saveDir: string | null): TrainOptions => ({
+  steps, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir,
+  data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
+  threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal,
+});
+
+/** Options of `evaluate` for the run's validation stream (the trainer's), on `maxBlocks` blocks (undefined: all). */
 function validationOf(spec: RunSpec, o: ExecuteOptions, maxBlocks: number | undefined): EvaluateOptions {
   return { data: spec.data, valData: spec.valData, stream: "training-validation", context: spec.context, batch: spec.batch,
     threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(maxBlocks === undefined ? {} : { maxBlocks }) };
@@ -395,11 +399,8 @@ async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunS
     const steps = Math.min(total - current.progress.step, spec.eval.every * 5);
     const globalBefore = current.progress.globalStep ?? current.progress.step;
     // Once a piece is saved the stored schedule is the cooldown's, which withCooldown leaves as it is.
-    const r = await train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) }, {
-      steps, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir: dir,
-      data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
-      threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal,
-    }, { onStep: (i) => o.onStep?.(globalBefore + i.index) });
+    const r = await train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) },
+      cooldownOptions(spec, o, steps, dir), { onStep: (i) => o.onStep?.(globalBefore + i.index) });
     current = r.state;
     if (r.result.interrupted) throw new RunInterrupted(basename(runDir), dir, current.progress.step);
     o.onLine?.(`${dir}: cooldown ${current.progress.step - start.step}/${c.steps} steps`);

@@ -50,3 +50,23 @@ export const lostSince = (saved: number, current: number, dir: string): string =
 
 /** A command stopped by a signal: runAction reports it in one line and keeps the signal's exit status. */
 export class Interrupted extends Error {}
+
+/**
+ * A write that Ctrl-C abandons (grow, export): `write` gets the signal and stops at its next piece, removing its
+ * temporary files; ended so, the command fails with "<output>: interrupted: nothing was written" and keeps the
+ * signal's exit status. `what` names the write in the first signal's line, `left` what a second one leaves.
+ */
+export async function abandonOnInterrupt<T>(output: string, what: string, left: string,
+                                            write: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const interrupt = listenForInterrupt(`abandoning ${what}: nothing is written to ${output}`, () => left);
+  try {
+    return await write(interrupt.signal);
+  } catch (e) {
+    const status = interrupt.status();
+    if (status === null) throw e;
+    process.exitCode = status;
+    throw new Interrupted(`${output}: interrupted: nothing was written`);
+  } finally {
+    interrupt.dispose();
+  }
+}

@@ -5,7 +5,7 @@ import { formatBytes } from "@staged/core";
 import { exportModel, type ExportDType } from "@staged/export";
 import { loadHfTokenizer } from "@staged/trainer-ort";
 import { createOutput, runAction } from "../output.js";
-import { Interrupted, listenForInterrupt } from "../interrupt.js";
+import { abandonOnInterrupt, Interrupted } from "../interrupt.js";
 import { createProgress } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
 
@@ -28,21 +28,16 @@ export function registerExport(program: Command): void {
         if (existsSync(join(dir, "tokenizer.json"))) await loadHfTokenizer(join(dir, "tokenizer.json"));
         let progress: ReturnType<typeof createProgress> | null = null, file = "";
         // Ctrl-C: the export is abandoned at the next piece written and its temporary directory removed.
-        const interrupt = listenForInterrupt(`abandoning the export: nothing is written to ${out}`,
-          () => `its temporary directory is left beside ${out} for the next export to clear`);
-        const r = await exportModel(dir, out, {
-          dtype: o.dtype ?? "fp32",
-          // Progress on stderr (also with --json) for exports that take more than a second.
-          onProgress: (p) => {
-            if (interrupt.signal.aborted) throw new Interrupted(`${out}: interrupted: nothing was written`);
-            if (p.file !== file) { progress?.stop(); file = p.file; progress = createProgress(`writing ${p.file}`, "MB", 1e6); }
-            progress?.update(p.bytes, p.totalBytes);
-          },
-        }).catch((e: unknown) => {
-          if (interrupt.status() === null) throw e;
-          process.exitCode = interrupt.status()!;
-          throw new Interrupted(`${out}: interrupted: nothing was written`);
-        }).finally(() => { interrupt.dispose(); progress?.stop(); });
+        const r = await abandonOnInterrupt(out, "the export", `its temporary directory is left beside ${out} for the next export to clear`,
+          (signal) => exportModel(dir, out, {
+            dtype: o.dtype ?? "fp32",
+            // Progress on stderr (also with --json) for exports that take more than a second.
+            onProgress: (p) => {
+              if (signal.aborted) throw new Interrupted(`${out}: interrupted: nothing was written`);
+              if (p.file !== file) { progress?.stop(); file = p.file; progress = createProgress(`writing ${p.file}`, "MB", 1e6); }
+              progress?.update(p.bytes, p.totalBytes);
+            },
+          })).finally(() => progress?.stop());
         const result = { checkpoint: resolve(dir), out: r.dir, files: r.files, bytes: r.bytes, dtypes: r.manifest.dtypes,
           externalData: Object.keys(r.manifest.externalData).length > 0, architecture: r.manifest.architecture, seconds: (performance.now() - t0) / 1000 };
         createOutput(Boolean(g.json)).result(result,

@@ -10,7 +10,7 @@ import type { WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
 import { createCliRegistry } from "../registry.js";
 import { createOutput, runAction, UsageError } from "../output.js";
-import { Interrupted, listenForInterrupt } from "../interrupt.js";
+import { abandonOnInterrupt } from "../interrupt.js";
 import { integer, intList, number } from "../options.js";
 import { PROGRESS_MODES, createProgress, type ProgressMode } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
@@ -63,17 +63,11 @@ async function grow<O extends object>(input: string, output: string, operator: s
       const progress = createProgress("writing", "MB", 1e6, { mode: progressMode ?? "auto", baseUnit: "bytes" });
       progress.update(0, bytes - [...grown.files?.values() ?? []].reduce((n, f) => n + f.byteLength, 0)); // the tensors' bytes
       // Ctrl-C: the write is abandoned at the next piece and its temporary files removed; nothing is written.
-      const interrupt = listenForInterrupt(`abandoning the write: nothing is written to ${output}`,
-        () => `its temporary files are left beside ${output} for the next staged command on it to clear`);
       try {
-        await saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes, signal: interrupt.signal,
-          onProgress: (p) => progress.update(p.bytes, p.totalBytes) });
-      } catch (e) {
-        if (interrupt.status() === null) throw e;
-        process.exitCode = interrupt.status()!;
-        throw new Interrupted(`${output}: interrupted: nothing was written`);
+        await abandonOnInterrupt(output, "the write", `its temporary files are left beside ${output} for the next staged command on it to clear`,
+          (signal) => saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes, signal,
+            onProgress: (p) => progress.update(p.bytes, p.totalBytes) }));
       } finally {
-        interrupt.dispose();
         progress.stop();
       }
       const stage = grown.progress.stages.at(-1)!;

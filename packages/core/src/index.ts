@@ -18,3 +18,4 @@ export { llama } from "./llama.js";
 export { rotaryTables } from "./rope.js";
 export { bytesToUnicode, byteLevelTokenizerJson, byteLevelTokenizerConfig, byteLevelTokenizerFiles, BYTE_LEVEL_PAD_ID } from "./tokenizer-json.js";
 export * from "./metrics-format.js";
+export * from "./trainer-files.js";

@@ -1,5 +1,6 @@
 import type { Tensor } from "./tensor.js";
 import type { ModelShape, TrainingState } from "./types.js";
+import type { CheckpointContents, ModelToSave, SaveOptions } from "./state.js";
 
 /**
  * What a parameter is for, independent of the architecture's names (docs/ARCHITECTURE.md). A block has an
@@ -151,11 +152,45 @@ export interface TrainerPlugin {
   [member: string]: unknown;
 }
 
+/** A directory being read by loadTrainingState, for a CheckpointFormatPlugin. */
+export interface CheckpointDirectory {
+  /** The directory as the caller named it (for messages). */
+  dir: string;
+  /** Its canonical path. */
+  root: string;
+  /**
+   * The path of one of its files, checked as every file a load reads (a regular file, no symlink out of the
+   * directory: files.ts checkCheckpointFile), or null when it has none of that name.
+   */
+  file(name: string): Promise<string | null>;
+}
+
+/**
+ * A checkpoint layout other than the project's own (docs/formats.md), e.g. a Hugging Face Trainer `checkpoint-N/`
+ * (@staged/hf-trainer). loadTrainingState reads a directory's HF model files itself (config, weights, tokenizer
+ * files) and lets the format whose `detect` claims the directory complete the state; saveTrainingState writes a
+ * state in the format it came from (TrainingState.foreign) or the one asked for, through core's save protocol.
+ */
+export interface CheckpointFormatPlugin {
+  name: string;
+  /** Whether a directory holding these file names is one of this format's checkpoints. */
+  detect(files: readonly string[]): boolean;
+  /**
+   * The state read from the directory: `base` is what core read (the model, the tokenizer files, the project's
+   * default optimizer settings without moments, zero progress). `close`, given, releases what it opened; core calls
+   * it with the state's close().
+   */
+  read(base: TrainingState, dir: CheckpointDirectory): Promise<{ state: TrainingState; close?: () => Promise<void> }>;
+  /** What a save of `state` in this format writes (checked before anything is written: a throw writes nothing). */
+  contents(state: TrainingState, model: ModelToSave, options: SaveOptions): CheckpointContents;
+}
+
 export interface PluginKinds {
   architecture: ArchitecturePlugin;
   growth: GrowthPlugin<never>;
   scheduler: ScalingLawPlugin;
   lrSchedule: LrSchedulePlugin<never>;
   trainer: TrainerPlugin;
+  checkpointFormat: CheckpointFormatPlugin;
 }
 export type PluginKind = keyof PluginKinds;

@@ -9,7 +9,7 @@ export interface Registry {
   list(kind: PluginKind): string[];
 }
 
-const KINDS: readonly PluginKind[] = ["architecture", "growth", "scheduler", "lrSchedule", "trainer"];
+const KINDS: readonly PluginKind[] = ["architecture", "growth", "scheduler", "lrSchedule", "trainer", "checkpointFormat"];
 
 /** An empty registry; nothing is shared between registries. */
 export function createRegistry(): Registry {

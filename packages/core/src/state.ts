@@ -8,11 +8,12 @@ import { byteLevelTokenizerFiles } from "./tokenizer-json.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
 import type { WriteObserver } from "./safetensors.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
-import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
+import type { ArchitecturePlugin, CheckpointFormatPlugin, ParamSpec } from "./plugins.js";
 import type { AdamWState, LazyTensor, TokenizerSpec, TrainingState } from "./types.js";
 import { Tensor } from "./tensor.js";
 import { formatStateFile, parseStateFile, STATE_FILE } from "./state-format.js";
 import { parseMetrics } from "./metrics-format.js";
+import { TRAINER_FILES, TRAINER_RNG_FILE, TRAINER_STATE_FILES } from "./trainer-files.js";
 
 export { STATE_FILE, STATE_FORMAT, STATE_VERSION } from "./state-format.js";
 /** Files of an HF model directory that travel with a checkpoint unchanged. */
@@ -145,6 +146,24 @@ function findArchitecture(registry: Registry, config: Record<string, unknown>, f
 }
 
 /**
+ * The registered checkpoint format (other than the project's own) that a directory's file names say it is, or null for
+ * the project's own layout or a plain HF model directory. A Hugging Face Trainer checkpoint with no format registered
+ * to read it is refused: read as a model directory it would silently lose its optimizer state.
+ */
+async function formatOf(registry: Registry, root: string, dir: string): Promise<CheckpointFormatPlugin | null> {
+  const names = await readdir(root);
+  for (const name of registry.list("checkpointFormat")) {
+    const plugin = registry.get("checkpointFormat", name);
+    if (plugin.detect(names)) return plugin;
+  }
+  if (names.includes(TRAINER_FILES.optimizer) && !names.includes(STATE_FILE)) {
+    throw new Error(`${dir}: a Hugging Face Trainer checkpoint (${TRAINER_FILES.optimizer}), and no checkpoint format to read it is registered ` +
+      `(@staged/hf-trainer's; the staged CLI has it)`);
+  }
+  return null;
+}
+
+/**
  * Read a TrainingState directory or a plain HF model directory (config.json + safetensors weights).
  * Only headers are read here; tensor values are read when a LazyTensor is asked for them.
  */
@@ -186,9 +205,10 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
   const specs = arch.params(config);
 
   const opened: CheckpointFiles[] = [];
+  const closers: (() => Promise<void>)[] = [];
   const close = async (): Promise<void> => {
     try {
-      await Promise.all(opened.map(closeCheckpoint));
+      await Promise.all([...opened.map(closeCheckpoint), ...closers.map((f) => f())]);
     } finally {
       await lock.release();
     }
@@ -203,11 +223,12 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
     opened.push(model);
     const params = collectParams(arch, specs, model, join(dir, model.files.length > 1 ? "model.safetensors.index.json" : "model.safetensors"), config);
 
+    const format = await formatOf(registry, root, dir);
     const stateFile = join(dir, STATE_FILE);
-    const saved = (await present(STATE_FILE)) ? parseStateFile(await readJson(stateFile), stateFile) : null;
+    const saved = !format && (await present(STATE_FILE)) ? parseStateFile(await readJson(stateFile), stateFile) : null;
     const optimizer: AdamWState = saved?.optimizer ?? { ...DEFAULT_ADAMW, betas: [...DEFAULT_ADAMW.betas], noDecay: specs.filter((p) => !p.decay).map((p) => p.name) };
 
-    const moments = await openCheckpoint(root, "optimizer");
+    const moments = format ? null : await openCheckpoint(root, "optimizer");
     if (moments) {
       opened.push(moments);
       const file = join(dir, moments.files.length > 1 ? "optimizer.safetensors.index.json" : "optimizer.safetensors");
@@ -225,13 +246,18 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
     const tokenizer: TokenizerSpec = saved?.tokenizer ??
       (files.has("tokenizer.json") ? { kind: "hf", file: "tokenizer.json" } : shape.vocab > 256 ? { kind: "none" } : { kind: "bytes" });
     if (tokenizer.kind === "hf" && !files.has("tokenizer.json")) throw new Error(`${stateFile}: names tokenizer.json, which is missing`);
-    return {
+    const base: TrainingState = {
       architecture: arch.name, config, shape, params, optimizer,
       schedule: saved?.schedule ?? null,
       progress: saved?.progress ?? { step: 0, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] },
       ...(saved?.training ? { training: saved.training } : {}),
-      tokenizer, files, source: root, lock, close,
+      tokenizer, files,
     };
+    if (!format) return { ...base, source: root, lock, close };
+    // The format's own files complete the state; what it opens is closed with the state's files.
+    const read = await format.read(base, { dir, root, file: async (name) => (await present(name)) ? join(root, name) : null });
+    if (read.close) closers.push(read.close);
+    return { ...read.state, source: root, lock, close };
   } catch (e) {
     await close();
     throw e;
@@ -307,6 +333,11 @@ function collectMoments(arch: ArchitecturePlugin, specs: ParamSpec[], moments: C
 
 export interface SaveOptions {
   registry?: Registry;
+  /**
+   * The checkpoint format to write: STAGED_FORMAT ("staged", the project's own) or a registered CheckpointFormatPlugin's
+   * name ("hf-trainer"). Default: the format the state was read from (TrainingState.foreign), else the project's own.
+   */
+  format?: string;
   /** Replace an existing directory (atomically). Without it an existing target is an error. */
   overwrite?: boolean;
   /** Shard model and optimizer files above this many bytes (HF's default 5 GB). */
@@ -340,6 +371,64 @@ export interface SaveProgress { name: string; tensors: number; totalTensors: num
  */
 export async function saveTrainingState(dir: string, state: TrainingState, options: SaveOptions = {}): Promise<void> {
   const registry = options.registry ?? createDefaultRegistry();
+  const arch = architectureOf(state, registry);
+  const config = arch.withShape(state.config, state.shape);
+  const specs = arch.params(config);
+  const model = modelEntries(specs, state);
+  const format = options.format ?? state.foreign?.format ?? STAGED_FORMAT;
+  const contents = format === STAGED_FORMAT
+    ? stagedContents(state, { config, specs, model }, options)
+    : registry.get("checkpointFormat", format).contents(state, { config, specs, model }, options);
+  await saveCheckpointDirectory(dir, state, contents, options);
+}
+
+/** The project's own checkpoint layout (docs/formats.md): HF model files, optimizer.safetensors, training_state.json. */
+export const STAGED_FORMAT = "staged";
+
+/** What a save knows of the state's model before anything is written (the config with the state's shape, its parameters in order). */
+export interface ModelToSave {
+  config: Record<string, unknown>;
+  specs: ParamSpec[];
+  model: { entries: TensorEntry[]; dtype: string };
+}
+
+/** What a checkpoint format writes into a new directory (see saveCheckpointDirectory, CheckpointFormatPlugin). */
+export interface CheckpointContents {
+  /** Every tensor the save writes: the totals of its progress. */
+  tensors: readonly TensorEntry[];
+  /** Write the checkpoint's files into `tmp`, a new empty directory; each tensor's pieces go through `observer`. */
+  write(tmp: string, observer: WriteObserver): Promise<void>;
+}
+
+function stagedContents(state: TrainingState, m: ModelToSave, options: SaveOptions): CheckpointContents {
+  const moments = momentEntries(m.specs, state);
+  return {
+    tensors: [...m.model.entries, ...(moments ?? [])],
+    write: async (tmp, observer) => {
+      await writeModelFiles(tmp, state, m, observer, options);
+      if (moments) await writeCheckpoint(tmp, "optimizer", moments, { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" }, observer });
+      await writeFile(join(tmp, STATE_FILE), formatStateFile(state, moments !== null));
+    },
+  };
+}
+
+/**
+ * The files of an HF model directory: config.json (with the state's shape and torch_dtype), the weights
+ * (model.safetensors, sharded above maxShardBytes), and the files that travel with the state (tokenizer files, ...).
+ */
+export async function writeModelFiles(tmp: string, state: TrainingState, m: ModelToSave, observer: WriteObserver, options: SaveOptions): Promise<void> {
+  await writeFile(join(tmp, "config.json"), JSON.stringify({ ...m.config, torch_dtype: m.model.dtype }, null, 2) + "\n");
+  await writeCheckpoint(tmp, "model", m.model.entries, { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" }, observer });
+  for (const [name, bytes] of filesToWrite(state)) await writeFile(join(tmp, name), bytes);
+}
+
+/**
+ * The save protocol every checkpoint format goes through. Holding the directory's write lock (see ./lock.ts),
+ * after settling what interrupted saves left (./recovery.ts), `contents` writes everything into a temporary sibling
+ * that is fsynced and renamed into place only when complete; a kill -9 at any moment leaves the old checkpoint or
+ * the new one, never a mix. A non-finite value in any tensor stops the save with nothing replaced.
+ */
+export async function saveCheckpointDirectory(dir: string, state: TrainingState, contents: CheckpointContents, options: SaveOptions = {}): Promise<void> {
   await checkOutputPath(dir);
   const target = await canonicalPath(dir);
   const source = (state as Partial<LoadedTrainingState>).source;
@@ -348,13 +437,6 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   if (options.lock && (options.lock.path !== target || options.lock.mode !== "exclusive")) {
     throw new Error(`${dir}: the lock given is ${options.lock.mode} on ${options.lock.path}, not the write lock of this directory`);
   }
-
-  const arch = architectureOf(state, registry);
-  const config = arch.withShape(state.config, state.shape);
-  const specs = arch.params(config);
-  const { entries: model, dtype } = modelEntries(specs, state);
-  const moments = momentEntries(specs, state);
-
   try {
     await mkdir(dirname(target), { recursive: true });
   } catch (e) {
@@ -376,16 +458,11 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
     const existing = await stat(target).catch(() => null);
     if (existing && !options.overwrite) throw new Error(`${dir}: already exists (refusing to overwrite)`);
     if (existing && !existing.isDirectory()) throw new Error(`${dir}: exists and is not a directory`);
-    const observer = saveObserver([...model, ...(moments ?? [])], dir, options);
+    const observer = saveObserver(contents.tensors, dir, options);
 
     tmp = claim("tmp");
     await mkdir(tmp);
-    const shard = { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" }, observer };
-    await writeFile(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: dtype }, null, 2) + "\n");
-    await writeCheckpoint(tmp, "model", model, shard);
-    if (moments) await writeCheckpoint(tmp, "optimizer", moments, shard);
-    await writeFile(join(tmp, STATE_FILE), formatStateFile(state, moments !== null));
-    for (const [name, bytes] of filesToWrite(state)) await writeFile(join(tmp, name), bytes);
+    await contents.write(tmp, observer);
     if (existing) await carryOtherFiles(target, tmp);
     await syncTree(tmp);
     // Complete and durable: from here on a kill leaves a checkpoint that recovery puts in place.
@@ -436,7 +513,7 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
  * values (the message names the value computed, e.g. an F16 overflow), BF16 ones also on the bytes (rounding may
  * overflow); stored bytes copied as they are, on their exponent bits.
  */
-function saveObserver(entries: TensorEntry[], dir: string, options: SaveOptions): WriteObserver {
+function saveObserver(entries: readonly TensorEntry[], dir: string, options: SaveOptions): WriteObserver {
   const sizeOf = (t: LazyTensor | Tensor) => t.shape.reduce((a, b) => a * b, DTYPE_SIZES[t.dtype]);
   const totalBytes = entries.reduce((s, e) => s + sizeOf(e.tensor), 0);
   const totalTensors = entries.length;
@@ -508,15 +585,21 @@ function filesToWrite(state: TrainingState): Map<string, Uint8Array> {
   return files;
 }
 
-/** Weight files a save writes anew (of either layout); any other file of a replaced checkpoint is kept. */
+/**
+ * Files a save of some checkpoint format writes anew: weights of either layout, the project's state, and a Hugging Face
+ * Trainer checkpoint's state files (TRAINER_FILES). Any other file of a replaced checkpoint is kept; these are not,
+ * even when the new checkpoint's format does not write them (a stale scheduler.pt beside a converted state would lie).
+ */
 const WEIGHT_FILE = /^(model|optimizer)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$/;
+const formatFile = (f: string): boolean =>
+  WEIGHT_FILE.test(f) || f === STATE_FILE || TRAINER_STATE_FILES.includes(f) || TRAINER_RNG_FILE.test(f);
 
 /** Copy into the new checkpoint the files of the old one that the save did not write (a README, notes, ...). */
 async function carryOtherFiles(from: string, to: string): Promise<void> {
   const written = new Set(await readdir(to));
   for (const f of await readdir(from)) {
     // Symlinks as they are (a relative one stays relative, wherever it points), not resolved to absolute paths.
-    if (!written.has(f) && !WEIGHT_FILE.test(f)) await cp(join(from, f), join(to, f), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+    if (!written.has(f) && !formatFile(f)) await cp(join(from, f), join(to, f), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
   }
 }
 

@@ -161,4 +161,17 @@ export interface TrainingState {
   files?: Map<string, Uint8Array>;
   /** The trainer's batch, context and evaluation settings (absent: never trained by this project's trainer). */
   training?: TrainingSettings;
+  /**
+   * Set on a state read from a checkpoint format other than the project's own (a Hugging Face Trainer checkpoint):
+   * a save writes that format again unless told otherwise (SaveOptions.format), with the records the format keeps that
+   * the state has no field for. Core never looks inside `records`; growth carries them over.
+   */
+  foreign?: ForeignFormat;
+}
+
+/** A state's foreign checkpoint format (see TrainingState.foreign). */
+export interface ForeignFormat {
+  /** The CheckpointFormatPlugin's name. */
+  format: string;
+  records: unknown;
 }

@@ -12,15 +12,15 @@ if (!out) {
   process.exit(2);
 }
 await mkdir(out, { recursive: true });
-const fixtures = new URL("../test-fixtures/", import.meta.url).pathname;
+const fixtures = new URL("../../../fixtures/hf-trainer/", import.meta.url).pathname;
 const manifest = [];
 
 // 1-2. The Trainer fixtures read and written back (as they are, and with ZIP64 fields on every entry).
-for (const [folder, name] of [["gpt2-checkpoint-3", "optimizer.pt"], ["gpt2-checkpoint-3", "scheduler.pt"], ["llama-checkpoint-6", "optimizer.pt"]]) {
+for (const [folder, name] of [["gpt2/checkpoint-3", "optimizer.pt"], ["gpt2/checkpoint-3", "scheduler.pt"], ["llama/checkpoint-6", "optimizer.pt"]]) {
   const src = join(fixtures, folder, name);
   const f = await TorchFile.open(src);
   for (const zip64 of [false, true]) {
-    const file = `${folder}-${zip64 ? "zip64-" : ""}${name}`;
+    const file = `${folder.replace("/", "-")}-${zip64 ? "zip64-" : ""}${name}`;
     await writeTorchFile(join(out, file), f.value, { archiveName: f.archiveName, serializationId: f.records.serializationId, forceZip64: zip64 });
     manifest.push({ file, same_as: src, floats: true });
   }

@@ -10,7 +10,8 @@ import { TorchTensor } from "./tensor.js";
 import { f32Bytes, writeRawArchive } from "./test-archive.js";
 import { PyDict, PyGlobal, PyObject, PyTuple, type PyValue, pyEqual } from "./values.js";
 
-const FIX = new URL("../test-fixtures/", import.meta.url).pathname;
+/** The Hugging Face Trainer checkpoints of the repository (fixtures/hf-trainer/README.md). */
+const FIX = new URL("../../../fixtures/hf-trainer/", import.meta.url).pathname;
 const FACTS = JSON.parse(await readFile(join(FIX, "facts.json"), "utf8")) as Record<string, {
   named_parameters: [string, number[]][];
   groups: string[][];
@@ -46,8 +47,8 @@ async function bytesOf(t: LazyTensor): Promise<Uint8Array> {
 }
 
 describe.each([
-  ["gpt2", "gpt2-checkpoint-3", 3],
-  ["llama", "llama-checkpoint-6", 6],
+  ["gpt2", "gpt2/checkpoint-3", 3],
+  ["llama", "llama/checkpoint-6", 6],
 ])("%s Trainer checkpoint", (model, folder, step) => {
   const facts = FACTS[model]!;
   const optimizerPath = join(FIX, folder, "optimizer.pt");
@@ -109,7 +110,7 @@ describe.each([
 
   test.each(["optimizer.pt", "scheduler.pt"])("%s written back is the same file, byte for byte", async (name) => {
     const src = join(FIX, folder, name);
-    const out = join(dir, `${folder}-${name}`);
+    const out = join(dir, `${folder.replace("/", "-")}-${name}`);
     const f = await TorchFile.open(src);
     try {
       const r = await writeTorchFile(out, f.value, { archiveName: f.archiveName, serializationId: f.records.serializationId });
@@ -134,7 +135,7 @@ describe("files with globals outside the allow-list are refused, naming the glob
     ["rng_state.pth", "numpy._core.multiarray._reconstruct"],
     ["training_args.bin", "transformers.training_args.TrainingArguments"],
   ])("%s", async (name, global) => {
-    const path = join(FIX, "gpt2-checkpoint-3", name);
+    const path = join(FIX, "gpt2/checkpoint-3", name);
     const e = await TorchFile.open(path).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(RefusedGlobalError);
     expect((e as RefusedGlobalError).global).toBe(global);
@@ -282,7 +283,7 @@ describe("views, sharing and damage", () => {
   });
 
   test("a damaged storage fails its CRC-32 when read or copied, and the copy is not made", async () => {
-    const src = join(FIX, "gpt2-checkpoint-3", "optimizer.pt");
+    const src = join(FIX, "gpt2/checkpoint-3", "optimizer.pt");
     const path = join(dir, "damaged.pt");
     await copyFile(src, path);
     const f0 = await TorchFile.open(path);
@@ -304,7 +305,7 @@ describe("views, sharing and damage", () => {
 
   test("written over the file it is read from: the new file replaces it whole", async () => {
     const path = join(dir, "in-place.pt");
-    await copyFile(join(FIX, "gpt2-checkpoint-3", "optimizer.pt"), path);
+    await copyFile(join(FIX, "gpt2/checkpoint-3", "optimizer.pt"), path);
     const f = await TorchFile.open(path);
     const groups = (f.value as PyDict).get("param_groups") as PyDict[];
     groups[1]!.set("lr", 0.5);
@@ -312,7 +313,7 @@ describe("views, sharing and damage", () => {
     await f.close();
     const g = await TorchFile.open(path);
     expect(((g.value as PyDict).get("param_groups") as PyDict[])[1]!.get("lr")).toBe(0.5);
-    const src = await TorchFile.open(join(FIX, "gpt2-checkpoint-3", "optimizer.pt"));
+    const src = await TorchFile.open(join(FIX, "gpt2/checkpoint-3", "optimizer.pt"));
     for (const [i, t] of g.tensors.entries()) expect(Buffer.compare(await t.readBytes(), await src.tensors[i]!.readBytes())).toBe(0);
     await g.close();
     await src.close();
@@ -322,7 +323,7 @@ describe("views, sharing and damage", () => {
   });
 
   test("a closed file reads nothing", async () => {
-    const f = await TorchFile.open(join(FIX, "gpt2-checkpoint-3", "optimizer.pt"));
+    const f = await TorchFile.open(join(FIX, "gpt2/checkpoint-3", "optimizer.pt"));
     await f.close();
     await expect(f.tensors[1]!.readBytes()).rejects.toThrow("cannot read optimizer/data/1: the file is closed");
   });
@@ -341,7 +342,7 @@ describe("broken archives are typed errors naming the file", () => {
 
   test("not a zip, cut short, empty", async () => {
     expect((await broken("text.pt", "hello, this is not a zip file at all")).code).toBe("zip");
-    const whole = await readFile(join(FIX, "gpt2-checkpoint-3", "scheduler.pt"));
+    const whole = await readFile(join(FIX, "gpt2/checkpoint-3", "scheduler.pt"));
     expect((await broken("cut.pt", whole.subarray(0, 900))).message).toContain("no end-of-central-directory record");
     expect((await broken("short.pt", "PK")).code).toBe("zip");
     const e = await TorchFile.open(join(dir, "missing.pt")).catch((x: unknown) => x);
@@ -350,7 +351,7 @@ describe("broken archives are typed errors naming the file", () => {
   });
 
   test("a central directory pointing nowhere", async () => {
-    const whole = new Uint8Array(await readFile(join(FIX, "gpt2-checkpoint-3", "scheduler.pt")));
+    const whole = new Uint8Array(await readFile(join(FIX, "gpt2/checkpoint-3", "scheduler.pt")));
     // The ZIP64 end record's central-directory offset (its last 8 bytes) made huge.
     const z64 = Buffer.from(whole).lastIndexOf(Buffer.from([0x50, 0x4b, 0x06, 0x06]));
     new DataView(whole.buffer).setBigUint64(z64 + 48, 2n ** 40n, true);

@@ -8,7 +8,7 @@ import { PyDict, TorchFile, type TorchTensor, writeTorchFile } from "./index.js"
 test("README example", async () => {
   const dir = await mkdtemp(join(tmpdir(), "staged-torch-readme-"));
   try {
-    const f = await TorchFile.open(new URL("../test-fixtures/gpt2-checkpoint-3/optimizer.pt", import.meta.url).pathname);
+    const f = await TorchFile.open(new URL("../../../fixtures/hf-trainer/gpt2/checkpoint-3/optimizer.pt", import.meta.url).pathname);
     const sd = f.value as PyDict;
     const groups = sd.get("param_groups") as PyDict[];
     expect(groups.map((g) => [g.get("lr"), (g.get("params") as bigint[]).slice(0, 2)])).toEqual([[0.0022500000000000003, [0n, 1n]], [0.0022500000000000003, [10n, 11n]]]);

@@ -19,3 +19,4 @@ export { rotaryTables } from "./rope.js";
 export { bytesToUnicode, byteLevelTokenizerJson, byteLevelTokenizerConfig, byteLevelTokenizerFiles, BYTE_LEVEL_PAD_ID } from "./tokenizer-json.js";
 export * from "./metrics-format.js";
 export * from "./trainer-files.js";
+export { schemaError } from "./schema.js";

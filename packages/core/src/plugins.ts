@@ -163,6 +163,10 @@ export interface CheckpointDirectory {
    * directory: files.ts checkCheckpointFile), or null when it has none of that name.
    */
   file(name: string): Promise<string | null>;
+  /** The names of the files it holds. */
+  names: readonly string[];
+  /** The parameters of the model core read from it (its architecture's params(), in that order). */
+  specs: readonly ParamSpec[];
 }
 
 /**

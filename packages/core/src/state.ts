@@ -150,8 +150,7 @@ function findArchitecture(registry: Registry, config: Record<string, unknown>, f
  * the project's own layout or a plain HF model directory. A Hugging Face Trainer checkpoint with no format registered
  * to read it is refused: read as a model directory it would silently lose its optimizer state.
  */
-async function formatOf(registry: Registry, root: string, dir: string): Promise<CheckpointFormatPlugin | null> {
-  const names = await readdir(root);
+function formatOf(registry: Registry, names: readonly string[], dir: string): CheckpointFormatPlugin | null {
   for (const name of registry.list("checkpointFormat")) {
     const plugin = registry.get("checkpointFormat", name);
     if (plugin.detect(names)) return plugin;
@@ -223,7 +222,8 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
     opened.push(model);
     const params = collectParams(arch, specs, model, join(dir, model.files.length > 1 ? "model.safetensors.index.json" : "model.safetensors"), config);
 
-    const format = await formatOf(registry, root, dir);
+    const names = await readdir(root);
+    const format = formatOf(registry, names, dir);
     const stateFile = join(dir, STATE_FILE);
     const saved = !format && (await present(STATE_FILE)) ? parseStateFile(await readJson(stateFile), stateFile) : null;
     const optimizer: AdamWState = saved?.optimizer ?? { ...DEFAULT_ADAMW, betas: [...DEFAULT_ADAMW.betas], noDecay: specs.filter((p) => !p.decay).map((p) => p.name) };
@@ -255,7 +255,7 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
     };
     if (!format) return { ...base, source: root, lock, close };
     // The format's own files complete the state; what it opens is closed with the state's files.
-    const read = await format.read(base, { dir, root, file: async (name) => (await present(name)) ? join(root, name) : null });
+    const read = await format.read(base, { dir, root, names, specs, file: async (name) => (await present(name)) ? join(root, name) : null });
     if (read.close) closers.push(read.close);
     return { ...read.state, source: root, lock, close };
   } catch (e) {
@@ -417,7 +417,9 @@ function stagedContents(state: TrainingState, m: ModelToSave, options: SaveOptio
  * (model.safetensors, sharded above maxShardBytes), and the files that travel with the state (tokenizer files, ...).
  */
 export async function writeModelFiles(tmp: string, state: TrainingState, m: ModelToSave, observer: WriteObserver, options: SaveOptions): Promise<void> {
-  await writeFile(join(tmp, "config.json"), JSON.stringify({ ...m.config, torch_dtype: m.model.dtype }, null, 2) + "\n");
+  // transformers ≥ 5 names the dtype "dtype" (and still reads "torch_dtype"): a config that has it gets both.
+  const dtype = { torch_dtype: m.model.dtype, ...("dtype" in m.config ? { dtype: m.model.dtype } : {}) };
+  await writeFile(join(tmp, "config.json"), JSON.stringify({ ...m.config, ...dtype }, null, 2) + "\n");
   await writeCheckpoint(tmp, "model", m.model.entries, { maxShardBytes: options.maxShardBytes, metadata: { format: "pt" }, observer });
   for (const [name, bytes] of filesToWrite(state)) await writeFile(join(tmp, name), bytes);
 }

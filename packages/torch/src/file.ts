@@ -249,6 +249,29 @@ export interface WriteTorchOptions {
   location?: string;
   /** Give every zip entry ZIP64 fields, as an archive of more than 4 GiB has (for tests and interop checks). */
   forceZip64?: boolean;
+  /**
+   * Sees each piece of a storage's bytes before it is written (a throw abandons the write: the temporary file is
+   * removed, `path` stays as it was) and is told when a storage is written whole: a caller's progress, its check of
+   * the values, its Ctrl-C. `where` names the tensor in the value ("value.state[0].exp_avg"), `at` is the piece's
+   * first byte in the storage.
+   */
+  observer?: TorchWriteObserver;
+}
+
+/** See WriteTorchOptions.observer. */
+export interface TorchWriteObserver {
+  piece?(where: string, dtype: DType, bytes: Uint8Array, at: number): void;
+  storageWritten?(where: string, bytes: number): void;
+}
+
+/** The pieces, each shown to the observer before it is written. */
+async function* observed(pieces: Pieces, where: string, dtype: DType, observer: TorchWriteObserver): AsyncGenerator<Uint8Array> {
+  let at = 0;
+  for await (const piece of pieces) {
+    observer.piece?.(where, dtype, piece, at);
+    at += piece.byteLength;
+    yield piece;
+  }
 }
 
 export interface WriteTorchResult {
@@ -364,7 +387,11 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
       const b = ring[turn++ % ring.length]!;
       return n <= b.length ? b.subarray(0, n) : new Uint8Array(n);
     };
-    for (const p of planned) await zip.add(`${archive}/data/${p.key}`, p.byteLength, p.pieces(buffer), p.where, p.crc);
+    const observer = options.observer;
+    for (const p of planned) {
+      await zip.add(`${archive}/data/${p.key}`, p.byteLength, observer ? observed(p.pieces(buffer), p.where, p.dtype, observer) : p.pieces(buffer), p.where, p.crc);
+      observer?.storageWritten?.(p.where, p.byteLength);
+    }
     await zip.add(`${archive}/version`, 2, text("3\n"));
     if (options.serializationId) {
       const id = new TextEncoder().encode(options.serializationId);
@@ -381,6 +408,8 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
     await fh?.close().catch(() => undefined);
     await rm(tmp, { force: true }).catch(() => undefined);
     if (e instanceof TorchFormatError) throw e;
+    // An observer's own error (a check of the values, an interrupt) is the caller's, as it threw it.
+    if (!(e as NodeJS.ErrnoException).code) throw e;
     throw new TorchFormatError(path, "io", `cannot write (${systemReason(e)})`, { cause: e });
   }
 }

@@ -1,5 +1,5 @@
 export { TorchFile, writeTorchFile, isTorchFile, MAX_PICKLE_BYTES } from "./file.js";
-export type { TorchInput, TorchRecords, WriteTorchOptions, WriteTorchResult } from "./file.js";
+export type { TorchInput, TorchRecords, TorchWriteObserver, WriteTorchOptions, WriteTorchResult } from "./file.js";
 export { TorchTensor, TorchStorage, TORCH_TO_DTYPE, DTYPE_TO_TORCH } from "./tensor.js";
 export type { StorageSource } from "./tensor.js";
 export { PyTuple, PyDict, PySet, PyGlobal, PyObject, tuple, pyRepr, pyTypeName, pyEqual, isHashable } from "./values.js";

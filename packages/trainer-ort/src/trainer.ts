@@ -464,7 +464,7 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
     saveDir && o.keepEvery && progress.globalStep % o.keepEvery === 0 ? `${saveDir.replace(/[\\/]+$/, "")}.step-${progress.globalStep}` : null;
   const save = async (): Promise<void> => {
     if (!saveDir || lastSaved === progress.step) return;
-    await saveTrainingState(saveDir, snapshot(false), { overwrite: true, ...(lock ? { lock } : {}) });
+    await saveTrainingState(saveDir, snapshot(false), { overwrite: true, ...(lock ? { lock } : {}), ...(o.registry ? { registry: o.registry } : {}) });
     lastSaved = progress.step;
     await callbacks.onSave?.({ step: progress.step, dir: saveDir });
   };
@@ -473,7 +473,7 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
     if (!dir) return;
     // A snapshot is never replaced: a resumed run that passes the same step again keeps the first one.
     if (existsSync(dir)) return;
-    await saveTrainingState(dir, snapshot(false));
+    await saveTrainingState(dir, snapshot(false), o.registry ? { registry: o.registry } : {});
     await callbacks.onSave?.({ step: progress.step, dir });
   };
   let stop = false;

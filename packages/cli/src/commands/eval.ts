@@ -6,6 +6,7 @@ import { createOutput, runAction } from "../output.js";
 import { integer } from "../options.js";
 import { createProgress } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
+import { createCliRegistry } from "../registry.js";
 
 interface EvalCliOptions { data: string; context?: number; maxBlocks?: number; batch?: number; device?: "cpu" | "cuda"; threads?: number }
 
@@ -21,7 +22,7 @@ export function registerEval(program: Command): void {
     .action(async (dir: string, o: EvalCliOptions, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
-        const state = await loadTrainingState(dir);
+        const state = await loadTrainingState(dir, { registry: createCliRegistry() });
         try {
           const t0 = performance.now();
           const progress = createProgress("evaluating", "blocks"); // stderr, also with --json

@@ -1,6 +1,8 @@
 import type { Command } from "commander";
 import { TORCH_NAMES, loadTrainingState, parameterCount, type LoadedTrainingState } from "@staged/core";
+import { trainerSummary } from "@staged/hf-trainer";
 import { createOutput, runAction } from "../output.js";
+import { createCliRegistry } from "../registry.js";
 import type { GlobalOptions } from "../main.js";
 
 /** The facts `staged inspect` reports about a checkpoint. */
@@ -21,7 +23,19 @@ export function describe(state: LoadedTrainingState) {
     schedule: state.schedule,
     tokenizer: state.tokenizer.kind,
     stages: state.progress.stages,
+    format: state.foreign?.format ?? "staged",
+    trainer: trainerSummary(state),
   };
+}
+
+/** A Hugging Face Trainer checkpoint's own lines: its format, the LR of the next update, the schedule found, the last losses. */
+function trainerLines(t: NonNullable<ReturnType<typeof trainerSummary>>): string[] {
+  const s = t.schedule;
+  return [
+    `  format        Hugging Face Trainer checkpoint: global step ${t.globalStep} of ${t.maxSteps ?? "?"}, next LR ${t.lr ?? "unknown"}`,
+    `  trainer LR    ${s ? `${s.kind} schedule (found from the logged LRs): warmup ${s.warmupSteps}, ${s.totalSteps} steps, peak ${s.peakLr}` : "schedule not determined from the logged LRs (LambdaLR saves no lambdas)"}`,
+    `  last losses   ${t.lastLosses.length ? t.lastLosses.map((l) => `${l.loss.toFixed(4)}@${l.step}`).join(", ") : "none logged"}`,
+  ];
 }
 
 const fmt = (n: number): string => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : String(n));
@@ -32,7 +46,7 @@ export function registerInspect(program: Command): void {
     .action(async (dir: string, _opts: unknown, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
-        const state = await loadTrainingState(dir);
+        const state = await loadTrainingState(dir, { registry: createCliRegistry() });
         try {
           const d = describe(state);
           const lines = [
@@ -42,6 +56,7 @@ export function registerInspect(program: Command): void {
             `  optimizer     ${d.hasOptimizerState ? `AdamW moments, step ${d.optimizerStep}` : "no optimizer state"}`,
             `  progress      step ${d.step}, ${fmt(d.tokensSeen)} tokens, ${d.flopsSeen.toExponential(2)} FLOPs`,
             `  schedule      ${d.schedule ? `${d.schedule.kind}, peak lr ${d.schedule.peakLr}, ${d.schedule.restarts.length} restart(s)` : "none"}`,
+            ...(d.trainer ? trainerLines(d.trainer) : []),
             `  stages        ${d.stages.length ? d.stages.map((s) => `${s.operator}@${s.step} (${s.before.layers}×${s.before.dModel} → ${s.after.layers}×${s.after.dModel})`).join(", ") : "none"}`,
           ];
           createOutput(Boolean(g.json)).result(d, lines.join("\n"));

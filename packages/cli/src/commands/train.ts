@@ -8,6 +8,7 @@ import { createOutput, runAction } from "../output.js";
 import { listenForInterrupt, lostSince } from "../interrupt.js";
 import { integer, number } from "../options.js";
 import type { GlobalOptions } from "../main.js";
+import { createCliRegistry } from "../registry.js";
 
 const betas = (value: string): [number, number] => {
   const parts = value.split(",").map((v) => Number(v));
@@ -98,14 +99,15 @@ export function registerTrain(program: Command): void {
       await runAction(Boolean(g.debug), async () => {
         const out = createOutput(Boolean(g.json));
         // The write lock from the start: a second train (or a grow, eval, inspect) of this checkpoint is refused at once.
-        const state = await loadTrainingState(dir, { lock: "exclusive" });
+        const registry = createCliRegistry();
+        const state = await loadTrainingState(dir, { lock: "exclusive", registry });
         // Progress goes to stderr also with --json (stdout carries only the result).
         const progress = progressReporter(o.steps);
         // Ctrl-C: the step in progress finishes and is saved; a second Ctrl-C says what it loses.
         let saved = state.progress.step, current = state.progress.step;
         const interrupt = listenForInterrupt("finishing the step in progress and saving", () => lostSince(saved, current, dir));
         try {
-          const options: TrainOptions = { ...o, clip: o.clip === Infinity ? null : o.clip, saveDir: dir, signal: interrupt.signal };
+          const options: TrainOptions = { ...o, clip: o.clip === Infinity ? null : o.clip, saveDir: dir, signal: interrupt.signal, registry };
           const { result } = await train(state, options, {
             onSave: (s) => { if (s.dir === dir) saved = s.step; },
             onStart: ({ data, schedule, context, batch, setupSeconds }) => {

@@ -10,6 +10,7 @@ import { registerPlan } from "./commands/plan.js";
 import { registerReport, registerRun } from "./commands/run.js";
 import { registerExport } from "./commands/export.js";
 import { registerGenerate } from "./commands/generate.js";
+import { registerConvert } from "./commands/convert.js";
 
 export interface GlobalOptions { json?: boolean; debug?: boolean }
 
@@ -32,6 +33,7 @@ export function createProgram(): Command {
   registerReport(program);
   registerExport(program);
   registerGenerate(program);
+  registerConvert(program);
   return program;
 }
 

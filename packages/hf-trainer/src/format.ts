@@ -1,7 +1,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import {
-  DTYPE_SIZES, TRAINER_FILES, TRAINER_RNG_FILE, STATE_FILE, Tensor, writeModelFiles,
+  DTYPE_SIZES, METRICS_FILE, TRAINER_FILES, parseMetrics, TRAINER_RNG_FILE, STATE_FILE, Tensor, writeModelFiles,
   type AdamWState, type CheckpointContents, type CheckpointDirectory, type CheckpointFormatPlugin, type DType, type LazyTensor,
   type LrScheduleSpec, type ModelToSave, type ParamSpec, type SaveOptions, type TensorEntry, type TrainingState, type WriteObserver,
 } from "@staged/core";
@@ -9,7 +9,7 @@ import { createLrSchedule } from "@staged/scheduler";
 import { PyDict, PyTuple, TorchFile, TorchTensor, pyRepr, writeTorchFile, type PyValue, type TorchWriteObserver } from "@staged/torch";
 import { trainerGroups } from "./groups.js";
 import { inferSchedule, loggedLrPoints, scheduleFits } from "./schedule.js";
-import { formatTrainerState, growthEntry, growthsOf, loggedGrowths, parseTrainerState, type LoggedGrowth, type TrainerStateJson } from "./trainer-state.js";
+import { GROWTH_KEY, SCHEDULE_KEY, formatTrainerState, growthEntry, growthsOf, loggedGrowths, recordedSchedule, parseTrainerState, type LoggedGrowth, type TrainerStateJson } from "./trainer-state.js";
 
 /** The checkpoint format's name (TrainingState.foreign.format, SaveOptions.format, `staged convert --to`). */
 export const HF_TRAINER_FORMAT = "hf-trainer";
@@ -81,7 +81,7 @@ async function read(base: TrainingState, dir: CheckpointDirectory): Promise<{ st
     const total = trainerState.max_steps ?? 0;
     // The points alone, else the schedule found when the last growth was written (a continue-at may leave only points
     // the warmup gives, which several schedules fit), if it still gives every point.
-    const recorded = growths.at(-1)?.schedule ?? null;
+    const recorded = recordedSchedule(trainerState.log_history, name(TRAINER_FILES.state));
     const schedule = inferSchedule(points, peak, total) ?? (recorded && recorded.peakLr === peak && scheduleFits(recorded, points) ? recorded : null);
     const copied = new Map<string, Uint8Array>();
     for (const f of dir.names.filter(copiedFile)) {
@@ -336,6 +336,8 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
   // Each growth with the schedule at the grown model's base LR, for a later read that the logged LRs alone leave open.
   const grownSchedule = records?.schedule ? { ...records.schedule, peakLr: baseLrs[0]! } : null;
   for (const stage of state.progress.stages.slice(recorded)) log.push(growthEntry(stage, grownSchedule));
+  if (!records && state.schedule) log.push({ step, [SCHEDULE_KEY]: state.schedule });
+  log.push(...trainedSince(log, state));
   Object.assign(ts, { global_step: step, total_flos: state.progress.flopsSeen, log_history: log });
   if (ts.num_input_tokens_seen !== undefined || state.progress.tokensSeen > 0) ts.num_input_tokens_seen = state.progress.tokensSeen;
   if (!records && state.schedule) ts.max_steps = state.schedule.totalSteps;
@@ -350,6 +352,25 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
       for (const [f, bytes] of records?.copied ?? []) await writeFile(join(tmp, basename(f)), bytes);
     },
   };
+}
+
+/**
+ * The project trainer's steps (metrics.jsonl) of the current stage that the log does not have yet, as Trainer's log
+ * entries `{step, loss, learning_rate}`: those after the last step the log has since its last growth.
+ */
+function trainedSince(log: readonly Record<string, unknown>[], state: TrainingState): Record<string, unknown>[] {
+  const bytes = state.files?.get(METRICS_FILE);
+  if (!bytes) return [];
+  let last = -1;
+  for (let i = log.length - 1; i >= 0; i--) {
+    const e = log[i]!;
+    if (typeof e.step === "number") last = Math.max(last, e.step);
+    if (GROWTH_KEY in e) break;
+  }
+  const stage = state.progress.stages.length;
+  return parseMetrics(new TextDecoder().decode(bytes), METRICS_FILE)
+    .filter((r) => (r.stage ?? 0) === stage && r.step > last && typeof r.loss === "number")
+    .map((r) => ({ step: r.step, loss: r.loss, ...(r.lr !== undefined ? { learning_rate: r.lr } : {}) }));
 }
 
 /** A 0-d tensor holding one count (the optimizer's step as torch keeps it). */
@@ -415,4 +436,15 @@ export function trainerSummary(state: TrainingState): TrainerSummary | null {
     lr: base === null ? null : base * (state.optimizer.lr / r.baseLrs[0]!),
     schedule: r.schedule, lastLosses: losses.slice(-3), copiedFiles: [...r.copied.keys()],
   };
+}
+
+/**
+ * Why the project's trainer cannot continue this state and save it as a Trainer checkpoint (null: it can): its LRs
+ * after the checkpoint's step must come from the schedule found from the logged LRs, and there is none.
+ */
+export function trainingProblem(state: TrainingState): string | null {
+  const r = trainerRecords(state);
+  if (!r || r.schedule) return null;
+  return "Trainer's learning-rate schedule could not be found from trainer_state.json's logged learning rates (LambdaLR saves no " +
+    "lambdas), so the LRs of further steps are unknown: convert it (`staged convert --to staged`) and train that with --schedule, --warmup and --total-steps";
 }

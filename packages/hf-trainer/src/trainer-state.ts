@@ -38,6 +38,11 @@ export function formatTrainerState(value: Record<string, unknown>): string {
  * there survives Trainer resuming and saving again; tools that read the log look for "loss"/"eval_loss" and skip it.
  */
 export const GROWTH_KEY = "staged_growth";
+/**
+ * The schedule a state converted from the project's format trains with, as a log entry `{"step": S, "staged_schedule":
+ * {...}}`: LambdaLR's state cannot say it, and a later read needs it where the logged LRs leave it open.
+ */
+export const SCHEDULE_KEY = "staged_schedule";
 
 const shape = z.looseObject({
   layers: count, dModel: count, heads: count, headDim: count, ffn: count, vocab: count, context: count,
@@ -67,6 +72,20 @@ export function loggedGrowths(log: readonly Record<string, unknown>[], file: str
     out.push({ stage: stage as StageRecord, schedule: (schedule ?? null) as LrScheduleSpec | null, index: i });
   });
   return out;
+}
+
+/** The last schedule the log records (with a growth or a conversion), or null. */
+export function recordedSchedule(log: readonly Record<string, unknown>[], file: string): LrScheduleSpec | null {
+  for (let i = log.length - 1; i >= 0; i--) {
+    const e = log[i]!;
+    const v = GROWTH_KEY in e ? (e[GROWTH_KEY] as Record<string, unknown> | null)?.schedule : e[SCHEDULE_KEY];
+    if (v === undefined) continue;
+    if (v === null) return null;
+    const r = scheduleSchema.safeParse(v);
+    if (!r.success) throw schemaError(file, new z.ZodError(r.error.issues.map((x) => ({ ...x, path: ["log_history", i, GROWTH_KEY in e ? GROWTH_KEY : SCHEDULE_KEY, ...x.path] }))));
+    return r.data as LrScheduleSpec;
+  }
+  return null;
 }
 
 export const growthsOf = (log: readonly Record<string, unknown>[], file: string): StageRecord[] => loggedGrowths(log, file).map((g) => g.stage);

@@ -1,18 +1,18 @@
-import { isAbsolute, relative, resolve } from "node:path";
+import { resolve } from "node:path";
 import { Command, Option } from "commander";
 import {
-  F32_BYTES, canonicalPath, checkDiskSpace, checkMemory, checkTensorSizes, checkpointBytes, formatBytes, formatCount,
-  LR_SCALE_PARAMS, loadTrainingState, parameterCount, saveTrainingState, writeAnnouncement, type GrowthPlugin, type LrScaleParams,
+  F32_BYTES, checkMemory, checkTensorSizes, formatBytes, formatCount,
+  LR_SCALE_PARAMS, loadTrainingState, parameterCount, type GrowthPlugin, type LrScaleParams,
   type TrainingState,
 } from "@staged/core";
 import { evaluate, tokenizerOf } from "@staged/trainer-ort";
 import type { WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
 import { createCliRegistry } from "../registry.js";
-import { createOutput, runAction, UsageError } from "../output.js";
-import { abandonOnInterrupt } from "../interrupt.js";
+import { createOutput, runAction } from "../output.js";
+import { checkOutputBesideInput, checkWriteSpace, writeState } from "../write-state.js";
 import { integer, intList, number } from "../options.js";
-import { PROGRESS_MODES, createProgress, type ProgressMode } from "../progress.js";
+import { PROGRESS_MODES, type ProgressMode } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
 
 
@@ -25,11 +25,7 @@ async function grow<O extends object>(input: string, output: string, operator: s
   const g = cmd.optsWithGlobals<GlobalOptions>();
   await runAction(Boolean(g.debug), async () => {
     const out = createOutput(Boolean(g.json));
-    const from = await canonicalPath(input), to = await canonicalPath(output);
-    if (from === to) throw new UsageError(`${output}: the output is the input checkpoint (growth never overwrites its input)`);
-    // The grown state has no source directory, so the save cannot see these itself.
-    if (inside(to, from)) throw new UsageError(`${output}: the output is inside the input checkpoint ${from}`);
-    if (inside(from, to)) throw new UsageError(`${output}: the output contains the input checkpoint ${from}`);
+    await checkOutputBesideInput(input, output, "growth");
     const registry = createCliRegistry();
     const plugin = registry.get("growth", operator) as GrowthPlugin<O>;
     const state = await loadTrainingState(input, { registry });
@@ -42,8 +38,7 @@ async function grow<O extends object>(input: string, output: string, operator: s
       // Nothing is computed yet: every resource is checked before the first tensor is.
       const parametersAfter = parameterCount(grown);
       checkTensorSizes(`${operator} growth`, grown.params);
-      const bytes = checkpointBytes(grown);
-      await checkDiskSpace(output, bytes, `${formatCount(parametersAfter)} parameters${grown.optimizer.expAvg ? " and their moments" : ""}`);
+      const bytes = await checkWriteSpace(output, grown);
       // The measurement holds each model's weights in memory as F32, one model at a time.
       if (evalData) checkMemory(`${output}: --eval-data on the grown model (${formatCount(parametersAfter)} parameters)`, parametersAfter * F32_BYTES);
       // The loss change the growth causes, measured before anything is written.
@@ -53,23 +48,7 @@ async function grow<O extends object>(input: string, output: string, operator: s
         const before = await evaluate(state, eo), after = await evaluate(grown, eo);
         check = { lossBefore: before.loss, lossAfter: after.loss, lossChange: after.loss - before.loss, evalTokens: before.tokens };
       }
-      const announce = writeAnnouncement(output, bytes);
-      // Also with --json (stdout keeps the one result); --progress jsonl makes it machine-readable, none silences it.
-      if (announce && progressMode !== "none") {
-        process.stderr.write(progressMode === "jsonl" ? JSON.stringify({ announce, output: resolve(output), bytes }) + "\n" : announce + "\n");
-      }
-      const t0 = performance.now();
-      // Bytes as they are written, from the first second (a line at 1 s, then every 5 s; a JSON line each second).
-      const progress = createProgress("writing", "MB", 1e6, { mode: progressMode ?? "auto", baseUnit: "bytes" });
-      progress.update(0, bytes - [...grown.files?.values() ?? []].reduce((n, f) => n + f.byteLength, 0)); // the tensors' bytes
-      // Ctrl-C: the write is abandoned at the next piece and its temporary files removed; nothing is written.
-      try {
-        await abandonOnInterrupt(output, "the write", `its temporary files are left beside ${output} for the next staged command on it to clear`,
-          (signal) => saveTrainingState(output, grown, { registry, overwrite: Boolean(force), maxShardBytes, signal,
-            onProgress: (p) => progress.update(p.bytes, p.totalBytes) }));
-      } finally {
-        progress.stop();
-      }
+      const { seconds } = await writeState(output, grown, bytes, { registry, force, maxShardBytes, progress: progressMode });
       const stage = grown.progress.stages.at(-1)!;
       const result = {
         operator, input: resolve(input), output: resolve(output),
@@ -78,7 +57,7 @@ async function grow<O extends object>(input: string, output: string, operator: s
         options: stage.options, step: stage.step, continueAt: stage.continueAt,
         lossPreserving: plugin.lossPreserving(options),
         ...check,
-        seconds: (performance.now() - t0) / 1000,
+        seconds,
       };
       const s = (x: typeof state.shape) => `${x.layers} layer${x.layers === 1 ? "" : "s"} × d${x.dModel} (${x.heads} heads, ffn ${x.ffn})`;
       out.result(result, [
@@ -92,11 +71,6 @@ async function grow<O extends object>(input: string, output: string, operator: s
     }
   });
 }
-
-const inside = (child: string, parent: string): boolean => {
-  const r = relative(parent, child);
-  return r !== "" && !r.startsWith("..") && !isAbsolute(r);
-};
 
 const common = (c: Command): Command => c
   .option("--rewarmup <steps>", "LR re-warmup steps after the growth", integer("rewarmup"))

@@ -4,11 +4,12 @@ import cliProgress from "cli-progress";
 import { loadTrainingState } from "@staged/core";
 import { train, DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, type StepInfo, type TrainOptions } from "@staged/trainer-ort";
 import { fmtTime } from "../progress.js";
-import { createOutput, runAction } from "../output.js";
+import { createOutput, runAction, UsageError } from "../output.js";
 import { listenForInterrupt, lostSince } from "../interrupt.js";
 import { integer, number } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 import { createCliRegistry } from "../registry.js";
+import { trainingProblem } from "@staged/hf-trainer";
 
 const betas = (value: string): [number, number] => {
   const parts = value.split(",").map((v) => Number(v));
@@ -101,6 +102,16 @@ export function registerTrain(program: Command): void {
         // The write lock from the start: a second train (or a grow, eval, inspect) of this checkpoint is refused at once.
         const registry = createCliRegistry();
         const state = await loadTrainingState(dir, { lock: "exclusive", registry });
+        const scheduleFlags = (["lr", "schedule", "warmup", "totalSteps", "minLr"] as const).filter((k) => o[k] !== undefined);
+        const problem = trainingProblem(state) ?? (state.foreign && scheduleFlags.length
+          ? `a Hugging Face Trainer checkpoint trains on with Trainer's schedule (found from its logged LRs, and what Trainer ` +
+            `rebuilds from its arguments when it resumes): --${scheduleFlags.map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(", --")} ` +
+            "would make the checkpoint's scheduler.pt disagree; convert it (`staged convert --to staged`) to train it with another schedule"
+          : null);
+        if (problem) {
+          await state.close();
+          throw new UsageError(`${dir}: ${problem}`);
+        }
         // Progress goes to stderr also with --json (stdout carries only the result).
         const progress = progressReporter(o.steps);
         // Ctrl-C: the step in progress finishes and is saved; a second Ctrl-C says what it loses.

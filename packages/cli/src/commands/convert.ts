@@ -1,0 +1,66 @@
+import { resolve } from "node:path";
+import { Command, Option } from "commander";
+import { STAGED_FORMAT, detachedState, formatBytes, loadTrainingState, type TrainingState } from "@staged/core";
+import { HF_TRAINER_FORMAT } from "@staged/hf-trainer";
+import { tokenizerOf } from "@staged/trainer-ort";
+import { createCliRegistry } from "../registry.js";
+import { createOutput, runAction, UsageError } from "../output.js";
+import { integer } from "../options.js";
+import { PROGRESS_MODES, type ProgressMode } from "../progress.js";
+import { checkOutputBesideInput, checkWriteSpace, writeState } from "../write-state.js";
+import type { GlobalOptions } from "../main.js";
+
+/** The checkpoint formats `staged convert` writes, and what each is called in its messages. */
+const FORMATS: Record<string, string> = {
+  [STAGED_FORMAT]: "a staged checkpoint",
+  [HF_TRAINER_FORMAT]: "a Hugging Face Trainer checkpoint",
+};
+
+interface ConvertOptions { to: string; force?: boolean; maxShardBytes?: number; progress?: ProgressMode }
+
+/** The state as the other format holds it: a Trainer checkpoint's own records do not go into a staged checkpoint. */
+function asFormat(state: TrainingState, to: string): TrainingState {
+  const { foreign: _f, ...plain } = detachedState(state);
+  return to === STAGED_FORMAT ? plain : detachedState(state);
+}
+
+export function registerConvert(program: Command): void {
+  program.command("convert <in> <out>")
+    .description("write a checkpoint in another format: staged ↔ Hugging Face Trainer (checkpoint-N/ that Trainer resumes)")
+    .addOption(new Option("--to <format>", "the format to write").choices(Object.keys(FORMATS)).makeOptionMandatory())
+    .option("--force", "replace an existing output directory")
+    .option("--max-shard-bytes <n>", "shard model files above this size", integer("max-shard-bytes", 1))
+    .addOption(new Option("--progress <mode>", "progress on stderr: a bar on a terminal, else lines (auto), lines, JSON lines, or none")
+      .choices([...PROGRESS_MODES]).default("auto"))
+    .action(async (input: string, output: string, o: ConvertOptions, cmd: Command) => {
+      const g = cmd.optsWithGlobals<GlobalOptions>();
+      await runAction(Boolean(g.debug), async () => {
+        await checkOutputBesideInput(input, output, "convert");
+        const registry = createCliRegistry();
+        const state = await loadTrainingState(input, { registry });
+        try {
+          const from = state.foreign?.format ?? STAGED_FORMAT;
+          if (from === o.to) throw new UsageError(`${input}: already ${FORMATS[o.to]} (nothing to convert)`);
+          if (state.tokenizer.kind === "hf") await tokenizerOf(state.tokenizer, state.files, input);
+          const converted = asFormat(state, o.to);
+          const bytes = await checkWriteSpace(output, converted);
+          const { seconds } = await writeState(output, converted, bytes, {
+            registry, format: o.to, progress: o.progress ?? "auto",
+            ...(o.force ? { force: true } : {}), ...(o.maxShardBytes !== undefined ? { maxShardBytes: o.maxShardBytes } : {}),
+          });
+          const result = {
+            input: resolve(input), output: resolve(output), from, to: o.to, step: converted.progress.step,
+            hasOptimizerState: Boolean(converted.optimizer.expAvg), schedule: converted.schedule, bytes, seconds,
+          };
+          createOutput(Boolean(g.json)).result(result, [
+            `converted ${FORMATS[from] ?? from} → ${FORMATS[o.to]} at step ${result.step}` +
+              `${result.hasOptimizerState ? ", with its AdamW moments" : ", without optimizer state"}`,
+            `  schedule ${converted.schedule ? `${converted.schedule.kind} (peak ${converted.schedule.peakLr}, warmup ${converted.schedule.warmupSteps}, ${converted.schedule.totalSteps} steps)` : "none"}`,
+            `  wrote ${result.output} (${formatBytes(bytes)}) in ${seconds.toFixed(2)} s`,
+          ].join("\n"));
+        } finally {
+          await state.close();
+        }
+      });
+    });
+}

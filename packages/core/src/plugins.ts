@@ -94,7 +94,10 @@ export interface ArchitecturePlugin {
   parameterCount(config: Record<string, unknown>): number;
   /** A config with a new shape, keeping every other setting of `base`. */
   withShape(base: Record<string, unknown>, shape: ModelShape): Record<string, unknown>;
-  /** Trainable parameters in canonical order. */
+  /**
+   * Trainable parameters in canonical order: the order of the HF model's `named_parameters()` (tied weights once),
+   * which Trainer's optimizer.pt stores parameters by (@staged/hf-trainer; tested on fixtures/hf-trainer/facts.json).
+   */
   params(config: Record<string, unknown>): ParamSpec[];
   /** Map a name found in a foreign checkpoint to the canonical one; null for buffers to ignore. */
   canonicalName(name: string): string | null;

@@ -46,6 +46,8 @@ import { parseRunSpec, runSpec, compareRuns, formatReport } from "@staged/run";
 import { exportModel, generate } from "@staged/export";
 import { createProgram } from "@staged/cli";
 import { TorchFile, writeTorchFile } from "@staged/torch";
+import { HF_TRAINER_FORMAT, hfTrainerFormat, trainerSummary } from "@staged/hf-trainer";
+import { createDefaultRegistry, saveTrainingState } from "@staged/core";
 
 const dir = process.argv[2];
 const small = initTrainingState("gpt2", { model_type: "gpt2", n_layer: 1, n_embd: 8, n_head: 2, vocab_size: 256, n_positions: 16 }, 1);
@@ -72,7 +74,15 @@ await writeTorchFile(join(dir, "wte.pt"), { wte });
 const pt = await TorchFile.open(join(dir, "wte.pt"));
 const torchShape = pt.value.get("wte").shape;
 await pt.close();
-console.log(JSON.stringify({ torchShape,
+// The trained checkpoint as a Hugging Face Trainer checkpoint, read back as one.
+const registry = createDefaultRegistry().register("checkpointFormat", hfTrainerFormat);
+const fromCkpt = await loadTrainingState(ckpt, { registry });
+await saveTrainingState(join(dir, "checkpoint-3"), fromCkpt, { registry, format: HF_TRAINER_FORMAT });
+await fromCkpt.close();
+const hf = await loadTrainingState(join(dir, "checkpoint-3"), { registry });
+const trainer = trainerSummary(hf);
+await hf.close();
+console.log(JSON.stringify({ torchShape, trainer,
   grown: grown.shape, losses: result.losses, valLoss: result.valLoss, saved,
   flopsPerToken: flopsPerToken(saved.shape, 16),
   runs: results.map((r) => ({ name: r.name, done: r.done, growths: r.growths.length })),
@@ -93,6 +103,8 @@ import { compareRuns, parseRunSpec, type RunReport, type RunResult, type RunSpec
 import { exportModel, loadGenerator, type ExportResult, type GenerateResult, type Generator } from "@staged/export";
 import { createProgram, main } from "@staged/cli";
 import { PyDict, TorchFile, writeTorchFile, type TorchTensor, type WriteTorchResult } from "@staged/torch";
+import { hfTrainerFormat, trainerSummary, type TrainerSummary } from "@staged/hf-trainer";
+import { createDefaultRegistry, loadTrainingState } from "@staged/core";
 
 const options: WidthOptions = { factor: 2, moments: "paper", symmetry: "split" };
 const depth: DepthOptions = { layers: 3, init: "identity" };
@@ -120,6 +132,7 @@ export const program: string = createProgram().name();
 export const cli: (argv: string[]) => Promise<void> = main;
 export const written: Promise<WriteTorchResult> = writeTorchFile("t.pt", { t: [...s.params.values()][0]! });
 export const read: Promise<TorchTensor> = TorchFile.open("t.pt").then((f) => (f.value as PyDict).get("t") as TorchTensor);
+export const summary: Promise<TrainerSummary | null> = loadTrainingState("checkpoint-3", { registry: createDefaultRegistry().register("checkpointFormat", hfTrainerFormat) }).then(trainerSummary);
 `;
 
 describe("packed tarballs of every package outside the workspace", () => {
@@ -162,6 +175,8 @@ describe("packed tarballs of every package outside the workspace", () => {
     expect(out.exported).toEqual(expect.arrayContaining(["onnx/model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]));
     expect(out.generated).toBe(4);
     expect(out.torchShape).toEqual([256, 16]); // the grown token embedding, through torch.save's format and back
+    // The trained checkpoint written as a Trainer checkpoint: step, schedule position and LR read back from it.
+    expect(out.trainer).toMatchObject({ globalStep: 3, lr: 1e-3, copiedFiles: [] });
 
     const help = run("npx", ["--no", "--", "staged", "--help"], project);
     for (const command of ["inspect", "init", "train", "eval", "grow", "plan", "run", "report", "export", "generate"]) expect(help).toContain(`${command} `);

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  createDefaultRegistry, loadTrainingState, saveTrainingState, STAGED_FORMAT, type LoadedTrainingState, type Registry, type TrainingState,
+  createDefaultRegistry, loadTrainingState, saveTrainingState, STAGED_FORMAT, type LazyTensor, type LoadedTrainingState, type Registry, type TrainingState,
 } from "@staged/core";
 import { growWidth } from "@staged/grow-width";
 import { growDepth } from "@staged/grow-depth";
@@ -176,6 +176,39 @@ describe("growing a Trainer checkpoint", () => {
     } finally {
       await s.close();
     }
+  });
+});
+
+describe("BF16 and sharded Trainer checkpoints", () => {
+  it("BF16 weights and moments stay BF16 (BFloat16Storage) through growth; sharded model files load", async () => {
+    const s = await load(join(FIX, "gpt2", "checkpoint-3"));
+    const bf16 = (m: ReadonlyMap<string, LazyTensor>) =>
+      new Map([...m].map(([n, t]) => [n, { dtype: "BF16" as const, shape: t.shape, read: async () => (await t.read()).withDType("BF16") }]));
+    try {
+      const state: TrainingState = { ...s, params: bf16(s.params), optimizer: { ...s.optimizer, expAvg: bf16(s.optimizer.expAvg!), expAvgSq: bf16(s.optimizer.expAvgSq!) } };
+      await saveTrainingState(at("bf16"), state, { registry: registry(), maxShardBytes: 100_000 });
+    } finally {
+      await s.close();
+    }
+    expect(await readdir(at("bf16"))).toEqual(expect.arrayContaining(["model.safetensors.index.json", "optimizer.pt"]));
+    const b = await load(at("bf16"));
+    try {
+      expect(new Set([...b.params.values(), ...b.optimizer.expAvg!.values()].map((t) => t.dtype))).toEqual(new Set(["BF16"]));
+      await saveTrainingState(at("bf16-wide"), await growWidth(b, { factor: 2 }), { registry: registry(), maxShardBytes: 400_000 });
+    } finally {
+      await b.close();
+    }
+    const f = await TorchFile.open(join(at("bf16-wide"), "optimizer.pt"));
+    try {
+      const m = ((f.value as PyDict).get("state") as PyDict).get(0n) as PyDict;
+      expect([(m.get("exp_avg") as TorchTensor).torchDtype, (m.get("exp_avg") as TorchTensor).shape]).toEqual(["bfloat16", [256, 128]]);
+      expect((m.get("step") as TorchTensor).dtype).toBe("F32");
+    } finally {
+      await f.close();
+    }
+    const w = await load(at("bf16-wide"));
+    expect([w.shape.dModel, w.params.get("transformer.wte.weight")!.dtype]).toEqual([128, "BF16"]);
+    await w.close();
   });
 });
 

@@ -8,6 +8,7 @@ import { createOutput, runAction } from "../output.js";
 import { abandonOnInterrupt, Interrupted } from "../interrupt.js";
 import { createProgress } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
+import { createCliRegistry } from "../registry.js";
 
 interface ExportCliOptions { out?: string; dtype?: ExportDType }
 
@@ -30,7 +31,7 @@ export function registerExport(program: Command): void {
         // Ctrl-C: the export is abandoned at the next piece written and its temporary directory removed.
         const r = await abandonOnInterrupt(out, "the export", `its temporary directory is left beside ${out} for the next export to clear`,
           (signal) => exportModel(dir, out, {
-            dtype: o.dtype ?? "fp32",
+            registry: createCliRegistry(), dtype: o.dtype ?? "fp32",
             // Progress on stderr (also with --json) for exports that take more than a second.
             onProgress: (p) => {
               if (signal.aborted) throw new Interrupted(`${out}: interrupted: nothing was written`);

@@ -6,6 +6,7 @@ import { createOutput, runAction, UsageError } from "../output.js";
 import { integer, number } from "../options.js";
 import { createProgress } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
+import { createCliRegistry } from "../registry.js";
 
 interface GenerateCliOptions {
   prompt: string; maxNewTokens?: number; temperature?: number; topK?: number; topP?: number; seed?: number;
@@ -52,7 +53,7 @@ export function registerGenerate(program: Command): void {
         }
         let progress: ReturnType<typeof createProgress> | null = null;
         const generator = await loadGenerator(dir, {
-          dtype: o.dtype ?? "fp32", ...(o.threads ? { threads: o.threads } : {}),
+          registry: createCliRegistry(), dtype: o.dtype ?? "fp32", ...(o.threads ? { threads: o.threads } : {}),
           onProgress: (p) => { progress ??= createProgress(`exporting ${p.file}`, "MB", 1e6); progress.update(p.bytes, p.totalBytes); },
         }).finally(() => progress?.stop());
         try {

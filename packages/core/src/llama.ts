@@ -7,7 +7,7 @@
 import { Rng, deriveSeed } from "./rng.js";
 import { Tensor } from "./tensor.js";
 import { checkModelSize, type ShapeNames } from "./limits.js";
-import { dropoutProbability, type ArchitecturePlugin, type AxisSpace, type DecoderSpec, type InitShape, type ParamSpec } from "./plugins.js";
+import { dropoutProbability, type ArchitecturePlugin, type AxisSpace, type DecoderSpec, type InitShape, type ParamRole, type ParamSpec } from "./plugins.js";
 import type { ModelShape } from "./types.js";
 
 const COMMON: Record<string, unknown> = {
@@ -126,23 +126,21 @@ function params(config: Record<string, unknown>): ParamSpec[] {
     { name: "model.embed_tokens.weight", role: "embed.tokens", layer: null, shape: [s.vocab, d], layout: "embedding", axes: ["vocab", "model"], decay: true },
   ];
   for (let i = 0; i < s.layers; i++) {
-    // LlamaDecoderLayer's named_parameters() order (self_attn, mlp, then the two norms): Trainer's optimizer.pt
-    // stores parameters by position in it (@staged/hf-trainer).
     const p = `model.layers.${i}.`;
+    list.push(vec(`${p}input_layernorm.weight`, "attn.norm.weight", i, d, "model"));
     for (const [part, n, space] of [["q", q, "heads"], ["k", kv, "kvHeads"], ["v", kv, "kvHeads"]] as const) {
       list.push(linear(`${p}self_attn.${part}_proj.weight`, `attn.${part}.weight`, i, n, d, [space, "model"]));
       if (b.qkv) list.push(vec(`${p}self_attn.${part}_proj.bias`, `attn.${part}.bias`, i, n, space));
     }
     list.push(linear(`${p}self_attn.o_proj.weight`, "attn.out.weight", i, d, q, ["model", "heads"], { writesResidual: true }));
     if (b.out) list.push(vec(`${p}self_attn.o_proj.bias`, "attn.out.bias", i, d, "model", { writesResidual: true }));
+    list.push(vec(`${p}post_attention_layernorm.weight`, "mlp.norm.weight", i, d, "model"));
     list.push(linear(`${p}mlp.gate_proj.weight`, "mlp.gate.weight", i, s.ffn, d, ["ffn", "model"]));
     if (b.mlp) list.push(vec(`${p}mlp.gate_proj.bias`, "mlp.gate.bias", i, s.ffn, "ffn"));
     list.push(linear(`${p}mlp.up_proj.weight`, "mlp.in.weight", i, s.ffn, d, ["ffn", "model"]));
     if (b.mlp) list.push(vec(`${p}mlp.up_proj.bias`, "mlp.in.bias", i, s.ffn, "ffn"));
     list.push(linear(`${p}mlp.down_proj.weight`, "mlp.out.weight", i, d, s.ffn, ["model", "ffn"], { writesResidual: true }));
     if (b.mlp) list.push(vec(`${p}mlp.down_proj.bias`, "mlp.out.bias", i, d, "model", { writesResidual: true }));
-    list.push(vec(`${p}input_layernorm.weight`, "attn.norm.weight", i, d, "model"));
-    list.push(vec(`${p}post_attention_layernorm.weight`, "mlp.norm.weight", i, d, "model"));
   }
   list.push(vec("model.norm.weight", "final_norm.weight", null, d, "model", { feedsOutput: true }));
   if (c.tie_word_embeddings !== true) {
@@ -205,6 +203,15 @@ function initConfig(o: InitShape, tie: boolean): Record<string, unknown> {
   };
 }
 
+/**
+ * LlamaDecoderLayer defines self_attn, mlp, input_layernorm, post_attention_layernorm, in that order, so its
+ * named_parameters() has the norms last (fixtures/hf-trainer/facts.json); params() puts each norm before its part.
+ */
+const BLOCK_MODULE_ORDER: Partial<Record<ParamRole, number>> = {
+  "mlp.gate.weight": 1, "mlp.gate.bias": 1, "mlp.in.weight": 1, "mlp.in.bias": 1, "mlp.out.weight": 1, "mlp.out.bias": 1,
+  "attn.norm.weight": 2, "mlp.norm.weight": 3,
+};
+
 export const llama: ArchitecturePlugin = {
   name: "llama",
   modelTypes: ["llama", "mistral", "qwen2"],
@@ -212,6 +219,7 @@ export const llama: ArchitecturePlugin = {
   withShape,
   parameterCount,
   params,
+  blockModuleOrder: BLOCK_MODULE_ORDER,
   canonicalName,
   init,
   decoder,

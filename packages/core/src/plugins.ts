@@ -94,11 +94,14 @@ export interface ArchitecturePlugin {
   parameterCount(config: Record<string, unknown>): number;
   /** A config with a new shape, keeping every other setting of `base`. */
   withShape(base: Record<string, unknown>, shape: ModelShape): Record<string, unknown>;
-  /**
-   * Trainable parameters in canonical order: the order of the HF model's `named_parameters()` (tied weights once),
-   * which Trainer's optimizer.pt stores parameters by (@staged/hf-trainer; tested on fixtures/hf-trainer/facts.json).
-   */
+  /** Trainable parameters in canonical order. */
   params(config: Record<string, unknown>): ParamSpec[];
+  /**
+   * Where the parameters of a block come in the HF model's `named_parameters()` order when it is not params()'s: a rank
+   * per role (roles not named rank 0; equal ranks keep params()'s order). It is the order Trainer's optimizer.pt stores
+   * parameters by (@staged/hf-trainer). Absent: params()'s order is named_parameters()'s. See namedParameters.
+   */
+  blockModuleOrder?: Readonly<Partial<Record<ParamRole, number>>>;
   /** Map a name found in a foreign checkpoint to the canonical one; null for buffers to ignore. */
   canonicalName(name: string): string | null;
   /** Deterministic fresh weights for a seed. */
@@ -115,6 +118,25 @@ export interface ArchitecturePlugin {
    * (HF's default for the architecture: GPT-2 ties, Llama does not). `staged init` and `staged run` specs use it.
    */
   tiedByDefault: boolean;
+}
+
+/**
+ * The parameters in the order of the HF model's `named_parameters()` (tied weights once): params()'s order, with the
+ * parameters of each block ordered by the architecture's blockModuleOrder.
+ */
+export function namedParameters(arch: ArchitecturePlugin, specs: readonly ParamSpec[]): ParamSpec[] {
+  const rank = arch.blockModuleOrder;
+  if (!rank) return [...specs];
+  const out: ParamSpec[] = [];
+  for (let i = 0; i < specs.length;) {
+    let j = i;
+    while (j < specs.length && specs[j]!.layer !== null && specs[j]!.layer === specs[i]!.layer) j++;
+    if (j === i) { out.push(specs[i++]!); continue; }
+    // Array.prototype.sort is stable: equal ranks keep params()'s order.
+    out.push(...specs.slice(i, j).sort((a, b) => (rank[a.role] ?? 0) - (rank[b.role] ?? 0)));
+    i = j;
+  }
+  return out;
 }
 
 /** A dropout probability as DecoderSpec.dropout takes it: a number in [0, 1); `what` names it in the one-line error. */
@@ -170,6 +192,8 @@ export interface CheckpointDirectory {
   names: readonly string[];
   /** The parameters of the model core read from it (its architecture's params(), in that order). */
   specs: readonly ParamSpec[];
+  /** Its architecture. */
+  arch: ArchitecturePlugin;
 }
 
 /**

@@ -255,7 +255,7 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
     };
     if (!format) return { ...base, source: root, lock, close };
     // The format's own files complete the state; what it opens is closed with the state's files.
-    const read = await format.read(base, { dir, root, names, specs, file: async (name) => (await present(name)) ? join(root, name) : null });
+    const read = await format.read(base, { dir, root, names, specs, arch, file: async (name) => (await present(name)) ? join(root, name) : null });
     if (read.close) closers.push(read.close);
     return { ...read.state, source: root, lock, close };
   } catch (e) {
@@ -377,8 +377,8 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   const model = modelEntries(specs, state);
   const format = options.format ?? state.foreign?.format ?? STAGED_FORMAT;
   const contents = format === STAGED_FORMAT
-    ? stagedContents(state, { config, specs, model }, options)
-    : registry.get("checkpointFormat", format).contents(state, { config, specs, model }, options);
+    ? stagedContents(state, { arch, config, specs, model }, options)
+    : registry.get("checkpointFormat", format).contents(state, { arch, config, specs, model }, options);
   await saveCheckpointDirectory(dir, state, contents, options);
 }
 
@@ -387,6 +387,7 @@ export const STAGED_FORMAT = "staged";
 
 /** What a save knows of the state's model before anything is written (the config with the state's shape, its parameters in order). */
 export interface ModelToSave {
+  arch: ArchitecturePlugin;
   config: Record<string, unknown>;
   specs: ParamSpec[];
   model: { entries: TensorEntry[]; dtype: string };

@@ -65,7 +65,7 @@ async function read(base: TrainingState, dir: CheckpointDirectory): Promise<{ st
     return p;
   };
   const trainerState = parseTrainerState(await readFile(await need(TRAINER_FILES.state), "utf8"), name(TRAINER_FILES.state));
-  const specs = trainerGroups(dir.specs);
+  const specs = trainerGroups(dir.arch, dir.specs);
   const optimizerFile = await TorchFile.open(await need(TRAINER_FILES.optimizer));
   try {
     const opt = await readOptimizer(optimizerFile.value, specs, dir.specs, base, name(TRAINER_FILES.optimizer));
@@ -262,7 +262,7 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
   checkExpressible(state, optimizerFile);
   const records = trainerRecords(state);
   const step = state.progress.step;
-  const [decayed, notDecayed] = trainerGroups(m.specs);
+  const [decayed, notDecayed] = trainerGroups(m.arch, m.specs);
   const names = [...decayed, ...notDecayed];
   const opt = state.optimizer;
 

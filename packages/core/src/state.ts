@@ -399,6 +399,13 @@ export interface CheckpointContents {
   tensors: readonly TensorEntry[];
   /** Write the checkpoint's files into `tmp`, a new empty directory; each tensor's pieces go through `observer`. */
   write(tmp: string, observer: WriteObserver): Promise<void>;
+  /**
+   * Whether the files of a replaced directory that this write does not write (a README, notes) are carried into the
+   * new one (default true). An ONNX export, whose every file is its own, says false: a file of the old one is stale.
+   */
+  carryOtherFiles?: boolean;
+  /** What the directory is, in messages ("checkpoint" by default, "export"). */
+  what?: string;
 }
 
 function stagedContents(state: TrainingState, m: ModelToSave, options: SaveOptions): CheckpointContents {
@@ -432,6 +439,7 @@ export async function writeModelFiles(tmp: string, state: TrainingState, m: Mode
  * the new one, never a mix. A non-finite value in any tensor stops the save with nothing replaced.
  */
 export async function saveCheckpointDirectory(dir: string, state: TrainingState, contents: CheckpointContents, options: SaveOptions = {}): Promise<void> {
+  const what = contents.what ?? "checkpoint";
   await checkOutputPath(dir);
   const target = await canonicalPath(dir);
   const source = (state as Partial<LoadedTrainingState>).source;
@@ -466,7 +474,7 @@ export async function saveCheckpointDirectory(dir: string, state: TrainingState,
     tmp = claim("tmp");
     await mkdir(tmp);
     await contents.write(tmp, observer);
-    if (existing) await carryOtherFiles(target, tmp);
+    if (existing && contents.carryOtherFiles !== false) await carryOtherFiles(target, tmp);
     await syncTree(tmp);
     // Complete and durable: from here on a kill leaves a checkpoint that recovery puts in place.
     done = claim("new");
@@ -486,7 +494,7 @@ export async function saveCheckpointDirectory(dir: string, state: TrainingState,
           // Both copies stay, complete, for the next command's recovery to put the newer in place.
           for (const c of claimed) c.done();
           done = null;
-          throw new Error(`${dir}: cannot save (${systemReason(e)}); the previous checkpoint is at ${old} and the new one at ` +
+          throw new Error(`${dir}: cannot save (${systemReason(e)}); the previous ${what} is at ${old} and the new one at ` +
             `${claimed[1]!.path}: the next staged command on ${dir} puts the newer in place`, { cause: e });
         }
         throw e;
@@ -502,7 +510,7 @@ export async function saveCheckpointDirectory(dir: string, state: TrainingState,
   } catch (e) {
     for (const p of [tmp, done]) if (p) await rm(p, { recursive: true, force: true }).catch(() => undefined);
     const code = (e as NodeJS.ErrnoException).code;
-    if (code) throw new Error(`${dir}: cannot save (${systemReason(e)}); the checkpoint there is unchanged`, { cause: e });
+    if (code) throw new Error(`${dir}: cannot save (${systemReason(e)}); the ${what} there is unchanged`, { cause: e });
     throw e;
   } finally {
     for (const c of claimed) c.done();

@@ -1,15 +1,16 @@
 /**
  * `exportModel`: a directory that @huggingface/transformers (transformers.js) loads from a local path —
  * onnx/model.onnx (and onnx/model_fp16.onnx), config.json, generation_config.json, tokenizer.json and
- * tokenizer_config.json — written atomically (a temporary sibling renamed into place).
+ * tokenizer_config.json — written atomically through core's save protocol (saveCheckpointDirectory: a temporary
+ * sibling renamed into place, recovered after a crash like a checkpoint).
  */
-import { createHash, randomBytes } from "node:crypto";
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { basename, dirname, join, relative, isAbsolute } from "node:path";
 import {
   byteLevelTokenizerConfig, byteLevelTokenizerJson, BYTE_LEVEL_PAD_ID, canonicalPath, checkOutputPath, createDefaultRegistry, loadTrainingState,
-  lockCheckpoint, parseJsonFile, recoverCheckpoint, syncDir, syncTree, systemReason,
+  lockCheckpoint, parseJsonFile, saveCheckpointDirectory, systemReason,
   type CheckpointLock, type LoadedTrainingState, type Registry, type TrainingState,
 } from "@staged/core";
 import { decoderGraph, type ExportDType } from "./graph.js";
@@ -72,7 +73,6 @@ export interface ExportResult {
 const VERSION = (createRequire(import.meta.url)("../package.json") as { version: string }).version;
 const stderrNotice = (line: string): void => { process.stderr.write(`${line}\n`); };
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
-const exists = (p: string): Promise<boolean> => stat(p).then(() => true, () => false);
 const inside = (child: string, parent: string): boolean => {
   const r = relative(parent, child);
   return r === "" || (!r.startsWith("..") && !isAbsolute(r));
@@ -170,38 +170,6 @@ function generationConfig(state: TrainingState, config: Record<string, unknown>,
   }));
 }
 
-/** A temporary or set-aside sibling of `target`, named so that core's crash recovery knows whose it is. */
-const sibling = (target: string, kind: "tmp" | "old"): string =>
-  join(dirname(target), `.${basename(target)}.${kind}-${process.pid}-${randomBytes(4).toString("hex")}`);
-
-/**
- * Write `files` (and the ONNX models, by `write`) as directory `target`, atomically: into a temporary sibling,
- * fsynced, then renamed into place (an existing export set aside and removed). The caller holds the write lock.
- */
-async function writeAtomically(target: string, write: (tmp: string) => Promise<void>, notice: (line: string) => void): Promise<void> {
-  for (const line of await recoverCheckpoint(target)) notice(line);
-  const tmp = sibling(target, "tmp");
-  try {
-    await mkdir(tmp);
-    await write(tmp);
-    await syncTree(tmp);
-    if (await exists(target)) {
-      const old = sibling(target, "old");
-      await rename(target, old);
-      await rename(tmp, target);
-      await rm(old, { recursive: true, force: true });
-    } else {
-      await rename(tmp, target);
-    }
-    await syncDir(dirname(target));
-  } catch (e) {
-    await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code) throw new Error(`${target}: cannot write the export (${systemReason(e)})`, { cause: e });
-    throw e;
-  }
-}
-
 export interface ExportInternals {
   /** The write lock of `outDir`, already held by the caller (the export cache). */
   lock?: CheckpointLock;
@@ -267,7 +235,8 @@ export async function exportModel(source: string | TrainingState, outDir: string
       };
       const files = ["config.json", "generation_config.json", ...tokenizer.files.keys(), ...dtypes.flatMap((dt) => [ONNX_FILES[dt], ...(external[ONNX_FILES[dt]] ? [external[ONNX_FILES[dt]]!] : [])]), MANIFEST];
       let bytes = 0;
-      await writeAtomically(target, async (tmp) => {
+      // Core's save protocol (lock, crash recovery, temporary sibling, fsync, renames), every file the export's own.
+      await saveCheckpointDirectory(target, state, { tensors: [], carryOtherFiles: false, what: "export", write: async (tmp: string) => {
         await mkdir(join(tmp, "onnx"));
         await writeFile(join(tmp, "config.json"), jsonText(exportConfig(parsed.config, external)));
         await writeFile(join(tmp, "generation_config.json"), generation);
@@ -284,8 +253,7 @@ export async function exportModel(source: string | TrainingState, outDir: string
           bytes += r.bytes;
         }
         await writeFile(join(tmp, MANIFEST), jsonText(manifest));
-      }, options.notice ?? stderrNotice);
-      await lock.verify();
+      } }, { overwrite: true, lock, notice: options.notice ?? stderrNotice });
       return { dir: target, files, bytes, manifest };
     } finally {
       if (!held) await lock.release();

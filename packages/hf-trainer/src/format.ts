@@ -1,5 +1,5 @@
 import { readFile, writeFile } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { join } from "node:path";
 import {
   DTYPE_SIZES, METRICS_FILE, TRAINER_FILES, parseMetrics, TRAINER_RNG_FILE, STATE_FILE, Tensor, writeModelFiles,
   type AdamWState, type CheckpointContents, type CheckpointDirectory, type CheckpointFormatPlugin, type DType, type LazyTensor,
@@ -25,8 +25,8 @@ export interface TrainerRecords {
   groups: PyDict[];
   /** The keys of one parameter's optimizer state, in the order torch wrote them. */
   stateKeys: string[];
-  /** How the `step` of each parameter's state was stored: a tensor of this dtype and location, or a Python float. */
-  stepStored: { dtype: DType; location: string } | "float";
+  /** How the `step` of each parameter's state was stored: a 0-d tensor of this dtype, or a Python float. */
+  stepStored: { dtype: DType } | "float";
   /** scheduler.pt's state dict (LambdaLR's), or null where the checkpoint has none. */
   scheduler: PyDict | null;
   /** Each group's base LR (the schedule's peak): the scheduler's base_lrs, else the group's initial_lr, else its lr. */
@@ -65,10 +65,10 @@ async function read(base: TrainingState, dir: CheckpointDirectory): Promise<{ st
     return p;
   };
   const trainerState = parseTrainerState(await readFile(await need(TRAINER_FILES.state), "utf8"), name(TRAINER_FILES.state));
-  const specs = trainerGroups(dir.arch, dir.specs);
+  const groups = trainerGroups(dir.arch, dir.specs);
   const optimizerFile = await TorchFile.open(await need(TRAINER_FILES.optimizer));
   try {
-    const opt = await readOptimizer(optimizerFile.value, specs, dir.specs, base, name(TRAINER_FILES.optimizer));
+    const opt = await readOptimizer(optimizerFile.value, groups, dir.specs, base, name(TRAINER_FILES.optimizer));
     const schedulerPath = await dir.file(TRAINER_FILES.scheduler);
     const scheduler = schedulerPath ? await readScheduler(schedulerPath, name(TRAINER_FILES.scheduler), opt.groups.length) : null;
     const baseLrs = scheduler?.baseLrs ?? opt.groups.map((g) => (isNumber(g.get("initial_lr")) ? g.get("initial_lr") : g.get("lr")) as number);
@@ -94,7 +94,7 @@ async function read(base: TrainingState, dir: CheckpointDirectory): Promise<{ st
       serializationIds: { optimizer: optimizerFile.records.serializationId ?? null, scheduler: scheduler?.serializationId ?? null },
     };
     const optimizer: AdamWState = {
-      name: "adamw", lr: peak, betas: opt.betas, eps: opt.eps, weightDecay: opt.weightDecay, noDecay: specs[1],
+      name: "adamw", lr: peak, betas: opt.betas, eps: opt.eps, weightDecay: opt.weightDecay, noDecay: groups[1],
       step: opt.step, biasCorrection: true,
       ...(opt.expAvg ? { expAvg: opt.expAvg, expAvgSq: opt.expAvgSq } : {}),
     };
@@ -156,7 +156,7 @@ async function readOptimizer(value: PyValue, groups: [string[], string[]], param
   const expAvg = new Map<string, LazyTensor>(), expAvgSq = new Map<string, LazyTensor>();
   const specs = new Map(paramSpecs.map((s) => [s.name, s]));
   let step: number | null = null, stateKeys: string[] = ["step", "exp_avg", "exp_avg_sq"];
-  let stepStored: TrainerRecords["stepStored"] = { dtype: "F32", location: "cpu" };
+  let stepStored: TrainerRecords["stepStored"] = { dtype: "F32" };
   const seen = new Set<bigint>();
   for (const [gi, g] of pg.entries()) {
     for (const [j, index] of (g.get("params") as PyValue[]).entries()) {
@@ -177,7 +177,7 @@ async function readOptimizer(value: PyValue, groups: [string[], string[]], param
       }
       let stepValue: number;
       if (st instanceof TorchTensor && st.shape.length === 0) {
-        stepStored = { dtype: st.dtype, location: st.storage.location };
+        stepStored = { dtype: st.dtype };
         stepValue = Number((await st.read()).data[0]);
       } else if (isNumber(st)) {
         stepStored = "float";
@@ -275,12 +275,10 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
       throw fail(optimizerFile, `the LR of Trainer's schedule at step ${step} is unknown: LambdaLR saves no lambdas, trainer_state.json's ` +
         "log_history has no learning_rate there, and no linear, cosine or constant schedule gives every logged one");
     }
-    // Each group's LR relative to group 0's, as its base LR is (written as read when nothing changed).
-    baseLrs = records.baseLrs.map((b) => (scale === 1 ? b : b * scale));
-    lrs = records.baseLrs.map((b, g) => {
-      const lr = g === 0 || b === records.baseLrs[0] ? lr0 : lr0 * (b / records.baseLrs[0]!);
-      return scale === 1 ? lr : lr * scale;
-    });
+    // Each group's LR relative to group 0's, as its base LR is (exact as read when nothing changed: the factors are 1).
+    const b0 = records.baseLrs[0]!;
+    baseLrs = records.baseLrs.map((b) => b * scale);
+    lrs = records.baseLrs.map((b) => lr0 * (b / b0) * scale);
   } else {
     const s = state.schedule;
     const base = s?.peakLr ?? opt.lr;
@@ -304,7 +302,7 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
   const momentTensors: TensorEntry[] = [];
   const perParam = new PyDict("dict");
   if (opt.expAvg && opt.expAvgSq) {
-    const stored = records?.stepStored ?? { dtype: "F32" as DType, location: "cpu" };
+    const stored = records?.stepStored ?? { dtype: "F32" as DType };
     names.forEach((n, i) => {
       const mm = opt.expAvg!.get(n), vv = opt.expAvgSq!.get(n);
       if (!mm || !vv) throw fail(optimizerFile, `the state has no moments for ${n}`);
@@ -349,7 +347,7 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
       await writeTorchFile(join(tmp, optimizerFile), optimizerDict, { observer: torchObserver(observer, names), serializationId: records?.serializationIds.optimizer ?? null });
       await writeTorchFile(join(tmp, TRAINER_FILES.scheduler), scheduler, { serializationId: records?.serializationIds.scheduler ?? null });
       await writeFile(join(tmp, TRAINER_FILES.state), formatTrainerState(ts));
-      for (const [f, bytes] of records?.copied ?? []) await writeFile(join(tmp, basename(f)), bytes);
+      for (const [f, bytes] of records?.copied ?? []) await writeFile(join(tmp, f), bytes);
     },
   };
 }
@@ -439,12 +437,22 @@ export function trainerSummary(state: TrainingState): TrainerSummary | null {
 }
 
 /**
- * Why the project's trainer cannot continue this state and save it as a Trainer checkpoint (null: it can): its LRs
- * after the checkpoint's step must come from the schedule found from the logged LRs, and there is none.
+ * Why the project's trainer cannot continue this state and save it as a Trainer checkpoint (null: it can), given the
+ * schedule options asked for (`--lr`, `--schedule`, …). Its LRs after the checkpoint's step must be Trainer's schedule,
+ * found from the logged LRs: Trainer rebuilds that schedule from its arguments when it resumes, so another one would
+ * make scheduler.pt disagree with what was trained.
  */
-export function trainingProblem(state: TrainingState): string | null {
+export function trainingProblem(state: TrainingState, scheduleOptions: readonly string[] = []): string | null {
   const r = trainerRecords(state);
-  if (!r || r.schedule) return null;
-  return "Trainer's learning-rate schedule could not be found from trainer_state.json's logged learning rates (LambdaLR saves no " +
-    "lambdas), so the LRs of further steps are unknown: convert it (`staged convert --to staged`) and train that with --schedule, --warmup and --total-steps";
+  if (!r) return null;
+  if (!r.schedule) {
+    return "Trainer's learning-rate schedule could not be found from trainer_state.json's logged learning rates (LambdaLR saves no " +
+      "lambdas), so the LRs of further steps are unknown: convert it (`staged convert --to staged`) and train that with --schedule, --warmup and --total-steps";
+  }
+  if (scheduleOptions.length) {
+    return "a Hugging Face Trainer checkpoint trains on with Trainer's schedule (found from its logged LRs, and what Trainer rebuilds from " +
+      `its arguments when it resumes): ${scheduleOptions.join(", ")} would make the checkpoint's scheduler.pt disagree; convert it ` +
+      "(`staged convert --to staged`) to train it with another schedule";
+  }
+  return null;
 }

@@ -1,6 +1,6 @@
 import { resolve } from "node:path";
 import { Command, Option } from "commander";
-import { STAGED_FORMAT, detachedState, formatBytes, loadTrainingState, type TrainingState } from "@staged/core";
+import { STAGED_FORMAT, formatBytes, loadTrainingState } from "@staged/core";
 import { HF_TRAINER_FORMAT } from "@staged/hf-trainer";
 import { tokenizerOf } from "@staged/trainer-ort";
 import { createCliRegistry } from "../registry.js";
@@ -17,12 +17,6 @@ const FORMATS: Record<string, string> = {
 };
 
 interface ConvertOptions { to: string; force?: boolean; maxShardBytes?: number; progress?: ProgressMode }
-
-/** The state as the other format holds it: a Trainer checkpoint's own records do not go into a staged checkpoint. */
-function asFormat(state: TrainingState, to: string): TrainingState {
-  const { foreign: _f, ...plain } = detachedState(state);
-  return to === STAGED_FORMAT ? plain : detachedState(state);
-}
 
 export function registerConvert(program: Command): void {
   program.command("convert <in> <out>")
@@ -42,20 +36,20 @@ export function registerConvert(program: Command): void {
           const from = state.foreign?.format ?? STAGED_FORMAT;
           if (from === o.to) throw new UsageError(`${input}: already ${FORMATS[o.to]} (nothing to convert)`);
           if (state.tokenizer.kind === "hf") await tokenizerOf(state.tokenizer, state.files, input);
-          const converted = asFormat(state, o.to);
-          const bytes = await checkWriteSpace(output, converted);
-          const { seconds } = await writeState(output, converted, bytes, {
+          // The save writes the format asked for (a Trainer checkpoint's own records have no place in a staged one).
+          const bytes = await checkWriteSpace(output, state);
+          const { seconds } = await writeState(output, state, bytes, {
             registry, format: o.to, progress: o.progress ?? "auto",
             ...(o.force ? { force: true } : {}), ...(o.maxShardBytes !== undefined ? { maxShardBytes: o.maxShardBytes } : {}),
           });
           const result = {
-            input: resolve(input), output: resolve(output), from, to: o.to, step: converted.progress.step,
-            hasOptimizerState: Boolean(converted.optimizer.expAvg), schedule: converted.schedule, bytes, seconds,
+            input: resolve(input), output: resolve(output), from, to: o.to, step: state.progress.step,
+            hasOptimizerState: Boolean(state.optimizer.expAvg), schedule: state.schedule, bytes, seconds,
           };
           createOutput(Boolean(g.json)).result(result, [
             `converted ${FORMATS[from] ?? from} → ${FORMATS[o.to]} at step ${result.step}` +
               `${result.hasOptimizerState ? ", with its AdamW moments" : ", without optimizer state"}`,
-            `  schedule ${converted.schedule ? `${converted.schedule.kind} (peak ${converted.schedule.peakLr}, warmup ${converted.schedule.warmupSteps}, ${converted.schedule.totalSteps} steps)` : "none"}`,
+            `  schedule ${state.schedule ? `${state.schedule.kind} (peak ${state.schedule.peakLr}, warmup ${state.schedule.warmupSteps}, ${state.schedule.totalSteps} steps)` : "none"}`,
             `  wrote ${result.output} (${formatBytes(bytes)}) in ${seconds.toFixed(2)} s`,
           ].join("\n"));
         } finally {

@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { TORCH_NAMES, loadTrainingState, parameterCount, type LoadedTrainingState } from "@staged/core";
+import { STAGED_FORMAT, TORCH_NAMES, loadTrainingState, parameterCount, type LoadedTrainingState } from "@staged/core";
 import { trainerSummary } from "@staged/hf-trainer";
 import { createOutput, runAction } from "../output.js";
 import { createCliRegistry } from "../registry.js";
@@ -23,7 +23,7 @@ export function describe(state: LoadedTrainingState) {
     schedule: state.schedule,
     tokenizer: state.tokenizer.kind,
     stages: state.progress.stages,
-    format: state.foreign?.format ?? "staged",
+    format: state.foreign?.format ?? STAGED_FORMAT,
     trainer: trainerSummary(state),
   };
 }
@@ -33,7 +33,7 @@ function trainerLines(t: NonNullable<ReturnType<typeof trainerSummary>>): string
   const s = t.schedule;
   return [
     `  format        Hugging Face Trainer checkpoint: global step ${t.globalStep} of ${t.maxSteps ?? "?"}, next LR ${t.lr ?? "unknown"}`,
-    `  trainer LR    ${s ? `${s.kind} schedule (found from the logged LRs): warmup ${s.warmupSteps}, ${s.totalSteps} steps, peak ${s.peakLr}` : "schedule not determined from the logged LRs (LambdaLR saves no lambdas)"}`,
+    `  trainer LR    ${s ? `${s.kind} schedule (found from trainer_state.json's log): warmup ${s.warmupSteps}, ${s.totalSteps} steps, peak ${s.peakLr}` : "schedule not determined from the logged LRs (LambdaLR saves no lambdas)"}`,
     `  last losses   ${t.lastLosses.length ? t.lastLosses.map((l) => `${l.loss.toFixed(4)}@${l.step}`).join(", ") : "none logged"}`,
   ];
 }

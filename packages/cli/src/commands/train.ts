@@ -102,12 +102,9 @@ export function registerTrain(program: Command): void {
         // The write lock from the start: a second train (or a grow, eval, inspect) of this checkpoint is refused at once.
         const registry = createCliRegistry();
         const state = await loadTrainingState(dir, { lock: "exclusive", registry });
-        const scheduleFlags = (["lr", "schedule", "warmup", "totalSteps", "minLr"] as const).filter((k) => o[k] !== undefined);
-        const problem = trainingProblem(state) ?? (state.foreign && scheduleFlags.length
-          ? `a Hugging Face Trainer checkpoint trains on with Trainer's schedule (found from its logged LRs, and what Trainer ` +
-            `rebuilds from its arguments when it resumes): --${scheduleFlags.map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(", --")} ` +
-            "would make the checkpoint's scheduler.pt disagree; convert it (`staged convert --to staged`) to train it with another schedule"
-          : null);
+        const scheduleFlags = (["lr", "schedule", "warmup", "totalSteps", "minLr"] as const).filter((k) => o[k] !== undefined)
+          .map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+        const problem = trainingProblem(state, scheduleFlags);
         if (problem) {
           await state.close();
           throw new UsageError(`${dir}: ${problem}`);

@@ -45,6 +45,9 @@ const VARIANTS = {
   "w-lr1": { op: "width", grow: {}, stage: { rewarmup: R, lrScale: 1 } },
   "w-ramp500": { op: "width", grow: {}, stage: { rewarmup: R, lrRamp: 500 } },
   "w-anti1e-2": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R } },
+  // New heads and FFN units drawn as a fresh model's, writing 0 at first (exact); the old units read the copies' mean.
+  "w-fresh": { op: "width", grow: { units: "fresh" }, stage: { rewarmup: R } },
+  "w-fresh-lr1": { op: "width", grow: { units: "fresh" }, stage: { rewarmup: R, lrScale: 1 } },
   "w-anti1e-2-ramp500": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R, lrRamp: 500 } },
   "w-anti1e-2-lr1": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R, lrScale: 1 } },
   "w-anti3e-2-ramp500": { op: "width", grow: { symmetry: "antithetic", noiseStd: 3e-2 }, stage: { rewarmup: R, lrRamp: 500 } },

@@ -2,7 +2,7 @@
 // weights and AdamW moments worth preserving) is grown, and the grown model's loss and gradients are
 // computed by the same onnxruntime training engine that trains it.
 import { describe, expect, it, beforeAll } from "vitest";
-import { Rng, Tensor, inMemory, initTrainingState, type LazyTensor, type TrainingState } from "@staged/core";
+import { Rng, Tensor, deriveSeed, gpt2, inMemory, initTrainingState, type LazyTensor, type TrainingState } from "@staged/core";
 import { growWidth, type WidthOptions } from "@staged/grow-width";
 import { growDepth, type DepthOptions } from "@staged/grow-depth";
 import { createEngine, type Engine } from "@staged/trainer-ort";
@@ -68,6 +68,10 @@ describe("width growth keeps the loss exactly", () => {
     ["×2 with FFN ×2 more", { factor: 2, ffnFactor: 2 }],
     ["×2 with the lossless split", { factor: 2, symmetry: "split", seed: 5 }],
     ["×3 with the lossless split", { factor: 3, symmetry: "split", seed: 5 }],
+    ["×2 with fresh units", { factor: 2, units: "fresh", seed: 5 }],
+    ["×3 with fresh units", { factor: 3, units: "fresh", seed: 5 }],
+    ["FFN only ×2, fresh units", { factor: 1, ffnFactor: 2, units: "fresh" }],
+    ["×2 with FFN ×2 more, fresh units", { factor: 2, ffnFactor: 2, units: "fresh" }],
   ];
   for (const [label, options] of cases) {
     it(label, async () => close(await loss(growWidth(small, options)), smallLoss), 30_000);
@@ -113,24 +117,31 @@ describe("composition", () => {
   }, 60_000);
 });
 
+/**
+ * The small model's gradient g (and g²) put where its moments go, grown with `options`; with the grown model's own
+ * gradient on the same batch, its mapped moments and the largest gradient entry.
+ */
+async function grownGradients(options: WidthOptions) {
+  const engine = await engineFor(small);
+  const { grads } = await engine.gradients(batches[6]!);
+  await engine.release();
+  const g = lazy(grads, small.params);
+  const gSq = lazy(new Map([...grads].map(([n, v]) => [n, v.map((x) => x * x)])), small.params);
+  const grown = growWidth({ ...small, optimizer: { ...small.optimizer, expAvg: g, expAvgSq: gSq } }, options);
+  const big = await engineFor(grown);
+  const actual = (await big.gradients(batches[6]!)).grads;
+  await big.release();
+  let scale = 0;
+  for (const v of actual.values()) for (const x of v) scale = Math.max(scale, Math.abs(x));
+  return { actual, scale, mapped: await readAll(grown.optimizer.expAvg!), mappedSq: await readAll(grown.optimizer.expAvgSq!), grads };
+}
+
 describe("consistent moments are the grown model's gradients", () => {
   for (const options of [{ factor: 2 }, { factor: 3 }, { factor: 1, ffnFactor: 2 }, { factor: 2, ffnFactor: 3 }] as WidthOptions[]) {
     it(`factor ${options.factor}, ffnFactor ${options.ffnFactor ?? 1}: every entry, off-diagonal blocks included`, async () => {
       // Put the small model's gradient g (and g²) where its moments go; the consistent mapping of g must equal
       // the gradient the grown model computes for every entry.
-      const engine = await engineFor(small);
-      const { grads } = await engine.gradients(batches[6]!);
-      await engine.release();
-      const g = lazy(grads, small.params);
-      const gSq = lazy(new Map([...grads].map(([n, v]) => [n, v.map((x) => x * x)])), small.params);
-      const grown = growWidth({ ...small, optimizer: { ...small.optimizer, expAvg: g, expAvgSq: gSq } }, { ...options, moments: "consistent" });
-      const big = await engineFor(grown);
-      const actual = (await big.gradients(batches[6]!)).grads;
-      await big.release();
-      const mapped = await readAll(grown.optimizer.expAvg!);
-      const mappedSq = await readAll(grown.optimizer.expAvgSq!);
-      let scale = 0;
-      for (const v of actual.values()) for (const x of v) scale = Math.max(scale, Math.abs(x));
+      const { actual, scale, mapped, mappedSq } = await grownGradients({ ...options, moments: "consistent" });
       for (const [name, a] of actual) {
         const m = mapped.get(name)!, m2 = mappedSq.get(name)!;
         for (let i = 0; i < a.length; i++) {
@@ -140,6 +151,49 @@ describe("consistent moments are the grown model's gradients", () => {
       }
     }, 60_000);
   }
+});
+
+describe("fresh units", () => {
+  for (const options of [{ factor: 2 }, { factor: 3 }, { factor: 2, ffnFactor: 2 }] as WidthOptions[]) {
+    it(`factor ${options.factor}, ffnFactor ${options.ffnFactor ?? 1}: the old units' moments are the grown model's gradients, the new units' are 0 and their gradients are not`, async () => {
+      const { actual, scale, mapped, mappedSq, grads } = await grownGradients({ ...options, units: "fresh", seed: 4 });
+      // Which entries are the old units' (or copies of a shared parameter): the mapping of moments that are all 1.
+      const ones = lazy(new Map([...grads].map(([n, v]) => [n, v.map(() => 1)])), small.params);
+      const old = await readAll(growWidth({ ...small, optimizer: { ...small.optimizer, expAvg: ones, expAvgSq: ones } }, { ...options, units: "fresh", seed: 4 }).optimizer.expAvg!);
+      let newEntries = 0, newGradient = 0;
+      for (const [name, a] of actual) {
+        const m = mapped.get(name)!, m2 = mappedSq.get(name)!, o = old.get(name)!;
+        for (let i = 0; i < a.length; i++) {
+          if (o[i] === 0) {
+            expect(m[i], `${name}[${i}] (new)`).toBe(0);
+            expect(m2[i], `${name}[${i}]² (new)`).toBe(0);
+            newEntries++;
+            newGradient = Math.max(newGradient, Math.abs(a[i]!));
+            continue;
+          }
+          expect(Math.abs(a[i]! - m[i]!), `${name}[${i}]`).toBeLessThan(1e-5 * scale);
+          expect(Math.abs(a[i]! * a[i]! - m2[i]!), `${name}[${i}]²`).toBeLessThan(1e-5 * scale * scale);
+        }
+      }
+      expect(newEntries).toBeGreaterThan(0);
+      // The new units' output weights start at 0 but their inputs are random: they learn from the first step.
+      expect(newGradient).toBeGreaterThan(1e-3 * scale);
+    }, 60_000);
+  }
+
+  it("the new units are the grown model's own initialization; the old units read the mean of the copies", async () => {
+    const grown = growWidth(small, { factor: 2, units: "fresh", seed: 9 });
+    const fc = "transformer.h.1.mlp.c_fc.weight";
+    const [w, g] = [(await small.params.get(fc)!.read()), (await grown.params.get(fc)!.read())];
+    const [rows, cols] = w.shape as [number, number];
+    const fresh = gpt2.initParam(grown.config, gpt2.params(grown.config).find((p) => p.name === fc)!, deriveSeed(9, "fresh units"));
+    for (let r = 0; r < 2 * rows; r++) {
+      for (let c = 0; c < 2 * cols; c++) {
+        const at = r * 2 * cols + c;
+        expect(g.f32[at]).toBe(c < cols ? w.f32[(r % rows) * cols + c]! / 2 : fresh.f32[at]!);
+      }
+    }
+  });
 });
 
 describe("symmetry breaking", () => {
@@ -154,10 +208,11 @@ describe("symmetry breaking", () => {
     return a!.f32.reduce((m, x, i) => Math.max(m, Math.abs(x - b!.f32[i]!)), 0);
   }
 
-  it("copies stay identical under none and diverge under split and antithetic", async () => {
+  it("copies stay identical under none and diverge under split, antithetic and fresh units", async () => {
     expect(await copyGap({ symmetry: "none" })).toBeLessThan(1e-6);
     expect(await copyGap({ symmetry: "split", seed: 2 })).toBeGreaterThan(1e-4);
     expect(await copyGap({ symmetry: "antithetic", noiseStd: 1e-3, seed: 2 })).toBeGreaterThan(1e-4);
+    expect(await copyGap({ units: "fresh", seed: 2 })).toBeGreaterThan(1e-4);
   }, 60_000);
 
   it("antithetic noise changes the loss only at second order: far less than plain noise, superlinear in its size", async () => {
@@ -190,6 +245,7 @@ describe.each(llamaConfigs)("Llama family: %s", (_label, cfg) => {
   const width: [string, WidthOptions][] = [
     ["width ×2", { factor: 2 }], ["width ×2, paper moments", { factor: 2, moments: "paper" }], ["width ×3", { factor: 3 }],
     ["FFN only ×2", { factor: 1, ffnFactor: 2 }], ["width ×2, lossless split", { factor: 2, symmetry: "split", seed: 3 }],
+    ["width ×2, fresh units", { factor: 2, units: "fresh", seed: 3 }], ["width ×3, fresh units", { factor: 3, units: "fresh", seed: 3 }],
   ];
   for (const [label, options] of width) it(`${label} keeps the loss`, async () => close(await loss(growWidth(base, options)), baseLoss), 30_000);
 

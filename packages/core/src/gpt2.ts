@@ -1,6 +1,6 @@
 import { Rng, deriveSeed } from "./rng.js";
 import { Tensor } from "./tensor.js";
-import { dropoutProbability, type ArchitecturePlugin, type AxisSpace, type DecoderSpec, type InitShape, type ParamSpec } from "./plugins.js";
+import { dropoutProbability, initWeights, type ArchitecturePlugin, type AxisSpace, type DecoderSpec, type InitShape, type ParamSpec } from "./plugins.js";
 import { checkModelSize, type ShapeNames } from "./limits.js";
 import type { ModelShape } from "./types.js";
 
@@ -147,22 +147,17 @@ function canonicalName(name: string): string | null {
   return `transformer.${name}`;
 }
 
-/** HF GPT2PreTrainedModel._init_weights: N(0, σ) weights, c_proj weights N(0, σ/√(2L)), LN 1/0, biases 0. */
-function init(config: Record<string, unknown>, seed: number): Map<string, Tensor> {
+/** HF GPT2PreTrainedModel._init_weights for one parameter: N(0, σ) weights, c_proj weights N(0, σ/√(2L)), LN 1/0, biases 0. */
+function initParam(config: Record<string, unknown>, p: ParamSpec, seed: number): Tensor {
   const { shape } = parseConfig(config);
   const sigma = typeof config.initializer_range === "number" ? config.initializer_range : 0.02;
-  const out = new Map<string, Tensor>();
-  for (const p of params(config)) {
-    const t = Tensor.zeros("F32", p.shape);
-    const data = t.f32;
-    if (p.role.endsWith("norm.weight")) data.fill(1);
-    else if (p.layout !== "vector") {
-      const std = p.name.endsWith("c_proj.weight") ? sigma / Math.sqrt(2 * shape.layers) : sigma;
-      new Rng(deriveSeed(seed, p.name)).fillNormal(data, 0, std);
-    }
-    out.set(p.name, t);
+  const t = Tensor.zeros("F32", p.shape);
+  if (p.role.endsWith("norm.weight")) t.f32.fill(1);
+  else if (p.layout !== "vector") {
+    const std = p.name.endsWith("c_proj.weight") ? sigma / Math.sqrt(2 * shape.layers) : sigma;
+    new Rng(deriveSeed(seed, p.name)).fillNormal(t.f32, 0, std);
   }
-  return out;
+  return t;
 }
 
 /** HF activations equal to 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))). */
@@ -197,7 +192,8 @@ export const gpt2: ArchitecturePlugin = {
   parameterCount,
   params,
   canonicalName,
-  init,
+  initParam,
+  init: (config, seed) => initWeights(params(config), (p) => initParam(config, p, seed)),
   decoder,
   initConfig,
   tiedByDefault: true,

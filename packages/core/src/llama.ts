@@ -7,7 +7,7 @@
 import { Rng, deriveSeed } from "./rng.js";
 import { Tensor } from "./tensor.js";
 import { checkModelSize, type ShapeNames } from "./limits.js";
-import { dropoutProbability, type ArchitecturePlugin, type AxisSpace, type DecoderSpec, type InitShape, type ParamRole, type ParamSpec } from "./plugins.js";
+import { dropoutProbability, initWeights, type ArchitecturePlugin, type AxisSpace, type DecoderSpec, type InitShape, type ParamRole, type ParamSpec } from "./plugins.js";
 import type { ModelShape } from "./types.js";
 
 const COMMON: Record<string, unknown> = {
@@ -156,17 +156,13 @@ function canonicalName(name: string): string | null {
   return `model.${name}`;
 }
 
-/** HF LlamaPreTrainedModel._init_weights: Linear and Embedding N(0, initializer_range), biases 0, RMSNorm 1. */
-function init(config: Record<string, unknown>, seed: number): Map<string, Tensor> {
+/** HF LlamaPreTrainedModel._init_weights for one parameter: Linear and Embedding N(0, initializer_range), biases 0, RMSNorm 1. */
+function initParam(config: Record<string, unknown>, p: ParamSpec, seed: number): Tensor {
   const sigma = typeof config.initializer_range === "number" ? config.initializer_range : 0.02;
-  const out = new Map<string, Tensor>();
-  for (const p of params(config)) {
-    const t = Tensor.zeros("F32", p.shape);
-    if (p.role.endsWith("norm.weight")) t.f32.fill(1);
-    else if (p.layout !== "vector") new Rng(deriveSeed(seed, p.name)).fillNormal(t.f32, 0, sigma);
-    out.set(p.name, t);
-  }
-  return out;
+  const t = Tensor.zeros("F32", p.shape);
+  if (p.role.endsWith("norm.weight")) t.f32.fill(1);
+  else if (p.layout !== "vector") new Rng(deriveSeed(seed, p.name)).fillNormal(t.f32, 0, sigma);
+  return t;
 }
 
 /**
@@ -221,7 +217,8 @@ export const llama: ArchitecturePlugin = {
   params,
   blockModuleOrder: BLOCK_MODULE_ORDER,
   canonicalName,
-  init,
+  initParam,
+  init: (config, seed) => initWeights(params(config), (p) => initParam(config, p, seed)),
   decoder,
   initConfig,
   tiedByDefault: false,

@@ -104,7 +104,12 @@ export interface ArchitecturePlugin {
   blockModuleOrder?: Readonly<Partial<Record<ParamRole, number>>>;
   /** Map a name found in a foreign checkpoint to the canonical one; null for buffers to ignore. */
   canonicalName(name: string): string | null;
-  /** Deterministic fresh weights for a seed. */
+  /**
+   * One parameter of a fresh model, as HF's `_init_weights` draws it; deterministic for a seed (each parameter's
+   * values depend only on the seed and its name). Width growth's fresh units take their values from it.
+   */
+  initParam(config: Record<string, unknown>, spec: ParamSpec, seed: number): Tensor;
+  /** Deterministic fresh weights for a seed: `initParam` of every parameter (initWeights). */
   init(config: Record<string, unknown>, seed: number): Map<string, Tensor>;
   /** The forward pass of a config's model (throws for settings the trainer does not implement, by name). */
   decoder(config: Record<string, unknown>): DecoderSpec;
@@ -118,6 +123,11 @@ export interface ArchitecturePlugin {
    * (HF's default for the architecture: GPT-2 ties, Llama does not). `staged init` and `staged run` specs use it.
    */
   tiedByDefault: boolean;
+}
+
+/** A fresh model's weights: each parameter from an architecture's initParam, in params()'s order. */
+export function initWeights(specs: readonly ParamSpec[], initParam: (spec: ParamSpec) => Tensor): Map<string, Tensor> {
+  return new Map(specs.map((p) => [p.name, initParam(p)]));
 }
 
 /**

@@ -154,6 +154,27 @@ describe("growWidth", () => {
     expect(() => growWidth(s, { factor: 2, lrRamp: -1 })).toThrow(/lrRamp must be an integer ≥ 0, got -1/);
   });
 
+  it("fresh units: recorded with the stage, drawn from the seed, the old units' biases first", async () => {
+    const s = stateWithMoments();
+    const g = growWidth(s, { units: "fresh", seed: 2 });
+    expect(g.progress.stages.at(-1)!.options).toMatchObject({ units: "fresh", seed: 2 });
+    const name = "transformer.h.0.mlp.c_proj.weight";
+    expect((await read(g.params, name)).f32).toEqual((await read(growWidth(s, { units: "fresh", seed: 2 }).params, name)).f32);
+    const fc = "transformer.h.0.mlp.c_fc.weight";
+    expect((await read(g.params, fc)).f32).not.toEqual((await read(growWidth(s, { units: "fresh", seed: 3 }).params, fc)).f32);
+    // GPT-2's fresh biases are 0 (HF's init); the old units' come first in each of q, k, v.
+    const b = await read(s.params, "transformer.h.0.attn.c_attn.bias");
+    expect((await read(g.params, "transformer.h.0.attn.c_attn.bias")).chunk(0, 3).map((p) => [...p.f32]))
+      .toEqual(b.chunk(0, 3).map((p) => [...p.f32, ...p.f32.map(() => 0)]));
+    // The writers' new rows start at 0, their old rows write into both copies of the hidden state.
+    const w = await read(s.params, name), gw = await read(g.params, name);
+    const [rows, cols] = w.shape as [number, number];
+    for (let r = 0; r < 2 * rows; r++) {
+      expect([...gw.f32.subarray(r * 2 * cols, (r + 1) * 2 * cols)])
+        .toEqual(r < rows ? [...w.f32.subarray(r * cols, (r + 1) * cols), ...w.f32.subarray(r * cols, (r + 1) * cols)] : new Array(2 * cols).fill(0));
+    }
+  });
+
   it("rejects options that cannot hold", () => {
     const s = stateWithMoments();
     expect(() => growWidth(s, { factor: 1 })).toThrow(/factor must be an integer ≥ 2/);
@@ -161,6 +182,9 @@ describe("growWidth", () => {
     expect(() => growWidth(s, { ffnFactor: 0 })).toThrow(/ffnFactor must be an integer ≥ 1/);
     expect(() => growWidth(s, { moments: "magic" as never })).toThrow(/moments must be one of/);
     expect(() => growWidth(s, { noiseStd: 0.1 })).toThrow(/noiseStd is only used with symmetry "noise"/);
+    expect(() => growWidth(s, { units: "cloned" as never })).toThrow("units must be one of copies, fresh, got cloned");
+    expect(() => growWidth(s, { units: "fresh", symmetry: "split" })).toThrow(/units "fresh" breaks the symmetry itself; it takes symmetry "none", got "split"/);
+    expect(() => growWidth(s, { units: "fresh", moments: "paper" })).toThrow(/moments "paper" are for copied units/);
     expect(() => growWidth(s, { continueAt: 101 })).toThrow(/past the schedule's last step 100/);
     expect(() => growWidth({ ...s, params: new Map([...s.params].slice(1)) })).toThrow(/transformer.wte.weight is missing/);
   });
@@ -183,23 +207,6 @@ describe("growWidth", () => {
       "the limits are d_model ≤ 1048576, heads ≤ 1048576, ffn ≤ 1048576 and 1e13 parameters");
     expect(() => growWidth(s, { factor: 2, ffnFactor: 100_000 })).toThrow(/^width growth: factor 2, ffnFactor 100000 gives ffn 6400000 and .*; the limit is ffn ≤ 1048576$/);
     expect(performance.now() - t0).toBeLessThan(100);
-  });
-
-  it("returns a state without the loaded input's source directory and close", async () => {
-    const dir = await mkdtemp(join(tmpdir(), "staged-width-"));
-    try {
-      await saveTrainingState(join(dir, "small"), stateWithMoments());
-      const loaded = await loadTrainingState(join(dir, "small"));
-      const g = growWidth(loaded, { factor: 2 });
-      expect(loaded.source).toBeTruthy();
-      expect("source" in g).toBe(false);
-      expect("close" in g).toBe(false);
-      // Its tensors still read from the input until the input is closed.
-      expect((await g.params.get("transformer.wte.weight")!.read()).shape).toEqual([16, 16]);
-      await loaded.close();
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
   });
 });
 

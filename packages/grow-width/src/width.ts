@@ -6,6 +6,7 @@ import {
 
 export type WidthMoments = "paper" | "consistent" | "reset";
 export type WidthSymmetry = "none" | "split" | "noise" | "antithetic";
+export type WidthUnits = "copies" | "fresh";
 
 export interface WidthOptions extends StageOptions {
   /** Hidden size, heads and FFN width × factor, head size kept (default 2). */
@@ -16,14 +17,22 @@ export interface WidthOptions extends StageOptions {
   moments?: WidthMoments;
   /** How the copies are made to diverge (default "none"). */
   symmetry?: WidthSymmetry;
+  /**
+   * How the new heads and FFN units are made (default "copies"): copies of the old ones (the paper), or "fresh": drawn
+   * as the grown model's own initialization draws them (`initParam`), reading every copy of the hidden state and writing
+   * nothing at first (their output weights start at 0), while the old units read the mean of the hidden state's copies
+   * and write into every copy. Exact too; the new units start from random features, as in a model trained from scratch.
+   */
+  units?: WidthUnits;
   /** Standard deviation of the `noise` symmetry breaking (default 1e-3). */
   noiseStd?: number;
   seed?: number;
   registry?: Registry;
 }
 
-const MOMENTS: readonly WidthMoments[] = ["paper", "consistent", "reset"];
-const SYMMETRY: readonly WidthSymmetry[] = ["none", "split", "noise", "antithetic"];
+export const WIDTH_MOMENTS: readonly WidthMoments[] = ["paper", "consistent", "reset"];
+export const WIDTH_SYMMETRIES: readonly WidthSymmetry[] = ["none", "split", "noise", "antithetic"];
+export const WIDTH_UNITS: readonly WidthUnits[] = ["copies", "fresh"];
 
 /**
  * Whether the grown model computes exactly the small model's function (logits, loss) with these options.
@@ -116,6 +125,63 @@ function growMatrixMoment(m: Tensor, { a, b }: Axes, scale: number, everyBlock: 
     }
   }
   return new Tensor(m.dtype, [a * rows, W], out);
+}
+
+/** Axes that index hidden units (attention heads, FFN units): with units "fresh" their new copies are drawn fresh. */
+const UNIT_SPACES: ReadonlySet<AxisSpace> = new Set<AxisSpace>(["heads", "kvHeads", "qkv", "ffn"]);
+
+/**
+ * What a parameter is to units "fresh": a reader maps the hidden state to units (in the [in, out] orientation
+ * [model, unit]: q/k/v, the MLP's input), a writer units to the hidden state (the attention's and the MLP's output), a
+ * unit vector is indexed by units (their biases). Everything else (embeddings, norms, the output layer) grows as with
+ * copies.
+ */
+type FreshKind = "reader" | "writer" | "unitVector";
+function freshKind(spec: ParamSpec): FreshKind | null {
+  if (spec.shape.length === 1) return UNIT_SPACES.has(spec.axes[0]!) ? "unitVector" : null;
+  const [inAxis, outAxis] = spec.layout === "linear" ? [1, 0] : [0, 1];
+  const from = spec.axes[inAxis]!, to = spec.axes[outAxis]!;
+  if (from === "model" && UNIT_SPACES.has(to)) return "reader";
+  if (UNIT_SPACES.has(from) && to === "model") return "writer";
+  return null;
+}
+
+/**
+ * A matrix ([in, out] orientation) grown with fresh units over `base` (the grown model's initialization of it, or zeros
+ * for moments): a reader's old units (output copy 0) take coef × the original from each of the a input copies, its new
+ * units keep `base`; a writer's old units (input copy 0) write coef × the original into each of the b output copies,
+ * its new units' rows are 0.
+ */
+function growMatrixFresh(w: Tensor, base: Float32Array, { a, b }: Axes, kind: "reader" | "writer", coef: number): Tensor {
+  const [rows, cols] = w.shape as [number, number];
+  const src = w.f32, W = b * cols;
+  const out = kind === "reader" ? Float32Array.from(base) : new Float32Array(a * rows * W);
+  for (let r = 0; r < rows; r++) {
+    const row = src.subarray(r * cols, (r + 1) * cols);
+    const scaled = coef === 1 ? row : row.map((v) => coef * v);
+    if (kind === "reader") for (let i = 0; i < a; i++) out.set(scaled, (i * rows + r) * W);
+    else for (let j = 0; j < b; j++) out.set(scaled, r * W + j * cols);
+  }
+  return new Tensor(w.dtype, [a * rows, W], out);
+}
+
+/** A parameter (values or a moment, in its stored layout, fused parts each by themselves) grown with fresh units. */
+function growFresh(t: Tensor, base: Tensor, spec: ParamSpec, kind: FreshKind, axes: Axes, coef: number): Tensor {
+  const axis = t.shape.length - 1;
+  const parts = spec.fused?.length ?? 1;
+  const bases = parts > 1 ? base.chunk(axis, parts) : [base];
+  const grown = (parts > 1 ? t.chunk(axis, parts) : [t]).map((part, n) => {
+    const over = bases[n]!;
+    if (kind === "unitVector") {
+      // The old units are the first copy; the new ones keep `base`.
+      const out = Float32Array.from(over.f32);
+      out.set(coef === 1 ? part.f32 : part.f32.map((v) => coef * v));
+      return new Tensor(part.dtype, over.shape, out);
+    }
+    if (spec.layout !== "linear") return growMatrixFresh(part, over.f32, axes, kind, coef);
+    return transpose2d(growMatrixFresh(transpose2d(part), transpose2d(over).f32, axes, kind, coef));
+  });
+  return parts > 1 ? concat(grown, axis) : grown[0]!;
 }
 
 /** Apply `f` to each part of a fused q|k|v tensor (split along its last axis) and re-fuse. */
@@ -260,11 +326,15 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
   if (k === 1 && m === 1) throw new Error("nothing to grow: factor must be an integer ≥ 2 (or ffnFactor ≥ 2)");
   const moments = options.moments ?? "consistent";
   const symmetry = options.symmetry ?? "none";
-  if (!MOMENTS.includes(moments)) throw new Error(`moments must be one of ${MOMENTS.join(", ")}, got ${moments}`);
-  if (!SYMMETRY.includes(symmetry)) throw new Error(`symmetry must be one of ${SYMMETRY.join(", ")}, got ${symmetry}`);
+  if (!WIDTH_MOMENTS.includes(moments)) throw new Error(`moments must be one of ${WIDTH_MOMENTS.join(", ")}, got ${moments}`);
+  if (!WIDTH_SYMMETRIES.includes(symmetry)) throw new Error(`symmetry must be one of ${WIDTH_SYMMETRIES.join(", ")}, got ${symmetry}`);
   if (options.noiseStd !== undefined && symmetry !== "noise" && symmetry !== "antithetic") {
     throw new Error(`noiseStd is only used with symmetry "noise" or "antithetic" (symmetry is "${symmetry}")`);
   }
+  const units = options.units ?? "copies";
+  if (!WIDTH_UNITS.includes(units)) throw new Error(`units must be one of ${WIDTH_UNITS.join(", ")}, got ${units}`);
+  if (units === "fresh" && symmetry !== "none") throw new Error(`units "fresh" breaks the symmetry itself; it takes symmetry "none", got "${symmetry}"`);
+  if (units === "fresh" && moments === "paper") throw new Error(`moments "paper" are for copied units; units "fresh" takes "consistent" or "reset"`);
   const noiseStd = options.noiseStd ?? 1e-3;
   if (!(noiseStd >= 0)) throw new Error(`noiseStd must be ≥ 0, got ${noiseStd}`);
   const seed = options.seed ?? 0;
@@ -280,6 +350,7 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
   const { expAvg, expAvgSq } = state.optimizer;
   const keepMoments = moments !== "reset" && expAvg !== undefined && expAvgSq !== undefined;
 
+  const freshSeed = deriveSeed(seed, "fresh units");
   const params = new Map<string, LazyTensor>();
   const fanInRoles = new Set<string>();
   const avg = new Map<string, LazyTensor>();
@@ -290,6 +361,24 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
     if (!target || !source) throw new Error(`width growth: parameter ${spec.name} is missing`);
     const rule = ruleFor(spec, k, k * m);
     if (fanInCopies(spec, k, k * m) > 1) fanInRoles.add(spec.role);
+    const fresh = units === "fresh" ? freshKind(spec) : null;
+    if (fresh) {
+      // A reader's old units read the mean of the hidden state's copies; their gradient is the small model's (the
+      // hidden state's copies each carry 1/k of it, and the old units write into all k), a writer's old rows the
+      // original's over its b output copies, like every copied entry's; new units start with zero moments.
+      const valueCoef = fresh === "reader" ? 1 / rule.axes.a : 1;
+      const gradScale = fresh === "writer" ? rule.gradScale : 1;
+      params.set(spec.name, derived(source.dtype, target.shape, async () =>
+        growFresh(await source.read(), arch.initParam(config, target, freshSeed), spec, fresh, rule.axes, valueCoef)));
+      if (!keepMoments) continue;
+      const m1 = expAvg.get(spec.name), m2 = expAvgSq.get(spec.name);
+      if (!m1 || !m2) throw new Error(`width growth: the optimizer state has no moments for ${spec.name}`);
+      const grownMoment = (m: LazyTensor, power: number): LazyTensor => derived(m.dtype, target.shape, async () =>
+        growFresh(await m.read(), Tensor.zeros("F32", target.shape), spec, fresh, rule.axes, gradScale ** power));
+      avg.set(spec.name, grownMoment(m1, 1));
+      avgSq.set(spec.name, grownMoment(m2, 2));
+      continue;
+    }
     const grow = (t: Tensor, rng: Rng): Tensor => perPart(t, spec, (part) => rule.kind === "matrix"
       ? inOrientation(spec, (m) => growMatrix(m, rule.axes, symmetry, noiseStd, rng))(part)
       : (rule.valueScale === 1 ? part : part.scale(rule.valueScale)).tile(rule.axis, rule.axes.b));
@@ -320,7 +409,7 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
   }
   return grownState(state, {
     operator: "width",
-    options: { factor: k, ffnFactor: m, moments, symmetry, ...(symmetry === "noise" || symmetry === "antithetic" ? { noiseStd } : {}), seed },
+    options: { factor: k, ffnFactor: m, moments, symmetry, ...(units === "fresh" ? { units } : {}), ...(symmetry === "noise" || symmetry === "antithetic" ? { noiseStd } : {}), seed },
     config, shape, params,
     ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
     resetMoments: !keepMoments, stage: options, defaultLrScale: 1 / k, fanInRoles: [...fanInRoles],

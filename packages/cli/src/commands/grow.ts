@@ -6,7 +6,7 @@ import {
   type TrainingState,
 } from "@staged/core";
 import { evaluate, tokenizerOf } from "@staged/trainer-ort";
-import type { WidthOptions } from "@staged/grow-width";
+import { WIDTH_MOMENTS, WIDTH_SYMMETRIES, WIDTH_UNITS, type WidthOptions } from "@staged/grow-width";
 import type { DepthOptions } from "@staged/grow-depth";
 import { createCliRegistry } from "../registry.js";
 import { createOutput, runAction } from "../output.js";
@@ -90,11 +90,12 @@ const common = (c: Command): Command => c
 export function registerGrow(program: Command): void {
   const growCmd = program.command("grow").description("grow a checkpoint's whole training state");
   common(growCmd.command("width <in> <out>")
-    .description("hidden size, heads and FFN × factor (exact for --symmetry none|split)")
+    .description("hidden size, heads and FFN × factor (exact for --symmetry none|split, with either --units)")
     .option("--factor <k>", "width factor", integer("factor", 1), 2)
     .option("--ffn-factor <m>", "extra FFN width factor", integer("ffn-factor", 1))
-    .addOption(new Option("--moments <mode>", "AdamW moments of the grown model").choices(["paper", "consistent", "reset"]).default("consistent"))
-    .addOption(new Option("--symmetry <mode>", "how copies diverge").choices(["none", "split", "noise", "antithetic"]).default("none"))
+    .addOption(new Option("--moments <mode>", "AdamW moments of the grown model").choices([...WIDTH_MOMENTS]).default("consistent"))
+    .addOption(new Option("--symmetry <mode>", "how copies diverge").choices([...WIDTH_SYMMETRIES]).default("none"))
+    .addOption(new Option("--units <how>", "new heads and FFN units: copies of the old (the paper) or fresh (a new model's init, writing 0 at first)").choices([...WIDTH_UNITS]).default("copies"))
     .option("--noise-std <s>", "noise standard deviation for --symmetry noise|antithetic", number("noise-std"))
     .option("--seed <s>", "seed of split/noise", integer("seed"), 0))
     .action((input: string, output: string, o: WidthOptions & CommonOptions, cmd: Command) => grow(input, output, "width", o, cmd));

@@ -14,6 +14,7 @@ import { readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { syncDir } from "./files.js";
 import { pidAlive } from "./lock.js";
+import { STATE_FILE } from "./state-format.js";
 
 export type LeftoverKind = "tmp" | "new" | "old";
 
@@ -71,7 +72,7 @@ export async function needsRecovery(target: string): Promise<boolean> {
 
 async function stepOf(dir: string): Promise<string> {
   try {
-    const meta = JSON.parse(await readFile(join(dir, "training_state.json"), "utf8")) as { progress?: { step?: unknown } };
+    const meta = JSON.parse(await readFile(join(dir, STATE_FILE), "utf8")) as { progress?: { step?: unknown } };
     return typeof meta.progress?.step === "number" ? ` (step ${meta.progress.step})` : "";
   } catch {
     return "";

@@ -25,4 +25,12 @@ describe("registry", () => {
     r.register("trainer", { name: "ort" });
     expect(createDefaultRegistry().has("trainer", "ort")).toBe(false);
   });
+
+  it("finds the architecture of an HF model_type, or none", () => {
+    const r = createDefaultRegistry();
+    expect(r.architectureFor("gpt2")?.name).toBe("gpt2");
+    expect(r.architectureFor("qwen2")?.name).toBe("llama");
+    expect(r.architectureFor("bert")).toBeUndefined();
+    expect(r.architectureFor(undefined)).toBeUndefined();
+  });
 });

@@ -1,4 +1,4 @@
-import type { PluginKind, PluginKinds } from "./plugins.js";
+import type { ArchitecturePlugin, PluginKind, PluginKinds } from "./plugins.js";
 import { gpt2 } from "./gpt2.js";
 import { llama } from "./llama.js";
 
@@ -7,6 +7,8 @@ export interface Registry {
   get<K extends PluginKind>(kind: K, name: string): PluginKinds[K];
   has(kind: PluginKind, name: string): boolean;
   list(kind: PluginKind): string[];
+  /** The architecture that reads configs of this HF `model_type` (ArchitecturePlugin.modelTypes), or undefined. */
+  architectureFor(modelType: unknown): ArchitecturePlugin | undefined;
 }
 
 const KINDS: readonly PluginKind[] = ["architecture", "growth", "scheduler", "lrSchedule", "trainer", "checkpointFormat"];
@@ -38,6 +40,8 @@ export function createRegistry(): Registry {
     },
     has: (kind, name) => table(kind).has(name),
     list: (kind) => [...table(kind).keys()].sort(),
+    architectureFor: (modelType) => [...(table("architecture") as Map<string, ArchitecturePlugin>).values()]
+      .find((arch) => arch.modelTypes.includes(String(modelType))),
   };
   return registry;
 }

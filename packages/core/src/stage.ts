@@ -1,7 +1,10 @@
-import type { LazyTensor, ModelShape, StageRecord, TrainingState } from "./types.js";
+import type { LazyTensor, ModelShape, Progress, StageRecord, TrainingState } from "./types.js";
 import { PIECE_BYTES, Tensor, blockLayoutBytes, blockLayoutPieces, numel, zeroPieces, type BlockLayout } from "./tensor.js";
 import { DTYPE_SIZES } from "./dtype.js";
 import { deriveSeed } from "./rng.js";
+
+/** Optimizer updates over the whole run, all stages together (Progress.globalStep; absent, it equals `step`). */
+export const globalStepOf = (p: Progress): number => p.globalStep ?? p.step;
 
 /** Options every growth operator shares: how the run continues after the growth. */
 export interface StageOptions {
@@ -160,7 +163,7 @@ export function grownState(state: TrainingState, grown: {
     schedule,
     progress: {
       ...state.progress, step, stages: [...state.progress.stages, record],
-      globalStep: state.progress.globalStep ?? state.progress.step,
+      globalStep: globalStepOf(state.progress),
       // Continuing at an earlier step must not replay the random batches the small model saw there
       // (the sequential sampler is defined by the step alone, so it does replay them).
       ...(step < state.progress.step ? { samplerSeed: deriveSeed(state.progress.samplerSeed, `stage:${state.progress.stages.length + 1}`) } : {}),

@@ -74,6 +74,10 @@ export interface LoadedTrainingState extends TrainingState {
   close(): Promise<void>;
 }
 
+/** Whether a state was read from a directory (loadTrainingState): its source, lock and close are then there, typed. */
+export const isLoaded = (state: TrainingState): state is LoadedTrainingState =>
+  typeof (state as Partial<LoadedTrainingState>).source === "string";
+
 const stderrNotice = (line: string): void => { process.stderr.write(`${line}\n`); };
 
 /**
@@ -136,12 +140,9 @@ export async function checkOutputPath(dir: string): Promise<void> {
 }
 
 function findArchitecture(registry: Registry, config: Record<string, unknown>, file: string): ArchitecturePlugin {
-  const modelType = config.model_type;
-  for (const name of registry.list("architecture")) {
-    const arch = registry.get("architecture", name);
-    if (arch.modelTypes.includes(String(modelType))) return arch;
-  }
-  throw new Error(`${file}: unknown architecture model_type ${JSON.stringify(modelType)} ` +
+  const arch = registry.architectureFor(config.model_type);
+  if (arch) return arch;
+  throw new Error(`${file}: unknown architecture model_type ${JSON.stringify(config.model_type)} ` +
     `(registered: ${registry.list("architecture").join(", ") || "none"})`);
 }
 
@@ -442,7 +443,7 @@ export async function saveCheckpointDirectory(dir: string, state: TrainingState,
   const what = contents.what ?? "checkpoint";
   await checkOutputPath(dir);
   const target = await canonicalPath(dir);
-  const source = (state as Partial<LoadedTrainingState>).source;
+  const source = isLoaded(state) ? state.source : undefined;
   if (source && isInside(target, source)) throw new Error(`${dir}: output is inside the input checkpoint ${source}`);
   if (source && isInside(source, target)) throw new Error(`${dir}: output contains the input checkpoint ${source}`);
   if (options.lock && (options.lock.path !== target || options.lock.mode !== "exclusive")) {
@@ -454,7 +455,7 @@ export async function saveCheckpointDirectory(dir: string, state: TrainingState,
     throw new Error(`${dir}: cannot create its parent directory (${systemReason(e)})`, { cause: e });
   }
   // The write lock: given, or brought by a state loaded with it from this directory, or taken for this save.
-  const carried = (state as Partial<LoadedTrainingState>).lock;
+  const carried = isLoaded(state) ? state.lock : undefined;
   const held = options.lock ?? (carried?.mode === "exclusive" && carried.held && carried.path === target ? carried : undefined);
   const lock = held ?? await lockCheckpoint(target, "exclusive");
   const claimed: { path: string; done(): void }[] = [];

@@ -7,10 +7,10 @@
 import { createHash } from "node:crypto";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { basename, dirname, join, relative, isAbsolute } from "node:path";
+import { basename, dirname, join } from "node:path";
 import {
   byteLevelTokenizerConfig, byteLevelTokenizerJson, BYTE_LEVEL_PAD_ID, canonicalPath, checkOutputPath, createDefaultRegistry, loadTrainingState,
-  lockCheckpoint, parseJsonFile, saveCheckpointDirectory, systemReason,
+  isInside, isLoaded, lockCheckpoint, parseJsonFile, saveCheckpointDirectory, systemReason,
   type CheckpointLock, type LoadedTrainingState, type Registry, type TrainingState,
 } from "@staged/core";
 import { decoderGraph, type ExportDType } from "./graph.js";
@@ -73,10 +73,6 @@ export interface ExportResult {
 const VERSION = (createRequire(import.meta.url)("../package.json") as { version: string }).version;
 const stderrNotice = (line: string): void => { process.stderr.write(`${line}\n`); };
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
-const inside = (child: string, parent: string): boolean => {
-  const r = relative(parent, child);
-  return r === "" || (!r.startsWith("..") && !isAbsolute(r));
-};
 
 /** Files of a checkpoint whose change changes the export: the model, its config and its tokenizer. */
 const SOURCE_FILE = /^(config\.json|training_state\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)$/;
@@ -188,8 +184,8 @@ export async function exportModel(source: string | TrainingState, outDir: string
   const loaded: LoadedTrainingState | null = typeof source === "string" ? await loadTrainingState(source, { registry }) : null;
   const state: TrainingState = loaded ?? (source as TrainingState);
   try {
-    const from = (state as Partial<LoadedTrainingState>).source;
-    if (from && (inside(target, from) || inside(from, target))) {
+    const from = isLoaded(state) ? state.source : undefined;
+    if (from && (target === from || isInside(target, from) || isInside(from, target))) {
       throw new Error(`${outDir}: the export must go outside the checkpoint ${from} (and not contain it)`);
     }
     const fingerprint = options.source !== undefined ? options.source : from ? await sourceFingerprint(from) : null;

@@ -119,11 +119,7 @@ async function readJson(path: string): Promise<Record<string, unknown>> {
 
 /** The model's context and vocabulary from its config, by the registry's architecture for its model_type. */
 function shapeOf(config: Record<string, unknown>, registry: Registry): { context: number; vocab: number } | null {
-  for (const name of registry.list("architecture")) {
-    const arch = registry.get("architecture", name);
-    if (arch.modelTypes.includes(String(config.model_type))) return arch.parseConfig(config, "config.json").shape;
-  }
-  return null;
+  return registry.architectureFor(config.model_type)?.parseConfig(config, "config.json").shape ?? null;
 }
 
 type Transformers = typeof import("@huggingface/transformers");

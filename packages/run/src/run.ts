@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { basename, join } from "node:path";
 import {
-  canonicalPath, checkInput, checkOutputPath, createDefaultRegistry, lockCheckpoint, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState,
+  canonicalPath, checkInput, checkOutputPath, createDefaultRegistry, globalStepOf, lockCheckpoint, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState, STATE_FILE,
   writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
 } from "@staged/core";
 import { widthGrowth } from "@staged/grow-width";
@@ -120,7 +120,7 @@ function createRegistry(): Registry {
 }
 
 const stageDir = (runDir: string, k: number) => join(runDir, `stage-${k}`);
-const isCheckpoint = (dir: string) => existsSync(join(dir, "training_state.json"));
+const isCheckpoint = (dir: string) => existsSync(join(dir, STATE_FILE));
 
 async function readJson<T>(file: string, what: string): Promise<T> {
   return parseJsonFile(await readTextInput(file, what), file) as T;
@@ -250,7 +250,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       let lastVal: number | null = saved.at(-1)?.valLoss ?? null;
       // A growth at a step or FLOP count, due when the checkpoint was saved (a run killed between the small model's
       // last save and the growth), is due now: not one step later.
-      const due = (s: TrainingState) => (until?.steps !== undefined && (s.progress.globalStep ?? s.progress.step) - stageStartGlobal >= until.steps) ||
+      const due = (s: TrainingState) => (until?.steps !== undefined && globalStepOf(s.progress) - stageStartGlobal >= until.steps) ||
         (until?.flops !== undefined && s.progress.flopsSeen >= until.flops);
       decided ||= due(state);
       while (!decided && state.progress.flopsSeen < budget) {
@@ -262,7 +262,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
           continue;
         }
         const target = Math.min(until?.flops !== undefined ? Math.min(until.flops, budget) : budget, nextFrontier ?? Infinity);
-        const stageSteps = (state.progress.globalStep ?? state.progress.step) - stageStartGlobal;
+        const stageSteps = globalStepOf(state.progress) - stageStartGlobal;
         const byFlops = Math.ceil((target - state.progress.flopsSeen) / fpStep);
         const bySteps = until?.steps !== undefined ? until.steps - stageSteps : Infinity;
         // Pieces of 5 evaluations from the stage's start (each piece ends with an evaluation and a save); a run resumed
@@ -281,7 +281,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
           threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal,
         };
         const before = state;
-        const globalBefore = before.progress.globalStep ?? before.progress.step;
+        const globalBefore = globalStepOf(before.progress);
         const r = await train(state, options, {
           onEval: (e) => {
             lastVal = e.valLoss;
@@ -304,7 +304,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       if (!stage || !decided) {
         // The budget is spent (a stage whose growth never came is recorded by the missing growth).
         if (stage) o.onLine?.(`${entry.name}: the budget ended before stage ${k + 1}'s growth (${stage.grow}) was due`);
-        report({ step: state.progress.step, globalStep: state.progress.globalStep ?? state.progress.step, flops: state.progress.flopsSeen }, k, lastVal, tps, true);
+        report({ step: state.progress.step, globalStep: globalStepOf(state.progress), flops: state.progress.flopsSeen }, k, lastVal, tps, true);
         const cooled = spec.cooldown ? await cooldown(state, spec, spec.cooldown, runDir, dir, o) : null;
         // The curve is the constant-LR run up to the budget; the cooldown's points are not part of it.
         const points = curvePoints(await readMetrics(dir)).filter((p) => !cooled || p.stage !== k || p.step <= cooled.startStep);
@@ -335,7 +335,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       const valAfter = (await evaluate(grown, ev)).loss;
       const event: GrowthEvent = {
         stage: k + 1, operator: stage.grow, options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
-        flops: state.progress.flopsSeen, globalStep: state.progress.globalStep ?? state.progress.step,
+        flops: state.progress.flopsSeen, globalStep: globalStepOf(state.progress),
         timing: typeof stage.at === "string" ? stage.at : Object.keys(stage.at)[0]!,
         valLossBefore: valBefore, valLossAfter: valAfter,
         paramsBefore: nonEmbeddingParams(state.shape), paramsAfter: nonEmbeddingParams(grown.shape),
@@ -357,7 +357,7 @@ async function coolCopy(state: TrainingState, spec: RunSpec, c: NonNullable<RunS
   const ev = validationOf(spec, o, c.blocks);
   const before = await evaluate(state, ev);
   const r = await train({ ...state, schedule: withCooldown(state.schedule!, state.progress.step, c.steps) },
-    cooldownOptions(spec, o, c.steps, null), { onStep: (i) => o.onStep?.((state.progress.globalStep ?? state.progress.step) + i.index) });
+    cooldownOptions(spec, o, c.steps, null), { onStep: (i) => o.onStep?.(globalStepOf(state.progress) + i.index) });
   if (r.result.interrupted) throw new RunInterrupted(run, dir, state.progress.step);
   const after = await evaluate(r.state, ev);
   return { steps: c.steps, flops: r.state.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore: before.loss };
@@ -397,7 +397,7 @@ async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunS
   let current: TrainingState = state;
   while (current.progress.step < total) {
     const steps = Math.min(total - current.progress.step, spec.eval.every * 5);
-    const globalBefore = current.progress.globalStep ?? current.progress.step;
+    const globalBefore = globalStepOf(current.progress);
     // Once a piece is saved the stored schedule is the cooldown's, which withCooldown leaves as it is.
     const r = await train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) },
       cooldownOptions(spec, o, steps, dir), { onStep: (i) => o.onStep?.(globalBefore + i.index) });

@@ -86,7 +86,7 @@ export interface StageSpec {
   /** Width: hidden/heads/FFN × factor; depth: layers × factor (default 2). */
   factor: number;
   at: Timing;
-  /** Operator options (width: moments, symmetry, noiseStd, ffnFactor; depth: placement, init, moments). */
+  /** Operator options (width: moments, symmetry, units, noiseStd, ffnFactor; depth: placement, init, moments). */
   options: Record<string, unknown>;
   /** LR re-warmup steps after the growth (default: the run's warmup, schedule.warmup). */
   rewarmup: number;

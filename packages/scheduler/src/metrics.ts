@@ -48,16 +48,13 @@ export function curveFromMetrics(lines: readonly MetricsRecord[], options: Curve
  * by its architecture plugin (any registered model_type), or null when no plugin reads the config.
  */
 export function paramsFromConfig(config: Record<string, unknown>, registry: Registry = createDefaultRegistry()): number | null {
-  for (const name of registry.list("architecture")) {
-    const arch = registry.get("architecture", name);
-    if (!arch.modelTypes.includes(String(config.model_type))) continue;
-    try {
-      return nonEmbeddingParams(arch.parseConfig(config).shape);
-    } catch {
-      return null;
-    }
+  const arch = registry.architectureFor(config.model_type);
+  if (!arch) return null;
+  try {
+    return nonEmbeddingParams(arch.parseConfig(config).shape);
+  } catch {
+    return null;
   }
-  return null;
 }
 
 /**

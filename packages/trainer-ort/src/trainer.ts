@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import {
-  canonicalPath, createDefaultRegistry, detachedState, inMemory, lockCheckpoint, saveTrainingState, streamKey, Tensor,
+  canonicalPath, createDefaultRegistry, detachedState, globalStepOf, inMemory, isLoaded, lockCheckpoint, saveTrainingState, STATE_FILE, streamKey, Tensor,
   type CheckpointLock, type LazyTensor, type LrScheduleSpec, type Registry, type TrainingSettings, type TrainingState,
 } from "@staged/core";
 import { createLrSchedule, flopsPerToken, hasParamLrScales, LR_SCHEDULE_KINDS, paramLrScale } from "@staged/scheduler";
@@ -184,8 +184,7 @@ const isNonNeg = (v: unknown): v is number => typeof v === "number" && Number.is
 
 /** Where a state's fields are, for messages: its directory's training_state.json, or "the state" for one built in memory. */
 const stateFileOf = (state: TrainingState): string => {
-  const source = (state as { source?: string }).source;
-  return source === undefined ? "the state" : join(source, "training_state.json");
+  return isLoaded(state) ? join(state.source, STATE_FILE) : "the state";
 };
 
 function check(ok: boolean, message: string): void {
@@ -221,7 +220,7 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
   if (o.warmup !== undefined) check(isNonNegInt(o.warmup), `warmup must be a non-negative integer, got ${o.warmup}`);
   if (o.totalSteps !== undefined) check(isPosInt(o.totalSteps), `total steps must be a positive integer, got ${o.totalSteps}`);
   if (o.saveDir !== undefined && o.saveDir !== null) check(typeof o.saveDir === "string" && o.saveDir !== "", `saveDir must be a directory path or null, got ${JSON.stringify(o.saveDir)}`);
-  check(o.saveDir !== undefined || typeof (state as { source?: unknown }).source === "string",
+  check(o.saveDir !== undefined || isLoaded(state),
     "this state was not loaded from a directory (it is fresh, or derived by growth): give saveDir, the directory to save it to, or saveDir: null to train without saving");
   if (o.betas !== undefined) {
     check(Array.isArray(o.betas) && o.betas.length === 2 && o.betas.every((b) => Number.isFinite(b) && b >= 0 && b < 1),
@@ -331,15 +330,15 @@ export async function evaluateBlocks(engine: Pick<TrainEngine, "evalLoss">, toke
  */
 async function metricsHistory(state: TrainingState): Promise<MetricsRecord[]> {
   const inFiles = state.files?.get(METRICS_FILE);
-  const source = (state as { source?: string }).source;
+  const source = sourceOf(state);
   const all = inFiles ? parseMetrics(new TextDecoder().decode(inFiles), source ? join(source, METRICS_FILE) : `the state's ${METRICS_FILE}`)
     : source ? await readMetrics(source) : [];
   const stage = state.progress.stages.length;
-  const now = state.progress.globalStep ?? state.progress.step;
+  const now = globalStepOf(state.progress);
   return all.filter((r) => (r.stage ?? 0) < stage || (r.globalStep ?? r.step) <= now);
 }
 
-const sourceOf = (state: TrainingState): string | undefined => (state as { source?: string }).source;
+const sourceOf = (state: TrainingState): string | undefined => (isLoaded(state) ? state.source : undefined);
 
 async function tokenizerFor(state: TrainingState, o: TrainOptions): Promise<{ tokenizer: TextTokenizer; files?: Map<string, Uint8Array>; spec: TrainingState["tokenizer"] }> {
   if (o.tokenizer === undefined) return { tokenizer: await tokenizerOf(state.tokenizer, state.files, sourceOf(state)), spec: state.tokenizer };
@@ -434,7 +433,7 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
   };
 
   const progress = { ...state.progress, samplerSeed: seed, sampler: samplerKind, stages: [...state.progress.stages],
-    globalStep: state.progress.globalStep ?? state.progress.step };
+    globalStep: globalStepOf(state.progress) };
   const records: MetricsRecord[] = [];
   const losses: number[] = [];
   let valLoss: number | null = null;

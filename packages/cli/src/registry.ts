@@ -1,12 +1,8 @@
-import { createDefaultRegistry, type Registry } from "@staged/core";
-import { widthGrowth } from "@staged/grow-width";
-import { depthGrowth } from "@staged/grow-depth";
+import type { Registry } from "@staged/core";
 import { hfTrainerFormat } from "@staged/hf-trainer";
+import { createRunRegistry } from "@staged/run";
 
-/** Every built-in plugin: core's architectures, the growth operators, and Hugging Face Trainer checkpoints as a format. */
+/** Every built-in plugin: a staged run's (core's architectures, the growth operators) and Hugging Face Trainer checkpoints as a format. */
 export function createCliRegistry(): Registry {
-  return createDefaultRegistry()
-    .register("growth", widthGrowth)
-    .register("growth", depthGrowth)
-    .register("checkpointFormat", hfTrainerFormat);
+  return createRunRegistry().register("checkpointFormat", hfTrainerFormat);
 }

@@ -115,7 +115,8 @@ export class RunInterrupted extends Error {
   }
 }
 
-function createRegistry(): Registry {
+/** Core's architectures and the growth operators: what a staged run needs (the CLI adds checkpoint formats to it). */
+export function createRunRegistry(): Registry {
   return createDefaultRegistry().register("growth", widthGrowth).register("growth", depthGrowth);
 }
 
@@ -165,7 +166,7 @@ export function curvePoints(records: readonly MetricsRecord[]): CurvePoint[] {
  * run's result, also written to `runDir/result.json`.
  */
 export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions = {}): Promise<RunResult> {
-  const registry = createRegistry();
+  const registry = createRunRegistry();
   const budget = budgetFlops(spec);
   const loaded = await checkRunInputs(spec);
   const law = loaded?.law ?? null;

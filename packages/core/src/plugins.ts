@@ -182,6 +182,48 @@ export interface LrSchedulePlugin<S = Record<string, unknown>> {
   create(spec: S): (step: number) => number;
 }
 
+/** A point of a run's validation curve, as a growth-timing rule sees it. */
+export interface TimingPoint {
+  /** The stage model's step, the run's step over all stages, the run's FLOPs so far, the validation loss there. */
+  step: number; globalStep: number; flops: number; valLoss: number;
+}
+
+/** What a growth-timing rule knows when a stage starts (`staged run`, @staged/run). */
+export interface GrowthTimingContext {
+  /** The stage's index: 0 for the first model. */
+  stage: number;
+  /** The model before and after this stage's growth: non-embedding parameters and training FLOPs per token. */
+  small: { params: number; flopsPerToken: number };
+  large: { params: number; flopsPerToken: number };
+  /** Tokens per optimizer step. */
+  batchTokens: number;
+  /** The run's budget in FLOPs. */
+  budget: number;
+  /** The spec's scaling law (a Chinchilla-form fit of @staged/scheduler) and the loss below which data backs it; null without one. */
+  law: unknown;
+  maxLoss: number | null;
+}
+
+/** When to grow: a fixed moment known at the stage's start, and/or a test of each validation point. */
+export interface GrowthTiming {
+  /** Grow once the stage has taken this many steps / the run has spent this many FLOPs. */
+  steps?: number;
+  flops?: number;
+  /** Fed every validation point after the stage's re-warmup (and, on a resume, the saved ones); true once the growth is due. */
+  push?(point: TimingPoint): boolean;
+}
+
+/**
+ * A growth-timing rule a `staged run` spec names (`"at": "auto"`, `"plan"`, or `{"rule": name}`): register it under
+ * "growthTiming". @staged/run registers "auto" and "plan" (the marginal-efficiency rule of @staged/scheduler).
+ */
+export interface GrowthTimingPlugin {
+  name: string;
+  /** Whether the rule needs the spec's `law` (a spec without one is refused). */
+  needsLaw: boolean;
+  create(context: GrowthTimingContext): GrowthTiming;
+}
+
 export interface TrainerPlugin {
   name: string;
   [member: string]: unknown;
@@ -233,5 +275,6 @@ export interface PluginKinds {
   lrSchedule: LrSchedulePlugin<never>;
   trainer: TrainerPlugin;
   checkpointFormat: CheckpointFormatPlugin;
+  growthTiming: GrowthTimingPlugin;
 }
 export type PluginKind = keyof PluginKinds;

@@ -11,7 +11,7 @@ export interface Registry {
   architectureFor(modelType: unknown): ArchitecturePlugin | undefined;
 }
 
-const KINDS: readonly PluginKind[] = ["architecture", "growth", "scheduler", "lrSchedule", "trainer", "checkpointFormat"];
+const KINDS: readonly PluginKind[] = ["architecture", "growth", "scheduler", "lrSchedule", "trainer", "checkpointFormat", "growthTiming"];
 
 /** An empty registry; nothing is shared between registries. */
 export function createRegistry(): Registry {

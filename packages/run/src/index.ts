@@ -1,5 +1,6 @@
 export * from "./types.js";
 export * from "./spec.js";
 export * from "./run.js";
+export * from "./timing.js";
 export * from "./report.js";
 export * from "./plot.js";

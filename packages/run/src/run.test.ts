@@ -3,10 +3,10 @@ import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "n
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadTrainingState, processStart } from "@staged/core";
+import { loadTrainingState, processStart, type GrowthTimingPlugin, type TimingPoint } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
 import { brownText } from "@staged/trainer-ort";
-import { budgetFlops, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
+import { budgetFlops, createRunRegistry, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
 import { parseRunSpec, type RunSpec } from "./spec.js";
 import { compareRuns } from "./report.js";
 
@@ -198,6 +198,35 @@ describe("executeRun", () => {
     const two = spec({ law, stages: [{ grow: "width", at: "auto", rewarmup: 8 }, { grow: "depth", at: "auto" }], budget: { flops: 2.5e9 } });
     const r2 = await executeRun(two, runEntries(two)[0]!, join(dir, "auto2"));
     expect(r2.growths.map((g) => [g.operator, g.globalStep])).toEqual([["width", 40], ["depth", 84]]);
+  });
+
+  it("a growth-timing rule plugged into the registry decides the growth; an unregistered one is refused before anything is written", async () => {
+    // Research code's own rule: grow at the first validation point at or below a loss, seeing every point it is fed.
+    const seen: TimingPoint[] = [];
+    const below: GrowthTimingPlugin = {
+      name: "below-4.5", needsLaw: false,
+      create: (c) => {
+        expect(c).toMatchObject({ stage: 0, batchTokens: 64, law: null });
+        expect(c.large.params).toBeGreaterThan(c.small.params);
+        return { push: (p) => { seen.push(p); return p.valLoss <= 4.5; } };
+      },
+    };
+    const registry = createRunRegistry().register("growthTiming", below);
+    const s = spec({ stages: [{ grow: "width", at: { rule: "below-4.5" } }] });
+    const r = await executeRun(s, runEntries(s)[0]!, join(dir, "rule"), { registry });
+    expect(r.growths).toHaveLength(1);
+    const g = r.growths[0]!;
+    expect(g.timing).toBe("below-4.5");
+    const first = seen.find((p) => p.valLoss <= 4.5)!;
+    expect(first).toBeDefined();
+    // The growth happens at the first point the rule accepted, and no point after it was fed to the first model's rule.
+    expect(g.globalStep).toBe(first.globalStep);
+    expect(seen.at(-1)).toBe(first);
+    expect(r.points.filter((p) => p.stage === 0 && p.globalStep <= first.globalStep).map((p) => p.valLoss))
+      .toEqual(seen.map((p) => p.valLoss));
+    await expect(executeRun(s, runEntries(s)[0]!, join(dir, "rule-missing"))).rejects.toThrow('unknown growthTiming "below-4.5" (registered: auto, plan)');
+    expect(await readdir(dir)).not.toContain("rule-missing");
+    expect(() => spec({ stages: [{ grow: "width", at: { rule: "" } }] })).toThrow(/stages\[0\]\.at\.rule must be the name of a registered growth-timing rule, got ""/);
   });
 
   it("a baseline with cooldown.frontier cools copies of itself down at those fractions; the frontier survives a kill", async () => {

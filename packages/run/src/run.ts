@@ -8,11 +8,12 @@ import {
 import { widthGrowth } from "@staged/grow-width";
 import { depthGrowth } from "@staged/grow-depth";
 import {
-  MarginalGrowthDetector, fitLossCeiling, flopsPerToken, largeModelAt, lawFromFit, localPowerLaw, nonEmbeddingParams, planGrowthInRunUnits,
+  fitLossCeiling, flopsPerToken, largeModelAt, lawFromFit, nonEmbeddingParams,
   readMetrics, withCooldown, type ChinchillaLaw, type FitResult, type MetricsRecord,
 } from "@staged/scheduler";
 import { evaluate, train, type EngineFactory, type EvaluateOptions, type TrainOptions } from "@staged/trainer-ort";
 import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
+import { autoTiming, planTiming } from "./timing.js";
 import type { CurvePoint, FinalEvaluation, GrowthEvent, RunResult } from "./types.js";
 
 /** One run of a spec: the staged schedule for one seed, or a comparison (baseline, no-growth) for one seed. */
@@ -105,6 +106,8 @@ export interface ExecuteOptions {
    * RunInterrupted; running the same spec again resumes from there as after a kill.
    */
   signal?: AbortSignal;
+  /** The plugins: architectures, growth operators, growth-timing rules (default createRunRegistry()). */
+  registry?: Registry;
 }
 
 /** A run stopped by ExecuteOptions.signal, its work saved: the same command resumes it. */
@@ -115,9 +118,10 @@ export class RunInterrupted extends Error {
   }
 }
 
-/** Core's architectures and the growth operators: what a staged run needs (the CLI adds checkpoint formats to it). */
+/** Core's architectures, the growth operators and the growth-timing rules "auto" and "plan": what a staged run needs (the CLI adds checkpoint formats to it). */
 export function createRunRegistry(): Registry {
-  return createDefaultRegistry().register("growth", widthGrowth).register("growth", depthGrowth);
+  return createDefaultRegistry().register("growth", widthGrowth).register("growth", depthGrowth)
+    .register("growthTiming", autoTiming).register("growthTiming", planTiming);
 }
 
 const stageDir = (runDir: string, k: number) => join(runDir, `stage-${k}`);
@@ -139,11 +143,15 @@ export async function loadLaw(file: string): Promise<{ law: ChinchillaLaw; maxLo
  * Check every file a spec's runs will read (data, validation data, tokenizer, law) before anything is
  * written, with one-line errors naming the file; returns the law when a timing needs one.
  */
-export async function checkRunInputs(spec: RunSpec): Promise<{ law: ChinchillaLaw; maxLoss: number | null } | null> {
+export async function checkRunInputs(spec: RunSpec, registry: Registry = createRunRegistry()): Promise<{ law: ChinchillaLaw; maxLoss: number | null } | null> {
+  // Every rule a stage names is registered, and a spec whose rule needs a law names one.
+  const rules = spec.stages.map(timingRule).filter((r): r is string => r !== null).map((r) => registry.get("growthTiming", r));
+  const lawless = rules.find((r) => r.needsLaw);
+  if (lawless && spec.law === undefined) throw new Error(`the growth timing "${lawless.name}" needs the spec's law (a fit.json from \`staged plan fit --form chinchilla\`)`);
   if (spec.data !== "brown") await checkInput(spec.data, "the data");
   if (spec.valData !== undefined) await checkInput(spec.valData, "the validation data");
   if (spec.tokenizer !== undefined) await checkInput(spec.tokenizer, "the tokenizer");
-  return spec.stages.some((s) => s.at === "auto" || s.at === "plan" || s.continueAt === "law") ? loadLaw(spec.law!) : null;
+  return lawless || spec.stages.some((s) => s.continueAt === "law") ? loadLaw(spec.law!) : null;
 }
 
 /** What identifies a run's configuration: a rerun into the same directory must match it. */
@@ -166,9 +174,9 @@ export function curvePoints(records: readonly MetricsRecord[]): CurvePoint[] {
  * run's result, also written to `runDir/result.json`.
  */
 export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions = {}): Promise<RunResult> {
-  const registry = createRunRegistry();
+  const registry = o.registry ?? createRunRegistry();
   const budget = budgetFlops(spec);
-  const loaded = await checkRunInputs(spec);
+  const loaded = await checkRunInputs(spec, registry);
   const law = loaded?.law ?? null;
   await checkOutputPath(runDir);
   await mkdir(runDir, { recursive: true });
@@ -244,7 +252,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       const stageStartGlobal = k === 0 ? 0 : growths[k - 1]!.globalStep;
       // Decisions on a grown model's curve start after the previous growth's re-warmup.
       const settledFrom = k === 0 ? 0 : stageStartGlobal + entry.stages[k - 1]!.rewarmup;
-      const until = stage ? growthCondition(spec, entry, k, stage, law, maxLoss, budget, settledFrom) : null;
+      const until = stage ? growthCondition(spec, entry, k, stage, registry, law, maxLoss, budget, settledFrom) : null;
       // Replay the stage's validation curve: a decision made before a kill is made again, identically.
       const saved = curvePoints(history);
       let decided = until?.replay(saved.filter((p) => p.stage === k)) ?? false;
@@ -337,7 +345,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       const event: GrowthEvent = {
         stage: k + 1, operator: stage.grow, options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
         flops: state.progress.flopsSeen, globalStep: globalStepOf(state.progress),
-        timing: typeof stage.at === "string" ? stage.at : Object.keys(stage.at)[0]!,
+        timing: timingRule(stage) ?? Object.keys(stage.at)[0]!,
         valLossBefore: valBefore, valLossAfter: valAfter,
         paramsBefore: nonEmbeddingParams(state.shape), paramsAfter: nonEmbeddingParams(grown.shape),
       };
@@ -432,7 +440,13 @@ interface GrowthCondition {
   replay(points: readonly CurvePoint[]): boolean;
 }
 
-function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: StageSpec,
+/** The growth-timing rule a stage names: "auto", "plan" or {"rule": name}; null for a fixed moment. */
+export function timingRule(stage: StageSpec): string | null {
+  const at = stage.at;
+  return typeof at === "string" ? at : "rule" in at ? at.rule : null;
+}
+
+function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: StageSpec, registry: Registry,
                          law: ChinchillaLaw | null, maxLoss: number | null, budget: number, settledFrom: number): GrowthCondition {
   const fixed = (c: { flops?: number; steps?: number }): GrowthCondition => ({ ...c, push: () => false, replay: () => false });
   const at = stage.at;
@@ -443,28 +457,18 @@ function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: Stage
     const shape = shapeOf(m, spec.context);
     return { params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, spec.context) };
   };
-  const small = model(grownModel(entry.model, entry.stages.slice(0, k)));
-  const large = model(grownModel(entry.model, entry.stages.slice(0, k + 1)));
-  const units = { batchTokens: spec.batch * spec.context };
-  if (at === "plan") {
-    const plan = planGrowthInRunUnits(law!, small, large, units);
-    if (!plan) return fixed({ flops: Infinity });
-    // The first model grows at the law's step; a grown model, which the law cannot place on its own
-    // curve, when its smoothed validation loss reaches the law's loss at growth.
-    if (k === 0) return fixed({ steps: plan.growAtStep });
-    const pts: CurvePoint[] = [];
-    const push = (p: CurvePoint) => {
-      if (p.globalStep < settledFrom) return false;
-      pts.push(p);
-      return pts.length >= 8 && localPowerLaw(pts.slice(-8).map((q) => ({ step: q.step, compute: q.flops, loss: q.valLoss })), p.flops).loss <= plan.lossAtGrowth;
-    };
-    return { push, replay: (ps) => ps.some((p) => push(p)) };
-  }
-  const detector = new MarginalGrowthDetector({ law: law!, small, large, units, ...(maxLoss === null ? {} : { maxLoss }) });
-  // A grown model's first steps run under the re-warmed LR, where its loss stalls by construction: the
-  // detector starts after them.
-  const push = (p: CurvePoint) => p.globalStep >= settledFrom && detector.push({ step: p.step, compute: p.flops, loss: p.valLoss }) !== null;
-  return { push, replay: (ps) => ps.some((p) => push(p)) };
+  const timing = registry.get("growthTiming", timingRule(stage)!).create({
+    stage: k, small: model(grownModel(entry.model, entry.stages.slice(0, k))), large: model(grownModel(entry.model, entry.stages.slice(0, k + 1))),
+    batchTokens: spec.batch * spec.context, budget, law, maxLoss,
+  });
+  // A grown model's first steps run under the re-warmed LR, where its loss stalls by construction: the rule sees the
+  // points after them.
+  const test = timing.push?.bind(timing);
+  const push = (p: CurvePoint) => test !== undefined && p.globalStep >= settledFrom && test(p);
+  return {
+    ...(timing.steps === undefined ? {} : { steps: timing.steps }), ...(timing.flops === undefined ? {} : { flops: timing.flops }),
+    push, replay: (ps) => ps.some((p) => push(p)),
+  };
 }
 
 export interface RunAllOptions extends ExecuteOptions {
@@ -482,7 +486,7 @@ export async function runSpec(spec: RunSpec, outDir: string, o: RunAllOptions = 
     for (const n of o.only) if (!names.has(n)) throw new Error(`--only: no run named ${JSON.stringify(n)} (runs: ${[...names].join(", ")})`);
   }
   const todo = entries.filter((e) => !o.only || o.only.includes(e.name));
-  await checkRunInputs(spec);
+  await checkRunInputs(spec, o.registry);
   o.onStart?.(todo.map((e) => e.name));
   const results: RunResult[] = [];
   for (const e of todo) results.push(await executeRun(spec, e, join(outDir, e.name), o));

@@ -79,7 +79,8 @@ export type Timing =
   | { flops: number }         // once the run has spent this many FLOPs
   | { fraction: number }      // once the run has spent this fraction of the budget
   | "auto"                    // online: the marginal-efficiency rule of @staged/scheduler on the run's own validation curve
-  | "plan";                   // ahead of time: the same rule on the law's simulated curve
+  | "plan"                    // ahead of time: the same rule on the law's simulated curve
+  | { rule: string };         // a growth-timing rule registered under "growthTiming" (ExecuteOptions.registry)
 
 export interface StageSpec {
   grow: "width" | "depth";
@@ -253,11 +254,14 @@ function parseStage(v: unknown, where: string, fail: (f: string, w: string) => n
     const a = s.at;
     if (a.step !== undefined) at = { step: int(a.step, `${where}.at.step`, 1) };
     else if (a.flops !== undefined) at = { flops: pos(a.flops, `${where}.at.flops`) };
-    else if (a.fraction !== undefined) {
+    else if (a.rule !== undefined) {
+      if (typeof a.rule !== "string" || a.rule === "") fail(`${where}.at.rule`, `must be the name of a registered growth-timing rule, got ${JSON.stringify(a.rule)}`);
+      at = { rule: a.rule };
+    } else if (a.fraction !== undefined) {
       const f = pos(a.fraction, `${where}.at.fraction`);
       if (f >= 1) fail(`${where}.at.fraction`, `must be below 1, got ${f}`);
       at = { fraction: f };
-    } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N} or {\"fraction\": f}");
+    } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N}, {\"fraction\": f} or {\"rule\": name}");
   } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N} or {\"fraction\": f}");
   const options = s.options === undefined ? {} : isObj(s.options) ? { ...s.options } : fail(`${where}.options`, "must be an object");
   const ownFields = ["rewarmup", "continueAt", "lrScale", "lrScaleParams", "lrRamp"];

@@ -224,7 +224,7 @@ describe("executeRun", () => {
     expect(seen.at(-1)).toBe(first);
     expect(r.points.filter((p) => p.stage === 0 && p.globalStep <= first.globalStep).map((p) => p.valLoss))
       .toEqual(seen.map((p) => p.valLoss));
-    await expect(executeRun(s, runEntries(s)[0]!, join(dir, "rule-missing"))).rejects.toThrow('unknown growthTiming "below-4.5" (registered: auto, plan)');
+    await expect(executeRun(s, runEntries(s)[0]!, join(dir, "rule-missing"))).rejects.toThrow('stages[0].at: unknown growth-timing rule "below-4.5" (registered: auto, plan)');
     expect(await readdir(dir)).not.toContain("rule-missing");
     expect(() => spec({ stages: [{ grow: "width", at: { rule: "" } }] })).toThrow(/stages\[0\]\.at\.rule must be the name of a registered growth-timing rule, got ""/);
   });

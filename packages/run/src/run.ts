@@ -3,7 +3,7 @@ import { mkdir } from "node:fs/promises";
 import { basename, join } from "node:path";
 import {
   canonicalPath, checkInput, checkOutputPath, createDefaultRegistry, globalStepOf, lockCheckpoint, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState, STATE_FILE,
-  writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
+  writeFileAtomic, type GrowthPlugin, type GrowthTimingPlugin, type ModelShape, type Registry, type TrainingState,
 } from "@staged/core";
 import { widthGrowth } from "@staged/grow-width";
 import { depthGrowth } from "@staged/grow-depth";
@@ -140,14 +140,29 @@ export async function loadLaw(file: string): Promise<{ law: ChinchillaLaw; maxLo
 }
 
 /**
+ * The growth-timing rules a spec's stages name, each registered, and a law in the spec for those that need one; else a
+ * one-line error naming the stage (and `file`, the spec's path, when given).
+ */
+export function checkTimingRules(spec: RunSpec, registry: Registry = createRunRegistry(), file?: string): GrowthTimingPlugin[] {
+  const where = (i: number) => `${file === undefined ? "" : `${file}: `}stages[${i}].at`;
+  return spec.stages.flatMap((stage, i) => {
+    const name = timingRule(stage);
+    if (name === null) return [];
+    if (!registry.has("growthTiming", name)) {
+      throw new Error(`${where(i)}: unknown growth-timing rule "${name}" (registered: ${registry.list("growthTiming").join(", ") || "none"})`);
+    }
+    const rule = registry.get("growthTiming", name);
+    if (rule.needsLaw && spec.law === undefined) throw new Error(`${where(i)}: the rule "${name}" needs the spec's law (a fit.json from \`staged plan fit --form chinchilla\`)`);
+    return [rule];
+  });
+}
+
+/**
  * Check every file a spec's runs will read (data, validation data, tokenizer, law) before anything is
  * written, with one-line errors naming the file; returns the law when a timing needs one.
  */
 export async function checkRunInputs(spec: RunSpec, registry: Registry = createRunRegistry()): Promise<{ law: ChinchillaLaw; maxLoss: number | null } | null> {
-  // Every rule a stage names is registered, and a spec whose rule needs a law names one.
-  const rules = spec.stages.map(timingRule).filter((r): r is string => r !== null).map((r) => registry.get("growthTiming", r));
-  const lawless = rules.find((r) => r.needsLaw);
-  if (lawless && spec.law === undefined) throw new Error(`the growth timing "${lawless.name}" needs the spec's law (a fit.json from \`staged plan fit --form chinchilla\`)`);
+  const lawless = checkTimingRules(spec, registry).find((r) => r.needsLaw);
   if (spec.data !== "brown") await checkInput(spec.data, "the data");
   if (spec.valData !== undefined) await checkInput(spec.valData, "the validation data");
   if (spec.tokenizer !== undefined) await checkInput(spec.tokenizer, "the tokenizer");

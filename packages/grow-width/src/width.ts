@@ -165,30 +165,30 @@ function growMatrixFresh(w: Tensor, base: Float32Array, { a, b }: Axes, kind: "r
   return new Tensor(w.dtype, [a * rows, W], out);
 }
 
-/** A parameter (values or a moment, in its stored layout, fused parts each by themselves) grown with fresh units. */
+/**
+ * A parameter (values or a moment, in its stored layout) grown with fresh units over `base` (its grown shape), each
+ * fused part by itself (perPart) and a matrix in the [in, out] orientation (inOrientation). A unit vector's old units
+ * are its first copy, unscaled (their gradient is the small model's), the new ones keep `base`.
+ */
 function growFresh(t: Tensor, base: Tensor, spec: ParamSpec, kind: FreshKind, axes: Axes, coef: number): Tensor {
-  const axis = t.shape.length - 1;
-  const parts = spec.fused?.length ?? 1;
-  const bases = parts > 1 ? base.chunk(axis, parts) : [base];
-  const grown = (parts > 1 ? t.chunk(axis, parts) : [t]).map((part, n) => {
+  const bases = spec.fused ? base.chunk(base.shape.length - 1, spec.fused.length) : [base];
+  const oriented = (b: Tensor) => (spec.layout === "linear" ? transpose2d(b) : b);
+  return perPart(t, spec, (part, n) => {
     const over = bases[n]!;
     if (kind === "unitVector") {
-      // The old units are the first copy; the new ones keep `base`.
       const out = Float32Array.from(over.f32);
-      out.set(coef === 1 ? part.f32 : part.f32.map((v) => coef * v));
+      out.set(part.f32);
       return new Tensor(part.dtype, over.shape, out);
     }
-    if (spec.layout !== "linear") return growMatrixFresh(part, over.f32, axes, kind, coef);
-    return transpose2d(growMatrixFresh(transpose2d(part), transpose2d(over).f32, axes, kind, coef));
+    return inOrientation(spec, (m) => growMatrixFresh(m, oriented(over).f32, axes, kind, coef))(part);
   });
-  return parts > 1 ? concat(grown, axis) : grown[0]!;
 }
 
-/** Apply `f` to each part of a fused q|k|v tensor (split along its last axis) and re-fuse. */
-function perPart(t: Tensor, spec: ParamSpec, f: (part: Tensor) => Tensor): Tensor {
-  if (!spec.fused) return f(t);
+/** Apply `f` to each part of a fused q|k|v tensor (split along its last axis; `index` is the part's) and re-fuse. */
+function perPart(t: Tensor, spec: ParamSpec, f: (part: Tensor, index: number) => Tensor): Tensor {
+  if (!spec.fused) return f(t, 0);
   const axis = t.shape.length - 1;
-  return concat(t.chunk(axis, spec.fused.length).map(f), axis);
+  return concat(t.chunk(axis, spec.fused.length).map((part, n) => f(part, n)), axis);
 }
 
 interface Rule {

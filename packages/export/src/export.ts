@@ -14,7 +14,7 @@ import {
   type CheckpointLock, type LoadedTrainingState, type Registry, type TrainingState,
 } from "@staged/core";
 import { decoderGraph, type ExportDType } from "./graph.js";
-import { writeOnnxModel } from "./onnx.js";
+import { writeOnnxModel } from "@staged/trainer-ort";
 
 export type { ExportDType } from "./graph.js";
 

@@ -1,7 +1,8 @@
 /**
- * The inference graph of any registered architecture, built from its plugin's data (parameter roles and
- * layouts, DecoderSpec, shape): a decoder with a KV cache in the layout transformers.js (and Optimum) use for
- * decoder-only models. No per-architecture code: GPT-2 and the Llama family are the same builder.
+ * The inference graph of any registered architecture: the trainer's forward pass (@staged/trainer-ort's decoder,
+ * from the plugin's data resolved by @staged/core's resolveDecoder) with a KV cache, in the layout transformers.js
+ * (and Optimum) use for decoder-only models, built with trainer-ort's GraphBuilder and written by its ONNX writer.
+ * No per-architecture code: GPT-2 and the Llama family are the same builder.
  *
  * Inputs: input_ids, attention_mask, position_ids (int64) and past_key_values.{i}.key / .value
  * [batch_size, kv_heads, past_sequence_length, head_dim]; outputs: logits [batch_size, sequence_length, vocab]
@@ -49,7 +50,6 @@ export interface DecoderGraph {
   spec: DecoderSpec;
   kvHeads: number;
 }
-
 
 /** Little-endian bytes of float32 values as `type`, refusing values that are not finite there (a diverged model, or beyond float16). */
 export function encodeValues(values: Float32Array, type: "float32" | "float16", what: string): Uint8Array {

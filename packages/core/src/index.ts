@@ -16,6 +16,7 @@ export { leftovers, needsRecovery, recoverCheckpoint, type Leftover, type Leftov
 export { gpt2, gpt2InitConfig, type Gpt2InitOptions } from "./gpt2.js";
 export { llama } from "./llama.js";
 export { rotaryTables } from "./rope.js";
+export { resolveDecoder, type ResolvedDecoder, type Projection, type Norm, type MatrixParam } from "./decoder.js";
 export { bytesToUnicode, byteLevelTokenizerJson, byteLevelTokenizerConfig, byteLevelTokenizerFiles, BYTE_LEVEL_PAD_ID } from "./tokenizer-json.js";
 export * from "./metrics-format.js";
 export * from "./trainer-files.js";

@@ -14,7 +14,7 @@ import {
   type CheckpointLock, type LoadedTrainingState, type Registry, type TrainingState,
 } from "@staged/core";
 import { decoderGraph, type ExportDType } from "./graph.js";
-import { writeOnnxModel } from "./onnx.js";
+import { writeOnnxModel } from "@staged/trainer-ort";
 
 export type { ExportDType } from "./graph.js";
 
@@ -22,7 +22,7 @@ export type { ExportDType } from "./graph.js";
 export const MANIFEST = "staged-export.json";
 export const MANIFEST_FORMAT = "staged-export";
 /** Bumped when the export's graph or files change, so that caches made by an older version are remade. */
-export const EXPORT_VERSION = 1;
+export const EXPORT_VERSION = 2;
 
 /** ONNX files by dtype, as transformers.js names them (its dtype option picks the suffix). */
 export const ONNX_FILES: Readonly<Record<ExportDType, string>> = { fp32: "onnx/model.onnx", fp16: "onnx/model_fp16.onnx" };

@@ -1,7 +1,8 @@
 /**
- * The inference graph of any registered architecture, built from its plugin's data (parameter roles and
- * layouts, DecoderSpec, shape): a decoder with a KV cache in the layout transformers.js (and Optimum) use for
- * decoder-only models. No per-architecture code: GPT-2 and the Llama family are the same builder.
+ * The inference graph of any registered architecture: the trainer's forward pass (@staged/trainer-ort's decoder,
+ * from the plugin's data resolved by @staged/core's resolveDecoder) with a KV cache, in the layout transformers.js
+ * (and Optimum) use for decoder-only models, built with trainer-ort's GraphBuilder and written by its ONNX writer.
+ * No per-architecture code: GPT-2 and the Llama family are the same builder.
  *
  * Inputs: input_ids, attention_mask, position_ids (int64) and past_key_values.{i}.key / .value
  * [batch_size, kv_heads, past_sequence_length, head_dim]; outputs: logits [batch_size, sequence_length, vocab]
@@ -13,8 +14,8 @@
  * With float16, weights, activations and the cache are float16; norms and the softmax run in float32, and the
  * logits are float32.
  */
-import { encodeF16, firstNonFinite, HOST_LITTLE_ENDIAN, rotaryTables, Tensor, type ArchitecturePlugin, type DecoderSpec, type ModelShape, type ParamRole, type ParamSpec } from "@staged/core";
-import { OnnxGraph, type ElemType } from "./onnx.js";
+import { encodeF16, firstNonFinite, HOST_LITTLE_ENDIAN, resolveDecoder, Tensor, type ArchitecturePlugin, type DecoderSpec, type ModelShape } from "@staged/core";
+import { broadcastShapes, decoderGraph as forwardOf, GraphBuilder, type Value } from "@staged/trainer-ort";
 
 export type ExportDType = "fp32" | "fp16";
 
@@ -43,12 +44,12 @@ export interface DecoderGraphOptions {
 }
 
 export interface DecoderGraph {
-  graph: OnnxGraph;
+  /** The graph, written by @staged/trainer-ort's writeOnnxModel. */
+  graph: GraphBuilder;
   shape: ModelShape;
   spec: DecoderSpec;
   kvHeads: number;
 }
-
 
 /** Little-endian bytes of float32 values as `type`, refusing values that are not finite there (a diverged model, or beyond float16). */
 export function encodeValues(values: Float32Array, type: "float32" | "float16", what: string): Uint8Array {
@@ -64,202 +65,80 @@ export function encodeValues(values: Float32Array, type: "float32" | "float16", 
   return out;
 }
 
-const key = (role: ParamRole, layer: number | null) => `${role}@${layer ?? ""}`;
-
-type Projection = "attn.qkv" | "attn.q" | "attn.k" | "attn.v" | "attn.out" | "mlp.in" | "mlp.gate" | "mlp.out";
-type Norm = "attn.norm" | "mlp.norm" | "final_norm";
-
-/** The export graph of a model (`config` as the plugin parses it). */
+/**
+ * The export graph of a model (`config` as the plugin parses it): the training graph's forward pass
+ * (@staged/trainer-ort's decoderGraph) with a KV cache; what is the export's own is here: the inputs and outputs,
+ * the attention bias, past ‖ new keys and values, and the stored types of the weights.
+ */
 export function decoderGraph(plugin: ArchitecturePlugin, config: Record<string, unknown>, options: DecoderGraphOptions): DecoderGraph {
-  const { config: c, shape: s } = plugin.parseConfig(config);
-  const spec = plugin.decoder(c);
-  const specs = plugin.params(c);
-  const type = String(c.model_type ?? plugin.name);
-  const byRole = new Map<string, ParamSpec>(specs.map((p) => [key(p.role, p.layer), p]));
-  const find = (role: ParamRole, layer: number | null) => byRole.get(key(role, layer));
-  const need = (role: ParamRole, layer: number | null): ParamSpec => {
-    const p = find(role, layer);
-    if (!p) throw new Error(`${type}: no parameter with role ${role}${layer === null ? "" : ` in layer ${layer}`}`);
-    return p;
-  };
-
-  const g = new OnnxGraph();
-  const ct: ElemType = options.dtype === "fp16" ? "float16" : "float32";
-  const { dModel: d, heads: H, headDim: hd } = s;
-  const KV = s.kvHeads ?? H;
-  if (H % KV !== 0) throw new Error(`${type}: ${H} query heads are not a multiple of ${KV} key/value heads`);
-  const groups = H / KV;
+  const m = resolveDecoder(plugin, config);
+  const { shape: s, spec, kvHeads: KV } = m;
+  const hd = s.headDim;
+  const b = new GraphBuilder();
+  b.section = "export";
+  const ct = options.dtype === "fp16" ? "float16" : "float32";
 
   // Parameters: matrices and projection biases in the compute type, norm weights in float32 (norms run in float32).
-  const weights = new Map<string, string>();
-  const param = (p: ParamSpec): string => {
-    let name = weights.get(p.name);
-    if (name === undefined) {
-      const t: "float32" | "float16" = p.role.includes("norm.") ? "float32" : ct === "float16" ? "float16" : "float32";
-      name = g.weight(p.name, t, [...p.shape], async () => {
+  const byName = new Map(m.params.map((p) => [p.name, p]));
+  const weights = new Map<string, Value>();
+  const param = (name: string): Value => {
+    let v = weights.get(name);
+    const p = byName.get(name);
+    if (!p) throw new Error(`the export graph asked for unknown parameter ${name}`);
+    if (v === undefined) {
+      const t = p.role.includes("norm.") ? "float32" : ct;
+      v = b.weight(p.name, t, p.shape, async () => {
         const tensor = await options.tensor(p.name);
         if (tensor.shape.length !== p.shape.length || tensor.shape.some((n, i) => n !== p.shape[i])) {
           throw new Error(`parameter ${p.name} has shape [${tensor.shape}], the config says [${p.shape}]`);
         }
         return encodeValues(tensor.f32, t, `parameter ${p.name}`);
       });
-      weights.set(p.name, name);
+      weights.set(name, v);
     }
-    return name;
+    return v;
   };
-  const optional = (role: ParamRole, layer: number | null): string | null => {
-    const p = find(role, layer);
-    return p ? param(p) : null;
-  };
-  // Constants and shapes used again and again are made once.
-  const made = new Map<string, string>();
-  const once = (key: string, make: () => string): string => {
-    let name = made.get(key);
-    if (name === undefined) made.set(key, name = make());
-    return name;
-  };
-  const scalar = (v: number, t: ElemType = ct): string => once(`${t} ${v}`, () => t === "float16"
-    ? g.weight(`scalar_f16_${g.initializers.length}`, "float16", [], async () => encodeValues(Float32Array.of(v), "float16", "a constant"))
-    : g.constant(t, [], [v], "scalar"));
 
   // ---- inputs ----
-  const ids = g.input(IO.ids, "int64", [AXES.batch, AXES.seq]);
-  const mask = g.input(IO.mask, "int64", [AXES.batch, AXES.total]);
-  const positions = g.input(IO.positions, "int64", [AXES.batch, AXES.seq]);
-  const past: { k: string; v: string }[] = [];
+  const ids = b.input(IO.ids, "int64", [AXES.batch, AXES.seq]);
+  const mask = b.input(IO.mask, "int64", [AXES.batch, AXES.total]);
+  const positions = b.input(IO.positions, "int64", [AXES.batch, AXES.seq]);
+  const past: { k: Value; v: Value }[] = [];
   for (let l = 0; l < s.layers; l++) {
     past.push({
-      k: g.input(IO.pastKey(l), ct, [AXES.batch, KV, AXES.past, hd]),
-      v: g.input(IO.pastValue(l), ct, [AXES.batch, KV, AXES.past, hd]),
+      k: b.input(IO.pastKey(l), ct, [AXES.batch, KV, AXES.past, hd]),
+      v: b.input(IO.pastValue(l), ct, [AXES.batch, KV, AXES.past, hd]),
     });
   }
-
-  const batchSeq = g.op("Shape", [ids]); // [B, S]
-  const dims = (...rest: number[]) => once(`dims ${rest}`, () => g.op("Concat", [batchSeq, g.i64(rest)], { axis: { i: 0 } }));
-  const axes = (...a: number[]) => once(`axes ${a}`, () => g.i64(a, "axes"));
-  const shape = (...a: number[]) => once(`shape ${a}`, () => g.i64(a));
 
   // ---- the attention bias [B, 1, S, T]: causal in the cache, padding from attention_mask, the sliding window ----
-  const seqLen = g.op("Squeeze", [g.op("Shape", [ids], { start: { i: 1 } }), axes(0)]); // S (scalar)
-  const total = g.op("Squeeze", [g.op("Shape", [mask], { start: { i: 1 } }), axes(0)]); // T = P + S (scalar)
-  const keyIndex = g.op("Range", [g.scalarI64(0), total, g.scalarI64(1)]); // [T]
-  const queryIndex = g.op("Range", [g.op("Sub", [total, seqLen]), total, g.scalarI64(1)]); // [S]: P .. T − 1
-  const qCol = g.op("Unsqueeze", [queryIndex, axes(1)]); // [S, 1]
-  const kRow = g.op("Unsqueeze", [keyIndex, axes(0)]); // [1, T]
-  let allowed = g.op("LessOrEqual", [kRow, qCol]); // [S, T]
+  const scalarOf = (shapeOf: Value) => b.node1("Squeeze", [b.node1("Shape", [shapeOf], { start: 1 }, "int64", [1]), b.ints([0])], {}, "int64", []);
+  const seqLen = scalarOf(ids); // S
+  const total = scalarOf(mask); // T = P + S
+  const one = b.scalar(1, "int64");
+  const keyIndex = b.node1("Range", [b.scalar(0, "int64"), total, one], {}, "int64", [AXES.total]); // [T]
+  const queryIndex = b.node1("Range", [b.sub(total, seqLen), total, one], {}, "int64", [AXES.seq]); // [S]: P .. T − 1
+  const qCol = b.unsqueeze(queryIndex, [1]); // [S, 1]
+  const kRow = b.unsqueeze(keyIndex, [0]); // [1, T]
+  const and = (x: Value, y: Value) => b.node1("And", [x, y], {}, "bool", broadcastShapes(x.dims, y.dims));
+  let allowed = b.node1("LessOrEqual", [kRow, qCol], {}, "bool", [AXES.seq, AXES.total]); // [S, T]
   const window = spec.attention.slidingWindow ?? null;
-  if (window !== null) allowed = g.op("And", [allowed, g.op("Less", [g.op("Sub", [qCol, kRow]), g.scalarI64(window)])]);
-  const tokens = g.op("Unsqueeze", [g.op("Cast", [mask], { to: { i: 9 } }), axes(1, 2)]); // [B, 1, 1, T]
-  allowed = g.op("And", [g.op("Unsqueeze", [allowed, axes(0, 1)]), tokens]);
-  const bias = g.op("Where", [allowed, scalar(0, "float32"), scalar(MASKED, "float32")]); // [B, 1, S, T] float32
+  if (window !== null) allowed = and(allowed, b.less(b.sub(qCol, kRow), b.scalar(window, "int64")));
+  const tokens = b.unsqueeze(b.cast(mask, "bool"), [1, 2]); // [B, 1, 1, T]
+  allowed = and(b.unsqueeze(allowed, [0, 1]), tokens); // [B, 1, S, T]
+  const bias = b.where(allowed, b.scalar(0), b.scalar(MASKED)); // float32
 
-  // ---- embeddings ----
-  let x = g.op("Gather", [param(need("embed.tokens", null)), ids], { axis: { i: 0 } }); // [B, S, d]
-  if (spec.positions.kind === "learned") x = g.op("Add", [x, g.op("Gather", [param(need("embed.positions", null)), positions], { axis: { i: 0 } })]);
-  let h = g.op("Reshape", [x, g.i64([-1, d])]); // [N, d]
-
-  // Rotary cos/sin of each position [B, 1, S, hd], broadcast over heads.
-  let rope: { cos: string; sin: string } | null = null;
-  if (spec.positions.kind === "rope") {
-    if (hd % 2 !== 0) throw new Error(`${type}: head_dim ${hd} must be even for rotary embeddings`);
-    const theta = spec.positions.theta;
-    let tables: { cos: Float32Array; sin: Float32Array } | null = null;
-    const table = (part: "cos" | "sin") => g.weight(`rotary.${part}`, ct, [s.context, hd], async () => {
-      tables ??= rotaryTables(s.context, hd, theta);
-      const values = tables[part];
-      if (part === "sin") tables = null;
-      return encodeValues(values, ct === "float16" ? "float16" : "float32", `rotary ${part}`);
-    });
-    const gathered = (t: string) => g.op("Unsqueeze", [g.op("Gather", [t, positions], { axis: { i: 0 } }), axes(1)]);
-    rope = { cos: gathered(table("cos")), sin: gathered(table("sin")) };
-  }
-  let halves: string | null = null;
-  const rotary = (v: string, r: { cos: string; sin: string }) => {
-    halves ??= g.i64([hd / 2, hd / 2], "split");
-    const [a, b] = g.node("Split", [v, halves], { axis: { i: -1 } }, 2) as [string, string];
-    return g.op("Add", [g.op("Mul", [v, r.cos]), g.op("Mul", [g.op("Concat", [b, a], { axis: { i: -1 } }), r.sin])]);
+  // ---- the training graph's forward pass, with the cache ----
+  const present: { k: Value; v: Value }[] = [];
+  const attend = (l: number, k: Value, v: Value) => {
+    // past ‖ new along the sequence: the total length attention_mask has.
+    const cat = (a: Value, x: Value) => b.node1("Concat", [a, x], { axis: 2 }, ct, [AXES.batch, KV, AXES.total, hd]);
+    const r = { k: cat(past[l]!.k, k), v: cat(past[l]!.v, v) };
+    present.push(r);
+    return r;
   };
-
-  const project = (v: string, part: Projection, layer: number): string => {
-    const p = need(`${part}.weight`, layer);
-    if (p.layout !== "conv1d" && p.layout !== "linear") throw new Error(`${type}: ${p.name} has layout ${p.layout}, not a matrix`);
-    const b = optional(`${part}.bias`, layer);
-    return g.op("Gemm", b ? [v, param(p), b] : [v, param(p)], p.layout === "linear" ? { transB: { i: 1 } } : {});
-  };
-  const toF32 = (v: string) => (ct === "float16" ? g.op("Cast", [v], { to: { i: 1 } }) : v);
-  const fromF32 = (v: string) => (ct === "float16" ? g.op("Cast", [v], { to: { i: 10 } }) : v);
-  const norm = (v: string, part: Norm, layer: number | null): string => {
-    const w = param(need(`${part}.weight`, layer));
-    const b = optional(`${part}.bias`, layer);
-    const xf = toF32(v);
-    if (spec.norm.kind === "layernorm") {
-      return fromF32(g.op("LayerNormalization", b ? [xf, w, b] : [xf, w], { axis: { i: -1 }, epsilon: { f: spec.norm.eps } }));
-    }
-    if (b) throw new Error(`${type}: RMSNorm has no bias, but ${part}.bias is a parameter`);
-    // HF LlamaRMSNorm: x / √(mean(x²) + eps) · w, in the form onnxruntime fuses into one kernel.
-    const ms = g.op("ReduceMean", [g.op("Pow", [xf, scalar(2, "float32")])], { axes: { ints: [-1] }, keepdims: { i: 1 } });
-    const normed = g.op("Div", [xf, g.op("Sqrt", [g.op("Add", [ms, scalar(spec.norm.eps, "float32")])])]);
-    return fromF32(g.op("Mul", [normed, w]));
-  };
-  const heads = (v: string, n: number) => g.op("Transpose", [g.op("Reshape", [v, dims(n, hd)])], { perm: { ints: [0, 2, 1, 3] } }); // [B, n, S, hd]
-
-  for (let l = 0; l < s.layers; l++) {
-    const a = norm(h, "attn.norm", l);
-    let q: string, k: string, v: string;
-    const fused = find("attn.qkv.weight", l);
-    if (fused) {
-      if (KV !== H || (fused.fused ?? []).join() !== "q,k,v") throw new Error(`${type}: a fused q|k|v projection needs the parts q, k, v and one key/value head per query head`);
-      // [N, 3d] → [B, S, 3, H, hd] → [3, B, H, S, hd] → three [B, H, S, hd].
-      const parts = g.op("Transpose", [g.op("Reshape", [project(a, "attn.qkv", l), dims(3, H, hd)])], { perm: { ints: [2, 0, 3, 1, 4] } });
-      [q, k, v] = g.node("Split", [parts, shape(1, 1, 1)], { axis: { i: 0 } }, 3).map((p) => g.op("Squeeze", [p, axes(0)])) as [string, string, string];
-    } else {
-      q = heads(project(a, "attn.q", l), H);
-      k = heads(project(a, "attn.k", l), KV);
-      v = heads(project(a, "attn.v", l), KV);
-    }
-    if (rope) { q = rotary(q, rope); k = rotary(k, rope); }
-    const scale = spec.attention.scale / (spec.attention.scaleByInverseLayer ? l + 1 : 1);
-    if (scale !== 1) q = g.op("Mul", [q, scalar(scale)]);
-    const keys = g.op("Concat", [past[l]!.k, k], { axis: { i: 2 } }, IO.presentKey(l)); // [B, KV, T, hd]
-    const values = g.op("Concat", [past[l]!.v, v], { axis: { i: 2 } }, IO.presentValue(l));
-    g.output(keys, ct, [AXES.batch, KV, AXES.total, hd]);
-    g.output(values, ct, [AXES.batch, KV, AXES.total, hd]);
-
-    // Grouped-query attention (HF repeat_kv: key/value head j serves query heads j·r .. j·r + r − 1): the r query
-    // heads of a key/value head are consecutive, so q as [B, KV, r·S, hd] meets the keys and values unrepeated.
-    const kT = g.op("Transpose", [keys], { perm: { ints: [0, 1, 3, 2] } });
-    let scores = groups === 1
-      ? g.op("MatMul", [q, kT])
-      : g.op("Reshape", [g.op("MatMul", [g.op("Reshape", [q, shape(0, KV, -1, hd)]), kT]), shape(0, H, -1, 0)]); // [B, H, S, T]
-    scores = g.op("Add", [toF32(scores), bias]);
-    const probs = fromF32(g.op("Softmax", [scores], { axis: { i: -1 } }));
-    const o = groups === 1
-      ? g.op("MatMul", [probs, values])
-      : g.op("Reshape", [g.op("MatMul", [g.op("Reshape", [probs, shape(0, KV, -1, 0)]), values]), shape(0, H, -1, hd)]); // [B, H, S, hd]
-    const context = g.op("Reshape", [g.op("Transpose", [o], { perm: { ints: [0, 2, 1, 3] } }), shape(-1, H * hd)]);
-    h = g.op("Add", [h, project(context, "attn.out", l)]);
-
-    const m = norm(h, "mlp.norm", l);
-    let act: string;
-    if (spec.mlp.kind === "gelu_tanh") {
-      // HF gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
-      const u = project(m, "mlp.in", l);
-      // As PyTorch exports it (with pow), the form onnxruntime fuses into one kernel.
-      const inner = g.op("Mul", [g.op("Add", [u, g.op("Mul", [g.op("Pow", [u, scalar(3)]), scalar(0.044715)])]), scalar(Math.sqrt(2 / Math.PI))]);
-      act = g.op("Mul", [g.op("Mul", [u, scalar(0.5)]), g.op("Add", [g.op("Tanh", [inner]), scalar(1)])]);
-    } else {
-      const gate = project(m, "mlp.gate", l);
-      act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), project(m, "mlp.in", l)]);
-    }
-    h = g.op("Add", [h, project(act, "mlp.out", l)]);
-  }
-
-  h = norm(h, "final_norm", null);
-  const out = need(spec.tiedOutput ? "embed.tokens" : "lm_head.weight", null);
-  // Embedding [V, d] and Linear [V, d] are both multiplied transposed.
-  const logits = toF32(g.op("Gemm", [h, param(out)], out.layout === "conv1d" ? {} : { transB: { i: 1 } })); // [N, V]
-  g.op("Reshape", [logits, dims(s.vocab)], {}, IO.logits);
-  g.output(IO.logits, "float32", [AXES.batch, AXES.seq, s.vocab]);
-  g.outputs.unshift(g.outputs.pop()!); // logits first, then the cache (Optimum's order)
-  return { graph: g, shape: s, spec, kvHeads: KV };
+  const logits = forwardOf(plugin).logits(b, config, param, ids, { cache: { positions, bias, attend } });
+  b.output(b.cast(logits, "float32"), IO.logits); // logits first, then the cache (Optimum's order)
+  present.forEach((r, l) => { b.output(r.k, IO.presentKey(l)); b.output(r.v, IO.presentValue(l)); });
+  return { graph: b, shape: s, spec, kvHeads: KV };
 }

@@ -9,4 +9,8 @@ export {
 } from "./generate.js";
 export { rotaryTables } from "@staged/core";
 export { decoderGraph, IO, AXES, type DecoderGraph, type DecoderGraphOptions } from "./graph.js";
-export { OnnxGraph, writeOnnxModel, decodeOnnxModel, EXPORT_OPSET, EXPORT_IR_VERSION, ELEM_TYPE, type ElemType, type Dim, type Initializer, type WriteOptions } from "./onnx.js";
+// The ONNX layer is @staged/trainer-ort's (GraphBuilder, one opset, one writer); its names as the export has given them.
+export {
+  writeOnnxModel, decodeOnnxModel, OPSET as EXPORT_OPSET, IR_VERSION as EXPORT_IR_VERSION, ONNX_TYPE as ELEM_TYPE,
+  type DType as ElemType, type Dim, type Initializer, type WriteOptions,
+} from "@staged/trainer-ort";

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { exportModel } from "./export.js";
-import { decodeOnnxModel, ELEM_TYPE, EXPORT_IR_VERSION, EXPORT_OPSET } from "./onnx.js";
+import { decodeOnnxModel, ELEM_TYPE, EXPORT_IR_VERSION, EXPORT_OPSET } from "./index.js";
 import { runExport, testState, VARIANTS, worstExcess } from "./testing/reference.js";
 
 /**

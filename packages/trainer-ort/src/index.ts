@@ -1,7 +1,11 @@
-export { GraphBuilder, Value, broadcastShapes, OPSET, type DType, type Node, type Attr, type Data } from "./graph/builder.js";
+export { GraphBuilder, Value, broadcastShapes, type DType, type Node, type Attr, type Data, type Initializer } from "./graph/builder.js";
+export { isStatic, type Dim } from "./graph/dims.js";
+export {
+  OPSET, IR_VERSION, ONNX_TYPE, EXTERNAL_MIN_BYTES, serializeModel, writeOnnxModel, decodeOnnxModel, type ModelOptions, type WriteOptions,
+} from "./graph/onnx.js";
 export { gradients } from "./graph/autodiff.js";
 export { VJP, unbroadcast, type VjpRule } from "./graph/vjp.js";
-export { modelGraph, modelGraphNames, decoderGraph, gpt2Graph, geluNew, rmsNorm, rotaryTables, silu, type ModelGraph, type ApplyDropout, type DropoutSite } from "./models/index.js";
+export { modelGraph, modelGraphNames, decoderGraph, gpt2Graph, geluNew, rmsNorm, rotaryTables, silu, type KvCache, type ModelGraph, type ApplyDropout, type DropoutSite } from "./models/index.js";
 export {
   names, adamwDefaults, compileTrainStep, compileEval, compileGradient, compileApply,
   type AdamWOptions, type BatchShape, type CompiledGraph, type DropoutInput, type TrainGraphOptions,

@@ -1,15 +1,15 @@
-import type { ArchitecturePlugin, DecoderSpec, ParamRole, ParamSpec } from "@staged/core";
-import { rotaryTables } from "@staged/core";
+import type { ArchitecturePlugin, Norm, Projection, ResolvedDecoder } from "@staged/core";
+import { resolveDecoder, rotaryTables } from "@staged/core";
 import type { GraphBuilder, Value } from "../graph/builder.js";
-import type { ApplyDropout, DropoutSite, ModelGraph } from "./types.js";
+import type { ApplyDropout, DropoutSite, KvCache, ModelGraph } from "./types.js";
 
-/** Projections, by the role prefix of their weight (and bias, where the architecture has one). */
-type Projection = "attn.qkv" | "attn.q" | "attn.k" | "attn.v" | "attn.out" | "mlp.in" | "mlp.gate" | "mlp.out";
-type Norm = "attn.norm" | "mlp.norm" | "final_norm";
-
-/** RMSNorm (HF LlamaRMSNorm): x / √(mean(x²) + eps) · w over the last axis, from standard ops. */
-export function rmsNorm(b: GraphBuilder, x: Value, w: Value, eps: number): Value {
-  // One reciprocal per row, then a multiply: cheaper, forward and backward, than dividing every element.
+/**
+ * RMSNorm (HF LlamaRMSNorm): x / √(mean(x²) + eps) · w over the last axis, from standard ops. `fused`: the form
+ * onnxruntime's inference fuses into one kernel (x / √(mean(x^2) + eps)); else one reciprocal per row, then a
+ * multiply: cheaper, forward and backward, than dividing every element.
+ */
+export function rmsNorm(b: GraphBuilder, x: Value, w: Value, eps: number, fused = false): Value {
+  if (fused) return b.mul(b.div(x, b.sqrt(b.add(b.reduceMean(b.pow(x, 2), [-1]), eps))), w);
   const inv = b.div(1, b.sqrt(b.add(b.reduceMean(b.mul(x, x), [-1]), eps)));
   return b.mul(b.mul(x, inv), w);
 }
@@ -17,37 +17,13 @@ export function rmsNorm(b: GraphBuilder, x: Value, w: Value, eps: number): Value
 /** SiLU (HF's "silu"): x · σ(x). */
 export const silu = (b: GraphBuilder, x: Value): Value => b.mul(x, b.sigmoid(x));
 
-/** HF gelu_new from standard ops (the graph uses the equal, fused FastGelu; this is the portable form). */
+/**
+ * HF gelu_new from standard ops, with x³ as a Pow as PyTorch exports it (the form onnxruntime fuses into one kernel):
+ * the inference graph's; the training graph uses the equal, fused FastGelu (an onnxruntime contrib op).
+ */
 export function geluNew(b: GraphBuilder, x: Value): Value {
-  const inner = b.mul(b.add(x, b.mul(b.mul(b.mul(x, x), x), 0.044715)), Math.sqrt(2 / Math.PI));
+  const inner = b.mul(b.add(x, b.mul(b.pow(x, 3), 0.044715)), Math.sqrt(2 / Math.PI));
   return b.mul(b.mul(x, 0.5), b.add(b.tanh(inner), 1));
-}
-
-
-const key = (role: ParamRole, layer: number | null) => `${role}@${layer ?? ""}`;
-
-/** One graph build: the parameters by (role, layer), the plugin's DecoderSpec and the shape. */
-function context(plugin: ArchitecturePlugin, config: Record<string, unknown>, p: (name: string) => Value) {
-  const { config: c, shape } = plugin.parseConfig(config);
-  const spec: DecoderSpec = plugin.decoder(c);
-  const specs = new Map<string, ParamSpec>(plugin.params(c).map((s) => [key(s.role, s.layer), s]));
-  const type = String(c.model_type ?? plugin.name);
-  const find = (role: ParamRole, layer: number | null) => specs.get(key(role, layer));
-  const need = (role: ParamRole, layer: number | null): ParamSpec => {
-    const s = find(role, layer);
-    if (!s) throw new Error(`${type}: no parameter with role ${role}${layer === null ? "" : ` in layer ${layer}`}`);
-    return s;
-  };
-  const optional = (role: ParamRole, layer: number | null): Value | null => {
-    const s = find(role, layer);
-    return s ? p(s.name) : null;
-  };
-  /** x·W (+ bias): Conv1D weights [in, out] as they are, torch Linear weights [out, in] transposed by Gemm. */
-  const matrix = (s: ParamSpec): { w: Value; transB: boolean } => {
-    if (s.layout !== "conv1d" && s.layout !== "linear" && s.layout !== "embedding") throw new Error(`${type}: ${s.name} has layout ${s.layout}, not a matrix`);
-    return { w: p(s.name), transB: s.layout !== "conv1d" };
-  };
-  return { c, shape, spec, type, find, need, optional, matrix };
 }
 
 /**
@@ -59,17 +35,19 @@ function context(plugin: ArchitecturePlugin, config: Record<string, unknown>, p:
  * RMSNorm, rotary q and k, grouped-query attention without repeating k and v, SwiGLU. With `dropout` (the
  * training graphs), dropout where HF's modeling code applies it: on the embeddings, on the attention
  * probabilities, and on each block's attention and MLP outputs before their residual adds (sites of p 0 skipped).
+ *
+ * With `cache` (the inference graph of @staged/export, dynamic batch and sequence axes), the same pass reads the
+ * positions from `cache.positions`, masks with `cache.bias` instead of the causal mask, attends to the keys and
+ * values `cache.attend` returns (past ‖ new), and uses standard operators only (gelu_new, RMSNorm in the forms
+ * onnxruntime fuses). Parameters may then be float16 (the compute type, that of the token embedding): norms and
+ * the softmax run in float32 (norm weights are float32), the rest in float16.
  */
-function hidden(b: GraphBuilder, plugin: ArchitecturePlugin, config: Record<string, unknown>, p: (name: string) => Value, ids: Value, dropout?: ApplyDropout) {
-  const m = context(plugin, config, p);
-  const { shape: s, spec, type, need, optional } = m;
-  const [B, T] = ids.shape as [number, number];
+function hidden(b: GraphBuilder, m: ResolvedDecoder, p: (name: string) => Value, ids: Value, dropout?: ApplyDropout, cache?: KvCache) {
+  const { shape: s, spec, need } = m;
+  const B = ids.dims[0]!, T = ids.dims[1]!;
   const { dModel: d, heads: H, headDim: hd } = s;
-  const KV = s.kvHeads ?? H;
-  const N = B * T;
-  const window = spec.attention.slidingWindow ?? null;
-  if (window !== null && T > window) throw new Error(`${type}: context ${T} exceeds sliding_window ${window}`);
-  if (H % KV !== 0) throw new Error(`${type}: ${H} query heads are not a multiple of ${KV} key/value heads`);
+  const KV = m.kvHeads;
+  if (!cache) m.checkContext(ids.shape[1]!);
 
   // Dropout where HF applies it (DecoderSpec.dropout), only when asked (the training graphs) and p > 0.
   const rates = spec.dropout;
@@ -80,41 +58,49 @@ function hidden(b: GraphBuilder, plugin: ArchitecturePlugin, config: Record<stri
   };
 
   const project = (x: Value, part: Projection, layer: number): Value => {
-    const { w, transB } = m.matrix(need(`${part}.weight`, layer));
-    return b.gemm(x, w, optional(`${part}.bias`, layer), transB ? { transB } : {});
+    const { weight, bias } = m.projection(part, layer);
+    return b.gemm(x, p(weight.spec.name), bias ? p(bias.name) : null, weight.transB ? { transB: true } : {});
   };
+  const embedding = p(need("embed.tokens", null).name);
+  const ct = embedding.dtype; // the compute type; norms and the softmax run in float32
   const norm = (x: Value, part: Norm, layer: number | null): Value => {
-    const w = p(need(`${part}.weight`, layer).name), bias = optional(`${part}.bias`, layer);
-    if (spec.norm.kind === "layernorm") return b.layerNorm(x, w, bias, spec.norm.eps).y;
-    if (bias) throw new Error(`${type}: RMSNorm has no bias, but ${part}.bias is a parameter`);
-    return rmsNorm(b, x, w, spec.norm.eps);
+    const { weight, bias } = m.norm(part, layer);
+    const xf = b.cast(x, "float32"), w = p(weight.name);
+    const y = spec.norm.kind === "layernorm" ? b.layerNorm(xf, w, bias ? p(bias.name) : null, spec.norm.eps).y : rmsNorm(b, xf, w, spec.norm.eps, cache !== undefined);
+    return b.cast(y, ct);
   };
 
-  const tok = b.gather(p(need("embed.tokens", null).name), ids, 0); // [B, T, d]
+  const tok = b.gather(embedding, ids, 0); // [B, T, d]
   let h: Value;
   if (spec.positions.kind === "learned") {
-    const table = need("embed.positions", null);
-    if (T > table.shape[0]!) throw new Error(`${type}: context ${T} exceeds the model's ${table.shape[0]} positions`);
-    h = b.reshape(b.add(tok, b.slice(p(table.name), [0], [T], [0])), [N, d]);
+    const table = p(need("embed.positions", null).name);
+    h = b.reshape(b.add(tok, cache ? b.gather(table, cache.positions, 0) : b.slice(table, [0], [ids.shape[1]!], [0])), [-1, d]);
   } else {
-    h = b.reshape(tok, [N, d]);
+    h = b.reshape(tok, [-1, d]);
   }
   h = drop(h, "embedding", null, "embed");
 
-  // Additive causal mask: 0 on and below the diagonal, a large negative above (softmax gives exact zeros).
-  // A sliding window W ≥ T masks nothing more (i − j ≤ T − 1 < W).
-  const mask = new Float32Array(T * T);
-  for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) mask[i * T + j] = -1e9;
-  const maskValue = b.initializer("causal_mask", "float32", [T, T], mask);
+  let mask: Value;
+  if (cache) mask = cache.bias;
+  else {
+    // Additive causal mask: 0 on and below the diagonal, a large negative above (softmax gives exact zeros).
+    // A sliding window W ≥ T masks nothing more (i − j ≤ T − 1 < W; checkContext).
+    const n = ids.shape[1]!;
+    const causal = new Float32Array(n * n);
+    for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) causal[i * n + j] = -1e9;
+    mask = b.initializer("causal_mask", "float32", [n, n], causal);
+  }
 
-  // Rotary tables [T, hd], broadcast over batch and heads; q's carry the attention scale.
+  // Rotary tables [T, hd] (with a cache: [C, hd] for the model's context C, gathered at the positions to [B, 1, T, hd]),
+  // broadcast over batch and heads; q's carry the attention scale.
   let rope: { q: { cos: Value; sin: Value }; k: { cos: Value; sin: Value } } | null = null;
   if (spec.positions.kind === "rope") {
-    if (hd % 2 !== 0) throw new Error(`${type}: head_dim ${hd} must be even for rotary embeddings`);
     const theta = spec.positions.theta;
+    const rows = cache ? s.context : ids.shape[1]!;
     const tables = (scale: number, name: string) => {
-      const t = rotaryTables(T, hd, theta, scale);
-      return { cos: b.initializer(`rope_cos${name}`, "float32", [T, hd], t.cos), sin: b.initializer(`rope_sin${name}`, "float32", [T, hd], t.sin) };
+      const t = rotaryTables(rows, hd, theta, scale);
+      const at = (v: Value) => (cache ? b.unsqueeze(b.gather(v, cache.positions, 0), [1]) : v);
+      return { cos: at(b.initializer(`rope_cos${name}`, ct, [rows, hd], t.cos)), sin: at(b.initializer(`rope_sin${name}`, ct, [rows, hd], t.sin)) };
     };
     const k = tables(1, "");
     rope = { k, q: spec.attention.scale === 1 ? k : tables(spec.attention.scale, "_q") };
@@ -124,16 +110,11 @@ function hidden(b: GraphBuilder, plugin: ArchitecturePlugin, config: Record<stri
     const [x1, x2] = b.split(x, -1, [hd / 2, hd / 2]);
     return b.add(b.mul(x, t.cos), b.mul(b.concat([x2!, x1!], -1), t.sin));
   };
-  const fused = (layer: number) => {
-    const w = m.find("attn.qkv.weight", layer);
-    if (w && (KV !== H || (w.fused ?? []).join() !== "q,k,v")) throw new Error(`${type}: a fused q|k|v projection needs the parts q, k, v and one key/value head per query head`);
-    return w !== undefined;
-  };
 
   for (let l = 0; l < s.layers; l++) {
     const a = norm(h, "attn.norm", l);
     let q: Value, k: Value, v: Value; // [B, H, T, hd], [B, KV, T, hd], [B, KV, T, hd]
-    if (fused(l)) {
+    if (m.fusedQkv(l)) {
       const qkv = project(a, "attn.qkv", l);
       // One transpose to [3, B, H, T, hd], then contiguous splits: cheaper than splitting columns.
       const parts = b.transpose(b.reshape(qkv, [B, T, 3, H, hd]), [2, 0, 3, 1, 4]);
@@ -155,25 +136,26 @@ function hidden(b: GraphBuilder, plugin: ArchitecturePlugin, config: Record<stri
       const scale = spec.attention.scale / (spec.attention.scaleByInverseLayer ? l + 1 : 1);
       if (scale !== 1) q = b.mul(q, scale);
     }
+    if (cache) ({ k, v } = cache.attend(l, k, v)); // [B, KV, Tk, hd]: the past, then these
+    const Tk = k.dims[2]!;
     // Grouped-query attention (HF repeat_kv: key/value head j serves query heads j·r ... j·r + r − 1): the r
     // query heads of a key/value head are consecutive, so q as [B, KV, r·T, hd] meets k and v unrepeated.
-    const r = H / KV;
     // MatMul of a last-two-axes Transpose: onnxruntime fuses it into FusedMatMul(transB) without a copy.
-    const scores = b.reshape(b.matmul(b.reshape(q, [B, KV, r * T, hd]), b.transpose(k, [0, 1, 3, 2])), [B, H, T, T]);
-    const probs = drop(b.softmax(b.add(scores, maskValue), -1), "attention", l, `h${l}.attn_probs`);
-    const o = b.reshape(b.matmul(b.reshape(probs, [B, KV, r * T, T]), v), [B, H, T, hd]);
-    const ctx = b.reshape(b.transpose(o, [0, 2, 1, 3]), [N, H * hd]);
+    const scores = b.reshape(b.matmul(b.reshape(q, [B, KV, -1, hd]), b.transpose(k, [0, 1, 3, 2])), [B, H, T, Tk]);
+    const probs = drop(b.cast(b.softmax(b.add(b.cast(scores, "float32"), mask), -1), ct), "attention", l, `h${l}.attn_probs`);
+    const o = b.reshape(b.matmul(b.reshape(probs, [B, KV, -1, Tk]), v), [B, H, T, hd]);
+    const ctx = b.reshape(b.transpose(o, [0, 2, 1, 3]), [-1, H * hd]);
     h = b.add(h, drop(project(ctx, "attn.out", l), "residual", l, `h${l}.attn_out`));
 
     const x = norm(h, "mlp.norm", l);
     const act = spec.mlp.kind === "gelu_tanh"
-      ? b.fastGelu(project(x, "mlp.in", l))
+      ? (cache ? geluNew(b, project(x, "mlp.in", l)) : b.fastGelu(project(x, "mlp.in", l)))
       : b.mul(silu(b, project(x, "mlp.gate", l)), project(x, "mlp.in", l));
     h = b.add(h, drop(project(act, "mlp.out", l), "residual", l, `h${l}.mlp_out`));
   }
   h = norm(h, "final_norm", null); // [N, d]
-  const out = m.matrix(need(spec.tiedOutput ? "embed.tokens" : "lm_head.weight", null));
-  return { h, out, B, T };
+  const out = m.output();
+  return { h, out: { w: p(out.spec.name), transB: out.transB }, B, T };
 }
 
 /** The logits [B·T, V] of the hidden states. */
@@ -186,16 +168,16 @@ export function decoderGraph(plugin: ArchitecturePlugin): ModelGraph {
     params: (config) => plugin.params(plugin.parseConfig(config).config),
     shape: (config) => plugin.parseConfig(config).shape,
 
-    logits(b, config, p, ids) {
-      const r = hidden(b, plugin, config, p, ids);
+    logits(b, config, p, ids, options = {}) {
+      const r = hidden(b, resolveDecoder(plugin, config), p, ids, undefined, options.cache);
       const logits = outputLogits(b, r);
-      return b.reshape(logits, [r.B, r.T, logits.shape[1]!]);
+      return b.reshape(logits, [r.B, r.T, logits.dims[1]!]);
     },
 
     loss(b, config, p, ids, options = {}) {
       const [B, T] = ids.shape as [number, number];
       if (T < 2) throw new Error("the loss needs blocks of at least 2 tokens");
-      const logits = outputLogits(b, hidden(b, plugin, config, p, ids, options.dropout)); // [B·T, V]
+      const logits = outputLogits(b, hidden(b, resolveDecoder(plugin, config), p, ids, options.dropout)); // [B·T, V]
       // Position t predicts token t+1; the last position of each block predicts nothing: its target is a
       // dummy 0 with weight 0. (Masking costs less than slicing the activations, a strided copy.)
       const next = b.concat([b.slice(ids, [1], [T], [1]), b.zeros([B, 1], "int64")], 1);

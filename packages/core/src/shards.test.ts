@@ -2,7 +2,9 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SafetensorsError, SafetensorsFile, writeSafetensors, type TensorEntry } from "./safetensors.js";
+import { SafetensorsError } from "./safetensors/errors.js";
+import { SafetensorsFile } from "./safetensors/reader.js";
+import { writeSafetensors, type TensorEntry } from "./safetensors/writer.js";
 import { closeCheckpoint, indexJson, openCheckpoint, planShards, shardName, writeCheckpoint } from "./shards.js";
 import { Tensor } from "./tensor.js";
 

@@ -5,8 +5,8 @@ import { checkCheckpointFile, isInside, parseJsonFile, readTextInput, syncDir, s
 import { lockCheckpoint, ownsWriteLock, type CheckpointLock } from "./lock.js";
 import { claimSibling, needsRecovery, recoverCheckpoint, siblingPath } from "./recovery.js";
 import { byteLevelTokenizerFiles } from "./tokenizer-json.js";
-import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type TensorEntry } from "./shards.js";
-import type { WriteObserver } from "./safetensors.js";
+import { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles } from "./shards.js";
+import type { TensorEntry, WriteObserver } from "./safetensors/writer.js";
 import { createDefaultRegistry, type Registry } from "./registry.js";
 import type { ArchitecturePlugin, CheckpointFormatPlugin, ParamSpec } from "./plugins.js";
 import type { AdamWState, LazyTensor, TokenizerSpec, TrainingState } from "./types.js";

@@ -4,7 +4,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gpt2 } from "./gpt2.js";
 import { writeCheckpoint } from "./shards.js";
-import { inMemory, initTrainingState, loadTrainingState, parameterCount, saveTrainingState, type SaveProgress } from "./state.js";
+import { inMemory, initTrainingState, parameterCount } from "./state/init.js";
+import { loadTrainingState } from "./state/load.js";
+import { saveTrainingState, type SaveProgress } from "./state/save.js";
 import { Tensor } from "./tensor.js";
 import type { TrainingState } from "./types.js";
 
@@ -400,7 +402,7 @@ describe("saveTrainingState", () => {
 
 describe("firstNonFinite", () => {
   it("finds the first NaN or ±Infinity at any position of a float32 tensor, and F16 overflow", async () => {
-    const { firstNonFinite } = await import("./state.js");
+    const { firstNonFinite } = await import("./state/save.js");
     for (const n of [1, 3, 4, 5, 8, 13]) {
       for (let at = 0; at < n; at++) {
         for (const bad of [NaN, Infinity, -Infinity]) {

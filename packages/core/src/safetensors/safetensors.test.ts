@@ -524,8 +524,11 @@ function parseError(code: SafetensorsErrorCode, header: string | Uint8Array, dat
     parseSafetensorsHeader("h.safetensors", bytes, dataLength);
   } catch (e) {
     expect(e).toBeInstanceOf(SafetensorsError);
-    expect((e as SafetensorsError).code, (e as Error).message).toBe(code);
-    return String(parseText(header, dataLength));
+    const msg = (e as Error).message;
+    expect(msg.startsWith("h.safetensors: ")).toBe(true);
+    expect(msg).not.toContain("\n");
+    expect((e as SafetensorsError).code, msg).toBe(code);
+    return msg.slice("h.safetensors: ".length);
   }
   throw new Error(`header accepted: ${new TextDecoder().decode(bytes)}`);
 }

@@ -341,6 +341,8 @@ describe("saveTrainingState", () => {
     const { source: _s, close: _c, ...derived } = loaded;
     await loaded.close();
     await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toThrow(/model.safetensors: closed before tensor "transformer\.[a-z0-9_.]+" was read: .*save it .* before closing/);
+    // Not taken for a system call's error (its code names a kind of problem: files.ts systemCode).
+    await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toMatchObject({ code: "Closed" });
     expect(await readdir(dir)).toEqual(["ck"]);
   });
 

@@ -46,6 +46,7 @@ export function checkCopiedFile(name: string, bytes: Uint8Array, display: string
   return bytes;
 }
 
+/** A JSON object (not null, not an array). */
 export const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** Parameter dtypes a checkpoint may hold (F64 and integers are refused, not silently converted). */

@@ -20,7 +20,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Tensor } from "../dist/tensor.js";
 import { closeCheckpoint, openCheckpoint, writeCheckpoint } from "../dist/shards.js";
-import { parseSafetensorsHeader } from "../dist/safetensors.js";
+import { parseSafetensorsHeader } from "../dist/safetensors/header.js";
 
 const args = process.argv.slice(2);
 const json = args.includes("--json");

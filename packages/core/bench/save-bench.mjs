@@ -13,7 +13,8 @@ import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, rm, stat, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { initTrainingState, inMemory, saveTrainingState, syncTree, Tensor } from "../dist/index.js";
+import { initTrainingState, inMemory, saveTrainingState, Tensor } from "../dist/index.js";
+import { syncTree } from "../dist/files.js";
 import { writeCheckpoint } from "../dist/shards.js";
 
 const args = process.argv.slice(2);

@@ -5,7 +5,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest
 import { open, readFile } from "node:fs/promises";
 import fc from "fast-check";
 import { DIRECT_ALIGN, DirectWriter, alignedMemory, alignedRange, isAlignedMemory, openDirect, readAligned, wantDirectIo } from "./direct.js";
-import { SafetensorsFile, writeSafetensors } from "./safetensors.js";
+import { SafetensorsFile } from "./safetensors/reader.js";
+import { writeSafetensors } from "./safetensors/writer.js";
 import { Tensor } from "./tensor.js";
 import type { FileHandle } from "node:fs/promises";
 

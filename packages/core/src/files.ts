@@ -16,7 +16,7 @@ export async function readInput(path: string, what = "the file"): Promise<Uint8A
 
 /** The one-line error of a file the user named that cannot be read: "x.bin: cannot read the data (input/output error)". */
 export function inputError(path: string, what: string, e: unknown): Error {
-  const code = (e as NodeJS.ErrnoException).code;
+  const code = systemCode(e);
   return new Error(`${path}: cannot read ${what} (${(code && REASONS[code]) ?? systemReason(e)})`, { cause: e });
 }
 
@@ -27,9 +27,18 @@ const REASONS: Record<string, string> = {
   ERR_FS_FILE_TOO_LARGE: "over 2 GiB, more than one read holds",
 };
 
+/**
+ * The code of a failed system call ("ENOENT", "ENOSPC", Node's "ERR_FS_FILE_TOO_LARGE"), or undefined for any other
+ * error, including one whose own `code` names a kind of problem (SafetensorsError's "InvalidOffset", ...).
+ */
+export function systemCode(e: unknown): string | undefined {
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  return typeof code === "string" && /^(E[A-Z0-9]+|ERR_[A-Z0-9_]+)$/.test(code) ? code : undefined;
+}
+
 /** Why a system call failed, in words (with the code): "no space left on device (ENOSPC)". */
 export function systemReason(e: unknown): string {
-  const code = (e as NodeJS.ErrnoException).code;
+  const code = systemCode(e);
   if (code === undefined) return e instanceof Error ? e.message : String(e);
   const words = REASONS[code];
   return words ? `${words} (${code})` : code;

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { gpt2 } from "./gpt2.js";
-import { loadTrainingState } from "./state.js";
+import { loadTrainingState } from "./state/load.js";
 
 const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 11, n_positions: 6 };
 

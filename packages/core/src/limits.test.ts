@@ -7,7 +7,7 @@ import {
   freeDiskSpace, freeMemory, writeAnnouncement,
 } from "./limits.js";
 import { gpt2 } from "./gpt2.js";
-import { initTrainingState } from "./state.js";
+import { initTrainingState } from "./state/init.js";
 import type { ModelShape } from "./types.js";
 
 let root: string;

@@ -4,7 +4,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { llama } from "./llama.js";
 import { writeCheckpoint } from "./shards.js";
-import { initTrainingState, loadTrainingState, parameterCount, saveTrainingState } from "./state.js";
+import { initTrainingState, parameterCount } from "./state/init.js";
+import { loadTrainingState } from "./state/load.js";
+import { saveTrainingState } from "./state/save.js";
 import { Tensor } from "./tensor.js";
 
 const tiny = { model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 40, max_position_embeddings: 32 };

@@ -4,8 +4,10 @@ import { mkdtemp, readdir, readlink, rm, symlink, unlink } from "node:fs/promise
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { LockedError, holderAlive, lockCheckpoint, processStart, type LockHolder } from "./lock.js";
-import { initTrainingState, loadTrainingState, saveTrainingState } from "./state.js";
-import { canonicalPath } from "./state.js";
+import { initTrainingState } from "./state/init.js";
+import { loadTrainingState } from "./state/load.js";
+import { canonicalPath } from "./state/paths.js";
+import { saveTrainingState } from "./state/save.js";
 
 const tiny = { model_type: "gpt2", n_layer: 1, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
 let dir: string;

@@ -1,6 +1,7 @@
 import type { Tensor } from "./tensor.js";
 import type { ModelShape, TrainingState } from "./types.js";
-import type { CheckpointContents, ModelToSave, SaveOptions } from "./state.js";
+import type { CheckpointContents, ModelToSave } from "./state/format.js";
+import type { SaveOptions } from "./state/save.js";
 
 /**
  * What a parameter is for, independent of the architecture's names (docs/ARCHITECTURE.md). A block has an

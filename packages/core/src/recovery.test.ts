@@ -3,7 +3,10 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { cp, mkdir, mkdtemp, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { canonicalPath, initTrainingState, loadTrainingState, saveTrainingState } from "./state.js";
+import { initTrainingState } from "./state/init.js";
+import { loadTrainingState } from "./state/load.js";
+import { canonicalPath } from "./state/paths.js";
+import { saveTrainingState } from "./state/save.js";
 import type { TrainingState } from "./types.js";
 
 const tiny = { model_type: "gpt2", n_layer: 1, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };

@@ -2,7 +2,9 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SafetensorsError, SafetensorsFile, writeSafetensors, type TensorEntry } from "./safetensors.js";
+import { SafetensorsError, type SafetensorsErrorCode } from "./safetensors/errors.js";
+import { SafetensorsFile } from "./safetensors/reader.js";
+import { writeSafetensors, type TensorEntry } from "./safetensors/writer.js";
 import { closeCheckpoint, indexJson, openCheckpoint, planShards, shardName, writeCheckpoint } from "./shards.js";
 import { Tensor } from "./tensor.js";
 
@@ -129,6 +131,7 @@ describe("sharded write and read", () => {
     const dir = await freshDir();
     const e = sample();
     await expect(writeCheckpoint(dir, "model", [...e, e[0]!], { maxShardBytes: 64 })).rejects.toThrow(/duplicate tensor name "wte.weight"/);
+    await expect(writeCheckpoint(dir, "model", [...e, e[0]!], { maxShardBytes: 64 })).rejects.toMatchObject({ code: "DuplicateKey" });
     expect(await readdir(dir)).toEqual([]);
   });
 });
@@ -141,12 +144,14 @@ describe("index validation", () => {
     return { dir, index, json: JSON.parse(await readFile(index, "utf8")) };
   }
 
-  async function openError(dir: string): Promise<string> {
+  /** Open a checkpoint that must be refused with `code`: the error's message. */
+  async function openError(dir: string, code: SafetensorsErrorCode = "InvalidIndex"): Promise<string> {
     try {
       const ck = await openCheckpoint(dir, "model");
       if (ck) await closeCheckpoint(ck);
     } catch (e) {
       expect(e).toBeInstanceOf(SafetensorsError);
+      expect((e as SafetensorsError).code, (e as Error).message).toBe(code);
       return (e as Error).message;
     }
     throw new Error("opened without error");
@@ -165,7 +170,7 @@ describe("index validation", () => {
     await writeFile(index, '{"weight_map": {"a": "../x.safetensors"}}');
     expect(await openError(dir)).toBe(`${index}: weight_map["a"] = "../x.safetensors" points outside the checkpoint directory`);
     await writeFile(index, '{"weight_map": {"a": "f", "a": "g"}}');
-    expect(await openError(dir)).toBe(`${index}: duplicate key "a" in "weight_map"`);
+    expect(await openError(dir, "DuplicateKey")).toBe(`${index}: duplicate key "a" in "weight_map"`);
     await writeFile(index, '{"metadata": {"total_size": "160"}, "weight_map": {"a": "f"}}');
     expect(await openError(dir)).toBe(`${index}: "metadata.total_size" is not a non-negative integer (got "160")`);
   });
@@ -202,7 +207,7 @@ describe("index validation", () => {
       { name: "ln_f.weight", tensor: Tensor.fromArray([10], new Array(10).fill(0)) },
       { name: "wte.weight", tensor: Tensor.fromArray([10], new Array(10).fill(0)) },
     ]);
-    expect(await openError(dir)).toBe(`${index}: tensor "wte.weight" is in two shards: "model-00001-of-00003.safetensors" and "model-00003-of-00003.safetensors"`);
+    expect(await openError(dir, "DuplicateKey")).toBe(`${index}: tensor "wte.weight" is in two shards: "model-00001-of-00003.safetensors" and "model-00003-of-00003.safetensors"`);
   });
 
   it("total_size not matching the tensors", async () => {
@@ -221,6 +226,6 @@ describe("index validation", () => {
     const { dir } = await sharded();
     const shard = join(dir, "model-00003-of-00003.safetensors");
     await writeFile(shard, Uint8Array.of(1, 2));
-    expect(await openError(dir)).toBe(`${shard}: file is 2 bytes, too short for the 8-byte header length`);
+    expect(await openError(dir, "HeaderTooSmall")).toBe(`${shard}: file is 2 bytes, too short for the 8-byte header length`);
   });
 });

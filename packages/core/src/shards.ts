@@ -5,13 +5,12 @@
 import { readdir, readFile, unlink, writeFile } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import { type DType, DTYPE_SIZES, isDType } from "./dtype.js";
-import {
-  SafetensorsError, SafetensorsFile, findDuplicateKey, writeSafetensors, type TensorEntry, type WriteObserver,
-} from "./safetensors.js";
+import { SafetensorsError, type SafetensorsErrorCode } from "./safetensors/errors.js";
+import { findDuplicateKey } from "./safetensors/json.js";
+import { SafetensorsFile } from "./safetensors/reader.js";
+import { writeSafetensors, type TensorEntry, type WriteObserver } from "./safetensors/writer.js";
 import type { LazyTensor } from "./types.js";
 import { checkCheckpointFile } from "./files.js";
-
-export type { TensorEntry } from "./safetensors.js";
 
 /** HF's default `max_shard_size` ("5GB" = 5·10⁹ bytes). */
 export const DEFAULT_MAX_SHARD_BYTES = 5e9;
@@ -57,7 +56,7 @@ function readWhileOpen(shard: SafetensorsFile, name: string): LazyTensor {
   const lazy = shard.lazy(name);
   const open = (): void => {
     if (shard.closed) {
-      throw new SafetensorsError(shard.path, `closed before tensor ${q(name)} was read: a state derived from a loaded checkpoint ` +
+      throw new SafetensorsError(shard.path, "Closed", `closed before tensor ${q(name)} was read: a state derived from a loaded checkpoint ` +
         "reads its tensors from the checkpoint's files, so save it (or read its tensors) before closing the checkpoint it came from");
     }
   };
@@ -94,13 +93,13 @@ export async function openCheckpoint(dir: string, base: string): Promise<Checkpo
     raw = await readFile(indexPath);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code !== "ENOENT" && code !== "ENOTDIR") throw new SafetensorsError(indexPath, `cannot read: ${(e as Error).message}`);
+    if (code !== "ENOENT" && code !== "ENOTDIR") throw new SafetensorsError(indexPath, "IoError", `cannot read: ${(e as Error).message}`);
     const single = join(dir, singleName(base));
     if (!(await present(singleName(base)))) return null;
     const file = await SafetensorsFile.open(single);
     return fromFiles([singleName(base)], [file], null);
   }
-  const fail = (problem: string): never => { throw new SafetensorsError(indexPath, problem); };
+  const fail = (problem: string, code: SafetensorsErrorCode = "InvalidIndex"): never => { throw new SafetensorsError(indexPath, code, problem); };
 
   let text = "";
   try {
@@ -116,7 +115,7 @@ export async function openCheckpoint(dir: string, base: string): Promise<Checkpo
   }
   if (typeof json !== "object" || json === null || Array.isArray(json)) fail("index is not a JSON object");
   const dup = findDuplicateKey(text);
-  if (dup) fail(`duplicate key ${q(dup.key)}${dup.path.length ? ` in ${q(dup.path.join("."))}` : ""}`);
+  if (dup) fail(`duplicate key ${q(dup.key)}${dup.path.length ? ` in ${q(dup.path.join("."))}` : ""}`, "DuplicateKey");
   const { weight_map: weightMap, metadata } = json as Record<string, unknown>;
   if (typeof weightMap !== "object" || weightMap === null || Array.isArray(weightMap)) {
     fail(`"weight_map" must be an object of tensor name → shard file (got ${q(weightMap)})`);
@@ -154,7 +153,7 @@ export async function openCheckpoint(dir: string, base: string): Promise<Checkpo
       const file = files[i]!;
       for (const [name, info] of shard.tensors) {
         const other = where.get(name);
-        if (other !== undefined) fail(`tensor ${q(name)} is in two shards: ${q(other)} and ${q(file)}`);
+        if (other !== undefined) fail(`tensor ${q(name)} is in two shards: ${q(other)} and ${q(file)}`, "DuplicateKey");
         where.set(name, file);
         if (!Object.hasOwn(map, name)) fail(`tensor ${q(name)} in shard ${q(file)} is not listed in weight_map`);
         if (map[name] !== file) fail(`tensor ${q(name)} is mapped to ${q(map[name])} but is in shard ${q(file)}`);
@@ -231,9 +230,9 @@ export async function writeCheckpoint(
   if (!(max > 0)) throw new Error(`maxShardBytes must be positive (got ${max})`);
   const seen = new Set<string>();
   const sizes = entries.map(({ name, tensor }) => {
-    if (seen.has(name)) throw new SafetensorsError(join(dir, singleName(base)), `duplicate tensor name ${q(name)}`);
+    if (seen.has(name)) throw new SafetensorsError(join(dir, singleName(base)), "DuplicateKey", `duplicate tensor name ${q(name)}`);
     seen.add(name);
-    if (!isDType(tensor.dtype)) throw new SafetensorsError(join(dir, singleName(base)), `tensor ${q(name)}: unknown dtype ${q(tensor.dtype)}`);
+    if (!isDType(tensor.dtype)) throw new SafetensorsError(join(dir, singleName(base)), "UnsupportedDType", `tensor ${q(name)}: unknown dtype ${q(tensor.dtype)}`);
     return tensor.shape.reduce((a, d) => a * d, DTYPE_SIZES[tensor.dtype]);
   });
   const totalSize = sizes.reduce((a, b) => a + b, 0);

@@ -26,7 +26,9 @@ vi.mock("node:fs/promises", async (importOriginal) => {
   };
 });
 
-const { initTrainingState, loadTrainingState, saveTrainingState } = await import("./state.js");
+const { initTrainingState } = await import("./state/init.js");
+const { loadTrainingState } = await import("./state/load.js");
+const { saveTrainingState } = await import("./state/save.js");
 const { writeFileAtomic } = await import("./files.js");
 const { processStart } = await import("./lock.js");
 

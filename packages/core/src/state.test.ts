@@ -4,7 +4,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gpt2 } from "./gpt2.js";
 import { writeCheckpoint } from "./shards.js";
-import { inMemory, initTrainingState, loadTrainingState, parameterCount, saveTrainingState, type SaveProgress } from "./state.js";
+import { inMemory, initTrainingState, parameterCount } from "./state/init.js";
+import { loadTrainingState } from "./state/load.js";
+import { saveTrainingState, type SaveProgress } from "./state/save.js";
 import { Tensor } from "./tensor.js";
 import type { TrainingState } from "./types.js";
 
@@ -339,6 +341,8 @@ describe("saveTrainingState", () => {
     const { source: _s, close: _c, ...derived } = loaded;
     await loaded.close();
     await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toThrow(/model.safetensors: closed before tensor "transformer\.[a-z0-9_.]+" was read: .*save it .* before closing/);
+    // Not taken for a system call's error (its code names a kind of problem: files.ts systemCode).
+    await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toMatchObject({ code: "Closed" });
     expect(await readdir(dir)).toEqual(["ck"]);
   });
 
@@ -400,7 +404,7 @@ describe("saveTrainingState", () => {
 
 describe("firstNonFinite", () => {
   it("finds the first NaN or ±Infinity at any position of a float32 tensor, and F16 overflow", async () => {
-    const { firstNonFinite } = await import("./state.js");
+    const { firstNonFinite } = await import("./state/save.js");
     for (const n of [1, 3, 4, 5, 8, 13]) {
       for (let at = 0; at < n; at++) {
         for (const bad of [NaN, Infinity, -Infinity]) {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { decodeTensor, encodeTensor } from "./safetensors.js";
+import { decodeTensor, encodeTensor } from "./safetensors/codec.js";
 import {
   Tensor, blockDiagonal, blockLayoutBytes, blockLayoutPieces, blockMatrix, concat, f32ToStored, layoutShape, scaleStored, storedToF32,
   tileLayout, zeroPieces,

@@ -56,7 +56,9 @@ describe("byte-level checkpoints carry the tokenizer", () => {
     const { mkdtemp, readdir, rm } = await import("node:fs/promises");
     const { tmpdir } = await import("node:os");
     const { join } = await import("node:path");
-    const { initTrainingState, loadTrainingState, saveTrainingState } = await import("./state.js");
+    const { initTrainingState } = await import("./state/init.js");
+    const { loadTrainingState } = await import("./state/load.js");
+    const { saveTrainingState } = await import("./state/save.js");
     const dir = await mkdtemp(join(tmpdir(), "staged-bytes-tok-"));
     try {
       await saveTrainingState(join(dir, "ck"), initTrainingState("gpt2", { n_layer: 1, n_embd: 8, n_head: 2, vocab_size: 256, n_positions: 8 }, 1));

@@ -8,7 +8,7 @@
  */
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { type DType, DTYPE_SIZES, type LazyTensor, PIECE_BYTES, Tensor, encodeTensor, isDType, syncDir, systemReason } from "@staged/core";
+import { type DType, DTYPE_SIZES, type LazyTensor, PIECE_BYTES, Tensor, encodeTensor, isDType, syncDir, systemCode, systemReason } from "@staged/core";
 import { NEW_DTYPES, STORAGE_DTYPES } from "./allowlist.js";
 import { TorchFormatError, printableName } from "./errors.js";
 import { PersistentId, type Reduction, pickle } from "./pickle.js";
@@ -409,7 +409,7 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
     await rm(tmp, { force: true }).catch(() => undefined);
     if (e instanceof TorchFormatError) throw e;
     // An observer's own error (a check of the values, an interrupt) is the caller's, as it threw it.
-    if (!(e as NodeJS.ErrnoException).code) throw e;
+    if (!systemCode(e)) throw e;
     throw new TorchFormatError(path, "io", `cannot write (${systemReason(e)})`, { cause: e });
   }
 }

@@ -6,9 +6,10 @@
  * safetensors/src/tensor.rs (`SafeTensors::read_metadata`, `HashMetadata`, `TensorInfo`, `Dtype`,
  * `Metadata::new`, `Metadata::validate`), whose header goes through serde_json
  * (https://github.com/serde-rs/json, src/de.rs and src/read.rs) into serde's derived types. It shares
- * no code with safetensors.ts: a recursive-descent JSON reader over regular expressions, and BigInt
+ * no code with the reader (./json.ts, ./header.ts): a recursive-descent JSON reader over regular expressions, and BigInt
  * for every usize. Where our reader is deliberately stricter (documented at the top of
- * safetensors.ts) the oracle says so, and then expects a refusal.
+ * ./header.ts) the oracle says so, and then expects a refusal; each refusal carries the reference's error kind,
+ * which our SafetensorsError.code must match (./errors.ts).
  *
  * Headers are generated from random tensors and metadata, then mutated: numbers written as floats,
  * exponents, negatives or huge; other dtype spellings; serde's other forms; shifted offsets; deep
@@ -20,9 +21,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DTYPE_SIZES, type DType } from "./dtype.js";
-import { SafetensorsError, SafetensorsFile, encodeTensor, referenceOrder, writeSafetensors } from "./safetensors.js";
-import { Tensor } from "./tensor.js";
+import { DTYPE_SIZES, type DType } from "../dtype.js";
+import { encodeTensor } from "./codec.js";
+import { SafetensorsError, type SafetensorsErrorCode } from "./errors.js";
+import { SafetensorsFile } from "./reader.js";
+import { referenceOrder, writeSafetensors } from "./writer.js";
+import { Tensor } from "../tensor.js";
 
 let dir = "";
 beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), "staged-st-prop-")); });
@@ -46,8 +50,11 @@ const REFERENCE_BITS: Record<string, bigint> = {
   C64: 64n, F64: 64n, I64: 64n, U64: 64n,
 };
 
-class Refused extends Error {}
-const refuse = (why: string): never => { throw new Refused(why); };
+/** A refusal: why, and the reference's error kind (serde's errors all surface as InvalidHeaderDeserialization). */
+class Refused extends Error {
+  constructor(why: string, readonly code: SafetensorsErrorCode) { super(why); }
+}
+const refuse = (why: string, code: SafetensorsErrorCode = "InvalidHeaderDeserialization"): never => { throw new Refused(why, code); };
 
 /** `serde_json::from_str`: one value, JSON whitespace around it, recursion limit 128. */
 function readContent(text: string): Content {
@@ -169,21 +176,21 @@ function tensorInfo(v: Content): OracleTensor {
 }
 
 type Verdict =
-  | { accept: false; why: string }
+  | { accept: false; why: string; code: SafetensorsErrorCode }
   | { accept: true; tensors: Map<string, OracleTensor>; metadata: Map<string, string> | null; stricter: string[] };
 
 /** `SafeTensors::read_metadata` on a whole file, plus the rules where our reader is stricter. */
 function oracle(file: Uint8Array): Verdict {
   try {
-    if (file.length < 8) refuse("HeaderTooSmall");
+    if (file.length < 8) refuse("HeaderTooSmall", "HeaderTooSmall");
     const n = new DataView(file.buffer, file.byteOffset, 8).getBigUint64(0, true);
-    if (n > 100_000_000n) refuse("HeaderTooLarge");
-    if (8n + n > BigInt(file.length)) refuse("InvalidHeaderLength");
+    if (n > 100_000_000n) refuse("HeaderTooLarge", "HeaderTooLarge");
+    if (8n + n > BigInt(file.length)) refuse("InvalidHeaderLength", "InvalidHeaderLength");
     let text = "";
     try {
       text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(file.subarray(8, 8 + Number(n)));
     } catch {
-      refuse("InvalidHeader (UTF-8)");
+      refuse("InvalidHeader (UTF-8)", "InvalidHeader");
     }
     const root = readContent(text);
     // HashMetadata { #[serde(rename = "__metadata__")] metadata: Option<HashMap<String, String>>,
@@ -212,33 +219,33 @@ function oracle(file: Uint8Array): Verdict {
       tensors.set(key, info); // HashMap::insert: the last wins
     }
     // Metadata::new: no NUL in a tensor name, a metadata key or value.
-    for (const name of tensors.keys()) if (name.includes("\0")) refuse("InvalidTensorName");
-    for (const [k, v] of metadata ?? []) if (k.includes("\0") || v.includes("\0")) refuse("InvalidMetadata");
+    for (const name of tensors.keys()) if (name.includes("\0")) refuse("InvalidTensorName", "InvalidTensorName");
+    for (const [k, v] of metadata ?? []) if (k.includes("\0") || v.includes("\0")) refuse("InvalidMetadata", "InvalidMetadata");
     // Metadata::validate, on the tensors sorted by (begin, end).
     const cmp = (a: bigint, b: bigint): number => (a < b ? -1 : a > b ? 1 : 0);
     const sorted = [...tensors.values()].sort((a, b) => cmp(a.begin, b.begin) || cmp(a.end, b.end));
     let start = 0n;
     for (const t of sorted) {
-      if (t.begin !== start || t.end < t.begin) refuse("InvalidOffset");
+      if (t.begin !== start || t.end < t.begin) refuse("InvalidOffset", "InvalidOffset");
       start = t.end;
       let count = 1n;
       for (const d of t.shape) {
         count *= d;
-        if (count > U64_MAX) refuse("ValidationOverflow");
+        if (count > U64_MAX) refuse("ValidationOverflow", "ValidationOverflow");
       }
       const bits = count * REFERENCE_BITS[t.dtype]!;
-      if (bits > U64_MAX) refuse("ValidationOverflow");
-      if (bits % 8n !== 0n) refuse("MisalignedSlice");
-      if (t.end - t.begin !== bits / 8n) refuse("TensorInvalidInfo");
+      if (bits > U64_MAX) refuse("ValidationOverflow", "ValidationOverflow");
+      if (bits % 8n !== 0n) refuse("MisalignedSlice", "MisalignedSlice");
+      if (t.end - t.begin !== bits / 8n) refuse("TensorInvalidInfo", "TensorInvalidInfo");
     }
-    if (start + 8n + n !== BigInt(file.length)) refuse("MetadataIncompleteBuffer");
+    if (start + 8n + n !== BigInt(file.length)) refuse("MetadataIncompleteBuffer", "MetadataIncompleteBuffer");
     const safe = BigInt(Number.MAX_SAFE_INTEGER);
     for (const t of tensors.values()) {
       if ([...t.shape, t.begin, t.end].some((v) => v > safe)) stricter.push("an integer above 2^53 − 1");
     }
     return { accept: true, tensors, metadata, stricter };
   } catch (e) {
-    if (e instanceof Refused) return { accept: false, why: e.message };
+    if (e instanceof Refused) return { accept: false, why: e.message, code: e.code };
     throw e;
   }
 }
@@ -516,7 +523,7 @@ function build(c: Case): Uint8Array {
   return out;
 }
 
-type Ours = { ok: true; file: SafetensorsFile } | { ok: false; message: string };
+type Ours = { ok: true; file: SafetensorsFile } | { ok: false; message: string; code: SafetensorsErrorCode };
 
 async function ours(bytes: Uint8Array): Promise<{ path: string; result: Ours }> {
   const path = join(dir, `p${counter++}.safetensors`);
@@ -525,7 +532,7 @@ async function ours(bytes: Uint8Array): Promise<{ path: string; result: Ours }> 
     return { path, result: { ok: true, file: await SafetensorsFile.open(path) } };
   } catch (e) {
     if (!(e instanceof SafetensorsError)) throw e;
-    return { path, result: { ok: false, message: e.message } };
+    return { path, result: { ok: false, message: e.message, code: e.code } };
   }
 }
 
@@ -533,6 +540,9 @@ const preview = (bytes: Uint8Array): string => {
   const n = Number(new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true));
   return JSON.stringify(new TextDecoder().decode(bytes.subarray(8, 8 + Math.min(n, 600))));
 };
+
+/** The codes of the rules where our reader is stricter than the reference (see ./header.ts). */
+const STRICTER_CODES: readonly SafetensorsErrorCode[] = ["DuplicateKey", "IntegerTooLarge"];
 
 describe("differential: our reader against a restatement of the reference's rules", () => {
   it("accepts exactly what the oracle accepts (minus the documented stricter rules), with the same tensors and metadata", async () => {
@@ -542,13 +552,20 @@ describe("differential: our reader against a restatement of the reference's rule
       const verdict = oracle(bytes);
       const { path, result } = await ours(bytes);
       const expected = verdict.accept && verdict.stricter.length === 0;
-      const context = `header ${preview(bytes)}\noracle: ${verdict.accept ? `accept${verdict.stricter.length ? ` (but stricter here: ${verdict.stricter.join("; ")})` : ""}` : `refuse (${verdict.why})`}\nours: ${result.ok ? "accept" : result.message}`;
+      const context = `header ${preview(bytes)}\noracle: ${verdict.accept ? `accept${verdict.stricter.length ? ` (but stricter here: ${verdict.stricter.join("; ")})` : ""}` : `refuse (${verdict.why}: ${verdict.code})`}\nours: ${result.ok ? "accept" : `${result.message} (${result.code})`}`;
       expect(result.ok, context).toBe(expected);
       if (!result.ok) {
         expect(result.message.startsWith(`${path}: `), context).toBe(true);
         expect(result.message, context).not.toContain("\n");
-        if (verdict.accept) tally.stricter++;
-        else tally.refused++;
+        if (verdict.accept) {
+          // Refused only by a rule stricter than the reference's: the code says which.
+          expect(STRICTER_CODES, context).toContain(result.code);
+          tally.stricter++;
+        } else {
+          // The reference's error kind, unless one of our stricter rules saw the header first.
+          if (!STRICTER_CODES.includes(result.code)) expect(result.code, context).toBe(verdict.code);
+          tally.refused++;
+        }
         return;
       }
       tally.accepted++;

@@ -5,3 +5,4 @@ export * from "./timing.js";
 export * from "./report.js";
 export * from "./plot.js";
 export * from "./plan-plot.js";
+export * from "./plugins.js";

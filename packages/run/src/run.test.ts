@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTrainingState, processStart, type GrowthTimingPlugin, type TimingPoint } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
 import { brownText } from "@staged/trainer-ort";
-import { budgetFlops, createRunRegistry, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
+import { budgetFlops, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
+import { createRunRegistry } from "./plugins.js";
 import { parseRunSpec, type RunSpec } from "./spec.js";
 import { compareRuns } from "./report.js";
 

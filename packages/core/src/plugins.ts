@@ -1,5 +1,5 @@
 import type { Tensor } from "./tensor.js";
-import type { ModelShape, TrainingState } from "./types.js";
+import type { LrScheduleSpec, ModelShape, TrainingState } from "./types.js";
 import type { CheckpointContents, ModelToSave } from "./state/format.js";
 import type { SaveOptions } from "./state/save.js";
 
@@ -171,14 +171,22 @@ export interface GrowthPlugin<O = Record<string, unknown>> {
   lossPreserving(options: O): boolean;
 }
 
-/** A scaling law L(N, D) or L(N, S): loss from parameters and data. */
+/**
+ * A scaling law L(N, D) or L(N, S): loss from parameters and data. Registered under "scheduler"; @staged/scheduler's
+ * ScalingLaw says what its planners need (`form`, `curve`, ...), and a `staged run` spec names one as `"law": {"name": …}`.
+ */
 export interface ScalingLawPlugin {
   name: string;
   [member: string]: unknown;
 }
 
-/** LR schedule kind: a pure function of the step built from a serializable spec. */
-export interface LrSchedulePlugin<S = Record<string, unknown>> {
+/**
+ * An LR schedule kind, registered under "lrSchedule": `create(spec)` is the schedule of a spec of this kind (its `kind`
+ * is the plugin's name) as a pure function of the step, before the spec's `restarts`, which @staged/scheduler's
+ * createLrSchedule applies to every kind (as it checks the fields every kind shares). The trainer looks a state's
+ * schedule up by its kind (@staged/trainer-ort `TrainOptions.registry`).
+ */
+export interface LrSchedulePlugin<S = LrScheduleSpec> {
   name: string;
   create(spec: S): (step: number) => number;
 }
@@ -225,9 +233,16 @@ export interface GrowthTimingPlugin {
   create(context: GrowthTimingContext): GrowthTiming;
 }
 
-export interface TrainerPlugin {
+/**
+ * A trainer, registered under "trainer": `train` runs `options`' steps on a state and returns the new state (and
+ * whether a stop signal cut the call short), `evaluate` the mean validation loss of a state's model. The options
+ * and callbacks are the trainer's own types (@staged/trainer-ort's `TrainOptions`, `TrainCallbacks` and
+ * `EvaluateOptions` for its "ort" trainer, which `staged run` calls with them); a `staged run` spec names one as `"trainer"`.
+ */
+export interface TrainerPlugin<Options = never, Callbacks = never, EvalOptions = never> {
   name: string;
-  [member: string]: unknown;
+  train(state: TrainingState, options: Options, callbacks?: Callbacks): Promise<{ state: TrainingState; result: { interrupted: boolean } }>;
+  evaluate(state: TrainingState, options: EvalOptions): Promise<{ loss: number; blocks: number; tokens: number }>;
 }
 
 /** A directory being read by loadTrainingState, for a CheckpointFormatPlugin. */
@@ -273,7 +288,7 @@ export interface PluginKinds {
   architecture: ArchitecturePlugin;
   growth: GrowthPlugin<never>;
   scheduler: ScalingLawPlugin;
-  lrSchedule: LrSchedulePlugin<never>;
+  lrSchedule: LrSchedulePlugin;
   trainer: TrainerPlugin;
   checkpointFormat: CheckpointFormatPlugin;
   growthTiming: GrowthTimingPlugin;

@@ -4,3 +4,5 @@ export * from "./run.js";
 export * from "./timing.js";
 export * from "./report.js";
 export * from "./plot.js";
+export * from "./plan-plot.js";
+export * from "./plugins.js";

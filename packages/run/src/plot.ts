@@ -1,7 +1,8 @@
 /**
  * The report's picture: validation loss against training FLOPs of every run, with the growths and the target
  * losses marked; the end of the runs zoomed; each group's saving against the loss. A Vega-Lite spec, rendered
- * headless to SVG (vega) and PNG (resvg).
+ * headless to SVG (vega) and PNG (resvg). renderVegaLiteSvg renders every plot of the project (also the plan's,
+ * plan-plot.ts).
  */
 import { createRequire } from "node:module";
 import { compareRuns, formatFlops, lossAtFlops, type RunReport } from "./report.js";
@@ -231,16 +232,24 @@ export function reportSpec(results: readonly RunResult[], report?: RunReport, op
   };
 }
 
-/** Render `reportSpec(results, report)` to SVG with Vega-Lite + Vega (headless, no browser). */
-export async function renderReportSvg(results: readonly RunResult[], report?: RunReport, options: ReportPlotOptions = {}): Promise<string> {
+/**
+ * Render a Vega-Lite spec (reportSpec's, plan-plot.ts planPlotSpec's) to SVG with Vega-Lite + Vega (headless, no
+ * browser); the one place the project calls vega.
+ */
+export async function renderVegaLiteSvg(spec: Record<string, unknown>): Promise<string> {
   const [vega, vl] = await Promise.all([import("vega"), import("vega-lite")]);
-  const spec = vl.compile(reportSpec(results, report, options) as never).spec;
-  const view = new vega.View(vega.parse(spec), { renderer: "none" });
+  const compiled = vl.compile(spec as never).spec;
+  const view = new vega.View(vega.parse(compiled), { renderer: "none" });
   try {
     return await view.toSVG();
   } finally {
     view.finalize();
   }
+}
+
+/** Render `reportSpec(results, report)` to SVG with Vega-Lite + Vega (headless, no browser). */
+export function renderReportSvg(results: readonly RunResult[], report?: RunReport, options: ReportPlotOptions = {}): Promise<string> {
+  return renderVegaLiteSvg(reportSpec(results, report, options));
 }
 
 /** Rasterize an SVG to PNG with resvg, `width` pixels wide (default 1200), with the system fonts. */

@@ -3,10 +3,11 @@ import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "n
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadTrainingState, processStart, type GrowthTimingPlugin, type TimingPoint } from "@staged/core";
-import { flopsPerToken } from "@staged/scheduler";
-import { brownText } from "@staged/trainer-ort";
-import { budgetFlops, createRunRegistry, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
+import { loadTrainingState, processStart, type GrowthTimingPlugin, type LrSchedulePlugin, type TimingPoint } from "@staged/core";
+import { chinchillaLaw, flopsPerToken, readMetrics } from "@staged/scheduler";
+import { brownText, ortTrainer, type OrtTrainerPlugin } from "@staged/trainer-ort";
+import { budgetFlops, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
+import { checkRunPlugins, createRunRegistry } from "./plugins.js";
 import { parseRunSpec, type RunSpec } from "./spec.js";
 import { compareRuns } from "./report.js";
 
@@ -227,6 +228,61 @@ describe("executeRun", () => {
     await expect(executeRun(s, runEntries(s)[0]!, join(dir, "rule-missing"))).rejects.toThrow('stages[0].at: unknown growth-timing rule "below-4.5" (registered: auto, plan)');
     expect(await readdir(dir)).not.toContain("rule-missing");
     expect(() => spec({ stages: [{ grow: "width", at: { rule: "" } }] })).toThrow(/stages\[0\]\.at\.rule must be the name of a registered growth-timing rule, got ""/);
+  });
+
+  it("an LR schedule, a scaling law and a trainer plugged into the registry are the ones a run uses; unknown names are refused before anything is written", async () => {
+    // Research code's own plugins: a schedule at half the peak after the warmup, a law of its own constants, a trainer
+    // counting the calls it passes on to trainer-ort's.
+    const half: LrSchedulePlugin = { name: "half", create: (c) => (step) => (step < c.warmupSteps ? c.peakLr * (step / c.warmupSteps) : c.peakLr / 2) };
+    const myLaw = chinchillaLaw({ E: 1.2, A: 300 }, 64, "my-law");
+    let lawSeen: unknown = null;
+    const withLaw: GrowthTimingPlugin = { name: "with-law", needsLaw: true, create: (c) => { lawSeen = c.law; return { steps: 12 }; } };
+    const calls = { train: 0, evaluate: 0 };
+    const counting: OrtTrainerPlugin = {
+      name: "counting",
+      train: (state, options, callbacks) => { calls.train++; return ortTrainer.train(state, options, callbacks); },
+      evaluate: (state, options) => { calls.evaluate++; return ortTrainer.evaluate(state, options); },
+    };
+    const registry = createRunRegistry().register("lrSchedule", half).register("scheduler", myLaw)
+      .register("growthTiming", withLaw).register("trainer", counting);
+    const s = spec({ schedule: { kind: "half", warmup: 2 }, law: { name: "my-law" }, trainer: "counting", budget: { flops: 3e8 },
+      stages: [{ grow: "width", at: { rule: "with-law" }, rewarmup: 2 }] });
+    expect(checkRunPlugins(s, registry).trainer).toBe(counting);
+    const r = await executeRun(s, runEntries(s)[0]!, join(dir, "plugins"), { registry });
+    expect(lawSeen).toBe(myLaw);
+    expect(r.growths.map((g) => g.globalStep)).toEqual([12]);
+    expect(calls.train).toBeGreaterThan(1);
+    expect(calls.evaluate).toBe(1); // the loss after the growth
+    // The first model trains at half the peak after the warmup; the grown one keeps the kind (its LR scaled by the growth).
+    const lrs = (await readMetrics(join(dir, "plugins", "stage-0"))).map((m) => m.lr);
+    expect(lrs.slice(0, 4)).toEqual([0, 1.5e-3, 1.5e-3, 1.5e-3]);
+    const grown = await loadTrainingState(join(dir, "plugins", "stage-1"));
+    expect(grown.schedule?.kind).toBe("half");
+    await grown.close();
+    expect((await readMetrics(join(dir, "plugins", "stage-1"))).filter((m) => m.stage === 1).at(-1)!.lr).toBeCloseTo(1.5e-3 / 2, 12);
+
+    // Every name is checked against the registry, with the spec's file and field; nothing is written.
+    const file = join(dir, "spec.json");
+    const bad = (over: Record<string, unknown>) => spec({ ...over, stages: [] });
+    expect(() => checkRunPlugins(bad({ schedule: { kind: "halve" } }), registry, file))
+      .toThrow(`${file}: schedule.kind: unknown LR schedule "halve" (registered: constant, linear, cosine, wsd, restart-linear, half)`);
+    expect(() => checkRunPlugins(bad({ law: { name: "their-law" } }), registry, file))
+      .toThrow(`${file}: law.name: unknown scaling law "their-law" (registered: chinchilla, kaplan, my-law)`);
+    expect(() => checkRunPlugins(bad({ law: { name: "kaplan" } }), registry, file))
+      .toThrow(`${file}: law.name: the law "kaplan" is kaplan-form: growth timing in run units needs a Chinchilla-form law`);
+    expect(() => checkRunPlugins(bad({ trainer: "torch" }), registry, file)).toThrow(`${file}: trainer: unknown trainer "torch" (registered: counting, ort)`);
+    await expect(executeRun(s, runEntries(s)[0]!, join(dir, "plugins-missing"))).rejects.toThrow('stages[0].at: unknown growth-timing rule "with-law"');
+    const { law: _law, ...lawless } = s;
+    await expect(executeRun({ ...s, stages: [] }, runEntries(s)[0]!, join(dir, "plugins-missing")))
+      .rejects.toThrow('law.name: unknown scaling law "my-law" (registered: chinchilla, kaplan)');
+    await expect(executeRun({ ...lawless, stages: [] }, runEntries(s)[0]!, join(dir, "plugins-missing")))
+      .rejects.toThrow('schedule.kind: unknown LR schedule "half" (registered: constant, linear, cosine, wsd, restart-linear)');
+    await expect(executeRun({ ...lawless, stages: [], schedule: { kind: "constant", warmup: 2 } }, runEntries(s)[0]!, join(dir, "plugins-missing")))
+      .rejects.toThrow('trainer: unknown trainer "counting" (registered: ort)');
+    expect(await readdir(dir)).not.toContain("plugins-missing");
+    expect(() => spec({ law: { name: "" } })).toThrow(/law\.name must be a non-empty string, got ""/);
+    expect(() => spec({ law: { name: "x", constants: {} } })).toThrow(/law\.constants is not a field \(fields: name\)/);
+    expect(() => spec({ trainer: 3 })).toThrow(/trainer must be a non-empty string, got 3/);
   });
 
   it("a baseline with cooldown.frontier cools copies of itself down at those fractions; the frontier survives a kill", async () => {

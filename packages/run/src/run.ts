@@ -3,17 +3,15 @@ import { mkdir } from "node:fs/promises";
 import { basename, join } from "node:path";
 import {
   canonicalPath, checkInput, checkOutputPath, createDefaultRegistry, globalStepOf, lockCheckpoint, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState, STATE_FILE,
-  writeFileAtomic, type GrowthPlugin, type GrowthTimingPlugin, type ModelShape, type Registry, type TrainingState,
+  writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
 } from "@staged/core";
-import { widthGrowth } from "@staged/grow-width";
-import { depthGrowth } from "@staged/grow-depth";
 import {
-  fitLossCeiling, flopsPerToken, largeModelAt, lawFromFit, nonEmbeddingParams,
-  readMetrics, withCooldown, type ChinchillaLaw, type FitResult, type MetricsRecord,
+  flopsPerToken, largeModelAt, nonEmbeddingParams,
+  readMetrics, withCooldown, type ChinchillaLaw, type MetricsRecord, type RunModel,
 } from "@staged/scheduler";
-import { evaluate, train, type EngineFactory, type EvaluateOptions, type TrainOptions } from "@staged/trainer-ort";
+import type { EngineFactory, EvaluateOptions, OrtTrainerPlugin, TrainOptions } from "@staged/trainer-ort";
 import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
-import { autoTiming, planTiming } from "./timing.js";
+import { checkRunPlugins, createRunRegistry, runLaw, runTrainer, timingRule } from "./plugins.js";
 import type { CurvePoint, FinalEvaluation, GrowthEvent, RunResult } from "./types.js";
 
 /** One run of a spec: the staged schedule for one seed, or a comparison (baseline, no-growth) for one seed. */
@@ -51,6 +49,12 @@ export function modelConfig(m: ModelSpec, context: number): Record<string, unkno
 /** The model shape of a ModelSpec at a context, as its architecture reads it. */
 export function shapeOf(m: ModelSpec, context: number): ModelShape {
   return createDefaultRegistry().get("architecture", m.arch).parseConfig(modelConfig(m, context)).shape;
+}
+
+/** A model's non-embedding parameters and training FLOPs per token at a context: what growth timing in run units needs. */
+export function runModelOf(m: ModelSpec, context: number): RunModel {
+  const shape = shapeOf(m, context);
+  return { params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, context) };
 }
 
 /**
@@ -106,7 +110,10 @@ export interface ExecuteOptions {
    * RunInterrupted; running the same spec again resumes from there as after a kill.
    */
   signal?: AbortSignal;
-  /** The plugins: architectures, growth operators, growth-timing rules (default createRunRegistry()). */
+  /**
+   * The plugins (default createRunRegistry(), ./plugins.ts): architectures, growth operators, growth-timing rules,
+   * scaling laws, LR schedules, trainers.
+   */
   registry?: Registry;
 }
 
@@ -118,12 +125,6 @@ export class RunInterrupted extends Error {
   }
 }
 
-/** Core's architectures, the growth operators and the growth-timing rules "auto" and "plan": what a staged run needs (the CLI adds checkpoint formats to it). */
-export function createRunRegistry(): Registry {
-  return createDefaultRegistry().register("growth", widthGrowth).register("growth", depthGrowth)
-    .register("growthTiming", autoTiming).register("growthTiming", planTiming);
-}
-
 const stageDir = (runDir: string, k: number) => join(runDir, `stage-${k}`);
 const isCheckpoint = (dir: string) => existsSync(join(dir, STATE_FILE));
 
@@ -131,42 +132,16 @@ async function readJson<T>(file: string, what: string): Promise<T> {
   return parseJsonFile(await readTextInput(file, what), file) as T;
 }
 
-/** Load the Chinchilla-form law a spec names, with the loss below which its fit is backed by data. */
-export async function loadLaw(file: string): Promise<{ law: ChinchillaLaw; maxLoss: number | null }> {
-  const fit = await readJson<FitResult>(file, "the law");
-  const law = lawFromFit(fit, file);
-  if (law.form !== "chinchilla") throw new Error(`${file}: growth timing in run units needs a Chinchilla-form fit (staged plan fit --law chinchilla), got ${law.form}`);
-  return { law: law as ChinchillaLaw, maxLoss: fitLossCeiling(fit) };
-}
-
-/**
- * The growth-timing rules a spec's stages name, each registered, and a law in the spec for those that need one; else a
- * one-line error naming the stage (and `file`, the spec's path, when given).
- */
-export function checkTimingRules(spec: RunSpec, registry: Registry = createRunRegistry(), file?: string): GrowthTimingPlugin[] {
-  const where = (i: number) => `${file === undefined ? "" : `${file}: `}stages[${i}].at`;
-  return spec.stages.flatMap((stage, i) => {
-    const name = timingRule(stage);
-    if (name === null) return [];
-    if (!registry.has("growthTiming", name)) {
-      throw new Error(`${where(i)}: unknown growth-timing rule "${name}" (registered: ${registry.list("growthTiming").join(", ") || "none"})`);
-    }
-    const rule = registry.get("growthTiming", name);
-    if (rule.needsLaw && spec.law === undefined) throw new Error(`${where(i)}: the rule "${name}" needs the spec's law (a fit.json from \`staged plan fit --form chinchilla\`)`);
-    return [rule];
-  });
-}
-
 /**
  * Check every file a spec's runs will read (data, validation data, tokenizer, law) before anything is
  * written, with one-line errors naming the file; returns the law when a timing needs one.
  */
 export async function checkRunInputs(spec: RunSpec, registry: Registry = createRunRegistry()): Promise<{ law: ChinchillaLaw; maxLoss: number | null } | null> {
-  const lawless = checkTimingRules(spec, registry).find((r) => r.needsLaw);
+  const lawless = checkRunPlugins(spec, registry).rules.find((r) => r.needsLaw);
   if (spec.data !== "brown") await checkInput(spec.data, "the data");
   if (spec.valData !== undefined) await checkInput(spec.valData, "the validation data");
   if (spec.tokenizer !== undefined) await checkInput(spec.tokenizer, "the tokenizer");
-  return lawless || spec.stages.some((s) => s.continueAt === "law") ? loadLaw(spec.law!) : null;
+  return lawless || spec.stages.some((s) => s.continueAt === "law") ? runLaw(spec.law!, registry) : null;
 }
 
 /** What identifies a run's configuration: a rerun into the same directory must match it. */
@@ -193,19 +168,21 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
   const budget = budgetFlops(spec);
   const loaded = await checkRunInputs(spec, registry);
   const law = loaded?.law ?? null;
+  const trainer = runTrainer(spec, registry);
   await checkOutputPath(runDir);
   await mkdir(runDir, { recursive: true });
   // One process per run directory: a second `staged run` of it is refused, naming the first.
   const lock = await lockCheckpoint(await canonicalPath(runDir), "exclusive");
   try {
-    return await executeLocked(spec, entry, runDir, o, { registry, budget, law, maxLoss: loaded?.maxLoss ?? null });
+    return await executeLocked(spec, entry, runDir, { ...o, registry }, { registry, budget, law, maxLoss: loaded?.maxLoss ?? null, trainer });
   } finally {
     await lock.release();
   }
 }
 
 async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions,
-                             { registry, budget, law, maxLoss }: { registry: Registry; budget: number; law: ChinchillaLaw | null; maxLoss: number | null }): Promise<RunResult> {
+                             { registry, budget, law, maxLoss, trainer }:
+                               { registry: Registry; budget: number; law: ChinchillaLaw | null; maxLoss: number | null; trainer: OrtTrainerPlugin }): Promise<RunResult> {
   const idFile = join(runDir, "run.json");
   const id = identity(spec, entry);
   if (existsSync(idFile)) {
@@ -280,7 +257,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       while (!decided && state.progress.flopsSeen < budget) {
         const nextFrontier = frontierAt[frontier.length];
         if (nextFrontier !== undefined && state.progress.flopsSeen >= nextFrontier) {
-          frontier.push(await coolCopy(state, spec, spec.cooldown!, o, entry.name, dir));
+          frontier.push(await coolCopy(trainer, state, spec, spec.cooldown!, o, entry.name, dir));
           await writeFileAtomic(frontierFile, JSON.stringify(frontier) + "\n");
           o.onLine?.(`${entry.name}: frontier point ${frontier.length}/${frontierAt.length}: ${frontier.at(-1)!.valLoss.toFixed(4)} after a cooldown from ${state.progress.flopsSeen.toExponential(3)} FLOPs`);
           continue;
@@ -297,16 +274,16 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
           data: spec.data, valData: spec.valData, tokenizer: k === 0 && state.progress.step === 0 ? spec.tokenizer : undefined,
           steps, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
           // A grown model's peak LR is the checkpoint's (the growth scaled it by its lrScale).
-          ...(k === 0 ? { lr: spec.optimizer.lr, schedule: "constant", warmup: spec.schedule.warmup } : {}),
+          ...(k === 0 ? { lr: spec.optimizer.lr, schedule: spec.schedule.kind, warmup: spec.schedule.warmup } : {}),
           betas: spec.optimizer.betas, eps: spec.optimizer.eps, weightDecay: spec.optimizer.weightDecay, clip: spec.optimizer.clip,
           biasCorrection: spec.optimizer.biasCorrection,
           seed: k === 0 && state.progress.step === 0 ? entry.seed : undefined,
           evalEvery: spec.eval.every, evalBlocks: spec.eval.blocks, saveDir: dir,
-          threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal,
+          threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal, registry,
         };
         const before = state;
         const globalBefore = globalStepOf(before.progress);
-        const r = await train(state, options, {
+        const r = await trainer.train(state, options, {
           onEval: (e) => {
             lastVal = e.valLoss;
             if (until?.push({ step: e.step, globalStep: e.globalStep, stage: k, flops: e.flops, tokens: e.tokens, valLoss: e.valLoss })) {
@@ -329,7 +306,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         // The budget is spent (a stage whose growth never came is recorded by the missing growth).
         if (stage) o.onLine?.(`${entry.name}: the budget ended before stage ${k + 1}'s growth (${stage.grow}) was due`);
         report({ step: state.progress.step, globalStep: globalStepOf(state.progress), flops: state.progress.flopsSeen }, k, lastVal, tps, true);
-        const cooled = spec.cooldown ? await cooldown(state, spec, spec.cooldown, runDir, dir, o) : null;
+        const cooled = spec.cooldown ? await cooldown(trainer, state, spec, spec.cooldown, runDir, dir, o) : null;
         // The curve is the constant-LR run up to the budget; the cooldown's points are not part of it.
         const points = curvePoints(await readMetrics(dir)).filter((p) => !cooled || p.stage !== k || p.step <= cooled.startStep);
         const final = cooled?.final;
@@ -356,7 +333,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
       });
       const record = grown.progress.stages.at(-1)!;
       const ev = validationOf(spec, o, spec.eval.blocks);
-      const valAfter = (await evaluate(grown, ev)).loss;
+      const valAfter = (await trainer.evaluate(grown, ev)).loss;
       const event: GrowthEvent = {
         stage: k + 1, operator: stage.grow, options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
         flops: state.progress.flopsSeen, globalStep: globalStepOf(state.progress),
@@ -376,14 +353,14 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
 }
 
 /** The spec's cooldown from a copy of `state` (nothing saved): one point of the baseline's cooled-down frontier. */
-async function coolCopy(state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, o: ExecuteOptions,
+async function coolCopy(trainer: OrtTrainerPlugin, state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, o: ExecuteOptions,
                         run: string, dir: string): Promise<FinalEvaluation> {
   const ev = validationOf(spec, o, c.blocks);
-  const before = await evaluate(state, ev);
-  const r = await train({ ...state, schedule: withCooldown(state.schedule!, state.progress.step, c.steps) },
+  const before = await trainer.evaluate(state, ev);
+  const r = await trainer.train({ ...state, schedule: withCooldown(state.schedule!, state.progress.step, c.steps) },
     cooldownOptions(spec, o, c.steps, null), { onStep: (i) => o.onStep?.(globalStepOf(state.progress) + i.index) });
   if (r.result.interrupted) throw new RunInterrupted(run, dir, state.progress.step);
-  const after = await evaluate(r.state, ev);
+  const after = await trainer.evaluate(r.state, ev);
   return { steps: c.steps, flops: r.state.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore: before.loss };
 }
 
@@ -391,13 +368,14 @@ async function coolCopy(state: TrainingState, spec: RunSpec, c: NonNullable<RunS
 const cooldownOptions = (spec: RunSpec, o: ExecuteOptions, steps: number, saveDir: string | null): TrainOptions => ({
   steps, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir,
   data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
-  threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal,
+  threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal, ...(o.registry ? { registry: o.registry } : {}),
 });
 
 /** Options of `evaluate` for the run's validation stream (the trainer's), on `maxBlocks` blocks (undefined: all). */
 function validationOf(spec: RunSpec, o: ExecuteOptions, maxBlocks: number | undefined): EvaluateOptions {
   return { data: spec.data, valData: spec.valData, stream: "training-validation", context: spec.context, batch: spec.batch,
-    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(maxBlocks === undefined ? {} : { maxBlocks }) };
+    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(maxBlocks === undefined ? {} : { maxBlocks }),
+    ...(o.registry ? { registry: o.registry } : {}) };
 }
 
 /**
@@ -407,14 +385,14 @@ function validationOf(spec: RunSpec, o: ExecuteOptions, maxBlocks: number | unde
  * killed run resumes inside the cooldown, then the loss on the final validation blocks. The loss on the same
  * blocks before the cooldown is measured first and kept in `cooldown.json`, which also marks where it began.
  */
-async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, runDir: string, dir: string,
+async function cooldown(trainer: OrtTrainerPlugin, state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, runDir: string, dir: string,
                         o: ExecuteOptions): Promise<{ final: FinalEvaluation; startStep: number }> {
   const file = join(runDir, "cooldown.json");
   const ev = validationOf(spec, o, c.blocks);
   let start: { step: number; valLossBefore: number };
   if (existsSync(file)) start = await readJson<{ step: number; valLossBefore: number }>(file, "the cooldown's start");
   else {
-    start = { step: state.progress.step, valLossBefore: (await evaluate(state, ev)).loss };
+    start = { step: state.progress.step, valLossBefore: (await trainer.evaluate(state, ev)).loss };
     await writeFileAtomic(file, JSON.stringify(start) + "\n");
   }
   const total = start.step + c.steps;
@@ -423,13 +401,13 @@ async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunS
     const steps = Math.min(total - current.progress.step, spec.eval.every * 5);
     const globalBefore = globalStepOf(current.progress);
     // Once a piece is saved the stored schedule is the cooldown's, which withCooldown leaves as it is.
-    const r = await train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) },
+    const r = await trainer.train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) },
       cooldownOptions(spec, o, steps, dir), { onStep: (i) => o.onStep?.(globalBefore + i.index) });
     current = r.state;
     if (r.result.interrupted) throw new RunInterrupted(basename(runDir), dir, current.progress.step);
     o.onLine?.(`${dir}: cooldown ${current.progress.step - start.step}/${c.steps} steps`);
   }
-  const after = await evaluate(current, ev);
+  const after = await trainer.evaluate(current, ev);
   return {
     final: { steps: c.steps, flops: current.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore: start.valLossBefore },
     startStep: start.step,
@@ -455,12 +433,6 @@ interface GrowthCondition {
   replay(points: readonly CurvePoint[]): boolean;
 }
 
-/** The growth-timing rule a stage names: "auto", "plan" or {"rule": name}; null for a fixed moment. */
-export function timingRule(stage: StageSpec): string | null {
-  const at = stage.at;
-  return typeof at === "string" ? at : "rule" in at ? at.rule : null;
-}
-
 function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: StageSpec, registry: Registry,
                          law: ChinchillaLaw | null, maxLoss: number | null, budget: number, settledFrom: number): GrowthCondition {
   const fixed = (c: { flops?: number; steps?: number }): GrowthCondition => ({ ...c, push: () => false, replay: () => false });
@@ -468,10 +440,7 @@ function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: Stage
   if (typeof at === "object" && "flops" in at) return fixed({ flops: at.flops });
   if (typeof at === "object" && "fraction" in at) return fixed({ flops: at.fraction * budget });
   if (typeof at === "object" && "step" in at) return fixed({ steps: at.step });
-  const model = (m: ModelSpec) => {
-    const shape = shapeOf(m, spec.context);
-    return { params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, spec.context) };
-  };
+  const model = (m: ModelSpec) => runModelOf(m, spec.context);
   const timing = registry.get("growthTiming", timingRule(stage)!).create({
     stage: k, small: model(grownModel(entry.model, entry.stages.slice(0, k))), large: model(grownModel(entry.model, entry.stages.slice(0, k + 1))),
     batchTokens: spec.batch * spec.context, budget, law, maxLoss,

@@ -1,5 +1,6 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import { createDefaultRegistry, LR_SCALE_PARAMS, type LrScaleParams } from "@staged/core";
+import { LR_SCHEDULE_KINDS } from "@staged/scheduler";
 
 /**
  * A staged run described in one JSON file (`staged run <spec.json>`): data, batch, optimizer, the budget,
@@ -21,9 +22,11 @@ export interface RunSpec {
   optimizer: { lr: number; betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null; biasCorrection?: boolean };
   /**
    * The LR schedule: constant after a linear warmup. Staged and baseline runs are compared at every FLOP
-   * count, which a schedule decaying over one run's own length would not allow.
+   * count, which a schedule decaying over one run's own length would not allow: the built-in decaying kinds of
+   * @staged/scheduler are refused. `kind` may also name an lrSchedule plugin of the run's registry (research code's
+   * own schedule, checked by checkRunPlugins).
    */
-  schedule: { kind: "constant"; warmup: number };
+  schedule: { kind: string; warmup: number };
   /** Validation every `every` steps on the first `blocks` blocks of the validation data. */
   eval: { every: number; blocks: number };
   /**
@@ -41,8 +44,14 @@ export interface RunSpec {
   model: ModelSpec;
   /** The growths, in order. */
   stages: StageSpec[];
-  /** A Chinchilla-form fit (`staged plan fit --form chinchilla` output), needed by `auto` and `plan` timings. */
-  law?: string;
+  /**
+   * The scaling law, needed by `auto` and `plan` timings and continueAt "law": a Chinchilla-form fit (`staged plan fit
+   * --form chinchilla` output), or `{"name": n}`, a Chinchilla-form law registered under "scheduler" in the run's
+   * registry (checkRunPlugins).
+   */
+  law?: string | { name: string };
+  /** The trainer: a "trainer" plugin of the run's registry (default "ort", @staged/trainer-ort's). */
+  trainer?: string;
   /** Seeds of the staged runs (init and data order); default [0]. */
   seeds: number[];
   /** The final model trained from scratch with the same budget and hyperparameters; its seeds (default: none). */
@@ -109,7 +118,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   if (!isObj(raw)) fail("the spec", "must be a JSON object");
   const r = raw as Record<string, unknown>;
   const known = new Set(["name", "data", "valData", "tokenizer", "context", "batch", "microBatch", "optimizer", "schedule",
-    "eval", "cooldown", "budget", "model", "stages", "law", "seeds", "baseline", "noGrowth", "threads", "$comment"]);
+    "eval", "cooldown", "budget", "model", "stages", "law", "trainer", "seeds", "baseline", "noGrowth", "threads", "$comment"]);
   for (const k of Object.keys(r)) if (!known.has(k)) fail(JSON.stringify(k), `is not a spec field (fields: ${[...known].filter((x) => x !== "$comment").join(", ")})`);
 
   const int = (v: unknown, field: string, min: number, max = Number.MAX_SAFE_INTEGER): number =>
@@ -160,10 +169,11 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   if (!isObj(sch)) fail("schedule", "must be an object");
   const s = sch as Record<string, unknown>;
   fields(s, "schedule", ["kind", "warmup"]);
-  if (s.kind !== undefined && s.kind !== "constant") {
-    fail("schedule.kind", `must be "constant" (staged and baseline runs are compared at every FLOP count, which a schedule decaying over one run's length breaks), got ${JSON.stringify(s.kind)}`);
+  if (s.kind !== undefined && s.kind !== "constant" && (typeof s.kind !== "string" || s.kind === "" || LR_SCHEDULE_KINDS.includes(s.kind))) {
+    fail("schedule.kind", `must be "constant" (staged and baseline runs are compared at every FLOP count, which a schedule decaying over one run's length breaks) ` +
+      `or a registered schedule of your own, got ${JSON.stringify(s.kind)}`);
   }
-  const schedule = { kind: "constant" as const, warmup: s.warmup === undefined ? 0 : int(s.warmup, "schedule.warmup", 0) };
+  const schedule = { kind: typeof s.kind === "string" ? s.kind : "constant", warmup: s.warmup === undefined ? 0 : int(s.warmup, "schedule.warmup", 0) };
 
   if (!isObj(r.eval)) fail("eval", "must be an object {every, blocks}");
   const e = r.eval as Record<string, unknown>;
@@ -216,7 +226,11 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
 
   if (!Array.isArray(r.stages)) fail("stages", "must be a list (empty: no growth)");
   const stages = (r.stages as unknown[]).map((v, i) => parseStage(v, `stages[${i}]`, fail, int, pos, schedule.warmup));
-  const law = r.law === undefined ? undefined : path(str(r.law, "law"));
+  const law = r.law === undefined ? undefined : isObj(r.law) ? registeredName(r.law) : path(str(r.law, "law"));
+  function registeredName(v: Record<string, unknown>): { name: string } {
+    fields(v, "law", ["name"]);
+    return { name: str(v.name, "law.name") };
+  }
   if (!law && stages.some((st) => st.at === "auto" || st.at === "plan" || st.continueAt === "law")) {
     fail("law", "is needed by an \"auto\" or \"plan\" timing or continueAt \"law\" (a fit.json from `staged plan fit --form chinchilla`)");
   }
@@ -234,6 +248,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     ...(microBatch === undefined ? {} : { microBatch }),
     ...(cooldown === undefined ? {} : { cooldown }),
     ...(law === undefined ? {} : { law }),
+    ...(r.trainer === undefined ? {} : { trainer: str(r.trainer, "trainer") }),
     ...(r.baseline === undefined ? {} : { baseline: group(r.baseline, "baseline")! }),
     ...(r.noGrowth === undefined ? {} : { noGrowth: group(r.noGrowth, "noGrowth")! }),
     ...(r.threads === undefined ? {} : { threads: int(r.threads, "threads", 1, 1024) }),

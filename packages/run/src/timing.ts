@@ -1,10 +1,10 @@
 import type { GrowthTimingContext, GrowthTimingPlugin, TimingPoint } from "@staged/core";
-import { MarginalGrowthDetector, localPowerLaw, planGrowthInRunUnits, type ChinchillaLaw } from "@staged/scheduler";
+import { MarginalGrowthDetector, isChinchillaLaw, localPowerLaw, planGrowthInRunUnits, type ChinchillaLaw } from "@staged/scheduler";
 
 /** The spec's law, which the run has loaded for a rule with needsLaw (a Chinchilla-form fit). */
 const lawOf = (c: GrowthTimingContext): ChinchillaLaw => {
-  if (c.law === null || typeof c.law !== "object") throw new Error(`growth timing at stage ${c.stage}: the rule needs the spec's law`);
-  return c.law as ChinchillaLaw;
+  if (!isChinchillaLaw(c.law)) throw new Error(`growth timing at stage ${c.stage}: the rule needs the spec's law (Chinchilla-form)`);
+  return c.law;
 };
 
 /** "auto": online, the marginal-efficiency rule of @staged/scheduler on the run's own validation curve. */

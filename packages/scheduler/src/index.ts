@@ -6,6 +6,7 @@ export * from "./plan.js";
 export * from "./online.js";
 export * from "./fit.js";
 export * from "./metrics.js";
-export * from "./plot.js";
 export * from "./registry.js";
+export * from "./resolve-law.js";
 export * from "./marginal.js";
+export * from "./fit-files.js";

@@ -193,3 +193,17 @@ export function chinchillaLaw(constants: Partial<ChinchillaConstants> = {}, batc
 /** The built-in laws with their published constants. */
 export const kaplan: KaplanLaw = kaplanLaw();
 export const chinchilla: ChinchillaLaw = chinchillaLaw();
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null;
+
+/** Whether a value (a registered "scheduler" plugin, say) is a ScalingLaw: a form, constants, lossAtConvergence and curve. */
+export function isScalingLaw(v: unknown): v is ScalingLaw {
+  return isObject(v) && typeof v.name === "string" && (v.form === "kaplan" || v.form === "chinchilla") && isObject(v.constants) &&
+    typeof v.lossAtConvergence === "function" && typeof v.curve === "function";
+}
+
+/** Whether a value is a Chinchilla-form law (what growth timing in a run's own units needs: loss(N, D), tokensToLoss, batchTokens). */
+export function isChinchillaLaw(v: unknown): v is ChinchillaLaw {
+  return isScalingLaw(v) && v.form === "chinchilla" && typeof v.loss === "function" && typeof v.tokensToLoss === "function" &&
+    typeof v.computeOptimal === "function" && typeof v.batchTokens === "number";
+}

@@ -1,4 +1,4 @@
-import type { LrRestart, LrScheduleSpec, ParamLrScale } from "@staged/core";
+import type { LrRestart, LrSchedulePlugin, LrScheduleSpec, ParamLrScale, Registry } from "@staged/core";
 
 /** A learning rate as a pure function of the optimizer step (the number of updates already applied). */
 export type LrFunction = (step: number) => number;
@@ -180,8 +180,30 @@ const BASE: Record<string, BaseFactory> = {
   "restart-linear": restartLinear,
 };
 
-/** The schedule kinds createLrSchedule knows. */
+/** The built-in schedule kinds, which createLrSchedule knows with or without a registry. */
 export const LR_SCHEDULE_KINDS: readonly string[] = Object.keys(BASE);
+
+/** The built-in kinds as lrSchedule plugins (registerScheduler registers them); `create` checks that the spec's kind matches. */
+export const BUILTIN_LR_SCHEDULES: readonly LrSchedulePlugin[] = Object.entries(BASE).map(([name, factory]) => ({
+  name,
+  create(spec: LrScheduleSpec) {
+    if (spec?.kind !== name) throw new Error(`lrSchedule plugin "${name}" got a spec of kind ${JSON.stringify(spec?.kind)}`);
+    return factory(spec);
+  },
+}));
+const BUILTIN = new Map(BUILTIN_LR_SCHEDULES.map((p) => [p.name, p]));
+
+/** The schedule kinds known with this registry: the built-in ones, then the registry's other lrSchedule plugins. */
+export function lrScheduleKinds(registry?: Registry): string[] {
+  return [...LR_SCHEDULE_KINDS, ...(registry?.list("lrSchedule") ?? []).filter((k) => !BUILTIN.has(k))];
+}
+
+/** The plugin of a kind: the registry's lrSchedule plugin of that name, else the built-in kind; an unknown kind lists the known ones. */
+function lrSchedulePlugin(kind: string, registry: Registry | undefined): LrSchedulePlugin {
+  const plugin = registry?.has("lrSchedule", kind) ? registry.get("lrSchedule", kind) : BUILTIN.get(kind);
+  if (!plugin) throw new Error(`unknown LR schedule kind ${JSON.stringify(kind)} (kinds: ${lrScheduleKinds(registry).join(", ")})`);
+  return plugin;
+}
 
 /**
  * Apply one restart to a schedule: for steps in [r.step, r.step + r.warmupSteps) the LR ramps linearly from 0
@@ -198,19 +220,20 @@ function applyRestart(inner: LrFunction, r: LrRestart): LrFunction {
 /**
  * Turn a serializable schedule description into a pure function of the step.
  *
- * Kinds: "constant", "linear" (the paper's: linear warmup + linear decay to minLr), "cosine", "wsd"
+ * Built-in kinds: "constant", "linear" (the paper's: linear warmup + linear decay to minLr), "cosine", "wsd"
  * (warmup-stable-decay, option `decayFraction`, default 0.1, and `decayShape`), "restart-linear" (the seed
- * code's `get_restart_linear_schedule_with_warmup`, options `restartSteps`, `restartWarmupSteps`). Every kind
- * then applies `spec.restarts` in step order (see {@link withRestart}). The spec is validated up front; an
- * invalid spec or an unknown kind throws an Error that says what is wrong (and lists the kinds).
+ * code's `get_restart_linear_schedule_with_warmup`, options `restartSteps`, `restartWarmupSteps`). With a
+ * `registry`, a kind it holds an lrSchedule plugin of is that plugin's (research code registers its own kinds;
+ * the fields every kind shares are checked first). Every kind then applies `spec.restarts` in step order (see
+ * {@link withRestart}). The spec is validated up front; an invalid spec or an unknown kind throws an Error that
+ * says what is wrong (and lists the kinds).
  */
-export function createLrSchedule(spec: LrScheduleSpec): LrFunction {
+export function createLrSchedule(spec: LrScheduleSpec, registry?: Registry): LrFunction {
   if (!spec || typeof spec !== "object") throw new Error("invalid LR schedule: expected an object");
-  const factory = BASE[spec.kind];
-  if (!factory) {
-    throw new Error(`unknown LR schedule kind ${JSON.stringify(spec.kind)} (kinds: ${LR_SCHEDULE_KINDS.join(", ")})`);
-  }
-  let fn = factory(spec);
+  const plugin = lrSchedulePlugin(spec.kind, registry);
+  // The built-in kinds check the common fields themselves, with their own needs (totalSteps ≥ 1 where they decay).
+  if (BUILTIN.get(spec.kind) !== plugin) validateCommon(spec, false);
+  let fn = plugin.create(spec);
   const restarts = [...spec.restarts].sort((a, b) => a.step - b.step);
   for (const r of restarts) fn = applyRestart(fn, r);
   const kind = spec.kind;

@@ -125,3 +125,14 @@ function runningMeanAt(values: readonly number[], n: number, size: number, indic
     return sum / size;
   });
 }
+
+/**
+ * The online decision for a curve so far (`staged plan check`): its points fed to an OnlineGrowthDetector in order
+ * (none after the decision); for a `finished` run also the last slopes (finish, with the end reflection). Null: not yet.
+ */
+export function decideOnCurve<P extends LossPoint>(points: readonly P[], options: OnlineDetectorOptions & { finished?: boolean }): OnlineDecision<P> | null {
+  const { finished, ...detectorOptions } = options;
+  const detector = new OnlineGrowthDetector<P>(detectorOptions);
+  for (const p of points) if (!detector.decision) detector.push(p);
+  return detector.decision ?? (finished ? detector.finish() : null);
+}

@@ -1,7 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { chinchilla, kaplan } from "./laws.js";
 import { constantOp, planGrowth, planStages, simulateCurve } from "./plan.js";
-import { planPlotSpec } from "./plot.js";
 
 describe("constant_op (the seed's simulated Kaplan curves)", () => {
   it("reproduces 2.717 for width at any target size", () => {
@@ -65,14 +64,5 @@ describe("multi-stage plans", () => {
     const p = planGrowth({ law: chinchilla, targetParams: 3e8, operator: "width" });
     expect(p.constantOp).toBeGreaterThan(1);
     expect(p.continueAtStep).toBeLessThan(p.growAtStep);
-  });
-
-  it("has a plot spec with the curves, the staged path and the growth and optimality points", () => {
-    const plan = planStages({ law: kaplan, targetParams: 8e8, operators: ["width", "depth"] });
-    const spec = planPlotSpec(plan) as { layer: { data: { values: { series: string }[] } }[] };
-    const series = new Set(spec.layer[0]!.data.values.map((r) => r.series));
-    expect([...series]).toEqual(["100M from scratch", "400M from scratch", "800M from scratch", "staged path"]);
-    expect(spec.layer[1]!.data.values.map((r) => r.series)).toEqual(["growth", "growth", "optimality", "optimality"]);
-    expect(JSON.parse(JSON.stringify(spec))).toEqual(spec);
   });
 });

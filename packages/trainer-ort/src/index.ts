@@ -18,6 +18,7 @@ export {
   type TrainOptions, type TrainResult, type TrainCallbacks, type StepInfo, type EvalInfo, type SaveInfo,
   type EvaluateOptions, type EvaluateResult, type EngineFactory, type TrainEngine, type TrainEngineOptions,
 } from "./trainer.js";
+export { ortTrainer, type OrtTrainerPlugin } from "./plugin.js";
 // The metrics log format belongs to @staged/scheduler, which reads it to decide when to grow.
 export { METRICS_FILE, readMetrics, parseMetrics, formatMetrics, type MetricsRecord } from "@staged/scheduler";
 export { byteTokenizer, hfTokenizer, loadHfTokenizer, tokenizerOf, checkTokenizerFits, type TextTokenizer } from "./data/tokenizer.js";

@@ -288,6 +288,20 @@ describe("plugins of your own", () => {
     expect(Number.isFinite(result.loss)).toBe(true);
     expect(Number.isFinite((await evaluate(state, { data: text, context: 8, maxBlocks: 2, threads: 1, registry })).loss)).toBe(true);
   });
+
+  it("train() runs an LR schedule kind of the registry given; an unknown kind names the known ones", async () => {
+    // Research code's own schedule: the peak LR over 1 + step.
+    const registry = createDefaultRegistry().register("lrSchedule", { name: "inverse", create: (s) => (step) => s.peakLr / (1 + step) });
+    const o: TrainOptions = { data: text, steps: 4, batch: 2, context: 8, saveDir: null, engineFactory: fakeEngine, lr: 0.1, schedule: "inverse", registry };
+    const { state, result } = await train(tiny(), o);
+    expect(result.metrics.map((m) => m.lr)).toEqual([0.1, 0.05, 0.1 / 3, 0.025]);
+    expect(result.schedule.kind).toBe("inverse");
+    // The state keeps the kind: the next call (a resumed or grown run) finds it in the registry again.
+    expect((await train(state, { ...o, schedule: undefined, steps: 1 })).result.metrics[0]!.lr).toBe(0.1 / 5);
+    expect(() => resolveSchedule(tiny(), { steps: 1, schedule: "inverse" }))
+      .toThrow('unknown LR schedule kind "inverse" (kinds: constant, linear, cosine, wsd, restart-linear)');
+    expect(() => resolveSchedule(state, { steps: 1 })).toThrow(/^the state: schedule: unknown LR schedule kind "inverse"/);
+  });
 });
 
 describe("dropout from config.json", () => {

@@ -3,11 +3,11 @@ import { mkdir } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import {
   canonicalPath, createDefaultRegistry, detachedState, globalStepOf, inMemory, isLoaded, lockCheckpoint, saveTrainingState, STATE_FILE, streamKey, Tensor,
-  type CheckpointLock, type LazyTensor, type LrScheduleSpec, type Registry, type TrainingSettings, type TrainingState,
+  type AdamWState, type CheckpointLock, type LazyTensor, type LrScheduleSpec, type Progress, type Registry, type TrainingSettings, type TrainingState,
 } from "@staged/core";
-import { createLrSchedule, flopsPerToken, hasParamLrScales, LR_SCHEDULE_KINDS, paramLrScale } from "@staged/scheduler";
+import { createLrSchedule, flopsPerToken, hasParamLrScales, lrScheduleKinds, paramLrScale } from "@staged/scheduler";
 import { brownSplitOf, prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
-import { createSampler, evalBlockCount, SAMPLER_KINDS, type SamplerKind } from "./data/sampler.js";
+import { createSampler, evalBlockCount, SAMPLER_KINDS, type Sampler, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
 import { createEngine, type StepOptions } from "./engine.js";
 import { formatMetrics, METRICS_FILE, parseMetrics, readMetrics, type MetricsRecord } from "@staged/scheduler";
@@ -68,7 +68,10 @@ export interface TrainOptions {
   // Options below left undefined keep the value stored in the state (or the default on a fresh state).
   /** Peak learning rate (stored as schedule.peakLr and optimizer.lr). */
   lr?: number;
-  /** LR schedule kind of @staged/scheduler: constant, linear, cosine, wsd (default constant). */
+  /**
+   * LR schedule kind: one of @staged/scheduler's (constant, linear, cosine, wsd, restart-linear; default constant) or an
+   * lrSchedule plugin of `registry`.
+   */
   schedule?: string;
   /** Linear warmup steps (default 0). */
   warmup?: number;
@@ -114,7 +117,10 @@ export interface TrainOptions {
    * first step: no step runs and nothing is saved.
    */
   signal?: AbortSignal;
-  /** Where the state's architecture plugin is found (default: createDefaultRegistry()); plugins of your own train through it. */
+  /**
+   * Where the state's architecture plugin and its schedule's kind (an lrSchedule plugin; @staged/scheduler's built-in
+   * kinds are known without one) are found (default: createDefaultRegistry()); plugins of your own train through it.
+   */
   registry?: Registry;
 }
 
@@ -261,7 +267,7 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
  * decaying schedule never sits at its final LR for the extra steps). To split a decaying schedule over
  * several calls exactly as one call would run it, give `totalSteps` in the first call.
  */
-export function resolveSchedule(state: TrainingState, o: Pick<TrainOptions, "lr" | "schedule" | "warmup" | "totalSteps" | "minLr" | "steps">): LrScheduleSpec {
+export function resolveSchedule(state: TrainingState, o: Pick<TrainOptions, "lr" | "schedule" | "warmup" | "totalSteps" | "minLr" | "steps" | "registry">): LrScheduleSpec {
   const end = state.progress.step + o.steps;
   const stored = state.schedule;
   const spec: LrScheduleSpec = stored
@@ -279,10 +285,10 @@ export function resolveSchedule(state: TrainingState, o: Pick<TrainOptions, "lr"
   check(spec.warmupSteps <= spec.totalSteps, `warmup ${spec.warmupSteps} is longer than the schedule (${spec.totalSteps} steps): ` +
     "the learning rate would never reach its peak; shorten it or give a longer total steps");
   try {
-    createLrSchedule(spec); // validates
+    createLrSchedule(spec, o.registry); // validates
   } catch (e) {
     // The stored schedule is at fault when its kind is the unknown one, or when no option changed it.
-    const fromState = stored !== null && (LR_SCHEDULE_KINDS.includes(spec.kind)
+    const fromState = stored !== null && (lrScheduleKinds(o.registry).includes(spec.kind)
       ? [o.schedule, o.lr, o.warmup, o.minLr, o.totalSteps].every((v) => v === undefined)
       : o.schedule === undefined);
     if (fromState) throw new Error(`${stateFileOf(state)}: schedule: ${(e as Error).message}`, { cause: e });
@@ -384,22 +390,61 @@ export async function train(state: TrainingState, options: TrainOptions,
 
 interface Prepared { t0: number; settings: TrainingSettings & { data: string }; schedule: LrScheduleSpec; saveDir: string | null; lock: CheckpointLock | null }
 
-async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: TrainCallbacks,
-                           { t0, settings, schedule, saveDir, lock }: Prepared): Promise<{ state: TrainingState; result: TrainResult }> {
+/** What a call reads besides the state: the tokenizer (and the files it brings), the data, the sampler and the validation blocks. */
+interface Inputs {
+  tokenizerFiles: Map<string, Uint8Array> | undefined;
+  tokenizerSpec: TrainingState["tokenizer"];
+  data: PreparedData;
+  seed: number;
+  samplerKind: SamplerKind;
+  sampler: Sampler;
+  valBlocks: number;
+}
+
+/** What the steps of a call change as they run, and what its result reports. */
+interface Tally {
+  /** Every step's training loss, its metrics records, the last validation loss, and the seconds spent in steps. */
+  losses: number[];
+  records: MetricsRecord[];
+  valLoss: number | null;
+  stepSeconds: number;
+}
+
+/** A call under way: what its steps, its saves and its result share. */
+interface Loop {
+  state: TrainingState;
+  settings: TrainingSettings & { data: string };
+  schedule: LrScheduleSpec;
+  inputs: Inputs;
+  engine: TrainEngine;
+  optimizer: AdamWState;
+  progress: Progress & { samplerSeed: number; sampler: string; globalStep: number };
+  tally: Tally;
+  history: MetricsRecord[];
+  /** FLOPs per token of the model at the call's context. */
+  fpt: number;
+  saveDir: string | null;
+  lock: CheckpointLock | null;
+}
+
+/** The tokenizer, the data, the sampler (kind and seed: the options', else the state's) and the validation block count of a call. */
+async function readInputs(state: TrainingState, o: TrainOptions, settings: TrainingSettings & { data: string }): Promise<Inputs> {
   const { batch, context } = settings;
-  const lrAt = createLrSchedule(schedule);
-  const { tokenizer, files: tokFiles, spec: tokenizerSpec } = await tokenizerFor(state, o);
+  const { tokenizer, files: tokenizerFiles, spec: tokenizerSpec } = await tokenizerFor(state, o);
   const data = await prepareData({ data: settings.data, valData: settings.valData, tokenizer, vocab: state.shape.vocab, context });
   const seed = o.seed ?? state.progress.samplerSeed;
   const samplerKind = o.sampler ?? (state.progress.sampler as SamplerKind | undefined) ?? "random";
   const sampler = createSampler(samplerKind, data.train.tokens, { batch, context, seed });
   const valBlocks = evalBlockCount(data.validation.tokens.length, context, settings.evalBlocks);
-  const fpt = flopsPerToken(state.shape, context);
-  const history = saveDir ? await metricsHistory(state) : [];
+  return { tokenizerFiles, tokenizerSpec, data, seed, samplerKind, sampler, valBlocks };
+}
 
-  const hasMoments = Boolean(state.optimizer.expAvg && state.optimizer.expAvgSq);
+const hasMoments = (state: TrainingState): boolean => Boolean(state.optimizer.expAvg && state.optimizer.expAvgSq);
+
+/** The optimizer settings of a call: each option given replaces the state's (clip defaults to DEFAULT_CLIP); the peak LR is the schedule's. */
+function optimizerFor(state: TrainingState, o: TrainOptions, schedule: LrScheduleSpec): AdamWState {
   const biasCorrection = o.biasCorrection ?? state.optimizer.biasCorrection;
-  const optimizer = {
+  return {
     ...state.optimizer,
     lr: schedule.peakLr,
     betas: o.betas ?? state.optimizer.betas,
@@ -408,151 +453,205 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
     clip: o.clip !== undefined ? o.clip : state.optimizer.clip !== undefined ? state.optimizer.clip : DEFAULT_CLIP,
     ...(biasCorrection === undefined ? {} : { biasCorrection }),
     // Without moments the bias correction starts over.
-    step: hasMoments ? state.optimizer.step : 0,
+    step: hasMoments(state) ? state.optimizer.step : 0,
   };
-  // Per-parameter LR factors set by growths (ParamLrScale), by the role of each of the engine's parameters.
-  const scaleAt = hasParamLrScales(schedule) ? paramLrScale(schedule) : null;
+}
+
+/** The engine of a call, holding the state's weights (and its moments, when it has both). */
+async function buildEngine(state: TrainingState, o: TrainOptions, settings: TrainingSettings, optimizer: AdamWState, perParamLr: boolean): Promise<TrainEngine> {
   const weights = await readAll(state.params);
-  const moments = hasMoments
+  const moments = hasMoments(state)
     ? { expAvg: await readAll(state.optimizer.expAvg!), expAvgSq: await readAll(state.optimizer.expAvgSq!) }
     : undefined;
   const factory = o.engineFactory ?? defaultEngineFactory;
-  const engine = await factory(state.architecture, state.config, weights, moments, {
-    device: o.device, threads: o.threads, batch, context, microBatch: settings.microBatch,
+  return factory(state.architecture, state.config, weights, moments, {
+    device: o.device, threads: o.threads, batch: settings.batch, context: settings.context, microBatch: settings.microBatch,
     betas: optimizer.betas, eps: optimizer.eps, weightDecay: optimizer.weightDecay,
     clip: optimizer.clip, noDecay: optimizer.noDecay, ...(o.registry ? { registry: o.registry } : {}),
-    ...(optimizer.biasCorrection === false ? { biasCorrection: false } : {}), ...(scaleAt ? { perParamLr: true } : {}),
+    ...(optimizer.biasCorrection === false ? { biasCorrection: false } : {}), ...(perParamLr ? { perParamLr: true } : {}),
   });
-  const roleOf = new Map((o.registry ?? createDefaultRegistry()).get("architecture", state.architecture).params(state.config).map((s) => [s.name, s.role]));
+}
+
+/**
+ * The engine's step options at a step: the per-parameter LR factors set by growths (ParamLrScale), by the role of each
+ * of the engine's parameters; none (undefined) when the schedule has no factors.
+ */
+function lrScalesOf(state: TrainingState, engine: TrainEngine, registry: Registry | undefined, schedule: LrScheduleSpec): (step: number) => StepOptions | undefined {
+  const scaleAt = hasParamLrScales(schedule) ? paramLrScale(schedule) : null;
+  if (!scaleAt) return () => undefined;
+  const roleOf = new Map((registry ?? createDefaultRegistry()).get("architecture", state.architecture).params(state.config).map((s) => [s.name, s.role]));
   const roles = engine.paramNames.map((n) => roleOf.get(n) ?? n);
   const lrScales = new Float64Array(roles.length);
-  const stepOptions = (step: number): StepOptions | undefined => {
-    if (!scaleAt) return undefined;
+  return (step) => {
     roles.forEach((r, i) => { lrScales[i] = scaleAt(step, r); });
     return { lrScales };
   };
+}
 
-  const progress = { ...state.progress, samplerSeed: seed, sampler: samplerKind, stages: [...state.progress.stages],
-    globalStep: globalStepOf(state.progress) };
-  const records: MetricsRecord[] = [];
-  const losses: number[] = [];
-  let valLoss: number | null = null;
-  let stepSeconds = 0;
-  let lastSaved = -1;
+/** The state the engine holds now (`copy`: its arrays copied, for a state that outlives the engine), with the metrics so far. */
+function snapshotOf(loop: Loop, copy: boolean): TrainingState {
+  const { state, engine, optimizer, schedule, progress, inputs, settings } = loop;
   const shapes = new Map([...state.params].map(([n, t]) => [n, t.shape]));
-
-  const snapshot = (copy: boolean): TrainingState => {
-    const wrap = (m: Map<string, Float32Array>) =>
-      new Map([...m].map(([n, a]) => [n, inMemory(new Tensor("F32", shapes.get(n) ?? [a.length], copy ? a.slice() : a))]));
-    const mom = engine.moments();
-    const files = new Map(tokFiles ?? state.files ?? []);
-    files.set(METRICS_FILE, new TextEncoder().encode(formatMetrics([...history, ...records])));
-    const plain = detachedState(state);
-    return {
-      ...plain,
-      params: wrap(engine.params()),
-      optimizer: { ...optimizer, expAvg: wrap(mom.expAvg), expAvgSq: wrap(mom.expAvgSq) },
-      schedule: { ...schedule, restarts: [...schedule.restarts] },
-      progress: { ...progress, stages: [...progress.stages] },
-      tokenizer: tokenizerSpec,
-      files,
-      training: settings,
-    };
+  const wrap = (m: Map<string, Float32Array>) =>
+    new Map([...m].map(([n, a]) => [n, inMemory(new Tensor("F32", shapes.get(n) ?? [a.length], copy ? a.slice() : a))]));
+  const mom = engine.moments();
+  const files = new Map(inputs.tokenizerFiles ?? state.files ?? []);
+  files.set(METRICS_FILE, new TextEncoder().encode(formatMetrics([...loop.history, ...loop.tally.records])));
+  const plain = detachedState(state);
+  return {
+    ...plain,
+    params: wrap(engine.params()),
+    optimizer: { ...optimizer, expAvg: wrap(mom.expAvg), expAvgSq: wrap(mom.expAvgSq) },
+    schedule: { ...schedule, restarts: [...schedule.restarts] },
+    progress: { ...progress, stages: [...progress.stages] },
+    tokenizer: inputs.tokenizerSpec,
+    files,
+    training: settings,
   };
+}
+
+/** The call's saves: `save` over saveDir (once per step), `keep` a snapshot every keepEvery updates; `lastSaved` the step saved last (-1: none). */
+function checkpointsOf(loop: Loop, o: TrainOptions, callbacks: TrainCallbacks): { save(): Promise<void>; keep(): Promise<void>; readonly lastSaved: number } {
+  const { saveDir, lock, progress } = loop;
+  let lastSaved = -1;
   const keepDir = (): string | null =>
     saveDir && o.keepEvery && progress.globalStep % o.keepEvery === 0 ? `${saveDir.replace(/[\\/]+$/, "")}.step-${progress.globalStep}` : null;
-  const save = async (): Promise<void> => {
-    if (!saveDir || lastSaved === progress.step) return;
-    await saveTrainingState(saveDir, snapshot(false), { overwrite: true, ...(lock ? { lock } : {}), ...(o.registry ? { registry: o.registry } : {}) });
-    lastSaved = progress.step;
-    await callbacks.onSave?.({ step: progress.step, dir: saveDir });
+  return {
+    get lastSaved() { return lastSaved; },
+    async save() {
+      if (!saveDir || lastSaved === progress.step) return;
+      await saveTrainingState(saveDir, snapshotOf(loop, false), { overwrite: true, ...(lock ? { lock } : {}), ...(o.registry ? { registry: o.registry } : {}) });
+      lastSaved = progress.step;
+      await callbacks.onSave?.({ step: progress.step, dir: saveDir });
+    },
+    async keep() {
+      const dir = keepDir();
+      if (!dir) return;
+      // A snapshot is never replaced: a resumed run that passes the same step again keeps the first one.
+      if (existsSync(dir)) return;
+      await saveTrainingState(dir, snapshotOf(loop, false), o.registry ? { registry: o.registry } : {});
+      await callbacks.onSave?.({ step: progress.step, dir });
+    },
   };
-  const keep = async (): Promise<void> => {
-    const dir = keepDir();
-    if (!dir) return;
-    // A snapshot is never replaced: a resumed run that passes the same step again keeps the first one.
-    if (existsSync(dir)) return;
-    await saveTrainingState(dir, snapshot(false), o.registry ? { registry: o.registry } : {});
-    await callbacks.onSave?.({ step: progress.step, dir });
-  };
+}
+
+/** The error of a diverged step (its loss or gradient norm not finite), saying what the checkpoint keeps. */
+function divergedError(loop: Loop, lastSaved: number, loss: number, gradNorm: number, lr: number): Error {
+  const { saveDir, state, progress } = loop;
+  const kept = saveDir === null ? "nothing was saved"
+    : lastSaved >= 0 ? `the checkpoint ${saveDir} keeps step ${lastSaved}, the last good one`
+    : existsSync(saveDir) ? `the checkpoint ${saveDir} is unchanged (step ${state.progress.step})` : `nothing was saved to ${saveDir}`;
+  return new Error(`step ${progress.step + 1}: the ${Number.isFinite(loss) ? `gradient norm is ${gradNorm}` : `training loss is ${loss}`} ` +
+    `(learning rate ${lr.toExponential(2)}): training diverged and stopped; ${kept}`);
+}
+
+/**
+ * The call's steps: each samples a batch, takes the engine's step at the schedule's LR, counts it in the progress and the
+ * metrics, evaluates (every evalEvery steps and after the last), reports, saves and keeps as asked. Returns whether
+ * `signal` cut the call short.
+ */
+async function runSteps(loop: Loop, o: TrainOptions, callbacks: TrainCallbacks, lrAt: (step: number) => number,
+                        stepOptions: (step: number) => StepOptions | undefined,
+                        checkpoints: ReturnType<typeof checkpointsOf>): Promise<boolean> {
+  const { engine, inputs, settings, optimizer, progress, tally, fpt } = loop;
+  const { batch, context } = settings;
   let stop = false;
-  const evaluate = async (): Promise<number> => {
-    const v = await evaluateBlocks(engine, data.validation.tokens, batch, context, valBlocks);
-    valLoss = v;
-    const info = { step: progress.step, valLoss: v, blocks: valBlocks, globalStep: progress.globalStep, tokens: progress.tokensSeen, flops: progress.flopsSeen };
+  const evaluateNow = async (): Promise<number> => {
+    const v = await evaluateBlocks(engine, inputs.data.validation.tokens, batch, context, inputs.valBlocks);
+    tally.valLoss = v;
+    const info = { step: progress.step, valLoss: v, blocks: inputs.valBlocks, globalStep: progress.globalStep, tokens: progress.tokensSeen, flops: progress.flopsSeen };
     if ((await callbacks.onEval?.(info)) === "stop") stop = true;
     return v;
   };
-
-  let final: TrainingState;
   let interrupted = false;
+  const ids = new Int32Array(batch * context);
+  for (let i = 1; i <= o.steps; i++) {
+    if (o.signal?.aborted) { interrupted = true; break; }
+    const ts = performance.now();
+    inputs.sampler.batch(progress.step, ids);
+    const lr = lrAt(progress.step);
+    // Dropout masks keyed by the seed and the global step (which never repeats, and which a resumed run continues).
+    const dropoutKey = streamKey(inputs.seed, progress.globalStep + 1);
+    const { loss, gradNorm } = await engine.step(ids, lr, optimizer.step + 1, { ...stepOptions(progress.step), dropoutKey });
+    tally.stepSeconds += (performance.now() - ts) / 1000;
+    // A diverged step: its update (and every later one) is not finite; stop before anything is saved.
+    if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) throw divergedError(loop, checkpoints.lastSaved, loss, gradNorm, lr);
+    optimizer.step += 1;
+    progress.step += 1;
+    progress.globalStep += 1;
+    progress.tokensSeen += batch * context;
+    progress.flopsSeen += batch * context * fpt;
+    tally.losses.push(loss);
+    const record: MetricsRecord = {
+      step: progress.step, globalStep: progress.globalStep, stage: progress.stages.length,
+      tokens: progress.tokensSeen, flops: progress.flopsSeen, loss, lr,
+    };
+    // Interrupted: this step is kept (saved below), without the evaluation that would delay the stop.
+    if (o.signal?.aborted && i < o.steps) interrupted = true;
+    let last = i === o.steps || interrupted;
+    if (((settings.evalEvery && progress.step % settings.evalEvery === 0) || last) && !interrupted) {
+      record.valLoss = await evaluateNow();
+      last ||= stop; // a callback ended the call here
+    }
+    tally.records.push(record);
+    await callbacks.onStep?.({
+      step: progress.step, index: i, steps: o.steps, loss, gradNorm, lr,
+      tokens: progress.tokensSeen, flops: progress.flopsSeen,
+      tokensPerSecond: (i * batch * context) / tally.stepSeconds, stepSeconds: tally.stepSeconds,
+    });
+    if (o.saveEvery && progress.step % o.saveEvery === 0 && !last) await checkpoints.save();
+    await checkpoints.keep();
+    if (last) break;
+  }
+  return interrupted;
+}
+
+/** The result of a call from its tally. */
+function resultOf(loop: Loop, t0: number, setupSeconds: number, interrupted: boolean): TrainResult {
+  const { progress, tally, settings, fpt, schedule, saveDir } = loop;
+  const stepsRun = tally.losses.length;
+  const runTokens = stepsRun * settings.batch * settings.context;
+  return {
+    step: progress.step,
+    loss: tally.losses.at(-1) ?? NaN,
+    losses: tally.losses, valLoss: tally.valLoss,
+    tokensPerSecond: tally.stepSeconds > 0 ? runTokens / tally.stepSeconds : 0,
+    tokens: progress.tokensSeen, flops: progress.flopsSeen,
+    runTokens, runFlops: runTokens * fpt,
+    seconds: (performance.now() - t0) / 1000, stepSeconds: tally.stepSeconds, setupSeconds,
+    metrics: tally.records, schedule, saveDir: stepsRun > 0 ? saveDir : null, interrupted,
+  };
+}
+
+/** `train` with its options checked, its schedule resolved and its checkpoint locked: read, build, step, save, report. */
+async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: TrainCallbacks,
+                           { t0, settings, schedule, saveDir, lock }: Prepared): Promise<{ state: TrainingState; result: TrainResult }> {
+  const lrAt = createLrSchedule(schedule, o.registry);
+  const inputs = await readInputs(state, o, settings);
+  const fpt = flopsPerToken(state.shape, settings.context);
+  const history = saveDir ? await metricsHistory(state) : [];
+  const optimizer = optimizerFor(state, o, schedule);
+  const engine = await buildEngine(state, o, settings, optimizer, hasParamLrScales(schedule));
+  const stepOptions = lrScalesOf(state, engine, o.registry, schedule);
+  const progress = { ...state.progress, samplerSeed: inputs.seed, sampler: inputs.samplerKind, stages: [...state.progress.stages],
+    globalStep: globalStepOf(state.progress) };
+  const loop: Loop = {
+    state, settings, schedule, inputs, engine, optimizer, progress, history, fpt, saveDir, lock,
+    tally: { losses: [], records: [], valLoss: null, stepSeconds: 0 },
+  };
+  const checkpoints = checkpointsOf(loop, o, callbacks);
+  let final: TrainingState;
+  let interrupted: boolean;
   const setupSeconds = (performance.now() - t0) / 1000;
   try {
-    await callbacks.onStart?.({ data, schedule, context, batch, setupSeconds });
-    const ids = new Int32Array(batch * context);
-    for (let i = 1; i <= o.steps; i++) {
-      if (o.signal?.aborted) { interrupted = true; break; }
-      const ts = performance.now();
-      sampler.batch(progress.step, ids);
-      const lr = lrAt(progress.step);
-      // Dropout masks keyed by the seed and the global step (which never repeats, and which a resumed run continues).
-      const dropoutKey = streamKey(seed, progress.globalStep + 1);
-      const { loss, gradNorm } = await engine.step(ids, lr, optimizer.step + 1, { ...stepOptions(progress.step), dropoutKey });
-      stepSeconds += (performance.now() - ts) / 1000;
-      // A diverged step: its update (and every later one) is not finite; stop before anything is saved.
-      if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-        const kept = saveDir === null ? "nothing was saved"
-          : lastSaved >= 0 ? `the checkpoint ${saveDir} keeps step ${lastSaved}, the last good one`
-          : existsSync(saveDir) ? `the checkpoint ${saveDir} is unchanged (step ${state.progress.step})` : `nothing was saved to ${saveDir}`;
-        throw new Error(`step ${progress.step + 1}: the ${Number.isFinite(loss) ? `gradient norm is ${gradNorm}` : `training loss is ${loss}`} ` +
-          `(learning rate ${lr.toExponential(2)}): training diverged and stopped; ${kept}`);
-      }
-      optimizer.step += 1;
-      progress.step += 1;
-      progress.globalStep += 1;
-      progress.tokensSeen += batch * context;
-      progress.flopsSeen += batch * context * fpt;
-      losses.push(loss);
-      const record: MetricsRecord = {
-        step: progress.step, globalStep: progress.globalStep, stage: progress.stages.length,
-        tokens: progress.tokensSeen, flops: progress.flopsSeen, loss, lr,
-      };
-      // Interrupted: this step is kept (saved below), without the evaluation that would delay the stop.
-      if (o.signal?.aborted && i < o.steps) interrupted = true;
-      let last = i === o.steps || interrupted;
-      if (((settings.evalEvery && progress.step % settings.evalEvery === 0) || last) && !interrupted) {
-        record.valLoss = await evaluate();
-        last ||= stop; // a callback ended the call here
-      }
-      records.push(record);
-      await callbacks.onStep?.({
-        step: progress.step, index: i, steps: o.steps, loss, gradNorm, lr,
-        tokens: progress.tokensSeen, flops: progress.flopsSeen,
-        tokensPerSecond: (i * batch * context) / stepSeconds, stepSeconds,
-      });
-      if (o.saveEvery && progress.step % o.saveEvery === 0 && !last) await save();
-      await keep();
-      if (last) break;
-    }
-    if (losses.length > 0) await save();
-    final = snapshot(true);
+    await callbacks.onStart?.({ data: inputs.data, schedule, context: settings.context, batch: settings.batch, setupSeconds });
+    interrupted = await runSteps(loop, o, callbacks, lrAt, stepOptions, checkpoints);
+    if (loop.tally.losses.length > 0) await checkpoints.save();
+    final = snapshotOf(loop, true);
   } finally {
     await engine.release();
   }
-
-  const stepsRun = losses.length;
-  const runTokens = stepsRun * batch * context;
-  const result: TrainResult = {
-    step: progress.step,
-    loss: losses.at(-1) ?? NaN,
-    losses, valLoss,
-    tokensPerSecond: stepSeconds > 0 ? runTokens / stepSeconds : 0,
-    tokens: progress.tokensSeen, flops: progress.flopsSeen,
-    runTokens, runFlops: runTokens * fpt,
-    seconds: (performance.now() - t0) / 1000, stepSeconds, setupSeconds,
-    metrics: records, schedule, saveDir: stepsRun > 0 ? saveDir : null, interrupted,
-  };
-  return { state: final, result };
+  return { state: final, result: resultOf(loop, t0, setupSeconds, interrupted) };
 }
 
 export interface EvaluateOptions {

@@ -1,12 +1,13 @@
-import { readFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { createDefaultRegistry } from "@staged/core";
 import {
-  GROWTH_FACTORS, OnlineGrowthDetector, flopsPerToken, nonEmbeddingParams, planGrowthInRunUnits, type ChinchillaLaw, THRESHOLDS, chinchillaLaw, constantOp, fitLaw, kaplan, lawFromFit, parseCurveArg, planPlotSpec, planStages,
-  readLearningCurve, DEFAULT_BATCH_TOKENS, type FitResult, type GrowthOperator, type Plan, type ScalingLaw, type StepGrid,
+  GROWTH_FACTORS, isChinchillaLaw, planGrowthInRunUnits, THRESHOLDS, constantOp, decideOnCurve, fitLawToMetrics, planStages, readLearningCurve, resolveLaw,
+  DEFAULT_BATCH_TOKENS, type GrowthOperator, type Plan, type ScalingLaw, type StepGrid,
 } from "@staged/scheduler";
+import { formatParams, renderPlanSvg, runModelOf } from "@staged/run";
 import { writeOutputFile } from "../files.js";
+import { createCliRegistry } from "../registry.js";
 import { createOutput, runAction, UsageError } from "../output.js";
 import type { GlobalOptions } from "../main.js";
 
@@ -32,19 +33,10 @@ function num(name: string, text: string | undefined, check: (v: number) => boole
   return v;
 }
 
-/** The law named by --law: kaplan, chinchilla, or a fit file written by `staged plan fit`. */
-async function resolveLaw(spec: string | undefined, batchTokens: number | undefined): Promise<{ law: ScalingLaw; file?: string }> {
-  if (!spec) throw new UsageError("--law is required (kaplan, chinchilla, or a fit.json from `staged plan fit`)");
-  if (spec === "kaplan") return { law: kaplan };
-  if (spec === "chinchilla") return { law: chinchillaLaw({}, batchTokens ?? DEFAULT_BATCH_TOKENS) };
-  let text: string;
-  try { text = await readFile(spec, "utf8"); } catch (e) {
-    throw new UsageError(`--law ${spec}: not kaplan or chinchilla, and the file cannot be read (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-  }
-  let fit: FitResult;
-  try { fit = JSON.parse(text) as FitResult; } catch { throw new UsageError(`${spec}: not JSON`); }
-  if (batchTokens !== undefined && fit && typeof fit === "object") fit = { ...fit, batchTokens };
-  return { law: lawFromFit(fit, spec), file: spec };
+/** The law --law names: a registered one (kaplan, chinchilla), or a fit file written by `staged plan fit` (@staged/scheduler resolveLaw). */
+function lawOption(text: string | undefined, batchTokens: number | undefined): Promise<{ law: ScalingLaw; file?: string }> {
+  if (!text) throw new UsageError("--law is required (kaplan, chinchilla, or a fit.json from `staged plan fit`)");
+  return resolveLaw(text, createCliRegistry(), batchTokens);
 }
 
 function parseOperators(text: string | undefined): GrowthOperator[] {
@@ -77,21 +69,8 @@ function parseGrid(text: string | undefined): StepGrid | undefined {
 
 export { writeOutputFile } from "../files.js";
 
-/** Render a plan's picture to SVG with Vega-Lite + Vega (headless, no browser). */
-export async function renderPlanSvg(plan: Plan): Promise<string> {
-  const [vega, vl] = await Promise.all([import("vega"), import("vega-lite")]);
-  const spec = vl.compile(planPlotSpec(plan) as never).spec;
-  const view = new vega.View(vega.parse(spec), { renderer: "none" });
-  try {
-    return await view.toSVG();
-  } finally {
-    view.finalize();
-  }
-}
-
 const sci = (n: number) => n.toExponential(3);
 const pct = (f: number) => `${(f * 100).toFixed(1)}%`;
-const fmtParams = (n: number) => (n >= 1e9 ? `${+(n / 1e9).toPrecision(3)}B` : n >= 1e6 ? `${+(n / 1e6).toPrecision(3)}M` : `${+n.toPrecision(3)}`);
 
 /** The JSON object `staged plan --json` prints. */
 export function planJson(plan: Plan, extra: Record<string, unknown> = {}): Record<string, unknown> {
@@ -125,13 +104,13 @@ export function planJson(plan: Plan, extra: Record<string, unknown> = {}): Recor
 }
 
 function planText(plan: Plan): string {
-  const lines = [`staged plan (${plan.law}) for ${fmtParams(plan.targetParams)} non-embedding parameters`];
+  const lines = [`staged plan (${plan.law}) for ${formatParams(plan.targetParams)} non-embedding parameters`];
   plan.stages.forEach((s, i) => {
-    lines.push(`  stage ${i + 1}  ${fmtParams(s.paramsBefore)}: grow ${s.operator} (×${s.factor} parameters) at step ${s.growAtStep}` +
-      ` (slope > ${s.threshold}, loss ${s.lossAtGrowth.toFixed(4)}) → ${fmtParams(s.paramsAfter)} continues at step ${s.continueAtStep}` +
+    lines.push(`  stage ${i + 1}  ${formatParams(s.paramsBefore)}: grow ${s.operator} (×${s.factor} parameters) at step ${s.growAtStep}` +
+      ` (slope > ${s.threshold}, loss ${s.lossAtGrowth.toFixed(4)}) → ${formatParams(s.paramsAfter)} continues at step ${s.continueAtStep}` +
       ` (constant_op ${s.constantOp.toFixed(3)})`);
   });
-  lines.push(`  final     ${fmtParams(plan.targetParams)}: stop at step ${plan.optimalityStep} (slope > ${plan.thresholdOpt}, loss ${plan.lossAtOptimality.toFixed(4)})`);
+  lines.push(`  final     ${formatParams(plan.targetParams)}: stop at step ${plan.optimalityStep} (slope > ${plan.thresholdOpt}, loss ${plan.lossAtOptimality.toFixed(4)})`);
   lines.push(`  compute   staged ${sci(plan.stagedCompute)} FLOPs vs ${sci(plan.scratchCompute)} from scratch: saving ${pct(plan.computeSaving)}`);
   return lines.join("\n");
 }
@@ -158,7 +137,7 @@ export function registerPlan(program: Command): void {
         const batchTokens = num("--batch-tokens", o.batchTokens, (v) => Number.isInteger(v) && v > 0, "a positive integer");
         if (o.plot !== undefined && !o.plot.trim()) throw new UsageError("--plot needs a file name");
         const grid = parseGrid(o.steps);
-        const { law, file } = await resolveLaw(o.law, batchTokens);
+        const { law, file } = await lawOption(o.law, batchTokens);
         const result = planStages({ law, targetParams: target, operators, thresholdGrow, thresholdOpt, grid });
         if (o.plot) await writeOutputFile(o.plot, await renderPlanSvg(result), file ? [file] : []);
         const out = createOutput(Boolean(o.json));
@@ -176,15 +155,9 @@ export function registerPlan(program: Command): void {
       await runAction(Boolean(o.debug), async () => {
         if (o.law !== "kaplan" && o.law !== "chinchilla") throw new UsageError(`--law must be kaplan or chinchilla, got ${o.law === undefined ? "nothing" : `"${o.law}"`}`);
         if (!o.out) throw new UsageError("--out is required (the fit.json to write)");
-        const args = metrics.map(parseCurveArg);
-        const curves = [];
-        for (const a of args) curves.push(await readLearningCurve(a.path, { params: a.params }));
-        if (new Set(curves.map((c) => c.params)).size < 2) {
-          throw new UsageError("fitting a law needs learning curves of at least 2 model sizes");
-        }
         const skipFraction = num("--skip", (o as { skip?: string }).skip, (v) => v >= 0 && v < 1, "a fraction in [0, 1)");
-        const fit = fitLaw(o.law, curves, { skipFraction });
-        await writeOutputFile(o.out, JSON.stringify(fit, null, 2) + "\n", args.map((a) => a.path));
+        const { fit, curves, paths } = await fitLawToMetrics(o.law, metrics, { skipFraction });
+        await writeOutputFile(o.out, JSON.stringify(fit, null, 2) + "\n", paths);
         const estimated = curves.filter((c) => c.estimated).map((c) => c.source!);
         const summary = {
           out: o.out, form: fit.form, constants: fit.constants, observations: fit.observations, rmse: fit.rmse,
@@ -216,8 +189,8 @@ export function registerPlan(program: Command): void {
     .action(async (_opts: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<PlanOptions & { small?: string; large?: string; batch?: string; context?: string; vocab?: string; arch?: string }>();
       await runAction(Boolean(o.debug), async () => {
-        const { law, file } = await resolveLaw(o.law, undefined);
-        if (law.form !== "chinchilla") throw new UsageError(`--law ${file ?? o.law}: growth in run units needs a Chinchilla-form law (staged plan fit --law chinchilla)`);
+        const { law, file } = await lawOption(o.law, undefined);
+        if (!isChinchillaLaw(law)) throw new UsageError(`--law ${file ?? o.law}: growth in run units needs a Chinchilla-form law (staged plan fit --law chinchilla)`);
         const intOpt = (name: string, text: string | undefined, dflt: number) => num(name, text, (v) => Number.isInteger(v) && v >= 1, "a positive integer") ?? dflt;
         const batch = intOpt("--batch", o.batch, 16), context = intOpt("--context", o.context, 128), vocab = intOpt("--vocab", o.vocab, 256);
         const registry = createDefaultRegistry();
@@ -229,11 +202,10 @@ export function registerPlan(program: Command): void {
           const layers = Number(m[1]), d = Number(m[2]);
           if (!(layers >= 1 && d >= 1)) throw new UsageError(`${name}: layers and width must be ≥ 1`);
           // The architecture's own shape (heads do not change these counts): GQA and gated MLPs counted as they are.
-          const shape = arch.parseConfig(arch.initConfig({ layers, dModel: d, heads: 1, vocab, context, ffn: 4 * d }, true)).shape;
-          return { label: `${layers}x${d}`, params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, context) };
+          return { label: `${layers}x${d}`, ...runModelOf({ arch: arch.name, layers, dModel: d, heads: 1, vocab, ffn: 4 * d, tie: true }, context) };
         };
         const small = model("--small", o.small), large = model("--large", o.large);
-        const p = planGrowthInRunUnits(law as ChinchillaLaw, small, large, { batchTokens: batch * context });
+        const p = planGrowthInRunUnits(law, small, large, { batchTokens: batch * context });
         const result = { law: file ?? o.law, small, large, batch, context, ...(p ? { grow: true, ...p } : { grow: false }) };
         createOutput(Boolean(o.json)).result(result, p
           ? `${small.label} → ${large.label} at batch ${batch} × ${context}: grow at step ${p.growAtStep} (${sci(p.flopsAtGrowth)} FLOPs, loss ${p.lossAtGrowth.toFixed(4)}); ` +
@@ -258,10 +230,8 @@ export function registerPlan(program: Command): void {
         const file = run.endsWith(".jsonl") ? run : join(run, "metrics.jsonl");
         const curve = await readLearningCurve(file, { field: "valLoss" });
         const given = num("--constant-op", o.constantOp, (v) => v > 0, "a number > 0");
-        const c = given ?? constantOp((await resolveLaw(o.law ?? "kaplan", undefined)).law, curve.params * GROWTH_FACTORS[op!], op!);
-        const detector = new OnlineGrowthDetector({ threshold, constantOp: c });
-        for (const p of curve.points) if (!detector.decision) detector.push(p);
-        const decision = detector.decision ?? (o.finished ? detector.finish() : null);
+        const c = given ?? constantOp((await lawOption(o.law ?? "kaplan", undefined)).law, curve.params * GROWTH_FACTORS[op!], op!);
+        const decision = decideOnCurve(curve.points, { threshold, constantOp: c, finished: Boolean(o.finished) });
         const last = curve.points[curve.points.length - 1]!;
         const result = {
           run: resolve(run), operator: op, threshold, constantOp: c, points: curve.points.length, lastStep: last.step,

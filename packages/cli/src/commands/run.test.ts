@@ -85,6 +85,8 @@ describe("staged run / staged report", () => {
     [["run", "spec.json", "--only", "x", "--out", "onlyx"], /--only: no run named "x" \(runs: w-s0, baseline-s0\)/],
     [["run", "nodata.json"], /missing\.txt: cannot read the data \(no such file\)/],
     [["run", "nolaw.json"], /missing-law\.json: cannot read the law \(no such file\)/],
+    [["run", "notrainer.json"], /notrainer\.json: trainer: unknown trainer "torch" \(registered: ort\)/],
+    [["run", "nolawname.json"], /nolawname\.json: law\.name: unknown scaling law "mine" \(registered: chinchilla, kaplan\)/],
     [["report", "empty"], /empty: no result\.json/],
     [["report", "spec", "--plot", "x.gif"], /x\.gif: --plot writes \.svg or \.png/],
     [["report", "spec", "--loss", "a"], /--loss must be positive numbers/],
@@ -97,14 +99,16 @@ describe("staged run / staged report", () => {
     const ok = JSON.parse(await readFile(at("spec.json"), "utf8")) as Record<string, unknown>;
     await writeFile(at("nodata.json"), JSON.stringify({ ...ok, data: "missing.txt" }));
     await writeFile(at("nolaw.json"), JSON.stringify({ ...ok, law: "missing-law.json", stages: [{ grow: "width", at: "auto" }] }));
+    await writeFile(at("notrainer.json"), JSON.stringify({ ...ok, trainer: "torch" }));
+    await writeFile(at("nolawname.json"), JSON.stringify({ ...ok, law: { name: "mine" } }));
     await rm(at("empty"), { recursive: true, force: true });
     await import("node:fs/promises").then((fs) => fs.mkdir(at("empty")));
     const before = (await readdir(root)).sort();
-    const r = staged(...(args as string[]).map((a) => (/^(nope|bad|nodata|nolaw|spec)\.json$|^empty$|^spec$|^onlyx$|^x\.gif$/.test(a) ? at(a) : a)));
+    const r = staged(...(args as string[]).map((a) => (/^(nope|bad|nodata|nolaw|notrainer|nolawname|spec)\.json$|^empty$|^spec$|^onlyx$|^x\.gif$/.test(a) ? at(a) : a)));
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(message);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     expect((await readdir(root)).sort()).toEqual(before);
-    for (const dir of ["bad", "nodata", "nolaw", "onlyx"]) expect(existsSync(at(dir))).toBe(false);
+    for (const dir of ["bad", "nodata", "nolaw", "notrainer", "nolawname", "onlyx"]) expect(existsSync(at(dir))).toBe(false);
   });
 });

@@ -4,7 +4,7 @@ import { basename, dirname, extname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { parseJsonFile, readTextInput } from "@staged/core";
 import {
-  checkTimingRules, compareRuns, createRunRegistry, DEFAULT_DYNAMICS_WINDOWS, formatReport, parseRunSpec, renderReportSvg, RunInterrupted, runSpec, svgToPng,
+  checkRunPlugins, compareRuns, createRunRegistry, DEFAULT_DYNAMICS_WINDOWS, formatReport, parseRunSpec, renderReportSvg, RunInterrupted, runSpec, svgToPng,
   type RunProgress, type RunResult,
 } from "@staged/run";
 import { writeOutputFile } from "../files.js";
@@ -85,7 +85,7 @@ export function registerRun(program: Command): void {
         const out = createOutput(Boolean(g.json));
         const raw = parseJsonFile(await readTextInput(file, "the run spec"), file);
         const spec = parseRunSpec(raw, resolve(file));
-        checkTimingRules(spec, createRunRegistry(), file);
+        checkRunPlugins(spec, createRunRegistry(), file);
         if (o.seeds) spec.seeds = o.seeds;
         if (o.baseline) spec.baseline = { seeds: o.baseline };
         const dir = o.out ?? join(dirname(file), basename(file, extname(file)));

@@ -1,7 +1,11 @@
-import type { CurvePoint } from "./laws.js";
-import type { Plan } from "./plan.js";
+/**
+ * The picture of a scaling-law stage plan (`staged plan --plot`): each model size's simulated curve, the staged path,
+ * the growth and optimality points. A Vega-Lite spec, rendered like the report's (./plot.ts renderVegaLiteSvg).
+ */
+import type { CurvePoint, Plan } from "@staged/scheduler";
+import { renderVegaLiteSvg } from "./plot.js";
 
-/** A row of the plot's data. */
+/** A row of the plan plot's data. */
 export interface PlotRow {
   series: string;
   compute: number;
@@ -17,7 +21,8 @@ function thin(points: readonly CurvePoint[], max: number): CurvePoint[] {
   return out;
 }
 
-function label(n: number): string {
+/** A parameter count as the plan's labels write it: 3 significant digits, B or M. */
+export function formatParams(n: number): string {
   return n >= 1e9 ? `${+(n / 1e9).toPrecision(3)}B` : n >= 1e6 ? `${+(n / 1e6).toPrecision(3)}M` : `${+n.toPrecision(3)}`;
 }
 
@@ -28,7 +33,7 @@ function label(n: number): string {
 export function planPlotRows(plan: Plan, maxPointsPerCurve = 200): { curves: PlotRow[]; marks: (PlotRow & { label: string })[] } {
   const curves: PlotRow[] = [];
   for (const c of plan.curves) {
-    thin(c.points, maxPointsPerCurve).forEach((p, i) => curves.push({ series: `${label(c.params)} from scratch`, compute: p.compute, loss: p.loss, order: i }));
+    thin(c.points, maxPointsPerCurve).forEach((p, i) => curves.push({ series: `${formatParams(c.params)} from scratch`, compute: p.compute, loss: p.loss, order: i }));
   }
   // The staged path: each stage's part of its own curve, shifted to the run's cumulative compute.
   const marks: (PlotRow & { label: string })[] = [];
@@ -97,4 +102,9 @@ export function planPlotSpec(plan: Plan, options: { title?: string; width?: numb
       },
     ],
   };
+}
+
+/** Render `planPlotSpec(plan)` to SVG with Vega-Lite + Vega (headless, no browser). */
+export function renderPlanSvg(plan: Plan): Promise<string> {
+  return renderVegaLiteSvg(planPlotSpec(plan));
 }

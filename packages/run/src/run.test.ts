@@ -9,6 +9,7 @@ import { brownText } from "@staged/trainer-ort";
 import { budgetFlops, createRunRegistry, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
 import { parseRunSpec, type RunSpec } from "./spec.js";
 import { compareRuns } from "./report.js";
+import { FRONTIER_FILE, formatGrowths, GROWTHS_FILE, RESULT_FILE } from "./run-format.js";
 
 let dir: string;
 let data: string;
@@ -145,8 +146,8 @@ describe("executeRun", () => {
     const d = join(dir, "due-killed");
     await cp(join(dir, "due"), d, { recursive: true });
     await rm(join(d, "stage-1"), { recursive: true });
-    await rm(join(d, "result.json"));
-    await writeFile(join(d, "growths.json"), "[]\n");
+    await rm(join(d, RESULT_FILE));
+    await writeFile(join(d, GROWTHS_FILE), formatGrowths([]));
     const resumed = await executeRun(s, entry!, d);
     expect(resumed.growths[0]!.globalStep).toBe(20);
     expect(resumed.points).toEqual(whole.points);
@@ -250,7 +251,7 @@ describe("executeRun", () => {
     let seen = 0;
     await expect(executeRun(s, entry!, d, { onStep: (g) => { if (g === at2 + 3) throw new Error("killed"); seen = g; } })).rejects.toThrow("killed");
     expect(seen).toBe(at2 + 2);
-    expect(JSON.parse(await readFile(join(d, "frontier.json"), "utf8"))).toHaveLength(1);
+    expect(JSON.parse(await readFile(join(d, FRONTIER_FILE), "utf8"))).toHaveLength(1);
     const resumed = await executeRun(s, entry!, d);
     expect(resumed.frontier).toEqual(r.frontier);
     expect(resumed.points).toEqual(r.points);

@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { basename, join } from "node:path";
+import { isDeepStrictEqual } from "node:util";
 import {
   canonicalPath, checkInput, checkOutputPath, createDefaultRegistry, globalStepOf, lockCheckpoint, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState, STATE_FILE,
   writeFileAtomic, type GrowthPlugin, type GrowthTimingPlugin, type ModelShape, type Registry, type TrainingState,
@@ -15,6 +16,11 @@ import { evaluate, train, type EngineFactory, type EvaluateOptions, type TrainOp
 import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
 import { autoTiming, planTiming } from "./timing.js";
 import type { CurvePoint, FinalEvaluation, GrowthEvent, RunResult } from "./types.js";
+import {
+  COOLDOWN_FILE, formatCooldownStart, formatFrontier, formatGrowths, formatRunIdentity, formatRunResult, FRONTIER_FILE, GROWTHS_FILE,
+  readCooldownStart, readFrontier, readGrowths, readRunIdentity, readRunResult, RESULT_FILE, RESULT_FORMAT, RUN_FILE, RUN_FILES_VERSION,
+  RUN_FORMAT, type CooldownStart, type RunIdentity,
+} from "./run-format.js";
 
 /** One run of a spec: the staged schedule for one seed, or a comparison (baseline, no-growth) for one seed. */
 export interface RunEntry {
@@ -170,9 +176,9 @@ export async function checkRunInputs(spec: RunSpec, registry: Registry = createR
 }
 
 /** What identifies a run's configuration: a rerun into the same directory must match it. */
-function identity(spec: RunSpec, entry: RunEntry): Record<string, unknown> {
+function identity(spec: RunSpec, entry: RunEntry): RunIdentity {
   const { name: _n, seeds: _s, baseline: _b, noGrowth: _g, threads: _t, stages: _st, model: _m, ...shared } = spec;
-  return { format: "staged-run-entry", version: 1, ...shared, group: entry.group, seed: entry.seed, model: entry.model, stages: entry.stages };
+  return { format: RUN_FORMAT, version: RUN_FILES_VERSION, ...shared, group: entry.group, seed: entry.seed, model: entry.model, stages: entry.stages };
 }
 
 /** The validation points of a run's metrics records (the records with a finite valLoss), as result.json stores them. */
@@ -186,7 +192,7 @@ export function curvePoints(records: readonly MetricsRecord[]): CurvePoint[] {
  * Run one entry to its budget in `runDir`, resuming from whatever an earlier (killed) invocation left: each
  * stage's model is a checkpoint `stage-<k>` saved every few evaluations, growth writes the next stage's
  * checkpoint atomically, and growth decisions are replayed from the saved validation curve. Returns the
- * run's result, also written to `runDir/result.json`.
+ * run's result, also written to `runDir/result.json` (run-format.ts).
  */
 export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions = {}): Promise<RunResult> {
   const registry = o.registry ?? createRunRegistry();
@@ -206,23 +212,24 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
 
 async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions,
                              { registry, budget, law, maxLoss }: { registry: Registry; budget: number; law: ChinchillaLaw | null; maxLoss: number | null }): Promise<RunResult> {
-  const idFile = join(runDir, "run.json");
+  const idFile = join(runDir, RUN_FILE);
   const id = identity(spec, entry);
   if (existsSync(idFile)) {
-    const old = await readJson<unknown>(idFile, "the run's identity");
-    if (JSON.stringify(old) !== JSON.stringify(id)) {
+    const old = await readRunIdentity(idFile);
+    // As written and read back (fields left undefined are not written).
+    if (!isDeepStrictEqual(old, JSON.parse(formatRunIdentity(id)))) {
       throw new Error(`${runDir}: holds a run of another spec (${idFile} differs); use another --out directory or remove it`);
     }
   } else {
-    await writeFileAtomic(idFile, JSON.stringify(id, null, 2) + "\n");
+    await writeFileAtomic(idFile, formatRunIdentity(id));
   }
-  const resultFile = join(runDir, "result.json");
+  const resultFile = join(runDir, RESULT_FILE);
   if (existsSync(resultFile)) {
-    const done = await readJson<RunResult>(resultFile, "the run result");
+    const done = await readRunResult(resultFile);
     if (done.done) return done;
   }
-  const growthsFile = join(runDir, "growths.json");
-  const growths: GrowthEvent[] = existsSync(growthsFile) ? await readJson<GrowthEvent[]>(growthsFile, "the growths") : [];
+  const growthsFile = join(runDir, GROWTHS_FILE);
+  const growths: GrowthEvent[] = existsSync(growthsFile) ? await readGrowths(growthsFile) : [];
 
   // The newest stage with a checkpoint; stage 0 is created fresh.
   let k = 0;
@@ -236,9 +243,9 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
   growths.splice(k); // a growth record whose checkpoint never landed is redone
   // The baseline's cooled-down frontier (spec cooldown.frontier): at each of these FLOPs a copy is cooled down and
   // evaluated; frontier.json holds the points done (one left undone by a kill is redone from the save made there).
-  const frontierFile = join(runDir, "frontier.json");
+  const frontierFile = join(runDir, FRONTIER_FILE);
   const frontierAt = entry.group === "baseline" && spec.cooldown?.frontier ? spec.cooldown.frontier.map((f) => f * budget) : [];
-  const frontier: FinalEvaluation[] = existsSync(frontierFile) ? await readJson<FinalEvaluation[]>(frontierFile, "the frontier") : [];
+  const frontier: FinalEvaluation[] = existsSync(frontierFile) ? await readFrontier(frontierFile) : [];
 
   const t0 = performance.now();
   let flopsAtStart: number | null = null; // set from the first checkpoint loaded below
@@ -281,7 +288,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         const nextFrontier = frontierAt[frontier.length];
         if (nextFrontier !== undefined && state.progress.flopsSeen >= nextFrontier) {
           frontier.push(await coolCopy(state, spec, spec.cooldown!, o, entry.name, dir));
-          await writeFileAtomic(frontierFile, JSON.stringify(frontier) + "\n");
+          await writeFileAtomic(frontierFile, formatFrontier(frontier));
           o.onLine?.(`${entry.name}: frontier point ${frontier.length}/${frontierAt.length}: ${frontier.at(-1)!.valLoss.toFixed(4)} after a cooldown from ${state.progress.flopsSeen.toExponential(3)} FLOPs`);
           continue;
         }
@@ -334,10 +341,10 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         const points = curvePoints(await readMetrics(dir)).filter((p) => !cooled || p.stage !== k || p.step <= cooled.startStep);
         const final = cooled?.final;
         const result: RunResult = {
-          format: "staged-run-result", version: 1, name: entry.name, group: entry.group, seed: entry.seed, done: true,
+          format: RESULT_FORMAT, version: RUN_FILES_VERSION, name: entry.name, group: entry.group, seed: entry.seed, done: true,
           budgetFlops: budget, points, growths, ...(final ? { final } : {}), ...(frontier.length ? { frontier } : {}),
         };
-        await writeFileAtomic(resultFile, JSON.stringify(result) + "\n");
+        await writeFileAtomic(resultFile, formatRunResult(result));
         return result;
       }
       // Grow into stage k + 1 (not once stopped: the stage's checkpoint is saved, and a resume replays the growth).
@@ -365,7 +372,7 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
         paramsBefore: nonEmbeddingParams(state.shape), paramsAfter: nonEmbeddingParams(grown.shape),
       };
       growths[k] = event;
-      await writeFileAtomic(growthsFile, JSON.stringify(growths, null, 2) + "\n");
+      await writeFileAtomic(growthsFile, formatGrowths(growths));
       await saveTrainingState(stageDir(runDir, k + 1), grown, { registry, overwrite: true });
       o.onLine?.(`${entry.name}: grew ${stage.grow} ×${stage.factor} at ${event.flops.toExponential(3)} FLOPs (global step ${event.globalStep}, ` +
         `${event.timing}): ${shape.layers}×d${shape.dModel} → ${grown.shape.layers}×d${grown.shape.dModel}, val ${valBefore.toFixed(4)} → ${valAfter.toFixed(4)}`);
@@ -409,13 +416,13 @@ function validationOf(spec: RunSpec, o: ExecuteOptions, maxBlocks: number | unde
  */
 async function cooldown(state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, runDir: string, dir: string,
                         o: ExecuteOptions): Promise<{ final: FinalEvaluation; startStep: number }> {
-  const file = join(runDir, "cooldown.json");
+  const file = join(runDir, COOLDOWN_FILE);
   const ev = validationOf(spec, o, c.blocks);
-  let start: { step: number; valLossBefore: number };
-  if (existsSync(file)) start = await readJson<{ step: number; valLossBefore: number }>(file, "the cooldown's start");
+  let start: CooldownStart;
+  if (existsSync(file)) start = await readCooldownStart(file);
   else {
     start = { step: state.progress.step, valLossBefore: (await evaluate(state, ev)).loss };
-    await writeFileAtomic(file, JSON.stringify(start) + "\n");
+    await writeFileAtomic(file, formatCooldownStart(start));
   }
   const total = start.step + c.steps;
   let current: TrainingState = state;

@@ -4,8 +4,8 @@ import { basename, dirname, extname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { parseJsonFile, readTextInput } from "@staged/core";
 import {
-  checkTimingRules, compareRuns, createRunRegistry, DEFAULT_DYNAMICS_WINDOWS, formatReport, parseRunSpec, renderReportSvg, RunInterrupted, runSpec, svgToPng,
-  type RunProgress, type RunResult,
+  checkTimingRules, compareRuns, createRunRegistry, DEFAULT_DYNAMICS_WINDOWS, formatReport, parseRunSpec, readRunResult, renderReportSvg, RESULT_FILE,
+  RunInterrupted, runSpec, svgToPng, type RunProgress, type RunResult,
 } from "@staged/run";
 import { writeOutputFile } from "../files.js";
 import { fmtTime } from "../progress.js";
@@ -27,45 +27,17 @@ export async function readResults(paths: readonly string[]): Promise<RunResult[]
   for (const p of paths) {
     if (p.endsWith(".json")) { files.push(p); continue; }
     if (!existsSync(p)) throw new UsageError(`${p}: no such file or directory`);
-    if (existsSync(join(p, "result.json"))) { files.push(join(p, "result.json")); continue; }
+    if (existsSync(join(p, RESULT_FILE))) { files.push(join(p, RESULT_FILE)); continue; }
     let names: string[];
-    try { names = (await readdir(p)).sort(); } catch { throw new UsageError(`${p}: not a run directory or a result.json`); }
-    const found = names.map((n) => join(p, n, "result.json")).filter((f) => existsSync(f));
-    if (!found.length) throw new UsageError(`${p}: no result.json in it or in its subdirectories (has \`staged run\` finished a run there?)`);
+    try { names = (await readdir(p)).sort(); } catch { throw new UsageError(`${p}: not a run directory or a ${RESULT_FILE}`); }
+    const found = names.map((n) => join(p, n, RESULT_FILE)).filter((f) => existsSync(f));
+    if (!found.length) throw new UsageError(`${p}: no ${RESULT_FILE} in it or in its subdirectories (has \`staged run\` finished a run there?)`);
     files.push(...found);
   }
   const results: RunResult[] = [];
-  for (const f of files) {
-    const r = parseJsonFile(await readTextInput(f, "the run result"), f) as RunResult;
-    if (r?.format !== "staged-run-result" || !Array.isArray(r.points) || !Array.isArray(r.growths)) {
-      throw new UsageError(`${f}: not a staged run result (format "staged-run-result")`);
-    }
-    checkResult(r, f);
-    results.push(r);
-  }
+  // Each through its schema (@staged/run run-format.ts): a bad or foreign file is one line naming it and the field.
+  for (const f of files) results.push(await readRunResult(f));
   return results;
-}
-
-/** Throw, naming the file, unless the numbers the report computes with are there and finite, the points in FLOPs order. */
-function checkResult(r: RunResult, file: string): void {
-  const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
-  const need = (v: unknown, field: string) => {
-    if (!finite(v)) throw new UsageError(`${file}: ${field} must be a finite number, got ${JSON.stringify(v) ?? "nothing"}`);
-  };
-  if (typeof r.name !== "string" || typeof r.group !== "string") throw new UsageError(`${file}: name and group must be strings`);
-  need(r.budgetFlops, "budgetFlops");
-  r.points.forEach((p: unknown, i) => {
-    const q = (typeof p === "object" && p !== null ? p : {}) as Record<string, unknown>;
-    for (const k of ["globalStep", "step", "stage", "flops", "tokens", "valLoss"]) need(q[k], `points[${i}].${k}`);
-    const before = r.points[i - 1]?.flops;
-    if (before !== undefined && (q.flops as number) < before) {
-      throw new UsageError(`${file}: points[${i}].flops ${String(q.flops)} is below points[${i - 1}].flops ${before} (points must be in increasing FLOPs order)`);
-    }
-  });
-  r.growths.forEach((g: unknown, i) => {
-    const q = (typeof g === "object" && g !== null ? g : {}) as Record<string, unknown>;
-    for (const k of ["stage", "flops", "globalStep"]) need(q[k], `growths[${i}].${k}`);
-  });
 }
 
 interface RunCliOptions { out?: string; only?: string; seeds?: number[]; baseline?: number[]; threads?: number }
@@ -149,7 +121,7 @@ export function registerReport(program: Command): void {
         }
         const results = await readResults(paths);
         const report = compareRuns(results, { baseline: o.baseline, ...(losses ? { losses } : {}), ...(windows ? { windows } : {}) });
-        const inputs = paths.map((p) => (p.endsWith(".json") ? p : join(p, "result.json")));
+        const inputs = paths.map((p) => (p.endsWith(".json") ? p : join(p, RESULT_FILE)));
         if (o.plot?.length) {
           const svg = await renderReportSvg(results, report, o.title ? { title: o.title } : {});
           for (const p of o.plot) await writeOutputFile(p, extname(p).toLowerCase() === ".png" ? svgToPng(svg) : svg, inputs);

@@ -6,7 +6,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTrainingState, processStart, type GrowthTimingPlugin, type TimingPoint } from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
 import { brownText } from "@staged/trainer-ort";
-import { budgetFlops, createRunRegistry, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
+import { budgetFlops, createRunRegistry, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf, type RunProgress } from "./run.js";
+import type { RunResult } from "./types.js";
+
+/** The global step of a run's first growth. */
+const g0 = (r: RunResult): number => r.growths[0]!.globalStep;
 import { parseRunSpec, type RunSpec } from "./spec.js";
 import { compareRuns } from "./report.js";
 import { FRONTIER_FILE, formatGrowths, GROWTHS_FILE, RESULT_FILE } from "./run-format.js";
@@ -47,8 +51,14 @@ describe("executeRun", () => {
   it("trains to the budget, grows once at its moment, and records a monotone curve", async () => {
     const s = spec();
     const [entry] = runEntries(s);
-    const r = await executeRun(s, entry!, join(dir, "a"));
+    const progress: RunProgress[] = [];
+    const r = await executeRun(s, entry!, join(dir, "a"), { onProgress: (p) => progress.push(p) });
     const fpStep0 = flopsPerToken(shapeOf(s.model, 16), 16) * 4 * 16;
+    // progress after every step (the reporter decides what to show), and once at the end of the budget
+    expect(progress.map((p) => p.globalStep)).toEqual([...Array.from({ length: r.points.at(-1)!.globalStep }, (_, i) => i + 1), r.points.at(-1)!.globalStep]);
+    expect(progress.filter((p) => p.end)).toEqual([progress.at(-1)]);
+    expect(progress.at(-1)).toMatchObject({ run: "w-s0", stage: 1, stages: 1, budget: 6e8, valLoss: r.points.at(-1)!.valLoss, end: true });
+    expect(progress.map((p) => p.stage)).toEqual(progress.map((p) => (p.globalStep <= g0(r) ? 0 : 1)));
     expect(r.done).toBe(true);
     expect(r.growths).toHaveLength(1);
     const g = r.growths[0]!;

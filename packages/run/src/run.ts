@@ -93,16 +93,18 @@ export interface RunProgress {
   budget: number;
   valLoss: number | null;
   tokensPerSecond: number;
-  /** Seconds to the end of the budget at the run's FLOP rate so far. */
-  eta: number;
+  /** True once, when the run's budget is spent (its cooldown follows, without progress). */
+  end: boolean;
 }
 
 export interface ExecuteOptions {
-  /** Progress about every `progressEvery` seconds (default 10) and at each growth. */
+  /**
+   * Where the run is, after every training step and once when its budget is spent (`end`): counts for a progress
+   * reporter, which shows them with the rate and the ETA (the CLI's, packages/cli/src/progress.ts).
+   */
   onProgress?(p: RunProgress): void;
   /** A line for people: growth decisions, resumes. */
   onLine?(line: string): void;
-  progressEvery?: number;
   threads?: number;
   engineFactory?: EngineFactory;
   /** Called after every training step (tests interrupt a run here to check resuming). */
@@ -246,7 +248,6 @@ async function executeLocked(ctx: RunContext): Promise<RunResult> {
   for (;; k++) {
     const dir = stageDir(ctx.runDir, k);
     const current: CurrentState = { state: await loadTrainingState(dir, { registry: ctx.registry }) };
-    progress.begin(current.state.progress.flopsSeen);
     try {
       const stage = ctx.entry.stages[k];
       const { decided, lastVal } = await trainStage(ctx, k, dir, current, growths, frontier, progress);
@@ -311,24 +312,13 @@ async function readFrontierSoFar({ spec, entry, runDir, budget }: RunContext): P
   return { file, at, done: existsSync(file) ? await readFrontier(file) : [] };
 }
 
-/** The run's progress for ExecuteOptions.onProgress: about every `progressEvery` seconds, or now when forced. */
+/** The run's progress for ExecuteOptions.onProgress (the last step's tokens per second kept for the line at the end). */
 function runProgress({ entry, o, budget }: RunContext) {
-  const t0 = performance.now();
-  let flopsAtStart: number | null = null; // set from the first checkpoint loaded
-  let lastReport = 0;
   let tps = 0;
   return {
-    begin(flops: number): void { flopsAtStart ??= flops; },
     step(tokensPerSecond: number): void { tps = tokensPerSecond; },
-    report(at: { step: number; globalStep: number; flops: number }, stage: number, valLoss: number | null, force = false): void {
-      const now = performance.now();
-      if (!o.onProgress || (!force && now - lastReport < (o.progressEvery ?? 10) * 1000)) return;
-      lastReport = now;
-      const rate = (at.flops - (flopsAtStart ?? at.flops)) / Math.max((now - t0) / 1000, 1e-3);
-      o.onProgress({
-        run: entry.name, stage, stages: entry.stages.length, ...at, budget, valLoss, tokensPerSecond: tps,
-        eta: rate > 0 ? Math.max(0, budget - at.flops) / rate : Infinity,
-      });
+    report(at: { step: number; globalStep: number; flops: number }, stage: number, valLoss: number | null, end = false): void {
+      o.onProgress?.({ run: entry.name, stage, stages: entry.stages.length, ...at, budget, valLoss, tokensPerSecond: tps, end });
     },
   };
 }

@@ -13,9 +13,9 @@
 // frontier's model needs from the start's cooled loss to the group's, over the FLOPs the group trained from its
 // growth (cooldowns excluded on both sides; 1 = the grown model continues like the model from scratch). Not a test.
 import { existsSync } from "node:fs";
-import { readFile, readdir } from "node:fs/promises";
+import { readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { frontierFlops as frontierFlopsOf } from "@staged/run";
+import { frontierFlops as frontierFlopsOf, readRunResult, RESULT_FILE } from "@staged/run";
 
 const argv = process.argv.slice(2);
 const json = argv.includes("--json");
@@ -29,8 +29,8 @@ const frontierDirs = rest.slice(rest.indexOf("--frontier") + 1);
 
 /** Every result.json with a `final` in a directory or its subdirectories. */
 async function results(dir) {
-  if (existsSync(join(dir, "result.json"))) {
-    const r = JSON.parse(await readFile(join(dir, "result.json"), "utf8"));
+  if (existsSync(join(dir, RESULT_FILE))) {
+    const r = await readRunResult(join(dir, RESULT_FILE));
     return r.final ? [r] : [];
   }
   const out = [];

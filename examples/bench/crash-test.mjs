@@ -24,6 +24,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { loadTrainingState } from "@staged/core";
+import { readRunResult, RESULT_FILE } from "@staged/run";
 
 const { values: a } = parseArgs({ options: {
   trials: { type: "string", default: "300" }, parallel: { type: "string", default: "2" }, json: { type: "boolean", default: false },
@@ -112,7 +113,7 @@ await writeFile(spec, JSON.stringify({
 const runRef = join(root, "run-ref");
 const runSeconds = await timed(["run", spec, "--out", runRef]);
 const resultOf = async (dir) => {
-  const r = JSON.parse(await readFile(join(dir, "w-s0", "result.json"), "utf8"));
+  const r = await readRunResult(join(dir, "w-s0", RESULT_FILE));
   return JSON.stringify({ points: r.points, growths: r.growths.map(({ seconds: _s, ...g }) => g) });
 };
 const runRefResult = await resultOf(runRef);

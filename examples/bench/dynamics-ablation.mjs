@@ -24,7 +24,7 @@ import { createDefaultRegistry, loadTrainingState, writeFileAtomic } from "@stag
 import { widthGrowth } from "@staged/grow-width";
 import { depthGrowth } from "@staged/grow-depth";
 import { readMetrics, withCooldown } from "@staged/scheduler";
-import { curvePoints } from "@staged/run";
+import { curvePoints, RESULT_FILE, RESULT_FORMAT, RUN_FILE, RUN_FILES_VERSION } from "@staged/run";
 import { evaluate, train } from "@staged/trainer-ort";
 
 const { values: a, positionals } = parseArgs({
@@ -81,7 +81,7 @@ const out = resolve(a.out);
 
 // The small model's curve up to the growth (its metrics history), and the budget of the run it came from.
 const history = curvePoints(await readMetrics(src));
-const source = JSON.parse(await readFile(join(src, "..", "run.json"), "utf8").catch(() => "{}"));
+const source = JSON.parse(await readFile(join(src, "..", RUN_FILE), "utf8").catch(() => "{}"));
 
 /**
  * ‖W₁₁ − W₂₂‖/‖W₁₁‖ of a width-×2-grown matrix's two diagonal blocks in its [in, out] orientation (the first and
@@ -115,7 +115,7 @@ for (const name of names) {
   for (const seed of seeds) {
     const v = VARIANTS[name];
     const dir = join(out, `${name}-s${seed}`);
-    if (existsSync(join(dir, "result.json"))) { console.error(`${name}-s${seed}: done already`); continue; }
+    if (existsSync(join(dir, RESULT_FILE))) { console.error(`${name}-s${seed}: done already`); continue; }
     await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { recursive: true });
     const small = await loadTrainingState(src, { registry });
@@ -161,7 +161,7 @@ for (const name of names) {
     await small.close();
     const record = v.op ? grown.progress.stages.at(-1) : null;
     const result = {
-      format: "staged-run-result", version: 1, name: `${name}-s${seed}`, group: name, seed, done: true,
+      format: RESULT_FORMAT, version: RUN_FILES_VERSION, name: `${name}-s${seed}`, group: name, seed, done: true,
       budgetFlops: source.budget?.flops ?? (points.at(-1) ?? history.at(-1)).flops,
       points: [...history, ...points],
       ...(divergence.length ? { divergence } : {}),
@@ -172,7 +172,7 @@ for (const name of names) {
         valLossBefore: before, valLossAfter: after, paramsBefore: 0, paramsAfter: 0,
       }] : [],
     };
-    await writeFileAtomic(join(dir, "result.json"), JSON.stringify(result) + "\n");
+    await writeFileAtomic(join(dir, RESULT_FILE), JSON.stringify(result) + "\n");
     await rm(join(dir, "checkpoint"), { recursive: true, force: true });
     console.error(`${name}-s${seed}: before ${before.toFixed(4)}, after growth ${after.toFixed(4)}, final ${(points.at(-1) ?? history.at(-1)).valLoss.toFixed(4)} ` +
       `(${((performance.now() - t0) / 1000).toFixed(0)} s)`);

@@ -25,6 +25,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { RESULT_FILE } from "@staged/run";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: a } = parseArgs({
@@ -188,7 +189,7 @@ if (phase === "all" || phase === "runs") {
 // the grown model's LR; the headline saving is the smaller of the two.
 if (phase === "all" || phase === "report") {
   const runsDir = join(out, "runs");
-  const dirs = (prefixes) => prefixes.flatMap((p) => seeds.map((x) => join(runsDir, `${p}-s${x}`))).filter((d) => existsSync(join(d, "result.json")));
+  const dirs = (prefixes) => prefixes.flatMap((p) => seeds.map((x) => join(runsDir, `${p}-s${x}`))).filter((d) => existsSync(join(d, RESULT_FILE)));
   const main = [...dirs(["baseline", ...schedules.map((s) => s.name), lrControl.name]),
     ...schedules.flatMap((s) => dirs([`no-growth-${label(s.model)}`]))];
   const title = `Staged vs from scratch: GPT-2 ${label(target)} on ${a.data === "brown" ? "Brown" : a.data}, batch ${common.batch}, ${budget.toExponential(1)} FLOPs`;
@@ -199,7 +200,7 @@ if (phase === "all" || phase === "report") {
   let md = `# Staged training benchmark\n\nBudget ${budget.toExponential(2)} FLOPs; target ${label(target)} (law-optimal among ` +
     `${candidates.map(label).join(", ")}); seeds ${seeds.join(", ")}.\n\n## Against the baseline (LR ${common.optimizer.lr})\n\n${text}`;
   if (hasControl) md += `\n## Against the target from scratch at LR ${lrControl.lr} (the grown width's LR)\n\n${vsControl}`;
-  const abl = [...dirs(["width"]).slice(0, 1), ...ablations.map((x) => join(runsDir, `${x.name}-s0`)).filter((d) => existsSync(join(d, "result.json"))),
+  const abl = [...dirs(["width"]).slice(0, 1), ...ablations.map((x) => join(runsDir, `${x.name}-s0`)).filter((d) => existsSync(join(d, RESULT_FILE))),
     ...dirs(["baseline"])];
   if (ablations.length && abl.length > seeds.length + 1) {
     md += `\n## Ablations (width schedule, seed 0, one default changed each)\n\n${await sh(["report", ...abl], { quiet: true })}`;

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, expect, it } from "vitest";
-import { createProgress, fmtTime } from "./progress.js";
+import { createProgress, createReporter, fmtTime, type ProgressMode } from "./progress.js";
 
 const sink = () => {
   const lines: string[] = [];
@@ -52,5 +52,51 @@ describe("progress on stderr", () => {
 
   it("formats times", () => {
     expect([fmtTime(7.4), fmtTime(185), fmtTime(3720), fmtTime(Infinity)]).toEqual(["7s", "3m05s", "1h02m", "-"]);
+  });
+
+  describe("the reporter train and run show their progress through", () => {
+    const reporter = (mode: ProgressMode, every: { seconds: number } | { parts: number }, lastLine: "always" | "if-shown" | "never", base = 0) => {
+      const { lines, stream } = sink();
+      const r = createReporter<{ loss: number | null }>({
+        label: "training", unit: "steps", details: { loss: null }, mode, stream, every, lastLine, base,
+        line: (v) => `${v.done}/${v.total} loss ${v.details.loss ?? "-"} ETA ${fmtTime(v.eta)}${v.final ? " end" : ""}`,
+        fields: (v) => ({ loss: v.details.loss }),
+      });
+      return { lines, r };
+    };
+
+    it("parts: a line at the first step, at each part of the total and at the last, as updates come (within the first second too)", () => {
+      const { lines, r } = reporter("lines", { parts: 4 }, "never");
+      r.update(0, 8);
+      for (let i = 1; i <= 8; i++) r.update(i, 8, { loss: 9 - i });
+      r.stop();
+      expect(lines.map((l) => l.split(" ETA")[0])).toEqual(["1/8 loss 8", "2/8 loss 7", "4/8 loss 5", "6/8 loss 3", "8/8 loss 1"]);
+      expect(lines.at(-1)).toBe("8/8 loss 1 ETA 0s\n");
+    });
+
+    it("jsonl: the counts, the rate and the ETA with the work's own fields; lastLine always ends with a line even for quick work", () => {
+      const { lines, r } = reporter("jsonl", { seconds: 10 }, "always", 100);
+      r.update(150, 200, { loss: 2.5 });
+      r.stop();
+      r.stop();
+      expect(lines).toHaveLength(1);
+      expect(JSON.parse(lines[0]!)).toMatchObject({ progress: "training", done: 150, total: 200, unit: "steps", loss: 2.5, end: true, rate: expect.any(Number) });
+      const quick = reporter("lines", { seconds: 10 }, "always", 100);
+      quick.r.update(200, 200, { loss: 2 });
+      quick.r.stop();
+      expect(quick.lines).toEqual(["200/200 loss 2 ETA 0s end\n"]);
+      const none = reporter("none", { parts: 1 }, "always");
+      none.r.update(1, 1);
+      none.r.stop();
+      expect(none.lines).toEqual([]);
+    });
+
+    it("auto without a bar writes lines on a terminal too", () => {
+      const lines: string[] = [];
+      const r = createReporter<null>({ label: "x", unit: "steps", details: null, every: { parts: 1 }, lastLine: "never", stream: { write: (s: string) => lines.push(s), isTTY: true }, line: (v) => `${v.done}` });
+      r.update(1, 1);
+      r.stop();
+      expect(lines).toEqual(["1\n"]);
+    });
   });
 });

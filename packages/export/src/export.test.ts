@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { byteLevelTokenizerConfig, byteLevelTokenizerJson, initTrainingState, saveTrainingState, Tensor, inMemory } from "@staged/core";
 import { tinyBpeTokenizerJson } from "@staged/trainer-ort";
 import { exportModel, readManifest, MANIFEST } from "./export.js";
+import { formatManifest, type ExportManifest } from "./manifest.js";
 import { loadGenerator } from "./generate.js";
 import { runExport, testState, trainerGreedy, bytesOf, VARIANTS, worstExcess } from "./testing/reference.js";
 
@@ -85,6 +86,38 @@ describe("exportModel", () => {
     await symlink("nowhere/export", dangling);
     await expect(exportModel(ckpt, dangling)).rejects.toThrow(new RegExp(`^${dangling}: a symlink to nowhere/export, which does not exist$`));
     expect((await readdir(root)).filter((f) => f.includes("dangling") || f.includes("nowhere"))).toEqual(["dangling"]);
+  });
+});
+
+describe("staged-export.json", () => {
+  it("is read through its schema: absent is null, a bad or foreign manifest is one line naming the file and the field", async () => {
+    const d = join(root, "manifests");
+    await mkdir(d);
+    expect(await readManifest(d)).toBeNull();
+    expect(await readManifest(join(root, "no-such-dir"))).toBeNull();
+    const file = join(d, MANIFEST);
+    const good: ExportManifest = { format: "staged-export", version: 1, exporter: "@staged/export 0.1.0", architecture: "gpt2", dtypes: ["fp32"], externalData: {}, source: null };
+    await writeFile(file, formatManifest(good));
+    expect(await readManifest(d)).toEqual(good);
+    for (const [over, message] of [
+      [{ format: "staged-run-result" }, 'format must be "staged-export"'],
+      [{ version: 0 }, "version must be an integer ≥ 1"],
+      [{ dtypes: ["int8"] }, 'dtypes[0] must be "fp32" or "fp16"'],
+      [{ externalData: { "onnx/model.onnx": 3 } }, "externalData.onnx/model.onnx must be a file name"],
+      [{ source: 7 }, "source must be a string or null"],
+      [{ architecture: undefined }, "architecture must be a string"],
+    ] as const) {
+      await writeFile(file, JSON.stringify({ ...good, ...over }));
+      await expect(readManifest(d)).rejects.toThrow(new Error(`${file}: ${message}`));
+    }
+    await writeFile(file, "not json");
+    await expect(readManifest(d)).rejects.toThrow(new RegExp(`^${file}: invalid JSON`));
+    // exportModel refuses to replace a directory whose manifest is not one, naming it.
+    const ckpt = join(root, "ckpt3");
+    await saveTrainingState(ckpt, initTrainingState("gpt2", gpt2Config, 3));
+    await writeFile(file, JSON.stringify({ ...good, format: "other" }));
+    await expect(exportModel(ckpt, d)).rejects.toThrow(new Error(`${file}: format must be "staged-export"`));
+    expect((await readdir(d)).sort()).toEqual([MANIFEST]);
   });
 });
 

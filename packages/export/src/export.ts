@@ -15,14 +15,12 @@ import {
 } from "@staged/core";
 import { decoderGraph, type ExportDType } from "./graph.js";
 import { writeOnnxModel } from "@staged/trainer-ort";
+import { EXPORT_VERSION, formatManifest, MANIFEST, MANIFEST_FORMAT, readManifest, type ExportManifest } from "./manifest.js";
 
 export type { ExportDType } from "./graph.js";
 
-/** The manifest every export carries (HF tools ignore it). */
-export const MANIFEST = "staged-export.json";
-export const MANIFEST_FORMAT = "staged-export";
-/** Bumped when the export's graph or files change, so that caches made by an older version are remade. */
-export const EXPORT_VERSION = 2;
+// The manifest every export carries, its schema and its reader: manifest.ts.
+export { EXPORT_VERSION, MANIFEST, MANIFEST_FORMAT, readManifest, type ExportManifest } from "./manifest.js";
 
 /** ONNX files by dtype, as transformers.js names them (its dtype option picks the suffix). */
 export const ONNX_FILES: Readonly<Record<ExportDType, string>> = { fp32: "onnx/model.onnx", fp16: "onnx/model_fp16.onnx" };
@@ -49,18 +47,6 @@ export interface ExportOptions {
   onProgress?: (p: ExportProgress) => void;
   /** Where to say what crash recovery beside `outDir` did (default: a line on stderr each). */
   notice?: (line: string) => void;
-}
-
-export interface ExportManifest {
-  format: typeof MANIFEST_FORMAT;
-  version: number;
-  exporter: string;
-  architecture: string;
-  dtypes: ExportDType[];
-  /** Files holding external data, by ONNX file. */
-  externalData: Record<string, string>;
-  /** The fingerprint of the checkpoint exported (see sourceFingerprint), or null for an in-memory state. */
-  source: string | null;
 }
 
 export interface ExportResult {
@@ -93,22 +79,6 @@ export async function sourceFingerprint(dir: string): Promise<string> {
     }
   }
   return h.digest("hex");
-}
-
-/** The manifest of an export directory, or null when there is none (or it is not one). */
-export async function readManifest(dir: string): Promise<ExportManifest | null> {
-  let text: string;
-  try {
-    text = await readFile(join(dir, MANIFEST), "utf8");
-  } catch {
-    return null;
-  }
-  try {
-    const m = JSON.parse(text) as Partial<ExportManifest>;
-    return m.format === MANIFEST_FORMAT && Array.isArray(m.dtypes) ? m as ExportManifest : null;
-  } catch {
-    return null;
-  }
 }
 
 /** The config.json of the export: the checkpoint's, with what transformers.js reads for external data. */
@@ -248,7 +218,7 @@ export async function exportModel(source: string | TrainingState, outDir: string
           });
           bytes += r.bytes;
         }
-        await writeFile(join(tmp, MANIFEST), jsonText(manifest));
+        await writeFile(join(tmp, MANIFEST), formatManifest(manifest));
       } }, { overwrite: true, lock, notice: options.notice ?? stderrNotice });
       return { dir: target, files, bytes, manifest };
     } finally {

@@ -1,4 +1,5 @@
 export * from "./types.js";
+export * from "./run-format.js";
 export * from "./spec.js";
 export * from "./run.js";
 export * from "./timing.js";

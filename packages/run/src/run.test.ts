@@ -6,10 +6,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTrainingState, processStart, type GrowthTimingPlugin, type LrSchedulePlugin, type TimingPoint } from "@staged/core";
 import { chinchillaLaw, flopsPerToken, readMetrics } from "@staged/scheduler";
 import { brownText, ortTrainer, type OrtTrainerPlugin } from "@staged/trainer-ort";
-import { budgetFlops, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf } from "./run.js";
+import { budgetFlops, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf, type RunProgress } from "./run.js";
 import { checkRunPlugins, createRunRegistry } from "./plugins.js";
+import type { RunResult } from "./types.js";
+
+/** The global step of a run's first growth. */
+const g0 = (r: RunResult): number => r.growths[0]!.globalStep;
 import { parseRunSpec, type RunSpec } from "./spec.js";
 import { compareRuns } from "./report.js";
+import { FRONTIER_FILE, formatGrowths, GROWTHS_FILE, RESULT_FILE } from "./run-format.js";
 
 let dir: string;
 let data: string;
@@ -47,8 +52,14 @@ describe("executeRun", () => {
   it("trains to the budget, grows once at its moment, and records a monotone curve", async () => {
     const s = spec();
     const [entry] = runEntries(s);
-    const r = await executeRun(s, entry!, join(dir, "a"));
+    const progress: RunProgress[] = [];
+    const r = await executeRun(s, entry!, join(dir, "a"), { onProgress: (p) => progress.push(p) });
     const fpStep0 = flopsPerToken(shapeOf(s.model, 16), 16) * 4 * 16;
+    // progress after every step (the reporter decides what to show), and once at the end of the budget
+    expect(progress.map((p) => p.globalStep)).toEqual([...Array.from({ length: r.points.at(-1)!.globalStep }, (_, i) => i + 1), r.points.at(-1)!.globalStep]);
+    expect(progress.filter((p) => p.end)).toEqual([progress.at(-1)]);
+    expect(progress.at(-1)).toMatchObject({ run: "w-s0", stage: 1, stages: 1, budget: 6e8, valLoss: r.points.at(-1)!.valLoss, end: true });
+    expect(progress.map((p) => p.stage)).toEqual(progress.map((p) => (p.globalStep <= g0(r) ? 0 : 1)));
     expect(r.done).toBe(true);
     expect(r.growths).toHaveLength(1);
     const g = r.growths[0]!;
@@ -146,8 +157,8 @@ describe("executeRun", () => {
     const d = join(dir, "due-killed");
     await cp(join(dir, "due"), d, { recursive: true });
     await rm(join(d, "stage-1"), { recursive: true });
-    await rm(join(d, "result.json"));
-    await writeFile(join(d, "growths.json"), "[]\n");
+    await rm(join(d, RESULT_FILE));
+    await writeFile(join(d, GROWTHS_FILE), formatGrowths([]));
     const resumed = await executeRun(s, entry!, d);
     expect(resumed.growths[0]!.globalStep).toBe(20);
     expect(resumed.points).toEqual(whole.points);
@@ -306,7 +317,7 @@ describe("executeRun", () => {
     let seen = 0;
     await expect(executeRun(s, entry!, d, { onStep: (g) => { if (g === at2 + 3) throw new Error("killed"); seen = g; } })).rejects.toThrow("killed");
     expect(seen).toBe(at2 + 2);
-    expect(JSON.parse(await readFile(join(d, "frontier.json"), "utf8"))).toHaveLength(1);
+    expect(JSON.parse(await readFile(join(d, FRONTIER_FILE), "utf8"))).toHaveLength(1);
     const resumed = await executeRun(s, entry!, d);
     expect(resumed.frontier).toEqual(r.frontier);
     expect(resumed.points).toEqual(r.points);

@@ -1,8 +1,9 @@
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { basename, join } from "node:path";
+import { isDeepStrictEqual } from "node:util";
 import {
-  canonicalPath, checkInput, checkOutputPath, createDefaultRegistry, globalStepOf, lockCheckpoint, initTrainingState, loadTrainingState, parseJsonFile, readTextInput, saveTrainingState, STATE_FILE,
+  canonicalPath, checkInput, checkOutputPath, createDefaultRegistry, globalStepOf, lockCheckpoint, initTrainingState, loadTrainingState, saveTrainingState, STATE_FILE,
   writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
 } from "@staged/core";
 import {
@@ -13,6 +14,11 @@ import type { EngineFactory, EvaluateOptions, OrtTrainerPlugin, TrainOptions } f
 import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
 import { checkRunPlugins, createRunRegistry, runLaw, runTrainer, timingRule } from "./plugins.js";
 import type { CurvePoint, FinalEvaluation, GrowthEvent, RunResult } from "./types.js";
+import {
+  COOLDOWN_FILE, formatCooldownStart, formatFrontier, formatGrowths, formatRunIdentity, formatRunResult, FRONTIER_FILE, GROWTHS_FILE,
+  readCooldownStart, readFrontier, readGrowths, readRunIdentity, readRunResult, RESULT_FILE, RESULT_FORMAT, RUN_FILE, RUN_FILES_VERSION,
+  RUN_FORMAT, type CooldownStart, type RunIdentity,
+} from "./run-format.js";
 
 /** One run of a spec: the staged schedule for one seed, or a comparison (baseline, no-growth) for one seed. */
 export interface RunEntry {
@@ -91,16 +97,18 @@ export interface RunProgress {
   budget: number;
   valLoss: number | null;
   tokensPerSecond: number;
-  /** Seconds to the end of the budget at the run's FLOP rate so far. */
-  eta: number;
+  /** True once, when the run's budget is spent (its cooldown follows, without progress). */
+  end: boolean;
 }
 
 export interface ExecuteOptions {
-  /** Progress about every `progressEvery` seconds (default 10) and at each growth. */
+  /**
+   * Where the run is, after every training step and once when its budget is spent (`end`): counts for a progress
+   * reporter, which shows them with the rate and the ETA (the CLI's, packages/cli/src/progress.ts).
+   */
   onProgress?(p: RunProgress): void;
   /** A line for people: growth decisions, resumes. */
   onLine?(line: string): void;
-  progressEvery?: number;
   threads?: number;
   engineFactory?: EngineFactory;
   /** Called after every training step (tests interrupt a run here to check resuming). */
@@ -128,10 +136,6 @@ export class RunInterrupted extends Error {
 const stageDir = (runDir: string, k: number) => join(runDir, `stage-${k}`);
 const isCheckpoint = (dir: string) => existsSync(join(dir, STATE_FILE));
 
-async function readJson<T>(file: string, what: string): Promise<T> {
-  return parseJsonFile(await readTextInput(file, what), file) as T;
-}
-
 /**
  * Check every file a spec's runs will read (data, validation data, tokenizer, law) before anything is
  * written, with one-line errors naming the file; returns the law when a timing needs one.
@@ -145,9 +149,9 @@ export async function checkRunInputs(spec: RunSpec, registry: Registry = createR
 }
 
 /** What identifies a run's configuration: a rerun into the same directory must match it. */
-function identity(spec: RunSpec, entry: RunEntry): Record<string, unknown> {
+function identity(spec: RunSpec, entry: RunEntry): RunIdentity {
   const { name: _n, seeds: _s, baseline: _b, noGrowth: _g, threads: _t, stages: _st, model: _m, ...shared } = spec;
-  return { format: "staged-run-entry", version: 1, ...shared, group: entry.group, seed: entry.seed, model: entry.model, stages: entry.stages };
+  return { format: RUN_FORMAT, version: RUN_FILES_VERSION, ...shared, group: entry.group, seed: entry.seed, model: entry.model, stages: entry.stages };
 }
 
 /** The validation points of a run's metrics records (the records with a finite valLoss), as result.json stores them. */
@@ -161,7 +165,7 @@ export function curvePoints(records: readonly MetricsRecord[]): CurvePoint[] {
  * Run one entry to its budget in `runDir`, resuming from whatever an earlier (killed) invocation left: each
  * stage's model is a checkpoint `stage-<k>` saved every few evaluations, growth writes the next stage's
  * checkpoint atomically, and growth decisions are replayed from the saved validation curve. Returns the
- * run's result, also written to `runDir/result.json`.
+ * run's result, also written to `runDir/result.json` (run-format.ts).
  */
 export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions = {}): Promise<RunResult> {
   const registry = o.registry ?? createRunRegistry();
@@ -174,34 +178,93 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
   // One process per run directory: a second `staged run` of it is refused, naming the first.
   const lock = await lockCheckpoint(await canonicalPath(runDir), "exclusive");
   try {
-    return await executeLocked(spec, entry, runDir, { ...o, registry }, { registry, budget, law, maxLoss: loaded?.maxLoss ?? null, trainer });
+    return await executeLocked({ spec, entry, runDir, o: { ...o, registry }, registry, budget, law, maxLoss: loaded?.maxLoss ?? null, trainer });
   } finally {
     await lock.release();
   }
 }
 
-async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: ExecuteOptions,
-                             { registry, budget, law, maxLoss, trainer }:
-                               { registry: Registry; budget: number; law: ChinchillaLaw | null; maxLoss: number | null; trainer: OrtTrainerPlugin }): Promise<RunResult> {
-  const idFile = join(runDir, "run.json");
+/** What each step of one run works with: the spec, the run, its directory, the caller's options, and what executeRun worked out. */
+interface RunContext {
+  spec: RunSpec;
+  entry: RunEntry;
+  runDir: string;
+  o: ExecuteOptions;
+  registry: Registry;
+  budget: number;
+  law: ChinchillaLaw | null;
+  maxLoss: number | null;
+  /** The trainer the spec names (default "ort"), from the registry. */
+  trainer: OrtTrainerPlugin;
+}
+
+/** The baseline's cooled-down frontier (spec cooldown.frontier): the FLOPs at which a copy is cooled down, and the points done. */
+interface Frontier {
+  file: string;
+  at: number[];
+  done: FinalEvaluation[];
+}
+
+/** The state a stage trains, replaced as training goes on: whoever holds it closes the latest. */
+interface CurrentState {
+  state: TrainingState & { close(): Promise<void> };
+}
+
+async function executeLocked(ctx: RunContext): Promise<RunResult> {
+  const finished = await checkRunDirectory(ctx);
+  if (finished) return finished;
+  const growthsFile = join(ctx.runDir, GROWTHS_FILE);
+  const growths: GrowthEvent[] = existsSync(growthsFile) ? await readGrowths(growthsFile) : [];
+  let k = await newestStage(ctx);
+  growths.splice(k); // a growth record whose checkpoint never landed is redone
+  const frontier = await readFrontierSoFar(ctx);
+  const progress = runProgress(ctx);
+  for (;; k++) {
+    const dir = stageDir(ctx.runDir, k);
+    const current: CurrentState = { state: await loadTrainingState(dir, { registry: ctx.registry }) };
+    try {
+      const stage = ctx.entry.stages[k];
+      const { decided, lastVal } = await trainStage(ctx, k, dir, current, growths, frontier, progress);
+      const state = current.state;
+      if (!stage || !decided) {
+        // The budget is spent (a stage whose growth never came is recorded by the missing growth).
+        if (stage) ctx.o.onLine?.(`${ctx.entry.name}: the budget ended before stage ${k + 1}'s growth (${stage.grow}) was due`);
+        progress.report({ step: state.progress.step, globalStep: globalStepOf(state.progress), flops: state.progress.flopsSeen }, k, lastVal, true);
+        return await finishRun(ctx, k, dir, state, growths, frontier);
+      }
+      // Grow into stage k + 1 (not once stopped: the stage's checkpoint is saved, and a resume replays the growth).
+      if (ctx.o.signal?.aborted) throw new RunInterrupted(ctx.entry.name, dir, state.progress.step);
+      await growStage(ctx, k, dir, state, stage, lastVal, growths, growthsFile);
+    } finally {
+      await current.state.close();
+    }
+  }
+}
+
+/**
+ * run.json: written by the first invocation, and a rerun must be of the same spec; result.json: the run's result when
+ * an earlier invocation finished it (null otherwise).
+ */
+async function checkRunDirectory({ spec, entry, runDir }: RunContext): Promise<RunResult | null> {
+  const idFile = join(runDir, RUN_FILE);
   const id = identity(spec, entry);
   if (existsSync(idFile)) {
-    const old = await readJson<unknown>(idFile, "the run's identity");
-    if (JSON.stringify(old) !== JSON.stringify(id)) {
+    const old = await readRunIdentity(idFile);
+    // As written and read back (fields left undefined are not written).
+    if (!isDeepStrictEqual(old, JSON.parse(formatRunIdentity(id)))) {
       throw new Error(`${runDir}: holds a run of another spec (${idFile} differs); use another --out directory or remove it`);
     }
   } else {
-    await writeFileAtomic(idFile, JSON.stringify(id, null, 2) + "\n");
+    await writeFileAtomic(idFile, formatRunIdentity(id));
   }
-  const resultFile = join(runDir, "result.json");
-  if (existsSync(resultFile)) {
-    const done = await readJson<RunResult>(resultFile, "the run result");
-    if (done.done) return done;
-  }
-  const growthsFile = join(runDir, "growths.json");
-  const growths: GrowthEvent[] = existsSync(growthsFile) ? await readJson<GrowthEvent[]>(growthsFile, "the growths") : [];
+  const resultFile = join(runDir, RESULT_FILE);
+  if (!existsSync(resultFile)) return null;
+  const done = await readRunResult(resultFile);
+  return done.done ? done : null;
+}
 
-  // The newest stage with a checkpoint; stage 0 is created fresh.
+/** The newest stage with a checkpoint, where the run goes on; stage 0 is created fresh. */
+async function newestStage({ spec, entry, runDir, o, registry }: RunContext): Promise<number> {
   let k = 0;
   while (isCheckpoint(stageDir(runDir, k + 1))) k++;
   if (k === 0 && !isCheckpoint(stageDir(runDir, 0))) {
@@ -210,146 +273,164 @@ async function executeLocked(spec: RunSpec, entry: RunEntry, runDir: string, o: 
   } else {
     o.onLine?.(`${entry.name}: resuming at stage ${k} from ${stageDir(runDir, k)}`);
   }
-  growths.splice(k); // a growth record whose checkpoint never landed is redone
-  // The baseline's cooled-down frontier (spec cooldown.frontier): at each of these FLOPs a copy is cooled down and
-  // evaluated; frontier.json holds the points done (one left undone by a kill is redone from the save made there).
-  const frontierFile = join(runDir, "frontier.json");
-  const frontierAt = entry.group === "baseline" && spec.cooldown?.frontier ? spec.cooldown.frontier.map((f) => f * budget) : [];
-  const frontier: FinalEvaluation[] = existsSync(frontierFile) ? await readJson<FinalEvaluation[]>(frontierFile, "the frontier") : [];
+  return k;
+}
 
-  const t0 = performance.now();
-  let flopsAtStart: number | null = null; // set from the first checkpoint loaded below
-  let lastReport = 0;
-  const report = (at: { step: number; globalStep: number; flops: number }, stage: number, valLoss: number | null, tps: number, force = false) => {
-    const now = performance.now();
-    if (!o.onProgress || (!force && now - lastReport < (o.progressEvery ?? 10) * 1000)) return;
-    lastReport = now;
-    const rate = (at.flops - (flopsAtStart ?? at.flops)) / Math.max((now - t0) / 1000, 1e-3);
-    o.onProgress({
-      run: entry.name, stage, stages: entry.stages.length, ...at, budget, valLoss, tokensPerSecond: tps,
-      eta: rate > 0 ? Math.max(0, budget - at.flops) / rate : Infinity,
-    });
-  };
+/**
+ * The baseline's cooled-down frontier (spec cooldown.frontier): at each of these FLOPs a copy is cooled down and
+ * evaluated; frontier.json holds the points done (one left undone by a kill is redone from the save made there).
+ */
+async function readFrontierSoFar({ spec, entry, runDir, budget }: RunContext): Promise<Frontier> {
+  const file = join(runDir, FRONTIER_FILE);
+  const at = entry.group === "baseline" && spec.cooldown?.frontier ? spec.cooldown.frontier.map((f) => f * budget) : [];
+  return { file, at, done: existsSync(file) ? await readFrontier(file) : [] };
+}
 
+/** The run's progress for ExecuteOptions.onProgress (the last step's tokens per second kept for the line at the end). */
+function runProgress({ entry, o, budget }: RunContext) {
   let tps = 0;
-  for (;; k++) {
-    const dir = stageDir(runDir, k);
-    let state: TrainingState & { close(): Promise<void> } = await loadTrainingState(dir, { registry });
-    flopsAtStart ??= state.progress.flopsSeen;
-    try {
-      const stage = entry.stages[k];
-      const shape = state.shape;
-      const fpStep = flopsPerToken(shape, spec.context) * spec.batch * spec.context;
-      const history = await readMetrics(dir);
-      const stageStartGlobal = k === 0 ? 0 : growths[k - 1]!.globalStep;
-      // Decisions on a grown model's curve start after the previous growth's re-warmup.
-      const settledFrom = k === 0 ? 0 : stageStartGlobal + entry.stages[k - 1]!.rewarmup;
-      const until = stage ? growthCondition(spec, entry, k, stage, registry, law, maxLoss, budget, settledFrom) : null;
-      // Replay the stage's validation curve: a decision made before a kill is made again, identically.
-      const saved = curvePoints(history);
-      let decided = until?.replay(saved.filter((p) => p.stage === k)) ?? false;
-      let lastVal: number | null = saved.at(-1)?.valLoss ?? null;
-      // A growth at a step or FLOP count, due when the checkpoint was saved (a run killed between the small model's
-      // last save and the growth), is due now: not one step later.
-      const due = (s: TrainingState) => (until?.steps !== undefined && globalStepOf(s.progress) - stageStartGlobal >= until.steps) ||
-        (until?.flops !== undefined && s.progress.flopsSeen >= until.flops);
-      decided ||= due(state);
-      while (!decided && state.progress.flopsSeen < budget) {
-        const nextFrontier = frontierAt[frontier.length];
-        if (nextFrontier !== undefined && state.progress.flopsSeen >= nextFrontier) {
-          frontier.push(await coolCopy(trainer, state, spec, spec.cooldown!, o, entry.name, dir));
-          await writeFileAtomic(frontierFile, JSON.stringify(frontier) + "\n");
-          o.onLine?.(`${entry.name}: frontier point ${frontier.length}/${frontierAt.length}: ${frontier.at(-1)!.valLoss.toFixed(4)} after a cooldown from ${state.progress.flopsSeen.toExponential(3)} FLOPs`);
-          continue;
-        }
-        const target = Math.min(until?.flops !== undefined ? Math.min(until.flops, budget) : budget, nextFrontier ?? Infinity);
-        const stageSteps = globalStepOf(state.progress) - stageStartGlobal;
-        const byFlops = Math.ceil((target - state.progress.flopsSeen) / fpStep);
-        const bySteps = until?.steps !== undefined ? until.steps - stageSteps : Infinity;
-        // Pieces of 5 evaluations from the stage's start (each piece ends with an evaluation and a save); a run resumed
-        // from a step inside a piece (after Ctrl-C) finishes that piece first, so its curve has the same points.
-        const piece = spec.eval.every * 5;
-        const steps = Math.max(1, Math.min(byFlops, bySteps, piece - (stageSteps % piece)));
-        const options: TrainOptions = {
-          data: spec.data, valData: spec.valData, tokenizer: k === 0 && state.progress.step === 0 ? spec.tokenizer : undefined,
-          steps, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
-          // A grown model's peak LR is the checkpoint's (the growth scaled it by its lrScale).
-          ...(k === 0 ? { lr: spec.optimizer.lr, schedule: spec.schedule.kind, warmup: spec.schedule.warmup } : {}),
-          betas: spec.optimizer.betas, eps: spec.optimizer.eps, weightDecay: spec.optimizer.weightDecay, clip: spec.optimizer.clip,
-          biasCorrection: spec.optimizer.biasCorrection,
-          seed: k === 0 && state.progress.step === 0 ? entry.seed : undefined,
-          evalEvery: spec.eval.every, evalBlocks: spec.eval.blocks, saveDir: dir,
-          threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal, registry,
-        };
-        const before = state;
-        const globalBefore = globalStepOf(before.progress);
-        const r = await trainer.train(state, options, {
-          onEval: (e) => {
-            lastVal = e.valLoss;
-            if (until?.push({ step: e.step, globalStep: e.globalStep, stage: k, flops: e.flops, tokens: e.tokens, valLoss: e.valLoss })) {
-              decided = true;
-              return "stop";
-            }
-          },
-          onStep: (i) => {
-            tps = i.tokensPerSecond;
-            o.onStep?.(globalBefore + i.index);
-            report({ step: i.step, globalStep: globalBefore + i.index, flops: i.flops }, k, lastVal, tps);
-          },
-        });
-        await before.close();
-        state = Object.assign(r.state, { close: async () => {} });
-        if (r.result.interrupted) throw new RunInterrupted(entry.name, dir, state.progress.step);
-        decided ||= due(state);
-      }
-      if (!stage || !decided) {
-        // The budget is spent (a stage whose growth never came is recorded by the missing growth).
-        if (stage) o.onLine?.(`${entry.name}: the budget ended before stage ${k + 1}'s growth (${stage.grow}) was due`);
-        report({ step: state.progress.step, globalStep: globalStepOf(state.progress), flops: state.progress.flopsSeen }, k, lastVal, tps, true);
-        const cooled = spec.cooldown ? await cooldown(trainer, state, spec, spec.cooldown, runDir, dir, o) : null;
-        // The curve is the constant-LR run up to the budget; the cooldown's points are not part of it.
-        const points = curvePoints(await readMetrics(dir)).filter((p) => !cooled || p.stage !== k || p.step <= cooled.startStep);
-        const final = cooled?.final;
-        const result: RunResult = {
-          format: "staged-run-result", version: 1, name: entry.name, group: entry.group, seed: entry.seed, done: true,
-          budgetFlops: budget, points, growths, ...(final ? { final } : {}), ...(frontier.length ? { frontier } : {}),
-        };
-        await writeFileAtomic(resultFile, JSON.stringify(result) + "\n");
-        return result;
-      }
-      // Grow into stage k + 1 (not once stopped: the stage's checkpoint is saved, and a resume replays the growth).
-      if (o.signal?.aborted) throw new RunInterrupted(entry.name, dir, state.progress.step);
-      const records = await readMetrics(dir);
-      const valBefore = curvePoints(records).at(-1)?.valLoss ?? lastVal!;
-      const continueAt = stage.continueAt === "keep" ? undefined
-        : stage.continueAt === "law" ? continueAtFromLaw(law!, spec, entry, k, valBefore) : stage.continueAt;
-      const plugin = registry.get("growth", stage.grow) as GrowthPlugin<Record<string, unknown>>;
-      const grown = await plugin.grow(state, {
-        ...stage.options, factor: stage.factor,
-        rewarmup: stage.rewarmup, ...(stage.lrScale === undefined ? {} : { lrScale: stage.lrScale }),
-        ...(stage.lrScaleParams === undefined ? {} : { lrScaleParams: stage.lrScaleParams }),
-        ...(stage.lrRamp === undefined ? {} : { lrRamp: stage.lrRamp }),
-        ...(continueAt === undefined ? {} : { continueAt }), registry,
-      });
-      const record = grown.progress.stages.at(-1)!;
-      const ev = validationOf(spec, o, spec.eval.blocks);
-      const valAfter = (await trainer.evaluate(grown, ev)).loss;
-      const event: GrowthEvent = {
-        stage: k + 1, operator: stage.grow, options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
-        flops: state.progress.flopsSeen, globalStep: globalStepOf(state.progress),
-        timing: timingRule(stage) ?? Object.keys(stage.at)[0]!,
-        valLossBefore: valBefore, valLossAfter: valAfter,
-        paramsBefore: nonEmbeddingParams(state.shape), paramsAfter: nonEmbeddingParams(grown.shape),
-      };
-      growths[k] = event;
-      await writeFileAtomic(growthsFile, JSON.stringify(growths, null, 2) + "\n");
-      await saveTrainingState(stageDir(runDir, k + 1), grown, { registry, overwrite: true });
-      o.onLine?.(`${entry.name}: grew ${stage.grow} ×${stage.factor} at ${event.flops.toExponential(3)} FLOPs (global step ${event.globalStep}, ` +
-        `${event.timing}): ${shape.layers}×d${shape.dModel} → ${grown.shape.layers}×d${grown.shape.dModel}, val ${valBefore.toFixed(4)} → ${valAfter.toFixed(4)}`);
-    } finally {
-      await state.close();
+  return {
+    step(tokensPerSecond: number): void { tps = tokensPerSecond; },
+    report(at: { step: number; globalStep: number; flops: number }, stage: number, valLoss: number | null, end = false): void {
+      o.onProgress?.({ run: entry.name, stage, stages: entry.stages.length, ...at, budget, valLoss, tokensPerSecond: tps, end });
+    },
+  };
+}
+type RunProgressReporter = ReturnType<typeof runProgress>;
+
+/**
+ * Train stage `k` until its growth is due or the budget is spent, in pieces that each end with an evaluation and a save,
+ * cooling down the frontier's copies on the way; `current.state` follows the training. Whether the growth is due, and
+ * the last validation loss.
+ */
+async function trainStage(ctx: RunContext, k: number, dir: string, current: CurrentState, growths: readonly GrowthEvent[],
+                          frontier: Frontier, progress: RunProgressReporter): Promise<{ decided: boolean; lastVal: number | null }> {
+  const { spec, entry, o, budget } = ctx;
+  const stage = entry.stages[k];
+  const fpStep = flopsPerToken(current.state.shape, spec.context) * spec.batch * spec.context;
+  const history = await readMetrics(dir);
+  const stageStartGlobal = k === 0 ? 0 : growths[k - 1]!.globalStep;
+  // Decisions on a grown model's curve start after the previous growth's re-warmup.
+  const settledFrom = k === 0 ? 0 : stageStartGlobal + entry.stages[k - 1]!.rewarmup;
+  const until = stage ? growthCondition(spec, entry, k, stage, ctx.registry, ctx.law, ctx.maxLoss, budget, settledFrom) : null;
+  // Replay the stage's validation curve: a decision made before a kill is made again, identically.
+  const saved = curvePoints(history);
+  let decided = until?.replay(saved.filter((p) => p.stage === k)) ?? false;
+  let lastVal: number | null = saved.at(-1)?.valLoss ?? null;
+  // A growth at a step or FLOP count, due when the checkpoint was saved (a run killed between the small model's
+  // last save and the growth), is due now: not one step later.
+  const due = (s: TrainingState) => (until?.steps !== undefined && globalStepOf(s.progress) - stageStartGlobal >= until.steps) ||
+    (until?.flops !== undefined && s.progress.flopsSeen >= until.flops);
+  decided ||= due(current.state);
+  while (!decided && current.state.progress.flopsSeen < budget) {
+    const state = current.state;
+    const nextFrontier = frontier.at[frontier.done.length];
+    if (nextFrontier !== undefined && state.progress.flopsSeen >= nextFrontier) {
+      await addFrontierPoint(ctx, frontier, state, dir);
+      continue;
     }
+    const target = Math.min(until?.flops !== undefined ? Math.min(until.flops, budget) : budget, nextFrontier ?? Infinity);
+    const stageSteps = globalStepOf(state.progress) - stageStartGlobal;
+    const byFlops = Math.ceil((target - state.progress.flopsSeen) / fpStep);
+    const bySteps = until?.steps !== undefined ? until.steps - stageSteps : Infinity;
+    // Pieces of 5 evaluations from the stage's start (each piece ends with an evaluation and a save); a run resumed
+    // from a step inside a piece (after Ctrl-C) finishes that piece first, so its curve has the same points.
+    const piece = spec.eval.every * 5;
+    const steps = Math.max(1, Math.min(byFlops, bySteps, piece - (stageSteps % piece)));
+    const globalBefore = globalStepOf(state.progress);
+    const r = await ctx.trainer.train(state, stageTrainOptions(ctx, k, state, steps, dir), {
+      onEval: (e) => {
+        lastVal = e.valLoss;
+        if (until?.push({ step: e.step, globalStep: e.globalStep, stage: k, flops: e.flops, tokens: e.tokens, valLoss: e.valLoss })) {
+          decided = true;
+          return "stop";
+        }
+      },
+      onStep: (i) => {
+        progress.step(i.tokensPerSecond);
+        o.onStep?.(globalBefore + i.index);
+        progress.report({ step: i.step, globalStep: globalBefore + i.index, flops: i.flops }, k, lastVal);
+      },
+    });
+    await state.close();
+    current.state = Object.assign(r.state, { close: async () => {} });
+    if (r.result.interrupted) throw new RunInterrupted(entry.name, dir, current.state.progress.step);
+    decided ||= due(current.state);
   }
+  return { decided, lastVal };
+}
+
+/** The trainer's options for `steps` steps of stage `k` from `state`, saved into the stage's checkpoint `dir`. */
+function stageTrainOptions(ctx: RunContext, k: number, state: TrainingState, steps: number, dir: string): TrainOptions {
+  const { spec, entry, o } = ctx;
+  const fresh = k === 0 && state.progress.step === 0;
+  return {
+    data: spec.data, valData: spec.valData, tokenizer: fresh ? spec.tokenizer : undefined,
+    steps, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
+    // A grown model's peak LR is the checkpoint's (the growth scaled it by its lrScale).
+    ...(k === 0 ? { lr: spec.optimizer.lr, schedule: spec.schedule.kind, warmup: spec.schedule.warmup } : {}),
+    betas: spec.optimizer.betas, eps: spec.optimizer.eps, weightDecay: spec.optimizer.weightDecay, clip: spec.optimizer.clip,
+    biasCorrection: spec.optimizer.biasCorrection,
+    seed: fresh ? entry.seed : undefined,
+    evalEvery: spec.eval.every, evalBlocks: spec.eval.blocks, saveDir: dir,
+    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal, registry: ctx.registry,
+  };
+}
+
+/** Cool down a copy of `state` for the next point of the baseline's frontier, and record it in frontier.json. */
+async function addFrontierPoint({ spec, entry, o, trainer }: RunContext, frontier: Frontier, state: TrainingState, dir: string): Promise<void> {
+  frontier.done.push(await coolCopy(trainer, state, spec, spec.cooldown!, o, entry.name, dir));
+  await writeFileAtomic(frontier.file, formatFrontier(frontier.done));
+  o.onLine?.(`${entry.name}: frontier point ${frontier.done.length}/${frontier.at.length}: ${frontier.done.at(-1)!.valLoss.toFixed(4)} after a cooldown from ${state.progress.flopsSeen.toExponential(3)} FLOPs`);
+}
+
+/** The end of the budget: the spec's cooldown, then the run's result, written to result.json. */
+async function finishRun(ctx: RunContext, k: number, dir: string, state: TrainingState, growths: GrowthEvent[], frontier: Frontier): Promise<RunResult> {
+  const { spec, entry, runDir, o, budget } = ctx;
+  const cooled = spec.cooldown ? await cooldown(ctx.trainer, state, spec, spec.cooldown, runDir, dir, o) : null;
+  // The curve is the constant-LR run up to the budget; the cooldown's points are not part of it.
+  const points = curvePoints(await readMetrics(dir)).filter((p) => !cooled || p.stage !== k || p.step <= cooled.startStep);
+  const final = cooled?.final;
+  const result: RunResult = {
+    format: RESULT_FORMAT, version: RUN_FILES_VERSION, name: entry.name, group: entry.group, seed: entry.seed, done: true,
+    budgetFlops: budget, points, growths, ...(final ? { final } : {}), ...(frontier.done.length ? { frontier: frontier.done } : {}),
+  };
+  await writeFileAtomic(join(runDir, RESULT_FILE), formatRunResult(result));
+  return result;
+}
+
+/**
+ * Grow stage `k`'s model into stage k + 1: the operator, the grown model's loss, the growth recorded in growths.json,
+ * then the new stage's checkpoint.
+ */
+async function growStage(ctx: RunContext, k: number, dir: string, state: TrainingState, stage: StageSpec, lastVal: number | null,
+                         growths: GrowthEvent[], growthsFile: string): Promise<void> {
+  const { spec, entry, runDir, o, registry, law } = ctx;
+  const valBefore = curvePoints(await readMetrics(dir)).at(-1)?.valLoss ?? lastVal!;
+  const continueAt = stage.continueAt === "keep" ? undefined
+    : stage.continueAt === "law" ? continueAtFromLaw(law!, spec, entry, k, valBefore) : stage.continueAt;
+  const plugin = registry.get("growth", stage.grow) as GrowthPlugin<Record<string, unknown>>;
+  const grown = await plugin.grow(state, {
+    ...stage.options, factor: stage.factor,
+    rewarmup: stage.rewarmup, ...(stage.lrScale === undefined ? {} : { lrScale: stage.lrScale }),
+    ...(stage.lrScaleParams === undefined ? {} : { lrScaleParams: stage.lrScaleParams }),
+    ...(stage.lrRamp === undefined ? {} : { lrRamp: stage.lrRamp }),
+    ...(continueAt === undefined ? {} : { continueAt }), registry,
+  });
+  const record = grown.progress.stages.at(-1)!;
+  const valAfter = (await ctx.trainer.evaluate(grown, validationOf(spec, o, spec.eval.blocks))).loss;
+  const event: GrowthEvent = {
+    stage: k + 1, operator: stage.grow, options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
+    flops: state.progress.flopsSeen, globalStep: globalStepOf(state.progress),
+    timing: timingRule(stage) ?? Object.keys(stage.at)[0]!,
+    valLossBefore: valBefore, valLossAfter: valAfter,
+    paramsBefore: nonEmbeddingParams(state.shape), paramsAfter: nonEmbeddingParams(grown.shape),
+  };
+  growths[k] = event;
+  await writeFileAtomic(growthsFile, formatGrowths(growths));
+  await saveTrainingState(stageDir(runDir, k + 1), grown, { registry, overwrite: true });
+  o.onLine?.(`${entry.name}: grew ${stage.grow} ×${stage.factor} at ${event.flops.toExponential(3)} FLOPs (global step ${event.globalStep}, ` +
+    `${event.timing}): ${state.shape.layers}×d${state.shape.dModel} → ${grown.shape.layers}×d${grown.shape.dModel}, val ${valBefore.toFixed(4)} → ${valAfter.toFixed(4)}`);
 }
 
 /** The spec's cooldown from a copy of `state` (nothing saved): one point of the baseline's cooled-down frontier. */
@@ -387,13 +468,13 @@ function validationOf(spec: RunSpec, o: ExecuteOptions, maxBlocks: number | unde
  */
 async function cooldown(trainer: OrtTrainerPlugin, state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, runDir: string, dir: string,
                         o: ExecuteOptions): Promise<{ final: FinalEvaluation; startStep: number }> {
-  const file = join(runDir, "cooldown.json");
+  const file = join(runDir, COOLDOWN_FILE);
   const ev = validationOf(spec, o, c.blocks);
-  let start: { step: number; valLossBefore: number };
-  if (existsSync(file)) start = await readJson<{ step: number; valLossBefore: number }>(file, "the cooldown's start");
+  let start: CooldownStart;
+  if (existsSync(file)) start = await readCooldownStart(file);
   else {
     start = { step: state.progress.step, valLossBefore: (await trainer.evaluate(state, ev)).loss };
-    await writeFileAtomic(file, JSON.stringify(start) + "\n");
+    await writeFileAtomic(file, formatCooldownStart(start));
   }
   const total = start.step + c.steps;
   let current: TrainingState = state;

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MANIFEST } from "@staged/export";
 import { json, ok, staged } from "../testing.js";
 
 /** Every file of a checkpoint, names and bytes (the testing helper's fingerprint also lists the parent, where exports go). */
@@ -21,7 +22,7 @@ describe("staged export", () => {
     const out = json("export", at("ckpt"));
     expect(out).toMatchObject({ out: at("ckpt-onnx"), architecture: "gpt2", dtypes: ["fp32"], externalData: false });
     expect(out.files).toEqual(expect.arrayContaining(["onnx/model.onnx", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]));
-    expect((await readdir(at("ckpt-onnx"))).sort()).toEqual(["config.json", "generation_config.json", "onnx", "staged-export.json", "tokenizer.json", "tokenizer_config.json"]);
+    expect((await readdir(at("ckpt-onnx"))).sort()).toEqual(["config.json", "generation_config.json", "onnx", MANIFEST, "tokenizer.json", "tokenizer_config.json"]);
     expect(await contents(at("ckpt"))).toEqual(before);
     const r = ok("export", at("ckpt"), "--out", at("half"), "--dtype", "fp16");
     expect(r.stdout).toMatch(/^exported .*ckpt \(gpt2\) to .*half: onnx\/model\.onnx, onnx\/model_fp16\.onnx, /);

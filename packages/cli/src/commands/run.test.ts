@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { RESULT_FILE } from "@staged/run";
 import { brownText } from "@staged/trainer-ort";
 import { staged } from "../testing.js";
 
@@ -47,7 +48,7 @@ describe("staged run / staged report", () => {
     expect(r.stdout).toMatch(/\| w \| 1 \| width \| \d\.\d{4} \|/);
     expect(await readFile(at("c.svg"), "utf8")).toMatch(/^<svg/);
     expect([...(await readFile(at("c.png"))).subarray(0, 4)]).toEqual([0x89, 0x50, 0x4e, 0x47]);
-    const j = staged("--json", "report", join(at("spec"), "w-s0"), join(at("spec"), "baseline-s0", "result.json"), "--loss", "3,2.9", "--window", "0.2,0.5");
+    const j = staged("--json", "report", join(at("spec"), "w-s0"), join(at("spec"), "baseline-s0", RESULT_FILE), "--loss", "3,2.9", "--window", "0.2,0.5");
     expect(j.status, j.stderr).toBe(0);
     const rep = (JSON.parse(j.stdout) as { report: { targets: { loss: number }[]; windows: number[]; groups: { growths: { dynamics: { window: number; runs: number; perRun: { flops: number; perBaseline: unknown[] }[] }[] }[] }[] } }).report;
     expect(rep.targets.map((t) => t.loss)).toEqual([3, 2.9]);
@@ -65,14 +66,14 @@ describe("staged run / staged report", () => {
     });
     for (const [name, group, flops] of [["baseline-s0", "baseline", [10, 100]], ["staged-s0", "staged", [null, 100]]] as const) {
       await mkdir(join(runs, name), { recursive: true });
-      await writeFile(join(runs, name, "result.json"), JSON.stringify(result(name, group, [...flops])));
+      await writeFile(join(runs, name, RESULT_FILE), JSON.stringify(result(name, group, [...flops])));
     }
     const bad = staged("report", runs);
     expect(bad.status).toBe(1);
-    expect(bad.stderr.trim().split("\n")).toEqual([`staged: ${join(runs, "staged-s0", "result.json")}: points[0].flops must be a finite number, got null`]);
-    await writeFile(join(runs, "staged-s0", "result.json"), JSON.stringify(result("staged-s0", "staged", [100, 10])));
-    expect(staged("report", runs).stderr.trim()).toBe(`staged: ${join(runs, "staged-s0", "result.json")}: points[1].flops 10 is below points[0].flops 100 (points must be in increasing FLOPs order)`);
-    await writeFile(join(runs, "staged-s0", "result.json"), JSON.stringify(result("staged-s0", "staged", [5, 100])));
+    expect(bad.stderr.trim().split("\n")).toEqual([`staged: ${join(runs, "staged-s0", RESULT_FILE)}: points[0].flops must be a finite number, got null`]);
+    await writeFile(join(runs, "staged-s0", RESULT_FILE), JSON.stringify(result("staged-s0", "staged", [100, 10])));
+    expect(staged("report", runs).stderr.trim()).toBe(`staged: ${join(runs, "staged-s0", RESULT_FILE)}: points[1].flops 10 is below points[0].flops 100 (points must be in increasing FLOPs order)`);
+    await writeFile(join(runs, "staged-s0", RESULT_FILE), JSON.stringify(result("staged-s0", "staged", [5, 100])));
     const plot = staged("report", runs, "--plot", "/proc/x.svg");
     expect(plot.status).toBe(1);
     expect(plot.stderr.trim().split("\n")).toEqual([expect.stringMatching(/^staged: \/proc\/x\.svg: cannot write \([^()]*(\([A-Z]+\))?\)$/)]);

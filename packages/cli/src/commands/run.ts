@@ -1,24 +1,50 @@
 import { existsSync } from "node:fs";
 import { readdir } from "node:fs/promises";
 import { basename, dirname, extname, join, resolve } from "node:path";
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { parseJsonFile, readTextInput } from "@staged/core";
 import {
-  checkRunPlugins, compareRuns, createRunRegistry, DEFAULT_DYNAMICS_WINDOWS, formatReport, parseRunSpec, renderReportSvg, RunInterrupted, runSpec, svgToPng,
-  type RunProgress, type RunResult,
+  checkRunPlugins, compareRuns, createRunRegistry, DEFAULT_DYNAMICS_WINDOWS, formatReport, parseRunSpec, readRunResult, renderReportSvg, RESULT_FILE,
+  RunInterrupted, runSpec, svgToPng, type RunProgress, type RunResult,
 } from "@staged/run";
 import { writeOutputFile } from "../files.js";
-import { fmtTime } from "../progress.js";
+import { createReporter, fmtTime, PROGRESS_MODES, type ProgressMode, type Reporter } from "../progress.js";
 import { createOutput, runAction, UsageError } from "../output.js";
 import { listenForInterrupt } from "../interrupt.js";
 import { integer, intList } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
 
-/** One progress line: where the run is in its budget, its stage, the last validation loss, the rate and the ETA. */
-export function progressLine(p: RunProgress): string {
+/** One progress line: where the run is in its budget, its stage, the last validation loss, the rate and the ETA (seconds). */
+export function progressLine(p: RunProgress, eta: number): string {
   return `[${p.run}] stage ${p.stage}/${p.stages}  ${((100 * p.flops) / p.budget).toFixed(1)}% of ${p.budget.toExponential(2)} FLOPs  ` +
-    `step ${p.globalStep}  val ${p.valLoss === null ? "-" : p.valLoss.toFixed(4)}  ${Math.round(p.tokensPerSecond)} tok/s  ETA ${fmtTime(p.eta)}`;
+    `step ${p.globalStep}  val ${p.valLoss === null ? "-" : p.valLoss.toFixed(4)}  ${Math.round(p.tokensPerSecond)} tok/s  ETA ${fmtTime(eta)}`;
+}
+
+/**
+ * The runs' progress through the CLI's reporter, one run after the other (counted in FLOPs of its budget, the ETA at
+ * the run's FLOP rate in this invocation): a line every 10 s, and one when a run's budget is spent. Lines also on a
+ * terminal, where the run's other lines (growths, resumes) come between them.
+ */
+function runProgress(mode: ProgressMode | undefined) {
+  let current: { run: string; reporter: Reporter<RunProgress> } | null = null;
+  const stop = () => { current?.reporter.stop(); current = null; };
+  return {
+    update(p: RunProgress): void {
+      if (current?.run !== p.run) {
+        stop();
+        current = { run: p.run, reporter: createReporter<RunProgress>({
+          label: "training", unit: "FLOPs", details: p, base: p.flops, every: { seconds: 10 }, lastLine: "always",
+          ...(mode ? { mode } : {}),
+          line: (v) => progressLine(v.details, v.eta),
+          fields: ({ details: d }) => ({ run: d.run, stage: d.stage, stages: d.stages, step: d.step, globalStep: d.globalStep, valLoss: d.valLoss, tokensPerSecond: d.tokensPerSecond }),
+        }) };
+      }
+      current.reporter.update(p.flops, p.budget, p);
+      if (p.end) stop();
+    },
+    stop,
+  };
 }
 
 /** The results under the given paths: a result.json, a run directory holding one, or an output directory of runs. */
@@ -27,48 +53,20 @@ export async function readResults(paths: readonly string[]): Promise<RunResult[]
   for (const p of paths) {
     if (p.endsWith(".json")) { files.push(p); continue; }
     if (!existsSync(p)) throw new UsageError(`${p}: no such file or directory`);
-    if (existsSync(join(p, "result.json"))) { files.push(join(p, "result.json")); continue; }
+    if (existsSync(join(p, RESULT_FILE))) { files.push(join(p, RESULT_FILE)); continue; }
     let names: string[];
-    try { names = (await readdir(p)).sort(); } catch { throw new UsageError(`${p}: not a run directory or a result.json`); }
-    const found = names.map((n) => join(p, n, "result.json")).filter((f) => existsSync(f));
-    if (!found.length) throw new UsageError(`${p}: no result.json in it or in its subdirectories (has \`staged run\` finished a run there?)`);
+    try { names = (await readdir(p)).sort(); } catch { throw new UsageError(`${p}: not a run directory or a ${RESULT_FILE}`); }
+    const found = names.map((n) => join(p, n, RESULT_FILE)).filter((f) => existsSync(f));
+    if (!found.length) throw new UsageError(`${p}: no ${RESULT_FILE} in it or in its subdirectories (has \`staged run\` finished a run there?)`);
     files.push(...found);
   }
   const results: RunResult[] = [];
-  for (const f of files) {
-    const r = parseJsonFile(await readTextInput(f, "the run result"), f) as RunResult;
-    if (r?.format !== "staged-run-result" || !Array.isArray(r.points) || !Array.isArray(r.growths)) {
-      throw new UsageError(`${f}: not a staged run result (format "staged-run-result")`);
-    }
-    checkResult(r, f);
-    results.push(r);
-  }
+  // Each through its schema (@staged/run run-format.ts): a bad or foreign file is one line naming it and the field.
+  for (const f of files) results.push(await readRunResult(f));
   return results;
 }
 
-/** Throw, naming the file, unless the numbers the report computes with are there and finite, the points in FLOPs order. */
-function checkResult(r: RunResult, file: string): void {
-  const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
-  const need = (v: unknown, field: string) => {
-    if (!finite(v)) throw new UsageError(`${file}: ${field} must be a finite number, got ${JSON.stringify(v) ?? "nothing"}`);
-  };
-  if (typeof r.name !== "string" || typeof r.group !== "string") throw new UsageError(`${file}: name and group must be strings`);
-  need(r.budgetFlops, "budgetFlops");
-  r.points.forEach((p: unknown, i) => {
-    const q = (typeof p === "object" && p !== null ? p : {}) as Record<string, unknown>;
-    for (const k of ["globalStep", "step", "stage", "flops", "tokens", "valLoss"]) need(q[k], `points[${i}].${k}`);
-    const before = r.points[i - 1]?.flops;
-    if (before !== undefined && (q.flops as number) < before) {
-      throw new UsageError(`${file}: points[${i}].flops ${String(q.flops)} is below points[${i - 1}].flops ${before} (points must be in increasing FLOPs order)`);
-    }
-  });
-  r.growths.forEach((g: unknown, i) => {
-    const q = (typeof g === "object" && g !== null ? g : {}) as Record<string, unknown>;
-    for (const k of ["stage", "flops", "globalStep"]) need(q[k], `growths[${i}].${k}`);
-  });
-}
-
-interface RunCliOptions { out?: string; only?: string; seeds?: number[]; baseline?: number[]; threads?: number }
+interface RunCliOptions { out?: string; only?: string; seeds?: number[]; baseline?: number[]; threads?: number; progress?: ProgressMode }
 interface ReportCliOptions { loss?: string; window?: string; baseline: string; plot?: string[]; title?: string }
 
 export function registerRun(program: Command): void {
@@ -79,6 +77,8 @@ export function registerRun(program: Command): void {
     .option("--baseline <s,...>", "also train the final model from scratch with these seeds (default: the spec's baseline)", intList("baseline"))
     .option("--only <names>", "run only these runs (comma-separated, e.g. baseline-s1,staged-s0)")
     .option("--threads <N>", "CPU threads of the trainer (default: the spec's, else all cores)", integer("threads", 1))
+    .addOption(new Option("--progress <mode>", "progress on stderr: lines (auto, also on a terminal), lines, JSON lines, or none")
+      .choices([...PROGRESS_MODES]).default("auto"))
     .action(async (file: string, o: RunCliOptions, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
@@ -95,19 +95,22 @@ export function registerRun(program: Command): void {
           () => "the steps since the run's last save are lost; run the same command again to resume from it");
         // Progress and decisions on stderr, also with --json.
         let results: Awaited<ReturnType<typeof runSpec>>;
+        const progress = runProgress(o.progress);
         try {
           results = await runSpec(spec, dir, {
             only, threads: o.threads, signal: interrupt.signal,
             onStart: (names) => process.stderr.write(`staged run: ${names.length} run${names.length === 1 ? "" : "s"} (${names.join(", ")}) into ${resolve(dir)}\n`),
-            onProgress: (p) => process.stderr.write(progressLine(p) + "\n"),
+            onProgress: (p) => progress.update(p),
             onLine: (line) => process.stderr.write(line + "\n"),
           });
         } catch (e) {
+          progress.stop(); // its last line before the run's last word
           if (!(e instanceof RunInterrupted)) throw e;
           process.stderr.write(`staged: ${e.message}\n`);
           process.exitCode = interrupt.status() ?? 130;
           return;
         } finally {
+          progress.stop();
           interrupt.dispose();
         }
         const hasBaseline = results.some((r) => r.group === "baseline");
@@ -149,7 +152,7 @@ export function registerReport(program: Command): void {
         }
         const results = await readResults(paths);
         const report = compareRuns(results, { baseline: o.baseline, ...(losses ? { losses } : {}), ...(windows ? { windows } : {}) });
-        const inputs = paths.map((p) => (p.endsWith(".json") ? p : join(p, "result.json")));
+        const inputs = paths.map((p) => (p.endsWith(".json") ? p : join(p, RESULT_FILE)));
         if (o.plot?.length) {
           const svg = await renderReportSvg(results, report, o.title ? { title: o.title } : {});
           for (const p of o.plot) await writeOutputFile(p, extname(p).toLowerCase() === ".png" ? svgToPng(svg) : svg, inputs);

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { RESULT_FILE } from "@staged/run";
 import { brownText } from "@staged/trainer-ort";
 import { ok } from "../testing.js";
 
@@ -75,9 +76,9 @@ describe("staged run under Ctrl-C", () => {
     expect(r.status, r.stderr).toBe(130);
     expect(r.stderr).toMatch(/staged: Ctrl-C: finishing the step in progress and saving/);
     expect(r.stderr.trim().split("\n").at(-1)).toMatch(/^staged: w-s0: interrupted at step \d+, saved in .*cut\/w-s0\/stage-\d; run the same command again to resume$/);
-    expect(existsSync(join(out, "w-s0", "result.json"))).toBe(false);
+    expect(existsSync(join(out, "w-s0", RESULT_FILE))).toBe(false);
     ok("run", join(root, "spec.json"), "--out", out);
-    const points = async (d: string): Promise<unknown> => (JSON.parse(await readFile(join(d, "w-s0", "result.json"), "utf8")) as { points: unknown }).points;
+    const points = async (d: string): Promise<unknown> => (JSON.parse(await readFile(join(d, "w-s0", RESULT_FILE), "utf8")) as { points: unknown }).points;
     expect(await points(out)).toEqual(await points(join(root, "whole")));
   }, 90_000);
 });

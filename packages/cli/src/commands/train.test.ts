@@ -82,6 +82,20 @@ describe("staged init → train → eval → inspect", () => {
     expect(h.stdout).toMatch(/^step 9: loss/);
   });
 
+  it("--progress jsonl: one JSON object per line on stderr, the counts with the step's fields; none: silent; other modes refused", async () => {
+    const m = join(root, "progress", "m");
+    ok("init", m, ...SHAPE);
+    const j = ok("--json", "train", m, "--data", text, "--steps", "2", ...TRAIN, "--progress", "jsonl");
+    const objects = j.stderr.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(objects.map((o) => o.done)).toEqual([1, 2]);
+    expect(objects[1]).toMatchObject({ progress: "training", done: 2, total: 2, unit: "steps", step: 2, loss: expect.any(Number), lr: expect.any(Number),
+      tokensPerSecond: expect.any(Number), etaSeconds: 0 });
+    expect(ok("train", m, "--data", text, "--steps", "2", ...TRAIN, "--progress", "none").stderr).not.toMatch(/tok\/s|"done"/);
+    const bad = staged("train", m, "--data", text, "--steps", "2", ...TRAIN, "--progress", "loud");
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/--progress.*loud/);
+  });
+
   it("trains with an HF tokenizer.json, stores it and evaluates with it", async () => {
     const tok = join(root, "tok", "tokenizer.json");
     await mkdir(join(root, "tok"), { recursive: true });

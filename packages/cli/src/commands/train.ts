@@ -1,9 +1,8 @@
 import { resolve } from "node:path";
 import { InvalidArgumentError, Option, type Command } from "commander";
-import cliProgress from "cli-progress";
 import { loadTrainingState } from "@staged/core";
 import { train, DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, type StepInfo, type TrainOptions } from "@staged/trainer-ort";
-import { fmtTime } from "../progress.js";
+import { createReporter, fmtTime, PROGRESS_MODES, type ProgressMode, type Reporter } from "../progress.js";
 import { createOutput, runAction, UsageError } from "../output.js";
 import { listenForInterrupt, lostSince } from "../interrupt.js";
 import { integer, number } from "../options.js";
@@ -27,42 +26,43 @@ interface TrainCliOptions {
   warmup?: number; totalSteps?: number; minLr?: number; betas?: [number, number]; eps?: number; weightDecay?: number;
   clip?: number; biasCorrection?: boolean; sampler?: "random" | "sequential"; seed?: number; evalEvery?: number; evalBlocks?: number;
   saveEvery?: number; keepEvery?: number; device?: "cpu" | "cuda"; valData?: string; tokenizer?: string; threads?: number;
+  progress?: ProgressMode;
 }
 
 const fmtLoss = (x: number | null | undefined): string => (x === null || x === undefined ? "-" : Number.isFinite(x) ? x.toFixed(4) : String(x));
 
-/** Progress on stderr: a cli-progress bar on a terminal, plain lines (about 20 per run) otherwise. */
-function progressReporter(steps: number) {
-  const tty = Boolean(process.stderr.isTTY);
-  let bar: cliProgress.SingleBar | null = null;
+/** What a training progress line says beyond the step count. */
+interface TrainDetails { step: number | null; loss: number | null; valLoss: number | null; lr: number | null; tokensPerSecond: number | null }
+
+/**
+ * Progress on stderr through the CLI's reporter, from the first step's start (after the setup): a bar on a terminal,
+ * else about 20 lines per run (also with --json).
+ */
+function trainProgress(steps: number, mode: ProgressMode | undefined) {
   let valLoss: number | null = null;
-  let started = 0;
-  const every = Math.max(1, Math.round(steps / 20));
-  const line = (i: StepInfo, eta: number) =>
-    `step ${i.step} (${i.index}/${i.steps})  loss ${fmtLoss(i.loss)}  val ${fmtLoss(valLoss)}  lr ${i.lr.toExponential(2)}  ` +
-    `${Math.round(i.tokensPerSecond)} tok/s  ETA ${fmtTime(eta)}`;
+  let reporter: Reporter<TrainDetails> | null = null;
   return {
     start() {
-      started = performance.now();
-      if (tty) {
-        bar = new cliProgress.SingleBar({
-          stream: process.stderr, hideCursor: true, clearOnComplete: false, etaBuffer: 20,
+      reporter = createReporter<TrainDetails>({
+        label: "training", unit: "steps", every: { parts: 20 }, lastLine: "never", ...(mode ? { mode } : {}),
+        details: { step: null, loss: null, valLoss: null, lr: null, tokensPerSecond: null },
+        line: ({ done, total, eta, details: d }) =>
+          `step ${d.step ?? "-"} (${done}/${total})  loss ${fmtLoss(d.loss)}  val ${fmtLoss(d.valLoss)}  lr ${d.lr?.toExponential(2) ?? "-"}  ` +
+          `${Math.round(d.tokensPerSecond ?? 0)} tok/s  ETA ${fmtTime(eta)}`,
+        fields: ({ details }) => ({ ...details }),
+        bar: {
           format: "{bar} {value}/{total} | step {step} | loss {loss} | val {val} | lr {lr} | {tps} tok/s | ETA {eta_formatted}",
-        }, cliProgress.Presets.shades_classic);
-        bar.start(steps, 0, { step: "-", loss: "-", val: "-", lr: "-", tps: "-" });
-      }
+          values: ({ details: d }) => ({ step: d.step ?? "-", loss: fmtLoss(d.loss), val: fmtLoss(d.valLoss), lr: d.lr?.toExponential(2) ?? "-",
+            tps: d.tokensPerSecond === null ? "-" : Math.round(d.tokensPerSecond) }),
+        },
+      });
+      reporter.update(0, steps);
     },
     eval(v: number) { valLoss = v; },
     step(i: StepInfo) {
-      const elapsed = (performance.now() - started) / 1000;
-      const eta = (elapsed / i.index) * (i.steps - i.index);
-      if (bar) {
-        bar.update(i.index, { step: i.step, loss: fmtLoss(i.loss), val: fmtLoss(valLoss), lr: i.lr.toExponential(2), tps: Math.round(i.tokensPerSecond) });
-      } else if (i.index % every === 0 || i.index === i.steps || i.index === 1) {
-        process.stderr.write(line(i, eta) + "\n");
-      }
+      reporter?.update(i.index, i.steps, { step: i.step, loss: i.loss, valLoss, lr: i.lr, tokensPerSecond: i.tokensPerSecond });
     },
-    stop() { bar?.stop(); bar = null; },
+    stop() { reporter?.stop(); },
   };
 }
 
@@ -95,6 +95,8 @@ export function registerTrain(program: Command): void {
     .option("--threads <N>", "CPU threads (default: all cores)", integer("threads", 1))
     .option("--val-data <file>", "validation data (default: Brown's validation split, or the last 5% of --data)")
     .option("--tokenizer <tokenizer.json>", "an HF tokenizer to use and store in the checkpoint (default: the checkpoint's, bytes)")
+    .addOption(new Option("--progress <mode>", "progress on stderr: a bar on a terminal, else lines (auto), lines, JSON lines, or none")
+      .choices([...PROGRESS_MODES]).default("auto"))
     .action(async (dir: string, o: TrainCliOptions, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
@@ -110,12 +112,13 @@ export function registerTrain(program: Command): void {
           throw new UsageError(`${dir}: ${problem}`);
         }
         // Progress goes to stderr also with --json (stdout carries only the result).
-        const progress = progressReporter(o.steps);
+        const progress = trainProgress(o.steps, o.progress);
         // Ctrl-C: the step in progress finishes and is saved; a second Ctrl-C says what it loses.
         let saved = state.progress.step, current = state.progress.step;
         const interrupt = listenForInterrupt("finishing the step in progress and saving", () => lostSince(saved, current, dir));
         try {
-          const options: TrainOptions = { ...o, clip: o.clip === Infinity ? null : o.clip, saveDir: dir, signal: interrupt.signal, registry };
+          const { progress: _mode, ...flags } = o;
+          const options: TrainOptions = { ...flags, clip: o.clip === Infinity ? null : o.clip, saveDir: dir, signal: interrupt.signal, registry };
           const { result } = await train(state, options, {
             onSave: (s) => { if (s.dir === dir) saved = s.step; },
             onStart: ({ data, schedule, context, batch, setupSeconds }) => {

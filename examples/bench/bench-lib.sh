@@ -1,6 +1,7 @@
 # Helpers of the issue-17 shell benchmarks (data-repetition.sh, dropout-everywhere.sh), sourced after $work and $here are
 # set; `settings <train file> <validation file> [init options]` sets what the helpers use. BATCH (16), LR (1e-3),
-# WARMUP (100 steps, also the re-warmup after a growth) and COOL (the cooldown, 300 steps) may be set before.
+# WARMUP (100 steps, also the re-warmup after a growth), COOL (the cooldown, 300 steps) and EVAL (steps between
+# evaluations, 50) may be set before.
 S="node $here/../../packages/cli/dist/bin.js"
 A="node $here/dynamics-ablation.mjs"
 settings() {

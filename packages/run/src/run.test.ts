@@ -322,7 +322,36 @@ describe("executeRun", () => {
     expect(resumed.frontier).toEqual(r.frontier);
     expect(resumed.points).toEqual(r.points);
     expect(() => spec({ cooldown: { steps: 5, frontier: [0.5, 0.4] } })).toThrow("cooldown.frontier must be increasing");
-    expect(() => spec({ cooldown: { steps: 5, frontier: [1] } })).toThrow("cooldown.frontier[0] must be a fraction of the budget in (0, 1), got 1");
+    expect(() => spec({ cooldown: { steps: 5, frontier: [1] } }))
+      .toThrow("cooldown.frontier[0] must be a fraction of the budget in (0, 4] other than 1 (the budget's own point is the run's final loss), got 1");
+    expect(() => spec({ cooldown: { steps: 5, frontier: [0.5, 4.5] } })).toThrow("cooldown.frontier[1] must be a fraction of the budget in (0, 4]");
+  });
+
+  it("a frontier past the budget: the baseline trains on; its curve and final loss are those of the budget, also after a kill", async () => {
+    const base = spec({ seeds: [0], baseline: { seeds: [0] }, cooldown: { steps: 6, blocks: 6, frontier: [0.5] } });
+    const past = { ...base, cooldown: { steps: 6, blocks: 6, frontier: [0.5, 1.5] } };
+    const entry = runEntries(past).find((e) => e.group === "baseline")!;
+    const atBudget = await executeRun(base, entry, join(dir, "front-budget"));
+    const r = await executeRun(past, entry, join(dir, "front-past"));
+    const fpStep = flopsPerToken(shapeOf(grownModel(past.model, past.stages), 16), 16) * 4 * 16;
+    expect(r.points).toEqual(atBudget.points);
+    expect(r.final).toEqual(atBudget.final);
+    expect(r.frontier).toHaveLength(2);
+    expect(r.frontier![0]).toEqual(atBudget.frontier![0]);
+    const from = Math.ceil((1.5 * budgetFlops(past)) / fpStep) * fpStep;
+    expect(r.frontier![1]!.flops).toBeCloseTo(from + 6 * fpStep, 0);
+    expect(r.frontier![1]!.flops).toBeGreaterThan(r.final!.flops);
+    expect(r.budgetFlops).toBe(budgetFlops(past));
+    // Killed while training past the budget, the rerun ends the same.
+    const stepsAtBudget = Math.ceil(budgetFlops(past) / fpStep);
+    const d = join(dir, "front-past-killed");
+    // (The budget's copy cools down over the global steps that follow the budget; the second time is the training.)
+    let times = 0;
+    const kill = (g: number) => { if (g === stepsAtBudget + 4 && ++times === 2) throw new Error("killed"); };
+    await expect(executeRun(past, entry, d, { onStep: kill })).rejects.toThrow("killed");
+    expect(JSON.parse(await readFile(join(d, FRONTIER_FILE), "utf8"))).toHaveLength(2);
+    const resumed = await executeRun(past, entry, d);
+    expect(resumed).toEqual(r);
   });
 
   it("runs baselines beside the staged run and compares them", async () => {

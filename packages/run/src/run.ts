@@ -203,6 +203,11 @@ interface Frontier {
   file: string;
   at: number[];
   done: FinalEvaluation[];
+  /**
+   * When the frontier reaches past the budget: the index in `at` of the budget itself, whose cooled-down copy is the
+   * run's final loss (the run trains on to the last point); null when the run ends at its budget.
+   */
+  budgetIndex: number | null;
 }
 
 /** The state a stage trains, replaced as training goes on: whoever holds it closes the latest. */
@@ -282,8 +287,10 @@ async function newestStage({ spec, entry, runDir, o, registry }: RunContext): Pr
  */
 async function readFrontierSoFar({ spec, entry, runDir, budget }: RunContext): Promise<Frontier> {
   const file = join(runDir, FRONTIER_FILE);
-  const at = entry.group === "baseline" && spec.cooldown?.frontier ? spec.cooldown.frontier.map((f) => f * budget) : [];
-  return { file, at, done: existsSync(file) ? await readFrontier(file) : [] };
+  const fractions = entry.group === "baseline" && spec.cooldown?.frontier ? spec.cooldown.frontier : [];
+  const past = fractions.some((f) => f > 1);
+  const at = (past ? [...fractions, 1].sort((a, b) => a - b) : fractions).map((f) => f * budget);
+  return { file, at, done: existsSync(file) ? await readFrontier(file) : [], budgetIndex: past ? at.indexOf(budget) : null };
 }
 
 /** The run's progress for ExecuteOptions.onProgress (the last step's tokens per second kept for the line at the end). */
@@ -322,14 +329,16 @@ async function trainStage(ctx: RunContext, k: number, dir: string, current: Curr
   const due = (s: TrainingState) => (until?.steps !== undefined && globalStepOf(s.progress) - stageStartGlobal >= until.steps) ||
     (until?.flops !== undefined && s.progress.flopsSeen >= until.flops);
   decided ||= due(current.state);
-  while (!decided && current.state.progress.flopsSeen < budget) {
+  // A baseline whose frontier reaches past the budget trains on to its last point.
+  const end = frontier.budgetIndex === null ? budget : frontier.at.at(-1)!;
+  while (!decided && current.state.progress.flopsSeen < end) {
     const state = current.state;
     const nextFrontier = frontier.at[frontier.done.length];
     if (nextFrontier !== undefined && state.progress.flopsSeen >= nextFrontier) {
       await addFrontierPoint(ctx, frontier, state, dir);
       continue;
     }
-    const target = Math.min(until?.flops !== undefined ? Math.min(until.flops, budget) : budget, nextFrontier ?? Infinity);
+    const target = Math.min(until?.flops !== undefined ? Math.min(until.flops, end) : end, nextFrontier ?? Infinity);
     const stageSteps = globalStepOf(state.progress) - stageStartGlobal;
     const byFlops = Math.ceil((target - state.progress.flopsSeen) / fpStep);
     const bySteps = until?.steps !== undefined ? until.steps - stageSteps : Infinity;
@@ -384,16 +393,29 @@ async function addFrontierPoint({ spec, entry, o, trainer }: RunContext, frontie
   o.onLine?.(`${entry.name}: frontier point ${frontier.done.length}/${frontier.at.length}: ${frontier.done.at(-1)!.valLoss.toFixed(4)} after a cooldown from ${state.progress.flopsSeen.toExponential(3)} FLOPs`);
 }
 
-/** The end of the budget: the spec's cooldown, then the run's result, written to result.json. */
+/**
+ * The end of the budget: the spec's cooldown, then the run's result, written to result.json. A frontier reaching past
+ * the budget ends with its last point, and the run's final loss is its point at the budget.
+ */
 async function finishRun(ctx: RunContext, k: number, dir: string, state: TrainingState, growths: GrowthEvent[], frontier: Frontier): Promise<RunResult> {
   const { spec, entry, runDir, o, budget } = ctx;
-  const cooled = spec.cooldown ? await cooldown(ctx.trainer, state, spec, spec.cooldown, runDir, dir, o) : null;
-  // The curve is the constant-LR run up to the budget; the cooldown's points are not part of it.
-  const points = curvePoints(await readMetrics(dir)).filter((p) => !cooled || p.stage !== k || p.step <= cooled.startStep);
-  const final = cooled?.final;
+  let final: FinalEvaluation | undefined, points = curvePoints(await readMetrics(dir)), others = frontier.done;
+  if (frontier.budgetIndex !== null) {
+    while (frontier.done.length < frontier.at.length) await addFrontierPoint(ctx, frontier, state, dir);
+    final = frontier.done[frontier.budgetIndex]!;
+    others = frontier.done.filter((_, i) => i !== frontier.budgetIndex);
+    // The curve is the run up to the step where the budget's copy was taken.
+    const from = final.flops - final.steps * flopsPerToken(state.shape, spec.context) * spec.batch * spec.context;
+    points = points.filter((p) => p.flops <= from * (1 + 1e-9));
+  } else if (spec.cooldown) {
+    const cooled = await cooldown(ctx.trainer, state, spec, spec.cooldown, runDir, dir, o);
+    // The curve is the constant-LR run up to the budget; the cooldown's points are not part of it.
+    points = points.filter((p) => p.stage !== k || p.step <= cooled.startStep);
+    final = cooled.final;
+  }
   const result: RunResult = {
     format: RESULT_FORMAT, version: RUN_FILES_VERSION, name: entry.name, group: entry.group, seed: entry.seed, done: true,
-    budgetFlops: budget, points, growths, ...(final ? { final } : {}), ...(frontier.done.length ? { frontier: frontier.done } : {}),
+    budgetFlops: budget, points, growths, ...(final ? { final } : {}), ...(others.length ? { frontier: others } : {}),
   };
   await writeFileAtomic(join(runDir, RESULT_FILE), formatRunResult(result));
   return result;

@@ -33,9 +33,12 @@ export interface RunSpec {
    * After the budget, every run trains `steps` more steps with the LR decaying linearly to 0 (the same cooldown
    * for every run of the final model's size), then is evaluated on `blocks` validation blocks (default: the whole
    * validation split). Its FLOPs come on top of the budget; its points are not part of the constant-LR curve.
-   * `frontier`: fractions of the budget in (0, 1) at which each baseline run also cools down a copy of itself the
-   * same way (result.json `frontier`): the baseline's cooled-down frontier, which says how many FLOPs the model
-   * from scratch needs to reach a cooled-down loss, and so what a staged run's cooled-down loss saved.
+   * `frontier`: fractions of the budget at which each baseline run also cools down a copy of itself the same way
+   * (result.json `frontier`): the baseline's cooled-down frontier, which says how many FLOPs the model from scratch
+   * needs to reach a cooled-down loss, and so what a staged run's cooled-down loss saved. Fractions above 1 extend
+   * it past the budget (a staged run that ends below the baseline is priced there, not extrapolated): the baseline
+   * then trains on after its budget, its final loss is a copy cooled down at the budget, and its curve, final loss
+   * and result stay those of the budget.
    */
   cooldown?: { steps: number; blocks?: number; frontier?: number[] };
   /** Training compute of every run: FLOPs (as the trainer counts them) or tokens (× the final model's FLOPs per token). */
@@ -110,6 +113,9 @@ export interface StageSpec {
   continueAt: "keep" | "law" | number;
 }
 
+/** The furthest a baseline's cooled-down frontier reaches past its budget (cooldown.frontier), as a fraction of it. */
+const MAX_FRONTIER = 4;
+const FRACTION = `a fraction of the budget in (0, ${MAX_FRONTIER}] other than 1 (the budget's own point is the run's final loss)`;
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** Parse and check a spec; `file` names it in errors and anchors relative paths. */
@@ -187,9 +193,9 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     fields(c, "cooldown", ["steps", "blocks", "frontier"]);
     let frontier: number[] | undefined;
     if (c.frontier !== undefined) {
-      if (!Array.isArray(c.frontier) || c.frontier.length === 0) fail("cooldown.frontier", "must be a non-empty list of fractions of the budget in (0, 1)");
+      if (!Array.isArray(c.frontier) || c.frontier.length === 0) fail("cooldown.frontier", `must be a non-empty list, each ${FRACTION}`);
       frontier = (c.frontier as unknown[]).map((f, i) => {
-        if (typeof f !== "number" || !(f > 0 && f < 1)) fail(`cooldown.frontier[${i}]`, `must be a fraction of the budget in (0, 1), got ${JSON.stringify(f)}`);
+        if (typeof f !== "number" || !(f > 0 && f <= MAX_FRONTIER && f !== 1)) fail(`cooldown.frontier[${i}]`, `must be ${FRACTION}, got ${JSON.stringify(f)}`);
         return f as number;
       });
       if (frontier.some((f, i) => i > 0 && f <= frontier![i - 1]!)) fail("cooldown.frontier", "must be increasing");

@@ -14,6 +14,7 @@
 //   node examples/bench/staged-bench.mjs [--out runs/bench] [--budget 3e13] [--seeds 3] [--parallel 1]
 //        [--threads 2] [--phase all|pilots|runs|report] [--quick] [--seed-list 1,2] [--groups baseline,width,...]
 //        [--data brown|<file> [--val-data <file>]] [--batch 16] [--lr 1e-3] [--warmup 100] [--eval-every 50] [--cooldown 300]
+//        [--frontier 0.5,0.625,0.75,0.875] (the baselines' cooled-down copies, fractions of the budget; above 1 they train on past it)
 //
 // --parallel runs that many `staged run --only <run>` processes at once (each with --threads). Every run
 // resumes where it stopped, so the script can be interrupted and rerun. --quick is the demo's short version
@@ -36,7 +37,7 @@ const { values: a } = parseArgs({
     "seed-list": { type: "string" }, groups: { type: "string" },
     data: { type: "string", default: "brown" }, "val-data": { type: "string" }, batch: { type: "string", default: "16" },
     lr: { type: "string", default: "1e-3" }, warmup: { type: "string", default: "100" }, "eval-every": { type: "string" },
-    cooldown: { type: "string" },
+    cooldown: { type: "string" }, frontier: { type: "string" },
   },
 });
 const cli = a.cli ?? process.env.STAGED_CLI ?? join(here, "..", "..", "packages", "cli", "dist", "bin.js");
@@ -61,7 +62,7 @@ const common = {
   data: a.data === "brown" ? "brown" : resolve(a.data), ...(a["val-data"] ? { valData: resolve(a["val-data"]) } : {}),
   context: 128, batch: Number(a.batch), optimizer: { lr: Number(a.lr) }, schedule: { kind: "constant", warmup: Number(a.warmup) },
   eval: { every: Number(a["eval-every"] ?? (quick ? 25 : 50)), blocks: quick ? 32 : 64 },
-  cooldown: { steps: Number(a.cooldown ?? (quick ? 150 : 300)), frontier: quick ? [0.5, 0.75] : [0.5, 0.625, 0.75, 0.875] },
+  cooldown: { steps: Number(a.cooldown ?? (quick ? 150 : 300)), frontier: a.frontier ? a.frontier.split(",").map(Number) : quick ? [0.5, 0.75] : [0.5, 0.625, 0.75, 0.875] },
 };
 // The width growth the ablation found best among the function-preserving ones: the LR kept (× 1, not × 1/2) and
 // antithetic noise 1e-2 to break the copies' symmetry.

@@ -137,7 +137,7 @@ export function decoderGraph(plugin: ArchitecturePlugin, config: Record<string, 
     present.push(r);
     return r;
   };
-  const logits = forwardOf(plugin).logits(b, config, param, ids, { cache: { positions, bias, attend } });
+  const logits = forwardOf(plugin).logits(b, config, param, ids, { cache: { positions, bias, attend }, decoder: m });
   b.output(b.cast(logits, "float32"), IO.logits); // logits first, then the cache (Optimum's order)
   present.forEach((r, l) => { b.output(r.k, IO.presentKey(l)); b.output(r.v, IO.presentValue(l)); });
   return { graph: b, shape: s, spec, kvHeads: KV };

@@ -178,7 +178,7 @@ export async function executeRun(spec: RunSpec, entry: RunEntry, runDir: string,
   // One process per run directory: a second `staged run` of it is refused, naming the first.
   const lock = await lockCheckpoint(await canonicalPath(runDir), "exclusive");
   try {
-    return await executeLocked({ spec, entry, runDir, o: { ...o, registry }, registry, budget, law, maxLoss: loaded?.maxLoss ?? null, trainer });
+    return await executeLocked({ spec, entry, runDir, o, registry, budget, law, maxLoss: loaded?.maxLoss ?? null, trainer });
   } finally {
     await lock.release();
   }
@@ -189,6 +189,7 @@ interface RunContext {
   spec: RunSpec;
   entry: RunEntry;
   runDir: string;
+  /** The caller's options (its registry, if any, is `registry`). */
   o: ExecuteOptions;
   registry: Registry;
   budget: number;
@@ -387,8 +388,9 @@ function stageTrainOptions(ctx: RunContext, k: number, state: TrainingState, ste
 }
 
 /** Cool down a copy of `state` for the next point of the baseline's frontier, and record it in frontier.json. */
-async function addFrontierPoint({ spec, entry, o, trainer }: RunContext, frontier: Frontier, state: TrainingState, dir: string): Promise<void> {
-  frontier.done.push(await coolCopy(trainer, state, spec, spec.cooldown!, o, entry.name, dir));
+async function addFrontierPoint(ctx: RunContext, frontier: Frontier, state: TrainingState, dir: string): Promise<void> {
+  const { entry, o } = ctx;
+  frontier.done.push(await coolCopy(ctx, state, dir));
   await writeFileAtomic(frontier.file, formatFrontier(frontier.done));
   o.onLine?.(`${entry.name}: frontier point ${frontier.done.length}/${frontier.at.length}: ${frontier.done.at(-1)!.valLoss.toFixed(4)} after a cooldown from ${state.progress.flopsSeen.toExponential(3)} FLOPs`);
 }
@@ -398,7 +400,7 @@ async function addFrontierPoint({ spec, entry, o, trainer }: RunContext, frontie
  * the budget ends with its last point, and the run's final loss is its point at the budget.
  */
 async function finishRun(ctx: RunContext, k: number, dir: string, state: TrainingState, growths: GrowthEvent[], frontier: Frontier): Promise<RunResult> {
-  const { spec, entry, runDir, o, budget } = ctx;
+  const { spec, entry, runDir, budget } = ctx;
   let final: FinalEvaluation | undefined, points = curvePoints(await readMetrics(dir)), others = frontier.done;
   if (frontier.budgetIndex !== null) {
     while (frontier.done.length < frontier.at.length) await addFrontierPoint(ctx, frontier, state, dir);
@@ -408,7 +410,7 @@ async function finishRun(ctx: RunContext, k: number, dir: string, state: Trainin
     const from = final.flops - final.steps * flopsPerToken(state.shape, spec.context) * spec.batch * spec.context;
     points = points.filter((p) => p.flops <= from * (1 + 1e-9));
   } else if (spec.cooldown) {
-    const cooled = await cooldown(ctx.trainer, state, spec, spec.cooldown, runDir, dir, o);
+    const cooled = await cooldown(ctx, state, dir);
     // The curve is the constant-LR run up to the budget; the cooldown's points are not part of it.
     points = points.filter((p) => p.stage !== k || p.step <= cooled.startStep);
     final = cooled.final;
@@ -440,7 +442,7 @@ async function growStage(ctx: RunContext, k: number, dir: string, state: Trainin
     ...(continueAt === undefined ? {} : { continueAt }), registry,
   });
   const record = grown.progress.stages.at(-1)!;
-  const valAfter = (await ctx.trainer.evaluate(grown, validationOf(spec, o, spec.eval.blocks))).loss;
+  const valAfter = (await ctx.trainer.evaluate(grown, validationOf(ctx, spec.eval.blocks))).loss;
   const event: GrowthEvent = {
     stage: k + 1, operator: stage.grow, options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
     flops: state.progress.flopsSeen, globalStep: globalStepOf(state.progress),
@@ -456,29 +458,29 @@ async function growStage(ctx: RunContext, k: number, dir: string, state: Trainin
 }
 
 /** The spec's cooldown from a copy of `state` (nothing saved): one point of the baseline's cooled-down frontier. */
-async function coolCopy(trainer: OrtTrainerPlugin, state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, o: ExecuteOptions,
-                        run: string, dir: string): Promise<FinalEvaluation> {
-  const ev = validationOf(spec, o, c.blocks);
+async function coolCopy(ctx: RunContext, state: TrainingState, dir: string): Promise<FinalEvaluation> {
+  const { trainer, o } = ctx;
+  const c = ctx.spec.cooldown!;
+  const ev = validationOf(ctx, c.blocks);
   const before = await trainer.evaluate(state, ev);
   const r = await trainer.train({ ...state, schedule: withCooldown(state.schedule!, state.progress.step, c.steps) },
-    cooldownOptions(spec, o, c.steps, null), { onStep: (i) => o.onStep?.(globalStepOf(state.progress) + i.index) });
-  if (r.result.interrupted) throw new RunInterrupted(run, dir, state.progress.step);
+    cooldownOptions(ctx, c.steps, null), { onStep: (i) => o.onStep?.(globalStepOf(state.progress) + i.index) });
+  if (r.result.interrupted) throw new RunInterrupted(ctx.entry.name, dir, state.progress.step);
   const after = await trainer.evaluate(r.state, ev);
   return { steps: c.steps, flops: r.state.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore: before.loss };
 }
 
 /** The trainer's options for `steps` cooldown steps of the spec's data and batch (the schedule comes with the state). */
-const cooldownOptions = (spec: RunSpec, o: ExecuteOptions, steps: number, saveDir: string | null): TrainOptions => ({
+const cooldownOptions = ({ spec, o, registry }: RunContext, steps: number, saveDir: string | null): TrainOptions => ({
   steps, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir,
   data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
-  threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal, ...(o.registry ? { registry: o.registry } : {}),
+  threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal, registry,
 });
 
 /** Options of `evaluate` for the run's validation stream (the trainer's), on `maxBlocks` blocks (undefined: all). */
-function validationOf(spec: RunSpec, o: ExecuteOptions, maxBlocks: number | undefined): EvaluateOptions {
+function validationOf({ spec, o, registry }: RunContext, maxBlocks: number | undefined): EvaluateOptions {
   return { data: spec.data, valData: spec.valData, stream: "training-validation", context: spec.context, batch: spec.batch,
-    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(maxBlocks === undefined ? {} : { maxBlocks }),
-    ...(o.registry ? { registry: o.registry } : {}) };
+    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(maxBlocks === undefined ? {} : { maxBlocks }), registry };
 }
 
 /**
@@ -488,10 +490,11 @@ function validationOf(spec: RunSpec, o: ExecuteOptions, maxBlocks: number | unde
  * killed run resumes inside the cooldown, then the loss on the final validation blocks. The loss on the same
  * blocks before the cooldown is measured first and kept in `cooldown.json`, which also marks where it began.
  */
-async function cooldown(trainer: OrtTrainerPlugin, state: TrainingState, spec: RunSpec, c: NonNullable<RunSpec["cooldown"]>, runDir: string, dir: string,
-                        o: ExecuteOptions): Promise<{ final: FinalEvaluation; startStep: number }> {
+async function cooldown(ctx: RunContext, state: TrainingState, dir: string): Promise<{ final: FinalEvaluation; startStep: number }> {
+  const { trainer, spec, runDir, o } = ctx;
+  const c = spec.cooldown!;
   const file = join(runDir, COOLDOWN_FILE);
-  const ev = validationOf(spec, o, c.blocks);
+  const ev = validationOf(ctx, c.blocks);
   let start: CooldownStart;
   if (existsSync(file)) start = await readCooldownStart(file);
   else {
@@ -505,7 +508,7 @@ async function cooldown(trainer: OrtTrainerPlugin, state: TrainingState, spec: R
     const globalBefore = globalStepOf(current.progress);
     // Once a piece is saved the stored schedule is the cooldown's, which withCooldown leaves as it is.
     const r = await trainer.train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) },
-      cooldownOptions(spec, o, steps, dir), { onStep: (i) => o.onStep?.(globalBefore + i.index) });
+      cooldownOptions(ctx, steps, dir), { onStep: (i) => o.onStep?.(globalBefore + i.index) });
     current = r.state;
     if (r.result.interrupted) throw new RunInterrupted(basename(runDir), dir, current.progress.step);
     o.onLine?.(`${dir}: cooldown ${current.progress.step - start.step}/${c.steps} steps`);

@@ -169,7 +169,7 @@ export function decoderGraph(plugin: ArchitecturePlugin): ModelGraph {
     shape: (config) => plugin.parseConfig(config).shape,
 
     logits(b, config, p, ids, options = {}) {
-      const r = hidden(b, resolveDecoder(plugin, config), p, ids, undefined, options.cache);
+      const r = hidden(b, options.decoder ?? resolveDecoder(plugin, config), p, ids, undefined, options.cache);
       const logits = outputLogits(b, r);
       return b.reshape(logits, [r.B, r.T, logits.dims[1]!]);
     },

@@ -1,4 +1,4 @@
-import type { ModelShape, ParamSpec } from "@staged/core";
+import type { ModelShape, ParamSpec, ResolvedDecoder } from "@staged/core";
 import type { GraphBuilder, Value } from "../graph/builder.js";
 
 /**
@@ -38,9 +38,11 @@ export interface ModelGraph {
   shape(config: Record<string, unknown>): ModelShape;
   /**
    * Logits [B, T, vocab] for int64 ids [B, T]; `p` returns the graph value of a parameter. With `cache`, the
-   * same forward pass with a KV cache (the export's inference graph).
+   * same forward pass with a KV cache (the export's inference graph); `decoder`: `config` already resolved by the
+   * caller (@staged/core's resolveDecoder), not resolved again.
    */
-  logits(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value, options?: { cache?: KvCache }): Value;
+  logits(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value,
+         options?: { cache?: KvCache; decoder?: ResolvedDecoder }): Value;
   /**
    * Scalar mean next-token cross-entropy over the B·(T−1) predictions inside the blocks. With `dropout` (the
    * training graphs), it is called at every site whose probability is above 0; without it (evaluation), the

@@ -245,6 +245,23 @@ describe("converting", () => {
     const sched = await torchValue(join(at("back"), "scheduler.pt"));
     expect([sched.get("last_epoch"), sched.get("_last_lr")]).toEqual([6n, [0, 0]]);
   });
+
+  it("a schedule of a kind research code registered gives the LR written, through the save's registry", async () => {
+    const s = await load(join(FIX, "gpt2", "checkpoint-6"));
+    const { foreign: _f, ...plain } = s as TrainingState;
+    const custom: TrainingState = { ...plain, schedule: { kind: "half", peakLr: 0.004, warmupSteps: 0, totalSteps: 10, restarts: [] } };
+    try {
+      await expect(saveTrainingState(at("custom-unknown"), custom, { registry: registry(), format: HF_TRAINER_FORMAT }))
+        .rejects.toThrow(/unknown LR schedule kind "half"/);
+      expect(await readdir(root)).not.toContain("custom-unknown");
+      const withHalf = registry().register("lrSchedule", { name: "half", create: (spec) => () => spec.peakLr / 2 });
+      await saveTrainingState(at("custom"), custom, { registry: withHalf, format: HF_TRAINER_FORMAT });
+    } finally {
+      await s.close();
+    }
+    const sched = await torchValue(join(at("custom"), "scheduler.pt"));
+    expect(sched.get("_last_lr")).toEqual([0.002, 0.002]);
+  });
 });
 
 describe("bad Trainer checkpoints", () => {

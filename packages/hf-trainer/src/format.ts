@@ -283,7 +283,7 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
     const s = state.schedule;
     const base = s?.peakLr ?? opt.lr;
     baseLrs = [base, base];
-    const lr = s ? createLrSchedule(s)(step) : opt.lr;
+    const lr = s ? createLrSchedule(s, options.registry)(step) : opt.lr;
     lrs = [lr, lr];
   }
 

@@ -94,6 +94,10 @@ describe("staged init → train → eval → inspect", () => {
     const bad = staged("train", m, "--data", text, "--steps", "2", ...TRAIN, "--progress", "loud");
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/--progress.*loud/);
+    // --schedule's choices are the registry's LR schedule kinds.
+    const kind = staged("train", m, "--data", text, "--steps", "2", ...TRAIN, "--schedule", "zigzag");
+    expect(kind.status).toBe(1);
+    expect(kind.stderr).toMatch(/--schedule.*zigzag.*constant, linear, cosine, wsd, restart-linear/);
   });
 
   it("trains with an HF tokenizer.json, stores it and evaluates with it", async () => {

@@ -9,6 +9,7 @@ import { integer, number } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 import { createCliRegistry } from "../registry.js";
 import { trainingProblem } from "@staged/hf-trainer";
+import { lrScheduleKinds } from "@staged/scheduler";
 
 const betas = (value: string): [number, number] => {
   const parts = value.split(",").map((v) => Number(v));
@@ -75,7 +76,7 @@ export function registerTrain(program: Command): void {
     .option("--micro-batch <M>", "blocks per micro-batch (gradient accumulation; divides --batch)", integer("micro-batch", 1))
     .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
     .option("--lr <X>", "peak learning rate (default: the checkpoint's, 1e-3 for a fresh one)", number("lr", "positive"))
-    .addOption(new Option("--schedule <kind>", "LR schedule (default: the checkpoint's, constant for a fresh one)").choices(["constant", "linear", "cosine", "wsd"]))
+    .addOption(new Option("--schedule <kind>", "LR schedule (default: the checkpoint's, constant for a fresh one)").choices(lrScheduleKinds(createCliRegistry())))
     .option("--warmup <W>", "linear warmup steps (default 0)", integer("warmup", 0))
     .option("--total-steps <N>", "length of the LR schedule (default: this run's end, or the stored schedule's if longer)", integer("total-steps", 1))
     .option("--min-lr <X>", "final LR of decaying schedules (default 0)", number("min-lr"))

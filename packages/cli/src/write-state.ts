@@ -32,11 +32,11 @@ export async function checkWriteSpace(output: string, state: TrainingState): Pro
 export interface WriteStateOptions {
   registry: Registry;
   /** Replace an existing output. */
-  force?: boolean;
-  maxShardBytes?: number;
+  force?: boolean | undefined;
+  maxShardBytes?: number | undefined;
   /** The checkpoint format (default: the state's own, see SaveOptions.format). */
-  format?: string;
-  progress?: ProgressMode;
+  format?: string | undefined;
+  progress?: ProgressMode | undefined;
 }
 
 /**

@@ -224,7 +224,7 @@ export function indexJson(totalSize: number, weightMap: ReadonlyMap<string, stri
  */
 export async function writeCheckpoint(
   dir: string, base: string, entries: readonly TensorEntry[],
-  opts: { maxShardBytes?: number; metadata?: Record<string, string>; observer?: WriteObserver } = {},
+  opts: { maxShardBytes?: number | undefined; metadata?: Record<string, string>; observer?: WriteObserver } = {},
 ): Promise<{ files: string[]; totalBytes: number; totalSize: number }> {
   const max = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
   if (!(max > 0)) throw new Error(`maxShardBytes must be positive (got ${max})`);

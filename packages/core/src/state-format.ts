@@ -93,7 +93,7 @@ export function parseStateFile(raw: unknown, file: string): SavedState {
       ...(p.sampler === undefined ? {} : { sampler: p.sampler }), ...(p.globalStep === undefined ? {} : { globalStep: p.globalStep }),
     },
     tokenizer: r.data.tokenizer,
-    ...(r.data.training === undefined ? {} : { training: stripUndefined(r.data.training) }),
+    ...(r.data.training === undefined ? {} : { training: stripUndefined(r.data.training) as TrainingSettings }),
   };
 }
 

@@ -109,20 +109,20 @@ export interface ExecuteOptions {
   onProgress?(p: RunProgress): void;
   /** A line for people: growth decisions, resumes. */
   onLine?(line: string): void;
-  threads?: number;
-  engineFactory?: EngineFactory;
+  threads?: number | undefined;
+  engineFactory?: EngineFactory | undefined;
   /** Called after every training step (tests interrupt a run here to check resuming). */
   onStep?(globalStep: number): void;
   /**
    * Stop early and keep the work (Ctrl-C in the CLI): the step in progress finishes and is saved, and the run throws
    * RunInterrupted; running the same spec again resumes from there as after a kill.
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * The plugins (default createRunRegistry(), ./plugins.ts): architectures, growth operators, growth-timing rules,
    * scaling laws, LR schedules, trainers.
    */
-  registry?: Registry;
+  registry?: Registry | undefined;
 }
 
 /** A run stopped by ExecuteOptions.signal, its work saved: the same command resumes it. */
@@ -563,7 +563,7 @@ function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: Stage
 
 export interface RunAllOptions extends ExecuteOptions {
   /** Run only these entries (by name, e.g. "baseline-s1"). */
-  only?: readonly string[];
+  only?: readonly string[] | undefined;
   /** Called once the options and input files are checked, before anything is written, with the runs to do. */
   onStart?(names: string[]): void;
 }

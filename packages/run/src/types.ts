@@ -51,9 +51,9 @@ export interface RunResult {
   points: CurvePoint[];
   growths: GrowthEvent[];
   /** The common cooldown after the budget (spec `cooldown`), when the spec has one and the run finished it. */
-  final?: FinalEvaluation;
+  final?: FinalEvaluation | undefined;
   /** Baseline runs with a spec `cooldown.frontier`: the same cooldown from copies of the run at those fractions of the budget. */
-  frontier?: FinalEvaluation[];
+  frontier?: FinalEvaluation[] | undefined;
 }
 
 /** The end of a run: the LR decayed linearly to 0 over `steps` steps after the budget, then one evaluation. */

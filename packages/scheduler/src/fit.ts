@@ -266,7 +266,7 @@ export function fitChinchilla(curves: readonly LearningCurve[]): FitResult {
   return summarize("chinchilla", CHINCHILLA_MODEL, p, obs, { ...constants }, medianBatch(obs), sourcesOf(curves));
 }
 
-export function fitLaw(form: "kaplan" | "chinchilla", curves: readonly LearningCurve[], options: { skipFraction?: number } = {}): FitResult {
+export function fitLaw(form: "kaplan" | "chinchilla", curves: readonly LearningCurve[], options: { skipFraction?: number | undefined } = {}): FitResult {
   const used = options.skipFraction ? skipStart(curves, options.skipFraction) : curves;
   if (form === "kaplan") return fitKaplan(used);
   if (form === "chinchilla") return fitChinchilla(used);

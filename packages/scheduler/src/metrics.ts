@@ -21,7 +21,7 @@ export async function readMetrics(dir: string): Promise<MetricsRecord[]> {
 export interface CurveFromMetricsOptions {
   /** Which loss: "valLoss" (lines without one are skipped), "loss" (training loss), or "auto" (default):
    *  valLoss when the file has any, else loss. */
-  field?: "valLoss" | "loss" | "auto";
+  field?: "valLoss" | "loss" | "auto" | undefined;
 }
 
 /**
@@ -62,7 +62,7 @@ export function paramsFromConfig(config: Record<string, unknown>, registry: Regi
  * the config.json beside the file; else an estimate flops / (6 · tokens) (which also counts the output layer
  * and attention, so it over-estimates N; `estimated` says so).
  */
-export async function readLearningCurve(path: string, options: CurveFromMetricsOptions & { params?: number } = {}):
+export async function readLearningCurve(path: string, options: CurveFromMetricsOptions & { params?: number | undefined } = {}):
   Promise<LearningCurve & { estimated: boolean; points: (LossPoint & { tokens: number })[] }> {
   const text = await readTextInput(path, "the metrics");
   const points = curveFromMetrics(parseMetrics(text, path), options);

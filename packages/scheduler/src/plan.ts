@@ -49,10 +49,10 @@ export interface PlanOptions {
   /** The growth operators in order, e.g. ["width"] or ["width", "depth"]. */
   operators: readonly GrowthOperator[];
   /** Override the growth thresholds: one number for every stage, or one per operator. */
-  thresholdGrow?: number | readonly number[];
+  thresholdGrow?: number | readonly number[] | undefined;
   /** Override the optimality threshold (default −0.052). */
-  thresholdOpt?: number;
-  grid?: StepGrid;
+  thresholdOpt?: number | undefined;
+  grid?: StepGrid | undefined;
 }
 
 /** One growth event of a plan. */

@@ -7,29 +7,29 @@ import { adamwDefaults, compileApply, compileEval, compileGradient, compileTrain
 
 export interface EngineOptions {
   /** cuda: ask for the CUDA execution provider; throws when it cannot be loaded. */
-  device?: "cpu" | "cuda";
+  device?: "cpu" | "cuda" | undefined;
   /** Intra-op threads; default: all cores (os.availableParallelism()). */
-  threads?: number;
+  threads?: number | undefined;
   /** B and T of the compiled graphs. */
   batch: number;
   context: number;
   /** Gradient accumulation over micro-batches of this many rows when < batch (must divide batch). */
-  microBatch?: number;
-  betas?: [number, number];
-  eps?: number;
+  microBatch?: number | undefined;
+  betas?: [number, number] | undefined;
+  eps?: number | undefined;
   /** Adam's bias correction (default on: PyTorch's). */
-  biasCorrection?: boolean;
+  biasCorrection?: boolean | undefined;
   /** Compile the step with a per-parameter factor on the LR (StepOptions.lrScales). */
-  perParamLr?: boolean;
-  weightDecay?: number;
-  clip?: number | null;
-  noDecay?: Iterable<string>;
+  perParamLr?: boolean | undefined;
+  weightDecay?: number | undefined;
+  clip?: number | null | undefined;
+  noDecay?: Iterable<string> | undefined;
   /** Write onnxruntime's per-node profile (onnxruntime_profile_*.json in the working directory). */
-  profile?: boolean;
+  profile?: boolean | undefined;
   /** Compile only what evaluation needs: step() then throws (gradients() still works, compiled on first use). */
-  evalOnly?: boolean;
+  evalOnly?: boolean | undefined;
   /** Where the architecture's plugin is found (default: core's createDefaultRegistry()). */
-  registry?: Registry;
+  registry?: Registry | undefined;
 }
 
 /** Per-step settings beside the ids, the LR and the step number. */

@@ -76,7 +76,10 @@ function dropoutMasks(b: GraphBuilder, enabled: boolean): { apply?: ApplyDropout
 }
 
 /** PyTorch's defaults, with decay on the parameters whose spec says so (2-D weights). */
-export function adamwDefaults(params: readonly ParamSpec[], o: Partial<Omit<AdamWOptions, "decay">> & { noDecay?: Iterable<string> } = {}): AdamWOptions {
+/** AdamW's settings, each optional (the defaults fill in), and the names not decayed (default: the specs' own flags). */
+type AdamWSettings = { [K in Exclude<keyof AdamWOptions, "decay">]?: AdamWOptions[K] | undefined } & { noDecay?: Iterable<string> | undefined };
+
+export function adamwDefaults(params: readonly ParamSpec[], o: AdamWSettings = {}): AdamWOptions {
   const noDecay = new Set(o.noDecay ?? params.filter((p) => !p.decay).map((p) => p.name));
   return {
     betas: o.betas ?? [0.9, 0.999], eps: o.eps ?? 1e-8, weightDecay: o.weightDecay ?? 0.01, clip: o.clip === undefined ? 1.0 : o.clip,

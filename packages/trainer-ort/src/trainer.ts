@@ -9,7 +9,7 @@ import { createLrSchedule, flopsPerToken, hasParamLrScales, lrScheduleKinds, par
 import { brownSplitOf, prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type Sampler, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
-import { createEngine, type StepOptions } from "./engine.js";
+import { createEngine, type EngineOptions, type StepOptions } from "./engine.js";
 import { formatMetrics, METRICS_FILE, parseMetrics, readMetrics, type MetricsRecord } from "@staged/scheduler";
 
 /** What the trainer needs of a compiled engine (see ./engine.ts). */
@@ -23,14 +23,8 @@ export interface TrainEngine {
   release(): Promise<void>;
 }
 
-export interface TrainEngineOptions {
-  device?: "cpu" | "cuda"; threads?: number; batch: number; context: number; microBatch?: number;
-  betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null; noDecay?: Iterable<string>;
-  biasCorrection?: boolean; perParamLr?: boolean;
-  evalOnly?: boolean;
-  /** Where the architecture's plugin is found (default: createDefaultRegistry()). */
-  registry?: Registry;
-}
+/** What an EngineFactory is given: the engine's options (./engine.js) but the profile. */
+export type TrainEngineOptions = Omit<EngineOptions, "profile">;
 
 /** Builds an engine; the default is `createEngine` of ./engine.js. */
 export type EngineFactory = (architecture: string, config: Record<string, unknown>, weights: Map<string, Float32Array>,
@@ -49,79 +43,79 @@ export interface TrainOptions {
    * `brown` (Brown corpus: train split, validation split held out), a `.txt` file, or a token file (`.bin`: uint16 ids, `.u32.bin`: uint32; see readTokenFile).
    * Default: the data the state was last trained on (state.training.data).
    */
-  data?: string;
+  data?: string | undefined;
   /** Validation data; default: the Brown validation split for `brown`, else the last 5% of `data` (≥ one block). */
-  valData?: string;
+  valData?: string | undefined;
   /** A tokenizer.json to use (and store in the checkpoint) instead of the state's tokenizer. */
-  tokenizer?: string;
+  tokenizer?: string | undefined;
   /** Steps to run now (≥ 1). */
   steps: number;
   // batch, microBatch, context, evalEvery, evalBlocks, data and valData left undefined take the values stored
   // in state.training by the last call (so a resumed or grown run keeps them), else the defaults below; the
   // values used are stored in the returned state.
   /** Blocks per step (default 8). */
-  batch?: number;
+  batch?: number | undefined;
   /** Blocks per micro-batch (gradient accumulation); must divide batch. Default: the whole batch. */
-  microBatch?: number;
+  microBatch?: number | undefined;
   /** Tokens per block (default: the model's n_positions; at most n_positions). */
-  context?: number;
+  context?: number | undefined;
   // Options below left undefined keep the value stored in the state (or the default on a fresh state).
   /** Peak learning rate (stored as schedule.peakLr and optimizer.lr). */
-  lr?: number;
+  lr?: number | undefined;
   /**
    * LR schedule kind: one of @staged/scheduler's (constant, linear, cosine, wsd, restart-linear; default constant) or an
    * lrSchedule plugin of `registry`.
    */
-  schedule?: string;
+  schedule?: string | undefined;
   /** Linear warmup steps (default 0). */
-  warmup?: number;
+  warmup?: number | undefined;
   /** Schedule length; default progress.step + steps, see {@link resolveSchedule}. */
-  totalSteps?: number;
+  totalSteps?: number | undefined;
   /** Final LR of decaying schedules (default 0). */
-  minLr?: number;
-  betas?: [number, number];
-  eps?: number;
-  weightDecay?: number;
+  minLr?: number | undefined;
+  betas?: [number, number] | undefined;
+  eps?: number | undefined;
+  weightDecay?: number | undefined;
   /** Adam's bias correction (default: the state's, else on; stored as optimizer.biasCorrection). */
-  biasCorrection?: boolean;
+  biasCorrection?: boolean | undefined;
   /** Global gradient-norm clip; null disables it (default: the state's, else 1.0; stored as optimizer.clip). */
-  clip?: number | null;
+  clip?: number | null | undefined;
   /** Batch sampler (default: the state's, else random; stored as progress.sampler). */
-  sampler?: SamplerKind;
+  sampler?: SamplerKind | undefined;
   /** Sampler seed (stored as progress.samplerSeed). */
-  seed?: number;
+  seed?: number | undefined;
   /** Compute the validation loss every K steps (0: only after the last step). */
-  evalEvery?: number;
+  evalEvery?: number | undefined;
   /** Validation blocks evaluated each time (the first K blocks of the validation stream; default 64). */
-  evalBlocks?: number;
+  evalBlocks?: number | undefined;
   /** Save a checkpoint every K steps (0: only at the end). */
-  saveEvery?: number;
+  saveEvery?: number | undefined;
   /**
    * Also keep a snapshot every K updates (progress.globalStep a multiple of K), as a sibling directory
    * `<saveDir>.step-<globalStep>` that later saves never replace (0 or absent: none).
    */
-  keepEvery?: number;
+  keepEvery?: number | undefined;
   /**
    * Checkpoint directory, held under its write lock for the whole call; default the directory the state was
    * loaded from; null: nothing is saved. A state not loaded from a directory (fresh, or derived by growth)
    * needs one of the two: it is never saved over the checkpoint it was derived from.
    */
-  saveDir?: string | null;
-  device?: "cpu" | "cuda";
-  threads?: number;
+  saveDir?: string | null | undefined;
+  device?: "cpu" | "cuda" | undefined;
+  threads?: number | undefined;
   /** Engine builder (tests substitute their own). */
-  engineFactory?: EngineFactory;
+  engineFactory?: EngineFactory | undefined;
   /**
    * Stop early and keep the work (Ctrl-C in the CLI): once aborted, the step in progress finishes, nothing more is
    * evaluated, the state is saved (with saveDir) and the call returns with `interrupted: true`. Aborted before the
    * first step: no step runs and nothing is saved.
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * Where the state's architecture plugin and its schedule's kind (an lrSchedule plugin; @staged/scheduler's built-in
    * kinds are known without one) are found (default: createDefaultRegistry()); plugins of your own train through it.
    */
-  registry?: Registry;
+  registry?: Registry | undefined;
 }
 
 export interface StepInfo {
@@ -662,19 +656,19 @@ export interface EvaluateOptions {
    * same options (`valData` when given, the Brown split, else the held-out last 5% of a file), so a loss
    * measured here equals the trainer's validation loss.
    */
-  stream?: "validation" | "training-validation";
+  stream?: "validation" | "training-validation" | undefined;
   /** With stream "training-validation": the validation data given to `train`. */
-  valData?: string;
-  context?: number;
-  maxBlocks?: number;
-  batch?: number;
-  device?: "cpu" | "cuda";
-  threads?: number;
-  engineFactory?: EngineFactory;
+  valData?: string | undefined;
+  context?: number | undefined;
+  maxBlocks?: number | undefined;
+  batch?: number | undefined;
+  device?: "cpu" | "cuda" | undefined;
+  threads?: number | undefined;
+  engineFactory?: EngineFactory | undefined;
   /** Where the state's architecture plugin is found (default: createDefaultRegistry()). */
-  registry?: Registry;
+  registry?: Registry | undefined;
   /** Called after each evaluation batch, for progress. */
-  onBatch?: (blocksDone: number, blocks: number) => void;
+  onBatch?: ((blocksDone: number, blocks: number) => void) | undefined;
 }
 
 export interface EvaluateResult { loss: number; tokens: number; blocks: number; context: number; data: string }

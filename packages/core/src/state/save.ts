@@ -22,32 +22,32 @@ import { isLoaded, stderrNotice } from "./load.js";
 import { canonicalPath, checkOutputPath } from "./paths.js";
 
 export interface SaveOptions {
-  registry?: Registry;
+  registry?: Registry | undefined;
   /**
    * The checkpoint format to write: STAGED_FORMAT ("staged", the project's own) or a registered CheckpointFormatPlugin's
    * name ("hf-trainer"). Default: the format the state was read from (TrainingState.foreign), else the project's own.
    */
-  format?: string;
+  format?: string | undefined;
   /** Replace an existing directory (atomically). Without it an existing target is an error. */
-  overwrite?: boolean;
+  overwrite?: boolean | undefined;
   /** Shard model and optimizer files above this many bytes (HF's default 5 GB). */
-  maxShardBytes?: number;
+  maxShardBytes?: number | undefined;
   /** Called as each tensor has been written (`bytes`: of the tensors written so far). */
-  onTensor?: (p: SaveProgress) => void;
+  onTensor?: ((p: SaveProgress) => void) | undefined;
   /**
    * Called as bytes are written, piece by piece (a few MiB each for computed tensors, a tensor for one read from a
    * file; `bytes`: written so far, `tensors`: written whole so far): the progress of a long save from its first second.
    */
-  onProgress?: (p: SaveProgress) => void;
+  onProgress?: ((p: SaveProgress) => void) | undefined;
   /** The write lock of the target, held by the caller across several saves (see lockCheckpoint); default: taken for this save. */
-  lock?: CheckpointLock;
+  lock?: CheckpointLock | undefined;
   /** Where to say what crash recovery did (default: a line on stderr each). */
-  notice?: (line: string) => void;
+  notice?: ((line: string) => void) | undefined;
   /**
    * Abandon the save once aborted (Ctrl-C in the CLI): checked before each piece written, it ends the save with an
    * error, its temporary files removed and the target as it was.
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 export interface SaveProgress { name: string; tensors: number; totalTensors: number; bytes: number; totalBytes: number }

@@ -216,7 +216,7 @@ export interface PreparedData {
 
 export interface PrepareOptions {
   data: string;
-  valData?: string;
+  valData?: string | undefined;
   tokenizer: TextTokenizer;
   vocab: number;
   context: number;

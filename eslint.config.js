@@ -24,6 +24,16 @@ export default tseslint.config(
   },
   {
     files: ["**/*.mjs", "**/bench/**"],
-    languageOptions: { globals: { process: "readonly", console: "readonly", performance: "readonly", Buffer: "readonly", URL: "readonly", setTimeout: "readonly", clearTimeout: "readonly" } },
+    languageOptions: {
+      globals: {
+        process: "readonly",
+        console: "readonly",
+        performance: "readonly",
+        Buffer: "readonly",
+        URL: "readonly",
+        setTimeout: "readonly",
+        clearTimeout: "readonly",
+      },
+    },
   },
 );

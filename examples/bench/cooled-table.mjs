@@ -20,7 +20,10 @@ import { frontierFlops as frontierFlopsOf, readRunResult, RESULT_FILE } from "@s
 const argv = process.argv.slice(2);
 const json = argv.includes("--json");
 const at = argv.indexOf("--frontier");
-if (at < 0) { console.error("usage: cooled-table.mjs <run dirs...> --frontier <dirs...> [--json]"); process.exit(1); }
+if (at < 0) {
+  console.error("usage: cooled-table.mjs <run dirs...> --frontier <dirs...> [--json]");
+  process.exit(1);
+}
 const st = argv.indexOf("--start");
 const startDir = st < 0 ? null : argv[st + 1];
 const rest = argv.filter((a, i) => a !== "--json" && (st < 0 || (i !== st && i !== st + 1)));
@@ -34,27 +37,38 @@ async function results(dir) {
     return r.final ? [r] : [];
   }
   const out = [];
-  for (const e of await readdir(dir, { withFileTypes: true })) if (e.isDirectory()) out.push(...await results(join(dir, e.name)));
+  for (const e of await readdir(dir, { withFileTypes: true })) if (e.isDirectory()) out.push(...(await results(join(dir, e.name))));
   return out;
 }
 const load = async (dirs) => (await Promise.all(dirs.map(results))).flat();
 
 // Each point: FLOPs with and without its cooldown (the last curve point before it), and the cooled-down loss.
-const frontier = (await load(frontierDirs)).map((r) => ({ flops: r.final.flops, trained: r.points.at(-1).flops, loss: r.final.valLoss }))
+const frontier = (await load(frontierDirs))
+  .map((r) => ({ flops: r.final.flops, trained: r.points.at(-1).flops, loss: r.final.valLoss }))
   .sort((a, b) => a.flops - b.flops);
-if (frontier.length < 2) { console.error(`the frontier needs at least 2 cooled-down points, got ${frontier.length}`); process.exit(1); }
+if (frontier.length < 2) {
+  console.error(`the frontier needs at least 2 cooled-down points, got ${frontier.length}`);
+  process.exit(1);
+}
 
 /** FLOPs (`key`: with the cooldown, or trained before it) at which the frontier reaches `loss` (@staged/run's frontierFlops: linear in log FLOPs between its points); null outside its range. */
 function frontierFlops(loss, key = "flops") {
-  const at = frontierFlopsOf(frontier.map((p) => ({ flops: p[key], loss: p.loss })), loss);
+  const at = frontierFlopsOf(
+    frontier.map((p) => ({ flops: p[key], loss: p.loss })),
+    loss,
+  );
   return at && !at.extrapolated ? at.flops : null;
 }
-const start = startDir ? (await results(startDir))[0] ?? null : null;
-if (startDir && !start) { console.error(`${startDir}: no result.json with a cooled-down point`); process.exit(1); }
+const start = startDir ? ((await results(startDir))[0] ?? null) : null;
+if (startDir && !start) {
+  console.error(`${startDir}: no result.json with a cooled-down point`);
+  process.exit(1);
+}
 const fromStart = start ? frontierFlops(start.final.valLoss, "trained") : null;
 /** The cooled dynamics ratio of one run grown from the start's model (null without --start or outside the frontier). */
 function ratioOf(r) {
-  const g = r.growths[0], to = frontierFlops(r.final.valLoss, "trained");
+  const g = r.growths[0],
+    to = frontierFlops(r.final.valLoss, "trained");
   if (!start || !g || fromStart === null || to === null) return null;
   return (to - fromStart) / (r.points.at(-1).flops - g.flops);
 }
@@ -64,29 +78,51 @@ for (const r of await load(runDirs)) {
   if (!groups.has(r.group)) groups.set(r.group, []);
   groups.get(r.group).push(r);
 }
-const rows = [...groups].sort(([a], [b]) => a.localeCompare(b)).map(([group, runs]) => {
-  const losses = runs.map((r) => r.final.valLoss);
-  const mean = losses.reduce((s, x) => s + x, 0) / losses.length;
-  const flops = runs.reduce((s, r) => s + r.final.flops, 0) / runs.length;
-  const need = frontierFlops(mean);
-  const perSeed = runs.map((r) => { const f = frontierFlops(r.final.valLoss); return f === null ? null : 1 - r.final.flops / f; });
-  const ratios = runs.map(ratioOf).filter((x) => x !== null);
-  return { group, runs: runs.length, seeds: runs.map((r) => r.seed), loss: { mean, min: Math.min(...losses), max: Math.max(...losses) },
-    flops, frontierFlops: need, saving: need === null ? null : 1 - flops / need, perSeed,
-    ratio: ratios.length ? { mean: ratios.reduce((a, b) => a + b, 0) / ratios.length, min: Math.min(...ratios), max: Math.max(...ratios) } : null };
-});
+const rows = [...groups]
+  .sort(([a], [b]) => a.localeCompare(b))
+  .map(([group, runs]) => {
+    const losses = runs.map((r) => r.final.valLoss);
+    const mean = losses.reduce((s, x) => s + x, 0) / losses.length;
+    const flops = runs.reduce((s, r) => s + r.final.flops, 0) / runs.length;
+    const need = frontierFlops(mean);
+    const perSeed = runs.map((r) => {
+      const f = frontierFlops(r.final.valLoss);
+      return f === null ? null : 1 - r.final.flops / f;
+    });
+    const ratios = runs.map(ratioOf).filter((x) => x !== null);
+    return {
+      group,
+      runs: runs.length,
+      seeds: runs.map((r) => r.seed),
+      loss: { mean, min: Math.min(...losses), max: Math.max(...losses) },
+      flops,
+      frontierFlops: need,
+      saving: need === null ? null : 1 - flops / need,
+      perSeed,
+      ratio: ratios.length ? { mean: ratios.reduce((a, b) => a + b, 0) / ratios.length, min: Math.min(...ratios), max: Math.max(...ratios) } : null,
+    };
+  });
 if (json) {
   console.log(JSON.stringify({ frontier, start: start && { loss: start.final.valLoss, frontierTrainedFlops: fromStart }, groups: rows }, null, 2));
 } else {
   const pct = (x) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
-  console.log(`| group | runs | cooled-down loss | total FLOPs | frontier's FLOPs to it | saving [per seed] |${start ? " cooled dynamics ratio |" : ""}`);
+  console.log(
+    `| group | runs | cooled-down loss | total FLOPs | frontier's FLOPs to it | saving [per seed] |${start ? " cooled dynamics ratio |" : ""}`,
+  );
   console.log(`| --- | --- | --- | --- | --- | --- |${start ? " --- |" : ""}`);
   for (const r of rows) {
     const ratio = r.ratio ? `${r.ratio.mean.toFixed(2)} [${r.ratio.min.toFixed(2)}, ${r.ratio.max.toFixed(2)}]` : "—";
-    console.log(`| ${r.group} | ${r.runs} | ${r.loss.mean.toFixed(4)} [${r.loss.min.toFixed(4)}, ${r.loss.max.toFixed(4)}] | ${r.flops.toExponential(3)} | ` +
-      `${r.frontierFlops === null ? "outside the frontier" : r.frontierFlops.toExponential(3)} | ${pct(r.saving)} [${r.perSeed.map(pct).join(", ")}] |` +
-      (start ? ` ${ratio} |` : ""));
+    console.log(
+      `| ${r.group} | ${r.runs} | ${r.loss.mean.toFixed(4)} [${r.loss.min.toFixed(4)}, ${r.loss.max.toFixed(4)}] | ${r.flops.toExponential(3)} | ` +
+        `${r.frontierFlops === null ? "outside the frontier" : r.frontierFlops.toExponential(3)} | ${pct(r.saving)} [${r.perSeed.map(pct).join(", ")}] |` +
+        (start ? ` ${ratio} |` : ""),
+    );
   }
-  if (start) console.log(`\nStart: cooled-down loss ${start.final.valLoss.toFixed(4)} at the growth, which the frontier's model reaches after ${fromStart === null ? "— (outside the frontier)" : fromStart.toExponential(3)} training FLOPs.`);
-  console.log(`\nFrontier (cooled-down loss by total FLOPs): ${frontier.map((p) => `${p.flops.toExponential(2)} → ${p.loss.toFixed(4)}`).join(", ")}`);
+  if (start)
+    console.log(
+      `\nStart: cooled-down loss ${start.final.valLoss.toFixed(4)} at the growth, which the frontier's model reaches after ${fromStart === null ? "— (outside the frontier)" : fromStart.toExponential(3)} training FLOPs.`,
+    );
+  console.log(
+    `\nFrontier (cooled-down loss by total FLOPs): ${frontier.map((p) => `${p.flops.toExponential(2)} → ${p.loss.toFixed(4)}`).join(", ")}`,
+  );
 }

@@ -26,11 +26,18 @@ import { fileURLToPath } from "node:url";
 import { loadTrainingState } from "@staged/core";
 import { readRunResult, RESULT_FILE } from "@staged/run";
 
-const { values: a } = parseArgs({ options: {
-  trials: { type: "string", default: "300" }, parallel: { type: "string", default: "2" }, json: { type: "boolean", default: false },
-  steps: { type: "string", default: "60" }, keep: { type: "boolean", default: false },
-} });
-const TRIALS = Number(a.trials), PARALLEL = Number(a.parallel), STEPS = Number(a.steps);
+const { values: a } = parseArgs({
+  options: {
+    trials: { type: "string", default: "300" },
+    parallel: { type: "string", default: "2" },
+    json: { type: "boolean", default: false },
+    steps: { type: "string", default: "60" },
+    keep: { type: "boolean", default: false },
+  },
+});
+const TRIALS = Number(a.trials),
+  PARALLEL = Number(a.parallel),
+  STEPS = Number(a.steps);
 const BIN = fileURLToPath(new URL("../../packages/cli/dist/bin.js", import.meta.url));
 const log = (s) => process.stderr.write(s + "\n");
 
@@ -51,7 +58,9 @@ function must(args) {
 function start(args) {
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   let stderr = "";
-  child.stderr.on("data", (d) => { stderr += d; });
+  child.stderr.on("data", (d) => {
+    stderr += d;
+  });
   child.stdout.resume();
   const done = new Promise((res) => child.on("exit", (code, signal) => res({ code, signal, stderr })));
   return { child, done };
@@ -99,17 +108,33 @@ async function timed(args, prepare) {
   return (performance.now() - t) / 1000;
 }
 const calib = join(root, "calibrate");
-const trialSeconds = await timed(["train", calib, "--steps", String(STEPS), "--save-every", "1", "--threads", "1"], () => cp(template, calib, { recursive: true }));
+const trialSeconds = await timed(["train", calib, "--steps", String(STEPS), "--save-every", "1", "--threads", "1"], () =>
+  cp(template, calib, { recursive: true }),
+);
 const growSeconds = await timed(["grow", "width", template, join(root, "calibrate-wide"), "--factor", "2"]);
-log(`reference: ${STEPS + 1} steps saved every step in ${trainSeconds.toFixed(1)} s; a trial's train takes ${trialSeconds.toFixed(2)} s, a grow ${growSeconds.toFixed(2)} s`);
+log(
+  `reference: ${STEPS + 1} steps saved every step in ${trainSeconds.toFixed(1)} s; a trial's train takes ${trialSeconds.toFixed(2)} s, a grow ${growSeconds.toFixed(2)} s`,
+);
 
 // A staged run with one growth, and its uninterrupted result.
 const spec = join(root, "spec.json");
-await writeFile(spec, JSON.stringify({
-  name: "w", data, context: 16, batch: 4, optimizer: { lr: 3e-3 }, schedule: { kind: "constant", warmup: 2 },
-  eval: { every: 4, blocks: 4 }, budget: { flops: 6e8 }, model: { layers: 1, dModel: 16, heads: 2 },
-  stages: [{ grow: "width", at: { step: 40 }, rewarmup: 2 }], seeds: [0], threads: 1,
-}));
+await writeFile(
+  spec,
+  JSON.stringify({
+    name: "w",
+    data,
+    context: 16,
+    batch: 4,
+    optimizer: { lr: 3e-3 },
+    schedule: { kind: "constant", warmup: 2 },
+    eval: { every: 4, blocks: 4 },
+    budget: { flops: 6e8 },
+    model: { layers: 1, dModel: 16, heads: 2 },
+    stages: [{ grow: "width", at: { step: 40 }, rewarmup: 2 }],
+    seeds: [0],
+    threads: 1,
+  }),
+);
 const runRef = join(root, "run-ref");
 const runSeconds = await timed(["run", spec, "--out", runRef]);
 const resultOf = async (dir) => {
@@ -120,7 +145,8 @@ const runRefResult = await resultOf(runRef);
 log(`a staged run with a growth at step 40 takes ${runSeconds.toFixed(2)} s`);
 
 const leftoversOf = async (dir) => {
-  const parent = join(dir, ".."), name = dir.split("/").pop();
+  const parent = join(dir, ".."),
+    name = dir.split("/").pop();
   return (await readdir(parent)).filter((f) => new RegExp(`^\\.${name}\\.(tmp|new|old)-`).test(f));
 };
 
@@ -141,8 +167,15 @@ async function check(dir) {
 }
 
 const stats = { trials: 0, lost: 0, problems: [], kinds: {} };
-const count = (kind, key) => { stats.kinds[kind] ??= {}; stats.kinds[kind][key] = (stats.kinds[kind][key] ?? 0) + 1; };
-const problem = (kind, i, what) => { stats.lost++; stats.problems.push(`${kind} #${i}: ${what}`); count(kind, "lost"); };
+const count = (kind, key) => {
+  stats.kinds[kind] ??= {};
+  stats.kinds[kind][key] = (stats.kinds[kind][key] ?? 0) + 1;
+};
+const problem = (kind, i, what) => {
+  stats.lost++;
+  stats.problems.push(`${kind} #${i}: ${what}`);
+  count(kind, "lost");
+};
 
 const KINDS = {
   /** kill -9 a `train --save-every 1` at a random moment. */
@@ -155,12 +188,14 @@ const KINDS = {
     const c = await check(dir);
     if (c.problem) return problem("killTrain", i, c.problem);
     if (c.recovered) count("killTrain", "recovered");
-    if (refHash.get(c.step) !== c.hash) return problem("killTrain", i, `step ${c.step} differs from the reference checkpoint at that step (a mix of saves?)`);
+    if (refHash.get(c.step) !== c.hash)
+      return problem("killTrain", i, `step ${c.step} differs from the reference checkpoint at that step (a mix of saves?)`);
     // Training again resumes from it (the lock of the killed process is stale).
     const again = run(["train", dir, "--steps", "1", "--threads", "1"]);
     if (again.status !== 0) return problem("killTrain", i, `training after the kill failed: ${again.stderr.trim()}`);
     const c2 = await check(dir);
-    if (c2.problem || c2.step !== c.step + 1 || refHash.get(c2.step) !== c2.hash) problem("killTrain", i, `resumed training is not the reference's step ${c.step + 1}`);
+    if (c2.problem || c2.step !== c.step + 1 || refHash.get(c2.step) !== c2.hash)
+      problem("killTrain", i, `resumed training is not the reference's step ${c.step + 1}`);
   },
   /** kill -9 a grow at a random moment; the output is absent or the exact reference growth, the input untouched. */
   async killGrow(i, dir) {
@@ -193,7 +228,9 @@ const KINDS = {
     const { child, done } = start(["--json", "train", dir, "--steps", String(STEPS), "--save-every", "7", "--threads", "1"]);
     let stdout = "";
     child.stdout.removeAllListeners("data");
-    child.stdout.on("data", (d) => { stdout += d; });
+    child.stdout.on("data", (d) => {
+      stdout += d;
+    });
     await sleep(Math.random() * trialSeconds * 1000);
     child.kill(sig);
     const e = await done;
@@ -204,17 +241,20 @@ const KINDS = {
     if (e.signal === sig) {
       const c = await check(dir);
       if (c.problem) return problem("signalTrain", i, c.problem);
-      if ((c.step !== 1 && c.step !== STEPS + 1) || c.hash !== refHash.get(c.step)) return problem("signalTrain", i, `${sig} outside training, yet the checkpoint is at step ${c.step}`);
+      if ((c.step !== 1 && c.step !== STEPS + 1) || c.hash !== refHash.get(c.step))
+        return problem("signalTrain", i, `${sig} outside training, yet the checkpoint is at step ${c.step}`);
       count("signalTrain", c.step === 1 ? "ended while starting, nothing trained" : "ended while exiting, all saved");
       return;
     }
-    if (e.code !== 0 && e.code !== (sig === "SIGINT" ? 130 : 143)) return problem("signalTrain", i, `${sig}: exit ${e.code ?? e.signal}: ${e.stderr.trim()}`);
+    if (e.code !== 0 && e.code !== (sig === "SIGINT" ? 130 : 143))
+      return problem("signalTrain", i, `${sig}: exit ${e.code ?? e.signal}: ${e.stderr.trim()}`);
     const c = await check(dir);
     if (c.problem) return problem("signalTrain", i, c.problem);
     if (refHash.get(c.step) !== c.hash) return problem("signalTrain", i, `step ${c.step} differs from the reference checkpoint at that step`);
     const said = stdout.trim() ? JSON.parse(stdout.trim()) : null;
     if (!said) return problem("signalTrain", i, `no result after ${sig}: ${e.stderr.trim()}`);
-    if (said.step !== c.step) return problem("signalTrain", i, `${sig}: said step ${said.step}, the checkpoint holds ${c.step}: ${said.step - c.step} steps lost`);
+    if (said.step !== c.step)
+      return problem("signalTrain", i, `${sig}: said step ${said.step}, the checkpoint holds ${c.step}: ${said.step - c.step} steps lost`);
     count("signalTrain", said.interrupted ? "stopped, nothing lost" : "finished, saved");
   },
   /** kill -9, Ctrl-C or SIGTERM a `staged run` with a growth (random moment, or as stage 1's first save begins), rerun it. */
@@ -227,18 +267,21 @@ const KINDS = {
       // The growth window: stage 0 saved at its growth, stage 1 not yet (its first save is being written).
       const parent = join(out, "w-s0");
       const t = performance.now();
-      while (!(existsSync(parent) && (await readdir(parent)).some((f) => /stage-1/.test(f))) && performance.now() - t < runSeconds * 3000) await sleep(2);
+      while (!(existsSync(parent) && (await readdir(parent)).some((f) => /stage-1/.test(f))) && performance.now() - t < runSeconds * 3000)
+        await sleep(2);
     } else {
       await sleep(Math.random() * runSeconds * 1000);
     }
     child.kill(how);
     const e = await done;
-    count("stopRun", `${how}${aimed ? " at the growth" : ""}: ${e.code === 0 ? "finished first" : e.signal ?? `exited ${e.code}`}`);
+    count("stopRun", `${how}${aimed ? " at the growth" : ""}: ${e.code === 0 ? "finished first" : (e.signal ?? `exited ${e.code}`)}`);
     // Ended by the signal itself only before the command listens (while starting); the rerun below checks the rest.
-    if (how !== "SIGKILL" && e.signal !== how && e.code !== 0 && e.code !== (how === "SIGINT" ? 130 : 143)) return problem("stopRun", i, `${how}: exit ${e.code ?? e.signal}: ${e.stderr.trim()}`);
+    if (how !== "SIGKILL" && e.signal !== how && e.code !== 0 && e.code !== (how === "SIGINT" ? 130 : 143))
+      return problem("stopRun", i, `${how}: exit ${e.code ?? e.signal}: ${e.stderr.trim()}`);
     const again = run(["run", spec, "--out", out]);
     if (again.status !== 0) return problem("stopRun", i, `the rerun failed: ${again.stderr.trim()}`);
-    if ((await resultOf(out)) !== runRefResult) return problem("stopRun", i, `${how}${aimed ? " at the growth" : ""}: the resumed run's result differs from the uninterrupted one's`);
+    if ((await resultOf(out)) !== runRefResult)
+      return problem("stopRun", i, `${how}${aimed ? " at the growth" : ""}: the resumed run's result differs from the uninterrupted one's`);
   },
   /** Two `train --steps k` at once: the steps gained are those of the commands that exited 0. */
   async twoWriters(i, dir) {
@@ -251,7 +294,8 @@ const KINDS = {
     if (okRuns + refused !== 2) return problem("twoWriters", i, `unexpected failure: ${ends.map((e) => e.stderr.trim()).join(" | ")}`);
     const c = await check(dir);
     if (c.problem) return problem("twoWriters", i, c.problem);
-    if (c.step !== 1 + k * okRuns) return problem("twoWriters", i, `step ${c.step} after ${okRuns} successful runs of ${k} steps from step 1: steps lost`);
+    if (c.step !== 1 + k * okRuns)
+      return problem("twoWriters", i, `step ${c.step} after ${okRuns} successful runs of ${k} steps from step 1: steps lost`);
     if (refHash.get(c.step) !== c.hash) problem("twoWriters", i, `step ${c.step}'s weights differ from the reference`);
   },
   /** A grow reading while a train saves every step: refused, or the exact growth of one complete checkpoint. */
@@ -273,7 +317,8 @@ const KINDS = {
     }
     const meta = JSON.parse(await readFile(join(out, "training_state.json"), "utf8"));
     const step = meta.progress.step;
-    if ((await hashOf(out)) !== (await grownHash(step))) return problem("readerVsWriter", i, `grown output is not the growth of the step-${step} checkpoint (a mix?)`);
+    if ((await hashOf(out)) !== (await grownHash(step)))
+      return problem("readerVsWriter", i, `grown output is not the growth of the step-${step} checkpoint (a mix?)`);
     count("readerVsWriter", "grow of a complete checkpoint");
   },
 };
@@ -281,7 +326,8 @@ const KINDS = {
 const plan = [];
 const ORDER = ["killTrain", "killTrain", "killGrow", "twoWriters", "readerVsWriter", "signalTrain", "signalTrain", "stopRun"];
 for (let i = 0; i < TRIALS; i++) plan.push(ORDER[i % ORDER.length]);
-let next = 0, finished = 0;
+let next = 0,
+  finished = 0;
 const started = performance.now();
 async function worker() {
   while (next < plan.length) {
@@ -299,7 +345,9 @@ async function worker() {
     finished++;
     const el = (performance.now() - started) / 1000;
     if (finished % 10 === 0 || finished === plan.length) {
-      log(`${finished}/${plan.length} trials, ${stats.lost} lost or corrupted, ${(finished / el).toFixed(2)} trials/s, ETA ${Math.round((el / finished) * (plan.length - finished))} s`);
+      log(
+        `${finished}/${plan.length} trials, ${stats.lost} lost or corrupted, ${(finished / el).toFixed(2)} trials/s, ETA ${Math.round((el / finished) * (plan.length - finished))} s`,
+      );
     }
   }
 }
@@ -309,7 +357,12 @@ const result = { ...stats, seconds, trialTrainSeconds: trialSeconds, growSeconds
 if (a.json) console.log(JSON.stringify(result, null, 2));
 else {
   console.log(`${stats.trials} trials in ${seconds.toFixed(0)} s: ${stats.lost} lost or corrupted checkpoints`);
-  for (const [k, v] of Object.entries(stats.kinds)) console.log(`  ${k}: ${Object.entries(v).map(([x, n]) => `${x} ${n}`).join(", ")}`);
+  for (const [k, v] of Object.entries(stats.kinds))
+    console.log(
+      `  ${k}: ${Object.entries(v)
+        .map(([x, n]) => `${x} ${n}`)
+        .join(", ")}`,
+    );
   for (const p of stats.problems.slice(0, 20)) console.log(`  ${p}`);
 }
 if (!a.keep) await rm(root, { recursive: true, force: true });

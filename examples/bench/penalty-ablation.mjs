@@ -18,15 +18,30 @@ import { evaluate, train } from "@staged/trainer-ort";
 const { values: a, positionals } = parseArgs({
   allowPositionals: true,
   options: {
-    steps: { type: "string", default: "400" }, every: { type: "string", default: "20" }, op: { type: "string", default: "width" },
-    lr: { type: "string", default: "1e-3" }, batch: { type: "string", default: "16" }, context: { type: "string", default: "128" },
-    blocks: { type: "string", default: "64" }, data: { type: "string", default: "brown" }, out: { type: "string" },
-    threads: { type: "string" }, only: { type: "string" },
+    steps: { type: "string", default: "400" },
+    every: { type: "string", default: "20" },
+    op: { type: "string", default: "width" },
+    lr: { type: "string", default: "1e-3" },
+    batch: { type: "string", default: "16" },
+    context: { type: "string", default: "128" },
+    blocks: { type: "string", default: "64" },
+    data: { type: "string", default: "brown" },
+    out: { type: "string" },
+    threads: { type: "string" },
+    only: { type: "string" },
   },
 });
 const src = positionals[0];
-if (!src) { console.error("usage: penalty-ablation.mjs <small-checkpoint> [--steps N] [--op width|depth] ..."); process.exit(1); }
-const steps = Number(a.steps), every = Number(a.every), lr = Number(a.lr), batch = Number(a.batch), context = Number(a.context), blocks = Number(a.blocks);
+if (!src) {
+  console.error("usage: penalty-ablation.mjs <small-checkpoint> [--steps N] [--op width|depth] ...");
+  process.exit(1);
+}
+const steps = Number(a.steps),
+  every = Number(a.every),
+  lr = Number(a.lr),
+  batch = Number(a.batch),
+  context = Number(a.context),
+  blocks = Number(a.blocks);
 const threads = a.threads ? Number(a.threads) : undefined;
 
 // Each variant: growth options, the LR re-warmup after the growth, and the LR scale of the grown model.
@@ -35,7 +50,8 @@ const SMALL = { name: "(small model, not grown)", grow: null, rewarmup: 0, lrSca
 // The same at half the LR: a grown model at a lower LR must beat this, or the gain is the LR's, not the growth's.
 const SMALL_HALF = { name: "(small model, not grown, LR × 1/2)", grow: null, rewarmup: 0, lrScale: 0.5 };
 const WIDTH = [
-  SMALL, SMALL_HALF,
+  SMALL,
+  SMALL_HALF,
   { name: "consistent moments, rewarmup 100 (run default before)", grow: { moments: "consistent" }, rewarmup: 100, lrScale: 1 },
   { name: "no rewarmup", grow: { moments: "consistent" }, rewarmup: 0, lrScale: 1 },
   { name: "rewarmup 400", grow: { moments: "consistent" }, rewarmup: 400, lrScale: 1 },
@@ -50,7 +66,8 @@ const WIDTH = [
   { name: "noise symmetry 1e-3 (not exact)", grow: { moments: "consistent", symmetry: "noise", noiseStd: 1e-3 }, rewarmup: 100, lrScale: 1 },
 ];
 const DEPTH = [
-  SMALL, SMALL_HALF,
+  SMALL,
+  SMALL_HALF,
   { name: "identity, copied moments, rewarmup 100", grow: { init: "identity", moments: "copy" }, rewarmup: 100, lrScale: 1 },
   { name: "no rewarmup", grow: { init: "identity", moments: "copy" }, rewarmup: 0, lrScale: 1 },
   { name: "reset moments (new layers)", grow: { init: "identity", moments: "reset" }, rewarmup: 100, lrScale: 1 },
@@ -71,9 +88,25 @@ try {
     const after = (await evaluate(grown, ev)).loss;
     const points = [];
     const t0 = performance.now();
-    const { result } = await train(grown, {
-      data: a.data, steps, batch, context, lr: lr * v.lrScale, evalEvery: every, evalBlocks: blocks, saveDir: join(work, String(rows.length)), threads,
-    }, { onEval: (e) => { points.push({ step: e.step, flops: e.flops, valLoss: e.valLoss }); } });
+    const { result } = await train(
+      grown,
+      {
+        data: a.data,
+        steps,
+        batch,
+        context,
+        lr: lr * v.lrScale,
+        evalEvery: every,
+        evalBlocks: blocks,
+        saveDir: join(work, String(rows.length)),
+        threads,
+      },
+      {
+        onEval: (e) => {
+          points.push({ step: e.step, flops: e.flops, valLoss: e.valLoss });
+        },
+      },
+    );
     await small.close();
     const f0 = points[0].flops - (points[1].flops - points[0].flops) * 1;
     // The largest rise over the loss before the growth, and the first point after that peak back at or below it.
@@ -81,13 +114,22 @@ try {
     const maxRise = points[peak].valLoss - before;
     const back = maxRise <= 0 ? { step: points[0].step - every, flops: f0 } : points.slice(peak + 1).find((p) => p.valLoss <= before);
     const row = {
-      variant: v.name, exact: Math.abs(after - before) < 1e-4, lossBefore: before, lossAfter: after, maxRise,
-      recoverSteps: back ? back.step - (points[0].step - every) : null, recoverFlops: back ? back.flops - f0 : null,
-      final: result.valLoss, seconds: (performance.now() - t0) / 1000, points,
+      variant: v.name,
+      exact: Math.abs(after - before) < 1e-4,
+      lossBefore: before,
+      lossAfter: after,
+      maxRise,
+      recoverSteps: back ? back.step - (points[0].step - every) : null,
+      recoverFlops: back ? back.flops - f0 : null,
+      final: result.valLoss,
+      seconds: (performance.now() - t0) / 1000,
+      points,
     };
     rows.push(row);
-    console.error(`${v.name}: before ${before.toFixed(4)}, after growth ${after.toFixed(4)}, max rise ${maxRise >= 0 ? "+" : ""}${maxRise.toFixed(4)}, ` +
-      `back after ${row.recoverSteps ?? "never (within " + steps + ")"} steps, final ${result.valLoss.toFixed(4)} (${row.seconds.toFixed(0)} s)`);
+    console.error(
+      `${v.name}: before ${before.toFixed(4)}, after growth ${after.toFixed(4)}, max rise ${maxRise >= 0 ? "+" : ""}${maxRise.toFixed(4)}, ` +
+        `back after ${row.recoverSteps ?? "never (within " + steps + ")"} steps, final ${result.valLoss.toFixed(4)} (${row.seconds.toFixed(0)} s)`,
+    );
   }
 } finally {
   await rm(work, { recursive: true, force: true });
@@ -95,6 +137,8 @@ try {
 console.log(`| variant (${a.op} growth of ${src}) | exact | max rise (nats) | steps to recover | val loss after ${steps} steps |`);
 console.log("| --- | --- | --- | --- | --- |");
 for (const r of rows) {
-  console.log(`| ${r.variant} | ${r.exact ? "yes" : "no"} | ${r.maxRise >= 0 ? "+" : ""}${r.maxRise.toFixed(4)} | ${r.recoverSteps ?? `> ${steps}`} | ${r.final.toFixed(4)} |`);
+  console.log(
+    `| ${r.variant} | ${r.exact ? "yes" : "no"} | ${r.maxRise >= 0 ? "+" : ""}${r.maxRise.toFixed(4)} | ${r.recoverSteps ?? `> ${steps}`} | ${r.final.toFixed(4)} |`,
+  );
 }
 if (a.out) await writeFile(a.out, JSON.stringify({ source: src, op: a.op, steps, every, lr, batch, context, blocks, rows }, null, 2) + "\n");

@@ -31,13 +31,26 @@ import { RESULT_FILE } from "@staged/run";
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: a } = parseArgs({
   options: {
-    out: { type: "string", default: "runs/bench" }, budget: { type: "string" }, seeds: { type: "string" },
-    parallel: { type: "string", default: "1" }, threads: { type: "string", default: "2" }, phase: { type: "string", default: "all" },
-    quick: { type: "boolean", default: false }, cli: { type: "string" }, "pilot-tokens": { type: "string" }, skip: { type: "string" },
-    "seed-list": { type: "string" }, groups: { type: "string" },
-    data: { type: "string", default: "brown" }, "val-data": { type: "string" }, batch: { type: "string", default: "16" },
-    lr: { type: "string", default: "1e-3" }, warmup: { type: "string", default: "100" }, "eval-every": { type: "string" },
-    cooldown: { type: "string" }, frontier: { type: "string" },
+    out: { type: "string", default: "runs/bench" },
+    budget: { type: "string" },
+    seeds: { type: "string" },
+    parallel: { type: "string", default: "1" },
+    threads: { type: "string", default: "2" },
+    phase: { type: "string", default: "all" },
+    quick: { type: "boolean", default: false },
+    cli: { type: "string" },
+    "pilot-tokens": { type: "string" },
+    skip: { type: "string" },
+    "seed-list": { type: "string" },
+    groups: { type: "string" },
+    data: { type: "string", default: "brown" },
+    "val-data": { type: "string" },
+    batch: { type: "string", default: "16" },
+    lr: { type: "string", default: "1e-3" },
+    warmup: { type: "string", default: "100" },
+    "eval-every": { type: "string" },
+    cooldown: { type: "string" },
+    frontier: { type: "string" },
   },
 });
 const cli = a.cli ?? process.env.STAGED_CLI ?? join(here, "..", "..", "packages", "cli", "dist", "bin.js");
@@ -48,7 +61,8 @@ const seeds = a["seed-list"] ? a["seed-list"].split(",").map(Number) : Array.fro
 // Only the runs of these groups (e.g. to spread the seeds of a benchmark over machines); default: all.
 const groups = a.groups ? new Set(a.groups.split(",")) : null;
 const wanted = (name) => !groups || groups.has(name.replace(/-s\d+$/, ""));
-const parallel = Number(a.parallel), threads = Number(a.threads);
+const parallel = Number(a.parallel),
+  threads = Number(a.threads);
 // Every pilot sees the same number of tokens, so each size's data term is measured over the same range.
 const pilotTokens = Number(a["pilot-tokens"] ?? (quick ? 1e6 : 4e6));
 const skip = a.skip ?? "0.3";
@@ -59,10 +73,17 @@ const skip = a.skip ?? "0.3";
 // also cool down copies of themselves at fractions of the budget, their cooled-down frontier, which prices each
 // run's cooled-down loss in the baseline's FLOPs (constant-LR curves compare LR noise floors, not models).
 const common = {
-  data: a.data === "brown" ? "brown" : resolve(a.data), ...(a["val-data"] ? { valData: resolve(a["val-data"]) } : {}),
-  context: 128, batch: Number(a.batch), optimizer: { lr: Number(a.lr) }, schedule: { kind: "constant", warmup: Number(a.warmup) },
+  data: a.data === "brown" ? "brown" : resolve(a.data),
+  ...(a["val-data"] ? { valData: resolve(a["val-data"]) } : {}),
+  context: 128,
+  batch: Number(a.batch),
+  optimizer: { lr: Number(a.lr) },
+  schedule: { kind: "constant", warmup: Number(a.warmup) },
   eval: { every: Number(a["eval-every"] ?? (quick ? 25 : 50)), blocks: quick ? 32 : 64 },
-  cooldown: { steps: Number(a.cooldown ?? (quick ? 150 : 300)), frontier: a.frontier ? a.frontier.split(",").map(Number) : quick ? [0.5, 0.75] : [0.5, 0.625, 0.75, 0.875] },
+  cooldown: {
+    steps: Number(a.cooldown ?? (quick ? 150 : 300)),
+    frontier: a.frontier ? a.frontier.split(",").map(Number) : quick ? [0.5, 0.75] : [0.5, 0.625, 0.75, 0.875],
+  },
 };
 // The width growth the ablation found best among the function-preserving ones: the LR kept (× 1, not × 1/2) and
 // antithetic noise 1e-2 to break the copies' symmetry.
@@ -74,8 +95,12 @@ function sh(args, { quiet = false } = {}) {
   return new Promise((res, rej) => {
     const p = spawn(process.execPath, [cli, ...args], { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
-    p.stdout.on("data", (d) => { stdout += d; });
-    p.stderr.on("data", (d) => { if (!quiet) process.stderr.write(d); });
+    p.stdout.on("data", (d) => {
+      stdout += d;
+    });
+    p.stderr.on("data", (d) => {
+      if (!quiet) process.stderr.write(d);
+    });
     p.on("close", (code) => (code === 0 ? res(stdout) : rej(new Error(`staged ${args.join(" ")} exited ${code}`))));
   });
 }
@@ -85,7 +110,13 @@ async function pool(jobs) {
   const queue = [...jobs];
   const workers = Array.from({ length: Math.min(parallel, queue.length) }, async () => {
     // A failed run is reported and the others go on.
-    while (queue.length) await queue.shift()().catch((e) => { failures.push(e.message); console.error(`FAILED: ${e.message}`); });
+    while (queue.length)
+      await queue
+        .shift()()
+        .catch((e) => {
+          failures.push(e.message);
+          console.error(`FAILED: ${e.message}`);
+        });
   });
   await Promise.all(workers);
 }
@@ -129,9 +160,13 @@ if (phase === "all" || phase === "pilots") {
   await runAll(specs);
   const metrics = pilots.map((m) => join(out, "runs", `pilot-${label(m)}-s0`, "stage-0", "metrics.jsonl"));
   const fit = JSON.parse(await sh(["--json", "plan", "fit", ...metrics, "--law", "chinchilla", "--skip", skip, "--out", fitFile]));
-  console.error(`law fitted on ${pilots.length} pilot sizes at ${pilotTokens.toExponential(2)} tokens each (first ${skip} of each curve left out): ` +
-    `${Object.entries(fit.constants).map(([k, v]) => `${k} ${Number(v).toPrecision(4)}`).join(", ")}; rmse ${fit.rmse.toExponential(2)}` +
-    (fit.warnings.length ? `; warnings: ${fit.warnings.join("; ")}` : "; well determined"));
+  console.error(
+    `law fitted on ${pilots.length} pilot sizes at ${pilotTokens.toExponential(2)} tokens each (first ${skip} of each curve left out): ` +
+      `${Object.entries(fit.constants)
+        .map(([k, v]) => `${k} ${Number(v).toPrecision(4)}`)
+        .join(", ")}; rmse ${fit.rmse.toExponential(2)}` +
+      (fit.warnings.length ? `; warnings: ${fit.warnings.join("; ")}` : "; well determined"),
+  );
 }
 
 // 2. The target: compute-optimal for the budget under the fitted law, among models whose halves exist.
@@ -143,36 +178,65 @@ const law = chinchillaLaw(fitJson.constants, fitJson.batchTokens);
 const candidates = (quick ? [gpt2(2, 32), gpt2(2, 64), gpt2(2, 128)] : [gpt2(2, 64), gpt2(2, 128), gpt2(4, 128), gpt2(4, 256)]).map(model);
 const choice = computeOptimalChoice(law, candidates, budget);
 const target = choice.best;
-console.error(`budget ${budget.toExponential(2)} FLOPs: predicted final losses ${choice.losses.map((l) => `${label(l.model)} ${l.loss.toFixed(4)}`).join(", ")} → target ${label(target)}`);
+console.error(
+  `budget ${budget.toExponential(2)} FLOPs: predicted final losses ${choice.losses.map((l) => `${label(l.model)} ${l.loss.toFixed(4)}`).join(", ")} → target ${label(target)}`,
+);
 
 // 3. The runs.
 const half = { width: gpt2(target.layers, target.dModel / 2), depth: gpt2(target.layers / 2, target.dModel) };
 const schedules = [
   { name: "width", model: half.width, stages: [WIDTH] },
-  ...(quick || target.layers < 2 ? [] : [
-    { name: "depth", model: half.depth, stages: [{ grow: "depth", at: "auto" }] },
-    { name: "width-depth", model: gpt2(target.layers / 2, target.dModel / 2), stages: [WIDTH, { grow: "depth", at: "auto" }] },
-  ]),
+  ...(quick || target.layers < 2
+    ? []
+    : [
+        { name: "depth", model: half.depth, stages: [{ grow: "depth", at: "auto" }] },
+        { name: "width-depth", model: gpt2(target.layers / 2, target.dModel / 2), stages: [WIDTH, { grow: "depth", at: "auto" }] },
+      ]),
 ];
 // Ablations of the width schedule (one seed), each changing one choice: the timing (the law's plan, a fixed 25%),
 // and the package defaults the ablation replaced (LR × 1/2, no symmetry breaking).
-const ablations = quick ? [] : [
-  { name: "width-plan", stages: [{ ...WIDTH, at: "plan" }] },
-  { name: "width-at-25pct", stages: [{ ...WIDTH, at: { fraction: 0.25 } }] },
-  { name: "width-defaults", stages: [{ grow: "width", at: "auto" }] },
-];
+const ablations = quick
+  ? []
+  : [
+      { name: "width-plan", stages: [{ ...WIDTH, at: "plan" }] },
+      { name: "width-at-25pct", stages: [{ ...WIDTH, at: { fraction: 0.25 } }] },
+      { name: "width-defaults", stages: [{ grow: "width", at: "auto" }] },
+    ];
 // The target from scratch at half the LR: the control of the constant-LR comparisons (a growth that halved the LR
 // lowered a constant-LR loss by itself); with the common cooldown it is only run on request (--groups).
 const lrControl = { name: "scratch-lr-half", model: gpt2(target.layers, target.dModel), stages: [], lr: common.optimizer.lr / 2 };
 const specs = [];
 for (const s of schedules) {
-  const spec = { ...common, name: s.name, budget: { flops: budget }, model: s.model, stages: s.stages, law: fitFile, seeds,
-    baseline: { seeds }, noGrowth: { seeds: seeds.slice(0, quick ? 1 : 2) } };
-  specs.push({ file: await writeSpec(s.name, spec), names: [...seeds.map((x) => `baseline-s${x}`), ...seeds.map((x) => `${s.name}-s${x}`),
-    ...spec.noGrowth.seeds.map((x) => `no-growth-${label(s.model)}-s${x}`)] });
+  const spec = {
+    ...common,
+    name: s.name,
+    budget: { flops: budget },
+    model: s.model,
+    stages: s.stages,
+    law: fitFile,
+    seeds,
+    baseline: { seeds },
+    noGrowth: { seeds: seeds.slice(0, quick ? 1 : 2) },
+  };
+  specs.push({
+    file: await writeSpec(s.name, spec),
+    names: [
+      ...seeds.map((x) => `baseline-s${x}`),
+      ...seeds.map((x) => `${s.name}-s${x}`),
+      ...spec.noGrowth.seeds.map((x) => `no-growth-${label(s.model)}-s${x}`),
+    ],
+  });
 }
 if (groups?.has(lrControl.name)) {
-  const spec = { ...common, optimizer: { lr: lrControl.lr }, name: lrControl.name, budget: { flops: budget }, model: lrControl.model, stages: [], seeds };
+  const spec = {
+    ...common,
+    optimizer: { lr: lrControl.lr },
+    name: lrControl.name,
+    budget: { flops: budget },
+    model: lrControl.model,
+    stages: [],
+    seeds,
+  };
   specs.push({ file: await writeSpec(lrControl.name, spec), names: seeds.map((x) => `${lrControl.name}-s${x}`) });
 }
 for (const ab of ablations) {
@@ -191,18 +255,26 @@ if (phase === "all" || phase === "runs") {
 if (phase === "all" || phase === "report") {
   const runsDir = join(out, "runs");
   const dirs = (prefixes) => prefixes.flatMap((p) => seeds.map((x) => join(runsDir, `${p}-s${x}`))).filter((d) => existsSync(join(d, RESULT_FILE)));
-  const main = [...dirs(["baseline", ...schedules.map((s) => s.name), lrControl.name]),
-    ...schedules.flatMap((s) => dirs([`no-growth-${label(s.model)}`]))];
+  const main = [
+    ...dirs(["baseline", ...schedules.map((s) => s.name), lrControl.name]),
+    ...schedules.flatMap((s) => dirs([`no-growth-${label(s.model)}`])),
+  ];
   const title = `Staged vs from scratch: GPT-2 ${label(target)} on ${a.data === "brown" ? "Brown" : a.data}, batch ${common.batch}, ${budget.toExponential(1)} FLOPs`;
-  const rep = JSON.parse(await sh(["--json", "report", ...main, "--plot", join(out, "report.png"), join(out, "report.svg"), "--title", title], { quiet: true }));
+  const rep = JSON.parse(
+    await sh(["--json", "report", ...main, "--plot", join(out, "report.png"), join(out, "report.svg"), "--title", title], { quiet: true }),
+  );
   const text = await sh(["report", ...main], { quiet: true });
   const hasControl = dirs([lrControl.name]).length > 0;
   const vsControl = hasControl ? await sh(["report", ...main, "--baseline", lrControl.name], { quiet: true }) : "";
-  let md = `# Staged training benchmark\n\nBudget ${budget.toExponential(2)} FLOPs; target ${label(target)} (law-optimal among ` +
+  let md =
+    `# Staged training benchmark\n\nBudget ${budget.toExponential(2)} FLOPs; target ${label(target)} (law-optimal among ` +
     `${candidates.map(label).join(", ")}); seeds ${seeds.join(", ")}.\n\n## Against the baseline (LR ${common.optimizer.lr})\n\n${text}`;
   if (hasControl) md += `\n## Against the target from scratch at LR ${lrControl.lr} (the grown width's LR)\n\n${vsControl}`;
-  const abl = [...dirs(["width"]).slice(0, 1), ...ablations.map((x) => join(runsDir, `${x.name}-s0`)).filter((d) => existsSync(join(d, RESULT_FILE))),
-    ...dirs(["baseline"])];
+  const abl = [
+    ...dirs(["width"]).slice(0, 1),
+    ...ablations.map((x) => join(runsDir, `${x.name}-s0`)).filter((d) => existsSync(join(d, RESULT_FILE))),
+    ...dirs(["baseline"]),
+  ];
   if (ablations.length && abl.length > seeds.length + 1) {
     md += `\n## Ablations (width schedule, seed 0, one default changed each)\n\n${await sh(["report", ...abl], { quiet: true })}`;
   }
@@ -212,20 +284,25 @@ if (phase === "all" || phase === "report") {
   // group's cooled-down loss, against the FLOPs the group spent.
   const cooledOf = (r, group) => r?.report.groups.find((g) => g.group === group)?.cooled ?? null;
   const pct = (x) => (x === null || x === undefined ? "—" : `${x < 0 ? "−" : "+"}${Math.abs(100 * x).toFixed(1)}%`);
-  const line = (c) => c?.frontier
-    ? `cooled-down loss ${c.valLoss.mean.toFixed(4)} with ${c.flops.toExponential(3)} FLOPs; the baseline needs ${c.frontier.flops.toExponential(3)}` +
-      `${c.frontier.extrapolated ? " (extrapolated past its frontier)" : ""}: saving ${pct(c.frontier.saving)} [per seed ${c.frontier.perSeed.map(pct).join(", ")}]`
-    : c ? `cooled-down loss ${c.valLoss.mean.toFixed(4)} (vs the baseline ${c.vsBaseline >= 0 ? "+" : ""}${c.vsBaseline.toFixed(4)}); not on the baseline's frontier` : "no cooled-down result";
+  const line = (c) =>
+    c?.frontier
+      ? `cooled-down loss ${c.valLoss.mean.toFixed(4)} with ${c.flops.toExponential(3)} FLOPs; the baseline needs ${c.frontier.flops.toExponential(3)}` +
+        `${c.frontier.extrapolated ? " (extrapolated past its frontier)" : ""}: saving ${pct(c.frontier.saving)} [per seed ${c.frontier.perSeed.map(pct).join(", ")}]`
+      : c
+        ? `cooled-down loss ${c.valLoss.mean.toFixed(4)} (vs the baseline ${c.vsBaseline >= 0 ? "+" : ""}${c.vsBaseline.toFixed(4)}); not on the baseline's frontier`
+        : "no cooled-down result";
   for (const s of schedules) console.log(`measured saving of the ${s.name} schedule after the common cooldown: ${line(cooledOf(rep, s.name))}`);
   // Is the target really the compute-optimal model for this budget? The first models never grown say.
   for (const s of schedules) {
     const g = `no-growth-${label(s.model)}`;
     const c = cooledOf(rep, g);
     if (!c) continue;
-    console.log(c.vsBaseline < 0
-      ? `the ${label(s.model)} model alone, never grown, ends below the baseline after the cooldown (${line(c)}): ` +
-        `at this budget ${label(target)} is NOT compute-optimal (the law's choice was wrong), so growing into it cannot save compute here`
-      : `the ${label(s.model)} model alone, never grown, ends above the baseline after the cooldown (${line(c)}): ${label(target)} is the better use of this budget`);
+    console.log(
+      c.vsBaseline < 0
+        ? `the ${label(s.model)} model alone, never grown, ends below the baseline after the cooldown (${line(c)}): ` +
+            `at this budget ${label(target)} is NOT compute-optimal (the law's choice was wrong), so growing into it cannot save compute here`
+        : `the ${label(s.model)} model alone, never grown, ends above the baseline after the cooldown (${line(c)}): ${label(target)} is the better use of this budget`,
+    );
   }
   if (failures.length) console.log(`${failures.length} run(s) failed: ${failures.join("; ")}`);
   console.log(`(${((performance.now() - t0) / 60000).toFixed(1)} min)`);

@@ -14,25 +14,52 @@ import { parseArgs } from "node:util";
 import { createDefaultRegistry, initTrainingState, saveTrainingState, Tensor } from "@staged/core";
 import { HF_TRAINER_FORMAT, hfTrainerFormat } from "@staged/hf-trainer";
 
-const { values, positionals } = parseArgs({ allowPositionals: true, options: { layers: { type: "string", default: "12" }, "d-model": { type: "string", default: "768" } } });
-if (positionals.length !== 1) { console.error("usage: node examples/bench/trainer-checkpoint.mjs <work dir> [--layers L --d-model D]"); process.exit(2); }
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: { layers: { type: "string", default: "12" }, "d-model": { type: "string", default: "768" } },
+});
+if (positionals.length !== 1) {
+  console.error("usage: node examples/bench/trainer-checkpoint.mjs <work dir> [--layers L --d-model D]");
+  process.exit(2);
+}
 const work = resolve(positionals[0]);
 mkdirSync(work, { recursive: true });
 const bin = new URL("../../packages/cli/dist/bin.js", import.meta.url).pathname;
-const d = Number(values["d-model"]), layers = Number(values.layers);
+const d = Number(values["d-model"]),
+  layers = Number(values.layers);
 const src = join(work, "checkpoint-100");
 
 const t0 = performance.now();
 rmSync(src, { recursive: true, force: true });
 const s = initTrainingState("gpt2", { model_type: "gpt2", n_layer: layers, n_embd: d, n_head: d / 64, vocab_size: 50257, n_positions: 1024 }, 0);
 // Moments derived from the weights (values do not matter here, their bytes do), computed one tensor at a time.
-const moment = (c) => new Map([...s.params].map(([n, t]) => [n, { dtype: t.dtype, shape: t.shape, read: async () => new Tensor("F32", t.shape, (await t.read()).f32.map((v) => v * c)) }]));
+const moment = (c) =>
+  new Map(
+    [...s.params].map(([n, t]) => [
+      n,
+      {
+        dtype: t.dtype,
+        shape: t.shape,
+        read: async () =>
+          new Tensor(
+            "F32",
+            t.shape,
+            (await t.read()).f32.map((v) => v * c),
+          ),
+      },
+    ]),
+  );
 const registry = createDefaultRegistry().register("checkpointFormat", hfTrainerFormat);
-await saveTrainingState(src, {
-  ...s, optimizer: { ...s.optimizer, step: 100, expAvg: moment(0.01), expAvgSq: moment(1e-4) },
-  schedule: { kind: "linear", peakLr: 6e-4, warmupSteps: 10, totalSteps: 1000, restarts: [] },
-  progress: { ...s.progress, step: 100 },
-}, { registry, format: HF_TRAINER_FORMAT });
+await saveTrainingState(
+  src,
+  {
+    ...s,
+    optimizer: { ...s.optimizer, step: 100, expAvg: moment(0.01), expAvgSq: moment(1e-4) },
+    schedule: { kind: "linear", peakLr: 6e-4, warmupSteps: 10, totalSteps: 1000, restarts: [] },
+    progress: { ...s.progress, step: 100 },
+  },
+  { registry, format: HF_TRAINER_FORMAT },
+);
 const made = (performance.now() - t0) / 1000;
 
 const du = (p) => Number(execFileSync("du", ["-sb", p], { encoding: "utf8" }).split("\t")[0]);
@@ -41,7 +68,12 @@ for (const [name, cmd, args, output] of [
   ["cp -r", "cp", ["-r", src, join(work, "copy")], join(work, "copy")],
   ["staged inspect", process.execPath, [bin, "inspect", src]],
   ["staged grow width --factor 2", process.execPath, [bin, "grow", "width", src, join(work, "wide"), "--progress", "none"], join(work, "wide")],
-  ["staged grow depth --factor 2", process.execPath, [bin, "grow", "depth", src, join(work, "deep"), "--factor", "2", "--progress", "none"], join(work, "deep")],
+  [
+    "staged grow depth --factor 2",
+    process.execPath,
+    [bin, "grow", "depth", src, join(work, "deep"), "--factor", "2", "--progress", "none"],
+    join(work, "deep"),
+  ],
 ]) {
   if (output) rmSync(output, { recursive: true, force: true });
   execFileSync("sync");

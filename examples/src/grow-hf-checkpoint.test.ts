@@ -23,12 +23,18 @@ beforeAll(async () => {
   for (let i = 0; i < config.n_layer; i++) entries.push({ name: `h.${i}.attn.bias`, tensor: Tensor.zeros("F32", [1, 1, 64, 64]) });
   await writeCheckpoint(hf, "model", entries, { maxShardBytes: 40_000, metadata: { format: "pt" } });
 }, 30_000);
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 it("grows a foreign HF checkpoint exactly and trains it on with its own tokenizer", async () => {
   const hf = join(root, "hf");
   const before = await readFile(join(hf, "model.safetensors.index.json"));
-  const out = execFileSync("bash", [script, hf, join(root, "run"), "4"], { encoding: "utf8", env: { ...process.env, CONTEXT: "32" }, stdio: ["ignore", "pipe", "pipe"] });
+  const out = execFileSync("bash", [script, hf, join(root, "run"), "4"], {
+    encoding: "utf8",
+    env: { ...process.env, CONTEXT: "32" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   const change = /loss on \d+ tokens of brown: ([\d.]+) → ([\d.]+)/.exec(out);
   expect(change, out).not.toBeNull();
   expect(Math.abs(Number(change![2]) - Number(change![1]))).toBeLessThan(1e-4);

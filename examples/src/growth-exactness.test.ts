@@ -7,22 +7,37 @@ import { growWidth, type WidthOptions } from "@staged/grow-width";
 import { growDepth, type DepthOptions } from "@staged/grow-depth";
 import { createEngine, type Engine } from "@staged/trainer-ort";
 
-const B = 4, T = 12, VOCAB = 40;
+const B = 4,
+  T = 12,
+  VOCAB = 40;
 // No dropout (HF's GPT-2 default is 0.1): the steps here must be the deterministic function of the batches.
-const config = { model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 2, vocab_size: VOCAB, n_positions: 16, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 };
+const config = {
+  model_type: "gpt2",
+  n_layer: 2,
+  n_embd: 16,
+  n_head: 2,
+  vocab_size: VOCAB,
+  n_positions: 16,
+  resid_pdrop: 0,
+  embd_pdrop: 0,
+  attn_pdrop: 0,
+};
 const batches = Array.from({ length: 8 }, (_, s) => {
   const rng = new Rng(1000 + s);
   return Int32Array.from({ length: B * T }, () => rng.int(VOCAB));
 });
 
-const readAll = async (m: Map<string, LazyTensor>) =>
-  new Map(await Promise.all([...m].map(async ([n, t]) => [n, (await t.read()).f32] as const)));
+const readAll = async (m: Map<string, LazyTensor>) => new Map(await Promise.all([...m].map(async ([n, t]) => [n, (await t.read()).f32] as const)));
 
 async function engineFor(state: TrainingState): Promise<Engine> {
   const { expAvg, expAvgSq } = state.optimizer;
-  return createEngine(state.architecture, state.config, await readAll(state.params),
+  return createEngine(
+    state.architecture,
+    state.config,
+    await readAll(state.params),
     expAvg && expAvgSq ? { expAvg: await readAll(expAvg), expAvgSq: await readAll(expAvgSq) } : undefined,
-    { batch: B, context: T, threads: 1, noDecay: state.optimizer.noDecay });
+    { batch: B, context: T, threads: 1, noDecay: state.optimizer.noDecay },
+  );
 }
 
 const lazy = (values: Map<string, Float32Array>, shapes: Map<string, LazyTensor>) =>
@@ -46,7 +61,11 @@ async function trainedState(steps = 4, cfg: Record<string, unknown> = config, ar
 
 async function loss(state: TrainingState, batch = batches[7]!): Promise<number> {
   const engine = await engineFor(state);
-  try { return await engine.evalLoss(batch); } finally { await engine.release(); }
+  try {
+    return await engine.evalLoss(batch);
+  } finally {
+    await engine.release();
+  }
 }
 
 let small: TrainingState;
@@ -143,7 +162,8 @@ describe("consistent moments are the grown model's gradients", () => {
       // the gradient the grown model computes for every entry.
       const { actual, scale, mapped, mappedSq } = await grownGradients({ ...options, moments: "consistent" });
       for (const [name, a] of actual) {
-        const m = mapped.get(name)!, m2 = mappedSq.get(name)!;
+        const m = mapped.get(name)!,
+          m2 = mappedSq.get(name)!;
         for (let i = 0; i < a.length; i++) {
           expect(Math.abs(a[i]! - m[i]!), `${name}[${i}]`).toBeLessThan(1e-5 * scale);
           expect(Math.abs(a[i]! * a[i]! - m2[i]!), `${name}[${i}]²`).toBeLessThan(1e-5 * scale * scale);
@@ -159,10 +179,16 @@ describe("fresh units", () => {
       const { actual, scale, mapped, mappedSq, grads } = await grownGradients({ ...options, units: "fresh", seed: 4 });
       // Which entries are the old units' (or copies of a shared parameter): the mapping of moments that are all 1.
       const ones = lazy(new Map([...grads].map(([n, v]) => [n, v.map(() => 1)])), small.params);
-      const old = await readAll(growWidth({ ...small, optimizer: { ...small.optimizer, expAvg: ones, expAvgSq: ones } }, { ...options, units: "fresh", seed: 4 }).optimizer.expAvg!);
-      let newEntries = 0, newGradient = 0;
+      const old = await readAll(
+        growWidth({ ...small, optimizer: { ...small.optimizer, expAvg: ones, expAvgSq: ones } }, { ...options, units: "fresh", seed: 4 }).optimizer
+          .expAvg!,
+      );
+      let newEntries = 0,
+        newGradient = 0;
       for (const [name, a] of actual) {
-        const m = mapped.get(name)!, m2 = mappedSq.get(name)!, o = old.get(name)!;
+        const m = mapped.get(name)!,
+          m2 = mappedSq.get(name)!,
+          o = old.get(name)!;
         for (let i = 0; i < a.length; i++) {
           if (o[i] === 0) {
             expect(m[i], `${name}[${i}] (new)`).toBe(0);
@@ -184,9 +210,13 @@ describe("fresh units", () => {
   it("the new units are the grown model's own initialization; the old units read the mean of the copies", async () => {
     const grown = growWidth(small, { factor: 2, units: "fresh", seed: 9 });
     const fc = "transformer.h.1.mlp.c_fc.weight";
-    const [w, g] = [(await small.params.get(fc)!.read()), (await grown.params.get(fc)!.read())];
+    const [w, g] = [await small.params.get(fc)!.read(), await grown.params.get(fc)!.read()];
     const [rows, cols] = w.shape as [number, number];
-    const fresh = gpt2.initParam(grown.config, gpt2.params(grown.config).find((p) => p.name === fc)!, deriveSeed(9, "fresh units"));
+    const fresh = gpt2.initParam(
+      grown.config,
+      gpt2.params(grown.config).find((p) => p.name === fc)!,
+      deriveSeed(9, "fresh units"),
+    );
     for (let r = 0; r < 2 * rows; r++) {
       for (let c = 0; c < 2 * cols; c++) {
         const at = r * 2 * cols + c;
@@ -217,8 +247,11 @@ describe("symmetry breaking", () => {
 
   it("antithetic noise changes the loss only at second order: far less than plain noise, superlinear in its size", async () => {
     const change = async (o: WidthOptions) => Math.abs((await loss(growWidth(small, { factor: 2, seed: 3, ...o }))) - smallLoss);
-    const [anti1, anti2, plain1] = [await change({ symmetry: "antithetic", noiseStd: 1e-2 }),
-      await change({ symmetry: "antithetic", noiseStd: 2e-2 }), await change({ symmetry: "noise", noiseStd: 1e-2 })];
+    const [anti1, anti2, plain1] = [
+      await change({ symmetry: "antithetic", noiseStd: 1e-2 }),
+      await change({ symmetry: "antithetic", noiseStd: 2e-2 }),
+      await change({ symmetry: "noise", noiseStd: 1e-2 }),
+    ];
     // measured: 6.4e-6 vs 8.6e-4 for plain noise of the same size
     expect(anti1).toBeLessThan(plain1 / 50);
     // no first-order term: doubling the noise (the same draws × 2) multiplies the change by more than 2×
@@ -229,9 +262,45 @@ describe("symmetry breaking", () => {
 
 // The Llama family through the same trainer: grouped-query attention, qwen2's q/k/v biases, tied and untied heads.
 const llamaConfigs: [string, Record<string, unknown>][] = [
-  ["llama, GQA 4/2, untied", { model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: VOCAB, max_position_embeddings: 16 }],
-  ["llama, tied", { model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2, num_attention_heads: 2, vocab_size: VOCAB, max_position_embeddings: 16, tie_word_embeddings: true }],
-  ["qwen2, q/k/v biases, GQA", { model_type: "qwen2", hidden_size: 16, intermediate_size: 32, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 1, vocab_size: VOCAB, max_position_embeddings: 16 }],
+  [
+    "llama, GQA 4/2, untied",
+    {
+      model_type: "llama",
+      hidden_size: 16,
+      intermediate_size: 24,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      vocab_size: VOCAB,
+      max_position_embeddings: 16,
+    },
+  ],
+  [
+    "llama, tied",
+    {
+      model_type: "llama",
+      hidden_size: 16,
+      intermediate_size: 24,
+      num_hidden_layers: 2,
+      num_attention_heads: 2,
+      vocab_size: VOCAB,
+      max_position_embeddings: 16,
+      tie_word_embeddings: true,
+    },
+  ],
+  [
+    "qwen2, q/k/v biases, GQA",
+    {
+      model_type: "qwen2",
+      hidden_size: 16,
+      intermediate_size: 32,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 1,
+      vocab_size: VOCAB,
+      max_position_embeddings: 16,
+    },
+  ],
 ];
 
 describe.each(llamaConfigs)("Llama family: %s", (_label, cfg) => {
@@ -243,9 +312,13 @@ describe.each(llamaConfigs)("Llama family: %s", (_label, cfg) => {
   }, 60_000);
 
   const width: [string, WidthOptions][] = [
-    ["width ×2", { factor: 2 }], ["width ×2, paper moments", { factor: 2, moments: "paper" }], ["width ×3", { factor: 3 }],
-    ["FFN only ×2", { factor: 1, ffnFactor: 2 }], ["width ×2, lossless split", { factor: 2, symmetry: "split", seed: 3 }],
-    ["width ×2, fresh units", { factor: 2, units: "fresh", seed: 3 }], ["width ×3, fresh units", { factor: 3, units: "fresh", seed: 3 }],
+    ["width ×2", { factor: 2 }],
+    ["width ×2, paper moments", { factor: 2, moments: "paper" }],
+    ["width ×3", { factor: 3 }],
+    ["FFN only ×2", { factor: 1, ffnFactor: 2 }],
+    ["width ×2, lossless split", { factor: 2, symmetry: "split", seed: 3 }],
+    ["width ×2, fresh units", { factor: 2, units: "fresh", seed: 3 }],
+    ["width ×3, fresh units", { factor: 3, units: "fresh", seed: 3 }],
   ];
   for (const [label, options] of width) it(`${label} keeps the loss`, async () => close(await loss(growWidth(base, options)), baseLoss), 30_000);
 
@@ -264,7 +337,10 @@ describe.each(llamaConfigs)("Llama family: %s", (_label, cfg) => {
     const engine = await engineFor(base);
     const { grads } = await engine.gradients(batches[6]!);
     await engine.release();
-    const grown = growWidth({ ...base, optimizer: { ...base.optimizer, expAvg: lazy(grads, base.params), expAvgSq: lazy(grads, base.params) } }, { factor: 2 });
+    const grown = growWidth(
+      { ...base, optimizer: { ...base.optimizer, expAvg: lazy(grads, base.params), expAvgSq: lazy(grads, base.params) } },
+      { factor: 2 },
+    );
     const big = await engineFor(grown);
     const actual = (await big.gradients(batches[6]!)).grads;
     await big.release();

@@ -21,8 +21,34 @@ const staged = (...args: string[]) => {
 
 let dir: string, data: string;
 const configs: [string, Record<string, unknown>][] = [
-  ["llama-gqa-bf16", { model_type: "llama", hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 256, max_position_embeddings: 32, torch_dtype: "bfloat16" }],
-  ["qwen2-tied", { model_type: "qwen2", hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 1, vocab_size: 256, max_position_embeddings: 32, tie_word_embeddings: true }],
+  [
+    "llama-gqa-bf16",
+    {
+      model_type: "llama",
+      hidden_size: 32,
+      intermediate_size: 64,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      vocab_size: 256,
+      max_position_embeddings: 32,
+      torch_dtype: "bfloat16",
+    },
+  ],
+  [
+    "qwen2-tied",
+    {
+      model_type: "qwen2",
+      hidden_size: 32,
+      intermediate_size: 48,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 1,
+      vocab_size: 256,
+      max_position_embeddings: 32,
+      tie_word_embeddings: true,
+    },
+  ],
 ];
 
 beforeAll(async () => {
@@ -35,7 +61,8 @@ beforeAll(async () => {
     await writeFile(join(path, "config.json"), JSON.stringify(config));
     const dtype = name.includes("bf16") ? "BF16" : "F32";
     const entries = [...llama.init(config, 11)].map(([n, t]) => ({ name: n.replace(/^model\./, ""), tensor: t.withDType(dtype) }));
-    for (let i = 0; i < 2; i++) entries.push({ name: `layers.${i}.self_attn.rotary_emb.inv_freq`, tensor: Tensor.fromArray([4], [1, 0.1, 0.01, 0.001]) });
+    for (let i = 0; i < 2; i++)
+      entries.push({ name: `layers.${i}.self_attn.rotary_emb.inv_freq`, tensor: Tensor.fromArray([4], [1, 0.1, 0.01, 0.001]) });
     await writeCheckpoint(path, "model", entries, { maxShardBytes: dtype === "BF16" ? 20_000 : undefined, metadata: { format: "pt" } });
   }
 }, 60_000);
@@ -58,19 +85,26 @@ describe.each(configs)("%s", (name) => {
     const back = await loadTrainingState(out);
     expect(back.progress.step).toBe(2);
     expect(back.shape.layers).toBe(4);
-    expect(JSON.parse(await readFile(join(out, "config.json"), "utf8")).architectures).toEqual([name.startsWith("qwen2") ? "Qwen2ForCausalLM" : "LlamaForCausalLM"]);
+    expect(JSON.parse(await readFile(join(out, "config.json"), "utf8")).architectures).toEqual([
+      name.startsWith("qwen2") ? "Qwen2ForCausalLM" : "LlamaForCausalLM",
+    ]);
     await back.close();
   }, 120_000);
 
   it("from the CLI: inspect, grow width and depth, train, eval", async () => {
     const info = JSON.parse(staged("--json", "inspect", join(dir, name)).stdout) as Record<string, unknown>;
     expect(info).toMatchObject({ architecture: "llama", layers: 2, dModel: 32, gatedMlp: true });
-    const wide = join(dir, `${name}-wide`), deep = join(dir, `${name}-deep`);
+    const wide = join(dir, `${name}-wide`),
+      deep = join(dir, `${name}-deep`);
     staged("grow", "width", join(dir, name), wide, "--factor", "2");
     staged("grow", "depth", wide, deep, "--layer-map", "0,1,0,1");
-    const trained = JSON.parse(staged("--json", "train", deep, "--data", data, "--steps", "2", "--batch", "2", "--context", "16", "--threads", "1").stdout) as { step: number };
+    const trained = JSON.parse(
+      staged("--json", "train", deep, "--data", data, "--steps", "2", "--batch", "2", "--context", "16", "--threads", "1").stdout,
+    ) as { step: number };
     expect(trained.step).toBe(2);
-    const ev = JSON.parse(staged("--json", "eval", deep, "--data", data, "--context", "16", "--max-blocks", "4", "--threads", "1").stdout) as { loss: number };
+    const ev = JSON.parse(staged("--json", "eval", deep, "--data", data, "--context", "16", "--max-blocks", "4", "--threads", "1").stdout) as {
+      loss: number;
+    };
     expect(Number.isFinite(ev.loss)).toBe(true);
   }, 120_000);
 });

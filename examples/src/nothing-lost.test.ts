@@ -16,14 +16,20 @@ beforeAll(async () => {
   small = join(dir, "small");
   data = join(dir, "data.txt");
   await writeFile(data, "the cat sat on the mat and the dog ran far away. ".repeat(100));
-  await saveTrainingState(small, initTrainingState("gpt2", { model_type: "gpt2", n_layer: 1, n_embd: 16, n_head: 2, vocab_size: 256, n_positions: 16 }, 1));
+  await saveTrainingState(
+    small,
+    initTrainingState("gpt2", { model_type: "gpt2", n_layer: 1, n_embd: 16, n_head: 2, vocab_size: 256, n_positions: 16 }, 1),
+  );
 });
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
 describe("growing a loaded checkpoint", () => {
   it("train(growWidth(loaded)) without a saveDir is refused, and the small checkpoint is untouched", async () => {
     const before = await readFile(join(small, "model.safetensors"));
-    for (const grow of [(s: Awaited<ReturnType<typeof loadTrainingState>>) => growWidth(s, { factor: 2 }), (s: Awaited<ReturnType<typeof loadTrainingState>>) => growDepth(s, { factor: 2 })]) {
+    for (const grow of [
+      (s: Awaited<ReturnType<typeof loadTrainingState>>) => growWidth(s, { factor: 2 }),
+      (s: Awaited<ReturnType<typeof loadTrainingState>>) => growDepth(s, { factor: 2 }),
+    ]) {
       const loaded = await loadTrainingState(small);
       const grown = grow(loaded);
       expect("source" in grown).toBe(false);
@@ -40,7 +46,9 @@ describe("growing a loaded checkpoint", () => {
     const loaded = await loadTrainingState(small);
     const grown = growWidth(loaded, { factor: 2 });
     await loaded.close();
-    await expect(saveTrainingState(join(dir, "late"), grown)).rejects.toThrow(/small\/model.safetensors: closed before tensor .* so save it .* before closing/);
+    await expect(saveTrainingState(join(dir, "late"), grown)).rejects.toThrow(
+      /small\/model.safetensors: closed before tensor .* so save it .* before closing/,
+    );
     expect((await readdir(dir)).sort()).toEqual(["data.txt", "small"]);
   });
 });

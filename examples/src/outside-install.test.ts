@@ -149,10 +149,14 @@ describe("packed tarballs of every package outside the workspace", () => {
     await writeFile(join(project, "package.json"), JSON.stringify({ name: "outside", private: true, type: "module" }));
     const tarballs = (await readdir(project)).filter((f) => f.endsWith(".tgz")).map((f) => `./${f}`);
     expect(tarballs).toHaveLength(packages.length);
-    run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", ...tarballs], project,
-      { ...process.env, ONNXRUNTIME_NODE_INSTALL: "skip" });
+    run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", ...tarballs], project, {
+      ...process.env,
+      ONNXRUNTIME_NODE_INSTALL: "skip",
+    });
   }, 300_000);
-  afterAll(async () => { if (project) await rm(project, { recursive: true, force: true }); });
+  afterAll(async () => {
+    if (project) await rm(project, { recursive: true, force: true });
+  });
 
   it("the script and the typed file use every package", () => {
     for (const p of packages) {
@@ -169,30 +173,49 @@ describe("packed tarballs of every package outside the workspace", () => {
     for (const l of [...out.losses, out.valLoss]) expect(l).toBeGreaterThan(4); // ~ln 256 = 5.5 at the start
     expect(out.saved).toMatchObject({ step: 3, metrics: 3, shape: { layers: 2, dModel: 16 } });
     expect(out.flopsPerToken).toBeGreaterThan(0);
-    expect(out.runs).toEqual([{ name: "w-s0", done: true, growths: 1 }, { name: "baseline-s0", done: true, growths: 0 }]);
+    expect(out.runs).toEqual([
+      { name: "w-s0", done: true, growths: 1 },
+      { name: "baseline-s0", done: true, growths: 0 },
+    ]);
     expect(out.report).toContain("baseline");
     expect(out.program).toBe("staged");
-    expect(out.exported).toEqual(expect.arrayContaining(["onnx/model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]));
+    expect(out.exported).toEqual(
+      expect.arrayContaining(["onnx/model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]),
+    );
     expect(out.generated).toBe(4);
     expect(out.torchShape).toEqual([256, 16]); // the grown token embedding, through torch.save's format and back
     // The trained checkpoint written as a Trainer checkpoint: step, schedule position and LR read back from it.
     expect(out.trainer).toMatchObject({ globalStep: 3, lr: 1e-3, copiedFiles: [] });
 
     const help = run("npx", ["--no", "--", "staged", "--help"], project);
-    for (const command of ["inspect", "init", "train", "eval", "grow", "plan", "run", "report", "export", "generate"]) expect(help).toContain(`${command} `);
+    for (const command of ["inspect", "init", "train", "eval", "grow", "plan", "run", "report", "export", "generate"])
+      expect(help).toContain(`${command} `);
     const inspected = JSON.parse(run("npx", ["--no", "--", "staged", "inspect", join(project, "ckpt"), "--json"], project));
     expect(inspected).toMatchObject({ architecture: "gpt2", layers: 2, dModel: 16, heads: 4, step: 3, hasOptimizerState: true });
-    const generated = JSON.parse(run("npx", ["--no", "--", "staged", "generate", join(project, "ckpt"), "--prompt", "the", "--max-new-tokens", "3", "--json"], project));
+    const generated = JSON.parse(
+      run("npx", ["--no", "--", "staged", "generate", join(project, "ckpt"), "--prompt", "the", "--max-new-tokens", "3", "--json"], project),
+    );
     expect(generated).toMatchObject({ prompt: "the", promptIds: [116, 104, 101], exported: true });
     expect(generated.newIds).toHaveLength(3);
   }, 120_000);
 
   it("a strict TypeScript file (skipLibCheck off) compiles against every package's public types", async () => {
     await writeFile(join(project, "use.ts"), typed);
-    await writeFile(join(project, "tsconfig.json"), JSON.stringify({
-      compilerOptions: { module: "NodeNext", moduleResolution: "NodeNext", target: "ES2022", strict: true, noEmit: true, skipLibCheck: false, types: [] },
-      files: ["use.ts"],
-    }));
+    await writeFile(
+      join(project, "tsconfig.json"),
+      JSON.stringify({
+        compilerOptions: {
+          module: "NodeNext",
+          moduleResolution: "NodeNext",
+          target: "ES2022",
+          strict: true,
+          noEmit: true,
+          skipLibCheck: false,
+          types: [],
+        },
+        files: ["use.ts"],
+      }),
+    );
     const files = run(process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json", "--listFiles"], project);
     for (const p of packages) expect(files).toContain(join(project, "node_modules", "@staged", p, "dist", "index.d.ts"));
     // No public type may reach into onnx-proto (its typings need protobufjs' Long, which consumers lack).

@@ -6,10 +6,17 @@ import { listenForInterrupt, lostSince } from "./interrupt.js";
 // emitted here after the first has been handled, as a user's second Ctrl-C comes.
 const sink = () => {
   const lines: string[] = [];
-  const err = new Writable({ write(chunk: Buffer, _e, cb) { lines.push(...chunk.toString().trimEnd().split("\n")); cb(); } });
+  const err = new Writable({
+    write(chunk: Buffer, _e, cb) {
+      lines.push(...chunk.toString().trimEnd().split("\n"));
+      cb();
+    },
+  });
   return { lines, err };
 };
-afterEach(() => { vi.restoreAllMocks(); });
+afterEach(() => {
+  vi.restoreAllMocks();
+});
 
 describe("listenForInterrupt", () => {
   it("the first signal aborts the signal and says what happens; a second exits at once with what is lost", () => {

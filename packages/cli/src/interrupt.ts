@@ -19,8 +19,7 @@ const STATUS: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
  * Listen for SIGINT and SIGTERM. `stopping` is the line said at the first signal (what the command does now);
  * `lost()` says, at a second, what aborting loses (e.g. "steps 21–37 since the last save at step 20").
  */
-export function listenForInterrupt(stopping: string, lost: () => string,
-                                   err: NodeJS.WritableStream = process.stderr): Interrupt {
+export function listenForInterrupt(stopping: string, lost: () => string, err: NodeJS.WritableStream = process.stderr): Interrupt {
   const controller = new AbortController();
   let received: string | null = null;
   const handler = (name: NodeJS.Signals): void => {
@@ -37,8 +36,11 @@ export function listenForInterrupt(stopping: string, lost: () => string,
   process.on("SIGTERM", handler);
   return {
     signal: controller.signal,
-    status: () => (received === null ? null : STATUS[received] ?? 130),
-    dispose: () => { process.off("SIGINT", handler); process.off("SIGTERM", handler); },
+    status: () => (received === null ? null : (STATUS[received] ?? 130)),
+    dispose: () => {
+      process.off("SIGINT", handler);
+      process.off("SIGTERM", handler);
+    },
   };
 }
 
@@ -56,8 +58,7 @@ export class Interrupted extends Error {}
  * temporary files; ended so, the command fails with "<output>: interrupted: nothing was written" and keeps the
  * signal's exit status. `what` names the write in the first signal's line, `left` what a second one leaves.
  */
-export async function abandonOnInterrupt<T>(output: string, what: string, left: string,
-                                            write: (signal: AbortSignal) => Promise<T>): Promise<T> {
+export async function abandonOnInterrupt<T>(output: string, what: string, left: string, write: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const interrupt = listenForInterrupt(`abandoning ${what}: nothing is written to ${output}`, () => left);
   try {
     return await write(interrupt.signal);

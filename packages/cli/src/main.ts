@@ -12,7 +12,10 @@ import { registerExport } from "./commands/export.js";
 import { registerGenerate } from "./commands/generate.js";
 import { registerConvert } from "./commands/convert.js";
 
-export interface GlobalOptions { json?: boolean; debug?: boolean }
+export interface GlobalOptions {
+  json?: boolean;
+  debug?: boolean;
+}
 
 /** Build the `staged` program; each command lives in its own module under commands/. */
 export function createProgram(): Command {

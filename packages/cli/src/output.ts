@@ -8,12 +8,15 @@ export interface Output {
   result(value: object, human: string): void;
 }
 
-export function createOutput(json: boolean, out: NodeJS.WritableStream = process.stdout,
-                             err: NodeJS.WritableStream = process.stderr): Output {
+export function createOutput(json: boolean, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Output {
   return {
     json,
-    info: (line) => { if (!json) err.write(line + "\n"); },
-    result: (value, human) => { out.write(json ? JSON.stringify(value) + "\n" : human + (human.endsWith("\n") ? "" : "\n")); },
+    info: (line) => {
+      if (!json) err.write(line + "\n");
+    },
+    result: (value, human) => {
+      out.write(json ? JSON.stringify(value) + "\n" : human + (human.endsWith("\n") ? "" : "\n"));
+    },
   };
 }
 

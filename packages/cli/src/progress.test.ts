@@ -39,7 +39,15 @@ describe("progress on stderr", () => {
     p.stop();
     const objects = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(objects).toHaveLength(2);
-    expect(objects[0]).toMatchObject({ progress: "writing", done: 4e8, total: 1e9, unit: "bytes", seconds: expect.any(Number), rate: expect.any(Number), etaSeconds: expect.any(Number) });
+    expect(objects[0]).toMatchObject({
+      progress: "writing",
+      done: 4e8,
+      total: 1e9,
+      unit: "bytes",
+      seconds: expect.any(Number),
+      rate: expect.any(Number),
+      etaSeconds: expect.any(Number),
+    });
     expect(objects[0]!.end).toBeUndefined();
     expect(objects[1]).toMatchObject({ done: 4e8, end: true });
     const quiet = sink();
@@ -58,7 +66,14 @@ describe("progress on stderr", () => {
     const reporter = (mode: ProgressMode, every: { seconds: number } | { parts: number }, lastLine: "always" | "if-shown" | "never", base = 0) => {
       const { lines, stream } = sink();
       const r = createReporter<{ loss: number | null }>({
-        label: "training", unit: "steps", details: { loss: null }, mode, stream, every, lastLine, base,
+        label: "training",
+        unit: "steps",
+        details: { loss: null },
+        mode,
+        stream,
+        every,
+        lastLine,
+        base,
         line: (v) => `${v.done}/${v.total} loss ${v.details.loss ?? "-"} ETA ${fmtTime(v.eta)}${v.final ? " end" : ""}`,
         fields: (v) => ({ loss: v.details.loss }),
       });
@@ -80,7 +95,15 @@ describe("progress on stderr", () => {
       r.stop();
       r.stop();
       expect(lines).toHaveLength(1);
-      expect(JSON.parse(lines[0]!)).toMatchObject({ progress: "training", done: 150, total: 200, unit: "steps", loss: 2.5, end: true, rate: expect.any(Number) });
+      expect(JSON.parse(lines[0]!)).toMatchObject({
+        progress: "training",
+        done: 150,
+        total: 200,
+        unit: "steps",
+        loss: 2.5,
+        end: true,
+        rate: expect.any(Number),
+      });
       const quick = reporter("lines", { seconds: 10 }, "always", 100);
       quick.r.update(200, 200, { loss: 2 });
       quick.r.stop();
@@ -93,7 +116,15 @@ describe("progress on stderr", () => {
 
     it("auto without a bar writes lines on a terminal too", () => {
       const lines: string[] = [];
-      const r = createReporter<null>({ label: "x", unit: "steps", details: null, every: { parts: 1 }, lastLine: "never", stream: { write: (s: string) => lines.push(s), isTTY: true }, line: (v) => `${v.done}` });
+      const r = createReporter<null>({
+        label: "x",
+        unit: "steps",
+        details: null,
+        every: { parts: 1 },
+        lastLine: "never",
+        stream: { write: (s: string) => lines.push(s), isTTY: true },
+        line: (v) => `${v.done}`,
+      });
       r.update(1, 1);
       r.stop();
       expect(lines).toEqual(["1\n"]);

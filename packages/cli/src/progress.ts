@@ -71,7 +71,11 @@ export function createReporter<D>(o: ReporterOptions<D>): Reporter<D> {
   const mode = requested === "auto" ? (stream.isTTY && barOf ? "bar" : "lines") : requested;
   const t0 = performance.now();
   const base = o.base ?? 0;
-  let done = 0, total = 0, details = o.details, shown = false, ended = false;
+  let done = 0,
+    total = 0,
+    details = o.details,
+    shown = false,
+    ended = false;
   let bar: cliProgress.SingleBar | null = null;
 
   const view = (final: boolean): ProgressView<D> => {
@@ -83,16 +87,27 @@ export function createReporter<D>(o: ReporterOptions<D>): Reporter<D> {
   const report = (final: boolean): void => {
     const v = view(final);
     if (mode === "jsonl") {
-      stream.write(JSON.stringify({
-        progress: o.label, done, total, unit: o.unit, seconds: +v.seconds.toFixed(1), rate: Math.round(v.rate),
-        etaSeconds: Number.isFinite(v.eta) ? +v.eta.toFixed(1) : null, ...o.fields?.(v), ...(final ? { end: true } : {}),
-      }) + "\n");
+      stream.write(
+        JSON.stringify({
+          progress: o.label,
+          done,
+          total,
+          unit: o.unit,
+          seconds: +v.seconds.toFixed(1),
+          rate: Math.round(v.rate),
+          etaSeconds: Number.isFinite(v.eta) ? +v.eta.toFixed(1) : null,
+          ...o.fields?.(v),
+          ...(final ? { end: true } : {}),
+        }) + "\n",
+      );
     } else if (mode === "lines") {
       stream.write(o.line(v) + "\n");
     } else if (mode === "bar" && barOf) {
       if (!bar) {
-        bar = new cliProgress.SingleBar({ stream: stream as NodeJS.WriteStream, hideCursor: true, clearOnComplete: false, etaBuffer: 20, format: barOf.format },
-          cliProgress.Presets.shades_classic);
+        bar = new cliProgress.SingleBar(
+          { stream: stream as NodeJS.WriteStream, hideCursor: true, clearOnComplete: false, etaBuffer: 20, format: barOf.format },
+          cliProgress.Presets.shades_classic,
+        );
         bar.start(total, done, barOf.values(v));
       }
       bar.setTotal(total);
@@ -103,12 +118,15 @@ export function createReporter<D>(o: ReporterOptions<D>): Reporter<D> {
 
   const every = o.every;
   let nextLine = 1;
-  const timer = mode === "none" || !("seconds" in every) ? null : setInterval(() => {
-    const seconds = (performance.now() - t0) / 1000;
-    if (ended || seconds < nextLine - 0.05) return;
-    report(false);
-    nextLine = Math.floor(seconds) + (mode === "lines" ? every.seconds : 1);
-  }, 1000);
+  const timer =
+    mode === "none" || !("seconds" in every)
+      ? null
+      : setInterval(() => {
+          const seconds = (performance.now() - t0) / 1000;
+          if (ended || seconds < nextLine - 0.05) return;
+          report(false);
+          nextLine = Math.floor(seconds) + (mode === "lines" ? every.seconds : 1);
+        }, 1000);
   timer?.unref();
 
   return {
@@ -157,11 +175,16 @@ export interface ProgressOptions {
 export function createProgress(label: string, unit: string, scale = 1, options: ProgressOptions = {}) {
   const show = (n: number) => (n / scale).toFixed(scale === 1 ? 0 : 1);
   const reporter = createReporter<null>({
-    label, unit: options.baseUnit ?? unit, details: null, every: { seconds: options.lineEvery ?? 5 },
-    ...(options.mode ? { mode: options.mode } : {}), ...(options.stream ? { stream: options.stream } : {}),
-    line: (v) => v.final
-      ? `  ${label} ${show(v.done)} of ${show(v.total)} ${unit} in ${fmtTime(v.seconds)}, ${show(v.rate)} ${unit}/s`
-      : `  ${label} ${show(v.done)} of ${show(v.total)} ${unit}, ${show(v.rate)} ${unit}/s, ETA ${fmtTime(v.eta)}`,
+    label,
+    unit: options.baseUnit ?? unit,
+    details: null,
+    every: { seconds: options.lineEvery ?? 5 },
+    ...(options.mode ? { mode: options.mode } : {}),
+    ...(options.stream ? { stream: options.stream } : {}),
+    line: (v) =>
+      v.final
+        ? `  ${label} ${show(v.done)} of ${show(v.total)} ${unit} in ${fmtTime(v.seconds)}, ${show(v.rate)} ${unit}/s`
+        : `  ${label} ${show(v.done)} of ${show(v.total)} ${unit}, ${show(v.rate)} ${unit}/s, ETA ${fmtTime(v.eta)}`,
     bar: {
       format: `${label} {bar} {shown}/{all} ${unit} | {rate} ${unit}/s | ETA {eta_formatted}`,
       values: (v) => ({ shown: show(v.done), all: show(v.total), rate: v.seconds >= 1 ? show(v.rate) : "-" }),
@@ -174,6 +197,8 @@ export function createProgress(label: string, unit: string, scale = 1, options: 
 export function fmtTime(s: number): string {
   if (!Number.isFinite(s)) return "-";
   const t = Math.max(0, Math.round(s));
-  const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), sec = t % 60;
+  const h = Math.floor(t / 3600),
+    m = Math.floor((t % 3600) / 60),
+    sec = t % 60;
   return h ? `${h}h${String(m).padStart(2, "0")}m` : m ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
 }

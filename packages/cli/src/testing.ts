@@ -8,7 +8,11 @@ import { Tensor, initTrainingState, saveTrainingState, type TrainingState } from
 
 const BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
 
-export interface Run { status: number | null; stdout: string; stderr: string }
+export interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 export function staged(...args: string[]): Run {
   const r = spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", timeout: 120_000 });
@@ -36,9 +40,29 @@ export const TEST_CONFIG = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 
 /** A tiny checkpoint with moments, schedule and progress, in a dtype, optionally sharded, weights × scale. */
 export async function testCheckpoint(dir: string, dtype: "F32" | "F16" | "BF16" = "F32", maxShardBytes?: number, scale = 1): Promise<string> {
   const s = initTrainingState("gpt2", TEST_CONFIG, 3);
-  const as = (c: number) => new Map([...s.params].map(([n, t]) => [n, { dtype, shape: t.shape, read: async () => new Tensor(dtype, t.shape, (await t.read()).f32.map((v) => Math.abs(v) * c)) }]));
-  const state: TrainingState = { ...s, params: as(scale), optimizer: { ...s.optimizer, step: 5, expAvg: as(0.1), expAvgSq: as(0.01) },
-    schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 40, restarts: [] }, progress: { ...s.progress, step: 5, tokensSeen: 320 } };
+  const as = (c: number) =>
+    new Map(
+      [...s.params].map(([n, t]) => [
+        n,
+        {
+          dtype,
+          shape: t.shape,
+          read: async () =>
+            new Tensor(
+              dtype,
+              t.shape,
+              (await t.read()).f32.map((v) => Math.abs(v) * c),
+            ),
+        },
+      ]),
+    );
+  const state: TrainingState = {
+    ...s,
+    params: as(scale),
+    optimizer: { ...s.optimizer, step: 5, expAvg: as(0.1), expAvgSq: as(0.01) },
+    schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 40, restarts: [] },
+    progress: { ...s.progress, step: 5, tokensSeen: 320 },
+  };
   await saveTrainingState(dir, state, { maxShardBytes });
   return dir;
 }

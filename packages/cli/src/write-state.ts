@@ -1,6 +1,14 @@
 import { isAbsolute, relative, resolve } from "node:path";
 import {
-  canonicalPath, checkDiskSpace, checkpointBytes, formatCount, parameterCount, saveTrainingState, writeAnnouncement, type Registry, type TrainingState,
+  canonicalPath,
+  checkDiskSpace,
+  checkpointBytes,
+  formatCount,
+  parameterCount,
+  saveTrainingState,
+  writeAnnouncement,
+  type Registry,
+  type TrainingState,
 } from "@staged/core";
 import { abandonOnInterrupt } from "./interrupt.js";
 import { createProgress, type ProgressMode } from "./progress.js";
@@ -16,7 +24,8 @@ const inside = (child: string, parent: string): boolean => {
  * the save cannot see these itself). `what` names the command in the message ("growth never overwrites its input").
  */
 export async function checkOutputBesideInput(input: string, output: string, what: string): Promise<void> {
-  const from = await canonicalPath(input), to = await canonicalPath(output);
+  const from = await canonicalPath(input),
+    to = await canonicalPath(output);
   if (from === to) throw new UsageError(`${output}: the output is the input checkpoint (${what} never overwrites its input)`);
   if (inside(to, from)) throw new UsageError(`${output}: the output is inside the input checkpoint ${from}`);
   if (inside(from, to)) throw new UsageError(`${output}: the output contains the input checkpoint ${from}`);
@@ -52,14 +61,22 @@ export async function writeState(output: string, state: TrainingState, bytes: nu
   }
   const t0 = performance.now();
   const progress = createProgress("writing", "MB", 1e6, { mode: o.progress ?? "auto", baseUnit: "bytes" });
-  progress.update(0, bytes - [...state.files?.values() ?? []].reduce((n, f) => n + f.byteLength, 0)); // the tensors' bytes
+  progress.update(0, bytes - [...(state.files?.values() ?? [])].reduce((n, f) => n + f.byteLength, 0)); // the tensors' bytes
   try {
-    await abandonOnInterrupt(output, "the write", `its temporary files are left beside ${output} for the next staged command on it to clear`,
-      (signal) => saveTrainingState(output, state, {
-        registry: o.registry, overwrite: Boolean(o.force), signal,
-        ...(o.maxShardBytes !== undefined ? { maxShardBytes: o.maxShardBytes } : {}), ...(o.format !== undefined ? { format: o.format } : {}),
-        onProgress: (p) => progress.update(p.bytes, p.totalBytes),
-      }));
+    await abandonOnInterrupt(
+      output,
+      "the write",
+      `its temporary files are left beside ${output} for the next staged command on it to clear`,
+      (signal) =>
+        saveTrainingState(output, state, {
+          registry: o.registry,
+          overwrite: Boolean(o.force),
+          signal,
+          ...(o.maxShardBytes !== undefined ? { maxShardBytes: o.maxShardBytes } : {}),
+          ...(o.format !== undefined ? { format: o.format } : {}),
+          onProgress: (p) => progress.update(p.bytes, p.totalBytes),
+        }),
+    );
   } finally {
     progress.stop();
   }

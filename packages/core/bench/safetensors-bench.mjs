@@ -24,12 +24,17 @@ import { parseSafetensorsHeader } from "../dist/safetensors/header.js";
 
 const args = process.argv.slice(2);
 const json = args.includes("--json");
-const opt = (name, def) => { const i = args.indexOf(name); return i >= 0 ? Number(args[i + 1]) : def; };
+const opt = (name, def) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : def;
+};
 const targetBytes = opt("--size-mb", 1024) * 2 ** 20;
 const shardCount = opt("--shards", 4);
 const reps = opt("--reps", 5);
 const parentDir = args.includes("--dir") ? args[args.indexOf("--dir") + 1] : tmpdir();
-const log = (...a) => { if (!json) console.error(...a); };
+const log = (...a) => {
+  if (!json) console.error(...a);
+};
 const MB = 1e6;
 const maxRssBytes = () => process.resourceUsage().maxRSS * 1024;
 /**
@@ -40,25 +45,38 @@ function peakRssBytes() {
   try {
     const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync("/proc/self/status", "utf8"));
     if (m) return Number(m[1]) * 1024;
-  } catch { /* not Linux */ }
+  } catch {
+    /* not Linux */
+  }
   return maxRssBytes();
 }
 
 /** GPT-2-medium-like F32 tensors: 64 MiB embedding, per layer 12/4/16/16 MiB matrices and small vectors. */
 function layout() {
-  const d = 1024, vocab = 16384, ctx = 1024;
-  const list = [["wte.weight", [vocab, d]], ["wpe.weight", [ctx, d]]];
+  const d = 1024,
+    vocab = 16384,
+    ctx = 1024;
+  const list = [
+    ["wte.weight", [vocab, d]],
+    ["wpe.weight", [ctx, d]],
+  ];
   let bytes = 4 * (vocab * d + ctx * d);
   const perLayer = 4 * (12 * d * d + 13 * d + 4 * d);
   for (let l = 0; bytes + perLayer <= targetBytes + perLayer / 2; l++) {
     const p = `h.${l}.`;
     list.push(
-      [p + "ln_1.weight", [d]], [p + "ln_1.bias", [d]],
-      [p + "attn.c_attn.weight", [d, 3 * d]], [p + "attn.c_attn.bias", [3 * d]],
-      [p + "attn.c_proj.weight", [d, d]], [p + "attn.c_proj.bias", [d]],
-      [p + "ln_2.weight", [d]], [p + "ln_2.bias", [d]],
-      [p + "mlp.c_fc.weight", [d, 4 * d]], [p + "mlp.c_fc.bias", [4 * d]],
-      [p + "mlp.c_proj.weight", [4 * d, d]], [p + "mlp.c_proj.bias", [d]],
+      [p + "ln_1.weight", [d]],
+      [p + "ln_1.bias", [d]],
+      [p + "attn.c_attn.weight", [d, 3 * d]],
+      [p + "attn.c_attn.bias", [3 * d]],
+      [p + "attn.c_proj.weight", [d, d]],
+      [p + "attn.c_proj.bias", [d]],
+      [p + "ln_2.weight", [d]],
+      [p + "ln_2.bias", [d]],
+      [p + "mlp.c_fc.weight", [d, 4 * d]],
+      [p + "mlp.c_fc.bias", [4 * d]],
+      [p + "mlp.c_proj.weight", [4 * d, d]],
+      [p + "mlp.c_proj.bias", [d]],
     );
     bytes += perLayer;
   }
@@ -69,12 +87,16 @@ function layout() {
 /** Lazy tensor with cheap deterministic values (generated on read, so generation streams too). */
 function synthetic(shape, seed) {
   return {
-    dtype: "F32", shape,
+    dtype: "F32",
+    shape,
     read: async () => {
       const n = shape.reduce((a, b) => a * b, 1);
       const out = new Float32Array(n);
       let s = (seed * 2654435761) >>> 0;
-      for (let i = 0; i < n; i++) { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; out[i] = (s >>> 8) * 5.960464477539063e-8 - 0.5; }
+      for (let i = 0; i < n; i++) {
+        s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+        out[i] = (s >>> 8) * 5.960464477539063e-8 - 0.5;
+      }
       return new Tensor("F32", shape, out);
     },
   };
@@ -89,7 +111,8 @@ async function dirBytes(dir) {
 async function sameFiles(a, b) {
   const names = (await readdir(a)).sort();
   if (JSON.stringify(names) !== JSON.stringify((await readdir(b)).sort())) return false;
-  const bufA = Buffer.alloc(64 << 20), bufB = Buffer.alloc(64 << 20);
+  const bufA = Buffer.alloc(64 << 20),
+    bufB = Buffer.alloc(64 << 20);
   for (const f of names) {
     const [fa, fb] = [await open(join(a, f)), await open(join(b, f))];
     try {
@@ -98,14 +121,22 @@ async function sameFiles(a, b) {
         if (ra !== rb || !bufA.subarray(0, ra).equals(bufB.subarray(0, rb))) return false;
         if (ra === 0) break;
       }
-    } finally { await fa.close(); await fb.close(); }
+    } finally {
+      await fa.close();
+      await fb.close();
+    }
   }
   return true;
 }
 
 /** Best time to validate a ~10 MB header of mixed-dtype tensors, in milliseconds. */
 function headerParse() {
-  const dtypes = [["F32", 4], ["BF16", 2], ["F16", 2], ["I64", 8]];
+  const dtypes = [
+    ["F32", 4],
+    ["BF16", 2],
+    ["F16", 2],
+    ["I64", 8],
+  ];
   const parts = [];
   let offset = 0;
   let length = 0;
@@ -144,7 +175,10 @@ async function streamCopy(src, dst) {
       let done = 0;
       while (done < bytesRead) done += (await fo.write(buf, done, bytesRead - done)).bytesWritten;
     }
-  } finally { await fi.close(); await fo.close(); }
+  } finally {
+    await fi.close();
+    await fo.close();
+  }
 }
 
 /** One timed job, run in this process as a child: prints {seconds, maxRssBytes}. */
@@ -155,7 +189,9 @@ async function child(kind, src, dst, maxShardBytes) {
       try {
         const entries = [...ck.tensors].map(([name, t]) => ({ name, tensor: t.lazy }));
         await writeCheckpoint(dst, "model", entries, { maxShardBytes, metadata: ck.metadata ?? undefined });
-      } finally { await closeCheckpoint(ck); }
+      } finally {
+        await closeCheckpoint(ck);
+      }
     } else {
       for (const f of await readdir(src)) {
         if (kind === "copyFile") await copyFile(join(src, f), join(dst, f));
@@ -167,19 +203,32 @@ async function child(kind, src, dst, maxShardBytes) {
 }
 
 function existsProcStatus() {
-  try { readFileSync("/proc/self/status"); return true; } catch { return false; }
+  try {
+    readFileSync("/proc/self/status");
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Flush dirty pages so that one job's writeback does not slow the next (best effort). */
 function settle() {
-  try { execFileSync("sync", { stdio: "ignore" }); } catch { /* no sync command */ }
+  try {
+    execFileSync("sync", { stdio: "ignore" });
+  } catch {
+    /* no sync command */
+  }
 }
 
 async function warm(dir) {
   const buf = Buffer.allocUnsafe(16 << 20);
   for (const f of await readdir(dir)) {
     const fh = await open(join(dir, f));
-    try { while ((await fh.read(buf, 0, buf.length, null)).bytesRead > 0); } finally { await fh.close(); }
+    try {
+      while ((await fh.read(buf, 0, buf.length, null)).bytesRead > 0);
+    } finally {
+      await fh.close();
+    }
   }
 }
 
@@ -194,7 +243,12 @@ async function main() {
     const src = join(root, "src");
     await mkdir(src);
     log(`generating ${tensors.length} tensors, ${(totalSize / MB).toFixed(0)} MB in ${root} ...`);
-    const gen = await writeCheckpoint(src, "model", tensors.map(([name, shape], i) => ({ name, tensor: synthetic(shape, i + 1) })), { maxShardBytes, metadata: { format: "pt" } });
+    const gen = await writeCheckpoint(
+      src,
+      "model",
+      tensors.map(([name, shape], i) => ({ name, tensor: synthetic(shape, i + 1) })),
+      { maxShardBytes, metadata: { format: "pt" } },
+    );
     const generatorRss = maxRssBytes();
     const bytes = await dirBytes(src);
     await warm(src); // page cache equally warm for every job
@@ -208,13 +262,17 @@ async function main() {
       for (const kind of ["copyFile", "streamCopy", "ours"]) {
         const dst = join(root, `${kind}-${rep}`);
         await mkdir(dst);
-        const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), "--child", kind, src, dst, String(maxShardBytes)], { encoding: "utf8" });
+        const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), "--child", kind, src, dst, String(maxShardBytes)], {
+          encoding: "utf8",
+        });
         const { seconds, peakRssBytes: childRss, maxRssBytes: childMaxRss } = JSON.parse(out.trim().split("\n").pop());
         if (kind === "ours" && rep === 0) identical = await sameFiles(src, dst);
         runs[kind].push(+seconds.toFixed(4));
         rss[kind] = Math.max(rss[kind], childRss);
         rusage[kind] = Math.max(rusage[kind], childMaxRss);
-        log(`  ${kind.padEnd(10)} run ${rep + 1}: ${(bytes / MB / seconds).toFixed(0)} MB/s (${seconds.toFixed(2)} s), peak RSS ${(childRss / MB).toFixed(0)} MB`);
+        log(
+          `  ${kind.padEnd(10)} run ${rep + 1}: ${(bytes / MB / seconds).toFixed(0)} MB/s (${seconds.toFixed(2)} s), peak RSS ${(childRss / MB).toFixed(0)} MB`,
+        );
         await rm(dst, { recursive: true, force: true });
         settle();
       }
@@ -252,11 +310,15 @@ async function main() {
     };
     if (json) console.log(JSON.stringify(result));
     else {
-      log(`checkpoint: ${(bytes / MB).toFixed(0)} MB in ${gen.files.length} shards, ${tensors.length} tensors, largest ${(largest / MB).toFixed(1)} MB; best of ${reps} runs each`);
+      log(
+        `checkpoint: ${(bytes / MB).toFixed(0)} MB in ${gen.files.length} shards, ${tensors.length} tensors, largest ${(largest / MB).toFixed(1)} MB; best of ${reps} runs each`,
+      );
       log(`ours (openCheckpoint + writeCheckpoint): ${mbps("ours")} MB/s`);
       log(`fs.copyFile per shard:                   ${mbps("copyFile")} MB/s  → ours/copy ${result.ratioVsCopyFile}`);
       log(`read+write loop copy (64 MiB buffer):    ${mbps("streamCopy")} MB/s  → ours/copy ${result.ratioVsStreamCopy}`);
-      log(`peak RSS of the rewrite ${result.peakRssMB} MB (${result.peakRssSource}; its resourceUsage().maxRSS: ${result.oursResourceUsageMaxRssMB} MB)`);
+      log(
+        `peak RSS of the rewrite ${result.peakRssMB} MB (${result.peakRssSource}; its resourceUsage().maxRSS: ${result.oursResourceUsageMaxRssMB} MB)`,
+      );
       log(`budget: largest tensor + 300 MB = ${(result.rssBudgetBytes / MB).toFixed(1)} MB; rewrite byte-identical: ${identical}`);
       console.log(result.throughputTargetMet && result.memoryTargetMet && identical ? "targets met" : "TARGETS MISSED");
     }

@@ -19,11 +19,16 @@ import { writeCheckpoint } from "../dist/shards.js";
 
 const args = process.argv.slice(2);
 const json = args.includes("--json");
-const opt = (name, def) => { const i = args.indexOf(name); return i >= 0 ? Number(args[i + 1]) : def; };
+const opt = (name, def) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : def;
+};
 const sizeMb = opt("--size-mb", 1024);
 const reps = opt("--reps", 3);
 const parentDir = args.includes("--dir") ? args[args.indexOf("--dir") + 1] : tmpdir();
-const log = (...a) => { if (!json) console.error(...a); };
+const log = (...a) => {
+  if (!json) console.error(...a);
+};
 
 // d_model 512, 8 heads, vocab 8192: pick the layers so that weights + two moments ≈ size.
 const perLayer = 12 * 512 * 512 + 13 * 512;
@@ -59,11 +64,14 @@ try {
 
   const raw = join(work, "raw");
   const entries = (map, prefix = "") => [...map].map(([name, tensor]) => ({ name: prefix + name, tensor }));
-  const write = Object.assign(async () => {
-    await mkdir(raw);
-    await writeCheckpoint(raw, "model", entries(state.params), { metadata: { format: "pt" } });
-    await writeCheckpoint(raw, "optimizer", [...entries(moments, "exp_avg."), ...entries(moments, "exp_avg_sq.")], { metadata: { format: "pt" } });
-  }, { prepare: () => rm(raw, { recursive: true, force: true }) });
+  const write = Object.assign(
+    async () => {
+      await mkdir(raw);
+      await writeCheckpoint(raw, "model", entries(state.params), { metadata: { format: "pt" } });
+      await writeCheckpoint(raw, "optimizer", [...entries(moments, "exp_avg."), ...entries(moments, "exp_avg_sq.")], { metadata: { format: "pt" } });
+    },
+    { prepare: () => rm(raw, { recursive: true, force: true }) },
+  );
   const writeSeconds = await best(write);
   // fsync right after writing, as the save does: the page cache still holds the dirty data.
   let syncSeconds = Infinity;
@@ -75,23 +83,38 @@ try {
     syncSeconds = Math.min(syncSeconds, (performance.now() - t) / 1000);
   }
   const copy = join(work, "copy");
-  const cpSeconds = await best(Object.assign(async () => { execFileSync("cp", ["-r", out, copy]); execFileSync("sync", ["-f", copy]); },
-    { cleanup: () => rm(copy, { recursive: true, force: true }) }));
+  const cpSeconds = await best(
+    Object.assign(
+      async () => {
+        execFileSync("cp", ["-r", out, copy]);
+        execFileSync("sync", ["-f", copy]);
+      },
+      { cleanup: () => rm(copy, { recursive: true, force: true }) },
+    ),
+  );
 
   const mbs = (s) => bytes / 1e6 / s;
   const result = {
-    bytes, layers, reps,
-    saveSeconds, saveMBps: mbs(saveSeconds),
-    writeSeconds, writeMBps: mbs(writeSeconds),
-    fsyncSeconds: syncSeconds, fsyncShare: syncSeconds / saveSeconds,
-    cpSyncSeconds: cpSeconds, cpSyncMBps: mbs(cpSeconds),
+    bytes,
+    layers,
+    reps,
+    saveSeconds,
+    saveMBps: mbs(saveSeconds),
+    writeSeconds,
+    writeMBps: mbs(writeSeconds),
+    fsyncSeconds: syncSeconds,
+    fsyncShare: syncSeconds / saveSeconds,
+    cpSyncSeconds: cpSeconds,
+    cpSyncMBps: mbs(cpSeconds),
   };
   if (json) console.log(JSON.stringify(result, null, 2));
   else {
     log(`checkpoint ${(bytes / 1e9).toFixed(2)} GB (GPT-2 ${layers} layers × d512, weights + AdamW moments, F32), best of ${reps}, in ${work}`);
     log(`  saveTrainingState (locked, fsynced, atomic) ${saveSeconds.toFixed(2)} s  ${mbs(saveSeconds).toFixed(0)} MB/s`);
     log(`  the same files, written only                ${writeSeconds.toFixed(2)} s  ${mbs(writeSeconds).toFixed(0)} MB/s`);
-    log(`  fsync of them, alone                        ${syncSeconds.toFixed(2)} s  (${(100 * syncSeconds / saveSeconds).toFixed(0)}% of the save)`);
+    log(
+      `  fsync of them, alone                        ${syncSeconds.toFixed(2)} s  (${((100 * syncSeconds) / saveSeconds).toFixed(0)}% of the save)`,
+    );
     log(`  cp -r + sync (physical reference)           ${cpSeconds.toFixed(2)} s  ${mbs(cpSeconds).toFixed(0)} MB/s`);
   }
 } finally {

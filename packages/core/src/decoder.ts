@@ -7,7 +7,10 @@ export type Projection = "attn.qkv" | "attn.q" | "attn.k" | "attn.v" | "attn.out
 export type Norm = "attn.norm" | "mlp.norm" | "final_norm";
 
 /** A parameter used as a matrix of x·W: `transB` for torch Linear and embedding layouts ([out, in]), not for Conv1D ([in, out]). */
-export interface MatrixParam { spec: ParamSpec; transB: boolean }
+export interface MatrixParam {
+  spec: ParamSpec;
+  transB: boolean;
+}
 
 /**
  * A decoder resolved once from its architecture plugin, for every graph that runs it (the training graph of
@@ -45,7 +48,8 @@ const key = (role: ParamRole, layer: number | null) => `${role}@${layer ?? ""}`;
 
 /** x·W (+ bias): Conv1D weights [in, out] as they are, torch Linear weights and embeddings [out, in] transposed. */
 function matrix(type: string, s: ParamSpec): MatrixParam {
-  if (s.layout !== "conv1d" && s.layout !== "linear" && s.layout !== "embedding") throw new Error(`${type}: ${s.name} has layout ${s.layout}, not a matrix`);
+  if (s.layout !== "conv1d" && s.layout !== "linear" && s.layout !== "embedding")
+    throw new Error(`${type}: ${s.name} has layout ${s.layout}, not a matrix`);
   return { spec: s, transB: s.layout !== "conv1d" };
 }
 
@@ -56,9 +60,11 @@ export function resolveDecoder(plugin: ArchitecturePlugin, raw: Record<string, u
   const params = plugin.params(config);
   const byRole = new Map<string, ParamSpec>(params.map((s) => [key(s.role, s.layer), s]));
   const type = String(config.model_type ?? plugin.name);
-  const H = shape.heads, KV = shape.kvHeads ?? H;
+  const H = shape.heads,
+    KV = shape.kvHeads ?? H;
   if (H % KV !== 0) throw new Error(`${type}: ${H} query heads are not a multiple of ${KV} key/value heads`);
-  if (spec.positions.kind === "rope" && shape.headDim % 2 !== 0) throw new Error(`${type}: head_dim ${shape.headDim} must be even for rotary embeddings`);
+  if (spec.positions.kind === "rope" && shape.headDim % 2 !== 0)
+    throw new Error(`${type}: head_dim ${shape.headDim} must be even for rotary embeddings`);
 
   const find = (role: ParamRole, layer: number | null) => byRole.get(key(role, layer));
   const need = (role: ParamRole, layer: number | null): ParamSpec => {
@@ -67,16 +73,26 @@ export function resolveDecoder(plugin: ArchitecturePlugin, raw: Record<string, u
     return s;
   };
   return {
-    config, shape, spec, type, kvHeads: KV, groups: H / KV, params, find, need,
+    config,
+    shape,
+    spec,
+    type,
+    kvHeads: KV,
+    groups: H / KV,
+    params,
+    find,
+    need,
     projection: (part, layer) => ({ weight: matrix(type, need(`${part}.weight`, layer)), bias: find(`${part}.bias`, layer) }),
     norm(part, layer) {
-      const weight = need(`${part}.weight`, layer), bias = find(`${part}.bias`, layer);
+      const weight = need(`${part}.weight`, layer),
+        bias = find(`${part}.bias`, layer);
       if (bias && spec.norm.kind === "rmsnorm") throw new Error(`${type}: RMSNorm has no bias, but ${part}.bias is a parameter`);
       return { weight, bias };
     },
     fusedQkv(layer) {
       const w = find("attn.qkv.weight", layer);
-      if (w && (KV !== H || (w.fused ?? []).join() !== "q,k,v")) throw new Error(`${type}: a fused q|k|v projection needs the parts q, k, v and one key/value head per query head`);
+      if (w && (KV !== H || (w.fused ?? []).join() !== "q,k,v"))
+        throw new Error(`${type}: a fused q|k|v projection needs the parts q, k, v and one key/value head per query head`);
       return w !== undefined;
     },
     output: () => matrix(type, need(spec.tiedOutput ? "embed.tokens" : "lm_head.weight", null)),

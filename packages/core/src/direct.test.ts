@@ -11,15 +11,24 @@ import { Tensor } from "./tensor.js";
 import type { FileHandle } from "node:fs/promises";
 
 let dir = "";
-beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), "staged-direct-")); });
-afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
-afterEach(() => { vi.unstubAllEnvs(); });
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-direct-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+afterEach(() => {
+  vi.unstubAllEnvs();
+});
 
 /** Bytes that differ at every position (so a view off by any offset is caught). */
 const pattern = (n: number, seed = 1): Uint8Array => {
   const b = new Uint8Array(n);
   let s = seed;
-  for (let i = 0; i < n; i++) { s = (s * 1103515245 + 12345) >>> 0; b[i] = s >>> 24; }
+  for (let i = 0; i < n; i++) {
+    s = (s * 1103515245 + 12345) >>> 0;
+    b[i] = s >>> 24;
+  }
   return b;
 };
 
@@ -44,7 +53,13 @@ const alignedPool = (pieceBytes: number): ((n: number) => Uint8Array) => {
 /** A file of BF16-like tensors at unaligned offsets: odd element counts, one spanning many pieces. */
 async function sample(): Promise<{ path: string; tensors: Map<string, Tensor> }> {
   const tensors = new Map<string, Tensor>();
-  for (const [name, n] of [["a", 3], ["b", 1001], ["c", 40_000], ["d", 7], ["e", 12_345]] as const) {
+  for (const [name, n] of [
+    ["a", 3],
+    ["b", 1001],
+    ["c", 40_000],
+    ["d", 7],
+    ["e", 12_345],
+  ] as const) {
     const t = Tensor.zeros("F32", [n]);
     const src = pattern(4 * n, n);
     new Uint8Array(t.data.buffer).set(src);
@@ -52,7 +67,10 @@ async function sample(): Promise<{ path: string; tensors: Map<string, Tensor> }>
     tensors.set(name, t);
   }
   const path = join(dir, `sample-${Math.random().toString(36).slice(2)}.safetensors`);
-  await writeSafetensors(path, [...tensors].map(([name, tensor]) => ({ name, tensor })));
+  await writeSafetensors(
+    path,
+    [...tensors].map(([name, tensor]) => ({ name, tensor })),
+  );
   return { path, tensors };
 }
 
@@ -110,7 +128,10 @@ describe("direct reads", () => {
       for (const piece of [DIRECT_ALIGN - 3, 5000, 3 * DIRECT_ALIGN, 1 << 20]) {
         for (const name of ["a", "b", "c", "d", "e"]) {
           const before = file.directPieces;
-          expect(firstDifference(await pieces(file, name, alignedPool(piece), piece), await file.readRaw(name)), `${name} in pieces of ${piece}`).toBe(-1);
+          expect(
+            firstDifference(await pieces(file, name, alignedPool(piece), piece), await file.readRaw(name)),
+            `${name} in pieces of ${piece}`,
+          ).toBe(-1);
           expect(file.directPieces).toBeGreaterThan(before);
         }
       }
@@ -162,7 +183,10 @@ describe("direct reads", () => {
     const file = await SafetensorsFile.open(path);
     const copy = join(dir, "copy.safetensors");
     try {
-      await writeSafetensors(copy, [...tensors.keys()].map((name) => ({ name, tensor: file.lazy(name) })));
+      await writeSafetensors(
+        copy,
+        [...tensors.keys()].map((name) => ({ name, tensor: file.lazy(name) })),
+      );
       expect(file.directPieces).toBeGreaterThanOrEqual(tensors.size);
     } finally {
       await file.close();
@@ -172,12 +196,19 @@ describe("direct reads", () => {
 });
 
 /** Write `data` as the given segments, in the given order, through a DirectWriter, and read the file back. */
-async function writeSegments(data: Uint8Array, cuts: number[], order: number[], direct?: FileHandle | null): Promise<{ file: Uint8Array; directBytes: number }> {
+async function writeSegments(
+  data: Uint8Array,
+  cuts: number[],
+  order: number[],
+  direct?: FileHandle | null,
+): Promise<{ file: Uint8Array; directBytes: number }> {
   const path = join(dir, `segments-${Math.random().toString(36).slice(2)}.bin`);
   const fh = await open(path, "w");
   await fh.truncate(data.length);
   const handle = direct === undefined ? await openDirect(path, "write") : direct;
-  const buffered = async (h: FileHandle, bytes: Uint8Array, position: number): Promise<void> => { await h.write(bytes, 0, bytes.length, position); };
+  const buffered = async (h: FileHandle, bytes: Uint8Array, position: number): Promise<void> => {
+    await h.write(bytes, 0, bytes.length, position);
+  };
   const w = new DirectWriter(fh, handle, buffered);
   const bounds = [0, ...cuts, data.length];
   for (const i of order) {
@@ -194,15 +225,22 @@ async function writeSegments(data: Uint8Array, cuts: number[], order: number[], 
 describe("direct writes", () => {
   it("writes at any positions, lengths and order make exactly the file: whole blocks direct, block ends buffered", async () => {
     const data = pattern(300_000, 7);
-    await fc.assert(fc.asyncProperty(
-      fc.uniqueArray(fc.integer({ min: 1, max: data.length - 1 }), { maxLength: 6 }).map((c) => c.sort((a, b) => a - b)),
-      fc.infiniteStream(fc.nat()),
-      async (cuts, rand) => {
-        const order = [...Array(cuts.length + 1).keys()];
-        for (let i = order.length - 1; i > 0; i--) { const j = rand.next().value % (i + 1); [order[i], order[j]] = [order[j]!, order[i]!]; }
-        const { file } = await writeSegments(data, cuts, order);
-        expect(firstDifference(file, data)).toBe(-1);
-      }), { numRuns: 40 });
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uniqueArray(fc.integer({ min: 1, max: data.length - 1 }), { maxLength: 6 }).map((c) => c.sort((a, b) => a - b)),
+        fc.infiniteStream(fc.nat()),
+        async (cuts, rand) => {
+          const order = [...Array(cuts.length + 1).keys()];
+          for (let i = order.length - 1; i > 0; i--) {
+            const j = rand.next().value % (i + 1);
+            [order[i], order[j]] = [order[j]!, order[i]!];
+          }
+          const { file } = await writeSegments(data, cuts, order);
+          expect(firstDifference(file, data)).toBe(-1);
+        },
+      ),
+      { numRuns: 40 },
+    );
     const whole = await writeSegments(data, [], [0]);
     expect(firstDifference(whole.file, data)).toBe(-1);
     expect(whole.directBytes).toBe(Math.floor(data.length / DIRECT_ALIGN) * DIRECT_ALIGN);
@@ -212,7 +250,10 @@ describe("direct writes", () => {
     const data = pattern(200_000, 9);
     let calls = 0;
     const refusing = {
-      write: async () => { calls++; throw Object.assign(new Error("EINVAL: invalid argument, write"), { code: "EINVAL" }); },
+      write: async () => {
+        calls++;
+        throw Object.assign(new Error("EINVAL: invalid argument, write"), { code: "EINVAL" });
+      },
       close: async () => undefined,
     } as unknown as FileHandle;
     const { file, directBytes } = await writeSegments(data, [70_000, 140_000], [1, 0, 2], refusing);
@@ -223,7 +264,9 @@ describe("direct writes", () => {
 
   it("another error of a direct write is the write's error", async () => {
     const failing = {
-      write: async () => { throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }); },
+      write: async () => {
+        throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+      },
       close: async () => undefined,
     } as unknown as FileHandle;
     await expect(writeSegments(pattern(100_000), [], [0], failing)).rejects.toThrow("ENOSPC");

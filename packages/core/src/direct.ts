@@ -37,7 +37,9 @@ export function alignedMemory(bytes: number): Uint8Array {
       const memory = new WasmMemory({ initial: Math.max(1, Math.ceil(bytes / WASM_PAGE)) });
       aligned.add(memory.buffer);
       return new Uint8Array(memory.buffer, 0, bytes);
-    } catch { /* out of address space for WebAssembly memories: ordinary memory */ }
+    } catch {
+      /* out of address space for WebAssembly memories: ordinary memory */
+    }
   }
   return new Uint8Array(bytes);
 }
@@ -95,8 +97,11 @@ export class DirectWriter {
   private readonly stage = alignedMemory(STAGE_BYTES);
   directBytes = 0;
   /** `writeAll(handle, bytes, position)`: all of `bytes` written at `position` through `handle` (either of the two). */
-  constructor(private readonly fh: FileHandle, private direct: FileHandle | null,
-              private readonly writeAll: (fh: FileHandle, bytes: Uint8Array, position: number) => Promise<void>) {}
+  constructor(
+    private readonly fh: FileHandle,
+    private direct: FileHandle | null,
+    private readonly writeAll: (fh: FileHandle, bytes: Uint8Array, position: number) => Promise<void>,
+  ) {}
 
   async write(bytes: Uint8Array, position: number): Promise<void> {
     const end = position + bytes.length;

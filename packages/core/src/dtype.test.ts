@@ -1,7 +1,22 @@
 import { describe, expect, it } from "vitest";
 import {
-  DTYPE_SIZES, SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_BITS, TORCH_NAMES, bf16BitsToF32, decodeBF16, decodeF16, encodeBF16, encodeF16,
-  f16BitsToF32, f16Table32, f32ToBf16Bits, f32ToF16Bits, firstNonFiniteStored, isDType, isSafetensorsDType, storedValue,
+  DTYPE_SIZES,
+  SAFETENSORS_DTYPES,
+  SAFETENSORS_DTYPE_BITS,
+  TORCH_NAMES,
+  bf16BitsToF32,
+  decodeBF16,
+  decodeF16,
+  encodeBF16,
+  encodeF16,
+  f16BitsToF32,
+  f16Table32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  firstNonFiniteStored,
+  isDType,
+  isSafetensorsDType,
+  storedValue,
 } from "./dtype.js";
 
 const bitsOf = (x: number): number => new Uint32Array(new Float32Array([x]).buffer)[0]!;
@@ -12,7 +27,10 @@ const u16le = (bytes: Uint8Array, i: number): number => bytes[2 * i]! | (bytes[2
 function samplePatterns(): Uint32Array {
   const out: number[] = [];
   let s = 12345;
-  const next = (): number => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s; };
+  const next = (): number => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s;
+  };
   for (let exp = 0; exp < 256; exp++) {
     for (let k = 0; k < 64; k++) {
       const mant = k < 4 ? [0, 1, 0x7fffff, 0x400000][k]! : next() & 0x7fffff;
@@ -40,7 +58,10 @@ describe("F16 bulk conversions", () => {
     const aligned = bytes.subarray(0, 65536 * 2);
     const unaligned = bytes.subarray(1);
     for (const view of [aligned, unaligned]) {
-      for (let h = 0; h < 65536; h++) { view[2 * h] = h & 0xff; view[2 * h + 1] = h >>> 8; }
+      for (let h = 0; h < 65536; h++) {
+        view[2 * h] = h & 0xff;
+        view[2 * h + 1] = h >>> 8;
+      }
       const out = new Float32Array(65536);
       decodeF16(view, out);
       for (let h = 0; h < 65536; h++) {
@@ -63,11 +84,18 @@ describe("F16 bulk conversions", () => {
 
   it("edge values: subnormals, max, overflow, NaN, -0, ties to even", () => {
     const cases: [number, number][] = [
-      [0, 0x0000], [-0, 0x8000], [1, 0x3c00], [-2, 0xc000],
-      [65504, 0x7bff], [-65504, 0xfbff],
+      [0, 0x0000],
+      [-0, 0x8000],
+      [1, 0x3c00],
+      [-2, 0xc000],
+      [65504, 0x7bff],
+      [-65504, 0xfbff],
       [65519.99, 0x7bff], // below the midpoint to 65536: stays max
       [65520, 0x7c00], // midpoint, ties to even → Inf
-      [1e6, 0x7c00], [-1e6, 0xfc00], [Infinity, 0x7c00], [-Infinity, 0xfc00],
+      [1e6, 0x7c00],
+      [-1e6, 0xfc00],
+      [Infinity, 0x7c00],
+      [-Infinity, 0xfc00],
       [2 ** -24, 0x0001], // smallest subnormal
       [2 ** -25, 0x0000], // half of it: tie to even → 0
       [3 * 2 ** -26, 0x0001], // above the tie
@@ -122,7 +150,9 @@ describe("BF16 bulk conversions", () => {
       [fromBits(0x3f808001), 0x3f81], // above the tie
       [fromBits(0x3f807fff), 0x3f80], // below the tie
       [fromBits(0x7f7fffff), 0x7f80], // max float32 rounds to Inf
-      [-0, 0x8000], [Infinity, 0x7f80], [-Infinity, 0xff80],
+      [-0, 0x8000],
+      [Infinity, 0x7f80],
+      [-Infinity, 0xff80],
       [fromBits(0x00008000), 0x0000], // subnormal tie → even (0)
       [fromBits(0x00018000), 0x0002],
     ];
@@ -139,7 +169,10 @@ describe("BF16 bulk conversions", () => {
   it("decodeBF16 is exact for all 65536 patterns, aligned and unaligned", () => {
     const buf = new Uint8Array(65536 * 2 + 1);
     for (const view of [buf.subarray(0, 65536 * 2), buf.subarray(1)]) {
-      for (let h = 0; h < 65536; h++) { view[2 * h] = h & 0xff; view[2 * h + 1] = h >>> 8; }
+      for (let h = 0; h < 65536; h++) {
+        view[2 * h] = h & 0xff;
+        view[2 * h + 1] = h >>> 8;
+      }
       const out = new Float32Array(65536);
       decodeBF16(view, out);
       const outBits = new Uint32Array(out.buffer);
@@ -155,7 +188,17 @@ describe("BF16 bulk conversions", () => {
 describe("safetensors dtypes", () => {
   it("every in-memory dtype is a reference dtype of the same size; the rest are parse-only", () => {
     for (const [d, size] of Object.entries(DTYPE_SIZES)) expect(SAFETENSORS_DTYPE_BITS[d as keyof typeof DTYPE_SIZES]).toBe(8 * size);
-    expect(SAFETENSORS_DTYPES.filter((d) => !isDType(d))).toEqual(["F4", "F6_E2M3", "F6_E3M2", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"]);
+    expect(SAFETENSORS_DTYPES.filter((d) => !isDType(d))).toEqual([
+      "F4",
+      "F6_E2M3",
+      "F6_E3M2",
+      "F8_E5M2",
+      "F8_E4M3",
+      "F8_E8M0",
+      "F8_E4M3FNUZ",
+      "F8_E5M2FNUZ",
+      "C64",
+    ]);
     expect(SAFETENSORS_DTYPES.every((d) => isSafetensorsDType(d) && typeof TORCH_NAMES[d] === "string")).toBe(true);
     for (const s of ["f32", "F8", "__proto__", "constructor", 4, null]) expect(isSafetensorsDType(s)).toBe(false);
   });
@@ -182,7 +225,10 @@ describe("finite check on stored bytes", () => {
         expect(firstNonFiniteStored(dtype, le(dtype, fine))).toBe(-1);
         for (let at = 0; at < n; at++) {
           for (const bad of [NaN, Infinity, -Infinity]) {
-            const bytes = le(dtype, fine.map((v, i) => (i === at ? bad : v)));
+            const bytes = le(
+              dtype,
+              fine.map((v, i) => (i === at ? bad : v)),
+            );
             expect(firstNonFiniteStored(dtype, bytes)).toBe(at);
             expect(storedValue(dtype, bytes, at)).toBe(bad);
             // The same bytes one byte into a larger buffer (a view the checker must not misread).

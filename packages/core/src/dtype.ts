@@ -7,9 +7,28 @@
  * when its element count × bits is a whole number of bytes (the reference's `MisalignedSlice`).
  */
 export const SAFETENSORS_DTYPE_BITS = {
-  BOOL: 8, F4: 4, F6_E2M3: 6, F6_E3M2: 6, U8: 8, I8: 8,
-  F8_E5M2: 8, F8_E4M3: 8, F8_E8M0: 8, F8_E4M3FNUZ: 8, F8_E5M2FNUZ: 8,
-  I16: 16, U16: 16, F16: 16, BF16: 16, I32: 32, U32: 32, F32: 32, C64: 64, F64: 64, I64: 64, U64: 64,
+  BOOL: 8,
+  F4: 4,
+  F6_E2M3: 6,
+  F6_E3M2: 6,
+  U8: 8,
+  I8: 8,
+  F8_E5M2: 8,
+  F8_E4M3: 8,
+  F8_E8M0: 8,
+  F8_E4M3FNUZ: 8,
+  F8_E5M2FNUZ: 8,
+  I16: 16,
+  U16: 16,
+  F16: 16,
+  BF16: 16,
+  I32: 32,
+  U32: 32,
+  F32: 32,
+  C64: 64,
+  F64: 64,
+  I64: 64,
+  U64: 64,
 } as const;
 
 /**
@@ -21,14 +40,22 @@ export type SafetensorsDType = keyof typeof SAFETENSORS_DTYPE_BITS;
 /** The reference's dtypes in its enum order (ascending alignment). */
 export const SAFETENSORS_DTYPES = Object.keys(SAFETENSORS_DTYPE_BITS) as readonly SafetensorsDType[];
 
-export const isSafetensorsDType = (s: unknown): s is SafetensorsDType =>
-  typeof s === "string" && Object.hasOwn(SAFETENSORS_DTYPE_BITS, s);
+export const isSafetensorsDType = (s: unknown): s is SafetensorsDType => typeof s === "string" && Object.hasOwn(SAFETENSORS_DTYPE_BITS, s);
 
 /** safetensors dtypes that have an in-memory form here (typed arrays), with their sizes in bytes. */
 export const DTYPE_SIZES = {
-  F64: 8, F32: 4, F16: 2, BF16: 2,
-  I64: 8, I32: 4, I16: 2, I8: 1,
-  U64: 8, U32: 4, U16: 2, U8: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
   BOOL: 1,
 } as const;
 
@@ -42,12 +69,28 @@ export const isFloatDType = (d: DType): boolean => FLOAT_DTYPES.includes(d);
 
 /** Human names used by `inspect` and by HF's `torch_dtype` (PyTorch's names where it has the dtype). */
 export const TORCH_NAMES: Record<SafetensorsDType, string> = {
-  F64: "float64", F32: "float32", F16: "float16", BF16: "bfloat16",
-  I64: "int64", I32: "int32", I16: "int16", I8: "int8",
-  U64: "uint64", U32: "uint32", U16: "uint16", U8: "uint8", BOOL: "bool",
-  F8_E5M2: "float8_e5m2", F8_E4M3: "float8_e4m3fn", F8_E8M0: "float8_e8m0fnu",
-  F8_E4M3FNUZ: "float8_e4m3fnuz", F8_E5M2FNUZ: "float8_e5m2fnuz", C64: "complex64",
-  F4: "float4_e2m1fn_x2", F6_E2M3: "float6_e2m3", F6_E3M2: "float6_e3m2",
+  F64: "float64",
+  F32: "float32",
+  F16: "float16",
+  BF16: "bfloat16",
+  I64: "int64",
+  I32: "int32",
+  I16: "int16",
+  I8: "int8",
+  U64: "uint64",
+  U32: "uint32",
+  U16: "uint16",
+  U8: "uint8",
+  BOOL: "bool",
+  F8_E5M2: "float8_e5m2",
+  F8_E4M3: "float8_e4m3fn",
+  F8_E8M0: "float8_e8m0fnu",
+  F8_E4M3FNUZ: "float8_e4m3fnuz",
+  F8_E5M2FNUZ: "float8_e5m2fnuz",
+  C64: "complex64",
+  F4: "float4_e2m1fn_x2",
+  F6_E2M3: "float6_e2m3",
+  F6_E3M2: "float6_e3m2",
 };
 
 // Shared scratch for bit-level conversions.
@@ -84,12 +127,12 @@ export function f32ToF16Bits(x: number): number {
     const half = 1 << (shift - 1);
     const rest = mant & ((1 << shift) - 1);
     let h = mant >>> shift;
-    if (rest > half || (rest === half && (h & 1))) h++;
+    if (rest > half || (rest === half && h & 1)) h++;
     return sign | h;
   }
   let h = (e << 10) | (mant >>> 13);
   const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (h & 1))) h++; // may carry into the exponent: still correct
+  if (rest > 0x1000 || (rest === 0x1000 && h & 1)) h++; // may carry into the exponent: still correct
   return sign | h;
 }
 
@@ -142,7 +185,10 @@ function halfWordsOut(out: Uint8Array, n: number): Uint16Array {
 
 function storeHalfWords(words: Uint16Array, out: Uint8Array): void {
   if (words.buffer === out.buffer) return;
-  for (let i = 0; i < words.length; i++) { out[2 * i] = words[i]! & 0xff; out[2 * i + 1] = words[i]! >>> 8; }
+  for (let i = 0; i < words.length; i++) {
+    out[2 * i] = words[i]! & 0xff;
+    out[2 * i + 1] = words[i]! >>> 8;
+  }
 }
 
 /** Little-endian IEEE half bytes → float32 values (exact). `bytes.length` must be `2 * out.length`. */
@@ -178,7 +224,8 @@ export function encodeF16(values: Float32Array, out: Uint8Array): void {
     let h: number;
     if (exp >= 113) {
       if (exp === 0xff) h = sign | 0x7c00 | (mant !== 0 ? 0x200 : 0);
-      else if (exp >= 143) h = sign | 0x7c00; // |x| >= 2^16: overflow
+      else if (exp >= 143)
+        h = sign | 0x7c00; // |x| >= 2^16: overflow
       else {
         // normal half: rebias the exponent, round 13 dropped mantissa bits (a carry into the exponent is correct)
         h = ((exp - 112) << 10) | (mant >>> 13);
@@ -211,9 +258,7 @@ export function encodeBF16(values: Float32Array, out: Uint8Array): void {
   const dst = halfWordsOut(out, n);
   for (let i = 0; i < n; i++) {
     const bits = src[i]!;
-    dst[i] = (bits & 0x7fffffff) > 0x7f800000
-      ? ((bits >>> 16) | 0x40) & 0xffff
-      : ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
+    dst[i] = (bits & 0x7fffffff) > 0x7f800000 ? ((bits >>> 16) | 0x40) & 0xffff : ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
   }
   storeHalfWords(dst, out);
 }
@@ -248,11 +293,13 @@ export function firstNonFiniteStored(dtype: DType, bytes: Uint8Array): number {
   if (mask === undefined) return -1;
   const size = DTYPE_SIZES[dtype];
   if (bytes.length % size !== 0) throw new RangeError(`firstNonFiniteStored: ${bytes.length} bytes are not whole ${dtype} values`);
-  const low = mask & -mask, top = size === 2 ? 0x8000 : 0x80000000;
+  const low = mask & -mask,
+    top = size === 2 ? 0x8000 : 0x80000000;
   if (size === 2 && HOST_LITTLE_ENDIAN && bytes.byteOffset % 4 === 0 && allFinitePairs(bytes, mask, low)) return -1;
   // F64: the exponent is in the high (odd) 32-bit word of each little-endian value.
   const words = wordsOf(bytes, size === 2 ? 2 : 4);
-  const first = size === 8 ? 1 : 0, step = size === 8 ? 2 : 1;
+  const first = size === 8 ? 1 : 0,
+    step = size === 8 ? 2 : 1;
   const n = words.length;
   let acc = 0;
   if (step === 1) {
@@ -272,8 +319,10 @@ export function firstNonFiniteStored(dtype: DType, bytes: Uint8Array): number {
 /** Whether no 16-bit value of 4-byte-aligned little-endian `bytes` has an all-ones exponent: two values per 32-bit word. */
 function allFinitePairs(bytes: Uint8Array, mask: number, low: number): boolean {
   const u = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
-  const m2 = (mask | (mask << 16)) >>> 0, l2 = low | (low << 16);
-  const n = u.length, m = n - (n % 4);
+  const m2 = (mask | (mask << 16)) >>> 0,
+    l2 = low | (low << 16);
+  const n = u.length,
+    m = n - (n % 4);
   let acc = 0;
   for (let i = 0; i < m; i += 4) acc |= ((u[i]! & m2) + l2) | ((u[i + 1]! & m2) + l2) | ((u[i + 2]! & m2) + l2) | ((u[i + 3]! & m2) + l2);
   for (let i = m; i < n; i++) acc |= (u[i]! & m2) + l2;
@@ -286,10 +335,15 @@ function allFinitePairs(bytes: Uint8Array, mask: number, low: number): boolean {
 export function storedValue(dtype: DType, bytes: Uint8Array, i: number): number {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   switch (dtype) {
-    case "F64": return dv.getFloat64(8 * i, true);
-    case "F32": return dv.getFloat32(4 * i, true);
-    case "F16": return f16BitsToF32(dv.getUint16(2 * i, true));
-    case "BF16": return bf16BitsToF32(dv.getUint16(2 * i, true));
-    default: throw new Error(`storedValue: ${dtype} is not a float dtype`);
+    case "F64":
+      return dv.getFloat64(8 * i, true);
+    case "F32":
+      return dv.getFloat32(4 * i, true);
+    case "F16":
+      return f16BitsToF32(dv.getUint16(2 * i, true));
+    case "BF16":
+      return bf16BitsToF32(dv.getUint16(2 * i, true));
+    default:
+      throw new Error(`storedValue: ${dtype} is not a float dtype`);
   }
 }

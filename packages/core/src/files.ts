@@ -21,9 +21,18 @@ export function inputError(path: string, what: string, e: unknown): Error {
 }
 
 const REASONS: Record<string, string> = {
-  ENOENT: "no such file", EISDIR: "a directory", ENOTDIR: "a path component is not a directory", EACCES: "permission denied",
-  EPERM: "operation not permitted", EROFS: "read-only file system", ENOSPC: "no space left on device", EDQUOT: "disk quota exceeded",
-  EEXIST: "already exists", EMFILE: "too many open files", ENAMETOOLONG: "name too long", EIO: "input/output error",
+  ENOENT: "no such file",
+  EISDIR: "a directory",
+  ENOTDIR: "a path component is not a directory",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "read-only file system",
+  ENOSPC: "no space left on device",
+  EDQUOT: "disk quota exceeded",
+  EEXIST: "already exists",
+  EMFILE: "too many open files",
+  ENAMETOOLONG: "name too long",
+  EIO: "input/output error",
   ERR_FS_FILE_TOO_LARGE: "over 2 GiB, more than one read holds",
 };
 
@@ -79,8 +88,7 @@ export async function checkInput(path: string, what = "the file"): Promise<void>
 }
 
 /** The file as UTF-8 text, with readInput's errors. */
-export const readTextInput = async (path: string, what?: string): Promise<string> =>
-  new TextDecoder().decode(await readInput(path, what));
+export const readTextInput = async (path: string, what?: string): Promise<string> => new TextDecoder().decode(await readInput(path, what));
 
 /**
  * Parse JSON text read from `path`; invalid JSON becomes one line naming the file. The parser's message
@@ -146,7 +154,11 @@ export async function checkCheckpointFile(root: string, name: string, display: s
     }
   }
   // What the path is: lstat's answer, or for a symlink its target's.
-  const s = link.isSymbolicLink() ? await stat(path).catch((e: unknown) => { throw inputError(display, "the file", e); }) : link;
+  const s = link.isSymbolicLink()
+    ? await stat(path).catch((e: unknown) => {
+        throw inputError(display, "the file", e);
+      })
+    : link;
   if (!s.isFile()) throw new Error(`${display}: not a regular file`);
   return true;
 }

@@ -1,21 +1,48 @@
 import { Rng, deriveSeed } from "./rng.js";
 import { Tensor } from "./tensor.js";
-import { dropoutProbability, initWeights, type ArchitecturePlugin, type AxisSpace, type DecoderSpec, type InitShape, type ParamSpec } from "./plugins.js";
+import {
+  dropoutProbability,
+  initWeights,
+  type ArchitecturePlugin,
+  type AxisSpace,
+  type DecoderSpec,
+  type InitShape,
+  type ParamSpec,
+} from "./plugins.js";
 import { checkModelSize, type ShapeNames } from "./limits.js";
 import type { ModelShape } from "./types.js";
 
 /** HF GPT2Config defaults (transformers/models/gpt2/configuration_gpt2.py). */
 const DEFAULTS: Record<string, unknown> = {
-  vocab_size: 50257, n_positions: 1024, n_embd: 768, n_layer: 12, n_head: 12, n_inner: null,
-  activation_function: "gelu_new", resid_pdrop: 0.1, embd_pdrop: 0.1, attn_pdrop: 0.1,
-  layer_norm_epsilon: 1e-5, initializer_range: 0.02, scale_attn_weights: true,
-  scale_attn_by_inverse_layer_idx: false, reorder_and_upcast_attn: false,
-  bos_token_id: 50256, eos_token_id: 50256, tie_word_embeddings: true,
+  vocab_size: 50257,
+  n_positions: 1024,
+  n_embd: 768,
+  n_layer: 12,
+  n_head: 12,
+  n_inner: null,
+  activation_function: "gelu_new",
+  resid_pdrop: 0.1,
+  embd_pdrop: 0.1,
+  attn_pdrop: 0.1,
+  layer_norm_epsilon: 1e-5,
+  initializer_range: 0.02,
+  scale_attn_weights: true,
+  scale_attn_by_inverse_layer_idx: false,
+  reorder_and_upcast_attn: false,
+  bos_token_id: 50256,
+  eos_token_id: 50256,
+  tie_word_embeddings: true,
 };
 
 /** What a fresh GPT-2 needs: the shape, plus whether the output layer is tied to the token embedding. */
 export interface Gpt2InitOptions {
-  layers: number; dModel: number; heads: number; ffn?: number; vocab: number; context: number; tie: boolean;
+  layers: number;
+  dModel: number;
+  heads: number;
+  ffn?: number;
+  vocab: number;
+  context: number;
+  tie: boolean;
 }
 
 /** The HF GPT-2 config.json of a freshly initialized model (`staged init`, `staged run`). */
@@ -24,16 +51,26 @@ export function gpt2InitConfig(o: Gpt2InitOptions): Record<string, unknown> {
 }
 
 function initConfig(o: InitShape, tie: boolean): Record<string, unknown> {
-  if (o.kvHeads !== undefined && o.kvHeads !== o.heads) throw new Error(`gpt2 has one key/value head per query head: kv-heads ${o.kvHeads} ≠ heads ${o.heads}`);
+  if (o.kvHeads !== undefined && o.kvHeads !== o.heads)
+    throw new Error(`gpt2 has one key/value head per query head: kv-heads ${o.kvHeads} ≠ heads ${o.heads}`);
   const p = dropoutProbability(o.dropout ?? 0, "dropout");
   return {
-    model_type: "gpt2", architectures: ["GPT2LMHeadModel"],
-    n_layer: o.layers, n_embd: o.dModel, n_head: o.heads, n_inner: o.ffn ?? null,
-    vocab_size: o.vocab, n_positions: o.context, tie_word_embeddings: tie,
+    model_type: "gpt2",
+    architectures: ["GPT2LMHeadModel"],
+    n_layer: o.layers,
+    n_embd: o.dModel,
+    n_head: o.heads,
+    n_inner: o.ffn ?? null,
+    vocab_size: o.vocab,
+    n_positions: o.context,
+    tie_word_embeddings: tie,
     // GPT-2's 50256 is outside a small vocabulary; the byte-level tokenizer has no special tokens.
-    bos_token_id: null, eos_token_id: null,
+    bos_token_id: null,
+    eos_token_id: null,
     // Written even when 0 (HF's default is 0.1), so transformers trains it the way the trainer does.
-    resid_pdrop: p, embd_pdrop: p, attn_pdrop: p,
+    resid_pdrop: p,
+    embd_pdrop: p,
+    attn_pdrop: p,
   };
 }
 
@@ -96,11 +133,16 @@ function parameterCount(config: Record<string, unknown>): number {
 function withShape(base: Record<string, unknown>, s: ModelShape): Record<string, unknown> {
   if (s.heads * s.headDim !== s.dModel) throw new Error(`shape: heads ${s.heads} × headDim ${s.headDim} ≠ dModel ${s.dModel}`);
   return {
-    ...DEFAULTS, ...base,
-    model_type: "gpt2", architectures: ["GPT2LMHeadModel"],
-    n_layer: s.layers, n_embd: s.dModel, n_head: s.heads,
+    ...DEFAULTS,
+    ...base,
+    model_type: "gpt2",
+    architectures: ["GPT2LMHeadModel"],
+    n_layer: s.layers,
+    n_embd: s.dModel,
+    n_head: s.heads,
     n_inner: s.ffn === 4 * s.dModel ? null : s.ffn,
-    vocab_size: s.vocab, n_positions: s.context,
+    vocab_size: s.vocab,
+    n_positions: s.context,
   };
 }
 
@@ -108,34 +150,78 @@ function params(config: Record<string, unknown>): ParamSpec[] {
   const { shape: s } = parseConfig(config);
   const d = s.dModel;
   type Extra = Partial<Pick<ParamSpec, "fused" | "writesResidual" | "feedsOutput">>;
-  const vec = (name: string, role: ParamSpec["role"], layer: number | null, n: number, space: AxisSpace, extra: Extra = {}): ParamSpec =>
-    ({ name, role, layer, shape: [n], layout: "vector", axes: [space], decay: false, ...extra });
+  const vec = (name: string, role: ParamSpec["role"], layer: number | null, n: number, space: AxisSpace, extra: Extra = {}): ParamSpec => ({
+    name,
+    role,
+    layer,
+    shape: [n],
+    layout: "vector",
+    axes: [space],
+    decay: false,
+    ...extra,
+  });
   // Conv1D [in, out]: y = x W + b.
-  const conv = (name: string, role: ParamSpec["role"], layer: number, rows: number, cols: number, axes: [AxisSpace, AxisSpace], extra: Extra = {}): ParamSpec =>
-    ({ name, role, layer, shape: [rows, cols], layout: "conv1d", axes, decay: true, ...extra });
+  const conv = (
+    name: string,
+    role: ParamSpec["role"],
+    layer: number,
+    rows: number,
+    cols: number,
+    axes: [AxisSpace, AxisSpace],
+    extra: Extra = {},
+  ): ParamSpec => ({ name, role, layer, shape: [rows, cols], layout: "conv1d", axes, decay: true, ...extra });
   const qkv = { fused: ["q", "k", "v"] as const };
   const list: ParamSpec[] = [
-    { name: "transformer.wte.weight", role: "embed.tokens", layer: null, shape: [s.vocab, d], layout: "embedding", axes: ["vocab", "model"], decay: true },
-    { name: "transformer.wpe.weight", role: "embed.positions", layer: null, shape: [s.context, d], layout: "embedding", axes: ["positions", "model"], decay: true },
+    {
+      name: "transformer.wte.weight",
+      role: "embed.tokens",
+      layer: null,
+      shape: [s.vocab, d],
+      layout: "embedding",
+      axes: ["vocab", "model"],
+      decay: true,
+    },
+    {
+      name: "transformer.wpe.weight",
+      role: "embed.positions",
+      layer: null,
+      shape: [s.context, d],
+      layout: "embedding",
+      axes: ["positions", "model"],
+      decay: true,
+    },
   ];
   for (let i = 0; i < s.layers; i++) {
     const p = `transformer.h.${i}.`;
     list.push(
-      vec(`${p}ln_1.weight`, "attn.norm.weight", i, d, "model"), vec(`${p}ln_1.bias`, "attn.norm.bias", i, d, "model"),
+      vec(`${p}ln_1.weight`, "attn.norm.weight", i, d, "model"),
+      vec(`${p}ln_1.bias`, "attn.norm.bias", i, d, "model"),
       conv(`${p}attn.c_attn.weight`, "attn.qkv.weight", i, d, 3 * d, ["model", "qkv"], qkv),
       vec(`${p}attn.c_attn.bias`, "attn.qkv.bias", i, 3 * d, "qkv", qkv),
       conv(`${p}attn.c_proj.weight`, "attn.out.weight", i, d, d, ["heads", "model"], { writesResidual: true }),
       vec(`${p}attn.c_proj.bias`, "attn.out.bias", i, d, "model", { writesResidual: true }),
-      vec(`${p}ln_2.weight`, "mlp.norm.weight", i, d, "model"), vec(`${p}ln_2.bias`, "mlp.norm.bias", i, d, "model"),
-      conv(`${p}mlp.c_fc.weight`, "mlp.in.weight", i, d, s.ffn, ["model", "ffn"]), vec(`${p}mlp.c_fc.bias`, "mlp.in.bias", i, s.ffn, "ffn"),
+      vec(`${p}ln_2.weight`, "mlp.norm.weight", i, d, "model"),
+      vec(`${p}ln_2.bias`, "mlp.norm.bias", i, d, "model"),
+      conv(`${p}mlp.c_fc.weight`, "mlp.in.weight", i, d, s.ffn, ["model", "ffn"]),
+      vec(`${p}mlp.c_fc.bias`, "mlp.in.bias", i, s.ffn, "ffn"),
       conv(`${p}mlp.c_proj.weight`, "mlp.out.weight", i, s.ffn, d, ["ffn", "model"], { writesResidual: true }),
       vec(`${p}mlp.c_proj.bias`, "mlp.out.bias", i, d, "model", { writesResidual: true }),
     );
   }
-  list.push(vec("transformer.ln_f.weight", "final_norm.weight", null, d, "model", { feedsOutput: true }),
-    vec("transformer.ln_f.bias", "final_norm.bias", null, d, "model", { feedsOutput: true }));
+  list.push(
+    vec("transformer.ln_f.weight", "final_norm.weight", null, d, "model", { feedsOutput: true }),
+    vec("transformer.ln_f.bias", "final_norm.bias", null, d, "model", { feedsOutput: true }),
+  );
   if (config.tie_word_embeddings === false) {
-    list.push({ name: "lm_head.weight", role: "lm_head.weight", layer: null, shape: [s.vocab, d], layout: "linear", axes: ["vocab", "model"], decay: true });
+    list.push({
+      name: "lm_head.weight",
+      role: "lm_head.weight",
+      layer: null,
+      shape: [s.vocab, d],
+      layout: "linear",
+      axes: ["vocab", "model"],
+      decay: true,
+    });
   }
   return list;
 }
@@ -177,7 +263,10 @@ function decoder(raw: Record<string, unknown>): DecoderSpec {
     norm: { kind: "layernorm", eps: c.layer_norm_epsilon as number },
     positions: { kind: "learned" },
     // HF: scores / √d_head (scale_attn_weights), and / (layer + 1) with scale_attn_by_inverse_layer_idx.
-    attention: { scale: c.scale_attn_weights === false ? 1 : 1 / Math.sqrt(shape.headDim), scaleByInverseLayer: c.scale_attn_by_inverse_layer_idx === true },
+    attention: {
+      scale: c.scale_attn_weights === false ? 1 : 1 / Math.sqrt(shape.headDim),
+      scaleByInverseLayer: c.scale_attn_by_inverse_layer_idx === true,
+    },
     mlp: { kind: "gelu_tanh" },
     tiedOutput: c.tie_word_embeddings !== false,
     dropout: { embedding: c.embd_pdrop as number, attention: c.attn_pdrop as number, residual: c.resid_pdrop as number },

@@ -4,15 +4,38 @@
 // The training state: its types, a fresh one, reading and saving a checkpoint directory (the save protocol every
 // checkpoint format goes through), the project's own format.
 export type {
-  AdamWState, ForeignFormat, LazyTensor, LrRestart, LrScheduleSpec, ModelShape, ParamLrScale, Progress, StageRecord, TokenizerSpec,
-  TrainingSettings, TrainingState,
+  AdamWState,
+  ForeignFormat,
+  LazyTensor,
+  LrRestart,
+  LrScheduleSpec,
+  ModelShape,
+  ParamLrScale,
+  Progress,
+  StageRecord,
+  TokenizerSpec,
+  TrainingSettings,
+  TrainingState,
 } from "./types.js";
 export { DEFAULT_ADAMW, inMemory, initTrainingState, parameterCount } from "./state/init.js";
 export { isLoaded, loadTrainingState, recoverInterruptedSave, type LoadOptions, type LoadedTrainingState } from "./state/load.js";
 export { STAGED_FORMAT, writeModelFiles, type CheckpointContents, type ModelToSave } from "./state/format.js";
 export { firstNonFinite, saveCheckpointDirectory, saveTrainingState, type SaveOptions, type SaveProgress } from "./state/save.js";
 export { canonicalPath, checkOutputPath } from "./state/paths.js";
-export { LR_SCALE_PARAMS, checkStageOptions, derived, detachedState, globalStepOf, grownState, haveStoredBytes, laidOut, zerosTensor, type LrScaleParams, type StageOptions, type StoredBytesOf } from "./stage.js";
+export {
+  LR_SCALE_PARAMS,
+  checkStageOptions,
+  derived,
+  detachedState,
+  globalStepOf,
+  grownState,
+  haveStoredBytes,
+  laidOut,
+  zerosTensor,
+  type LrScaleParams,
+  type StageOptions,
+  type StoredBytesOf,
+} from "./stage.js";
 
 // File formats: training_state.json, metrics.jsonl, a Hugging Face Trainer checkpoint's file names, tokenizer files.
 export { STATE_FILE } from "./state-format.js";
@@ -30,17 +53,54 @@ export { writeSafetensors, type TensorEntry, type WriteObserver } from "./safete
 export { closeCheckpoint, openCheckpoint, writeCheckpoint, type CheckpointFiles, type CheckpointTensor } from "./shards.js";
 
 // Tensors and dtypes.
-export { PIECE_BYTES, Tensor, blockDiagonal, blockLayoutPieces, blockMatrix, concat, scaleStored, tileLayout, type BlockLayout, type TypedArray } from "./tensor.js";
-export { DTYPE_SIZES, HOST_LITTLE_ENDIAN, TORCH_NAMES, encodeF16, firstNonFiniteStored, isDType, type DType, type SafetensorsDType } from "./dtype.js";
+export {
+  PIECE_BYTES,
+  Tensor,
+  blockDiagonal,
+  blockLayoutPieces,
+  blockMatrix,
+  concat,
+  scaleStored,
+  tileLayout,
+  type BlockLayout,
+  type TypedArray,
+} from "./tensor.js";
+export {
+  DTYPE_SIZES,
+  HOST_LITTLE_ENDIAN,
+  TORCH_NAMES,
+  encodeF16,
+  firstNonFiniteStored,
+  isDType,
+  type DType,
+  type SafetensorsDType,
+} from "./dtype.js";
 export { Rng, deriveSeed, streamKey } from "./rng.js";
 
 // Plugins: what an architecture, growth operator, checkpoint format, law, schedule, timing rule or trainer provides,
 // the registry, and the built-in architectures.
 export {
-  initWeights, namedParameters, type ArchitecturePlugin, type AxisSpace, type CheckpointDirectory, type CheckpointFormatPlugin,
-  type DecoderSpec, type GrowthPlugin, type GrowthTiming, type GrowthTimingContext, type GrowthTimingPlugin, type InitShape,
-  type LrSchedulePlugin, type ParamLayout, type ParamRole, type ParamSpec, type PluginKind, type PluginKinds, type ScalingLawPlugin,
-  type TimingPoint, type TrainerPlugin,
+  initWeights,
+  namedParameters,
+  type ArchitecturePlugin,
+  type AxisSpace,
+  type CheckpointDirectory,
+  type CheckpointFormatPlugin,
+  type DecoderSpec,
+  type GrowthPlugin,
+  type GrowthTiming,
+  type GrowthTimingContext,
+  type GrowthTimingPlugin,
+  type InitShape,
+  type LrSchedulePlugin,
+  type ParamLayout,
+  type ParamRole,
+  type ParamSpec,
+  type PluginKind,
+  type PluginKinds,
+  type ScalingLawPlugin,
+  type TimingPoint,
+  type TrainerPlugin,
 } from "./plugins.js";
 export { createDefaultRegistry, createRegistry, type Registry } from "./registry.js";
 export { gpt2 } from "./gpt2.js";
@@ -50,10 +110,33 @@ export { rotaryTables } from "./rope.js";
 export { resolveDecoder, type ResolvedDecoder, type Projection, type Norm, type MatrixParam } from "./decoder.js";
 
 // Locks and crash safety, files and inputs, resource limits.
-export { LockedError, describeThisProcess, lockCheckpoint, processStart, withCheckpointLock, type CheckpointLock, type LockHolder, type LockMode } from "./lock.js";
+export {
+  LockedError,
+  describeThisProcess,
+  lockCheckpoint,
+  processStart,
+  withCheckpointLock,
+  type CheckpointLock,
+  type LockHolder,
+  type LockMode,
+} from "./lock.js";
 export { checkInput, inputError, isInside, parseJsonFile, readTextInput, syncDir, systemCode, systemReason, writeFileAtomic } from "./files.js";
 export { checkInputSize, openInput, readInputWithin, type InputHandle, type InputLimit, type InputStats } from "./input.js";
 export {
-  F32_BYTES, MAX_TENSOR_VALUES, MAX_TEXT_BYTES, MAX_TOKENIZER_BYTES, MODEL_LIMITS, checkDiskSpace, checkMemory, checkModelSize,
-  checkTensorSizes, checkpointBytes, formatBytes, formatCount, freeMemory, writeAnnouncement, type ModelLimits, type ShapeNames,
+  F32_BYTES,
+  MAX_TENSOR_VALUES,
+  MAX_TEXT_BYTES,
+  MAX_TOKENIZER_BYTES,
+  MODEL_LIMITS,
+  checkDiskSpace,
+  checkMemory,
+  checkModelSize,
+  checkTensorSizes,
+  checkpointBytes,
+  formatBytes,
+  formatCount,
+  freeMemory,
+  writeAnnouncement,
+  type ModelLimits,
+  type ShapeNames,
 } from "./limits.js";

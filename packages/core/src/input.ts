@@ -18,7 +18,11 @@ export interface InputHandle {
   close(): Promise<void>;
 }
 /** The open file's kind and size. */
-export interface InputStats { size: number; isFile(): boolean; isDirectory(): boolean }
+export interface InputStats {
+  size: number;
+  isFile(): boolean;
+  isDirectory(): boolean;
+}
 
 /**
  * Open a file the user named for reading in pieces, with readInput's errors (a directory is refused here,

@@ -3,19 +3,40 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  MODEL_LIMITS, checkDiskSpace, checkMemory, checkModelSize, checkTensorSizes, checkpointBytes, formatBytes, formatCount,
-  freeDiskSpace, freeMemory, writeAnnouncement,
+  MODEL_LIMITS,
+  checkDiskSpace,
+  checkMemory,
+  checkModelSize,
+  checkTensorSizes,
+  checkpointBytes,
+  formatBytes,
+  formatCount,
+  freeDiskSpace,
+  freeMemory,
+  writeAnnouncement,
 } from "./limits.js";
 import { gpt2 } from "./gpt2.js";
 import { initTrainingState } from "./state/init.js";
 import type { ModelShape } from "./types.js";
 
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-limits-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-limits-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
-const shape = (s: Partial<ModelShape>): ModelShape =>
-  ({ layers: 12, dModel: 768, heads: 12, headDim: 64, ffn: 3072, vocab: 50257, context: 1024, ...s });
+const shape = (s: Partial<ModelShape>): ModelShape => ({
+  layers: 12,
+  dModel: 768,
+  heads: 12,
+  headDim: 64,
+  ffn: 3072,
+  vocab: 50257,
+  context: 1024,
+  ...s,
+});
 
 describe("formatting", () => {
   it("writes counts exactly below a million, else in short exponent form", () => {
@@ -44,18 +65,22 @@ describe("checkModelSize", () => {
   it("names the field, the parameter count and its F32 size in one line", () => {
     const huge = shape({ layers: 100_000_000 });
     expect(() => checkModelSize("x/config.json", huge, 7.08e14, { names: { layers: "n_layer" } })).toThrow(
-      "x/config.json: n_layer 100000000 gives 7.1e14 parameters (2.8 PB as F32); the limits are n_layer ≤ 10000 and 1e13 parameters");
+      "x/config.json: n_layer 100000000 gives 7.1e14 parameters (2.8 PB as F32); the limits are n_layer ≤ 10000 and 1e13 parameters",
+    );
     expect(() => checkModelSize("x/config.json", shape({ layers: 20_000 }), 1.4e11, { names: { layers: "n_layer" } })).toThrow(
-      "x/config.json: n_layer 20000 gives 1.4e11 parameters (560 GB as F32); the limit is n_layer ≤ 10000");
+      "x/config.json: n_layer 20000 gives 1.4e11 parameters (560 GB as F32); the limit is n_layer ≤ 10000",
+    );
   });
 
   it("lists the sizes when only the parameter count is over, and a cause before the grown fields", () => {
     const wide = shape({ layers: 1000, dModel: 100_000, ffn: 400_000 });
     expect(() => checkModelSize("", wide, 1.2e14)).toThrow(
-      /^layers 1000, d_model 100000, ffn 400000, vocab 50257, context 1024 gives 1\.2e14 parameters \(480 TB as F32\); the limit is 1e13 parameters$/);
+      /^layers 1000, d_model 100000, ffn 400000, vocab 50257, context 1024 gives 1\.2e14 parameters \(480 TB as F32\); the limit is 1e13 parameters$/,
+    );
     expect(() => checkModelSize("width growth", shape({ dModel: 2_000_000, ffn: 8_000_000 }), 3e15, { cause: "factor 2604" })).toThrow(
       "width growth: factor 2604 gives d_model 2000000, ffn 8000000 and 3e15 parameters (12.0 PB as F32); " +
-      "the limits are d_model ≤ 1048576, ffn ≤ 1048576 and 1e13 parameters");
+        "the limits are d_model ≤ 1048576, ffn ≤ 1048576 and 1e13 parameters",
+    );
   });
 
   it("refuses what cannot be compared: NaN and infinite sizes", () => {
@@ -80,14 +105,16 @@ describe("resources", () => {
 
   it("refuses a tensor larger than one array holds", () => {
     expect(() => checkTensorSizes("out", new Map([["a", { shape: [65536, 65536] }]]))).toThrow(
-      "out: tensor a [65536, 65536] has 4.3e9 values; one array holds at most 4294967295");
+      "out: tensor a [65536, 65536] has 4.3e9 values; one array holds at most 4294967295",
+    );
     expect(() => checkTensorSizes("out", new Map([["a", { shape: [65535, 65536] }]]))).not.toThrow();
   });
 
   it("refuses more memory than is free, with both numbers", () => {
     expect(freeMemory()).toBeGreaterThan(0);
     expect(() => checkMemory("big: initializing 1.1e12 parameters", 4.3e12, 21.3e9)).toThrow(
-      /^big: initializing 1\.1e12 parameters needs 4\.3 TB of memory \(F32\); 21\.3 GB is free \(os\.freemem, of .* in all\)$/);
+      /^big: initializing 1\.1e12 parameters needs 4\.3 TB of memory \(F32\); 21\.3 GB is free \(os\.freemem, of .* in all\)$/,
+    );
     expect(() => checkMemory("small", 1e6, 21.3e9)).not.toThrow();
   });
 
@@ -102,7 +129,8 @@ describe("resources", () => {
   it("refuses a write larger than the free space, with both numbers", async () => {
     const space = { bytes: 81.1e9, at: "/work" };
     await expect(checkDiskSpace("runs/big", 5.5e12, "1.4e12 parameters and their moments", space)).rejects.toThrow(
-      "runs/big: writing 5.5 TB (1.4e12 parameters and their moments) needs more than the 81.1 GB free on the filesystem of /work");
+      "runs/big: writing 5.5 TB (1.4e12 parameters and their moments) needs more than the 81.1 GB free on the filesystem of /work",
+    );
     await expect(checkDiskSpace("runs/big", 5e9, undefined, space)).resolves.toBeUndefined();
     // The real filesystem: no disk holds 10^20 bytes.
     await expect(checkDiskSpace(join(root, "out"), 1e20)).rejects.toThrow(/writing 100 EB needs more than the .* free on the filesystem of /);

@@ -43,8 +43,15 @@ export const MODEL_LIMITS: Readonly<ModelLimits> = Object.freeze({
 export type ShapeNames = Partial<Record<keyof ModelShape, string>>;
 
 const SHAPE_WORDS: Required<ShapeNames> = {
-  layers: "layers", dModel: "d_model", heads: "heads", headDim: "head_dim", ffn: "ffn", vocab: "vocab", context: "context",
-  kvHeads: "kv_heads", gatedMlp: "gated_mlp",
+  layers: "layers",
+  dModel: "d_model",
+  heads: "heads",
+  headDim: "head_dim",
+  ffn: "ffn",
+  vocab: "vocab",
+  context: "context",
+  kvHeads: "kv_heads",
+  gatedMlp: "gated_mlp",
 };
 /** The fields that set the parameter count, in the order a message lists them. */
 const SIZE_FIELDS = ["layers", "dModel", "ffn", "vocab", "context"] as const;
@@ -64,8 +71,12 @@ export function formatCount(n: number): string {
 export function formatBytes(n: number): string {
   if (!Number.isFinite(n)) return "more than 1e308 bytes";
   const units = ["bytes", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
-  let u = 0, v = n;
-  while (v >= 1000 && u < units.length - 1) { v /= 1000; u++; }
+  let u = 0,
+    v = n;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
   if (u === 0) return `${n} bytes`;
   return `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ${units[u]}`;
 }
@@ -76,8 +87,12 @@ export function formatBytes(n: number): string {
  * `cause` is what produced the shape when it is not the fields themselves ("factor 30000").
  *   config.json: n_layer 100000000 gives 7.1e14 parameters (2.8 PB as F32); the limits are n_layer ≤ 10000 and 1e13 parameters
  */
-export function checkModelSize(where: string, shape: ModelShape, parameters: number,
-                               options: { names?: ShapeNames; cause?: string; limits?: ModelLimits } = {}): void {
+export function checkModelSize(
+  where: string,
+  shape: ModelShape,
+  parameters: number,
+  options: { names?: ShapeNames; cause?: string; limits?: ModelLimits } = {},
+): void {
   const limits = options.limits ?? MODEL_LIMITS;
   const name = (f: keyof ModelShape) => options.names?.[f] ?? SHAPE_WORDS[f];
   // `!(x <= limit)` also catches NaN.
@@ -112,7 +127,9 @@ export function checkTensorSizes(where: string, params: ReadonlyMap<string, { sh
   for (const [name, t] of params) {
     const n = t.shape.reduce((a, b) => a * b, 1);
     if (n > MAX_TENSOR_VALUES) {
-      throw new Error(`${where ? `${where}: ` : ""}tensor ${name} [${t.shape.join(", ")}] has ${formatCount(n)} values; one array holds at most ${MAX_TENSOR_VALUES}`);
+      throw new Error(
+        `${where ? `${where}: ` : ""}tensor ${name} [${t.shape.join(", ")}] has ${formatCount(n)} values; one array holds at most ${MAX_TENSOR_VALUES}`,
+      );
     }
   }
 }
@@ -133,7 +150,9 @@ export function freeMemory(): number {
  */
 export function checkMemory(what: string, bytes: number, free: number = freeMemory()): void {
   if (!(bytes <= free)) {
-    throw new Error(`${what} needs ${formatBytes(bytes)} of memory (F32); ${formatBytes(free)} is free (os.freemem, of ${formatBytes(totalmem())} in all)`);
+    throw new Error(
+      `${what} needs ${formatBytes(bytes)} of memory (F32); ${formatBytes(free)} is free (os.freemem, of ${formatBytes(totalmem())} in all)`,
+    );
   }
 }
 
@@ -157,12 +176,13 @@ export async function freeDiskSpace(path: string): Promise<{ bytes: number; at: 
  * Throw when writing `bytes` to `dir` would not fit the free space of its filesystem; `detail` says what they are:
  *   runs/big: writing 5.5 TB (1.4e12 parameters and their moments) needs more than the 81.1 GB free on the filesystem of /work
  */
-export async function checkDiskSpace(dir: string, bytes: number, detail?: string,
-                                     free?: { bytes: number; at: string }): Promise<void> {
-  const space = free ?? await freeDiskSpace(dir);
+export async function checkDiskSpace(dir: string, bytes: number, detail?: string, free?: { bytes: number; at: string }): Promise<void> {
+  const space = free ?? (await freeDiskSpace(dir));
   if (!(bytes <= space.bytes)) {
-    throw new Error(`${dir}: writing ${formatBytes(bytes)}${detail ? ` (${detail})` : ""} needs more than the ` +
-      `${formatBytes(space.bytes)} free on the filesystem of ${space.at}`);
+    throw new Error(
+      `${dir}: writing ${formatBytes(bytes)}${detail ? ` (${detail})` : ""} needs more than the ` +
+        `${formatBytes(space.bytes)} free on the filesystem of ${space.at}`,
+    );
   }
 }
 

@@ -20,15 +20,24 @@ beforeAll(() => {
   live = spawn("sleep", ["600"], { stdio: "ignore" });
   deadPid = spawnSync("true").pid!;
 });
-afterAll(() => { live.kill("SIGKILL"); });
+afterAll(() => {
+  live.kill("SIGKILL");
+});
 beforeEach(async () => {
   dir = await canonicalPath(await mkdtemp(join(tmpdir(), "staged-lock-")));
   ck = join(dir, "ck");
 });
-afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
-const holder = (pid: number, start = processStart(pid)): LockHolder =>
-  ({ pid, host: hostname(), start, command: "staged train ck", since: "2026-11-27T12:00:00.000Z" });
+const holder = (pid: number, start = processStart(pid)): LockHolder => ({
+  pid,
+  host: hostname(),
+  start,
+  command: "staged train ck",
+  since: "2026-11-27T12:00:00.000Z",
+});
 /** Plant a lock as another process would hold it. */
 const plant = (name: string, h: LockHolder) => symlink(JSON.stringify(h), join(dir, name));
 
@@ -44,7 +53,9 @@ describe("lockCheckpoint", () => {
     await plant(".ck.lock", holder(live.pid!));
     const writer = lockCheckpoint(ck, "exclusive");
     await expect(writer).rejects.toBeInstanceOf(LockedError);
-    await expect(lockCheckpoint(ck, "exclusive")).rejects.toThrow(new RegExp(`ck: being written by pid ${live.pid} \\(staged train ck, since 2026-11-27T12:00:00.000Z\\); try again`));
+    await expect(lockCheckpoint(ck, "exclusive")).rejects.toThrow(
+      new RegExp(`ck: being written by pid ${live.pid} \\(staged train ck, since 2026-11-27T12:00:00.000Z\\); try again`),
+    );
     await expect(lockCheckpoint(ck, "shared")).rejects.toThrow(/being written by pid/);
     // Nothing of the refused attempts stays behind.
     expect((await readdir(dir)).sort()).toEqual([".ck.lock"]);

@@ -50,7 +50,11 @@ export interface CheckpointLock {
 
 /** The directory is locked by another live process; `holder` says by whom. */
 export class LockedError extends Error {
-  constructor(readonly path: string, readonly holder: LockHolder, readonly holderMode: LockMode) {
+  constructor(
+    readonly path: string,
+    readonly holder: LockHolder,
+    readonly holderMode: LockMode,
+  ) {
     super(`${path}: ${holderMode === "exclusive" ? "being written" : "being read"} by ${describeHolder(holder)}; try again when it has finished`);
     this.name = "LockedError";
   }
@@ -94,18 +98,37 @@ const ownStart = (): string | null => (startOfThis === undefined ? (startOfThis 
 
 let described: string | null = null;
 /** How this process's locks describe it to others (a CLI: `staged train runs/a --steps 100`); default its argv. */
-export function describeThisProcess(command: string): void { described = command; }
+export function describeThisProcess(command: string): void {
+  described = command;
+}
 
 function me(): LockHolder {
-  const args = described ?? process.argv.slice(1).map((a) => basename(a)).join(" ");
-  return { pid: process.pid, host: hostname(), start: ownStart(), command: args.length > 120 ? `${args.slice(0, 117)}...` : args, since: new Date().toISOString() };
+  const args =
+    described ??
+    process.argv
+      .slice(1)
+      .map((a) => basename(a))
+      .join(" ");
+  return {
+    pid: process.pid,
+    host: hostname(),
+    start: ownStart(),
+    command: args.length > 120 ? `${args.slice(0, 117)}...` : args,
+    since: new Date().toISOString(),
+  };
 }
 
 function parseHolder(text: string): LockHolder | null {
   try {
     const v = JSON.parse(text) as Partial<LockHolder>;
     if (typeof v.pid !== "number" || typeof v.host !== "string") return null;
-    return { pid: v.pid, host: v.host, start: typeof v.start === "string" ? v.start : null, command: String(v.command ?? ""), since: String(v.since ?? "") };
+    return {
+      pid: v.pid,
+      host: v.host,
+      start: typeof v.start === "string" ? v.start : null,
+      command: String(v.command ?? ""),
+      since: String(v.since ?? ""),
+    };
   } catch {
     return null;
   }
@@ -153,7 +176,8 @@ const ownWriters = new Set<string>();
 export const ownsWriteLock = (dir: string): boolean => ownWriters.has(dir);
 
 async function liveReaders(dir: string): Promise<LockHolder | null> {
-  const parent = dirname(dir), prefix = readerPrefix(dir);
+  const parent = dirname(dir),
+    prefix = readerPrefix(dir);
   let found: LockHolder | null = null;
   for (const f of await readdir(parent)) {
     if (!f.startsWith(prefix)) continue;
@@ -211,7 +235,10 @@ export async function lockCheckpoint(dir: string, mode: LockMode): Promise<Check
       if (h !== "unreadable" && holderAlive(h)) throw new LockedError(dir, h, "exclusive");
       await breakStale(writer, await readlink(writer).catch(() => ""));
     }
-    const reader = await liveReaders(dir).catch(async (e) => { await unlink(writer).catch(() => undefined); throw e; });
+    const reader = await liveReaders(dir).catch(async (e) => {
+      await unlink(writer).catch(() => undefined);
+      throw e;
+    });
     if (reader) {
       await unlink(writer).catch(() => undefined);
       throw new LockedError(dir, reader, "shared");
@@ -219,7 +246,9 @@ export async function lockCheckpoint(dir: string, mode: LockMode): Promise<Check
     ownWriters.add(dir);
     let released = false;
     return {
-      path: dir, mode, held: true,
+      path: dir,
+      mode,
+      held: true,
       async verify() {
         const now = await readlink(writer).catch(() => null);
         if (now !== text) throw new Error(`${dir}: lost the write lock ${writer} to another process; nothing was replaced`);
@@ -258,7 +287,9 @@ export async function lockCheckpoint(dir: string, mode: LockMode): Promise<Check
   await clearDeadReaders(dir);
   let released = false;
   return {
-    path: dir, mode, held: true,
+    path: dir,
+    mode,
+    held: true,
     verify: async () => undefined,
     async release() {
       if (released) return;

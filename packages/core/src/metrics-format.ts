@@ -32,8 +32,14 @@ const count = z.number().refine((v) => Number.isSafeInteger(v) && v >= 0, { erro
 const amount = z.number().refine((v) => Number.isFinite(v) && v >= 0, { error: "must be a finite number ≥ 0" });
 const loss = z.union([z.null(), z.number()]);
 const line = z.looseObject({
-  step: count, globalStep: count.optional(), stage: count.optional(), tokens: amount, flops: amount, loss: loss.optional(),
-  valLoss: loss.optional(), lr: z.number().optional(),
+  step: count,
+  globalStep: count.optional(),
+  stage: count.optional(),
+  tokens: amount,
+  flops: amount,
+  loss: loss.optional(),
+  valLoss: loss.optional(),
+  lr: z.number().optional(),
 });
 
 /** Parse metrics.jsonl text; blank lines are skipped; a malformed line is an error naming file, line and field. */
@@ -42,7 +48,11 @@ export function parseMetrics(text: string, source = METRICS_FILE): MetricsRecord
   text.split("\n").forEach((l, i) => {
     if (!l.trim()) return;
     let v: unknown;
-    try { v = JSON.parse(l); } catch { throw new Error(`${source}:${i + 1}: not JSON`); }
+    try {
+      v = JSON.parse(l);
+    } catch {
+      throw new Error(`${source}:${i + 1}: not JSON`);
+    }
     const r = line.safeParse(v);
     if (!r.success) {
       throw new Error(`${schemaError(`${source}:${i + 1}`, r.error).message} (a line is {"step","tokens","flops","loss","valLoss","lr"})`);
@@ -53,5 +63,4 @@ export function parseMetrics(text: string, source = METRICS_FILE): MetricsRecord
 }
 
 /** metrics.jsonl text of records, one JSON object per line. */
-export const formatMetrics = (records: readonly MetricsRecord[]): string =>
-  records.map((r) => JSON.stringify(r) + "\n").join("");
+export const formatMetrics = (records: readonly MetricsRecord[]): string => records.map((r) => JSON.stringify(r) + "\n").join("");

@@ -9,14 +9,30 @@ import type { SaveOptions } from "./state/save.js";
  * (its norm, the input projection, for gated MLPs (SwiGLU) a gate projection, the output projection).
  */
 export type ParamRole =
-  | "embed.tokens" | "embed.positions"
-  | "attn.norm.weight" | "attn.norm.bias"
-  | "attn.qkv.weight" | "attn.qkv.bias"
-  | "attn.q.weight" | "attn.q.bias" | "attn.k.weight" | "attn.k.bias" | "attn.v.weight" | "attn.v.bias"
-  | "attn.out.weight" | "attn.out.bias"
-  | "mlp.norm.weight" | "mlp.norm.bias"
-  | "mlp.in.weight" | "mlp.in.bias" | "mlp.gate.weight" | "mlp.gate.bias" | "mlp.out.weight" | "mlp.out.bias"
-  | "final_norm.weight" | "final_norm.bias"
+  | "embed.tokens"
+  | "embed.positions"
+  | "attn.norm.weight"
+  | "attn.norm.bias"
+  | "attn.qkv.weight"
+  | "attn.qkv.bias"
+  | "attn.q.weight"
+  | "attn.q.bias"
+  | "attn.k.weight"
+  | "attn.k.bias"
+  | "attn.v.weight"
+  | "attn.v.bias"
+  | "attn.out.weight"
+  | "attn.out.bias"
+  | "mlp.norm.weight"
+  | "mlp.norm.bias"
+  | "mlp.in.weight"
+  | "mlp.in.bias"
+  | "mlp.gate.weight"
+  | "mlp.gate.bias"
+  | "mlp.out.weight"
+  | "mlp.out.bias"
+  | "final_norm.weight"
+  | "final_norm.bias"
   | "lm_head.weight";
 
 /**
@@ -142,7 +158,10 @@ export function namedParameters(arch: ArchitecturePlugin, specs: readonly ParamS
   for (let i = 0; i < specs.length;) {
     let j = i;
     while (j < specs.length && specs[j]!.layer !== null && specs[j]!.layer === specs[i]!.layer) j++;
-    if (j === i) { out.push(specs[i++]!); continue; }
+    if (j === i) {
+      out.push(specs[i++]!);
+      continue;
+    }
     // Array.prototype.sort is stable: equal ranks keep params()'s order.
     out.push(...specs.slice(i, j).sort((a, b) => (rank[a.role] ?? 0) - (rank[b.role] ?? 0)));
     i = j;
@@ -158,7 +177,13 @@ export function dropoutProbability(v: unknown, what: string): number {
 
 /** The shape of a fresh model: ffn and kvHeads default to the architecture's (4·dModel or its own; heads). */
 export interface InitShape {
-  layers: number; dModel: number; heads: number; vocab: number; context: number; ffn?: number; kvHeads?: number;
+  layers: number;
+  dModel: number;
+  heads: number;
+  vocab: number;
+  context: number;
+  ffn?: number;
+  kvHeads?: number;
   /** The probability of every dropout the architecture's config has (GPT-2: three, Llama: one), in [0, 1); default 0. */
   dropout?: number;
 }
@@ -194,7 +219,10 @@ export interface LrSchedulePlugin<S = LrScheduleSpec> {
 /** A point of a run's validation curve, as a growth-timing rule sees it. */
 export interface TimingPoint {
   /** The stage model's step, the run's step over all stages, the run's FLOPs so far, the validation loss there. */
-  step: number; globalStep: number; flops: number; valLoss: number;
+  step: number;
+  globalStep: number;
+  flops: number;
+  valLoss: number;
 }
 
 /** What a growth-timing rule knows when a stage starts (`staged run`, @staged/run). */

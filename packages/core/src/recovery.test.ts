@@ -18,15 +18,21 @@ beforeAll(() => {
   live = spawn("sleep", ["600"], { stdio: "ignore" });
   dead = spawnSync("true").pid!;
 });
-afterAll(() => { live.kill("SIGKILL"); });
+afterAll(() => {
+  live.kill("SIGKILL");
+});
 beforeEach(async () => {
   dir = await canonicalPath(await mkdtemp(join(tmpdir(), "staged-recover-")));
   ck = join(dir, "ck");
 });
-afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
-const atStep = (step: number): TrainingState =>
-  ({ ...initTrainingState("gpt2", tiny, step), progress: { step, tokensSeen: 0, flopsSeen: 0, samplerSeed: step, stages: [] } });
+const atStep = (step: number): TrainingState => ({
+  ...initTrainingState("gpt2", tiny, step),
+  progress: { step, tokensSeen: 0, flopsSeen: 0, samplerSeed: step, stages: [] },
+});
 
 /** A complete checkpoint at `step`, saved at `path` (as an interrupted save would have left it). */
 async function complete(path: string, step: number): Promise<void> {
@@ -49,7 +55,9 @@ describe("recovery from saves killed at each point", () => {
     await writeFile(join(dir, `.ck.tmp-${dead}-a1`, "config.json"), "{");
     const r = await load();
     expect(r.step).toBe(3);
-    expect(r.notes).toEqual([expect.stringMatching(new RegExp(`removed the incomplete save \\.ck\\.tmp-${dead}-a1 \\(pid ${dead}, no longer running\\)`))]);
+    expect(r.notes).toEqual([
+      expect.stringMatching(new RegExp(`removed the incomplete save \\.ck\\.tmp-${dead}-a1 \\(pid ${dead}, no longer running\\)`)),
+    ]);
     expect(await readdir(dir)).toEqual(["ck"]);
   });
 

@@ -59,11 +59,15 @@ const active = new Set<string>();
 /** A save of this process writes `path` (a sibling from siblingPath): recovery leaves it alone until `done()`. */
 export function claimSibling(path: string): { path: string; done(): void } {
   active.add(path);
-  return { path, done: () => { active.delete(path); } };
+  return {
+    path,
+    done: () => {
+      active.delete(path);
+    },
+  };
 }
 
-const deadOwner = (l: Leftover): boolean =>
-  l.pid === null || (l.pid === process.pid ? !active.has(l.path) : !pidAlive(l.pid));
+const deadOwner = (l: Leftover): boolean => l.pid === null || (l.pid === process.pid ? !active.has(l.path) : !pidAlive(l.pid));
 
 /** Whether `target` has leftovers of dead owners to settle (cheap: one readdir). */
 export async function needsRecovery(target: string): Promise<boolean> {
@@ -90,7 +94,8 @@ export async function recoverCheckpoint(target: string): Promise<string[]> {
   const dead = (await leftovers(target)).filter(deadOwner);
   if (!dead.length) return [];
   const notes: string[] = [];
-  const owner = (l: Leftover) => (l.pid === null ? "an earlier version" : l.pid === process.pid ? "a failed save of this process" : `pid ${l.pid}, no longer running`);
+  const owner = (l: Leftover) =>
+    l.pid === null ? "an earlier version" : l.pid === process.pid ? "a failed save of this process" : `pid ${l.pid}, no longer running`;
   for (const l of dead.filter((x) => x.kind === "tmp")) {
     await rm(l.path, { recursive: true, force: true });
     notes.push(`${target}: removed the incomplete save ${basename(l.path)} (${owner(l)})`);
@@ -98,7 +103,10 @@ export async function recoverCheckpoint(target: string): Promise<string[]> {
   const byAge = async (kind: LeftoverKind) => {
     const list = dead.filter((x) => x.kind === kind);
     const times = await Promise.all(list.map((l) => mtime(l.path)));
-    return list.map((l, i) => ({ l, t: times[i]! })).sort((a, b) => b.t - a.t).map((x) => x.l);
+    return list
+      .map((l, i) => ({ l, t: times[i]! }))
+      .sort((a, b) => b.t - a.t)
+      .map((x) => x.l);
   };
   const news = await byAge("new");
   const olds = (await byAge("old")).map((l) => l.path);
@@ -123,7 +131,9 @@ export async function recoverCheckpoint(target: string): Promise<string[]> {
       await rename(back, target);
       await syncDir(dirname(target));
       present = true;
-      notes.push(`${target}: restored the previous checkpoint${await stepOf(target)} that an interrupted save had set aside (the save itself was incomplete)`);
+      notes.push(
+        `${target}: restored the previous checkpoint${await stepOf(target)} that an interrupted save had set aside (the save itself was incomplete)`,
+      );
     }
   }
   if (present) {

@@ -21,7 +21,14 @@ describe("registry", () => {
   it("refuses duplicates and nameless plugins; registries are independent", () => {
     const r = createDefaultRegistry();
     expect(() => r.register("architecture", r.get("architecture", "gpt2"))).toThrow(/already registered/);
-    const trainer = { train: async () => { throw new Error("unused"); }, evaluate: async () => { throw new Error("unused"); } };
+    const trainer = {
+      train: async () => {
+        throw new Error("unused");
+      },
+      evaluate: async () => {
+        throw new Error("unused");
+      },
+    };
     expect(() => r.register("trainer", { name: "", ...trainer })).toThrow(/needs a name/);
     r.register("trainer", { name: "ort", ...trainer });
     expect(createDefaultRegistry().has("trainer", "ort")).toBe(false);

@@ -40,8 +40,8 @@ export function createRegistry(): Registry {
     },
     has: (kind, name) => table(kind).has(name),
     list: (kind) => [...table(kind).keys()].sort(),
-    architectureFor: (modelType) => [...(table("architecture") as Map<string, ArchitecturePlugin>).values()]
-      .find((arch) => arch.modelTypes.includes(String(modelType))),
+    architectureFor: (modelType) =>
+      [...(table("architecture") as Map<string, ArchitecturePlugin>).values()].find((arch) => arch.modelTypes.includes(String(modelType))),
   };
   return registry;
 }

@@ -3,9 +3,14 @@ import { Rng, streamKey } from "./rng.js";
 
 describe("keyed streams and dropout masks", () => {
   it("a key names one stream: the same parts give the same draws, any other part other draws", () => {
-    const draws = (...parts: number[]) => { const r = Rng.keyed(...parts); return Array.from({ length: 4 }, () => r.nextU32()); };
+    const draws = (...parts: number[]) => {
+      const r = Rng.keyed(...parts);
+      return Array.from({ length: 4 }, () => r.nextU32());
+    };
     expect(draws(7, 3, 0)).toEqual(draws(7, 3, 0));
-    const seen = new Set([draws(7, 3, 0), draws(7, 3, 1), draws(7, 4, 0), draws(8, 3, 0), draws(3, 7, 0), draws(7, 3), draws(2 ** 40, 3, 0)].map(String));
+    const seen = new Set(
+      [draws(7, 3, 0), draws(7, 3, 1), draws(7, 4, 0), draws(8, 3, 0), draws(3, 7, 0), draws(7, 3), draws(2 ** 40, 3, 0)].map(String),
+    );
     expect(seen.size).toBe(7);
     expect(streamKey(11, 5)).toBe(streamKey(11, 5));
     expect(Number.isSafeInteger(streamKey(11, 5))).toBe(true);
@@ -21,10 +26,15 @@ describe("keyed streams and dropout masks", () => {
       expect(m.every((x) => x === 0 || x === scale)).toBe(true);
       const kept = m.reduce((s, x) => s + (x === 0 ? 0 : 1), 0) / m.length;
       // 5 standard deviations of the kept fraction.
-      expect(Math.abs(kept - (1 - p))).toBeLessThan(5 * Math.sqrt(p * (1 - p) / m.length));
+      expect(Math.abs(kept - (1 - p))).toBeLessThan(5 * Math.sqrt((p * (1 - p)) / m.length));
     }
-    expect(Rng.keyed(2).fillDropout(new Float32Array(1000), 0).every((x) => x === 1)).toBe(true);
-    const a = Rng.keyed(3), b = Rng.keyed(3);
+    expect(
+      Rng.keyed(2)
+        .fillDropout(new Float32Array(1000), 0)
+        .every((x) => x === 1),
+    ).toBe(true);
+    const a = Rng.keyed(3),
+      b = Rng.keyed(3);
     const m = a.fillDropout(new Float32Array(64), 0.25, 8, 40);
     expect(m.subarray(0, 8).every((x) => x === 0) && m.subarray(40).every((x) => x === 0)).toBe(true);
     for (let i = 8; i < 40; i++) expect(m[i]).toBe(b.nextU32() >= 2 ** 30 ? Math.fround(4 / 3) : 0);

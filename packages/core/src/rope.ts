@@ -8,14 +8,18 @@
  */
 export function rotaryTables(T: number, headDim: number, theta: number, scale = 1): { cos: Float32Array; sin: Float32Array } {
   const half = headDim / 2;
-  const cos = new Float32Array(T * headDim), sin = new Float32Array(T * headDim);
+  const cos = new Float32Array(T * headDim),
+    sin = new Float32Array(T * headDim);
   for (let i = 0; i < half; i++) {
     const invFreq = Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim)));
     for (let t = 0; t < T; t++) {
       const angle = Math.fround(t * invFreq);
-      const c = Math.fround(Math.cos(angle)) * scale, s = Math.fround(Math.sin(angle)) * scale;
-      cos[t * headDim + i] = c; cos[t * headDim + half + i] = c;
-      sin[t * headDim + i] = -s; sin[t * headDim + half + i] = s;
+      const c = Math.fround(Math.cos(angle)) * scale,
+        s = Math.fround(Math.sin(angle)) * scale;
+      cos[t * headDim + i] = c;
+      cos[t * headDim + half + i] = c;
+      sin[t * headDim + i] = -s;
+      sin[t * headDim + half + i] = s;
     }
   }
   return { cos, sin };

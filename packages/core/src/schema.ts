@@ -6,7 +6,11 @@ import type { z } from "zod";
  */
 export function schemaError(file: string, error: z.ZodError): Error {
   const issue = error.issues[0];
-  const path = issue?.path.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("").replace(/^\./, "") ?? "";
+  const path =
+    issue?.path
+      .map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`))
+      .join("")
+      .replace(/^\./, "") ?? "";
   const message = (issue?.message ?? "invalid").replace(/^Invalid input: /, "");
   return new Error(`${file}: ${path ? `${path} ` : ""}${message}`);
 }

@@ -9,8 +9,12 @@ import { closeCheckpoint, indexJson, openCheckpoint, planShards, shardName, writ
 import { Tensor } from "./tensor.js";
 
 let root = "";
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-shards-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-shards-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 let counter = 0;
 async function freshDir(): Promise<string> {
@@ -21,7 +25,11 @@ async function freshDir(): Promise<string> {
 
 /** 5 F32 tensors of 40, 40, 24, 16, 40 bytes (160 in all). */
 function sample(): TensorEntry[] {
-  const t = (n: number, v: number): Tensor => Tensor.fromArray([n], Array.from({ length: n }, (_, i) => v + i));
+  const t = (n: number, v: number): Tensor =>
+    Tensor.fromArray(
+      [n],
+      Array.from({ length: n }, (_, i) => v + i),
+    );
   return [
     { name: "wte.weight", tensor: t(10, 100) },
     { name: "h.0.attn.weight", tensor: t(10, 200) },
@@ -33,8 +41,14 @@ function sample(): TensorEntry[] {
 
 describe("HF shard planning", () => {
   it("greedy in entry order; an oversize tensor gets its own shard ahead of the one being filled", () => {
-    expect(planShards([40, 40, 24, 16, 40], 100)).toEqual([[0, 1], [2, 3, 4]]);
-    expect(planShards([40, 40, 24, 16, 40], 80)).toEqual([[0, 1], [2, 3, 4]]);
+    expect(planShards([40, 40, 24, 16, 40], 100)).toEqual([
+      [0, 1],
+      [2, 3, 4],
+    ]);
+    expect(planShards([40, 40, 24, 16, 40], 80)).toEqual([
+      [0, 1],
+      [2, 3, 4],
+    ]);
     expect(planShards([40, 40, 24, 16, 40], 64)).toEqual([[0], [1, 2], [3, 4]]);
     expect(planShards([10, 500, 10, 10], 25)).toEqual([[1], [0, 2], [3]]);
     expect(planShards([10, 10], 100)).toEqual([[0, 1]]);
@@ -47,9 +61,20 @@ describe("HF shard planning", () => {
   });
 
   it("writes the index as json.dumps(indent=2, sort_keys=True) does", () => {
-    expect(indexJson(12, new Map([["b", "f2"], ["a.é", "f1"], ["10", "f1"], ["9", "f2"]]))).toBe(
+    expect(
+      indexJson(
+        12,
+        new Map([
+          ["b", "f2"],
+          ["a.é", "f1"],
+          ["10", "f1"],
+          ["9", "f2"],
+        ]),
+      ),
+    ).toBe(
       '{\n  "metadata": {\n    "total_size": 12\n  },\n  "weight_map": {\n' +
-      '    "10": "f1",\n    "9": "f2",\n    "a.\\u00e9": "f1",\n    "b": "f2"\n  }\n}\n');
+        '    "10": "f1",\n    "9": "f2",\n    "a.\\u00e9": "f1",\n    "b": "f2"\n  }\n}\n',
+    );
   });
 });
 
@@ -115,10 +140,20 @@ describe("sharded write and read", () => {
     await closeCheckpoint(ck);
 
     await writeCheckpoint(dir, "model", sample(), { maxShardBytes: 100 });
-    expect((await readdir(dir)).sort()).toEqual(["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]);
+    expect((await readdir(dir)).sort()).toEqual([
+      "model-00001-of-00002.safetensors",
+      "model-00002-of-00002.safetensors",
+      "model.safetensors.index.json",
+    ]);
     await writeFile(join(dir, "other.safetensors"), "untouched");
     await writeCheckpoint(dir, "optimizer", sample().slice(0, 1));
-    expect((await readdir(dir)).sort()).toEqual(["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json", "optimizer.safetensors", "other.safetensors"]);
+    expect((await readdir(dir)).sort()).toEqual([
+      "model-00001-of-00002.safetensors",
+      "model-00002-of-00002.safetensors",
+      "model.safetensors.index.json",
+      "optimizer.safetensors",
+      "other.safetensors",
+    ]);
   });
 
   it("returns null when neither the index nor the single file exists", async () => {
@@ -185,7 +220,9 @@ describe("index validation", () => {
     const { dir, index, json } = await sharded();
     json.weight_map["extra.weight"] = "model-00001-of-00003.safetensors";
     await writeFile(index, JSON.stringify(json));
-    expect(await openError(dir)).toBe(`${index}: tensor "extra.weight" is mapped to "model-00001-of-00003.safetensors" but that shard does not contain it`);
+    expect(await openError(dir)).toBe(
+      `${index}: tensor "extra.weight" is mapped to "model-00001-of-00003.safetensors" but that shard does not contain it`,
+    );
   });
 
   it("tensor mapped to the wrong shard, not listed, or in two shards", async () => {
@@ -193,7 +230,9 @@ describe("index validation", () => {
     const original = JSON.stringify(json);
     json.weight_map["h.0.attn.weight"] = "model-00003-of-00003.safetensors";
     await writeFile(index, JSON.stringify(json));
-    expect(await openError(dir)).toBe(`${index}: tensor "h.0.attn.weight" is mapped to "model-00003-of-00003.safetensors" but is in shard "model-00002-of-00003.safetensors"`);
+    expect(await openError(dir)).toBe(
+      `${index}: tensor "h.0.attn.weight" is mapped to "model-00003-of-00003.safetensors" but is in shard "model-00002-of-00003.safetensors"`,
+    );
 
     const unlisted = JSON.parse(original);
     delete unlisted.weight_map["ln_f.weight"];
@@ -207,7 +246,9 @@ describe("index validation", () => {
       { name: "ln_f.weight", tensor: Tensor.fromArray([10], new Array(10).fill(0)) },
       { name: "wte.weight", tensor: Tensor.fromArray([10], new Array(10).fill(0)) },
     ]);
-    expect(await openError(dir, "DuplicateKey")).toBe(`${index}: tensor "wte.weight" is in two shards: "model-00001-of-00003.safetensors" and "model-00003-of-00003.safetensors"`);
+    expect(await openError(dir, "DuplicateKey")).toBe(
+      `${index}: tensor "wte.weight" is in two shards: "model-00001-of-00003.safetensors" and "model-00003-of-00003.safetensors"`,
+    );
   });
 
   it("total_size not matching the tensors", async () => {

@@ -45,7 +45,6 @@ export const shardName = (base: string, i: number, n: number): string => `${base
 const escapeRe = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 const shardPattern = (base: string): RegExp => new RegExp(`^${escapeRe(base)}-\\d{5}-of-\\d{5}\\.safetensors$`);
 
-
 const q = (s: unknown): string => JSON.stringify(s) ?? String(s);
 
 /**
@@ -56,15 +55,29 @@ function readWhileOpen(shard: SafetensorsFile, name: string): LazyTensor {
   const lazy = shard.lazy(name);
   const open = (): void => {
     if (shard.closed) {
-      throw new SafetensorsError(shard.path, "Closed", `closed before tensor ${q(name)} was read: a state derived from a loaded checkpoint ` +
-        "reads its tensors from the checkpoint's files, so save it (or read its tensors) before closing the checkpoint it came from");
+      throw new SafetensorsError(
+        shard.path,
+        "Closed",
+        `closed before tensor ${q(name)} was read: a state derived from a loaded checkpoint ` +
+          "reads its tensors from the checkpoint's files, so save it (or read its tensors) before closing the checkpoint it came from",
+      );
     }
   };
   return {
-    dtype: lazy.dtype, shape: lazy.shape,
-    read: async () => { open(); return lazy.read(); },
-    readBytes: async () => { open(); return shard.readRaw(name); },
-    streamBytes: (buffer?: (bytes: number) => Uint8Array) => { open(); return shard.streamRaw(name, buffer); },
+    dtype: lazy.dtype,
+    shape: lazy.shape,
+    read: async () => {
+      open();
+      return lazy.read();
+    },
+    readBytes: async () => {
+      open();
+      return shard.readRaw(name);
+    },
+    streamBytes: (buffer?: (bytes: number) => Uint8Array) => {
+      open();
+      return shard.streamRaw(name, buffer);
+    },
   };
 }
 
@@ -99,7 +112,9 @@ export async function openCheckpoint(dir: string, base: string): Promise<Checkpo
     const file = await SafetensorsFile.open(single);
     return fromFiles([singleName(base)], [file], null);
   }
-  const fail = (problem: string, code: SafetensorsErrorCode = "InvalidIndex"): never => { throw new SafetensorsError(indexPath, code, problem); };
+  const fail = (problem: string, code: SafetensorsErrorCode = "InvalidIndex"): never => {
+    throw new SafetensorsError(indexPath, code, problem);
+  };
 
   let text = "";
   try {
@@ -204,8 +219,7 @@ export function planShards(sizes: readonly number[], maxShardBytes: number): num
 }
 
 /** Python's `json.dumps` string (ensure_ascii): every character outside space..~ escaped. */
-const pyString = (s: string): string =>
-  JSON.stringify(s).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+const pyString = (s: string): string => JSON.stringify(s).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 
 /** The index exactly as transformers writes it: `json.dumps(index, indent=2, sort_keys=True) + "\n"`. */
 export function indexJson(totalSize: number, weightMap: ReadonlyMap<string, string>): string {
@@ -223,7 +237,9 @@ export function indexJson(totalSize: number, weightMap: ReadonlyMap<string, stri
  * once per file).
  */
 export async function writeCheckpoint(
-  dir: string, base: string, entries: readonly TensorEntry[],
+  dir: string,
+  base: string,
+  entries: readonly TensorEntry[],
   opts: { maxShardBytes?: number | undefined; metadata?: Record<string, string>; observer?: WriteObserver } = {},
 ): Promise<{ files: string[]; totalBytes: number; totalSize: number }> {
   const max = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
@@ -232,7 +248,8 @@ export async function writeCheckpoint(
   const sizes = entries.map(({ name, tensor }) => {
     if (seen.has(name)) throw new SafetensorsError(join(dir, singleName(base)), "DuplicateKey", `duplicate tensor name ${q(name)}`);
     seen.add(name);
-    if (!isDType(tensor.dtype)) throw new SafetensorsError(join(dir, singleName(base)), "UnsupportedDType", `tensor ${q(name)}: unknown dtype ${q(tensor.dtype)}`);
+    if (!isDType(tensor.dtype))
+      throw new SafetensorsError(join(dir, singleName(base)), "UnsupportedDType", `tensor ${q(name)}: unknown dtype ${q(tensor.dtype)}`);
     return tensor.shape.reduce((a, d) => a * d, DTYPE_SIZES[tensor.dtype]);
   });
   const totalSize = sizes.reduce((a, b) => a + b, 0);
@@ -257,8 +274,7 @@ export async function writeCheckpoint(
   const keep = new Set(files);
   const pattern = shardPattern(base);
   for (const f of await readdir(dir)) {
-    const stale = keep.has(f) ? false
-      : pattern.test(f) || (plan.length <= 1 ? f === indexName(base) : f === singleName(base));
+    const stale = keep.has(f) ? false : pattern.test(f) || (plan.length <= 1 ? f === indexName(base) : f === singleName(base));
     if (stale) await unlink(join(dir, f));
   }
   return { files, totalBytes, totalSize };

@@ -45,7 +45,12 @@ export interface StoredBytesOf {
  * A LazyTensor computed on demand from other lazy tensors, so growth streams one output at a time. `stored`: how its
  * stored bytes are computed without decoding, where they can be (they must equal what writing read()'s values stores).
  */
-export const derived = (dtype: LazyTensor["dtype"], shape: readonly number[], compute: () => Promise<Tensor>, stored: StoredBytesOf = {}): LazyTensor => {
+export const derived = (
+  dtype: LazyTensor["dtype"],
+  shape: readonly number[],
+  compute: () => Promise<Tensor>,
+  stored: StoredBytesOf = {},
+): LazyTensor => {
   const t: LazyTensor = { dtype, shape: [...shape], read: compute };
   return Object.assign(t, stored.readBytes ? { readBytes: stored.readBytes } : {}, stored.streamBytes ? { streamBytes: stored.streamBytes } : {});
 };
@@ -62,22 +67,31 @@ export const zerosTensor = (dtype: LazyTensor["dtype"], shape: readonly number[]
   });
 };
 
-async function* toAsync<T>(it: Iterable<T>): AsyncGenerator<T> { yield* it; }
+async function* toAsync<T>(it: Iterable<T>): AsyncGenerator<T> {
+  yield* it;
+}
 
 /**
  * A tensor laid out from blocks of stored bytes (tiles, block matrices: see BlockLayout): `sources()` gives them (read
  * once per computation), `compute` the same tensor as values. Its stored bytes come in pieces of whole rows, so a writer
  * holds the sources and one piece, never the whole result.
  */
-export function laidOut(dtype: LazyTensor["dtype"], shape: readonly number[], compute: () => Promise<Tensor>,
-                        sources: () => Promise<Uint8Array[]>, layout: BlockLayout): LazyTensor {
+export function laidOut(
+  dtype: LazyTensor["dtype"],
+  shape: readonly number[],
+  compute: () => Promise<Tensor>,
+  sources: () => Promise<Uint8Array[]>,
+  layout: BlockLayout,
+): LazyTensor {
   const size = DTYPE_SIZES[dtype];
   const want = numel(shape) * size;
   const got = layout.rowBands * layout.rows * layout.colBands * layout.cols * size;
   if (got !== want) throw new Error(`laidOut: the layout makes ${got} bytes, [${shape.join(", ")}] ${dtype} is ${want}`);
   return derived(dtype, shape, compute, {
     readBytes: async () => blockLayoutBytes(await sources(), size, layout),
-    streamBytes: async function* (buffer?: (bytes: number) => Uint8Array) { yield* blockLayoutPieces(await sources(), size, layout, PIECE_BYTES, buffer); },
+    streamBytes: async function* (buffer?: (bytes: number) => Uint8Array) {
+      yield* blockLayoutPieces(await sources(), size, layout, PIECE_BYTES, buffer);
+    },
   });
 }
 
@@ -113,25 +127,37 @@ export function detachedState(state: TrainingState): TrainingState {
 }
 
 /** The state after a growth (see detachedState: it has no source directory). */
-export function grownState(state: TrainingState, grown: {
-  operator: string; options: Record<string, unknown>; config: Record<string, unknown>; shape: ModelShape;
-  params: Map<string, LazyTensor>; expAvg?: Map<string, LazyTensor>; expAvgSq?: Map<string, LazyTensor>;
-  resetMoments: boolean; stage: StageOptions;
-  /** The operator's LR scale when stage.lrScale is not given (default 1). */
-  defaultLrScale?: number;
-  /** Parameter names excluded from weight decay after the growth (default: unchanged). */
-  noDecay?: string[];
-  /** Roles of the matrices whose input dimension the growth multiplied (lrScaleParams "fanIn"); default none. */
-  fanInRoles?: string[];
-}): TrainingState {
+export function grownState(
+  state: TrainingState,
+  grown: {
+    operator: string;
+    options: Record<string, unknown>;
+    config: Record<string, unknown>;
+    shape: ModelShape;
+    params: Map<string, LazyTensor>;
+    expAvg?: Map<string, LazyTensor>;
+    expAvgSq?: Map<string, LazyTensor>;
+    resetMoments: boolean;
+    stage: StageOptions;
+    /** The operator's LR scale when stage.lrScale is not given (default 1). */
+    defaultLrScale?: number;
+    /** Parameter names excluded from weight decay after the growth (default: unchanged). */
+    noDecay?: string[];
+    /** Roles of the matrices whose input dimension the growth multiplied (lrScaleParams "fanIn"); default none. */
+    fanInRoles?: string[];
+  },
+): TrainingState {
   const step = grown.stage.continueAt ?? state.progress.step;
   const lrScale = grown.stage.lrScale ?? grown.defaultLrScale ?? 1;
   const which = grown.stage.lrScaleParams ?? "all";
   const ramp = grown.stage.lrRamp ?? 0;
   const record: StageRecord = {
-    step: state.progress.step, operator: grown.operator,
+    step: state.progress.step,
+    operator: grown.operator,
     options: { ...grown.options, lrScale, ...(which === "all" ? {} : { lrScaleParams: which }), ...(ramp > 0 ? { lrRamp: ramp } : {}) },
-    before: state.shape, after: grown.shape, continueAt: step,
+    before: state.shape,
+    after: grown.shape,
+    continueAt: step,
   };
   const rewarmup = grown.stage.rewarmup ?? 0;
   // A state without a schedule (fresh, or a pretrained checkpoint) gets the trainer's default, a constant LR,
@@ -141,11 +167,20 @@ export function grownState(state: TrainingState, grown: {
   // per-parameter factor of the schedule (ParamLrScale).
   const perParam = which !== "all" || ramp > 0;
   const peakScale = perParam ? 1 : lrScale;
-  const scaled = lrScale === 1 ? base
-    : perParam ? { ...base, paramScales: [...(base.paramScales ?? []), { step, scale: lrScale, rampSteps: ramp, roles: which === "all" ? null : [...(grown.fanInRoles ?? [])] }] }
-    : { ...base, peakLr: base.peakLr * lrScale, ...(base.minLr === undefined ? {} : { minLr: base.minLr * lrScale }) };
-  const schedule = rewarmup > 0 ? { ...scaled, restarts: [...scaled.restarts, { step, warmupSteps: rewarmup }] }
-    : lrScale !== 1 ? scaled : state.schedule;
+  const scaled =
+    lrScale === 1
+      ? base
+      : perParam
+        ? {
+            ...base,
+            paramScales: [
+              ...(base.paramScales ?? []),
+              { step, scale: lrScale, rampSteps: ramp, roles: which === "all" ? null : [...(grown.fanInRoles ?? [])] },
+            ],
+          }
+        : { ...base, peakLr: base.peakLr * lrScale, ...(base.minLr === undefined ? {} : { minLr: base.minLr * lrScale }) };
+  const schedule =
+    rewarmup > 0 ? { ...scaled, restarts: [...scaled.restarts, { step, warmupSteps: rewarmup }] } : lrScale !== 1 ? scaled : state.schedule;
   const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
   const hasMoments = Boolean(grown.expAvg && grown.expAvgSq);
   return {
@@ -162,7 +197,9 @@ export function grownState(state: TrainingState, grown: {
     },
     schedule,
     progress: {
-      ...state.progress, step, stages: [...state.progress.stages, record],
+      ...state.progress,
+      step,
+      stages: [...state.progress.stages, record],
       globalStep: globalStepOf(state.progress),
       // Continuing at an earlier step must not replay the random batches the small model saw there
       // (the sequential sampler is defined by the step alone, so it does replay them).

@@ -17,54 +17,101 @@ export const STATE_VERSION = 1;
 const finite = z.number().refine(Number.isFinite, { error: "must be a finite number" });
 const positive = finite.refine((v) => v > 0, { error: "must be a positive number" });
 const nonNegative = finite.refine((v) => v >= 0, { error: "must be a number ≥ 0" });
-const int = (min: number) =>
-  z.number().refine((v) => Number.isSafeInteger(v) && v >= min, { error: `must be an integer ≥ ${min} (and below 2^53)` });
+const int = (min: number) => z.number().refine((v) => Number.isSafeInteger(v) && v >= min, { error: `must be an integer ≥ ${min} (and below 2^53)` });
 const bool = z.boolean({ error: "must be true or false" });
 const unit = finite.refine((v) => v >= 0 && v < 1, { error: "must be a number in [0, 1)" });
 
 const shape = z.object({
-  layers: int(1), dModel: int(1), heads: int(1), headDim: int(1), ffn: int(1), vocab: int(1), context: int(1),
-  kvHeads: int(1).optional(), gatedMlp: bool.optional(),
+  layers: int(1),
+  dModel: int(1),
+  heads: int(1),
+  headDim: int(1),
+  ffn: int(1),
+  vocab: int(1),
+  context: int(1),
+  kvHeads: int(1).optional(),
+  gatedMlp: bool.optional(),
 });
 
 const stage = z.object({
-  step: int(0), operator: z.string().min(1), options: z.record(z.string(), z.unknown()), before: shape, after: shape,
+  step: int(0),
+  operator: z.string().min(1),
+  options: z.record(z.string(), z.unknown()),
+  before: shape,
+  after: shape,
   continueAt: int(0).optional(),
 });
 
 const optimizer = z.object({
-  name: z.literal("adamw"), lr: positive, betas: z.tuple([unit, unit]), eps: positive, weightDecay: nonNegative,
-  clip: z.union([z.null(), positive]).optional(), noDecay: z.array(z.string()), step: int(0),
-  biasCorrection: bool.optional(), hasMoments: bool.optional(),
+  name: z.literal("adamw"),
+  lr: positive,
+  betas: z.tuple([unit, unit]),
+  eps: positive,
+  weightDecay: nonNegative,
+  clip: z.union([z.null(), positive]).optional(),
+  noDecay: z.array(z.string()),
+  step: int(0),
+  biasCorrection: bool.optional(),
+  hasMoments: bool.optional(),
 });
 
 const schedule = z.looseObject({
-  kind: z.string().min(1), peakLr: nonNegative, warmupSteps: int(0), totalSteps: int(0), minLr: nonNegative.optional(),
+  kind: z.string().min(1),
+  peakLr: nonNegative,
+  warmupSteps: int(0),
+  totalSteps: int(0),
+  minLr: nonNegative.optional(),
   restarts: z.array(z.object({ step: int(0), warmupSteps: int(0) })),
-  paramScales: z.array(z.object({
-    step: int(0), scale: positive, rampSteps: int(0), roles: z.union([z.null(), z.array(z.string())]),
-  })).optional(),
+  paramScales: z
+    .array(
+      z.object({
+        step: int(0),
+        scale: positive,
+        rampSteps: int(0),
+        roles: z.union([z.null(), z.array(z.string())]),
+      }),
+    )
+    .optional(),
 });
 
 const progress = z.object({
-  step: int(0), tokensSeen: nonNegative, flopsSeen: nonNegative, samplerSeed: int(0),
-  sampler: z.enum(["random", "sequential"]).optional(), globalStep: int(0).optional(), stages: z.array(stage),
+  step: int(0),
+  tokensSeen: nonNegative,
+  flopsSeen: nonNegative,
+  samplerSeed: int(0),
+  sampler: z.enum(["random", "sequential"]).optional(),
+  globalStep: int(0).optional(),
+  stages: z.array(stage),
 });
 
-const tokenizer = z.union([
-  z.object({ kind: z.literal("bytes") }), z.object({ kind: z.literal("hf"), file: z.literal("tokenizer.json") }), z.object({ kind: z.literal("none") }),
-], { error: 'must be {"kind":"bytes"}, {"kind":"hf","file":"tokenizer.json"} or {"kind":"none"}' });
+const tokenizer = z.union(
+  [
+    z.object({ kind: z.literal("bytes") }),
+    z.object({ kind: z.literal("hf"), file: z.literal("tokenizer.json") }),
+    z.object({ kind: z.literal("none") }),
+  ],
+  { error: 'must be {"kind":"bytes"}, {"kind":"hf","file":"tokenizer.json"} or {"kind":"none"}' },
+);
 
 const training = z.object({
-  batch: int(1), microBatch: int(1).optional(), context: int(2), evalEvery: int(0), evalBlocks: int(1),
-  data: z.string().min(1).optional(), valData: z.string().min(1).optional(),
+  batch: int(1),
+  microBatch: int(1).optional(),
+  context: int(2),
+  evalEvery: int(0),
+  evalBlocks: int(1),
+  data: z.string().min(1).optional(),
+  valData: z.string().min(1).optional(),
 });
 
 const stateFile = z.object({
   format: z.literal(STATE_FORMAT, { error: `must be "${STATE_FORMAT}"` }),
   version: z.literal(STATE_VERSION, { error: `must be ${STATE_VERSION} (the version this reads)` }),
   architecture: z.string().optional(),
-  optimizer, schedule: z.union([z.null(), schedule]), progress, tokenizer, training: training.optional(),
+  optimizer,
+  schedule: z.union([z.null(), schedule]),
+  progress,
+  tokenizer,
+  training: training.optional(),
 });
 
 /** What training_state.json holds (the tensors are in the safetensors files beside it). */
@@ -84,13 +131,25 @@ export function parseStateFile(raw: unknown, file: string): SavedState {
   const p = r.data.progress;
   return {
     optimizer: {
-      name: "adamw", lr: o.lr, betas: o.betas, eps: o.eps, weightDecay: o.weightDecay, noDecay: o.noDecay, step: o.step,
-      ...(o.clip === undefined ? {} : { clip: o.clip }), ...(o.biasCorrection === undefined ? {} : { biasCorrection: o.biasCorrection }),
+      name: "adamw",
+      lr: o.lr,
+      betas: o.betas,
+      eps: o.eps,
+      weightDecay: o.weightDecay,
+      noDecay: o.noDecay,
+      step: o.step,
+      ...(o.clip === undefined ? {} : { clip: o.clip }),
+      ...(o.biasCorrection === undefined ? {} : { biasCorrection: o.biasCorrection }),
     },
     schedule: r.data.schedule as TrainingState["schedule"],
     progress: {
-      step: p.step, tokensSeen: p.tokensSeen, flopsSeen: p.flopsSeen, samplerSeed: p.samplerSeed, stages: p.stages as Progress["stages"],
-      ...(p.sampler === undefined ? {} : { sampler: p.sampler }), ...(p.globalStep === undefined ? {} : { globalStep: p.globalStep }),
+      step: p.step,
+      tokensSeen: p.tokensSeen,
+      flopsSeen: p.flopsSeen,
+      samplerSeed: p.samplerSeed,
+      stages: p.stages as Progress["stages"],
+      ...(p.sampler === undefined ? {} : { sampler: p.sampler }),
+      ...(p.globalStep === undefined ? {} : { globalStep: p.globalStep }),
     },
     tokenizer: r.data.tokenizer,
     ...(r.data.training === undefined ? {} : { training: stripUndefined(r.data.training) as TrainingSettings }),
@@ -103,8 +162,13 @@ const stripUndefined = <T extends object>(o: T): T => Object.fromEntries(Object.
 export function formatStateFile(state: TrainingState, hasMoments: boolean): string {
   const { expAvg: _a, expAvgSq: _b, ...optimizer } = state.optimizer;
   const meta = {
-    format: STATE_FORMAT, version: STATE_VERSION, architecture: state.architecture,
-    optimizer: { ...optimizer, hasMoments }, schedule: state.schedule, progress: state.progress, tokenizer: state.tokenizer,
+    format: STATE_FORMAT,
+    version: STATE_VERSION,
+    architecture: state.architecture,
+    optimizer: { ...optimizer, hasMoments },
+    schedule: state.schedule,
+    progress: state.progress,
+    tokenizer: state.tokenizer,
     ...(state.training ? { training: state.training } : {}),
   };
   return JSON.stringify(meta, null, 2) + "\n";

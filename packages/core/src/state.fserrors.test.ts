@@ -9,15 +9,17 @@ import { basename, join } from "node:path";
 const fail = vi.hoisted(() => ({ code: null as string | null, on: "", once: false, prefix: false }));
 vi.mock("node:fs/promises", async (importOriginal) => {
   const fs = await importOriginal<typeof import("node:fs/promises")>();
-  const failing = <A extends unknown[], R>(fn: (...a: A) => Promise<R>, pathOf: (...a: A) => string) => async (...a: A): Promise<R> => {
-    const name = basename(pathOf(...a));
-    if (fail.code && (fail.prefix ? name.startsWith(fail.on) : name === fail.on)) {
-      const code = fail.code;
-      if (fail.once) fail.code = null;
-      throw Object.assign(new Error(`${code}: simulated`), { code });
-    }
-    return fn(...a);
-  };
+  const failing =
+    <A extends unknown[], R>(fn: (...a: A) => Promise<R>, pathOf: (...a: A) => string) =>
+    async (...a: A): Promise<R> => {
+      const name = basename(pathOf(...a));
+      if (fail.code && (fail.prefix ? name.startsWith(fail.on) : name === fail.on)) {
+        const code = fail.code;
+        if (fail.once) fail.code = null;
+        throw Object.assign(new Error(`${code}: simulated`), { code });
+      }
+      return fn(...a);
+    };
   return {
     ...fs,
     writeFile: failing(fs.writeFile, (p) => String(p)),
@@ -36,9 +38,14 @@ const { processStart } = await import("./lock.js");
 const deadPid = spawnSync("true").pid!;
 
 const tiny = { model_type: "gpt2", n_layer: 1, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
-const atStep = (step: number) => ({ ...initTrainingState("gpt2", tiny, step), progress: { step, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] } });
+const atStep = (step: number) => ({
+  ...initTrainingState("gpt2", tiny, step),
+  progress: { step, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] },
+});
 let dir: string;
-beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), "staged-fserr-")); });
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-fserr-"));
+});
 afterEach(async () => {
   Object.assign(fail, { code: null, once: false, prefix: false });
   await rm(dir, { recursive: true, force: true });
@@ -46,14 +53,18 @@ afterEach(async () => {
 
 describe("file system errors name the path, and nothing is lost", () => {
   it.each([
-    ["ENOSPC", "no space left on device"], ["EDQUOT", "disk quota exceeded"], ["EACCES", "permission denied"], ["EROFS", "read-only file system"],
+    ["ENOSPC", "no space left on device"],
+    ["EDQUOT", "disk quota exceeded"],
+    ["EACCES", "permission denied"],
+    ["EROFS", "read-only file system"],
   ])("%s while writing a checkpoint", async (code, words) => {
     const ck = join(dir, "ck");
     await saveTrainingState(ck, initTrainingState("gpt2", tiny, 1));
     const before = await readFile(join(ck, "model.safetensors"));
     Object.assign(fail, { code, on: "training_state.json" });
-    await expect(saveTrainingState(ck, initTrainingState("gpt2", tiny, 2), { overwrite: true }))
-      .rejects.toThrow(new RegExp(`^${ck}: cannot save \\(${words} \\(${code}\\)\\); the checkpoint there is unchanged$`));
+    await expect(saveTrainingState(ck, initTrainingState("gpt2", tiny, 2), { overwrite: true })).rejects.toThrow(
+      new RegExp(`^${ck}: cannot save \\(${words} \\(${code}\\)\\); the checkpoint there is unchanged$`),
+    );
     fail.code = null;
     expect(await readFile(join(ck, "model.safetensors"))).toEqual(before);
     expect(await readdir(dir)).toEqual(["ck"]);
@@ -63,10 +74,14 @@ describe("file system errors name the path, and nothing is lost", () => {
     const ck = join(dir, "ck");
     await saveTrainingState(ck, initTrainingState("gpt2", tiny, 1));
     const before = await readFile(join(ck, "model.safetensors"));
-    for (const [code, words] of [["ENOENT", "no such file"], ["EEXIST", "already exists"]] as const) {
+    for (const [code, words] of [
+      ["ENOENT", "no such file"],
+      ["EEXIST", "already exists"],
+    ] as const) {
       Object.assign(fail, { code, on: "ck", once: true });
-      await expect(saveTrainingState(ck, initTrainingState("gpt2", tiny, 2), { overwrite: true }))
-        .rejects.toThrow(new RegExp(`^${ck}: cannot save \\(${words} \\(${code}\\)\\); the checkpoint there is unchanged$`));
+      await expect(saveTrainingState(ck, initTrainingState("gpt2", tiny, 2), { overwrite: true })).rejects.toThrow(
+        new RegExp(`^${ck}: cannot save \\(${words} \\(${code}\\)\\); the checkpoint there is unchanged$`),
+      );
       expect(await readFile(join(ck, "model.safetensors"))).toEqual(before);
       expect(await readdir(dir)).toEqual(["ck"]);
     }
@@ -76,8 +91,11 @@ describe("file system errors name the path, and nothing is lost", () => {
     const ck = join(dir, "ck");
     await saveTrainingState(ck, atStep(1));
     Object.assign(fail, { code: "EIO", on: "ck" });
-    await expect(saveTrainingState(ck, atStep(2), { overwrite: true }))
-      .rejects.toThrow(new RegExp(`^${ck}: cannot save \\(input/output error \\(EIO\\)\\); the previous checkpoint is at .*\\.ck\\.old-.* and the new one at .*\\.ck\\.new-.*: the next staged command on .*ck puts the newer in place$`));
+    await expect(saveTrainingState(ck, atStep(2), { overwrite: true })).rejects.toThrow(
+      new RegExp(
+        `^${ck}: cannot save \\(input/output error \\(EIO\\)\\); the previous checkpoint is at .*\\.ck\\.old-.* and the new one at .*\\.ck\\.new-.*: the next staged command on .*ck puts the newer in place$`,
+      ),
+    );
     fail.code = null;
     expect((await readdir(dir)).length).toBe(2);
     const notes: string[] = [];
@@ -91,7 +109,10 @@ describe("file system errors name the path, and nothing is lost", () => {
   it.each(["ENOSPC", "EDQUOT"])("%s making a reader's lock: the checkpoint is read without one, nothing left behind", async (code) => {
     const ck = join(dir, "ck");
     await saveTrainingState(ck, atStep(3));
-    await symlink(JSON.stringify({ pid: deadPid, host: hostname(), start: null, command: "staged eval ck", since: "" }), join(dir, ".ck.reader-1-dead"));
+    await symlink(
+      JSON.stringify({ pid: deadPid, host: hostname(), start: null, command: "staged eval ck", since: "" }),
+      join(dir, ".ck.reader-1-dead"),
+    );
     Object.assign(fail, { code, on: ".ck.reader-", prefix: true });
     const back = await loadTrainingState(ck);
     expect(back.lock.held).toBe(false);
@@ -104,18 +125,35 @@ describe("file system errors name the path, and nothing is lost", () => {
   it("ENOSPC making a reader's lock while a live process writes: refused, naming it", async () => {
     const ck = join(dir, "ck");
     await saveTrainingState(ck, atStep(3));
-    await symlink(JSON.stringify({ pid: process.ppid, host: hostname(), start: processStart(process.ppid), command: "staged train ck", since: "2026-11-27T12:00:00.000Z" }), join(dir, ".ck.lock"));
+    await symlink(
+      JSON.stringify({
+        pid: process.ppid,
+        host: hostname(),
+        start: processStart(process.ppid),
+        command: "staged train ck",
+        since: "2026-11-27T12:00:00.000Z",
+      }),
+      join(dir, ".ck.lock"),
+    );
     Object.assign(fail, { code: "ENOSPC", on: ".ck.reader-", prefix: true });
-    await expect(loadTrainingState(ck)).rejects.toThrow(new RegExp(`^.*ck: being written by pid ${process.ppid} \\(staged train ck, since 2026-11-27T12:00:00.000Z\\); try again when it has finished$`));
+    await expect(loadTrainingState(ck)).rejects.toThrow(
+      new RegExp(
+        `^.*ck: being written by pid ${process.ppid} \\(staged train ck, since 2026-11-27T12:00:00.000Z\\); try again when it has finished$`,
+      ),
+    );
     expect((await readdir(dir)).sort()).toEqual([".ck.lock", "ck"]);
   });
 
-  it.each([["ENOSPC", "no space left on device"], ["EDQUOT", "disk quota exceeded"]])("%s making the writer's lock: one line, nothing written", async (code, words) => {
+  it.each([
+    ["ENOSPC", "no space left on device"],
+    ["EDQUOT", "disk quota exceeded"],
+  ])("%s making the writer's lock: one line, nothing written", async (code, words) => {
     const ck = join(dir, "ck");
     await saveTrainingState(ck, atStep(3));
     Object.assign(fail, { code, on: ".ck.lock" });
-    await expect(saveTrainingState(ck, atStep(4), { overwrite: true }))
-      .rejects.toThrow(new RegExp(`^${ck}: cannot write here \\(${words} \\(${code}\\) creating the lock ${join(dir, ".ck.lock")}\\)$`));
+    await expect(saveTrainingState(ck, atStep(4), { overwrite: true })).rejects.toThrow(
+      new RegExp(`^${ck}: cannot write here \\(${words} \\(${code}\\) creating the lock ${join(dir, ".ck.lock")}\\)$`),
+    );
     fail.code = null;
     expect(await readdir(dir)).toEqual(["ck"]);
     const back = await loadTrainingState(ck);

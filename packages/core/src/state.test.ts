@@ -12,11 +12,18 @@ import type { TrainingState } from "./types.js";
 
 const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
 let dir: string;
-beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), "staged-state-")); });
-afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-state-"));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
 /** Write an HF-style checkpoint as other tools do: names, dtype, extra tensors as given. */
-async function foreign(path: string, opts: { prefix?: boolean; lmHead?: boolean; buffers?: boolean; dtype?: "F32" | "F16" | "BF16"; maxShardBytes?: number; config?: object } = {}) {
+async function foreign(
+  path: string,
+  opts: { prefix?: boolean; lmHead?: boolean; buffers?: boolean; dtype?: "F32" | "F16" | "BF16"; maxShardBytes?: number; config?: object } = {},
+) {
   await mkdir(path, { recursive: true });
   const config = { ...tiny, ...opts.config };
   await writeFile(join(path, "config.json"), JSON.stringify(config));
@@ -29,7 +36,10 @@ async function foreign(path: string, opts: { prefix?: boolean; lmHead?: boolean;
   if (opts.lmHead) entries.push({ name: "lm_head.weight", tensor: weights.get("transformer.wte.weight")! });
   if (opts.buffers) {
     for (let i = 0; i < tiny.n_layer; i++) {
-      entries.push({ name: `${opts.prefix === false ? "" : "transformer."}h.${i}.attn.bias`, tensor: Tensor.fromArray([1, 1, 8, 8], new Array(64).fill(1)) });
+      entries.push({
+        name: `${opts.prefix === false ? "" : "transformer."}h.${i}.attn.bias`,
+        tensor: Tensor.fromArray([1, 1, 8, 8], new Array(64).fill(1)),
+      });
       entries.push({ name: `h.${i}.attn.masked_bias`, tensor: Tensor.fromArray([], [-1e4]) });
     }
   }
@@ -47,7 +57,12 @@ async function expectSameWeights(state: TrainingState, weights: Map<string, Tens
 }
 
 // training_state.json as parsed JSON, for tests that corrupt one field.
-interface Meta { format: unknown; optimizer: Record<string, unknown>; progress: Record<string, unknown>; training?: unknown }
+interface Meta {
+  format: unknown;
+  optimizer: Record<string, unknown>;
+  progress: Record<string, unknown>;
+  training?: unknown;
+}
 
 describe("loadTrainingState of foreign HF GPT-2 checkpoints", () => {
   for (const variant of [
@@ -108,7 +123,9 @@ describe("loadTrainingState errors name the file and the problem", () => {
   it("shapes that disagree with the config, missing and unexpected tensors", async () => {
     await foreign(join(dir, "m"));
     await writeFile(join(dir, "m", "config.json"), JSON.stringify({ ...tiny, vocab_size: 17 }));
-    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/model.safetensors: tensor transformer.wte.weight has shape \[16,8\], the config says \[17,8\]/);
+    await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(
+      /model.safetensors: tensor transformer.wte.weight has shape \[16,8\], the config says \[17,8\]/,
+    );
     await writeFile(join(dir, "m", "config.json"), JSON.stringify({ ...tiny, n_layer: 3 }));
     await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/missing tensor transformer.h.2.ln_1.weight/);
     await writeFile(join(dir, "m", "config.json"), JSON.stringify({ ...tiny, n_layer: 1 }));
@@ -128,12 +145,28 @@ describe("loadTrainingState errors name the file and the problem", () => {
 describe("saveTrainingState", () => {
   it("round-trips the whole state, sharded, with HF's layout", async () => {
     const state = initTrainingState("gpt2", tiny, 5);
-    const m1 = new Map([...state.params].map(([n, t]) => [n, inMemory(Tensor.fromArray(t.shape, Array.from({ length: t.shape.reduce((a, b) => a * b, 1) }, (_, i) => i * 1e-3)))]));
+    const m1 = new Map(
+      [...state.params].map(([n, t]) => [
+        n,
+        inMemory(
+          Tensor.fromArray(
+            t.shape,
+            Array.from({ length: t.shape.reduce((a, b) => a * b, 1) }, (_, i) => i * 1e-3),
+          ),
+        ),
+      ]),
+    );
     const full: TrainingState = {
       ...state,
       optimizer: { ...state.optimizer, step: 7, clip: null, biasCorrection: false, expAvg: m1, expAvgSq: m1 },
-      schedule: { kind: "linear", peakLr: 1e-3, warmupSteps: 2, totalSteps: 20, restarts: [{ step: 5, warmupSteps: 1 }],
-        paramScales: [{ step: 5, scale: 0.5, rampSteps: 10, roles: ["mlp.in.weight"] }] },
+      schedule: {
+        kind: "linear",
+        peakLr: 1e-3,
+        warmupSteps: 2,
+        totalSteps: 20,
+        restarts: [{ step: 5, warmupSteps: 1 }],
+        paramScales: [{ step: 5, scale: 0.5, rampSteps: 10, roles: ["mlp.in.weight"] }],
+      },
       progress: { step: 7, tokensSeen: 896, flopsSeen: 1e9, samplerSeed: 5, sampler: "sequential", stages: [] },
       files: new Map([["metrics.jsonl", new TextEncoder().encode('{"step":1,"tokens":8,"flops":100,"loss":2.5}\n')]]),
     };
@@ -167,23 +200,86 @@ describe("saveTrainingState", () => {
   // What no command-line flag could have produced is refused at load, naming the file and the field, so nothing trains
   // on it or copies it into a grown checkpoint.
   it.each([
-    ["a step past 2^53", (m: Meta) => { m.progress.step = 1e300; }, /progress\.step must be an integer ≥ 0/],
-    ["a fractional step", (m: Meta) => { m.optimizer.step = 2.5; }, /optimizer\.step must be an integer ≥ 0/],
-    ["betas outside [0, 1)", (m: Meta) => { m.optimizer.betas = [1.5, 2]; }, /optimizer\.betas\[0\] must be a number in \[0, 1\)/],
-    ["eps 0", (m: Meta) => { m.optimizer.eps = 0; }, /optimizer\.eps must be a positive number/],
-    ["a negative LR", (m: Meta) => { m.optimizer.lr = -1e-3; }, /optimizer\.lr must be a positive number/],
-    ["negative FLOPs seen", (m: Meta) => { m.progress.flopsSeen = -5; }, /progress\.flopsSeen must be a number ≥ 0/],
-    ["a growth record without its fields", (m: Meta) => { m.progress.stages = [{ bogus: 1 }]; }, /progress\.stages\[0\]\.step /],
-    ["an unknown sampler", (m: Meta) => { m.progress.sampler = "shuffled"; }, /progress\.sampler /],
-    ["a batch of 0", (m: Meta) => { m.training = { batch: 0, context: 8, evalEvery: 0, evalBlocks: 1 }; }, /training\.batch must be an integer ≥ 1/],
-    ["an unknown format", (m: Meta) => { m.format = "other"; }, /format must be "staged-training-state"/],
+    [
+      "a step past 2^53",
+      (m: Meta) => {
+        m.progress.step = 1e300;
+      },
+      /progress\.step must be an integer ≥ 0/,
+    ],
+    [
+      "a fractional step",
+      (m: Meta) => {
+        m.optimizer.step = 2.5;
+      },
+      /optimizer\.step must be an integer ≥ 0/,
+    ],
+    [
+      "betas outside [0, 1)",
+      (m: Meta) => {
+        m.optimizer.betas = [1.5, 2];
+      },
+      /optimizer\.betas\[0\] must be a number in \[0, 1\)/,
+    ],
+    [
+      "eps 0",
+      (m: Meta) => {
+        m.optimizer.eps = 0;
+      },
+      /optimizer\.eps must be a positive number/,
+    ],
+    [
+      "a negative LR",
+      (m: Meta) => {
+        m.optimizer.lr = -1e-3;
+      },
+      /optimizer\.lr must be a positive number/,
+    ],
+    [
+      "negative FLOPs seen",
+      (m: Meta) => {
+        m.progress.flopsSeen = -5;
+      },
+      /progress\.flopsSeen must be a number ≥ 0/,
+    ],
+    [
+      "a growth record without its fields",
+      (m: Meta) => {
+        m.progress.stages = [{ bogus: 1 }];
+      },
+      /progress\.stages\[0\]\.step /,
+    ],
+    [
+      "an unknown sampler",
+      (m: Meta) => {
+        m.progress.sampler = "shuffled";
+      },
+      /progress\.sampler /,
+    ],
+    [
+      "a batch of 0",
+      (m: Meta) => {
+        m.training = { batch: 0, context: 8, evalEvery: 0, evalBlocks: 1 };
+      },
+      /training\.batch must be an integer ≥ 1/,
+    ],
+    [
+      "an unknown format",
+      (m: Meta) => {
+        m.format = "other";
+      },
+      /format must be "staged-training-state"/,
+    ],
   ])("refuses a training_state.json with %s", async (_what, edit, message) => {
     await saveTrainingState(join(dir, "range"), { ...initTrainingState("gpt2", tiny, 5) });
     const file = join(dir, "range", "training_state.json");
     const meta = JSON.parse(await readFile(file, "utf8")) as Meta;
     edit(meta);
     await writeFile(file, JSON.stringify(meta));
-    const error = await loadTrainingState(join(dir, "range")).then(() => null, (e: unknown) => e as Error);
+    const error = await loadTrainingState(join(dir, "range")).then(
+      () => null,
+      (e: unknown) => e as Error,
+    );
     expect(error?.message.split("\n")).toHaveLength(1);
     expect(error?.message).toMatch(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: `));
     expect(error?.message).toMatch(message);
@@ -196,7 +292,13 @@ describe("saveTrainingState", () => {
     const before = await readFile(join(dir, "in", "model.safetensors"));
     const loaded = await loadTrainingState(join(dir, "in"));
     const broken = new Map(loaded.params);
-    broken.set("transformer.ln_f.bias", { dtype: "F32", shape: [8], read: async () => { throw new Error("disk on fire"); } });
+    broken.set("transformer.ln_f.bias", {
+      dtype: "F32",
+      shape: [8],
+      read: async () => {
+        throw new Error("disk on fire");
+      },
+    });
     await expect(saveTrainingState(join(dir, "out"), { ...loaded, params: broken })).rejects.toThrow("disk on fire");
     await expect(saveTrainingState(join(dir, "in"), { ...loaded, params: broken }, { overwrite: true })).rejects.toThrow("disk on fire");
     await loaded.close();
@@ -268,16 +370,22 @@ describe("saveTrainingState", () => {
   it("refuses an output that is a symlink to nothing, saying so, and writes nothing", async () => {
     const state = initTrainingState("gpt2", tiny, 5);
     await symlink(join(dir, "elsewhere", "ck"), join(dir, "ck"));
-    await expect(saveTrainingState(join(dir, "ck"), state))
-      .rejects.toThrow(new RegExp(`^${join(dir, "ck")}: a symlink to ${join(dir, "elsewhere", "ck")}, which does not exist$`));
+    await expect(saveTrainingState(join(dir, "ck"), state)).rejects.toThrow(
+      new RegExp(`^${join(dir, "ck")}: a symlink to ${join(dir, "elsewhere", "ck")}, which does not exist$`),
+    );
     await expect(saveTrainingState(join(dir, "ck"), state, { overwrite: true })).rejects.toThrow(/ck: a symlink to .*, which does not exist/);
     // Under a symlink to nothing: that symlink is named.
-    await expect(saveTrainingState(join(dir, "ck", "sub"), state)).rejects.toThrow(new RegExp(`^${join(dir, "ck")}: a symlink to ${join(dir, "elsewhere", "ck")}, which does not exist$`));
+    await expect(saveTrainingState(join(dir, "ck", "sub"), state)).rejects.toThrow(
+      new RegExp(`^${join(dir, "ck")}: a symlink to ${join(dir, "elsewhere", "ck")}, which does not exist$`),
+    );
     expect(await readdir(dir)).toEqual(["ck"]);
   });
 
   it("restores the previous checkpoint that a save of an earlier version left between its two renames, and says so", async () => {
-    await saveTrainingState(join(dir, "ck"), { ...initTrainingState("gpt2", tiny, 5), progress: { step: 4, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] } });
+    await saveTrainingState(join(dir, "ck"), {
+      ...initTrainingState("gpt2", tiny, 5),
+      progress: { step: 4, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] },
+    });
     await rename(join(dir, "ck"), join(dir, ".ck.tmp-abc123.old"));
     const notes: string[] = [];
     const back = await loadTrainingState(join(dir, "ck"), { notice: (l) => notes.push(l) });
@@ -295,16 +403,27 @@ describe("saveTrainingState", () => {
     const w = Tensor.zeros("F32", [8]);
     w.f32[3] = NaN;
     params.set("transformer.ln_f.weight", inMemory(w));
-    await expect(saveTrainingState(join(dir, "ck"), { ...state, params }, { overwrite: true }))
-      .rejects.toThrow(/ck: not saved: transformer.ln_f.weight holds NaN at index 3 .*unchanged/);
+    await expect(saveTrainingState(join(dir, "ck"), { ...state, params }, { overwrite: true })).rejects.toThrow(
+      /ck: not saved: transformer.ln_f.weight holds NaN at index 3 .*unchanged/,
+    );
     const m = Tensor.zeros("F32", [8]);
     m.f32[0] = Infinity;
-    const expAvg = new Map([...state.params].map(([n, t]) => [n, n === "transformer.ln_f.bias" ? inMemory(m) : inMemory(Tensor.zeros("F32", t.shape))]));
-    await expect(saveTrainingState(join(dir, "ck"), { ...state, optimizer: { ...state.optimizer, expAvg, expAvgSq: expAvg } }, { overwrite: true }))
-      .rejects.toThrow(/exp_avg.transformer.ln_f.bias holds Infinity at index 0/);
+    const expAvg = new Map(
+      [...state.params].map(([n, t]) => [n, n === "transformer.ln_f.bias" ? inMemory(m) : inMemory(Tensor.zeros("F32", t.shape))]),
+    );
+    await expect(
+      saveTrainingState(join(dir, "ck"), { ...state, optimizer: { ...state.optimizer, expAvg, expAvgSq: expAvg } }, { overwrite: true }),
+    ).rejects.toThrow(/exp_avg.transformer.ln_f.bias holds Infinity at index 0/);
     // Finite in float32 but infinite once stored as float16.
-    const big = new Map([...state.params].map(([n, t]) => [n, inMemory(n === "transformer.ln_f.bias" ? Tensor.fromArray([8], new Array(8).fill(7e4), "F16") : Tensor.zeros("F16", t.shape))]));
-    await expect(saveTrainingState(join(dir, "ck"), { ...state, params: big }, { overwrite: true })).rejects.toThrow(/ln_f.bias holds 70000 at index 0/);
+    const big = new Map(
+      [...state.params].map(([n, t]) => [
+        n,
+        inMemory(n === "transformer.ln_f.bias" ? Tensor.fromArray([8], new Array(8).fill(7e4), "F16") : Tensor.zeros("F16", t.shape)),
+      ]),
+    );
+    await expect(saveTrainingState(join(dir, "ck"), { ...state, params: big }, { overwrite: true })).rejects.toThrow(
+      /ln_f.bias holds 70000 at index 0/,
+    );
     expect(await readFile(join(dir, "ck", "model.safetensors"))).toEqual(before);
     expect(await readdir(dir)).toEqual(["ck"]);
   });
@@ -313,25 +432,45 @@ describe("saveTrainingState", () => {
     const state = initTrainingState("gpt2", tiny, 5);
     await saveTrainingState(join(dir, "ck"), state);
     const before = await readFile(join(dir, "ck", "model.safetensors"));
-    const bf16 = (words: number[]) => ({ ...inMemory(Tensor.zeros("BF16", [8])), read: async () => { throw new Error("not read"); },
-      readBytes: async () => new Uint8Array(Uint16Array.from(words).buffer) });
-    for (const [word, shown] of [[0x7f80, "Infinity"], [0xff80, "-Infinity"], [0x7fc1, "NaN"]] as const) {
+    const bf16 = (words: number[]) => ({
+      ...inMemory(Tensor.zeros("BF16", [8])),
+      read: async () => {
+        throw new Error("not read");
+      },
+      readBytes: async () => new Uint8Array(Uint16Array.from(words).buffer),
+    });
+    for (const [word, shown] of [
+      [0x7f80, "Infinity"],
+      [0xff80, "-Infinity"],
+      [0x7fc1, "NaN"],
+    ] as const) {
       const params = new Map([...state.params].map(([n, t]) => [n, t.dtype === "F32" ? inMemory(Tensor.zeros("BF16", t.shape)) : t]));
       params.set("transformer.ln_f.bias", bf16([0x3f80, 0, 0, 0, 0, word, 0, 0x7f7f]));
-      await expect(saveTrainingState(join(dir, "ck"), { ...state, params }, { overwrite: true }))
-        .rejects.toThrow(new RegExp(`ck: not saved: transformer.ln_f.bias holds ${shown} at index 5 .*unchanged`));
+      await expect(saveTrainingState(join(dir, "ck"), { ...state, params }, { overwrite: true })).rejects.toThrow(
+        new RegExp(`ck: not saved: transformer.ln_f.bias holds ${shown} at index 5 .*unchanged`),
+      );
     }
     // Finite in float32, but past the largest bfloat16 once rounded (the values check alone let it through).
-    const huge = new Map([...state.params].map(([n, t]) => [n, inMemory(n === "transformer.ln_f.bias"
-      ? new Tensor("BF16", [8], Float32Array.from([1, 3.4e38, 0, 0, 0, 0, 0, 0])) : Tensor.zeros("BF16", t.shape))]));
-    await expect(saveTrainingState(join(dir, "ck"), { ...state, params: huge }, { overwrite: true })).rejects.toThrow(/ln_f.bias holds Infinity at index 1/);
+    const huge = new Map(
+      [...state.params].map(([n, t]) => [
+        n,
+        inMemory(
+          n === "transformer.ln_f.bias" ? new Tensor("BF16", [8], Float32Array.from([1, 3.4e38, 0, 0, 0, 0, 0, 0])) : Tensor.zeros("BF16", t.shape),
+        ),
+      ]),
+    );
+    await expect(saveTrainingState(join(dir, "ck"), { ...state, params: huge }, { overwrite: true })).rejects.toThrow(
+      /ln_f.bias holds Infinity at index 1/,
+    );
     expect(await readFile(join(dir, "ck", "model.safetensors"))).toEqual(before);
     // Stored bytes that are finite are saved as they are.
     const fine = new Map([...state.params].map(([n, t]) => [n, inMemory(Tensor.zeros("BF16", t.shape))]));
     fine.set("transformer.ln_f.bias", bf16([0x3f80, 0x8000, 0x0001, 0x7f7f, 0xff7f, 0x8001, 0x4040, 0]));
     await saveTrainingState(join(dir, "ck"), { ...state, params: fine }, { overwrite: true });
     const back = await loadTrainingState(join(dir, "ck"));
-    expect(await back.params.get("transformer.ln_f.bias")!.readBytes!()).toEqual(new Uint8Array(Uint16Array.of(0x3f80, 0x8000, 0x0001, 0x7f7f, 0xff7f, 0x8001, 0x4040, 0).buffer));
+    expect(await back.params.get("transformer.ln_f.bias")!.readBytes!()).toEqual(
+      new Uint8Array(Uint16Array.of(0x3f80, 0x8000, 0x0001, 0x7f7f, 0xff7f, 0x8001, 0x4040, 0).buffer),
+    );
     await back.close();
   });
 
@@ -340,7 +479,9 @@ describe("saveTrainingState", () => {
     const loaded = await loadTrainingState(join(dir, "ck"));
     const { source: _s, close: _c, ...derived } = loaded;
     await loaded.close();
-    await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toThrow(/model.safetensors: closed before tensor "transformer\.[a-z0-9_.]+" was read: .*save it .* before closing/);
+    await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toThrow(
+      /model.safetensors: closed before tensor "transformer\.[a-z0-9_.]+" was read: .*save it .* before closing/,
+    );
     // Not taken for a system call's error (its code names a kind of problem: files.ts systemCode).
     await expect(saveTrainingState(join(dir, "out"), derived)).rejects.toMatchObject({ code: "Closed" });
     expect(await readdir(dir)).toEqual(["ck"]);
@@ -351,7 +492,8 @@ describe("saveTrainingState", () => {
     await saveTrainingState(join(dir, "ck"), state);
     const entries = [];
     for (const prefix of ["exp_avg", "exp_avg_sq"]) {
-      for (const [name, t] of state.params) entries.push({ name: `${prefix}.${name.replace(/^transformer\./, "")}`, tensor: Tensor.zeros("F32", t.shape) });
+      for (const [name, t] of state.params)
+        entries.push({ name: `${prefix}.${name.replace(/^transformer\./, "")}`, tensor: Tensor.zeros("F32", t.shape) });
     }
     await writeCheckpoint(join(dir, "ck"), "optimizer", entries);
     const loaded = await loadTrainingState(join(dir, "ck"));
@@ -359,13 +501,18 @@ describe("saveTrainingState", () => {
     await loaded.close();
     entries.push({ name: "exp_avg.transformer.h.0.ln_1.weight", tensor: Tensor.zeros("F32", [8]) });
     await writeCheckpoint(join(dir, "ck"), "optimizer", entries);
-    await expect(loadTrainingState(join(dir, "ck"))).rejects.toThrow(/moments "exp_avg.h.0.ln_1.weight" and "exp_avg.transformer.h.0.ln_1.weight" are the same moment/);
+    await expect(loadTrainingState(join(dir, "ck"))).rejects.toThrow(
+      /moments "exp_avg.h.0.ln_1.weight" and "exp_avg.transformer.h.0.ln_1.weight" are the same moment/,
+    );
   });
 
   it("refuses F64 parameters, naming the tensor", async () => {
     await foreign(join(dir, "m"));
     const weights = gpt2.init(tiny, 1);
-    const entries = [...weights].map(([name, t]) => ({ name, tensor: name.endsWith("ln_f.bias") ? new Tensor("F64", t.shape, Float64Array.from(t.f32)) : t }));
+    const entries = [...weights].map(([name, t]) => ({
+      name,
+      tensor: name.endsWith("ln_f.bias") ? new Tensor("F64", t.shape, Float64Array.from(t.f32)) : t,
+    }));
     await writeCheckpoint(join(dir, "m"), "model", entries);
     await expect(loadTrainingState(join(dir, "m"))).rejects.toThrow(/tensor transformer.ln_f.bias has dtype F64; parameters must be F32, F16, BF16/);
   });
@@ -390,14 +537,21 @@ describe("saveTrainingState", () => {
     expect(seen).toHaveLength(state.params.size);
     expect(seen.map((p) => p.bytes)).toEqual([...seen.map((p) => p.bytes)].sort((a, b) => a - b));
     expect(seen.at(-1)).toMatchObject({ bytes: total, totalBytes: total, totalTensors: state.params.size, tensors: state.params.size - 1 });
-    expect(seen.filter((p) => /h\.[01]\.ln_1\.weight/.test(p.name)).map((p) => p.name).sort()).toEqual(["transformer.h.0.ln_1.weight", "transformer.h.1.ln_1.weight"]);
+    expect(
+      seen
+        .filter((p) => /h\.[01]\.ln_1\.weight/.test(p.name))
+        .map((p) => p.name)
+        .sort(),
+    ).toEqual(["transformer.h.0.ln_1.weight", "transformer.h.1.ln_1.weight"]);
   });
 
   it("checks shapes before writing anything", async () => {
     const state = initTrainingState("gpt2", tiny, 5);
     const params = new Map(state.params);
     params.set("transformer.wpe.weight", inMemory(Tensor.zeros("F32", [9, 8])));
-    await expect(saveTrainingState(join(dir, "out"), { ...state, params })).rejects.toThrow(/transformer.wpe.weight has shape \[9,8\], the config says \[8,8\]/);
+    await expect(saveTrainingState(join(dir, "out"), { ...state, params })).rejects.toThrow(
+      /transformer.wpe.weight has shape \[9,8\], the config says \[8,8\]/,
+    );
     expect(await readdir(dir)).toEqual([]);
   });
 });
@@ -408,7 +562,10 @@ describe("firstNonFinite", () => {
     for (const n of [1, 3, 4, 5, 8, 13]) {
       for (let at = 0; at < n; at++) {
         for (const bad of [NaN, Infinity, -Infinity]) {
-          const t = Tensor.fromArray([n], Array.from({ length: n }, (_, i) => (i === at ? bad : (i % 2 ? -3.4e38 : 1e-40 * i))));
+          const t = Tensor.fromArray(
+            [n],
+            Array.from({ length: n }, (_, i) => (i === at ? bad : i % 2 ? -3.4e38 : 1e-40 * i)),
+          );
           expect(firstNonFinite(t)).toEqual({ index: at, value: bad });
         }
       }
@@ -422,10 +579,18 @@ describe("firstNonFinite", () => {
 
 describe("files a checkpoint holds, from elsewhere", () => {
   const tiny2 = { model_type: "gpt2", n_layer: 1, n_embd: 8, n_head: 2, n_positions: 8, vocab_size: 16 };
-  const fails = (p: Promise<unknown>): Promise<string> => p.then(() => "loaded", (e: unknown) => (e as Error).message);
+  const fails = (p: Promise<unknown>): Promise<string> =>
+    p.then(
+      () => "loaded",
+      (e: unknown) => (e as Error).message,
+    );
   let root: string;
-  beforeEach(async () => { root = await mkdtemp(join(tmpdir(), "staged-foreign-")); });
-  afterEach(async () => { await rm(root, { recursive: true, force: true }); });
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), "staged-foreign-"));
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
 
   it("refuses a symlink that leaves the checkpoint, for copied files and for weights, and says which", async () => {
     const ck = join(root, "ck");
@@ -449,7 +614,8 @@ describe("files a checkpoint holds, from elsewhere", () => {
     const a = await loadTrainingState(ck);
     await a.close();
     // models--x/snapshots/<rev>/<file> → ../../blobs/<hash>, as huggingface_hub lays out its cache.
-    const repo = join(root, "models--org--tiny"), snap = join(repo, "snapshots", "0123abc");
+    const repo = join(root, "models--org--tiny"),
+      snap = join(repo, "snapshots", "0123abc");
     await mkdir(join(repo, "blobs"), { recursive: true });
     await mkdir(snap, { recursive: true });
     for (const f of ["config.json", "model.safetensors"]) {

@@ -1,14 +1,23 @@
 import { type DType, DTYPE_SIZES, HOST_LITTLE_ENDIAN, decodeBF16, decodeF16, encodeBF16, encodeF16 } from "./dtype.js";
 
 export type TypedArray =
-  | Float64Array | Float32Array | BigInt64Array | BigUint64Array
-  | Int32Array | Uint32Array | Int16Array | Uint16Array | Int8Array | Uint8Array;
+  Float64Array | Float32Array | BigInt64Array | BigUint64Array | Int32Array | Uint32Array | Int16Array | Uint16Array | Int8Array | Uint8Array;
 
 /** Typed array class holding each dtype in memory; F16 and BF16 are widened to float32. */
 const ARRAY_OF: Record<DType, new (n: number) => TypedArray> = {
-  F64: Float64Array, F32: Float32Array, F16: Float32Array, BF16: Float32Array,
-  I64: BigInt64Array, U64: BigUint64Array, I32: Int32Array, U32: Uint32Array,
-  I16: Int16Array, U16: Uint16Array, I8: Int8Array, U8: Uint8Array, BOOL: Uint8Array,
+  F64: Float64Array,
+  F32: Float32Array,
+  F16: Float32Array,
+  BF16: Float32Array,
+  I64: BigInt64Array,
+  U64: BigUint64Array,
+  I32: Int32Array,
+  U32: Uint32Array,
+  I16: Int16Array,
+  U16: Uint16Array,
+  I8: Int8Array,
+  U8: Uint8Array,
+  BOOL: Uint8Array,
 };
 
 export const numel = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
@@ -21,7 +30,11 @@ const MAX_VALUES = 2 ** 32 - 1;
  * in memory and is rounded (to nearest even) only when written.
  */
 export class Tensor<A extends TypedArray = TypedArray> {
-  constructor(readonly dtype: DType, readonly shape: readonly number[], readonly data: A) {
+  constructor(
+    readonly dtype: DType,
+    readonly shape: readonly number[],
+    readonly data: A,
+  ) {
     if (data.length !== numel(shape)) {
       throw new Error(`tensor data has ${data.length} values, shape [${shape.join(", ")}] needs ${numel(shape)}`);
     }
@@ -37,8 +50,12 @@ export class Tensor<A extends TypedArray = TypedArray> {
     return new Tensor(dtype, [...shape], Float32Array.from(values));
   }
 
-  get size(): number { return this.data.length; }
-  get byteLength(): number { return this.size * DTYPE_SIZES[this.dtype]; }
+  get size(): number {
+    return this.data.length;
+  }
+  get byteLength(): number {
+    return this.size * DTYPE_SIZES[this.dtype];
+  }
 
   /** Float values as a Float32Array; throws for integer tensors. */
   get f32(): Float32Array {
@@ -46,7 +63,9 @@ export class Tensor<A extends TypedArray = TypedArray> {
     return this.data;
   }
 
-  reshape(shape: readonly number[]): Tensor<A> { return new Tensor(this.dtype, [...shape], this.data); }
+  reshape(shape: readonly number[]): Tensor<A> {
+    return new Tensor(this.dtype, [...shape], this.data);
+  }
   withDType(dtype: DType): Tensor {
     if (ARRAY_OF[dtype] !== this.data.constructor) throw new Error(`cannot relabel ${this.dtype} as ${dtype}`);
     return new Tensor(dtype, this.shape, this.data);
@@ -74,7 +93,10 @@ export class Tensor<A extends TypedArray = TypedArray> {
 
   /** k copies side by side along `axis`: [x, x, ..., x]. */
   tile(axis: number, k: number): Tensor<A> {
-    return concat(Array.from({ length: k }, () => this as Tensor<A>), axis);
+    return concat(
+      Array.from({ length: k }, () => this as Tensor<A>),
+      axis,
+    );
   }
 
   /** Split into `parts` equal pieces along `axis`. */
@@ -91,8 +113,7 @@ function split(shape: readonly number[], axis: number): { outer: number; len: nu
   return { outer: numel(shape.slice(0, axis)), len: shape[axis]!, inner: numel(shape.slice(axis + 1)) };
 }
 
-const withAxis = (shape: readonly number[], axis: number, len: number): number[] =>
-  shape.map((d, i) => (i === axis ? len : d));
+const withAxis = (shape: readonly number[], axis: number, len: number): number[] => shape.map((d, i) => (i === axis ? len : d));
 
 /** Concatenate along `axis`; all other dimensions and the dtype must agree. */
 export function concat<A extends TypedArray>(parts: readonly Tensor<A>[], axis: number): Tensor<A> {
@@ -100,8 +121,7 @@ export function concat<A extends TypedArray>(parts: readonly Tensor<A>[], axis: 
   if (!first) throw new Error("concat of no tensors");
   const { outer, inner } = split(first.shape, axis);
   for (const p of parts) {
-    if (p.dtype !== first.dtype || p.shape.length !== first.shape.length ||
-        p.shape.some((d, i) => i !== axis && d !== first.shape[i])) {
+    if (p.dtype !== first.dtype || p.shape.length !== first.shape.length || p.shape.some((d, i) => i !== axis && d !== first.shape[i])) {
       throw new Error(`concat: shape [${p.shape}] ${p.dtype} does not match [${first.shape}] ${first.dtype} off axis ${axis}`);
     }
   }
@@ -201,7 +221,8 @@ export function tileLayout(shape: readonly number[], axis: number, n: number, pa
   // Along the first axis the whole tensor repeats (whatever its parts); along another, each of the `outer` rows of
   // [outer, len·inner] repeats its part(s), which is right for parts of the last axis only.
   if (axis === 0 && shape.length > 1) return { rows: len, cols: inner, rowBands: n, colBands: 1, block: () => 0 };
-  if (parts !== 1 && axis !== shape.length - 1) throw new Error(`tileLayout: parts split the last axis; a tile along axis ${axis} of rank ${shape.length} would cut them`);
+  if (parts !== 1 && axis !== shape.length - 1)
+    throw new Error(`tileLayout: parts split the last axis; a tile along axis ${axis} of rank ${shape.length} would cut them`);
   return { rows: outer, cols: len * inner, parts, rowBands: 1, colBands: n, block: () => 0 };
 }
 
@@ -213,12 +234,16 @@ function checkLayout(sources: readonly Uint8Array[], elementSize: number, l: Blo
   if (l.cols % parts !== 0) throw new Error(`block layout: ${l.cols} columns do not split into ${parts} parts`);
   const rowBytes = l.cols * elementSize;
   sources.forEach((s, i) => {
-    if (s.length !== l.rows * rowBytes) throw new Error(`block layout: source ${i} has ${s.length} bytes, [${l.rows}, ${l.cols}] of ${elementSize}-byte values need ${l.rows * rowBytes}`);
+    if (s.length !== l.rows * rowBytes)
+      throw new Error(
+        `block layout: source ${i} has ${s.length} bytes, [${l.rows}, ${l.cols}] of ${elementSize}-byte values need ${l.rows * rowBytes}`,
+      );
   });
   for (let s = 0; s < l.rowBands; s++) {
     for (let t = 0; t < l.colBands; t++) {
       const i = l.block(s, t);
-      if (i !== -1 && (i < 0 || i >= sources.length || !Number.isInteger(i))) throw new Error(`block layout: block (${s}, ${t}) names source ${i} of ${sources.length}`);
+      if (i !== -1 && (i < 0 || i >= sources.length || !Number.isInteger(i)))
+        throw new Error(`block layout: block (${s}, ${t}) names source ${i} of ${sources.length}`);
     }
   }
   return { rowBytes, partBytes: rowBytes / parts, parts };
@@ -240,8 +265,13 @@ export function* zeroPieces(byteLength: number, maxPieceBytes = PIECE_BYTES): Ge
  * it, a band of zeros as views of one zeroed buffer: the pieces are read-only to whoever takes them. Other pieces are
  * fresh arrays, or the memory `buffer(n)` gives (see LazyTensor.streamBytes).
  */
-export function* blockLayoutPieces(sources: readonly Uint8Array[], elementSize: number, l: BlockLayout, maxPieceBytes = PIECE_BYTES,
-                                   buffer?: (bytes: number) => Uint8Array): Generator<Uint8Array> {
+export function* blockLayoutPieces(
+  sources: readonly Uint8Array[],
+  elementSize: number,
+  l: BlockLayout,
+  maxPieceBytes = PIECE_BYTES,
+  buffer?: (bytes: number) => Uint8Array,
+): Generator<Uint8Array> {
   const { rowBytes, partBytes, parts } = checkLayout(sources, elementSize, l);
   const outRow = rowBytes * l.colBands;
   const bandBytes = outRow * l.rows;
@@ -267,7 +297,8 @@ export function* blockLayoutPieces(sources: readonly Uint8Array[], elementSize: 
         const from = (r0 + r) * rowBytes;
         let at = r * outRow;
         for (let p = 0; p < parts; p++) {
-          const a = from + p * partBytes, b = a + partBytes;
+          const a = from + p * partBytes,
+            b = a + partBytes;
           for (let t = 0; t < blocks.length; t++) {
             const i = blocks[t]!;
             if (i !== -1) out.set(sources[i]!.subarray(a, b), at);
@@ -302,7 +333,10 @@ export function storedToF32(dtype: DType, bytes: Uint8Array): Float32Array {
   else if (dtype === "BF16") decodeBF16(bytes, out);
   else if (dtype === "F32") {
     if (HOST_LITTLE_ENDIAN) new Uint8Array(out.buffer).set(bytes);
-    else { const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength); for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true); }
+    else {
+      const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true);
+    }
   } else throw new Error(`stored ${dtype} values are not float32 in memory (F32, F16, BF16 are)`);
   return out;
 }

@@ -19,7 +19,10 @@ describe("byte-level tokenizer.json", () => {
   it("a BPE whose 256 entries are the bytes, id = byte value, no merges, no added tokens, byte-level pre-tokenizer and decoder", () => {
     const json = JSON.parse(byteLevelTokenizerJson()) as {
       model: { type: string; merges: unknown[]; vocab: Record<string, number> };
-      added_tokens: unknown[]; normalizer: unknown; pre_tokenizer: unknown; decoder: unknown;
+      added_tokens: unknown[];
+      normalizer: unknown;
+      pre_tokenizer: unknown;
+      decoder: unknown;
     };
     const chars = bytesToUnicode();
     expect(json.model.type).toBe("BPE");
@@ -36,8 +39,13 @@ describe("byte-level tokenizer.json", () => {
   it("tokenizer_config.json: no special tokens added, left padding with id 0, no clean-up of spaces", () => {
     const config = JSON.parse(byteLevelTokenizerConfig()) as Record<string, unknown>;
     expect(config).toMatchObject({
-      tokenizer_class: "PreTrainedTokenizerFast", add_bos_token: false, add_eos_token: false,
-      bos_token: null, eos_token: null, padding_side: "left", clean_up_tokenization_spaces: false,
+      tokenizer_class: "PreTrainedTokenizerFast",
+      add_bos_token: false,
+      add_eos_token: false,
+      bos_token: null,
+      eos_token: null,
+      padding_side: "left",
+      clean_up_tokenization_spaces: false,
     });
     expect(config.pad_token).toBe(bytesToUnicode()[BYTE_LEVEL_PAD_ID]);
     expect(config.model_max_length).toBeUndefined();

@@ -29,22 +29,38 @@ export const BYTE_LEVEL_PAD_ID = 0;
 export function byteLevelTokenizerJson(): string {
   const chars = bytesToUnicode();
   const vocab: Record<string, number> = {};
-  chars.forEach((c, b) => { vocab[c] = b; });
+  chars.forEach((c, b) => {
+    vocab[c] = b;
+  });
   const byteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
-  return JSON.stringify({
-    version: "1.0",
-    truncation: null,
-    padding: null,
-    added_tokens: [],
-    normalizer: null,
-    pre_tokenizer: byteLevel,
-    post_processor: null,
-    decoder: byteLevel,
-    model: {
-      type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null,
-      fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab, merges: [],
-    },
-  }, null, 2) + "\n";
+  return (
+    JSON.stringify(
+      {
+        version: "1.0",
+        truncation: null,
+        padding: null,
+        added_tokens: [],
+        normalizer: null,
+        pre_tokenizer: byteLevel,
+        post_processor: null,
+        decoder: byteLevel,
+        model: {
+          type: "BPE",
+          dropout: null,
+          unk_token: null,
+          continuing_subword_prefix: null,
+          end_of_word_suffix: null,
+          fuse_unk: false,
+          byte_fallback: false,
+          ignore_merges: false,
+          vocab,
+          merges: [],
+        },
+      },
+      null,
+      2,
+    ) + "\n"
+  );
 }
 
 /**
@@ -54,17 +70,23 @@ export function byteLevelTokenizerJson(): string {
  */
 export function byteLevelTokenizerConfig(): string {
   const pad = bytesToUnicode()[BYTE_LEVEL_PAD_ID]!;
-  return JSON.stringify({
-    tokenizer_class: "PreTrainedTokenizerFast",
-    add_bos_token: false,
-    add_eos_token: false,
-    bos_token: null,
-    eos_token: null,
-    unk_token: null,
-    pad_token: pad,
-    padding_side: "left",
-    clean_up_tokenization_spaces: false,
-  }, null, 2) + "\n";
+  return (
+    JSON.stringify(
+      {
+        tokenizer_class: "PreTrainedTokenizerFast",
+        add_bos_token: false,
+        add_eos_token: false,
+        bos_token: null,
+        eos_token: null,
+        unk_token: null,
+        pad_token: pad,
+        padding_side: "left",
+        clean_up_tokenization_spaces: false,
+      },
+      null,
+      2,
+    ) + "\n"
+  );
 }
 
 /** The files a byte-level checkpoint carries for HF tools: tokenizer.json and tokenizer_config.json, as bytes. */

@@ -24,10 +24,17 @@ const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
   return i < 0 ? dflt : process.argv[i + 1];
 };
-const layers = Number(arg("layers", "12")), dModel = Number(arg("d-model", "768")), heads = Number(arg("heads", "12"));
-const context = Number(arg("context", "1024")), promptTokens = Number(arg("prompt", "32")), newTokens = Number(arg("new", "64"));
-const runs = Number(arg("runs", "3")), threads = Number(arg("threads", String(os.availableParallelism())));
-const dtype = arg("dtype", "fp32"), onlyArch = arg("arch", null), asJson = process.argv.includes("--json");
+const layers = Number(arg("layers", "12")),
+  dModel = Number(arg("d-model", "768")),
+  heads = Number(arg("heads", "12"));
+const context = Number(arg("context", "1024")),
+  promptTokens = Number(arg("prompt", "32")),
+  newTokens = Number(arg("new", "64"));
+const runs = Number(arg("runs", "3")),
+  threads = Number(arg("threads", String(os.availableParallelism())));
+const dtype = arg("dtype", "fp32"),
+  onlyArch = arg("arch", null),
+  asJson = process.argv.includes("--json");
 
 const text = "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness. ";
 const prompts = Array.from({ length: 8 }, (_, i) => text.slice(i * 3, i * 3 + promptTokens - i));
@@ -49,7 +56,8 @@ for (const arch of ["gpt2", "llama"].filter((a) => !onlyArch || a === onlyArch))
     t = performance.now();
     const g = await loadGenerator(dir, { dtype, threads });
     const loadSeconds = (performance.now() - t) / 1000;
-    const one = [], eight = [];
+    const one = [],
+      eight = [];
     const cold = await g.generate(prompts[0], { maxNewTokens: newTokens });
     const coldBatch = await g.generateBatch(prompts, { maxNewTokens: newTokens });
     for (let r = 0; r < runs; r++) {
@@ -57,10 +65,24 @@ for (const arch of ["gpt2", "llama"].filter((a) => !onlyArch || a === onlyArch))
       eight.push((await g.generateBatch(prompts, { maxNewTokens: newTokens })).timing);
     }
     await g.dispose();
-    const summary = (ts) => ({ firstTokenMs: median(ts.map((x) => x.firstTokenSeconds)) * 1000, tokensPerSecond: median(ts.map((x) => x.tokensPerSecond)) });
+    const summary = (ts) => ({
+      firstTokenMs: median(ts.map((x) => x.firstTokenSeconds)) * 1000,
+      tokensPerSecond: median(ts.map((x) => x.tokensPerSecond)),
+    });
     results.push({
-      arch, dtype, layers, dModel, heads, kvHeads: shape.kvHeads ?? heads, context, parameters: parameterCount(state),
-      promptTokens: cold.promptIds.length, newTokens, threads, exportSeconds, loadSeconds,
+      arch,
+      dtype,
+      layers,
+      dModel,
+      heads,
+      kvHeads: shape.kvHeads ?? heads,
+      context,
+      parameters: parameterCount(state),
+      promptTokens: cold.promptIds.length,
+      newTokens,
+      threads,
+      exportSeconds,
+      loadSeconds,
       batch1: { ...summary(one), coldFirstTokenMs: cold.timing.firstTokenSeconds * 1000 },
       batch8: { ...summary(eight), coldFirstTokenMs: coldBatch.timing.firstTokenSeconds * 1000 },
     });
@@ -72,13 +94,22 @@ for (const arch of ["gpt2", "llama"].filter((a) => !onlyArch || a === onlyArch))
 if (asJson) {
   console.log(JSON.stringify({ machine: { cpus: os.cpus()[0]?.model, cores: os.availableParallelism(), node: process.version }, results }, null, 2));
 } else {
-  console.log(`generation through transformers.js, ${threads} threads, ${os.cpus()[0]?.model} (${os.availableParallelism()} cores); greedy, ${newTokens} new tokens, median of ${runs}`);
+  console.log(
+    `generation through transformers.js, ${threads} threads, ${os.cpus()[0]?.model} (${os.availableParallelism()} cores); greedy, ${newTokens} new tokens, median of ${runs}`,
+  );
   for (const r of results) {
-    console.log(`${r.arch} ${r.layers}×${r.dModel}, ${r.heads} heads (${r.kvHeads} kv), context ${r.context}, ${(r.parameters / 1e6).toFixed(1)}M parameters, ${r.dtype}: ` +
-      `export ${r.exportSeconds.toFixed(1)} s, load ${r.loadSeconds.toFixed(1)} s`);
-    for (const [name, b] of [["batch 1", r.batch1], ["batch 8", r.batch8]]) {
-      console.log(`  ${name}: first token ${b.firstTokenMs.toFixed(0)} ms (cold ${b.coldFirstTokenMs.toFixed(0)} ms), then ${b.tokensPerSecond.toFixed(1)} tokens/s` +
-        ` (prompt ~${r.promptTokens} tokens)`);
+    console.log(
+      `${r.arch} ${r.layers}×${r.dModel}, ${r.heads} heads (${r.kvHeads} kv), context ${r.context}, ${(r.parameters / 1e6).toFixed(1)}M parameters, ${r.dtype}: ` +
+        `export ${r.exportSeconds.toFixed(1)} s, load ${r.loadSeconds.toFixed(1)} s`,
+    );
+    for (const [name, b] of [
+      ["batch 1", r.batch1],
+      ["batch 8", r.batch8],
+    ]) {
+      console.log(
+        `  ${name}: first token ${b.firstTokenMs.toFixed(0)} ms (cold ${b.coldFirstTokenMs.toFixed(0)} ms), then ${b.tokensPerSecond.toFixed(1)} tokens/s` +
+          ` (prompt ~${r.promptTokens} tokens)`,
+      );
     }
   }
 }

@@ -12,9 +12,22 @@ import { loadGenerator } from "./generate.js";
 import { testState } from "./testing/reference.js";
 
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-export-cache-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
-const gpt2Config = { model_type: "gpt2", n_layer: 1, n_embd: 16, n_head: 2, vocab_size: 256, n_positions: 64, bos_token_id: null, eos_token_id: null };
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-export-cache-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+const gpt2Config = {
+  model_type: "gpt2",
+  n_layer: 1,
+  n_embd: 16,
+  n_head: 2,
+  vocab_size: 256,
+  n_positions: 64,
+  bos_token_id: null,
+  eos_token_id: null,
+};
 
 async function fingerprint(dir: string): Promise<string> {
   const h = createHash("sha256");
@@ -74,7 +87,9 @@ describe("the export cache beside a checkpoint", () => {
     const out = join(root, "exported");
     await exportModel(ckpt, out);
     expect(await ensureExport(out)).toEqual({ dir: out, exported: false, direct: true });
-    await expect(ensureExport(out, { dtype: "fp16" })).rejects.toThrow(`${out}: an export without onnx/model_fp16.onnx (export it with --dtype fp16)`);
+    await expect(ensureExport(out, { dtype: "fp16" })).rejects.toThrow(
+      `${out}: an export without onnx/model_fp16.onnx (export it with --dtype fp16)`,
+    );
     expect((await readdir(root)).filter((f) => f.includes("exported"))).toEqual(["exported"]);
   });
 
@@ -85,11 +100,21 @@ describe("the export cache beside a checkpoint", () => {
     const writer = spawn("sleep", ["60"], { stdio: "ignore" });
     try {
       const pid = writer.pid!;
-      await symlink(JSON.stringify({ pid, host: hostname(), start: processStart(pid), command: "staged train saving --save-every 1", since: "2026-11-27T12:00:00.000Z" }),
-        join(root, ".saving.lock"));
+      await symlink(
+        JSON.stringify({
+          pid,
+          host: hostname(),
+          start: processStart(pid),
+          command: "staged train saving --save-every 1",
+          since: "2026-11-27T12:00:00.000Z",
+        }),
+        join(root, ".saving.lock"),
+      );
       await rename(ckpt, join(root, `.saving.old-${pid}-a`));
       await mkdir(join(root, `.saving.new-${pid}-b`));
-      await expect(ensureExport(ckpt)).rejects.toThrow(new RegExp(`^.*saving: being written by pid ${pid} \\(staged train saving --save-every 1, since .*\\); try again when it has finished$`));
+      await expect(ensureExport(ckpt)).rejects.toThrow(
+        new RegExp(`^.*saving: being written by pid ${pid} \\(staged train saving --save-every 1, since .*\\); try again when it has finished$`),
+      );
       await expect(loadGenerator(ckpt)).rejects.toThrow(/saving: being written by pid/);
       // The writer killed before its new checkpoint was complete: the old one is put back (and said so), then exported.
       await rm(join(root, `.saving.new-${pid}-b`), { recursive: true });
@@ -97,7 +122,9 @@ describe("the export cache beside a checkpoint", () => {
       await new Promise((resolve) => writer.once("exit", resolve));
       const notices: string[] = [];
       expect((await ensureExport(ckpt, { notice: (l) => notices.push(l) })).exported).toBe(true);
-      expect(notices).toEqual([`${ckpt}: restored the previous checkpoint (step 0) that an interrupted save had set aside (the save itself was incomplete)`]);
+      expect(notices).toEqual([
+        `${ckpt}: restored the previous checkpoint (step 0) that an interrupted save had set aside (the save itself was incomplete)`,
+      ]);
       expect((await readdir(root)).filter((f) => f.includes("saving")).sort()).toEqual([".saving.staged-export", "saving"]);
     } finally {
       writer.kill("SIGKILL");
@@ -106,7 +133,9 @@ describe("the export cache beside a checkpoint", () => {
 
   it("a missing checkpoint, or one whose parent is missing, is said so in one line", async () => {
     for (const missing of [join(root, "nothing"), join(root, "no-parent", "nothing")]) {
-      await expect(ensureExport(missing)).rejects.toThrow(new RegExp(`^${missing}: not a checkpoint directory \\(it does not exist or is not a directory\\)$`));
+      await expect(ensureExport(missing)).rejects.toThrow(
+        new RegExp(`^${missing}: not a checkpoint directory \\(it does not exist or is not a directory\\)$`),
+      );
     }
     expect((await readdir(root)).filter((f) => f.includes("nothing") || f.includes("no-parent"))).toEqual([]);
   });
@@ -120,12 +149,21 @@ describe("the export cache beside a checkpoint", () => {
     // Another process holds the cache's write lock for a while (as an export in progress would).
     await writeFile(join(ckpt, "generation_config.json"), "{}\n");
     const core = join(dirname(fileURLToPath(import.meta.url)), "..", "node_modules", "@staged", "core", "dist", "index.js");
-    const child = spawn(process.execPath, ["--input-type=module", "-e",
-      `const { lockCheckpoint } = await import(${JSON.stringify(core)});
+    const child = spawn(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `const { lockCheckpoint } = await import(${JSON.stringify(core)});
        const lock = await lockCheckpoint(${JSON.stringify(exportCachePath(ckpt))}, "exclusive");
-       console.log("locked"); setTimeout(() => lock.release().then(() => process.exit(0)), 1500);`], { stdio: ["ignore", "pipe", "inherit"] });
+       console.log("locked"); setTimeout(() => lock.release().then(() => process.exit(0)), 1500);`,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
     await new Promise<void>((resolve, reject) => {
-      child.stdout.on("data", (d: Buffer) => { if (d.toString().includes("locked")) resolve(); });
+      child.stdout.on("data", (d: Buffer) => {
+        if (d.toString().includes("locked")) resolve();
+      });
       child.on("exit", (code) => reject(new Error(`the locking process exited (${code})`)));
     });
     const notices: string[] = [];

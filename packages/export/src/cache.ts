@@ -7,7 +7,16 @@
  */
 import { stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { canonicalPath, LockedError, lockCheckpoint, recoverInterruptedSave, systemReason, withCheckpointLock, type CheckpointLock, type Registry } from "@staged/core";
+import {
+  canonicalPath,
+  LockedError,
+  lockCheckpoint,
+  recoverInterruptedSave,
+  systemReason,
+  withCheckpointLock,
+  type CheckpointLock,
+  type Registry,
+} from "@staged/core";
 import { EXPORT_VERSION, exportModel, ONNX_FILES, readManifest, sourceFingerprint, type ExportDType, type ExportProgress } from "./export.js";
 
 export const CACHE_SUFFIX = ".staged-export";
@@ -15,8 +24,16 @@ export const CACHE_SUFFIX = ".staged-export";
 /** Where the export cache of checkpoint `dir` (a canonical path) lives. */
 export const exportCachePath = (dir: string): string => join(dirname(dir), `.${basename(dir)}${CACHE_SUFFIX}`);
 
-const isFile = (p: string): Promise<boolean> => stat(p).then((s) => s.isFile(), () => false);
-const isDir = (p: string): Promise<boolean> => stat(p).then((s) => s.isDirectory(), () => false);
+const isFile = (p: string): Promise<boolean> =>
+  stat(p).then(
+    (s) => s.isFile(),
+    () => false,
+  );
+const isDir = (p: string): Promise<boolean> =>
+  stat(p).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
 
 /** Whether `dir` is an export already (a transformers.js model directory: config.json and onnx/model.onnx). */
 export async function isExportDir(dir: string): Promise<boolean> {
@@ -47,7 +64,12 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const inProcess = new Map<string, Promise<unknown>>();
 
 /** Take `mode` on `dir`, waiting while another process holds a conflicting lock. */
-export async function lockWaiting(dir: string, mode: "shared" | "exclusive", waitMs: number, notice: (line: string) => void): Promise<CheckpointLock> {
+export async function lockWaiting(
+  dir: string,
+  mode: "shared" | "exclusive",
+  waitMs: number,
+  notice: (line: string) => void,
+): Promise<CheckpointLock> {
   const deadline = Date.now() + waitMs;
   let told = false;
   for (;;) {
@@ -77,7 +99,8 @@ export async function ensureExport(dir: string, options: EnsureExportOptions = {
   const direct = await withCheckpointLock(root, "shared", async () => {
     if (!(await isDir(root))) throw missing();
     if (!(await isExportDir(root))) return false;
-    if (!(await isFile(join(root, ONNX_FILES[dtype])))) throw new Error(`${dir}: an export without ${ONNX_FILES[dtype]} (export it with --dtype ${dtype})`);
+    if (!(await isFile(join(root, ONNX_FILES[dtype]))))
+      throw new Error(`${dir}: an export without ${ONNX_FILES[dtype]} (export it with --dtype ${dtype})`);
     return true;
   });
   if (direct) return { dir: root, exported: false, direct: true };
@@ -97,7 +120,11 @@ export async function ensureExport(dir: string, options: EnsureExportOptions = {
 }
 
 async function ensureCache(root: string, cache: string, dtype: ExportDType, options: EnsureExportOptions): Promise<EnsuredExport> {
-  const notice = options.notice ?? ((line: string) => { process.stderr.write(`${line}\n`); });
+  const notice =
+    options.notice ??
+    ((line: string) => {
+      process.stderr.write(`${line}\n`);
+    });
   let lock: CheckpointLock;
   try {
     lock = await lockWaiting(cache, "exclusive", options.waitMs ?? 30 * 60_000, notice);
@@ -105,21 +132,29 @@ async function ensureCache(root: string, cache: string, dtype: ExportDType, opti
     if (/cannot write here/.test((e as Error).message)) {
       const cause = (e as Error).cause;
       const full = ["ENOSPC", "EDQUOT"].includes(String((cause as NodeJS.ErrnoException | undefined)?.code));
-      throw new Error(`${root}: cannot write its export cache ${cache} (${full ? systemReason(cause) : "the directory is read-only"}); ` +
-        `export it elsewhere with \`staged export ${root} --out <dir>\` and generate from that directory`, { cause: e });
+      throw new Error(
+        `${root}: cannot write its export cache ${cache} (${full ? systemReason(cause) : "the directory is read-only"}); ` +
+          `export it elsewhere with \`staged export ${root} --out <dir>\` and generate from that directory`,
+        { cause: e },
+      );
     }
     throw e;
   }
   try {
     const manifest = await readManifest(cache);
     const fingerprint = await withCheckpointLock(root, "shared", () => sourceFingerprint(root));
-    const fresh = manifest !== null && manifest.version === EXPORT_VERSION && manifest.source === fingerprint &&
-      manifest.dtypes.includes(dtype) && (await isFile(join(cache, ONNX_FILES[dtype])));
+    const fresh =
+      manifest !== null &&
+      manifest.version === EXPORT_VERSION &&
+      manifest.source === fingerprint &&
+      manifest.dtypes.includes(dtype) &&
+      (await isFile(join(cache, ONNX_FILES[dtype])));
     if (fresh) return { dir: cache, exported: false, direct: false };
     // The checkpoint is read (and fingerprinted again) under its read lock by exportModel.
     const want: ExportDType = dtype === "fp16" || manifest?.dtypes.includes("fp16") ? "fp16" : "fp32";
     await exportModel(root, cache, {
-      dtype: want, lock,
+      dtype: want,
+      lock,
       ...(options.registry ? { registry: options.registry } : {}),
       ...(options.onProgress ? { onProgress: options.onProgress } : {}),
       notice,

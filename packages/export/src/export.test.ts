@@ -11,8 +11,12 @@ import { loadGenerator } from "./generate.js";
 import { runExport, testState, trainerGreedy, bytesOf, VARIANTS, worstExcess } from "./testing/reference.js";
 
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-export-files-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-export-files-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 const readJson = async (p: string) => JSON.parse(await readFile(p, "utf8")) as Record<string, unknown>;
 const gpt2Config = { model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 2, vocab_size: 256, n_positions: 64 };
 
@@ -24,12 +28,19 @@ describe("exportModel", () => {
     const out = join(root, "out");
     const r = await exportModel(ckpt, out);
     expect(r.dir).toBe(out);
-    expect((await readdir(out)).sort()).toEqual(["config.json", "generation_config.json", "onnx", MANIFEST, "tokenizer.json", "tokenizer_config.json"].sort());
+    expect((await readdir(out)).sort()).toEqual(
+      ["config.json", "generation_config.json", "onnx", MANIFEST, "tokenizer.json", "tokenizer_config.json"].sort(),
+    );
     expect(await readdir(join(out, "onnx"))).toEqual(["model.onnx"]);
     expect(await readdir(ckpt)).toEqual(before); // the checkpoint is only read
     const config = await readJson(join(out, "config.json"));
     expect(config).toMatchObject({ model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 2, vocab_size: 256, n_positions: 64, use_cache: true });
-    expect(await readJson(join(out, "generation_config.json"))).toEqual({ _from_model_config: true, bos_token_id: null, eos_token_id: null, pad_token_id: 0 });
+    expect(await readJson(join(out, "generation_config.json"))).toEqual({
+      _from_model_config: true,
+      bos_token_id: null,
+      eos_token_id: null,
+      pad_token_id: 0,
+    });
     expect(await readFile(join(out, "tokenizer.json"), "utf8")).toBe(byteLevelTokenizerJson());
     expect(await readFile(join(out, "tokenizer_config.json"), "utf8")).toBe(byteLevelTokenizerConfig());
     const manifest = await readManifest(out);
@@ -73,12 +84,16 @@ describe("exportModel", () => {
     const t = Tensor.zeros("F32", [256, 16]);
     t.f32[17] = Number.NaN;
     bad.set("transformer.wte.weight", inMemory(t));
-    await expect(exportModel({ ...s, params: bad }, join(root, "nan"))).rejects.toThrow("parameter transformer.wte.weight holds NaN at index 17 (a diverged model?)");
+    await expect(exportModel({ ...s, params: bad }, join(root, "nan"))).rejects.toThrow(
+      "parameter transformer.wte.weight holds NaN at index 17 (a diverged model?)",
+    );
     const big = new Map(s.params);
     const u = Tensor.zeros("F32", [256, 16]);
     u.f32[3] = 1e6;
     big.set("transformer.wte.weight", inMemory(u));
-    await expect(exportModel({ ...s, params: big }, join(root, "big"), { dtype: "fp16" })).rejects.toThrow("parameter transformer.wte.weight holds 1000000 at index 3, beyond float16's range (export it as fp32)");
+    await expect(exportModel({ ...s, params: big }, join(root, "big"), { dtype: "fp16" })).rejects.toThrow(
+      "parameter transformer.wte.weight holds 1000000 at index 3, beyond float16's range (export it as fp32)",
+    );
     expect((await readdir(root)).filter((f) => /^(nan|big)$|^\.(nan|big)\./.test(f))).toEqual([]);
     await expect(exportModel(join(root, "missing"), join(root, "x"))).rejects.toThrow(/missing: not a checkpoint directory/);
     // An output that is a symlink to nothing is said to be one (not ENOTDIR from the rename).
@@ -96,7 +111,15 @@ describe("staged-export.json", () => {
     expect(await readManifest(d)).toBeNull();
     expect(await readManifest(join(root, "no-such-dir"))).toBeNull();
     const file = join(d, MANIFEST);
-    const good: ExportManifest = { format: "staged-export", version: 1, exporter: "@staged/export 0.1.0", architecture: "gpt2", dtypes: ["fp32"], externalData: {}, source: null };
+    const good: ExportManifest = {
+      format: "staged-export",
+      version: 1,
+      exporter: "@staged/export 0.1.0",
+      architecture: "gpt2",
+      dtypes: ["fp32"],
+      externalData: {},
+      source: null,
+    };
     await writeFile(file, formatManifest(good));
     expect(await readManifest(d)).toEqual(good);
     for (const [over, message] of [
@@ -127,8 +150,21 @@ describe("fp16 export (onnx/model_fp16.onnx)", () => {
       const state = await testState(v.architecture, v.config, 4, 2);
       const dir = join(root, `fp16-${v.name.replace(/\W+/g, "-")}`);
       await exportModel(state, dir, { dtype: "fp16" });
-      const kv = state.shape.kvHeads ?? state.shape.heads, hd = state.shape.headDim, L = state.shape.layers;
-      const ids = [[3, 90, 17, 200, 45, 61], [0, 0, 99, 12, 7, 250]], mask = [[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], pos = [[0, 1, 2, 3, 4, 5], [1, 1, 0, 1, 2, 3]];
+      const kv = state.shape.kvHeads ?? state.shape.heads,
+        hd = state.shape.headDim,
+        L = state.shape.layers;
+      const ids = [
+          [3, 90, 17, 200, 45, 61],
+          [0, 0, 99, 12, 7, 250],
+        ],
+        mask = [
+          [1, 1, 1, 1, 1, 1],
+          [0, 0, 1, 1, 1, 1],
+        ],
+        pos = [
+          [0, 1, 2, 3, 4, 5],
+          [1, 1, 0, 1, 2, 3],
+        ];
       const s32 = await ort.InferenceSession.create(join(dir, "onnx", "model.onnx"), { intraOpNumThreads: 1 });
       const s16 = await ort.InferenceSession.create(join(dir, "onnx", "model_fp16.onnx"), { intraOpNumThreads: 1 });
       const full32 = await runExport(s32, L, kv, hd, ids, mask, pos);
@@ -137,13 +173,34 @@ describe("fp16 export (onnx/model_fp16.onnx)", () => {
       const scale = Math.max(...full32.logits.map(Math.abs));
       expect(worstExcess(full16.logits, full32.logits, 1e-2, 1e-2 * scale), v.name).toBeLessThanOrEqual(0);
       // The cache in float16: a prefix, then the rest.
-      const first = await runExport(s16, L, kv, hd, ids.map((r) => r.slice(0, 4)), mask.map((r) => r.slice(0, 4)), pos.map((r) => r.slice(0, 4)), undefined, "float16");
-      const rest = await runExport(s16, L, kv, hd, ids.map((r) => r.slice(4)), mask, pos.map((r) => r.slice(4)), first.present, "float16");
+      const first = await runExport(
+        s16,
+        L,
+        kv,
+        hd,
+        ids.map((r) => r.slice(0, 4)),
+        mask.map((r) => r.slice(0, 4)),
+        pos.map((r) => r.slice(0, 4)),
+        undefined,
+        "float16",
+      );
+      const rest = await runExport(
+        s16,
+        L,
+        kv,
+        hd,
+        ids.map((r) => r.slice(4)),
+        mask,
+        pos.map((r) => r.slice(4)),
+        first.present,
+        "float16",
+      );
       const tail32 = Float32Array.from([...full32.logits.subarray(4 * 256, 6 * 256), ...full32.logits.subarray(10 * 256, 12 * 256)]);
       expect(worstExcess(rest.logits, tail32, 1e-2, 1e-2 * scale), v.name).toBeLessThanOrEqual(0);
       // fp16 is not fp32: a check that can fail.
       expect(worstExcess(full16.logits, full32.logits, 0, 0)).toBeGreaterThan(0);
-      await s32.release(); await s16.release();
+      await s32.release();
+      await s16.release();
     }
   });
 

@@ -9,9 +9,23 @@ import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { basename, dirname, join } from "node:path";
 import {
-  byteLevelTokenizerConfig, byteLevelTokenizerJson, BYTE_LEVEL_PAD_ID, canonicalPath, checkOutputPath, createDefaultRegistry, loadTrainingState,
-  isInside, isLoaded, lockCheckpoint, parseJsonFile, saveCheckpointDirectory, systemReason,
-  type CheckpointLock, type LoadedTrainingState, type Registry, type TrainingState,
+  byteLevelTokenizerConfig,
+  byteLevelTokenizerJson,
+  BYTE_LEVEL_PAD_ID,
+  canonicalPath,
+  checkOutputPath,
+  createDefaultRegistry,
+  loadTrainingState,
+  isInside,
+  isLoaded,
+  lockCheckpoint,
+  parseJsonFile,
+  saveCheckpointDirectory,
+  systemReason,
+  type CheckpointLock,
+  type LoadedTrainingState,
+  type Registry,
+  type TrainingState,
 } from "@staged/core";
 import { decoderGraph, type ExportDType } from "./graph.js";
 import { writeOnnxModel } from "@staged/trainer-ort";
@@ -57,11 +71,14 @@ export interface ExportResult {
 }
 
 const VERSION = (createRequire(import.meta.url)("../package.json") as { version: string }).version;
-const stderrNotice = (line: string): void => { process.stderr.write(`${line}\n`); };
+const stderrNotice = (line: string): void => {
+  process.stderr.write(`${line}\n`);
+};
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** Files of a checkpoint whose change changes the export: the model, its config and its tokenizer. */
-const SOURCE_FILE = /^(config\.json|training_state\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)$/;
+const SOURCE_FILE =
+  /^(config\.json|training_state\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)$/;
 
 /**
  * A fingerprint of what a checkpoint's export depends on: the content of its JSON files and the identity of
@@ -75,7 +92,9 @@ export async function sourceFingerprint(dir: string): Promise<string> {
       const s = await stat(p, { bigint: true });
       h.update(`${name} ${s.size} ${s.mtimeNs} ${s.ino}\n`);
     } else {
-      h.update(`${name} `).update(await readFile(p)).update("\n");
+      h.update(`${name} `)
+        .update(await readFile(p))
+        .update("\n");
     }
   }
   return h.digest("hex");
@@ -127,13 +146,20 @@ function generationConfig(state: TrainingState, config: Record<string, unknown>,
   const inVocab = (v: unknown) => typeof v === "number" && Number.isInteger(v) && v >= 0 && v < vocab;
   const pick = (k: string) => {
     const v = config[k];
-    if (Array.isArray(v)) { const ids = v.filter(inVocab); return ids.length ? ids : null; }
+    if (Array.isArray(v)) {
+      const ids = v.filter(inVocab);
+      return ids.length ? ids : null;
+    }
     return inVocab(v) ? v : null;
   };
-  return textBytes(jsonText({
-    _from_model_config: true, bos_token_id: pick("bos_token_id"), eos_token_id: pick("eos_token_id"),
-    pad_token_id: pick("pad_token_id") ?? padId,
-  }));
+  return textBytes(
+    jsonText({
+      _from_model_config: true,
+      bos_token_id: pick("bos_token_id"),
+      eos_token_id: pick("eos_token_id"),
+      pad_token_id: pick("pad_token_id") ?? padId,
+    }),
+  );
 }
 
 export interface ExportInternals {
@@ -147,7 +173,11 @@ export interface ExportInternals {
  * Export a checkpoint directory (read under its read lock) or an in-memory state to `outDir`. An existing
  * `outDir` is replaced only when it is an export (it has staged-export.json); the checkpoint itself is never written.
  */
-export async function exportModel(source: string | TrainingState, outDir: string, options: ExportOptions & ExportInternals = {}): Promise<ExportResult> {
+export async function exportModel(
+  source: string | TrainingState,
+  outDir: string,
+  options: ExportOptions & ExportInternals = {},
+): Promise<ExportResult> {
   const registry = options.registry ?? createDefaultRegistry();
   await checkOutputPath(outDir);
   const target = await canonicalPath(outDir);
@@ -186,7 +216,7 @@ export async function exportModel(source: string | TrainingState, outDir: string
         throw new Error(`${outDir}: cannot create its parent directory (${systemReason(e)})`, { cause: e });
       });
     }
-    const lock = held ?? await lockCheckpoint(target, "exclusive");
+    const lock = held ?? (await lockCheckpoint(target, "exclusive"));
     try {
       const existing = await stat(target).catch(() => null);
       if (existing && !(existing.isDirectory() && (await readManifest(target)))) {
@@ -196,30 +226,51 @@ export async function exportModel(source: string | TrainingState, outDir: string
       const useExternal = (bytes: number) => options.externalData === true || (options.externalData !== false && bytes > EXTERNAL_DATA_BYTES);
       for (const { dt, g } of graphs) if (useExternal(g.graph.weightBytes)) external[ONNX_FILES[dt]] = `${ONNX_FILES[dt]}_data`;
       const manifest: ExportManifest = {
-        format: MANIFEST_FORMAT, version: EXPORT_VERSION, exporter: `@staged/export ${VERSION}`, architecture: arch.name,
-        dtypes, externalData: external, source: fingerprint,
+        format: MANIFEST_FORMAT,
+        version: EXPORT_VERSION,
+        exporter: `@staged/export ${VERSION}`,
+        architecture: arch.name,
+        dtypes,
+        externalData: external,
+        source: fingerprint,
       };
-      const files = ["config.json", "generation_config.json", ...tokenizer.files.keys(), ...dtypes.flatMap((dt) => [ONNX_FILES[dt], ...(external[ONNX_FILES[dt]] ? [external[ONNX_FILES[dt]]!] : [])]), MANIFEST];
+      const files = [
+        "config.json",
+        "generation_config.json",
+        ...tokenizer.files.keys(),
+        ...dtypes.flatMap((dt) => [ONNX_FILES[dt], ...(external[ONNX_FILES[dt]] ? [external[ONNX_FILES[dt]]!] : [])]),
+        MANIFEST,
+      ];
       let bytes = 0;
       // Core's save protocol (lock, crash recovery, temporary sibling, fsync, renames), every file the export's own.
-      await saveCheckpointDirectory(target, state, { tensors: [], carryOtherFiles: false, what: "export", write: async (tmp: string) => {
-        await mkdir(join(tmp, "onnx"));
-        await writeFile(join(tmp, "config.json"), jsonText(exportConfig(parsed.config, external)));
-        await writeFile(join(tmp, "generation_config.json"), generation);
-        for (const [name, data] of tokenizer.files) await writeFile(join(tmp, name), data);
-        for (const { dt, g } of graphs) {
-          const file = ONNX_FILES[dt];
-          const ext = external[file];
-          const r = await writeOnnxModel(join(tmp, file), g.graph, {
-            producer: { name: "@staged/export", version: VERSION },
-            metadata: { architecture: arch.name, model_type: String(parsed.config.model_type ?? arch.name), dtype: dt },
-            ...(ext ? { externalData: { path: join(tmp, ext), location: basename(ext) } } : {}),
-            onTensor: (tensors, totalTensors, done, totalBytes) => options.onProgress?.({ file, tensors, totalTensors, bytes: done, totalBytes }),
-          });
-          bytes += r.bytes;
-        }
-        await writeFile(join(tmp, MANIFEST), formatManifest(manifest));
-      } }, { overwrite: true, lock, notice: options.notice ?? stderrNotice });
+      await saveCheckpointDirectory(
+        target,
+        state,
+        {
+          tensors: [],
+          carryOtherFiles: false,
+          what: "export",
+          write: async (tmp: string) => {
+            await mkdir(join(tmp, "onnx"));
+            await writeFile(join(tmp, "config.json"), jsonText(exportConfig(parsed.config, external)));
+            await writeFile(join(tmp, "generation_config.json"), generation);
+            for (const [name, data] of tokenizer.files) await writeFile(join(tmp, name), data);
+            for (const { dt, g } of graphs) {
+              const file = ONNX_FILES[dt];
+              const ext = external[file];
+              const r = await writeOnnxModel(join(tmp, file), g.graph, {
+                producer: { name: "@staged/export", version: VERSION },
+                metadata: { architecture: arch.name, model_type: String(parsed.config.model_type ?? arch.name), dtype: dt },
+                ...(ext ? { externalData: { path: join(tmp, ext), location: basename(ext) } } : {}),
+                onTensor: (tensors, totalTensors, done, totalBytes) => options.onProgress?.({ file, tensors, totalTensors, bytes: done, totalBytes }),
+              });
+              bytes += r.bytes;
+            }
+            await writeFile(join(tmp, MANIFEST), formatManifest(manifest));
+          },
+        },
+        { overwrite: true, lock, notice: options.notice ?? stderrNotice },
+      );
       return { dir: target, files, bytes, manifest };
     } finally {
       if (!held) await lock.release();

@@ -22,9 +22,22 @@ vi.mock("./cache.js", async (importOriginal) => {
 const { loadGenerator } = await import("./generate.js");
 
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-export-race-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
-const gpt2Config = { model_type: "gpt2", n_layer: 1, n_embd: 16, n_head: 2, vocab_size: 256, n_positions: 64, bos_token_id: null, eos_token_id: null };
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-export-race-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+const gpt2Config = {
+  model_type: "gpt2",
+  n_layer: 1,
+  n_embd: 16,
+  n_head: 2,
+  vocab_size: 256,
+  n_positions: 64,
+  bos_token_id: null,
+  eos_token_id: null,
+};
 
 describe("loadGenerator", () => {
   it("reads the export's config.json under the cache's read lock: a cache being replaced is waited for, not read half-gone", async () => {
@@ -35,13 +48,16 @@ describe("loadGenerator", () => {
       const pid = writer.pid!;
       // Another generate re-exporting the cache, between its two renames: the cache set aside, the new one not in place.
       between.hook = async (cache) => {
-        await symlink(JSON.stringify({ pid, host: hostname(), start: processStart(pid), command: "staged generate ck", since: "2026-11-27T12:00:00.000Z" }),
-          join(root, "..ck.staged-export.lock"));
+        await symlink(
+          JSON.stringify({ pid, host: hostname(), start: processStart(pid), command: "staged generate ck", since: "2026-11-27T12:00:00.000Z" }),
+          join(root, "..ck.staged-export.lock"),
+        );
         await rename(cache, join(root, `..ck.staged-export.old-${pid}-a`));
       };
       const notices: string[] = [];
-      await expect(loadGenerator(ckpt, { threads: 1, waitMs: 300, notice: (l) => notices.push(l) }))
-        .rejects.toThrow(new RegExp(`^.*\\.ck\\.staged-export: being written by pid ${pid} \\(staged generate ck, since .*\\); try again when it has finished$`));
+      await expect(loadGenerator(ckpt, { threads: 1, waitMs: 300, notice: (l) => notices.push(l) })).rejects.toThrow(
+        new RegExp(`^.*\\.ck\\.staged-export: being written by pid ${pid} \\(staged generate ck, since .*\\); try again when it has finished$`),
+      );
       expect(notices).toEqual([expect.stringMatching(/^staged: waiting: .*\.ck\.staged-export: being written by pid/)]);
     } finally {
       between.hook = null;

@@ -16,15 +16,31 @@ import { bytesOf, testState, trainerGreedy } from "./testing/reference.js";
 const N = 24;
 const MIN_MARGIN = 1e-3;
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-export-generate-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-export-generate-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 const gpt2Config = { model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 2, vocab_size: 256, n_positions: 64 };
-const llamaConfig = { model_type: "llama", num_hidden_layers: 2, hidden_size: 16, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 32, vocab_size: 256, max_position_embeddings: 64 };
+const llamaConfig = {
+  model_type: "llama",
+  num_hidden_layers: 2,
+  hidden_size: 16,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  intermediate_size: 32,
+  vocab_size: 256,
+  max_position_embeddings: 64,
+};
 
 const CASES: { name: string; state: () => Promise<TrainingState> }[] = [
   { name: "GPT-2", state: () => testState("gpt2", gpt2Config, 1, 6) },
-  { name: "a GPT-2 grown in width (growWidth ×2, noise breaking the symmetry)", state: async () => growWidth(await testState("gpt2", gpt2Config, 2, 6), { factor: 2, symmetry: "noise" }) },
+  {
+    name: "a GPT-2 grown in width (growWidth ×2, noise breaking the symmetry)",
+    state: async () => growWidth(await testState("gpt2", gpt2Config, 2, 6), { factor: 2, symmetry: "noise" }),
+  },
   { name: "Llama with grouped-query attention (4 heads, 2 key/value heads)", state: () => testState("llama", llamaConfig, 5, 6) },
 ];
 
@@ -36,7 +52,9 @@ describe.each(CASES)("greedy generation of $name", ({ name, state: make }) => {
     await saveTrainingState(dir, state);
     generator = await loadGenerator(dir, { threads: 1 });
   });
-  afterAll(async () => { await generator?.dispose(); });
+  afterAll(async () => {
+    await generator?.dispose();
+  });
 
   it("through transformers.js equals greedy recomputation with the trainer's graph, token for token", async () => {
     for (const prompt of ["Hello", "The quick brown fox"]) {
@@ -75,7 +93,9 @@ describe("sampling", () => {
     await saveTrainingState(dir, await testState("gpt2", gpt2Config, 21, 1));
     generator = await loadGenerator(dir, { threads: 1 });
   });
-  afterAll(async () => { await generator?.dispose(); });
+  afterAll(async () => {
+    await generator?.dispose();
+  });
 
   it("the same seed gives the same sample, another seed another; top-k 1 is greedy", async () => {
     const o = { maxNewTokens: 16, temperature: 1.5 };
@@ -90,7 +110,9 @@ describe("sampling", () => {
   });
 
   it("refuses what it cannot do, by name", async () => {
-    await expect(generator.generate("x", { maxNewTokens: 64 })).rejects.toThrow("the prompt (1 tokens) and 64 new tokens exceed the model's context of 64 positions");
+    await expect(generator.generate("x", { maxNewTokens: 64 })).rejects.toThrow(
+      "the prompt (1 tokens) and 64 new tokens exceed the model's context of 64 positions",
+    );
     await expect(generator.generate("", {})).rejects.toThrow(/prompt gives no tokens/);
     await expect(generator.generate("x", { topP: 2 })).rejects.toThrow("topP must be in (0, 1], got 2");
     await expect(generator.generate("x", { maxNewTokens: 0 })).rejects.toThrow("maxNewTokens must be an integer ≥ 1, got 0");

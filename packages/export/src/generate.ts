@@ -82,7 +82,8 @@ export function checkSamplingOptions(o: SamplingOptions): void {
   int("maxNewTokens", o.maxNewTokens, 1);
   int("topK", o.topK, 0);
   int("seed", o.seed, 0);
-  if (o.temperature !== undefined && !(Number.isFinite(o.temperature) && o.temperature >= 0)) throw new Error(`temperature must be a number ≥ 0, got ${o.temperature}`);
+  if (o.temperature !== undefined && !(Number.isFinite(o.temperature) && o.temperature >= 0))
+    throw new Error(`temperature must be a number ≥ 0, got ${o.temperature}`);
   if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) throw new Error(`topP must be in (0, 1], got ${o.topP}`);
 }
 
@@ -130,30 +131,39 @@ type Transformers = typeof import("@huggingface/transformers");
  */
 export async function loadGenerator(dir: string, options: GeneratorOptions = {}): Promise<Generator> {
   const dtype = options.dtype ?? "fp32";
-  if (options.threads !== undefined && !(Number.isSafeInteger(options.threads) && options.threads >= 1)) throw new Error(`threads must be an integer ≥ 1, got ${options.threads}`);
+  if (options.threads !== undefined && !(Number.isSafeInteger(options.threads) && options.threads >= 1))
+    throw new Error(`threads must be an integer ≥ 1, got ${options.threads}`);
   const ensured = await ensureExport(dir, options);
   const registry = options.registry ?? createDefaultRegistry();
   const tf: Transformers = await import("@huggingface/transformers");
   // A shared lock while its files are read (config.json too): no other command replaces the cache meanwhile.
-  const notice = options.notice ?? ((line: string) => { process.stderr.write(`${line}\n`); });
+  const notice =
+    options.notice ??
+    ((line: string) => {
+      process.stderr.write(`${line}\n`);
+    });
   const lock = ensured.direct ? null : await lockWaiting(ensured.dir, "shared", options.waitMs ?? 30 * 60_000, notice);
   let pipe: Awaited<ReturnType<typeof tf.pipeline<"text-generation">>>;
   let config: Record<string, unknown>;
   try {
     config = await readJson(join(ensured.dir, "config.json"));
-    pipe = await tf.pipeline("text-generation", ensured.dir, {
-      dtype, device: "cpu", local_files_only: true,
-      session_options: options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {},
-    }).catch((e: unknown) => {
-      throw new Error(`${ensured.dir}: transformers.js cannot load the export (${(e as Error).message.split("\n")[0]})`, { cause: e });
-    });
+    pipe = await tf
+      .pipeline("text-generation", ensured.dir, {
+        dtype,
+        device: "cpu",
+        local_files_only: true,
+        session_options: options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {},
+      })
+      .catch((e: unknown) => {
+        throw new Error(`${ensured.dir}: transformers.js cannot load the export (${(e as Error).message.split("\n")[0]})`, { cause: e });
+      });
   } finally {
     await lock?.release();
   }
   const shape = shapeOf(config, registry);
   const context = shape?.context ?? null;
   const tokenizer = pipe.tokenizer;
-  const generationConfig = ((pipe.model as unknown as { generation_config?: Record<string, unknown> }).generation_config ?? {});
+  const generationConfig = (pipe.model as unknown as { generation_config?: Record<string, unknown> }).generation_config ?? {};
   const eosRaw = generationConfig.eos_token_id ?? config.eos_token_id ?? null;
   const eos = new Set<number>((Array.isArray(eosRaw) ? eosRaw : eosRaw === null ? [] : [eosRaw]).map(Number));
   const addSpecial = Boolean(tokenizer.add_bos_token || tokenizer.add_eos_token);
@@ -165,7 +175,8 @@ export async function loadGenerator(dir: string, options: GeneratorOptions = {})
     const maxNewTokens = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
     const encoded = prompts.map((p) => tokenizer.encode(p, { add_special_tokens: addSpecial }).map(Number));
     encoded.forEach((ids, i) => {
-      if (ids.length === 0) throw new Error(`prompt ${prompts.length > 1 ? `${i + 1} ` : ""}gives no tokens (the tokenizer adds no start token): give some text`);
+      if (ids.length === 0)
+        throw new Error(`prompt ${prompts.length > 1 ? `${i + 1} ` : ""}gives no tokens (the tokenizer adds no start token): give some text`);
     });
     for (const ids of encoded) {
       const outside = shape ? ids.find((id) => id >= shape.vocab) : undefined;
@@ -184,24 +195,36 @@ export async function loadGenerator(dir: string, options: GeneratorOptions = {})
 
     const rows: number[][] = prompts.map(() => []);
     const t0 = performance.now();
-    let tFirst = 0, steps = 0, printed = 0;
+    let tFirst = 0,
+      steps = 0,
+      printed = 0;
     const promptText = prompts.length === 1 ? decode(encoded[0]!) : "";
     const stream = (final: boolean) => {
       if (!o.onText || prompts.length !== 1) return;
       let text = decode([...encoded[0]!, ...rows[0]!]).slice(promptText.length);
       // An incomplete UTF-8 sequence at the end decodes to U+FFFD until its last byte comes.
       if (!final) text = text.replace(/\uFFFD+$/, "");
-      if (text.length > printed) { o.onText(text.slice(printed)); printed = text.length; }
+      if (text.length > printed) {
+        o.onText(text.slice(printed));
+        printed = text.length;
+      }
     };
     class Streamer extends tf.BaseStreamer {
       #prompt = true;
       override put(value: bigint[][]): void {
-        if (this.#prompt) { this.#prompt = false; return; }
+        if (this.#prompt) {
+          this.#prompt = false;
+          return;
+        }
         if (steps++ === 0) tFirst = performance.now();
-        value.forEach((ids, b) => { for (const id of ids) rows[b]?.push(Number(id)); });
+        value.forEach((ids, b) => {
+          for (const id of ids) rows[b]?.push(Number(id));
+        });
         stream(false);
       }
-      override end(): void { stream(true); }
+      override end(): void {
+        stream(true);
+      }
     }
     class Filter extends tf.LogitsProcessor {
       override _call(_ids: bigint[][], logits: InstanceType<Transformers["Tensor"]>) {
@@ -213,8 +236,13 @@ export async function loadGenerator(dir: string, options: GeneratorOptions = {})
     }
     const filtered = sample && ((o.topK ?? 0) > 0 || (o.topP ?? 1) < 1);
     await pipe(prompts.length === 1 ? prompts[0]! : [...prompts], {
-      max_new_tokens: maxNewTokens, do_sample: sample, temperature, top_k: 0, top_p: 1,
-      streamer: new Streamer(), ...(filtered ? { logits_processor: [new Filter()] } : {}),
+      max_new_tokens: maxNewTokens,
+      do_sample: sample,
+      temperature,
+      top_k: 0,
+      top_p: 1,
+      streamer: new Streamer(),
+      ...(filtered ? { logits_processor: [new Filter()] } : {}),
     } as Record<string, unknown>);
     const seconds = (performance.now() - t0) / 1000;
     const firstTokenSeconds = (tFirst - t0) / 1000;
@@ -229,25 +257,37 @@ export async function loadGenerator(dir: string, options: GeneratorOptions = {})
       return { prompt, text, completion: text.slice(decode(promptIds).length), promptIds, newIds, ids, stoppedAtEos: stop >= 0 };
     });
     const timing: GenerateTiming = {
-      firstTokenSeconds, seconds, steps, batch: prompts.length,
+      firstTokenSeconds,
+      seconds,
+      steps,
+      batch: prompts.length,
       tokensPerSecond: steps > 1 ? (prompts.length * (steps - 1)) / Math.max(seconds - firstTokenSeconds, 1e-9) : 0,
     };
     return { results, timing };
   }
 
   return {
-    dir: ensured.dir, exported: ensured.exported, dtype, context,
+    dir: ensured.dir,
+    exported: ensured.exported,
+    dtype,
+    context,
     async generate(prompt, o = {}) {
       const { results, timing } = await run([prompt], o);
       return { ...results[0]!, timing };
     },
     generateBatch: (prompts, o = {}) => run(prompts, o),
-    async dispose() { await pipe.dispose(); },
+    async dispose() {
+      await pipe.dispose();
+    },
   };
 }
 
 /** Generate a continuation of `prompt` with the model of checkpoint (or export) `dir`; see loadGenerator. */
-export async function generate(dir: string, prompt: string, options: GenerateOptions & GeneratorOptions = {}): Promise<GenerateResult & { timing: GenerateTiming; dir: string; exported: boolean }> {
+export async function generate(
+  dir: string,
+  prompt: string,
+  options: GenerateOptions & GeneratorOptions = {},
+): Promise<GenerateResult & { timing: GenerateTiming; dir: string; exported: boolean }> {
   checkSamplingOptions(options);
   const g = await loadGenerator(dir, options);
   try {

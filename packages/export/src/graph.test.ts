@@ -13,16 +13,24 @@ import { runExport, testState, trainerLogits, VARIANTS, worstExcess, type CacheS
  * left-padded, whose positions and mask come as transformers.js makes them. Tolerance: float32 rounding of
  * differently ordered sums (|Δ| ≤ 1e-6 + 1e-5·|logit|).
  */
-const RTOL = 1e-5, ATOL = 1e-6;
+const RTOL = 1e-5,
+  ATOL = 1e-6;
 const A = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]; // "Hello, world"
 const B = [84, 104, 101, 32, 99, 97, 116]; // "The cat" (padded on the left to A's length)
 
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-export-graph-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-export-graph-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 /** transformers.js' position ids: cumsum(mask) − 1, 1 where masked. */
-const positionsOf = (mask: number[]) => { let c = 0; return mask.map((m) => (m ? c++ : 1)); };
+const positionsOf = (mask: number[]) => {
+  let c = 0;
+  return mask.map((m) => (m ? c++ : 1));
+};
 
 describe.each(VARIANTS)("the export of $name", ({ name, architecture, config }) => {
   let state: TrainingState, session: ort.InferenceSession, dims: { layers: number; kv: number; hd: number };
@@ -38,7 +46,9 @@ describe.each(VARIANTS)("the export of $name", ({ name, architecture, config }) 
     refA = await trainerLogits(state, [A]);
     refB = await trainerLogits(state, [B]);
   });
-  afterAll(async () => { await session?.release(); });
+  afterAll(async () => {
+    await session?.release();
+  });
 
   const run = (ids: number[][], mask: number[][], pos: number[][], past?: CacheState) =>
     runExport(session, dims.layers, dims.kv, dims.hd, ids, mask, pos, past);
@@ -75,15 +85,26 @@ describe.each(VARIANTS)("the export of $name", ({ name, architecture, config }) 
       // Row 0: every position; row 1: its tokens (positions ≥ pad).
       expect(worstExcess(logits.subarray(0, S * V), refA.subarray(from * V, to * V), RTOL, ATOL)).toBeLessThanOrEqual(0);
       const start = Math.max(from, pad);
-      expect(worstExcess(logits.subarray((S + start - from) * V, 2 * S * V), refB.subarray((start - pad) * V, (to - pad) * V), RTOL, ATOL)).toBeLessThanOrEqual(0);
+      expect(
+        worstExcess(logits.subarray((S + start - from) * V, 2 * S * V), refB.subarray((start - pad) * V, (to - pad) * V), RTOL, ATOL),
+      ).toBeLessThanOrEqual(0);
     };
     const whole = await run(ids, mask, pos);
     check(whole.logits, 0, A.length);
     for (const logit of whole.logits) expect(Number.isFinite(logit)).toBe(true); // padded rows too: no NaN to leak
     const k = 7;
-    const first = await run(ids.map((r) => r.slice(0, k)), mask.map((r) => r.slice(0, k)), pos.map((r) => r.slice(0, k)));
+    const first = await run(
+      ids.map((r) => r.slice(0, k)),
+      mask.map((r) => r.slice(0, k)),
+      pos.map((r) => r.slice(0, k)),
+    );
     check(first.logits, 0, k);
-    const rest = await run(ids.map((r) => r.slice(k)), mask, pos.map((r) => r.slice(k)), first.present);
+    const rest = await run(
+      ids.map((r) => r.slice(k)),
+      mask,
+      pos.map((r) => r.slice(k)),
+      first.present,
+    );
     check(rest.logits, k, A.length);
   });
 });
@@ -93,10 +114,22 @@ it("sliding window (mistral): a token attends to the last `sliding_window` token
   // (one layer: with more, a token sees further back through the window of the one before; HF: key j is seen by
   // query i when i − W < j ≤ i).
   const W = 4;
-  const state = await testState("llama", {
-    model_type: "mistral", num_hidden_layers: 1, hidden_size: 16, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 24,
-    vocab_size: 256, max_position_embeddings: 32, sliding_window: W,
-  }, 3, 2);
+  const state = await testState(
+    "llama",
+    {
+      model_type: "mistral",
+      num_hidden_layers: 1,
+      hidden_size: 16,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      intermediate_size: 24,
+      vocab_size: 256,
+      max_position_embeddings: 32,
+      sliding_window: W,
+    },
+    3,
+    2,
+  );
   const dir = join(root, "mistral");
   await exportModel(state, dir);
   const session = await ort.InferenceSession.create(join(dir, "onnx", "model.onnx"), { intraOpNumThreads: 1 });
@@ -105,7 +138,10 @@ it("sliding window (mistral): a token attends to the last `sliding_window` token
     for (const t of [W - 1, W, A.length - 1]) {
       const window = A.slice(Math.max(0, t - W + 1), t + 1);
       const ref = await trainerLogits(state, [window]);
-      expect(worstExcess(logits.subarray(t * 256, (t + 1) * 256), ref.subarray((window.length - 1) * 256), 1e-4, 1e-5), `position ${t}`).toBeLessThanOrEqual(0);
+      expect(
+        worstExcess(logits.subarray(t * 256, (t + 1) * 256), ref.subarray((window.length - 1) * 256), 1e-4, 1e-5),
+        `position ${t}`,
+      ).toBeLessThanOrEqual(0);
     }
     // And not the logits of the whole prefix: the window matters.
     const full = await trainerLogits({ ...state, config: { ...state.config, sliding_window: 64 } }, [A]);
@@ -118,12 +154,26 @@ it("sliding window (mistral): a token attends to the last `sliding_window` token
 it("the export's logits do not depend on the thread count: 1, 4 and 8 intra-op threads, with and without a cache", async () => {
   // Shapes large enough for onnxruntime's CPU kernels to split their work (4 rows × 96 positions, width 128),
   // repeated tokens. Tolerance: float32 reduction order, as against the trainer.
-  const S = 96, rows = 4;
+  const S = 96,
+    rows = 4;
   const ids = Array.from({ length: rows }, (_, r) => Array.from({ length: S }, (_, t) => A[(t * 3 + r) % 5]!));
-  const mask = ids.map((r) => r.map(() => 1)), pos = ids.map((r) => r.map((_, t) => t));
+  const mask = ids.map((r) => r.map(() => 1)),
+    pos = ids.map((r) => r.map((_, t) => t));
   for (const [architecture, config] of [
     ["gpt2", { model_type: "gpt2", n_layer: 2, n_embd: 128, n_head: 4, vocab_size: 256, n_positions: 128 }],
-    ["llama", { model_type: "llama", num_hidden_layers: 2, hidden_size: 128, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 256, vocab_size: 256, max_position_embeddings: 128 }],
+    [
+      "llama",
+      {
+        model_type: "llama",
+        num_hidden_layers: 2,
+        hidden_size: 128,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        intermediate_size: 256,
+        vocab_size: 256,
+        max_position_embeddings: 128,
+      },
+    ],
   ] as const) {
     const state = await testState(architecture, config, 11, 2);
     const dir = join(root, `threads-${architecture}`);
@@ -132,8 +182,25 @@ it("the export's logits do not depend on the thread count: 1, 4 and 8 intra-op t
     const logitsAt = async (threads: number) => {
       const session = await ort.InferenceSession.create(join(dir, "onnx", "model.onnx"), { intraOpNumThreads: threads });
       try {
-        const first = await runExport(session, dims.layers, dims.kv, dims.hd, ids.map((r) => r.slice(0, S - 1)), mask.map((r) => r.slice(0, S - 1)), pos.map((r) => r.slice(0, S - 1)));
-        const last = await runExport(session, dims.layers, dims.kv, dims.hd, ids.map((r) => r.slice(S - 1)), mask, pos.map((r) => r.slice(S - 1)), first.present);
+        const first = await runExport(
+          session,
+          dims.layers,
+          dims.kv,
+          dims.hd,
+          ids.map((r) => r.slice(0, S - 1)),
+          mask.map((r) => r.slice(0, S - 1)),
+          pos.map((r) => r.slice(0, S - 1)),
+        );
+        const last = await runExport(
+          session,
+          dims.layers,
+          dims.kv,
+          dims.hd,
+          ids.map((r) => r.slice(S - 1)),
+          mask,
+          pos.map((r) => r.slice(S - 1)),
+          first.present,
+        );
         return { first: first.logits, last: last.logits };
       } finally {
         await session.release();

@@ -14,7 +14,16 @@
  * With float16, weights, activations and the cache are float16; norms and the softmax run in float32, and the
  * logits are float32.
  */
-import { encodeF16, firstNonFinite, HOST_LITTLE_ENDIAN, resolveDecoder, Tensor, type ArchitecturePlugin, type DecoderSpec, type ModelShape } from "@staged/core";
+import {
+  encodeF16,
+  firstNonFinite,
+  HOST_LITTLE_ENDIAN,
+  resolveDecoder,
+  Tensor,
+  type ArchitecturePlugin,
+  type DecoderSpec,
+  type ModelShape,
+} from "@staged/core";
 import { broadcastShapes, decoderGraph as forwardOf, GraphBuilder, type Value } from "@staged/trainer-ort";
 
 export type ExportDType = "fp32" | "fp16";
@@ -56,8 +65,10 @@ export function encodeValues(values: Float32Array, type: "float32" | "float16", 
   if (!HOST_LITTLE_ENDIAN) throw new Error("export needs a little-endian host");
   const bad = firstNonFinite(new Tensor(type === "float16" ? "F16" : "F32", [values.length], values));
   if (bad) {
-    throw new Error(`${what} holds ${bad.value} at index ${bad.index}` +
-      (Number.isFinite(bad.value) ? ", beyond float16's range (export it as fp32)" : " (a diverged model?)"));
+    throw new Error(
+      `${what} holds ${bad.value} at index ${bad.index}` +
+        (Number.isFinite(bad.value) ? ", beyond float16's range (export it as fp32)" : " (a diverged model?)"),
+    );
   }
   if (type === "float32") return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
   const out = new Uint8Array(values.length * 2);
@@ -139,6 +150,9 @@ export function decoderGraph(plugin: ArchitecturePlugin, config: Record<string, 
   };
   const logits = forwardOf(plugin).logits(b, config, param, ids, { cache: { positions, bias, attend }, decoder: m });
   b.output(b.cast(logits, "float32"), IO.logits); // logits first, then the cache (Optimum's order)
-  present.forEach((r, l) => { b.output(r.k, IO.presentKey(l)); b.output(r.v, IO.presentValue(l)); });
+  present.forEach((r, l) => {
+    b.output(r.k, IO.presentKey(l));
+    b.output(r.v, IO.presentValue(l));
+  });
   return { graph: b, shape: s, spec, kvHeads: KV };
 }

@@ -35,7 +35,7 @@ const manifest = z.object({
 export type ExportManifest = z.infer<typeof manifest>;
 
 // The dtypes the schema reads are the ones the graph exports (graph.ts).
-type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;
+type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 const sameDTypes: Same<ExportManifest["dtypes"][number], ExportDType> = true;
 void sameDTypes;
 

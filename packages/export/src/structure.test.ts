@@ -13,26 +13,69 @@ import { runExport, testState, VARIANTS, worstExcess } from "./testing/reference
  * before it is used. The full ONNX checker runs in examples/scripts/onnx_check.py.
  */
 const STANDARD_OPS = new Set([
-  "Add", "And", "Cast", "Concat", "Div", "Gather", "Gemm", "LayerNormalization", "Less", "LessOrEqual", "MatMul", "Mul", "Pow",
-  "Range", "ReduceMean", "Reshape", "Shape", "Sigmoid", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose",
-  "Unsqueeze", "Where",
+  "Add",
+  "And",
+  "Cast",
+  "Concat",
+  "Div",
+  "Gather",
+  "Gemm",
+  "LayerNormalization",
+  "Less",
+  "LessOrEqual",
+  "MatMul",
+  "Mul",
+  "Pow",
+  "Range",
+  "ReduceMean",
+  "Reshape",
+  "Shape",
+  "Sigmoid",
+  "Softmax",
+  "Split",
+  "Sqrt",
+  "Squeeze",
+  "Sub",
+  "Tanh",
+  "Transpose",
+  "Unsqueeze",
+  "Where",
 ]);
 
-interface Dim { dimValue?: number; dimParam?: string }
-interface ValueInfo { name: string; type: { tensorType: { elemType: number; shape: { dim: Dim[] } } } }
+interface Dim {
+  dimValue?: number;
+  dimParam?: string;
+}
+interface ValueInfo {
+  name: string;
+  type: { tensorType: { elemType: number; shape: { dim: Dim[] } } };
+}
 interface Model {
-  irVersion: number; opsetImport: { domain?: string; version: number }[];
+  irVersion: number;
+  opsetImport: { domain?: string; version: number }[];
   graph: {
     node: { opType: string; domain?: string; input?: string[]; output: string[] }[];
-    input: ValueInfo[]; output: ValueInfo[];
-    initializer: { name: string; dataType: number; dims?: number[]; rawData?: Uint8Array; dataLocation?: number; externalData?: { key: string; value: string }[] }[];
+    input: ValueInfo[];
+    output: ValueInfo[];
+    initializer: {
+      name: string;
+      dataType: number;
+      dims?: number[];
+      rawData?: Uint8Array;
+      dataLocation?: number;
+      externalData?: { key: string; value: string }[];
+    }[];
   };
 }
 const dimsOf = (v: ValueInfo) => v.type.tensorType.shape.dim.map((d) => d.dimParam ?? d.dimValue);
 
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-export-structure-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-export-structure-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 describe.each(VARIANTS)("the ONNX of $name", ({ name, architecture, config }) => {
   let model: Model, fp16: Model, layers: number, kv: number, hd: number;
@@ -42,7 +85,9 @@ describe.each(VARIANTS)("the ONNX of $name", ({ name, architecture, config }) =>
     await exportModel(state, dir, { dtype: "fp16" });
     model = decodeOnnxModel(await readFile(join(dir, "onnx", "model.onnx"))) as unknown as Model;
     fp16 = decodeOnnxModel(await readFile(join(dir, "onnx", "model_fp16.onnx"))) as unknown as Model;
-    layers = state.shape.layers; kv = state.shape.kvHeads ?? state.shape.heads; hd = state.shape.headDim;
+    layers = state.shape.layers;
+    kv = state.shape.kvHeads ?? state.shape.heads;
+    hd = state.shape.headDim;
   });
 
   it("IR 8, the standard domain at opset 17 only, standard operators only", () => {
@@ -57,12 +102,21 @@ describe.each(VARIANTS)("the ONNX of $name", ({ name, architecture, config }) =>
   });
 
   it("the inputs and outputs transformers.js feeds and reads, with symbolic batch and sequence axes", () => {
-    for (const [m, type] of [[model, ELEM_TYPE.float32], [fp16, ELEM_TYPE.float16]] as const) {
-      const inputs = m.graph.input, outputs = m.graph.output;
-      expect(inputs.map((v) => v.name)).toEqual(["input_ids", "attention_mask", "position_ids",
-        ...Array.from({ length: layers }, (_, l) => [`past_key_values.${l}.key`, `past_key_values.${l}.value`]).flat()]);
-      expect(new Set(outputs.map((v) => v.name))).toEqual(new Set(["logits",
-        ...Array.from({ length: layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat()]));
+    for (const [m, type] of [
+      [model, ELEM_TYPE.float32],
+      [fp16, ELEM_TYPE.float16],
+    ] as const) {
+      const inputs = m.graph.input,
+        outputs = m.graph.output;
+      expect(inputs.map((v) => v.name)).toEqual([
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        ...Array.from({ length: layers }, (_, l) => [`past_key_values.${l}.key`, `past_key_values.${l}.value`]).flat(),
+      ]);
+      expect(new Set(outputs.map((v) => v.name))).toEqual(
+        new Set(["logits", ...Array.from({ length: layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat()]),
+      );
       expect(outputs).toHaveLength(1 + 2 * layers);
       for (const v of inputs.slice(0, 3)) expect(v.type.tensorType.elemType, v.name).toBe(ELEM_TYPE.int64);
       expect(dimsOf(inputs[0]!)).toEqual(["batch_size", "sequence_length"]);
@@ -110,7 +164,8 @@ describe.each(VARIANTS)("the ONNX of $name", ({ name, architecture, config }) =>
 describe("weights as ONNX external data (models over 2 GB; forced here for a small one)", () => {
   it("onnx/model.onnx_data holds the weights, config.json tells transformers.js, and the logits are those of the inline model", async () => {
     const state = await testState("llama", VARIANTS[2]!.config, 5, 2);
-    const inline = join(root, "inline"), external = join(root, "external");
+    const inline = join(root, "inline"),
+      external = join(root, "external");
     await exportModel(state, inline);
     const r = await exportModel(state, external, { externalData: true });
     expect(r.files).toContain("onnx/model.onnx_data");
@@ -133,7 +188,9 @@ describe("weights as ONNX external data (models over 2 GB; forced here for a sma
     expect((await stat(join(external, "onnx", "model.onnx_data"))).size).toBe(end);
     expect((await stat(join(external, "onnx", "model.onnx"))).size).toBeLessThan(64 * 1024);
 
-    const ids = [[1, 2, 3, 4, 5]], mask = [[1, 1, 1, 1, 1]], pos = [[0, 1, 2, 3, 4]];
+    const ids = [[1, 2, 3, 4, 5]],
+      mask = [[1, 1, 1, 1, 1]],
+      pos = [[0, 1, 2, 3, 4]];
     const outputs = [];
     for (const dir of [inline, external]) {
       const session = await ort.InferenceSession.create(join(dir, "onnx", "model.onnx"), { intraOpNumThreads: 1 });

@@ -30,12 +30,15 @@ describe("the byte-level tokenizer.json in @huggingface/tokenizers", () => {
   });
 
   it("encodes any text to its UTF-8 bytes (the byte tokenizer's ids), and decodes them back", () => {
-    fc.assert(fc.property(fc.oneof(fc.string({ unit: "grapheme", maxLength: 200 }), fc.string({ unit: "binary", maxLength: 200 })), (text) => {
-      const ids = encode(text);
-      expect(ids).toEqual(utf8(text));
-      expect(ids).toEqual([...bytes.encode(text)]);
-      expect(decode(ids)).toBe(text);
-    }), { numRuns: 500 });
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ unit: "grapheme", maxLength: 200 }), fc.string({ unit: "binary", maxLength: 200 })), (text) => {
+        const ids = encode(text);
+        expect(ids).toEqual(utf8(text));
+        expect(ids).toEqual([...bytes.encode(text)]);
+        expect(decode(ids)).toBe(text);
+      }),
+      { numRuns: 500 },
+    );
     for (const text of ["", " ", "  x  ", "a .b , c", "tab\tnew\nline\r\n", "\u0000nul", "Ā ā Ġ", "日本語 🙂 e\u0301", "don't 're 's"]) {
       expect(encode(text)).toEqual(utf8(text));
       expect(decode(encode(text)), JSON.stringify(text)).toBe(text);
@@ -43,14 +46,17 @@ describe("the byte-level tokenizer.json in @huggingface/tokenizers", () => {
   });
 
   it("decodes any byte sequence, valid UTF-8 or not, as TextDecoder does (the byte tokenizer's decode)", () => {
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), (b) => {
-      const ids = [...b];
-      expect(decode(ids)).toBe(new TextDecoder().decode(b));
-      expect(decode(ids)).toBe(bytes.decode(ids));
-      // Where the bytes are valid UTF-8, encoding the text gives them back.
-      const text = decode(ids);
-      if (!text.includes("\uFFFD")) expect(encode(text)).toEqual(ids);
-    }), { numRuns: 500 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 200 }), (b) => {
+        const ids = [...b];
+        expect(decode(ids)).toBe(new TextDecoder().decode(b));
+        expect(decode(ids)).toBe(bytes.decode(ids));
+        // Where the bytes are valid UTF-8, encoding the text gives them back.
+        const text = decode(ids);
+        if (!text.includes("\uFFFD")) expect(encode(text)).toEqual(ids);
+      }),
+      { numRuns: 500 },
+    );
     const all = Array.from({ length: 256 }, (_, i) => i);
     expect(decode(all)).toBe(new TextDecoder().decode(Uint8Array.from(all)));
     expect(decode([0xff, 0xfe, 0x41, 0xc3])).toBe("\uFFFD\uFFFDA\uFFFD");
@@ -69,14 +75,19 @@ describe("transformers.js' AutoTokenizer on the tokenizer files", () => {
     await writeFile(join(dir, "tokenizer.json"), byteLevelTokenizerJson());
     await writeFile(join(dir, "tokenizer_config.json"), byteLevelTokenizerConfig());
   });
-  afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
 
   it("pads a batch on the left with id 0 masked out, adds no special tokens, and decodes without touching spaces", async () => {
     const { AutoTokenizer } = await import("@huggingface/transformers");
     const tok = await AutoTokenizer.from_pretrained(dir, { local_files_only: true });
     const batch = tok(["Hi .", "Hello"], { padding: true });
     expect(batch.input_ids.tolist()).toEqual([[0n, ...utf8("Hi .").map(BigInt)], utf8("Hello").map(BigInt)]);
-    expect(batch.attention_mask.tolist()).toEqual([[0n, 1n, 1n, 1n, 1n], [1n, 1n, 1n, 1n, 1n]]);
+    expect(batch.attention_mask.tolist()).toEqual([
+      [0n, 1n, 1n, 1n, 1n],
+      [1n, 1n, 1n, 1n, 1n],
+    ]);
     expect(tok.decode([...utf8("a , b ."), 0], { skip_special_tokens: true })).toBe("a , b .\u0000");
     expect(tok.all_special_ids).toEqual([]);
   });

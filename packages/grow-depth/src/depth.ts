@@ -1,6 +1,14 @@
 import {
-  checkModelSize, checkStageOptions, createDefaultRegistry, grownState, zerosTensor,
-  type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
+  checkModelSize,
+  checkStageOptions,
+  createDefaultRegistry,
+  grownState,
+  zerosTensor,
+  type LazyTensor,
+  type ParamSpec,
+  type Registry,
+  type StageOptions,
+  type TrainingState,
 } from "@staged/core";
 
 export type DepthPlacement = "alternate" | "append";
@@ -93,7 +101,12 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
   // The size is checked before the layer map or any list of the grown parameters is built.
   const shape = { ...state.shape, layers: targetLayers(state.shape.layers, options) };
   const config = arch.withShape(state.config, shape);
-  const cause = options.layers !== undefined ? undefined : options.layerMap ? `a layer map of ${options.layerMap.length} layers` : `factor ${options.factor ?? 2}`;
+  const cause =
+    options.layers !== undefined
+      ? undefined
+      : options.layerMap
+        ? `a layer map of ${options.layerMap.length} layers`
+        : `factor ${options.factor ?? 2}`;
   checkModelSize("depth growth", shape, arch.parameterCount(config), { ...(cause ? { cause } : {}) });
   const map = layerMap(state.shape.layers, options);
 
@@ -129,7 +142,8 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
     params.set(target.name, zeroed ? zerosLike(p, target.shape) : p);
     if (noDecay.has(source.name)) newNoDecay.push(target.name);
     if (!hasMoments) return;
-    const m1 = get(expAvg, "exp_avg of"), m2 = get(expAvgSq, "exp_avg_sq of");
+    const m1 = get(expAvg, "exp_avg of"),
+      m2 = get(expAvgSq, "exp_avg_sq of");
     const zeroMoments = zeroed || (isNew && moments === "reset");
     avg.set(target.name, zeroMoments ? zerosLike(m1, target.shape) : m1);
     avgSq.set(target.name, zeroMoments ? zerosLike(m2, target.shape) : m2);
@@ -145,15 +159,20 @@ export function growDepth(state: TrainingState, options: DepthOptions = {}): Tra
     const sources = byLayer(sourceByLayer, src);
     byLayer(targetByLayer, n).forEach((target, i) => {
       const source = sources[i];
-      if (source?.role !== target.role) throw new Error(`depth growth: layer ${n} parameter ${i} is ${target.role}, source is ${source?.role ?? "missing"}`);
+      if (source?.role !== target.role)
+        throw new Error(`depth growth: layer ${n} parameter ${i} is ${target.role}, source is ${source?.role ?? "missing"}`);
       place(target, source, isNew && init === "identity" && target.writesResidual === true, isNew);
     });
   });
   return grownState(state, {
     operator: "depth",
     options: { layerMap: map, init, moments },
-    config, shape, params,
+    config,
+    shape,
+    params,
     ...(hasMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
-    resetMoments: !hasMoments, stage: options, noDecay: newNoDecay,
+    resetMoments: !hasMoments,
+    stage: options,
+    noDecay: newNoDecay,
   });
 }

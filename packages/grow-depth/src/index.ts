@@ -1,7 +1,16 @@
 import type { GrowthPlugin } from "@staged/core";
 import { depthLossPreserving, growDepth, type DepthOptions } from "./depth.js";
 
-export { depthLossPreserving, growDepth, layerMap, targetLayers, type DepthOptions, type DepthInit, type DepthMoments, type DepthPlacement } from "./depth.js";
+export {
+  depthLossPreserving,
+  growDepth,
+  layerMap,
+  targetLayers,
+  type DepthOptions,
+  type DepthInit,
+  type DepthMoments,
+  type DepthPlacement,
+} from "./depth.js";
 
 /** The `depth` growth plugin for a registry. */
 export const depthGrowth: GrowthPlugin<DepthOptions> = {

@@ -3,7 +3,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
-  Tensor, blockDiagonal, encodeTensor, initTrainingState, loadTrainingState, saveTrainingState, type LazyTensor, type TrainingState,
+  Tensor,
+  blockDiagonal,
+  encodeTensor,
+  initTrainingState,
+  loadTrainingState,
+  saveTrainingState,
+  type LazyTensor,
+  type TrainingState,
 } from "@staged/core";
 import { growWidth, type WidthOptions } from "./width.js";
 
@@ -12,9 +19,24 @@ const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size:
 /** A small state with distinct, recognizable moments (m = value, v = value²) and a schedule. */
 function stateWithMoments(config: Record<string, unknown> = tiny): TrainingState {
   const s = initTrainingState("gpt2", config, 1);
-  const scaled = (p: number) => new Map([...s.params].map(([n, t]) => [n, {
-    dtype: t.dtype, shape: t.shape, read: async () => { const x = (await t.read()).f32; return new Tensor("F32", t.shape, x.map((v) => (v + 0.5) ** p)); },
-  } as LazyTensor]));
+  const scaled = (p: number) =>
+    new Map(
+      [...s.params].map(([n, t]) => [
+        n,
+        {
+          dtype: t.dtype,
+          shape: t.shape,
+          read: async () => {
+            const x = (await t.read()).f32;
+            return new Tensor(
+              "F32",
+              t.shape,
+              x.map((v) => (v + 0.5) ** p),
+            );
+          },
+        } as LazyTensor,
+      ]),
+    );
   return {
     ...s,
     optimizer: { ...s.optimizer, step: 10, expAvg: scaled(1), expAvgSq: scaled(2) },
@@ -22,7 +44,7 @@ function stateWithMoments(config: Record<string, unknown> = tiny): TrainingState
     progress: { ...s.progress, step: 10 },
   };
 }
-const read = async (m: Map<string, LazyTensor> | undefined, name: string) => (await m!.get(name)!.read());
+const read = async (m: Map<string, LazyTensor> | undefined, name: string) => await m!.get(name)!.read();
 
 describe("growWidth", () => {
   it("grows every shape by the factor with the head size kept, and emits the grown config", () => {
@@ -45,8 +67,9 @@ describe("growWidth", () => {
     const grown = (await read(g.params, "transformer.h.1.attn.c_attn.weight")).chunk(1, 3);
     grown.forEach((part, i) => expect(part.f32).toEqual(expected[i]!.f32));
     const b = await read(s.params, "transformer.h.0.attn.c_attn.bias");
-    expect((await read(g.params, "transformer.h.0.attn.c_attn.bias")).chunk(0, 3).map((p) => [...p.f32]))
-      .toEqual(b.chunk(0, 3).map((p) => [...p.f32, ...p.f32]));
+    expect((await read(g.params, "transformer.h.0.attn.c_attn.bias")).chunk(0, 3).map((p) => [...p.f32])).toEqual(
+      b.chunk(0, 3).map((p) => [...p.f32, ...p.f32]),
+    );
     const lnf = await read(s.params, "transformer.ln_f.weight");
     expect([...(await read(g.params, "transformer.ln_f.weight")).f32]).toEqual([...lnf.f32, ...lnf.f32].map((x) => x / 2));
     const wte = await read(s.params, "transformer.wte.weight");
@@ -56,10 +79,12 @@ describe("growWidth", () => {
   it("maps moments: consistent on every block, paper only on the diagonal, reset drops them", async () => {
     const s = stateWithMoments();
     const name = "transformer.h.0.mlp.c_fc.weight";
-    const m = await read(s.optimizer.expAvg, name), v = await read(s.optimizer.expAvgSq, name);
+    const m = await read(s.optimizer.expAvg, name),
+      v = await read(s.optimizer.expAvgSq, name);
     const consistent = growWidth(s, { moments: "consistent" });
     const paper = growWidth(s, { moments: "paper" });
-    const cm = await read(consistent.optimizer.expAvg, name), cv = await read(consistent.optimizer.expAvgSq, name);
+    const cm = await read(consistent.optimizer.expAvg, name),
+      cv = await read(consistent.optimizer.expAvgSq, name);
     const off = (t: Tensor) => t.slice(0, 0, 8).slice(1, 32, 64); // input copy 0 → output copy 1
     const diag = (t: Tensor) => t.slice(0, 8, 16).slice(1, 32, 64);
     expect(off(cm).f32).toEqual(m.scale(1 / 2).f32);
@@ -106,7 +131,10 @@ describe("growWidth", () => {
 
   it("keeps the dtype, records the stage and restarts the schedule", async () => {
     const s = stateWithMoments();
-    const half: TrainingState = { ...s, params: new Map([...s.params].map(([n, t]) => [n, { ...t, dtype: "BF16" as const, read: async () => (await t.read()).withDType("BF16") }])) };
+    const half: TrainingState = {
+      ...s,
+      params: new Map([...s.params].map(([n, t]) => [n, { ...t, dtype: "BF16" as const, read: async () => (await t.read()).withDType("BF16") }])),
+    };
     const g = growWidth(half, { factor: 2, rewarmup: 5, continueAt: 4 });
     expect(g.params.get("transformer.wpe.weight")!.dtype).toBe("BF16");
     expect((await read(g.params, "transformer.wpe.weight")).dtype).toBe("BF16");
@@ -115,8 +143,16 @@ describe("growWidth", () => {
     expect(g.progress.samplerSeed).not.toBe(s.progress.samplerSeed);
     expect(growWidth(half, { factor: 2 }).progress.samplerSeed).toBe(s.progress.samplerSeed);
     expect(g.schedule!.restarts).toEqual([{ step: 4, warmupSteps: 5 }]);
-    expect(g.progress.stages).toEqual([{ step: 10, operator: "width", options: { factor: 2, ffnFactor: 1, moments: "consistent", symmetry: "none", seed: 0, lrScale: 0.5 },
-      before: s.shape, after: g.shape, continueAt: 4 }]);
+    expect(g.progress.stages).toEqual([
+      {
+        step: 10,
+        operator: "width",
+        options: { factor: 2, ffnFactor: 1, moments: "consistent", symmetry: "none", seed: 0, lrScale: 0.5 },
+        before: s.shape,
+        after: g.shape,
+        continueAt: 4,
+      },
+    ]);
   });
 
   it("scales the peak LR by 1/factor by default (lrScale overrides it), keeping the schedule's shape", () => {
@@ -143,13 +179,16 @@ describe("growWidth", () => {
     expect(g.optimizer.lr).toBe(s.optimizer.lr);
     expect(g.schedule!.restarts).toEqual([{ step: 10, warmupSteps: 5 }]);
     // GPT-2 (tied): every block matrix reads the grown hidden state or the grown FFN; the embeddings read the vocabulary.
-    expect(g.schedule!.paramScales).toEqual([{ step: 10, scale: 0.5, rampSteps: 300,
-      roles: ["attn.qkv.weight", "attn.out.weight", "mlp.in.weight", "mlp.out.weight"] }]);
+    expect(g.schedule!.paramScales).toEqual([
+      { step: 10, scale: 0.5, rampSteps: 300, roles: ["attn.qkv.weight", "attn.out.weight", "mlp.in.weight", "mlp.out.weight"] },
+    ]);
     expect(g.progress.stages[0]!.options).toMatchObject({ lrScale: 0.5, lrScaleParams: "fanIn", lrRamp: 300 });
     // Every parameter, ramping: roles null.
     expect(growWidth(s, { factor: 2, lrRamp: 100 }).schedule!.paramScales).toEqual([{ step: 10, scale: 0.5, rampSteps: 100, roles: null }]);
     // FFN only: only the FFN's output matrix reads a grown dimension.
-    expect(growWidth(s, { factor: 1, ffnFactor: 2, lrScale: 0.5, lrScaleParams: "fanIn" }).schedule!.paramScales![0]!.roles).toEqual(["mlp.out.weight"]);
+    expect(growWidth(s, { factor: 1, ffnFactor: 2, lrScale: 0.5, lrScaleParams: "fanIn" }).schedule!.paramScales![0]!.roles).toEqual([
+      "mlp.out.weight",
+    ]);
     expect(() => growWidth(s, { factor: 2, lrScaleParams: "some" as never })).toThrow(/lrScaleParams must be one of all, fanIn, got "some"/);
     expect(() => growWidth(s, { factor: 2, lrRamp: -1 })).toThrow(/lrRamp must be an integer ≥ 0, got -1/);
   });
@@ -164,14 +203,17 @@ describe("growWidth", () => {
     expect((await read(g.params, fc)).f32).not.toEqual((await read(growWidth(s, { units: "fresh", seed: 3 }).params, fc)).f32);
     // GPT-2's fresh biases are 0 (HF's init); the old units' come first in each of q, k, v.
     const b = await read(s.params, "transformer.h.0.attn.c_attn.bias");
-    expect((await read(g.params, "transformer.h.0.attn.c_attn.bias")).chunk(0, 3).map((p) => [...p.f32]))
-      .toEqual(b.chunk(0, 3).map((p) => [...p.f32, ...p.f32.map(() => 0)]));
+    expect((await read(g.params, "transformer.h.0.attn.c_attn.bias")).chunk(0, 3).map((p) => [...p.f32])).toEqual(
+      b.chunk(0, 3).map((p) => [...p.f32, ...p.f32.map(() => 0)]),
+    );
     // The writers' new rows start at 0, their old rows write into both copies of the hidden state.
-    const w = await read(s.params, name), gw = await read(g.params, name);
+    const w = await read(s.params, name),
+      gw = await read(g.params, name);
     const [rows, cols] = w.shape as [number, number];
     for (let r = 0; r < 2 * rows; r++) {
-      expect([...gw.f32.subarray(r * 2 * cols, (r + 1) * 2 * cols)])
-        .toEqual(r < rows ? [...w.f32.subarray(r * cols, (r + 1) * cols), ...w.f32.subarray(r * cols, (r + 1) * cols)] : new Array(2 * cols).fill(0));
+      expect([...gw.f32.subarray(r * 2 * cols, (r + 1) * 2 * cols)]).toEqual(
+        r < rows ? [...w.f32.subarray(r * cols, (r + 1) * cols), ...w.f32.subarray(r * cols, (r + 1) * cols)] : new Array(2 * cols).fill(0),
+      );
     }
   });
 
@@ -183,7 +225,9 @@ describe("growWidth", () => {
     expect(() => growWidth(s, { moments: "magic" as never })).toThrow(/moments must be one of/);
     expect(() => growWidth(s, { noiseStd: 0.1 })).toThrow(/noiseStd is only used with symmetry "noise"/);
     expect(() => growWidth(s, { units: "cloned" as never })).toThrow("units must be one of copies, fresh, got cloned");
-    expect(() => growWidth(s, { units: "fresh", symmetry: "split" })).toThrow(/units "fresh" breaks the symmetry itself; it takes symmetry "none", got "split"/);
+    expect(() => growWidth(s, { units: "fresh", symmetry: "split" })).toThrow(
+      /units "fresh" breaks the symmetry itself; it takes symmetry "none", got "split"/,
+    );
     expect(() => growWidth(s, { units: "fresh", moments: "paper" })).toThrow(/moments "paper" are for copied units/);
     expect(() => growWidth(s, { continueAt: 101 })).toThrow(/past the schedule's last step 100/);
     expect(() => growWidth({ ...s, params: new Map([...s.params].slice(1)) })).toThrow(/transformer.wte.weight is missing/);
@@ -192,7 +236,18 @@ describe("growWidth", () => {
   it("is lazy: nothing is read until a grown tensor is", async () => {
     const s = initTrainingState("gpt2", tiny, 1);
     let reads = 0;
-    const counted = new Map([...s.params].map(([n, t]) => [n, { ...t, read: () => { reads++; return t.read(); } }]));
+    const counted = new Map(
+      [...s.params].map(([n, t]) => [
+        n,
+        {
+          ...t,
+          read: () => {
+            reads++;
+            return t.read();
+          },
+        },
+      ]),
+    );
     const g = growWidth({ ...s, params: counted });
     expect(reads).toBe(0);
     await g.params.get("transformer.h.0.ln_1.weight")!.read();
@@ -204,8 +259,11 @@ describe("growWidth", () => {
     const t0 = performance.now();
     expect(() => growWidth(s, { factor: 1_000_000 })).toThrow(
       "width growth: factor 1000000 gives d_model 8000000, heads 2000000, ffn 32000000 and 1.5e15 parameters (6.1 PB as F32); " +
-      "the limits are d_model ≤ 1048576, heads ≤ 1048576, ffn ≤ 1048576 and 1e13 parameters");
-    expect(() => growWidth(s, { factor: 2, ffnFactor: 100_000 })).toThrow(/^width growth: factor 2, ffnFactor 100000 gives ffn 6400000 and .*; the limit is ffn ≤ 1048576$/);
+        "the limits are d_model ≤ 1048576, heads ≤ 1048576, ffn ≤ 1048576 and 1e13 parameters",
+    );
+    expect(() => growWidth(s, { factor: 2, ffnFactor: 100_000 })).toThrow(
+      /^width growth: factor 2, ffnFactor 100000 gives ffn 6400000 and .*; the limit is ffn ≤ 1048576$/,
+    );
     expect(performance.now() - t0).toBeLessThan(100);
   });
 });
@@ -218,25 +276,64 @@ async function storedAndValues(dir: string, arch: string, config: Record<string,
   const s = initTrainingState(arch, config, 4);
   const tiny = dtype === "F32" ? 1e-40 : dtype === "F16" ? 6e-8 : 1e-39;
   const edgy = (v: number, i: number) => (i % 7 === 3 ? -0 : i % 11 === 5 ? -tiny : i % 13 === 6 ? v * 100 : v);
-  const as = (f: (v: number, i: number) => number) => new Map([...s.params].map(([n, t]) => [n, {
-    dtype, shape: t.shape, read: async () => new Tensor(dtype, t.shape, (await t.read()).f32.map((v, i) => f(edgy(v, i), i))),
-  } as LazyTensor]));
-  await saveTrainingState(join(dir, "in"), {
-    ...s, params: as((v) => v), optimizer: { ...s.optimizer, step: 3, expAvg: as((v) => v / 7), expAvgSq: as((v) => v * v) },
-  }, { overwrite: true });
+  const as = (f: (v: number, i: number) => number) =>
+    new Map(
+      [...s.params].map(([n, t]) => [
+        n,
+        {
+          dtype,
+          shape: t.shape,
+          read: async () =>
+            new Tensor(
+              dtype,
+              t.shape,
+              (await t.read()).f32.map((v, i) => f(edgy(v, i), i)),
+            ),
+        } as LazyTensor,
+      ]),
+    );
+  await saveTrainingState(
+    join(dir, "in"),
+    {
+      ...s,
+      params: as((v) => v),
+      optimizer: { ...s.optimizer, step: 3, expAvg: as((v) => v / 7), expAvgSq: as((v) => v * v) },
+    },
+    { overwrite: true },
+  );
   const loaded = await loadTrainingState(join(dir, "in"));
   const reads = new Map<string, number>();
   // Counting wrappers that keep both paths (one object per tensor, so a writer can see copies of one source).
-  const counted = (prefix: string, m: Map<string, LazyTensor> | undefined) => new Map([...m!].map(([n, t]) => [n, {
-    dtype: t.dtype, shape: t.shape,
-    read: () => { reads.set(`${prefix}read ${n}`, (reads.get(`${prefix}read ${n}`) ?? 0) + 1); return t.read(); },
-    readBytes: () => { reads.set(`${prefix}bytes ${n}`, (reads.get(`${prefix}bytes ${n}`) ?? 0) + 1); return t.readBytes!(); },
-  } as LazyTensor]));
-  const valuesOnly = (m: Map<string, LazyTensor> | undefined) => new Map([...m!].map(([n, t]) => [n, { dtype: t.dtype, shape: t.shape, read: () => t.read() } as LazyTensor]));
-  const stored: TrainingState = { ...loaded, params: counted("", loaded.params),
-    optimizer: { ...loaded.optimizer, expAvg: counted("m ", loaded.optimizer.expAvg), expAvgSq: counted("v ", loaded.optimizer.expAvgSq) } };
-  const values: TrainingState = { ...loaded, params: valuesOnly(loaded.params),
-    optimizer: { ...loaded.optimizer, expAvg: valuesOnly(loaded.optimizer.expAvg), expAvgSq: valuesOnly(loaded.optimizer.expAvgSq) } };
+  const counted = (prefix: string, m: Map<string, LazyTensor> | undefined) =>
+    new Map(
+      [...m!].map(([n, t]) => [
+        n,
+        {
+          dtype: t.dtype,
+          shape: t.shape,
+          read: () => {
+            reads.set(`${prefix}read ${n}`, (reads.get(`${prefix}read ${n}`) ?? 0) + 1);
+            return t.read();
+          },
+          readBytes: () => {
+            reads.set(`${prefix}bytes ${n}`, (reads.get(`${prefix}bytes ${n}`) ?? 0) + 1);
+            return t.readBytes!();
+          },
+        } as LazyTensor,
+      ]),
+    );
+  const valuesOnly = (m: Map<string, LazyTensor> | undefined) =>
+    new Map([...m!].map(([n, t]) => [n, { dtype: t.dtype, shape: t.shape, read: () => t.read() } as LazyTensor]));
+  const stored: TrainingState = {
+    ...loaded,
+    params: counted("", loaded.params),
+    optimizer: { ...loaded.optimizer, expAvg: counted("m ", loaded.optimizer.expAvg), expAvgSq: counted("v ", loaded.optimizer.expAvgSq) },
+  };
+  const values: TrainingState = {
+    ...loaded,
+    params: valuesOnly(loaded.params),
+    optimizer: { ...loaded.optimizer, expAvg: valuesOnly(loaded.optimizer.expAvg), expAvgSq: valuesOnly(loaded.optimizer.expAvgSq) },
+  };
   return { stored, values, reads, close: () => loaded.close() };
 }
 
@@ -248,22 +345,40 @@ async function expectSameFiles(a: string, b: string): Promise<void> {
 }
 
 describe("growWidth on stored bytes", () => {
-  const llama = { model_type: "llama", num_hidden_layers: 2, hidden_size: 8, num_attention_heads: 2, num_key_value_heads: 1, intermediate_size: 12, vocab_size: 16, max_position_embeddings: 8 };
+  const llama = {
+    model_type: "llama",
+    num_hidden_layers: 2,
+    hidden_size: 8,
+    num_attention_heads: 2,
+    num_key_value_heads: 1,
+    intermediate_size: 12,
+    vocab_size: 16,
+    max_position_embeddings: 8,
+  };
   const cases: [string, WidthOptions][] = [
-    ["×2", { factor: 2 }], ["FFN-only ×2", { factor: 1, ffnFactor: 2 }], ["×2, FFN ×3, paper moments", { factor: 2, ffnFactor: 3, moments: "paper" }],
-    ["×3", { factor: 3 }], ["×2 with noise in the matrices", { factor: 2, symmetry: "noise", seed: 5 }],
+    ["×2", { factor: 2 }],
+    ["FFN-only ×2", { factor: 1, ffnFactor: 2 }],
+    ["×2, FFN ×3, paper moments", { factor: 2, ffnFactor: 3, moments: "paper" }],
+    ["×3", { factor: 3 }],
+    ["×2 with noise in the matrices", { factor: 2, symmetry: "noise", seed: 5 }],
   ];
   for (const dtype of ["F32", "F16", "BF16"] as const) {
     it(`${dtype}: writes the same bytes as the values path (GPT-2 and Llama with GQA), reading no value where nothing is scaled per value`, async () => {
       const dir = await mkdtemp(join(tmpdir(), "staged-width-bytes-"));
       try {
-        for (const [arch, config] of [["gpt2", tiny], ["llama", llama]] as const) {
+        for (const [arch, config] of [
+          ["gpt2", tiny],
+          ["llama", llama],
+        ] as const) {
           const { stored, values, reads, close } = await storedAndValues(dir, arch, config, dtype);
           for (const [label, o] of cases) {
             reads.clear();
-            const viaBytes = growWidth(stored, o), viaValues = growWidth(values, o);
+            const viaBytes = growWidth(stored, o),
+              viaValues = growWidth(values, o);
             for (const [n, t] of viaBytes.params) {
-              expect(typeof t.readBytes === "function", `${n} has stored bytes`).toBe(!(o.symmetry === "noise" && t.shape.length === 2 && !/wte|wpe|embed|lm_head/.test(n)));
+              expect(typeof t.readBytes === "function", `${n} has stored bytes`).toBe(
+                !(o.symmetry === "noise" && t.shape.length === 2 && !/wte|wpe|embed|lm_head/.test(n)),
+              );
             }
             await saveTrainingState(join(dir, "bytes"), viaBytes, { overwrite: true });
             await saveTrainingState(join(dir, "values"), viaValues, { overwrite: true });

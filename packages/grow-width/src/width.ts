@@ -1,7 +1,24 @@
 import {
-  Rng, Tensor, checkModelSize, checkStageOptions, concat, createDefaultRegistry, deriveSeed, derived, grownState, haveStoredBytes,
-  laidOut, scaleStored, tileLayout,
-  type AxisSpace, type BlockLayout, type LazyTensor, type ParamSpec, type Registry, type StageOptions, type TrainingState,
+  Rng,
+  Tensor,
+  checkModelSize,
+  checkStageOptions,
+  concat,
+  createDefaultRegistry,
+  deriveSeed,
+  derived,
+  grownState,
+  haveStoredBytes,
+  laidOut,
+  scaleStored,
+  tileLayout,
+  type AxisSpace,
+  type BlockLayout,
+  type LazyTensor,
+  type ParamSpec,
+  type Registry,
+  type StageOptions,
+  type TrainingState,
 } from "@staged/core";
 
 export type WidthMoments = "paper" | "consistent" | "reset";
@@ -51,7 +68,10 @@ function coefficient(a: number, b: number, i: number, j: number): number {
   return i % b === j ? 1 / r : 0;
 }
 
-interface Axes { /** copies along the input (rows) and output (columns) axes of a [in, out] matrix */ a: number; b: number }
+interface Axes {
+  /** copies along the input (rows) and output (columns) axes of a [in, out] matrix */ a: number;
+  b: number;
+}
 
 /** Grow a Conv1D [in, out] weight to [a·in, b·out]. */
 function growMatrix(w: Tensor, { a, b }: Axes, symmetry: WidthSymmetry, noiseStd: number, rng: Rng): Tensor {
@@ -66,7 +86,10 @@ function growMatrix(w: Tensor, { a, b }: Axes, symmetry: WidthSymmetry, noiseStd
       for (let r = 0; r < rows; r++) {
         for (let c = 0; c < cols; c++) {
           let sum = 0;
-          for (let i = 0; i < a; i++) { share[i] = 0.05 + rng.uniform(); sum += share[i]!; }
+          for (let i = 0; i < a; i++) {
+            share[i] = 0.05 + rng.uniform();
+            sum += share[i]!;
+          }
           const v = src[r * cols + c]!;
           for (let i = 0; i < a; i++) out[(i * rows + r) * W + j * cols + c] = (share[i]! / sum) * v;
         }
@@ -83,7 +106,10 @@ function growMatrix(w: Tensor, { a, b }: Axes, symmetry: WidthSymmetry, noiseStd
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
         let mean = 0;
-        for (let j = 0; j < b; j++) { z[j] = noiseStd * rng.normal(); mean += z[j]! / b; }
+        for (let j = 0; j < b; j++) {
+          z[j] = noiseStd * rng.normal();
+          mean += z[j]! / b;
+        }
         const v = src[r * cols + c]!;
         for (let i = 0; i < a; i++) {
           for (let j = 0; j < b; j++) {
@@ -103,7 +129,10 @@ function growMatrix(w: Tensor, { a, b }: Axes, symmetry: WidthSymmetry, noiseStd
       for (let r = 0; r < rows; r++) {
         const at = (i * rows + r) * W + j * cols;
         const row = src.subarray(r * cols, (r + 1) * cols);
-        if (coef === 1 && !noisy) { out.set(row, at); continue; }
+        if (coef === 1 && !noisy) {
+          out.set(row, at);
+          continue;
+        }
         for (let c = 0; c < cols; c++) out[at + c] = coef * row[c]! + (noisy ? noiseStd * rng.normal() : 0);
       }
     }
@@ -140,7 +169,8 @@ type FreshKind = "reader" | "writer" | "unitVector";
 function freshKind(spec: ParamSpec): FreshKind | null {
   if (spec.shape.length === 1) return UNIT_SPACES.has(spec.axes[0]!) ? "unitVector" : null;
   const [inAxis, outAxis] = spec.layout === "linear" ? [1, 0] : [0, 1];
-  const from = spec.axes[inAxis]!, to = spec.axes[outAxis]!;
+  const from = spec.axes[inAxis]!,
+    to = spec.axes[outAxis]!;
   if (from === "model" && UNIT_SPACES.has(to)) return "reader";
   if (UNIT_SPACES.has(from) && to === "model") return "writer";
   return null;
@@ -154,7 +184,8 @@ function freshKind(spec: ParamSpec): FreshKind | null {
  */
 function growMatrixFresh(w: Tensor, base: Float32Array, { a, b }: Axes, kind: "reader" | "writer", coef: number): Tensor {
   const [rows, cols] = w.shape as [number, number];
-  const src = w.f32, W = b * cols;
+  const src = w.f32,
+    W = b * cols;
   const out = kind === "reader" ? Float32Array.from(base) : new Float32Array(a * rows * W);
   for (let r = 0; r < rows; r++) {
     const row = src.subarray(r * cols, (r + 1) * cols);
@@ -188,7 +219,10 @@ function growFresh(t: Tensor, base: Tensor, spec: ParamSpec, kind: FreshKind, ax
 function perPart(t: Tensor, spec: ParamSpec, f: (part: Tensor, index: number) => Tensor): Tensor {
   if (!spec.fused) return f(t, 0);
   const axis = t.shape.length - 1;
-  return concat(t.chunk(axis, spec.fused.length).map((part, n) => f(part, n)), axis);
+  return concat(
+    t.chunk(axis, spec.fused.length).map((part, n) => f(part, n)),
+    axis,
+  );
 }
 
 interface Rule {
@@ -205,9 +239,16 @@ interface Rule {
 /** Copies of one axis: the residual stream and the (key/value) heads × k, the MLP × k·ffnFactor, the rest once. */
 function copiesOf(space: AxisSpace, k: number, f: number): number {
   switch (space) {
-    case "model": case "heads": case "kvHeads": case "qkv": return k;
-    case "ffn": return f;
-    case "vocab": case "positions": return 1;
+    case "model":
+    case "heads":
+    case "kvHeads":
+    case "qkv":
+      return k;
+    case "ffn":
+      return f;
+    case "vocab":
+    case "positions":
+      return 1;
   }
 }
 
@@ -220,13 +261,19 @@ function copiesOf(space: AxisSpace, k: number, f: number): number {
  */
 function ruleFor(spec: ParamSpec, k: number, f: number): Rule {
   const copies = spec.axes.map((space) => copiesOf(space, k, f));
-  const tile = (n: number, axis: number, valueScale = 1, gradScale = 1 / n): Rule =>
-    ({ kind: "tile", axes: { a: 1, b: n }, axis, valueScale, gradScale });
+  const tile = (n: number, axis: number, valueScale = 1, gradScale = 1 / n): Rule => ({
+    kind: "tile",
+    axes: { a: 1, b: n },
+    axis,
+    valueScale,
+    gradScale,
+  });
   if (spec.shape.length === 1) return spec.feedsOutput ? tile(copies[0]!, 0, 1 / k, 1) : tile(copies[0]!, 0);
   if (spec.shape.length !== 2) throw new Error(`width growth: ${spec.name} has ${spec.shape.length} axes; parameters have 1 or 2`);
   // [in, out] as stored by conv1d (and embeddings: row index in, vector out); torch's linear is [out, in].
   const [inAxis, outAxis] = spec.layout === "linear" ? [1, 0] : [0, 1];
-  const a = copies[inAxis]!, b = copies[outAxis]!;
+  const a = copies[inAxis]!,
+    b = copies[outAxis]!;
   // Only the output grows (embeddings): each output copy is the original map.
   if (a === 1) return tile(b, outAxis);
   // The output layer reads the output norm, whose 1/k already averages the k copies it sums.
@@ -243,14 +290,17 @@ function fanInCopies(spec: ParamSpec, k: number, f: number): number {
 /** A 2-D tensor transposed (linear [out, in] weights are grown in the [in, out] orientation). */
 function transpose2d(t: Tensor): Tensor {
   const [rows, cols] = t.shape as [number, number];
-  const src = t.f32, out = new Float32Array(src.length);
+  const src = t.f32,
+    out = new Float32Array(src.length);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = src[r * cols + c]!;
   return new Tensor(t.dtype, [cols, rows], out);
 }
 
 /** Apply a grow function written for [in, out] matrices to a parameter in its stored layout. */
-const inOrientation = (spec: ParamSpec, f: (t: Tensor) => Tensor) =>
-  (t: Tensor): Tensor => (spec.layout === "linear" ? transpose2d(f(transpose2d(t))) : f(t));
+const inOrientation =
+  (spec: ParamSpec, f: (t: Tensor) => Tensor) =>
+  (t: Tensor): Tensor =>
+    spec.layout === "linear" ? transpose2d(f(transpose2d(t))) : f(t);
 
 /**
  * The same growth on stored bytes: the grown tensor's blocks in its stored layout, each a copy of the source, of the
@@ -261,13 +311,19 @@ const inOrientation = (spec: ParamSpec, f: (t: Tensor) => Tensor) =>
  * themselves, as perPart does. The grid of blocks is built when the bytes are first asked for (a growth by a large
  * factor is refused for its size before, and must not cost factor² here).
  */
-function storedLayout(spec: ParamSpec, rule: Rule, shape: readonly number[], coefficientOf: (i: number, j: number) => number): { layout: BlockLayout; coefficients: () => number[] } {
+function storedLayout(
+  spec: ParamSpec,
+  rule: Rule,
+  shape: readonly number[],
+  coefficientOf: (i: number, j: number) => number,
+): { layout: BlockLayout; coefficients: () => number[] } {
   const parts = spec.fused?.length ?? 1;
   if (rule.kind === "tile") return { layout: tileLayout(shape, rule.axis, rule.axes.b, parts), coefficients: () => [coefficientOf(0, 0)] };
   const [rows, cols] = shape as [number, number];
   const { a, b } = rule.axes;
   const linear = spec.layout === "linear";
-  const rowBands = linear ? b : a, colBands = linear ? a : b;
+  const rowBands = linear ? b : a,
+    colBands = linear ? a : b;
   let built: { grid: Int32Array; coefficients: number[] } | null = null;
   const build = () => {
     if (built) return built;
@@ -283,7 +339,10 @@ function storedLayout(spec: ParamSpec, rule: Rule, shape: readonly number[], coe
     }
     return (built = { grid, coefficients });
   };
-  return { layout: { rows, cols, parts, rowBands, colBands, block: (s, t) => build().grid[s * colBands + t]! }, coefficients: () => build().coefficients };
+  return {
+    layout: { rows, cols, parts, rowBands, colBands, block: (s, t) => build().grid[s * colBands + t]! },
+    coefficients: () => build().coefficients,
+  };
 }
 
 /**
@@ -291,8 +350,15 @@ function storedLayout(spec: ParamSpec, rule: Rule, shape: readonly number[], coe
  * holding the source × c computed as the values path computes it (`plusZero`: growMatrix's `c · v + 0`), so the bytes
  * are exactly those of writing `compute()`'s values.
  */
-function grownBytes(source: LazyTensor, shape: readonly number[], compute: () => Promise<Tensor>, spec: ParamSpec, rule: Rule,
-                    coefficientOf: (i: number, j: number) => number, plusZero: boolean): LazyTensor {
+function grownBytes(
+  source: LazyTensor,
+  shape: readonly number[],
+  compute: () => Promise<Tensor>,
+  spec: ParamSpec,
+  rule: Rule,
+  coefficientOf: (i: number, j: number) => number,
+  plusZero: boolean,
+): LazyTensor {
   const { layout, coefficients } = storedLayout(spec, rule, source.shape, coefficientOf);
   const sources = async (): Promise<Uint8Array[]> => {
     const raw = await source.readBytes!();
@@ -333,7 +399,8 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
   }
   const units = options.units ?? "copies";
   if (!WIDTH_UNITS.includes(units)) throw new Error(`units must be one of ${WIDTH_UNITS.join(", ")}, got ${units}`);
-  if (units === "fresh" && symmetry !== "none") throw new Error(`units "fresh" breaks the symmetry itself; it takes symmetry "none", got "${symmetry}"`);
+  if (units === "fresh" && symmetry !== "none")
+    throw new Error(`units "fresh" breaks the symmetry itself; it takes symmetry "none", got "${symmetry}"`);
   if (units === "fresh" && moments === "paper") throw new Error(`moments "paper" are for copied units; units "fresh" takes "consistent" or "reset"`);
   const noiseStd = options.noiseStd ?? 1e-3;
   if (!(noiseStd >= 0)) throw new Error(`noiseStd must be ≥ 0, got ${noiseStd}`);
@@ -342,7 +409,13 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
 
   const arch = (options.registry ?? createDefaultRegistry()).get("architecture", state.architecture);
   const s = state.shape;
-  const shape = { ...s, dModel: k * s.dModel, heads: k * s.heads, ffn: k * m * s.ffn, ...(s.kvHeads === undefined ? {} : { kvHeads: k * s.kvHeads }) };
+  const shape = {
+    ...s,
+    dModel: k * s.dModel,
+    heads: k * s.heads,
+    ffn: k * m * s.ffn,
+    ...(s.kvHeads === undefined ? {} : { kvHeads: k * s.kvHeads }),
+  };
   const config = arch.withShape(state.config, shape);
   // The size is checked before any list of the grown parameters is built.
   checkModelSize("width growth", shape, arch.parameterCount(config), { cause: `factor ${k}${m > 1 ? `, ffnFactor ${m}` : ""}` });
@@ -368,50 +441,93 @@ export function growWidth(state: TrainingState, options: WidthOptions = {}): Tra
       // original's over its b output copies, like every copied entry's; new units start with zero moments.
       const valueCoef = fresh === "reader" ? 1 / rule.axes.a : 1;
       const gradScale = fresh === "writer" ? rule.gradScale : 1;
-      params.set(spec.name, derived(source.dtype, target.shape, async () =>
-        growFresh(await source.read(), arch.initParam(config, target, freshSeed), spec, fresh, rule.axes, valueCoef)));
+      params.set(
+        spec.name,
+        derived(source.dtype, target.shape, async () =>
+          growFresh(await source.read(), arch.initParam(config, target, freshSeed), spec, fresh, rule.axes, valueCoef),
+        ),
+      );
       if (!keepMoments) continue;
-      const m1 = expAvg.get(spec.name), m2 = expAvgSq.get(spec.name);
+      const m1 = expAvg.get(spec.name),
+        m2 = expAvgSq.get(spec.name);
       if (!m1 || !m2) throw new Error(`width growth: the optimizer state has no moments for ${spec.name}`);
-      const grownMoment = (m: LazyTensor, power: number): LazyTensor => derived(m.dtype, target.shape, async () =>
-        growFresh(await m.read(), Tensor.zeros("F32", target.shape), spec, fresh, rule.axes, gradScale ** power));
+      const grownMoment = (m: LazyTensor, power: number): LazyTensor =>
+        derived(m.dtype, target.shape, async () =>
+          growFresh(await m.read(), Tensor.zeros("F32", target.shape), spec, fresh, rule.axes, gradScale ** power),
+        );
       avg.set(spec.name, grownMoment(m1, 1));
       avgSq.set(spec.name, grownMoment(m2, 2));
       continue;
     }
-    const grow = (t: Tensor, rng: Rng): Tensor => perPart(t, spec, (part) => rule.kind === "matrix"
-      ? inOrientation(spec, (m) => growMatrix(m, rule.axes, symmetry, noiseStd, rng))(part)
-      : (rule.valueScale === 1 ? part : part.scale(rule.valueScale)).tile(rule.axis, rule.axes.b));
+    const grow = (t: Tensor, rng: Rng): Tensor =>
+      perPart(t, spec, (part) =>
+        rule.kind === "matrix"
+          ? inOrientation(spec, (m) => growMatrix(m, rule.axes, symmetry, noiseStd, rng))(part)
+          : (rule.valueScale === 1 ? part : part.scale(rule.valueScale)).tile(rule.axis, rule.axes.b),
+      );
     const computeValues = async () => grow(await source.read(), new Rng(deriveSeed(seed, spec.name)));
     // Copies and fixed coefficients have stored bytes (no decoding); symmetry breaking in a matrix draws per value.
-    params.set(spec.name, haveStoredBytes(source) && (rule.kind === "tile" || symmetry === "none")
-      ? grownBytes(source, target.shape, computeValues, spec, rule,
-        (i, j) => (rule.kind === "tile" ? rule.valueScale : coefficient(rule.axes.a, rule.axes.b, i, j)), rule.kind === "matrix")
-      : derived(source.dtype, target.shape, computeValues));
+    params.set(
+      spec.name,
+      haveStoredBytes(source) && (rule.kind === "tile" || symmetry === "none")
+        ? grownBytes(
+            source,
+            target.shape,
+            computeValues,
+            spec,
+            rule,
+            (i, j) => (rule.kind === "tile" ? rule.valueScale : coefficient(rule.axes.a, rule.axes.b, i, j)),
+            rule.kind === "matrix",
+          )
+        : derived(source.dtype, target.shape, computeValues),
+    );
     if (!keepMoments) continue;
     const growMoment = (t: Tensor, power: number): Tensor => {
       const scale = rule.gradScale ** power;
-      return perPart(t, spec, (part) => rule.kind === "matrix"
-        ? inOrientation(spec, (m) => growMatrixMoment(m, rule.axes, scale, moments === "consistent"))(part)
-        : part.scale(scale).tile(rule.axis, rule.axes.b));
+      return perPart(t, spec, (part) =>
+        rule.kind === "matrix"
+          ? inOrientation(spec, (m) => growMatrixMoment(m, rule.axes, scale, moments === "consistent"))(part)
+          : part.scale(scale).tile(rule.axis, rule.axes.b),
+      );
     };
-    const m1 = expAvg.get(spec.name), m2 = expAvgSq.get(spec.name);
+    const m1 = expAvg.get(spec.name),
+      m2 = expAvgSq.get(spec.name);
     if (!m1 || !m2) throw new Error(`width growth: the optimizer state has no moments for ${spec.name}`);
     const grownMoment = (m: LazyTensor, power: number): LazyTensor => {
       const compute = async () => growMoment(await m.read(), power);
       if (!haveStoredBytes(m)) return derived(m.dtype, target.shape, compute);
       const scale = rule.gradScale ** power;
-      return grownBytes(m, target.shape, compute, spec, rule, (i, j) =>
-        (rule.kind === "tile" || moments === "consistent" || coefficient(rule.axes.a, rule.axes.b, i, j) !== 0 ? scale : 0), false);
+      return grownBytes(
+        m,
+        target.shape,
+        compute,
+        spec,
+        rule,
+        (i, j) => (rule.kind === "tile" || moments === "consistent" || coefficient(rule.axes.a, rule.axes.b, i, j) !== 0 ? scale : 0),
+        false,
+      );
     };
     avg.set(spec.name, grownMoment(m1, 1));
     avgSq.set(spec.name, grownMoment(m2, 2));
   }
   return grownState(state, {
     operator: "width",
-    options: { factor: k, ffnFactor: m, moments, symmetry, ...(units === "fresh" ? { units } : {}), ...(symmetry === "noise" || symmetry === "antithetic" ? { noiseStd } : {}), seed },
-    config, shape, params,
+    options: {
+      factor: k,
+      ffnFactor: m,
+      moments,
+      symmetry,
+      ...(units === "fresh" ? { units } : {}),
+      ...(symmetry === "noise" || symmetry === "antithetic" ? { noiseStd } : {}),
+      seed,
+    },
+    config,
+    shape,
+    params,
     ...(keepMoments ? { expAvg: avg, expAvgSq: avgSq } : {}),
-    resetMoments: !keepMoments, stage: options, defaultLrScale: 1 / k, fanInRoles: [...fanInRoles],
+    resetMoments: !keepMoments,
+    stage: options,
+    defaultLrScale: 1 / k,
+    fanInRoles: [...fanInRoles],
   });
 }

@@ -3,7 +3,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  createDefaultRegistry, loadTrainingState, namedParameters, saveTrainingState, STAGED_FORMAT, type LazyTensor, type LoadedTrainingState, type Registry, type TrainingState,
+  createDefaultRegistry,
+  loadTrainingState,
+  namedParameters,
+  saveTrainingState,
+  STAGED_FORMAT,
+  type LazyTensor,
+  type LoadedTrainingState,
+  type Registry,
+  type TrainingState,
 } from "@staged/core";
 import { growWidth } from "@staged/grow-width";
 import { growDepth } from "@staged/grow-depth";
@@ -12,13 +20,20 @@ import { GROWTH_KEY, HF_TRAINER_FORMAT, hfTrainerFormat, trainerGroups, trainerR
 
 /** The repository's Trainer checkpoints (fixtures/hf-trainer/README.md). */
 const FIX = new URL("../../../fixtures/hf-trainer/", import.meta.url).pathname;
-const FACTS = JSON.parse(await readFile(join(FIX, "facts.json"), "utf8")) as Record<string, { named_parameters: [string, number[]][]; groups: string[][] }>;
+const FACTS = JSON.parse(await readFile(join(FIX, "facts.json"), "utf8")) as Record<
+  string,
+  { named_parameters: [string, number[]][]; groups: string[][] }
+>;
 const registry = (): Registry => createDefaultRegistry().register("checkpointFormat", hfTrainerFormat);
 const load = (dir: string): Promise<LoadedTrainingState> => loadTrainingState(dir, { registry: registry() });
 
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-hf-trainer-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-hf-trainer-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 const at = (name: string): string => join(root, name);
 
 /** Read a torch file's value and close it (its tensors read first where asked). */
@@ -27,7 +42,8 @@ async function torchValue(path: string): Promise<PyDict> {
   await f.close();
   return f.value as PyDict;
 }
-const trainerState = async (dir: string) => JSON.parse(await readFile(join(dir, "trainer_state.json"), "utf8")) as Record<string, unknown> & { log_history: Record<string, unknown>[] };
+const trainerState = async (dir: string) =>
+  JSON.parse(await readFile(join(dir, "trainer_state.json"), "utf8")) as Record<string, unknown> & { log_history: Record<string, unknown>[] };
 
 describe.each(["gpt2", "llama"])("%s: Trainer's parameter order", (model) => {
   it("the architecture's named_parameters() order and decay flags are torch's and Trainer's two groups", async () => {
@@ -43,7 +59,10 @@ describe.each(["gpt2", "llama"])("%s: Trainer's parameter order", (model) => {
   });
 });
 
-describe.each([["gpt2", "checkpoint-3"], ["llama", "checkpoint-6"]])("%s %s read", (model, checkpoint) => {
+describe.each([
+  ["gpt2", "checkpoint-3"],
+  ["llama", "checkpoint-6"],
+])("%s %s read", (model, checkpoint) => {
   const src = join(FIX, model, checkpoint);
 
   it("holds the optimizer's moments by parameter name, its step, settings and Trainer's schedule", async () => {
@@ -68,7 +87,12 @@ describe.each([["gpt2", "checkpoint-3"], ["llama", "checkpoint-6"]])("%s %s read
       } finally {
         await opt.close();
       }
-      expect(trainerSummary(s)).toMatchObject({ globalStep: step, maxSteps: 6, lr: step === 3 ? 0.0022500000000000003 : 0, lastLosses: expect.any(Array) });
+      expect(trainerSummary(s)).toMatchObject({
+        globalStep: step,
+        maxSteps: 6,
+        lr: step === 3 ? 0.0022500000000000003 : 0,
+        lastLosses: expect.any(Array),
+      });
       expect(trainerSummary(s)!.copiedFiles.sort()).toEqual(["rng_state.pth", "training_args.bin"]);
       expect(trainingProblem(s)).toBeNull();
     } finally {
@@ -105,15 +129,27 @@ describe("growing a Trainer checkpoint", () => {
     expect(groups.map((g) => (g.get("params") as bigint[]).length)).toEqual([10, 18]);
     expect((groups[1]!.get("params") as bigint[])[0]).toBe(10n);
     expect(groups.map((g) => [g.get("lr"), g.get("initial_lr"), g.get("weight_decay"), g.get("fused")])).toEqual([
-      [0.0022500000000000003 * 0.5, 0.0015, 0.01, true], [0.0022500000000000003 * 0.5, 0.0015, 0, true]]);
+      [0.0022500000000000003 * 0.5, 0.0015, 0.01, true],
+      [0.0022500000000000003 * 0.5, 0.0015, 0, true],
+    ]);
     const sched = await torchValue(join(out, "scheduler.pt"));
     expect([sched.get("base_lrs"), sched.get("last_epoch"), sched.get("_step_count"), sched.get("_last_lr")]).toEqual([
-      [0.0015, 0.0015], 3n, 4n, [0.0022500000000000003 * 0.5, 0.0022500000000000003 * 0.5]]);
+      [0.0015, 0.0015],
+      3n,
+      4n,
+      [0.0022500000000000003 * 0.5, 0.0022500000000000003 * 0.5],
+    ]);
     const ts = await trainerState(out);
     expect(ts.global_step).toBe(3);
     expect(ts.log_history).toHaveLength(4);
-    expect(ts.log_history[3]).toMatchObject({ step: 3, [GROWTH_KEY]: { operator: "width", options: { factor: 2, lrScale: 0.5 },
-      schedule: { kind: "linear", peakLr: 0.0015, warmupSteps: 2, totalSteps: 6 } } });
+    expect(ts.log_history[3]).toMatchObject({
+      step: 3,
+      [GROWTH_KEY]: {
+        operator: "width",
+        options: { factor: 2, lrScale: 0.5 },
+        schedule: { kind: "linear", peakLr: 0.0015, warmupSteps: 2, totalSteps: 6 },
+      },
+    });
     const g = await load(out);
     try {
       expect(g.shape).toMatchObject({ dModel: 128, heads: 8 });
@@ -137,14 +173,21 @@ describe("growing a Trainer checkpoint", () => {
       await s.close();
     }
     const sched = await torchValue(join(out, "scheduler.pt"));
-    expect([sched.get("base_lrs"), sched.get("last_epoch"), sched.get("_step_count"), sched.get("_last_lr")]).toEqual([[0.003, 0.003], 2n, 3n, [0.003, 0.003]]);
+    expect([sched.get("base_lrs"), sched.get("last_epoch"), sched.get("_step_count"), sched.get("_last_lr")]).toEqual([
+      [0.003, 0.003],
+      2n,
+      3n,
+      [0.003, 0.003],
+    ]);
     const opt = await torchValue(join(out, "optimizer.pt"));
     const groups = opt.get("param_groups") as PyDict[];
     expect(groups.map((g) => (g.get("params") as bigint[]).length)).toEqual([30, 9]); // 4 layers × 7 matrices, the embedding, the untied output layer; 4 × 2 norms and the final one
     expect(groups[0]!.get("lr")).toBe(0.003);
     // Adam's step count (its bias correction) is the optimizer's, not the schedule's.
     const f = await TorchFile.open(join(out, "optimizer.pt"));
-    const steps = await Promise.all([...((f.value as PyDict).get("state") as PyDict).values()].map(async (e) => ((await ((e as PyDict).get("step") as TorchTensor).read()).f32[0])));
+    const steps = await Promise.all(
+      [...((f.value as PyDict).get("state") as PyDict).values()].map(async (e) => (await ((e as PyDict).get("step") as TorchTensor).read()).f32[0]),
+    );
     await f.close();
     expect(new Set(steps)).toEqual(new Set([3]));
     expect((await trainerState(out)).global_step).toBe(2);
@@ -186,7 +229,11 @@ describe("BF16 and sharded Trainer checkpoints", () => {
     const bf16 = (m: ReadonlyMap<string, LazyTensor>) =>
       new Map([...m].map(([n, t]) => [n, { dtype: "BF16" as const, shape: t.shape, read: async () => (await t.read()).withDType("BF16") }]));
     try {
-      const state: TrainingState = { ...s, params: bf16(s.params), optimizer: { ...s.optimizer, expAvg: bf16(s.optimizer.expAvg!), expAvgSq: bf16(s.optimizer.expAvgSq!) } };
+      const state: TrainingState = {
+        ...s,
+        params: bf16(s.params),
+        optimizer: { ...s.optimizer, expAvg: bf16(s.optimizer.expAvg!), expAvgSq: bf16(s.optimizer.expAvgSq!) },
+      };
       await saveTrainingState(at("bf16"), state, { registry: registry(), maxShardBytes: 100_000 });
     } finally {
       await s.close();
@@ -251,8 +298,9 @@ describe("converting", () => {
     const { foreign: _f, ...plain } = s as TrainingState;
     const custom: TrainingState = { ...plain, schedule: { kind: "half", peakLr: 0.004, warmupSteps: 0, totalSteps: 10, restarts: [] } };
     try {
-      await expect(saveTrainingState(at("custom-unknown"), custom, { registry: registry(), format: HF_TRAINER_FORMAT }))
-        .rejects.toThrow(/unknown LR schedule kind "half"/);
+      await expect(saveTrainingState(at("custom-unknown"), custom, { registry: registry(), format: HF_TRAINER_FORMAT })).rejects.toThrow(
+        /unknown LR schedule kind "half"/,
+      );
       expect(await readdir(root)).not.toContain("custom-unknown");
       const withHalf = registry().register("lrSchedule", { name: "half", create: (spec) => () => spec.peakLr / 2 });
       await saveTrainingState(at("custom"), custom, { registry: withHalf, format: HF_TRAINER_FORMAT });
@@ -272,7 +320,10 @@ describe("bad Trainer checkpoints", () => {
 
   it("a pickle calling os.system is refused naming the global, nothing run", async () => {
     const dir = await copy("evil");
-    await writeTorchFile(join(dir, "optimizer.pt"), PyDict.from({ state: new PyDict(), param_groups: [new PyObject(new PyGlobal("os", "system"), tuple("touch pwned"))] }));
+    await writeTorchFile(
+      join(dir, "optimizer.pt"),
+      PyDict.from({ state: new PyDict(), param_groups: [new PyObject(new PyGlobal("os", "system"), tuple("touch pwned"))] }),
+    );
     await expect(load(dir)).rejects.toThrow(`${join(dir, "optimizer.pt")}: refused global os.system (torch.load(weights_only=True) refuses it too)`);
     expect(await readdir(dir)).not.toContain("pwned");
   });
@@ -280,7 +331,9 @@ describe("bad Trainer checkpoints", () => {
   it("another model's optimizer.pt is refused by its groups' sizes", async () => {
     const dir = await copy("mismatch");
     await cp(join(FIX, "llama", "checkpoint-3", "optimizer.pt"), join(dir, "optimizer.pt"));
-    await expect(load(dir)).rejects.toThrow(`${join(dir, "optimizer.pt")}: parameter groups of 16 and 5 parameters; Trainer's groups of this gpt2 model have 10 and 18`);
+    await expect(load(dir)).rejects.toThrow(
+      `${join(dir, "optimizer.pt")}: parameter groups of 16 and 5 parameters; Trainer's groups of this gpt2 model have 10 and 18`,
+    );
   });
 
   it("a trainer_state.json without global_step, or a growth record that is not one, is refused naming the field", async () => {
@@ -307,8 +360,9 @@ describe("bad Trainer checkpoints", () => {
       expect(s.schedule).toBeNull();
       expect(trainingProblem(s)).toMatch(/could not be found from trainer_state.json's logged learning rates/);
       await saveTrainingState(at("custom-wide"), await growWidth(s, { factor: 2 }), { registry: registry() });
-      await expect(saveTrainingState(at("custom-back"), await growWidth(s, { factor: 2, continueAt: 1 }), { registry: registry() }))
-        .rejects.toThrow("optimizer.pt: the LR of Trainer's schedule at step 1 is unknown");
+      await expect(saveTrainingState(at("custom-back"), await growWidth(s, { factor: 2, continueAt: 1 }), { registry: registry() })).rejects.toThrow(
+        "optimizer.pt: the LR of Trainer's schedule at step 1 is unknown",
+      );
     } finally {
       await s.close();
     }
@@ -318,6 +372,8 @@ describe("bad Trainer checkpoints", () => {
 
   it("without the format registered, core refuses a Trainer checkpoint instead of dropping its optimizer state", async () => {
     const dir = join(FIX, "gpt2", "checkpoint-3");
-    await expect(loadTrainingState(dir)).rejects.toThrow(`${dir}: a Hugging Face Trainer checkpoint (optimizer.pt), and no checkpoint format to read it is registered`);
+    await expect(loadTrainingState(dir)).rejects.toThrow(
+      `${dir}: a Hugging Face Trainer checkpoint (optimizer.pt), and no checkpoint format to read it is registered`,
+    );
   });
 });

@@ -1,15 +1,44 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  DTYPE_SIZES, METRICS_FILE, TRAINER_FILES, parseMetrics, TRAINER_RNG_FILE, STATE_FILE, Tensor, writeModelFiles,
-  type AdamWState, type CheckpointContents, type CheckpointDirectory, type CheckpointFormatPlugin, type DType, type LazyTensor,
-  type LrScheduleSpec, type ModelToSave, type ParamSpec, type SaveOptions, type TensorEntry, type TrainingState, type WriteObserver,
+  DTYPE_SIZES,
+  METRICS_FILE,
+  TRAINER_FILES,
+  parseMetrics,
+  TRAINER_RNG_FILE,
+  STATE_FILE,
+  Tensor,
+  writeModelFiles,
+  type AdamWState,
+  type CheckpointContents,
+  type CheckpointDirectory,
+  type CheckpointFormatPlugin,
+  type DType,
+  type LazyTensor,
+  type LrScheduleSpec,
+  type ModelToSave,
+  type ParamSpec,
+  type SaveOptions,
+  type TensorEntry,
+  type TrainingState,
+  type WriteObserver,
 } from "@staged/core";
 import { createLrSchedule } from "@staged/scheduler";
 import { PyDict, PyTuple, TorchFile, TorchTensor, pyRepr, writeTorchFile, type PyValue, type TorchWriteObserver } from "@staged/torch";
 import { trainerGroups } from "./groups.js";
 import { inferSchedule, loggedLrPoints, scheduleFits } from "./schedule.js";
-import { GROWTH_KEY, SCHEDULE_KEY, formatTrainerState, growthEntry, growthsOf, loggedGrowths, recordedSchedule, parseTrainerState, type LoggedGrowth, type TrainerStateJson } from "./trainer-state.js";
+import {
+  GROWTH_KEY,
+  SCHEDULE_KEY,
+  formatTrainerState,
+  growthEntry,
+  growthsOf,
+  loggedGrowths,
+  recordedSchedule,
+  parseTrainerState,
+  type LoggedGrowth,
+  type TrainerStateJson,
+} from "./trainer-state.js";
 
 /** The checkpoint format's name (TrainingState.foreign.format, SaveOptions.format, `staged convert --to`). */
 export const HF_TRAINER_FORMAT = "hf-trainer";
@@ -43,7 +72,7 @@ export interface TrainerRecords {
 
 /** The records of a state read from a Trainer checkpoint, or null for another state. */
 export function trainerRecords(state: TrainingState): TrainerRecords | null {
-  return state.foreign?.format === HF_TRAINER_FORMAT ? state.foreign.records as TrainerRecords : null;
+  return state.foreign?.format === HF_TRAINER_FORMAT ? (state.foreign.records as TrainerRecords) : null;
 }
 
 const fail = (file: string, problem: string): Error => new Error(`${file}: ${problem}`);
@@ -75,7 +104,10 @@ async function read(base: TrainingState, dir: CheckpointDirectory): Promise<{ st
     const peak = baseLrs[0]!;
     const growths = loggedGrowths(trainerState.log_history, name(TRAINER_FILES.state));
     const lrScale = (g: LoggedGrowth): number => (typeof g.stage.options.lrScale === "number" ? g.stage.options.lrScale : 1);
-    const points = loggedLrPoints(trainerState.log_history, growths.map((g) => ({ index: g.index, scale: lrScale(g) })));
+    const points = loggedLrPoints(
+      trainerState.log_history,
+      growths.map((g) => ({ index: g.index, scale: lrScale(g) })),
+    );
     points.push(scheduler ? { step: scheduler.lastEpoch, lr: scheduler.lastLr } : { step: trainerState.global_step, lr: opt.lr });
     const lrAt = new Map(points.map((p) => [p.step, p.lr]));
     const total = trainerState.max_steps ?? 0;
@@ -89,22 +121,40 @@ async function read(base: TrainingState, dir: CheckpointDirectory): Promise<{ st
       if (p) copied.set(f, new Uint8Array(await readFile(p)));
     }
     const records: TrainerRecords = {
-      trainerState, groups: opt.groups.map(withoutParams), stateKeys: opt.stateKeys, stepStored: opt.stepStored,
-      scheduler: scheduler?.dict ?? null, baseLrs, lrAt, schedule, copied,
+      trainerState,
+      groups: opt.groups.map(withoutParams),
+      stateKeys: opt.stateKeys,
+      stepStored: opt.stepStored,
+      scheduler: scheduler?.dict ?? null,
+      baseLrs,
+      lrAt,
+      schedule,
+      copied,
       serializationIds: { optimizer: optimizerFile.records.serializationId ?? null, scheduler: scheduler?.serializationId ?? null },
     };
     const optimizer: AdamWState = {
-      name: "adamw", lr: peak, betas: opt.betas, eps: opt.eps, weightDecay: opt.weightDecay, noDecay: groups[1],
-      step: opt.step, biasCorrection: true,
+      name: "adamw",
+      lr: peak,
+      betas: opt.betas,
+      eps: opt.eps,
+      weightDecay: opt.weightDecay,
+      noDecay: groups[1],
+      step: opt.step,
+      biasCorrection: true,
       ...(opt.expAvg ? { expAvg: opt.expAvg, expAvgSq: opt.expAvgSq } : {}),
     };
     const step = trainerState.global_step;
     const state: TrainingState = {
-      ...base, optimizer,
+      ...base,
+      optimizer,
       schedule,
       progress: {
-        step, globalStep: step, tokensSeen: trainerState.num_input_tokens_seen ?? 0, flopsSeen: trainerState.total_flos ?? 0,
-        samplerSeed: 0, stages: growths.map((g) => g.stage),
+        step,
+        globalStep: step,
+        tokensSeen: trainerState.num_input_tokens_seen ?? 0,
+        flopsSeen: trainerState.total_flos ?? 0,
+        samplerSeed: 0,
+        stages: growths.map((g) => g.stage),
       },
       foreign: { format: HF_TRAINER_FORMAT, records },
     };
@@ -115,16 +165,33 @@ async function read(base: TrainingState, dir: CheckpointDirectory): Promise<{ st
   }
 }
 
-const withoutParams = (g: PyDict): PyDict => new PyDict(g.kind, [...g.entries()].filter(([k]) => k !== "params"));
+const withoutParams = (g: PyDict): PyDict =>
+  new PyDict(
+    g.kind,
+    [...g.entries()].filter(([k]) => k !== "params"),
+  );
 
 interface ReadOptimizer {
-  groups: PyDict[]; lr: number; betas: [number, number]; eps: number; weightDecay: number; step: number;
-  stateKeys: string[]; stepStored: TrainerRecords["stepStored"];
-  expAvg?: Map<string, LazyTensor>; expAvgSq?: Map<string, LazyTensor>;
+  groups: PyDict[];
+  lr: number;
+  betas: [number, number];
+  eps: number;
+  weightDecay: number;
+  step: number;
+  stateKeys: string[];
+  stepStored: TrainerRecords["stepStored"];
+  expAvg?: Map<string, LazyTensor>;
+  expAvgSq?: Map<string, LazyTensor>;
 }
 
 /** optimizer.pt's state dict, checked against Trainer's groups of this model (groups.ts) and mapped to parameter names. */
-async function readOptimizer(value: PyValue, groups: [string[], string[]], paramSpecs: readonly ParamSpec[], base: TrainingState, file: string): Promise<ReadOptimizer> {
+async function readOptimizer(
+  value: PyValue,
+  groups: [string[], string[]],
+  paramSpecs: readonly ParamSpec[],
+  base: TrainingState,
+  file: string,
+): Promise<ReadOptimizer> {
   if (!(value instanceof PyDict) || !(value.get("state") instanceof PyDict) || !Array.isArray(value.get("param_groups"))) {
     throw fail(file, "not an optimizer state dict ({state, param_groups})");
   }
@@ -135,27 +202,44 @@ async function readOptimizer(value: PyValue, groups: [string[], string[]], param
   const pg = raw as PyDict[];
   const sizes = pg.map((g) => (g.get("params") as PyValue[]).length);
   if (sizes[0] !== groups[0].length || sizes[1] !== groups[1].length) {
-    throw fail(file, `parameter groups of ${sizes.join(" and ")} parameters; Trainer's groups of this ${base.architecture} model have ` +
-      `${groups[0].length} and ${groups[1].length} (another model, or an optimizer Trainer did not create)`);
+    throw fail(
+      file,
+      `parameter groups of ${sizes.join(" and ")} parameters; Trainer's groups of this ${base.architecture} model have ` +
+        `${groups[0].length} and ${groups[1].length} (another model, or an optimizer Trainer did not create)`,
+    );
   }
   const g0 = pg[0]!;
-  const lr = g0.get("lr"), eps = g0.get("eps"), betas = g0.get("betas");
+  const lr = g0.get("lr"),
+    eps = g0.get("eps"),
+    betas = g0.get("betas");
   if (!isNumber(lr) || !isNumber(eps) || !(betas instanceof PyTuple) || betas.length !== 2 || !betas.items.every((b) => isNumber(b))) {
-    throw fail(file, `param_groups[0]: lr, eps and betas must be floats (got ${pyRepr(lr ?? null)}, ${pyRepr(eps ?? null)}, ${pyRepr(betas ?? null)})`);
+    throw fail(
+      file,
+      `param_groups[0]: lr, eps and betas must be floats (got ${pyRepr(lr ?? null)}, ${pyRepr(eps ?? null)}, ${pyRepr(betas ?? null)})`,
+    );
   }
   pg.forEach((g, i) => {
-    for (const key of ["lr", "eps"] as const) if (g.get(key) !== g0.get(key)) throw fail(file, `param_groups[${i}].${key} ${pyRepr(g.get(key) ?? null)} differs from group 0's: one optimizer setting per run is supported`);
+    for (const key of ["lr", "eps"] as const)
+      if (g.get(key) !== g0.get(key))
+        throw fail(
+          file,
+          `param_groups[${i}].${key} ${pyRepr(g.get(key) ?? null)} differs from group 0's: one optimizer setting per run is supported`,
+        );
     const b = g.get("betas");
     if (!(b instanceof PyTuple) || b.items.some((x, j) => x !== betas.items[j])) throw fail(file, `param_groups[${i}].betas differ from group 0's`);
-    for (const flag of ["amsgrad", "maximize"] as const) if (g.get(flag) === true) throw fail(file, `param_groups[${i}].${flag} is True, which staged's AdamW does not implement`);
+    for (const flag of ["amsgrad", "maximize"] as const)
+      if (g.get(flag) === true) throw fail(file, `param_groups[${i}].${flag} is True, which staged's AdamW does not implement`);
     if (!isNumber(g.get("weight_decay"))) throw fail(file, `param_groups[${i}].weight_decay must be a float`);
   });
-  if (pg[1]!.get("weight_decay") !== 0) throw fail(file, `param_groups[1] (biases and norms) has weight decay ${pyRepr(pg[1]!.get("weight_decay")!)}; Trainer's has 0`);
+  if (pg[1]!.get("weight_decay") !== 0)
+    throw fail(file, `param_groups[1] (biases and norms) has weight decay ${pyRepr(pg[1]!.get("weight_decay")!)}; Trainer's has 0`);
 
   const state = value.get("state") as PyDict;
-  const expAvg = new Map<string, LazyTensor>(), expAvgSq = new Map<string, LazyTensor>();
+  const expAvg = new Map<string, LazyTensor>(),
+    expAvgSq = new Map<string, LazyTensor>();
   const specs = new Map(paramSpecs.map((s) => [s.name, s]));
-  let step: number | null = null, stateKeys: string[] = ["step", "exp_avg", "exp_avg_sq"];
+  let step: number | null = null,
+    stateKeys: string[] = ["step", "exp_avg", "exp_avg_sq"];
   let stepStored: TrainerRecords["stepStored"] = { dtype: "F32" };
   const seen = new Set<bigint>();
   for (const [gi, g] of pg.entries()) {
@@ -167,12 +251,20 @@ async function readOptimizer(value: PyValue, groups: [string[], string[]], param
       const s = state.get(index);
       if (s === undefined) continue;
       if (!(s instanceof PyDict)) throw fail(file, `state[${index}] is not a dict`);
-      const m = s.get("exp_avg"), v = s.get("exp_avg_sq"), st = s.get("step");
+      const m = s.get("exp_avg"),
+        v = s.get("exp_avg_sq"),
+        st = s.get("step");
       const spec = specs.get(paramName)!;
-      for (const [key, t] of [["exp_avg", m], ["exp_avg_sq", v]] as const) {
+      for (const [key, t] of [
+        ["exp_avg", m],
+        ["exp_avg_sq", v],
+      ] as const) {
         if (!(t instanceof TorchTensor)) throw fail(file, `state[${index}].${key} (${paramName}) is not a tensor`);
         if (t.shape.length !== spec.shape.length || t.shape.some((d, k) => d !== spec.shape[k])) {
-          throw fail(file, `state[${index}].${key} has shape [${t.shape.join(", ")}]; parameter ${index} of Trainer's groups is ${paramName} [${spec.shape.join(", ")}]`);
+          throw fail(
+            file,
+            `state[${index}].${key} has shape [${t.shape.join(", ")}]; parameter ${index} of Trainer's groups is ${paramName} [${spec.shape.join(", ")}]`,
+          );
         }
       }
       let stepValue: number;
@@ -192,21 +284,36 @@ async function readOptimizer(value: PyValue, groups: [string[], string[]], param
     }
   }
   if (expAvg.size !== 0 && expAvg.size !== seen.size) {
-    throw fail(file, `optimizer state for ${expAvg.size} of ${seen.size} parameters (parameters that never had a gradient?); staged needs all or none`);
+    throw fail(
+      file,
+      `optimizer state for ${expAvg.size} of ${seen.size} parameters (parameters that never had a gradient?); staged needs all or none`,
+    );
   }
-  for (const k of state.keys()) if (typeof k !== "bigint" || !seen.has(k)) throw fail(file, `state[${pyRepr(k as PyValue)}] belongs to no parameter group`);
+  for (const k of state.keys())
+    if (typeof k !== "bigint" || !seen.has(k)) throw fail(file, `state[${pyRepr(k as PyValue)}] belongs to no parameter group`);
   return {
-    groups: pg, lr, betas: [betas.items[0] as number, betas.items[1] as number], eps, weightDecay: g0.get("weight_decay") as number,
-    step: step ?? 0, stateKeys, stepStored,
+    groups: pg,
+    lr,
+    betas: [betas.items[0] as number, betas.items[1] as number],
+    eps,
+    weightDecay: g0.get("weight_decay") as number,
+    step: step ?? 0,
+    stateKeys,
+    stepStored,
     ...(expAvg.size ? { expAvg, expAvgSq } : {}),
   };
 }
 
-async function readScheduler(path: string, file: string, groups: number): Promise<{ dict: PyDict; baseLrs: number[]; lastEpoch: number; lastLr: number; serializationId: string | null }> {
+async function readScheduler(
+  path: string,
+  file: string,
+  groups: number,
+): Promise<{ dict: PyDict; baseLrs: number[]; lastEpoch: number; lastLr: number; serializationId: string | null }> {
   const f = await TorchFile.open(path);
   try {
     const d = f.value;
-    const baseLrs = d instanceof PyDict ? d.get("base_lrs") : undefined, last = d instanceof PyDict ? d.get("last_epoch") : undefined;
+    const baseLrs = d instanceof PyDict ? d.get("base_lrs") : undefined,
+      last = d instanceof PyDict ? d.get("last_epoch") : undefined;
     const lastLr = d instanceof PyDict ? d.get("_last_lr") : undefined;
     const floats = (v: PyValue | undefined): v is number[] => Array.isArray(v) && v.length === groups && v.every((x) => isNumber(x));
     if (!(d instanceof PyDict) || !floats(baseLrs) || typeof last !== "bigint" || !floats(lastLr)) {
@@ -222,7 +329,12 @@ async function readScheduler(path: string, file: string, groups: number): Promis
 
 /** torch 2.x AdamW's group options, for a state that did not come from a Trainer checkpoint (`staged convert --to hf-trainer`). */
 const DEFAULT_GROUP: readonly [string, PyValue][] = [
-  ["amsgrad", false], ["maximize", false], ["foreach", null], ["capturable", false], ["differentiable", false], ["fused", null],
+  ["amsgrad", false],
+  ["maximize", false],
+  ["foreach", null],
+  ["capturable", false],
+  ["differentiable", false],
+  ["fused", null],
   ["decoupled_weight_decay", true],
 ];
 
@@ -242,15 +354,22 @@ function lrAt(records: TrainerRecords, step: number): number | null {
  * at or after the checkpoint's step would be silently dropped.
  */
 function checkExpressible(state: TrainingState, file: string): void {
-  const s = state.schedule, step = state.progress.step;
+  const s = state.schedule,
+    step = state.progress.step;
   if (!s) return;
   if (s.restarts.some((r) => r.warmupSteps > 0 && r.step + r.warmupSteps > step)) {
-    throw fail(file, "an LR re-warmup (--rewarmup) cannot be written to a Trainer checkpoint: Trainer rebuilds its schedule from its " +
-      "arguments at resume (scheduler.pt keeps only base LRs and the step); grow without --rewarmup, or convert to the staged format");
+    throw fail(
+      file,
+      "an LR re-warmup (--rewarmup) cannot be written to a Trainer checkpoint: Trainer rebuilds its schedule from its " +
+        "arguments at resume (scheduler.pt keeps only base LRs and the step); grow without --rewarmup, or convert to the staged format",
+    );
   }
   if ((s.paramScales ?? []).some((p) => p.scale !== 1 && (p.rampSteps === 0 || p.step + p.rampSteps > step))) {
-    throw fail(file, "per-parameter LR factors (--lr-scale-params fanIn, --lr-ramp) cannot be written to a Trainer checkpoint: " +
-      "its optimizer has one LR per group (decayed, not decayed); use --lr-scale alone, or convert to the staged format");
+    throw fail(
+      file,
+      "per-parameter LR factors (--lr-scale-params fanIn, --lr-ramp) cannot be written to a Trainer checkpoint: " +
+        "its optimizer has one LR per group (decayed, not decayed); use --lr-scale alone, or convert to the staged format",
+    );
   }
 }
 
@@ -272,8 +391,11 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
     const scale = opt.lr / records.baseLrs[0]!;
     const lr0 = lrAt(records, step);
     if (lr0 === null) {
-      throw fail(optimizerFile, `the LR of Trainer's schedule at step ${step} is unknown: LambdaLR saves no lambdas, trainer_state.json's ` +
-        "log_history has no learning_rate there, and no linear, cosine or constant schedule gives every logged one");
+      throw fail(
+        optimizerFile,
+        `the LR of Trainer's schedule at step ${step} is unknown: LambdaLR saves no lambdas, trainer_state.json's ` +
+          "log_history has no learning_rate there, and no linear, cosine or constant schedule gives every logged one",
+      );
     }
     // Each group's LR relative to group 0's, as its base LR is (exact as read when nothing changed: the factors are 1).
     const b0 = records.baseLrs[0]!;
@@ -294,9 +416,16 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
   const paramGroups = [decayed, notDecayed].map((group, g) => {
     const out = new PyDict("dict");
     for (const [k, v] of groupTemplates[g]!.entries()) out.set(k, v);
-    out.set("weight_decay", wd[g]!).set("lr", lrs[g]!).set("betas", new PyTuple([opt.betas[0], opt.betas[1]])).set("eps", opt.eps);
+    out
+      .set("weight_decay", wd[g]!)
+      .set("lr", lrs[g]!)
+      .set("betas", new PyTuple([opt.betas[0], opt.betas[1]]))
+      .set("eps", opt.eps);
     out.set("initial_lr", baseLrs[g]!);
-    out.set("params", group.map(() => index++));
+    out.set(
+      "params",
+      group.map(() => index++),
+    );
     return out;
   });
   const momentTensors: TensorEntry[] = [];
@@ -304,13 +433,15 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
   if (opt.expAvg && opt.expAvgSq) {
     const stored = records?.stepStored ?? { dtype: "F32" as DType };
     names.forEach((n, i) => {
-      const mm = opt.expAvg!.get(n), vv = opt.expAvgSq!.get(n);
+      const mm = opt.expAvg!.get(n),
+        vv = opt.expAvgSq!.get(n);
       if (!mm || !vv) throw fail(optimizerFile, `the state has no moments for ${n}`);
       const stepValue: PyValue | Tensor = stored === "float" ? opt.step : scalar(stored.dtype, opt.step);
       const entry = new PyDict("dict");
       const values: Record<string, PyValue | Tensor | LazyTensor> = { step: stepValue, exp_avg: mm, exp_avg_sq: vv };
       for (const k of records?.stateKeys ?? ["step", "exp_avg", "exp_avg_sq"]) {
-        if (!(k in values)) throw fail(optimizerFile, `the Trainer checkpoint's optimizer state has a "${k}" per parameter, which staged does not keep`);
+        if (!(k in values))
+          throw fail(optimizerFile, `the Trainer checkpoint's optimizer state has a "${k}" per parameter, which staged does not keep`);
         entry.set(k, values[k] as PyValue);
       }
       perParam.set(BigInt(i), entry);
@@ -321,11 +452,23 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
 
   // scheduler.pt: LambdaLR's counters at the step, its base LRs those of the groups.
   const scheduler = new PyDict("dict");
-  const template = records?.scheduler ?? PyDict.from({
-    base_lrs: [], last_epoch: 0n, _step_count: 0n, _is_initial: false, _get_lr_called_within_step: false, _last_lr: [], lr_lambdas: [new PyDict(), new PyDict()],
-  });
+  const template =
+    records?.scheduler ??
+    PyDict.from({
+      base_lrs: [],
+      last_epoch: 0n,
+      _step_count: 0n,
+      _is_initial: false,
+      _get_lr_called_within_step: false,
+      _last_lr: [],
+      lr_lambdas: [new PyDict(), new PyDict()],
+    });
   for (const [k, v] of template.entries()) scheduler.set(k, v);
-  scheduler.set("base_lrs", baseLrs).set("last_epoch", BigInt(step)).set("_step_count", BigInt(step + 1)).set("_last_lr", lrs);
+  scheduler
+    .set("base_lrs", baseLrs)
+    .set("last_epoch", BigInt(step))
+    .set("_step_count", BigInt(step + 1))
+    .set("_last_lr", lrs);
 
   // trainer_state.json: the step, the compute, the log with each growth since the checkpoint was read.
   const ts: Record<string, unknown> = { ...(records?.trainerState ?? defaultTrainerState(state)) };
@@ -344,7 +487,10 @@ function contents(state: TrainingState, m: ModelToSave, options: SaveOptions): C
     tensors: [...m.model.entries, ...momentTensors],
     write: async (tmp: string, observer: WriteObserver) => {
       await writeModelFiles(tmp, state, m, observer, options);
-      await writeTorchFile(join(tmp, optimizerFile), optimizerDict, { observer: torchObserver(observer, names), serializationId: records?.serializationIds.optimizer ?? null });
+      await writeTorchFile(join(tmp, optimizerFile), optimizerDict, {
+        observer: torchObserver(observer, names),
+        serializationId: records?.serializationIds.optimizer ?? null,
+      });
       await writeTorchFile(join(tmp, TRAINER_FILES.scheduler), scheduler, { serializationId: records?.serializationIds.scheduler ?? null });
       await writeFile(join(tmp, TRAINER_FILES.state), formatTrainerState(ts));
       for (const [f, bytes] of records?.copied ?? []) await writeFile(join(tmp, f), bytes);
@@ -397,11 +543,26 @@ function torchObserver(observer: WriteObserver, names: readonly string[]): Torch
 /** trainer_state.json for a state that did not come from a Trainer checkpoint: TrainerState's fields with its defaults. */
 function defaultTrainerState(state: TrainingState): Record<string, unknown> {
   return {
-    best_global_step: null, best_metric: null, best_model_checkpoint: null, epoch: 0, eval_steps: 500,
-    global_step: state.progress.step, is_hyper_param_search: false, is_local_process_zero: true, is_world_process_zero: true,
-    log_history: [], logging_steps: 500, max_steps: state.schedule?.totalSteps ?? state.progress.step, num_input_tokens_seen: 0,
-    num_train_epochs: 1, save_steps: 500, stateful_callbacks: {}, total_flos: 0, train_batch_size: state.training?.batch ?? null,
-    trial_name: null, trial_params: null,
+    best_global_step: null,
+    best_metric: null,
+    best_model_checkpoint: null,
+    epoch: 0,
+    eval_steps: 500,
+    global_step: state.progress.step,
+    is_hyper_param_search: false,
+    is_local_process_zero: true,
+    is_world_process_zero: true,
+    log_history: [],
+    logging_steps: 500,
+    max_steps: state.schedule?.totalSteps ?? state.progress.step,
+    num_input_tokens_seen: 0,
+    num_train_epochs: 1,
+    save_steps: 500,
+    stateful_callbacks: {},
+    total_flos: 0,
+    train_batch_size: state.training?.batch ?? null,
+    trial_name: null,
+    trial_params: null,
   };
 }
 
@@ -430,9 +591,12 @@ export function trainerSummary(state: TrainingState): TrainerSummary | null {
     .map((e) => ({ step: e.step, loss: e.loss }));
   const base = lrAt(r, state.progress.step);
   return {
-    globalStep: state.progress.step, maxSteps: r.trainerState.max_steps ?? null,
+    globalStep: state.progress.step,
+    maxSteps: r.trainerState.max_steps ?? null,
     lr: base === null ? null : base * (state.optimizer.lr / r.baseLrs[0]!),
-    schedule: r.schedule, lastLosses: losses.slice(-3), copiedFiles: [...r.copied.keys()],
+    schedule: r.schedule,
+    lastLosses: losses.slice(-3),
+    copiedFiles: [...r.copied.keys()],
   };
 }
 
@@ -446,13 +610,17 @@ export function trainingProblem(state: TrainingState, scheduleOptions: readonly 
   const r = trainerRecords(state);
   if (!r) return null;
   if (!r.schedule) {
-    return "Trainer's learning-rate schedule could not be found from trainer_state.json's logged learning rates (LambdaLR saves no " +
-      "lambdas), so the LRs of further steps are unknown: convert it (`staged convert --to staged`) and train that with --schedule, --warmup and --total-steps";
+    return (
+      "Trainer's learning-rate schedule could not be found from trainer_state.json's logged learning rates (LambdaLR saves no " +
+      "lambdas), so the LRs of further steps are unknown: convert it (`staged convert --to staged`) and train that with --schedule, --warmup and --total-steps"
+    );
   }
   if (scheduleOptions.length) {
-    return "a Hugging Face Trainer checkpoint trains on with Trainer's schedule (found from its logged LRs, and what Trainer rebuilds from " +
+    return (
+      "a Hugging Face Trainer checkpoint trains on with Trainer's schedule (found from its logged LRs, and what Trainer rebuilds from " +
       `its arguments when it resumes): ${scheduleOptions.join(", ")} would make the checkpoint's scheduler.pt disagree; convert it ` +
-      "(`staged convert --to staged`) to train it with another schedule";
+      "(`staged convert --to staged`) to train it with another schedule"
+    );
   }
   return null;
 }

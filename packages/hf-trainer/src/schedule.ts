@@ -2,7 +2,10 @@ import type { LrScheduleSpec } from "@staged/core";
 import { createLrSchedule } from "@staged/scheduler";
 
 /** The LR the schedule gives at `step` (the LR of update step + 1), as Trainer recorded it. */
-export interface LrPoint { step: number; lr: number }
+export interface LrPoint {
+  step: number;
+  lr: number;
+}
 
 /**
  * Trainer's schedules that @staged/scheduler has as kinds with the same formulas (transformers' optimization.py:
@@ -37,7 +40,13 @@ export function inferSchedule(points: readonly LrPoint[], peakLr: number, totalS
   for (const kind of KINDS) {
     for (const w of warmups) {
       if (!(Number.isInteger(w) && w >= 0 && (kind === "constant" || w <= totalSteps)) || (kind !== "constant" && totalSteps < 1)) continue;
-      const spec: LrScheduleSpec = { kind, peakLr, warmupSteps: w, totalSteps: kind === "constant" ? Math.max(totalSteps, w) : totalSteps, restarts: [] };
+      const spec: LrScheduleSpec = {
+        kind,
+        peakLr,
+        warmupSteps: w,
+        totalSteps: kind === "constant" ? Math.max(totalSteps, w) : totalSteps,
+        restarts: [],
+      };
       if (scheduleFits(spec, points)) fits.push(spec);
     }
   }
@@ -48,7 +57,8 @@ export function inferSchedule(points: readonly LrPoint[], peakLr: number, totalS
 }
 
 function sameOnSteps(a: LrScheduleSpec, b: LrScheduleSpec, last: number): boolean {
-  const fa = createLrSchedule(a), fb = createLrSchedule(b);
+  const fa = createLrSchedule(a),
+    fb = createLrSchedule(b);
   for (let s = 0; s <= last; s++) if (Math.abs(fa(s) - fb(s)) > TOLERANCE * a.peakLr) return false;
   return true;
 }

@@ -27,8 +27,16 @@ export function parseTrainerState(text: string, file: string): TrainerStateJson 
 
 /** JSON as Trainer writes trainer_state.json (`json.dumps(..., indent=2, sort_keys=True)`): keys sorted at every level. */
 export function formatTrainerState(value: Record<string, unknown>): string {
-  const sorted = (v: unknown): unknown => Array.isArray(v) ? v.map(sorted)
-    : v !== null && typeof v === "object" ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sorted((v as Record<string, unknown>)[k])])) : v;
+  const sorted = (v: unknown): unknown =>
+    Array.isArray(v)
+      ? v.map(sorted)
+      : v !== null && typeof v === "object"
+        ? Object.fromEntries(
+            Object.keys(v)
+              .sort()
+              .map((k) => [k, sorted((v as Record<string, unknown>)[k])]),
+          )
+        : v;
   return JSON.stringify(sorted(value), null, 2) + "\n";
 }
 
@@ -45,21 +53,40 @@ export const GROWTH_KEY = "staged_growth";
 export const SCHEDULE_KEY = "staged_schedule";
 
 const shape = z.looseObject({
-  layers: count, dModel: count, heads: count, headDim: count, ffn: count, vocab: count, context: count,
-  kvHeads: count.optional(), gatedMlp: z.boolean().optional(),
+  layers: count,
+  dModel: count,
+  heads: count,
+  headDim: count,
+  ffn: count,
+  vocab: count,
+  context: count,
+  kvHeads: count.optional(),
+  gatedMlp: z.boolean().optional(),
 });
 const scheduleSchema = z.object({
-  kind: z.string(), peakLr: z.number().min(0), warmupSteps: count, totalSteps: count, restarts: z.array(z.object({ step: count, warmupSteps: count })),
+  kind: z.string(),
+  peakLr: z.number().min(0),
+  warmupSteps: count,
+  totalSteps: count,
+  restarts: z.array(z.object({ step: count, warmupSteps: count })),
 });
 const growthSchema = z.object({
-  operator: z.string(), options: z.record(z.string(), z.unknown()), before: shape, after: shape,
-  step: count, continueAt: count.optional(),
+  operator: z.string(),
+  options: z.record(z.string(), z.unknown()),
+  before: shape,
+  after: shape,
+  step: count,
+  continueAt: count.optional(),
   /** The schedule Trainer's LRs were found to follow when the growth was written, at the grown model's base LR. */
   schedule: scheduleSchema.nullable().optional(),
 });
 
 /** A growth as read from the log: the stage, and the schedule recorded with it. */
-export interface LoggedGrowth { stage: StageRecord; schedule: LrScheduleSpec | null; index: number }
+export interface LoggedGrowth {
+  stage: StageRecord;
+  schedule: LrScheduleSpec | null;
+  index: number;
+}
 
 /** The growths recorded in a log history, in order (see GROWTH_KEY); `file` names it in errors. */
 export function loggedGrowths(log: readonly Record<string, unknown>[], file: string): LoggedGrowth[] {
@@ -82,7 +109,11 @@ export function recordedSchedule(log: readonly Record<string, unknown>[], file: 
     if (v === undefined) continue;
     if (v === null) return null;
     const r = scheduleSchema.safeParse(v);
-    if (!r.success) throw schemaError(file, new z.ZodError(r.error.issues.map((x) => ({ ...x, path: ["log_history", i, GROWTH_KEY in e ? GROWTH_KEY : SCHEDULE_KEY, ...x.path] }))));
+    if (!r.success)
+      throw schemaError(
+        file,
+        new z.ZodError(r.error.issues.map((x) => ({ ...x, path: ["log_history", i, GROWTH_KEY in e ? GROWTH_KEY : SCHEDULE_KEY, ...x.path] }))),
+      );
     return r.data as LrScheduleSpec;
   }
   return null;
@@ -90,5 +121,7 @@ export function recordedSchedule(log: readonly Record<string, unknown>[], file: 
 
 export const growthsOf = (log: readonly Record<string, unknown>[], file: string): StageRecord[] => loggedGrowths(log, file).map((g) => g.stage);
 
-export const growthEntry = (stage: StageRecord, schedule: LrScheduleSpec | null): Record<string, unknown> =>
-  ({ step: stage.continueAt ?? stage.step, [GROWTH_KEY]: { ...stage, schedule } });
+export const growthEntry = (stage: StageRecord, schedule: LrScheduleSpec | null): Record<string, unknown> => ({
+  step: stage.continueAt ?? stage.step,
+  [GROWTH_KEY]: { ...stage, schedule },
+});

@@ -33,7 +33,9 @@ export function formatParams(n: number): string {
 export function planPlotRows(plan: Plan, maxPointsPerCurve = 200): { curves: PlotRow[]; marks: (PlotRow & { label: string })[] } {
   const curves: PlotRow[] = [];
   for (const c of plan.curves) {
-    thin(c.points, maxPointsPerCurve).forEach((p, i) => curves.push({ series: `${formatParams(c.params)} from scratch`, compute: p.compute, loss: p.loss, order: i }));
+    thin(c.points, maxPointsPerCurve).forEach((p, i) =>
+      curves.push({ series: `${formatParams(c.params)} from scratch`, compute: p.compute, loss: p.loss, order: i }),
+    );
   }
   // The staged path: each stage's part of its own curve, shifted to the run's cumulative compute.
   const marks: (PlotRow & { label: string })[] = [];
@@ -46,13 +48,26 @@ export function planPlotRows(plan: Plan, maxPointsPerCurve = 200): { curves: Plo
     const part = pts.filter((p) => p.step >= startStep && p.step <= endStep);
     if (!part.length) continue;
     const base = k === 0 ? 0 : part[0]!.compute;
-    for (const p of thin(part, maxPointsPerCurve)) curves.push({ series: "staged path", compute: offset + p.compute - base, loss: p.loss, order: order++ });
+    for (const p of thin(part, maxPointsPerCurve))
+      curves.push({ series: "staged path", compute: offset + p.compute - base, loss: p.loss, order: order++ });
     const end = part[part.length - 1]!;
     if (k < plan.stages.length) {
       const s = plan.stages[k]!;
-      marks.push({ series: "growth", label: `${s.operator} growth at step ${s.growAtStep} → continue at ${s.continueAtStep}`, compute: offset + end.compute - base, loss: end.loss, order: k });
+      marks.push({
+        series: "growth",
+        label: `${s.operator} growth at step ${s.growAtStep} → continue at ${s.continueAtStep}`,
+        compute: offset + end.compute - base,
+        loss: end.loss,
+        order: k,
+      });
     } else {
-      marks.push({ series: "optimality", label: `optimality at step ${plan.optimalityStep}`, compute: offset + end.compute - base, loss: end.loss, order: k });
+      marks.push({
+        series: "optimality",
+        label: `optimality at step ${plan.optimalityStep}`,
+        compute: offset + end.compute - base,
+        loss: end.loss,
+        order: k,
+      });
       const scratch = pts.find((p) => p.step === plan.optimalityStep);
       if (scratch) marks.push({ series: "optimality", label: "optimality from scratch", compute: scratch.compute, loss: scratch.loss, order: k + 1 });
     }

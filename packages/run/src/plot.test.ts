@@ -14,13 +14,40 @@ function run(group: string, seed: number, scale: number, growAt?: number, n = 30
   const growths =
     growAt === undefined
       ? []
-      : [{ stage: 1, operator: "width", options: {}, flops: growAt * 1e12 * scale, globalStep: growAt * 10, timing: "auto", valLossBefore: points[growAt]!.valLoss, valLossAfter: points[growAt]!.valLoss + 0.4, paramsBefore: 1e6, paramsAfter: 4e6 }];
-  return { format: "staged-run-result", version: 1, name: `${group}-s${seed}`, group, seed, done: true, budgetFlops: n * 1e12 * scale, points, growths };
+      : [
+          {
+            stage: 1,
+            operator: "width",
+            options: {},
+            flops: growAt * 1e12 * scale,
+            globalStep: growAt * 10,
+            timing: "auto",
+            valLossBefore: points[growAt]!.valLoss,
+            valLossAfter: points[growAt]!.valLoss + 0.4,
+            paramsBefore: 1e6,
+            paramsAfter: 4e6,
+          },
+        ];
+  return {
+    format: "staged-run-result",
+    version: 1,
+    name: `${group}-s${seed}`,
+    group,
+    seed,
+    done: true,
+    budgetFlops: n * 1e12 * scale,
+    points,
+    growths,
+  };
 }
 
 const results = [run("baseline", 0, 1), run("baseline", 1, 1.1), run("staged", 0, 0.8, 12), run("staged", 1, 0.85, 12)];
 
-type Layer = { data?: { values: Record<string, unknown>[] }; mark: { type: string }; encoding: Record<string, { scale?: { domain?: number[] } } & Record<string, unknown>> };
+type Layer = {
+  data?: { values: Record<string, unknown>[] };
+  mark: { type: string };
+  encoding: Record<string, { scale?: { domain?: number[] } } & Record<string, unknown>>;
+};
 type Spec = { background: string; vconcat: [{ layer: Layer[] }, { hconcat: { layer: Layer[] }[] }?] };
 
 describe("reportSpec", () => {

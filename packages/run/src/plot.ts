@@ -21,7 +21,14 @@ const ZOOM_FRACTION = 0.3;
 /** The saving panel's loss grid starts at the baseline's mean loss at EARLY_FRACTION of its budget. */
 const EARLY_FRACTION = 0.1;
 /** The target rules' dashes, one per target (all dashed: a solid line would read as a curve). */
-const TARGET_DASHES = [[5, 4], [2, 2], [8, 3, 2, 3], [1, 4], [10, 4], [4, 2, 1, 2]];
+const TARGET_DASHES = [
+  [5, 4],
+  [2, 2],
+  [8, 3, 2, 3],
+  [1, 4],
+  [10, 4],
+  [4, 2, 1, 2],
+];
 /** Losses on the saving panel's grid. */
 const GRID_POINTS = 40;
 
@@ -103,7 +110,16 @@ export function reportSpec(results: readonly RunResult[], report?: RunReport, op
   for (const r of sorted) {
     r.points.forEach((p, i) => {
       if (p.flops > 0 && Number.isFinite(p.flops) && Number.isFinite(p.valLoss)) {
-        curves.push({ run: r.name, group: r.group, seed: r.seed, flops: p.flops, valLoss: p.valLoss, globalStep: p.globalStep, stage: p.stage, order: i });
+        curves.push({
+          run: r.name,
+          group: r.group,
+          seed: r.seed,
+          flops: p.flops,
+          valLoss: p.valLoss,
+          globalStep: p.globalStep,
+          stage: p.stage,
+          order: i,
+        });
       }
     });
     r.growths.forEach((g, k) => {
@@ -112,14 +128,22 @@ export function reportSpec(results: readonly RunResult[], report?: RunReport, op
       growths.push({ run: r.name, group: r.group, operator: g.operator, flops: g.flops, valLoss: g.valLossBefore, label });
     });
   }
-  const targets = (report?.targets ?? []).filter((t) => Number.isFinite(t.loss)).map((t) => ({ loss: t.loss, label: `${t.label} ${t.loss.toFixed(4)}` }));
+  const targets = (report?.targets ?? [])
+    .filter((t) => Number.isFinite(t.loss))
+    .map((t) => ({ loss: t.loss, label: `${t.label} ${t.loss.toFixed(4)}` }));
 
   const x = { field: "flops", type: "quantitative", scale: { type: "log" }, title: "training FLOPs", axis: { format: "~e" } };
-  const yOf = (domain: [number, number]) => ({ field: "valLoss", type: "quantitative", scale: { zero: false, nice: false, domain }, title: "validation loss" });
+  const yOf = (domain: [number, number]) => ({
+    field: "valLoss",
+    type: "quantitative",
+    scale: { zero: false, nice: false, domain },
+    title: "validation loss",
+  });
   const y = yOf(paddedDomain([...curves.map((c) => c.valLoss), ...growths.map((g) => g.valLoss), ...targets.map((t) => t.loss)]));
 
   const groups = [...new Set(sorted.map((r) => r.group))];
-  const title = options.title ?? `Validation loss against training FLOPs: ${groups.join(", ")} (${results.length} run${results.length === 1 ? "" : "s"})`;
+  const title =
+    options.title ?? `Validation loss against training FLOPs: ${groups.join(", ")} (${results.length} run${results.length === 1 ? "" : "s"})`;
   const subtitle: string[] = [];
   for (const g of report?.groups ?? []) {
     for (const r of g.reach) {
@@ -130,7 +154,12 @@ export function reportSpec(results: readonly RunResult[], report?: RunReport, op
   }
 
   /** The curves, growths and targets on the given axes (shared by the main and the zoomed panel). */
-  const lossLayers = (xEnc: Record<string, unknown>, yEnc: Record<string, unknown>, data: typeof curves, grown: typeof growths): Record<string, unknown>[] => {
+  const lossLayers = (
+    xEnc: Record<string, unknown>,
+    yEnc: Record<string, unknown>,
+    data: typeof curves,
+    grown: typeof growths,
+  ): Record<string, unknown>[] => {
     const layer: Record<string, unknown>[] = [
       {
         data: { values: data },
@@ -157,7 +186,14 @@ export function reportSpec(results: readonly RunResult[], report?: RunReport, op
         mark: { type: "rule", color: "#555", strokeWidth: 1, clip: true },
         encoding: {
           y: { ...yEnc, field: "loss" },
-          strokeDash: { field: "label", type: "nominal", title: "target loss", sort: null, scale: { range: TARGET_DASHES }, legend: { labelLimit: 400 } },
+          strokeDash: {
+            field: "label",
+            type: "nominal",
+            title: "target loss",
+            sort: null,
+            scale: { range: TARGET_DASHES },
+            legend: { labelLimit: 400 },
+          },
           tooltip: { field: "label", type: "nominal" },
         },
       });
@@ -182,17 +218,31 @@ export function reportSpec(results: readonly RunResult[], report?: RunReport, op
   if (zoomed.length && end > from) {
     // Each run's last point before the zoom too, so its line enters from the left edge (clipped).
     const entering = sorted.flatMap((r) => curves.filter((c) => c.run === r.name && c.flops < from).slice(-1));
-    const zx = { ...x, scale: { type: "linear", domain: [from, end], nice: false }, title: `training FLOPs (the last ${ZOOM_FRACTION * 100}% of the budget)` };
+    const zx = {
+      ...x,
+      scale: { type: "linear", domain: [from, end], nice: false },
+      title: `training FLOPs (the last ${ZOOM_FRACTION * 100}% of the budget)`,
+    };
     below.push({
       width: lowerWidth,
       height: lowerHeight,
-      layer: lossLayers(zx, yOf(paddedDomain(zoomed.map((c) => c.valLoss))), [...entering, ...zoomed], growths.filter((g) => g.flops >= from)),
+      layer: lossLayers(
+        zx,
+        yOf(paddedDomain(zoomed.map((c) => c.valLoss))),
+        [...entering, ...zoomed],
+        growths.filter((g) => g.flops >= from),
+      ),
     });
   }
   const savings = report ? savingCurves(results, report.baseline) : [];
   if (savings.length) {
     const savingY = { field: "saving", type: "quantitative", title: `FLOPs saving vs ${report!.baseline}`, axis: { format: ".0%" } };
-    const lx = { field: "loss", type: "quantitative", scale: { zero: false, nice: false, reverse: true }, title: "validation loss reached (for good)" };
+    const lx = {
+      field: "loss",
+      type: "quantitative",
+      scale: { zero: false, nice: false, reverse: true },
+      title: "validation loss reached (for good)",
+    };
     below.push({
       width: lowerWidth,
       height: lowerHeight,

@@ -7,7 +7,14 @@ import { createDefaultRegistry, parseJsonFile, readTextInput, type GrowthTimingP
 import { widthGrowth } from "@staged/grow-width";
 import { depthGrowth } from "@staged/grow-depth";
 import {
-  fitLossCeiling, isChinchillaLaw, lawFromFit, lrScheduleKinds, registerScheduler, registeredLaw, type ChinchillaLaw, type FitResult,
+  fitLossCeiling,
+  isChinchillaLaw,
+  lawFromFit,
+  lrScheduleKinds,
+  registerScheduler,
+  registeredLaw,
+  type ChinchillaLaw,
+  type FitResult,
 } from "@staged/scheduler";
 import { ortTrainer, type OrtTrainerPlugin } from "@staged/trainer-ort";
 import type { RunSpec, StageSpec } from "./spec.js";
@@ -19,8 +26,11 @@ import { autoTiming, planTiming } from "./timing.js";
  * checkpoint formats to it). Research code registers its own plugins in it and passes it as executeRun's `registry`.
  */
 export function createRunRegistry(): Registry {
-  return registerScheduler(createDefaultRegistry()).register("growth", widthGrowth).register("growth", depthGrowth)
-    .register("growthTiming", autoTiming).register("growthTiming", planTiming)
+  return registerScheduler(createDefaultRegistry())
+    .register("growth", widthGrowth)
+    .register("growth", depthGrowth)
+    .register("growthTiming", autoTiming)
+    .register("growthTiming", planTiming)
     .register("trainer", ortTrainer);
 }
 
@@ -45,9 +55,11 @@ export function checkTimingRules(spec: RunSpec, registry: Registry = createRunRe
     const name = timingRule(stage);
     if (name === null) return [];
     const at = where(file, `stages[${i}].at`);
-    if (!registry.has("growthTiming", name)) throw new Error(`${at}: unknown growth-timing rule "${name}" (registered: ${registered(registry, "growthTiming")})`);
+    if (!registry.has("growthTiming", name))
+      throw new Error(`${at}: unknown growth-timing rule "${name}" (registered: ${registered(registry, "growthTiming")})`);
     const rule = registry.get("growthTiming", name);
-    if (rule.needsLaw && spec.law === undefined) throw new Error(`${at}: the rule "${name}" needs the spec's law (a fit.json from \`staged plan fit --form chinchilla\`)`);
+    if (rule.needsLaw && spec.law === undefined)
+      throw new Error(`${at}: the rule "${name}" needs the spec's law (a fit.json from \`staged plan fit --form chinchilla\`)`);
     return [rule];
   });
 }
@@ -58,7 +70,11 @@ export function checkTimingRules(spec: RunSpec, registry: Registry = createRunRe
  * lrSchedule plugin, or a built-in kind) and the trainer. An unknown name is a one-line error naming the field (and
  * `file`, the spec's path, when given). Returns the rules and the trainer.
  */
-export function checkRunPlugins(spec: RunSpec, registry: Registry = createRunRegistry(), file?: string): { rules: GrowthTimingPlugin[]; trainer: OrtTrainerPlugin } {
+export function checkRunPlugins(
+  spec: RunSpec,
+  registry: Registry = createRunRegistry(),
+  file?: string,
+): { rules: GrowthTimingPlugin[]; trainer: OrtTrainerPlugin } {
   const rules = checkTimingRules(spec, registry, file);
   if (spec.law !== undefined && typeof spec.law !== "string") registeredRunLaw(spec.law.name, registry, file);
   const kinds = lrScheduleKinds(registry);
@@ -74,7 +90,8 @@ export function checkRunPlugins(spec: RunSpec, registry: Registry = createRunReg
  */
 export function runTrainer(spec: RunSpec, registry: Registry, file?: string): OrtTrainerPlugin {
   const name = spec.trainer ?? DEFAULT_TRAINER;
-  if (!registry.has("trainer", name)) throw new Error(`${where(file, "trainer")}: unknown trainer "${name}" (registered: ${registered(registry, "trainer")})`);
+  if (!registry.has("trainer", name))
+    throw new Error(`${where(file, "trainer")}: unknown trainer "${name}" (registered: ${registered(registry, "trainer")})`);
   return registry.get("trainer", name) as OrtTrainerPlugin;
 }
 
@@ -83,7 +100,8 @@ function registeredRunLaw(name: string, registry: Registry, file?: string): Chin
   const field = where(file, "law.name");
   if (!registry.has("scheduler", name)) throw new Error(`${field}: unknown scaling law "${name}" (registered: ${registered(registry, "scheduler")})`);
   const law = registeredLaw(registry, name);
-  if (!isChinchillaLaw(law)) throw new Error(`${field}: the law "${name}" is ${law.form}-form: growth timing in run units needs a Chinchilla-form law`);
+  if (!isChinchillaLaw(law))
+    throw new Error(`${field}: the law "${name}" is ${law.form}-form: growth timing in run units needs a Chinchilla-form law`);
   return law;
 }
 
@@ -91,7 +109,8 @@ function registeredRunLaw(name: string, registry: Registry, file?: string): Chin
 export async function loadLaw(file: string): Promise<{ law: ChinchillaLaw; maxLoss: number | null }> {
   const fit = parseJsonFile(await readTextInput(file, "the law"), file) as FitResult;
   const law = lawFromFit(fit, file);
-  if (!isChinchillaLaw(law)) throw new Error(`${file}: growth timing in run units needs a Chinchilla-form fit (staged plan fit --law chinchilla), got ${law.form}`);
+  if (!isChinchillaLaw(law))
+    throw new Error(`${file}: growth timing in run units needs a Chinchilla-form fit (staged plan fit --law chinchilla), got ${law.form}`);
   return { law, maxLoss: fitLossCeiling(fit) };
 }
 

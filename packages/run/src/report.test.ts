@@ -1,8 +1,16 @@
 import { describe, expect, it } from "vitest";
 import {
   frontierFlops,
-  compareRuns, DEFAULT_DYNAMICS_WINDOWS, flopsToFirstReach, flopsToReach, formatFlops, formatReport, growthDynamics, growthPenalty,
-  lossAtFlops, smoothCurve,
+  compareRuns,
+  DEFAULT_DYNAMICS_WINDOWS,
+  flopsToFirstReach,
+  flopsToReach,
+  formatFlops,
+  formatReport,
+  growthDynamics,
+  growthPenalty,
+  lossAtFlops,
+  smoothCurve,
 } from "./report.js";
 import type { CurvePoint, GrowthEvent, RunResult } from "./types.js";
 
@@ -12,15 +20,36 @@ function pts(rows: readonly (readonly [number, number, number?])[]): CurvePoint[
 }
 
 function growth(stage: number, flops: number, valLossBefore: number, operator = "width"): GrowthEvent {
-  return { stage, operator, options: {}, flops, globalStep: flops / 10, timing: "auto", valLossBefore, valLossAfter: valLossBefore + 0.5, paramsBefore: 1e6, paramsAfter: 4e6 };
+  return {
+    stage,
+    operator,
+    options: {},
+    flops,
+    globalStep: flops / 10,
+    timing: "auto",
+    valLossBefore,
+    valLossAfter: valLossBefore + 0.5,
+    paramsBefore: 1e6,
+    paramsAfter: 4e6,
+  };
 }
 
-function run(group: string, seed: number, rows: readonly (readonly [number, number, number?])[], growths: GrowthEvent[] = [], done = true): RunResult {
+function run(
+  group: string,
+  seed: number,
+  rows: readonly (readonly [number, number, number?])[],
+  growths: GrowthEvent[] = [],
+  done = true,
+): RunResult {
   return { format: "staged-run-result", version: 1, name: `${group}-s${seed}`, group, seed, done, budgetFlops: 1e3, points: pts(rows), growths };
 }
 
 describe("flopsToReach", () => {
-  const curve = pts([[100, 4.0], [200, 3.0], [300, 2.5]]);
+  const curve = pts([
+    [100, 4.0],
+    [200, 3.0],
+    [300, 2.5],
+  ]);
 
   it("interpolates the FLOPs linearly in the loss between the points around the crossing", () => {
     expect(flopsToReach(curve, 3.5)).toBe(150);
@@ -36,10 +65,24 @@ describe("flopsToReach", () => {
   });
 
   it("ignores a dip below the loss that goes back above it", () => {
-    const dip = pts([[100, 4.0], [200, 3.0], [300, 3.6], [400, 2.9]]);
+    const dip = pts([
+      [100, 4.0],
+      [200, 3.0],
+      [300, 3.6],
+      [400, 2.9],
+    ]);
     // Crosses 3.2 at 180 first, but goes back to 3.6: the sustained crossing is between 300 and 400.
     expect(flopsToReach(dip, 3.2)).toBeCloseTo(300 + (100 * 0.4) / 0.7, 9);
-    expect(flopsToReach(pts([[100, 4.0], [200, 3.0], [300, 3.6]]), 3.2)).toBeNull();
+    expect(
+      flopsToReach(
+        pts([
+          [100, 4.0],
+          [200, 3.0],
+          [300, 3.6],
+        ]),
+        3.2,
+      ),
+    ).toBeNull();
   });
 
   it("is null when the loss is never reached or there are no points", () => {
@@ -48,13 +91,49 @@ describe("flopsToReach", () => {
   });
 
   it("treats a NaN loss as above the target", () => {
-    expect(flopsToReach(pts([[100, 4], [200, Number.NaN], [300, 2]]), 3)).toBe(300);
-    expect(flopsToReach(pts([[100, 4], [200, 2], [300, Number.NaN]]), 3)).toBeNull();
+    expect(
+      flopsToReach(
+        pts([
+          [100, 4],
+          [200, Number.NaN],
+          [300, 2],
+        ]),
+        3,
+      ),
+    ).toBe(300);
+    expect(
+      flopsToReach(
+        pts([
+          [100, 4],
+          [200, 2],
+          [300, Number.NaN],
+        ]),
+        3,
+      ),
+    ).toBeNull();
   });
 
   it("accepts equal FLOPs and throws on points out of FLOPs order", () => {
-    expect(flopsToReach(pts([[100, 4], [200, 3.5], [200, 3.0]]), 3.2)).toBe(200);
-    expect(() => flopsToReach(pts([[100, 4], [300, 3], [200, 2]]), 3.5)).toThrow(/not in increasing flops order/);
+    expect(
+      flopsToReach(
+        pts([
+          [100, 4],
+          [200, 3.5],
+          [200, 3.0],
+        ]),
+        3.2,
+      ),
+    ).toBe(200);
+    expect(() =>
+      flopsToReach(
+        pts([
+          [100, 4],
+          [300, 3],
+          [200, 2],
+        ]),
+        3.5,
+      ),
+    ).toThrow(/not in increasing flops order/);
   });
 });
 
@@ -62,7 +141,17 @@ describe("growthPenalty", () => {
   const staged = run(
     "staged",
     0,
-    [[100, 4.0], [200, 3.5], [210, 3.9, 1], [250, 3.7, 1], [300, 3.4, 1], [350, 3.8, 1], [400, 3.2, 1], [450, 3.3, 2], [500, 3.0, 2]],
+    [
+      [100, 4.0],
+      [200, 3.5],
+      [210, 3.9, 1],
+      [250, 3.7, 1],
+      [300, 3.4, 1],
+      [350, 3.8, 1],
+      [400, 3.2, 1],
+      [450, 3.3, 2],
+      [500, 3.0, 2],
+    ],
     [growth(1, 200, 3.5), growth(2, 420, 3.2, "depth")],
   );
 
@@ -76,7 +165,19 @@ describe("growthPenalty", () => {
     expect(p.recoverFlops).toBe(100); // 300 − 200: the first point after the peak back at 3.5 or below
     expect(p.recoverSteps).toBe(10);
     // a rise after a first recovery (the re-warmed LR) counts, and recovery is after it
-    const late = run("staged", 4, [[100, 4], [200, 3.5], [220, 3.4, 1], [260, 3.8, 1], [300, 3.6, 1], [340, 3.45, 1]], [growth(1, 200, 3.5)]);
+    const late = run(
+      "staged",
+      4,
+      [
+        [100, 4],
+        [200, 3.5],
+        [220, 3.4, 1],
+        [260, 3.8, 1],
+        [300, 3.6, 1],
+        [340, 3.45, 1],
+      ],
+      [growth(1, 200, 3.5)],
+    );
     const q = growthPenalty(late, 0);
     expect(q.maxRise).toBeCloseTo(0.3, 12);
     expect(q.recoverFlops).toBe(140);
@@ -86,7 +187,17 @@ describe("growthPenalty", () => {
     const p = growthPenalty(staged, 1);
     expect(p.maxRise).toBeCloseTo(0.1, 12); // 3.3 − 3.2 at 450; 3.0 at 500 recovers
     expect(p.recoverFlops).toBe(80);
-    const never = run("staged", 1, [[100, 4], [200, 3.5], [250, 3.9, 1], [300, 3.6, 1]], [growth(1, 200, 3.5)]);
+    const never = run(
+      "staged",
+      1,
+      [
+        [100, 4],
+        [200, 3.5],
+        [250, 3.9, 1],
+        [300, 3.6, 1],
+      ],
+      [growth(1, 200, 3.5)],
+    );
     const q = growthPenalty(never, 0);
     expect(q.maxRise).toBeCloseTo(0.4, 12);
     expect(q.recoverFlops).toBeNull();
@@ -94,15 +205,46 @@ describe("growthPenalty", () => {
   });
 
   it("keeps a negative rise signed and the penalty at zero; null without points in the stage", () => {
-    const better = run("staged", 2, [[100, 4], [200, 3.5], [250, 3.3, 1], [300, 3.6, 1]], [growth(1, 200, 3.5)]);
+    const better = run(
+      "staged",
+      2,
+      [
+        [100, 4],
+        [200, 3.5],
+        [250, 3.3, 1],
+        [300, 3.6, 1],
+      ],
+      [growth(1, 200, 3.5)],
+    );
     const p = growthPenalty(better, 0);
     expect(p.maxRise).toBeCloseTo(0.1, 12); // 3.6 at 300
-    const never = run("staged", 5, [[100, 4], [200, 3.5], [250, 3.3, 1], [300, 3.2, 1]], [growth(1, 200, 3.5)]);
+    const never = run(
+      "staged",
+      5,
+      [
+        [100, 4],
+        [200, 3.5],
+        [250, 3.3, 1],
+        [300, 3.2, 1],
+      ],
+      [growth(1, 200, 3.5)],
+    );
     const n = growthPenalty(never, 0);
     expect(n.maxRise).toBeCloseTo(-0.2, 12);
     expect(n.penalty).toBe(0);
     expect(n.recoverFlops).toBe(0);
-    const empty = growthPenalty(run("staged", 3, [[100, 4], [200, 3.5]], [growth(1, 200, 3.5)]), 0);
+    const empty = growthPenalty(
+      run(
+        "staged",
+        3,
+        [
+          [100, 4],
+          [200, 3.5],
+        ],
+        [growth(1, 200, 3.5)],
+      ),
+      0,
+    );
     expect(empty.maxRise).toBeNull();
     expect(empty.penalty).toBeNull();
     expect(empty.recoverFlops).toBeNull();
@@ -115,7 +257,11 @@ describe("growthPenalty", () => {
 
 describe("compareRuns", () => {
   // Each reaches loss 3.0 at the midpoint of its two points' FLOPs.
-  const reachAt = (group: string, seed: number, at: number) => run(group, seed, [[at - 50, 3.5], [at + 50, 2.5]]);
+  const reachAt = (group: string, seed: number, at: number) =>
+    run(group, seed, [
+      [at - 50, 3.5],
+      [at + 50, 2.5],
+    ]);
   const results = [
     reachAt("staged", 1, 80),
     reachAt("baseline", 1, 120),
@@ -153,7 +299,17 @@ describe("compareRuns", () => {
   });
 
   it("averages over the seeds that reached the target and counts them; a seed that did not is not outside the noise", () => {
-    const rep = compareRuns([...results.filter((r) => r.group === "baseline"), reachAt("staged", 0, 70), run("staged", 1, [[50, 3.5], [100, 3.2]])], { losses: [3.0] });
+    const rep = compareRuns(
+      [
+        ...results.filter((r) => r.group === "baseline"),
+        reachAt("staged", 0, 70),
+        run("staged", 1, [
+          [50, 3.5],
+          [100, 3.2],
+        ]),
+      ],
+      { losses: [3.0] },
+    );
     const s = rep.groups[1]!.reach[0]!;
     expect(s.perSeed.map((p) => p.flops)).toEqual([70, null]);
     expect(s.mean).toBe(70);
@@ -165,9 +321,18 @@ describe("compareRuns", () => {
 
   it("defaults to the baseline's mean and worst final losses", () => {
     const rep = compareRuns([
-      run("baseline", 0, [[100, 3.0], [200, 2.5]]),
-      run("baseline", 1, [[100, 3.0], [200, 2.7]]),
-      run("staged", 0, [[100, 2.9], [150, 2.4]]),
+      run("baseline", 0, [
+        [100, 3.0],
+        [200, 2.5],
+      ]),
+      run("baseline", 1, [
+        [100, 3.0],
+        [200, 2.7],
+      ]),
+      run("staged", 0, [
+        [100, 2.9],
+        [150, 2.4],
+      ]),
     ]);
     expect(rep.targets.map((t) => t.label)).toEqual(["baseline mean final", "baseline worst final"]);
     expect(rep.targets[0]!.loss).toBeCloseTo(2.6, 12);
@@ -185,18 +350,54 @@ describe("compareRuns", () => {
     expect(base.meanTotalFlops).toBe(200);
     expect(rep.groups[1]!.meanTotalFlops).toBe(150);
     // One baseline seed: one target.
-    expect(compareRuns([run("baseline", 0, [[100, 3.0], [200, 2.5]])]).targets).toEqual([{ label: "baseline mean final", loss: 2.5 }]);
+    expect(
+      compareRuns([
+        run("baseline", 0, [
+          [100, 3.0],
+          [200, 2.5],
+        ]),
+      ]).targets,
+    ).toEqual([{ label: "baseline mean final", loss: 2.5 }]);
   });
 
   it("compares the losses after the common cooldown, with the loss before it, over the runs that finished it", () => {
-    const fin = (r: RunResult, valLoss: number, valLossBefore: number): RunResult =>
-      ({ ...r, final: { steps: 50, flops: 260, valLoss, blocks: 400, tokens: 51200, valLossBefore } });
+    const fin = (r: RunResult, valLoss: number, valLossBefore: number): RunResult => ({
+      ...r,
+      final: { steps: 50, flops: 260, valLoss, blocks: 400, tokens: 51200, valLossBefore },
+    });
     const rep = compareRuns([
-      fin(run("baseline", 0, [[100, 3.0], [200, 2.5]]), 2.30, 2.50),
-      fin(run("baseline", 1, [[100, 3.0], [200, 2.7]]), 2.40, 2.70),
-      fin(run("staged", 0, [[100, 2.9], [200, 2.4]]), 2.20, 2.40),
-      run("staged", 1, [[100, 2.9], [200, 2.6]]),
-      run("other", 0, [[100, 2.9], [200, 2.6]]),
+      fin(
+        run("baseline", 0, [
+          [100, 3.0],
+          [200, 2.5],
+        ]),
+        2.3,
+        2.5,
+      ),
+      fin(
+        run("baseline", 1, [
+          [100, 3.0],
+          [200, 2.7],
+        ]),
+        2.4,
+        2.7,
+      ),
+      fin(
+        run("staged", 0, [
+          [100, 2.9],
+          [200, 2.4],
+        ]),
+        2.2,
+        2.4,
+      ),
+      run("staged", 1, [
+        [100, 2.9],
+        [200, 2.6],
+      ]),
+      run("other", 0, [
+        [100, 2.9],
+        [200, 2.6],
+      ]),
     ]);
     const [base, other, staged] = rep.groups;
     expect(base!.cooled).toMatchObject({ runs: 2, steps: 50, blocks: 400, vsBaseline: null });
@@ -214,16 +415,50 @@ describe("compareRuns", () => {
   it("prices a cooled-down loss on the baseline's cooled-down frontier: FLOPs to it, the saving, per seed", () => {
     const ev = (flops: number, valLoss: number) => ({ steps: 50, flops, valLoss, blocks: 400, tokens: 51200, valLossBefore: valLoss + 0.1 });
     const base = (seed: number, d: number): RunResult => ({
-      ...run("baseline", seed, [[100, 3.0], [200, 2.5]]), frontier: [ev(100, 2.8 + d), ev(150, 2.6 + d)], final: ev(200, 2.4 + d),
+      ...run("baseline", seed, [
+        [100, 3.0],
+        [200, 2.5],
+      ]),
+      frontier: [ev(100, 2.8 + d), ev(150, 2.6 + d)],
+      final: ev(200, 2.4 + d),
     });
     const rep = compareRuns([
-      base(0, -0.01), base(1, 0.01),
-      { ...run("staged", 0, [[100, 2.9], [200, 2.4]]), final: ev(200, 2.5) },
-      { ...run("staged", 1, [[100, 2.9], [200, 2.4]]), final: ev(200, 2.7) },
-      { ...run("better", 0, [[100, 2.9], [200, 2.4]]), final: ev(200, 2.3) },
-      { ...run("worse", 0, [[100, 2.9], [200, 2.4]]), final: ev(200, 2.9) },
+      base(0, -0.01),
+      base(1, 0.01),
+      {
+        ...run("staged", 0, [
+          [100, 2.9],
+          [200, 2.4],
+        ]),
+        final: ev(200, 2.5),
+      },
+      {
+        ...run("staged", 1, [
+          [100, 2.9],
+          [200, 2.4],
+        ]),
+        final: ev(200, 2.7),
+      },
+      {
+        ...run("better", 0, [
+          [100, 2.9],
+          [200, 2.4],
+        ]),
+        final: ev(200, 2.3),
+      },
+      {
+        ...run("worse", 0, [
+          [100, 2.9],
+          [200, 2.4],
+        ]),
+        final: ev(200, 2.9),
+      },
     ]);
-    expect(rep.frontier).toEqual([{ flops: 100, loss: 2.8 }, { flops: 150, loss: 2.6 }, { flops: 200, loss: 2.4 }]);
+    expect(rep.frontier).toEqual([
+      { flops: 100, loss: 2.8 },
+      { flops: 150, loss: 2.6 },
+      { flops: 200, loss: 2.4 },
+    ]);
     const g = (name: string) => rep.groups.find((x) => x.group === name)!.cooled!;
     // Mean 2.6: exactly the frontier's 150 FLOPs, so the staged runs' 200 FLOPs are 1/3 more (saving −33.3%).
     expect(g("staged").frontier!.flops).toBeCloseTo(150, 9);
@@ -247,10 +482,48 @@ describe("compareRuns", () => {
   });
 
   it("summarizes the penalty of each growth over the seeds", () => {
-    const a = run("staged", 0, [[100, 4.0], [200, 3.5], [210, 3.9, 1], [300, 3.4, 1]], [growth(1, 200, 3.5)]);
-    const b = run("staged", 1, [[100, 4.0], [200, 3.5], [210, 3.7, 1], [400, 3.4, 1]], [growth(1, 200, 3.5)]);
-    const c = run("staged", 2, [[100, 4.0], [200, 3.5], [210, 3.8, 1], [400, 3.6, 1]], [growth(1, 200, 3.5)]);
-    const rep = compareRuns([run("baseline", 0, [[100, 4], [400, 3.3]]), a, b, c]);
+    const a = run(
+      "staged",
+      0,
+      [
+        [100, 4.0],
+        [200, 3.5],
+        [210, 3.9, 1],
+        [300, 3.4, 1],
+      ],
+      [growth(1, 200, 3.5)],
+    );
+    const b = run(
+      "staged",
+      1,
+      [
+        [100, 4.0],
+        [200, 3.5],
+        [210, 3.7, 1],
+        [400, 3.4, 1],
+      ],
+      [growth(1, 200, 3.5)],
+    );
+    const c = run(
+      "staged",
+      2,
+      [
+        [100, 4.0],
+        [200, 3.5],
+        [210, 3.8, 1],
+        [400, 3.6, 1],
+      ],
+      [growth(1, 200, 3.5)],
+    );
+    const rep = compareRuns([
+      run("baseline", 0, [
+        [100, 4],
+        [400, 3.3],
+      ]),
+      a,
+      b,
+      c,
+    ]);
     const gr = rep.groups[1]!.growths;
     expect(gr).toHaveLength(1);
     expect(gr[0]!.operator).toBe("width");
@@ -263,15 +536,32 @@ describe("compareRuns", () => {
   });
 
   it("throws without a baseline group, naming the groups present, and on a seed given twice", () => {
-    expect(() => compareRuns(results.filter((r) => r.group !== "baseline"))).toThrow('no baseline group "baseline" among the results (groups: staged, width)');
+    expect(() => compareRuns(results.filter((r) => r.group !== "baseline"))).toThrow(
+      'no baseline group "baseline" among the results (groups: staged, width)',
+    );
     expect(compareRuns(results, { baseline: "width", losses: [3] }).groups[0]!.group).toBe("width");
     expect(() => compareRuns([...results, reachAt("staged", 0, 75)])).toThrow(/group "staged" has seed 0 twice/);
-    expect(() => compareRuns([run("baseline", 0, [[200, 3], [100, 2]])])).toThrow(/baseline-s0: points are not in increasing flops order/);
+    expect(() =>
+      compareRuns([
+        run("baseline", 0, [
+          [200, 3],
+          [100, 2],
+        ]),
+      ]),
+    ).toThrow(/baseline-s0: points are not in increasing flops order/);
   });
 });
 
 /** A run from a loss function per stage: points every `step` FLOPs from 0 to `end`, stage k after the k-th of `growAt`. */
-function curveRun(group: string, seed: number, loss: (flops: number, stage: number) => number, growAt: number[] = [], end = 1000, step = 10, budget = 1000): RunResult {
+function curveRun(
+  group: string,
+  seed: number,
+  loss: (flops: number, stage: number) => number,
+  growAt: number[] = [],
+  end = 1000,
+  step = 10,
+  budget = 1000,
+): RunResult {
   const rows: [number, number, number][] = [];
   for (let i = 0; i * step <= end + 1e-9; i++) {
     const f = i * step;
@@ -293,7 +583,14 @@ function noise(seed: number, amp: number): () => number {
 
 describe("smoothCurve, lossAtFlops, flopsToFirstReach", () => {
   it("smoothCurve is exact on a straight line, also at the ends, and drops non-finite losses", () => {
-    const line = pts([[0, 5], [10, 4.9], [20, 4.8], [30, Number.NaN], [40, 4.6], [50, 4.5]]);
+    const line = pts([
+      [0, 5],
+      [10, 4.9],
+      [20, 4.8],
+      [30, Number.NaN],
+      [40, 4.6],
+      [50, 4.5],
+    ]);
     const s = smoothCurve(line, 15);
     expect(s.map((p) => p.flops)).toEqual([0, 10, 20, 40, 50]);
     s.forEach((p) => expect(p.valLoss).toBeCloseTo(5 - p.flops / 100, 12));
@@ -308,11 +605,24 @@ describe("smoothCurve, lossAtFlops, flopsToFirstReach", () => {
     expect(err(noisy)).toBeGreaterThan(0.009);
     expect(err(smoothCurve(noisy, 100))).toBeLessThan(0.005); // 21 points: the noise / ~4.6
     // three equal-FLOPs points: their mean
-    expect(smoothCurve(pts([[10, 1], [10, 2], [10, 3]]), 5).map((p) => p.valLoss)).toEqual([2, 2, 2]);
+    expect(
+      smoothCurve(
+        pts([
+          [10, 1],
+          [10, 2],
+          [10, 3],
+        ]),
+        5,
+      ).map((p) => p.valLoss),
+    ).toEqual([2, 2, 2]);
   });
 
   it("lossAtFlops interpolates linearly in FLOPs and is null outside the curve", () => {
-    const c = pts([[100, 4], [200, 3], [300, 2.5]]);
+    const c = pts([
+      [100, 4],
+      [200, 3],
+      [300, 2.5],
+    ]);
     expect(lossAtFlops(c, 150)).toBe(3.5);
     expect(lossAtFlops(c, 100)).toBe(4);
     expect(lossAtFlops(c, 300)).toBe(2.5);
@@ -322,7 +632,12 @@ describe("smoothCurve, lossAtFlops, flopsToFirstReach", () => {
   });
 
   it("flopsToFirstReach takes the first crossing, inverse of lossAtFlops, and is null when the curve starts below or never gets there", () => {
-    const dip = pts([[100, 4.0], [200, 3.0], [300, 3.6], [400, 2.9]]);
+    const dip = pts([
+      [100, 4.0],
+      [200, 3.0],
+      [300, 3.6],
+      [400, 2.9],
+    ]);
     expect(flopsToFirstReach(dip, 3.5)).toBe(150);
     expect(flopsToFirstReach(dip, 3.2)).toBeCloseTo(180, 9); // flopsToReach: the sustained crossing after 300
     expect(lossAtFlops(dip, flopsToFirstReach(dip, 3.2)!)).toBeCloseTo(3.2, 12);
@@ -381,8 +696,26 @@ describe("growthDynamics", () => {
       return (c: number, s: number) => f(c, s) + next();
     };
     const make = (amp: number, post: (c: number) => number, seed = 0) => {
-      const bases = [0, 1, 2].map((b) => curveRun("baseline", b, withNoise(10 + b, amp, (c) => lb(c)), [], 10_000, 10, 10_000));
-      const staged = curveRun("staged", seed, withNoise(seed, amp, (c, s) => (s === 0 ? lb(1.5 * c) : post(c))), [2000], 10_000, 10, 10_000);
+      const bases = [0, 1, 2].map((b) =>
+        curveRun(
+          "baseline",
+          b,
+          withNoise(10 + b, amp, (c) => lb(c)),
+          [],
+          10_000,
+          10,
+          10_000,
+        ),
+      );
+      const staged = curveRun(
+        "staged",
+        seed,
+        withNoise(seed, amp, (c, s) => (s === 0 ? lb(1.5 * c) : post(c))),
+        [2000],
+        10_000,
+        10,
+        10_000,
+      );
       return growthDynamics(staged, 0, bases, 0.1);
     };
     // Without noise, the smoothing's own bias: L_g is a one-sided fit at the end of a convex curve, ~5e-4 nats
@@ -426,11 +759,23 @@ describe("growthDynamics", () => {
     // A baseline that never gets down to L_g, or starts below it: no C_b.
     const high = curveRun("baseline", 3, () => 4.5);
     const low = curveRun("baseline", 4, (c) => 3.5 - c / 1e4);
-    expect(growthDynamics(shifted, 0, [high, low], 0.1).perBaseline.map((b) => [b.flops, b.ratio])).toEqual([[null, null], [null, null]]);
+    expect(growthDynamics(shifted, 0, [high, low], 0.1).perBaseline.map((b) => [b.flops, b.ratio])).toEqual([
+      [null, null],
+      [null, null],
+    ]);
   });
 
   it("takes L_g from the stage before the growth, else valLossBefore, and throws on a missing growth or a bad window", () => {
-    const noBefore = run("staged", 0, [[310, 3.9, 1], [400, 3.8, 1], [500, 3.7, 1]], [growth(1, 300, 4.0)]);
+    const noBefore = run(
+      "staged",
+      0,
+      [
+        [310, 3.9, 1],
+        [400, 3.8, 1],
+        [500, 3.7, 1],
+      ],
+      [growth(1, 300, 4.0)],
+    );
     expect(growthDynamics(noBefore, 0, [base0], 0.1).loss).toBe(4.0);
     expect(growthDynamics(noBefore, 0, [base0], 0.1).perBaseline[0]!.flops).toBeCloseTo(500, 9);
     expect(() => growthDynamics(noBefore, 1, [base0], 0.1)).toThrow(/staged-s0: no growth #1/);
@@ -472,7 +817,12 @@ describe("compareRuns: dynamics", () => {
     // Δ: shifted 0 and +0.05 (3.8 − 3.75), half +0.1 and +0.15: mean of means (0.025 + 0.125) / 2
     expect(text).toContain("| staged | 1 | width | 4.0000 | 0.68 [0.40, 1.00] | +0.0750 [+0.0000, +0.1500] | — | — |");
     expect(text).toContain("Dynamics at equal loss: L_g = the loss just before the growth");
-    const one = formatReport(compareRuns([base0, shifted, curveRun("staged", 1, (c, s) => (s === 0 ? small(c) : 4 - (c - 300) / 1000), [300], 350)], { losses: [3.5], windows: [0.1] }));
+    const one = formatReport(
+      compareRuns([base0, shifted, curveRun("staged", 1, (c, s) => (s === 0 ? small(c) : 4 - (c - 300) / 1000), [300], 350)], {
+        losses: [3.5],
+        windows: [0.1],
+      }),
+    );
     expect(one).toContain("| staged | 1 | width | 4.0000 | 1.00 [1.00, 1.00] (1/2) | +0.0000 [+0.0000, +0.0000] (1/2) |");
   });
 });
@@ -480,10 +830,39 @@ describe("compareRuns: dynamics", () => {
 describe("formatReport", () => {
   it("writes Markdown tables with the FLOPs, the savings and the growth penalties", () => {
     const results = [
-      run("baseline", 0, [[50, 3.5], [150, 2.5]]),
-      run("baseline", 1, [[70, 3.5], [170, 2.5]]),
-      run("staged", 0, [[20, 3.5], [100, 3.5], [105, 3.9, 1], [110, 3.5, 1], [120, 2.5, 1]], [growth(1, 100, 3.5)], false),
-      run("staged", 1, [[30, 3.5], [110, 3.5], [115, 3.7, 1], [120, 3.5, 1], [125, 2.5, 1]], [growth(1, 110, 3.5)]),
+      run("baseline", 0, [
+        [50, 3.5],
+        [150, 2.5],
+      ]),
+      run("baseline", 1, [
+        [70, 3.5],
+        [170, 2.5],
+      ]),
+      run(
+        "staged",
+        0,
+        [
+          [20, 3.5],
+          [100, 3.5],
+          [105, 3.9, 1],
+          [110, 3.5, 1],
+          [120, 2.5, 1],
+        ],
+        [growth(1, 100, 3.5)],
+        false,
+      ),
+      run(
+        "staged",
+        1,
+        [
+          [30, 3.5],
+          [110, 3.5],
+          [115, 3.7, 1],
+          [120, 3.5, 1],
+          [125, 2.5, 1],
+        ],
+        [growth(1, 110, 3.5)],
+      ),
     ];
     const rep = compareRuns(results, { losses: [3.0] });
     // staged reaches 3.0 at 115 and 122.5: mean 118.75 against 110.
@@ -493,14 +872,33 @@ describe("formatReport", () => {
     expect(lines[1]).toBe("| --- | --- | --- | --- | --- |");
     expect(lines[2]).toBe("| baseline | 2 | 2.5000 ± 0.0000 | 1.10e2 | (baseline) |");
     const pct = (f: number) => (f * 100).toFixed(1);
-    expect(lines[3]).toBe(`| staged | 2 (1 done) | 2.5000 ± 0.0000 | 1.19e2 | ${pct(1 - 118.75 / 110)}% [${pct(1 - 122.5 / 110)}, ${pct(1 - 115 / 110)}] |`);
+    expect(lines[3]).toBe(
+      `| staged | 2 (1 done) | 2.5000 ± 0.0000 | 1.19e2 | ${pct(1 - 118.75 / 110)}% [${pct(1 - 122.5 / 110)}, ${pct(1 - 115 / 110)}] |`,
+    );
     expect(text).toContain("| group | growth # | operator | runs | max rise (nats) | FLOPs to recover |");
     expect(text).toContain("| staged | 1 | width | 2 | +0.3000 | 1.00e1 |"); // rises 0.4 and 0.2; both back at 3.5 10 FLOPs after growing
   });
 
   it("marks an outside-the-noise saving and unreached targets", () => {
     const rep = compareRuns(
-      [run("baseline", 0, [[50, 3.5], [150, 2.5]]), run("baseline", 1, [[70, 3.5], [170, 2.5]]), run("fast", 0, [[20, 3.5], [120, 2.5]]), run("slow", 0, [[20, 3.5], [120, 3.2]])],
+      [
+        run("baseline", 0, [
+          [50, 3.5],
+          [150, 2.5],
+        ]),
+        run("baseline", 1, [
+          [70, 3.5],
+          [170, 2.5],
+        ]),
+        run("fast", 0, [
+          [20, 3.5],
+          [120, 2.5],
+        ]),
+        run("slow", 0, [
+          [20, 3.5],
+          [120, 3.2],
+        ]),
+      ],
       { losses: [3.0] },
     );
     const text = formatReport(rep);

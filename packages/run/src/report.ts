@@ -180,7 +180,12 @@ export interface GroupReport {
    * same blocks before the cooldown, the cooldown's steps and the blocks; null when no run has one.
    */
   cooled: {
-    runs: number; valLoss: Spread; vsBaseline: number | null; before: Spread; steps: number; blocks: number;
+    runs: number;
+    valLoss: Spread;
+    vsBaseline: number | null;
+    before: Spread;
+    steps: number;
+    blocks: number;
     /** Mean FLOPs of the runs with their cooldown. */
     flops: number;
     /**
@@ -277,10 +282,13 @@ export function growthPenalty(result: RunResult, growthIndex: number): GrowthPen
   let peak = -1;
   stagePoints.forEach((p, i) => {
     const rise = Number.isFinite(p.valLoss) ? p.valLoss - before : Infinity;
-    if (maxRise === null || rise > maxRise) { maxRise = rise; peak = i; }
+    if (maxRise === null || rise > maxRise) {
+      maxRise = rise;
+      peak = i;
+    }
   });
   const rise = maxRise as number | null;
-  const recovered = rise === null ? null : rise <= 0 ? g : stagePoints.slice(peak + 1).find((p) => p.valLoss <= before) ?? null;
+  const recovered = rise === null ? null : rise <= 0 ? g : (stagePoints.slice(peak + 1).find((p) => p.valLoss <= before) ?? null);
   return {
     stage: g.stage,
     operator: g.operator,
@@ -499,7 +507,8 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
   for (const [group, runs] of byGroup) {
     runs.sort((a, b) => a.seed - b.seed);
     for (let i = 1; i < runs.length; i++) {
-      if (runs[i]!.seed === runs[i - 1]!.seed) throw new Error(`group "${group}" has seed ${runs[i]!.seed} twice (${runs[i - 1]!.name}, ${runs[i]!.name})`);
+      if (runs[i]!.seed === runs[i - 1]!.seed)
+        throw new Error(`group "${group}" has seed ${runs[i]!.seed} twice (${runs[i - 1]!.name}, ${runs[i]!.name})`);
     }
   }
   const windows = [...(options.windows?.length ? options.windows : DEFAULT_DYNAMICS_WINDOWS)];
@@ -570,15 +579,23 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
       done: runs.filter((r) => r.done).length,
       finalLoss: spreadOf(present(runs.map(finalOf))),
       meanTotalFlops: mean(withPoints.map((r) => r.points[r.points.length - 1]!.flops)),
-      cooled: finals.length ? {
-        runs: finals.length, valLoss: spreadOf(finals.map((f) => f.valLoss))!, before: spreadOf(finals.map((f) => f.valLossBefore))!,
-        vsBaseline: isBase || baseCooled === null ? null : cooledMean(runs)! - baseCooled,
-        steps: finals[0]!.steps, blocks: finals[0]!.blocks, flops: meanCooledFlops,
-        frontier: groupOnFrontier && {
-          flops: groupOnFrontier.flops, saving: groupOnFrontier.saving, extrapolated: groupOnFrontier.extrapolated,
-          perSeed: runs.map((r) => (r.final ? onFrontier(r.final.valLoss, r.final.flops)?.saving ?? null : null)),
-        },
-      } : null,
+      cooled: finals.length
+        ? {
+            runs: finals.length,
+            valLoss: spreadOf(finals.map((f) => f.valLoss))!,
+            before: spreadOf(finals.map((f) => f.valLossBefore))!,
+            vsBaseline: isBase || baseCooled === null ? null : cooledMean(runs)! - baseCooled,
+            steps: finals[0]!.steps,
+            blocks: finals[0]!.blocks,
+            flops: meanCooledFlops,
+            frontier: groupOnFrontier && {
+              flops: groupOnFrontier.flops,
+              saving: groupOnFrontier.saving,
+              extrapolated: groupOnFrontier.extrapolated,
+              perSeed: runs.map((r) => (r.final ? (onFrontier(r.final.valLoss, r.final.flops)?.saving ?? null) : null)),
+            },
+          }
+        : null,
       reach,
       growths: groupGrowths(runs, isBase ? null : byGroup.get(baseline)!, windows),
     };
@@ -587,7 +604,10 @@ export function compareRuns(results: readonly RunResult[], options: CompareOptio
 }
 
 /** One point of a cooled-down frontier: total FLOPs (the cooldown included) and the loss after the cooldown. */
-export interface FrontierPoint { flops: number; loss: number }
+export interface FrontierPoint {
+  flops: number;
+  loss: number;
+}
 
 /**
  * The cooled-down frontier of runs of one model from scratch (the baseline): each run's `frontier` points and its
@@ -599,9 +619,12 @@ export function cooledFrontier(runs: readonly RunResult[]): FrontierPoint[] {
   if (!full.length) return [];
   const n = Math.max(...full.map((r) => r.frontier!.length));
   const all = full.filter((r) => r.frontier!.length === n).map((r) => [...r.frontier!, r.final!]);
-  return all[0]!.map((_, i) => ({
-    flops: mean(all.map((p) => p[i]!.flops))!, loss: mean(all.map((p) => p[i]!.valLoss))!,
-  })).sort((a, b) => a.flops - b.flops);
+  return all[0]!
+    .map((_, i) => ({
+      flops: mean(all.map((p) => p[i]!.flops))!,
+      loss: mean(all.map((p) => p[i]!.valLoss))!,
+    }))
+    .sort((a, b) => a.flops - b.flops);
 }
 
 /**
@@ -612,13 +635,15 @@ export function cooledFrontier(runs: readonly RunResult[]): FrontierPoint[] {
 export function frontierFlops(frontier: readonly FrontierPoint[], loss: number): { flops: number; extrapolated: boolean } | null {
   if (frontier.length < 2 || !(loss <= frontier[0]!.loss)) return null;
   for (let i = 1; i < frontier.length; i++) {
-    const a = frontier[i - 1]!, b = frontier[i]!;
+    const a = frontier[i - 1]!,
+      b = frontier[i]!;
     if (a.loss >= loss && b.loss <= loss) {
       const t = a.loss === b.loss ? 0 : (a.loss - loss) / (a.loss - b.loss);
       return { flops: Math.exp(Math.log(a.flops) + t * (Math.log(b.flops) - Math.log(a.flops))), extrapolated: false };
     }
   }
-  const a = frontier.at(-2)!, b = frontier.at(-1)!;
+  const a = frontier.at(-2)!,
+    b = frontier.at(-1)!;
   if (!(b.loss < a.loss)) return null;
   const slope = (Math.log(b.loss) - Math.log(a.loss)) / (Math.log(b.flops) - Math.log(a.flops)); // < 0
   return { flops: Math.exp(Math.log(b.flops) + (Math.log(loss) - Math.log(b.loss)) / slope), extrapolated: true };
@@ -679,16 +704,34 @@ export function formatReport(report: RunReport): string {
     const c0 = cooled[0]!.cooled!;
     parts.push(
       "",
-      table(["group", "runs cooled down", "val loss after the cooldown", `vs ${report.baseline}`, "before the cooldown (same blocks)",
-        "FLOPs with it", `${report.baseline}'s FLOPs to that loss`, "saving [per seed]"],
+      table(
+        [
+          "group",
+          "runs cooled down",
+          "val loss after the cooldown",
+          `vs ${report.baseline}`,
+          "before the cooldown (same blocks)",
+          "FLOPs with it",
+          `${report.baseline}'s FLOPs to that loss`,
+          "saving [per seed]",
+        ],
         cooled.map((g) => {
-          const c = g.cooled!, sp = (x: Spread) => `${x.mean.toFixed(4)} [${x.min.toFixed(4)}, ${x.max.toFixed(4)}]`;
+          const c = g.cooled!,
+            sp = (x: Spread) => `${x.mean.toFixed(4)} [${x.min.toFixed(4)}, ${x.max.toFixed(4)}]`;
           const f = c.frontier;
           const pct = (x: number | null) => (x === null ? "—" : `${signedPct(x)}%`);
-          return [g.group, `${c.runs}/${g.runs.length}`, sp(c.valLoss), c.vsBaseline === null ? (g.baseline ? "(baseline)" : "—") : signed(c.vsBaseline), sp(c.before),
-            formatFlops(c.flops), f ? `${formatFlops(f.flops)}${f.extrapolated ? " (extrapolated)" : ""}` : "—",
-            f ? `${pct(f.saving)} [${f.perSeed.map(pct).join(", ")}]` : "—"];
-        })),
+          return [
+            g.group,
+            `${c.runs}/${g.runs.length}`,
+            sp(c.valLoss),
+            c.vsBaseline === null ? (g.baseline ? "(baseline)" : "—") : signed(c.vsBaseline),
+            sp(c.before),
+            formatFlops(c.flops),
+            f ? `${formatFlops(f.flops)}${f.extrapolated ? " (extrapolated)" : ""}` : "—",
+            f ? `${pct(f.saving)} [${f.perSeed.map(pct).join(", ")}]` : "—",
+          ];
+        }),
+      ),
       "",
       `After the budget every run trained ${c0.steps} more steps with the LR decaying linearly to 0 and was evaluated on ` +
         `${c0.blocks} validation blocks; mean [min, max] over the runs that finished it. ` +
@@ -703,7 +746,9 @@ export function formatReport(report: RunReport): string {
   for (const g of report.groups) {
     for (const gr of g.growths) {
       const recover =
-        gr.meanRecoverFlops === null ? "never" : `${formatFlops(gr.meanRecoverFlops)}${gr.recovered < gr.runs ? ` (${gr.recovered}/${gr.runs} recovered)` : ""}`;
+        gr.meanRecoverFlops === null
+          ? "never"
+          : `${formatFlops(gr.meanRecoverFlops)}${gr.recovered < gr.runs ? ` (${gr.recovered}/${gr.runs} recovered)` : ""}`;
       const rise = gr.meanMaxRise === null ? "—" : signed(gr.meanMaxRise);
       growthRows.push([g.group, String(gr.index + 1), gr.operator, String(gr.runs), rise, recover]);
     }

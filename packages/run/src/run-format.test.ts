@@ -4,23 +4,52 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { executeRun, runEntries } from "./run.js";
 import {
-  formatGrowths, formatRunResult, GROWTHS_FILE, parseGrowths, parseRunIdentity, parseRunResult, readCooldownStart, readFrontier,
-  readGrowths, readRunResult, RESULT_FILE, RUN_FILE,
+  formatGrowths,
+  formatRunResult,
+  GROWTHS_FILE,
+  parseGrowths,
+  parseRunIdentity,
+  parseRunResult,
+  readCooldownStart,
+  readFrontier,
+  readGrowths,
+  readRunResult,
+  RESULT_FILE,
+  RUN_FILE,
 } from "./run-format.js";
 import { parseRunSpec } from "./spec.js";
 import type { GrowthEvent, RunResult } from "./types.js";
 
 let dir: string;
-beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), "staged-run-format-")); });
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-run-format-"));
+});
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
 const growth: GrowthEvent = {
-  stage: 1, operator: "width", options: { factor: 2, rewarmup: 2, continueAt: "keep" }, flops: 5e8, globalStep: 20, timing: "fraction",
-  valLossBefore: 3.1, valLossAfter: 3.1, paramsBefore: 100, paramsAfter: 400,
+  stage: 1,
+  operator: "width",
+  options: { factor: 2, rewarmup: 2, continueAt: "keep" },
+  flops: 5e8,
+  globalStep: 20,
+  timing: "fraction",
+  valLossBefore: 3.1,
+  valLossAfter: 3.1,
+  paramsBefore: 100,
+  paramsAfter: 400,
 };
 const result: RunResult = {
-  format: "staged-run-result", version: 1, name: "w-s0", group: "w", seed: 0, done: true, budgetFlops: 1e9,
-  points: [{ globalStep: 4, step: 4, stage: 0, flops: 1e8, tokens: 256, valLoss: 3.5 }, { globalStep: 24, step: 4, stage: 1, flops: 6e8, tokens: 1536, valLoss: 3 }],
+  format: "staged-run-result",
+  version: 1,
+  name: "w-s0",
+  group: "w",
+  seed: 0,
+  done: true,
+  budgetFlops: 1e9,
+  points: [
+    { globalStep: 4, step: 4, stage: 0, flops: 1e8, tokens: 256, valLoss: 3.5 },
+    { globalStep: 24, step: 4, stage: 1, flops: 6e8, tokens: 1536, valLoss: 3 },
+  ],
   growths: [growth],
   final: { steps: 10, flops: 1.1e9, valLoss: 2.9, blocks: 8, tokens: 128, valLossBefore: 3 },
 };
@@ -42,7 +71,10 @@ describe("result.json", () => {
     [{ done: "yes" }, "done must be true or false"],
     [{ budgetFlops: undefined }, "budgetFlops must be a finite number, got nothing"],
     [{ points: [{ ...result.points[0], valLoss: null }] }, "points[0].valLoss must be a finite number, got null"],
-    [{ points: [result.points[1], result.points[0]] }, "points[1].flops 100000000 is below points[0].flops 600000000 (points must be in increasing FLOPs order)"],
+    [
+      { points: [result.points[1], result.points[0]] },
+      "points[1].flops 100000000 is below points[0].flops 600000000 (points must be in increasing FLOPs order)",
+    ],
     [{ growths: [{ ...growth, operator: undefined }] }, "growths[0].operator must be a string, got nothing"],
     [{ final: { ...result.final, blocks: 1.5 } }, "final.blocks must be an integer ≥ 0, got 1.5"],
   ])("a bad field %j is one line naming the file and the field", (over, message) => {
@@ -62,8 +94,9 @@ describe("growths.json, run.json, frontier.json, cooldown.json", () => {
     expect(parseGrowths(JSON.parse(formatGrowths([growth])), GROWTHS_FILE)).toEqual([growth]);
     expect(JSON.parse(formatGrowths([]))).toEqual({ format: "staged-run-growths", version: 1, growths: [] });
     expect(() => parseGrowths([growth], "g.json")).toThrow(new Error("g.json: expected object, received array"));
-    expect(() => parseGrowths({ format: "staged-run-growths", version: 1, growths: [{ ...growth, flops: "1" }] }, "g.json"))
-      .toThrow(new Error('g.json: growths[0].flops must be a finite number, got "1"'));
+    expect(() => parseGrowths({ format: "staged-run-growths", version: 1, growths: [{ ...growth, flops: "1" }] }, "g.json")).toThrow(
+      new Error('g.json: growths[0].flops must be a finite number, got "1"'),
+    );
     const f = join(dir, "g.json");
     await writeFile(f, JSON.stringify(result));
     await expect(readGrowths(f)).rejects.toThrow(new Error(`${f}: format must be "staged-run-growths"`));
@@ -72,12 +105,15 @@ describe("growths.json, run.json, frontier.json, cooldown.json", () => {
   it("run.json names its format; its model and stages are objects", () => {
     const id = { format: "staged-run-entry", version: 1, data: "brown", group: "w", seed: 0, model: { arch: "gpt2", layers: 1 }, stages: [] };
     expect(parseRunIdentity(id, RUN_FILE)).toEqual(id);
-    expect(() => parseRunIdentity({ ...id, format: "staged-run-result" }, RUN_FILE)).toThrow(new Error('run.json: format must be "staged-run-entry"'));
+    expect(() => parseRunIdentity({ ...id, format: "staged-run-result" }, RUN_FILE)).toThrow(
+      new Error('run.json: format must be "staged-run-entry"'),
+    );
     expect(() => parseRunIdentity({ ...id, stages: [1] }, RUN_FILE)).toThrow(new Error("run.json: stages[0] must be a JSON object"));
   });
 
   it("frontier.json and cooldown.json are checked field by field", async () => {
-    const fr = join(dir, "frontier.json"), cd = join(dir, "cooldown.json");
+    const fr = join(dir, "frontier.json"),
+      cd = join(dir, "cooldown.json");
     await writeFile(fr, JSON.stringify([{ ...result.final, valLoss: "x" }]));
     await expect(readFrontier(fr)).rejects.toThrow(new Error(`${fr}: [0].valLoss must be a finite number, got "x"`));
     await writeFile(cd, JSON.stringify({ step: 3 }));
@@ -86,11 +122,23 @@ describe("growths.json, run.json, frontier.json, cooldown.json", () => {
 });
 
 describe("a run directory with a bad file is refused before anything trains", () => {
-  const spec = () => parseRunSpec({
-    name: "w", data: "brown", context: 16, batch: 4, optimizer: { lr: 3e-3 }, schedule: { kind: "constant", warmup: 2 },
-    eval: { every: 4, blocks: 4 }, budget: { flops: 6e8 }, model: { layers: 1, dModel: 16, heads: 2 },
-    stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }], threads: 1,
-  }, join(dir, "spec.json"));
+  const spec = () =>
+    parseRunSpec(
+      {
+        name: "w",
+        data: "brown",
+        context: 16,
+        batch: 4,
+        optimizer: { lr: 3e-3 },
+        schedule: { kind: "constant", warmup: 2 },
+        eval: { every: 4, blocks: 4 },
+        budget: { flops: 6e8 },
+        model: { layers: 1, dModel: 16, heads: 2 },
+        stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }],
+        threads: 1,
+      },
+      join(dir, "spec.json"),
+    );
 
   it.each([
     [RUN_FILE, { format: "something-else" }, 'format must be "staged-run-entry"'],

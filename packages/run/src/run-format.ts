@@ -30,7 +30,8 @@ export const RUN_FILES_VERSION = 1;
 const shown = (v: unknown): string => JSON.stringify(v) ?? "nothing";
 /** A finite number; the error quotes what was there (`must be a finite number, got null`). */
 const finite = z.number({ error: (iss) => `must be a finite number, got ${shown(iss.input)}` });
-const count = z.number({ error: (iss) => `must be an integer ≥ 0, got ${shown(iss.input)}` })
+const count = z
+  .number({ error: (iss) => `must be an integer ≥ 0, got ${shown(iss.input)}` })
   .refine((v) => Number.isSafeInteger(v) && v >= 0, { error: (iss) => `must be an integer ≥ 0, got ${shown(iss.input)}` });
 const text = z.string({ error: (iss) => `must be a string, got ${shown(iss.input)}` });
 const format = <F extends string>(name: F) => z.literal(name, { error: `must be "${name}"` });
@@ -39,8 +40,16 @@ const version = z.literal(RUN_FILES_VERSION, { error: `must be ${RUN_FILES_VERSI
 const curvePoint = z.object({ globalStep: count, step: count, stage: count, flops: finite, tokens: finite, valLoss: finite });
 
 const growthEvent = z.object({
-  stage: count, operator: text, options: z.record(z.string(), z.unknown()), flops: finite, globalStep: count, timing: text,
-  valLossBefore: finite, valLossAfter: finite, paramsBefore: count, paramsAfter: count,
+  stage: count,
+  operator: text,
+  options: z.record(z.string(), z.unknown()),
+  flops: finite,
+  globalStep: count,
+  timing: text,
+  valLossBefore: finite,
+  valLossAfter: finite,
+  paramsBefore: count,
+  paramsAfter: count,
 });
 
 const finalEvaluation = z.object({ steps: count, flops: finite, valLoss: finite, blocks: count, tokens: count, valLossBefore: finite });
@@ -50,17 +59,28 @@ const curve = z.array(curvePoint).superRefine((points, ctx) => {
   points.forEach((p, i) => {
     const before = points[i - 1]?.flops;
     if (before !== undefined && p.flops < before) {
-      ctx.addIssue({ code: "custom", path: [i, "flops"],
-        message: `${p.flops} is below points[${i - 1}].flops ${before} (points must be in increasing FLOPs order)` });
+      ctx.addIssue({
+        code: "custom",
+        path: [i, "flops"],
+        message: `${p.flops} is below points[${i - 1}].flops ${before} (points must be in increasing FLOPs order)`,
+      });
     }
   });
 });
 
 /** result.json. Unknown fields are dropped (examples/bench/dynamics-ablation.mjs adds `divergence`). */
 const resultFile = z.object({
-  format: format(RESULT_FORMAT), version, name: text, group: text, seed: count, done: z.boolean({ error: "must be true or false" }),
-  budgetFlops: finite, points: curve, growths: z.array(growthEvent),
-  final: finalEvaluation.optional(), frontier: z.array(finalEvaluation).optional(),
+  format: format(RESULT_FORMAT),
+  version,
+  name: text,
+  group: text,
+  seed: count,
+  done: z.boolean({ error: "must be true or false" }),
+  budgetFlops: finite,
+  points: curve,
+  growths: z.array(growthEvent),
+  final: finalEvaluation.optional(),
+  frontier: z.array(finalEvaluation).optional(),
 });
 
 const growthsFile = z.object({ format: format(GROWTHS_FORMAT), version, growths: z.array(growthEvent) });
@@ -71,7 +91,10 @@ const isObject = (v: unknown): boolean => typeof v === "object" && v !== null &&
  * checked them when the file was written; a rerun compares the file with its own, so what is checked here is its kind.
  */
 const runFile = z.looseObject({
-  format: format(RUN_FORMAT), version, group: text, seed: count,
+  format: format(RUN_FORMAT),
+  version,
+  group: text,
+  seed: count,
   model: z.custom<ModelSpec>(isObject, { error: "must be a JSON object" }),
   stages: z.array(z.custom<StageSpec>(isObject, { error: "must be a JSON object" }), { error: "must be a list" }),
 });
@@ -86,7 +109,7 @@ export type CooldownStart = z.infer<typeof cooldownFile>;
 
 // The interfaces of types.ts (with their documentation) are the schemas' types: a field changed on one side only
 // fails to compile here.
-type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;
+type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 const same = <A, B>(ok: Same<A, B>): Same<A, B> => ok;
 same<z.infer<typeof curvePoint>, CurvePoint>(true);
 same<z.infer<typeof growthEvent>, GrowthEvent>(true);

@@ -26,20 +26,43 @@ beforeAll(async () => {
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
 function spec(over: Record<string, unknown> = {}): RunSpec {
-  return parseRunSpec({
-    name: "w", data, context: 16, batch: 4, optimizer: { lr: 3e-3 }, schedule: { kind: "constant", warmup: 2 },
-    eval: { every: 4, blocks: 4 }, budget: { flops: 6e8 }, model: { layers: 1, dModel: 16, heads: 2 },
-    stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }], threads: 1, ...over,
-  }, join(dir, "spec.json"));
+  return parseRunSpec(
+    {
+      name: "w",
+      data,
+      context: 16,
+      batch: 4,
+      optimizer: { lr: 3e-3 },
+      schedule: { kind: "constant", warmup: 2 },
+      eval: { every: 4, blocks: 4 },
+      budget: { flops: 6e8 },
+      model: { layers: 1, dModel: 16, heads: 2 },
+      stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }],
+      threads: 1,
+      ...over,
+    },
+    join(dir, "spec.json"),
+  );
 }
 
 describe("runEntries / grownModel", () => {
   it("the baseline is the final model of the stages; no-growth the first", () => {
-    const s = spec({ stages: [{ grow: "width", at: { step: 5 }, options: { ffnFactor: 2 } }, { grow: "depth", at: { step: 5 }, factor: 3 }],
-      seeds: [0, 1], baseline: { seeds: [7] }, noGrowth: { seeds: [0] } });
+    const s = spec({
+      stages: [
+        { grow: "width", at: { step: 5 }, options: { ffnFactor: 2 } },
+        { grow: "depth", at: { step: 5 }, factor: 3 },
+      ],
+      seeds: [0, 1],
+      baseline: { seeds: [7] },
+      noGrowth: { seeds: [0] },
+    });
     expect(grownModel(s.model, s.stages)).toMatchObject({ layers: 3, dModel: 32, heads: 4, ffn: 256 });
-    expect(runEntries(s).map((e) => `${e.name}:${e.model.layers}x${e.model.dModel}:${e.stages.length}`))
-      .toEqual(["w-s0:1x16:2", "w-s1:1x16:2", "baseline-s7:3x32:0", "no-growth-1x16-s0:1x16:0"]);
+    expect(runEntries(s).map((e) => `${e.name}:${e.model.layers}x${e.model.dModel}:${e.stages.length}`)).toEqual([
+      "w-s0:1x16:2",
+      "w-s1:1x16:2",
+      "baseline-s7:3x32:0",
+      "no-growth-1x16-s0:1x16:0",
+    ]);
   });
 
   it("a token budget is counted at the final model's FLOPs per token", () => {
@@ -56,7 +79,10 @@ describe("executeRun", () => {
     const r = await executeRun(s, entry!, join(dir, "a"), { onProgress: (p) => progress.push(p) });
     const fpStep0 = flopsPerToken(shapeOf(s.model, 16), 16) * 4 * 16;
     // progress after every step (the reporter decides what to show), and once at the end of the budget
-    expect(progress.map((p) => p.globalStep)).toEqual([...Array.from({ length: r.points.at(-1)!.globalStep }, (_, i) => i + 1), r.points.at(-1)!.globalStep]);
+    expect(progress.map((p) => p.globalStep)).toEqual([
+      ...Array.from({ length: r.points.at(-1)!.globalStep }, (_, i) => i + 1),
+      r.points.at(-1)!.globalStep,
+    ]);
     expect(progress.filter((p) => p.end)).toEqual([progress.at(-1)]);
     expect(progress.at(-1)).toMatchObject({ run: "w-s0", stage: 1, stages: 1, budget: 6e8, valLoss: r.points.at(-1)!.valLoss, end: true });
     expect(progress.map((p) => p.stage)).toEqual(progress.map((p) => (p.globalStep <= g0(r) ? 0 : 1)));
@@ -91,7 +117,13 @@ describe("executeRun", () => {
     const whole = await executeRun(s, entry!, join(dir, "whole"));
     for (const killAt of [3, 11, 26]) {
       const d = join(dir, `killed-${killAt}`);
-      await expect(executeRun(s, entry!, d, { onStep: (g) => { if (g === killAt) throw new Error("killed"); } })).rejects.toThrow("killed");
+      await expect(
+        executeRun(s, entry!, d, {
+          onStep: (g) => {
+            if (g === killAt) throw new Error("killed");
+          },
+        }),
+      ).rejects.toThrow("killed");
       const resumed = await executeRun(s, entry!, d);
       expect(resumed.points.map((p) => [p.globalStep, p.valLoss])).toEqual(whole.points.map((p) => [p.globalStep, p.valLoss]));
       expect(resumed.growths).toEqual(whole.growths);
@@ -116,7 +148,13 @@ describe("executeRun", () => {
     // Killed inside the cooldown (its steps are global steps past the budget's), the rerun ends the same.
     const last = plain.points.at(-1)!.globalStep;
     const d = join(dir, "cool-killed");
-    await expect(executeRun(s, entry!, d, { onStep: (g) => { if (g === last + 4) throw new Error("killed"); } })).rejects.toThrow("killed");
+    await expect(
+      executeRun(s, entry!, d, {
+        onStep: (g) => {
+          if (g === last + 4) throw new Error("killed");
+        },
+      }),
+    ).rejects.toThrow("killed");
     expect((await executeRun(s, entry!, d)).final).toEqual(r.final);
     // A growth whose re-warmup is still under way when the budget ends: the cooldown decays from the peak, it does
     // not ramp towards its own end (an LR of 0 would leave the loss unchanged).
@@ -135,7 +173,15 @@ describe("executeRun", () => {
     for (const at of [7, 23, last + 3]) {
       const d = join(dir, `sig-${at}`);
       const ac = new AbortController();
-      const e = await executeRun(s, entry!, d, { signal: ac.signal, onStep: (g) => { if (g === at) ac.abort(); } }).then(() => null, (x: unknown) => x);
+      const e = await executeRun(s, entry!, d, {
+        signal: ac.signal,
+        onStep: (g) => {
+          if (g === at) ac.abort();
+        },
+      }).then(
+        () => null,
+        (x: unknown) => x,
+      );
       expect(e).toBeInstanceOf(RunInterrupted);
       expect((e as RunInterrupted).message).toMatch(/interrupted at step \d+, saved in .*stage-\d; run the same command again to resume$/);
       // The step at which it stopped is saved (nothing lost), and no result is written yet.
@@ -177,8 +223,13 @@ describe("executeRun", () => {
     await mkdir(d);
     const other = spawn("sleep", ["60"], { stdio: "ignore" });
     try {
-      await symlink(JSON.stringify({ pid: other.pid, host: hostname(), start: processStart(other.pid!), command: "staged run spec.json", since: "t" }), join(dir, ".busy.lock"));
-      await expect(executeRun(s, runEntries(s)[0]!, d)).rejects.toThrow(new RegExp(`busy: being written by pid ${other.pid} \\(staged run spec.json`));
+      await symlink(
+        JSON.stringify({ pid: other.pid, host: hostname(), start: processStart(other.pid!), command: "staged run spec.json", since: "t" }),
+        join(dir, ".busy.lock"),
+      );
+      await expect(executeRun(s, runEntries(s)[0]!, d)).rejects.toThrow(
+        new RegExp(`busy: being written by pid ${other.pid} \\(staged run spec.json`),
+      );
       expect(await readdir(d)).toEqual([]);
     } finally {
       other.kill("SIGKILL");
@@ -197,8 +248,16 @@ describe("executeRun", () => {
     const law = join(dir, "law.json");
     // A law under which the large model is far more efficient at any loss below 5: growth is due at once,
     // as soon as the detector has its window (8 points) and patience (3).
-    await writeFile(law, JSON.stringify({ format: "staged-scaling-fit", version: 1, form: "chinchilla",
-      constants: { E: 0.5, A: 10, alpha: 0.5, B: 1, beta: 1 }, batchTokens: 64 }));
+    await writeFile(
+      law,
+      JSON.stringify({
+        format: "staged-scaling-fit",
+        version: 1,
+        form: "chinchilla",
+        constants: { E: 0.5, A: 10, alpha: 0.5, B: 1, beta: 1 },
+        batchTokens: 64,
+      }),
+    );
     const s = spec({ law, stages: [{ grow: "width", at: "auto" }], budget: { flops: 1.2e9 } });
     const r = await executeRun(s, runEntries(s)[0]!, join(dir, "auto"));
     expect(r.growths).toHaveLength(1);
@@ -207,20 +266,36 @@ describe("executeRun", () => {
     expect(r.growths[0]!.globalStep).toBe(40);
     // A second growth decides on the grown model's curve only after the first one's re-warmup (8 steps):
     // its 10 points are those of global steps 48 ... 84.
-    const two = spec({ law, stages: [{ grow: "width", at: "auto", rewarmup: 8 }, { grow: "depth", at: "auto" }], budget: { flops: 2.5e9 } });
+    const two = spec({
+      law,
+      stages: [
+        { grow: "width", at: "auto", rewarmup: 8 },
+        { grow: "depth", at: "auto" },
+      ],
+      budget: { flops: 2.5e9 },
+    });
     const r2 = await executeRun(two, runEntries(two)[0]!, join(dir, "auto2"));
-    expect(r2.growths.map((g) => [g.operator, g.globalStep])).toEqual([["width", 40], ["depth", 84]]);
+    expect(r2.growths.map((g) => [g.operator, g.globalStep])).toEqual([
+      ["width", 40],
+      ["depth", 84],
+    ]);
   });
 
   it("a growth-timing rule plugged into the registry decides the growth; an unregistered one is refused before anything is written", async () => {
     // Research code's own rule: grow at the first validation point at or below a loss, seeing every point it is fed.
     const seen: TimingPoint[] = [];
     const below: GrowthTimingPlugin = {
-      name: "below-4.5", needsLaw: false,
+      name: "below-4.5",
+      needsLaw: false,
       create: (c) => {
         expect(c).toMatchObject({ stage: 0, batchTokens: 64, law: null });
         expect(c.large.params).toBeGreaterThan(c.small.params);
-        return { push: (p) => { seen.push(p); return p.valLoss <= 4.5; } };
+        return {
+          push: (p) => {
+            seen.push(p);
+            return p.valLoss <= 4.5;
+          },
+        };
       },
     };
     const registry = createRunRegistry().register("growthTiming", below);
@@ -234,30 +309,57 @@ describe("executeRun", () => {
     // The growth happens at the first point the rule accepted, and no point after it was fed to the first model's rule.
     expect(g.globalStep).toBe(first.globalStep);
     expect(seen.at(-1)).toBe(first);
-    expect(r.points.filter((p) => p.stage === 0 && p.globalStep <= first.globalStep).map((p) => p.valLoss))
-      .toEqual(seen.map((p) => p.valLoss));
-    await expect(executeRun(s, runEntries(s)[0]!, join(dir, "rule-missing"))).rejects.toThrow('stages[0].at: unknown growth-timing rule "below-4.5" (registered: auto, plan)');
+    expect(r.points.filter((p) => p.stage === 0 && p.globalStep <= first.globalStep).map((p) => p.valLoss)).toEqual(seen.map((p) => p.valLoss));
+    await expect(executeRun(s, runEntries(s)[0]!, join(dir, "rule-missing"))).rejects.toThrow(
+      'stages[0].at: unknown growth-timing rule "below-4.5" (registered: auto, plan)',
+    );
     expect(await readdir(dir)).not.toContain("rule-missing");
-    expect(() => spec({ stages: [{ grow: "width", at: { rule: "" } }] })).toThrow(/stages\[0\]\.at\.rule must be the name of a registered growth-timing rule, got ""/);
+    expect(() => spec({ stages: [{ grow: "width", at: { rule: "" } }] })).toThrow(
+      /stages\[0\]\.at\.rule must be the name of a registered growth-timing rule, got ""/,
+    );
   });
 
   it("an LR schedule, a scaling law and a trainer plugged into the registry are the ones a run uses; unknown names are refused before anything is written", async () => {
     // Research code's own plugins: a schedule at half the peak after the warmup, a law of its own constants, a trainer
     // counting the calls it passes on to trainer-ort's.
-    const half: LrSchedulePlugin = { name: "half", create: (c) => (step) => (step < c.warmupSteps ? c.peakLr * (step / c.warmupSteps) : c.peakLr / 2) };
+    const half: LrSchedulePlugin = {
+      name: "half",
+      create: (c) => (step) => (step < c.warmupSteps ? c.peakLr * (step / c.warmupSteps) : c.peakLr / 2),
+    };
     const myLaw = chinchillaLaw({ E: 1.2, A: 300 }, 64, "my-law");
     let lawSeen: unknown = null;
-    const withLaw: GrowthTimingPlugin = { name: "with-law", needsLaw: true, create: (c) => { lawSeen = c.law; return { steps: 12 }; } };
+    const withLaw: GrowthTimingPlugin = {
+      name: "with-law",
+      needsLaw: true,
+      create: (c) => {
+        lawSeen = c.law;
+        return { steps: 12 };
+      },
+    };
     const calls = { train: 0, evaluate: 0 };
     const counting: OrtTrainerPlugin = {
       name: "counting",
-      train: (state, options, callbacks) => { calls.train++; return ortTrainer.train(state, options, callbacks); },
-      evaluate: (state, options) => { calls.evaluate++; return ortTrainer.evaluate(state, options); },
+      train: (state, options, callbacks) => {
+        calls.train++;
+        return ortTrainer.train(state, options, callbacks);
+      },
+      evaluate: (state, options) => {
+        calls.evaluate++;
+        return ortTrainer.evaluate(state, options);
+      },
     };
-    const registry = createRunRegistry().register("lrSchedule", half).register("scheduler", myLaw)
-      .register("growthTiming", withLaw).register("trainer", counting);
-    const s = spec({ schedule: { kind: "half", warmup: 2 }, law: { name: "my-law" }, trainer: "counting", budget: { flops: 3e8 },
-      stages: [{ grow: "width", at: { rule: "with-law" }, rewarmup: 2 }] });
+    const registry = createRunRegistry()
+      .register("lrSchedule", half)
+      .register("scheduler", myLaw)
+      .register("growthTiming", withLaw)
+      .register("trainer", counting);
+    const s = spec({
+      schedule: { kind: "half", warmup: 2 },
+      law: { name: "my-law" },
+      trainer: "counting",
+      budget: { flops: 3e8 },
+      stages: [{ grow: "width", at: { rule: "with-law" }, rewarmup: 2 }],
+    });
     expect(checkRunPlugins(s, registry).trainer).toBe(counting);
     const r = await executeRun(s, runEntries(s)[0]!, join(dir, "plugins"), { registry });
     expect(lawSeen).toBe(myLaw);
@@ -275,21 +377,31 @@ describe("executeRun", () => {
     // Every name is checked against the registry, with the spec's file and field; nothing is written.
     const file = join(dir, "spec.json");
     const bad = (over: Record<string, unknown>) => spec({ ...over, stages: [] });
-    expect(() => checkRunPlugins(bad({ schedule: { kind: "halve" } }), registry, file))
-      .toThrow(`${file}: schedule.kind: unknown LR schedule "halve" (registered: constant, linear, cosine, wsd, restart-linear, half)`);
-    expect(() => checkRunPlugins(bad({ law: { name: "their-law" } }), registry, file))
-      .toThrow(`${file}: law.name: unknown scaling law "their-law" (registered: chinchilla, kaplan, my-law)`);
-    expect(() => checkRunPlugins(bad({ law: { name: "kaplan" } }), registry, file))
-      .toThrow(`${file}: law.name: the law "kaplan" is kaplan-form: growth timing in run units needs a Chinchilla-form law`);
-    expect(() => checkRunPlugins(bad({ trainer: "torch" }), registry, file)).toThrow(`${file}: trainer: unknown trainer "torch" (registered: counting, ort)`);
-    await expect(executeRun(s, runEntries(s)[0]!, join(dir, "plugins-missing"))).rejects.toThrow('stages[0].at: unknown growth-timing rule "with-law"');
+    expect(() => checkRunPlugins(bad({ schedule: { kind: "halve" } }), registry, file)).toThrow(
+      `${file}: schedule.kind: unknown LR schedule "halve" (registered: constant, linear, cosine, wsd, restart-linear, half)`,
+    );
+    expect(() => checkRunPlugins(bad({ law: { name: "their-law" } }), registry, file)).toThrow(
+      `${file}: law.name: unknown scaling law "their-law" (registered: chinchilla, kaplan, my-law)`,
+    );
+    expect(() => checkRunPlugins(bad({ law: { name: "kaplan" } }), registry, file)).toThrow(
+      `${file}: law.name: the law "kaplan" is kaplan-form: growth timing in run units needs a Chinchilla-form law`,
+    );
+    expect(() => checkRunPlugins(bad({ trainer: "torch" }), registry, file)).toThrow(
+      `${file}: trainer: unknown trainer "torch" (registered: counting, ort)`,
+    );
+    await expect(executeRun(s, runEntries(s)[0]!, join(dir, "plugins-missing"))).rejects.toThrow(
+      'stages[0].at: unknown growth-timing rule "with-law"',
+    );
     const { law: _law, ...lawless } = s;
-    await expect(executeRun({ ...s, stages: [] }, runEntries(s)[0]!, join(dir, "plugins-missing")))
-      .rejects.toThrow('law.name: unknown scaling law "my-law" (registered: chinchilla, kaplan)');
-    await expect(executeRun({ ...lawless, stages: [] }, runEntries(s)[0]!, join(dir, "plugins-missing")))
-      .rejects.toThrow('schedule.kind: unknown LR schedule "half" (registered: constant, linear, cosine, wsd, restart-linear)');
-    await expect(executeRun({ ...lawless, stages: [], schedule: { kind: "constant", warmup: 2 } }, runEntries(s)[0]!, join(dir, "plugins-missing")))
-      .rejects.toThrow('trainer: unknown trainer "counting" (registered: ort)');
+    await expect(executeRun({ ...s, stages: [] }, runEntries(s)[0]!, join(dir, "plugins-missing"))).rejects.toThrow(
+      'law.name: unknown scaling law "my-law" (registered: chinchilla, kaplan)',
+    );
+    await expect(executeRun({ ...lawless, stages: [] }, runEntries(s)[0]!, join(dir, "plugins-missing"))).rejects.toThrow(
+      'schedule.kind: unknown LR schedule "half" (registered: constant, linear, cosine, wsd, restart-linear)',
+    );
+    await expect(
+      executeRun({ ...lawless, stages: [], schedule: { kind: "constant", warmup: 2 } }, runEntries(s)[0]!, join(dir, "plugins-missing")),
+    ).rejects.toThrow('trainer: unknown trainer "counting" (registered: ort)');
     expect(await readdir(dir)).not.toContain("plugins-missing");
     expect(() => spec({ law: { name: "" } })).toThrow(/law\.name must be a non-empty string, got ""/);
     expect(() => spec({ law: { name: "x", constants: {} } })).toThrow(/law\.constants is not a field \(fields: name\)/);
@@ -315,15 +427,23 @@ describe("executeRun", () => {
     const at2 = Math.ceil((0.6 * budgetFlops(s)) / fpStep);
     const d = join(dir, "front-killed");
     let seen = 0;
-    await expect(executeRun(s, entry!, d, { onStep: (g) => { if (g === at2 + 3) throw new Error("killed"); seen = g; } })).rejects.toThrow("killed");
+    await expect(
+      executeRun(s, entry!, d, {
+        onStep: (g) => {
+          if (g === at2 + 3) throw new Error("killed");
+          seen = g;
+        },
+      }),
+    ).rejects.toThrow("killed");
     expect(seen).toBe(at2 + 2);
     expect(JSON.parse(await readFile(join(d, FRONTIER_FILE), "utf8"))).toHaveLength(1);
     const resumed = await executeRun(s, entry!, d);
     expect(resumed.frontier).toEqual(r.frontier);
     expect(resumed.points).toEqual(r.points);
     expect(() => spec({ cooldown: { steps: 5, frontier: [0.5, 0.4] } })).toThrow("cooldown.frontier must be increasing");
-    expect(() => spec({ cooldown: { steps: 5, frontier: [1] } }))
-      .toThrow("cooldown.frontier[0] must be a fraction of the budget in (0, 4] other than 1 (the budget's own point is the run's final loss), got 1");
+    expect(() => spec({ cooldown: { steps: 5, frontier: [1] } })).toThrow(
+      "cooldown.frontier[0] must be a fraction of the budget in (0, 4] other than 1 (the budget's own point is the run's final loss), got 1",
+    );
     expect(() => spec({ cooldown: { steps: 5, frontier: [0.5, 4.5] } })).toThrow("cooldown.frontier[1] must be a fraction of the budget in (0, 4]");
   });
 
@@ -347,7 +467,9 @@ describe("executeRun", () => {
     const d = join(dir, "front-past-killed");
     // (The budget's copy cools down over the global steps that follow the budget; the second time is the training.)
     let times = 0;
-    const kill = (g: number) => { if (g === stepsAtBudget + 4 && ++times === 2) throw new Error("killed"); };
+    const kill = (g: number) => {
+      if (g === stepsAtBudget + 4 && ++times === 2) throw new Error("killed");
+    };
     await expect(executeRun(past, entry, d, { onStep: kill })).rejects.toThrow("killed");
     expect(JSON.parse(await readFile(join(d, FRONTIER_FILE), "utf8"))).toHaveLength(2);
     const resumed = await executeRun(past, entry, d);

@@ -3,21 +3,57 @@ import { mkdir } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { isDeepStrictEqual } from "node:util";
 import {
-  canonicalPath, checkInput, checkOutputPath, createDefaultRegistry, globalStepOf, lockCheckpoint, initTrainingState, loadTrainingState, saveTrainingState, STATE_FILE,
-  writeFileAtomic, type GrowthPlugin, type ModelShape, type Registry, type TrainingState,
+  canonicalPath,
+  checkInput,
+  checkOutputPath,
+  createDefaultRegistry,
+  globalStepOf,
+  lockCheckpoint,
+  initTrainingState,
+  loadTrainingState,
+  saveTrainingState,
+  STATE_FILE,
+  writeFileAtomic,
+  type GrowthPlugin,
+  type ModelShape,
+  type Registry,
+  type TrainingState,
 } from "@staged/core";
 import {
-  flopsPerToken, largeModelAt, nonEmbeddingParams,
-  readMetrics, withCooldown, type ChinchillaLaw, type MetricsRecord, type RunModel,
+  flopsPerToken,
+  largeModelAt,
+  nonEmbeddingParams,
+  readMetrics,
+  withCooldown,
+  type ChinchillaLaw,
+  type MetricsRecord,
+  type RunModel,
 } from "@staged/scheduler";
 import type { EngineFactory, EvaluateOptions, OrtTrainerPlugin, TrainOptions } from "@staged/trainer-ort";
 import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
 import { checkRunPlugins, createRunRegistry, runLaw, runTrainer, timingRule } from "./plugins.js";
 import type { CurvePoint, FinalEvaluation, GrowthEvent, RunResult } from "./types.js";
 import {
-  COOLDOWN_FILE, formatCooldownStart, formatFrontier, formatGrowths, formatRunIdentity, formatRunResult, FRONTIER_FILE, GROWTHS_FILE,
-  readCooldownStart, readFrontier, readGrowths, readRunIdentity, readRunResult, RESULT_FILE, RESULT_FORMAT, RUN_FILE, RUN_FILES_VERSION,
-  RUN_FORMAT, type CooldownStart, type RunIdentity,
+  COOLDOWN_FILE,
+  formatCooldownStart,
+  formatFrontier,
+  formatGrowths,
+  formatRunIdentity,
+  formatRunResult,
+  FRONTIER_FILE,
+  GROWTHS_FILE,
+  readCooldownStart,
+  readFrontier,
+  readGrowths,
+  readRunIdentity,
+  readRunResult,
+  RESULT_FILE,
+  RESULT_FORMAT,
+  RUN_FILE,
+  RUN_FILES_VERSION,
+  RUN_FORMAT,
+  type CooldownStart,
+  type RunIdentity,
 } from "./run-format.js";
 
 /** One run of a spec: the staged schedule for one seed, or a comparison (baseline, no-growth) for one seed. */
@@ -37,8 +73,13 @@ export function grownModel(model: ModelSpec, stages: readonly StageSpec[]): Mode
   for (const s of stages) {
     if (s.grow === "width") {
       const ffnFactor = typeof s.options.ffnFactor === "number" ? s.options.ffnFactor : 1;
-      m = { ...m, dModel: m.dModel * s.factor, heads: m.heads * s.factor, ffn: m.ffn! * s.factor * ffnFactor,
-        ...(m.kvHeads === undefined ? {} : { kvHeads: m.kvHeads * s.factor }) };
+      m = {
+        ...m,
+        dModel: m.dModel * s.factor,
+        heads: m.heads * s.factor,
+        ffn: m.ffn! * s.factor * ffnFactor,
+        ...(m.kvHeads === undefined ? {} : { kvHeads: m.kvHeads * s.factor }),
+      };
     } else {
       m = { ...m, layers: m.layers * s.factor };
     }
@@ -127,7 +168,11 @@ export interface ExecuteOptions {
 
 /** A run stopped by ExecuteOptions.signal, its work saved: the same command resumes it. */
 export class RunInterrupted extends Error {
-  constructor(readonly run: string, readonly dir: string, readonly step: number) {
+  constructor(
+    readonly run: string,
+    readonly dir: string,
+    readonly step: number,
+  ) {
     super(`${run}: interrupted at step ${step}, saved in ${dir}; run the same command again to resume`);
     this.name = "RunInterrupted";
   }
@@ -140,7 +185,10 @@ const isCheckpoint = (dir: string) => existsSync(join(dir, STATE_FILE));
  * Check every file a spec's runs will read (data, validation data, tokenizer, law) before anything is
  * written, with one-line errors naming the file; returns the law when a timing needs one.
  */
-export async function checkRunInputs(spec: RunSpec, registry: Registry = createRunRegistry()): Promise<{ law: ChinchillaLaw; maxLoss: number | null } | null> {
+export async function checkRunInputs(
+  spec: RunSpec,
+  registry: Registry = createRunRegistry(),
+): Promise<{ law: ChinchillaLaw; maxLoss: number | null } | null> {
   const lawless = checkRunPlugins(spec, registry).rules.find((r) => r.needsLaw);
   if (spec.data !== "brown") await checkInput(spec.data, "the data");
   if (spec.valData !== undefined) await checkInput(spec.valData, "the validation data");
@@ -151,14 +199,29 @@ export async function checkRunInputs(spec: RunSpec, registry: Registry = createR
 /** What identifies a run's configuration: a rerun into the same directory must match it. */
 function identity(spec: RunSpec, entry: RunEntry): RunIdentity {
   const { name: _n, seeds: _s, baseline: _b, noGrowth: _g, threads: _t, stages: _st, model: _m, ...shared } = spec;
-  return { format: RUN_FORMAT, version: RUN_FILES_VERSION, ...shared, group: entry.group, seed: entry.seed, model: entry.model, stages: entry.stages };
+  return {
+    format: RUN_FORMAT,
+    version: RUN_FILES_VERSION,
+    ...shared,
+    group: entry.group,
+    seed: entry.seed,
+    model: entry.model,
+    stages: entry.stages,
+  };
 }
 
 /** The validation points of a run's metrics records (the records with a finite valLoss), as result.json stores them. */
 export function curvePoints(records: readonly MetricsRecord[]): CurvePoint[] {
-  return records.filter((r) => typeof r.valLoss === "number" && Number.isFinite(r.valLoss)).map((r) => ({
-    globalStep: r.globalStep ?? r.step, step: r.step, stage: r.stage ?? 0, flops: r.flops, tokens: r.tokens, valLoss: r.valLoss as number,
-  }));
+  return records
+    .filter((r) => typeof r.valLoss === "number" && Number.isFinite(r.valLoss))
+    .map((r) => ({
+      globalStep: r.globalStep ?? r.step,
+      step: r.step,
+      stage: r.stage ?? 0,
+      flops: r.flops,
+      tokens: r.tokens,
+      valLoss: r.valLoss as number,
+    }));
 }
 
 /**
@@ -225,7 +288,7 @@ async function executeLocked(ctx: RunContext): Promise<RunResult> {
   growths.splice(k); // a growth record whose checkpoint never landed is redone
   const frontier = await readFrontierSoFar(ctx);
   const progress = runProgress(ctx);
-  for (;; k++) {
+  for (; ; k++) {
     const dir = stageDir(ctx.runDir, k);
     const current: CurrentState = { state: await loadTrainingState(dir, { registry: ctx.registry }) };
     try {
@@ -298,7 +361,9 @@ async function readFrontierSoFar({ spec, entry, runDir, budget }: RunContext): P
 function runProgress({ entry, o, budget }: RunContext) {
   let tps = 0;
   return {
-    step(tokensPerSecond: number): void { tps = tokensPerSecond; },
+    step(tokensPerSecond: number): void {
+      tps = tokensPerSecond;
+    },
     report(at: { step: number; globalStep: number; flops: number }, stage: number, valLoss: number | null, end = false): void {
       o.onProgress?.({ run: entry.name, stage, stages: entry.stages.length, ...at, budget, valLoss, tokensPerSecond: tps, end });
     },
@@ -311,8 +376,15 @@ type RunProgressReporter = ReturnType<typeof runProgress>;
  * cooling down the frontier's copies on the way; `current.state` follows the training. Whether the growth is due, and
  * the last validation loss.
  */
-async function trainStage(ctx: RunContext, k: number, dir: string, current: CurrentState, growths: readonly GrowthEvent[],
-                          frontier: Frontier, progress: RunProgressReporter): Promise<{ decided: boolean; lastVal: number | null }> {
+async function trainStage(
+  ctx: RunContext,
+  k: number,
+  dir: string,
+  current: CurrentState,
+  growths: readonly GrowthEvent[],
+  frontier: Frontier,
+  progress: RunProgressReporter,
+): Promise<{ decided: boolean; lastVal: number | null }> {
   const { spec, entry, o, budget } = ctx;
   const stage = entry.stages[k];
   const fpStep = flopsPerToken(current.state.shape, spec.context) * spec.batch * spec.context;
@@ -327,7 +399,8 @@ async function trainStage(ctx: RunContext, k: number, dir: string, current: Curr
   let lastVal: number | null = saved.at(-1)?.valLoss ?? null;
   // A growth at a step or FLOP count, due when the checkpoint was saved (a run killed between the small model's
   // last save and the growth), is due now: not one step later.
-  const due = (s: TrainingState) => (until?.steps !== undefined && globalStepOf(s.progress) - stageStartGlobal >= until.steps) ||
+  const due = (s: TrainingState) =>
+    (until?.steps !== undefined && globalStepOf(s.progress) - stageStartGlobal >= until.steps) ||
     (until?.flops !== undefined && s.progress.flopsSeen >= until.flops);
   decided ||= due(current.state);
   // A baseline whose frontier reaches past the budget trains on to its last point.
@@ -375,15 +448,28 @@ function stageTrainOptions(ctx: RunContext, k: number, state: TrainingState, ste
   const { spec, entry, o } = ctx;
   const fresh = k === 0 && state.progress.step === 0;
   return {
-    data: spec.data, valData: spec.valData, tokenizer: fresh ? spec.tokenizer : undefined,
-    steps, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
+    data: spec.data,
+    valData: spec.valData,
+    tokenizer: fresh ? spec.tokenizer : undefined,
+    steps,
+    batch: spec.batch,
+    microBatch: spec.microBatch,
+    context: spec.context,
     // A grown model's peak LR is the checkpoint's (the growth scaled it by its lrScale).
     ...(k === 0 ? { lr: spec.optimizer.lr, schedule: spec.schedule.kind, warmup: spec.schedule.warmup } : {}),
-    betas: spec.optimizer.betas, eps: spec.optimizer.eps, weightDecay: spec.optimizer.weightDecay, clip: spec.optimizer.clip,
+    betas: spec.optimizer.betas,
+    eps: spec.optimizer.eps,
+    weightDecay: spec.optimizer.weightDecay,
+    clip: spec.optimizer.clip,
     biasCorrection: spec.optimizer.biasCorrection,
     seed: fresh ? entry.seed : undefined,
-    evalEvery: spec.eval.every, evalBlocks: spec.eval.blocks, saveDir: dir,
-    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal, registry: ctx.registry,
+    evalEvery: spec.eval.every,
+    evalBlocks: spec.eval.blocks,
+    saveDir: dir,
+    threads: o.threads ?? spec.threads,
+    engineFactory: o.engineFactory,
+    signal: o.signal,
+    registry: ctx.registry,
   };
 }
 
@@ -392,16 +478,27 @@ async function addFrontierPoint(ctx: RunContext, frontier: Frontier, state: Trai
   const { entry, o } = ctx;
   frontier.done.push(await coolCopy(ctx, state, dir));
   await writeFileAtomic(frontier.file, formatFrontier(frontier.done));
-  o.onLine?.(`${entry.name}: frontier point ${frontier.done.length}/${frontier.at.length}: ${frontier.done.at(-1)!.valLoss.toFixed(4)} after a cooldown from ${state.progress.flopsSeen.toExponential(3)} FLOPs`);
+  o.onLine?.(
+    `${entry.name}: frontier point ${frontier.done.length}/${frontier.at.length}: ${frontier.done.at(-1)!.valLoss.toFixed(4)} after a cooldown from ${state.progress.flopsSeen.toExponential(3)} FLOPs`,
+  );
 }
 
 /**
  * The end of the budget: the spec's cooldown, then the run's result, written to result.json. A frontier reaching past
  * the budget ends with its last point, and the run's final loss is its point at the budget.
  */
-async function finishRun(ctx: RunContext, k: number, dir: string, state: TrainingState, growths: GrowthEvent[], frontier: Frontier): Promise<RunResult> {
+async function finishRun(
+  ctx: RunContext,
+  k: number,
+  dir: string,
+  state: TrainingState,
+  growths: GrowthEvent[],
+  frontier: Frontier,
+): Promise<RunResult> {
   const { spec, entry, runDir, budget } = ctx;
-  let final: FinalEvaluation | undefined, points = curvePoints(await readMetrics(dir)), others = frontier.done;
+  let final: FinalEvaluation | undefined,
+    points = curvePoints(await readMetrics(dir)),
+    others = frontier.done;
   if (frontier.budgetIndex !== null) {
     while (frontier.done.length < frontier.at.length) await addFrontierPoint(ctx, frontier, state, dir);
     final = frontier.done[frontier.budgetIndex]!;
@@ -416,8 +513,17 @@ async function finishRun(ctx: RunContext, k: number, dir: string, state: Trainin
     final = cooled.final;
   }
   const result: RunResult = {
-    format: RESULT_FORMAT, version: RUN_FILES_VERSION, name: entry.name, group: entry.group, seed: entry.seed, done: true,
-    budgetFlops: budget, points, growths, ...(final ? { final } : {}), ...(others.length ? { frontier: others } : {}),
+    format: RESULT_FORMAT,
+    version: RUN_FILES_VERSION,
+    name: entry.name,
+    group: entry.group,
+    seed: entry.seed,
+    done: true,
+    budgetFlops: budget,
+    points,
+    growths,
+    ...(final ? { final } : {}),
+    ...(others.length ? { frontier: others } : {}),
   };
   await writeFileAtomic(join(runDir, RESULT_FILE), formatRunResult(result));
   return result;
@@ -427,34 +533,52 @@ async function finishRun(ctx: RunContext, k: number, dir: string, state: Trainin
  * Grow stage `k`'s model into stage k + 1: the operator, the grown model's loss, the growth recorded in growths.json,
  * then the new stage's checkpoint.
  */
-async function growStage(ctx: RunContext, k: number, dir: string, state: TrainingState, stage: StageSpec, lastVal: number | null,
-                         growths: GrowthEvent[], growthsFile: string): Promise<void> {
+async function growStage(
+  ctx: RunContext,
+  k: number,
+  dir: string,
+  state: TrainingState,
+  stage: StageSpec,
+  lastVal: number | null,
+  growths: GrowthEvent[],
+  growthsFile: string,
+): Promise<void> {
   const { spec, entry, runDir, o, registry, law } = ctx;
   const valBefore = curvePoints(await readMetrics(dir)).at(-1)?.valLoss ?? lastVal!;
-  const continueAt = stage.continueAt === "keep" ? undefined
-    : stage.continueAt === "law" ? continueAtFromLaw(law!, spec, entry, k, valBefore) : stage.continueAt;
+  const continueAt =
+    stage.continueAt === "keep" ? undefined : stage.continueAt === "law" ? continueAtFromLaw(law!, spec, entry, k, valBefore) : stage.continueAt;
   const plugin = registry.get("growth", stage.grow) as GrowthPlugin<Record<string, unknown>>;
   const grown = await plugin.grow(state, {
-    ...stage.options, factor: stage.factor,
-    rewarmup: stage.rewarmup, ...(stage.lrScale === undefined ? {} : { lrScale: stage.lrScale }),
+    ...stage.options,
+    factor: stage.factor,
+    rewarmup: stage.rewarmup,
+    ...(stage.lrScale === undefined ? {} : { lrScale: stage.lrScale }),
     ...(stage.lrScaleParams === undefined ? {} : { lrScaleParams: stage.lrScaleParams }),
     ...(stage.lrRamp === undefined ? {} : { lrRamp: stage.lrRamp }),
-    ...(continueAt === undefined ? {} : { continueAt }), registry,
+    ...(continueAt === undefined ? {} : { continueAt }),
+    registry,
   });
   const record = grown.progress.stages.at(-1)!;
   const valAfter = (await ctx.trainer.evaluate(grown, validationOf(ctx, spec.eval.blocks))).loss;
   const event: GrowthEvent = {
-    stage: k + 1, operator: stage.grow, options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
-    flops: state.progress.flopsSeen, globalStep: globalStepOf(state.progress),
+    stage: k + 1,
+    operator: stage.grow,
+    options: { ...record.options, rewarmup: stage.rewarmup, continueAt: continueAt ?? "keep" },
+    flops: state.progress.flopsSeen,
+    globalStep: globalStepOf(state.progress),
     timing: timingRule(stage) ?? Object.keys(stage.at)[0]!,
-    valLossBefore: valBefore, valLossAfter: valAfter,
-    paramsBefore: nonEmbeddingParams(state.shape), paramsAfter: nonEmbeddingParams(grown.shape),
+    valLossBefore: valBefore,
+    valLossAfter: valAfter,
+    paramsBefore: nonEmbeddingParams(state.shape),
+    paramsAfter: nonEmbeddingParams(grown.shape),
   };
   growths[k] = event;
   await writeFileAtomic(growthsFile, formatGrowths(growths));
   await saveTrainingState(stageDir(runDir, k + 1), grown, { registry, overwrite: true });
-  o.onLine?.(`${entry.name}: grew ${stage.grow} ×${stage.factor} at ${event.flops.toExponential(3)} FLOPs (global step ${event.globalStep}, ` +
-    `${event.timing}): ${state.shape.layers}×d${state.shape.dModel} → ${grown.shape.layers}×d${grown.shape.dModel}, val ${valBefore.toFixed(4)} → ${valAfter.toFixed(4)}`);
+  o.onLine?.(
+    `${entry.name}: grew ${stage.grow} ×${stage.factor} at ${event.flops.toExponential(3)} FLOPs (global step ${event.globalStep}, ` +
+      `${event.timing}): ${state.shape.layers}×d${state.shape.dModel} → ${grown.shape.layers}×d${grown.shape.dModel}, val ${valBefore.toFixed(4)} → ${valAfter.toFixed(4)}`,
+  );
 }
 
 /** The spec's cooldown from a copy of `state` (nothing saved): one point of the baseline's cooled-down frontier. */
@@ -463,24 +587,53 @@ async function coolCopy(ctx: RunContext, state: TrainingState, dir: string): Pro
   const c = ctx.spec.cooldown!;
   const ev = validationOf(ctx, c.blocks);
   const before = await trainer.evaluate(state, ev);
-  const r = await trainer.train({ ...state, schedule: withCooldown(state.schedule!, state.progress.step, c.steps) },
-    cooldownOptions(ctx, c.steps, null), { onStep: (i) => o.onStep?.(globalStepOf(state.progress) + i.index) });
+  const r = await trainer.train(
+    { ...state, schedule: withCooldown(state.schedule!, state.progress.step, c.steps) },
+    cooldownOptions(ctx, c.steps, null),
+    { onStep: (i) => o.onStep?.(globalStepOf(state.progress) + i.index) },
+  );
   if (r.result.interrupted) throw new RunInterrupted(ctx.entry.name, dir, state.progress.step);
   const after = await trainer.evaluate(r.state, ev);
-  return { steps: c.steps, flops: r.state.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore: before.loss };
+  return {
+    steps: c.steps,
+    flops: r.state.progress.flopsSeen,
+    valLoss: after.loss,
+    blocks: after.blocks,
+    tokens: after.tokens,
+    valLossBefore: before.loss,
+  };
 }
 
 /** The trainer's options for `steps` cooldown steps of the spec's data and batch (the schedule comes with the state). */
 const cooldownOptions = ({ spec, o, registry }: RunContext, steps: number, saveDir: string | null): TrainOptions => ({
-  steps, evalEvery: 0, evalBlocks: spec.eval.blocks, saveDir,
-  data: spec.data, valData: spec.valData, batch: spec.batch, microBatch: spec.microBatch, context: spec.context,
-  threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, signal: o.signal, registry,
+  steps,
+  evalEvery: 0,
+  evalBlocks: spec.eval.blocks,
+  saveDir,
+  data: spec.data,
+  valData: spec.valData,
+  batch: spec.batch,
+  microBatch: spec.microBatch,
+  context: spec.context,
+  threads: o.threads ?? spec.threads,
+  engineFactory: o.engineFactory,
+  signal: o.signal,
+  registry,
 });
 
 /** Options of `evaluate` for the run's validation stream (the trainer's), on `maxBlocks` blocks (undefined: all). */
 function validationOf({ spec, o, registry }: RunContext, maxBlocks: number | undefined): EvaluateOptions {
-  return { data: spec.data, valData: spec.valData, stream: "training-validation", context: spec.context, batch: spec.batch,
-    threads: o.threads ?? spec.threads, engineFactory: o.engineFactory, ...(maxBlocks === undefined ? {} : { maxBlocks }), registry };
+  return {
+    data: spec.data,
+    valData: spec.valData,
+    stream: "training-validation",
+    context: spec.context,
+    batch: spec.batch,
+    threads: o.threads ?? spec.threads,
+    engineFactory: o.engineFactory,
+    ...(maxBlocks === undefined ? {} : { maxBlocks }),
+    registry,
+  };
 }
 
 /**
@@ -507,15 +660,23 @@ async function cooldown(ctx: RunContext, state: TrainingState, dir: string): Pro
     const steps = Math.min(total - current.progress.step, spec.eval.every * 5);
     const globalBefore = globalStepOf(current.progress);
     // Once a piece is saved the stored schedule is the cooldown's, which withCooldown leaves as it is.
-    const r = await trainer.train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) },
-      cooldownOptions(ctx, steps, dir), { onStep: (i) => o.onStep?.(globalBefore + i.index) });
+    const r = await trainer.train({ ...current, schedule: withCooldown(current.schedule!, start.step, c.steps) }, cooldownOptions(ctx, steps, dir), {
+      onStep: (i) => o.onStep?.(globalBefore + i.index),
+    });
     current = r.state;
     if (r.result.interrupted) throw new RunInterrupted(basename(runDir), dir, current.progress.step);
     o.onLine?.(`${dir}: cooldown ${current.progress.step - start.step}/${c.steps} steps`);
   }
   const after = await trainer.evaluate(current, ev);
   return {
-    final: { steps: c.steps, flops: current.progress.flopsSeen, valLoss: after.loss, blocks: after.blocks, tokens: after.tokens, valLossBefore: start.valLossBefore },
+    final: {
+      steps: c.steps,
+      flops: current.progress.flopsSeen,
+      valLoss: after.loss,
+      blocks: after.blocks,
+      tokens: after.tokens,
+      valLossBefore: start.valLossBefore,
+    },
     startStep: start.step,
   };
 }
@@ -523,9 +684,16 @@ async function cooldown(ctx: RunContext, state: TrainingState, dir: string): Pro
 function continueAtFromLaw(law: ChinchillaLaw, spec: RunSpec, entry: RunEntry, k: number, loss: number): number {
   const large = grownModel(entry.model, entry.stages.slice(0, k + 1));
   const shape = shapeOf(large, spec.context);
-  const at = largeModelAt(law, { params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, spec.context) },
-    { batchTokens: spec.batch * spec.context }, loss);
-  if (!at) throw new Error(`the law says the grown ${large.layers}×d${large.dModel} model never reaches the loss at growth ${loss.toFixed(4)}: continueAt "law" is undefined`);
+  const at = largeModelAt(
+    law,
+    { params: nonEmbeddingParams(shape), flopsPerToken: flopsPerToken(shape, spec.context) },
+    { batchTokens: spec.batch * spec.context },
+    loss,
+  );
+  if (!at)
+    throw new Error(
+      `the law says the grown ${large.layers}×d${large.dModel} model never reaches the loss at growth ${loss.toFixed(4)}: continueAt "law" is undefined`,
+    );
   return Math.round(at.step);
 }
 
@@ -539,8 +707,17 @@ interface GrowthCondition {
   replay(points: readonly CurvePoint[]): boolean;
 }
 
-function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: StageSpec, registry: Registry,
-                         law: ChinchillaLaw | null, maxLoss: number | null, budget: number, settledFrom: number): GrowthCondition {
+function growthCondition(
+  spec: RunSpec,
+  entry: RunEntry,
+  k: number,
+  stage: StageSpec,
+  registry: Registry,
+  law: ChinchillaLaw | null,
+  maxLoss: number | null,
+  budget: number,
+  settledFrom: number,
+): GrowthCondition {
   const fixed = (c: { flops?: number; steps?: number }): GrowthCondition => ({ ...c, push: () => false, replay: () => false });
   const at = stage.at;
   if (typeof at === "object" && "flops" in at) return fixed({ flops: at.flops });
@@ -548,16 +725,23 @@ function growthCondition(spec: RunSpec, entry: RunEntry, k: number, stage: Stage
   if (typeof at === "object" && "step" in at) return fixed({ steps: at.step });
   const model = (m: ModelSpec) => runModelOf(m, spec.context);
   const timing = registry.get("growthTiming", timingRule(stage)!).create({
-    stage: k, small: model(grownModel(entry.model, entry.stages.slice(0, k))), large: model(grownModel(entry.model, entry.stages.slice(0, k + 1))),
-    batchTokens: spec.batch * spec.context, budget, law, maxLoss,
+    stage: k,
+    small: model(grownModel(entry.model, entry.stages.slice(0, k))),
+    large: model(grownModel(entry.model, entry.stages.slice(0, k + 1))),
+    batchTokens: spec.batch * spec.context,
+    budget,
+    law,
+    maxLoss,
   });
   // A grown model's first steps run under the re-warmed LR, where its loss stalls by construction: the rule sees the
   // points after them.
   const test = timing.push?.bind(timing);
   const push = (p: CurvePoint) => test !== undefined && p.globalStep >= settledFrom && test(p);
   return {
-    ...(timing.steps === undefined ? {} : { steps: timing.steps }), ...(timing.flops === undefined ? {} : { flops: timing.flops }),
-    push, replay: (ps) => ps.some((p) => push(p)),
+    ...(timing.steps === undefined ? {} : { steps: timing.steps }),
+    ...(timing.flops === undefined ? {} : { flops: timing.flops }),
+    push,
+    replay: (ps) => ps.some((p) => push(p)),
   };
 }
 

@@ -87,12 +87,12 @@ export interface ModelSpec {
 
 /** When a growth happens. */
 export type Timing =
-  | { step: number }          // at this step of the stage's model
-  | { flops: number }         // once the run has spent this many FLOPs
-  | { fraction: number }      // once the run has spent this fraction of the budget
-  | "auto"                    // online: the marginal-efficiency rule of @staged/scheduler on the run's own validation curve
-  | "plan"                    // ahead of time: the same rule on the law's simulated curve
-  | { rule: string };         // a growth-timing rule registered under "growthTiming" (ExecuteOptions.registry)
+  | { step: number } // at this step of the stage's model
+  | { flops: number } // once the run has spent this many FLOPs
+  | { fraction: number } // once the run has spent this fraction of the budget
+  | "auto" // online: the marginal-efficiency rule of @staged/scheduler on the run's own validation curve
+  | "plan" // ahead of time: the same rule on the law's simulated curve
+  | { rule: string }; // a growth-timing rule registered under "growthTiming" (ExecuteOptions.registry)
 
 export interface StageSpec {
   grow: "width" | "depth";
@@ -120,18 +120,45 @@ const isObj = (v: unknown): v is Record<string, unknown> => typeof v === "object
 
 /** Parse and check a spec; `file` names it in errors and anchors relative paths. */
 export function parseRunSpec(raw: unknown, file: string): RunSpec {
-  const fail = (field: string, what: string): never => { throw new Error(`${file}: ${field} ${what}`); };
+  const fail = (field: string, what: string): never => {
+    throw new Error(`${file}: ${field} ${what}`);
+  };
   if (!isObj(raw)) fail("the spec", "must be a JSON object");
   const r = raw as Record<string, unknown>;
-  const known = new Set(["name", "data", "valData", "tokenizer", "context", "batch", "microBatch", "optimizer", "schedule",
-    "eval", "cooldown", "budget", "model", "stages", "law", "trainer", "seeds", "baseline", "noGrowth", "threads", "$comment"]);
-  for (const k of Object.keys(r)) if (!known.has(k)) fail(JSON.stringify(k), `is not a spec field (fields: ${[...known].filter((x) => x !== "$comment").join(", ")})`);
+  const known = new Set([
+    "name",
+    "data",
+    "valData",
+    "tokenizer",
+    "context",
+    "batch",
+    "microBatch",
+    "optimizer",
+    "schedule",
+    "eval",
+    "cooldown",
+    "budget",
+    "model",
+    "stages",
+    "law",
+    "trainer",
+    "seeds",
+    "baseline",
+    "noGrowth",
+    "threads",
+    "$comment",
+  ]);
+  for (const k of Object.keys(r))
+    if (!known.has(k)) fail(JSON.stringify(k), `is not a spec field (fields: ${[...known].filter((x) => x !== "$comment").join(", ")})`);
 
   const int = (v: unknown, field: string, min: number, max = Number.MAX_SAFE_INTEGER): number =>
-    typeof v === "number" && Number.isInteger(v) && v >= min && v <= max ? v : fail(field, `must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
+    typeof v === "number" && Number.isInteger(v) && v >= min && v <= max
+      ? v
+      : fail(field, `must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
   const pos = (v: unknown, field: string): number =>
     typeof v === "number" && Number.isFinite(v) && v > 0 ? v : fail(field, `must be a number > 0, got ${JSON.stringify(v)}`);
-  const str = (v: unknown, field: string): string => (typeof v === "string" && v !== "" ? v : fail(field, `must be a non-empty string, got ${JSON.stringify(v)}`));
+  const str = (v: unknown, field: string): string =>
+    typeof v === "string" && v !== "" ? v : fail(field, `must be a non-empty string, got ${JSON.stringify(v)}`);
   const path = (v: string) => (v === "brown" || isAbsolute(v) ? v : resolve(dirname(file), v));
   const seeds = (v: unknown, field: string): number[] => {
     if (!Array.isArray(v) || v.length === 0) return fail(field, "must be a non-empty list of seeds");
@@ -158,17 +185,23 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   const optimizer: RunSpec["optimizer"] = { lr: pos(o.lr, "optimizer.lr") };
   if (o.betas !== undefined) {
     const b = o.betas;
-    if (!Array.isArray(b) || b.length !== 2 || !b.every((x) => typeof x === "number" && x >= 0 && x < 1)) fail("optimizer.betas", "must be two numbers in [0, 1)");
+    if (!Array.isArray(b) || b.length !== 2 || !b.every((x) => typeof x === "number" && x >= 0 && x < 1))
+      fail("optimizer.betas", "must be two numbers in [0, 1)");
     optimizer.betas = [(b as number[])[0]!, (b as number[])[1]!];
   }
   if (o.eps !== undefined) optimizer.eps = pos(o.eps, "optimizer.eps");
   if (o.weightDecay !== undefined) {
-    optimizer.weightDecay = typeof o.weightDecay === "number" && o.weightDecay >= 0 && Number.isFinite(o.weightDecay)
-      ? o.weightDecay : fail("optimizer.weightDecay", "must be a number ≥ 0");
+    optimizer.weightDecay =
+      typeof o.weightDecay === "number" && o.weightDecay >= 0 && Number.isFinite(o.weightDecay)
+        ? o.weightDecay
+        : fail("optimizer.weightDecay", "must be a number ≥ 0");
   }
   if (o.clip !== undefined) optimizer.clip = o.clip === null ? null : pos(o.clip, "optimizer.clip");
   if (o.biasCorrection !== undefined) {
-    optimizer.biasCorrection = typeof o.biasCorrection === "boolean" ? o.biasCorrection : fail("optimizer.biasCorrection", `must be true or false, got ${JSON.stringify(o.biasCorrection)}`);
+    optimizer.biasCorrection =
+      typeof o.biasCorrection === "boolean"
+        ? o.biasCorrection
+        : fail("optimizer.biasCorrection", `must be true or false, got ${JSON.stringify(o.biasCorrection)}`);
   }
 
   const sch = r.schedule === undefined ? { kind: "constant", warmup: 0 } : r.schedule;
@@ -176,10 +209,16 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   const s = sch as Record<string, unknown>;
   fields(s, "schedule", ["kind", "warmup"]);
   if (s.kind !== undefined && s.kind !== "constant" && (typeof s.kind !== "string" || s.kind === "" || LR_SCHEDULE_KINDS.includes(s.kind))) {
-    fail("schedule.kind", `must be "constant" (staged and baseline runs are compared at every FLOP count, which a schedule decaying over one run's length breaks) ` +
-      `or a registered schedule of your own, got ${JSON.stringify(s.kind)}`);
+    fail(
+      "schedule.kind",
+      `must be "constant" (staged and baseline runs are compared at every FLOP count, which a schedule decaying over one run's length breaks) ` +
+        `or a registered schedule of your own, got ${JSON.stringify(s.kind)}`,
+    );
   }
-  const schedule = { kind: typeof s.kind === "string" ? s.kind : "constant", warmup: s.warmup === undefined ? 0 : int(s.warmup, "schedule.warmup", 0) };
+  const schedule = {
+    kind: typeof s.kind === "string" ? s.kind : "constant",
+    warmup: s.warmup === undefined ? 0 : int(s.warmup, "schedule.warmup", 0),
+  };
 
   if (!isObj(r.eval)) fail("eval", "must be an object {every, blocks}");
   const e = r.eval as Record<string, unknown>;
@@ -195,39 +234,54 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     if (c.frontier !== undefined) {
       if (!Array.isArray(c.frontier) || c.frontier.length === 0) fail("cooldown.frontier", `must be a non-empty list, each ${FRACTION}`);
       frontier = (c.frontier as unknown[]).map((f, i) => {
-        if (typeof f !== "number" || !(f > 0 && f <= MAX_FRONTIER && f !== 1)) fail(`cooldown.frontier[${i}]`, `must be ${FRACTION}, got ${JSON.stringify(f)}`);
+        if (typeof f !== "number" || !(f > 0 && f <= MAX_FRONTIER && f !== 1))
+          fail(`cooldown.frontier[${i}]`, `must be ${FRACTION}, got ${JSON.stringify(f)}`);
         return f as number;
       });
       if (frontier.some((f, i) => i > 0 && f <= frontier![i - 1]!)) fail("cooldown.frontier", "must be increasing");
     }
     cooldown = {
-      steps: int(c.steps, "cooldown.steps", 1), ...(c.blocks === undefined ? {} : { blocks: int(c.blocks, "cooldown.blocks", 1) }),
+      steps: int(c.steps, "cooldown.steps", 1),
+      ...(c.blocks === undefined ? {} : { blocks: int(c.blocks, "cooldown.blocks", 1) }),
       ...(frontier ? { frontier } : {}),
     };
   }
 
-  if (!isObj(r.budget)) fail("budget", "must be {\"flops\": N} or {\"tokens\": N}");
+  if (!isObj(r.budget)) fail("budget", 'must be {"flops": N} or {"tokens": N}');
   const b = r.budget as Record<string, unknown>;
-  const budget = Object.keys(b).length === 1 && b.flops !== undefined ? { flops: pos(b.flops, "budget.flops") }
-    : Object.keys(b).length === 1 && b.tokens !== undefined ? { tokens: pos(b.tokens, "budget.tokens") }
-    : fail("budget", "must be {\"flops\": N} or {\"tokens\": N}");
+  const budget =
+    Object.keys(b).length === 1 && b.flops !== undefined
+      ? { flops: pos(b.flops, "budget.flops") }
+      : Object.keys(b).length === 1 && b.tokens !== undefined
+        ? { tokens: pos(b.tokens, "budget.tokens") }
+        : fail("budget", 'must be {"flops": N} or {"tokens": N}');
 
   if (!isObj(r.model)) fail("model", "must be an object {layers, dModel, heads}");
   const m = r.model as Record<string, unknown>;
   fields(m, "model", ["arch", "layers", "dModel", "heads", "kvHeads", "ffn", "vocab", "tie", "dropout"]);
   const archs = createDefaultRegistry().list("architecture");
-  if (m.arch !== undefined && !archs.includes(m.arch as string)) fail("model.arch", `must be one of ${archs.join(", ")}, got ${JSON.stringify(m.arch)}`);
+  if (m.arch !== undefined && !archs.includes(m.arch as string))
+    fail("model.arch", `must be one of ${archs.join(", ")}, got ${JSON.stringify(m.arch)}`);
   const model: ModelSpec = {
-    arch: (m.arch as string | undefined) ?? "gpt2", layers: int(m.layers, "model.layers", 1, 1024), dModel: int(m.dModel, "model.dModel", 1, 1 << 16),
-    heads: int(m.heads, "model.heads", 1, 1024), vocab: m.vocab === undefined ? 256 : int(m.vocab, "model.vocab", 2, 1 << 20),
+    arch: (m.arch as string | undefined) ?? "gpt2",
+    layers: int(m.layers, "model.layers", 1, 1024),
+    dModel: int(m.dModel, "model.dModel", 1, 1 << 16),
+    heads: int(m.heads, "model.heads", 1, 1024),
+    vocab: m.vocab === undefined ? 256 : int(m.vocab, "model.vocab", 2, 1 << 20),
     ...(m.tie === undefined ? {} : { tie: typeof m.tie === "boolean" ? m.tie : fail("model.tie", "must be true or false") }),
     ...(m.ffn === undefined ? {} : { ffn: int(m.ffn, "model.ffn", 1, 1 << 20) }),
     ...(m.kvHeads === undefined ? {} : { kvHeads: int(m.kvHeads, "model.kvHeads", 1, 1024) }),
-    ...(m.dropout === undefined ? {} : {
-      dropout: typeof m.dropout === "number" && m.dropout >= 0 && m.dropout < 1 ? m.dropout : fail("model.dropout", `must be a number in [0, 1), got ${JSON.stringify(m.dropout)}`),
-    }),
+    ...(m.dropout === undefined
+      ? {}
+      : {
+          dropout:
+            typeof m.dropout === "number" && m.dropout >= 0 && m.dropout < 1
+              ? m.dropout
+              : fail("model.dropout", `must be a number in [0, 1), got ${JSON.stringify(m.dropout)}`),
+        }),
   };
-  if (model.kvHeads !== undefined && model.heads % model.kvHeads !== 0) fail("model.kvHeads", `${model.kvHeads} does not divide model.heads ${model.heads}`);
+  if (model.kvHeads !== undefined && model.heads % model.kvHeads !== 0)
+    fail("model.kvHeads", `${model.kvHeads} does not divide model.heads ${model.heads}`);
   if (model.dModel % model.heads !== 0) fail("model.dModel", `${model.dModel} is not divisible by model.heads ${model.heads}`);
 
   if (!Array.isArray(r.stages)) fail("stages", "must be a list (empty: no growth)");
@@ -238,7 +292,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     return { name: str(v.name, "law.name") };
   }
   if (!law && stages.some((st) => st.at === "auto" || st.at === "plan" || st.continueAt === "law")) {
-    fail("law", "is needed by an \"auto\" or \"plan\" timing or continueAt \"law\" (a fit.json from `staged plan fit --form chinchilla`)");
+    fail("law", 'is needed by an "auto" or "plan" timing or continueAt "law" (a fit.json from `staged plan fit --form chinchilla`)');
   }
   const group = (v: unknown, field: string) => {
     if (v === undefined) return undefined;
@@ -247,7 +301,16 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     return { seeds: seeds(v.seeds, `${field}.seeds`) };
   };
   return {
-    name, data: path(str(r.data, "data")), context, batch, optimizer, schedule, eval: evalSpec, budget, model, stages,
+    name,
+    data: path(str(r.data, "data")),
+    context,
+    batch,
+    optimizer,
+    schedule,
+    eval: evalSpec,
+    budget,
+    model,
+    stages,
     seeds: r.seeds === undefined ? [0] : seeds(r.seeds, "seeds"),
     ...(r.valData === undefined ? {} : { valData: path(str(r.valData, "valData")) }),
     ...(r.tokenizer === undefined ? {} : { tokenizer: path(str(r.tokenizer, "tokenizer")) }),
@@ -261,9 +324,14 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   };
 }
 
-function parseStage(v: unknown, where: string, fail: (f: string, w: string) => never,
-                    int: (v: unknown, f: string, min: number, max?: number) => number, pos: (v: unknown, f: string) => number,
-                    warmup: number): StageSpec {
+function parseStage(
+  v: unknown,
+  where: string,
+  fail: (f: string, w: string) => never,
+  int: (v: unknown, f: string, min: number, max?: number) => number,
+  pos: (v: unknown, f: string) => number,
+  warmup: number,
+): StageSpec {
   if (!isObj(v)) fail(where, "must be an object {grow, at, ...}");
   const s = v as Record<string, unknown>;
   const allowed = ["grow", "factor", "at", "options", "rewarmup", "lrScale", "lrScaleParams", "lrRamp", "continueAt"];
@@ -276,28 +344,37 @@ function parseStage(v: unknown, where: string, fail: (f: string, w: string) => n
     if (a.step !== undefined) at = { step: int(a.step, `${where}.at.step`, 1) };
     else if (a.flops !== undefined) at = { flops: pos(a.flops, `${where}.at.flops`) };
     else if (a.rule !== undefined) {
-      if (typeof a.rule !== "string" || a.rule === "") fail(`${where}.at.rule`, `must be the name of a registered growth-timing rule, got ${JSON.stringify(a.rule)}`);
+      if (typeof a.rule !== "string" || a.rule === "")
+        fail(`${where}.at.rule`, `must be the name of a registered growth-timing rule, got ${JSON.stringify(a.rule)}`);
       at = { rule: a.rule };
     } else if (a.fraction !== undefined) {
       const f = pos(a.fraction, `${where}.at.fraction`);
       if (f >= 1) fail(`${where}.at.fraction`, `must be below 1, got ${f}`);
       at = { fraction: f };
-    } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N}, {\"fraction\": f} or {\"rule\": name}");
-  } else at = fail(`${where}.at`, "must be \"auto\", \"plan\", {\"step\": N}, {\"flops\": N} or {\"fraction\": f}");
+    } else at = fail(`${where}.at`, 'must be "auto", "plan", {"step": N}, {"flops": N}, {"fraction": f} or {"rule": name}');
+  } else at = fail(`${where}.at`, 'must be "auto", "plan", {"step": N}, {"flops": N} or {"fraction": f}');
   const options = s.options === undefined ? {} : isObj(s.options) ? { ...s.options } : fail(`${where}.options`, "must be an object");
   const ownFields = ["rewarmup", "continueAt", "lrScale", "lrScaleParams", "lrRamp"];
   for (const k of ["factor", "layers", "layerMap", ...ownFields, "registry"]) {
     if (k in options) fail(`${where}.options.${k}`, `is set by the stage itself (${ownFields.includes(k) ? k : "factor"}), not in options`);
   }
   if (s.lrScaleParams !== undefined && !LR_SCALE_PARAMS.includes(s.lrScaleParams as LrScaleParams)) {
-    fail(`${where}.lrScaleParams`, `must be one of ${LR_SCALE_PARAMS.map((x) => JSON.stringify(x)).join(", ")}, got ${JSON.stringify(s.lrScaleParams)}`);
+    fail(
+      `${where}.lrScaleParams`,
+      `must be one of ${LR_SCALE_PARAMS.map((x) => JSON.stringify(x)).join(", ")}, got ${JSON.stringify(s.lrScaleParams)}`,
+    );
   }
-  const continueAt = s.continueAt === undefined || s.continueAt === "keep" ? "keep" as const
-    : s.continueAt === "law" ? "law" as const : int(s.continueAt, `${where}.continueAt`, 0);
+  const continueAt =
+    s.continueAt === undefined || s.continueAt === "keep"
+      ? ("keep" as const)
+      : s.continueAt === "law"
+        ? ("law" as const)
+        : int(s.continueAt, `${where}.continueAt`, 0);
   return {
     grow: s.grow as "width" | "depth",
     factor: s.factor === undefined ? 2 : int(s.factor, `${where}.factor`, 2, 64),
-    at, options,
+    at,
+    options,
     rewarmup: s.rewarmup === undefined ? warmup : int(s.rewarmup, `${where}.rewarmup`, 0),
     ...(s.lrScale === undefined ? {} : { lrScale: pos(s.lrScale, `${where}.lrScale`) }),
     ...(s.lrScaleParams === undefined ? {} : { lrScaleParams: s.lrScaleParams as LrScaleParams }),

@@ -33,7 +33,13 @@ export const planTiming: GrowthTimingPlugin = {
     return {
       push(p) {
         pts.push(p);
-        return pts.length >= 8 && localPowerLaw(pts.slice(-8).map((q) => ({ step: q.step, compute: q.flops, loss: q.valLoss })), p.flops).loss <= plan.lossAtGrowth;
+        return (
+          pts.length >= 8 &&
+          localPowerLaw(
+            pts.slice(-8).map((q) => ({ step: q.step, compute: q.flops, loss: q.valLoss })),
+            p.flops,
+          ).loss <= plan.lossAtGrowth
+        );
       },
     };
   },

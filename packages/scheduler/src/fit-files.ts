@@ -9,8 +9,11 @@ export type FittedCurve = Awaited<ReturnType<typeof readLearningCurve>>;
  * `staged plan fit`: the learning curves of metrics.jsonl files (each argument `path` or `path=N`, N its non-embedding
  * parameters; see parseCurveArg) and a law of `form` fitted to them. Needs curves of at least 2 model sizes.
  */
-export async function fitLawToMetrics(form: "kaplan" | "chinchilla", args: readonly string[], options: { skipFraction?: number | undefined } = {}):
-  Promise<{ fit: FitResult; curves: FittedCurve[]; paths: string[] }> {
+export async function fitLawToMetrics(
+  form: "kaplan" | "chinchilla",
+  args: readonly string[],
+  options: { skipFraction?: number | undefined } = {},
+): Promise<{ fit: FitResult; curves: FittedCurve[]; paths: string[] }> {
   const parsed = args.map(parseCurveArg);
   const curves: FittedCurve[] = [];
   for (const a of parsed) curves.push(await readLearningCurve(a.path, { params: a.params }));

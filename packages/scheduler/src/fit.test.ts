@@ -9,7 +9,10 @@ import { constantOp } from "./plan.js";
 
 function gauss(seed: number): () => number {
   let s = seed >>> 0;
-  const u = () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return (s + 0.5) / 4294967296; };
+  const u = () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s + 0.5) / 4294967296;
+  };
   return () => Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
 }
 
@@ -20,7 +23,11 @@ describe("fitted laws", () => {
     const noise = gauss(7);
     const curves: LearningCurve[] = [1e6, 4e6, 1.6e7, 6.4e7, 2.56e8].map((n) => ({
       params: n,
-      points: law.curve(n, Array.from({ length: 40 }, (_, i) => Math.round(200 * 1.15 ** i)))
+      points: law
+        .curve(
+          n,
+          Array.from({ length: 40 }, (_, i) => Math.round(200 * 1.15 ** i)),
+        )
         .map((p) => ({ step: p.step, tokens: p.tokens, loss: p.loss * (1 + 0.002 * noise()) })),
     }));
     const fit = fitChinchilla(curves);
@@ -52,13 +59,18 @@ describe("fitted laws", () => {
   it("says when a fit is ill-determined: two sizes, or a parameter on its bound", () => {
     const law = chinchillaLaw({ E: 1.8, A: 300, alpha: 0.32, B: 500, beta: 0.3 }, 65536);
     const two: LearningCurve[] = [1e6, 4e6].map((n) => ({
-      params: n, points: law.curve(n, Array.from({ length: 30 }, (_, i) => Math.round(200 * 1.15 ** i))),
+      params: n,
+      points: law.curve(
+        n,
+        Array.from({ length: 30 }, (_, i) => Math.round(200 * 1.15 ** i)),
+      ),
     }));
     const fit = fitChinchilla(two);
     expect(fit.warnings!.some((w) => /only 2 model sizes/.test(w))).toBe(true);
     // Curves that keep falling as a pure power law have no floor: E is pushed onto its bound 0.
     const pure: LearningCurve[] = [1e6, 4e6, 1.6e7].map((n) => ({
-      params: n, points: Array.from({ length: 30 }, (_, i) => {
+      params: n,
+      points: Array.from({ length: 30 }, (_, i) => {
         const step = Math.round(200 * 1.15 ** i);
         return { step, tokens: step * 65536, loss: 30 * (step * 65536) ** -0.2 + 40 * n ** -0.3 };
       }),
@@ -75,8 +87,11 @@ describe("fitted laws", () => {
     const noise = gauss(11);
     const curves: LearningCurve[] = [1e6, 1e7, 1e8, 1e9].map((n) => ({
       params: n,
-      points: Array.from({ length: 40 }, (_, i) => Math.round(500 * 1.12 ** i))
-        .map((s) => ({ step: s, tokens: s * 5e5, loss: law.loss(n, s) * (1 + 0.002 * noise()) })),
+      points: Array.from({ length: 40 }, (_, i) => Math.round(500 * 1.12 ** i)).map((s) => ({
+        step: s,
+        tokens: s * 5e5,
+        loss: law.loss(n, s) * (1 + 0.002 * noise()),
+      })),
     }));
     const fit = fitKaplan(curves);
     expect(fit.constants.alphaN).toBeCloseTo(truth.alphaN, 2);
@@ -93,14 +108,17 @@ describe("fitted laws", () => {
   it("rejects too few points and bad fit files", () => {
     expect(() => fitChinchilla([{ params: 1e6, points: [{ step: 1, tokens: 1, loss: 3 }] }])).toThrow(/at least 6 points/);
     expect(() => lawFromFit({ format: "x" } as never, "f.json")).toThrow(/f.json: not a scaling-law fit/);
-    expect(() => lawFromFit({ format: "staged-scaling-fit", form: "kaplan", constants: { Nc: 1 } } as never, "f.json"))
-      .toThrow(/f.json: constant alphaN is missing/);
+    expect(() => lawFromFit({ format: "staged-scaling-fit", form: "kaplan", constants: { Nc: 1 } } as never, "f.json")).toThrow(
+      /f.json: constant alphaN is missing/,
+    );
   });
 });
 
 describe("metrics.jsonl", () => {
   const dirs: string[] = [];
-  afterAll(async () => { for (const d of dirs) await rm(d, { recursive: true, force: true }); });
+  afterAll(async () => {
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
+  });
 
   it("parses the trainer's lines and picks the validation loss", () => {
     const text = [
@@ -113,7 +131,9 @@ describe("metrics.jsonl", () => {
     const lines = parseMetrics(text, "m.jsonl");
     expect(lines).toHaveLength(4);
     expect(curveFromMetrics(lines)).toEqual([
-      { step: 2, tokens: 200, compute: 2000, loss: 4.7 }, { step: 4, tokens: 400, compute: 4000, loss: 4.2 }]);
+      { step: 2, tokens: 200, compute: 2000, loss: 4.7 },
+      { step: 4, tokens: 400, compute: 4000, loss: 4.2 },
+    ]);
     expect(curveFromMetrics(lines, { field: "loss" }).map((p) => p.step)).toEqual([1, 2, 4]);
     // After a growth that continues at step 3, only the grown model's lines make its curve.
     const grown = parseMetrics(text + '\n{"step":4,"stage":1,"tokens":500,"flops":9000,"loss":4.0,"valLoss":4.15,"lr":0.001}\n', "m.jsonl");
@@ -134,7 +154,17 @@ describe("metrics.jsonl", () => {
     expect(cur.estimated).toBe(false);
     expect(cur.params).toBe(2 * (4 * 64 * 64 + 2 * 64 * 256));
     // Llama: q and o 64·64, k and v 64·(2 heads × 16), a gated MLP of three 64·96 matrices.
-    await writeFile(join(dir, "config.json"), JSON.stringify({ model_type: "llama", num_hidden_layers: 2, hidden_size: 64, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 96 }));
+    await writeFile(
+      join(dir, "config.json"),
+      JSON.stringify({
+        model_type: "llama",
+        num_hidden_layers: 2,
+        hidden_size: 64,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        intermediate_size: 96,
+      }),
+    );
     expect((await readLearningCurve(join(dir, "metrics.jsonl"))).params).toBe(2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 96));
     expect((await readLearningCurve(join(dir, "metrics.jsonl"), { params: 5e5 })).params).toBe(5e5);
     await expect(readLearningCurve(join(dir, "missing.jsonl"))).rejects.toThrow(/missing.jsonl: cannot read/);

@@ -1,7 +1,14 @@
 import { levenbergMarquardt } from "ml-levenberg-marquardt";
 import {
-  CHINCHILLA_CONSTANTS, DEFAULT_BATCH_TOKENS, KAPLAN_CONSTANTS, chinchillaLaw, kaplanLaw,
-  type ChinchillaConstants, type ChinchillaLaw, type KaplanConstants, type KaplanLaw,
+  CHINCHILLA_CONSTANTS,
+  DEFAULT_BATCH_TOKENS,
+  KAPLAN_CONSTANTS,
+  chinchillaLaw,
+  kaplanLaw,
+  type ChinchillaConstants,
+  type ChinchillaLaw,
+  type KaplanConstants,
+  type KaplanLaw,
 } from "./laws.js";
 
 /** One observation for a fit: a model of `params` non-embedding parameters at `step` (and `tokens`) had `loss`. */
@@ -77,35 +84,51 @@ const KAPLAN_MODEL: Model = {
   ],
   min: [Math.log(1e3), 1e-3, Math.log(1e-3), 1e-3],
   max: [Math.log(1e30), 2, Math.log(1e12), 5],
-  f: ([lnNc, aN, lnSc, aS]) => (o) => Math.exp(aN! * (lnNc! - Math.log(o.params))) + Math.exp(aS! * (lnSc! + Math.LN2 - Math.log(o.step))),
-  jac: ([lnNc, aN, lnSc, aS]) => (o) => {
-    const u = lnNc! - Math.log(o.params);
-    const v = lnSc! + Math.LN2 - Math.log(o.step);
-    const a = Math.exp(aN! * u);
-    const b = Math.exp(aS! * v);
-    return [aN! * a, u * a, aS! * b, v * b];
-  },
+  f:
+    ([lnNc, aN, lnSc, aS]) =>
+    (o) =>
+      Math.exp(aN! * (lnNc! - Math.log(o.params))) + Math.exp(aS! * (lnSc! + Math.LN2 - Math.log(o.step))),
+  jac:
+    ([lnNc, aN, lnSc, aS]) =>
+    (o) => {
+      const u = lnNc! - Math.log(o.params);
+      const v = lnSc! + Math.LN2 - Math.log(o.step);
+      const a = Math.exp(aN! * u);
+      const b = Math.exp(aS! * v);
+      return [aN! * a, u * a, aS! * b, v * b];
+    },
 };
 
 // Chinchilla, parameters [E, ln A, α, ln B, β]: L = E + A/N^α + B/D^β.
 const CHINCHILLA_MODEL: Model = {
   names: ["E", "ln A", "alpha", "ln B", "beta"],
   starts: [
-    [CHINCHILLA_CONSTANTS.E, Math.log(CHINCHILLA_CONSTANTS.A), CHINCHILLA_CONSTANTS.alpha, Math.log(CHINCHILLA_CONSTANTS.B), CHINCHILLA_CONSTANTS.beta],
+    [
+      CHINCHILLA_CONSTANTS.E,
+      Math.log(CHINCHILLA_CONSTANTS.A),
+      CHINCHILLA_CONSTANTS.alpha,
+      Math.log(CHINCHILLA_CONSTANTS.B),
+      CHINCHILLA_CONSTANTS.beta,
+    ],
     [1, Math.log(100), 0.3, Math.log(100), 0.3],
     [0.5, Math.log(1e3), 0.5, Math.log(1e3), 0.4],
     [2, Math.log(50), 0.2, Math.log(50), 0.2],
   ],
   min: [0, -10, 1e-3, -10, 1e-3],
   max: [20, 30, 2, 30, 2],
-  f: ([E, lnA, al, lnB, be]) => (o) => E! + Math.exp(lnA! - al! * Math.log(o.params)) + Math.exp(lnB! - be! * Math.log(o.tokens)),
-  jac: ([, lnA, al, lnB, be]) => (o) => {
-    const ln = Math.log(o.params);
-    const ld = Math.log(o.tokens);
-    const a = Math.exp(lnA! - al! * ln);
-    const b = Math.exp(lnB! - be! * ld);
-    return [1, a, -ln * a, b, -ld * b];
-  },
+  f:
+    ([E, lnA, al, lnB, be]) =>
+    (o) =>
+      E! + Math.exp(lnA! - al! * Math.log(o.params)) + Math.exp(lnB! - be! * Math.log(o.tokens)),
+  jac:
+    ([, lnA, al, lnB, be]) =>
+    (o) => {
+      const ln = Math.log(o.params);
+      const ld = Math.log(o.tokens);
+      const a = Math.exp(lnA! - al! * ln);
+      const b = Math.exp(lnB! - be! * ld);
+      return [1, a, -ln * a, b, -ld * b];
+    },
 };
 
 function sse(model: Model, p: number[], obs: readonly Observation[]): number {
@@ -127,16 +150,26 @@ function runFit(model: Model, obs: readonly Observation[], extraStarts: number[]
   for (const start of [...extraStarts, ...model.starts]) {
     let p: number[];
     try {
-      p = levenbergMarquardt({ x, y }, (q) => { const f = model.f(q); return (i) => f(obs[i]!); }, {
-        initialValues: start,
-        minValues: model.min,
-        maxValues: model.max,
-        damping: 1e-2,
-        maxIterations: 2000,
-        errorTolerance: 1e-14,
-        improvementThreshold: 1e-6,
-        jacobianFunction: (q) => { const j = model.jac(q); return (i) => j(obs[i]!); },
-      }).parameterValues;
+      p = levenbergMarquardt(
+        { x, y },
+        (q) => {
+          const f = model.f(q);
+          return (i) => f(obs[i]!);
+        },
+        {
+          initialValues: start,
+          minValues: model.min,
+          maxValues: model.max,
+          damping: 1e-2,
+          maxIterations: 2000,
+          errorTolerance: 1e-14,
+          improvementThreshold: 1e-6,
+          jacobianFunction: (q) => {
+            const j = model.jac(q);
+            return (i) => j(obs[i]!);
+          },
+        },
+      ).parameterValues;
     } catch {
       continue;
     }
@@ -172,10 +205,14 @@ function invert(m: number[][]): number[][] | null {
 }
 
 /** Standard errors and bound hits of a fit, and the warnings they call for. */
-export function fitDiagnostics(model: { names: string[]; min: number[]; max: number[]; jac: Model["jac"] }, p: number[],
-                               obs: readonly Observation[], sse: number):
-  { parameters: NonNullable<FitResult["parameters"]>; warnings: string[] } {
-  const k = p.length, n = obs.length;
+export function fitDiagnostics(
+  model: { names: string[]; min: number[]; max: number[]; jac: Model["jac"] },
+  p: number[],
+  obs: readonly Observation[],
+  sse: number,
+): { parameters: NonNullable<FitResult["parameters"]>; warnings: string[] } {
+  const k = p.length,
+    n = obs.length;
   const jac = model.jac(p);
   const jtj = Array.from({ length: k }, () => new Array<number>(k).fill(0));
   for (const o of obs) {
@@ -191,17 +228,26 @@ export function fitDiagnostics(model: { names: string[]; min: number[]; max: num
     const span = model.max[i]! - model.min[i]!;
     const atBound = Math.abs(value - model.min[i]!) <= 1e-6 * span || Math.abs(model.max[i]! - value) <= 1e-6 * span;
     if (atBound) warnings.push(`${name} ended on its bound (${value.toPrecision(4)}): the data do not determine it`);
-    else if (!(stdError <= 0.5 * Math.max(Math.abs(value), 1e-12))) warnings.push(`${name} = ${value.toPrecision(4)} ± ${stdError.toPrecision(2)}: ill-determined (error above 50%)`);
+    else if (!(stdError <= 0.5 * Math.max(Math.abs(value), 1e-12)))
+      warnings.push(`${name} = ${value.toPrecision(4)} ± ${stdError.toPrecision(2)}: ill-determined (error above 50%)`);
     return { name, value, stdError, atBound };
   });
   if (!inv) warnings.push("the fit's Jacobian is singular: some parameters are not identified by these curves");
   const sizes = new Set(obs.map((o) => o.params)).size;
-  if (sizes < 3) warnings.push(`only ${sizes} model size${sizes === 1 ? "" : "s"}: the size exponent and the irreducible loss are confounded (use ≥ 3 sizes)`);
+  if (sizes < 3)
+    warnings.push(`only ${sizes} model size${sizes === 1 ? "" : "s"}: the size exponent and the irreducible loss are confounded (use ≥ 3 sizes)`);
   return { parameters, warnings };
 }
 
-function summarize(form: "kaplan" | "chinchilla", model: Model, p: number[], obs: readonly Observation[],
-                   constants: Record<string, number>, batchTokens: number, sources?: string[]): FitResult {
+function summarize(
+  form: "kaplan" | "chinchilla",
+  model: Model,
+  p: number[],
+  obs: readonly Observation[],
+  constants: Record<string, number>,
+  batchTokens: number,
+  sources?: string[],
+): FitResult {
   const f = model.f(p);
   const residuals = obs.map((o) => {
     const fitted = f(o);
@@ -237,8 +283,12 @@ export function fitKaplan(curves: readonly LearningCurve[], fixed: Partial<Pick<
   const obs = observationsOf(curves);
   const p = runFit(KAPLAN_MODEL, obs);
   const constants: KaplanConstants = {
-    Nc: Math.exp(p[0]!), alphaN: p[1]!, Sc: Math.exp(p[2]!), alphaS: p[3]!,
-    Bstar: fixed.Bstar ?? KAPLAN_CONSTANTS.Bstar, alphaB: fixed.alphaB ?? KAPLAN_CONSTANTS.alphaB,
+    Nc: Math.exp(p[0]!),
+    alphaN: p[1]!,
+    Sc: Math.exp(p[2]!),
+    alphaS: p[3]!,
+    Bstar: fixed.Bstar ?? KAPLAN_CONSTANTS.Bstar,
+    alphaB: fixed.alphaB ?? KAPLAN_CONSTANTS.alphaB,
   };
   return summarize("kaplan", KAPLAN_MODEL, p, obs, { ...constants }, medianBatch(obs), sourcesOf(curves));
 }
@@ -266,7 +316,11 @@ export function fitChinchilla(curves: readonly LearningCurve[]): FitResult {
   return summarize("chinchilla", CHINCHILLA_MODEL, p, obs, { ...constants }, medianBatch(obs), sourcesOf(curves));
 }
 
-export function fitLaw(form: "kaplan" | "chinchilla", curves: readonly LearningCurve[], options: { skipFraction?: number | undefined } = {}): FitResult {
+export function fitLaw(
+  form: "kaplan" | "chinchilla",
+  curves: readonly LearningCurve[],
+  options: { skipFraction?: number | undefined } = {},
+): FitResult {
   const used = options.skipFraction ? skipStart(curves, options.skipFraction) : curves;
   if (form === "kaplan") return fitKaplan(used);
   if (form === "chinchilla") return fitChinchilla(used);

@@ -19,7 +19,17 @@ describe("flopsPerToken", () => {
 
   it("counts grouped-query attention and gated MLPs as they are (Llama 2 7B, Llama 3 8B)", () => {
     // Llama 2 7B: 32·(4·4096² + 3·4096·11008) = 6,476,005,376; with both embeddings 6.74B parameters.
-    const llama2: ModelShape = { layers: 32, dModel: 4096, heads: 32, headDim: 128, kvHeads: 32, ffn: 11008, vocab: 32000, context: 4096, gatedMlp: true };
+    const llama2: ModelShape = {
+      layers: 32,
+      dModel: 4096,
+      heads: 32,
+      headDim: 128,
+      kvHeads: 32,
+      ffn: 11008,
+      vocab: 32000,
+      context: 4096,
+      gatedMlp: true,
+    };
     expect(nonEmbeddingParams(llama2)).toBe(6_476_005_376);
     // Llama 3 8B: k and v have 8 heads of 128: 32·(2·4096² + 2·4096·1024 + 3·4096·14336) = 6,979,321,856.
     const llama3: ModelShape = { ...llama2, kvHeads: 8, ffn: 14336, vocab: 128256, context: 8192 };

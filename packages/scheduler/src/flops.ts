@@ -7,7 +7,8 @@ import type { ModelShape } from "@staged/core";
  */
 export function blockMatrixParams(shape: ModelShape): number {
   const { dModel: d, ffn } = shape;
-  const q = attentionWidth(shape), kv = shape.kvHeads === undefined ? q : shape.kvHeads * shape.headDim;
+  const q = attentionWidth(shape),
+    kv = shape.kvHeads === undefined ? q : shape.kvHeads * shape.headDim;
   return 2 * d * q + 2 * d * kv + (shape.gatedMlp ? 3 : 2) * d * ffn;
 }
 

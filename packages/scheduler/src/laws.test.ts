@@ -32,7 +32,7 @@ describe("Kaplan et al. 2020 with the seed's constants", () => {
   it("the compute-efficient frontier follows Table 6", () => {
     const f = kaplan.frontier(1);
     expect(f.params).toBeCloseTo(1.3e9, 0);
-    expect(f.loss).toBeCloseTo((3.1e8) ** 0.05, 12);
+    expect(f.loss).toBeCloseTo(3.1e8 ** 0.05, 12);
     expect(kaplan.frontier(10).params / f.params).toBeCloseTo(10 ** 0.73, 9);
   });
   it("validates constants", () => {

@@ -46,7 +46,12 @@ export interface KaplanConstants {
 
 /** The seed code's constants: N_c = 8.8e13, α_N = 0.076, S_c = 2.1e3, α_S = 0.76, B* = 2.1e8, α_B = 0.21. */
 export const KAPLAN_CONSTANTS: Readonly<KaplanConstants> = Object.freeze({
-  Nc: 8.8e13, alphaN: 0.076, Sc: 2.1e3, alphaS: 0.76, Bstar: 2.1e8, alphaB: 0.21,
+  Nc: 8.8e13,
+  alphaN: 0.076,
+  Sc: 2.1e3,
+  alphaS: 0.76,
+  Bstar: 2.1e8,
+  alphaB: 0.21,
 });
 
 /** One PF-day in FLOPs (10^15 · 24 · 3600). */
@@ -132,7 +137,11 @@ export interface ChinchillaConstants {
 
 /** The paper's constants: E = 1.69, A = 406.4, B = 410.7, α = 0.34, β = 0.28. */
 export const CHINCHILLA_CONSTANTS: Readonly<ChinchillaConstants> = Object.freeze({
-  E: 1.69, A: 406.4, B: 410.7, alpha: 0.34, beta: 0.28,
+  E: 1.69,
+  A: 406.4,
+  B: 410.7,
+  alpha: 0.34,
+  beta: 0.28,
 });
 
 /** Tokens per optimizer step used to turn steps into tokens where a law counts tokens (the seed's 512 × 1024). */
@@ -154,8 +163,7 @@ export interface ChinchillaLaw extends ScalingLaw {
   computeOptimal(flops: number): { params: number; tokens: number; loss: number };
 }
 
-export function chinchillaLaw(constants: Partial<ChinchillaConstants> = {}, batchTokens = DEFAULT_BATCH_TOKENS,
-                              name = "chinchilla"): ChinchillaLaw {
+export function chinchillaLaw(constants: Partial<ChinchillaConstants> = {}, batchTokens = DEFAULT_BATCH_TOKENS, name = "chinchilla"): ChinchillaLaw {
   const c: ChinchillaConstants = { ...CHINCHILLA_CONSTANTS, ...constants };
   for (const k of ["A", "B", "alpha", "beta"] as const) positive(`chinchilla ${k}`, c[k]);
   if (!Number.isFinite(c.E) || c.E < 0) throw new Error(`chinchilla E must be a finite number ≥ 0, got ${c.E}`);
@@ -198,12 +206,24 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "obj
 
 /** Whether a value (a registered "scheduler" plugin, say) is a ScalingLaw: a form, constants, lossAtConvergence and curve. */
 export function isScalingLaw(v: unknown): v is ScalingLaw {
-  return isObject(v) && typeof v.name === "string" && (v.form === "kaplan" || v.form === "chinchilla") && isObject(v.constants) &&
-    typeof v.lossAtConvergence === "function" && typeof v.curve === "function";
+  return (
+    isObject(v) &&
+    typeof v.name === "string" &&
+    (v.form === "kaplan" || v.form === "chinchilla") &&
+    isObject(v.constants) &&
+    typeof v.lossAtConvergence === "function" &&
+    typeof v.curve === "function"
+  );
 }
 
 /** Whether a value is a Chinchilla-form law (what growth timing in a run's own units needs: loss(N, D), tokensToLoss, batchTokens). */
 export function isChinchillaLaw(v: unknown): v is ChinchillaLaw {
-  return isScalingLaw(v) && v.form === "chinchilla" && typeof v.loss === "function" && typeof v.tokensToLoss === "function" &&
-    typeof v.computeOptimal === "function" && typeof v.batchTokens === "number";
+  return (
+    isScalingLaw(v) &&
+    v.form === "chinchilla" &&
+    typeof v.loss === "function" &&
+    typeof v.tokensToLoss === "function" &&
+    typeof v.computeOptimal === "function" &&
+    typeof v.batchTokens === "number"
+  );
 }

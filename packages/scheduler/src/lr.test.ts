@@ -3,8 +3,14 @@ import { createDefaultRegistry, type LrScheduleSpec } from "@staged/core";
 import { LR_SCHEDULE_KINDS, createLrSchedule, hasParamLrScales, paramLrScale, withCooldown, withRestart } from "./lr.js";
 import { registerScheduler } from "./registry.js";
 
-const spec = (kind: string, extra: Partial<LrScheduleSpec> = {}): LrScheduleSpec =>
-  ({ kind, peakLr: 1e-3, warmupSteps: 100, totalSteps: 1000, restarts: [], ...extra });
+const spec = (kind: string, extra: Partial<LrScheduleSpec> = {}): LrScheduleSpec => ({
+  kind,
+  peakLr: 1e-3,
+  warmupSteps: 100,
+  totalSteps: 1000,
+  restarts: [],
+  ...extra,
+});
 
 describe("createLrSchedule", () => {
   it("constant: linear warmup then the peak", () => {
@@ -21,7 +27,7 @@ describe("createLrSchedule", () => {
     expect(f(0)).toBe(0);
     expect(f(25)).toBeCloseTo(2.5e-4, 15);
     expect(f(100)).toBeCloseTo(1e-3, 15);
-    expect(f(550)).toBeCloseTo(1e-3 * (1000 - 550) / 900, 15);
+    expect(f(550)).toBeCloseTo((1e-3 * (1000 - 550)) / 900, 15);
     expect(f(1000)).toBe(0);
     expect(f(2000)).toBe(0);
     const g = createLrSchedule(spec("linear", { minLr: 1e-4 }));
@@ -58,8 +64,8 @@ describe("createLrSchedule", () => {
     // The seed's lambda, transcribed with its own formulas.
     const seed = (s: number, w: number, T: number, r: number, rw: number): number => {
       if (r !== 0 && rw !== 0 && s < r + rw && s >= r) {
-        if (s < w) return ((s - r) / Math.max(1, rw)) * (r + rw) / Math.max(1, w);
-        return ((s - r) / Math.max(1, rw)) * (T - r - rw) / Math.max(1, T - w);
+        if (s < w) return (((s - r) / Math.max(1, rw)) * (r + rw)) / Math.max(1, w);
+        return (((s - r) / Math.max(1, rw)) * (T - r - rw)) / Math.max(1, T - w);
       }
       if (s < w) return s / Math.max(1, w);
       return Math.max(0, (T - s) / Math.max(1, T - w));
@@ -71,18 +77,26 @@ describe("createLrSchedule", () => {
       { w: 100, T: 1000, r: 0, rw: 50 }, // restart_steps = 0 disables the restart, as in the seed
     ];
     for (const { w, T, r, rw } of cases) {
-      const f = createLrSchedule(spec("restart-linear", {
-        peakLr: 2.1e-3, warmupSteps: w, totalSteps: T, restartSteps: r, restartWarmupSteps: rw,
-      }));
-      for (const s of [0, 1, 5, 10, 12, 14, 15, 50, 999, 1000, 1200, 1499, 1500, 2999, 3000, 39999, 40000, 40250,
-                       40499, 40500, 99999, 100000, 120000]) {
+      const f = createLrSchedule(
+        spec("restart-linear", {
+          peakLr: 2.1e-3,
+          warmupSteps: w,
+          totalSteps: T,
+          restartSteps: r,
+          restartWarmupSteps: rw,
+        }),
+      );
+      for (const s of [
+        0, 1, 5, 10, 12, 14, 15, 50, 999, 1000, 1200, 1499, 1500, 2999, 3000, 39999, 40000, 40250, 40499, 40500, 99999, 100000, 120000,
+      ]) {
         expect(f(s)).toBeCloseTo(2.1e-3 * seed(s, w, T, r, rw), 14);
       }
     }
     // Hand-computed: in the restart window after the warmup, (s−r)/rw · (T−r−rw)/(T−w).
-    const f = createLrSchedule(spec("restart-linear", { peakLr: 1, warmupSteps: 3000, totalSteps: 100000,
-                                                        restartSteps: 40000, restartWarmupSteps: 500 }));
-    expect(f(40250)).toBeCloseTo(0.5 * 59500 / 97000, 14);
+    const f = createLrSchedule(
+      spec("restart-linear", { peakLr: 1, warmupSteps: 3000, totalSteps: 100000, restartSteps: 40000, restartWarmupSteps: 500 }),
+    );
+    expect(f(40250)).toBeCloseTo((0.5 * 59500) / 97000, 14);
     expect(f(40000)).toBe(0);
     expect(f(40500)).toBeCloseTo(59500 / 97000, 14);
   });
@@ -121,8 +135,7 @@ describe("createLrSchedule", () => {
   });
 
   it("rejects invalid specs with clear errors", () => {
-    expect(() => createLrSchedule(spec("step"))).toThrow(
-      /unknown LR schedule kind "step" \(kinds: constant, linear, cosine, wsd, restart-linear\)/);
+    expect(() => createLrSchedule(spec("step"))).toThrow(/unknown LR schedule kind "step" \(kinds: constant, linear, cosine, wsd, restart-linear\)/);
     expect(() => createLrSchedule(spec("linear", { peakLr: -1 }))).toThrow(/peakLr must be/);
     expect(() => createLrSchedule(spec("linear", { warmupSteps: 2000 }))).toThrow(/warmupSteps \(2000\) exceeds totalSteps/);
     expect(() => createLrSchedule(spec("linear", { minLr: 1 }))).toThrow(/minLr .* exceeds peakLr/);
@@ -141,9 +154,10 @@ describe("createLrSchedule", () => {
     expect(reg.list("lrSchedule")).toEqual([...LR_SCHEDULE_KINDS].sort());
     expect(reg.list("scheduler")).toEqual(["chinchilla", "kaplan"]);
     const f = (reg.get("lrSchedule", "linear") as unknown as { create(s: LrScheduleSpec): (n: number) => number }).create(spec("linear"));
-    expect(f(550)).toBeCloseTo(1e-3 * 450 / 900, 15);
-    expect(() => (reg.get("lrSchedule", "cosine") as unknown as { create(s: LrScheduleSpec): unknown }).create(spec("linear")))
-      .toThrow(/got a spec of kind "linear"/);
+    expect(f(550)).toBeCloseTo((1e-3 * 450) / 900, 15);
+    expect(() => (reg.get("lrSchedule", "cosine") as unknown as { create(s: LrScheduleSpec): unknown }).create(spec("linear"))).toThrow(
+      /got a spec of kind "linear"/,
+    );
   });
 });
 
@@ -151,17 +165,19 @@ describe("paramLrScale", () => {
   it("1 everywhere without factors; a factor applies from its step to its roles, ramping back to 1; factors multiply", () => {
     expect(paramLrScale(spec("constant"))(500, "attn.qkv.weight")).toBe(1);
     expect(hasParamLrScales(spec("constant"))).toBe(false);
-    const s = spec("constant", { paramScales: [
-      { step: 100, scale: 0.5, rampSteps: 200, roles: ["attn.qkv.weight", "mlp.in.weight"] },
-      { step: 300, scale: 0.25, rampSteps: 0, roles: null },
-    ] });
+    const s = spec("constant", {
+      paramScales: [
+        { step: 100, scale: 0.5, rampSteps: 200, roles: ["attn.qkv.weight", "mlp.in.weight"] },
+        { step: 300, scale: 0.25, rampSteps: 0, roles: null },
+      ],
+    });
     expect(hasParamLrScales(s)).toBe(true);
     const f = paramLrScale(s);
     expect(f(99, "attn.qkv.weight")).toBe(1);
     expect(f(100, "attn.qkv.weight")).toBe(0.5);
     expect(f(200, "mlp.in.weight")).toBeCloseTo(0.75, 15);
     expect(f(200, "embed.tokens.weight")).toBe(1); // not a named role
-    expect(f(299, "attn.qkv.weight")).toBeCloseTo(0.5 + 0.5 * 199 / 200, 15);
+    expect(f(299, "attn.qkv.weight")).toBeCloseTo(0.5 + (0.5 * 199) / 200, 15);
     // From 300: the first is back at 1, the second (every role, no ramp) stays at 0.25.
     expect(f(300, "attn.qkv.weight")).toBe(0.25);
     expect(f(10_000, "embed.tokens.weight")).toBe(0.25);
@@ -171,7 +187,9 @@ describe("paramLrScale", () => {
 
   it("is validated with the schedule, with errors naming the entry", () => {
     const bad = (p: unknown) => spec("constant", { paramScales: [p] as never });
-    expect(() => createLrSchedule(bad({ step: 1, scale: 0, rampSteps: 0, roles: null }))).toThrow(/paramScales\[0\]\.scale must be a number > 0, got 0/);
+    expect(() => createLrSchedule(bad({ step: 1, scale: 0, rampSteps: 0, roles: null }))).toThrow(
+      /paramScales\[0\]\.scale must be a number > 0, got 0/,
+    );
     expect(() => createLrSchedule(bad({ step: -1, scale: 0.5, rampSteps: 0, roles: null }))).toThrow(/paramScales\[0\]\.step/);
     expect(() => createLrSchedule(bad({ step: 1, scale: 0.5, rampSteps: 1.5, roles: null }))).toThrow(/paramScales\[0\]\.rampSteps/);
     expect(() => paramLrScale(bad({ step: 1, scale: 0.5, rampSteps: 0, roles: "all" }))).toThrow(/paramScales\[0\]\.roles must be null/);
@@ -181,8 +199,13 @@ describe("paramLrScale", () => {
 
 describe("withCooldown", () => {
   it("decays linearly from the schedule's LR to 0 over the cooldown, keeping the rest; an unfinished re-warmup is dropped", () => {
-    const base = spec("constant", { restarts: [{ step: 200, warmupSteps: 50 }, { step: 980, warmupSteps: 100 }],
-      paramScales: [{ step: 200, scale: 0.5, rampSteps: 0, roles: null }] });
+    const base = spec("constant", {
+      restarts: [
+        { step: 200, warmupSteps: 50 },
+        { step: 980, warmupSteps: 100 },
+      ],
+      paramScales: [{ step: 200, scale: 0.5, rampSteps: 0, roles: null }],
+    });
     const c = withCooldown(base, 1000, 100);
     expect(c).toMatchObject({ kind: "wsd", totalSteps: 1100, minLr: 0, restarts: [{ step: 200, warmupSteps: 50 }], paramScales: base.paramScales });
     const f = createLrSchedule(c);

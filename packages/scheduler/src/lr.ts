@@ -55,7 +55,8 @@ function validateParamScales(spec: LrScheduleSpec): ParamLrScale[] {
     if (!p || typeof p !== "object") fail(spec.kind, `paramScales[${i}] must be an object {step, scale, rampSteps, roles}`);
     nonNegativeNumber(spec, `paramScales[${i}].step`, p.step, true);
     nonNegativeNumber(spec, `paramScales[${i}].rampSteps`, p.rampSteps, true);
-    if (!(typeof p.scale === "number" && Number.isFinite(p.scale) && p.scale > 0)) fail(spec.kind, `paramScales[${i}].scale must be a number > 0, got ${JSON.stringify(p.scale)}`);
+    if (!(typeof p.scale === "number" && Number.isFinite(p.scale) && p.scale > 0))
+      fail(spec.kind, `paramScales[${i}].scale must be a number > 0, got ${JSON.stringify(p.scale)}`);
     if (p.roles !== null && !(Array.isArray(p.roles) && p.roles.every((r) => typeof r === "string"))) {
       fail(spec.kind, `paramScales[${i}].roles must be null (every parameter) or a list of parameter roles`);
     }
@@ -252,12 +253,20 @@ export function createLrSchedule(spec: LrScheduleSpec, registry?: Registry): LrF
  * end. The input spec is not modified.
  */
 export function withCooldown(spec: LrScheduleSpec, step: number, steps: number): LrScheduleSpec {
-  for (const [k, v] of [["step", step], ["steps", steps]] as const) {
-    if (!Number.isInteger(v) || v < (k === "steps" ? 1 : 0)) throw new Error(`withCooldown: ${k} must be an integer ≥ ${k === "steps" ? 1 : 0}, got ${v}`);
+  for (const [k, v] of [
+    ["step", step],
+    ["steps", steps],
+  ] as const) {
+    if (!Number.isInteger(v) || v < (k === "steps" ? 1 : 0))
+      throw new Error(`withCooldown: ${k} must be an integer ≥ ${k === "steps" ? 1 : 0}, got ${v}`);
   }
   const total = step + steps;
   const out: LrScheduleSpec = {
-    ...spec, kind: "wsd", totalSteps: total, decayFraction: steps / total, minLr: 0,
+    ...spec,
+    kind: "wsd",
+    totalSteps: total,
+    decayFraction: steps / total,
+    minLr: 0,
     restarts: spec.restarts.filter((r) => r.step + r.warmupSteps <= step),
   };
   createLrSchedule(out); // validates
@@ -270,12 +279,14 @@ export function withCooldown(spec: LrScheduleSpec, step: number, steps: number):
  * Throws if the arguments are not non-negative integers. The input spec is not modified.
  */
 export function withRestart(spec: LrScheduleSpec, step: number, warmupSteps: number): LrScheduleSpec {
-  for (const [k, v] of [["step", step], ["warmupSteps", warmupSteps]] as const) {
+  for (const [k, v] of [
+    ["step", step],
+    ["warmupSteps", warmupSteps],
+  ] as const) {
     if (typeof v !== "number" || !Number.isInteger(v) || v < 0) {
       throw new Error(`withRestart: ${k} must be a non-negative integer, got ${v}`);
     }
   }
-  const restarts = [...(Array.isArray(spec.restarts) ? spec.restarts : []), { step, warmupSteps }]
-    .sort((a, b) => a.step - b.step);
+  const restarts = [...(Array.isArray(spec.restarts) ? spec.restarts : []), { step, warmupSteps }].sort((a, b) => a.step - b.step);
   return { ...spec, restarts };
 }

@@ -31,7 +31,8 @@ describe("planGrowthInRunUnits", () => {
       return l ? l.flops - d * small.flopsPerToken : -Infinity;
     };
     // The saving C_l(L) − C_s(L) is largest at the planned step (a grid around it is no better).
-    for (const f of [0.5, 0.8, 0.95, 1.05, 1.25, 2]) expect(saving(Math.round(plan.growAtStep * f))).toBeLessThanOrEqual(saving(plan.growAtStep) * (1 + 1e-9));
+    for (const f of [0.5, 0.8, 0.95, 1.05, 1.25, 2])
+      expect(saving(Math.round(plan.growAtStep * f))).toBeLessThanOrEqual(saving(plan.growAtStep) * (1 + 1e-9));
     expect(plan.predictedSaving).toBeGreaterThan(0);
     expect(plan.predictedSaving).toBeCloseTo(saving(plan.growAtStep) / plan.largeFlops, 9);
     expect(law.loss(large.params, plan.continueAtStep * units.batchTokens)).toBeCloseTo(plan.lossAtGrowth, 3);
@@ -69,10 +70,22 @@ describe("MarginalGrowthDetector", () => {
 
   it("a condition that holds for fewer than `patience` evaluations in a row does not trigger growth", () => {
     // Flat, then steep again, then flat: with patience 2 only the second flat stretch decides.
-    const pts: [number, number][] = [[1, 3.0], [2, 3.0], [3, 3.0], [4, 2.6], [5, 2.3], [6, 2.3], [7, 2.3], [8, 2.3]];
+    const pts: [number, number][] = [
+      [1, 3.0],
+      [2, 3.0],
+      [3, 3.0],
+      [4, 2.6],
+      [5, 2.3],
+      [6, 2.3],
+      [7, 2.3],
+      [8, 2.3],
+    ];
     const run = (patience: number) => {
       const det = new MarginalGrowthDetector({ law, small, large, units, window: 3, patience });
-      for (const [s, l] of pts) { const d = det.push({ step: s, compute: s * 1e9, loss: l }); if (d) return d.growAtStep; }
+      for (const [s, l] of pts) {
+        const d = det.push({ step: s, compute: s * 1e9, loss: l });
+        if (d) return d.growAtStep;
+      }
       return null;
     };
     expect(run(1)).toBe(3);
@@ -81,10 +94,24 @@ describe("MarginalGrowthDetector", () => {
 
   it("decides nothing above maxLoss (a plateau early in training is not the small model being spent)", () => {
     // A flat stretch at loss 3.0 (an early plateau), then a steady fall, then flat at 2.3.
-    const pts: [number, number][] = [[1, 3.0], [2, 3.0], [3, 3.0], [4, 3.0], [5, 2.6], [6, 2.45], [7, 2.3], [8, 2.3], [9, 2.3], [10, 2.3]];
+    const pts: [number, number][] = [
+      [1, 3.0],
+      [2, 3.0],
+      [3, 3.0],
+      [4, 3.0],
+      [5, 2.6],
+      [6, 2.45],
+      [7, 2.3],
+      [8, 2.3],
+      [9, 2.3],
+      [10, 2.3],
+    ];
     const run = (maxLoss?: number) => {
       const det = new MarginalGrowthDetector({ law, small, large, units, window: 3, patience: 2, ...(maxLoss === undefined ? {} : { maxLoss }) });
-      for (const [s, l] of pts) { const d = det.push({ step: s, compute: s * 1e9, loss: l }); if (d) return d.growAtStep; }
+      for (const [s, l] of pts) {
+        const d = det.push({ step: s, compute: s * 1e9, loss: l });
+        if (d) return d.growAtStep;
+      }
       return null;
     };
     expect(run()).toBe(4);

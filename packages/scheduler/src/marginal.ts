@@ -31,8 +31,12 @@ export interface RunUnits {
 }
 
 /** The law's large model at loss `loss`: tokens, FLOPs, step and marginal efficiency dL/dC (null if it never gets there). */
-export function largeModelAt(law: ChinchillaLaw, model: RunModel, units: RunUnits, loss: number):
-  { tokens: number; flops: number; step: number; dLdC: number } | null {
+export function largeModelAt(
+  law: ChinchillaLaw,
+  model: RunModel,
+  units: RunUnits,
+  loss: number,
+): { tokens: number; flops: number; step: number; dLdC: number } | null {
   const tokens = law.tokensToLoss(model.params, loss);
   if (!Number.isFinite(tokens)) return null;
   const { B, beta } = law.constants;
@@ -41,7 +45,11 @@ export function largeModelAt(law: ChinchillaLaw, model: RunModel, units: RunUnit
 }
 
 /** A validation point as the detector sees it: the run's FLOPs and the stage's step. */
-export interface EfficiencyPoint { step: number; compute: number; loss: number }
+export interface EfficiencyPoint {
+  step: number;
+  compute: number;
+  loss: number;
+}
 
 export interface MarginalDetectorOptions {
   law: ChinchillaLaw;
@@ -99,7 +107,10 @@ export class MarginalGrowthDetector {
     this.patience = o.patience ?? 3;
     if (!Number.isInteger(this.window) || this.window < 3) throw new Error(`window must be an integer ≥ 3, got ${this.window}`);
     if (!Number.isInteger(this.patience) || this.patience < 1) throw new Error(`patience must be an integer ≥ 1, got ${this.patience}`);
-    for (const [k, m] of [["small", o.small], ["large", o.large]] as const) {
+    for (const [k, m] of [
+      ["small", o.small],
+      ["large", o.large],
+    ] as const) {
       if (!(m.params > 0) || !(m.flopsPerToken > 0)) throw new Error(`${k} model: params and flopsPerToken must be > 0`);
     }
     if (!(o.units.batchTokens > 0)) throw new Error(`batchTokens must be > 0, got ${o.units.batchTokens}`);
@@ -122,11 +133,17 @@ export class MarginalGrowthDetector {
     this.last = { loss: fit.loss, smallDLdC: fit.dLdC, largeDLdC: large?.dLdC ?? null };
     // The large model never reaches L̂ under the law: the small model is still the better use of compute.
     // Above maxLoss the law is not backed by data: no decision there either.
-    if (!large || (this.o.maxLoss !== undefined && fit.loss > this.o.maxLoss)) { this.streak = 0; return null; }
+    if (!large || (this.o.maxLoss !== undefined && fit.loss > this.o.maxLoss)) {
+      this.streak = 0;
+      return null;
+    }
     this.streak = fit.dLdC >= large.dLdC ? this.streak + 1 : 0;
     if (this.streak >= this.patience) {
       this.result = {
-        growAtStep: point.step, loss: fit.loss, smallDLdC: fit.dLdC, largeDLdC: large.dLdC,
+        growAtStep: point.step,
+        loss: fit.loss,
+        smallDLdC: fit.dLdC,
+        largeDLdC: large.dLdC,
         continueAtStep: Math.round(large.step),
         predictedSaving: (large.flops - compute) / large.flops,
         slopeThreshold: (large.dLdC * compute) / fit.loss,
@@ -140,10 +157,17 @@ export class MarginalGrowthDetector {
 export function localPowerLaw(points: readonly EfficiencyPoint[], at: number): { loss: number; slope: number; dLdC: number } {
   const n = points.length;
   if (n < 2) throw new Error(`a local fit needs at least 2 points, got ${n}`);
-  let sx = 0, sy = 0, sxx = 0, sxy = 0;
+  let sx = 0,
+    sy = 0,
+    sxx = 0,
+    sxy = 0;
   for (const p of points) {
-    const x = Math.log(p.compute), y = Math.log(p.loss);
-    sx += x; sy += y; sxx += x * x; sxy += x * y;
+    const x = Math.log(p.compute),
+      y = Math.log(p.loss);
+    sx += x;
+    sy += y;
+    sxx += x * x;
+    sxy += x * y;
   }
   const den = n * sxx - sx * sx;
   const slope = den > 0 ? (n * sxy - sx * sy) / den : 0;
@@ -171,8 +195,13 @@ export interface GrowthPlanInRunUnits {
  * dL/dC has risen to the large model's at the same loss (bisection on the step; the difference is monotone
  * for a Chinchilla-form law). Null when the law never makes growth worth it within `maxSteps`.
  */
-export function planGrowthInRunUnits(law: ChinchillaLaw, small: RunModel, large: RunModel, units: RunUnits,
-                                     maxSteps = 1e9): GrowthPlanInRunUnits | null {
+export function planGrowthInRunUnits(
+  law: ChinchillaLaw,
+  small: RunModel,
+  large: RunModel,
+  units: RunUnits,
+  maxSteps = 1e9,
+): GrowthPlanInRunUnits | null {
   const { B, beta } = law.constants;
   const at = (step: number) => {
     const d = step * units.batchTokens;
@@ -181,20 +210,26 @@ export function planGrowthInRunUnits(law: ChinchillaLaw, small: RunModel, large:
     const l = largeModelAt(law, large, units, loss);
     return { loss, d, l, diff: l ? smallDLdC - l.dLdC : -Infinity };
   };
-  let lo = 1, hi = maxSteps;
+  let lo = 1,
+    hi = maxSteps;
   if (at(hi).diff < 0) return null;
   if (at(lo).diff >= 0) lo = hi = 1;
   while (hi - lo > 1) {
     // geometric bisection, always strictly between lo and hi
     const mid = Math.min(hi - 1, Math.max(lo + 1, Math.floor(Math.sqrt(lo * hi))));
-    if (at(mid).diff >= 0) hi = mid; else lo = mid;
+    if (at(mid).diff >= 0) hi = mid;
+    else lo = mid;
   }
   const p = at(hi);
   if (!p.l) return null;
   const flopsAtGrowth = p.d * small.flopsPerToken;
   return {
-    growAtStep: hi, flopsAtGrowth, lossAtGrowth: p.loss, continueAtStep: Math.round(p.l.step),
-    largeFlops: p.l.flops, predictedSaving: (p.l.flops - flopsAtGrowth) / p.l.flops,
+    growAtStep: hi,
+    flopsAtGrowth,
+    lossAtGrowth: p.loss,
+    continueAtStep: Math.round(p.l.step),
+    largeFlops: p.l.flops,
+    predictedSaving: (p.l.flops - flopsAtGrowth) / p.l.flops,
   };
 }
 
@@ -202,8 +237,11 @@ export function planGrowthInRunUnits(law: ChinchillaLaw, small: RunModel, large:
  * The compute-optimal choice among candidate models for a budget under the law: the one with the lowest
  * predicted loss L(N, C / flopsPerToken), with every candidate's predicted loss.
  */
-export function computeOptimalChoice<M extends RunModel>(law: ChinchillaLaw, candidates: readonly M[], budgetFlops: number):
-  { best: M; losses: { model: M; loss: number; tokens: number }[] } {
+export function computeOptimalChoice<M extends RunModel>(
+  law: ChinchillaLaw,
+  candidates: readonly M[],
+  budgetFlops: number,
+): { best: M; losses: { model: M; loss: number; tokens: number }[] } {
   if (!candidates.length) throw new Error("no candidate models");
   if (!(budgetFlops > 0)) throw new Error(`budget must be > 0 FLOPs, got ${budgetFlops}`);
   const losses = candidates.map((model) => {

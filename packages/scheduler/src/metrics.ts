@@ -28,8 +28,7 @@ export interface CurveFromMetricsOptions {
  * Points {step, tokens, compute = flops, loss} of the chosen loss, in file order, finite positive losses only,
  * of the last stage: the model that config.json beside the log describes (earlier stages were smaller models).
  */
-export function curveFromMetrics(lines: readonly MetricsRecord[], options: CurveFromMetricsOptions = {}):
-  (LossPoint & { tokens: number })[] {
+export function curveFromMetrics(lines: readonly MetricsRecord[], options: CurveFromMetricsOptions = {}): (LossPoint & { tokens: number })[] {
   const stage = lines.reduce((m, l) => Math.max(m, l.stage ?? 0), 0);
   const current = lines.filter((l) => (l.stage ?? 0) === stage);
   let field = options.field ?? "auto";
@@ -62,8 +61,10 @@ export function paramsFromConfig(config: Record<string, unknown>, registry: Regi
  * the config.json beside the file; else an estimate flops / (6 · tokens) (which also counts the output layer
  * and attention, so it over-estimates N; `estimated` says so).
  */
-export async function readLearningCurve(path: string, options: CurveFromMetricsOptions & { params?: number | undefined } = {}):
-  Promise<LearningCurve & { estimated: boolean; points: (LossPoint & { tokens: number })[] }> {
+export async function readLearningCurve(
+  path: string,
+  options: CurveFromMetricsOptions & { params?: number | undefined } = {},
+): Promise<LearningCurve & { estimated: boolean; points: (LossPoint & { tokens: number })[] }> {
   const text = await readTextInput(path, "the metrics");
   const points = curveFromMetrics(parseMetrics(text, path), options);
   if (points.length === 0) throw new Error(`${path}: no points with a loss`);
@@ -73,7 +74,9 @@ export async function readLearningCurve(path: string, options: CurveFromMetricsO
     try {
       const config = JSON.parse(await readFile(join(dirname(path), "config.json"), "utf8")) as Record<string, unknown>;
       params = paramsFromConfig(config);
-    } catch { /* no readable config beside it */ }
+    } catch {
+      /* no readable config beside it */
+    }
   }
   if (params === null) {
     const last = points[points.length - 1]!;

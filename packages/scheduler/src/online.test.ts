@@ -26,7 +26,9 @@ describe("OnlineGrowthDetector", () => {
       const offline = detectThreshold(curve, threshold);
       const det = new OnlineGrowthDetector({ threshold, constantOp: 2.717 });
       let decidedAt = -1;
-      curve.forEach((p, i) => { if (det.push(p) && decidedAt < 0) decidedAt = i; });
+      curve.forEach((p, i) => {
+        if (det.push(p) && decidedAt < 0) decidedAt = i;
+      });
       const d = det.decision!;
       expect(d.index).toBe(offline.index);
       expect(d.point).toEqual(offline.point);

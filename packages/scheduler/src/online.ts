@@ -51,7 +51,8 @@ export class OnlineGrowthDetector<P extends LossPoint = LossPoint> {
     this.threshold = options.threshold;
     this.constantOp = options.constantOp;
     this.window = options.window ?? SLOPE_WINDOW;
-    if (!Number.isInteger(this.window) || this.window < 1 || this.window % 2 === 0) throw new Error(`window must be a positive odd integer, got ${this.window}`);
+    if (!Number.isInteger(this.window) || this.window < 1 || this.window % 2 === 0)
+      throw new Error(`window must be a positive odd integer, got ${this.window}`);
     this.tolerance = options.spikeTolerance ?? SPIKE_TOLERANCE;
   }
 
@@ -130,7 +131,10 @@ function runningMeanAt(values: readonly number[], n: number, size: number, indic
  * The online decision for a curve so far (`staged plan check`): its points fed to an OnlineGrowthDetector in order
  * (none after the decision); for a `finished` run also the last slopes (finish, with the end reflection). Null: not yet.
  */
-export function decideOnCurve<P extends LossPoint>(points: readonly P[], options: OnlineDetectorOptions & { finished?: boolean }): OnlineDecision<P> | null {
+export function decideOnCurve<P extends LossPoint>(
+  points: readonly P[],
+  options: OnlineDetectorOptions & { finished?: boolean },
+): OnlineDecision<P> | null {
   const { finished, ...detectorOptions } = options;
   const detector = new OnlineGrowthDetector<P>(detectorOptions);
   for (const p of points) if (!detector.decision) detector.push(p);

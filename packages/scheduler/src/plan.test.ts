@@ -36,14 +36,17 @@ describe("constant_op (the seed's simulated Kaplan curves)", () => {
 describe("multi-stage plans", () => {
   it("width then depth: sizes, equal-loss continuation and compute accounting", () => {
     const plan = planStages({ law: kaplan, targetParams: 8e8, operators: ["width", "depth"] });
-    expect(plan.stages.map((s) => [s.operator, s.paramsBefore, s.paramsAfter])).toEqual([["width", 1e8, 4e8], ["depth", 4e8, 8e8]]);
+    expect(plan.stages.map((s) => [s.operator, s.paramsBefore, s.paramsAfter])).toEqual([
+      ["width", 1e8, 4e8],
+      ["depth", 4e8, 8e8],
+    ]);
     const [w, d] = plan.stages;
     expect(w!.growAtStep).toBe(26210);
     expect(w!.continueAtStep).toBe(9640);
     expect(d!.growAtStep).toBeGreaterThanOrEqual(w!.continueAtStep);
     const c = (n: number, s: number) => simulateCurve(kaplan, n).find((q) => q.step === s)!.compute;
-    const staged = c(1e8, w!.growAtStep) + c(4e8, d!.growAtStep) - c(4e8, w!.continueAtStep)
-      + c(8e8, plan.optimalityStep) - c(8e8, d!.continueAtStep);
+    const staged =
+      c(1e8, w!.growAtStep) + c(4e8, d!.growAtStep) - c(4e8, w!.continueAtStep) + c(8e8, plan.optimalityStep) - c(8e8, d!.continueAtStep);
     expect(plan.stagedCompute).toBeCloseTo(staged, -8);
     expect(plan.computeSaving).toBeCloseTo(1 - staged / c(8e8, plan.optimalityStep), 12);
     expect(plan.computeSaving).toBeGreaterThan(0);
@@ -55,9 +58,15 @@ describe("multi-stage plans", () => {
     expect(() => planStages({ law: kaplan, targetParams: 1e8, operators: [] })).toThrow(/at least one/);
     expect(() => planStages({ law: kaplan, targetParams: 1e8, operators: ["height" as never] })).toThrow(/unknown growth operator "height"/);
     expect(() => planStages({ law: kaplan, targetParams: 1e8, operators: ["width"], thresholdOpt: 0.1 })).toThrow(/negative/);
-    expect(() => planStages({ law: kaplan, targetParams: 1e8, operators: ["width"], thresholdGrow: -0.001 })).toThrow(/threshold -0.001 is not reached by the 25.0M-parameter model within steps 4000–90000/);
-    expect(() => planStages({ law: kaplan, targetParams: 1e8, operators: ["width"], thresholdGrow: -0.5 })).toThrow(/already below the loss at growth/);
-    expect(() => planStages({ law: kaplan, targetParams: 1e8, operators: ["width"], grid: { from: 10, to: 5, every: 1 } })).toThrow(/invalid step grid/);
+    expect(() => planStages({ law: kaplan, targetParams: 1e8, operators: ["width"], thresholdGrow: -0.001 })).toThrow(
+      /threshold -0.001 is not reached by the 25.0M-parameter model within steps 4000–90000/,
+    );
+    expect(() => planStages({ law: kaplan, targetParams: 1e8, operators: ["width"], thresholdGrow: -0.5 })).toThrow(
+      /already below the loss at growth/,
+    );
+    expect(() => planStages({ law: kaplan, targetParams: 1e8, operators: ["width"], grid: { from: 10, to: 5, every: 1 } })).toThrow(
+      /invalid step grid/,
+    );
   });
 
   it("works with the Chinchilla law too (whose curves the seed's thresholds were not tuned on)", () => {

@@ -111,7 +111,8 @@ export function planStages(options: PlanOptions): Plan {
   if (!(target > 0) || !Number.isFinite(target)) throw new Error(`target params must be a finite number > 0, got ${target}`);
   if (!operators.length) throw new Error("at least one growth operator is needed (width or depth)");
   for (const op of operators) {
-    if (!(op in GROWTH_FACTORS)) throw new Error(`unknown growth operator ${JSON.stringify(op)} (operators: ${Object.keys(GROWTH_FACTORS).join(", ")})`);
+    if (!(op in GROWTH_FACTORS))
+      throw new Error(`unknown growth operator ${JSON.stringify(op)} (operators: ${Object.keys(GROWTH_FACTORS).join(", ")})`);
   }
   const thresholdOpt = options.thresholdOpt ?? THRESHOLDS.optimality;
   const growThresholds = operators.map((op, i) => {
@@ -150,7 +151,9 @@ export function planStages(options: PlanOptions): Plan {
     const at = cur[g]!;
     const e = nearestLossIndex(next, at.loss);
     if (e === 0 && next[0]!.loss < at.loss) {
-      throw new Error(`the ${fmt(sizes[k + 1]!)}-parameter model is already below the loss at growth (${at.loss.toFixed(4)}) at step ${next[0]!.step}; lower the grid's start`);
+      throw new Error(
+        `the ${fmt(sizes[k + 1]!)}-parameter model is already below the loss at growth (${at.loss.toFixed(4)}) at step ${next[0]!.step}; lower the grid's start`,
+      );
     }
     const eq = next[e]!;
     staged += at.compute - cur[startIndex]!.compute * (k === 0 ? 0 : 1);
@@ -191,10 +194,12 @@ export function planStages(options: PlanOptions): Plan {
 }
 
 /** A single growth; the result's fields are the plan's, flattened with its one stage. */
-export function planGrowth(options: Omit<PlanOptions, "operators" | "thresholdGrow"> & {
-  operator: GrowthOperator;
-  thresholdGrow?: number;
-}): Plan & PlannedGrowth {
+export function planGrowth(
+  options: Omit<PlanOptions, "operators" | "thresholdGrow"> & {
+    operator: GrowthOperator;
+    thresholdGrow?: number;
+  },
+): Plan & PlannedGrowth {
   const plan = planStages({ ...options, operators: [options.operator], thresholdGrow: options.thresholdGrow });
   return { ...plan, ...plan.stages[0]! };
 }
@@ -204,8 +209,12 @@ export function planGrowth(options: Omit<PlanOptions, "operators" | "thresholdGr
  * large model's step at equal loss. With Kaplan's law and the seed's thresholds it is ≈ 2.717 for width
  * whatever the target size.
  */
-export function constantOp(law: ScalingLaw, targetParams: number, operator: GrowthOperator,
-                           options: { thresholdGrow?: number; grid?: StepGrid } = {}): number {
+export function constantOp(
+  law: ScalingLaw,
+  targetParams: number,
+  operator: GrowthOperator,
+  options: { thresholdGrow?: number; grid?: StepGrid } = {},
+): number {
   return planGrowth({ law, targetParams, operator, ...options }).constantOp;
 }
 

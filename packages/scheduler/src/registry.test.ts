@@ -10,8 +10,14 @@ import { lawNames, resolveLaw } from "./resolve-law.js";
 import { fitLawToMetrics } from "./fit-files.js";
 import { decideOnCurve, OnlineGrowthDetector } from "./online.js";
 
-const spec = (kind: string, extra: Partial<LrScheduleSpec> = {}): LrScheduleSpec =>
-  ({ kind, peakLr: 1e-3, warmupSteps: 0, totalSteps: 1000, restarts: [], ...extra });
+const spec = (kind: string, extra: Partial<LrScheduleSpec> = {}): LrScheduleSpec => ({
+  kind,
+  peakLr: 1e-3,
+  warmupSteps: 0,
+  totalSteps: 1000,
+  restarts: [],
+  ...extra,
+});
 
 /** Research code's own schedule: the peak halved every `every` steps (no warmup of its own). */
 const halving: LrSchedulePlugin = {
@@ -36,12 +42,14 @@ describe("LR schedules through the registry", () => {
     expect(() => createLrSchedule(spec("halving", { peakLr: -1 }), registry)).toThrow(/peakLr must be/);
     expect(lrScheduleKinds(registry)).toEqual([...LR_SCHEDULE_KINDS, "halving"]);
     expect(() => createLrSchedule(spec("step"), registry)).toThrow(
-      'unknown LR schedule kind "step" (kinds: constant, linear, cosine, wsd, restart-linear, halving)');
+      'unknown LR schedule kind "step" (kinds: constant, linear, cosine, wsd, restart-linear, halving)',
+    );
     // Without the registry, the kind is unknown; the built-in kinds are known with any registry.
     expect(() => createLrSchedule(spec("halving"))).toThrow(/unknown LR schedule kind "halving"/);
     expect(createLrSchedule(spec("linear"), createRegistry())(500)).toBe(createLrSchedule(spec("linear"))(500));
-    expect(createLrSchedule(spec("wsd", { restarts: [{ step: 100, warmupSteps: 10 }] }), registry)(105))
-      .toBe(createLrSchedule(spec("wsd", { restarts: [{ step: 100, warmupSteps: 10 }] }))(105));
+    expect(createLrSchedule(spec("wsd", { restarts: [{ step: 100, warmupSteps: 10 }] }), registry)(105)).toBe(
+      createLrSchedule(spec("wsd", { restarts: [{ step: 100, warmupSteps: 10 }] }))(105),
+    );
   });
 });
 
@@ -56,8 +64,14 @@ describe("laws through the registry", () => {
 
   it("tells laws apart from other values", () => {
     expect([isScalingLaw(kaplan), isScalingLaw(chinchilla), isScalingLaw({ name: "x" }), isScalingLaw(null)]).toEqual([true, true, false, false]);
-    expect([isChinchillaLaw(kaplan), isChinchillaLaw(chinchilla), isChinchillaLaw({ ...chinchilla, batchTokens: "8" })]).toEqual([false, true, false]);
-    expect(() => registeredLaw(createRegistry().register("scheduler", { name: "odd" }), "odd")).toThrow('the scheduler plugin "odd" is not a scaling law');
+    expect([isChinchillaLaw(kaplan), isChinchillaLaw(chinchilla), isChinchillaLaw({ ...chinchilla, batchTokens: "8" })]).toEqual([
+      false,
+      true,
+      false,
+    ]);
+    expect(() => registeredLaw(createRegistry().register("scheduler", { name: "odd" }), "odd")).toThrow(
+      'the scheduler plugin "odd" is not a scaling law',
+    );
   });
 
   it("resolves a registered law (its tokens per step replaced when asked) or a fit file; an unreadable name says what it is not", async () => {
@@ -67,11 +81,22 @@ describe("laws through the registry", () => {
     expect(mine).toMatchObject({ name: "mine", form: "chinchilla", batchTokens: 512, constants: { E: 1.5 } });
     expect((await resolveLaw("kaplan", registry, 512)).law).toBe(kaplan); // Kaplan's law counts no tokens per step
     const fit = join(dir, "fit.json");
-    await writeFile(fit, JSON.stringify({ format: "staged-scaling-fit", version: 1, form: "chinchilla", constants: { E: 1.7, A: 400, B: 400, alpha: 0.3, beta: 0.3 }, batchTokens: 1024 }));
+    await writeFile(
+      fit,
+      JSON.stringify({
+        format: "staged-scaling-fit",
+        version: 1,
+        form: "chinchilla",
+        constants: { E: 1.7, A: 400, B: 400, alpha: 0.3, beta: 0.3 },
+        batchTokens: 1024,
+      }),
+    );
     const r = await resolveLaw(fit, registry, 2048);
     expect(r.file).toBe(fit);
     expect(r.law).toMatchObject({ form: "chinchilla", batchTokens: 2048 });
-    await expect(resolveLaw(join(dir, "none.json"), registry)).rejects.toThrow(/none.json: not kaplan or chinchilla or mine, and the file cannot be read \(ENOENT\)/);
+    await expect(resolveLaw(join(dir, "none.json"), registry)).rejects.toThrow(
+      /none.json: not kaplan or chinchilla or mine, and the file cannot be read \(ENOENT\)/,
+    );
     await writeFile(join(dir, "bad.json"), "{");
     await expect(resolveLaw(join(dir, "bad.json"), registry)).rejects.toThrow(/bad.json: not JSON/);
   });
@@ -79,7 +104,9 @@ describe("laws through the registry", () => {
   it("fits a law to metrics files only with curves of 2 model sizes", async () => {
     const file = join(dir, "metrics.jsonl");
     await writeFile(file, '{"step":10,"tokens":1000,"flops":6e9,"loss":4,"lr":0.1}\n');
-    await expect(fitLawToMetrics("kaplan", [`${file}=1e6`, `${file}=1e6`])).rejects.toThrow("fitting a law needs learning curves of at least 2 model sizes");
+    await expect(fitLawToMetrics("kaplan", [`${file}=1e6`, `${file}=1e6`])).rejects.toThrow(
+      "fitting a law needs learning curves of at least 2 model sizes",
+    );
   });
 });
 

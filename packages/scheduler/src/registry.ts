@@ -21,6 +21,9 @@ export function registerScheduler(registry: Registry): Registry {
 /** The scaling law registered under `name` (a "scheduler" plugin), checked to be one (ScalingLaw: form, curve, ...). */
 export function registeredLaw(registry: Registry, name: string): ScalingLaw {
   const law = registry.get("scheduler", name);
-  if (!isScalingLaw(law)) throw new Error(`the scheduler plugin "${name}" is not a scaling law (it needs form "kaplan" or "chinchilla", constants, lossAtConvergence and curve)`);
+  if (!isScalingLaw(law))
+    throw new Error(
+      `the scheduler plugin "${name}" is not a scaling law (it needs form "kaplan" or "chinchilla", constants, lossAtConvergence and curve)`,
+    );
   return law;
 }

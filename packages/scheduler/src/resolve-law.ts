@@ -21,12 +21,18 @@ export async function resolveLaw(source: string, registry: Registry, batchTokens
     return { law: batchTokens !== undefined && isChinchillaLaw(law) ? chinchillaLaw(law.constants, batchTokens, law.name) : law };
   }
   let text: string;
-  try { text = await readFile(source, "utf8"); } catch (e) {
+  try {
+    text = await readFile(source, "utf8");
+  } catch (e) {
     const code = e instanceof Error && "code" in e && typeof e.code === "string" ? e.code : String(e);
     throw new Error(`${source}: not ${lawNames(registry).join(" or ") || "a registered law"}, and the file cannot be read (${code})`, { cause: e });
   }
   let fit: FitResult;
-  try { fit = JSON.parse(text) as FitResult; } catch (e) { throw new Error(`${source}: not JSON`, { cause: e }); }
+  try {
+    fit = JSON.parse(text) as FitResult;
+  } catch (e) {
+    throw new Error(`${source}: not JSON`, { cause: e });
+  }
   if (batchTokens !== undefined && fit && typeof fit === "object") fit = { ...fit, batchTokens };
   return { law: lawFromFit(fit, source), file: source };
 }

@@ -52,7 +52,12 @@ describe("threshold detection", () => {
       spiky.push(p);
       const q = clean[i + 1];
       if (q && i % 7 === 3) {
-        spiky.push({ step: p.step + 100, tokens: (p.tokens + q.tokens) / 2, compute: (p.compute + q.compute) / 2, loss: p.loss * (1.03 + (i % 5) / 100) });
+        spiky.push({
+          step: p.step + 100,
+          tokens: (p.tokens + q.tokens) / 2,
+          compute: (p.compute + q.compute) / 2,
+          loss: p.loss * (1.03 + (i % 5) / 100),
+        });
       }
     });
     const hitClean = detectThreshold(clean, THRESHOLDS.depth);
@@ -73,7 +78,17 @@ describe("threshold detection", () => {
     expect(hit.reached).toBe(false);
     expect(hit.index).toBe(curve.length - 2);
     expect(() => thresholdIndex(curve.slice(0, 1), -0.05)).toThrow(/at least 2 points/);
-    expect(() => logLogSlopes([{ step: 1, compute: 2, loss: 3 }, { step: 2, compute: 1, loss: 2 }])).toThrow(/compute must increase/);
-    expect(() => logLogSlopes([{ step: 1, compute: 2, loss: -3 }, { step: 2, compute: 3, loss: 2 }])).toThrow(/loss must be/);
+    expect(() =>
+      logLogSlopes([
+        { step: 1, compute: 2, loss: 3 },
+        { step: 2, compute: 1, loss: 2 },
+      ]),
+    ).toThrow(/compute must increase/);
+    expect(() =>
+      logLogSlopes([
+        { step: 1, compute: 2, loss: -3 },
+        { step: 2, compute: 3, loss: 2 },
+      ]),
+    ).toThrow(/loss must be/);
   });
 });

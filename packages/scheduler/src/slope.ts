@@ -72,7 +72,10 @@ export function removeSpikes<P extends { loss: number }>(points: readonly P[], t
 export function logLogSlopes(points: readonly LossPoint[], window = SLOPE_WINDOW): number[] {
   validatePoints(points);
   const x = points.map((p) => Math.log10(p.compute));
-  const y = runningMean(points.map((p) => Math.log10(p.loss)), window);
+  const y = runningMean(
+    points.map((p) => Math.log10(p.loss)),
+    window,
+  );
   const d: number[] = [];
   for (let i = 0; i + 1 < points.length; i++) d.push((y[i + 1]! - y[i]!) / (x[i + 1]! - x[i]!));
   return d;
@@ -123,8 +126,11 @@ export interface DetectedPoint<P extends LossPoint = LossPoint> extends Threshol
  * The whole offline procedure on a logged or simulated curve: remove spikes, smooth log-loss, find the first
  * point after the steepest one whose slope rises above `threshold`.
  */
-export function detectThreshold<P extends LossPoint>(points: readonly P[], threshold: number,
-                                options: { window?: number; spikeTolerance?: number } = {}): DetectedPoint<P> {
+export function detectThreshold<P extends LossPoint>(
+  points: readonly P[],
+  threshold: number,
+  options: { window?: number; spikeTolerance?: number } = {},
+): DetectedPoint<P> {
   const cleaned = removeSpikes(points, options.spikeTolerance ?? SPIKE_TOLERANCE);
   const hit = thresholdIndex(cleaned, threshold, options.window ?? SLOPE_WINDOW);
   return { ...hit, point: cleaned[hit.index]!, cleaned };
@@ -133,7 +139,8 @@ export function detectThreshold<P extends LossPoint>(points: readonly P[], thres
 function validatePoints(points: readonly LossPoint[]): void {
   points.forEach((p, i) => {
     if (!(p.loss > 0) || !Number.isFinite(p.loss)) throw new Error(`point ${i} (step ${p.step}): loss must be a finite number > 0, got ${p.loss}`);
-    if (!(p.compute > 0) || !Number.isFinite(p.compute)) throw new Error(`point ${i} (step ${p.step}): compute must be a finite number > 0, got ${p.compute}`);
+    if (!(p.compute > 0) || !Number.isFinite(p.compute))
+      throw new Error(`point ${i} (step ${p.step}): compute must be a finite number > 0, got ${p.compute}`);
     if (i > 0 && !(p.compute > points[i - 1]!.compute)) throw new Error(`point ${i} (step ${p.step}): compute must increase along the curve`);
   });
 }

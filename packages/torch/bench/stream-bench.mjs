@@ -9,7 +9,7 @@ import { TorchFile, writeTorchFile } from "../dist/index.js";
 
 const gib = Number(process.argv[2] ?? 1);
 const dir = await mkdtemp(join(process.argv[3] ?? tmpdir(), "torch-bench-"));
-const bytes = Math.round(gib * 2 ** 30 / 4) * 4;
+const bytes = Math.round((gib * 2 ** 30) / 4) * 4;
 const piece = new Uint8Array(4 << 20).map((_, i) => (i * 2654435761) >>> 24);
 const rate = (n, ms) => `${(n / 2 ** 20 / (ms / 1000)).toFixed(0)} MiB/s`;
 const time = async (label, f) => {
@@ -26,7 +26,11 @@ await time("CRC-32 only (zlib.crc32, 4 MiB pieces)", async () => {
   for (let at = 0; at < bytes; at += piece.length) c = zlib.crc32(piece.subarray(0, Math.min(piece.length, bytes - at)), c);
 });
 const lazy = {
-  dtype: "F32", shape: [bytes / 4], read: () => { throw new Error("not read"); },
+  dtype: "F32",
+  shape: [bytes / 4],
+  read: () => {
+    throw new Error("not read");
+  },
   async *streamBytes(buffer) {
     for (let at = 0; at < bytes; at += piece.length) {
       const n = Math.min(piece.length, bytes - at);
@@ -36,9 +40,14 @@ const lazy = {
     }
   },
 };
-const a = join(dir, "a.pt"), b = join(dir, "b.pt"), c = join(dir, "c.pt");
+const a = join(dir, "a.pt"),
+  b = join(dir, "b.pt"),
+  c = join(dir, "c.pt");
 await time("write: a streamed LazyTensor → torch.save file (fsync)", () => writeTorchFile(a, { w: lazy }));
-await time("cp of that file + sync", async () => { sh("cp", a, b); sh("sync", b); });
+await time("cp of that file + sync", async () => {
+  sh("cp", a, b);
+  sh("sync", b);
+});
 await time("copy: TorchFile → writeTorchFile (read, CRC, write, fsync)", async () => {
   const f = await TorchFile.open(a);
   await writeTorchFile(c, f.value);
@@ -46,15 +55,21 @@ await time("copy: TorchFile → writeTorchFile (read, CRC, write, fsync)", async
 });
 await time("read: the tensor's bytes streamed, fresh pieces (CRC checked)", async () => {
   const f = await TorchFile.open(a);
-  for await (const _ of f.tensors[0].streamBytes()) { /* drain */ }
+  for await (const _ of f.tensors[0].streamBytes()) {
+    /* drain */
+  }
   await f.close();
 });
 await time("read: streamed into one reused 4 MiB buffer (CRC checked)", async () => {
   const f = await TorchFile.open(a);
   const mem = new Uint8Array(4 << 20);
-  for await (const _ of f.tensors[0].streamBytes((n) => mem.subarray(0, n))) { /* drain */ }
+  for await (const _ of f.tensors[0].streamBytes((n) => mem.subarray(0, n))) {
+    /* drain */
+  }
   await f.close();
 });
-await time("cat of the file > /dev/null", async () => { sh("sh", "-c", `cat "${a}" > /dev/null`); });
+await time("cat of the file > /dev/null", async () => {
+  sh("sh", "-c", `cat "${a}" > /dev/null`);
+});
 console.log(`file size ${(await stat(a)).size} bytes (page cache warm for the reads)`);
 await rm(dir, { recursive: true, force: true });

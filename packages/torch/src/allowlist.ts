@@ -21,66 +21,146 @@ export const BLOCKED_MODULES: readonly string[] = ["sys", "os", "posix", "nt"];
 
 /** Python 2 module names a protocol-2 pickle may use, renamed before the lookup (torch/_utils.py `IMPORT_MAPPING`). */
 export const IMPORT_MAPPING: Readonly<Record<string, string>> = {
-  __builtin__: "builtins", copy_reg: "copyreg", Queue: "queue", repr: "reprlib", _abcoll: "collections.abc",
-  UserDict: "collections", UserList: "collections", UserString: "collections", whichdb: "dbm", StringIO: "io", cStringIO: "io",
+  __builtin__: "builtins",
+  copy_reg: "copyreg",
+  Queue: "queue",
+  repr: "reprlib",
+  _abcoll: "collections.abc",
+  UserDict: "collections",
+  UserList: "collections",
+  UserString: "collections",
+  whichdb: "dbm",
+  StringIO: "io",
+  cStringIO: "io",
 };
 
 /** Python 2 (module, name) pairs renamed before the lookup (torch/_utils.py `NAME_MAPPING`), keyed "module name". */
 export const NAME_MAPPING: Readonly<Record<string, readonly [string, string]>> = {
-  "__builtin__ xrange": ["builtins", "range"], "__builtin__ reduce": ["functools", "reduce"],
-  "__builtin__ intern": ["sys", "intern"], "__builtin__ unichr": ["builtins", "chr"],
-  "__builtin__ unicode": ["builtins", "str"], "__builtin__ long": ["builtins", "int"],
-  "itertools izip": ["builtins", "zip"], "itertools imap": ["builtins", "map"], "itertools ifilter": ["builtins", "filter"],
-  "itertools ifilterfalse": ["itertools", "filterfalse"], "itertools izip_longest": ["itertools", "zip_longest"],
-  "UserDict IterableUserDict": ["collections", "UserDict"], "UserList UserList": ["collections", "UserList"],
-  "UserString UserString": ["collections", "UserString"], "__builtin__ basestring": ["builtins", "str"],
-  "exceptions StandardError": ["builtins", "Exception"], "UserDict UserDict": ["collections", "UserDict"],
+  "__builtin__ xrange": ["builtins", "range"],
+  "__builtin__ reduce": ["functools", "reduce"],
+  "__builtin__ intern": ["sys", "intern"],
+  "__builtin__ unichr": ["builtins", "chr"],
+  "__builtin__ unicode": ["builtins", "str"],
+  "__builtin__ long": ["builtins", "int"],
+  "itertools izip": ["builtins", "zip"],
+  "itertools imap": ["builtins", "map"],
+  "itertools ifilter": ["builtins", "filter"],
+  "itertools ifilterfalse": ["itertools", "filterfalse"],
+  "itertools izip_longest": ["itertools", "zip_longest"],
+  "UserDict IterableUserDict": ["collections", "UserDict"],
+  "UserList UserList": ["collections", "UserList"],
+  "UserString UserString": ["collections", "UserString"],
+  "__builtin__ basestring": ["builtins", "str"],
+  "exceptions StandardError": ["builtins", "Exception"],
+  "UserDict UserDict": ["collections", "UserDict"],
 };
 
 /** Legacy storage class name → torch dtype name (torch/storage.py `_dtype_to_storage_type_map`, inverted). */
 export const STORAGE_DTYPES: Readonly<Record<string, string>> = {
-  DoubleStorage: "float64", FloatStorage: "float32", HalfStorage: "float16", LongStorage: "int64", IntStorage: "int32",
-  ShortStorage: "int16", CharStorage: "int8", ByteStorage: "uint8", BoolStorage: "bool", BFloat16Storage: "bfloat16",
-  ComplexDoubleStorage: "complex128", ComplexFloatStorage: "complex64", QInt8Storage: "qint8", QInt32Storage: "qint32",
-  QUInt8Storage: "quint8", QUInt4x2Storage: "quint4x2", QUInt2x4Storage: "quint2x4",
+  DoubleStorage: "float64",
+  FloatStorage: "float32",
+  HalfStorage: "float16",
+  LongStorage: "int64",
+  IntStorage: "int32",
+  ShortStorage: "int16",
+  CharStorage: "int8",
+  ByteStorage: "uint8",
+  BoolStorage: "bool",
+  BFloat16Storage: "bfloat16",
+  ComplexDoubleStorage: "complex128",
+  ComplexFloatStorage: "complex64",
+  QInt8Storage: "qint8",
+  QInt32Storage: "qint32",
+  QUInt8Storage: "quint8",
+  QUInt4x2Storage: "quint4x2",
+  QUInt2x4Storage: "quint2x4",
 };
 
 /** dtypes saved as an UntypedStorage plus a dtype global (`_rebuild_tensor_v3`; torch/storage.py `_new_dtypes`). */
 export const NEW_DTYPES: readonly string[] = [
-  "float8_e5m2", "float8_e4m3fn", "float8_e5m2fnuz", "float8_e4m3fnuz", "float8_e8m0fnu",
-  "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2", "complex32", "uint16", "uint32", "uint64",
+  "float8_e5m2",
+  "float8_e4m3fn",
+  "float8_e5m2fnuz",
+  "float8_e4m3fnuz",
+  "float8_e8m0fnu",
+  "bits8",
+  "bits16",
+  "bits1x8",
+  "bits2x4",
+  "bits4x2",
+  "complex32",
+  "uint16",
+  "uint32",
+  "uint64",
 ];
 
 /** The CUDA legacy storage classes (torch/cuda/__init__.py adds them to torch._storage_classes). */
-const CUDA_STORAGES = ["DoubleStorage", "FloatStorage", "LongStorage", "IntStorage", "ShortStorage", "CharStorage", "ByteStorage",
-  "HalfStorage", "BoolStorage", "BFloat16Storage", "ComplexDoubleStorage", "ComplexFloatStorage"];
+const CUDA_STORAGES = [
+  "DoubleStorage",
+  "FloatStorage",
+  "LongStorage",
+  "IntStorage",
+  "ShortStorage",
+  "CharStorage",
+  "ByteStorage",
+  "HalfStorage",
+  "BoolStorage",
+  "BFloat16Storage",
+  "ComplexDoubleStorage",
+  "ComplexFloatStorage",
+];
 
 /** Legacy tensor type scalar names (tensor_types.cpp `all_declared_types`). */
 const TENSOR_TYPES = ["Byte", "Char", "Double", "Float", "Int", "Long", "Short", "Half", "Bool", "BFloat16"];
 
 /** The rebuild functions (`_tensor_rebuild_functions`), all in torch._utils. */
-const REBUILD_FUNCTIONS = ["_rebuild_parameter", "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_tensor",
-  "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_sparse_tensor", "_rebuild_meta_tensor_no_storage",
-  "_rebuild_wrapper_subclass", "_rebuild_device_tensor_from_numpy", "_rebuild_device_tensor_from_cpu_tensor"];
+const REBUILD_FUNCTIONS = [
+  "_rebuild_parameter",
+  "_rebuild_parameter_with_state",
+  "_rebuild_qtensor",
+  "_rebuild_tensor",
+  "_rebuild_tensor_v2",
+  "_rebuild_tensor_v3",
+  "_rebuild_sparse_tensor",
+  "_rebuild_meta_tensor_no_storage",
+  "_rebuild_wrapper_subclass",
+  "_rebuild_device_tensor_from_numpy",
+  "_rebuild_device_tensor_from_cpu_tensor",
+];
 
-const QSCHEMES = ["per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric",
-  "per_channel_affine_float_qparams"];
+const QSCHEMES = ["per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric", "per_channel_affine_float_qparams"];
 
 function buildAllowList(): ReadonlySet<string> {
   const s = new Set<string>([
-    "collections.OrderedDict", "collections.Counter", "torch.nn.parameter.Parameter", "torch.serialization._get_layout",
-    "torch.Size", "torch.Tensor", "torch.device", "_codecs.encode", "builtins.bytearray", "builtins.set", "builtins.complex",
+    "collections.OrderedDict",
+    "collections.Counter",
+    "torch.nn.parameter.Parameter",
+    "torch.serialization._get_layout",
+    "torch.Size",
+    "torch.Tensor",
+    "torch.device",
+    "_codecs.encode",
+    "builtins.bytearray",
+    "builtins.set",
+    "builtins.complex",
     "torch._tensor._rebuild_from_type_v2",
     // TypedStorage and UntypedStorage are allowed as they are (the others through a StorageType wrapper).
-    "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
+    "torch.storage.TypedStorage",
+    "torch.storage.UntypedStorage",
   ]);
   // dtypes: str(torch.float32) == "torch.float32", so by canonical name (torch.float is torch.float32).
   for (const d of [...Object.values(STORAGE_DTYPES), ...NEW_DTYPES]) s.add(`torch.${d}`);
-  for (let x = 1; x < 8; x++) { s.add(`torch.uint${x}`); s.add(`torch.int${x}`); }
+  for (let x = 1; x < 8; x++) {
+    s.add(`torch.uint${x}`);
+    s.add(`torch.int${x}`);
+  }
   for (const t of TENSOR_TYPES) {
     s.add(`torch.${t}Tensor`);
     s.add(`torch.cuda.${t}Tensor`);
-    if (t !== "Bool") { s.add(`torch.sparse.${t}Tensor`); s.add(`torch.cuda.sparse.${t}Tensor`); }
+    if (t !== "Bool") {
+      s.add(`torch.sparse.${t}Tensor`);
+      s.add(`torch.cuda.sparse.${t}Tensor`);
+    }
   }
   for (const c of Object.keys(STORAGE_DTYPES)) s.add(`torch.${c}`);
   for (const c of CUDA_STORAGES) s.add(`torch.cuda.${c}`);

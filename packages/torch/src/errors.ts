@@ -26,7 +26,12 @@ export type TorchFormatErrorCode =
  * (the style of core's SafetensorsError). `code` says which kind of problem it is.
  */
 export class TorchFormatError extends Error {
-  constructor(readonly path: string, readonly code: TorchFormatErrorCode, readonly problem: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly path: string,
+    readonly code: TorchFormatErrorCode,
+    readonly problem: string,
+    options?: { cause?: unknown },
+  ) {
     super(`${path}: ${problem}`, options);
     this.name = "TorchFormatError";
   }
@@ -34,7 +39,10 @@ export class TorchFormatError extends Error {
 
 /** A pickle global that torch.load(weights_only=True) would not load; `global` is its dotted name ("os.system"). */
 export class RefusedGlobalError extends TorchFormatError {
-  constructor(path: string, readonly global: string) {
+  constructor(
+    path: string,
+    readonly global: string,
+  ) {
     super(path, "refused-global", `refused global ${printableName(global)} (torch.load(weights_only=True) refuses it too)`);
     this.name = "RefusedGlobalError";
   }

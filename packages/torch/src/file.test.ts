@@ -12,26 +12,37 @@ import { PyDict, PyGlobal, PyObject, PyTuple, type PyValue, pyEqual } from "./va
 
 /** The Hugging Face Trainer checkpoints of the repository (fixtures/hf-trainer/README.md). */
 const FIX = new URL("../../../fixtures/hf-trainer/", import.meta.url).pathname;
-const FACTS = JSON.parse(await readFile(join(FIX, "facts.json"), "utf8")) as Record<string, {
-  named_parameters: [string, number[]][];
-  groups: string[][];
-  optimizer_keys: { groups: Record<string, unknown>[] };
-  scheduler: Record<string, unknown>;
-}>;
+const FACTS = JSON.parse(await readFile(join(FIX, "facts.json"), "utf8")) as Record<
+  string,
+  {
+    named_parameters: [string, number[]][];
+    groups: string[][];
+    optimizer_keys: { groups: Record<string, unknown>[] };
+    scheduler: Record<string, unknown>;
+  }
+>;
 
 let dir: string;
-beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), "staged-torch-")); });
-afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-torch-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
 /** A JSON value of facts.json as the pickle holds it: ints as bigint, lists as lists, betas as a tuple. */
 function fromFacts(v: unknown, key = ""): PyValue {
   if (v === null || typeof v === "boolean" || typeof v === "string") return v;
-  if (typeof v === "number") return Number.isInteger(v) && !["lr", "initial_lr", "eps", "weight_decay"].includes(key) && key !== "float" ? BigInt(v) : v;
+  if (typeof v === "number")
+    return Number.isInteger(v) && !["lr", "initial_lr", "eps", "weight_decay"].includes(key) && key !== "float" ? BigInt(v) : v;
   if (Array.isArray(v)) {
     const items = v.map((x) => fromFacts(x, key === "base_lrs" || key === "_last_lr" || key === "betas" ? "float" : ""));
     return key === "betas" ? new PyTuple(items) : items;
   }
-  return new PyDict("dict", Object.entries(v as Record<string, unknown>).map(([k, x]) => [k, fromFacts(x, k)]));
+  return new PyDict(
+    "dict",
+    Object.entries(v as Record<string, unknown>).map(([k, x]) => [k, fromFacts(x, k)]),
+  );
 }
 
 const sameEntries = (a: PyDict, b: PyDict): boolean => {
@@ -85,8 +96,10 @@ describe.each([
         expect(sq.some((x) => x > 0)).toBe(true);
       }
       const groups = sd.get("param_groups") as PyDict[];
-      expect(groups.map((g) => (g.get("params") as bigint[]).map(Number))).toEqual(
-        [facts.groups[0]!.map((_, i) => i), facts.groups[1]!.map((_, i) => facts.groups[0]!.length + i)]);
+      expect(groups.map((g) => (g.get("params") as bigint[]).map(Number))).toEqual([
+        facts.groups[0]!.map((_, i) => i),
+        facts.groups[1]!.map((_, i) => facts.groups[0]!.length + i),
+      ]);
       expect(groups.map((g) => g.get("weight_decay"))).toEqual([0.01, 0]);
       expect(pyEqual(groups[0]!.get("betas"), new PyTuple([0.9, 0.999]))).toBe(true);
       if (step === 3) {
@@ -152,9 +165,16 @@ describe("files with globals outside the allow-list are refused, naming the glob
 
 describe("writing tensors", () => {
   const DTYPES: [DType, ArrayLike<number> | bigint[]][] = [
-    ["F64", [1.5, -2, 1e300]], ["F32", [0.1, -0, 3]], ["F16", [0.5, 65504, -1]], ["BF16", [1, 2.5, -(2 ** 100)]],
-    ["I64", [1n, -(2n ** 62n), 7n]], ["I32", [1, -5, 2 ** 31 - 1]], ["I16", [1, -5, 300]], ["I8", [1, -5, 127]],
-    ["U8", [0, 255, 7]], ["BOOL", [1, 0, 1]],
+    ["F64", [1.5, -2, 1e300]],
+    ["F32", [0.1, -0, 3]],
+    ["F16", [0.5, 65504, -1]],
+    ["BF16", [1, 2.5, -(2 ** 100)]],
+    ["I64", [1n, -(2n ** 62n), 7n]],
+    ["I32", [1, -5, 2 ** 31 - 1]],
+    ["I16", [1, -5, 300]],
+    ["I8", [1, -5, 127]],
+    ["U8", [0, 255, 7]],
+    ["BOOL", [1, 0, 1]],
   ];
   test("every dtype torch.save writes with _rebuild_tensor_v2, from core tensors; read back equal", async () => {
     const value: Record<string, Tensor> = {};
@@ -176,8 +196,20 @@ describe("writing tensors", () => {
       }
       expect((await (d.get("scalar") as TorchTensor).read()).f32[0]).toBe(6);
       expect((d.get("empty") as TorchTensor).shape).toEqual([0, 4]);
-      expect([...f.storages.values()].map((s) => s.torchDtype)).toEqual(
-        ["float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool", "float32", "float32"]);
+      expect([...f.storages.values()].map((s) => s.torchDtype)).toEqual([
+        "float64",
+        "float32",
+        "float16",
+        "bfloat16",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
+        "float32",
+        "float32",
+      ]);
     } finally {
       await f.close();
     }
@@ -188,7 +220,8 @@ describe("writing tensors", () => {
     const data = new Float32Array(n).map((_, i) => i % 1000);
     let streamed = 0;
     const lazy: LazyTensor = {
-      dtype: "F32", shape: [n],
+      dtype: "F32",
+      shape: [n],
       read: async () => new Tensor("F32", [n], data),
       async *streamBytes(buffer) {
         const bytes = new Uint8Array(data.buffer);
@@ -244,14 +277,26 @@ describe("writing tensors", () => {
 
 describe("views, sharing and damage", () => {
   // One storage of 12 floats, viewed as a [2, 3] block at offset 2 and as its transpose (non-contiguous).
-  const storageId = (key: string, numel: number): PyValue => new PyTuple(["storage", new PyGlobal("torch", "FloatStorage"), key, "cpu", BigInt(numel)]);
+  const storageId = (key: string, numel: number): PyValue =>
+    new PyTuple(["storage", new PyGlobal("torch", "FloatStorage"), key, "cpu", BigInt(numel)]);
   async function viewsArchive(path: string, extra: PyValue[] = []): Promise<void> {
     const rebuild = new PyGlobal("torch._utils", "_rebuild_tensor_v2");
-    const view = (offset: number, shape: number[], stride: number[]): PyObject => new PyObject(rebuild,
-      new PyTuple([new PersistentId(storageId("0", 12)) as never, BigInt(offset), new PyTuple(shape.map(BigInt)), new PyTuple(stride.map(BigInt)), false, new PyDict("OrderedDict")]));
+    const view = (offset: number, shape: number[], stride: number[]): PyObject =>
+      new PyObject(
+        rebuild,
+        new PyTuple([
+          new PersistentId(storageId("0", 12)) as never,
+          BigInt(offset),
+          new PyTuple(shape.map(BigInt)),
+          new PyTuple(stride.map(BigInt)),
+          false,
+          new PyDict("OrderedDict"),
+        ]),
+      );
     const pkl = pickle([view(2, [2, 3], [3, 1]), view(0, [3, 2], [1, 3]), ...extra], path, {});
     await writeRawArchive(path, "views", [
-      { name: "data.pkl", bytes: pkl }, { name: "data/0", bytes: f32Bytes(Array.from({ length: 12 }, (_, i) => i)) },
+      { name: "data.pkl", bytes: pkl },
+      { name: "data/0", bytes: f32Bytes(Array.from({ length: 12 }, (_, i) => i)) },
     ]);
   }
 
@@ -263,7 +308,9 @@ describe("views, sharing and damage", () => {
     expect(a!.storage).toBe(b!.storage);
     expect(Array.from((await a!.read()).f32)).toEqual([2, 3, 4, 5, 6, 7]);
     expect(b!.contiguous).toBe(false);
-    await expect(b!.readBytes()).rejects.toThrow(`${path}: tensor of shape [3, 2] in views/data/0 is not contiguous (strides [1, 3]); its bytes are not read`);
+    await expect(b!.readBytes()).rejects.toThrow(
+      `${path}: tensor of shape [3, 2] in views/data/0 is not contiguous (strides [1, 3]); its bytes are not read`,
+    );
     const out = join(dir, "views-copy.pt");
     expect((await writeTorchFile(out, f.value)).storages).toBe(1);
     await f.close();
@@ -276,9 +323,14 @@ describe("views, sharing and damage", () => {
 
   test("a view past its storage is malformed", async () => {
     const path = join(dir, "past.pt");
-    const t = new PyObject(new PyGlobal("torch._utils", "_rebuild_tensor_v2"),
-      new PyTuple([new PersistentId(storageId("0", 4)) as never, 1n, new PyTuple([4n]), new PyTuple([1n]), false, new PyDict("OrderedDict")]));
-    await writeRawArchive(path, "past", [{ name: "data.pkl", bytes: pickle(t, path) }, { name: "data/0", bytes: f32Bytes([1, 2, 3, 4]) }]);
+    const t = new PyObject(
+      new PyGlobal("torch._utils", "_rebuild_tensor_v2"),
+      new PyTuple([new PersistentId(storageId("0", 4)) as never, 1n, new PyTuple([4n]), new PyTuple([1n]), false, new PyDict("OrderedDict")]),
+    );
+    await writeRawArchive(path, "past", [
+      { name: "data.pkl", bytes: pickle(t, path) },
+      { name: "data/0", bytes: f32Bytes([1, 2, 3, 4]) },
+    ]);
     await expect(TorchFile.open(path)).rejects.toThrow("it views elements up to 4 of F32, its storage holds 4");
   });
 
@@ -368,11 +420,17 @@ describe("broken archives are typed errors naming the file", () => {
     await writeRawArchive(p2, "a", [{ name: "data.pkl", bytes: pkl(2n) }]);
     await expect(TorchFile.open(p2)).rejects.toThrow("no a/data/0 in the archive (storage 0)");
     const p3 = join(dir, "wrongsize.pt");
-    await writeRawArchive(p3, "a", [{ name: "data.pkl", bytes: pkl(3n) }, { name: "data/0", bytes: f32Bytes([1, 2]) }]);
+    await writeRawArchive(p3, "a", [
+      { name: "data.pkl", bytes: pkl(3n) },
+      { name: "data/0", bytes: f32Bytes([1, 2]) },
+    ]);
     await expect(TorchFile.open(p3)).rejects.toThrow("a/data/0 holds 8 bytes, its 3 float32 values take 12");
     const p4 = join(dir, "complex.pt");
     const cpid = new PyTuple(["storage", new PyGlobal("torch", "ComplexFloatStorage"), "0", "cpu", 1n]);
-    await writeRawArchive(p4, "a", [{ name: "data.pkl", bytes: pickle([new PersistentId(cpid) as never], p4) }, { name: "data/0", bytes: f32Bytes([1, 2]) }]);
+    await writeRawArchive(p4, "a", [
+      { name: "data.pkl", bytes: pickle([new PersistentId(cpid) as never], p4) },
+      { name: "data/0", bytes: f32Bytes([1, 2]) },
+    ]);
     const e = await TorchFile.open(p4).catch((x: unknown) => x);
     expect((e as TorchFormatError).code).toBe("unsupported");
     expect((e as Error).message).toContain("storage 0 holds complex64");
@@ -381,9 +439,22 @@ describe("broken archives are typed errors naming the file", () => {
   test("_rebuild_tensor_v3 with a dtype global reads (torch 2.x's uint16 and kin)", async () => {
     const p = join(dir, "v3.pt");
     const pid = new PyTuple(["storage", new PyGlobal("torch.storage", "UntypedStorage"), "0", "cpu", 4n]);
-    const t = new PyObject(new PyGlobal("torch._utils", "_rebuild_tensor_v3"),
-      new PyTuple([new PersistentId(pid) as never, 0n, new PyTuple([2n]), new PyTuple([1n]), false, new PyDict("OrderedDict"), new PyGlobal("torch", "uint16")]));
-    await writeRawArchive(p, "a", [{ name: "data.pkl", bytes: pickle(t, p) }, { name: "data/0", bytes: new Uint8Array([1, 0, 0xff, 0xff]) }]);
+    const t = new PyObject(
+      new PyGlobal("torch._utils", "_rebuild_tensor_v3"),
+      new PyTuple([
+        new PersistentId(pid) as never,
+        0n,
+        new PyTuple([2n]),
+        new PyTuple([1n]),
+        false,
+        new PyDict("OrderedDict"),
+        new PyGlobal("torch", "uint16"),
+      ]),
+    );
+    await writeRawArchive(p, "a", [
+      { name: "data.pkl", bytes: pickle(t, p) },
+      { name: "data/0", bytes: new Uint8Array([1, 0, 0xff, 0xff]) },
+    ]);
     const f = await TorchFile.open(p);
     const v = f.value as TorchTensor;
     expect(v.dtype).toBe("U16");

@@ -8,7 +8,18 @@
  */
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { type DType, DTYPE_SIZES, type LazyTensor, PIECE_BYTES, Tensor, encodeTensor, isDType, syncDir, systemCode, systemReason } from "@staged/core";
+import {
+  type DType,
+  DTYPE_SIZES,
+  type LazyTensor,
+  PIECE_BYTES,
+  Tensor,
+  encodeTensor,
+  isDType,
+  syncDir,
+  systemCode,
+  systemReason,
+} from "@staged/core";
 import { NEW_DTYPES, STORAGE_DTYPES } from "./allowlist.js";
 import { TorchFormatError, printableName } from "./errors.js";
 import { PersistentId, type Reduction, pickle } from "./pickle.js";
@@ -75,7 +86,9 @@ export class TorchFile {
     readonly entries: readonly ZipEntry[],
   ) {}
 
-  get closed(): boolean { return this.holder.fh === null; }
+  get closed(): boolean {
+    return this.holder.fh === null;
+  }
 
   /**
    * Open and unpickle: reads the zip's directory, data.pkl and the small records, not the storages. A global outside
@@ -96,7 +109,8 @@ export class TorchFile {
       const first = dir.entries[0];
       if (!first) throw new TorchFormatError(path, "zip", "not a torch.save archive (an empty zip)");
       const slash = first.name.indexOf("/");
-      if (slash <= 0) throw new TorchFormatError(path, "zip", `not a torch.save archive (its first record ${printableName(first.name)} is not in a folder)`);
+      if (slash <= 0)
+        throw new TorchFormatError(path, "zip", `not a torch.save archive (its first record ${printableName(first.name)} is not in a folder)`);
       const archive = first.name.slice(0, slash);
       const record = async (name: string): Promise<string | null> => {
         const e = dir.byName.get(`${archive}/${name}`);
@@ -110,7 +124,11 @@ export class TorchFile {
         serializationId: (await record(".data/serialization_id"))?.trim() ?? null,
       };
       if (records.byteorder !== null && records.byteorder !== "little") {
-        throw new TorchFormatError(path, "unsupported", `storages are ${printableName(records.byteorder)}-endian (only little-endian files are read)`);
+        throw new TorchFormatError(
+          path,
+          "unsupported",
+          `storages are ${printableName(records.byteorder)}-endian (only little-endian files are read)`,
+        );
       }
       const pklEntry = dir.byName.get(`${archive}/data.pkl`);
       if (!pklEntry) throw new TorchFormatError(path, "missing-record", `no ${printableName(archive)}/data.pkl in the archive`);
@@ -118,7 +136,10 @@ export class TorchFile {
 
       const holder: { fh: FileHandle | null } = { fh };
       const source = (e: ZipEntry): StorageSource => ({
-        path, entry: e.name, dataOffset: e.dataOffset, crc32: e.crc32,
+        path,
+        entry: e.name,
+        dataOffset: e.dataOffset,
+        crc32: e.crc32,
         read: async (buf, position) => {
           if (!holder.fh) throw new TorchFormatError(path, "io", `cannot read ${e.name}: the file is closed`);
           await readFully(holder.fh, path, buf, position, e.name);
@@ -126,14 +147,19 @@ export class TorchFile {
       });
       const storages = new Map<string, TorchStorage>();
       const tensors: TorchTensor[] = [];
-      const value = unpickle(pkl, path, {
-        persistentLoad: (pid) => loadStorage(path, archive, dir.byName, storages, source, pid),
-        reduce: (callee, args) => {
-          const t = rebuildTensor(path, callee, args);
-          if (t) tensors.push(t);
-          return t;
+      const value = unpickle(
+        pkl,
+        path,
+        {
+          persistentLoad: (pid) => loadStorage(path, archive, dir.byName, storages, source, pid),
+          reduce: (callee, args) => {
+            const t = rebuildTensor(path, callee, args);
+            if (t) tensors.push(t);
+            return t;
+          },
         },
-      }, `${archive}/data.pkl`);
+        `${archive}/data.pkl`,
+      );
       return new TorchFile(path, holder, archive, value, tensors, storages, records, dir.entries);
     } catch (e) {
       await fh.close().catch(() => undefined);
@@ -149,9 +175,17 @@ export class TorchFile {
 }
 
 /** The storage a persistent id names, one object per key. */
-function loadStorage(path: string, archive: string, byName: ReadonlyMap<string, ZipEntry>, storages: Map<string, TorchStorage>,
-                     source: (e: ZipEntry) => StorageSource, pid: PyValue): TorchStorage {
-  const bad = (why: string): never => { throw new TorchFormatError(path, "malformed", `persistent id ${pyRepr(pid, 120)}: ${why}`); };
+function loadStorage(
+  path: string,
+  archive: string,
+  byName: ReadonlyMap<string, ZipEntry>,
+  storages: Map<string, TorchStorage>,
+  source: (e: ZipEntry) => StorageSource,
+  pid: PyValue,
+): TorchStorage {
+  const bad = (why: string): never => {
+    throw new TorchFormatError(path, "malformed", `persistent id ${pyRepr(pid, 120)}: ${why}`);
+  };
   if (!(pid instanceof PyTuple)) return bad("not a tuple");
   const [kind, cls, key, location, numelV] = pid.items;
   const kindText = kind instanceof Uint8Array ? Buffer.from(kind).toString("latin1") : kind;
@@ -168,7 +202,8 @@ function loadStorage(path: string, archive: string, byName: ReadonlyMap<string, 
   if (!dtype) throw new TorchFormatError(path, "unsupported", `storage ${printableName(key)} holds ${torchDtype} (read: ${dtypeList})`);
   const known = storages.get(key);
   if (known) {
-    if (known.torchDtype !== torchDtype || known.numel !== numel) bad(`storage ${printableName(key)} was ${known.torchDtype} × ${known.numel} before`);
+    if (known.torchDtype !== torchDtype || known.numel !== numel)
+      bad(`storage ${printableName(key)} was ${known.torchDtype} × ${known.numel} before`);
     return known;
   }
   const name = `${archive}/data/${key}`;
@@ -177,7 +212,12 @@ function loadStorage(path: string, archive: string, byName: ReadonlyMap<string, 
   if (e.method !== 0) throw new TorchFormatError(path, "zip", `${printableName(name)} is compressed (storages are read from stored records only)`);
   if (e.flags & 1) throw new TorchFormatError(path, "zip", `${printableName(name)} is encrypted`);
   const byteLength = numel * DTYPE_SIZES[dtype];
-  if (e.size !== byteLength) throw new TorchFormatError(path, "malformed", `${printableName(name)} holds ${e.size} bytes, its ${numel} ${torchDtype} values take ${byteLength}`);
+  if (e.size !== byteLength)
+    throw new TorchFormatError(
+      path,
+      "malformed",
+      `${printableName(name)} holds ${e.size} bytes, its ${numel} ${torchDtype} values take ${byteLength}`,
+    );
   const s = new TorchStorage(key, torchDtype, location, numel, byteLength, source(e));
   storages.set(key, s);
   return s;
@@ -188,7 +228,9 @@ function rebuildTensor(path: string, callee: PyGlobal, args: PyTuple): TorchTens
   const fn = callee.dotted;
   if (fn !== "torch._utils._rebuild_tensor" && fn !== "torch._utils._rebuild_tensor_v2" && fn !== "torch._utils._rebuild_tensor_v3") return undefined;
   const what = fn.slice("torch._utils.".length);
-  const bad = (why: string): never => { throw new TorchFormatError(path, "malformed", `${what}${pyRepr(args, 160)}: ${why}`); };
+  const bad = (why: string): never => {
+    throw new TorchFormatError(path, "malformed", `${what}${pyRepr(args, 160)}: ${why}`);
+  };
   const a = args.items;
   const arity = fn.endsWith("v3") ? [7, 8] : fn.endsWith("v2") ? [6, 7] : [4, 4];
   if (a.length < arity[0]! || a.length > arity[1]!) bad(`${a.length} arguments`);
@@ -305,7 +347,10 @@ const REBUILD_V2 = new PyGlobal("torch._utils", "_rebuild_tensor_v2");
 const contiguousStrides = (shape: readonly number[]): bigint[] => {
   const s: bigint[] = new Array<bigint>(shape.length);
   let m = 1;
-  for (let i = shape.length - 1; i >= 0; i--) { s[i] = BigInt(m); m *= shape[i]!; }
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = BigInt(m);
+    m *= shape[i]!;
+  }
   return s;
 };
 
@@ -319,7 +364,8 @@ const contiguousStrides = (shape: readonly number[]): bigint[] => {
 export async function writeTorchFile(path: string, value: TorchInput, options: WriteTorchOptions = {}): Promise<WriteTorchResult> {
   const base = basename(path);
   const archive = options.archiveName ?? (base.lastIndexOf(".") > 0 ? base.slice(0, base.lastIndexOf(".")) : base);
-  if (!archive || /[/\\]/.test(archive)) throw new TorchFormatError(path, "bad-value", `archive name ${printableName(archive)} (one folder name, no slash)`);
+  if (!archive || /[/\\]/.test(archive))
+    throw new TorchFormatError(path, "bad-value", `archive name ${printableName(archive)} (one folder name, no slash)`);
   const location = options.location ?? "cpu"; // for core tensors; a TorchTensor's own unless options.location
   const planned: PlannedStorage[] = [];
   const byStorage = new Map<object, PlannedStorage>();
@@ -332,7 +378,12 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
   });
   const classOf = (dtype: DType, where: string): string => {
     const cls = STORAGE_CLASS[dtype];
-    if (!cls) throw new TorchFormatError(path, "bad-value", `${where}: a ${dtype} tensor (torch.save writes ${DTYPE_TO_TORCH[dtype]} with _rebuild_tensor_v3, which this writer does not write; torch ≤ 2.2 cannot load it)`);
+    if (!cls)
+      throw new TorchFormatError(
+        path,
+        "bad-value",
+        `${where}: a ${dtype} tensor (torch.save writes ${DTYPE_TO_TORCH[dtype]} with _rebuild_tensor_v3, which this writer does not write; torch ≤ 2.2 cannot load it)`,
+      );
     return cls;
   };
 
@@ -344,7 +395,14 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
         let p = byStorage.get(s);
         if (!p) {
           // The whole storage is streamed, which checks its CRC-32 at the end: the record's CRC is the source's.
-          p = { key: String(planned.length), byteLength: s.byteLength, dtype: v.dtype, where, pieces: (buffer) => s.stream(0, s.byteLength, buffer), crc: s.source.crc32 };
+          p = {
+            key: String(planned.length),
+            byteLength: s.byteLength,
+            dtype: v.dtype,
+            where,
+            pieces: (buffer) => s.stream(0, s.byteLength, buffer),
+            crc: s.source.crc32,
+          };
           planned.push(p);
           byStorage.set(s, p);
         } else if (p.dtype !== v.dtype) {
@@ -352,7 +410,8 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
           throw new TorchFormatError(path, "bad-value", `${where}: views the storage of ${p.where} as ${v.dtype}, that one as ${p.dtype}`);
         }
         const es = DTYPE_SIZES[v.dtype];
-        if (s.byteLength % es !== 0) throw new TorchFormatError(path, "bad-value", `${where}: a storage of ${s.byteLength} bytes is not whole ${v.dtype} values`);
+        if (s.byteLength % es !== 0)
+          throw new TorchFormatError(path, "bad-value", `${where}: a storage of ${s.byteLength} bytes is not whole ${v.dtype} values`);
         const pid = storageId(cls, p.key, options.location ?? s.location, s.byteLength / es);
         return reduction(pid, v.storageOffset, v.shape, v.stride.map(BigInt), v.requiresGrad);
       }
@@ -360,9 +419,16 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
         const t = v as Tensor | LazyTensor;
         const cls = classOf(t.dtype, where);
         const numel = t.shape.reduce((a, b) => a * b, 1);
-        for (const d of t.shape) if (!Number.isSafeInteger(d) || d < 0) throw new TorchFormatError(path, "bad-value", `${where}: shape [${t.shape.join(", ")}]`);
+        for (const d of t.shape)
+          if (!Number.isSafeInteger(d) || d < 0) throw new TorchFormatError(path, "bad-value", `${where}: shape [${t.shape.join(", ")}]`);
         const byteLength = numel * DTYPE_SIZES[t.dtype];
-        const p: PlannedStorage = { key: String(planned.length), byteLength, dtype: t.dtype, where, pieces: (buffer) => tensorPieces(path, t, where, buffer) };
+        const p: PlannedStorage = {
+          key: String(planned.length),
+          byteLength,
+          dtype: t.dtype,
+          where,
+          pieces: (buffer) => tensorPieces(path, t, where, buffer),
+        };
         planned.push(p);
         return reduction(storageId(cls, p.key, location, numel), 0, t.shape, contiguousStrides(t.shape), false);
       }
@@ -389,7 +455,13 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
     };
     const observer = options.observer;
     for (const p of planned) {
-      await zip.add(`${archive}/data/${p.key}`, p.byteLength, observer ? observed(p.pieces(buffer), p.where, p.dtype, observer) : p.pieces(buffer), p.where, p.crc);
+      await zip.add(
+        `${archive}/data/${p.key}`,
+        p.byteLength,
+        observer ? observed(p.pieces(buffer), p.where, p.dtype, observer) : p.pieces(buffer),
+        p.where,
+        p.crc,
+      );
       observer?.storageWritten?.(p.where, p.byteLength);
     }
     await zip.add(`${archive}/version`, 2, text("3\n"));
@@ -416,12 +488,25 @@ export async function writeTorchFile(path: string, value: TorchInput, options: W
 
 /** A core tensor's stored bytes in pieces: its own streamed bytes, else its read bytes, else its values encoded. */
 async function* tensorPieces(path: string, t: Tensor | LazyTensor, where: string, buffer: (n: number) => Uint8Array): AsyncGenerator<Uint8Array> {
-  if (t instanceof Tensor) { yield encodeTensor(t); return; }
-  if (t.streamBytes) { yield* t.streamBytes(buffer); return; }
-  if (t.readBytes) { yield await t.readBytes(); return; }
+  if (t instanceof Tensor) {
+    yield encodeTensor(t);
+    return;
+  }
+  if (t.streamBytes) {
+    yield* t.streamBytes(buffer);
+    return;
+  }
+  if (t.readBytes) {
+    yield await t.readBytes();
+    return;
+  }
   const v = await t.read();
   if (v.dtype !== t.dtype || v.shape.length !== t.shape.length || v.shape.some((d, i) => d !== t.shape[i])) {
-    throw new TorchFormatError(path, "bad-value", `${where}: declared ${t.dtype} [${t.shape.join(", ")}], read as ${v.dtype} [${v.shape.join(", ")}]`);
+    throw new TorchFormatError(
+      path,
+      "bad-value",
+      `${where}: declared ${t.dtype} [${t.shape.join(", ")}], read as ${v.dtype} [${v.shape.join(", ")}]`,
+    );
   }
   yield encodeTensor(v);
 }

@@ -31,9 +31,21 @@ describe("the bytes CPython's pickler writes", () => {
   const cases: Record<string, () => PyValue> = {
     list1001: () => range(1001),
     list1000: () => range(1000),
-    dict2000: () => new PyDict("dict", range(2000).map((i) => [String(i), i])),
-    dict1001: () => new PyDict("dict", range(1001).map((i) => [String(i), i])),
-    od1001: () => new PyDict("OrderedDict", range(1001).map((i) => [String(i), i])),
+    dict2000: () =>
+      new PyDict(
+        "dict",
+        range(2000).map((i) => [String(i), i]),
+      ),
+    dict1001: () =>
+      new PyDict(
+        "dict",
+        range(1001).map((i) => [String(i), i]),
+      ),
+    od1001: () =>
+      new PyDict(
+        "OrderedDict",
+        range(1001).map((i) => [String(i), i]),
+      ),
   };
   test.each(Object.keys(cases))("%s", (name) => {
     const b = pickle(cases[name]!(), "x.pt");
@@ -44,39 +56,63 @@ describe("the bytes CPython's pickler writes", () => {
 
 describe("round trips", () => {
   const leaf: fc.Arbitrary<PyValue> = fc.oneof(
-    fc.constant(null), fc.boolean(), fc.bigInt({ min: -(2n ** 200n), max: 2n ** 200n }),
+    fc.constant(null),
+    fc.boolean(),
+    fc.bigInt({ min: -(2n ** 200n), max: 2n ** 200n }),
     fc.integer({ min: -70000, max: 70000 }).map(BigInt),
-    fc.double(), fc.string({ unit: "binary", maxLength: 12 }), fc.uint8Array({ maxLength: 12 }),
-    fc.constantFrom(...[...WEIGHTS_ONLY_GLOBALS].slice(0, 40)).map((g) => new PyGlobal(g.slice(0, g.lastIndexOf(".")), g.slice(g.lastIndexOf(".") + 1))),
+    fc.double(),
+    fc.string({ unit: "binary", maxLength: 12 }),
+    fc.uint8Array({ maxLength: 12 }),
+    fc
+      .constantFrom(...[...WEIGHTS_ONLY_GLOBALS].slice(0, 40))
+      .map((g) => new PyGlobal(g.slice(0, g.lastIndexOf(".")), g.slice(g.lastIndexOf(".") + 1))),
   );
-  const key: fc.Arbitrary<PyValue> = fc.oneof(fc.string({ maxLength: 6 }), fc.bigInt({ min: -5n, max: 300n }), fc.double(), fc.boolean(), fc.constant(null),
-    fc.array(fc.oneof(fc.string({ maxLength: 3 }), fc.bigInt({ min: 0n, max: 9n })), { maxLength: 3 }).map((a) => new PyTuple(a)));
+  const key: fc.Arbitrary<PyValue> = fc.oneof(
+    fc.string({ maxLength: 6 }),
+    fc.bigInt({ min: -5n, max: 300n }),
+    fc.double(),
+    fc.boolean(),
+    fc.constant(null),
+    fc.array(fc.oneof(fc.string({ maxLength: 3 }), fc.bigInt({ min: 0n, max: 9n })), { maxLength: 3 }).map((a) => new PyTuple(a)),
+  );
   const { value } = fc.letrec<{ value: PyValue }>((tie) => ({
-    value: fc.oneof({ depthSize: "small", maxDepth: 5 },
+    value: fc.oneof(
+      { depthSize: "small", maxDepth: 5 },
       leaf,
       fc.array(tie("value"), { maxLength: 5 }),
       fc.array(tie("value"), { maxLength: 5 }).map((a) => new PyTuple(a)),
-      fc.tuple(fc.constantFrom("dict", "OrderedDict", "Counter") as fc.Arbitrary<"dict" | "OrderedDict" | "Counter">,
-        fc.array(fc.tuple(key, tie("value")), { maxLength: 5 })).map(([kind, e]) => new PyDict(kind, e as [string, PyValue][])),
+      fc
+        .tuple(
+          fc.constantFrom("dict", "OrderedDict", "Counter") as fc.Arbitrary<"dict" | "OrderedDict" | "Counter">,
+          fc.array(fc.tuple(key, tie("value")), { maxLength: 5 }),
+        )
+        .map(([kind, e]) => new PyDict(kind, e as [string, PyValue][])),
       fc.array(key, { maxLength: 4 }).map((a) => new PySet(a)),
-      fc.array(tie("value"), { maxLength: 3 }).map((a) => new PyObject(new PyGlobal("torch", "Size"), new PyTuple(a)))),
+      fc.array(tie("value"), { maxLength: 3 }).map((a) => new PyObject(new PyGlobal("torch", "Size"), new PyTuple(a))),
+    ),
   }));
 
   test("unpickle(pickle(v)) equals v, and pickling it again gives the same bytes", () => {
-    fc.assert(fc.property(value, (v) => {
-      const b = pickle(v, "x.pt");
-      const back = unpickle(b, "x.pt");
-      expect(pyEqual(back, v)).toBe(true);
-      expect(sha(pickle(back, "x.pt"))).toBe(sha(b));
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(value, (v) => {
+        const b = pickle(v, "x.pt");
+        const back = unpickle(b, "x.pt");
+        expect(pyEqual(back, v)).toBe(true);
+        expect(sha(pickle(back, "x.pt"))).toBe(sha(b));
+      }),
+      { numRuns: 300 },
+    );
   });
 
   test("ints: encodeLong and decodeLong are inverse, and the shortest form", () => {
-    fc.assert(fc.property(fc.bigInt({ min: -(2n ** 300n), max: 2n ** 300n }), (x) => {
-      const b = encodeLong(x);
-      expect(decodeLong(b)).toBe(x);
-      if (b.length > 1) expect(decodeLong(b.subarray(0, b.length - 1))).not.toBe(x);
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.bigInt({ min: -(2n ** 300n), max: 2n ** 300n }), (x) => {
+        const b = encodeLong(x);
+        expect(decodeLong(b)).toBe(x);
+        if (b.length > 1) expect(decodeLong(b.subarray(0, b.length - 1))).not.toBe(x);
+      }),
+      { numRuns: 300 },
+    );
   });
 
   test("strings with lone surrogates go through as Python's surrogatepass does", () => {
@@ -137,21 +173,30 @@ describe("fuzz: any bytes read as a value or a TorchFormatError, never another e
     }
   };
   test("random bytes", () => {
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 64 }), (b) => check(new Uint8Array([0x80, 2, ...b]))), { numRuns: 2000 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 64 }), (b) => check(new Uint8Array([0x80, 2, ...b]))),
+      { numRuns: 2000 },
+    );
   });
   test("valid pickles with bytes changed, cut or inserted", () => {
     const seeds = [hex(PY.cases["small-p2"]!), hex(PY.cases["small-p4"]!), pickle({ a: [1n, 2.5, "x"], b: new PyTuple([null]) }, "x.pt")];
-    fc.assert(fc.property(fc.constantFrom(...seeds), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.constantFrom("set", "cut", "insert")), { minLength: 1, maxLength: 4 }),
-      (seed, edits) => {
-        let b = Array.from(seed);
-        for (const [at, byte, how] of edits) {
-          const i = at % (b.length + 1);
-          if (how === "set" && i < b.length) b[i] = byte;
-          else if (how === "cut") b = b.slice(0, i);
-          else b.splice(i, 0, byte);
-        }
-        check(new Uint8Array(b));
-      }), { numRuns: 2000 });
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...seeds),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.constantFrom("set", "cut", "insert")), { minLength: 1, maxLength: 4 }),
+        (seed, edits) => {
+          let b = Array.from(seed);
+          for (const [at, byte, how] of edits) {
+            const i = at % (b.length + 1);
+            if (how === "set" && i < b.length) b[i] = byte;
+            else if (how === "cut") b = b.slice(0, i);
+            else b.splice(i, 0, byte);
+          }
+          check(new Uint8Array(b));
+        },
+      ),
+      { numRuns: 2000 },
+    );
   });
   test("a 100,000-deep list reads without recursion", () => {
     const n = 100_000;

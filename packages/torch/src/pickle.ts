@@ -48,14 +48,41 @@ class ByteSink {
     b.set(this.buf.subarray(0, this.length));
     this.buf = b;
   }
-  op(b: number): void { this.ensure(1); this.buf[this.length++] = b; }
-  bytes(b: Uint8Array): void { this.ensure(b.length); this.buf.set(b, this.length); this.length += b.length; }
-  u8(v: number): void { this.op(v & 0xff); }
-  u16(v: number): void { this.ensure(2); this.buf[this.length++] = v & 0xff; this.buf[this.length++] = (v >>> 8) & 0xff; }
-  u32(v: number): void { this.ensure(4); new DataView(this.buf.buffer).setUint32(this.length, v, true); this.length += 4; }
-  i32(v: number): void { this.ensure(4); new DataView(this.buf.buffer).setInt32(this.length, v, true); this.length += 4; }
-  f64be(v: number): void { this.ensure(8); new DataView(this.buf.buffer).setFloat64(this.length, v, false); this.length += 8; }
-  result(): Uint8Array { return this.buf.slice(0, this.length); }
+  op(b: number): void {
+    this.ensure(1);
+    this.buf[this.length++] = b;
+  }
+  bytes(b: Uint8Array): void {
+    this.ensure(b.length);
+    this.buf.set(b, this.length);
+    this.length += b.length;
+  }
+  u8(v: number): void {
+    this.op(v & 0xff);
+  }
+  u16(v: number): void {
+    this.ensure(2);
+    this.buf[this.length++] = v & 0xff;
+    this.buf[this.length++] = (v >>> 8) & 0xff;
+  }
+  u32(v: number): void {
+    this.ensure(4);
+    new DataView(this.buf.buffer).setUint32(this.length, v, true);
+    this.length += 4;
+  }
+  i32(v: number): void {
+    this.ensure(4);
+    new DataView(this.buf.buffer).setInt32(this.length, v, true);
+    this.length += 4;
+  }
+  f64be(v: number): void {
+    this.ensure(8);
+    new DataView(this.buf.buffer).setFloat64(this.length, v, false);
+    this.length += 8;
+  }
+  result(): Uint8Array {
+    return this.buf.slice(0, this.length);
+  }
 }
 
 /** UTF-8 with lone surrogates encoded as their 3-byte forms (Python's "surrogatepass"). */
@@ -66,7 +93,10 @@ export function encodeUtf8(s: string): Uint8Array {
     let c = s.charCodeAt(i);
     if (c >= 0xd800 && c < 0xdc00 && i + 1 < s.length) {
       const d = s.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d < 0xe000) { c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00); i++; }
+      if (d >= 0xdc00 && d < 0xe000) {
+        c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
+        i++;
+      }
     }
     if (c < 0x80) out.push(c);
     else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 0x3f));
@@ -84,7 +114,10 @@ export function encodeLong(x: bigint): Uint8Array {
   let n = (bits >> 3) + 1;
   let v = x < 0n ? (1n << BigInt(8 * n)) + x : x;
   const out = new Uint8Array(n);
-  for (let i = 0; i < n; i++) { out[i] = Number(v & 0xffn); v >>= 8n; }
+  for (let i = 0; i < n; i++) {
+    out[i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
   if (x < 0n && n > 1 && out[n - 1] === 0xff && (out[n - 2]! & 0x80) !== 0) n--;
   return out.subarray(0, n);
 }
@@ -114,30 +147,67 @@ export function pickle(value: unknown, path: string, hooks: PickleHooks = {}): U
   };
   const put = (): number => {
     const i = memoSize++;
-    if (i < 256) { out.op(0x71); out.u8(i); } else { out.op(0x72); out.u32(i); }
+    if (i < 256) {
+      out.op(0x71);
+      out.u8(i);
+    } else {
+      out.op(0x72);
+      out.u32(i);
+    }
     return i;
   };
   const get = (i: number): void => {
-    if (i < 256) { out.op(0x68); out.u8(i); } else { out.op(0x6a); out.u32(i); }
+    if (i < 256) {
+      out.op(0x68);
+      out.u8(i);
+    } else {
+      out.op(0x6a);
+      out.u32(i);
+    }
   };
   /** After an object's opcodes: BINPUT it, or (it referred to itself, so it is in the memo now) POP it and BINGET. */
   const memoizeObject = (v: object): void => {
     const i = ids.get(v);
-    if (i !== undefined) { out.op(0x30); get(i); return; }
+    if (i !== undefined) {
+      out.op(0x30);
+      get(i);
+      return;
+    }
     ids.set(v, put());
   };
 
   const saveInt = (x: bigint): void => {
-    if (x >= 0n && x <= 0xffn) { out.op(0x4b); out.u8(Number(x)); return; }
-    if (x >= 0n && x <= 0xffffn) { out.op(0x4d); out.u16(Number(x)); return; }
-    if (x >= -0x80000000n && x <= 0x7fffffffn) { out.op(0x4a); out.i32(Number(x)); return; }
+    if (x >= 0n && x <= 0xffn) {
+      out.op(0x4b);
+      out.u8(Number(x));
+      return;
+    }
+    if (x >= 0n && x <= 0xffffn) {
+      out.op(0x4d);
+      out.u16(Number(x));
+      return;
+    }
+    if (x >= -0x80000000n && x <= 0x7fffffffn) {
+      out.op(0x4a);
+      out.i32(Number(x));
+      return;
+    }
     const b = encodeLong(x);
-    if (b.length < 256) { out.op(0x8a); out.u8(b.length); } else { out.op(0x8b); out.i32(b.length); }
+    if (b.length < 256) {
+      out.op(0x8a);
+      out.u8(b.length);
+    } else {
+      out.op(0x8b);
+      out.i32(b.length);
+    }
     out.bytes(b);
   };
   const saveStr = (s: string): void => {
     const i = strings.get(s);
-    if (i !== undefined) { get(i); return; }
+    if (i !== undefined) {
+      get(i);
+      return;
+    }
     const b = encodeUtf8(s);
     if (b.length > 0xffffffff) fail(`a string of ${b.length} bytes (protocol 2 holds at most 4 GiB)`);
     out.op(0x58);
@@ -147,7 +217,10 @@ export function pickle(value: unknown, path: string, hooks: PickleHooks = {}): U
   };
   const saveGlobal = (g: PyGlobal): void => {
     const i = globals.get(g.dotted);
-    if (i !== undefined) { get(i); return; }
+    if (i !== undefined) {
+      get(i);
+      return;
+    }
     const module = Object.hasOwn(PY2_MODULES, g.module) ? PY2_MODULES[g.module]! : g.module;
     if (/[\n]/.test(module) || /[\n]/.test(g.name)) fail(`a global name with a newline (${pyRepr(g.dotted, 60)})`);
     out.op(0x63);
@@ -157,15 +230,29 @@ export function pickle(value: unknown, path: string, hooks: PickleHooks = {}): U
 
   const saveItems = (items: Iterable<PyValue>, depth: number): void => {
     let i = 0;
-    for (const it of items) { trail.push(`[${i++}]`); save(it, depth); trail.pop(); }
+    for (const it of items) {
+      trail.push(`[${i++}]`);
+      save(it, depth);
+      trail.pop();
+    }
   };
   /** CPython's batch_list_exact: one item APPEND, else batches of 1000 as MARK ... APPENDS. */
   const appends = (list: readonly PyValue[], depth: number): void => {
     if (list.length === 0) return;
-    if (list.length === 1) { trail.push("[0]"); save(list[0], depth); trail.pop(); out.op(0x61); return; }
+    if (list.length === 1) {
+      trail.push("[0]");
+      save(list[0], depth);
+      trail.pop();
+      out.op(0x61);
+      return;
+    }
     for (let at = 0; at < list.length; at += BATCH) {
       out.op(0x28);
-      for (let i = at; i < Math.min(list.length, at + BATCH); i++) { trail.push(`[${i}]`); save(list[i], depth); trail.pop(); }
+      for (let i = at; i < Math.min(list.length, at + BATCH); i++) {
+        trail.push(`[${i}]`);
+        save(list[i], depth);
+        trail.pop();
+      }
       out.op(0x65);
     }
   };
@@ -178,8 +265,13 @@ export function pickle(value: unknown, path: string, hooks: PickleHooks = {}): U
   /** CPython's batch_dict_exact (a dict): one item SETITEM, else MARK ... SETITEMS per 1000, and an empty batch after a full one. */
   const setItemsExact = (entries: readonly (readonly [unknown, unknown])[], depth: number): void => {
     if (entries.length === 0) return;
-    if (entries.length === 1) { pair(entries[0]![0], entries[0]![1], depth); out.op(0x73); return; }
-    let at = 0, n: number;
+    if (entries.length === 1) {
+      pair(entries[0]![0], entries[0]![1], depth);
+      out.op(0x73);
+      return;
+    }
+    let at = 0,
+      n: number;
     do {
       out.op(0x28);
       n = 0;
@@ -195,7 +287,11 @@ export function pickle(value: unknown, path: string, hooks: PickleHooks = {}): U
   const setItemsIter = (entries: readonly (readonly [unknown, unknown])[], depth: number): void => {
     for (let at = 0; at < entries.length; at += BATCH) {
       const end = Math.min(entries.length, at + BATCH);
-      if (end - at === 1) { pair(entries[at]![0], entries[at]![1], depth); out.op(0x73); break; }
+      if (end - at === 1) {
+        pair(entries[at]![0], entries[at]![1], depth);
+        out.op(0x73);
+        break;
+      }
       out.op(0x28);
       for (let i = at; i < end; i++) pair(entries[i]![0], entries[i]![1], depth);
       out.op(0x75);
@@ -203,17 +299,28 @@ export function pickle(value: unknown, path: string, hooks: PickleHooks = {}): U
   };
   const saveTuple = (t: PyTuple, depth: number): void => {
     const n = t.items.length;
-    if (n === 0) { out.op(0x29); return; }
+    if (n === 0) {
+      out.op(0x29);
+      return;
+    }
     if (n <= 3) {
       saveItems(t.items, depth);
       const i = ids.get(t);
-      if (i !== undefined) { for (let k = 0; k < n; k++) out.op(0x30); get(i); return; }
+      if (i !== undefined) {
+        for (let k = 0; k < n; k++) out.op(0x30);
+        get(i);
+        return;
+      }
       out.op(0x84 + n); // TUPLE1..3
     } else {
       out.op(0x28);
       saveItems(t.items, depth);
       const i = ids.get(t);
-      if (i !== undefined) { out.op(0x31); get(i); return; }
+      if (i !== undefined) {
+        out.op(0x31);
+        get(i);
+        return;
+      }
       out.op(0x74);
     }
     ids.set(t, put());
@@ -237,19 +344,40 @@ export function pickle(value: unknown, path: string, hooks: PickleHooks = {}): U
   function save(v: unknown, depth: number): void {
     if (depth > MAX_PICKLE_DEPTH) fail(`nested deeper than ${MAX_PICKLE_DEPTH} levels`);
     const d = depth + 1;
-    if (v === null) { out.op(0x4e); return; }
+    if (v === null) {
+      out.op(0x4e);
+      return;
+    }
     switch (typeof v) {
-      case "boolean": out.op(v ? 0x88 : 0x89); return;
-      case "bigint": saveInt(v); return;
-      case "number": out.op(0x47); out.f64be(v); return;
-      case "string": saveStr(v); return;
-      case "object": break;
-      default: fail(`a JavaScript ${typeof v} has no Python form`);
+      case "boolean":
+        out.op(v ? 0x88 : 0x89);
+        return;
+      case "bigint":
+        saveInt(v);
+        return;
+      case "number":
+        out.op(0x47);
+        out.f64be(v);
+        return;
+      case "string":
+        saveStr(v);
+        return;
+      case "object":
+        break;
+      default:
+        fail(`a JavaScript ${typeof v} has no Python form`);
     }
     const o = v as object;
     const seen = ids.get(o);
-    if (seen !== undefined) { get(seen); return; }
-    if (o instanceof PersistentId) { save(o.pid, d); out.op(0x51); return; }
+    if (seen !== undefined) {
+      get(seen);
+      return;
+    }
+    if (o instanceof PersistentId) {
+      save(o.pid, d);
+      out.op(0x51);
+      return;
+    }
     if (o instanceof Uint8Array) {
       const s = Buffer.from(o.buffer, o.byteOffset, o.byteLength).toString("latin1");
       saveReduce(o, ENCODE, new PyTuple([s, "latin1"]), d);
@@ -261,7 +389,10 @@ export function pickle(value: unknown, path: string, hooks: PickleHooks = {}): U
       appends(o as PyValue[], d);
       return;
     }
-    if (o instanceof PyTuple) { saveTuple(o, d); return; }
+    if (o instanceof PyTuple) {
+      saveTuple(o, d);
+      return;
+    }
     if (o instanceof PyDict) {
       const entries = [...o.map];
       if (o.kind === "dict") {
@@ -284,14 +415,20 @@ export function pickle(value: unknown, path: string, hooks: PickleHooks = {}): U
       saveReduce(o, SET, new PyTuple([[...o.items]]), d);
       return;
     }
-    if (o instanceof PyGlobal) { saveGlobal(o); return; }
+    if (o instanceof PyGlobal) {
+      saveGlobal(o);
+      return;
+    }
     if (o instanceof PyObject) {
       saveReduce(o, o.callee, o.args, d, o.how);
       saveState(o.state, d);
       return;
     }
     const r = hooks.reduce?.(o, trail.join(""));
-    if (r) { saveReduce(o, r.callee, new PyTuple(r.args as PyValue[]), d); return; }
+    if (r) {
+      saveReduce(o, r.callee, new PyTuple(r.args as PyValue[]), d);
+      return;
+    }
     if (isPlainObject(o)) {
       out.op(0x7d);
       ids.set(o, put());

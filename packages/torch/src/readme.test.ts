@@ -11,7 +11,10 @@ test("README example", async () => {
     const f = await TorchFile.open(new URL("../../../fixtures/hf-trainer/gpt2/checkpoint-3/optimizer.pt", import.meta.url).pathname);
     const sd = f.value as PyDict;
     const groups = sd.get("param_groups") as PyDict[];
-    expect(groups.map((g) => [g.get("lr"), (g.get("params") as bigint[]).slice(0, 2)])).toEqual([[0.0022500000000000003, [0n, 1n]], [0.0022500000000000003, [10n, 11n]]]);
+    expect(groups.map((g) => [g.get("lr"), (g.get("params") as bigint[]).slice(0, 2)])).toEqual([
+      [0.0022500000000000003, [0n, 1n]],
+      [0.0022500000000000003, [10n, 11n]],
+    ]);
     const s0 = (sd.get("state") as PyDict).get(0n) as PyDict;
     const m = s0.get("exp_avg") as TorchTensor;
     expect([m.dtype, m.shape]).toEqual(["F32", [256, 64]]);

@@ -8,14 +8,36 @@ import { crc32 } from "./zip.js";
 
 /** torch dtype name → core dtype, for the dtypes this package reads. */
 export const TORCH_TO_DTYPE: Readonly<Record<string, DType>> = {
-  float64: "F64", float32: "F32", float16: "F16", bfloat16: "BF16", int64: "I64", int32: "I32", int16: "I16", int8: "I8",
-  uint8: "U8", bool: "BOOL", uint16: "U16", uint32: "U32", uint64: "U64",
+  float64: "F64",
+  float32: "F32",
+  float16: "F16",
+  bfloat16: "BF16",
+  int64: "I64",
+  int32: "I32",
+  int16: "I16",
+  int8: "I8",
+  uint8: "U8",
+  bool: "BOOL",
+  uint16: "U16",
+  uint32: "U32",
+  uint64: "U64",
 };
 
 /** core dtype → torch dtype name. */
 export const DTYPE_TO_TORCH: Readonly<Record<DType, string>> = {
-  F64: "float64", F32: "float32", F16: "float16", BF16: "bfloat16", I64: "int64", I32: "int32", I16: "int16", I8: "int8",
-  U8: "uint8", BOOL: "bool", U16: "uint16", U32: "uint32", U64: "uint64",
+  F64: "float64",
+  F32: "float32",
+  F16: "float16",
+  BF16: "bfloat16",
+  I64: "int64",
+  I32: "int32",
+  I16: "int16",
+  I8: "int8",
+  U8: "uint8",
+  BOOL: "bool",
+  U16: "uint16",
+  U32: "uint32",
+  U64: "uint64",
 };
 
 /** Where a storage's bytes are: a stored zip entry of an open file. */
@@ -109,13 +131,20 @@ export class TorchTensor implements LazyTensor {
   }
 
   /** The dtype by torch's name ("float32"). */
-  get torchDtype(): string { return DTYPE_TO_TORCH[this.dtype]; }
-  get byteLength(): number { return this.numel * DTYPE_SIZES[this.dtype]; }
+  get torchDtype(): string {
+    return DTYPE_TO_TORCH[this.dtype];
+  }
+  get byteLength(): number {
+    return this.numel * DTYPE_SIZES[this.dtype];
+  }
 
   private range(): [number, number] {
     if (!this.contiguous) {
-      throw new TorchFormatError(this.storage.source.path, "unsupported",
-        `tensor of shape ${shapeText(this.shape)} in ${this.storage.source.entry} is not contiguous (strides ${shapeText(this.stride)}); its bytes are not read`);
+      throw new TorchFormatError(
+        this.storage.source.path,
+        "unsupported",
+        `tensor of shape ${shapeText(this.shape)} in ${this.storage.source.entry} is not contiguous (strides ${shapeText(this.stride)}); its bytes are not read`,
+      );
     }
     const start = this.storageOffset * DTYPE_SIZES[this.dtype];
     return [start, start + this.byteLength];

@@ -31,8 +31,26 @@ describe("values Python wrote", () => {
     expect(d).toBeInstanceOf(PyDict);
     expect(d.kind).toBe("dict");
     expect(d.get("a")).toBe(1n);
-    expect(d.get("b")).toEqual([1.5, -2n, 2n ** 40n, -(2n ** 70n), true, null, 0, -0, 255n, 256n, 65535n, 65536n, -1n,
-      2n ** 31n - 1n, 2n ** 31n, -(2n ** 31n), -(2n ** 31n) - 1n, 2n ** 63n]);
+    expect(d.get("b")).toEqual([
+      1.5,
+      -2n,
+      2n ** 40n,
+      -(2n ** 70n),
+      true,
+      null,
+      0,
+      -0,
+      255n,
+      256n,
+      65535n,
+      65536n,
+      -1n,
+      2n ** 31n - 1n,
+      2n ** 31n,
+      -(2n ** 31n),
+      -(2n ** 31n) - 1n,
+      2n ** 63n,
+    ]);
     expect(Object.is((d.get("b") as PyValue[])[7], -0)).toBe(true);
     expect((d.get("t1") as PyTuple).items).toEqual([1n]);
     expect((d.get("t4") as PyTuple).items).toEqual([1n, 2n, 3n, 4n]);
@@ -65,9 +83,57 @@ describe("values Python wrote", () => {
 
 describe("opcodes", () => {
   test("protocol 4 forms: FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL, EMPTY_SET/ADDITEMS, FROZENSET, LONG4", () => {
-    const v = load(bytes(0x80, 4, 0x95, 30, 0, 0, 0, 0, 0, 0, 0,
-      0x5d, 0x94, 0x28, 0x8c, 2, "hi", 0x94, 0x8c, 11, "collections", 0x8c, 11, "OrderedDict", 0x93, 0x29, 0x52,
-      0x8f, 0x28, 0x4b, 1, 0x90, 0x28, 0x4b, 2, 0x91, 0x8b, 2, 0, 0, 0, 0x00, 0x80, 0x68, 1, 0x65, 0x2e)) as PyValue[];
+    const v = load(
+      bytes(
+        0x80,
+        4,
+        0x95,
+        30,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0x5d,
+        0x94,
+        0x28,
+        0x8c,
+        2,
+        "hi",
+        0x94,
+        0x8c,
+        11,
+        "collections",
+        0x8c,
+        11,
+        "OrderedDict",
+        0x93,
+        0x29,
+        0x52,
+        0x8f,
+        0x28,
+        0x4b,
+        1,
+        0x90,
+        0x28,
+        0x4b,
+        2,
+        0x91,
+        0x8b,
+        2,
+        0,
+        0,
+        0,
+        0x00,
+        0x80,
+        0x68,
+        1,
+        0x65,
+        0x2e,
+      ),
+    ) as PyValue[];
     expect(v[0]).toBe("hi");
     expect((v[1] as PyDict).kind).toBe("OrderedDict");
     expect((v[2] as PySet).items).toEqual([1n]);
@@ -77,8 +143,51 @@ describe("opcodes", () => {
   });
 
   test("POP, POP_MARK, DUP, BINBYTES, BINSTRING, BINUNICODE8", () => {
-    const v = load(bytes(0x80, 3, 0x5d, 0x28, 0x4b, 1, 0x30, 0x28, 0x4b, 9, 0x4b, 9, 0x31, 0x43, 2, "ab", 0x32, 0x42, 1, 0, 0, 0, "c",
-      0x54, 1, 0, 0, 0, "d", 0x8d, 1, 0, 0, 0, 0, 0, 0, 0, "e", 0x65, 0x2e)) as PyValue[];
+    const v = load(
+      bytes(
+        0x80,
+        3,
+        0x5d,
+        0x28,
+        0x4b,
+        1,
+        0x30,
+        0x28,
+        0x4b,
+        9,
+        0x4b,
+        9,
+        0x31,
+        0x43,
+        2,
+        "ab",
+        0x32,
+        0x42,
+        1,
+        0,
+        0,
+        0,
+        "c",
+        0x54,
+        1,
+        0,
+        0,
+        0,
+        "d",
+        0x8d,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        "e",
+        0x65,
+        0x2e,
+      ),
+    ) as PyValue[];
     expect(v.length).toBe(5);
     expect(v[0]).toEqual(new Uint8Array([97, 98]));
     expect(v[1]).toBe(v[0]);
@@ -120,10 +229,21 @@ describe("refused globals", () => {
   };
 
   test.each([
-    ["os", "system"], ["posix", "system"], ["nt", "system"], ["builtins", "eval"], ["builtins", "exec"], ["subprocess", "Popen"],
-    ["numpy.core.multiarray", "_reconstruct"], ["numpy._core.multiarray", "_reconstruct"], ["numpy", "ndarray"],
-    ["transformers.training_args", "TrainingArguments"], ["torch", "load"], ["torch._utils", "_rebuild_tensor_v9"],
-    ["builtins", "getattr"], ["collections", "defaultdict"], ["torch.storage", "_load_from_bytes"],
+    ["os", "system"],
+    ["posix", "system"],
+    ["nt", "system"],
+    ["builtins", "eval"],
+    ["builtins", "exec"],
+    ["subprocess", "Popen"],
+    ["numpy.core.multiarray", "_reconstruct"],
+    ["numpy._core.multiarray", "_reconstruct"],
+    ["numpy", "ndarray"],
+    ["transformers.training_args", "TrainingArguments"],
+    ["torch", "load"],
+    ["torch._utils", "_rebuild_tensor_v9"],
+    ["builtins", "getattr"],
+    ["collections", "defaultdict"],
+    ["torch.storage", "_load_from_bytes"],
   ])("%s.%s", (module, name) => {
     const e = refused(module, name);
     expect(e.global).toBe(`${module}.${name}`);
@@ -143,9 +263,23 @@ describe("refused globals", () => {
   });
 
   test("the allow-list holds what torch's does", () => {
-    for (const g of ["collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch.FloatStorage", "torch.BFloat16Storage",
-      "torch.cuda.HalfStorage", "torch.storage.UntypedStorage", "torch.float32", "torch.bfloat16", "torch.uint4", "torch.Size",
-      "_codecs.encode", "builtins.set", "torch.nn.parameter.Parameter", "torch.FloatTensor", "torch.cuda.sparse.HalfTensor"]) {
+    for (const g of [
+      "collections.OrderedDict",
+      "torch._utils._rebuild_tensor_v2",
+      "torch.FloatStorage",
+      "torch.BFloat16Storage",
+      "torch.cuda.HalfStorage",
+      "torch.storage.UntypedStorage",
+      "torch.float32",
+      "torch.bfloat16",
+      "torch.uint4",
+      "torch.Size",
+      "_codecs.encode",
+      "builtins.set",
+      "torch.nn.parameter.Parameter",
+      "torch.FloatTensor",
+      "torch.cuda.sparse.HalfTensor",
+    ]) {
       expect(WEIGHTS_ONLY_GLOBALS.has(g), g).toBe(true);
     }
     for (const g of ["torch.sparse.BoolTensor", "builtins.frozenset", "builtins.bytes", "torch.cuda.QInt8Storage", "__proto__.x"]) {

@@ -32,17 +32,74 @@ export interface UnpickleHooks {
 
 /** Opcode names by byte, for messages. */
 const NAMES: Record<number, string> = {
-  0x28: "MARK", 0x2e: "STOP", 0x30: "POP", 0x31: "POP_MARK", 0x32: "DUP", 0x46: "FLOAT", 0x49: "INT", 0x4a: "BININT",
-  0x4b: "BININT1", 0x4c: "LONG", 0x4d: "BININT2", 0x4e: "NONE", 0x50: "PERSID", 0x51: "BINPERSID", 0x52: "REDUCE",
-  0x53: "STRING", 0x54: "BINSTRING", 0x55: "SHORT_BINSTRING", 0x56: "UNICODE", 0x58: "BINUNICODE", 0x61: "APPEND",
-  0x62: "BUILD", 0x63: "GLOBAL", 0x64: "DICT", 0x7d: "EMPTY_DICT", 0x65: "APPENDS", 0x67: "GET", 0x68: "BINGET",
-  0x69: "INST", 0x6a: "LONG_BINGET", 0x6c: "LIST", 0x5d: "EMPTY_LIST", 0x6f: "OBJ", 0x70: "PUT", 0x71: "BINPUT",
-  0x72: "LONG_BINPUT", 0x73: "SETITEM", 0x74: "TUPLE", 0x29: "EMPTY_TUPLE", 0x75: "SETITEMS", 0x47: "BINFLOAT",
-  0x80: "PROTO", 0x81: "NEWOBJ", 0x82: "EXT1", 0x83: "EXT2", 0x84: "EXT4", 0x85: "TUPLE1", 0x86: "TUPLE2",
-  0x87: "TUPLE3", 0x88: "NEWTRUE", 0x89: "NEWFALSE", 0x8a: "LONG1", 0x8b: "LONG4", 0x42: "BINBYTES",
-  0x43: "SHORT_BINBYTES", 0x8c: "SHORT_BINUNICODE", 0x8d: "BINUNICODE8", 0x8e: "BINBYTES8", 0x8f: "EMPTY_SET",
-  0x90: "ADDITEMS", 0x91: "FROZENSET", 0x92: "NEWOBJ_EX", 0x93: "STACK_GLOBAL", 0x94: "MEMOIZE", 0x95: "FRAME",
-  0x96: "BYTEARRAY8", 0x97: "NEXT_BUFFER", 0x98: "READONLY_BUFFER",
+  0x28: "MARK",
+  0x2e: "STOP",
+  0x30: "POP",
+  0x31: "POP_MARK",
+  0x32: "DUP",
+  0x46: "FLOAT",
+  0x49: "INT",
+  0x4a: "BININT",
+  0x4b: "BININT1",
+  0x4c: "LONG",
+  0x4d: "BININT2",
+  0x4e: "NONE",
+  0x50: "PERSID",
+  0x51: "BINPERSID",
+  0x52: "REDUCE",
+  0x53: "STRING",
+  0x54: "BINSTRING",
+  0x55: "SHORT_BINSTRING",
+  0x56: "UNICODE",
+  0x58: "BINUNICODE",
+  0x61: "APPEND",
+  0x62: "BUILD",
+  0x63: "GLOBAL",
+  0x64: "DICT",
+  0x7d: "EMPTY_DICT",
+  0x65: "APPENDS",
+  0x67: "GET",
+  0x68: "BINGET",
+  0x69: "INST",
+  0x6a: "LONG_BINGET",
+  0x6c: "LIST",
+  0x5d: "EMPTY_LIST",
+  0x6f: "OBJ",
+  0x70: "PUT",
+  0x71: "BINPUT",
+  0x72: "LONG_BINPUT",
+  0x73: "SETITEM",
+  0x74: "TUPLE",
+  0x29: "EMPTY_TUPLE",
+  0x75: "SETITEMS",
+  0x47: "BINFLOAT",
+  0x80: "PROTO",
+  0x81: "NEWOBJ",
+  0x82: "EXT1",
+  0x83: "EXT2",
+  0x84: "EXT4",
+  0x85: "TUPLE1",
+  0x86: "TUPLE2",
+  0x87: "TUPLE3",
+  0x88: "NEWTRUE",
+  0x89: "NEWFALSE",
+  0x8a: "LONG1",
+  0x8b: "LONG4",
+  0x42: "BINBYTES",
+  0x43: "SHORT_BINBYTES",
+  0x8c: "SHORT_BINUNICODE",
+  0x8d: "BINUNICODE8",
+  0x8e: "BINBYTES8",
+  0x8f: "EMPTY_SET",
+  0x90: "ADDITEMS",
+  0x91: "FROZENSET",
+  0x92: "NEWOBJ_EX",
+  0x93: "STACK_GLOBAL",
+  0x94: "MEMOIZE",
+  0x95: "FRAME",
+  0x96: "BYTEARRAY8",
+  0x97: "NEXT_BUFFER",
+  0x98: "READONLY_BUFFER",
 };
 
 export const opcodeName = (op: number): string => NAMES[op] ?? `0x${op.toString(16).padStart(2, "0")}`;
@@ -62,7 +119,19 @@ export function decodeUtf8(b: Uint8Array): string | null {
     for (let i = 0; i < b.length;) {
       const c = b[i]!;
       let cp: number, n: number;
-      if (c < 0x80) { cp = c; n = 1; } else if (c >= 0xc2 && c < 0xe0) { cp = c & 0x1f; n = 2; } else if (c >= 0xe0 && c < 0xf0) { cp = c & 0x0f; n = 3; } else if (c >= 0xf0 && c < 0xf5) { cp = c & 0x07; n = 4; } else return null;
+      if (c < 0x80) {
+        cp = c;
+        n = 1;
+      } else if (c >= 0xc2 && c < 0xe0) {
+        cp = c & 0x1f;
+        n = 2;
+      } else if (c >= 0xe0 && c < 0xf0) {
+        cp = c & 0x0f;
+        n = 3;
+      } else if (c >= 0xf0 && c < 0xf5) {
+        cp = c & 0x07;
+        n = 4;
+      } else return null;
       if (i + n > b.length) return null;
       for (let k = 1; k < n; k++) {
         const d = b[i + k]!;
@@ -108,8 +177,16 @@ export function unpickle(data: Uint8Array, path: string, hooks: UnpickleHooks = 
   const need = (n: number): void => {
     if (n > data.length - pos) fail("truncated", `${opcodeName(op)} needs ${n} more bytes, the ${what} ends after ${data.length - pos}`);
   };
-  const u8 = (): number => { need(1); return data[pos++]!; };
-  const u32 = (): number => { need(4); const v = view.getUint32(pos, true); pos += 4; return v; };
+  const u8 = (): number => {
+    need(1);
+    return data[pos++]!;
+  };
+  const u32 = (): number => {
+    need(4);
+    const v = view.getUint32(pos, true);
+    pos += 4;
+    return v;
+  };
   const u64 = (): number => {
     need(8);
     const v = view.getBigUint64(pos, true);
@@ -117,7 +194,12 @@ export function unpickle(data: Uint8Array, path: string, hooks: UnpickleHooks = 
     if (v > BigInt(data.length)) fail("truncated", `${opcodeName(op)} announces ${v} bytes, the ${what} has ${data.length}`);
     return Number(v);
   };
-  const bytes = (n: number): Uint8Array => { need(n); const b = data.subarray(pos, pos + n); pos += n; return b; };
+  const bytes = (n: number): Uint8Array => {
+    need(n);
+    const b = data.subarray(pos, pos + n);
+    pos += n;
+    return b;
+  };
   const text = (n: number): string => {
     const s = decodeUtf8(bytes(n));
     return s ?? malformed(`${n} bytes that are not UTF-8`);
@@ -130,7 +212,9 @@ export function unpickle(data: Uint8Array, path: string, hooks: UnpickleHooks = 
     return s ?? malformed("a name that is not UTF-8");
   };
 
-  const push = (v: PyValue): void => { stack.push(v); };
+  const push = (v: PyValue): void => {
+    stack.push(v);
+  };
   const pop = (): PyValue => {
     if (stack.length === 0) malformed(metastack.length > 0 ? "pops across a MARK" : "stack empty");
     return stack.pop()!;
@@ -146,8 +230,12 @@ export function unpickle(data: Uint8Array, path: string, hooks: UnpickleHooks = 
     stack = outer!;
     return items;
   };
-  const setTop = (v: PyValue): void => { stack[stack.length - 1] = v; };
-  const memoPut = (i: number): void => { memo.set(i, top()); };
+  const setTop = (v: PyValue): void => {
+    stack[stack.length - 1] = v;
+  };
+  const memoPut = (i: number): void => {
+    memo.set(i, top());
+  };
   const memoGet = (i: number): void => {
     if (!memo.has(i)) malformed(`memo entry ${i} was never stored`);
     push(memo.get(i)!);
@@ -231,30 +319,61 @@ export function unpickle(data: Uint8Array, path: string, hooks: UnpickleHooks = 
     if (pos >= data.length) fail("truncated", `the ${what} ends without STOP`);
     op = data[pos++]!;
     switch (op) {
-      case 0x80: { // PROTO
+      case 0x80: {
+        // PROTO
         const v = u8();
         if (v > 5) fail("unsupported-opcode", `pickle protocol ${v} (protocols up to 5 are read)`);
         break;
       }
-      case 0x95: { // FRAME: a length prefix for the opcodes that follow; they are read as they come.
+      case 0x95: {
+        // FRAME: a length prefix for the opcodes that follow; they are read as they come.
         const n = u64();
         if (n > data.length - pos) fail("truncated", `a frame of ${n} bytes, the ${what} has ${data.length - pos} left`);
         break;
       }
       case 0x2e: // STOP: the value on top, as Python's and torch's unpicklers take it (what is left is ignored)
         return pop();
-      case 0x28: metastack.push(stack); stack = []; break; // MARK
-      case 0x30: if (stack.length > 0) stack.pop(); else popMark(); break; // POP
-      case 0x31: popMark(); break; // POP_MARK
-      case 0x32: push(top()); break; // DUP
-      case 0x4e: push(null); break; // NONE
-      case 0x88: push(true); break; // NEWTRUE
-      case 0x89: push(false); break; // NEWFALSE
-      case 0x4a: need(4); push(BigInt(view.getInt32(pos, true))); pos += 4; break; // BININT
-      case 0x4b: push(BigInt(u8())); break; // BININT1
-      case 0x4d: need(2); push(BigInt(view.getUint16(pos, true))); pos += 2; break; // BININT2
-      case 0x8a: push(decodeLong(bytes(u8()))); break; // LONG1
-      case 0x8b: { // LONG4
+      case 0x28:
+        metastack.push(stack);
+        stack = [];
+        break; // MARK
+      case 0x30:
+        if (stack.length > 0) stack.pop();
+        else popMark();
+        break; // POP
+      case 0x31:
+        popMark();
+        break; // POP_MARK
+      case 0x32:
+        push(top());
+        break; // DUP
+      case 0x4e:
+        push(null);
+        break; // NONE
+      case 0x88:
+        push(true);
+        break; // NEWTRUE
+      case 0x89:
+        push(false);
+        break; // NEWFALSE
+      case 0x4a:
+        need(4);
+        push(BigInt(view.getInt32(pos, true)));
+        pos += 4;
+        break; // BININT
+      case 0x4b:
+        push(BigInt(u8()));
+        break; // BININT1
+      case 0x4d:
+        need(2);
+        push(BigInt(view.getUint16(pos, true)));
+        pos += 2;
+        break; // BININT2
+      case 0x8a:
+        push(decodeLong(bytes(u8())));
+        break; // LONG1
+      case 0x8b: {
+        // LONG4
         need(4);
         const n = view.getInt32(pos, true);
         pos += 4;
@@ -262,12 +381,25 @@ export function unpickle(data: Uint8Array, path: string, hooks: UnpickleHooks = 
         push(decodeLong(bytes(n)));
         break;
       }
-      case 0x47: need(8); push(view.getFloat64(pos, false)); pos += 8; break; // BINFLOAT (big-endian)
-      case 0x58: push(text(u32())); break; // BINUNICODE
-      case 0x8c: push(text(u8())); break; // SHORT_BINUNICODE
-      case 0x8d: push(text(u64())); break; // BINUNICODE8
-      case 0x55: push(text(u8())); break; // SHORT_BINSTRING
-      case 0x54: { // BINSTRING
+      case 0x47:
+        need(8);
+        push(view.getFloat64(pos, false));
+        pos += 8;
+        break; // BINFLOAT (big-endian)
+      case 0x58:
+        push(text(u32()));
+        break; // BINUNICODE
+      case 0x8c:
+        push(text(u8()));
+        break; // SHORT_BINUNICODE
+      case 0x8d:
+        push(text(u64()));
+        break; // BINUNICODE8
+      case 0x55:
+        push(text(u8()));
+        break; // SHORT_BINSTRING
+      case 0x54: {
+        // BINSTRING
         need(4);
         const n = view.getInt32(pos, true);
         pos += 4;
@@ -275,54 +407,127 @@ export function unpickle(data: Uint8Array, path: string, hooks: UnpickleHooks = 
         push(text(n));
         break;
       }
-      case 0x43: push(bytes(u8()).slice()); break; // SHORT_BINBYTES
-      case 0x42: push(bytes(u32()).slice()); break; // BINBYTES
-      case 0x8e: push(bytes(u64()).slice()); break; // BINBYTES8
-      case 0x29: push(new PyTuple([])); break; // EMPTY_TUPLE
-      case 0x74: push(new PyTuple(popMark())); break; // TUPLE
-      case 0x85: setTop(new PyTuple([top()])); break; // TUPLE1
-      case 0x86: { const b = pop(), a = pop(); push(new PyTuple([a, b])); break; } // TUPLE2
-      case 0x87: { const c = pop(), b = pop(), a = pop(); push(new PyTuple([a, b, c])); break; } // TUPLE3
-      case 0x5d: push([]); break; // EMPTY_LIST
-      case 0x61: { const v = pop(); appendTo(top(), [v]); break; } // APPEND
-      case 0x65: { const items = popMark(); appendTo(top(), items); break; } // APPENDS
-      case 0x7d: push(new PyDict()); break; // EMPTY_DICT
-      case 0x73: { const v = pop(), k = pop(); setItems(top(), [k, v]); break; } // SETITEM
-      case 0x75: { const items = popMark(); setItems(top(), items); break; } // SETITEMS
-      case 0x8f: push(new PySet()); break; // EMPTY_SET
-      case 0x90: { // ADDITEMS
+      case 0x43:
+        push(bytes(u8()).slice());
+        break; // SHORT_BINBYTES
+      case 0x42:
+        push(bytes(u32()).slice());
+        break; // BINBYTES
+      case 0x8e:
+        push(bytes(u64()).slice());
+        break; // BINBYTES8
+      case 0x29:
+        push(new PyTuple([]));
+        break; // EMPTY_TUPLE
+      case 0x74:
+        push(new PyTuple(popMark()));
+        break; // TUPLE
+      case 0x85:
+        setTop(new PyTuple([top()]));
+        break; // TUPLE1
+      case 0x86: {
+        const b = pop(),
+          a = pop();
+        push(new PyTuple([a, b]));
+        break;
+      } // TUPLE2
+      case 0x87: {
+        const c = pop(),
+          b = pop(),
+          a = pop();
+        push(new PyTuple([a, b, c]));
+        break;
+      } // TUPLE3
+      case 0x5d:
+        push([]);
+        break; // EMPTY_LIST
+      case 0x61: {
+        const v = pop();
+        appendTo(top(), [v]);
+        break;
+      } // APPEND
+      case 0x65: {
+        const items = popMark();
+        appendTo(top(), items);
+        break;
+      } // APPENDS
+      case 0x7d:
+        push(new PyDict());
+        break; // EMPTY_DICT
+      case 0x73: {
+        const v = pop(),
+          k = pop();
+        setItems(top(), [k, v]);
+        break;
+      } // SETITEM
+      case 0x75: {
+        const items = popMark();
+        setItems(top(), items);
+        break;
+      } // SETITEMS
+      case 0x8f:
+        push(new PySet());
+        break; // EMPTY_SET
+      case 0x90: {
+        // ADDITEMS
         const items = popMark();
         for (const item of items) if (!isHashable(item)) malformed(`unhashable ${pyTypeName(item)} in a set`);
         addTo(top(), items);
         break;
       }
-      case 0x91: { // FROZENSET
+      case 0x91: {
+        // FROZENSET
         const items = popMark();
         for (const item of items) if (!isHashable(item)) malformed(`unhashable ${pyTypeName(item)} in a frozenset`);
         push(new PySet(items, true));
         break;
       }
-      case 0x71: memoPut(u8()); break; // BINPUT
-      case 0x72: memoPut(u32()); break; // LONG_BINPUT
-      case 0x94: memoPut(memo.size); break; // MEMOIZE
-      case 0x68: memoGet(u8()); break; // BINGET
-      case 0x6a: memoGet(u32()); break; // LONG_BINGET
-      case 0x63: { const module = line(); const name = line(); push(refGlobal(module, name)); break; } // GLOBAL
-      case 0x93: { // STACK_GLOBAL
-        const name = pop(), module = pop();
-        if (typeof module !== "string" || typeof name !== "string") malformed(`names a global by a ${pyTypeName(module)} and a ${pyTypeName(name)} (only strings)`);
+      case 0x71:
+        memoPut(u8());
+        break; // BINPUT
+      case 0x72:
+        memoPut(u32());
+        break; // LONG_BINPUT
+      case 0x94:
+        memoPut(memo.size);
+        break; // MEMOIZE
+      case 0x68:
+        memoGet(u8());
+        break; // BINGET
+      case 0x6a:
+        memoGet(u32());
+        break; // LONG_BINGET
+      case 0x63: {
+        const module = line();
+        const name = line();
+        push(refGlobal(module, name));
+        break;
+      } // GLOBAL
+      case 0x93: {
+        // STACK_GLOBAL
+        const name = pop(),
+          module = pop();
+        if (typeof module !== "string" || typeof name !== "string")
+          malformed(`names a global by a ${pyTypeName(module)} and a ${pyTypeName(name)} (only strings)`);
         push(refGlobal(module as string, name as string));
         break;
       }
-      case 0x52: { const args = pop(); setTop(call(top(), args)); break; } // REDUCE
-      case 0x81: { // NEWOBJ
-        const args = pop(), cls = pop();
+      case 0x52: {
+        const args = pop();
+        setTop(call(top(), args));
+        break;
+      } // REDUCE
+      case 0x81: {
+        // NEWOBJ
+        const args = pop(),
+          cls = pop();
         if (!(cls instanceof PyGlobal)) malformed(`instantiates a ${pyTypeName(cls)} (only an allowed global)`);
         if (!(args instanceof PyTuple)) malformed(`instantiates with a ${pyTypeName(args)} of arguments (only a tuple)`);
         push(new PyObject(cls as PyGlobal, args as PyTuple, "newobj"));
         break;
       }
-      case 0x62: { // BUILD
+      case 0x62: {
+        // BUILD
         const state = pop();
         const inst = top();
         if ((inst instanceof PyDict && inst.kind !== "dict") || inst instanceof PyObject) {
@@ -333,14 +538,18 @@ export function unpickle(data: Uint8Array, path: string, hooks: UnpickleHooks = 
         }
         break;
       }
-      case 0x51: { // BINPERSID
+      case 0x51: {
+        // BINPERSID
         const pid = pop();
         if (!hooks.persistentLoad) malformed("a persistent id where none is expected");
         push(hooks.persistentLoad!(pid));
         break;
       }
       default:
-        fail("unsupported-opcode", `opcode ${opcodeName(op)}${NAMES[op] ? "" : " (not a pickle opcode)"} is not read (torch.load(weights_only=True) does not execute it either)`);
+        fail(
+          "unsupported-opcode",
+          `opcode ${opcodeName(op)}${NAMES[op] ? "" : " (not a pickle opcode)"} is not read (torch.load(weights_only=True) does not execute it either)`,
+        );
     }
   }
 }

@@ -30,9 +30,15 @@ export class PyTuple {
     this.items = items;
     this.hashable = items.every(isHashable);
   }
-  get length(): number { return this.items.length; }
-  at(i: number): PyValue | undefined { return this.items[i]; }
-  [Symbol.iterator](): Iterator<PyValue> { return this.items[Symbol.iterator](); }
+  get length(): number {
+    return this.items.length;
+  }
+  at(i: number): PyValue | undefined {
+    return this.items[i];
+  }
+  [Symbol.iterator](): Iterator<PyValue> {
+    return this.items[Symbol.iterator]();
+  }
 }
 
 /** A shorthand for `new PyTuple([...])`. */
@@ -55,7 +61,10 @@ export class PyDict {
   /** Attributes a pickle set on an OrderedDict or Counter (its BUILD state); absent almost always. */
   state?: PyValue;
 
-  constructor(readonly kind: PyDictKind = "dict", entries?: Iterable<readonly [PyKey, PyValue]>) {
+  constructor(
+    readonly kind: PyDictKind = "dict",
+    entries?: Iterable<readonly [PyKey, PyValue]>,
+  ) {
     this.map = new Map(entries as Iterable<[PyKey, PyValue]> | undefined);
   }
 
@@ -64,20 +73,42 @@ export class PyDict {
     return new PyDict(kind, Object.entries(record));
   }
 
-  get size(): number { return this.map.size; }
-  get(key: PyKey): PyValue | undefined { return this.map.get(key); }
-  has(key: PyKey): boolean { return this.map.has(key); }
-  set(key: PyKey, value: PyValue): this { this.map.set(key, value); return this; }
-  delete(key: PyKey): boolean { return this.map.delete(key); }
-  keys(): IterableIterator<PyKey> { return this.map.keys(); }
-  values(): IterableIterator<PyValue> { return this.map.values(); }
-  entries(): IterableIterator<[PyKey, PyValue]> { return this.map.entries(); }
-  [Symbol.iterator](): IterableIterator<[PyKey, PyValue]> { return this.map.entries(); }
+  get size(): number {
+    return this.map.size;
+  }
+  get(key: PyKey): PyValue | undefined {
+    return this.map.get(key);
+  }
+  has(key: PyKey): boolean {
+    return this.map.has(key);
+  }
+  set(key: PyKey, value: PyValue): this {
+    this.map.set(key, value);
+    return this;
+  }
+  delete(key: PyKey): boolean {
+    return this.map.delete(key);
+  }
+  keys(): IterableIterator<PyKey> {
+    return this.map.keys();
+  }
+  values(): IterableIterator<PyValue> {
+    return this.map.values();
+  }
+  entries(): IterableIterator<[PyKey, PyValue]> {
+    return this.map.entries();
+  }
+  [Symbol.iterator](): IterableIterator<[PyKey, PyValue]> {
+    return this.map.entries();
+  }
 }
 
 /** A Python set (or frozenset): its items in pickle order. */
 export class PySet {
-  constructor(readonly items: PyValue[] = [], readonly frozen = false) {}
+  constructor(
+    readonly items: PyValue[] = [],
+    readonly frozen = false,
+  ) {}
 }
 
 /**
@@ -87,7 +118,12 @@ export class PySet {
 export class PyGlobal {
   /** The name as torch looks it up ("torch._utils._rebuild_tensor_v2"), Python 2 names renamed. */
   readonly dotted: string;
-  constructor(readonly module: string, readonly name: string) { this.dotted = `${module}.${name}`; }
+  constructor(
+    readonly module: string,
+    readonly name: string,
+  ) {
+    this.dotted = `${module}.${name}`;
+  }
 }
 
 /**
@@ -107,22 +143,28 @@ export class PyObject {
 
 /** Every value a pickle read by this package can hold. */
 export type PyValue =
-  | null | boolean | bigint | number | string | Uint8Array
-  | PyValue[] | PyTuple | PyDict | PySet | PyGlobal | PyObject
-  | TorchTensor | TorchStorage;
+  null | boolean | bigint | number | string | Uint8Array | PyValue[] | PyTuple | PyDict | PySet | PyGlobal | PyObject | TorchTensor | TorchStorage;
 
 /** The kind of a value, in Python's words ("int", "float", "dict", "torch.Tensor", ...), for messages. */
 export function pyTypeName(v: unknown): string {
   if (v === null) return "None";
   switch (typeof v) {
-    case "boolean": return "bool";
-    case "bigint": return "int";
-    case "number": return "float";
-    case "string": return "str";
-    case "undefined": return "undefined";
-    case "function": return "function";
-    case "symbol": return "symbol";
-    default: break;
+    case "boolean":
+      return "bool";
+    case "bigint":
+      return "int";
+    case "number":
+      return "float";
+    case "string":
+      return "str";
+    case "undefined":
+      return "undefined";
+    case "function":
+      return "function";
+    case "symbol":
+      return "symbol";
+    default:
+      break;
   }
   if (Array.isArray(v)) return "list";
   if (v instanceof Uint8Array) return "bytes";
@@ -231,16 +273,26 @@ export function pyEqual(a: unknown, b: unknown): boolean {
     if (x instanceof PyDict) {
       const d = y as PyDict;
       if (x.kind !== d.kind || x.size !== d.size || !eq(x.state, d.state, depth + 1)) return false;
-      const xe = [...x.map], ye = [...d.map];
+      const xe = [...x.map],
+        ye = [...d.map];
       return xe.every(([k, v], i) => eq(k, ye[i]![0], depth + 1) && eq(v, ye[i]![1], depth + 1));
     }
-    const t = x as Partial<TorchTensor>, u = y as Partial<TorchTensor>;
+    const t = x as Partial<TorchTensor>,
+      u = y as Partial<TorchTensor>;
     if (t.storage && u.storage) {
-      return t.dtype === u.dtype && all(t.shape ?? [], u.shape ?? []) && all(t.stride ?? [], u.stride ?? [])
-        && t.storageOffset === u.storageOffset && t.requiresGrad === u.requiresGrad
-        && t.storage.torchDtype === u.storage.torchDtype && t.storage.byteLength === u.storage.byteLength && t.storage.location === u.storage.location;
+      return (
+        t.dtype === u.dtype &&
+        all(t.shape ?? [], u.shape ?? []) &&
+        all(t.stride ?? [], u.stride ?? []) &&
+        t.storageOffset === u.storageOffset &&
+        t.requiresGrad === u.requiresGrad &&
+        t.storage.torchDtype === u.storage.torchDtype &&
+        t.storage.byteLength === u.storage.byteLength &&
+        t.storage.location === u.storage.location
+      );
     }
-    const s = x as Partial<TorchStorage>, r = y as Partial<TorchStorage>;
+    const s = x as Partial<TorchStorage>,
+      r = y as Partial<TorchStorage>;
     if (s.source && r.source) return s.torchDtype === r.torchDtype && s.byteLength === r.byteLength && s.location === r.location;
     return false;
   };

@@ -13,23 +13,50 @@ import { PyDict, PyGlobal, PyObject, PyTuple } from "./values.js";
 import { crc32Js, readZipDirectory } from "./zip.js";
 
 let dir: string;
-beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), "staged-torch-zip-")); });
-afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-torch-zip-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
 const GiB = 2 ** 30;
-const tensorPickle = (path: string, numel: number): Uint8Array => pickle(PyDict.from({
-  w: new PyObject(new PyGlobal("torch._utils", "_rebuild_tensor_v2"), new PyTuple([
-    new PersistentId(new PyTuple(["storage", new PyGlobal("torch", "FloatStorage"), "0", "cpu", BigInt(numel)])) as never,
-    0n, new PyTuple([BigInt(numel)]), new PyTuple([1n]), false, new PyDict("OrderedDict")])),
-}), path);
+const tensorPickle = (path: string, numel: number): Uint8Array =>
+  pickle(
+    PyDict.from({
+      w: new PyObject(
+        new PyGlobal("torch._utils", "_rebuild_tensor_v2"),
+        new PyTuple([
+          new PersistentId(new PyTuple(["storage", new PyGlobal("torch", "FloatStorage"), "0", "cpu", BigInt(numel)])) as never,
+          0n,
+          new PyTuple([BigInt(numel)]),
+          new PyTuple([1n]),
+          false,
+          new PyDict("OrderedDict"),
+        ]),
+      ),
+    }),
+    path,
+  );
 
 /** Whether `path` takes far less disk than its size (the file system made a hole). */
-const sparse = async (path: string): Promise<boolean> => { const s = await stat(path); return s.blocks * 512 < s.size / 16; };
+const sparse = async (path: string): Promise<boolean> => {
+  const s = await stat(path);
+  return s.blocks * 512 < s.size / 16;
+};
 
 describe("ZIP64", () => {
   test("entries past 4 GiB (a sparse file): offsets from the ZIP64 extra fields and end records", async () => {
     const path = join(dir, "far.pt");
-    await writeRawArchive(path, "far", [{ name: "data.pkl", bytes: tensorPickle(path, 3) }, { name: "data/0", bytes: f32Bytes([1, 2, 3]) }], 5 * GiB);
+    await writeRawArchive(
+      path,
+      "far",
+      [
+        { name: "data.pkl", bytes: tensorPickle(path, 3) },
+        { name: "data/0", bytes: f32Bytes([1, 2, 3]) },
+      ],
+      5 * GiB,
+    );
     if (!(await sparse(path))) return; // no holes on this file system: 5 GiB of zeros are not worth a test
     const raw = await open(path, "r");
     const size = (await raw.stat()).size;
@@ -102,7 +129,12 @@ describe("archives other zip writers made (Python's zipfile)", () => {
   const hex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, "hex"));
   test("a deflated data.pkl is inflated", async () => {
     const path = join(dir, "deflated.pt");
-    await writeFile(path, hex("504b030414000000080000002100bbf72cc70e0000000c0000000c0000006172632f646174612e706b6c6b608a2d64d0f066f4664ad50300504b030414000000000000002100d19e675502000000020000000b0000006172632f76657273696f6e330a504b0102140314000000080000002100bbf72cc70e0000000c0000000c00000000000000000000008001000000006172632f646174612e706b6c504b0102140314000000000000002100d19e675502000000020000000b00000000000000000000008001380000006172632f76657273696f6e504b0506000000000200020073000000630000000000"));
+    await writeFile(
+      path,
+      hex(
+        "504b030414000000080000002100bbf72cc70e0000000c0000000c0000006172632f646174612e706b6c6b608a2d64d0f066f4664ad50300504b030414000000000000002100d19e675502000000020000000b0000006172632f76657273696f6e330a504b0102140314000000080000002100bbf72cc70e0000000c0000000c00000000000000000000008001000000006172632f646174612e706b6c504b0102140314000000000000002100d19e675502000000020000000b00000000000000000000008001380000006172632f76657273696f6e504b0506000000000200020073000000630000000000",
+      ),
+    );
     const f = await TorchFile.open(path);
     expect(f.value).toEqual([1n, 2n]);
     expect([f.archiveName, f.records.version, f.records.byteorder]).toEqual(["arc", "3", null]);
@@ -110,7 +142,12 @@ describe("archives other zip writers made (Python's zipfile)", () => {
   });
   test("a deflated storage is refused: storages are read from stored records only", async () => {
     const path = join(dir, "deflated-storage.pt");
-    await writeFile(path, hex("504b030414000000000000002100e5e6262c37000000370000000c0000006172632f646174612e706b6c80022828580700000073746f7261676563746f7263680a466c6f617453746f726167650a58010000003058030000006370754b0274512e504b03041400000008000000210076a53f2e0a000000080000000a0000006172632f646174612f30636068b0676060700000504b0102140314000000000000002100e5e6262c37000000370000000c00000000000000000000008001000000006172632f646174612e706b6c504b010214031400000008000000210076a53f2e0a000000080000000a00000000000000000000008001610000006172632f646174612f30504b0506000000000200020072000000930000000000"));
+    await writeFile(
+      path,
+      hex(
+        "504b030414000000000000002100e5e6262c37000000370000000c0000006172632f646174612e706b6c80022828580700000073746f7261676563746f7263680a466c6f617453746f726167650a58010000003058030000006370754b0274512e504b03041400000008000000210076a53f2e0a000000080000000a0000006172632f646174612f30636068b0676060700000504b0102140314000000000000002100e5e6262c37000000370000000c00000000000000000000008001000000006172632f646174612e706b6c504b010214031400000008000000210076a53f2e0a000000080000000a00000000000000000000008001610000006172632f646174612f30504b0506000000000200020072000000930000000000",
+      ),
+    );
     const e = await TorchFile.open(path).catch((x: unknown) => x);
     expect((e as TorchFormatError).code).toBe("zip");
     expect((e as Error).message).toBe(`${path}: arc/data/0 is compressed (storages are read from stored records only)`);
@@ -118,7 +155,10 @@ describe("archives other zip writers made (Python's zipfile)", () => {
   test("a bare storage as the value", async () => {
     const path = join(dir, "bare.pt");
     const pkl = pickle(new PersistentId(new PyTuple(["storage", new PyGlobal("torch", "FloatStorage"), "0", "cpu", 2n])), path);
-    await writeRawArchive(path, "bare", [{ name: "data.pkl", bytes: pkl }, { name: "data/0", bytes: f32Bytes([1, 2]) }]);
+    await writeRawArchive(path, "bare", [
+      { name: "data.pkl", bytes: pkl },
+      { name: "data/0", bytes: f32Bytes([1, 2]) },
+    ]);
     const f = await TorchFile.open(path);
     const s = f.value as TorchStorage;
     expect(Array.from(new Float32Array((await s.read()).buffer))).toEqual([1, 2]);
@@ -129,9 +169,12 @@ describe("archives other zip writers made (Python's zipfile)", () => {
 test("CRC-32: the JavaScript fallback agrees with zlib's", () => {
   const native = (zlib as { crc32?: (d: Uint8Array, v?: number) => number }).crc32;
   if (!native) return;
-  fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), fc.nat({ max: 0xffffffff }), (b, v) => {
-    expect(crc32Js(b, v)).toBe(native(b, v));
-  }), { numRuns: 200 });
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 300 }), fc.nat({ max: 0xffffffff }), (b, v) => {
+      expect(crc32Js(b, v)).toBe(native(b, v));
+    }),
+    { numRuns: 200 },
+  );
 });
 
 test("every record is aligned to 64 bytes, as torch writes them", async () => {
@@ -140,7 +183,13 @@ test("every record is aligned to 64 bytes, as torch writes them", async () => {
   const fh = await open(path, "r");
   const d = await readZipDirectory(fh, path, (await fh.stat()).size);
   await fh.close();
-  expect(d.entries.map((e) => e.name)).toEqual(["aligned/data.pkl", "aligned/.format_version", "aligned/.storage_alignment", "aligned/byteorder", "aligned/version"]);
+  expect(d.entries.map((e) => e.name)).toEqual([
+    "aligned/data.pkl",
+    "aligned/.format_version",
+    "aligned/.storage_alignment",
+    "aligned/byteorder",
+    "aligned/version",
+  ]);
   expect(d.entries.every((e) => e.dataOffset % 64 === 0)).toBe(true);
   expect((await readFile(path)).subarray(0, 4)).toEqual(Buffer.from("PK\u0003\u0004", "latin1"));
 });

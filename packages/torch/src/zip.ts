@@ -104,7 +104,9 @@ const safe = (path: string, v: bigint, what: string): number => {
 
 /** The central directory of the zip `fh` (of `size` bytes), with each entry's data offset from its local header. */
 export async function readZipDirectory(fh: FileHandle, path: string, size: number): Promise<ZipDirectory> {
-  const notZip = (why: string): never => { throw new TorchFormatError(path, "zip", `not a torch.save zip archive (${why})`); };
+  const notZip = (why: string): never => {
+    throw new TorchFormatError(path, "zip", `not a torch.save zip archive (${why})`);
+  };
   if (size < 22) notZip(`${size} bytes, shorter than a zip end record`);
   const tailLen = Math.min(size, 22 + U16_MAX + 20);
   const tail = new Uint8Array(tailLen);
@@ -112,7 +114,10 @@ export async function readZipDirectory(fh: FileHandle, path: string, size: numbe
   const tv = new DataView(tail.buffer);
   let eocd = -1;
   for (let i = tailLen - 22; i >= 0; i--) {
-    if (tv.getUint32(i, true) === SIG_EOCD && i + 22 + tv.getUint16(i + 20, true) <= tailLen) { eocd = i; break; }
+    if (tv.getUint32(i, true) === SIG_EOCD && i + 22 + tv.getUint16(i + 20, true) <= tailLen) {
+      eocd = i;
+      break;
+    }
   }
   if (eocd < 0) notZip("no end-of-central-directory record");
   const eocdPos = size - tailLen + eocd;
@@ -137,7 +142,8 @@ export async function readZipDirectory(fh: FileHandle, path: string, size: numbe
       await readFully(fh, path, rec, at, "the ZIP64 end record");
       const rv = new DataView(rec.buffer);
       if (rv.getUint32(0, true) !== SIG_ZIP64_EOCD) notZip(`no ZIP64 end record at byte ${at}`);
-      if (rv.getUint32(16, true) !== 0 || rv.getUint32(20, true) !== 0) throw new TorchFormatError(path, "zip", "a multi-disk zip archive (not read)");
+      if (rv.getUint32(16, true) !== 0 || rv.getUint32(20, true) !== 0)
+        throw new TorchFormatError(path, "zip", "a multi-disk zip archive (not read)");
       count = safe(path, rv.getBigUint64(32, true), "entry count");
       cdSize = safe(path, rv.getBigUint64(40, true), "central directory size");
       cdOffset = safe(path, rv.getBigUint64(48, true), "central directory offset");
@@ -146,7 +152,8 @@ export async function readZipDirectory(fh: FileHandle, path: string, size: numbe
   }
   if (!zip64 && (count === U16_MAX || cdSize === U32_MAX || cdOffset === U32_MAX)) notZip("ZIP64 values without a ZIP64 end record");
   if (cdOffset + cdSize > cdEnd) notZip(`central directory [${cdOffset}, ${cdOffset + cdSize}) runs past its end record at ${cdEnd}`);
-  if (cdSize > MAX_CENTRAL_DIRECTORY_BYTES) throw new TorchFormatError(path, "zip", `central directory of ${cdSize} bytes (at most ${MAX_CENTRAL_DIRECTORY_BYTES} are read)`);
+  if (cdSize > MAX_CENTRAL_DIRECTORY_BYTES)
+    throw new TorchFormatError(path, "zip", `central directory of ${cdSize} bytes (at most ${MAX_CENTRAL_DIRECTORY_BYTES} are read)`);
   if (count * 46 > cdSize) notZip(`${count} entries do not fit a central directory of ${cdSize} bytes`);
 
   const cd = new Uint8Array(cdSize);
@@ -163,7 +170,9 @@ export async function readZipDirectory(fh: FileHandle, path: string, size: numbe
     const crc = v.getUint32(p + 16, true);
     let compressedSize = v.getUint32(p + 20, true);
     let entrySize = v.getUint32(p + 24, true);
-    const nameLen = v.getUint16(p + 28, true), extraLen = v.getUint16(p + 30, true), commentLen = v.getUint16(p + 32, true);
+    const nameLen = v.getUint16(p + 28, true),
+      extraLen = v.getUint16(p + 30, true),
+      commentLen = v.getUint16(p + 32, true);
     const disk = v.getUint16(p + 34, true);
     let localHeaderOffset = v.getUint32(p + 42, true);
     const end = p + 46 + nameLen + extraLen + commentLen;
@@ -176,7 +185,8 @@ export async function readZipDirectory(fh: FileHandle, path: string, size: numbe
     }
     // ZIP64 extra field: 8-byte values for the 32-bit fields that hold 0xFFFFFFFF, in this order.
     for (let e = p + 46 + nameLen; e + 4 <= p + 46 + nameLen + extraLen;) {
-      const id = v.getUint16(e, true), len = v.getUint16(e + 2, true);
+      const id = v.getUint16(e, true),
+        len = v.getUint16(e + 2, true);
       if (e + 4 + len > p + 46 + nameLen + extraLen) notZip(`entry ${name}: an extra field runs past its entry`);
       if (id === 0x0001) {
         let f = e + 4;
@@ -208,7 +218,8 @@ export async function readZipDirectory(fh: FileHandle, path: string, size: numbe
     const hv = new DataView(head.buffer);
     if (hv.getUint32(0, true) !== SIG_LOCAL) notZip(`entry ${e.name}: no local header at byte ${e.localHeaderOffset}`);
     e.dataOffset = e.localHeaderOffset + 30 + hv.getUint16(26, true) + hv.getUint16(28, true);
-    if (e.dataOffset + e.compressedSize > cdOffset) notZip(`entry ${e.name}: its ${e.compressedSize} bytes at ${e.dataOffset} run into the central directory at ${cdOffset}`);
+    if (e.dataOffset + e.compressedSize > cdOffset)
+      notZip(`entry ${e.name}: its ${e.compressedSize} bytes at ${e.dataOffset} run into the central directory at ${cdOffset}`);
   }
   return { entries, byName, zip64 };
 }
@@ -217,8 +228,10 @@ export async function readZipDirectory(fh: FileHandle, path: string, size: numbe
 export async function readEntry(fh: FileHandle, path: string, e: ZipEntry, limit: number): Promise<Uint8Array> {
   if (e.flags & 1) throw new TorchFormatError(path, "zip", `${e.name} is encrypted`);
   if (e.size > limit) throw new TorchFormatError(path, "unsupported", `${e.name} is ${e.size} bytes (at most ${limit} are read)`);
-  if (e.method !== 0 && e.method !== 8) throw new TorchFormatError(path, "zip", `${e.name} is compressed with method ${e.method} (stored and deflated records are read)`);
-  if (e.method === 8 && e.compressedSize > limit) throw new TorchFormatError(path, "unsupported", `${e.name} is ${e.compressedSize} bytes compressed (at most ${limit} are read)`);
+  if (e.method !== 0 && e.method !== 8)
+    throw new TorchFormatError(path, "zip", `${e.name} is compressed with method ${e.method} (stored and deflated records are read)`);
+  if (e.method === 8 && e.compressedSize > limit)
+    throw new TorchFormatError(path, "unsupported", `${e.name} is ${e.compressedSize} bytes compressed (at most ${limit} are read)`);
   const raw = new Uint8Array(e.compressedSize);
   await readFully(fh, path, raw, e.dataOffset, e.name);
   let data = raw;
@@ -236,7 +249,12 @@ export async function readEntry(fh: FileHandle, path: string, e: ZipEntry, limit
 
 // --- writing ----------------------------------------------------------------------------------------------------
 
-interface CentralRecord { name: Uint8Array; crc: number; size: number; offset: number }
+interface CentralRecord {
+  name: Uint8Array;
+  crc: number;
+  size: number;
+  offset: number;
+}
 
 /** A piece source for one entry: pieces in order; the writer checks they add up to the declared size. */
 export type Pieces = AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
@@ -253,7 +271,11 @@ export class ZipWriter {
   position = 0;
 
   /** `forceZip64`: give every entry ZIP64 fields (as if its size and offset reached 2^32), for tests and interop checks. */
-  constructor(private readonly fh: FileHandle, private readonly path: string, private readonly forceZip64 = false) {}
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly path: string,
+    private readonly forceZip64 = false,
+  ) {}
 
   private async sink(b: Uint8Array): Promise<void> {
     let done = 0;
@@ -315,17 +337,26 @@ export class ZipWriter {
       hv.setUint16(at, 0x0001, true);
       hv.setUint16(at + 2, z64 - 4, true);
       at += 4;
-      if (bigSize) { hv.setBigUint64(at, BigInt(size), true); hv.setBigUint64(at + 8, BigInt(size), true); at += 16; }
-      if (bigOffset) { hv.setBigUint64(at, BigInt(offset), true); at += 8; }
+      if (bigSize) {
+        hv.setBigUint64(at, BigInt(size), true);
+        hv.setBigUint64(at + 8, BigInt(size), true);
+        at += 16;
+      }
+      if (bigOffset) {
+        hv.setBigUint64(at, BigInt(offset), true);
+        at += 8;
+      }
     }
-    head[at] = 0x46; head[at + 1] = 0x42; // "FB"
+    head[at] = 0x46;
+    head[at + 1] = 0x42; // "FB"
     hv.setUint16(at + 2, pad, true);
     head.fill(0x5a, at + 4, at + 4 + pad); // 'Z'
     await this.write(head);
 
     let crc = 0;
     let written = 0;
-    const it = (Symbol.asyncIterator in pieces ? pieces[Symbol.asyncIterator]() : (pieces as Iterable<Uint8Array>)[Symbol.iterator]()) as AsyncIterator<Uint8Array> | Iterator<Uint8Array>;
+    const it = (Symbol.asyncIterator in pieces ? pieces[Symbol.asyncIterator]() : (pieces as Iterable<Uint8Array>)[Symbol.iterator]()) as
+      AsyncIterator<Uint8Array> | Iterator<Uint8Array>;
     const ahead = (): Promise<IteratorResult<Uint8Array>> => {
       const p = Promise.resolve(it.next());
       p.catch(() => undefined); // seen by the await below; never an unhandled rejection if the write fails first
@@ -355,7 +386,13 @@ export class ZipWriter {
     const dv = new DataView(desc.buffer);
     dv.setUint32(0, SIG_DESCRIPTOR, true);
     dv.setUint32(4, crc, true);
-    if (z64) { dv.setBigUint64(8, BigInt(size), true); dv.setBigUint64(16, BigInt(size), true); } else { dv.setUint32(8, size, true); dv.setUint32(12, size, true); }
+    if (z64) {
+      dv.setBigUint64(8, BigInt(size), true);
+      dv.setBigUint64(16, BigInt(size), true);
+    } else {
+      dv.setUint32(8, size, true);
+      dv.setUint32(12, size, true);
+    }
     await this.write(desc);
     this.records.push({ name: nameBytes, crc, size, offset });
   }
@@ -383,7 +420,11 @@ export class ZipWriter {
         cv.setUint16(at, 0x0001, true);
         cv.setUint16(at + 2, z64 - 4, true);
         at += 4;
-        if (bigSize) { cv.setBigUint64(at, BigInt(r.size), true); cv.setBigUint64(at + 8, BigInt(r.size), true); at += 16; }
+        if (bigSize) {
+          cv.setBigUint64(at, BigInt(r.size), true);
+          cv.setBigUint64(at + 8, BigInt(r.size), true);
+          at += 16;
+        }
         if (bigOffset) cv.setBigUint64(at, BigInt(r.offset), true);
       }
       await this.write(c);

@@ -32,26 +32,42 @@ const ARCHS = [
   { arch: "gpt2", config: (dropout) => registry.get("architecture", "gpt2").initConfig(shape(dropout), true) },
   { arch: "llama", config: (dropout) => registry.get("architecture", "llama").initConfig({ ...shape(dropout), kvHeads: c.heads / 2 }, false) },
 ].filter((a) => !onlyArch || a.arch === onlyArch);
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
 
 const pct = (x) => `${x >= 0 ? "+" : ""}${(100 * x).toFixed(1)}%`;
 const rows = [];
-const log = (s) => { if (!asJson) console.log(s); };
-log(`dropout-bench: p ${p}, ${threads} threads, ${os.cpus()[0]?.model ?? "cpu"}, L${c.layers} d${c.d} H${c.heads} T${c.T} B${c.B}, ` +
-    `${warmup} warm-up + ${steps} alternating steps, load ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+const log = (s) => {
+  if (!asJson) console.log(s);
+};
+log(
+  `dropout-bench: p ${p}, ${threads} threads, ${os.cpus()[0]?.model ?? "cpu"}, L${c.layers} d${c.d} H${c.heads} T${c.T} B${c.B}, ` +
+    `${warmup} warm-up + ${steps} alternating steps, load ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" ")}`,
+);
 for (const a of ARCHS) {
-  const base = a.config(0), dropped = a.config(p);
+  const base = a.config(0),
+    dropped = a.config(p);
   const weights = new Map([...registry.get("architecture", a.arch).init(base, 0)].map(([n, t]) => [n, t.f32]));
   const opts = { batch: c.B, context: c.T, threads };
   const engines = [await createEngine(a.arch, base, weights, undefined, opts), await createEngine(a.arch, dropped, weights, undefined, opts)];
   const batches = Array.from({ length: warmup + steps }, () => Int32Array.from({ length: c.B * c.T }, () => Math.floor(Math.random() * c.vocab)));
-  const times = [[], []], cpu = [[], []];
+  const times = [[], []],
+    cpu = [[], []];
   for (let i = 0; i < warmup + steps; i++) {
     for (const [j, e] of engines.entries()) {
-      const t0 = performance.now(), c0 = process.cpuUsage();
+      const t0 = performance.now(),
+        c0 = process.cpuUsage();
       await e.step(batches[i], 1e-3, i + 1);
       const c = process.cpuUsage(c0);
-      if (i >= warmup) { times[j].push(performance.now() - t0); cpu[j].push((c.user + c.system) / 1000); }
+      if (i >= warmup) {
+        times[j].push(performance.now() - t0);
+        cpu[j].push((c.user + c.system) / 1000);
+      }
     }
   }
   await Promise.all(engines.map((e) => e.release()));
@@ -65,13 +81,24 @@ for (const a of ARCHS) {
     if (i >= warmup) drawMs.push(performance.now() - t0);
   }
   const entries = graph.dropout.reduce((s, d) => s + d.shape.reduce((x, y) => x * y, 1), 0);
-  const row = { arch: a.arch, p, masks: graph.dropout.length, maskEntries: entries, stepMs0: median(times[0]), stepMsP: median(times[1]),
-    cpuMs0: median(cpu[0]), cpuMsP: median(cpu[1]), drawMs: median(drawMs) };
+  const row = {
+    arch: a.arch,
+    p,
+    masks: graph.dropout.length,
+    maskEntries: entries,
+    stepMs0: median(times[0]),
+    stepMsP: median(times[1]),
+    cpuMs0: median(cpu[0]),
+    cpuMsP: median(cpu[1]),
+    drawMs: median(drawMs),
+  };
   row.overhead = row.stepMsP / row.stepMs0 - 1;
   row.cpuOverhead = row.cpuMsP / row.cpuMs0 - 1;
   rows.push(row);
-  log(`${a.arch}: ${row.masks} masks (${(entries / 1e6).toFixed(1)}M entries); median step ${row.stepMs0.toFixed(0)} ms at dropout 0, ` +
+  log(
+    `${a.arch}: ${row.masks} masks (${(entries / 1e6).toFixed(1)}M entries); median step ${row.stepMs0.toFixed(0)} ms at dropout 0, ` +
       `${row.stepMsP.toFixed(0)} ms at ${p} (${pct(row.overhead)}), of which drawing the masks ${row.drawMs.toFixed(1)} ms; ` +
-      `CPU time per step ${row.cpuMs0.toFixed(0)} vs ${row.cpuMsP.toFixed(0)} ms (${pct(row.cpuOverhead)})`);
+      `CPU time per step ${row.cpuMs0.toFixed(0)} vs ${row.cpuMsP.toFixed(0)} ms (${pct(row.cpuOverhead)})`,
+  );
 }
 if (asJson) console.log(JSON.stringify({ threads, warmup, steps, p, cpu: os.cpus()[0]?.model ?? null, loadavg: os.loadavg(), rows }));

@@ -47,11 +47,33 @@ const SHAPES = [
 const registry = createDefaultRegistry();
 const ARCHS = [
   // Dropout 0 said explicitly (HF's GPT-2 default is 0.1): the torch side has none. Its cost: bench/dropout-bench.mjs.
-  { arch: "gpt2", config: (c) => ({ n_layer: c.layers, n_embd: c.d, n_head: c.heads, vocab_size: c.vocab, n_positions: c.T, embd_pdrop: 0, attn_pdrop: 0, resid_pdrop: 0 }), torch: () => ({}) },
+  {
+    arch: "gpt2",
+    config: (c) => ({
+      n_layer: c.layers,
+      n_embd: c.d,
+      n_head: c.heads,
+      vocab_size: c.vocab,
+      n_positions: c.T,
+      embd_pdrop: 0,
+      attn_pdrop: 0,
+      resid_pdrop: 0,
+    }),
+    torch: () => ({}),
+  },
   {
     arch: "llama",
-    config: (c) => registry.get("architecture", "llama").initConfig({ layers: c.layers, dModel: c.d, heads: c.heads, kvHeads: c.heads / 2, vocab: c.vocab, context: c.T }, false),
-    torch: (config) => ({ kvHeads: config.num_key_value_heads, ffn: config.intermediate_size, eps: config.rms_norm_eps, theta: config.rope_theta, tied: config.tie_word_embeddings }),
+    config: (c) =>
+      registry
+        .get("architecture", "llama")
+        .initConfig({ layers: c.layers, dModel: c.d, heads: c.heads, kvHeads: c.heads / 2, vocab: c.vocab, context: c.T }, false),
+    torch: (config) => ({
+      kvHeads: config.num_key_value_heads,
+      ffn: config.intermediate_size,
+      eps: config.rms_norm_eps,
+      theta: config.rope_theta,
+      tied: config.tie_word_embeddings,
+    }),
   },
 ].filter((a) => !onlyArch || a.arch === onlyArch);
 const OPTIM = { lr: 1e-3, weightDecay: 0.01, clip: 1.0 };
@@ -60,7 +82,12 @@ async function matmulPeak(n = 1536, reps = 5) {
   const b = new GraphBuilder();
   b.output(b.matmul(b.input("a", "float32", [n, n]), b.input("b", "float32", [n, n])), "c");
   const s = await ort.InferenceSession.create(b.serialize(), { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all" });
-  const rnd = () => new ort.Tensor("float32", Float32Array.from({ length: n * n }, () => Math.random() - 0.5), [n, n]);
+  const rnd = () =>
+    new ort.Tensor(
+      "float32",
+      Float32Array.from({ length: n * n }, () => Math.random() - 0.5),
+      [n, n],
+    );
   const feeds = { a: rnd(), b: rnd() };
   const out = { c: new ort.Tensor("float32", new Float32Array(n * n), [n, n]) };
   await s.run(feeds, out);
@@ -75,7 +102,14 @@ async function benchEngine(c, a) {
   const config = a.config(c);
   const weights = new Map([...registry.get("architecture", a.arch).init(config, 0)].map(([n, t]) => [n, t.f32]));
   const t0 = performance.now();
-  const engine = await createEngine(a.arch, config, weights, undefined, { batch: c.B, context: c.T, threads, clip: OPTIM.clip, weightDecay: OPTIM.weightDecay, profile });
+  const engine = await createEngine(a.arch, config, weights, undefined, {
+    batch: c.B,
+    context: c.T,
+    threads,
+    clip: OPTIM.clip,
+    weightDecay: OPTIM.weightDecay,
+    profile,
+  });
   const setupSeconds = (performance.now() - t0) / 1000;
   const batches = Array.from({ length: warmup + steps }, () => Int32Array.from({ length: c.B * c.T }, () => Math.floor(Math.random() * c.vocab)));
   let t1 = performance.now();
@@ -91,9 +125,26 @@ async function benchEngine(c, a) {
 async function benchTrainer(c, a, dataFile) {
   const state = initTrainingState(a.arch, a.config(c), 0);
   let warmSeconds = 0;
-  const { result } = await train(state, {
-    data: dataFile, steps: warmup + steps, batch: c.B, context: c.T, ...OPTIM, sampler: "random", seed: 0, threads, evalBlocks: 1, saveDir: null,
-  }, { onStep: (i) => { if (i.index === warmup) warmSeconds = i.stepSeconds; } });
+  const { result } = await train(
+    state,
+    {
+      data: dataFile,
+      steps: warmup + steps,
+      batch: c.B,
+      context: c.T,
+      ...OPTIM,
+      sampler: "random",
+      seed: 0,
+      threads,
+      evalBlocks: 1,
+      saveDir: null,
+    },
+    {
+      onStep: (i) => {
+        if (i.index === warmup) warmSeconds = i.stepSeconds;
+      },
+    },
+  );
   return { seconds: result.stepSeconds - warmSeconds, setupSeconds: result.setupSeconds, lastLoss: result.loss };
 }
 
@@ -118,7 +169,8 @@ function profileSummary() {
   for (const f of readdirSync(".").filter((f) => /^onnxruntime_profile_.*\.json$/.test(f))) {
     const all = JSON.parse(readFileSync(f, "utf8"));
     const runs = all.filter((e) => e.name === "model_run").length;
-    const byOp = new Map(), bySection = new Map();
+    const byOp = new Map(),
+      bySection = new Map();
     const add = (m, k, us) => m.set(k, (m.get(k) ?? 0) + us);
     for (const e of all.filter((e) => e.cat === "Node" && e.name.endsWith("_kernel_time"))) {
       add(byOp, e.args.op_name, e.dur);
@@ -130,8 +182,15 @@ function profileSummary() {
     const ms = (us) => (us / runs / 1000).toFixed(1);
     const total = [...byOp.values()].reduce((a, b) => a + b, 0);
     lines.push(`profile ${f}: ${runs} runs, kernel time per run ${ms(total)} ms`);
-    for (const [op, us] of [...byOp].sort((a, b) => b[1] - a[1]).slice(0, 15)) lines.push(`  ${op.padEnd(22)} ${ms(us).padStart(7)} ms  ${((100 * us) / total).toFixed(1)}%`);
-    lines.push("  by section: " + [...bySection].sort().map(([k, us]) => `${k} ${ms(us)} ms`).join(", "));
+    for (const [op, us] of [...byOp].sort((a, b) => b[1] - a[1]).slice(0, 15))
+      lines.push(`  ${op.padEnd(22)} ${ms(us).padStart(7)} ms  ${((100 * us) / total).toFixed(1)}%`);
+    lines.push(
+      "  by section: " +
+        [...bySection]
+          .sort()
+          .map(([k, us]) => `${k} ${ms(us)} ms`)
+          .join(", "),
+    );
   }
   return lines;
 }
@@ -142,39 +201,61 @@ try {
   const dataTokens = byteTokenizer().encode(await brownText("train"));
   writeFileSync(dataFile, encodeTokenFile(dataTokens));
   const py = noTorch ? null : findTorchPython();
-  const log = (s) => { if (!asJson) console.log(s); };
-  log(`train-bench: onnxruntime-node ${ort.env.versions?.node ?? "?"}, ${threads} threads, ${os.cpus()[0]?.model ?? "cpu"}, ` +
-      `${warmup} warm-up + ${steps} timed steps, Brown train split (${dataTokens.length} byte tokens), load ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  const log = (s) => {
+    if (!asJson) console.log(s);
+  };
+  log(
+    `train-bench: onnxruntime-node ${ort.env.versions?.node ?? "?"}, ${threads} threads, ${os.cpus()[0]?.model ?? "cpu"}, ` +
+      `${warmup} warm-up + ${steps} timed steps, Brown train split (${dataTokens.length} byte tokens), load ${os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(" ")}`,
+  );
   const peak = await matmulPeak();
   log(`fp32 MatMul 1536³ through onnxruntime: ${peak.toFixed(1)} GFLOP/s`);
   if (!py && !noTorch) log("torch: no python3 that imports torch and numpy; torch columns skipped");
 
   const rows = [];
-  for (const c of SHAPES) for (const a of ARCHS) {
-    const fpt = flopsPerToken(registry.get("architecture", a.arch).parseConfig(a.config(c)).shape, c.T);
-    const rate = (r) => {
-      const tokensPerSecond = (steps * c.B * c.T) / r.seconds, gflops = (tokensPerSecond * fpt) / 1e9;
-      return { ...r, tokensPerSecond, gflops, fractionOfPeak: gflops / peak };
-    };
-    const engine = rate(await benchEngine(c, a));
-    const prof = profile ? profileSummary() : undefined;
-    const trainer = rate(await benchTrainer(c, a, dataFile));
-    const t = py ? benchTorch(py, c, a, dataFile) : null;
-    const torch = t && { version: t.torch, ...rate({ seconds: t.seconds, lastLoss: t.lastLoss }) };
-    const kv = a.torch(a.config(c)).kvHeads;
-    const shape = `${a.arch} L${c.layers} d${c.d} H${c.heads}${kv ? ` KV${kv}` : ""} T${c.T} B${c.B} V${c.vocab}`;
-    rows.push({ arch: a.arch, shape, flopsPerToken: fpt, engine, trainer, torch, ratio: torch ? trainer.tokensPerSecond / torch.tokensPerSecond : null, profile: prof });
+  for (const c of SHAPES)
+    for (const a of ARCHS) {
+      const fpt = flopsPerToken(registry.get("architecture", a.arch).parseConfig(a.config(c)).shape, c.T);
+      const rate = (r) => {
+        const tokensPerSecond = (steps * c.B * c.T) / r.seconds,
+          gflops = (tokensPerSecond * fpt) / 1e9;
+        return { ...r, tokensPerSecond, gflops, fractionOfPeak: gflops / peak };
+      };
+      const engine = rate(await benchEngine(c, a));
+      const prof = profile ? profileSummary() : undefined;
+      const trainer = rate(await benchTrainer(c, a, dataFile));
+      const t = py ? benchTorch(py, c, a, dataFile) : null;
+      const torch = t && { version: t.torch, ...rate({ seconds: t.seconds, lastLoss: t.lastLoss }) };
+      const kv = a.torch(a.config(c)).kvHeads;
+      const shape = `${a.arch} L${c.layers} d${c.d} H${c.heads}${kv ? ` KV${kv}` : ""} T${c.T} B${c.B} V${c.vocab}`;
+      rows.push({
+        arch: a.arch,
+        shape,
+        flopsPerToken: fpt,
+        engine,
+        trainer,
+        torch,
+        ratio: torch ? trainer.tokensPerSecond / torch.tokensPerSecond : null,
+        profile: prof,
+      });
 
-    const line = (name, r, extra) => log(`  ${name.padEnd(12)} ${r.tokensPerSecond.toFixed(0).padStart(6)} tokens/s  ${r.gflops.toFixed(1).padStart(6)} GFLOP/s  ` +
-      `${(100 * r.fractionOfPeak).toFixed(0).padStart(3)}% of MatMul  (${extra})`);
-    log(`${shape} (${(fpt / 1e6).toFixed(2)} MFLOP/token)`);
-    line("engine step", engine, `compile + session ${engine.setupSeconds.toFixed(1)} s`);
-    line("train()", trainer, `setup ${trainer.setupSeconds.toFixed(1)} s, last loss ${trainer.lastLoss.toFixed(3)}`);
-    if (torch) line("torch", torch, `torch ${torch.version}, last loss ${torch.lastLoss.toFixed(3)}`);
-    if (torch) log(`  train()/torch ${rows.at(-1).ratio.toFixed(2)}×`);
-    for (const l of prof ?? []) log(l);
-  }
-  if (asJson) console.log(JSON.stringify({ threads, warmup, steps, cpu: os.cpus()[0]?.model ?? null, loadavg: os.loadavg(), matmulGflops: peak, rows }));
+      const line = (name, r, extra) =>
+        log(
+          `  ${name.padEnd(12)} ${r.tokensPerSecond.toFixed(0).padStart(6)} tokens/s  ${r.gflops.toFixed(1).padStart(6)} GFLOP/s  ` +
+            `${(100 * r.fractionOfPeak).toFixed(0).padStart(3)}% of MatMul  (${extra})`,
+        );
+      log(`${shape} (${(fpt / 1e6).toFixed(2)} MFLOP/token)`);
+      line("engine step", engine, `compile + session ${engine.setupSeconds.toFixed(1)} s`);
+      line("train()", trainer, `setup ${trainer.setupSeconds.toFixed(1)} s, last loss ${trainer.lastLoss.toFixed(3)}`);
+      if (torch) line("torch", torch, `torch ${torch.version}, last loss ${torch.lastLoss.toFixed(3)}`);
+      if (torch) log(`  train()/torch ${rows.at(-1).ratio.toFixed(2)}×`);
+      for (const l of prof ?? []) log(l);
+    }
+  if (asJson)
+    console.log(JSON.stringify({ threads, warmup, steps, cpu: os.cpus()[0]?.model ?? null, loadavg: os.loadavg(), matmulGflops: peak, rows }));
 } finally {
   rmSync(tmp, { recursive: true, force: true });
 }

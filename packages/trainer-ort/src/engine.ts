@@ -73,8 +73,12 @@ class DoubleBuffer {
     this.cur = new Map(entries.map(([n, d, s]) => [n, f32(d, s)]));
     this.next = new Map(entries.map(([n, d, s]) => [n, f32(new Float32Array(d.length), s)]));
   }
-  swap(): void { [this.cur, this.next] = [this.next, this.cur]; }
-  view(): Map<string, Float32Array> { return new Map([...this.cur].map(([n, t]) => [n, t.data as Float32Array])); }
+  swap(): void {
+    [this.cur, this.next] = [this.next, this.cur];
+  }
+  view(): Map<string, Float32Array> {
+    return new Map([...this.cur].map(([n, t]) => [n, t.data as Float32Array]));
+  }
 }
 
 async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; threads: number; profile: boolean }): Promise<ort.InferenceSession> {
@@ -90,14 +94,20 @@ async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; thre
   };
   if (o.device === "cuda") {
     const listed = ort.listSupportedBackends?.().some((b) => b.name === "cuda");
-    if (!listed) throw new Error("CUDA execution provider is not available: this onnxruntime-node build does not include it (its CUDA binaries are installed by the package's install script)");
+    if (!listed)
+      throw new Error(
+        "CUDA execution provider is not available: this onnxruntime-node build does not include it (its CUDA binaries are installed by the package's install script)",
+      );
     // ORT would also log the failed library load natively; the thrown error says it in one line.
     ort.env.logLevel = "fatal";
     try {
       return await ort.InferenceSession.create(g.model, options);
     } catch (e) {
-      throw new Error(`CUDA execution provider is not available: ${(e as Error).message} ` +
-        "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)", { cause: e });
+      throw new Error(
+        `CUDA execution provider is not available: ${(e as Error).message} ` +
+          "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)",
+        { cause: e },
+      );
     }
   }
   return ort.InferenceSession.create(g.model, options);
@@ -136,11 +146,16 @@ export async function createEngine(
     return Float32Array.from(d);
   };
   // Engine-owned copies: the caller's arrays are never written.
-  const state = new DoubleBuffer(specs.flatMap((s) => [
-    [s.name, take(weights, s, "weights"), s.shape],
-    [names.expAvg(s.name), take(moments?.expAvg, s, "expAvg"), s.shape],
-    [names.expAvgSq(s.name), take(moments?.expAvgSq, s, "expAvgSq"), s.shape],
-  ] as [string, Float32Array, readonly number[]][]));
+  const state = new DoubleBuffer(
+    specs.flatMap(
+      (s) =>
+        [
+          [s.name, take(weights, s, "weights"), s.shape],
+          [names.expAvg(s.name), take(moments?.expAvg, s, "expAvg"), s.shape],
+          [names.expAvgSq(s.name), take(moments?.expAvgSq, s, "expAvgSq"), s.shape],
+        ] as [string, Float32Array, readonly number[]][],
+    ),
+  );
 
   const idsCache = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
   /** Validated int64 ids [rows, T] in a reused buffer. */
@@ -179,7 +194,8 @@ export async function createEngine(
   };
   const stateFeeds = (): Feeds => Object.fromEntries(state.cur);
 
-  const lossOut = scalar32(), normOut = scalar32();
+  const lossOut = scalar32(),
+    normOut = scalar32();
   let stepSession: ort.InferenceSession | null = null;
   let applySession: ort.InferenceSession | null = null;
   let gradSession: ort.InferenceSession | null = null;
@@ -188,7 +204,8 @@ export async function createEngine(
   // Gradient accumulation buffers: two sets of running sums and a zero set for the first micro-batch.
   let acc: { a: Map<string, ort.Tensor>; b: Map<string, ort.Tensor>; zero: Map<string, ort.Tensor> } | null = null;
   // The training graphs' dropout masks (none without dropout): drawn per step, or ones for gradients().
-  let stepMasks: DropoutMasks | null = null, gradMasks: DropoutMasks | null = null;
+  let stepMasks: DropoutMasks | null = null,
+    gradMasks: DropoutMasks | null = null;
   const getGradSession = async () => {
     if (!gradSession) {
       const g = compileGradient(architecture, config, { batch: micro, context: T }, registry);
@@ -205,7 +222,8 @@ export async function createEngine(
    */
   const accumulate = async (ids: Int32Array | BigInt64Array, dropoutKey: number | null): Promise<{ loss: number; sums: Map<string, ort.Tensor> }> => {
     const s = await getGradSession();
-    let src = acc!.zero, dst = acc!.a;
+    let src = acc!.zero,
+      dst = acc!.a;
     let loss = 0;
     for (let k = 0; k < B / micro; k++) {
       const masks = !gradMasks!.active ? {} : dropoutKey === null ? gradMasks!.ones() : gradMasks!.draw(dropoutKey, k);
@@ -243,7 +261,8 @@ export async function createEngine(
       if (scales !== undefined) throw new Error("lrScales needs an engine created with perParamLr");
       return {};
     }
-    if (scales !== undefined && scales.length !== specs.length) throw new Error(`lrScales has ${scales.length} factors for ${specs.length} parameters`);
+    if (scales !== undefined && scales.length !== specs.length)
+      throw new Error(`lrScales has ${scales.length} factors for ${specs.length} parameters`);
     for (let i = 0; i < specs.length; i++) {
       const f = scales === undefined ? 1 : scales[i]!;
       if (!(Number.isFinite(f) && f >= 0)) throw new Error(`lrScales[${i}] (${specs[i]!.name}) must be a finite number ≥ 0, got ${f}`);
@@ -253,7 +272,9 @@ export async function createEngine(
   };
   const pick = (prefix: (n: string) => string) => new Map(paramNames.map((n) => [n, state.cur.get(prefix(n))!.data as Float32Array]));
   let released = false;
-  const alive = () => { if (released) throw new Error("engine released"); };
+  const alive = () => {
+    if (released) throw new Error("engine released");
+  };
 
   return {
     paramNames,
@@ -278,8 +299,7 @@ export async function createEngine(
       } else {
         const r = await accumulate(ids, dropoutKey);
         loss = r.loss;
-        const feeds: Feeds = { ...stateFeeds(), ...lrFeeds,
-          [names.microBatches]: new ort.Tensor("float32", Float32Array.of(B / micro), []) };
+        const feeds: Feeds = { ...stateFeeds(), ...lrFeeds, [names.microBatches]: new ort.Tensor("float32", Float32Array.of(B / micro), []) };
         for (const sp of specs) feeds[names.grad(sp.name)] = r.sums.get(sp.name)!;
         await run(applySession!, feeds, stateFetches(applySession!, null, normOut));
       }
@@ -307,10 +327,12 @@ export async function createEngine(
       checkLength(ids, B);
       const { loss, sums } = await accumulate(ids, gradOptions.dropoutKey ?? null);
       const k = B / micro;
-      const grads = new Map(specs.map((s) => {
-        const src = sums.get(s.name)!.data as Float32Array;
-        return [s.name, k === 1 ? Float32Array.from(src) : src.map((x) => x / k)];
-      }));
+      const grads = new Map(
+        specs.map((s) => {
+          const src = sums.get(s.name)!.data as Float32Array;
+          return [s.name, k === 1 ? Float32Array.from(src) : src.map((x) => x / k)];
+        }),
+      );
       return { loss, grads };
     },
 

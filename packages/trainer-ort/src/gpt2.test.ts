@@ -12,19 +12,22 @@ import { modelGraph } from "./models/index.js";
  */
 const VARIANTS = ["gpt2-tiny", "gpt2-tiny-untied"];
 
-describe.each(VARIANTS.flatMap((v) => FIXTURE_THREADS.map((t) => [v, t] as const)))("GPT-2 graph vs PyTorch fixture %s, %i threads", (variant, threads) => {
-  const fx = loadFixture(variant);
-  it("forward loss", async () => {
-    const s = await session(compileEval("gpt2", fx.config, { batch: fx.B, context: fx.T }).model, threads);
-    const out = await s.run({ ...paramFeeds("gpt2", fx), [names.ids]: idsTensor(fx) });
-    expect(Number(out[names.loss]!.data[0])).toBeCloseTo(Number(fx.meta.loss), 5);
-    await s.release();
-  });
+describe.each(VARIANTS.flatMap((v) => FIXTURE_THREADS.map((t) => [v, t] as const)))(
+  "GPT-2 graph vs PyTorch fixture %s, %i threads",
+  (variant, threads) => {
+    const fx = loadFixture(variant);
+    it("forward loss", async () => {
+      const s = await session(compileEval("gpt2", fx.config, { batch: fx.B, context: fx.T }).model, threads);
+      const out = await s.run({ ...paramFeeds("gpt2", fx), [names.ids]: idsTensor(fx) });
+      expect(Number(out[names.loss]!.data[0])).toBeCloseTo(Number(fx.meta.loss), 5);
+      await s.release();
+    });
 
-  it("every gradient", () => expectGradientsMatch("gpt2", fx, threads));
+    it("every gradient", () => expectGradientsMatch("gpt2", fx, threads));
 
-  it("logits graph gives the same loss", () => expectLogitsLoss("gpt2", fx, threads));
-});
+    it("logits graph gives the same loss", () => expectLogitsLoss("gpt2", fx, threads));
+  },
+);
 
 it("model graphs come from the plugin registry: unknown architectures get the registry's error", () => {
   expect(modelGraph("llama").architecture).toBe("llama");
@@ -37,15 +40,32 @@ it("model graphs come from the plugin registry: unknown architectures get the re
 it("the GPT-2 forward graph keeps its fused ops: LayerNormalization, one Gemm per Conv1D, FastGelu, q scaled once", () => {
   const fx = loadFixture("gpt2-tiny");
   const b = new GraphBuilder();
-  const pv = new Map(modelGraph("gpt2").params(fx.config).map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]));
-  b.output(modelGraph("gpt2").logits(b, fx.config, (n) => pv.get(n)!, b.input(names.ids, "int64", [fx.B, fx.T])), "logits");
+  const pv = new Map(
+    modelGraph("gpt2")
+      .params(fx.config)
+      .map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]),
+  );
+  b.output(
+    modelGraph("gpt2").logits(b, fx.config, (n) => pv.get(n)!, b.input(names.ids, "int64", [fx.B, fx.T])),
+    "logits",
+  );
   const ops: Record<string, number> = {};
   for (const n of b.live().nodes) ops[n.op] = (ops[n.op] ?? 0) + 1;
   // Per layer (2): 2 LayerNormalization, 4 Gemm, 1 FastGelu, 1 Split, 2 Transpose + the one fused into MatMul,
   // 1 Mul (q·scale), 3 Add (mask, 2 residuals), 1 Softmax, 2 MatMul.
   expect(ops).toEqual({
-    Gather: 1, Slice: 1, Add: 7, Reshape: 12, LayerNormalization: 5, Gemm: 9, Transpose: 6, Split: 2, Mul: 2,
-    MatMul: 4, Softmax: 2, FastGelu: 2,
+    Gather: 1,
+    Slice: 1,
+    Add: 7,
+    Reshape: 12,
+    LayerNormalization: 5,
+    Gemm: 9,
+    Transpose: 6,
+    Split: 2,
+    Mul: 2,
+    MatMul: 4,
+    Softmax: 2,
+    FastGelu: 2,
   });
 });
 

@@ -19,7 +19,13 @@ const paramNames = (fx: Fixture) => [...fx.tensors.keys()].filter((k) => k.start
 
 async function engineFor(fx: Fixture, microBatch?: number, threads = 1): Promise<Engine> {
   return createEngine("gpt2", fx.config, weightsOf(fx, "param.", paramNames(fx)), undefined, {
-    batch: fx.B, context: fx.T, threads, betas: fx.hp.betas, eps: fx.hp.eps, weightDecay: fx.hp.weight_decay, clip: fx.hp.clip,
+    batch: fx.B,
+    context: fx.T,
+    threads,
+    betas: fx.hp.betas,
+    eps: fx.hp.eps,
+    weightDecay: fx.hp.weight_decay,
+    clip: fx.hp.clip,
     ...(microBatch ? { microBatch } : {}),
   });
 }
@@ -91,18 +97,32 @@ describe("AdamW variants: one step against the update computed from the gradient
   const fx = loadFixture("gpt2-tiny");
   const names = paramNames(fx);
   const w = weightsOf(fx, "param.", names);
-  const [b1, b2] = [0.9, 0.95], eps = 1e-6, wd = 0.1, lr = 1e-2;
+  const [b1, b2] = [0.9, 0.95],
+    eps = 1e-6,
+    wd = 0.1,
+    lr = 1e-2;
   // First step from zero moments: m = (1−β1)g, v = (1−β2)g²; p ← p(1 − lr·s·wd) − lr·s · m̂ / (√v̂ + eps).
-  const expected = (g: Float32Array, p: Float32Array, scale: number, decays: boolean, correct: boolean) => p.map((x, i) => {
-    const m = (1 - b1) * g[i]!, v = (1 - b2) * g[i]! * g[i]!;
-    const mh = correct ? m / (1 - b1) : m, vh = correct ? v / (1 - b2) : v;
-    return x * (decays ? 1 - lr * scale * wd : 1) - lr * scale * mh / (Math.sqrt(vh) + eps);
-  });
+  const expected = (g: Float32Array, p: Float32Array, scale: number, decays: boolean, correct: boolean) =>
+    p.map((x, i) => {
+      const m = (1 - b1) * g[i]!,
+        v = (1 - b2) * g[i]! * g[i]!;
+      const mh = correct ? m / (1 - b1) : m,
+        vh = correct ? v / (1 - b2) : v;
+      return x * (decays ? 1 - lr * scale * wd : 1) - (lr * scale * mh) / (Math.sqrt(vh) + eps);
+    });
   // Without dropout, so that the step's gradients are those gradients() computes.
   const config = { ...fx.config, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0 };
   const check = async (biasCorrection: boolean, scales: number[] | null) => {
     const e = await createEngine("gpt2", config, w, undefined, {
-      batch: fx.B, context: fx.T, threads: 1, betas: [b1, b2], eps, weightDecay: wd, clip: null, biasCorrection, ...(scales ? { perParamLr: true } : {}),
+      batch: fx.B,
+      context: fx.T,
+      threads: 1,
+      betas: [b1, b2],
+      eps,
+      weightDecay: wd,
+      clip: null,
+      biasCorrection,
+      ...(scales ? { perParamLr: true } : {}),
     });
     const { grads } = await e.gradients(fx.ids(0));
     await e.step(fx.ids(0), lr, 1, scales ? { lrScales: scales } : {});
@@ -118,15 +138,23 @@ describe("AdamW variants: one step against the update computed from the gradient
     await check(false, null);
   });
   it("per-parameter LR factors: each parameter's step and decay at lr × its factor", async () => {
-    await check(true, names.map((_, i) => [1, 0.5, 0.25, 0][i % 4]!));
-    await check(false, names.map((_, i) => 0.3 + i / names.length));
+    await check(
+      true,
+      names.map((_, i) => [1, 0.5, 0.25, 0][i % 4]!),
+    );
+    await check(
+      false,
+      names.map((_, i) => 0.3 + i / names.length),
+    );
   });
   it("refuses factors it was not compiled for, or of the wrong count", async () => {
     const plain = await createEngine("gpt2", fx.config, w, undefined, { batch: fx.B, context: fx.T, threads: 1 });
     await expect(plain.step(fx.ids(0), lr, 1, { lrScales: names.map(() => 1) })).rejects.toThrow("lrScales needs an engine created with perParamLr");
     const scaled = await createEngine("gpt2", fx.config, w, undefined, { batch: fx.B, context: fx.T, threads: 1, perParamLr: true });
     await expect(scaled.step(fx.ids(0), lr, 1, { lrScales: [1] })).rejects.toThrow(`lrScales has 1 factors for ${names.length} parameters`);
-    await expect(scaled.step(fx.ids(0), lr, 1, { lrScales: names.map(() => Number.NaN) })).rejects.toThrow(/lrScales\[0\] \(transformer.wte.weight\) must be a finite number ≥ 0/);
+    await expect(scaled.step(fx.ids(0), lr, 1, { lrScales: names.map(() => Number.NaN) })).rejects.toThrow(
+      /lrScales\[0\] \(transformer.wte.weight\) must be a finite number ≥ 0/,
+    );
     await Promise.all([plain.release(), scaled.release()]);
   });
 });
@@ -137,7 +165,13 @@ describe("engine", () => {
     const names = paramNames(fx);
     const w = weightsOf(fx, "param.", names);
     const before = new Map([...w].map(([n, a]) => [n, Float32Array.from(a)]));
-    const e = await createEngine("gpt2", fx.config, w, { expAvg: weightsOf(fx, "step3.exp_avg.", names) }, { batch: fx.B, context: fx.T, threads: 1 });
+    const e = await createEngine(
+      "gpt2",
+      fx.config,
+      w,
+      { expAvg: weightsOf(fx, "step3.exp_avg.", names) },
+      { batch: fx.B, context: fx.T, threads: 1 },
+    );
     expect(e.moments().expAvg.get(names[0]!)).toEqual(fx.f32(`step3.exp_avg.${names[0]!}`));
     expect([...e.moments().expAvgSq.get(names[0]!)!].every((x) => x === 0)).toBe(true);
     await e.step(fx.ids(0), 1e-3, 1);
@@ -155,10 +189,14 @@ describe("engine", () => {
   it("rejects bad input clearly", async () => {
     const names = paramNames(fx);
     const w = weightsOf(fx, "param.", names);
-    await expect(createEngine("gpt2", fx.config, new Map(), undefined, { batch: 2, context: 8 })).rejects.toThrow(/missing parameter transformer.wte.weight/);
+    await expect(createEngine("gpt2", fx.config, new Map(), undefined, { batch: 2, context: 8 })).rejects.toThrow(
+      /missing parameter transformer.wte.weight/,
+    );
     await expect(createEngine("gpt2", fx.config, w, undefined, { batch: 2, context: 8, microBatch: 3 })).rejects.toThrow(/must divide/);
     await expect(createEngine("gpt2", fx.config, w, undefined, { batch: 2, context: 64 })).rejects.toThrow(/exceeds/);
-    await expect(createEngine("gpt2", fx.config, w, undefined, { batch: 2, context: 8, device: "cuda" })).rejects.toThrow(/^CUDA execution provider is not available: /);
+    await expect(createEngine("gpt2", fx.config, w, undefined, { batch: 2, context: 8, device: "cuda" })).rejects.toThrow(
+      /^CUDA execution provider is not available: /,
+    );
     const e = await createEngine("gpt2", fx.config, w, undefined, { batch: 2, context: 8, threads: 1 });
     await expect(e.step(new Int32Array(16).fill(40), 1e-3, 1)).rejects.toThrow(/outside the vocabulary/);
     await expect(e.step(new Int32Array(15), 1e-3, 1)).rejects.toThrow(/expected 2×8/);

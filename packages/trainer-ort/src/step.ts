@@ -37,10 +37,16 @@ export interface AdamWOptions {
   perParamLr: boolean;
 }
 
-export interface BatchShape { batch: number; context: number }
+export interface BatchShape {
+  batch: number;
+  context: number;
+}
 
 /** A dropout mask input of a training graph: its site, the input's name and shape. */
-export interface DropoutInput extends DropoutSite { input: string; shape: number[] }
+export interface DropoutInput extends DropoutSite {
+  input: string;
+  shape: number[];
+}
 
 export interface CompiledGraph {
   /** The serialized ONNX model. */
@@ -82,9 +88,13 @@ type AdamWSettings = { [K in Exclude<keyof AdamWOptions, "decay">]?: AdamWOption
 export function adamwDefaults(params: readonly ParamSpec[], o: AdamWSettings = {}): AdamWOptions {
   const noDecay = new Set(o.noDecay ?? params.filter((p) => !p.decay).map((p) => p.name));
   return {
-    betas: o.betas ?? [0.9, 0.999], eps: o.eps ?? 1e-8, weightDecay: o.weightDecay ?? 0.01, clip: o.clip === undefined ? 1.0 : o.clip,
+    betas: o.betas ?? [0.9, 0.999],
+    eps: o.eps ?? 1e-8,
+    weightDecay: o.weightDecay ?? 0.01,
+    clip: o.clip === undefined ? 1.0 : o.clip,
     decay: new Set(params.filter((p) => !noDecay.has(p.name)).map((p) => p.name)),
-    biasCorrection: o.biasCorrection ?? true, perParamLr: o.perParamLr ?? false,
+    biasCorrection: o.biasCorrection ?? true,
+    perParamLr: o.perParamLr ?? false,
   };
 }
 
@@ -104,7 +114,11 @@ function setup(architecture: string, config: Record<string, unknown>, registry?:
 }
 
 const finish = (b: GraphBuilder, params: ParamSpec[], dropout: DropoutInput[] = []): CompiledGraph => ({
-  model: b.serialize(), inputs: b.inputs.map((v) => v.name), outputs: b.outputs.map((v) => v.name), params, dropout,
+  model: b.serialize(),
+  inputs: b.inputs.map((v) => v.name),
+  outputs: b.outputs.map((v) => v.name),
+  params,
+  dropout,
 });
 
 /**
@@ -157,14 +171,24 @@ function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grad
  * of p > 0 (CompiledGraph.dropout); outputs = `loss`, `grad_norm`, `new.<param>`, `new.exp_avg.<param>`,
  * `new.exp_avg_sq.<param>`.
  */
-export function compileTrainStep(architecture: string, config: Record<string, unknown>, shape: BatchShape, opt: AdamWOptions, registry?: Registry,
-                                 options: TrainGraphOptions = {}): CompiledGraph {
+export function compileTrainStep(
+  architecture: string,
+  config: Record<string, unknown>,
+  shape: BatchShape,
+  opt: AdamWOptions,
+  registry?: Registry,
+  options: TrainGraphOptions = {},
+): CompiledGraph {
   const { model, params, b, pv, p } = setup(architecture, config, registry);
   const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
   const drop = dropoutMasks(b, options.dropout ?? true);
   const loss = model.loss(b, config, p, ids, drop.apply ? { dropout: drop.apply } : {});
   b.output(loss, names.loss);
-  const grads = gradients(b, loss, params.map((s) => pv.get(s.name)!));
+  const grads = gradients(
+    b,
+    loss,
+    params.map((s) => pv.get(s.name)!),
+  );
   adamw(b, params, pv, grads, opt);
   return finish(b, params, drop.inputs);
 }
@@ -181,14 +205,23 @@ export function compileEval(architecture: string, config: Record<string, unknown
  * Gradients of one micro-batch, added to running sums: params, `input_ids`, `grad_acc.*` and the dropout
  * masks (as in compileTrainStep) → `loss` and `grad.<param>` = grad_acc + ∂loss/∂param.
  */
-export function compileGradient(architecture: string, config: Record<string, unknown>, shape: BatchShape, registry?: Registry,
-                                options: TrainGraphOptions = {}): CompiledGraph {
+export function compileGradient(
+  architecture: string,
+  config: Record<string, unknown>,
+  shape: BatchShape,
+  registry?: Registry,
+  options: TrainGraphOptions = {},
+): CompiledGraph {
   const { model, params, b, pv, p } = setup(architecture, config, registry);
   const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
   const drop = dropoutMasks(b, options.dropout ?? true);
   const loss = model.loss(b, config, p, ids, drop.apply ? { dropout: drop.apply } : {});
   b.output(loss, names.loss);
-  const grads = gradients(b, loss, params.map((s) => pv.get(s.name)!));
+  const grads = gradients(
+    b,
+    loss,
+    params.map((s) => pv.get(s.name)!),
+  );
   params.forEach((s, i) => b.output(b.add(b.input(names.gradAcc(s.name), "float32", s.shape), grads[i]!), names.grad(s.name)));
   return finish(b, params, drop.inputs);
 }

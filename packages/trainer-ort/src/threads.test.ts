@@ -14,7 +14,10 @@ import { modelGraph } from "./models/index.js";
  * Bound: per tensor, max|Δ| ≤ 1e-3 · max|update| for weights, 1e-3 · max|moment| for the moments; the
  * differences left are float32 reduction order (none at all on the machines measured so far).
  */
-const B = 32, T = 64, STEPS = 3, TOL = 1e-3;
+const B = 32,
+  T = 64,
+  STEPS = 3,
+  TOL = 1e-3;
 const TEXT = "abcab aab cabba ";
 const batchOf = (s: number) => Int32Array.from({ length: B * T }, (_, i) => TEXT.charCodeAt((i * 3 + s * 5 + Math.floor(i / 7)) % TEXT.length));
 
@@ -23,7 +26,13 @@ const CASES: [string, ArchitecturePlugin, Record<string, unknown>][] = [
   ["llama", llama, llama.initConfig({ layers: 2, dModel: 256, heads: 4, kvHeads: 2, vocab: 256, context: T }, false)],
 ];
 
-interface Trained { params: Map<string, Float32Array>; expAvg: Map<string, Float32Array>; expAvgSq: Map<string, Float32Array>; eval: number; gradNorms: number[] }
+interface Trained {
+  params: Map<string, Float32Array>;
+  expAvg: Map<string, Float32Array>;
+  expAvgSq: Map<string, Float32Array>;
+  eval: number;
+  gradNorms: number[];
+}
 
 const copy = (m: Map<string, Float32Array>) => new Map([...m].map(([n, d]) => [n, Float32Array.from(d)]));
 const maxAbs = (a: Float32Array, b?: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - (b?.[i] ?? 0))), 0);
@@ -52,10 +61,15 @@ describe.each(CASES)("%s: the same training at 1, 4 and 8 threads", (architectur
         expect(update, n).toBeGreaterThan(0);
         expect(maxAbs(many.params.get(n)!, p), `${threads} threads: ${n}`).toBeLessThanOrEqual(TOL * update);
       }
-      for (const [what, ref, got] of [["exp_avg", one.expAvg, many.expAvg], ["exp_avg_sq", one.expAvgSq, many.expAvgSq]] as const) {
+      for (const [what, ref, got] of [
+        ["exp_avg", one.expAvg, many.expAvg],
+        ["exp_avg_sq", one.expAvgSq, many.expAvgSq],
+      ] as const) {
         for (const [n, m] of ref) expect(maxAbs(got.get(n)!, m), `${threads} threads: ${what} ${n}`).toBeLessThanOrEqual(TOL * maxAbs(m));
       }
-      many.gradNorms.forEach((g, i) => expect(Math.abs(g - one.gradNorms[i]!), `${threads} threads: step ${i + 1}`).toBeLessThanOrEqual(1e-6 * one.gradNorms[i]!));
+      many.gradNorms.forEach((g, i) =>
+        expect(Math.abs(g - one.gradNorms[i]!), `${threads} threads: step ${i + 1}`).toBeLessThanOrEqual(1e-6 * one.gradNorms[i]!),
+      );
       expect(Math.abs(many.eval - one.eval), `${threads} threads: evaluation`).toBeLessThanOrEqual(1e-6 * one.eval);
     }
   }, 120_000);
@@ -65,7 +79,10 @@ const opTypes = (model: Uint8Array) => new Set(onnxProto.onnx.ModelProto.decode(
 
 it.each(CASES)("%s: the step and gradient graphs have no ScatterND (racy on the CPU with repeated indices)", (architecture, _plugin, config) => {
   const shape = { batch: 2, context: 8 };
-  for (const g of [compileTrainStep(architecture, config, shape, adamwDefaults(modelGraph(architecture).params(config))), compileGradient(architecture, config, shape)]) {
+  for (const g of [
+    compileTrainStep(architecture, config, shape, adamwDefaults(modelGraph(architecture).params(config))),
+    compileGradient(architecture, config, shape),
+  ]) {
     const ops = opTypes(g.model);
     expect(ops.has("ScatterND")).toBe(false);
     expect(ops.has("ScatterElements")).toBe(true);

@@ -5,9 +5,29 @@ import { hostname } from "node:os";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { canonicalPath, createDefaultRegistry, gpt2, initTrainingState, llama, loadTrainingState, processStart, saveTrainingState, writeCheckpoint, type TrainingState } from "@staged/core";
+import {
+  canonicalPath,
+  createDefaultRegistry,
+  gpt2,
+  initTrainingState,
+  llama,
+  loadTrainingState,
+  processStart,
+  saveTrainingState,
+  writeCheckpoint,
+  type TrainingState,
+} from "@staged/core";
 import { flopsPerToken } from "@staged/scheduler";
-import { defaultEngineFactory, evaluate, evaluateBlocks, resolveSchedule, train, type EngineFactory, type TrainEngine, type TrainOptions } from "./trainer.js";
+import {
+  defaultEngineFactory,
+  evaluate,
+  evaluateBlocks,
+  resolveSchedule,
+  train,
+  type EngineFactory,
+  type TrainEngine,
+  type TrainOptions,
+} from "./trainer.js";
 import { parseMetrics } from "@staged/scheduler";
 
 let dir: string;
@@ -16,11 +36,17 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "staged-trainer-"));
   text = join(dir, "data.txt");
   const words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far"];
-  let s = "", x = 1;
-  for (let i = 0; i < 2000; i++) { x = (x * 1103515245 + 12345) % 2147483648; s += words[x % words.length] + (i % 12 === 11 ? ".\n" : " "); }
+  let s = "",
+    x = 1;
+  for (let i = 0; i < 2000; i++) {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    s += words[x % words.length] + (i % 12 === 11 ? ".\n" : " ");
+  }
   await writeFile(text, s);
 });
-afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
 const tiny = (): TrainingState => initTrainingState("gpt2", { n_layer: 2, n_embd: 32, n_head: 2, vocab_size: 256, n_positions: 16 }, 3);
 
@@ -35,11 +61,20 @@ const fakeEngine: EngineFactory = async (_arch, _config, given, moments, options
   const v = copy(moments?.expAvgSq) ?? new Map([...weights].map(([n, a]) => [n, new Float32Array(a.length)]));
   const [b1, b2] = options.betas ?? [0.9, 0.999];
   const eps = options.eps ?? 1e-8;
-  const batchTerm = (ids: Int32Array) => { let s = 0; for (const id of ids) s += id; return s / ids.length / 256; };
+  const batchTerm = (ids: Int32Array) => {
+    let s = 0;
+    for (const id of ids) s += id;
+    return s / ids.length / 256;
+  };
   const lossOf = (ids: Int32Array) => {
-    let s = 0, n = 0;
-    for (const a of weights.values()) for (const x of a) { s += x * x; n++; }
-    return Math.fround(0.5 * s / n + batchTerm(ids));
+    let s = 0,
+      n = 0;
+    for (const a of weights.values())
+      for (const x of a) {
+        s += x * x;
+        n++;
+      }
+    return Math.fround((0.5 * s) / n + batchTerm(ids));
   };
   const engine: TrainEngine = {
     paramNames: [...weights.keys()],
@@ -47,19 +82,23 @@ const fakeEngine: EngineFactory = async (_arch, _config, given, moments, options
       const loss = lossOf(ids);
       const t = batchTerm(ids);
       for (const [name, p] of weights) {
-        const mm = m.get(name)!, vv = v.get(name)!;
+        const mm = m.get(name)!,
+          vv = v.get(name)!;
         for (let i = 0; i < p.length; i++) {
           const g = Math.fround(p[i]! + t * 1e-3);
           p[i] = Math.fround(p[i]! * (1 - lr * (options.weightDecay ?? 0)));
           mm[i] = Math.fround(b1 * mm[i]! + (1 - b1) * g);
           vv[i] = Math.fround(b2 * vv[i]! + (1 - b2) * g * g);
-          const mh = mm[i]! / (1 - b1 ** k), vh = vv[i]! / (1 - b2 ** k);
-          p[i] = Math.fround(p[i]! - lr * mh / (Math.sqrt(vh) + eps));
+          const mh = mm[i]! / (1 - b1 ** k),
+            vh = vv[i]! / (1 - b2 ** k);
+          p[i] = Math.fround(p[i]! - (lr * mh) / (Math.sqrt(vh) + eps));
         }
       }
       return { loss, gradNorm: 1 };
     },
-    async evalLoss(ids) { return lossOf(ids); },
+    async evalLoss(ids) {
+      return lossOf(ids);
+    },
     params: () => weights,
     moments: () => ({ expAvg: m, expAvgSq: v }),
     async release() {},
@@ -68,7 +107,10 @@ const fakeEngine: EngineFactory = async (_arch, _config, given, moments, options
 };
 
 const engineReady = existsSync(new URL("./engine.ts", import.meta.url));
-const engines: [string, EngineFactory][] = [["fake engine", fakeEngine], ...(engineReady ? [["onnxruntime engine", defaultEngineFactory] as [string, EngineFactory]] : [])];
+const engines: [string, EngineFactory][] = [
+  ["fake engine", fakeEngine],
+  ...(engineReady ? [["onnxruntime engine", defaultEngineFactory] as [string, EngineFactory]] : []),
+];
 
 async function tensors(state: TrainingState, which: "params" | "expAvg" | "expAvgSq"): Promise<Map<string, Float32Array>> {
   const map = which === "params" ? state.params : state.optimizer[which]!;
@@ -79,12 +121,23 @@ async function tensors(state: TrainingState, which: "params" | "expAvg" | "expAv
 
 describe.each(engines)("train with the %s", (_name, engineFactory) => {
   const base = (): Omit<TrainOptions, "steps"> => ({
-    data: text, batch: 4, context: 16, lr: 3e-3, schedule: "linear", warmup: 2, totalSteps: 8,
-    sampler: "random", seed: 11, evalEvery: 2, engineFactory, threads: 1,
+    data: text,
+    batch: 4,
+    context: 16,
+    lr: 3e-3,
+    schedule: "linear",
+    warmup: 2,
+    totalSteps: 8,
+    sampler: "random",
+    seed: 11,
+    evalEvery: 2,
+    engineFactory,
+    threads: 1,
   });
 
   it("N steps in one go equal N/2 + N/2 with a save and reload in between", async () => {
-    const one = join(dir, `one-${_name}`), two = join(dir, `two-${_name}`);
+    const one = join(dir, `one-${_name}`),
+      two = join(dir, `two-${_name}`);
     const a = await train(tiny(), { ...base(), steps: 8, saveDir: one });
     const b1 = await train(tiny(), { ...base(), steps: 4, saveDir: two });
     const loaded = await loadTrainingState(two);
@@ -102,13 +155,22 @@ describe.each(engines)("train with the %s", (_name, engineFactory) => {
     expect(sb.optimizer.step).toBe(8);
     expect(sb.schedule).toEqual(sa.schedule);
     expect(await readFile(join(two, "metrics.jsonl"), "utf8")).toBe(await readFile(join(one, "metrics.jsonl"), "utf8"));
-    await sa.close(); await sb.close();
+    await sa.close();
+    await sb.close();
   });
 
   it("writes progress, schedule and metrics.jsonl into the checkpoint", async () => {
     const out = join(dir, `metrics-${_name}`);
     const saves: number[] = [];
-    const { result, state } = await train(tiny(), { ...base(), steps: 5, saveEvery: 2, saveDir: out }, { onSave: (s) => { saves.push(s.step); } });
+    const { result, state } = await train(
+      tiny(),
+      { ...base(), steps: 5, saveEvery: 2, saveDir: out },
+      {
+        onSave: (s) => {
+          saves.push(s.step);
+        },
+      },
+    );
     expect(saves).toEqual([2, 4, 5]);
     const fpt = flopsPerToken(state.shape, 16);
     const lines = parseMetrics(await readFile(join(out, "metrics.jsonl"), "utf8"));
@@ -135,7 +197,15 @@ describe("stored settings, global step, stopping, snapshots", () => {
     const st = await loadTrainingState(out);
     expect(st.training).toEqual({ batch: 2, context: 8, evalEvery: 3, evalBlocks: 2, data: text });
     const seen: number[] = [];
-    const { result, state } = await train(st, { steps: 3, engineFactory: fakeEngine }, { onEval: (e) => { seen.push(e.step); } });
+    const { result, state } = await train(
+      st,
+      { steps: 3, engineFactory: fakeEngine },
+      {
+        onEval: (e) => {
+          seen.push(e.step);
+        },
+      },
+    );
     await st.close();
     expect(result.runTokens).toBe(3 * 2 * 8); // batch 2 × context 8, not the defaults 8 × 16
     expect(seen).toEqual([6]);
@@ -149,7 +219,15 @@ describe("stored settings, global step, stopping, snapshots", () => {
   it("the global step never goes back: a growth that continues at an earlier step keeps counting", async () => {
     const a = await train(tiny(), { data: text, steps: 6, batch: 2, context: 8, saveDir: join(dir, "gs"), engineFactory: fakeEngine });
     // what a growth with continueAt 2 does to progress (see @staged/core grownState)
-    const rewound = { ...a.state, progress: { ...a.state.progress, step: 2, globalStep: 6, stages: [{ step: 6, operator: "width", options: {}, before: a.state.shape, after: a.state.shape, continueAt: 2 }] } };
+    const rewound = {
+      ...a.state,
+      progress: {
+        ...a.state.progress,
+        step: 2,
+        globalStep: 6,
+        stages: [{ step: 6, operator: "width", options: {}, before: a.state.shape, after: a.state.shape, continueAt: 2 }],
+      },
+    };
     const b = await train(rewound, { steps: 3, saveDir: join(dir, "gs"), engineFactory: fakeEngine });
     const lines = parseMetrics(await readFile(join(dir, "gs", "metrics.jsonl"), "utf8"));
     expect(lines.map((l) => l.step)).toEqual([1, 2, 3, 4, 5, 6, 3, 4, 5]);
@@ -157,10 +235,13 @@ describe("stored settings, global step, stopping, snapshots", () => {
     expect(b.state.progress.globalStep).toBe(9);
   });
 
-  it("onEval returning \"stop\" ends the call after that step, saved there", async () => {
+  it('onEval returning "stop" ends the call after that step, saved there', async () => {
     const out = join(dir, "stop");
-    const { result } = await train(tiny(), { data: text, steps: 20, batch: 2, context: 8, evalEvery: 2, saveDir: out, engineFactory: fakeEngine },
-      { onEval: (e) => (e.step === 6 ? "stop" : undefined) });
+    const { result } = await train(
+      tiny(),
+      { data: text, steps: 20, batch: 2, context: 8, evalEvery: 2, saveDir: out, engineFactory: fakeEngine },
+      { onEval: (e) => (e.step === 6 ? "stop" : undefined) },
+    );
     expect(result.step).toBe(6);
     expect(result.losses).toHaveLength(6);
     const st = await loadTrainingState(out);
@@ -169,13 +250,24 @@ describe("stored settings, global step, stopping, snapshots", () => {
   });
 
   it("an aborted signal stops after the step in progress, saves it, and the run resumes to an uninterrupted one's state", async () => {
-    const full = join(dir, "sig-full"), cut = join(dir, "sig-cut");
+    const full = join(dir, "sig-full"),
+      cut = join(dir, "sig-cut");
     const opts = { data: text, batch: 2, context: 8, evalEvery: 3, seed: 4, engineFactory: fakeEngine };
     const a = await train(tiny(), { ...opts, steps: 10, saveDir: full });
     const ac = new AbortController();
     const evals: number[] = [];
-    const b = await train(tiny(), { ...opts, steps: 10, saveDir: cut, signal: ac.signal },
-      { onStep: (i) => { if (i.step === 4) ac.abort(); }, onEval: (e) => { evals.push(e.step); } });
+    const b = await train(
+      tiny(),
+      { ...opts, steps: 10, saveDir: cut, signal: ac.signal },
+      {
+        onStep: (i) => {
+          if (i.step === 4) ac.abort();
+        },
+        onEval: (e) => {
+          evals.push(e.step);
+        },
+      },
+    );
     expect(b.result).toMatchObject({ step: 4, interrupted: true });
     expect(b.result.losses).toHaveLength(4);
     expect(evals).toEqual([3]); // no evaluation delays the stop
@@ -211,7 +303,9 @@ describe("nothing lost", () => {
     const before = await readFile(join(out, "model.safetensors"));
     const st = await loadTrainingState(out);
     const run = train(st, { steps: 30, lr: 1e5, saveEvery: 1, threads: 1 });
-    await expect(run).rejects.toThrow(/^step \d+: the (training loss is (NaN|Infinity)|gradient norm is (NaN|Infinity)) \(learning rate 1\.00e\+5\): training diverged and stopped; the checkpoint .*diverge keeps step \d+, the last good one$/);
+    await expect(run).rejects.toThrow(
+      /^step \d+: the (training loss is (NaN|Infinity)|gradient norm is (NaN|Infinity)) \(learning rate 1\.00e\+5\): training diverged and stopped; the checkpoint .*diverge keeps step \d+, the last good one$/,
+    );
     await st.close();
     // Whatever was saved before the divergence is finite, and loads.
     const after = await loadTrainingState(out);
@@ -226,7 +320,9 @@ describe("nothing lost", () => {
     const before = await readFile(join(out, "model.safetensors"));
     const nanEngine: EngineFactory = async (...a) => ({ ...(await fakeEngine(...a)), step: async () => ({ loss: NaN, gradNorm: NaN }) });
     const st = await loadTrainingState(out);
-    await expect(train(st, { steps: 3, engineFactory: nanEngine })).rejects.toThrow(/^step 2: the training loss is NaN .* the checkpoint .*nan-first is unchanged \(step 1\)$/);
+    await expect(train(st, { steps: 3, engineFactory: nanEngine })).rejects.toThrow(
+      /^step 2: the training loss is NaN .* the checkpoint .*nan-first is unchanged \(step 1\)$/,
+    );
     await st.close();
     expect(await readFile(join(out, "model.safetensors"))).toEqual(before);
   });
@@ -240,7 +336,9 @@ describe("nothing lost", () => {
   it("refuses a schedule that ends before the run, and a warmup longer than the schedule", async () => {
     const s = tiny();
     s.progress.step = 10;
-    expect(() => resolveSchedule(s, { steps: 5, totalSteps: 12 })).toThrow(/total steps 12 ends the schedule before this run does \(step 15: 10 done \+ 5\); give at least 15/);
+    expect(() => resolveSchedule(s, { steps: 5, totalSteps: 12 })).toThrow(
+      /total steps 12 ends the schedule before this run does \(step 15: 10 done \+ 5\); give at least 15/,
+    );
     expect(() => resolveSchedule(s, { steps: 5, warmup: 20 })).toThrow(/warmup 20 is longer than the schedule \(15 steps\)/);
     expect(resolveSchedule(s, { steps: 5, totalSteps: 15, warmup: 15 }).totalSteps).toBe(15);
   });
@@ -250,11 +348,16 @@ describe("nothing lost", () => {
     const config = { model_type: "gpt2", n_layer: 1, n_embd: 8, n_head: 2, vocab_size: 300, n_positions: 8 };
     await mkdir(hf, { recursive: true });
     await writeFile(join(hf, "config.json"), JSON.stringify(config));
-    await writeCheckpoint(hf, "model", [...gpt2.init(config, 1)].map(([name, tensor]) => ({ name, tensor })));
+    await writeCheckpoint(
+      hf,
+      "model",
+      [...gpt2.init(config, 1)].map(([name, tensor]) => ({ name, tensor })),
+    );
     const st = await loadTrainingState(hf);
     expect(st.tokenizer).toEqual({ kind: "none" });
-    await expect(train(st, { data: text, steps: 1, saveDir: join(dir, "hf-out"), engineFactory: fakeEngine }))
-      .rejects.toThrow(/hf-no-tokenizer: has a vocabulary larger than 256 but no tokenizer.json, .*--tokenizer/);
+    await expect(train(st, { data: text, steps: 1, saveDir: join(dir, "hf-out"), engineFactory: fakeEngine })).rejects.toThrow(
+      /hf-no-tokenizer: has a vocabulary larger than 256 but no tokenizer.json, .*--tokenizer/,
+    );
     const ids = join(dir, "ids.bin");
     await writeFile(join(ids), new Uint8Array(new Uint16Array(Array.from({ length: 400 }, (_, i) => (i * 7) % 300)).buffer));
     const { result } = await train(st, { data: ids, steps: 1, batch: 2, context: 8, saveDir: join(dir, "hf-out"), engineFactory: fakeEngine });
@@ -270,7 +373,9 @@ describe("nothing lost", () => {
       const holder = { pid: other.pid, host: hostname(), start: processStart(other.pid!), command: "staged grow width locked", since: "now" };
       await symlink(JSON.stringify(holder), join(dir, ".locked.reader-9-x"));
       const st = await loadTrainingState(out);
-      await expect(train(st, { data: text, steps: 1, engineFactory: fakeEngine })).rejects.toThrow(new RegExp(`locked: being read by pid ${other.pid} \\(staged grow width locked`));
+      await expect(train(st, { data: text, steps: 1, engineFactory: fakeEngine })).rejects.toThrow(
+        new RegExp(`locked: being read by pid ${other.pid} \\(staged grow width locked`),
+      );
       await st.close();
     } finally {
       other.kill("SIGKILL");
@@ -281,9 +386,19 @@ describe("nothing lost", () => {
 describe("plugins of your own", () => {
   it("train() and evaluate() find the architecture in the registry given", async () => {
     const registry = createDefaultRegistry().register("architecture", { ...llama, name: "my-llama", modelTypes: ["my-llama"] });
-    const config = { model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1, num_attention_heads: 2, vocab_size: 256, max_position_embeddings: 16 };
+    const config = {
+      model_type: "llama",
+      hidden_size: 16,
+      intermediate_size: 24,
+      num_hidden_layers: 1,
+      num_attention_heads: 2,
+      vocab_size: 256,
+      max_position_embeddings: 16,
+    };
     const state = initTrainingState("my-llama", config, 1, registry);
-    await expect(train(state, { data: text, steps: 1, batch: 2, context: 8, saveDir: null, threads: 1 })).rejects.toThrow(/unknown architecture "my-llama"/);
+    await expect(train(state, { data: text, steps: 1, batch: 2, context: 8, saveDir: null, threads: 1 })).rejects.toThrow(
+      /unknown architecture "my-llama"/,
+    );
     const { result } = await train(state, { data: text, steps: 1, batch: 2, context: 8, saveDir: null, threads: 1, registry });
     expect(Number.isFinite(result.loss)).toBe(true);
     expect(Number.isFinite((await evaluate(state, { data: text, context: 8, maxBlocks: 2, threads: 1, registry })).loss)).toBe(true);
@@ -292,14 +407,25 @@ describe("plugins of your own", () => {
   it("train() runs an LR schedule kind of the registry given; an unknown kind names the known ones", async () => {
     // Research code's own schedule: the peak LR over 1 + step.
     const registry = createDefaultRegistry().register("lrSchedule", { name: "inverse", create: (s) => (step) => s.peakLr / (1 + step) });
-    const o: TrainOptions = { data: text, steps: 4, batch: 2, context: 8, saveDir: null, engineFactory: fakeEngine, lr: 0.1, schedule: "inverse", registry };
+    const o: TrainOptions = {
+      data: text,
+      steps: 4,
+      batch: 2,
+      context: 8,
+      saveDir: null,
+      engineFactory: fakeEngine,
+      lr: 0.1,
+      schedule: "inverse",
+      registry,
+    };
     const { state, result } = await train(tiny(), o);
     expect(result.metrics.map((m) => m.lr)).toEqual([0.1, 0.05, 0.1 / 3, 0.025]);
     expect(result.schedule.kind).toBe("inverse");
     // The state keeps the kind: the next call (a resumed or grown run) finds it in the registry again.
     expect((await train(state, { ...o, schedule: undefined, steps: 1 })).result.metrics[0]!.lr).toBe(0.1 / 5);
-    expect(() => resolveSchedule(tiny(), { steps: 1, schedule: "inverse" }))
-      .toThrow('unknown LR schedule kind "inverse" (kinds: constant, linear, cosine, wsd, restart-linear)');
+    expect(() => resolveSchedule(tiny(), { steps: 1, schedule: "inverse" })).toThrow(
+      'unknown LR schedule kind "inverse" (kinds: constant, linear, cosine, wsd, restart-linear)',
+    );
     expect(() => resolveSchedule(state, { steps: 1 })).toThrow(/^the state: schedule: unknown LR schedule kind "inverse"/);
   });
 });
@@ -308,7 +434,8 @@ describe("dropout from config.json", () => {
   it("is on at HF's default (GPT-2: 0.1); keyed by seed and global step, a resumed run draws the masks an uninterrupted one does", async () => {
     expect(gpt2.decoder(tiny().config).dropout).toEqual({ embedding: 0.1, attention: 0.1, residual: 0.1 });
     const o = { data: text, batch: 2, context: 8, lr: 3e-3, seed: 5, threads: 1 };
-    const one = join(dir, "dropout-one"), two = join(dir, "dropout-two");
+    const one = join(dir, "dropout-one"),
+      two = join(dir, "dropout-two");
     const a = await train(tiny(), { ...o, steps: 4, saveDir: one });
     await train(tiny(), { ...o, steps: 2, saveDir: two });
     const loaded = await loadTrainingState(two);
@@ -325,26 +452,58 @@ describe("dropout from config.json", () => {
     const d = await train(tiny(), { ...o, steps: 1, saveDir: null, seed: 6 });
     expect(d.result.losses[0]).not.toBe(a.result.losses[0]);
     // Evaluation has none: the dropout and the dropout-free config evaluate the same weights alike.
-    const [ea, ec] = [await evaluate(a.state, { data: text, context: 8, maxBlocks: 4, threads: 1 }), await evaluate({ ...a.state, config: noDropout.config }, { data: text, context: 8, maxBlocks: 4, threads: 1 })];
+    const [ea, ec] = [
+      await evaluate(a.state, { data: text, context: 8, maxBlocks: 4, threads: 1 }),
+      await evaluate({ ...a.state, config: noDropout.config }, { data: text, context: 8, maxBlocks: 4, threads: 1 }),
+    ];
     expect(ea.loss).toBe(ec.loss);
   });
 });
 
 describe("resolveSchedule", () => {
   it("per-parameter LR factors of the schedule reach the engine each step by role; bias correction is passed and stored", async () => {
-    const seen: { options: Parameters<EngineFactory>[4]; steps: { lr: number; scales: number[] | null }[]; names: readonly string[] } = { options: { batch: 0, context: 0 }, steps: [], names: [] };
+    const seen: { options: Parameters<EngineFactory>[4]; steps: { lr: number; scales: number[] | null }[]; names: readonly string[] } = {
+      options: { batch: 0, context: 0 },
+      steps: [],
+      names: [],
+    };
     const spy: EngineFactory = async (...args) => {
       const e = await fakeEngine(...args);
       seen.options = args[4];
       seen.names = e.paramNames;
-      return { ...e, paramNames: e.paramNames, step: (ids, lr, k, o) => { seen.steps.push({ lr, scales: o?.lrScales ? Array.from(o.lrScales) : null }); return e.step(ids, lr, k); } };
+      return {
+        ...e,
+        paramNames: e.paramNames,
+        step: (ids, lr, k, o) => {
+          seen.steps.push({ lr, scales: o?.lrScales ? Array.from(o.lrScales) : null });
+          return e.step(ids, lr, k);
+        },
+      };
     };
     const s = tiny();
-    const state: TrainingState = { ...s, schedule: { kind: "constant", peakLr: 1e-3, warmupSteps: 0, totalSteps: 10, restarts: [],
-      paramScales: [{ step: 1, scale: 0.5, rampSteps: 2, roles: ["mlp.in.weight"] }] } };
-    const { state: after } = await train(state, { data: text, steps: 4, batch: 2, context: 8, saveDir: null, engineFactory: spy, biasCorrection: false });
+    const state: TrainingState = {
+      ...s,
+      schedule: {
+        kind: "constant",
+        peakLr: 1e-3,
+        warmupSteps: 0,
+        totalSteps: 10,
+        restarts: [],
+        paramScales: [{ step: 1, scale: 0.5, rampSteps: 2, roles: ["mlp.in.weight"] }],
+      },
+    };
+    const { state: after } = await train(state, {
+      data: text,
+      steps: 4,
+      batch: 2,
+      context: 8,
+      saveDir: null,
+      engineFactory: spy,
+      biasCorrection: false,
+    });
     expect(seen.options).toMatchObject({ perParamLr: true, biasCorrection: false });
-    const fc = seen.names.indexOf("transformer.h.0.mlp.c_fc.weight"), wte = seen.names.indexOf("transformer.wte.weight");
+    const fc = seen.names.indexOf("transformer.h.0.mlp.c_fc.weight"),
+      wte = seen.names.indexOf("transformer.wte.weight");
     // Steps 0..3 of the schedule: before the factor, at it, half way back, back at 1.
     expect(seen.steps.map((x) => x.scales![fc])).toEqual([1, 0.5, 0.75, 1]);
     expect(seen.steps.every((x) => x.scales![wte] === 1 && x.lr === 1e-3)).toBe(true);
@@ -355,14 +514,20 @@ describe("resolveSchedule", () => {
     expect(seen.options.perParamLr).toBeUndefined();
     expect(seen.options.biasCorrection).toBeUndefined();
     expect(seen.steps[0]!.scales).toBeNull();
-    await expect(train(s, { data: text, steps: 1, saveDir: null, engineFactory: spy, biasCorrection: "no" as never })).rejects.toThrow('biasCorrection must be true or false, got "no"');
+    await expect(train(s, { data: text, steps: 1, saveDir: null, engineFactory: spy, biasCorrection: "no" as never })).rejects.toThrow(
+      'biasCorrection must be true or false, got "no"',
+    );
   });
 
   it("names the state a bad stored optimizer step, sampler, schedule kind or metrics line comes from", async () => {
     const s = tiny();
     const opts: TrainOptions = { data: text, steps: 1, batch: 2, context: 8, saveDir: null, engineFactory: fakeEngine };
-    await expect(train({ ...s, optimizer: { ...s.optimizer, step: -5 } }, opts)).rejects.toThrow(/^the state: optimizer\.step must be an integer ≥ 0, got -5$/);
-    await expect(train({ ...s, progress: { ...s.progress, sampler: "zigzag" } }, opts)).rejects.toThrow(/^the state: progress\.sampler must be random or sequential, got "zigzag"$/);
+    await expect(train({ ...s, optimizer: { ...s.optimizer, step: -5 } }, opts)).rejects.toThrow(
+      /^the state: optimizer\.step must be an integer ≥ 0, got -5$/,
+    );
+    await expect(train({ ...s, progress: { ...s.progress, sampler: "zigzag" } }, opts)).rejects.toThrow(
+      /^the state: progress\.sampler must be random or sequential, got "zigzag"$/,
+    );
     const zigzag = { kind: "zigzag", peakLr: 1e-3, warmupSteps: 0, totalSteps: 10, restarts: [] };
     await expect(train({ ...s, schedule: zigzag }, opts)).rejects.toThrow(/^the state: schedule: unknown LR schedule kind "zigzag"/);
     // Loaded from a directory: its training_state.json. An option at fault is not blamed on the state.

@@ -2,8 +2,25 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import {
-  canonicalPath, createDefaultRegistry, detachedState, globalStepOf, inMemory, isLoaded, lockCheckpoint, saveTrainingState, STATE_FILE, streamKey, Tensor,
-  type AdamWState, type CheckpointLock, type LazyTensor, type LrScheduleSpec, type Progress, type Registry, type TrainingSettings, type TrainingState,
+  canonicalPath,
+  createDefaultRegistry,
+  detachedState,
+  globalStepOf,
+  inMemory,
+  isLoaded,
+  lockCheckpoint,
+  saveTrainingState,
+  STATE_FILE,
+  streamKey,
+  Tensor,
+  type AdamWState,
+  type CheckpointLock,
+  type LazyTensor,
+  type LrScheduleSpec,
+  type Progress,
+  type Registry,
+  type TrainingSettings,
+  type TrainingState,
 } from "@staged/core";
 import { createLrSchedule, flopsPerToken, hasParamLrScales, lrScheduleKinds, paramLrScale } from "@staged/scheduler";
 import { brownSplitOf, prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
@@ -27,9 +44,13 @@ export interface TrainEngine {
 export type TrainEngineOptions = Omit<EngineOptions, "profile">;
 
 /** Builds an engine; the default is `createEngine` of ./engine.js. */
-export type EngineFactory = (architecture: string, config: Record<string, unknown>, weights: Map<string, Float32Array>,
+export type EngineFactory = (
+  architecture: string,
+  config: Record<string, unknown>,
+  weights: Map<string, Float32Array>,
   moments: { expAvg?: Map<string, Float32Array>; expAvgSq?: Map<string, Float32Array> } | undefined,
-  options: TrainEngineOptions) => Promise<TrainEngine>;
+  options: TrainEngineOptions,
+) => Promise<TrainEngine>;
 
 export const defaultEngineFactory: EngineFactory = createEngine;
 
@@ -122,9 +143,13 @@ export interface StepInfo {
   /** progress.step after this step. */
   step: number;
   /** 1-based index of the step within this invocation, and the number of steps to run. */
-  index: number; steps: number;
-  loss: number; gradNorm: number; lr: number;
-  tokens: number; flops: number;
+  index: number;
+  steps: number;
+  loss: number;
+  gradNorm: number;
+  lr: number;
+  tokens: number;
+  flops: number;
   /** Training throughput of this invocation so far (sampling + step time only). */
   tokensPerSecond: number;
   /** Seconds spent in steps so far in this invocation. */
@@ -132,11 +157,18 @@ export interface StepInfo {
 }
 
 export interface EvalInfo {
-  step: number; valLoss: number; blocks: number;
+  step: number;
+  valLoss: number;
+  blocks: number;
   /** progress.globalStep, tokensSeen and flopsSeen after the step the evaluation follows. */
-  globalStep: number; tokens: number; flops: number;
+  globalStep: number;
+  tokens: number;
+  flops: number;
 }
-export interface SaveInfo { step: number; dir: string }
+export interface SaveInfo {
+  step: number;
+  dir: string;
+}
 
 export interface TrainCallbacks {
   onStep?(info: StepInfo): void | Promise<void>;
@@ -200,17 +232,25 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
   // A stored micro-batch is kept only while it still divides the batch.
   const microBatch = o.microBatch ?? (stored?.microBatch !== undefined && batch % stored.microBatch === 0 ? stored.microBatch : undefined);
   if (microBatch !== undefined) {
-    check(isPosInt(microBatch) && batch % microBatch === 0, `micro-batch must be a positive integer that divides the batch ${batch}, got ${microBatch}`);
+    check(
+      isPosInt(microBatch) && batch % microBatch === 0,
+      `micro-batch must be a positive integer that divides the batch ${batch}, got ${microBatch}`,
+    );
   }
   const data = o.data ?? stored?.data;
   check(typeof data === "string" && data !== "", "no training data: name it (data: brown, a .txt or a .bin file); this checkpoint stores none");
   // The data a checkpoint names is read only when it is what --data takes (a checkpoint from elsewhere must not pick
   // an arbitrary file of this machine to train on, and so copy it into the weights); anything else must be named.
-  for (const [key, value] of [["data", o.data === undefined ? stored?.data : undefined], ["valData", o.valData === undefined && o.data === undefined ? stored?.valData : undefined]] as const) {
+  for (const [key, value] of [
+    ["data", o.data === undefined ? stored?.data : undefined],
+    ["valData", o.valData === undefined && o.data === undefined ? stored?.valData : undefined],
+  ] as const) {
     if (value !== undefined) {
-      check(brownSplitOf(value) !== null || /\.(txt|bin)$/i.test(value),
+      check(
+        brownSplitOf(value) !== null || /\.(txt|bin)$/i.test(value),
         `the checkpoint's training_state.json names training.${key} ${JSON.stringify(value)}, which is not brown, a .txt or a .bin file: ` +
-        `give the ${key === "data" ? "training" : "validation"} data yourself to use it`);
+          `give the ${key === "data" ? "training" : "validation"} data yourself to use it`,
+      );
     }
   }
   const context = o.context ?? stored?.context ?? state.shape.context;
@@ -219,18 +259,26 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
   if (o.lr !== undefined) check(isNonNeg(o.lr) && o.lr > 0, `lr must be a positive number, got ${o.lr}`);
   if (o.warmup !== undefined) check(isNonNegInt(o.warmup), `warmup must be a non-negative integer, got ${o.warmup}`);
   if (o.totalSteps !== undefined) check(isPosInt(o.totalSteps), `total steps must be a positive integer, got ${o.totalSteps}`);
-  if (o.saveDir !== undefined && o.saveDir !== null) check(typeof o.saveDir === "string" && o.saveDir !== "", `saveDir must be a directory path or null, got ${JSON.stringify(o.saveDir)}`);
-  check(o.saveDir !== undefined || isLoaded(state),
-    "this state was not loaded from a directory (it is fresh, or derived by growth): give saveDir, the directory to save it to, or saveDir: null to train without saving");
+  if (o.saveDir !== undefined && o.saveDir !== null)
+    check(typeof o.saveDir === "string" && o.saveDir !== "", `saveDir must be a directory path or null, got ${JSON.stringify(o.saveDir)}`);
+  check(
+    o.saveDir !== undefined || isLoaded(state),
+    "this state was not loaded from a directory (it is fresh, or derived by growth): give saveDir, the directory to save it to, or saveDir: null to train without saving",
+  );
   if (o.betas !== undefined) {
-    check(Array.isArray(o.betas) && o.betas.length === 2 && o.betas.every((b) => Number.isFinite(b) && b >= 0 && b < 1),
-      `betas must be two numbers in [0, 1), got ${JSON.stringify(o.betas)}`);
+    check(
+      Array.isArray(o.betas) && o.betas.length === 2 && o.betas.every((b) => Number.isFinite(b) && b >= 0 && b < 1),
+      `betas must be two numbers in [0, 1), got ${JSON.stringify(o.betas)}`,
+    );
   }
   if (o.eps !== undefined) check(isNonNeg(o.eps) && o.eps > 0, `eps must be a positive number, got ${o.eps}`);
-  if (o.biasCorrection !== undefined) check(typeof o.biasCorrection === "boolean", `biasCorrection must be true or false, got ${JSON.stringify(o.biasCorrection)}`);
+  if (o.biasCorrection !== undefined)
+    check(typeof o.biasCorrection === "boolean", `biasCorrection must be true or false, got ${JSON.stringify(o.biasCorrection)}`);
   if (o.weightDecay !== undefined) check(isNonNeg(o.weightDecay), `weight decay must be a number ≥ 0, got ${o.weightDecay}`);
-  if (o.clip !== undefined && o.clip !== null) check(isNonNeg(o.clip) && o.clip > 0, `clip must be a positive number (or null for none), got ${o.clip}`);
-  if (o.sampler !== undefined) check(SAMPLER_KINDS.includes(o.sampler), `sampler must be ${SAMPLER_KINDS.join(" or ")}, got ${JSON.stringify(o.sampler)}`);
+  if (o.clip !== undefined && o.clip !== null)
+    check(isNonNeg(o.clip) && o.clip > 0, `clip must be a positive number (or null for none), got ${o.clip}`);
+  if (o.sampler !== undefined)
+    check(SAMPLER_KINDS.includes(o.sampler), `sampler must be ${SAMPLER_KINDS.join(" or ")}, got ${JSON.stringify(o.sampler)}`);
   if (o.seed !== undefined) check(isNonNegInt(o.seed) && o.seed <= 0xffffffff, `seed must be an integer in [0, 2^32), got ${o.seed}`);
   if (o.evalEvery !== undefined) check(isNonNegInt(o.evalEvery), `eval-every must be a non-negative integer, got ${o.evalEvery}`);
   if (o.evalBlocks !== undefined) check(isPosInt(o.evalBlocks), `eval-blocks must be a positive integer, got ${o.evalBlocks}`);
@@ -243,12 +291,20 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
   check(isNonNegInt(state.optimizer.step), `${where}: optimizer.step must be an integer ≥ 0, got ${state.optimizer.step}`);
   const storedSampler = state.progress.sampler;
   if (o.sampler === undefined && storedSampler !== undefined) {
-    check(SAMPLER_KINDS.includes(storedSampler as SamplerKind), `${where}: progress.sampler must be ${SAMPLER_KINDS.join(" or ")}, got ${JSON.stringify(storedSampler)}`);
+    check(
+      SAMPLER_KINDS.includes(storedSampler as SamplerKind),
+      `${where}: progress.sampler must be ${SAMPLER_KINDS.join(" or ")}, got ${JSON.stringify(storedSampler)}`,
+    );
   }
   const valData = o.valData ?? (o.data === undefined ? stored?.valData : undefined);
   return {
-    batch, context, data: data!, evalEvery: o.evalEvery ?? stored?.evalEvery ?? 0, evalBlocks: o.evalBlocks ?? stored?.evalBlocks ?? DEFAULT_EVAL_BLOCKS,
-    ...(microBatch === undefined ? {} : { microBatch }), ...(valData === undefined ? {} : { valData }),
+    batch,
+    context,
+    data: data!,
+    evalEvery: o.evalEvery ?? stored?.evalEvery ?? 0,
+    evalBlocks: o.evalBlocks ?? stored?.evalBlocks ?? DEFAULT_EVAL_BLOCKS,
+    ...(microBatch === undefined ? {} : { microBatch }),
+    ...(valData === undefined ? {} : { valData }),
   };
 }
 
@@ -261,7 +317,10 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
  * decaying schedule never sits at its final LR for the extra steps). To split a decaying schedule over
  * several calls exactly as one call would run it, give `totalSteps` in the first call.
  */
-export function resolveSchedule(state: TrainingState, o: Pick<TrainOptions, "lr" | "schedule" | "warmup" | "totalSteps" | "minLr" | "steps" | "registry">): LrScheduleSpec {
+export function resolveSchedule(
+  state: TrainingState,
+  o: Pick<TrainOptions, "lr" | "schedule" | "warmup" | "totalSteps" | "minLr" | "steps" | "registry">,
+): LrScheduleSpec {
   const end = state.progress.step + o.steps;
   const stored = state.schedule;
   const spec: LrScheduleSpec = stored
@@ -272,19 +331,27 @@ export function resolveSchedule(state: TrainingState, o: Pick<TrainOptions, "lr"
   if (o.warmup !== undefined) spec.warmupSteps = o.warmup;
   if (o.minLr !== undefined) spec.minLr = o.minLr;
   if (o.totalSteps !== undefined) {
-    check(o.totalSteps >= end, `total steps ${o.totalSteps} ends the schedule before this run does (step ${end}: ` +
-      `${state.progress.step} done + ${o.steps}); give at least ${end}, or leave it out`);
+    check(
+      o.totalSteps >= end,
+      `total steps ${o.totalSteps} ends the schedule before this run does (step ${end}: ` +
+        `${state.progress.step} done + ${o.steps}); give at least ${end}, or leave it out`,
+    );
     spec.totalSteps = o.totalSteps;
   } else if (end > spec.totalSteps) spec.totalSteps = end;
-  check(spec.warmupSteps <= spec.totalSteps, `warmup ${spec.warmupSteps} is longer than the schedule (${spec.totalSteps} steps): ` +
-    "the learning rate would never reach its peak; shorten it or give a longer total steps");
+  check(
+    spec.warmupSteps <= spec.totalSteps,
+    `warmup ${spec.warmupSteps} is longer than the schedule (${spec.totalSteps} steps): ` +
+      "the learning rate would never reach its peak; shorten it or give a longer total steps",
+  );
   try {
     createLrSchedule(spec, o.registry); // validates
   } catch (e) {
     // The stored schedule is at fault when its kind is the unknown one, or when no option changed it.
-    const fromState = stored !== null && (lrScheduleKinds(o.registry).includes(spec.kind)
-      ? [o.schedule, o.lr, o.warmup, o.minLr, o.totalSteps].every((v) => v === undefined)
-      : o.schedule === undefined);
+    const fromState =
+      stored !== null &&
+      (lrScheduleKinds(o.registry).includes(spec.kind)
+        ? [o.schedule, o.lr, o.warmup, o.minLr, o.totalSteps].every((v) => v === undefined)
+        : o.schedule === undefined);
     if (fromState) throw new Error(`${stateFileOf(state)}: schedule: ${(e as Error).message}`, { cause: e });
     throw e;
   }
@@ -309,10 +376,16 @@ async function readAll(map: Map<string, LazyTensor>): Promise<Map<string, Float3
  * (the engine compiles an evaluation graph for that row count). Every block has context − 1 predictions,
  * so the block-weighted mean of the batch means is the mean over all predictions.
  */
-export async function evaluateBlocks(engine: Pick<TrainEngine, "evalLoss">, tokens: Int32Array, batch: number,
-                                     context: number, blocks: number,
-                                     onBatch?: (blocksDone: number, blocks: number) => void): Promise<number> {
-  const B = batch, T = context;
+export async function evaluateBlocks(
+  engine: Pick<TrainEngine, "evalLoss">,
+  tokens: Int32Array,
+  batch: number,
+  context: number,
+  blocks: number,
+  onBatch?: (blocksDone: number, blocks: number) => void,
+): Promise<number> {
+  const B = batch,
+    T = context;
   if (!isPosInt(blocks)) throw new Error(`no evaluation blocks: need at least ${T} tokens, have ${tokens.length}`);
   if (blocks * T > tokens.length) throw new Error(`${blocks} blocks of ${T} tokens need ${blocks * T} tokens, have ${tokens.length}`);
   let sum = 0;
@@ -331,8 +404,11 @@ export async function evaluateBlocks(engine: Pick<TrainEngine, "evalLoss">, toke
 async function metricsHistory(state: TrainingState): Promise<MetricsRecord[]> {
   const inFiles = state.files?.get(METRICS_FILE);
   const source = sourceOf(state);
-  const all = inFiles ? parseMetrics(new TextDecoder().decode(inFiles), source ? join(source, METRICS_FILE) : `the state's ${METRICS_FILE}`)
-    : source ? await readMetrics(source) : [];
+  const all = inFiles
+    ? parseMetrics(new TextDecoder().decode(inFiles), source ? join(source, METRICS_FILE) : `the state's ${METRICS_FILE}`)
+    : source
+      ? await readMetrics(source)
+      : [];
   const stage = state.progress.stages.length;
   const now = globalStepOf(state.progress);
   return all.filter((r) => (r.stage ?? 0) < stage || (r.globalStep ?? r.step) <= now);
@@ -340,7 +416,10 @@ async function metricsHistory(state: TrainingState): Promise<MetricsRecord[]> {
 
 const sourceOf = (state: TrainingState): string | undefined => (isLoaded(state) ? state.source : undefined);
 
-async function tokenizerFor(state: TrainingState, o: TrainOptions): Promise<{ tokenizer: TextTokenizer; files?: Map<string, Uint8Array>; spec: TrainingState["tokenizer"] }> {
+async function tokenizerFor(
+  state: TrainingState,
+  o: TrainOptions,
+): Promise<{ tokenizer: TextTokenizer; files?: Map<string, Uint8Array>; spec: TrainingState["tokenizer"] }> {
   if (o.tokenizer === undefined) return { tokenizer: await tokenizerOf(state.tokenizer, state.files, sourceOf(state)), spec: state.tokenizer };
   const { tokenizer, bytes } = await loadHfTokenizer(o.tokenizer);
   checkTokenizerFits(tokenizer, state.shape.vocab, o.tokenizer);
@@ -361,8 +440,11 @@ async function tokenizerFor(state: TrainingState, o: TrainOptions): Promise<{ to
  * carries `metrics.jsonl` (one line per step of the state's history). All input is checked, and the engine
  * built, before anything is written.
  */
-export async function train(state: TrainingState, options: TrainOptions,
-                            callbacks: TrainCallbacks = {}): Promise<{ state: TrainingState; result: TrainResult }> {
+export async function train(
+  state: TrainingState,
+  options: TrainOptions,
+  callbacks: TrainCallbacks = {},
+): Promise<{ state: TrainingState; result: TrainResult }> {
   const t0 = performance.now();
   const settings = validate(state, options);
   const schedule = resolveSchedule(state, options);
@@ -374,7 +456,7 @@ export async function train(state: TrainingState, options: TrainOptions,
   // A state loaded with the write lock of this directory brings it (see loadTrainingState's `lock`).
   const given = (state as { lock?: CheckpointLock }).lock;
   const own = given?.mode === "exclusive" && given.held && given.path === target ? given : null;
-  const lock = own ?? await lockCheckpoint(target, "exclusive");
+  const lock = own ?? (await lockCheckpoint(target, "exclusive"));
   try {
     return await trainLocked(state, options, callbacks, { t0, settings, schedule, saveDir, lock });
   } finally {
@@ -382,7 +464,13 @@ export async function train(state: TrainingState, options: TrainOptions,
   }
 }
 
-interface Prepared { t0: number; settings: TrainingSettings & { data: string }; schedule: LrScheduleSpec; saveDir: string | null; lock: CheckpointLock | null }
+interface Prepared {
+  t0: number;
+  settings: TrainingSettings & { data: string };
+  schedule: LrScheduleSpec;
+  saveDir: string | null;
+  lock: CheckpointLock | null;
+}
 
 /** What a call reads besides the state: the tokenizer (and the files it brings), the data, the sampler and the validation blocks. */
 interface Inputs {
@@ -452,17 +540,32 @@ function optimizerFor(state: TrainingState, o: TrainOptions, schedule: LrSchedul
 }
 
 /** The engine of a call, holding the state's weights (and its moments, when it has both). */
-async function buildEngine(state: TrainingState, o: TrainOptions, settings: TrainingSettings, optimizer: AdamWState, perParamLr: boolean): Promise<TrainEngine> {
+async function buildEngine(
+  state: TrainingState,
+  o: TrainOptions,
+  settings: TrainingSettings,
+  optimizer: AdamWState,
+  perParamLr: boolean,
+): Promise<TrainEngine> {
   const weights = await readAll(state.params);
   const moments = hasMoments(state)
     ? { expAvg: await readAll(state.optimizer.expAvg!), expAvgSq: await readAll(state.optimizer.expAvgSq!) }
     : undefined;
   const factory = o.engineFactory ?? defaultEngineFactory;
   return factory(state.architecture, state.config, weights, moments, {
-    device: o.device, threads: o.threads, batch: settings.batch, context: settings.context, microBatch: settings.microBatch,
-    betas: optimizer.betas, eps: optimizer.eps, weightDecay: optimizer.weightDecay,
-    clip: optimizer.clip, noDecay: optimizer.noDecay, ...(o.registry ? { registry: o.registry } : {}),
-    ...(optimizer.biasCorrection === false ? { biasCorrection: false } : {}), ...(perParamLr ? { perParamLr: true } : {}),
+    device: o.device,
+    threads: o.threads,
+    batch: settings.batch,
+    context: settings.context,
+    microBatch: settings.microBatch,
+    betas: optimizer.betas,
+    eps: optimizer.eps,
+    weightDecay: optimizer.weightDecay,
+    clip: optimizer.clip,
+    noDecay: optimizer.noDecay,
+    ...(o.registry ? { registry: o.registry } : {}),
+    ...(optimizer.biasCorrection === false ? { biasCorrection: false } : {}),
+    ...(perParamLr ? { perParamLr: true } : {}),
   });
 }
 
@@ -470,14 +573,26 @@ async function buildEngine(state: TrainingState, o: TrainOptions, settings: Trai
  * The engine's step options at a step: the per-parameter LR factors set by growths (ParamLrScale), by the role of each
  * of the engine's parameters; none (undefined) when the schedule has no factors.
  */
-function lrScalesOf(state: TrainingState, engine: TrainEngine, registry: Registry | undefined, schedule: LrScheduleSpec): (step: number) => StepOptions | undefined {
+function lrScalesOf(
+  state: TrainingState,
+  engine: TrainEngine,
+  registry: Registry | undefined,
+  schedule: LrScheduleSpec,
+): (step: number) => StepOptions | undefined {
   const scaleAt = hasParamLrScales(schedule) ? paramLrScale(schedule) : null;
   if (!scaleAt) return () => undefined;
-  const roleOf = new Map((registry ?? createDefaultRegistry()).get("architecture", state.architecture).params(state.config).map((s) => [s.name, s.role]));
+  const roleOf = new Map(
+    (registry ?? createDefaultRegistry())
+      .get("architecture", state.architecture)
+      .params(state.config)
+      .map((s) => [s.name, s.role]),
+  );
   const roles = engine.paramNames.map((n) => roleOf.get(n) ?? n);
   const lrScales = new Float64Array(roles.length);
   return (step) => {
-    roles.forEach((r, i) => { lrScales[i] = scaleAt(step, r); });
+    roles.forEach((r, i) => {
+      lrScales[i] = scaleAt(step, r);
+    });
     return { lrScales };
   };
 }
@@ -505,16 +620,26 @@ function snapshotOf(loop: Loop, copy: boolean): TrainingState {
 }
 
 /** The call's saves: `save` over saveDir (once per step), `keep` a snapshot every keepEvery updates; `lastSaved` the step saved last (-1: none). */
-function checkpointsOf(loop: Loop, o: TrainOptions, callbacks: TrainCallbacks): { save(): Promise<void>; keep(): Promise<void>; readonly lastSaved: number } {
+function checkpointsOf(
+  loop: Loop,
+  o: TrainOptions,
+  callbacks: TrainCallbacks,
+): { save(): Promise<void>; keep(): Promise<void>; readonly lastSaved: number } {
   const { saveDir, lock, progress } = loop;
   let lastSaved = -1;
   const keepDir = (): string | null =>
     saveDir && o.keepEvery && progress.globalStep % o.keepEvery === 0 ? `${saveDir.replace(/[\\/]+$/, "")}.step-${progress.globalStep}` : null;
   return {
-    get lastSaved() { return lastSaved; },
+    get lastSaved() {
+      return lastSaved;
+    },
     async save() {
       if (!saveDir || lastSaved === progress.step) return;
-      await saveTrainingState(saveDir, snapshotOf(loop, false), { overwrite: true, ...(lock ? { lock } : {}), ...(o.registry ? { registry: o.registry } : {}) });
+      await saveTrainingState(saveDir, snapshotOf(loop, false), {
+        overwrite: true,
+        ...(lock ? { lock } : {}),
+        ...(o.registry ? { registry: o.registry } : {}),
+      });
       lastSaved = progress.step;
       await callbacks.onSave?.({ step: progress.step, dir: saveDir });
     },
@@ -532,11 +657,18 @@ function checkpointsOf(loop: Loop, o: TrainOptions, callbacks: TrainCallbacks): 
 /** The error of a diverged step (its loss or gradient norm not finite), saying what the checkpoint keeps. */
 function divergedError(loop: Loop, lastSaved: number, loss: number, gradNorm: number, lr: number): Error {
   const { saveDir, state, progress } = loop;
-  const kept = saveDir === null ? "nothing was saved"
-    : lastSaved >= 0 ? `the checkpoint ${saveDir} keeps step ${lastSaved}, the last good one`
-    : existsSync(saveDir) ? `the checkpoint ${saveDir} is unchanged (step ${state.progress.step})` : `nothing was saved to ${saveDir}`;
-  return new Error(`step ${progress.step + 1}: the ${Number.isFinite(loss) ? `gradient norm is ${gradNorm}` : `training loss is ${loss}`} ` +
-    `(learning rate ${lr.toExponential(2)}): training diverged and stopped; ${kept}`);
+  const kept =
+    saveDir === null
+      ? "nothing was saved"
+      : lastSaved >= 0
+        ? `the checkpoint ${saveDir} keeps step ${lastSaved}, the last good one`
+        : existsSync(saveDir)
+          ? `the checkpoint ${saveDir} is unchanged (step ${state.progress.step})`
+          : `nothing was saved to ${saveDir}`;
+  return new Error(
+    `step ${progress.step + 1}: the ${Number.isFinite(loss) ? `gradient norm is ${gradNorm}` : `training loss is ${loss}`} ` +
+      `(learning rate ${lr.toExponential(2)}): training diverged and stopped; ${kept}`,
+  );
 }
 
 /**
@@ -544,23 +676,38 @@ function divergedError(loop: Loop, lastSaved: number, loss: number, gradNorm: nu
  * metrics, evaluates (every evalEvery steps and after the last), reports, saves and keeps as asked. Returns whether
  * `signal` cut the call short.
  */
-async function runSteps(loop: Loop, o: TrainOptions, callbacks: TrainCallbacks, lrAt: (step: number) => number,
-                        stepOptions: (step: number) => StepOptions | undefined,
-                        checkpoints: ReturnType<typeof checkpointsOf>): Promise<boolean> {
+async function runSteps(
+  loop: Loop,
+  o: TrainOptions,
+  callbacks: TrainCallbacks,
+  lrAt: (step: number) => number,
+  stepOptions: (step: number) => StepOptions | undefined,
+  checkpoints: ReturnType<typeof checkpointsOf>,
+): Promise<boolean> {
   const { engine, inputs, settings, optimizer, progress, tally, fpt } = loop;
   const { batch, context } = settings;
   let stop = false;
   const evaluateNow = async (): Promise<number> => {
     const v = await evaluateBlocks(engine, inputs.data.validation.tokens, batch, context, inputs.valBlocks);
     tally.valLoss = v;
-    const info = { step: progress.step, valLoss: v, blocks: inputs.valBlocks, globalStep: progress.globalStep, tokens: progress.tokensSeen, flops: progress.flopsSeen };
+    const info = {
+      step: progress.step,
+      valLoss: v,
+      blocks: inputs.valBlocks,
+      globalStep: progress.globalStep,
+      tokens: progress.tokensSeen,
+      flops: progress.flopsSeen,
+    };
     if ((await callbacks.onEval?.(info)) === "stop") stop = true;
     return v;
   };
   let interrupted = false;
   const ids = new Int32Array(batch * context);
   for (let i = 1; i <= o.steps; i++) {
-    if (o.signal?.aborted) { interrupted = true; break; }
+    if (o.signal?.aborted) {
+      interrupted = true;
+      break;
+    }
     const ts = performance.now();
     inputs.sampler.batch(progress.step, ids);
     const lr = lrAt(progress.step);
@@ -577,8 +724,13 @@ async function runSteps(loop: Loop, o: TrainOptions, callbacks: TrainCallbacks, 
     progress.flopsSeen += batch * context * fpt;
     tally.losses.push(loss);
     const record: MetricsRecord = {
-      step: progress.step, globalStep: progress.globalStep, stage: progress.stages.length,
-      tokens: progress.tokensSeen, flops: progress.flopsSeen, loss, lr,
+      step: progress.step,
+      globalStep: progress.globalStep,
+      stage: progress.stages.length,
+      tokens: progress.tokensSeen,
+      flops: progress.flopsSeen,
+      loss,
+      lr,
     };
     // Interrupted: this step is kept (saved below), without the evaluation that would delay the stop.
     if (o.signal?.aborted && i < o.steps) interrupted = true;
@@ -589,9 +741,16 @@ async function runSteps(loop: Loop, o: TrainOptions, callbacks: TrainCallbacks, 
     }
     tally.records.push(record);
     await callbacks.onStep?.({
-      step: progress.step, index: i, steps: o.steps, loss, gradNorm, lr,
-      tokens: progress.tokensSeen, flops: progress.flopsSeen,
-      tokensPerSecond: (i * batch * context) / tally.stepSeconds, stepSeconds: tally.stepSeconds,
+      step: progress.step,
+      index: i,
+      steps: o.steps,
+      loss,
+      gradNorm,
+      lr,
+      tokens: progress.tokensSeen,
+      flops: progress.flopsSeen,
+      tokensPerSecond: (i * batch * context) / tally.stepSeconds,
+      stepSeconds: tally.stepSeconds,
     });
     if (o.saveEvery && progress.step % o.saveEvery === 0 && !last) await checkpoints.save();
     await checkpoints.keep();
@@ -608,18 +767,30 @@ function resultOf(loop: Loop, t0: number, setupSeconds: number, interrupted: boo
   return {
     step: progress.step,
     loss: tally.losses.at(-1) ?? NaN,
-    losses: tally.losses, valLoss: tally.valLoss,
+    losses: tally.losses,
+    valLoss: tally.valLoss,
     tokensPerSecond: tally.stepSeconds > 0 ? runTokens / tally.stepSeconds : 0,
-    tokens: progress.tokensSeen, flops: progress.flopsSeen,
-    runTokens, runFlops: runTokens * fpt,
-    seconds: (performance.now() - t0) / 1000, stepSeconds: tally.stepSeconds, setupSeconds,
-    metrics: tally.records, schedule, saveDir: stepsRun > 0 ? saveDir : null, interrupted,
+    tokens: progress.tokensSeen,
+    flops: progress.flopsSeen,
+    runTokens,
+    runFlops: runTokens * fpt,
+    seconds: (performance.now() - t0) / 1000,
+    stepSeconds: tally.stepSeconds,
+    setupSeconds,
+    metrics: tally.records,
+    schedule,
+    saveDir: stepsRun > 0 ? saveDir : null,
+    interrupted,
   };
 }
 
 /** `train` with its options checked, its schedule resolved and its checkpoint locked: read, build, step, save, report. */
-async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: TrainCallbacks,
-                           { t0, settings, schedule, saveDir, lock }: Prepared): Promise<{ state: TrainingState; result: TrainResult }> {
+async function trainLocked(
+  state: TrainingState,
+  o: TrainOptions,
+  callbacks: TrainCallbacks,
+  { t0, settings, schedule, saveDir, lock }: Prepared,
+): Promise<{ state: TrainingState; result: TrainResult }> {
   const lrAt = createLrSchedule(schedule, o.registry);
   const inputs = await readInputs(state, o, settings);
   const fpt = flopsPerToken(state.shape, settings.context);
@@ -627,10 +798,25 @@ async function trainLocked(state: TrainingState, o: TrainOptions, callbacks: Tra
   const optimizer = optimizerFor(state, o, schedule);
   const engine = await buildEngine(state, o, settings, optimizer, hasParamLrScales(schedule));
   const stepOptions = lrScalesOf(state, engine, o.registry, schedule);
-  const progress = { ...state.progress, samplerSeed: inputs.seed, sampler: inputs.samplerKind, stages: [...state.progress.stages],
-    globalStep: globalStepOf(state.progress) };
+  const progress = {
+    ...state.progress,
+    samplerSeed: inputs.seed,
+    sampler: inputs.samplerKind,
+    stages: [...state.progress.stages],
+    globalStep: globalStepOf(state.progress),
+  };
   const loop: Loop = {
-    state, settings, schedule, inputs, engine, optimizer, progress, history, fpt, saveDir, lock,
+    state,
+    settings,
+    schedule,
+    inputs,
+    engine,
+    optimizer,
+    progress,
+    history,
+    fpt,
+    saveDir,
+    lock,
     tally: { losses: [], records: [], valLoss: null, stepSeconds: 0 },
   };
   const checkpoints = checkpointsOf(loop, o, callbacks);
@@ -671,7 +857,13 @@ export interface EvaluateOptions {
   onBatch?: ((blocksDone: number, blocks: number) => void) | undefined;
 }
 
-export interface EvaluateResult { loss: number; tokens: number; blocks: number; context: number; data: string }
+export interface EvaluateResult {
+  loss: number;
+  tokens: number;
+  blocks: number;
+  context: number;
+  data: string;
+}
 
 /**
  * Mean next-token loss of the state's model on `data` (for `brown`: the Brown validation split): consecutive
@@ -686,14 +878,22 @@ export async function evaluate(state: TrainingState, o: EvaluateOptions): Promis
   const batch = o.batch ?? DEFAULT_BATCH;
   check(isPosInt(batch), `batch must be a positive integer, got ${batch}`);
   const tokenizer = await tokenizerOf(state.tokenizer, state.files, sourceOf(state));
-  const stream = o.stream === "training-validation"
-    ? (await prepareData({ data: o.data, valData: o.valData, tokenizer, vocab: state.shape.vocab, context })).validation
-    : await readTokens(o.data, tokenizer, state.shape.vocab, "validation");
+  const stream =
+    o.stream === "training-validation"
+      ? (await prepareData({ data: o.data, valData: o.valData, tokenizer, vocab: state.shape.vocab, context })).validation
+      : await readTokens(o.data, tokenizer, state.shape.vocab, "validation");
   requireBlock(stream, context);
   const blocks = evalBlockCount(stream.tokens.length, context, o.maxBlocks);
   const weights = await readAll(state.params);
-  const engine = await (o.engineFactory ?? defaultEngineFactory)(state.architecture, state.config, weights, undefined,
-    { device: o.device, threads: o.threads, batch: Math.min(batch, blocks), context, noDecay: state.optimizer.noDecay, evalOnly: true, ...(o.registry ? { registry: o.registry } : {}) });
+  const engine = await (o.engineFactory ?? defaultEngineFactory)(state.architecture, state.config, weights, undefined, {
+    device: o.device,
+    threads: o.threads,
+    batch: Math.min(batch, blocks),
+    context,
+    noDecay: state.optimizer.noDecay,
+    evalOnly: true,
+    ...(o.registry ? { registry: o.registry } : {}),
+  });
   try {
     const loss = await evaluateBlocks(engine, stream.tokens, batch, context, blocks, o.onBatch);
     return { loss, tokens: blocks * context, blocks, context, data: stream.name };

@@ -11,27 +11,52 @@ const GPT2 = join(FIX, "gpt2", "checkpoint-3");
 
 let root: string;
 const at = (name: string) => join(root, name);
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-convert-cli-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-convert-cli-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 describe("Hugging Face Trainer checkpoints in the CLI", () => {
   it("inspect shows the Trainer's step, next LR, schedule and last losses", () => {
     const r = json("inspect", GPT2);
-    expect(r).toMatchObject({ format: "hf-trainer", hasOptimizerState: true, step: 3,
-      trainer: { globalStep: 3, maxSteps: 6, lr: 0.0022500000000000003, lastLosses: [{ step: 1 }, { step: 2 }, { step: 3, loss: 5.1889142990112305 }] } });
+    expect(r).toMatchObject({
+      format: "hf-trainer",
+      hasOptimizerState: true,
+      step: 3,
+      trainer: {
+        globalStep: 3,
+        maxSteps: 6,
+        lr: 0.0022500000000000003,
+        lastLosses: [{ step: 1 }, { step: 2 }, { step: 3, loss: 5.1889142990112305 }],
+      },
+    });
     expect(ok("inspect", GPT2).stdout).toContain("Hugging Face Trainer checkpoint: global step 3 of 6, next LR 0.0022500000000000003");
   }, 120_000);
 
   it("grow width writes a Trainer checkpoint whose model computes the same loss", () => {
     const r = json("grow", "width", GPT2, at("wide"), "--eval-data", join(FIX, "README.md"), "--progress", "none");
     expect(r).toMatchObject({ lossChange: 0, after: { dModel: 128 } });
-    expect(json("inspect", at("wide"))).toMatchObject({ format: "hf-trainer", trainer: { lr: 0.0022500000000000003 * 0.5 }, stages: [{ operator: "width" }] });
+    expect(json("inspect", at("wide"))).toMatchObject({
+      format: "hf-trainer",
+      trainer: { lr: 0.0022500000000000003 * 0.5 },
+      stages: [{ operator: "width" }],
+    });
   }, 120_000);
 
   it("convert --to staged and back; the same format, a missing --to, an unknown one are refused", async () => {
-    expect(json("convert", GPT2, at("staged"), "--to", "staged", "--progress", "none")).toMatchObject({ from: "hf-trainer", to: "staged", step: 3, hasOptimizerState: true });
+    expect(json("convert", GPT2, at("staged"), "--to", "staged", "--progress", "none")).toMatchObject({
+      from: "hf-trainer",
+      to: "staged",
+      step: 3,
+      hasOptimizerState: true,
+    });
     expect(await readdir(at("staged"))).toContain("training_state.json");
-    expect(json("convert", at("staged"), at("trainer"), "--to", "hf-trainer", "--progress", "none")).toMatchObject({ from: "staged", to: "hf-trainer" });
+    expect(json("convert", at("staged"), at("trainer"), "--to", "hf-trainer", "--progress", "none")).toMatchObject({
+      from: "staged",
+      to: "hf-trainer",
+    });
     expect(json("inspect", at("trainer"))).toMatchObject({ format: "hf-trainer", schedule: { kind: "linear", warmupSteps: 2, totalSteps: 6 } });
     for (const [args, message] of [
       [[GPT2, at("x"), "--to", "hf-trainer"], `${GPT2}: already a Hugging Face Trainer checkpoint (nothing to convert)`],
@@ -66,8 +91,15 @@ describe("Hugging Face Trainer checkpoints in the CLI", () => {
   it("a pickle that calls os.system: refused naming the global, nothing written", async () => {
     const dir = at("evil");
     await cp(GPT2, dir, { recursive: true });
-    await writeTorchFile(join(dir, "optimizer.pt"), PyDict.from({ state: new PyDict(), param_groups: [new PyObject(new PyGlobal("os", "system"), tuple("touch pwned"))] }));
-    for (const args of [["grow", "width", dir, at("evil-out")], ["convert", dir, at("evil-out"), "--to", "staged"], ["inspect", dir]]) {
+    await writeTorchFile(
+      join(dir, "optimizer.pt"),
+      PyDict.from({ state: new PyDict(), param_groups: [new PyObject(new PyGlobal("os", "system"), tuple("touch pwned"))] }),
+    );
+    for (const args of [
+      ["grow", "width", dir, at("evil-out")],
+      ["convert", dir, at("evil-out"), "--to", "staged"],
+      ["inspect", dir],
+    ]) {
       const r = staged(...args);
       expect(r.status).toBe(1);
       expect(r.stderr.trim()).toBe(`staged: ${join(dir, "optimizer.pt")}: refused global os.system (torch.load(weights_only=True) refuses it too)`);
@@ -80,7 +112,8 @@ describe("Hugging Face Trainer checkpoints in the CLI", () => {
     await testCheckpoint(at("tiny"));
     ok("convert", at("tiny"), at("tiny-trainer"), "--to", "hf-trainer", "--progress", "none");
     ok("convert", at("tiny-trainer"), at("tiny-back"), "--to", "staged", "--progress", "none");
-    const a = json("inspect", at("tiny")), b = json("inspect", at("tiny-back"));
+    const a = json("inspect", at("tiny")),
+      b = json("inspect", at("tiny-back"));
     for (const key of ["step", "optimizerStep", "schedule", "parameters", "hasOptimizerState"]) expect(b[key], key).toEqual(a[key]);
   }, 120_000);
 });

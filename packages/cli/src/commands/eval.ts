@@ -8,12 +8,23 @@ import { createProgress } from "../progress.js";
 import type { GlobalOptions } from "../main.js";
 import { createCliRegistry } from "../registry.js";
 
-interface EvalCliOptions { data: string; context?: number; maxBlocks?: number; batch?: number; device?: "cpu" | "cuda"; threads?: number }
+interface EvalCliOptions {
+  data: string;
+  context?: number;
+  maxBlocks?: number;
+  batch?: number;
+  device?: "cpu" | "cuda";
+  threads?: number;
+}
 
 export function registerEval(program: Command): void {
-  program.command("eval <dir>")
+  program
+    .command("eval <dir>")
     .description("mean next-token loss on consecutive non-overlapping blocks of the data (brown: its validation split)")
-    .requiredOption("--data <source>", "brown (the Brown validation split), brown:train, a .txt file, or a file of little-endian token ids (.bin uint16, .u32.bin uint32)")
+    .requiredOption(
+      "--data <source>",
+      "brown (the Brown validation split), brown:train, a .txt file, or a file of little-endian token ids (.bin uint16, .u32.bin uint32)",
+    )
     .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
     .option("--max-blocks <K>", "evaluate only the first K blocks", integer("max-blocks", 1))
     .option("--batch <B>", `blocks per evaluation batch (default ${DEFAULT_BATCH})`, integer("batch", 1))
@@ -27,10 +38,18 @@ export function registerEval(program: Command): void {
           const t0 = performance.now();
           const progress = createProgress("evaluating", "blocks"); // stderr, also with --json
           const r = await evaluate(state, { ...o, onBatch: progress?.update }).finally(() => progress?.stop());
-          const result = { ...r, perplexity: Math.exp(r.loss), step: state.progress.step, checkpoint: resolve(dir), seconds: (performance.now() - t0) / 1000 };
-          createOutput(Boolean(g.json)).result(result,
+          const result = {
+            ...r,
+            perplexity: Math.exp(r.loss),
+            step: state.progress.step,
+            checkpoint: resolve(dir),
+            seconds: (performance.now() - t0) / 1000,
+          };
+          createOutput(Boolean(g.json)).result(
+            result,
             `loss ${r.loss.toFixed(4)} (perplexity ${result.perplexity.toFixed(2)}) on ${r.blocks} blocks of ${r.context} tokens of ${r.data} ` +
-            `(${r.tokens} tokens), checkpoint step ${result.step}`);
+              `(${r.tokens} tokens), checkpoint step ${result.step}`,
+          );
         } finally {
           await state.close();
         }

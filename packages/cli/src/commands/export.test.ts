@@ -14,15 +14,26 @@ beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "staged-export-cli-"));
   ok("init", at("ckpt"), "--layers", "1", "--d-model", "16", "--heads", "2", "--context", "32");
 });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 describe("staged export", () => {
   it("writes the directory transformers.js loads, beside the checkpoint by default, fp16 on request", async () => {
     const before = await contents(at("ckpt"));
     const out = json("export", at("ckpt"));
     expect(out).toMatchObject({ out: at("ckpt-onnx"), architecture: "gpt2", dtypes: ["fp32"], externalData: false });
-    expect(out.files).toEqual(expect.arrayContaining(["onnx/model.onnx", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]));
-    expect((await readdir(at("ckpt-onnx"))).sort()).toEqual(["config.json", "generation_config.json", "onnx", MANIFEST, "tokenizer.json", "tokenizer_config.json"]);
+    expect(out.files).toEqual(
+      expect.arrayContaining(["onnx/model.onnx", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]),
+    );
+    expect((await readdir(at("ckpt-onnx"))).sort()).toEqual([
+      "config.json",
+      "generation_config.json",
+      "onnx",
+      MANIFEST,
+      "tokenizer.json",
+      "tokenizer_config.json",
+    ]);
     expect(await contents(at("ckpt"))).toEqual(before);
     const r = ok("export", at("ckpt"), "--out", at("half"), "--dtype", "fp16");
     expect(r.stdout).toMatch(/^exported .*ckpt \(gpt2\) to .*half: onnx\/model\.onnx, onnx\/model_fp16\.onnx, /);
@@ -40,7 +51,10 @@ describe("staged export", () => {
       [["export", at("missing")], /^staged: .*missing: not a checkpoint directory \(it does not exist or is not a directory\)$/],
       [["export", at("ckpt"), "--dtype", "bf16"], /^staged: option '--dtype <d>' argument 'bf16' is invalid\. Allowed choices are fp32, fp16\.$/],
       [["export", at("ckpt"), "--out", at("mine")], /^staged: .*mine: already exists and is not an export of staged \(refusing to overwrite\)$/],
-      [["export", at("ckpt"), "--out", join(at("ckpt"), "onnx")], /^staged: .*: the export must go outside the checkpoint .*ckpt \(and not contain it\)$/],
+      [
+        ["export", at("ckpt"), "--out", join(at("ckpt"), "onnx")],
+        /^staged: .*: the export must go outside the checkpoint .*ckpt \(and not contain it\)$/,
+      ],
     ] as const) {
       const r = staged(...args);
       expect(r.status, args.join(" ")).toBe(1);

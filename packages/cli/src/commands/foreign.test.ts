@@ -12,7 +12,9 @@ beforeAll(async () => {
   text = join(root, "data.txt");
   await writeFile(text, "the quick brown fox jumps over the lazy dog. ".repeat(40));
 });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 describe("a checkpoint from elsewhere", () => {
   it("cannot pick the file train reads: a stored training.data that --data could not be is refused, naming it", async () => {

@@ -9,8 +9,14 @@ import type { GlobalOptions } from "../main.js";
 import { createCliRegistry } from "../registry.js";
 
 interface GenerateCliOptions {
-  prompt: string; maxNewTokens?: number; temperature?: number; topK?: number; topP?: number; seed?: number;
-  dtype?: ExportDType; threads?: number;
+  prompt: string;
+  maxNewTokens?: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  dtype?: ExportDType;
+  threads?: number;
 }
 
 const probability = (value: string): number => {
@@ -33,8 +39,11 @@ async function addsSpecialTokens(dir: string): Promise<boolean> {
 }
 
 export function registerGenerate(program: Command): void {
-  program.command("generate <dir>")
-    .description("continue a prompt with a checkpoint's model through transformers.js (the ONNX export is made beside the checkpoint when missing or stale), streaming the text")
+  program
+    .command("generate <dir>")
+    .description(
+      "continue a prompt with a checkpoint's model through transformers.js (the ONNX export is made beside the checkpoint when missing or stale), streaming the text",
+    )
     .requiredOption("--prompt <text>", "the text to continue")
     .option("--max-new-tokens <N>", "tokens to generate (default 64)", integer("max-new-tokens", 1))
     .option("--temperature <t>", "0 (default): greedy; above 0: sample at this temperature", number("temperature"))
@@ -53,32 +62,48 @@ export function registerGenerate(program: Command): void {
         }
         let progress: ReturnType<typeof createProgress> | null = null;
         const generator = await loadGenerator(dir, {
-          registry: createCliRegistry(), dtype: o.dtype ?? "fp32", ...(o.threads ? { threads: o.threads } : {}),
-          onProgress: (p) => { progress ??= createProgress(`exporting ${p.file}`, "MB", 1e6); progress.update(p.bytes, p.totalBytes); },
+          registry: createCliRegistry(),
+          dtype: o.dtype ?? "fp32",
+          ...(o.threads ? { threads: o.threads } : {}),
+          onProgress: (p) => {
+            progress ??= createProgress(`exporting ${p.file}`, "MB", 1e6);
+            progress.update(p.bytes, p.totalBytes);
+          },
         }).finally(() => progress?.stop());
         try {
           if (generator.exported) out.info(`exported the model to ${generator.dir}`);
           const sampling = {
-            ...(o.maxNewTokens !== undefined ? { maxNewTokens: o.maxNewTokens } : {}), ...(o.temperature !== undefined ? { temperature: o.temperature } : {}),
-            ...(o.topK !== undefined ? { topK: o.topK } : {}), ...(o.topP !== undefined ? { topP: o.topP } : {}), ...(o.seed !== undefined ? { seed: o.seed } : {}),
+            ...(o.maxNewTokens !== undefined ? { maxNewTokens: o.maxNewTokens } : {}),
+            ...(o.temperature !== undefined ? { temperature: o.temperature } : {}),
+            ...(o.topK !== undefined ? { topK: o.topK } : {}),
+            ...(o.topP !== undefined ? { topP: o.topP } : {}),
+            ...(o.seed !== undefined ? { seed: o.seed } : {}),
           };
           if (g.json) {
             const r = await generator.generate(o.prompt, sampling);
             const { timing, ...rest } = r;
-            out.result({ ...rest, checkpoint: resolve(dir), export: generator.dir, exported: generator.exported, dtype: generator.dtype, ...timing }, "");
+            out.result(
+              { ...rest, checkpoint: resolve(dir), export: generator.dir, exported: generator.exported, dtype: generator.dtype, ...timing },
+              "",
+            );
             return;
           }
           // The prompt, then the continuation as it is decoded (nothing on stdout when generation is refused).
           let started = false;
           const write = (text: string) => {
-            if (!started) { process.stdout.write(o.prompt); started = true; }
+            if (!started) {
+              process.stdout.write(o.prompt);
+              started = true;
+            }
             process.stdout.write(text);
           };
           const r = await generator.generate(o.prompt, { ...sampling, onText: write });
           write("\n");
           const t = r.timing;
-          out.info(`${r.newIds.length} tokens${r.stoppedAtEos ? " (stopped at the end-of-sequence token)" : ""} in ${t.seconds.toFixed(2)} s: ` +
-            `first token ${(t.firstTokenSeconds * 1000).toFixed(0)} ms, then ${t.tokensPerSecond.toFixed(1)} tokens/s`);
+          out.info(
+            `${r.newIds.length} tokens${r.stoppedAtEos ? " (stopped at the end-of-sequence token)" : ""} in ${t.seconds.toFixed(2)} s: ` +
+              `first token ${(t.firstTokenSeconds * 1000).toFixed(0)} ms, then ${t.tokensPerSecond.toFixed(1)} tokens/s`,
+          );
         } finally {
           await generator.dispose();
         }

@@ -14,14 +14,21 @@ beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "staged-grow-cli-"));
   await checkpoint("f32");
 }, 30_000);
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 describe("staged grow", () => {
   it("width --json reports shapes, counts, options and exactness; the output loads and keeps its moments", async () => {
     const r = json("grow", "width", at("f32"), at("w2"), "--factor", "2", "--moments", "paper", "--rewarmup", "3", "--continue-at", "2");
     expect(r).toMatchObject({
-      operator: "width", before: { dModel: 8, heads: 2, ffn: 32 }, after: { dModel: 16, heads: 4, ffn: 64 },
-      options: { factor: 2, moments: "paper", symmetry: "none" }, lossPreserving: true, step: 5, continueAt: 2,
+      operator: "width",
+      before: { dModel: 8, heads: 2, ffn: 32 },
+      after: { dModel: 16, heads: 4, ffn: 64 },
+      options: { factor: 2, moments: "paper", symmetry: "none" },
+      lossPreserving: true,
+      step: 5,
+      continueAt: 2,
     });
     expect(r.parametersAfter).toBeGreaterThan(r.parametersBefore as number);
     const grown = await loadTrainingState(at("w2"));
@@ -99,12 +106,21 @@ describe("staged grow", () => {
       ["an existing output", ["width", "f32", "w2"], /already exists/],
       ["an unknown symmetry", ["width", "f32", "bad", "--symmetry", "magic"], /argument 'magic' is invalid/],
       ["an output containing the input", ["width", "f32", "."], /the output contains the input checkpoint/],
-      ["a depth above the layer limit (it ran for minutes before)", ["depth", "f32", "bad", "--layers", "100000"],
-        /^staged: depth growth: layers 100000 gives 8\.7e7 parameters \(349 MB as F32\); the limit is layers ≤ 10000\n$/],
-      ["a width factor above the size limits", ["width", "f32", "bad", "--factor", "1000000"],
-        /^staged: width growth: factor 1000000 gives d_model 8000000, heads 2000000, ffn 32000000 and 1\.5e15 parameters \(6\.1 PB as F32\); the limits are/],
-      ["a grown tensor larger than one array holds", ["width", "f32", "bad", "--factor", "8192"],
-        /^staged: width growth: tensor transformer\.h\.0\.attn\.c_attn\.weight \[65536, 196608\] has 1\.3e10 values; one array holds at most 4294967295\n$/],
+      [
+        "a depth above the layer limit (it ran for minutes before)",
+        ["depth", "f32", "bad", "--layers", "100000"],
+        /^staged: depth growth: layers 100000 gives 8\.7e7 parameters \(349 MB as F32\); the limit is layers ≤ 10000\n$/,
+      ],
+      [
+        "a width factor above the size limits",
+        ["width", "f32", "bad", "--factor", "1000000"],
+        /^staged: width growth: factor 1000000 gives d_model 8000000, heads 2000000, ffn 32000000 and 1\.5e15 parameters \(6\.1 PB as F32\); the limits are/,
+      ],
+      [
+        "a grown tensor larger than one array holds",
+        ["width", "f32", "bad", "--factor", "8192"],
+        /^staged: width growth: tensor transformer\.h\.0\.attn\.c_attn\.weight \[65536, 196608\] has 1\.3e10 values; one array holds at most 4294967295\n$/,
+      ],
     ];
     for (const [label, args, message] of cases) {
       it(label, async () => {
@@ -126,7 +142,9 @@ describe("staged grow", () => {
       ok("init", at("deep"), "--layers", "500", "--d-model", "8", "--heads", "2");
       const r = staged("grow", "width", at("deep"), at("bad"), "--factor", "4000");
       expect(r.status).toBe(1);
-      expect(r.stderr).toMatch(new RegExp(`^staged: ${at("bad")}: writing 24\\.6 TB \\(6\\.1e12 parameters\\) needs more than the .* free on the filesystem of ${root}\n$`));
+      expect(r.stderr).toMatch(
+        new RegExp(`^staged: ${at("bad")}: writing 24\\.6 TB \\(6\\.1e12 parameters\\) needs more than the .* free on the filesystem of ${root}\n$`),
+      );
       expect((await readdir(root)).some((f) => f === "bad" || f.startsWith(".bad"))).toBe(false);
     });
 
@@ -149,7 +167,11 @@ describe("staged grow", () => {
       expect(r.stderr).toMatch(/rwkv\/config.json: unknown architecture model_type "rwkv" \(registered: gpt2, llama\)/);
       const input = await checkpoint("mismatch");
       const s = initTrainingState("gpt2", { ...config, n_embd: 4 }, 1);
-      await writeCheckpoint(input, "optimizer", [...s.params].map(([n, t]) => ({ name: `exp_avg.${n}`, tensor: t })));
+      await writeCheckpoint(
+        input,
+        "optimizer",
+        [...s.params].map(([n, t]) => ({ name: `exp_avg.${n}`, tensor: t })),
+      );
       r = staged("grow", "depth", input, at("bad"));
       expect(r.status).toBe(1);
       expect(r.stderr).toMatch(/optimizer.safetensors: .*exp_avg/);

@@ -2,15 +2,35 @@ import { mkdir, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { Option, type Command } from "commander";
 import {
-  F32_BYTES, MODEL_LIMITS, checkDiskSpace, checkMemory, checkModelSize, checkTensorSizes, createDefaultRegistry, formatCount, initTrainingState,
-  parameterCount, saveTrainingState, writeAnnouncement, type ModelShape,
+  F32_BYTES,
+  MODEL_LIMITS,
+  checkDiskSpace,
+  checkMemory,
+  checkModelSize,
+  checkTensorSizes,
+  createDefaultRegistry,
+  formatCount,
+  initTrainingState,
+  parameterCount,
+  saveTrainingState,
+  writeAnnouncement,
+  type ModelShape,
 } from "@staged/core";
 import { createOutput, runAction } from "../output.js";
 import { integer, probability } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
 export interface InitOptions {
-  arch?: string; layers: number; dModel: number; heads: number; kvHeads?: number; ffn?: number; vocab: number; context: number; seed: number; tie?: boolean;
+  arch?: string;
+  layers: number;
+  dModel: number;
+  heads: number;
+  kvHeads?: number;
+  ffn?: number;
+  vocab: number;
+  context: number;
+  seed: number;
+  tie?: boolean;
   /** Written into every dropout field of the architecture's config (GPT-2: embd/attn/resid_pdrop; Llama: attention_dropout). */
   dropout?: number;
 }
@@ -24,7 +44,8 @@ export function initConfig(o: InitOptions): Record<string, unknown> {
 const ARCH_NAMES: Record<string, string> = { gpt2: "GPT-2", llama: "Llama" };
 
 export function registerInit(program: Command): void {
-  program.command("init <dir>")
+  program
+    .command("init <dir>")
     .description("create a freshly initialized GPT-2 or Llama checkpoint (HF weights N(0, 0.02), no optimizer state)")
     .addOption(new Option("--arch <name>", "architecture").choices(createDefaultRegistry().list("architecture")).default("gpt2"))
     .requiredOption("--layers <L>", "number of transformer blocks", integer("layers", 1))
@@ -37,25 +58,47 @@ export function registerInit(program: Command): void {
     .option("--seed <S>", "initialization seed (also the data sampler's seed)", integer("seed", 0), 0)
     .option("--tie", "tie the output layer to the token embedding (default for gpt2)")
     .option("--no-tie", "give the model its own output layer lm_head.weight (default for llama)")
-    .option("--dropout <p>", "dropout probability written into the config (gpt2: embd_pdrop, attn_pdrop, resid_pdrop; llama: attention_dropout), " +
-      "which training applies", probability("dropout"), 0)
+    .option(
+      "--dropout <p>",
+      "dropout probability written into the config (gpt2: embd_pdrop, attn_pdrop, resid_pdrop; llama: attention_dropout), " +
+        "which training applies",
+      probability("dropout"),
+      0,
+    )
     .action(async (dir: string, o: InitOptions, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
         const arch = createDefaultRegistry().get("architecture", o.arch ?? "gpt2");
         if (o.dModel % o.heads !== 0) throw new Error(`--d-model ${o.dModel} is not divisible by --heads ${o.heads}`);
-        if (o.kvHeads !== undefined && arch.name === "gpt2" && o.kvHeads !== o.heads) throw new Error(`--kv-heads: gpt2 has one key/value head per query head (give --arch llama for grouped-query attention)`);
+        if (o.kvHeads !== undefined && arch.name === "gpt2" && o.kvHeads !== o.heads)
+          throw new Error(`--kv-heads: gpt2 has one key/value head per query head (give --arch llama for grouped-query attention)`);
         if (o.kvHeads !== undefined && o.heads % o.kvHeads !== 0) throw new Error(`--kv-heads ${o.kvHeads} does not divide --heads ${o.heads}`);
         if (o.seed > 0xffffffff) throw new Error(`--seed must be below 2^32, got ${o.seed}`);
         // Every size and resource is checked before the first tensor is allocated.
         const config = initConfig(o);
-        const shape: ModelShape = { layers: o.layers, dModel: o.dModel, heads: o.heads, headDim: o.dModel / o.heads,
-          ffn: o.ffn ?? 4 * o.dModel, vocab: o.vocab, context: o.context };
+        const shape: ModelShape = {
+          layers: o.layers,
+          dModel: o.dModel,
+          heads: o.heads,
+          headDim: o.dModel / o.heads,
+          ffn: o.ffn ?? 4 * o.dModel,
+          vocab: o.vocab,
+          context: o.context,
+        };
         const count = arch.parameterCount(config);
         // Without --ffn the MLP size comes from --d-model, which is then what the message names.
         const derivedFfn = o.ffn === undefined && shape.ffn > MODEL_LIMITS.ffn;
-        checkModelSize("", shape, count, { names: { layers: "--layers", dModel: "--d-model", heads: "--heads",
-          ffn: o.ffn === undefined ? "ffn" : "--ffn", vocab: "--vocab", context: "--context" }, ...(derivedFfn ? { cause: `--d-model ${o.dModel}` } : {}) });
+        checkModelSize("", shape, count, {
+          names: {
+            layers: "--layers",
+            dModel: "--d-model",
+            heads: "--heads",
+            ffn: o.ffn === undefined ? "ffn" : "--ffn",
+            vocab: "--vocab",
+            context: "--context",
+          },
+          ...(derivedFfn ? { cause: `--d-model ${o.dModel}` } : {}),
+        });
         checkTensorSizes(dir, new Map(arch.params(config).map((p) => [p.name, p])));
         if (await stat(dir).catch(() => null)) throw new Error(`${dir}: already exists (refusing to overwrite)`);
         const bytes = count * F32_BYTES;
@@ -68,12 +111,22 @@ export function registerInit(program: Command): void {
         await saveTrainingState(dir, state);
         const s = state.shape;
         const tied = arch.decoder(config).tiedOutput;
-        const result = { path: resolve(dir), architecture: state.architecture, ...s, parameters: parameterCount(state), tied, seed: o.seed, dropout: o.dropout ?? 0 };
-        createOutput(Boolean(g.json)).result(result,
+        const result = {
+          path: resolve(dir),
+          architecture: state.architecture,
+          ...s,
+          parameters: parameterCount(state),
+          tied,
+          seed: o.seed,
+          dropout: o.dropout ?? 0,
+        };
+        createOutput(Boolean(g.json)).result(
+          result,
           `initialized ${result.path}: ${ARCH_NAMES[arch.name] ?? arch.name}, ${s.layers} layers, d_model ${s.dModel}, ${s.heads} heads` +
-          `${s.kvHeads !== undefined && s.kvHeads !== s.heads ? ` (${s.kvHeads} key/value)` : ""}, ffn ${s.ffn}, ` +
-          `vocab ${s.vocab}, context ${s.context}, ${result.parameters} parameters${tied ? " (tied output layer)" : ""}` +
-          `${result.dropout > 0 ? `, dropout ${result.dropout}` : ""}`);
+            `${s.kvHeads !== undefined && s.kvHeads !== s.heads ? ` (${s.kvHeads} key/value)` : ""}, ffn ${s.ffn}, ` +
+            `vocab ${s.vocab}, context ${s.context}, ${result.parameters} parameters${tied ? " (tied output layer)" : ""}` +
+            `${result.dropout > 0 ? `, dropout ${result.dropout}` : ""}`,
+        );
       });
     });
 }

@@ -11,13 +11,26 @@ beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "staged-inspect-cli-"));
   await testCheckpoint(at("f32"));
 });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 describe("staged inspect", () => {
   it("reports a checkpoint in JSON", () => {
     expect(json("inspect", at("f32"))).toMatchObject({
-      architecture: "gpt2", layers: 2, dModel: 8, heads: 2, ffn: 32, vocab: 32, context: 16, parameters: 32 * 8 + 16 * 8 + 2 * (12 * 64 + 13 * 8) + 16,
-      dtype: "float32", hasOptimizerState: true, step: 5, tokensSeen: 320, stages: [],
+      architecture: "gpt2",
+      layers: 2,
+      dModel: 8,
+      heads: 2,
+      ffn: 32,
+      vocab: 32,
+      context: 16,
+      parameters: 32 * 8 + 16 * 8 + 2 * (12 * 64 + 13 * 8) + 16,
+      dtype: "float32",
+      hasOptimizerState: true,
+      step: 5,
+      tokensSeen: 320,
+      stages: [],
     });
     expect(ok("inspect", at("f32")).stdout).toMatch(/gpt2: 2 layers, d_model 8, 2 heads × 4, ffn 32/);
   });
@@ -35,12 +48,21 @@ describe("staged inspect", () => {
       const entries = [...weights].map(([n, t]) => ({ name: v.prefix ? n : n.replace(/^transformer\./, ""), tensor: t.withDType(v.dtype) }));
       if (v.extra) {
         entries.push({ name: "lm_head.weight", tensor: weights.get("transformer.wte.weight")!.withDType(v.dtype) });
-        entries.push({ name: "h.0.attn.bias", tensor: Tensor.zeros("F32", [1, 1, 16, 16]) }, { name: "h.0.attn.masked_bias", tensor: Tensor.zeros("F32", []) });
+        entries.push(
+          { name: "h.0.attn.bias", tensor: Tensor.zeros("F32", [1, 1, 16, 16]) },
+          { name: "h.0.attn.masked_bias", tensor: Tensor.zeros("F32", []) },
+        );
       }
       await writeCheckpoint(at(name), "model", entries, { maxShardBytes: v.shard });
       expect(json("inspect", at(name))).toMatchObject({
-        layers: 2, dModel: 8, parameters: [...weights.values()].reduce((n, t) => n + t.size, 0),
-        dtype: v.dtype === "F16" ? "float16" : "float32", hasOptimizerState: false, step: 0, tokensSeen: 0, stages: [],
+        layers: 2,
+        dModel: 8,
+        parameters: [...weights.values()].reduce((n, t) => n + t.size, 0),
+        dtype: v.dtype === "F16" ? "float16" : "float32",
+        hasOptimizerState: false,
+        step: 0,
+        tokensSeen: 0,
+        stages: [],
       });
     }
   });
@@ -66,8 +88,10 @@ describe("staged inspect", () => {
     const r = staged("inspect", at("huge"));
     const ms = performance.now() - t0;
     expect(r.status).toBe(1);
-    expect(r.stderr).toBe(`staged: ${join(at("huge"), "config.json")}: n_layer 100000000 gives 7.1e14 parameters (2.8 PB as F32); ` +
-      "the limits are n_layer ≤ 10000 and 1e13 parameters\n");
+    expect(r.stderr).toBe(
+      `staged: ${join(at("huge"), "config.json")}: n_layer 100000000 gives 7.1e14 parameters (2.8 PB as F32); ` +
+        "the limits are n_layer ≤ 10000 and 1e13 parameters\n",
+    );
     // The process's own start included: before the check, this took 50 s and ended in a heap dump.
     expect(ms).toBeLessThan(5000);
   });

@@ -38,10 +38,12 @@ function trainerLines(t: NonNullable<ReturnType<typeof trainerSummary>>): string
   ];
 }
 
-const fmt = (n: number): string => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : String(n));
+const fmt = (n: number): string =>
+  n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : String(n);
 
 export function registerInspect(program: Command): void {
-  program.command("inspect <dir>")
+  program
+    .command("inspect <dir>")
     .description("shape, parameter count, dtype, step, tokens and stages of a checkpoint")
     .action(async (dir: string, _opts: unknown, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();

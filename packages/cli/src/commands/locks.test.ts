@@ -29,7 +29,16 @@ afterAll(async () => {
 /** Hold `ck`'s write lock as a `staged train` in another live process would. */
 async function heldByTrain(fn: () => Promise<void>): Promise<void> {
   const lock = join(root, ".ck.lock");
-  await symlink(JSON.stringify({ pid: other.pid, host: hostname(), start: processStart(other.pid!), command: "staged train ck --steps 1000", since: "2026-11-27T15:00:00.000Z" }), lock);
+  await symlink(
+    JSON.stringify({
+      pid: other.pid,
+      host: hostname(),
+      start: processStart(other.pid!),
+      command: "staged train ck --steps 1000",
+      since: "2026-11-27T15:00:00.000Z",
+    }),
+    lock,
+  );
   try {
     await fn();
   } finally {
@@ -47,8 +56,15 @@ describe("commands on a checkpoint another process is writing", () => {
   it("a second train, grow, eval and inspect are refused with the holder named, and nothing is written", async () => {
     await heldByTrain(async () => {
       const before = await fingerprint(ck);
-      const holder = new RegExp(`^staged: .*ck: being written by pid ${other.pid} \\(staged train ck --steps 1000, since 2026-11-27T15:00:00.000Z\\); try again when it has finished$`);
-      for (const args of [["train", ck, "--data", text, "--steps", "1"], ["grow", "width", ck, join(root, "wide"), "--factor", "2"], ["eval", ck, "--data", text], ["inspect", ck]]) {
+      const holder = new RegExp(
+        `^staged: .*ck: being written by pid ${other.pid} \\(staged train ck --steps 1000, since 2026-11-27T15:00:00.000Z\\); try again when it has finished$`,
+      );
+      for (const args of [
+        ["train", ck, "--data", text, "--steps", "1"],
+        ["grow", "width", ck, join(root, "wide"), "--factor", "2"],
+        ["eval", ck, "--data", text],
+        ["inspect", ck],
+      ]) {
         const r = staged(...args);
         expect(r.status, args.join(" ")).toBe(1);
         expect(oneLine(r.stderr)).toMatch(holder);
@@ -63,7 +79,9 @@ describe("commands on a checkpoint another process is writing", () => {
     await cp(ck, div, { recursive: true });
     const r = staged("train", div, "--steps", "40", "--lr", "1e5", "--save-every", "1", "--threads", "1");
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/staged: step \d+: the (training loss|gradient norm) is (NaN|Infinity) \(learning rate 1\.00e\+5\): training diverged and stopped; the checkpoint .*div (keeps step \d+, the last good one|is unchanged \(step 2\))/);
+    expect(r.stderr).toMatch(
+      /staged: step \d+: the (training loss|gradient norm) is (NaN|Infinity) \(learning rate 1\.00e\+5\): training diverged and stopped; the checkpoint .*div (keeps step \d+, the last good one|is unchanged \(step 2\))/,
+    );
     const after = await loadTrainingState(div);
     for (const t of after.params.values()) expect((await t.read()).f32.every(Number.isFinite)).toBe(true);
     await after.close();
@@ -78,7 +96,9 @@ describe("commands on a checkpoint another process is writing", () => {
     await rm(ck2, { recursive: true });
     const r = ok("--json", "inspect", ck2);
     expect(JSON.parse(r.stdout)).toMatchObject({ step: 2 });
-    expect(r.stderr).toMatch(/ck2: completed an interrupted save \(pid \d+, no longer running\): the checkpoint it had written \(step 2\) is now in place/);
+    expect(r.stderr).toMatch(
+      /ck2: completed an interrupted save \(pid \d+, no longer running\): the checkpoint it had written \(step 2\) is now in place/,
+    );
     expect((await readdir(root)).filter((f) => f.startsWith(".ck2."))).toEqual([]);
   });
 });
@@ -87,18 +107,35 @@ describe("how a command describes itself in its locks", () => {
   it("a train holding a checkpoint is named as the staged command it is", async () => {
     const big = join(root, "busy");
     await cp(ck, big, { recursive: true });
-    const child = spawn(process.execPath, [fileURLToPath(new URL("../../dist/bin.js", import.meta.url)), "train", big, "--steps", "100000", "--threads", "1"], { stdio: "ignore" });
+    const child = spawn(
+      process.execPath,
+      [fileURLToPath(new URL("../../dist/bin.js", import.meta.url)), "train", big, "--steps", "100000", "--threads", "1"],
+      { stdio: "ignore" },
+    );
     let exited: number | null | undefined;
-    child.on("exit", (code) => { exited = code; });
+    child.on("exit", (code) => {
+      exited = code;
+    });
     try {
       // Wait for the train's writer lock by looking at it (an inspect meanwhile would hold a reader lock, and a train
       // that found one would be refused and exit: the race this test once lost on a loaded machine).
-      for (let i = 0; i < 600 && exited === undefined && !(await lstat(join(root, ".busy.lock")).then(() => true, () => false)); i++) {
+      for (
+        let i = 0;
+        i < 600 &&
+        exited === undefined &&
+        !(await lstat(join(root, ".busy.lock")).then(
+          () => true,
+          () => false,
+        ));
+        i++
+      ) {
         await new Promise((res) => setTimeout(res, 100));
       }
       expect(exited, "the train exited before taking its lock").toBeUndefined();
       const r = staged("inspect", big);
-      expect(oneLine(r.stderr)).toMatch(new RegExp(`^staged: .*busy: being written by pid ${child.pid} \\(staged train .*busy --steps 100000 --threads 1, since `));
+      expect(oneLine(r.stderr)).toMatch(
+        new RegExp(`^staged: .*busy: being written by pid ${child.pid} \\(staged train .*busy --steps 100000 --threads 1, since `),
+      );
     } finally {
       child.kill("SIGKILL");
     }

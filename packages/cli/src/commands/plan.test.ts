@@ -3,22 +3,37 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  OnlineGrowthDetector, THRESHOLDS, chinchillaLaw, flopsPerToken, kaplan, lawFromFit, nonEmbeddingParams, planGrowthInRunUnits,
-  type ChinchillaLaw, type FitResult,
+  OnlineGrowthDetector,
+  THRESHOLDS,
+  chinchillaLaw,
+  flopsPerToken,
+  kaplan,
+  lawFromFit,
+  nonEmbeddingParams,
+  planGrowthInRunUnits,
+  type ChinchillaLaw,
+  type FitResult,
 } from "@staged/scheduler";
 import { json, staged } from "../testing.js";
 
 let root: string;
 const at = (name: string) => join(root, name);
 
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-plan-cli-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-plan-cli-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 /** A run directory with a config.json and a metrics.jsonl following a known Chinchilla-form law. */
 async function run(name: string, layers: number, d: number): Promise<string> {
   const dir = at(name);
   await mkdir(dir, { recursive: true });
-  await writeFile(join(dir, "config.json"), JSON.stringify({ model_type: "gpt2", n_layer: layers, n_embd: d, n_head: 4, vocab_size: 256, n_positions: 128 }));
+  await writeFile(
+    join(dir, "config.json"),
+    JSON.stringify({ model_type: "gpt2", n_layer: layers, n_embd: d, n_head: 4, vocab_size: 256, n_positions: 128 }),
+  );
   const n = layers * 12 * d * d;
   const law = chinchillaLaw({ E: 1.5, A: 200, alpha: 0.3, B: 300, beta: 0.28 }, 8192);
   const fpt = flopsPerToken({ layers, dModel: d, heads: 4, headDim: d / 4, ffn: 4 * d, vocab: 256, context: 128 }, 128);
@@ -49,15 +64,32 @@ describe("staged plan", () => {
   it("plans several stages, honours threshold overrides, and draws the plan to SVG", async () => {
     const svg = at("plan.svg");
     const p = json("plan", "--law", "kaplan", "--target-params", "8e8", "--grow", "width,depth", "--plot", svg) as {
-      stages: { operator: string; constantOp: number }[]; computeSaving: number; plot: string };
+      stages: { operator: string; constantOp: number }[];
+      computeSaving: number;
+      plot: string;
+    };
     expect(p.stages.map((s) => s.operator)).toEqual(["width", "depth"]);
     expect(p.plot).toBe(svg);
     const text = await readFile(svg, "utf8");
     expect(text.startsWith("<svg")).toBe(true);
     expect(text).toContain("staged path");
     expect((await readdir(root)).filter((f) => f.endsWith(".tmp"))).toEqual([]);
-    const q = json("plan", "--law", "kaplan", "--target-params", "8e8", "--grow", "width,depth", "--threshold-grow", "-0.05,-0.06", "--threshold-opt", "-0.05") as {
-      stages: { threshold: number }[]; thresholdOpt: number };
+    const q = json(
+      "plan",
+      "--law",
+      "kaplan",
+      "--target-params",
+      "8e8",
+      "--grow",
+      "width,depth",
+      "--threshold-grow",
+      "-0.05,-0.06",
+      "--threshold-opt",
+      "-0.05",
+    ) as {
+      stages: { threshold: number }[];
+      thresholdOpt: number;
+    };
     expect(q.stages.map((s) => s.threshold)).toEqual([-0.05, -0.06]);
     expect(q.thresholdOpt).toBe(-0.05);
     const c = json("plan", "--law", "chinchilla", "--target-params", "3e8", "--grow", "depth");
@@ -98,7 +130,10 @@ describe("staged plan fit", () => {
     const files = [await run("a", 2, 64), await run("b", 4, 128), await run("c", 8, 256), await run("d", 8, 512)];
     const out = at("fit.json");
     const r = json("plan", "fit", ...files, "--law", "chinchilla", "--out", out) as {
-      constants: Record<string, number>; rmse: number; curves: { params: number; paramsEstimated: boolean }[] };
+      constants: Record<string, number>;
+      rmse: number;
+      curves: { params: number; paramsEstimated: boolean }[];
+    };
     expect(r.curves.map((c) => c.params)).toEqual([2 * 12 * 64 * 64, 4 * 12 * 128 * 128, 8 * 12 * 256 * 256, 8 * 12 * 512 * 512]);
     expect(r.curves.every((c) => !c.paramsEstimated)).toBe(true);
     expect(r.constants.E).toBeCloseTo(1.5, 1);
@@ -114,7 +149,11 @@ describe("staged plan fit", () => {
     // Four sizes of exact law curves: no warnings; the run-unit growth plan agrees with the library's.
     expect((r as unknown as { warnings: string[] }).warnings).toEqual([]);
     const g = json("plan", "growth", "--law", out, "--small", "2x64", "--large", "2x128", "--batch", "16", "--context", "128") as {
-      grow: boolean; growAtStep: number; continueAtStep: number; predictedSaving: number };
+      grow: boolean;
+      growAtStep: number;
+      continueAtStep: number;
+      predictedSaving: number;
+    };
     const fitted = lawFromFit(JSON.parse(await readFile(out, "utf8")) as FitResult) as ChinchillaLaw;
     const shape = (layers: number, d: number) => ({ layers, dModel: d, heads: 1, headDim: d, ffn: 4 * d, vocab: 256, context: 128 });
     const m = (layers: number, d: number) => ({ params: nonEmbeddingParams(shape(layers, d)), flopsPerToken: flopsPerToken(shape(layers, d), 128) });
@@ -128,7 +167,9 @@ describe("staged plan fit", () => {
     // Llama: the gated MLP's third matrix is counted (3·d·ffn instead of 2·d·ffn per layer).
     const gl = json("plan", "growth", "--law", out, "--small", "2x64", "--large", "2x128", "--arch", "llama") as { small: { params: number } };
     expect(gl.small.params).toBe(2 * (4 * 64 * 64 + 3 * 64 * 256));
-    expect(staged("plan", "growth", "--law", out, "--small", "2x64", "--large", "2x128", "--arch", "t5").stderr).toMatch(/^staged: --arch must be one of gpt2, llama, got "t5"\n$/);
+    expect(staged("plan", "growth", "--law", out, "--small", "2x64", "--large", "2x128", "--arch", "t5").stderr).toMatch(
+      /^staged: --arch must be one of gpt2, llama, got "t5"\n$/,
+    );
   }, 30_000);
 
   it("says when a fit is ill-determined (two sizes), on stderr also with --json", async () => {
@@ -152,8 +193,19 @@ describe("staged plan fit", () => {
     expect(staged("plan", "fit", at("missing/metrics.jsonl"), file, "--law", "kaplan", "--out", at("x.json")).stderr).toMatch(/cannot read/);
     // The plot of a plan never replaces the fit it reads.
     await writeFile(at("fit2.json"), await readFile(at("fit.json"), "utf8"));
-    const p = staged("plan", "--law", at("fit2.json"), "--target-params", "1e7", "--grow", "depth", "--steps", "100,1000000,100",
-                     "--plot", at("fit2.json"));
+    const p = staged(
+      "plan",
+      "--law",
+      at("fit2.json"),
+      "--target-params",
+      "1e7",
+      "--grow",
+      "depth",
+      "--steps",
+      "100,1000000,100",
+      "--plot",
+      at("fit2.json"),
+    );
     expect(p.status).toBe(1);
     expect(p.stderr).toMatch(/refusing to overwrite an input/);
     expect(JSON.parse(await readFile(at("fit2.json"), "utf8")).format).toBe("staged-scaling-fit");
@@ -166,9 +218,15 @@ describe("staged plan check", () => {
   async function kaplanRun(name: string, lastStep: number): Promise<string> {
     const dir = at(name);
     await mkdir(dir, { recursive: true });
-    await writeFile(join(dir, "config.json"), JSON.stringify({ model_type: "gpt2", n_layer: 4, n_embd: 512, n_head: 8, vocab_size: 256, n_positions: 128 }));
+    await writeFile(
+      join(dir, "config.json"),
+      JSON.stringify({ model_type: "gpt2", n_layer: 4, n_embd: 512, n_head: 8, vocab_size: 256, n_positions: 128 }),
+    );
     const points = kaplan.curve(4 * 12 * 512 * 512, steps(lastStep));
-    await writeFile(join(dir, "metrics.jsonl"), points.map((p) => JSON.stringify({ step: p.step, tokens: p.step * 1e4, flops: p.compute, loss: p.loss, valLoss: p.loss })).join("\n") + "\n");
+    await writeFile(
+      join(dir, "metrics.jsonl"),
+      points.map((p) => JSON.stringify({ step: p.step, tokens: p.step * 1e4, flops: p.compute, loss: p.loss, valLoss: p.loss })).join("\n") + "\n",
+    );
     return dir;
   }
 
@@ -180,8 +238,13 @@ describe("staged plan check", () => {
     let expected = null;
     for (const p of points) expected ??= detector.push(p);
     expect(expected).not.toBeNull();
-    expect(r).toMatchObject({ grow: true, operator: "width", growAtStep: expected!.growAtStep, thresholdStep: expected!.point.step,
-      continueAtStep: Math.round(expected!.growAtStep / (r.constantOp as number)) });
+    expect(r).toMatchObject({
+      grow: true,
+      operator: "width",
+      growAtStep: expected!.growAtStep,
+      thresholdStep: expected!.point.step,
+      continueAtStep: Math.round(expected!.growAtStep / (r.constantOp as number)),
+    });
     expect(r.constantOp).toBeCloseTo(2.718, 2);
     expect(json("plan", "check", dir, "--grow", "width", "--constant-op", "2").continueAtStep).toBe(Math.round(expected!.growAtStep / 2));
   });

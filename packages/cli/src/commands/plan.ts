@@ -2,8 +2,21 @@ import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { createDefaultRegistry } from "@staged/core";
 import {
-  GROWTH_FACTORS, isChinchillaLaw, planGrowthInRunUnits, THRESHOLDS, constantOp, decideOnCurve, fitLawToMetrics, planStages, readLearningCurve, resolveLaw,
-  DEFAULT_BATCH_TOKENS, type GrowthOperator, type Plan, type ScalingLaw, type StepGrid,
+  GROWTH_FACTORS,
+  isChinchillaLaw,
+  planGrowthInRunUnits,
+  THRESHOLDS,
+  constantOp,
+  decideOnCurve,
+  fitLawToMetrics,
+  planStages,
+  readLearningCurve,
+  resolveLaw,
+  DEFAULT_BATCH_TOKENS,
+  type GrowthOperator,
+  type Plan,
+  type ScalingLaw,
+  type StepGrid,
 } from "@staged/scheduler";
 import { formatParams, renderPlanSvg, runModelOf } from "@staged/run";
 import { writeOutputFile } from "../files.js";
@@ -41,7 +54,10 @@ function lawOption(text: string | undefined, batchTokens: number | undefined): P
 
 function parseOperators(text: string | undefined): GrowthOperator[] {
   if (!text) throw new UsageError("--grow is required (width, depth, or a list such as width,depth)");
-  const ops = text.split(",").map((s) => s.trim()).filter(Boolean);
+  const ops = text
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const op of ops) {
     if (!(op in GROWTH_FACTORS)) throw new UsageError(`--grow: unknown operator "${op}" (operators: ${Object.keys(GROWTH_FACTORS).join(", ")})`);
   }
@@ -52,7 +68,8 @@ function parseOperators(text: string | undefined): GrowthOperator[] {
 function parseThresholds(text: string | undefined, count: number): number[] | undefined {
   if (text === undefined) return undefined;
   const parts = text.split(",");
-  if (parts.length !== 1 && parts.length !== count) throw new UsageError(`--threshold-grow: give one threshold or one per growth (${count}), got "${text}"`);
+  if (parts.length !== 1 && parts.length !== count)
+    throw new UsageError(`--threshold-grow: give one threshold or one per growth (${count}), got "${text}"`);
   const values = parts.map((p) => num("--threshold-grow", p, (v) => v < 0, "a negative slope such as -0.0475")!);
   return values.length === 1 ? Array(count).fill(values[0]) : values;
 }
@@ -106,22 +123,30 @@ export function planJson(plan: Plan, extra: Record<string, unknown> = {}): Recor
 function planText(plan: Plan): string {
   const lines = [`staged plan (${plan.law}) for ${formatParams(plan.targetParams)} non-embedding parameters`];
   plan.stages.forEach((s, i) => {
-    lines.push(`  stage ${i + 1}  ${formatParams(s.paramsBefore)}: grow ${s.operator} (×${s.factor} parameters) at step ${s.growAtStep}` +
-      ` (slope > ${s.threshold}, loss ${s.lossAtGrowth.toFixed(4)}) → ${formatParams(s.paramsAfter)} continues at step ${s.continueAtStep}` +
-      ` (constant_op ${s.constantOp.toFixed(3)})`);
+    lines.push(
+      `  stage ${i + 1}  ${formatParams(s.paramsBefore)}: grow ${s.operator} (×${s.factor} parameters) at step ${s.growAtStep}` +
+        ` (slope > ${s.threshold}, loss ${s.lossAtGrowth.toFixed(4)}) → ${formatParams(s.paramsAfter)} continues at step ${s.continueAtStep}` +
+        ` (constant_op ${s.constantOp.toFixed(3)})`,
+    );
   });
-  lines.push(`  final     ${formatParams(plan.targetParams)}: stop at step ${plan.optimalityStep} (slope > ${plan.thresholdOpt}, loss ${plan.lossAtOptimality.toFixed(4)})`);
+  lines.push(
+    `  final     ${formatParams(plan.targetParams)}: stop at step ${plan.optimalityStep} (slope > ${plan.thresholdOpt}, loss ${plan.lossAtOptimality.toFixed(4)})`,
+  );
   lines.push(`  compute   staged ${sci(plan.stagedCompute)} FLOPs vs ${sci(plan.scratchCompute)} from scratch: saving ${pct(plan.computeSaving)}`);
   return lines.join("\n");
 }
 
 export function registerPlan(program: Command): void {
-  const plan = program.command("plan")
+  const plan = program
+    .command("plan")
     .description("scaling-law stage planning: when to grow, from which step to continue, the compute saved")
     .option("--law <law>", "kaplan, chinchilla, or a fit.json written by `staged plan fit`")
     .option("--target-params <n>", "non-embedding parameters of the final model, e.g. 3.4e8")
     .option("--grow <ops>", "growth operators in order: width, depth, or width,depth")
-    .option("--threshold-grow <t>", `slope threshold(s) for growing, one or one per growth (default width ${THRESHOLDS.width}, depth ${THRESHOLDS.depth})`)
+    .option(
+      "--threshold-grow <t>",
+      `slope threshold(s) for growing, one or one per growth (default width ${THRESHOLDS.width}, depth ${THRESHOLDS.depth})`,
+    )
     .option("--threshold-opt <t>", `slope threshold for stopping the final model (default ${THRESHOLDS.optimality})`)
     .option("--batch-tokens <n>", `tokens per step for laws that count tokens (Chinchilla; default ${DEFAULT_BATCH_TOKENS})`)
     .option("--steps <from,to,every>", "the simulated curves' optimizer steps, as Python's range (default the seed's 4000,90000,10)")
@@ -145,7 +170,8 @@ export function registerPlan(program: Command): void {
       });
     });
 
-  plan.command("fit <metrics...>")
+  plan
+    .command("fit <metrics...>")
     .description("fit a scaling law to learning curves (metrics.jsonl files; append =N to give a file's non-embedding parameters)")
     .option("--law <form>", "the law's form: kaplan or chinchilla")
     .option("--out <fit.json>", "where to write the fit (atomically; never over an input)")
@@ -153,15 +179,23 @@ export function registerPlan(program: Command): void {
     .action(async (metrics: string[], _opts: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<PlanOptions>();
       await runAction(Boolean(o.debug), async () => {
-        if (o.law !== "kaplan" && o.law !== "chinchilla") throw new UsageError(`--law must be kaplan or chinchilla, got ${o.law === undefined ? "nothing" : `"${o.law}"`}`);
+        if (o.law !== "kaplan" && o.law !== "chinchilla")
+          throw new UsageError(`--law must be kaplan or chinchilla, got ${o.law === undefined ? "nothing" : `"${o.law}"`}`);
         if (!o.out) throw new UsageError("--out is required (the fit.json to write)");
         const skipFraction = num("--skip", (o as { skip?: string }).skip, (v) => v >= 0 && v < 1, "a fraction in [0, 1)");
         const { fit, curves, paths } = await fitLawToMetrics(o.law, metrics, { skipFraction });
         await writeOutputFile(o.out, JSON.stringify(fit, null, 2) + "\n", paths);
         const estimated = curves.filter((c) => c.estimated).map((c) => c.source!);
         const summary = {
-          out: o.out, form: fit.form, constants: fit.constants, observations: fit.observations, rmse: fit.rmse,
-          maxAbsResidual: fit.maxAbsResidual, batchTokens: fit.batchTokens, parameters: fit.parameters, warnings: fit.warnings ?? [],
+          out: o.out,
+          form: fit.form,
+          constants: fit.constants,
+          observations: fit.observations,
+          rmse: fit.rmse,
+          maxAbsResidual: fit.maxAbsResidual,
+          batchTokens: fit.batchTokens,
+          parameters: fit.parameters,
+          warnings: fit.warnings ?? [],
           curves: curves.map((c) => ({ source: c.source, params: c.params, points: c.points.length, paramsEstimated: c.estimated })),
         };
         const text = [
@@ -169,7 +203,9 @@ export function registerPlan(program: Command): void {
           ...Object.entries(fit.constants).map(([k, v]) => `  ${k.padEnd(7)} ${sci(v)}`),
           `  rmse    ${fit.rmse.toExponential(3)} (max |residual| ${fit.maxAbsResidual.toExponential(3)})`,
           ...(fit.warnings ?? []).map((w) => `  warning: ${w}`),
-          ...(estimated.length ? [`  note: model size estimated from flops/tokens for ${estimated.join(", ")} (no config.json beside it; append =N to set it)`] : []),
+          ...(estimated.length
+            ? [`  note: model size estimated from flops/tokens for ${estimated.join(", ")} (no config.json beside it; append =N to set it)`]
+            : []),
         ];
         const out = createOutput(Boolean(o.json));
         // The warnings reach stderr also with --json (stdout has the object, which lists them too).
@@ -178,7 +214,8 @@ export function registerPlan(program: Command): void {
       });
     });
 
-  plan.command("growth")
+  plan
+    .command("growth")
     .description("when to grow one model into another in the run's own units (steps at its batch, its FLOPs), from a Chinchilla-form fit")
     .option("--small <LxD>", "the model before the growth, layers x width (e.g. 2x64; ffn 4·d, vocab 256)")
     .option("--large <LxD>", "the model after it (e.g. 2x128)")
@@ -187,34 +224,47 @@ export function registerPlan(program: Command): void {
     .option("--vocab <V>", "vocabulary (default 256)")
     .option("--arch <name>", "architecture of both models (default gpt2; llama counts its gated MLP)")
     .action(async (_opts: unknown, cmd: Command) => {
-      const o = cmd.optsWithGlobals<PlanOptions & { small?: string; large?: string; batch?: string; context?: string; vocab?: string; arch?: string }>();
+      const o = cmd.optsWithGlobals<
+        PlanOptions & { small?: string; large?: string; batch?: string; context?: string; vocab?: string; arch?: string }
+      >();
       await runAction(Boolean(o.debug), async () => {
         const { law, file } = await lawOption(o.law, undefined);
-        if (!isChinchillaLaw(law)) throw new UsageError(`--law ${file ?? o.law}: growth in run units needs a Chinchilla-form law (staged plan fit --law chinchilla)`);
-        const intOpt = (name: string, text: string | undefined, dflt: number) => num(name, text, (v) => Number.isInteger(v) && v >= 1, "a positive integer") ?? dflt;
-        const batch = intOpt("--batch", o.batch, 16), context = intOpt("--context", o.context, 128), vocab = intOpt("--vocab", o.vocab, 256);
+        if (!isChinchillaLaw(law))
+          throw new UsageError(`--law ${file ?? o.law}: growth in run units needs a Chinchilla-form law (staged plan fit --law chinchilla)`);
+        const intOpt = (name: string, text: string | undefined, dflt: number) =>
+          num(name, text, (v) => Number.isInteger(v) && v >= 1, "a positive integer") ?? dflt;
+        const batch = intOpt("--batch", o.batch, 16),
+          context = intOpt("--context", o.context, 128),
+          vocab = intOpt("--vocab", o.vocab, 256);
         const registry = createDefaultRegistry();
-        if (o.arch !== undefined && !registry.has("architecture", o.arch)) throw new UsageError(`--arch must be one of ${registry.list("architecture").join(", ")}, got ${JSON.stringify(o.arch)}`);
+        if (o.arch !== undefined && !registry.has("architecture", o.arch))
+          throw new UsageError(`--arch must be one of ${registry.list("architecture").join(", ")}, got ${JSON.stringify(o.arch)}`);
         const arch = registry.get("architecture", o.arch ?? "gpt2");
         const model = (name: string, text: string | undefined) => {
           const m = text === undefined ? null : /^(\d+)x(\d+)$/.exec(text.trim());
           if (!m) throw new UsageError(`${name} must be layers x width such as 2x64, got ${JSON.stringify(text ?? "")}`);
-          const layers = Number(m[1]), d = Number(m[2]);
+          const layers = Number(m[1]),
+            d = Number(m[2]);
           if (!(layers >= 1 && d >= 1)) throw new UsageError(`${name}: layers and width must be ≥ 1`);
           // The architecture's own shape (heads do not change these counts): GQA and gated MLPs counted as they are.
           return { label: `${layers}x${d}`, ...runModelOf({ arch: arch.name, layers, dModel: d, heads: 1, vocab, ffn: 4 * d, tie: true }, context) };
         };
-        const small = model("--small", o.small), large = model("--large", o.large);
+        const small = model("--small", o.small),
+          large = model("--large", o.large);
         const p = planGrowthInRunUnits(law, small, large, { batchTokens: batch * context });
         const result = { law: file ?? o.law, small, large, batch, context, ...(p ? { grow: true, ...p } : { grow: false }) };
-        createOutput(Boolean(o.json)).result(result, p
-          ? `${small.label} → ${large.label} at batch ${batch} × ${context}: grow at step ${p.growAtStep} (${sci(p.flopsAtGrowth)} FLOPs, loss ${p.lossAtGrowth.toFixed(4)}); ` +
-            `the ${large.label} model reaches that loss from scratch at step ${p.continueAtStep} (${sci(p.largeFlops)} FLOPs): the law's saving ${pct(p.predictedSaving)} of that`
-          : `${small.label} → ${large.label}: under this law the larger model never becomes the better use of compute`);
+        createOutput(Boolean(o.json)).result(
+          result,
+          p
+            ? `${small.label} → ${large.label} at batch ${batch} × ${context}: grow at step ${p.growAtStep} (${sci(p.flopsAtGrowth)} FLOPs, loss ${p.lossAtGrowth.toFixed(4)}); ` +
+                `the ${large.label} model reaches that loss from scratch at step ${p.continueAtStep} (${sci(p.largeFlops)} FLOPs): the law's saving ${pct(p.predictedSaving)} of that`
+            : `${small.label} → ${large.label}: under this law the larger model never becomes the better use of compute`,
+        );
       });
     });
 
-  plan.command("check <run>")
+  plan
+    .command("check <run>")
     .description("the online growth decision for a run so far: feed its validation curve (metrics.jsonl) to the detector")
     .option("--grow <op>", "the growth to decide: width or depth")
     .option("--threshold <t>", `slope threshold (default width ${THRESHOLDS.width}, depth ${THRESHOLDS.depth})`)
@@ -234,9 +284,16 @@ export function registerPlan(program: Command): void {
         const decision = decideOnCurve(curve.points, { threshold, constantOp: c, finished: Boolean(o.finished) });
         const last = curve.points[curve.points.length - 1]!;
         const result = {
-          run: resolve(run), operator: op, threshold, constantOp: c, points: curve.points.length, lastStep: last.step,
+          run: resolve(run),
+          operator: op,
+          threshold,
+          constantOp: c,
+          points: curve.points.length,
+          lastStep: last.step,
           grow: decision !== null,
-          ...(decision ? { growAtStep: decision.growAtStep, thresholdStep: decision.point.step, slope: decision.slope, continueAtStep: decision.continueAtStep } : {}),
+          ...(decision
+            ? { growAtStep: decision.growAtStep, thresholdStep: decision.point.step, slope: decision.slope, continueAtStep: decision.continueAtStep }
+            : {}),
         };
         const text = decision
           ? `grow ${op} now (at step ${decision.growAtStep}, the last point): the validation slope rose above ${threshold} at step ${decision.point.step} ` +

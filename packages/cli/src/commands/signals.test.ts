@@ -12,22 +12,47 @@ import { ok } from "../testing.js";
 // Ctrl-C and SIGTERM through the built command (src/interrupt.ts): a real process, a real signal.
 const BIN = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
 
-interface Done { status: number | null; stdout: string; stderr: string }
+interface Done {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Run `staged args`, send each of `signals` (together) once stderr matches `when` (or `when()` holds), and wait for the exit. */
 function interrupted(args: string[], when: RegExp | (() => boolean), signals: NodeJS.Signals[]): Promise<Done> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "", stderr = "", sent = false;
-    const timer = setTimeout(() => { child.kill("SIGKILL"); reject(new Error(`timed out; stderr: ${stderr}`)); }, 90_000);
-    const fire = (): void => { if (!sent) { sent = true; for (const s of signals) child.kill(s); } };
-    const poll = typeof when === "function" ? setInterval(() => { if (when()) fire(); }, 20) : null;
-    child.stdout.on("data", (d: Buffer) => { stdout += d.toString(); });
+    let stdout = "",
+      stderr = "",
+      sent = false;
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`timed out; stderr: ${stderr}`));
+    }, 90_000);
+    const fire = (): void => {
+      if (!sent) {
+        sent = true;
+        for (const s of signals) child.kill(s);
+      }
+    };
+    const poll =
+      typeof when === "function"
+        ? setInterval(() => {
+            if (when()) fire();
+          }, 20)
+        : null;
+    child.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString();
+    });
     child.stderr.on("data", (d: Buffer) => {
       stderr += d.toString();
       if (typeof when !== "function" && when.test(stderr)) fire();
     });
-    child.on("exit", (status) => { clearTimeout(timer); if (poll) clearInterval(poll); resolve({ status, stdout, stderr }); });
+    child.on("exit", (status) => {
+      clearTimeout(timer);
+      if (poll) clearInterval(poll);
+      resolve({ status, stdout, stderr });
+    });
   });
 }
 const stored = async (dir: string): Promise<number> =>
@@ -42,14 +67,18 @@ beforeAll(async () => {
   text = join(root, "data.txt");
   await writeFile(text, "the quick brown fox jumps over the lazy dog. ".repeat(40));
 });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 describe("train under Ctrl-C and SIGTERM", () => {
   it("Ctrl-C: the step in progress finishes and is saved, nothing is lost, the status is 130", async () => {
     const dir = join(root, "int", "m");
     ok("init", dir, ...SHAPE, "--seed", "1");
     ok("train", dir, "--data", text, ...TRAIN, "--steps", "3");
-    const r = await interrupted(["--json", "train", dir, "--data", text, ...TRAIN, "--steps", "100000", "--save-every", "100000"], /^step \d+/m, ["SIGINT"]);
+    const r = await interrupted(["--json", "train", dir, "--data", text, ...TRAIN, "--steps", "100000", "--save-every", "100000"], /^step \d+/m, [
+      "SIGINT",
+    ]);
     expect(r.status, r.stderr).toBe(130);
     expect(r.stderr).toMatch(/staged: Ctrl-C: finishing the step in progress and saving \(again to abort at once: /);
     const result = JSON.parse(r.stdout) as { step: number; interrupted: boolean };
@@ -65,20 +94,39 @@ describe("train under Ctrl-C and SIGTERM", () => {
 describe("staged run under Ctrl-C", () => {
   it("stops after the step in progress with its work saved, exits 130, and the same command resumes to an uninterrupted run's result", async () => {
     await writeFile(join(root, "corpus.txt"), (await brownText("train")).slice(0, 40_000));
-    await writeFile(join(root, "spec.json"), JSON.stringify({
-      name: "w", data: "corpus.txt", context: 16, batch: 4, optimizer: { lr: 3e-3 }, schedule: { kind: "constant", warmup: 2 },
-      eval: { every: 4, blocks: 4 }, budget: { flops: 4e8 }, model: { layers: 1, dModel: 16, heads: 2 },
-      stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }], seeds: [0], threads: 1,
-    }));
+    await writeFile(
+      join(root, "spec.json"),
+      JSON.stringify({
+        name: "w",
+        data: "corpus.txt",
+        context: 16,
+        batch: 4,
+        optimizer: { lr: 3e-3 },
+        schedule: { kind: "constant", warmup: 2 },
+        eval: { every: 4, blocks: 4 },
+        budget: { flops: 4e8 },
+        model: { layers: 1, dModel: 16, heads: 2 },
+        stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }],
+        seeds: [0],
+        threads: 1,
+      }),
+    );
     ok("run", join(root, "spec.json"), "--out", join(root, "whole"));
     const out = join(root, "cut");
-    const r = await interrupted(["run", join(root, "spec.json"), "--out", out], () => existsSync(join(out, "w-s0", "stage-0", "training_state.json")), ["SIGINT"]);
+    const r = await interrupted(
+      ["run", join(root, "spec.json"), "--out", out],
+      () => existsSync(join(out, "w-s0", "stage-0", "training_state.json")),
+      ["SIGINT"],
+    );
     expect(r.status, r.stderr).toBe(130);
     expect(r.stderr).toMatch(/staged: Ctrl-C: finishing the step in progress and saving/);
-    expect(r.stderr.trim().split("\n").at(-1)).toMatch(/^staged: w-s0: interrupted at step \d+, saved in .*cut\/w-s0\/stage-\d; run the same command again to resume$/);
+    expect(r.stderr.trim().split("\n").at(-1)).toMatch(
+      /^staged: w-s0: interrupted at step \d+, saved in .*cut\/w-s0\/stage-\d; run the same command again to resume$/,
+    );
     expect(existsSync(join(out, "w-s0", RESULT_FILE))).toBe(false);
     ok("run", join(root, "spec.json"), "--out", out);
-    const points = async (d: string): Promise<unknown> => (JSON.parse(await readFile(join(d, "w-s0", RESULT_FILE), "utf8")) as { points: unknown }).points;
+    const points = async (d: string): Promise<unknown> =>
+      (JSON.parse(await readFile(join(d, "w-s0", RESULT_FILE), "utf8")) as { points: unknown }).points;
     expect(await points(out)).toEqual(await points(join(root, "whole")));
   }, 90_000);
 });

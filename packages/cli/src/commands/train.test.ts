@@ -11,7 +11,11 @@ import { encodeTokenFile, tinyBpeTokenizerJson } from "@staged/trainer-ort";
 // End-to-end through the built command (the test target builds first: nx `test` depends on `build`).
 const BIN = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
 
-interface Run { status: number | null; stdout: string; stderr: string }
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
 function staged(...args: string[]): Run {
   const r = spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", timeout: 60_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
@@ -46,7 +50,9 @@ beforeAll(async () => {
   model = join(root, "ckpt", "m");
   ok("init", model, ...SHAPE, "--seed", "5");
 });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 describe("staged init → train → eval → inspect", () => {
   it("runs, resumes and reports", async () => {
@@ -63,7 +69,10 @@ describe("staged init → train → eval → inspect", () => {
     const b = json("train", model, "--data", text, "--steps", "3", ...TRAIN);
     expect(b.step).toBe(7);
     expect(b.tokens).toBe(7 * 64);
-    const lines = (await readFile(join(model, "metrics.jsonl"), "utf8")).trim().split("\n").map((l) => JSON.parse(l));
+    const lines = (await readFile(join(model, "metrics.jsonl"), "utf8"))
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     expect(lines.map((l) => l.step)).toEqual([1, 2, 3, 4, 5, 6, 7]);
     expect(lines.slice(4).map((l) => l.loss)).toEqual(b.losses);
     expect(lines[6].valLoss).toBe(b.valLoss);
@@ -86,10 +95,22 @@ describe("staged init → train → eval → inspect", () => {
     const m = join(root, "progress", "m");
     ok("init", m, ...SHAPE);
     const j = ok("--json", "train", m, "--data", text, "--steps", "2", ...TRAIN, "--progress", "jsonl");
-    const objects = j.stderr.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    const objects = j.stderr
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(objects.map((o) => o.done)).toEqual([1, 2]);
-    expect(objects[1]).toMatchObject({ progress: "training", done: 2, total: 2, unit: "steps", step: 2, loss: expect.any(Number), lr: expect.any(Number),
-      tokensPerSecond: expect.any(Number), etaSeconds: 0 });
+    expect(objects[1]).toMatchObject({
+      progress: "training",
+      done: 2,
+      total: 2,
+      unit: "steps",
+      step: 2,
+      loss: expect.any(Number),
+      lr: expect.any(Number),
+      tokensPerSecond: expect.any(Number),
+      etaSeconds: 0,
+    });
     expect(ok("train", m, "--data", text, "--steps", "2", ...TRAIN, "--progress", "none").stderr).not.toMatch(/tok\/s|"done"/);
     const bad = staged("train", m, "--data", text, "--steps", "2", ...TRAIN, "--progress", "loud");
     expect(bad.status).toBe(1);
@@ -116,13 +137,24 @@ describe("staged init → train → eval → inspect", () => {
   });
 
   it("keeps the small model's metrics when the grown one continues at an earlier step", async () => {
-    const small = join(root, "stage-small"), wide = join(root, "stage-wide");
+    const small = join(root, "stage-small"),
+      wide = join(root, "stage-wide");
     ok("init", small, ...SHAPE, "--seed", "4");
     ok("train", small, "--data", text, ...TRAIN, "--steps", "4");
     ok("grow", "width", small, wide, "--continue-at", "2", "--rewarmup", "1");
     ok("train", wide, "--data", text, ...TRAIN, "--steps", "2");
-    const lines = (await readFile(join(wide, "metrics.jsonl"), "utf8")).trim().split("\n").map((l) => JSON.parse(l) as { step: number; stage: number });
-    expect(lines.map((l) => [l.stage, l.step])).toEqual([[0, 1], [0, 2], [0, 3], [0, 4], [1, 3], [1, 4]]);
+    const lines = (await readFile(join(wide, "metrics.jsonl"), "utf8"))
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { step: number; stage: number });
+    expect(lines.map((l) => [l.stage, l.step])).toEqual([
+      [0, 1],
+      [0, 2],
+      [0, 3],
+      [0, 4],
+      [1, 3],
+      [1, 4],
+    ]);
   });
 
   it("--clip none trains without clipping and stores that in the checkpoint", async () => {
@@ -143,7 +175,8 @@ describe("staged init → train → eval → inspect", () => {
     json("train", dir, "--data", text, ...TRAIN, "--steps", "1", "--bias-correction");
     expect(await stored()).not.toBe(false);
     // The same start with and without: the first loss is the same (taken before any update), the second is not.
-    const withBc = join(root, "bc"), withoutBc = join(root, "nobc2");
+    const withBc = join(root, "bc"),
+      withoutBc = join(root, "nobc2");
     ok("init", withBc, ...SHAPE, "--seed", "3");
     ok("init", withoutBc, ...SHAPE, "--seed", "3");
     const common = ["--data", text, ...TRAIN, "--steps", "2", "--betas", "0.9,0.98", "--eps", "1e-6"];
@@ -154,16 +187,32 @@ describe("staged init → train → eval → inspect", () => {
   }, 60_000);
 
   it("continues a checkpoint exactly: N steps equal N/2 + N/2", () => {
-    const one = join(root, "one"), two = join(root, "two");
+    const one = join(root, "one"),
+      two = join(root, "two");
     for (const d of [one, two]) ok("init", d, ...SHAPE, "--seed", "9");
-    const args = ["--data", text, ...TRAIN, "--schedule", "linear", "--warmup", "2", "--total-steps", "6", "--sampler", "sequential", "--clip", "0.5"];
+    const args = [
+      "--data",
+      text,
+      ...TRAIN,
+      "--schedule",
+      "linear",
+      "--warmup",
+      "2",
+      "--total-steps",
+      "6",
+      "--sampler",
+      "sequential",
+      "--clip",
+      "0.5",
+    ];
     const full = json("train", one, ...args, "--steps", "6");
     const h1 = json("train", two, ...args, "--steps", "3");
     // The resumed half is given only data and steps: the schedule, clip and sampler come from the checkpoint.
     const h2 = json("train", two, "--data", text, ...TRAIN, "--steps", "3");
     expect([...(h1.losses as number[]), ...(h2.losses as number[])]).toEqual(full.losses);
-    return Promise.all([readFile(join(one, "model.safetensors")), readFile(join(two, "model.safetensors"))])
-      .then(([x, y]) => expect(Buffer.compare(x, y)).toBe(0));
+    return Promise.all([readFile(join(one, "model.safetensors")), readFile(join(two, "model.safetensors"))]).then(([x, y]) =>
+      expect(Buffer.compare(x, y)).toBe(0),
+    );
   });
 });
 
@@ -172,7 +221,13 @@ describe("token files", () => {
     const wide = join(root, "wide");
     ok("init", wide, "--layers", "1", "--d-model", "16", "--heads", "2", "--context", "16", "--vocab", "70000");
     const ids = join(root, "wide.u32.bin");
-    await writeFile(ids, encodeTokenFile(Array.from({ length: 2000 }, (_, i) => (i * 7919) % 70_000), "uint32"));
+    await writeFile(
+      ids,
+      encodeTokenFile(
+        Array.from({ length: 2000 }, (_, i) => (i * 7919) % 70_000),
+        "uint32",
+      ),
+    );
     const r = json("train", wide, "--data", ids, "--steps", "1", ...TRAIN);
     expect(r.step).toBe(1);
     expect(typeof r.loss).toBe("number");
@@ -181,20 +236,105 @@ describe("token files", () => {
 
 describe("bad input: one line, exit status 1, the checkpoint untouched", () => {
   const cases: [string, () => Promise<string[]>, RegExp][] = [
-    ["empty data", async () => { const f = join(root, "empty.txt"); await writeFile(f, ""); return ["--data", f]; }, /empty data/],
-    ["data shorter than one block", async () => { const f = join(root, "short.txt"); await writeFile(f, "tiny"); return ["--data", f]; }, /4 tokens of data, shorter than one block of 16 tokens/],
+    [
+      "empty data",
+      async () => {
+        const f = join(root, "empty.txt");
+        await writeFile(f, "");
+        return ["--data", f];
+      },
+      /empty data/,
+    ],
+    [
+      "data shorter than one block",
+      async () => {
+        const f = join(root, "short.txt");
+        await writeFile(f, "tiny");
+        return ["--data", f];
+      },
+      /4 tokens of data, shorter than one block of 16 tokens/,
+    ],
     ["a context above n_positions", async () => ["--data", text, "--context", "32"], /context 32 is above the model's n_positions 16/],
-    ["a token id outside the vocabulary", async () => { const f = join(root, "ids.bin"); await writeFile(f, encodeTokenFile([...Array(40).fill(7), 300])); return ["--data", f]; }, /ids\.bin: token id 300 at byte offset 80 is outside the model's vocabulary \(vocab_size 256\)/],
-    ["a .bin file of odd length", async () => { const f = join(root, "odd.bin"); await writeFile(f, new Uint8Array(41)); return ["--data", f]; }, /odd\.bin: 41 bytes, an odd length/],
-    ["a uint32 token id outside the vocabulary", async () => { const f = join(root, "ids.u32.bin"); await writeFile(f, encodeTokenFile([...Array(40).fill(7), 70_000], "uint32")); return ["--data", f]; }, /ids\.u32\.bin: token id 70000 at byte offset 160 is outside the model's vocabulary \(vocab_size 256\)$/],
-    ["a .u32.bin file whose length is not whole uint32 ids", async () => { const f = join(root, "six.u32.bin"); await writeFile(f, new Uint8Array(66)); return ["--data", f]; }, /six\.u32\.bin: 66 bytes, not a multiple of 4: not a file of uint32 token ids \(\.u32\.bin\)$/],
-    ["a binary file as the tokenizer", async () => { const f = join(root, "ls"); await writeFile(f, Uint8Array.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0, 0xff, 0xfe, 0x1b, 0x5b])); return ["--data", text, "--tokenizer", f]; }, /ls: not a tokenizer\.json \(not UTF-8 text\)$/],
-    ["a tokenizer.json past the size limit (sparse: refused from its size, not read)", async () => { const f = join(root, "huge.json"); await writeFile(f, ""); await truncate(f, 300 * 2 ** 20); return ["--data", text, "--tokenizer", f]; }, /huge\.json: 314572800 bytes is too large for a tokenizer\.json \(limit 268435456 bytes\)$/],
+    [
+      "a token id outside the vocabulary",
+      async () => {
+        const f = join(root, "ids.bin");
+        await writeFile(f, encodeTokenFile([...Array(40).fill(7), 300]));
+        return ["--data", f];
+      },
+      /ids\.bin: token id 300 at byte offset 80 is outside the model's vocabulary \(vocab_size 256\)/,
+    ],
+    [
+      "a .bin file of odd length",
+      async () => {
+        const f = join(root, "odd.bin");
+        await writeFile(f, new Uint8Array(41));
+        return ["--data", f];
+      },
+      /odd\.bin: 41 bytes, an odd length/,
+    ],
+    [
+      "a uint32 token id outside the vocabulary",
+      async () => {
+        const f = join(root, "ids.u32.bin");
+        await writeFile(f, encodeTokenFile([...Array(40).fill(7), 70_000], "uint32"));
+        return ["--data", f];
+      },
+      /ids\.u32\.bin: token id 70000 at byte offset 160 is outside the model's vocabulary \(vocab_size 256\)$/,
+    ],
+    [
+      "a .u32.bin file whose length is not whole uint32 ids",
+      async () => {
+        const f = join(root, "six.u32.bin");
+        await writeFile(f, new Uint8Array(66));
+        return ["--data", f];
+      },
+      /six\.u32\.bin: 66 bytes, not a multiple of 4: not a file of uint32 token ids \(\.u32\.bin\)$/,
+    ],
+    [
+      "a binary file as the tokenizer",
+      async () => {
+        const f = join(root, "ls");
+        await writeFile(f, Uint8Array.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0, 0xff, 0xfe, 0x1b, 0x5b]));
+        return ["--data", text, "--tokenizer", f];
+      },
+      /ls: not a tokenizer\.json \(not UTF-8 text\)$/,
+    ],
+    [
+      "a tokenizer.json past the size limit (sparse: refused from its size, not read)",
+      async () => {
+        const f = join(root, "huge.json");
+        await writeFile(f, "");
+        await truncate(f, 300 * 2 ** 20);
+        return ["--data", text, "--tokenizer", f];
+      },
+      /huge\.json: 314572800 bytes is too large for a tokenizer\.json \(limit 268435456 bytes\)$/,
+    ],
     ["a missing data file", async () => ["--data", join(root, "nothing.txt")], /nothing\.txt: cannot read the data \(no such file\)/],
-    ["a tokenizer larger than the model's vocabulary", async () => { const f = join(root, "tokenizer.json"); await writeFile(f, tinyBpeTokenizerJson()); return ["--data", text, "--tokenizer", f]; }, /the tokenizer's vocabulary has 259 ids, more than the model's vocab_size 256/],
-    ["micro-batch not dividing the batch", async () => ["--data", text, "--micro-batch", "3"], /micro-batch must be a positive integer that divides the batch 4/],
-    ["a schedule that ends before the run", async () => ["--data", text, "--total-steps", "5"], /total steps 5 ends the schedule before this run does \(step \d+: \d+ done \+ 2\); give at least \d+/],
-    ["a warmup longer than the schedule", async () => ["--data", text, "--schedule", "wsd", "--warmup", "500", "--total-steps", "400"], /warmup 500 is longer than the schedule \(400 steps\)/],
+    [
+      "a tokenizer larger than the model's vocabulary",
+      async () => {
+        const f = join(root, "tokenizer.json");
+        await writeFile(f, tinyBpeTokenizerJson());
+        return ["--data", text, "--tokenizer", f];
+      },
+      /the tokenizer's vocabulary has 259 ids, more than the model's vocab_size 256/,
+    ],
+    [
+      "micro-batch not dividing the batch",
+      async () => ["--data", text, "--micro-batch", "3"],
+      /micro-batch must be a positive integer that divides the batch 4/,
+    ],
+    [
+      "a schedule that ends before the run",
+      async () => ["--data", text, "--total-steps", "5"],
+      /total steps 5 ends the schedule before this run does \(step \d+: \d+ done \+ 2\); give at least \d+/,
+    ],
+    [
+      "a warmup longer than the schedule",
+      async () => ["--data", text, "--schedule", "wsd", "--warmup", "500", "--total-steps", "400"],
+      /warmup 500 is longer than the schedule \(400 steps\)/,
+    ],
   ];
   for (const [what, args, message] of cases) {
     it(what, async () => {

@@ -23,17 +23,44 @@ const betas = (value: string): [number, number] => {
 const clip = (value: string): number => (value === "none" || value === "0" ? Infinity : number("clip", "positive")(value));
 
 interface TrainCliOptions {
-  data?: string; steps: number; batch?: number; microBatch?: number; context?: number; lr?: number; schedule?: string;
-  warmup?: number; totalSteps?: number; minLr?: number; betas?: [number, number]; eps?: number; weightDecay?: number;
-  clip?: number; biasCorrection?: boolean; sampler?: "random" | "sequential"; seed?: number; evalEvery?: number; evalBlocks?: number;
-  saveEvery?: number; keepEvery?: number; device?: "cpu" | "cuda"; valData?: string; tokenizer?: string; threads?: number;
+  data?: string;
+  steps: number;
+  batch?: number;
+  microBatch?: number;
+  context?: number;
+  lr?: number;
+  schedule?: string;
+  warmup?: number;
+  totalSteps?: number;
+  minLr?: number;
+  betas?: [number, number];
+  eps?: number;
+  weightDecay?: number;
+  clip?: number;
+  biasCorrection?: boolean;
+  sampler?: "random" | "sequential";
+  seed?: number;
+  evalEvery?: number;
+  evalBlocks?: number;
+  saveEvery?: number;
+  keepEvery?: number;
+  device?: "cpu" | "cuda";
+  valData?: string;
+  tokenizer?: string;
+  threads?: number;
   progress?: ProgressMode;
 }
 
 const fmtLoss = (x: number | null | undefined): string => (x === null || x === undefined ? "-" : Number.isFinite(x) ? x.toFixed(4) : String(x));
 
 /** What a training progress line says beyond the step count. */
-interface TrainDetails { step: number | null; loss: number | null; valLoss: number | null; lr: number | null; tokensPerSecond: number | null }
+interface TrainDetails {
+  step: number | null;
+  loss: number | null;
+  valLoss: number | null;
+  lr: number | null;
+  tokensPerSecond: number | null;
+}
 
 /**
  * Progress on stderr through the CLI's reporter, from the first step's start (after the setup): a bar on a terminal,
@@ -45,7 +72,11 @@ function trainProgress(steps: number, mode: ProgressMode | undefined) {
   return {
     start() {
       reporter = createReporter<TrainDetails>({
-        label: "training", unit: "steps", every: { parts: 20 }, lastLine: "never", ...(mode ? { mode } : {}),
+        label: "training",
+        unit: "steps",
+        every: { parts: 20 },
+        lastLine: "never",
+        ...(mode ? { mode } : {}),
         details: { step: null, loss: null, valLoss: null, lr: null, tokensPerSecond: null },
         line: ({ done, total, eta, details: d }) =>
           `step ${d.step ?? "-"} (${done}/${total})  loss ${fmtLoss(d.loss)}  val ${fmtLoss(d.valLoss)}  lr ${d.lr?.toExponential(2) ?? "-"}  ` +
@@ -53,30 +84,47 @@ function trainProgress(steps: number, mode: ProgressMode | undefined) {
         fields: ({ details }) => ({ ...details }),
         bar: {
           format: "{bar} {value}/{total} | step {step} | loss {loss} | val {val} | lr {lr} | {tps} tok/s | ETA {eta_formatted}",
-          values: ({ details: d }) => ({ step: d.step ?? "-", loss: fmtLoss(d.loss), val: fmtLoss(d.valLoss), lr: d.lr?.toExponential(2) ?? "-",
-            tps: d.tokensPerSecond === null ? "-" : Math.round(d.tokensPerSecond) }),
+          values: ({ details: d }) => ({
+            step: d.step ?? "-",
+            loss: fmtLoss(d.loss),
+            val: fmtLoss(d.valLoss),
+            lr: d.lr?.toExponential(2) ?? "-",
+            tps: d.tokensPerSecond === null ? "-" : Math.round(d.tokensPerSecond),
+          }),
         },
       });
       reporter.update(0, steps);
     },
-    eval(v: number) { valLoss = v; },
+    eval(v: number) {
+      valLoss = v;
+    },
     step(i: StepInfo) {
       reporter?.update(i.index, i.steps, { step: i.step, loss: i.loss, valLoss, lr: i.lr, tokensPerSecond: i.tokensPerSecond });
     },
-    stop() { reporter?.stop(); },
+    stop() {
+      reporter?.stop();
+    },
   };
 }
 
 export function registerTrain(program: Command): void {
-  program.command("train <dir>")
+  program
+    .command("train <dir>")
     .description("train a checkpoint in place for --steps steps (resumes from its progress; saves atomically; with the dropout its config.json says)")
-    .option("--data <source>", "brown (the Brown corpus), a .txt file, or a file of little-endian token ids: .bin uint16, .u32.bin uint32 (vocabularies past 65,536), read in pieces at any size (default: the checkpoint's last)")
+    .option(
+      "--data <source>",
+      "brown (the Brown corpus), a .txt file, or a file of little-endian token ids: .bin uint16, .u32.bin uint32 (vocabularies past 65,536), read in pieces at any size (default: the checkpoint's last)",
+    )
     .requiredOption("--steps <N>", "steps to run now", integer("steps", 1))
     .option("--batch <B>", `blocks per step (default: the checkpoint's, ${DEFAULT_BATCH} for a fresh one)`, integer("batch", 1))
     .option("--micro-batch <M>", "blocks per micro-batch (gradient accumulation; divides --batch)", integer("micro-batch", 1))
     .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
     .option("--lr <X>", "peak learning rate (default: the checkpoint's, 1e-3 for a fresh one)", number("lr", "positive"))
-    .addOption(new Option("--schedule <kind>", "LR schedule (default: the checkpoint's, constant for a fresh one)").choices(lrScheduleKinds(createCliRegistry())))
+    .addOption(
+      new Option("--schedule <kind>", "LR schedule (default: the checkpoint's, constant for a fresh one)").choices(
+        lrScheduleKinds(createCliRegistry()),
+      ),
+    )
     .option("--warmup <W>", "linear warmup steps (default 0)", integer("warmup", 0))
     .option("--total-steps <N>", "length of the LR schedule (default: this run's end, or the stored schedule's if longer)", integer("total-steps", 1))
     .option("--min-lr <X>", "final LR of decaying schedules (default 0)", number("min-lr"))
@@ -96,8 +144,11 @@ export function registerTrain(program: Command): void {
     .option("--threads <N>", "CPU threads (default: all cores)", integer("threads", 1))
     .option("--val-data <file>", "validation data (default: Brown's validation split, or the last 5% of --data)")
     .option("--tokenizer <tokenizer.json>", "an HF tokenizer to use and store in the checkpoint (default: the checkpoint's, bytes)")
-    .addOption(new Option("--progress <mode>", "progress on stderr: a bar on a terminal, else lines (auto), lines, JSON lines, or none")
-      .choices([...PROGRESS_MODES]).default("auto"))
+    .addOption(
+      new Option("--progress <mode>", "progress on stderr: a bar on a terminal, else lines (auto), lines, JSON lines, or none")
+        .choices([...PROGRESS_MODES])
+        .default("auto"),
+    )
     .action(async (dir: string, o: TrainCliOptions, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
@@ -105,7 +156,8 @@ export function registerTrain(program: Command): void {
         // The write lock from the start: a second train (or a grow, eval, inspect) of this checkpoint is refused at once.
         const registry = createCliRegistry();
         const state = await loadTrainingState(dir, { lock: "exclusive", registry });
-        const scheduleFlags = (["lr", "schedule", "warmup", "totalSteps", "minLr"] as const).filter((k) => o[k] !== undefined)
+        const scheduleFlags = (["lr", "schedule", "warmup", "totalSteps", "minLr"] as const)
+          .filter((k) => o[k] !== undefined)
           .map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
         const problem = trainingProblem(state, scheduleFlags);
         if (problem) {
@@ -115,38 +167,64 @@ export function registerTrain(program: Command): void {
         // Progress goes to stderr also with --json (stdout carries only the result).
         const progress = trainProgress(o.steps, o.progress);
         // Ctrl-C: the step in progress finishes and is saved; a second Ctrl-C says what it loses.
-        let saved = state.progress.step, current = state.progress.step;
+        let saved = state.progress.step,
+          current = state.progress.step;
         const interrupt = listenForInterrupt("finishing the step in progress and saving", () => lostSince(saved, current, dir));
         try {
           const { progress: _mode, ...flags } = o;
           const options: TrainOptions = { ...flags, clip: o.clip === Infinity ? null : o.clip, saveDir: dir, signal: interrupt.signal, registry };
           const { result } = await train(state, options, {
-            onSave: (s) => { if (s.dir === dir) saved = s.step; },
+            onSave: (s) => {
+              if (s.dir === dir) saved = s.step;
+            },
             onStart: ({ data, schedule, context, batch, setupSeconds }) => {
-              out.info(`training ${resolve(dir)} from step ${state.progress.step}: ${o.steps} steps of ${batch} × ${context} tokens on ${data.train.name} ` +
-                `(${data.train.tokens.length} tokens), validation ${data.validation.name}; ${schedule.kind} LR ${schedule.peakLr} ` +
-                `over ${schedule.totalSteps} steps; ready in ${setupSeconds.toFixed(1)} s`);
+              out.info(
+                `training ${resolve(dir)} from step ${state.progress.step}: ${o.steps} steps of ${batch} × ${context} tokens on ${data.train.name} ` +
+                  `(${data.train.tokens.length} tokens), validation ${data.validation.name}; ${schedule.kind} LR ${schedule.peakLr} ` +
+                  `over ${schedule.totalSteps} steps; ready in ${setupSeconds.toFixed(1)} s`,
+              );
               progress?.start();
             },
-            onEval: (e) => { progress?.eval(e.valLoss); },
-            onStep: (i) => { current = i.step; progress?.step(i); },
+            onEval: (e) => {
+              progress?.eval(e.valLoss);
+            },
+            onStep: (i) => {
+              current = i.step;
+              progress?.step(i);
+            },
           });
           progress?.stop();
           if (result.interrupted) {
             process.exitCode = interrupt.status() ?? 130;
-            out.info(result.losses.length === 0
-              ? `interrupted before the first step: ${resolve(dir)} is unchanged (step ${state.progress.step})`
-              : `interrupted after ${result.losses.length} of ${o.steps} steps: saved step ${result.step} to ${resolve(dir)}; nothing is lost`);
+            out.info(
+              result.losses.length === 0
+                ? `interrupted before the first step: ${resolve(dir)} is unchanged (step ${state.progress.step})`
+                : `interrupted after ${result.losses.length} of ${o.steps} steps: saved step ${result.step} to ${resolve(dir)}; nothing is lost`,
+            );
           }
           const json = {
-            step: result.step, loss: result.loss, losses: result.losses, valLoss: result.valLoss,
-            tokensPerSecond: result.tokensPerSecond, tokens: result.tokens, flops: result.flops, seconds: result.seconds,
-            runTokens: result.runTokens, stepSeconds: result.stepSeconds, setupSeconds: result.setupSeconds,
-            schedule: result.schedule, checkpoint: resolve(dir), interrupted: result.interrupted,
+            step: result.step,
+            loss: result.loss,
+            losses: result.losses,
+            valLoss: result.valLoss,
+            tokensPerSecond: result.tokensPerSecond,
+            tokens: result.tokens,
+            flops: result.flops,
+            seconds: result.seconds,
+            runTokens: result.runTokens,
+            stepSeconds: result.stepSeconds,
+            setupSeconds: result.setupSeconds,
+            schedule: result.schedule,
+            checkpoint: resolve(dir),
+            interrupted: result.interrupted,
           };
-          out.result(json, `step ${result.step}: loss ${fmtLoss(result.loss)}, val loss ${fmtLoss(result.valLoss)}, ` +
-            `${Math.round(result.tokensPerSecond)} tokens/s, ${result.tokens} tokens, ${result.flops.toExponential(2)} FLOPs seen; ` +
-            (result.saveDir ? `saved ${resolve(dir)}` : `${resolve(dir)} unchanged`) + ` (${result.seconds.toFixed(1)} s)`);
+          out.result(
+            json,
+            `step ${result.step}: loss ${fmtLoss(result.loss)}, val loss ${fmtLoss(result.valLoss)}, ` +
+              `${Math.round(result.tokensPerSecond)} tokens/s, ${result.tokens} tokens, ${result.flops.toExponential(2)} FLOPs seen; ` +
+              (result.saveDir ? `saved ${resolve(dir)}` : `${resolve(dir)} unchanged`) +
+              ` (${result.seconds.toFixed(1)} s)`,
+          );
         } finally {
           interrupt.dispose();
           progress?.stop();

@@ -12,21 +12,32 @@ import { describe } from "./errors.js";
 function swapBytes(bytes: Uint8Array, size: number): void {
   for (let i = 0; i < bytes.length; i += size) {
     for (let a = i, b = i + size - 1; a < b; a++, b--) {
-      const t = bytes[a]!; bytes[a] = bytes[b]!; bytes[b] = t;
+      const t = bytes[a]!;
+      bytes[a] = bytes[b]!;
+      bytes[b] = t;
     }
   }
 }
 
 /** Why a dtype has no decoded form. */
-export const undecodable = (dtype: unknown): string => isSafetensorsDType(dtype)
-  ? `cannot decode a ${dtype} tensor: only ${Object.keys(DTYPE_SIZES).join(", ")} have an in-memory form (read its bytes with readRaw)`
-  : `unknown dtype ${describe(dtype)}`;
+export const undecodable = (dtype: unknown): string =>
+  isSafetensorsDType(dtype)
+    ? `cannot decode a ${dtype} tensor: only ${Object.keys(DTYPE_SIZES).join(", ")} have an in-memory form (read its bytes with readRaw)`
+    : `unknown dtype ${describe(dtype)}`;
 
 type ArrayCtor = new (buffer: ArrayBufferLike, byteOffset: number, length: number) => TypedArray;
 const VIEW_OF: Record<Exclude<DType, "F16" | "BF16">, ArrayCtor> = {
-  F64: Float64Array, F32: Float32Array,
-  I64: BigInt64Array, U64: BigUint64Array, I32: Int32Array, U32: Uint32Array,
-  I16: Int16Array, U16: Uint16Array, I8: Int8Array, U8: Uint8Array, BOOL: Uint8Array,
+  F64: Float64Array,
+  F32: Float32Array,
+  I64: BigInt64Array,
+  U64: BigUint64Array,
+  I32: Int32Array,
+  U32: Uint32Array,
+  I16: Int16Array,
+  U16: Uint16Array,
+  I8: Int8Array,
+  U8: Uint8Array,
+  BOOL: Uint8Array,
 };
 
 export const byteCount = (dtype: DType, shape: readonly number[]): number => {
@@ -110,7 +121,10 @@ export async function readStoredBytes(t: LazyTensor | Tensor): Promise<Uint8Arra
     if (pieces.length === 1) return pieces[0]!.slice();
     const out = new Uint8Array(pieces.reduce((n, p) => n + p.length, 0));
     let at = 0;
-    for (const p of pieces) { out.set(p, at); at += p.length; }
+    for (const p of pieces) {
+      out.set(p, at);
+      at += p.length;
+    }
     return out;
   }
   return encodeTensor(await t.read());

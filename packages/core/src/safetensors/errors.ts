@@ -54,7 +54,11 @@ export type SafetensorsErrorCode =
  * "<file>: <problem>". `code` says which kind of problem it is.
  */
 export class SafetensorsError extends Error {
-  constructor(readonly path: string, readonly code: SafetensorsErrorCode, readonly problem: string) {
+  constructor(
+    readonly path: string,
+    readonly code: SafetensorsErrorCode,
+    readonly problem: string,
+  ) {
     super(`${path}: ${problem}`);
     this.name = "SafetensorsError";
   }

@@ -71,7 +71,9 @@ export interface ParsedHeader {
  * buffer exactly.
  */
 export function parseSafetensorsHeader(path: string, header: Uint8Array, dataLength?: number): ParsedHeader {
-  const fail: Fail = (code, problem) => { throw new SafetensorsError(path, code, problem); };
+  const fail: Fail = (code, problem) => {
+    throw new SafetensorsError(path, code, problem);
+  };
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(header);
@@ -125,23 +127,44 @@ export function parseSafetensorsHeader(path: string, header: Uint8Array, dataLen
   if (!sorted) entries.sort((a, b) => compareOffsets(a.info, b.info));
   let at = 0;
   let prev: string | null = null;
-  for (const { name, info: { dtype, shape, dataOffsets: [begin, end] } } of entries) {
+  for (const {
+    name,
+    info: {
+      dtype,
+      shape,
+      dataOffsets: [begin, end],
+    },
+  } of entries) {
     const where = (): string => `tensor ${describe(name)}`;
     if (end < begin) fail("InvalidOffset", `${where()}: ${offsetsProblem(`[${begin},${end}]`)}`);
     if (begin < at) fail("InvalidOffset", `${where()}: data_offsets [${begin}, ${end}] overlap tensor ${describe(prev)} (which ends at ${at})`);
-    if (begin > at) fail("InvalidOffset", `${where()}: data_offsets [${begin}, ${end}] leave a hole of ${begin - at} bytes after ${prev === null ? "the header" : `tensor ${describe(prev)}`} (expected begin ${at})`);
+    if (begin > at)
+      fail(
+        "InvalidOffset",
+        `${where()}: data_offsets [${begin}, ${end}] leave a hole of ${begin - at} bytes after ${prev === null ? "the header" : `tensor ${describe(prev)}`} (expected begin ${at})`,
+      );
     const bytes = byteLength(dtype, shape);
     if (end - begin !== bytes) {
       if (bytes === "overflow") fail("ValidationOverflow", `${where()}: shape ${describe(shape)} × ${dtype} size overflows 64 bits`);
-      if (bytes === "misaligned") fail("MisalignedSlice", `${where()}: shape ${describe(shape)} of ${dtype} (${SAFETENSORS_DTYPE_BITS[dtype]} bits each) is not a whole number of bytes`);
-      fail("TensorInvalidInfo", `${where()}: data_offsets [${begin}, ${end}] span ${end - begin} bytes but shape ${describe(shape)} of ${dtype} needs ${bytes}`);
+      if (bytes === "misaligned")
+        fail(
+          "MisalignedSlice",
+          `${where()}: shape ${describe(shape)} of ${dtype} (${SAFETENSORS_DTYPE_BITS[dtype]} bits each) is not a whole number of bytes`,
+        );
+      fail(
+        "TensorInvalidInfo",
+        `${where()}: data_offsets [${begin}, ${end}] span ${end - begin} bytes but shape ${describe(shape)} of ${dtype} needs ${bytes}`,
+      );
     }
     at = end;
     prev = name;
   }
   if (dataLength !== undefined && dataLength !== at) {
-    fail("MetadataIncompleteBuffer", `file size mismatch: the header describes ${at} bytes of tensor data but the file holds ${dataLength} after the header` +
-      (dataLength > at ? " (bytes not covered by any tensor)" : " (file truncated)"));
+    fail(
+      "MetadataIncompleteBuffer",
+      `file size mismatch: the header describes ${at} bytes of tensor data but the file holds ${dataLength} after the header` +
+        (dataLength > at ? " (bytes not covered by any tensor)" : " (file truncated)"),
+    );
   }
   return { tensors: new Map(entries.map((e) => [e.name, e.info])), metadata, dataLength: at };
 }
@@ -154,7 +177,8 @@ type Fail = (code: SafetensorsErrorCode, problem: string) => never;
 /** `__metadata__`: null, or an object of string values (NUL characters are checked later, as the reference does). */
 function readMetadata(value: JsonValue, fail: Fail): Record<string, string> | null {
   if (value === null) return null;
-  if (!(value instanceof JsonObject)) return fail("InvalidHeaderDeserialization", `__metadata__ is not an object of string → string (got ${show(value)})`);
+  if (!(value instanceof JsonObject))
+    return fail("InvalidHeaderDeserialization", `__metadata__ is not an object of string → string (got ${show(value)})`);
   const m: Record<string, string> = {};
   const members = value.members;
   for (let k = 0; k < members.length; k += 2) {
@@ -174,7 +198,10 @@ function readMetadata(value: JsonValue, fail: Fail): Record<string, string> | nu
 function index(v: JsonValue, name: string, problem: () => string, fail: Fail): number {
   if (typeof v === "number") return v;
   if (v instanceof JsonNumber && v.u64) {
-    fail("IntegerTooLarge", `tensor ${describe(name)}: ${v.raw} is above 2^53 − 1, the largest integer this reader represents exactly (the reference allows up to 2^64 − 1)`);
+    fail(
+      "IntegerTooLarge",
+      `tensor ${describe(name)}: ${v.raw} is above 2^53 − 1, the largest integer this reader represents exactly (the reference allows up to 2^64 − 1)`,
+    );
   }
   return fail("InvalidHeaderDeserialization", `tensor ${describe(name)}: ${problem()}`);
 }

@@ -11,7 +11,8 @@ export async function readFully(path: string, fh: FileHandle, buf: Uint8Array, p
   while (done < buf.length) {
     const want = Math.min(IO_CHUNK, buf.length - done);
     const { bytesRead } = await fh.read(buf, done, want, position + done);
-    if (bytesRead === 0) throw new SafetensorsError(path, "IoError", `unexpected end of file at byte ${position + done} (file truncated while open?)`);
+    if (bytesRead === 0)
+      throw new SafetensorsError(path, "IoError", `unexpected end of file at byte ${position + done} (file truncated while open?)`);
     done += bytesRead;
   }
 }

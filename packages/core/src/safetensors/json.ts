@@ -20,14 +20,22 @@ export class JsonObject {
  * `u64`: a plain unsigned integer ≤ 2^64 − 1, which serde would accept as a usize.
  */
 export class JsonNumber {
-  constructor(readonly raw: string, readonly u64: boolean) {}
+  constructor(
+    readonly raw: string,
+    readonly u64: boolean,
+  ) {}
 }
 
 export type JsonValue = null | boolean | string | number | JsonNumber | JsonValue[] | JsonObject;
 
 /** Not JSON as serde_json reads it: what is wrong, at character `at` of the text. */
 export class JsonSyntaxError extends Error {
-  constructor(message: string, readonly at: number) { super(message); }
+  constructor(
+    message: string,
+    readonly at: number,
+  ) {
+    super(message);
+  }
 }
 
 const isJsonWs = (c: number): boolean => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
@@ -39,7 +47,9 @@ const hexValue = (c: number): number =>
 export function readJson(text: string): JsonValue {
   const n = text.length;
   let i = 0;
-  const fail = (what: string, at: number = i): never => { throw new JsonSyntaxError(what, at); };
+  const fail = (what: string, at: number = i): never => {
+    throw new JsonSyntaxError(what, at);
+  };
 
   const hex4 = (at: number): number => {
     let v = 0;
@@ -58,7 +68,10 @@ export function readJson(text: string): JsonValue {
     for (;;) {
       if (j >= n) fail("unterminated string", start - 1);
       const c = text.charCodeAt(j);
-      if (c === 0x22) { i = j + 1; return text.slice(start, j); }
+      if (c === 0x22) {
+        i = j + 1;
+        return text.slice(start, j);
+      }
       if (c === 0x5c) break;
       if (c < 0x20) fail("control character in a string (it must be escaped)", j);
       j++;
@@ -67,7 +80,10 @@ export function readJson(text: string): JsonValue {
     for (;;) {
       if (j >= n) fail("unterminated string", start - 1);
       const c = text.charCodeAt(j);
-      if (c === 0x22) { i = j + 1; return parts.join(""); }
+      if (c === 0x22) {
+        i = j + 1;
+        return parts.join("");
+      }
       if (c !== 0x5c) {
         const from = j;
         while (j < n) {
@@ -81,21 +97,39 @@ export function readJson(text: string): JsonValue {
       }
       const e = j + 1 < n ? text.charCodeAt(j + 1) : -1;
       switch (e) {
-        case 0x22: parts.push('"'); break;
-        case 0x5c: parts.push("\\"); break;
-        case 0x2f: parts.push("/"); break;
-        case 0x62: parts.push("\b"); break;
-        case 0x66: parts.push("\f"); break;
-        case 0x6e: parts.push("\n"); break;
-        case 0x72: parts.push("\r"); break;
-        case 0x74: parts.push("\t"); break;
+        case 0x22:
+          parts.push('"');
+          break;
+        case 0x5c:
+          parts.push("\\");
+          break;
+        case 0x2f:
+          parts.push("/");
+          break;
+        case 0x62:
+          parts.push("\b");
+          break;
+        case 0x66:
+          parts.push("\f");
+          break;
+        case 0x6e:
+          parts.push("\n");
+          break;
+        case 0x72:
+          parts.push("\r");
+          break;
+        case 0x74:
+          parts.push("\t");
+          break;
         case 0x75: {
           const u = hex4(j + 2);
-          if (u >= 0xdc00 && u <= 0xdfff) fail(`unpaired surrogate escape \\u${text.slice(j + 2, j + 6)} (a low surrogate with no high surrogate before it)`, j);
+          if (u >= 0xdc00 && u <= 0xdfff)
+            fail(`unpaired surrogate escape \\u${text.slice(j + 2, j + 6)} (a low surrogate with no high surrogate before it)`, j);
           if (u >= 0xd800 && u <= 0xdbff) {
             const lowOk = text.charCodeAt(j + 6) === 0x5c && text.charCodeAt(j + 7) === 0x75;
             const low = lowOk ? hex4(j + 8) : -1;
-            if (low < 0xdc00 || low > 0xdfff) fail(`unpaired surrogate escape \\u${text.slice(j + 2, j + 6)} (a high surrogate not followed by a \\uDC00-\\uDFFF escape)`, j);
+            if (low < 0xdc00 || low > 0xdfff)
+              fail(`unpaired surrogate escape \\u${text.slice(j + 2, j + 6)} (a high surrogate not followed by a \\uDC00-\\uDFFF escape)`, j);
             parts.push(String.fromCharCode(u, low));
             j += 12;
           } else {
@@ -115,7 +149,10 @@ export function readJson(text: string): JsonValue {
   const readNumber = (): number | JsonNumber => {
     const start = i;
     let plain = true;
-    if (text.charCodeAt(i) === 0x2d) { plain = false; i++; }
+    if (text.charCodeAt(i) === 0x2d) {
+      plain = false;
+      i++;
+    }
     let c = i < n ? text.charCodeAt(i) : -1;
     let value = 0;
     let digits = 0;
@@ -139,15 +176,24 @@ export function readJson(text: string): JsonValue {
       i++;
       c = i < n ? text.charCodeAt(i) : -1;
       if (!(c >= 0x30 && c <= 0x39)) fail("invalid number (no digit after the decimal point)", start);
-      while (c >= 0x30 && c <= 0x39) { i++; c = i < n ? text.charCodeAt(i) : -1; }
+      while (c >= 0x30 && c <= 0x39) {
+        i++;
+        c = i < n ? text.charCodeAt(i) : -1;
+      }
     }
     if (c === 0x65 || c === 0x45) {
       plain = false;
       i++;
       c = i < n ? text.charCodeAt(i) : -1;
-      if (c === 0x2b || c === 0x2d) { i++; c = i < n ? text.charCodeAt(i) : -1; }
+      if (c === 0x2b || c === 0x2d) {
+        i++;
+        c = i < n ? text.charCodeAt(i) : -1;
+      }
       if (!(c >= 0x30 && c <= 0x39)) fail("invalid number (no digit in the exponent)", start);
-      while (c >= 0x30 && c <= 0x39) { i++; c = i < n ? text.charCodeAt(i) : -1; }
+      while (c >= 0x30 && c <= 0x39) {
+        i++;
+        c = i < n ? text.charCodeAt(i) : -1;
+      }
     }
     if (plain && digits <= 15) return value; // < 10^15: exact
     const raw = text.slice(start, i);
@@ -158,7 +204,9 @@ export function readJson(text: string): JsonValue {
     return new JsonNumber(raw, BigInt(raw) <= U64_MAX);
   };
 
-  const skipWs = (): void => { while (i < n && isJsonWs(text.charCodeAt(i))) i++; };
+  const skipWs = (): void => {
+    while (i < n && isJsonWs(text.charCodeAt(i))) i++;
+  };
 
   /** A member name and its colon, at text[i] (after whitespace); leaves i at the value. */
   const readKey = (obj: JsonObject): void => {
@@ -191,11 +239,14 @@ export function readJson(text: string): JsonValue {
     } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
       value = readNumber();
     } else if (c === 0x74 && text.startsWith("true", i)) {
-      value = true; i += 4;
+      value = true;
+      i += 4;
     } else if (c === 0x66 && text.startsWith("false", i)) {
-      value = false; i += 5;
+      value = false;
+      i += 5;
     } else if (c === 0x6e && text.startsWith("null", i)) {
-      value = null; i += 4;
+      value = null;
+      i += 4;
     } else {
       value = fail("expected a value");
     }
@@ -245,7 +296,10 @@ export function readJson(text: string): JsonValue {
 export function show(v: JsonValue): string {
   const out: string[] = [];
   let len = 0;
-  const put = (s: string): void => { out.push(s); len += s.length; };
+  const put = (s: string): void => {
+    out.push(s);
+    len += s.length;
+  };
   const walk = (x: JsonValue): void => {
     if (len > 80) return;
     if (x instanceof JsonNumber) put(x.raw);
@@ -258,7 +312,11 @@ export function show(v: JsonValue): string {
       put("}");
     } else if (Array.isArray(x)) {
       put("[");
-      x.forEach((e, i) => { if (len > 80) return; if (i) put(","); walk(e); });
+      x.forEach((e, i) => {
+        if (len > 80) return;
+        if (i) put(",");
+        walk(e);
+      });
       put("]");
     } else put(JSON.stringify(x));
   };
@@ -288,7 +346,10 @@ export function findDuplicateKey(text: string): { path: string[]; key: string } 
       for (;;) {
         const d = text.charCodeAt(j);
         if (d === 0x22) break;
-        if (d === 0x5c /* \\ */) { escaped = true; j += 2; } else j++;
+        if (d === 0x5c /* \\ */) {
+          escaped = true;
+          j += 2;
+        } else j++;
       }
       if (expectKey) {
         const raw = text.slice(i + 1, j);

@@ -73,7 +73,9 @@ export class SafetensorsFile {
     }
   }
 
-  get closed(): boolean { return this.handle === null; }
+  get closed(): boolean {
+    return this.handle === null;
+  }
 
   info(name: string): TensorInfo {
     const info = this.tensors.get(name);
@@ -83,7 +85,9 @@ export class SafetensorsFile {
 
   /** Exactly the tensor's byte range, in one positioned read into a fresh buffer. */
   async readRaw(name: string): Promise<Uint8Array> {
-    const { dataOffsets: [begin, end] } = this.info(name);
+    const {
+      dataOffsets: [begin, end],
+    } = this.info(name);
     if (!this.handle) throw new SafetensorsError(this.path, "Closed", `cannot read tensor ${describe(name)}: file is closed`);
     // Uninitialised memory (no zero-fill): every byte is overwritten by the read. Own ArrayBuffer, offset 0.
     const buf = new Uint8Array(Buffer.allocUnsafeSlow(end - begin).buffer, 0, end - begin);
@@ -98,7 +102,9 @@ export class SafetensorsFile {
    * (see direct.ts): each then asks `buffer` for up to 2 × DIRECT_ALIGN bytes more than it holds, and is a view inside.
    */
   async *streamRaw(name: string, buffer?: (bytes: number) => Uint8Array, maxPieceBytes = PIECE_BYTES): AsyncGenerator<Uint8Array> {
-    const { dataOffsets: [begin, end] } = this.info(name);
+    const {
+      dataOffsets: [begin, end],
+    } = this.info(name);
     for (let at = begin; at < end; at += maxPieceBytes) {
       if (!this.handle) throw new SafetensorsError(this.path, "Closed", `cannot read tensor ${describe(name)}: file is closed`);
       const n = Math.min(maxPieceBytes, end - at);
@@ -110,7 +116,8 @@ export class SafetensorsFile {
         const b = buffer!(span);
         const got = isAlignedMemory(b) ? await this.readDirect(direct, b, from, name) : null;
         if (got !== null) {
-          if (got < skew + n) throw new SafetensorsError(this.path, "IoError", `unexpected end of file at byte ${from + got} (file truncated while open?)`);
+          if (got < skew + n)
+            throw new SafetensorsError(this.path, "IoError", `unexpected end of file at byte ${from + got} (file truncated while open?)`);
           this.directPieces++;
           yield b.subarray(skew, skew + n);
           continue;
@@ -132,7 +139,8 @@ export class SafetensorsFile {
     try {
       return await readAligned(direct, b, from);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EINVAL") throw new SafetensorsError(this.path, "IoError", `cannot read tensor ${describe(name)}: ${(e as Error).message}`);
+      if ((e as NodeJS.ErrnoException).code !== "EINVAL")
+        throw new SafetensorsError(this.path, "IoError", `cannot read tensor ${describe(name)}: ${(e as Error).message}`);
       this.noDirect();
       return null;
     }
@@ -169,7 +177,10 @@ export class SafetensorsFile {
   lazy(name: string): LazyTensor {
     const { dtype, shape } = this.info(name);
     return {
-      dtype, shape, read: () => this.readTensor(name), readBytes: () => this.readRaw(name),
+      dtype,
+      shape,
+      read: () => this.readTensor(name),
+      readBytes: () => this.readRaw(name),
       streamBytes: (buffer?: (bytes: number) => Uint8Array) => this.streamRaw(name, buffer),
     };
   }

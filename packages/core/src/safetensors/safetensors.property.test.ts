@@ -29,8 +29,12 @@ import { referenceOrder, writeSafetensors } from "./writer.js";
 import { Tensor } from "../tensor.js";
 
 let dir = "";
-beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), "staged-st-prop-")); });
-afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-st-prop-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 let counter = 0;
 
 // =============================================================================================
@@ -38,23 +42,53 @@ let counter = 0;
 
 /** serde's buffered view of a JSON value (its `Content`): objects keep every member, numbers their text. */
 type Content =
-  | { t: "null" } | { t: "bool" } | { t: "str"; s: string } | { t: "num"; raw: string }
-  | { t: "arr"; items: Content[] } | { t: "obj"; members: [string, Content][] };
+  | { t: "null" }
+  | { t: "bool" }
+  | { t: "str"; s: string }
+  | { t: "num"; raw: string }
+  | { t: "arr"; items: Content[] }
+  | { t: "obj"; members: [string, Content][] };
 
 const U64_MAX = 2n ** 64n - 1n;
 
 /** tensor.rs `enum Dtype` with `Dtype::bitsize`. */
 const REFERENCE_BITS: Record<string, bigint> = {
-  BOOL: 8n, F4: 4n, F6_E2M3: 6n, F6_E3M2: 6n, U8: 8n, I8: 8n, F8_E5M2: 8n, F8_E4M3: 8n, F8_E8M0: 8n,
-  F8_E4M3FNUZ: 8n, F8_E5M2FNUZ: 8n, I16: 16n, U16: 16n, F16: 16n, BF16: 16n, I32: 32n, U32: 32n, F32: 32n,
-  C64: 64n, F64: 64n, I64: 64n, U64: 64n,
+  BOOL: 8n,
+  F4: 4n,
+  F6_E2M3: 6n,
+  F6_E3M2: 6n,
+  U8: 8n,
+  I8: 8n,
+  F8_E5M2: 8n,
+  F8_E4M3: 8n,
+  F8_E8M0: 8n,
+  F8_E4M3FNUZ: 8n,
+  F8_E5M2FNUZ: 8n,
+  I16: 16n,
+  U16: 16n,
+  F16: 16n,
+  BF16: 16n,
+  I32: 32n,
+  U32: 32n,
+  F32: 32n,
+  C64: 64n,
+  F64: 64n,
+  I64: 64n,
+  U64: 64n,
 };
 
 /** A refusal: why, and the reference's error kind (serde's errors all surface as InvalidHeaderDeserialization). */
 class Refused extends Error {
-  constructor(why: string, readonly code: SafetensorsErrorCode) { super(why); }
+  constructor(
+    why: string,
+    readonly code: SafetensorsErrorCode,
+  ) {
+    super(why);
+  }
 }
-const refuse = (why: string, code: SafetensorsErrorCode = "InvalidHeaderDeserialization"): never => { throw new Refused(why, code); };
+const refuse = (why: string, code: SafetensorsErrorCode = "InvalidHeaderDeserialization"): never => {
+  throw new Refused(why, code);
+};
 
 /** `serde_json::from_str`: one value, JSON whitespace around it, recursion limit 128. */
 function readContent(text: string): Content {
@@ -63,7 +97,11 @@ function readContent(text: string): Content {
   // eslint-disable-next-line no-control-regex -- raw control characters are what a JSON string may not hold
   const STRING = /"((?:[^"\\\u0000-\u001f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*)"/y;
   let i = 0;
-  const ws = (): void => { WS.lastIndex = i; WS.exec(text); i = WS.lastIndex; };
+  const ws = (): void => {
+    WS.lastIndex = i;
+    WS.exec(text);
+    i = WS.lastIndex;
+  };
   const string = (): string => {
     STRING.lastIndex = i;
     const m = STRING.exec(text) ?? refuse("invalid string");
@@ -90,17 +128,30 @@ function readContent(text: string): Content {
       ws();
       if (c === "[") {
         const items: Content[] = [];
-        if (text[i] === "]") { i++; return { t: "arr", items }; }
+        if (text[i] === "]") {
+          i++;
+          return { t: "arr", items };
+        }
         for (;;) {
           items.push(value(depth + 1));
           ws();
-          if (text[i] === ",") { i++; ws(); continue; }
-          if (text[i] === "]") { i++; return { t: "arr", items }; }
+          if (text[i] === ",") {
+            i++;
+            ws();
+            continue;
+          }
+          if (text[i] === "]") {
+            i++;
+            return { t: "arr", items };
+          }
           refuse("expected , or ]");
         }
       }
       const members: [string, Content][] = [];
-      if (text[i] === "}") { i++; return { t: "obj", members }; }
+      if (text[i] === "}") {
+        i++;
+        return { t: "obj", members };
+      }
       for (;;) {
         if (text[i] !== '"') refuse("key must be a string");
         const key = string();
@@ -110,8 +161,15 @@ function readContent(text: string): Content {
         ws();
         members.push([key, value(depth + 1)]);
         ws();
-        if (text[i] === ",") { i++; ws(); continue; }
-        if (text[i] === "}") { i++; return { t: "obj", members }; }
+        if (text[i] === ",") {
+          i++;
+          ws();
+          continue;
+        }
+        if (text[i] === "}") {
+          i++;
+          return { t: "obj", members };
+        }
         refuse("expected , or }");
       }
     }
@@ -123,8 +181,15 @@ function readContent(text: string): Content {
       if (!Number.isFinite(Number(num[0]))) refuse("number out of range"); // f64 overflow
       return { t: "num", raw: num[0] };
     }
-    for (const [word, content] of [["true", { t: "bool" }], ["false", { t: "bool" }], ["null", { t: "null" }]] as const) {
-      if (text.startsWith(word, i)) { i += word.length; return content; }
+    for (const [word, content] of [
+      ["true", { t: "bool" }],
+      ["false", { t: "bool" }],
+      ["null", { t: "null" }],
+    ] as const) {
+      if (text.startsWith(word, i)) {
+        i += word.length;
+        return content;
+      }
     }
     return refuse("expected value");
   };
@@ -135,7 +200,12 @@ function readContent(text: string): Content {
   return v;
 }
 
-interface OracleTensor { dtype: string; shape: bigint[]; begin: bigint; end: bigint }
+interface OracleTensor {
+  dtype: string;
+  shape: bigint[];
+  begin: bigint;
+  end: bigint;
+}
 
 /** A usize from serde_json: only a literal without sign, fraction or exponent (u64), up to 2^64 − 1. */
 function usize(c: Content): bigint {
@@ -204,7 +274,10 @@ function oracle(file: Uint8Array): Verdict {
       if (key === "__metadata__") {
         if (sawMetadata) refuse("duplicate field `__metadata__`");
         sawMetadata = true;
-        if (value.t === "null") { metadata = null; continue; }
+        if (value.t === "null") {
+          metadata = null;
+          continue;
+        }
         if (value.t !== "obj") refuse("__metadata__: expected a map");
         metadata = new Map();
         for (const [k, v] of (value as { members: [string, Content][] }).members) {
@@ -268,7 +341,7 @@ function rng(seed: number): (n: number) => number {
     let t = s;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) % n);
+    return ((t ^ (t >>> 14)) >>> 0) % n;
   };
 }
 
@@ -300,7 +373,7 @@ const DTYPE_NAMES = Object.keys(REFERENCE_BITS);
 
 const tensorArb = fc.record({
   name: fc.oneof(
-    fc.constantFrom("a", "b", "w", "model.layers.0.mlp.weight", "ünï", "😀", "a\"b\\c", "__proto__", "", "\u2028", "x/y", "\uffff"),
+    fc.constantFrom("a", "b", "w", "model.layers.0.mlp.weight", "ünï", "😀", 'a"b\\c', "__proto__", "", "\u2028", "x/y", "\uffff"),
     fc.string({ maxLength: 5 }),
     fc.string({ unit: "binary", maxLength: 3 }),
   ),
@@ -317,8 +390,20 @@ const metadataArb = fc.oneof(
 );
 
 const MUTATIONS = [
-  "number", "dtype", "entryForm", "dupTensor", "dupField", "dropField", "deep", "metadata", "string",
-  "offsets", "shape", "text", "bytes", "lengths",
+  "number",
+  "dtype",
+  "entryForm",
+  "dupTensor",
+  "dupField",
+  "dropField",
+  "deep",
+  "metadata",
+  "string",
+  "offsets",
+  "shape",
+  "text",
+  "bytes",
+  "lengths",
 ] as const;
 type Mutation = { kind: (typeof MUTATIONS)[number]; a: number; b: number };
 const mutationArb: fc.Arbitrary<Mutation> = fc.record({ kind: fc.constantFrom(...MUTATIONS), a: fc.nat(), b: fc.nat() });
@@ -327,7 +412,10 @@ const caseArb = fc.record({
   tensors: fc.uniqueArray(tensorArb, { selector: (t) => t.name, maxLength: 6 }),
   layout: fc.array(fc.nat(), { minLength: 6, maxLength: 6 }),
   metadata: metadataArb,
-  mutations: fc.oneof({ weight: 1, arbitrary: fc.constant([] as Mutation[]) }, { weight: 3, arbitrary: fc.array(mutationArb, { minLength: 1, maxLength: 2 }) }),
+  mutations: fc.oneof(
+    { weight: 1, arbitrary: fc.constant([] as Mutation[]) },
+    { weight: 3, arbitrary: fc.array(mutationArb, { minLength: 1, maxLength: 2 }) },
+  ),
   seed: fc.integer(),
 });
 type Case = typeof caseArb extends fc.Arbitrary<infer T> ? T : never;
@@ -353,7 +441,10 @@ function build(c: Case): Uint8Array {
   const order = specs.map((_, i) => i).sort((x, y) => c.layout[x]! - c.layout[y]! || x - y);
   const begin = new Map<number, number>();
   let at = 0;
-  for (const i of order) { begin.set(i, at); at += specs[i]!.bytes; }
+  for (const i of order) {
+    begin.set(i, at);
+    at += specs[i]!.bytes;
+  }
   const dataLength = at;
 
   const entries: { obj: Node & { t: "obj" }; spec: (typeof specs)[number] }[] = [];
@@ -384,15 +475,35 @@ function build(c: Case): Uint8Array {
     switch (kind) {
       case "number": {
         const nums: Node[] = [];
-        for (const e of entries) for (const f of ["shape", "data_offsets"]) {
-          const v = e.obj.members.find(([k]) => isKey(k, f))?.[1];
-          if (v?.t === "arr") nums.push(...v.items.filter((x) => x.t === "lit"));
-        }
+        for (const e of entries)
+          for (const f of ["shape", "data_offsets"]) {
+            const v = e.obj.members.find(([k]) => isKey(k, f))?.[1];
+            if (v?.t === "arr") nums.push(...v.items.filter((x) => x.t === "lit"));
+          }
         const n = pick(nums, a);
         if (n?.t === "lit") {
           const v = n.text;
-          n.text = pick([`${v}.0`, `${v}e0`, `${v}E0`, `${v}0e-1`, `-${v}`, "-0", "18446744073709551616", "18446744073709551615",
-            "9007199254740993", "9007199254740991", "1e400", `0${v}`, `${v}.`, `+${v}`, `${v}e+0`, `0.${v}e1`], b)!;
+          n.text = pick(
+            [
+              `${v}.0`,
+              `${v}e0`,
+              `${v}E0`,
+              `${v}0e-1`,
+              `-${v}`,
+              "-0",
+              "18446744073709551616",
+              "18446744073709551615",
+              "9007199254740993",
+              "9007199254740991",
+              "1e400",
+              `0${v}`,
+              `${v}.`,
+              `+${v}`,
+              `${v}e+0`,
+              `0.${v}e1`,
+            ],
+            b,
+          )!;
         }
         break;
       }
@@ -400,18 +511,40 @@ function build(c: Case): Uint8Array {
         const f = field("dtype");
         if (f && entry) {
           const d = entry.spec.dtype;
-          f[1] = pick<Node>([
-            { t: "obj", members: [[lit(`"${d}"`), lit("null")]] }, { t: "obj", members: [[lit(`"${d}"`), { t: "obj", members: [] }]] },
-            lit(`"${d.toLowerCase()}"`), lit('"F33"'), lit("7"), { t: "arr", items: [lit(`"${d}"`)] },
-            { t: "obj", members: [[lit(`"${d}"`), lit("null")], [lit('"U8"'), lit("null")]] }, lit(`"${pick(DTYPE_NAMES, b)}"`),
-          ], b)!;
+          f[1] = pick<Node>(
+            [
+              { t: "obj", members: [[lit(`"${d}"`), lit("null")]] },
+              { t: "obj", members: [[lit(`"${d}"`), { t: "obj", members: [] }]] },
+              lit(`"${d.toLowerCase()}"`),
+              lit('"F33"'),
+              lit("7"),
+              { t: "arr", items: [lit(`"${d}"`)] },
+              {
+                t: "obj",
+                members: [
+                  [lit(`"${d}"`), lit("null")],
+                  [lit('"U8"'), lit("null")],
+                ],
+              },
+              lit(`"${pick(DTYPE_NAMES, b)}"`),
+            ],
+            b,
+          )!;
         }
         break;
       }
       case "entryForm": {
         if (entry) {
           const [d, s, o] = ["dtype", "shape", "data_offsets"].map((k) => field(k)?.[1] ?? lit("null"));
-          const items = pick([[d!, s!, o!], [d!, s!], [d!, s!, o!, lit("0")], [s!, d!, o!]], b)!;
+          const items = pick(
+            [
+              [d!, s!, o!],
+              [d!, s!],
+              [d!, s!, o!, lit("0")],
+              [s!, d!, o!],
+            ],
+            b,
+          )!;
           const slot = top.find(([, v]) => v === entry.obj);
           if (slot) slot[1] = { t: "arr", items };
         }
@@ -419,7 +552,10 @@ function build(c: Case): Uint8Array {
       }
       case "dupTensor": {
         // The same entry again, or with another dtype, or with a second dtype field.
-        const slot = pick(top.filter(([k]) => !isKey(k, "__metadata__")), a);
+        const slot = pick(
+          top.filter(([k]) => !isKey(k, "__metadata__")),
+          a,
+        );
         if (slot && slot[1].t === "obj") {
           const members = slot[1].members.map(([k, v]): [Node, Node] => [k, b % 3 === 2 && isKey(k, "dtype") ? lit('"I8"') : v]);
           if (b % 3 === 1) members.unshift([lit('"dtype"'), lit('"U8"')]);
@@ -430,7 +566,8 @@ function build(c: Case): Uint8Array {
       case "dupField": {
         if (entry) {
           const m = pick(entry.obj.members, b);
-          if (m) entry.obj.members.splice(b % (entry.obj.members.length + 1), 0, b % 2 ? [m[0], m[1]] : [lit('"x"'), lit("1")], [lit('"x"'), lit("[]")]);
+          if (m)
+            entry.obj.members.splice(b % (entry.obj.members.length + 1), 0, b % 2 ? [m[0], m[1]] : [lit('"x"'), lit("1")], [lit('"x"'), lit("[]")]);
         }
         break;
       }
@@ -448,9 +585,20 @@ function build(c: Case): Uint8Array {
       }
       case "metadata": {
         const variants: Node[] = [
-          lit("null"), { t: "obj", members: [] }, { t: "obj", members: [[lit('"k"'), lit('"v"')], [lit('"k"'), lit('"w"')]] },
-          { t: "obj", members: [[lit('"k"'), lit("1")]] }, { t: "arr", items: [] }, lit('"pt"'),
-          { t: "obj", members: [[lit('"k"'), lit('"v\\u0000"')]] }, { t: "obj", members: [[lit('"\\u0000"'), lit('"v"')]] },
+          lit("null"),
+          { t: "obj", members: [] },
+          {
+            t: "obj",
+            members: [
+              [lit('"k"'), lit('"v"')],
+              [lit('"k"'), lit('"w"')],
+            ],
+          },
+          { t: "obj", members: [[lit('"k"'), lit("1")]] },
+          { t: "arr", items: [] },
+          lit('"pt"'),
+          { t: "obj", members: [[lit('"k"'), lit('"v\\u0000"')]] },
+          { t: "obj", members: [[lit('"\\u0000"'), lit('"v"')]] },
         ];
         const key = pick([lit('"__metadata__"'), lit('"\\u005f_metadata__"'), lit('"__METADATA__"')], a)!;
         const existing = top.findIndex(([k]) => isKey(k, "__metadata__"));
@@ -460,10 +608,29 @@ function build(c: Case): Uint8Array {
       }
       case "string": {
         const strings: Node[] = [];
-        for (const [k, v] of top) { strings.push(k); if (v.t === "obj") for (const [, x] of v.members) if (x.t === "lit" && x.text.startsWith('"')) strings.push(x); }
+        for (const [k, v] of top) {
+          strings.push(k);
+          if (v.t === "obj") for (const [, x] of v.members) if (x.t === "lit" && x.text.startsWith('"')) strings.push(x);
+        }
         const s = pick(strings, a);
         if (s?.t === "lit") {
-          const insert = pick(["\\ud800", "\\udc00", "\\ud800\\u0041", "\\ud83d\\ude00", "\u0001", "\\x", "\\u00", "\\u0000", "\\uDBFF\\uDFFF", "\\ud800\\n", "é", "\\\\"], b)!;
+          const insert = pick(
+            [
+              "\\ud800",
+              "\\udc00",
+              "\\ud800\\u0041",
+              "\\ud83d\\ude00",
+              "\u0001",
+              "\\x",
+              "\\u00",
+              "\\u0000",
+              "\\uDBFF\\uDFFF",
+              "\\ud800\\n",
+              "é",
+              "\\\\",
+            ],
+            b,
+          )!;
           const at2 = 1 + (b % Math.max(s.text.length - 1, 1));
           s.text = s.text.slice(0, at2) + insert + s.text.slice(at2);
         }
@@ -488,13 +655,24 @@ function build(c: Case): Uint8Array {
         break;
       }
       case "text":
-        textEdits.push(pick<(s: string) => string>([
-          (s) => s.slice(0, a % (s.length + 1)),
-          (s) => { const p = a % (s.length + 1); return s.slice(0, p) + pick(["{", "}", "[", "]", ",", ":", '"', "\\", "0", "-", ".", "e", " ", "x"], b)! + s.slice(p); },
-          (s) => { const p = a % Math.max(s.length, 1); return s.slice(0, p) + s.slice(p + 1); },
-          (s) => pick([" ", "\t\r\n", "\ufeff", "\u00a0", "\n"], b) + s,
-          (s) => s + pick([" ", "   \t", "\r\n", "\0", "\0\0\0", "x", "{}"], b),
-        ], a + b)!);
+        textEdits.push(
+          pick<(s: string) => string>(
+            [
+              (s) => s.slice(0, a % (s.length + 1)),
+              (s) => {
+                const p = a % (s.length + 1);
+                return s.slice(0, p) + pick(["{", "}", "[", "]", ",", ":", '"', "\\", "0", "-", ".", "e", " ", "x"], b)! + s.slice(p);
+              },
+              (s) => {
+                const p = a % Math.max(s.length, 1);
+                return s.slice(0, p) + s.slice(p + 1);
+              },
+              (s) => pick([" ", "\t\r\n", "\ufeff", "\u00a0", "\n"], b) + s,
+              (s) => s + pick([" ", "   \t", "\r\n", "\0", "\0\0\0", "x", "{}"], b),
+            ],
+            a + b,
+          )!,
+        );
         break;
       case "bytes":
         byteEdits.push((h) => {
@@ -547,40 +725,45 @@ const STRICTER_CODES: readonly SafetensorsErrorCode[] = ["DuplicateKey", "Intege
 describe("differential: our reader against a restatement of the reference's rules", () => {
   it("accepts exactly what the oracle accepts (minus the documented stricter rules), with the same tensors and metadata", async () => {
     const tally = { accepted: 0, refused: 0, stricter: 0 };
-    await fc.assert(fc.asyncProperty(caseArb, async (c) => {
-      const bytes = build(c);
-      const verdict = oracle(bytes);
-      const { path, result } = await ours(bytes);
-      const expected = verdict.accept && verdict.stricter.length === 0;
-      const context = `header ${preview(bytes)}\noracle: ${verdict.accept ? `accept${verdict.stricter.length ? ` (but stricter here: ${verdict.stricter.join("; ")})` : ""}` : `refuse (${verdict.why}: ${verdict.code})`}\nours: ${result.ok ? "accept" : `${result.message} (${result.code})`}`;
-      expect(result.ok, context).toBe(expected);
-      if (!result.ok) {
-        expect(result.message.startsWith(`${path}: `), context).toBe(true);
-        expect(result.message, context).not.toContain("\n");
-        if (verdict.accept) {
-          // Refused only by a rule stricter than the reference's: the code says which.
-          expect(STRICTER_CODES, context).toContain(result.code);
-          tally.stricter++;
-        } else {
-          // The reference's error kind, unless one of our stricter rules saw the header first.
-          if (!STRICTER_CODES.includes(result.code)) expect(result.code, context).toBe(verdict.code);
-          tally.refused++;
+    await fc.assert(
+      fc.asyncProperty(caseArb, async (c) => {
+        const bytes = build(c);
+        const verdict = oracle(bytes);
+        const { path, result } = await ours(bytes);
+        const expected = verdict.accept && verdict.stricter.length === 0;
+        const context = `header ${preview(bytes)}\noracle: ${verdict.accept ? `accept${verdict.stricter.length ? ` (but stricter here: ${verdict.stricter.join("; ")})` : ""}` : `refuse (${verdict.why}: ${verdict.code})`}\nours: ${result.ok ? "accept" : `${result.message} (${result.code})`}`;
+        expect(result.ok, context).toBe(expected);
+        if (!result.ok) {
+          expect(result.message.startsWith(`${path}: `), context).toBe(true);
+          expect(result.message, context).not.toContain("\n");
+          if (verdict.accept) {
+            // Refused only by a rule stricter than the reference's: the code says which.
+            expect(STRICTER_CODES, context).toContain(result.code);
+            tally.stricter++;
+          } else {
+            // The reference's error kind, unless one of our stricter rules saw the header first.
+            if (!STRICTER_CODES.includes(result.code)) expect(result.code, context).toBe(verdict.code);
+            tally.refused++;
+          }
+          return;
         }
-        return;
-      }
-      tally.accepted++;
-      const { file } = result;
-      try {
-        if (!verdict.accept) return;
-        const theirs = [...verdict.tensors].map(([name, t]) => [name, { dtype: t.dtype, shape: t.shape.map(Number), dataOffsets: [Number(t.begin), Number(t.end)] }] as const);
-        expect(new Map(file.header), context).toEqual(new Map(theirs));
-        const offsets = [...file.header.values()].map((t) => t.dataOffsets);
-        expect(offsets, context).toEqual([...offsets].sort((x, y) => x[0] - y[0] || x[1] - y[1]));
-        expect(file.metadata === null ? null : new Map(Object.entries(file.metadata)), context).toEqual(verdict.metadata);
-      } finally {
-        await file.close();
-      }
-    }), { numRuns: 600 });
+        tally.accepted++;
+        const { file } = result;
+        try {
+          if (!verdict.accept) return;
+          const theirs = [...verdict.tensors].map(
+            ([name, t]) => [name, { dtype: t.dtype, shape: t.shape.map(Number), dataOffsets: [Number(t.begin), Number(t.end)] }] as const,
+          );
+          expect(new Map(file.header), context).toEqual(new Map(theirs));
+          const offsets = [...file.header.values()].map((t) => t.dataOffsets);
+          expect(offsets, context).toEqual([...offsets].sort((x, y) => x[0] - y[0] || x[1] - y[1]));
+          expect(file.metadata === null ? null : new Map(Object.entries(file.metadata)), context).toEqual(verdict.metadata);
+        } finally {
+          await file.close();
+        }
+      }),
+      { numRuns: 600 },
+    );
     // Both sides of the property were exercised.
     expect(tally.accepted).toBeGreaterThan(100);
     expect(tally.refused).toBeGreaterThan(100);
@@ -594,43 +777,62 @@ const dtypeArb = fc.constantFrom(...(Object.keys(DTYPE_SIZES) as DType[]));
 
 describe("round trip: random tensors of mixed dtypes through our writer", () => {
   it("reads back the same bytes, every tensor aligned to its dtype size, in the reference writer's order", async () => {
-    await fc.assert(fc.asyncProperty(
-      fc.uniqueArray(fc.record({
-        name: fc.string({ unit: "binary", maxLength: 6 }).filter((s) => !s.includes("\0") && s !== "__metadata__"),
-        dtype: dtypeArb,
-        shape: fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 3 }),
-        seed: fc.integer(),
-      }), { selector: (t) => t.name, maxLength: 8 }),
-      fc.option(fc.dictionary(fc.string({ maxLength: 5 }).filter((s) => !s.includes("\0")), fc.string({ maxLength: 5 }).filter((s) => !s.includes("\0")), { maxKeys: 2 }), { nil: undefined }),
-      async (specs, metadata) => {
-        const entries = specs.map(({ name, dtype, shape, seed }) => {
-          const t = Tensor.zeros(dtype, shape);
-          const r = rng(seed);
-          if (dtype === "F16" || dtype === "BF16") t.data.forEach((_, k) => { (t.data as Float32Array)[k] = (r(2001) - 1000) / 8; });
-          else new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength).forEach((_, k, a) => { a[k] = r(256); });
-          return { name, tensor: t };
-        });
-        const path = join(dir, `rt${counter++}.safetensors`);
-        const written = await writeSafetensors(path, entries, metadata);
-        const raw = new Uint8Array(await readFile(path));
-        expect(raw.length).toBe(written);
-        expect(oracle(raw)).toMatchObject({ accept: true, stricter: [] });
-        const file = await SafetensorsFile.open(path);
-        try {
-          expect(file.dataStart % 8).toBe(0);
-          expect([...file.tensors.keys()]).toEqual(referenceOrder(entries).map((e) => e.name));
-          expect(file.metadata ?? undefined).toEqual(metadata);
-          for (const { name, tensor } of entries) {
-            const info = file.tensors.get(name)!;
-            expect(info.dtype).toBe(tensor.dtype);
-            expect(info.shape).toEqual(tensor.shape);
-            expect((file.dataStart + info.dataOffsets[0]) % DTYPE_SIZES[tensor.dtype]).toBe(0);
-            expect(Array.from(await file.readRaw(name))).toEqual(Array.from(encodeTensor(tensor)));
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uniqueArray(
+          fc.record({
+            name: fc.string({ unit: "binary", maxLength: 6 }).filter((s) => !s.includes("\0") && s !== "__metadata__"),
+            dtype: dtypeArb,
+            shape: fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 3 }),
+            seed: fc.integer(),
+          }),
+          { selector: (t) => t.name, maxLength: 8 },
+        ),
+        fc.option(
+          fc.dictionary(
+            fc.string({ maxLength: 5 }).filter((s) => !s.includes("\0")),
+            fc.string({ maxLength: 5 }).filter((s) => !s.includes("\0")),
+            { maxKeys: 2 },
+          ),
+          { nil: undefined },
+        ),
+        async (specs, metadata) => {
+          const entries = specs.map(({ name, dtype, shape, seed }) => {
+            const t = Tensor.zeros(dtype, shape);
+            const r = rng(seed);
+            if (dtype === "F16" || dtype === "BF16")
+              t.data.forEach((_, k) => {
+                (t.data as Float32Array)[k] = (r(2001) - 1000) / 8;
+              });
+            else
+              new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength).forEach((_, k, a) => {
+                a[k] = r(256);
+              });
+            return { name, tensor: t };
+          });
+          const path = join(dir, `rt${counter++}.safetensors`);
+          const written = await writeSafetensors(path, entries, metadata);
+          const raw = new Uint8Array(await readFile(path));
+          expect(raw.length).toBe(written);
+          expect(oracle(raw)).toMatchObject({ accept: true, stricter: [] });
+          const file = await SafetensorsFile.open(path);
+          try {
+            expect(file.dataStart % 8).toBe(0);
+            expect([...file.tensors.keys()]).toEqual(referenceOrder(entries).map((e) => e.name));
+            expect(file.metadata ?? undefined).toEqual(metadata);
+            for (const { name, tensor } of entries) {
+              const info = file.tensors.get(name)!;
+              expect(info.dtype).toBe(tensor.dtype);
+              expect(info.shape).toEqual(tensor.shape);
+              expect((file.dataStart + info.dataOffsets[0]) % DTYPE_SIZES[tensor.dtype]).toBe(0);
+              expect(Array.from(await file.readRaw(name))).toEqual(Array.from(encodeTensor(tensor)));
+            }
+          } finally {
+            await file.close();
           }
-        } finally {
-          await file.close();
-        }
-      },
-    ), { numRuns: 150 });
+        },
+      ),
+      { numRuns: 150 },
+    );
   }, 60_000);
 });

@@ -53,24 +53,36 @@ const DTYPE_RANK = new Map<string, number>(SAFETENSORS_DTYPES.map((d, i) => [d, 
  * 8-byte dtypes first and so aligns every tensor, then by name.
  */
 export function referenceOrder<T extends { name: string; tensor: { dtype: string } }>(entries: readonly T[]): T[] {
-  return [...entries].sort((a, b) =>
-    (DTYPE_RANK.get(b.tensor.dtype) ?? -1) - (DTYPE_RANK.get(a.tensor.dtype) ?? -1) || compareCodePoints(a.name, b.name));
+  return [...entries].sort(
+    (a, b) => (DTYPE_RANK.get(b.tensor.dtype) ?? -1) - (DTYPE_RANK.get(a.tensor.dtype) ?? -1) || compareCodePoints(a.name, b.name),
+  );
 }
 
 /**
  * JSON text of a header whose `__metadata__` (if any) comes first and whose tensors are in the
  * reference writer's order (returned as `order`, the order their bytes follow).
  */
-function headerJson(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>): { json: string; dataLength: number; order: TensorEntry[] } {
-  const fail = (code: SafetensorsErrorCode, problem: string): never => { throw new SafetensorsError(path, code, problem); };
+function headerJson(
+  path: string,
+  entries: readonly TensorEntry[],
+  metadata?: Record<string, string>,
+): { json: string; dataLength: number; order: TensorEntry[] } {
+  const fail = (code: SafetensorsErrorCode, problem: string): never => {
+    throw new SafetensorsError(path, code, problem);
+  };
   const parts: string[] = [];
   if (metadata) {
     const m: string[] = [];
     for (const k of Object.keys(metadata)) {
       const v = metadata[k];
       if (typeof v !== "string") return fail("InvalidMetadata", `__metadata__ value of ${describe(k)} is not a string (got ${describe(v)})`);
-      if (LONE_SURROGATE.test(k) || LONE_SURROGATE.test(v)) fail("InvalidMetadata", `__metadata__ ${LONE_SURROGATE.test(k) ? "key" : "value of"} ${describe(k)} holds a lone UTF-16 surrogate (not Unicode text)`);
-      if (k.includes("\0") || v.includes("\0")) fail("InvalidMetadata", `__metadata__ ${k.includes("\0") ? "key" : "value of"} ${describe(k)} contains a NUL character`);
+      if (LONE_SURROGATE.test(k) || LONE_SURROGATE.test(v))
+        fail(
+          "InvalidMetadata",
+          `__metadata__ ${LONE_SURROGATE.test(k) ? "key" : "value of"} ${describe(k)} holds a lone UTF-16 surrogate (not Unicode text)`,
+        );
+      if (k.includes("\0") || v.includes("\0"))
+        fail("InvalidMetadata", `__metadata__ ${k.includes("\0") ? "key" : "value of"} ${describe(k)} contains a NUL character`);
       m.push(`${JSON.stringify(k)}:${JSON.stringify(v)}`);
     }
     parts.push(`"__metadata__":{${m.join(",")}}`);
@@ -87,7 +99,8 @@ function headerJson(path: string, entries: readonly TensorEntry[], metadata?: Re
     if (seen.has(name)) fail("DuplicateKey", `duplicate tensor name ${describe(name)}`);
     seen.add(name);
     if (!isDType(tensor.dtype)) fail("UnsupportedDType", `${where}: ${undecodable(tensor.dtype)}`);
-    if (!Array.isArray(tensor.shape) || !tensor.shape.every(isIndex)) fail("TensorInvalidInfo", `${where}: shape must be an array of non-negative integers (got ${describe(tensor.shape)})`);
+    if (!Array.isArray(tensor.shape) || !tensor.shape.every(isIndex))
+      fail("TensorInvalidInfo", `${where}: shape must be an array of non-negative integers (got ${describe(tensor.shape)})`);
     const bytes = byteCount(tensor.dtype, tensor.shape);
     if (!Number.isSafeInteger(bytes)) fail("IntegerTooLarge", `${where}: shape ${describe(tensor.shape)} overflows`);
     sizes.set(e, bytes);
@@ -108,7 +121,11 @@ function headerJson(path: string, entries: readonly TensorEntry[], metadata?: Re
  * Header bytes (8-byte LE length + JSON padded with spaces to a multiple of 8) for these entries,
  * laid out in the reference writer's order (`order`: the order the tensors' bytes must follow).
  */
-export function encodeSafetensorsHeader(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>): { header: Uint8Array; dataLength: number; order: TensorEntry[] } {
+export function encodeSafetensorsHeader(
+  path: string,
+  entries: readonly TensorEntry[],
+  metadata?: Record<string, string>,
+): { header: Uint8Array; dataLength: number; order: TensorEntry[] } {
   const { json, dataLength, order } = headerJson(path, entries, metadata);
   const body = new TextEncoder().encode(json);
   const padded = body.length + ((8 - (body.length % 8)) % 8);
@@ -148,7 +165,10 @@ class PositionedWriter {
   private skew = 0;
   written = 0;
   /** `direct`: where the file's large writes go straight to the disk (see direct.ts), else null. */
-  constructor(private readonly fh: FileHandle, private readonly direct: DirectWriter | null) {}
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly direct: DirectWriter | null,
+  ) {}
 
   private sink(bytes: Uint8Array, position: number): Promise<void> {
     return this.direct ? this.direct.write(bytes, position) : writeFully(this.fh, bytes, position);
@@ -157,7 +177,8 @@ class PositionedWriter {
   async write(bytes: Uint8Array, position: number, ahead = false): Promise<void> {
     this.written += bytes.length;
     if (ahead) return this.sink(bytes, position);
-    if (this.used > 0 && (position !== this.start + this.used || bytes.length > this.buf.length - DIRECT_ALIGN - this.skew - this.used)) await this.flush();
+    if (this.used > 0 && (position !== this.start + this.used || bytes.length > this.buf.length - DIRECT_ALIGN - this.skew - this.used))
+      await this.flush();
     if (this.used > 0 || bytes.length < this.buf.length / 4) {
       if (this.used === 0) {
         this.start = position;
@@ -180,11 +201,16 @@ class PositionedWriter {
 /** The writer's piece memory: a piece of PIECE_BYTES with its direct read's aligned ends. */
 const POOL_BYTES = PIECE_BYTES + 2 * DIRECT_ALIGN;
 
-const sameShape = (a: readonly number[], b: readonly number[]): boolean =>
-  a.length === b.length && a.every((d, i) => d === b[i]);
+const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i]);
 
 /** One tensor of a file and every place it goes (several when one object is given under several names). */
-interface Placed { tensor: LazyTensor | Tensor; dtype: DType; names: string[]; offsets: number[]; size: number }
+interface Placed {
+  tensor: LazyTensor | Tensor;
+  dtype: DType;
+  names: string[];
+  offsets: number[];
+  size: number;
+}
 
 /** The pieces of a tensor's stored bytes, with the values they were encoded from, if they were. */
 async function* piecesOf(path: string, p: Placed, buffer: (bytes: number) => Uint8Array): AsyncGenerator<{ bytes: Uint8Array; values?: Tensor }> {
@@ -198,7 +224,11 @@ async function* piecesOf(path: string, p: Placed, buffer: (bytes: number) => Uin
   } else {
     const v = await t.read();
     if (v.dtype !== t.dtype || !sameShape(v.shape, t.shape)) {
-      throw new SafetensorsError(path, "InvalidTensorView", `tensor ${describe(p.names[0])} was declared ${t.dtype} [${t.shape.join(", ")}] but read as ${v.dtype} [${v.shape.join(", ")}]`);
+      throw new SafetensorsError(
+        path,
+        "InvalidTensorView",
+        `tensor ${describe(p.names[0])} was declared ${t.dtype} [${t.shape.join(", ")}] but read as ${v.dtype} [${v.shape.join(", ")}]`,
+      );
     }
     yield { bytes: tensorBytes(v), values: v };
   }
@@ -213,8 +243,12 @@ async function* piecesOf(path: string, p: Placed, buffer: (bytes: number) => Uin
  * An observer sees every piece before it is written and the bytes as they are. A failed write removes the partial file.
  * Returns the number of bytes written.
  */
-export async function writeSafetensors(path: string, entries: readonly TensorEntry[], metadata?: Record<string, string>,
-                                       observer: WriteObserver = {}): Promise<number> {
+export async function writeSafetensors(
+  path: string,
+  entries: readonly TensorEntry[],
+  metadata?: Record<string, string>,
+  observer: WriteObserver = {},
+): Promise<number> {
   const { header, dataLength, order } = encodeSafetensorsHeader(path, entries, metadata);
   const placed: Placed[] = [];
   const byObject = new Map<object, Placed>();
@@ -271,12 +305,22 @@ export async function writeSafetensors(path: string, entries: readonly TensorEnt
         let at = 0;
         for await (const piece of piecesOf(path, p, buffer)) {
           const { bytes } = piece;
-          if (at + bytes.length > p.size) throw new SafetensorsError(path, "InvalidTensorView", `tensor ${describe(name)} gave more than the ${p.size} bytes of ${p.dtype} [${p.tensor.shape.join(", ")}]`);
+          if (at + bytes.length > p.size)
+            throw new SafetensorsError(
+              path,
+              "InvalidTensorView",
+              `tensor ${describe(name)} gave more than the ${p.size} bytes of ${p.dtype} [${p.tensor.shape.join(", ")}]`,
+            );
           observer.piece?.(name, p.dtype, bytes, at / DTYPE_SIZES[p.dtype], piece.values);
           at += bytes.length;
           yield { p, bytes };
         }
-        if (at !== p.size) throw new SafetensorsError(path, "InvalidTensorView", `tensor ${describe(name)} gave ${at} bytes, but ${p.dtype} [${p.tensor.shape.join(", ")}] is ${p.size}`);
+        if (at !== p.size)
+          throw new SafetensorsError(
+            path,
+            "InvalidTensorView",
+            `tensor ${describe(name)} gave ${at} bytes, but ${p.dtype} [${p.tensor.shape.join(", ")}] is ${p.size}`,
+          );
         yield { p, bytes: null };
       }
     })();

@@ -18,7 +18,12 @@ import type { SaveOptions } from "./save.js";
 
 /** Files of an HF model directory that travel with a checkpoint unchanged. */
 export const COPIED_FILES = [
-  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "generation_config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "vocab.json",
+  "merges.txt",
+  "generation_config.json",
   // The trainer's learning curve travels with the state, through growth too, for the scheduler to read.
   "metrics.jsonl",
 ];
@@ -103,7 +108,13 @@ export function stagedContents(state: TrainingState, m: ModelToSave, options: Sa
  * The files of an HF model directory: config.json (with the state's shape and torch_dtype), the weights
  * (model.safetensors, sharded above maxShardBytes), and the files that travel with the state (tokenizer files, ...).
  */
-export async function writeModelFiles(tmp: string, state: TrainingState, m: ModelToSave, observer: WriteObserver, options: SaveOptions): Promise<void> {
+export async function writeModelFiles(
+  tmp: string,
+  state: TrainingState,
+  m: ModelToSave,
+  observer: WriteObserver,
+  options: SaveOptions,
+): Promise<void> {
   // transformers ≥ 5 names the dtype "dtype" (and still reads "torch_dtype"): a config that has it gets both.
   const dtype = { torch_dtype: m.model.dtype, ...("dtype" in m.config ? { dtype: m.model.dtype } : {}) };
   await writeFile(join(tmp, "config.json"), JSON.stringify({ ...m.config, ...dtype }, null, 2) + "\n");
@@ -136,13 +147,15 @@ export function modelEntries(specs: ParamSpec[], state: TrainingState): { entrie
   return { entries, dtype };
 }
 
-
 /** The moments exp_avg.<name>, exp_avg_sq.<name> in the architecture's order, each checked; null for a state without. */
 export function momentEntries(specs: ParamSpec[], state: TrainingState): TensorEntry[] | null {
   const { expAvg, expAvgSq } = state.optimizer;
   if (!expAvg && !expAvgSq) return null;
   const entries: TensorEntry[] = [];
-  for (const [prefix, map] of [["exp_avg", expAvg], ["exp_avg_sq", expAvgSq]] as const) {
+  for (const [prefix, map] of [
+    ["exp_avg", expAvg],
+    ["exp_avg_sq", expAvgSq],
+  ] as const) {
     for (const spec of specs) {
       const t = map?.get(spec.name);
       if (!t) throw new Error(`optimizer state has no ${prefix} for ${spec.name}`);

@@ -42,11 +42,12 @@ export interface LoadedTrainingState extends TrainingState {
 }
 
 /** Whether a state was read from a directory (loadTrainingState): its source, lock and close are then there, typed. */
-export const isLoaded = (state: TrainingState): state is LoadedTrainingState =>
-  typeof (state as Partial<LoadedTrainingState>).source === "string";
+export const isLoaded = (state: TrainingState): state is LoadedTrainingState => typeof (state as Partial<LoadedTrainingState>).source === "string";
 
 /** Crash recovery's notices, by default: a line on stderr each. */
-export const stderrNotice = (line: string): void => { process.stderr.write(`${line}\n`); };
+export const stderrNotice = (line: string): void => {
+  process.stderr.write(`${line}\n`);
+};
 
 /**
  * Settle what interrupted saves (kill -9, power loss) left beside checkpoint `target` (canonical path), so it is
@@ -74,13 +75,19 @@ export async function recoverInterruptedSave(target: string, notice: (line: stri
 }
 
 const readJson = async (file: string): Promise<unknown> => parseJsonFile(await readTextInput(file), file);
-const exists = (p: string): Promise<boolean> => stat(p).then(() => true, () => false);
+const exists = (p: string): Promise<boolean> =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 function findArchitecture(registry: Registry, config: Record<string, unknown>, file: string): ArchitecturePlugin {
   const arch = registry.architectureFor(config.model_type);
   if (arch) return arch;
-  throw new Error(`${file}: unknown architecture model_type ${JSON.stringify(config.model_type)} ` +
-    `(registered: ${registry.list("architecture").join(", ") || "none"})`);
+  throw new Error(
+    `${file}: unknown architecture model_type ${JSON.stringify(config.model_type)} ` +
+      `(registered: ${registry.list("architecture").join(", ") || "none"})`,
+  );
 }
 
 /**
@@ -94,8 +101,10 @@ function formatOf(registry: Registry, names: readonly string[], dir: string): Ch
     if (plugin.detect(names)) return plugin;
   }
   if (names.includes(TRAINER_FILES.optimizer) && !names.includes(STATE_FILE)) {
-    throw new Error(`${dir}: a Hugging Face Trainer checkpoint (${TRAINER_FILES.optimizer}), and no checkpoint format to read it is registered ` +
-      `(@staged/hf-trainer's; the staged CLI has it)`);
+    throw new Error(
+      `${dir}: a Hugging Face Trainer checkpoint (${TRAINER_FILES.optimizer}), and no checkpoint format to read it is registered ` +
+        `(@staged/hf-trainer's; the staged CLI has it)`,
+    );
   }
   return null;
 }
@@ -154,11 +163,19 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
     const model = await openCheckpoint(root, "model");
     if (!model) {
       const legacy = await exists(join(root, "pytorch_model.bin"));
-      throw new Error(`${dir}: no model.safetensors or model.safetensors.index.json` +
-        (legacy ? " (pytorch_model.bin is not supported: convert it to safetensors)" : ""));
+      throw new Error(
+        `${dir}: no model.safetensors or model.safetensors.index.json` +
+          (legacy ? " (pytorch_model.bin is not supported: convert it to safetensors)" : ""),
+      );
     }
     opened.push(model);
-    const params = collectParams(arch, specs, model, join(dir, model.files.length > 1 ? "model.safetensors.index.json" : "model.safetensors"), config);
+    const params = collectParams(
+      arch,
+      specs,
+      model,
+      join(dir, model.files.length > 1 ? "model.safetensors.index.json" : "model.safetensors"),
+      config,
+    );
 
     const names = await readdir(root);
     const format = formatOf(registry, names, dir);
@@ -181,19 +198,25 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
       if (await present(name)) files.set(name, checkCopiedFile(name, await readFile(p), join(dir, name)));
     }
     // A plain HF checkpoint without tokenizer.json: bytes only fit a vocabulary of 256.
-    const tokenizer: TokenizerSpec = saved?.tokenizer ??
+    const tokenizer: TokenizerSpec =
+      saved?.tokenizer ??
       (files.has("tokenizer.json") ? { kind: "hf", file: "tokenizer.json" } : shape.vocab > 256 ? { kind: "none" } : { kind: "bytes" });
     if (tokenizer.kind === "hf" && !files.has("tokenizer.json")) throw new Error(`${stateFile}: names tokenizer.json, which is missing`);
     const base: TrainingState = {
-      architecture: arch.name, config, shape, params, optimizer,
+      architecture: arch.name,
+      config,
+      shape,
+      params,
+      optimizer,
       schedule: saved?.schedule ?? null,
       progress: saved?.progress ?? { step: 0, tokensSeen: 0, flopsSeen: 0, samplerSeed: 0, stages: [] },
       ...(saved?.training ? { training: saved.training } : {}),
-      tokenizer, files,
+      tokenizer,
+      files,
     };
     if (!format) return { ...base, source: root, lock, close };
     // The format's own files complete the state; what it opens is closed with the state's files.
-    const read = await format.read(base, { dir, root, names, specs, arch, file: async (name) => (await present(name)) ? join(root, name) : null });
+    const read = await format.read(base, { dir, root, names, specs, arch, file: async (name) => ((await present(name)) ? join(root, name) : null) });
     if (read.close) closers.push(read.close);
     return { ...read.state, source: root, lock, close };
   } catch (e) {
@@ -202,8 +225,13 @@ async function readState(dir: string, root: string, registry: Registry, lock: Ch
   }
 }
 
-function collectParams(arch: ArchitecturePlugin, specs: ParamSpec[], model: CheckpointFiles, file: string,
-                       config: Record<string, unknown>): Map<string, LazyTensor> {
+function collectParams(
+  arch: ArchitecturePlugin,
+  specs: ParamSpec[],
+  model: CheckpointFiles,
+  file: string,
+  config: Record<string, unknown>,
+): Map<string, LazyTensor> {
   const found = new Map<string, { lazy: LazyTensor; original: string }>();
   for (const [name, t] of model.tensors) {
     const canonical = arch.canonicalName(name);
@@ -231,7 +259,12 @@ function collectParams(arch: ArchitecturePlugin, specs: ParamSpec[], model: Chec
  * The moments `exp_avg.<param>` and `exp_avg_sq.<param>`, the parameter part normalized like the model's own
  * names (an HF prefix such as `transformer.` is accepted), each exactly once.
  */
-function collectMoments(arch: ArchitecturePlugin, specs: ParamSpec[], moments: CheckpointFiles, file: string): [Map<string, LazyTensor>, Map<string, LazyTensor>] {
+function collectMoments(
+  arch: ArchitecturePlugin,
+  specs: ParamSpec[],
+  moments: CheckpointFiles,
+  file: string,
+): [Map<string, LazyTensor>, Map<string, LazyTensor>] {
   const prefixes = ["exp_avg", "exp_avg_sq"] as const;
   const found = new Map<string, { lazy: LazyTensor; original: string }>();
   for (const [name, t] of moments.tensors) {

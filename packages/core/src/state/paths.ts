@@ -21,10 +21,12 @@ export async function checkOutputPath(dir: string): Promise<void> {
   const abs = resolve(dir);
   for (let p = abs; ; p = dirname(p)) {
     if ((await lstat(p).catch(() => null))?.isSymbolicLink()) {
-      const missing = await stat(p).then(() => false, (e: NodeJS.ErrnoException) => e.code === "ENOENT" || e.code === "ENOTDIR");
+      const missing = await stat(p).then(
+        () => false,
+        (e: NodeJS.ErrnoException) => e.code === "ENOENT" || e.code === "ENOTDIR",
+      );
       if (missing) throw new Error(`${p === abs ? dir : p}: a symlink to ${await readlink(p).catch(() => "?")}, which does not exist`);
     }
     if (dirname(p) === p) return;
   }
 }
-

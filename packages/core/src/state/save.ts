@@ -50,7 +50,13 @@ export interface SaveOptions {
   signal?: AbortSignal | undefined;
 }
 
-export interface SaveProgress { name: string; tensors: number; totalTensors: number; bytes: number; totalBytes: number }
+export interface SaveProgress {
+  name: string;
+  tensors: number;
+  totalTensors: number;
+  bytes: number;
+  totalBytes: number;
+}
 
 /**
  * Write a TrainingState directory atomically and durably. Holding the directory's write lock (see ../lock.ts),
@@ -66,9 +72,10 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
   const specs = arch.params(config);
   const model = modelEntries(specs, state);
   const format = options.format ?? state.foreign?.format ?? STAGED_FORMAT;
-  const contents = format === STAGED_FORMAT
-    ? stagedContents(state, { arch, config, specs, model }, options)
-    : registry.get("checkpointFormat", format).contents(state, { arch, config, specs, model }, options);
+  const contents =
+    format === STAGED_FORMAT
+      ? stagedContents(state, { arch, config, specs, model }, options)
+      : registry.get("checkpointFormat", format).contents(state, { arch, config, specs, model }, options);
   await saveCheckpointDirectory(dir, state, contents, options);
 }
 
@@ -78,7 +85,12 @@ export async function saveTrainingState(dir: string, state: TrainingState, optio
  * that is fsynced and renamed into place only when complete; a kill -9 at any moment leaves the old checkpoint or
  * the new one, never a mix. A non-finite value in any tensor stops the save with nothing replaced.
  */
-export async function saveCheckpointDirectory(dir: string, state: TrainingState, contents: CheckpointContents, options: SaveOptions = {}): Promise<void> {
+export async function saveCheckpointDirectory(
+  dir: string,
+  state: TrainingState,
+  contents: CheckpointContents,
+  options: SaveOptions = {},
+): Promise<void> {
   const what = contents.what ?? "checkpoint";
   await checkOutputPath(dir);
   const target = await canonicalPath(dir);
@@ -96,14 +108,15 @@ export async function saveCheckpointDirectory(dir: string, state: TrainingState,
   // The write lock: given, or brought by a state loaded with it from this directory, or taken for this save.
   const carried = isLoaded(state) ? state.lock : undefined;
   const held = options.lock ?? (carried?.mode === "exclusive" && carried.held && carried.path === target ? carried : undefined);
-  const lock = held ?? await lockCheckpoint(target, "exclusive");
+  const lock = held ?? (await lockCheckpoint(target, "exclusive"));
   const claimed: { path: string; done(): void }[] = [];
   const claim = (kind: "tmp" | "new" | "old"): string => {
     const c = claimSibling(siblingPath(target, kind));
     claimed.push(c);
     return c.path;
   };
-  let tmp: string | null = null, done: string | null = null;
+  let tmp: string | null = null,
+    done: string | null = null;
   try {
     for (const line of await recoverCheckpoint(target)) (options.notice ?? stderrNotice)(line);
     const existing = await stat(target).catch(() => null);
@@ -134,8 +147,11 @@ export async function saveCheckpointDirectory(dir: string, state: TrainingState,
           // Both copies stay, complete, for the next command's recovery to put the newer in place.
           for (const c of claimed) c.done();
           done = null;
-          throw new Error(`${dir}: cannot save (${systemReason(e)}); the previous ${what} is at ${old} and the new one at ` +
-            `${claimed[1]!.path}: the next staged command on ${dir} puts the newer in place`, { cause: e });
+          throw new Error(
+            `${dir}: cannot save (${systemReason(e)}); the previous ${what} is at ${old} and the new one at ` +
+              `${claimed[1]!.path}: the next staged command on ${dir} puts the newer in place`,
+            { cause: e },
+          );
         }
         throw e;
       }
@@ -167,16 +183,20 @@ function saveObserver(entries: readonly TensorEntry[], dir: string, options: Sav
   const sizeOf = (t: LazyTensor | Tensor) => t.shape.reduce((a, b) => a * b, DTYPE_SIZES[t.dtype]);
   const totalBytes = entries.reduce((s, e) => s + sizeOf(e.tensor), 0);
   const totalTensors = entries.length;
-  let tensors = 0, written = 0, done = 0;
+  let tensors = 0,
+    written = 0,
+    done = 0;
   return {
     piece: (name, dtype, bytes, at, values) => {
-      if (options.signal?.aborted) throw new Error(`${dir}: not saved: interrupted (${String(options.signal.reason ?? "aborted")}); nothing was written there`);
+      if (options.signal?.aborted)
+        throw new Error(`${dir}: not saved: interrupted (${String(options.signal.reason ?? "aborted")}); nothing was written there`);
       let bad = values ? firstNonFinite(values) : null;
       if (!bad && (!values || dtype === "BF16")) {
         const i = firstNonFiniteStored(dtype, bytes);
         if (i >= 0) bad = { index: at + i, value: storedValue(dtype, bytes, i) };
       }
-      if (bad !== null) throw new Error(`${dir}: not saved: ${name} holds ${bad.value} at index ${bad.index} (a diverged run?); the checkpoint there is unchanged`);
+      if (bad !== null)
+        throw new Error(`${dir}: not saved: ${name} holds ${bad.value} at index ${bad.index} (a diverged run?); the checkpoint there is unchanged`);
     },
     bytesWritten: (name, bytes) => {
       written += bytes;
@@ -196,11 +216,15 @@ function saveObserver(entries: readonly TensorEntry[], dir: string, options: Sav
  */
 function allFiniteF32(d: Float32Array): boolean {
   const u = new Uint32Array(d.buffer, d.byteOffset, d.length);
-  const n = u.length, m = n - (n % 4);
+  const n = u.length,
+    m = n - (n % 4);
   let acc = 0;
   for (let i = 0; i < m; i += 4) {
-    acc |= ((u[i]! & 0x7f800000) + 0x00800000) | ((u[i + 1]! & 0x7f800000) + 0x00800000) |
-      ((u[i + 2]! & 0x7f800000) + 0x00800000) | ((u[i + 3]! & 0x7f800000) + 0x00800000);
+    acc |=
+      ((u[i]! & 0x7f800000) + 0x00800000) |
+      ((u[i + 1]! & 0x7f800000) + 0x00800000) |
+      ((u[i + 2]! & 0x7f800000) + 0x00800000) |
+      ((u[i + 3]! & 0x7f800000) + 0x00800000);
   }
   for (let i = m; i < n; i++) acc |= (u[i]! & 0x7f800000) + 0x00800000;
   return (acc & 0x80000000) === 0;
@@ -229,14 +253,14 @@ export function firstNonFinite(t: Tensor): { index: number; value: number } | nu
  * even when the new checkpoint's format does not write them (a stale scheduler.pt beside a converted state would lie).
  */
 const WEIGHT_FILE = /^(model|optimizer)(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$/;
-const formatFile = (f: string): boolean =>
-  WEIGHT_FILE.test(f) || f === STATE_FILE || TRAINER_STATE_FILES.includes(f) || TRAINER_RNG_FILE.test(f);
+const formatFile = (f: string): boolean => WEIGHT_FILE.test(f) || f === STATE_FILE || TRAINER_STATE_FILES.includes(f) || TRAINER_RNG_FILE.test(f);
 
 /** Copy into the new checkpoint the files of the old one that the save did not write (a README, notes, ...). */
 async function carryOtherFiles(from: string, to: string): Promise<void> {
   const written = new Set(await readdir(to));
   for (const f of await readdir(from)) {
     // Symlinks as they are (a relative one stays relative, wherever it points), not resolved to absolute paths.
-    if (!written.has(f) && !formatFile(f)) await cp(join(from, f), join(to, f), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+    if (!written.has(f) && !formatFile(f))
+      await cp(join(from, f), join(to, f), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
   }
 }

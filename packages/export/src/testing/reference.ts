@@ -21,28 +21,48 @@ export async function paramFeeds(state: TrainingState): Promise<Feeds> {
  * [B][T] of equal lengths.
  */
 export async function trainerLogits(state: TrainingState, ids: readonly (readonly number[])[]): Promise<Float32Array> {
-  const B = ids.length, T = ids[0]!.length;
+  const B = ids.length,
+    T = ids[0]!.length;
   const model = modelGraph(state.architecture);
   const b = new GraphBuilder();
   const specs = model.params(state.config);
   const pv = new Map(specs.map((s) => [s.name, b.input(s.name, "float32", s.shape)]));
   const idv = b.input("input_ids", "int64", [B, T]);
-  b.output(model.logits(b, state.config, (n) => pv.get(n)!, idv), "logits");
+  b.output(
+    model.logits(b, state.config, (n) => pv.get(n)!, idv),
+    "logits",
+  );
   const session = await ort.InferenceSession.create(b.serialize(), { intraOpNumThreads: 1 });
   try {
-    const out = await session.run({ ...(await paramFeeds(state)), input_ids: new ort.Tensor("int64", BigInt64Array.from(ids.flat(), BigInt), [B, T]) });
+    const out = await session.run({
+      ...(await paramFeeds(state)),
+      input_ids: new ort.Tensor("int64", BigInt64Array.from(ids.flat(), BigInt), [B, T]),
+    });
     return out.logits!.data as Float32Array;
   } finally {
     await session.release();
   }
 }
 
-export interface CacheState { keys: ort.Tensor[]; values: ort.Tensor[] }
+export interface CacheState {
+  keys: ort.Tensor[];
+  values: ort.Tensor[];
+}
 
 /** One call of an exported model: ids [B][S] (rows of equal length, padding included), mask [B][P+S], positions [B][S], the past (empty: none). */
-export async function runExport(session: ort.InferenceSession, layers: number, kvHeads: number, headDim: number, ids: number[][], mask: number[][], positions: number[][],
-  past?: CacheState, type: "float32" | "float16" = "float32"): Promise<{ logits: Float32Array; present: CacheState }> {
-  const B = ids.length, S = ids[0]!.length;
+export async function runExport(
+  session: ort.InferenceSession,
+  layers: number,
+  kvHeads: number,
+  headDim: number,
+  ids: number[][],
+  mask: number[][],
+  positions: number[][],
+  past?: CacheState,
+  type: "float32" | "float16" = "float32",
+): Promise<{ logits: Float32Array; present: CacheState }> {
+  const B = ids.length,
+    S = ids[0]!.length;
   const i64 = (rows: number[][]) => new ort.Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [rows.length, rows[0]!.length]);
   const empty = () => new ort.Tensor(type, type === "float16" ? new Uint16Array(0) : new Float32Array(0), [B, kvHeads, 0, headDim]);
   const feeds: Feeds = { [IO.ids]: i64(ids), [IO.mask]: i64(mask), [IO.positions]: i64(positions) };
@@ -54,7 +74,10 @@ export async function runExport(session: ort.InferenceSession, layers: number, k
   if (out.logits!.dims.join() !== [B, S, out.logits!.dims[2]].join()) throw new Error(`logits of shape [${out.logits!.dims}]`);
   return {
     logits: out.logits!.data as Float32Array,
-    present: { keys: Array.from({ length: layers }, (_, l) => out[IO.presentKey(l)]!), values: Array.from({ length: layers }, (_, l) => out[IO.presentValue(l)]!) },
+    present: {
+      keys: Array.from({ length: layers }, (_, l) => out[IO.presentKey(l)]!),
+      values: Array.from({ length: layers }, (_, l) => out[IO.presentValue(l)]!),
+    },
   };
 }
 
@@ -74,9 +97,13 @@ export async function transformed(state: TrainingState, f: (name: string, values
  */
 export async function testState(architecture: string, config: Record<string, unknown>, seed: number, scale = 1): Promise<TrainingState> {
   let x = seed * 7919 + 1;
-  const rand = () => { x = (x * 48271) % 2147483647; return x / 2147483647 - 0.5; };
+  const rand = () => {
+    x = (x * 48271) % 2147483647;
+    return x / 2147483647 - 0.5;
+  };
   return transformed(initTrainingState(architecture, config, seed), (n, v) =>
-    n.endsWith(".bias") ? v.map(() => rand() * 0.2) : /norm|ln_/.test(n) ? v.map((w) => w + rand() * 0.2) : v.map((w) => w * scale));
+    n.endsWith(".bias") ? v.map(() => rand() * 0.2) : /norm|ln_/.test(n) ? v.map((w) => w + rand() * 0.2) : v.map((w) => w * scale),
+  );
 }
 
 /** Largest violation of |a − e| ≤ atol + rtol·|e| (≤ 0: every element passes). */
@@ -93,10 +120,64 @@ export function worstExcess(actual: ArrayLike<number>, expected: ArrayLike<numbe
 /** Small configs of every registered architecture (and its variants) for the parity tests. */
 export const VARIANTS: readonly { name: string; architecture: string; config: Record<string, unknown> }[] = [
   { name: "gpt2 (tied)", architecture: "gpt2", config: { model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 2, vocab_size: 256, n_positions: 32 } },
-  { name: "gpt2 (untied, scale by inverse layer)", architecture: "gpt2", config: { model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 4, vocab_size: 256, n_positions: 32, tie_word_embeddings: false, scale_attn_by_inverse_layer_idx: true } },
-  { name: "llama (GQA 4/2, untied)", architecture: "llama", config: { model_type: "llama", num_hidden_layers: 2, hidden_size: 16, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 24, vocab_size: 256, max_position_embeddings: 32 } },
-  { name: "llama (MQA 4/1, tied, rope_theta 500)", architecture: "llama", config: { model_type: "llama", num_hidden_layers: 2, hidden_size: 16, num_attention_heads: 4, num_key_value_heads: 1, intermediate_size: 24, vocab_size: 256, max_position_embeddings: 32, tie_word_embeddings: true, rope_theta: 500 } },
-  { name: "qwen2 (q/k/v biases, GQA)", architecture: "llama", config: { model_type: "qwen2", num_hidden_layers: 2, hidden_size: 16, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 24, vocab_size: 256, max_position_embeddings: 32 } },
+  {
+    name: "gpt2 (untied, scale by inverse layer)",
+    architecture: "gpt2",
+    config: {
+      model_type: "gpt2",
+      n_layer: 2,
+      n_embd: 16,
+      n_head: 4,
+      vocab_size: 256,
+      n_positions: 32,
+      tie_word_embeddings: false,
+      scale_attn_by_inverse_layer_idx: true,
+    },
+  },
+  {
+    name: "llama (GQA 4/2, untied)",
+    architecture: "llama",
+    config: {
+      model_type: "llama",
+      num_hidden_layers: 2,
+      hidden_size: 16,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      intermediate_size: 24,
+      vocab_size: 256,
+      max_position_embeddings: 32,
+    },
+  },
+  {
+    name: "llama (MQA 4/1, tied, rope_theta 500)",
+    architecture: "llama",
+    config: {
+      model_type: "llama",
+      num_hidden_layers: 2,
+      hidden_size: 16,
+      num_attention_heads: 4,
+      num_key_value_heads: 1,
+      intermediate_size: 24,
+      vocab_size: 256,
+      max_position_embeddings: 32,
+      tie_word_embeddings: true,
+      rope_theta: 500,
+    },
+  },
+  {
+    name: "qwen2 (q/k/v biases, GQA)",
+    architecture: "llama",
+    config: {
+      model_type: "qwen2",
+      num_hidden_layers: 2,
+      hidden_size: 16,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      intermediate_size: 24,
+      vocab_size: 256,
+      max_position_embeddings: 32,
+    },
+  },
 ];
 
 /**
@@ -109,14 +190,19 @@ export async function trainerGreedy(state: TrainingState, prompt: readonly numbe
   const model = modelGraph(state.architecture);
   const b = new GraphBuilder();
   const pv = new Map(model.params(state.config).map((s) => [s.name, b.input(s.name, "float32", s.shape)]));
-  b.output(model.logits(b, state.config, (name) => pv.get(name)!, b.input("input_ids", "int64", [1, T])), "logits");
+  b.output(
+    model.logits(b, state.config, (name) => pv.get(name)!, b.input("input_ids", "int64", [1, T])),
+    "logits",
+  );
   const session = await ort.InferenceSession.create(b.serialize(), { intraOpNumThreads: 1 });
   const params = await paramFeeds(state);
-  const ids = [...prompt], margins: number[] = [];
+  const ids = [...prompt],
+    margins: number[] = [];
   try {
     for (let k = 0; k < n; k++) {
       const padded = [...ids, ...Array(T - ids.length).fill(0)];
-      const logits = (await session.run({ ...params, input_ids: new ort.Tensor("int64", BigInt64Array.from(padded, BigInt), [1, T]) })).logits!.data as Float32Array;
+      const logits = (await session.run({ ...params, input_ids: new ort.Tensor("int64", BigInt64Array.from(padded, BigInt), [1, T]) })).logits!
+        .data as Float32Array;
       const V = logits.length / T;
       const row = logits.subarray((ids.length - 1) * V, ids.length * V);
       let best = 0;

@@ -58,7 +58,11 @@ export function untagSentence(line: string): string {
 
 /** The plain text of one tagged document. */
 export function untagDocument(tagged: string): string {
-  return tagged.split("\n").map(untagSentence).filter((s) => s.length > 0).join(" ");
+  return tagged
+    .split("\n")
+    .map(untagSentence)
+    .filter((s) => s.length > 0)
+    .join(" ");
 }
 
 const cache = new Map<BrownSplit, string>();

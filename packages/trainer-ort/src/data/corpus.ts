@@ -1,6 +1,4 @@
-import {
-  formatBytes, formatCount, freeMemory, inputError, MAX_TENSOR_VALUES, MAX_TEXT_BYTES, openInput, readInputWithin,
-} from "@staged/core";
+import { formatBytes, formatCount, freeMemory, inputError, MAX_TENSOR_VALUES, MAX_TEXT_BYTES, openInput, readInputWithin } from "@staged/core";
 import { basename, extname } from "node:path";
 import { brownText, type BrownSplit } from "./brown.js";
 import type { TextTokenizer } from "./tokenizer.js";
@@ -41,9 +39,11 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 function checkLength(bytes: number, dtype: TokenDtype, name: string): void {
   const width = WIDTH[dtype];
   if (bytes % width === 0) return;
-  throw new Error(dtype === "uint16"
-    ? `${name}: ${bytes} bytes, an odd length: not a file of uint16 token ids`
-    : `${name}: ${bytes} bytes, not a multiple of 4: not a file of uint32 token ids (.u32.bin)`);
+  throw new Error(
+    dtype === "uint16"
+      ? `${name}: ${bytes} bytes, an odd length: not a file of uint16 token ids`
+      : `${name}: ${bytes} bytes, not a multiple of 4: not a file of uint32 token ids (.u32.bin)`,
+  );
 }
 
 /**
@@ -67,9 +67,7 @@ function decodeInto(bytes: Uint8Array, dtype: TokenDtype, out: Int32Array, at: n
   }
   // A typed view needs an aligned offset: slice() copies to a fresh buffer otherwise.
   const aligned = bytes.byteOffset % width === 0 ? bytes : bytes.slice();
-  const ids = dtype === "uint16"
-    ? new Uint16Array(aligned.buffer, aligned.byteOffset, n)
-    : new Uint32Array(aligned.buffer, aligned.byteOffset, n);
+  const ids = dtype === "uint16" ? new Uint16Array(aligned.buffer, aligned.byteOffset, n) : new Uint32Array(aligned.buffer, aligned.byteOffset, n);
   for (let i = 0; i < n; i++) if (ids[i]! >= vocab) outside(i, ids[i]!);
   // Every id is below vocab (≤ 2²⁴), so uint32 → int32 keeps it.
   out.set(ids, at);
@@ -172,8 +170,12 @@ function checkIds(tokens: Int32Array, vocab: number, name: string): void {
  * readTokenFile), or any other file read as UTF-8 text (at most MAX_TEXT_BYTES, one string's limit).
  * Every id is checked against `vocab`; empty data is an error.
  */
-export async function readTokens(source: string, tokenizer: TextTokenizer, vocab: number,
-                                 defaultBrownSplit: BrownSplit = "train"): Promise<TokenStream> {
+export async function readTokens(
+  source: string,
+  tokenizer: TextTokenizer,
+  vocab: number,
+  defaultBrownSplit: BrownSplit = "train",
+): Promise<TokenStream> {
   const split = brownSplitOf(source);
   let stream: TokenStream;
   if (split !== null) {
@@ -186,10 +188,14 @@ export async function readTokens(source: string, tokenizer: TextTokenizer, vocab
       stream = { name: source, tokens: await readTokenFile(source, vocab) };
     } else {
       const bytes = await readInputWithin(source, "the data", {
-        maxBytes: MAX_TEXT_BYTES, kind: "text data", why: "the longest string JavaScript holds: tokenize it into a .bin file of token ids",
+        maxBytes: MAX_TEXT_BYTES,
+        kind: "text data",
+        why: "the longest string JavaScript holds: tokenize it into a .bin file of token ids",
       });
       let text: string;
-      try { text = new TextDecoder("utf-8", { fatal: true }).decode(bytes); } catch {
+      try {
+        text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+      } catch {
         throw new Error(`${source}: not UTF-8 text (token files must end in .bin)`);
       }
       stream = { name: source, tokens: tokenizer.encode(text) };
@@ -248,8 +254,10 @@ export async function prepareData(o: PrepareOptions): Promise<PreparedData> {
   const n = all.tokens.length;
   const held = Math.max(Math.ceil(n * HELD_OUT_FRACTION), o.context);
   if (n - held < o.context) {
-    throw new Error(`${all.name}: ${n} tokens, too short to train on one block of ${o.context} tokens and hold out ` +
-      `${held} for validation (give --val-data, or more data)`);
+    throw new Error(
+      `${all.name}: ${n} tokens, too short to train on one block of ${o.context} tokens and hold out ` +
+        `${held} for validation (give --val-data, or more data)`,
+    );
   }
   return {
     train: { name: all.name, tokens: all.tokens.subarray(0, n - held) },

@@ -9,15 +9,20 @@ import { byteTokenizer, checkTokenizerFits, hfTokenizer, loadHfTokenizer, tokeni
 import { tinyBpeTokenizerJson } from "./testing.js";
 
 let dir: string;
-beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), "staged-data-")); });
-afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "staged-data-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
 const bytes = byteTokenizer();
 
 describe("brown", () => {
   it("strips the tags and detokenizes punctuation and quotes", () => {
-    expect(untagSentence("\tThe/at jury/nn said/vbd ``/`` no/at evidence/nn ''/'' ,/, 1/2/cd (/( yes/rb )/) ./."))
-      .toBe('The jury said "no evidence", 1/2 (yes).');
+    expect(untagSentence("\tThe/at jury/nn said/vbd ``/`` no/at evidence/nn ''/'' ,/, 1/2/cd (/( yes/rb )/) ./.")).toBe(
+      'The jury said "no evidence", 1/2 (yes).',
+    );
   });
   it("splits the 500 documents by id: every 20th is validation", async () => {
     const train = await brownDocuments("train");
@@ -55,7 +60,10 @@ describe("tokenizers", () => {
     await expect(hfTokenizer(elf, "/usr/bin/ls")).rejects.toThrow(/^\/usr\/bin\/ls: not a tokenizer\.json \(not UTF-8 text\)$/);
     // Valid UTF-8 but not JSON (NULs, an escape): the parser's quote of the text is escaped.
     const nul = new TextEncoder().encode("\u0000\u0000\u001b[2Jhello");
-    const e = await hfTokenizer(nul, "nul.json").then(() => null, (x: Error) => x);
+    const e = await hfTokenizer(nul, "nul.json").then(
+      () => null,
+      (x: Error) => x,
+    );
     expect(e?.message).toMatch(/^nul\.json: invalid JSON \(/);
     expect(e?.message).toContain("\\u0000");
     // eslint-disable-next-line no-control-regex
@@ -65,7 +73,9 @@ describe("tokenizers", () => {
     await expect(loadHfTokenizer(f)).rejects.toThrow(`${f}: not a tokenizer.json (not UTF-8 text)`);
     const files = new Map([["tokenizer.json", new TextEncoder().encode("{nope")]]);
     await expect(tokenizerOf({ kind: "hf", file: "tokenizer.json" }, files, "runs/a")).rejects.toThrow(/^runs\/a\/tokenizer\.json: invalid JSON/);
-    await expect(tokenizerOf({ kind: "hf", file: "tokenizer.json" }, new Map(), "runs/a")).rejects.toThrow(/^runs\/a: names tokenizer\.json as its tokenizer, but has no such file/);
+    await expect(tokenizerOf({ kind: "hf", file: "tokenizer.json" }, new Map(), "runs/a")).rejects.toThrow(
+      /^runs\/a: names tokenizer\.json as its tokenizer, but has no such file/,
+    );
   });
 });
 
@@ -100,7 +110,8 @@ describe("token files in pieces", () => {
     expect(tokenFileDtype("/x/a.U32.BIN")).toBe("uint32");
     expect(tokenFileDtype("a.u32")).toBeNull();
     expect(tokenFileDtype("a.txt")).toBeNull();
-    const u16 = join(dir, "p.bin"), u32 = join(dir, "p.u32.bin");
+    const u16 = join(dir, "p.bin"),
+      u32 = join(dir, "p.u32.bin");
     await writeFile(u16, encodeTokenFile(ids));
     await writeFile(u32, encodeTokenFile(ids, "uint32"));
     for (const chunkBytes of [4, 8, 12, 400, 1 << 20]) {
@@ -114,7 +125,9 @@ describe("token files in pieces", () => {
     const f = join(dir, "wide.u32.bin");
     await writeFile(f, encodeTokenFile(big, "uint32"));
     expect(Array.from(await readTokenFile(f, 200_000, { chunkBytes: 4 }))).toEqual(big);
-    await expect(readTokenFile(f, 199_999, { chunkBytes: 4 })).rejects.toThrow(`${f}: token id 199999 at byte offset 8 is outside the model's vocabulary (vocab_size 199999)`);
+    await expect(readTokenFile(f, 199_999, { chunkBytes: 4 })).rejects.toThrow(
+      `${f}: token id 199999 at byte offset 8 is outside the model's vocabulary (vocab_size 199999)`,
+    );
     // 2³² − 1 does not become −1 on its way to the Int32Array: it is refused as what it is.
     await writeFile(f, encodeTokenFile([1, 0xffffffff], "uint32"));
     await expect(readTokenFile(f, 2 ** 24)).rejects.toThrow(`${f}: token id 4294967295 at byte offset 4`);
@@ -133,7 +146,9 @@ describe("token files in pieces", () => {
     await expect(readTokenFile(join(dir, "d.bin"), 256)).rejects.toThrow(`${join(dir, "d.bin")}: cannot read the data (a directory)`);
     const g = join(dir, "mem.bin");
     await writeFile(g, encodeTokenFile(ids));
-    await expect(readTokenFile(g, 1000, { freeBytes: 4000 })).rejects.toThrow(`${g}: 1001 token ids need 4.0 kB of memory (4 bytes each); 4.0 kB is free`);
+    await expect(readTokenFile(g, 1000, { freeBytes: 4000 })).rejects.toThrow(
+      `${g}: 1001 token ids need 4.0 kB of memory (4 bytes each); 4.0 kB is free`,
+    );
     await expect(readTokenFile(g, 1000, { chunkBytes: 6 })).rejects.toThrow(/chunkBytes must be a positive multiple of 4, got 6/);
   });
 });
@@ -151,7 +166,8 @@ describe("prepareData", () => {
     expect(small.validationFrom).toBe("held-out");
   });
   it("uses --val-data when given and the Brown split for brown", async () => {
-    const f = join(dir, "b.txt"), v = join(dir, "v.txt");
+    const f = join(dir, "b.txt"),
+      v = join(dir, "v.txt");
     await writeFile(f, "y".repeat(100));
     await writeFile(v, "z".repeat(40));
     const d = await prepareData({ data: f, valData: v, tokenizer: bytes, vocab: 256, context: 16 });
@@ -164,7 +180,9 @@ describe("prepareData", () => {
   it("rejects data shorter than one block or too short to hold out a block", async () => {
     const f = join(dir, "c.txt");
     await writeFile(f, "short");
-    await expect(prepareData({ data: f, tokenizer: bytes, vocab: 256, context: 16 })).rejects.toThrow(/5 tokens of data, shorter than one block of 16 tokens/);
+    await expect(prepareData({ data: f, tokenizer: bytes, vocab: 256, context: 16 })).rejects.toThrow(
+      /5 tokens of data, shorter than one block of 16 tokens/,
+    );
     await writeFile(f, "x".repeat(20));
     await expect(prepareData({ data: f, tokenizer: bytes, vocab: 256, context: 16 })).rejects.toThrow(/too short to train on one block/);
   });
@@ -181,10 +199,16 @@ describe("samplers", () => {
     expect(a.offsets(5)).not.toEqual(c.offsets(5));
     // Order of calls does not matter.
     const first = a.offsets(3);
-    a.batch(10); a.batch(0);
+    a.batch(10);
+    a.batch(0);
     expect(a.offsets(3)).toEqual(first);
     let max = 0;
-    for (let s = 0; s < 500; s++) for (const o of a.offsets(s)) { expect(o).toBeGreaterThanOrEqual(0); expect(o).toBeLessThanOrEqual(1000 - 16); max = Math.max(max, o); }
+    for (let s = 0; s < 500; s++)
+      for (const o of a.offsets(s)) {
+        expect(o).toBeGreaterThanOrEqual(0);
+        expect(o).toBeLessThanOrEqual(1000 - 16);
+        max = Math.max(max, o);
+      }
     expect(max).toBeGreaterThan(900);
     const ids = a.batch(2);
     expect(ids.length).toBe(64);

@@ -18,7 +18,11 @@ export interface Sampler {
   offsets(step: number): number[];
 }
 
-export interface SamplerOptions { batch: number; context: number; seed: number }
+export interface SamplerOptions {
+  batch: number;
+  context: number;
+  seed: number;
+}
 
 /**
  * `random`: each block starts at a uniform offset in [0, n − T], drawn by `Rng(deriveSeed(seed, "step:" + s))`.
@@ -45,7 +49,10 @@ export function createSampler(kind: SamplerKind, tokens: Int32Array, o: SamplerO
     throw new Error(`unknown sampler "${String(kind)}" (expected ${SAMPLER_KINDS.join(" or ")})`);
   }
   return {
-    kind, batchSize: B, context: T, offsets,
+    kind,
+    batchSize: B,
+    context: T,
+    offsets,
     batch(step, out = new Int32Array(B * T)) {
       if (!Number.isInteger(step) || step < 0) throw new Error(`step must be a non-negative integer, got ${step}`);
       if (out.length !== B * T) throw new Error(`batch buffer has ${out.length} ids, expected ${B * T}`);

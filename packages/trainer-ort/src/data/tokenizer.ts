@@ -93,8 +93,10 @@ export async function tokenizerOf(spec: TokenizerSpec, files?: ReadonlyMap<strin
   if (spec.kind === "bytes") return byteTokenizer();
   if (spec.kind === "none") {
     const refuse = (): never => {
-      throw new Error(`${where}: has a vocabulary larger than 256 but no tokenizer.json, so text cannot be tokenized for it ` +
-        "(give its tokenizer: --tokenizer <tokenizer.json>, or token ids in a .bin file)");
+      throw new Error(
+        `${where}: has a vocabulary larger than 256 but no tokenizer.json, so text cannot be tokenized for it ` +
+          "(give its tokenizer: --tokenizer <tokenizer.json>, or token ids in a .bin file)",
+      );
     };
     return { kind: "none", vocabSize: 0, encode: refuse, decode: refuse };
   }

@@ -23,7 +23,8 @@ export function gradients(b: GraphBuilder, loss: Value, wrt: readonly Value[], s
       throw new Error(`gradient of ${v.name} has ${g.dtype}[${g.shape}], expected ${v.dtype}[${v.shape}]`);
     }
     const list = contributions.get(v);
-    if (list) list.push(g); else contributions.set(v, [g]);
+    if (list) list.push(g);
+    else contributions.set(v, [g]);
   };
   // Sum the contributions once, when the value's producer is reached (all its consumers come later).
   const total = (v: Value): Value | null => {

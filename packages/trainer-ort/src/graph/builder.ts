@@ -23,16 +23,24 @@ export class Value {
     this.#name = name;
     this.#shape = isStatic(dims) ? dims : null;
   }
-  get name(): string { return this.#name; }
+  get name(): string {
+    return this.#name;
+  }
   /** Used by GraphBuilder.output to name a computed value after the graph output it becomes. */
-  renameTo(name: string): void { this.#name = name; }
+  renameTo(name: string): void {
+    this.#name = name;
+  }
   /** The static shape (training graphs); throws for a value with symbolic dimensions. */
   get shape(): readonly number[] {
     if (!this.#shape) throw new Error(`${this.#name} has symbolic dimensions [${this.dims}]`);
     return this.#shape;
   }
-  get rank(): number { return this.dims.length; }
-  get size(): number { return this.shape.reduce((a, b) => a * b, 1); }
+  get rank(): number {
+    return this.dims.length;
+  }
+  get size(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
 }
 
 export type Attr = number | string | number[] | { float: number } | { floats: number[] };
@@ -89,21 +97,28 @@ const normAxis = (axis: number, rank: number) => {
 
 function dataFor(dtype: DType, values: ArrayLike<number | bigint> | Data): Data {
   if (ArrayBuffer.isView(values)) {
-    const want = { float32: Float32Array, float16: Uint16Array, float64: Float64Array, int64: BigInt64Array, int32: Int32Array, bool: Uint8Array }[dtype];
+    const want = { float32: Float32Array, float16: Uint16Array, float64: Float64Array, int64: BigInt64Array, int32: Int32Array, bool: Uint8Array }[
+      dtype
+    ];
     if (values instanceof want) return values;
   }
   const arr = Array.from(values as ArrayLike<number | bigint>);
   switch (dtype) {
-    case "float32": return Float32Array.from(arr, Number);
+    case "float32":
+      return Float32Array.from(arr, Number);
     case "float16": {
       const bytes = new Uint8Array(arr.length * 2);
       encodeF16(Float32Array.from(arr, Number), bytes);
       return new Uint16Array(bytes.buffer);
     }
-    case "float64": return Float64Array.from(arr, Number);
-    case "int32": return Int32Array.from(arr, Number);
-    case "bool": return Uint8Array.from(arr, (v) => (v ? 1 : 0));
-    case "int64": return BigInt64Array.from(arr, (v) => BigInt(v));
+    case "float64":
+      return Float64Array.from(arr, Number);
+    case "int32":
+      return Int32Array.from(arr, Number);
+    case "bool":
+      return Uint8Array.from(arr, (v) => (v ? 1 : 0));
+    case "int64":
+      return BigInt64Array.from(arr, (v) => BigInt(v));
   }
 }
 
@@ -139,7 +154,9 @@ export class GraphBuilder {
     if (this.names.has(name)) throw new Error(`duplicate graph name ${name}`);
     this.names.add(name);
     const v = new Value(name, dtype, [...shape]);
-    shape.forEach((d, axis) => { if (typeof d === "string" && !this.sources.has(d)) this.sources.set(d, { value: v, axis }); });
+    shape.forEach((d, axis) => {
+      if (typeof d === "string" && !this.sources.has(d)) this.sources.set(d, { value: v, axis });
+    });
     this.inputs.push(v);
     return v;
   }
@@ -190,10 +207,14 @@ export class GraphBuilder {
   }
 
   /** Total bytes of the stored tensors. */
-  get weightBytes(): number { return this.initializers.reduce((s, t) => s + t.byteLength, 0); }
+  get weightBytes(): number {
+    return this.initializers.reduce((s, t) => s + t.byteLength, 0);
+  }
 
   /** The values of an initializer (undefined for computed values and inputs). */
-  constValue(v: Value): Data | undefined { return this.initData.get(v); }
+  constValue(v: Value): Data | undefined {
+    return this.initData.get(v);
+  }
   /** The integer values of an int64 initializer such as a Slice's starts. */
   constInts(v: Value): number[] {
     const d = this.initData.get(v);
@@ -206,14 +227,25 @@ export class GraphBuilder {
     return this.node1("Expand", [this.scalar(0, dtype), this.ints(shape)], {}, dtype, shape);
   }
 
-  scalar(x: number, dtype: DType = "float32"): Value { return this.constant([x], dtype, []); }
-  ints(values: readonly number[]): Value { return this.constant(values, "int64", [values.length]); }
+  scalar(x: number, dtype: DType = "float32"): Value {
+    return this.constant([x], dtype, []);
+  }
+  ints(values: readonly number[]): Value {
+    return this.constant(values, "int64", [values.length]);
+  }
 
   /** Append a node; `outs` gives each output's dtype and shape. */
-  node(op: string, inputs: (Value | null)[], attrs: Record<string, Attr>, outs: { dtype: DType; shape: readonly Dim[]; name?: string }[], domain?: string): Value[] {
+  node(
+    op: string,
+    inputs: (Value | null)[],
+    attrs: Record<string, Attr>,
+    outs: { dtype: DType; shape: readonly Dim[]; name?: string }[],
+    domain?: string,
+  ): Value[] {
     const outputs: Value[] = [];
     const node: Node = { op, name: `${this.section}/${this.nodes.length}_${op}`, inputs, outputs, attrs, ...(domain ? { domain } : {}) };
-    for (const o of outs) outputs.push(new Value(o.name !== undefined ? this.freshExact(o.name) : this.fresh(op.toLowerCase()), o.dtype, [...o.shape], node));
+    for (const o of outs)
+      outputs.push(new Value(o.name !== undefined ? this.freshExact(o.name) : this.fresh(op.toLowerCase()), o.dtype, [...o.shape], node));
     this.nodes.push(node);
     return outputs;
   }
@@ -233,34 +265,76 @@ export class GraphBuilder {
     if (a.dtype !== b.dtype) throw new Error(`${op}: dtype ${a.dtype} vs ${b.dtype}`);
     return this.node1(op, [a, b], {}, dtype, broadcastShapes(a.dims, b.dims));
   }
-  private lift(x: Value | number, like: Value): Value { return typeof x === "number" ? this.scalar(x, like.dtype) : x; }
-  add(a: Value, b: Value | number): Value { return this.binary("Add", a, this.lift(b, a)); }
-  sub(a: Value | number, b: Value): Value { return this.binary("Sub", this.lift(a, b), b); }
-  mul(a: Value, b: Value | number): Value { return this.binary("Mul", a, this.lift(b, a)); }
+  private lift(x: Value | number, like: Value): Value {
+    return typeof x === "number" ? this.scalar(x, like.dtype) : x;
+  }
+  add(a: Value, b: Value | number): Value {
+    return this.binary("Add", a, this.lift(b, a));
+  }
+  sub(a: Value | number, b: Value): Value {
+    return this.binary("Sub", this.lift(a, b), b);
+  }
+  mul(a: Value, b: Value | number): Value {
+    return this.binary("Mul", a, this.lift(b, a));
+  }
   div(a: Value | number, b: Value | number): Value {
     const av = typeof a === "number" ? this.lift(a, b as Value) : a;
     return this.binary("Div", av, this.lift(b, av));
   }
-  pow(a: Value, b: Value | number): Value { return this.binary("Pow", a, this.lift(b, a)); }
-  equal(a: Value, b: Value): Value { return this.binary("Equal", a, b, "bool"); }
-  less(a: Value, b: Value): Value { return this.binary("Less", a, b, "bool"); }
-  max(a: Value, b: Value | number): Value { return this.binary("Max", a, this.lift(b, a)); }
-  min(a: Value, b: Value | number): Value { return this.binary("Min", a, this.lift(b, a)); }
-  private unary(op: string, x: Value): Value { return this.node1(op, [x], {}, x.dtype, x.dims); }
-  sqrt(x: Value): Value { return this.unary("Sqrt", x); }
-  tanh(x: Value): Value { return this.unary("Tanh", x); }
-  sigmoid(x: Value): Value { return this.unary("Sigmoid", x); }
-  exp(x: Value): Value { return this.unary("Exp", x); }
-  log(x: Value): Value { return this.unary("Log", x); }
-  neg(x: Value): Value { return this.unary("Neg", x); }
-  identity(x: Value): Value { return this.unary("Identity", x); }
+  pow(a: Value, b: Value | number): Value {
+    return this.binary("Pow", a, this.lift(b, a));
+  }
+  equal(a: Value, b: Value): Value {
+    return this.binary("Equal", a, b, "bool");
+  }
+  less(a: Value, b: Value): Value {
+    return this.binary("Less", a, b, "bool");
+  }
+  max(a: Value, b: Value | number): Value {
+    return this.binary("Max", a, this.lift(b, a));
+  }
+  min(a: Value, b: Value | number): Value {
+    return this.binary("Min", a, this.lift(b, a));
+  }
+  private unary(op: string, x: Value): Value {
+    return this.node1(op, [x], {}, x.dtype, x.dims);
+  }
+  sqrt(x: Value): Value {
+    return this.unary("Sqrt", x);
+  }
+  tanh(x: Value): Value {
+    return this.unary("Tanh", x);
+  }
+  sigmoid(x: Value): Value {
+    return this.unary("Sigmoid", x);
+  }
+  exp(x: Value): Value {
+    return this.unary("Exp", x);
+  }
+  log(x: Value): Value {
+    return this.unary("Log", x);
+  }
+  neg(x: Value): Value {
+    return this.unary("Neg", x);
+  }
+  identity(x: Value): Value {
+    return this.unary("Identity", x);
+  }
   /** Elementwise sum of same-shaped values (ONNX Sum). */
   sum(xs: readonly Value[]): Value {
     if (xs.length === 1) return xs[0]!;
     if (xs.length === 2) return this.add(xs[0]!, xs[1]!);
-    return this.node1("Sum", [...xs], {}, xs[0]!.dtype, xs.slice(1).reduce((s, v) => broadcastShapes(s, v.dims), xs[0]!.dims));
+    return this.node1(
+      "Sum",
+      [...xs],
+      {},
+      xs[0]!.dtype,
+      xs.slice(1).reduce((s, v) => broadcastShapes(s, v.dims), xs[0]!.dims),
+    );
   }
-  cast(x: Value, to: DType): Value { return to === x.dtype ? x : this.node1("Cast", [x], { to: ONNX_TYPE[to] }, to, x.dims); }
+  cast(x: Value, to: DType): Value {
+    return to === x.dtype ? x : this.node1("Cast", [x], { to: ONNX_TYPE[to] }, to, x.dims);
+  }
   where(cond: Value, a: Value, b: Value): Value {
     if (a.dtype !== b.dtype) throw new Error(`Where: dtype ${a.dtype} vs ${b.dtype}`);
     return this.node1("Where", [cond, a, b], {}, a.dtype, broadcastShapes(cond.dims, broadcastShapes(a.dims, b.dims)));
@@ -271,7 +345,8 @@ export class GraphBuilder {
     if (a.rank < 1 || b.rank < 1) throw new Error("MatMul needs rank ≥ 1");
     const as = a.rank === 1 ? [1, a.dims[0]!] : a.dims;
     const bs = b.rank === 1 ? [b.dims[0]!, 1] : b.dims;
-    const k1 = as[as.length - 1]!, k2 = bs[bs.length - 2]!;
+    const k1 = as[as.length - 1]!,
+      k2 = bs[bs.length - 2]!;
     if (k1 !== k2) throw new Error(`MatMul: [${a.dims}] @ [${b.dims}]`);
     const batch = broadcastShapes(as.slice(0, -2), bs.slice(0, -2));
     const shape = [...batch, ...(a.rank === 1 ? [] : [as[as.length - 2]!]), ...(b.rank === 1 ? [] : [bs[bs.length - 1]!])];
@@ -298,9 +373,15 @@ export class GraphBuilder {
    * onnxruntime's contrib FastGelu (com.microsoft): 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))), HF's gelu_new,
    * in one kernel instead of nine elementwise ops (float32 only on the CPU provider).
    */
-  fastGelu(x: Value): Value { return this.node("FastGelu", [x], {}, [{ dtype: x.dtype, shape: x.dims }], "com.microsoft")[0]!; }
-  softmax(x: Value, axis = -1): Value { return this.node1("Softmax", [x], { axis }, x.dtype, x.dims); }
-  logSoftmax(x: Value, axis = -1): Value { return this.node1("LogSoftmax", [x], { axis }, x.dtype, x.dims); }
+  fastGelu(x: Value): Value {
+    return this.node("FastGelu", [x], {}, [{ dtype: x.dtype, shape: x.dims }], "com.microsoft")[0]!;
+  }
+  softmax(x: Value, axis = -1): Value {
+    return this.node1("Softmax", [x], { axis }, x.dtype, x.dims);
+  }
+  logSoftmax(x: Value, axis = -1): Value {
+    return this.node1("LogSoftmax", [x], { axis }, x.dtype, x.dims);
+  }
 
   /** LayerNormalization over the axes from `axis` on; also returns Mean and InvStdDev (kept dims). */
   layerNorm(x: Value, scale: Value, bias: Value | null, eps: number, axis = -1): { y: Value; mean: Value; invStd: Value } {
@@ -308,8 +389,11 @@ export class GraphBuilder {
     const stat = x.dims.map((d, i) => (i < a ? d : 1));
     // Mean and InvStdDev are float32 (stash_type 1): onnxruntime's CPU kernel has no double statistics.
     const attrs: Record<string, Attr> = { axis: a, epsilon: { float: eps } };
-    const [y, mean, invStd] = this.node("LayerNormalization", bias ? [x, scale, bias] : [x, scale], attrs,
-      [{ dtype: x.dtype, shape: x.dims }, { dtype: "float32", shape: stat }, { dtype: "float32", shape: stat }]);
+    const [y, mean, invStd] = this.node("LayerNormalization", bias ? [x, scale, bias] : [x, scale], attrs, [
+      { dtype: x.dtype, shape: x.dims },
+      { dtype: "float32", shape: stat },
+      { dtype: "float32", shape: stat },
+    ]);
     return { y: y!, mean: mean!, invStd: invStd! };
   }
 
@@ -383,7 +467,9 @@ export class GraphBuilder {
     const key = pieces.map((p) => (Array.isArray(p) ? `[${p}]` : `${p.value.name}:${p.start}:${p.end}`)).join(" ");
     let v = this.shapeCache.get(key);
     if (!v) {
-      const parts = pieces.map((p) => (Array.isArray(p) ? this.ints(p) : this.node1("Shape", [p.value], { start: p.start, end: p.end }, "int64", [p.end - p.start])));
+      const parts = pieces.map((p) =>
+        Array.isArray(p) ? this.ints(p) : this.node1("Shape", [p.value], { start: p.start, end: p.end }, "int64", [p.end - p.start]),
+      );
       v = this.node1("Concat", parts, { axis: 0 }, "int64", [spec.length]);
       this.shapeCache.set(key, v);
     }
@@ -392,7 +478,13 @@ export class GraphBuilder {
   transpose(x: Value, perm: readonly number[]): Value {
     if (perm.length !== x.rank) throw new Error(`Transpose: perm [${perm}] for rank ${x.rank}`);
     if (perm.every((p, i) => p === i)) return x;
-    return this.node1("Transpose", [x], { perm: [...perm] }, x.dtype, perm.map((p) => x.dims[p]!));
+    return this.node1(
+      "Transpose",
+      [x],
+      { perm: [...perm] },
+      x.dtype,
+      perm.map((p) => x.dims[p]!),
+    );
   }
   expand(x: Value, shape: readonly number[]): Value {
     const out = broadcastShapes(x.shape, shape);
@@ -402,23 +494,40 @@ export class GraphBuilder {
   split(x: Value, axis: number, sizes: readonly number[]): Value[] {
     const a = normAxis(axis, x.rank);
     if (sizes.reduce((p, s) => p + s, 0) !== x.dims[a]) throw new Error(`Split: sizes [${sizes}] for axis length ${x.dims[a]}`);
-    return this.node("Split", [x, this.ints(sizes)], { axis: a }, sizes.map((s) => ({ dtype: x.dtype, shape: x.dims.map((d, i) => (i === a ? s : d)) })));
+    return this.node(
+      "Split",
+      [x, this.ints(sizes)],
+      { axis: a },
+      sizes.map((s) => ({ dtype: x.dtype, shape: x.dims.map((d, i) => (i === a ? s : d)) })),
+    );
   }
   /** Step-1 slice [start, end) along each axis. */
   slice(x: Value, starts: readonly number[], ends: readonly number[], axes: readonly number[]): Value {
     const shape = [...x.shape];
     const ax = axes.map((a) => normAxis(a, x.rank));
     ax.forEach((a, i) => {
-      const s = starts[i]!, e = Math.min(ends[i]!, x.shape[a]!);
+      const s = starts[i]!,
+        e = Math.min(ends[i]!, x.shape[a]!);
       if (s < 0 || s > e) throw new Error(`Slice: [${s}, ${e}) on axis ${a}`);
       shape[a] = e - s;
     });
-    return this.node1("Slice", [x, this.ints(starts), this.ints(ends.map((e, i) => Math.min(e, x.shape[ax[i]!]!))), this.ints(ax)], {}, x.dtype, shape);
+    return this.node1(
+      "Slice",
+      [x, this.ints(starts), this.ints(ends.map((e, i) => Math.min(e, x.shape[ax[i]!]!))), this.ints(ax)],
+      {},
+      x.dtype,
+      shape,
+    );
   }
   /** Constant padding: `before` and `after` per axis. */
   pad(x: Value, before: readonly number[], after: readonly number[], value = 0): Value {
-    return this.node1("Pad", [x, this.ints([...before, ...after]), this.scalar(value, x.dtype)], { mode: "constant" }, x.dtype,
-      x.shape.map((d, i) => d + before[i]! + after[i]!));
+    return this.node1(
+      "Pad",
+      [x, this.ints([...before, ...after]), this.scalar(value, x.dtype)],
+      { mode: "constant" },
+      x.dtype,
+      x.shape.map((d, i) => d + before[i]! + after[i]!),
+    );
   }
   concat(xs: readonly Value[], axis: number): Value {
     const a = normAxis(axis, xs[0]!.rank);
@@ -443,14 +552,32 @@ export class GraphBuilder {
   }
   reduceSum(x: Value, axes: readonly number[], keepdims = true): Value {
     if (axes.length === 0) return x;
-    return this.node1("ReduceSum", [x, this.ints(axes.map((a) => normAxis(a, x.rank)))], { keepdims: keepdims ? 1 : 0 }, x.dtype, this.reducedShape(x, axes, keepdims));
+    return this.node1(
+      "ReduceSum",
+      [x, this.ints(axes.map((a) => normAxis(a, x.rank)))],
+      { keepdims: keepdims ? 1 : 0 },
+      x.dtype,
+      this.reducedShape(x, axes, keepdims),
+    );
   }
   private reduceAttr(op: string, x: Value, axes: readonly number[], keepdims: boolean): Value {
-    return this.node1(op, [x], { axes: axes.map((a) => normAxis(a, x.rank)), keepdims: keepdims ? 1 : 0 }, x.dtype, this.reducedShape(x, axes, keepdims));
+    return this.node1(
+      op,
+      [x],
+      { axes: axes.map((a) => normAxis(a, x.rank)), keepdims: keepdims ? 1 : 0 },
+      x.dtype,
+      this.reducedShape(x, axes, keepdims),
+    );
   }
-  reduceMean(x: Value, axes: readonly number[], keepdims = true): Value { return this.reduceAttr("ReduceMean", x, axes, keepdims); }
-  reduceMax(x: Value, axes: readonly number[], keepdims = true): Value { return this.reduceAttr("ReduceMax", x, axes, keepdims); }
-  reduceSumSquare(x: Value, axes: readonly number[], keepdims = true): Value { return this.reduceAttr("ReduceSumSquare", x, axes, keepdims); }
+  reduceMean(x: Value, axes: readonly number[], keepdims = true): Value {
+    return this.reduceAttr("ReduceMean", x, axes, keepdims);
+  }
+  reduceMax(x: Value, axes: readonly number[], keepdims = true): Value {
+    return this.reduceAttr("ReduceMax", x, axes, keepdims);
+  }
+  reduceSumSquare(x: Value, axes: readonly number[], keepdims = true): Value {
+    return this.reduceAttr("ReduceSumSquare", x, axes, keepdims);
+  }
 
   // ---- serialization ----
   /** Nodes and initializers that the outputs depend on, in order (dead code is dropped). */

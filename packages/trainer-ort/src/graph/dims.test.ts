@@ -42,7 +42,8 @@ describe("symbolic dimensions", () => {
     expect(b.reshape(grouped, ["batch", "2*seq", 3])).toBe(grouped);
     expect(() => b.reshape(x, [-1, 4])).toThrow("Reshape: [batch,seq,6] to [-1,4]");
     expect(() => b.reshape(flat, ["rows", "cols", 6])).toThrow("Reshape: [batch*seq,6] to [rows,cols,6]");
-    const other = new GraphBuilder(), rows = other.input("rows", "float32", ["a*b", 6]);
+    const other = new GraphBuilder(),
+      rows = other.input("rows", "float32", ["a*b", 6]);
     expect(() => other.reshape(rows, ["a", "b", 6])).toThrow("Reshape: [a*b,6] to [a,b,6]: no input gives the size a");
     const u = b.unsqueeze(grouped, [1]);
     expect(u.dims).toEqual(["batch", 1, "2*seq", 3]);
@@ -50,7 +51,10 @@ describe("symbolic dimensions", () => {
     const ops = b.live().nodes.map((n) => n.op);
     expect(ops).toEqual(["Reshape", "Shape", "Concat", "Reshape", "Reshape", "Unsqueeze"]);
     const session = await ort.InferenceSession.create(b.serialize());
-    for (const [B, S] of [[1, 1], [2, 5]] as const) {
+    for (const [B, S] of [
+      [1, 1],
+      [2, 5],
+    ] as const) {
       const values = Float32Array.from({ length: B * S * 6 }, (_, i) => i);
       const out = await session.run({ x: new ort.Tensor("float32", values, [B, S, 6]) });
       expect(out.y!.dims).toEqual([B, 1, 2 * S, 3]);

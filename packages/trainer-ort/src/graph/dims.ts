@@ -9,13 +9,17 @@ export type Dim = number | string;
 /** Whether every dimension is a size. */
 export const isStatic = (dims: readonly Dim[]): dims is readonly number[] => dims.every((d) => typeof d === "number");
 
-interface Monomial { coef: number; atoms: string[] }
+interface Monomial {
+  coef: number;
+  atoms: string[];
+}
 
 function parse(d: Dim): Monomial {
   if (typeof d === "number") return { coef: d, atoms: [] };
   let coef = 1;
   const atoms: string[] = [];
-  let depth = 0, start = 0;
+  let depth = 0,
+    start = 0;
   const piece = (s: string) => {
     if (/^\d+$/.test(s)) coef *= Number(s);
     else atoms.push(s);
@@ -24,7 +28,10 @@ function parse(d: Dim): Monomial {
     const c = d[i];
     if (c === "(") depth++;
     else if (c === ")") depth--;
-    else if (c === "*" && depth === 0) { piece(d.slice(start, i)); start = i + 1; }
+    else if (c === "*" && depth === 0) {
+      piece(d.slice(start, i));
+      start = i + 1;
+    }
   }
   piece(d.slice(start));
   return { coef, atoms };
@@ -39,7 +46,8 @@ function format(m: Monomial): Dim {
 /** a · b. */
 export function mulDims(a: Dim, b: Dim): Dim {
   if (typeof a === "number" && typeof b === "number") return a * b;
-  const x = parse(a), y = parse(b);
+  const x = parse(a),
+    y = parse(b);
   return format({ coef: x.coef * y.coef, atoms: [...x.atoms, ...y.atoms] });
 }
 
@@ -49,7 +57,8 @@ export const productOf = (dims: readonly Dim[]): Dim => dims.reduce<Dim>((p, d) 
 /** a / b when it is a whole dimension (b's names among a's, the size factor divisible), else null. */
 export function divDims(a: Dim, b: Dim): Dim | null {
   if (typeof a === "number" && typeof b === "number") return b !== 0 && a % b === 0 ? a / b : null;
-  const x = parse(a), y = parse(b);
+  const x = parse(a),
+    y = parse(b);
   if (y.coef === 0 || x.coef % y.coef !== 0) return null;
   const atoms = [...x.atoms];
   for (const s of y.atoms) {

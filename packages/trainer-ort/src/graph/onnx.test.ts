@@ -8,11 +8,19 @@ import { GraphBuilder } from "./builder.js";
 import { decodeOnnxModel, EXTERNAL_MIN_BYTES, IR_VERSION, ONNX_TYPE, OPSET, writeOnnxModel } from "./onnx.js";
 
 let root: string;
-beforeAll(async () => { root = await mkdtemp(join(tmpdir(), "staged-onnx-")); });
-afterAll(async () => { await rm(root, { recursive: true, force: true }); });
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "staged-onnx-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 interface Model {
-  irVersion: number; producerName: string; producerVersion?: string; opsetImport: { domain?: string; version: number }[]; metadataProps?: { key: string; value: string }[];
+  irVersion: number;
+  producerName: string;
+  producerVersion?: string;
+  opsetImport: { domain?: string; version: number }[];
+  metadataProps?: { key: string; value: string }[];
   graph: {
     input: { name: string; type: { tensorType: { elemType: number; shape: { dim: { dimValue?: number; dimParam?: string }[] } } } }[];
     initializer: { name: string; dataType: number; dataLocation?: number; rawData?: Uint8Array }[];
@@ -47,9 +55,14 @@ describe("the ONNX writer", () => {
       const path = join(root, external ? "external.onnx" : "inline.onnx");
       const progress: number[] = [];
       const r = await writeOnnxModel(path, b, {
-        producer: { name: "test", version: "1" }, metadata: { a: "b" },
+        producer: { name: "test", version: "1" },
+        metadata: { a: "b" },
         ...(external ? { externalData: { path: `${path}_data`, location: "external.onnx_data" } } : {}),
-        onTensor: (done, total, bytes, totalBytes) => { progress.push(done); expect(bytes).toBeLessThanOrEqual(totalBytes); expect(done).toBeLessThanOrEqual(total); },
+        onTensor: (done, total, bytes, totalBytes) => {
+          progress.push(done);
+          expect(bytes).toBeLessThanOrEqual(totalBytes);
+          expect(done).toBeLessThanOrEqual(total);
+        },
       });
       expect(reads()).toBe(1);
       expect(progress.at(-1)).toBe(b.live().initializers.length);
@@ -78,8 +91,10 @@ describe("the ONNX writer", () => {
       // Each column: the sum of W's column (4 rows) + 0.5.
       const col = (j: number) => w[j]! + w[512 + j]! + w[1024 + j]! + w[1536 + j]! + 0.5;
       const values = Float32Array.from(y.data as Uint16Array, (h) => {
-        const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, f = h & 0x3ff;
-        return s * (e === 0 ? f / 1024 * 2 ** -14 : (1 + f / 1024) * 2 ** (e - 15));
+        const s = h & 0x8000 ? -1 : 1,
+          e = (h >> 10) & 0x1f,
+          f = h & 0x3ff;
+        return s * (e === 0 ? (f / 1024) * 2 ** -14 : (1 + f / 1024) * 2 ** (e - 15));
       });
       for (let j = 0; j < 512; j++) expect(values[j]).toBe(col(j));
       outputs.push(values);

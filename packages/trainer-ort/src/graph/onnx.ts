@@ -39,14 +39,18 @@ function parts(b: GraphBuilder, options: ModelOptions) {
   const { nodes, initializers } = b.live();
   const vinfo = (v: Value) => ({
     name: v.name,
-    type: { tensorType: { elemType: ONNX_TYPE[v.dtype], shape: { dim: v.dims.map((d) => (typeof d === "number" ? { dimValue: d } : { dimParam: d })) } } },
+    type: {
+      tensorType: { elemType: ONNX_TYPE[v.dtype], shape: { dim: v.dims.map((d) => (typeof d === "number" ? { dimValue: d } : { dimParam: d })) } },
+    },
   });
   const graph = {
     name: "staged",
     input: b.inputs.map(vinfo),
     output: b.outputs.map(vinfo),
     node: nodes.map((n) => ({
-      name: n.name, opType: n.op, domain: n.domain ?? "",
+      name: n.name,
+      opType: n.op,
+      domain: n.domain ?? "",
       input: n.inputs.map((v) => (v ? v.name : "")),
       output: n.outputs.map((v) => v.name),
       attribute: Object.entries(n.attrs).map(([k, a]) => attrProto(k, a)),
@@ -56,8 +60,10 @@ function parts(b: GraphBuilder, options: ModelOptions) {
     irVersion: IR_VERSION,
     producerName: options.producer?.name ?? "@staged/trainer-ort",
     ...(options.producer ? { producerVersion: options.producer.version } : {}),
-    opsetImport: [{ domain: "", version: OPSET },
-      ...[...new Set(nodes.map((n) => n.domain).filter((d): d is string => !!d))].map((domain) => ({ domain, version: 1 }))],
+    opsetImport: [
+      { domain: "", version: OPSET },
+      ...[...new Set(nodes.map((n) => n.domain).filter((d): d is string => !!d))].map((domain) => ({ domain, version: 1 })),
+    ],
     ...(options.metadata ? { metadataProps: Object.entries(options.metadata).map(([key, value]) => ({ key, value })) } : {}),
   };
   return { graph, model, initializers };
@@ -89,7 +95,9 @@ function varint(n: number): Uint8Array {
 const lenKey = (field: number): Uint8Array => varint((field << 3) | 2);
 
 // Field numbers of onnx.proto.
-const MODEL_GRAPH = 7, GRAPH_INITIALIZER = 5, TENSOR_RAW_DATA = 9;
+const MODEL_GRAPH = 7,
+  GRAPH_INITIALIZER = 5,
+  TENSOR_RAW_DATA = 9;
 
 export interface WriteOptions extends ModelOptions {
   /**
@@ -119,20 +127,34 @@ export async function writeOnnxModel(path: string, b: GraphBuilder, options: Wri
   const ext = options.externalData;
   let offset = 0;
   const pieces = initializers.map((t) => {
-    let meta: Uint8Array, dataHead: Uint8Array | null = null, at = 0;
+    let meta: Uint8Array,
+      dataHead: Uint8Array | null = null,
+      at = 0;
     if (ext && t.byteLength >= EXTERNAL_MIN_BYTES) {
       at = t.byteLength >= ALIGN_LARGE ? Math.ceil(offset / 65536) * 65536 : Math.ceil(offset / 64) * 64;
       offset = at + t.byteLength;
-      meta = onnx.TensorProto.encode(onnx.TensorProto.create({
-        ...tensorHead(t), dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
-        externalData: [{ key: "location", value: ext.location }, { key: "offset", value: String(at) }, { key: "length", value: String(t.byteLength) }],
-      })).finish();
+      meta = onnx.TensorProto.encode(
+        onnx.TensorProto.create({
+          ...tensorHead(t),
+          dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+          externalData: [
+            { key: "location", value: ext.location },
+            { key: "offset", value: String(at) },
+            { key: "length", value: String(t.byteLength) },
+          ],
+        }),
+      ).finish();
     } else {
       meta = onnx.TensorProto.encode(onnx.TensorProto.create(tensorHead(t))).finish();
       dataHead = concatBytes([lenKey(TENSOR_RAW_DATA), varint(t.byteLength)]);
     }
     const tensorLength = meta.length + (dataHead ? dataHead.length + t.byteLength : 0);
-    return { t, head: concatBytes([lenKey(GRAPH_INITIALIZER), varint(tensorLength), meta, ...(dataHead ? [dataHead] : [])]), at, inline: dataHead !== null };
+    return {
+      t,
+      head: concatBytes([lenKey(GRAPH_INITIALIZER), varint(tensorLength), meta, ...(dataHead ? [dataHead] : [])]),
+      at,
+      inline: dataHead !== null,
+    };
   });
   const graphLength = body.length + pieces.reduce((s, p) => s + p.head.length + (p.inline ? p.t.byteLength : 0), 0);
   if (!ext && head.length + graphLength + 16 > 2 ** 31 - 1) {
@@ -144,7 +166,10 @@ export async function writeOnnxModel(path: string, b: GraphBuilder, options: Wri
   const data = ext ? await open(ext.path, "w") : null;
   try {
     let pos = 0;
-    const write = async (bytes: Uint8Array) => { await file.write(bytes, 0, bytes.length, pos); pos += bytes.length; };
+    const write = async (bytes: Uint8Array) => {
+      await file.write(bytes, 0, bytes.length, pos);
+      pos += bytes.length;
+    };
     await write(head);
     await write(concatBytes([lenKey(MODEL_GRAPH), varint(graphLength)]));
     await write(body);
@@ -153,7 +178,8 @@ export async function writeOnnxModel(path: string, b: GraphBuilder, options: Wri
       const p = pieces[i]!;
       await write(p.head);
       const bytes = await p.t.read();
-      if (bytes.byteLength !== p.t.byteLength) throw new Error(`ONNX graph: tensor ${p.t.value.name} gave ${bytes.byteLength} bytes, expected ${p.t.byteLength}`);
+      if (bytes.byteLength !== p.t.byteLength)
+        throw new Error(`ONNX graph: tensor ${p.t.value.name} gave ${bytes.byteLength} bytes, expected ${p.t.byteLength}`);
       if (p.inline) await write(bytes);
       else await data!.write(bytes, 0, bytes.byteLength, p.at);
       written += bytes.byteLength;
@@ -171,7 +197,10 @@ export async function writeOnnxModel(path: string, b: GraphBuilder, options: Wri
 function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
   let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 }
 

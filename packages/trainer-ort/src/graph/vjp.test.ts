@@ -30,9 +30,19 @@ async function check(build: (b: GraphBuilder, x: Value[]) => Value, specs: Spec[
     if (s.values) return s.values;
     return Array.from({ length: n }, () => (s.positive ? 0.5 + Math.abs(rand()) : rand()));
   });
-  const feeds = (vals: number[][]) => Object.fromEntries(specs.map((s, i) => [`x${i}`, s.int
-    ? new ort.Tensor("int64", BigInt64Array.from(vals[i]!, (v) => BigInt(v)), s.shape)
-    : new ort.Tensor(s.dtype ?? dtype, ((s.dtype ?? dtype) === "float64" ? Float64Array : Float32Array).from(vals[i]!), s.shape)]));
+  const feeds = (vals: number[][]) =>
+    Object.fromEntries(
+      specs.map((s, i) => [
+        `x${i}`,
+        s.int
+          ? new ort.Tensor(
+              "int64",
+              BigInt64Array.from(vals[i]!, (v) => BigInt(v)),
+              s.shape,
+            )
+          : new ort.Tensor(s.dtype ?? dtype, ((s.dtype ?? dtype) === "float64" ? Float64Array : Float32Array).from(vals[i]!), s.shape),
+      ]),
+    );
   const res = await session.run(feeds(values));
   const h = dtype === "float64" ? 1e-6 : 1e-2;
   const [atol, rtol] = dtype === "float64" ? [1e-6, 1e-5] : [2e-3, 2e-2];
@@ -89,8 +99,10 @@ describe("VJP rules against central finite differences (float64)", () => {
   it("Gemm with every transpose combination, alpha, beta and a broadcast bias", async () => {
     for (const transA of [false, true]) {
       for (const transB of [false, true]) {
-        await check((b, [x, y, c]) => b.gemm(x!, y!, c!, { transA, transB, alpha: 0.7, beta: 1.3 }),
-          [{ shape: transA ? [4, 3] : [3, 4] }, { shape: transB ? [2, 4] : [4, 2] }, { shape: [2] }]);
+        await check(
+          (b, [x, y, c]) => b.gemm(x!, y!, c!, { transA, transB, alpha: 0.7, beta: 1.3 }),
+          [{ shape: transA ? [4, 3] : [3, 4] }, { shape: transB ? [2, 4] : [4, 2] }, { shape: [2] }],
+        );
       }
     }
   });
@@ -106,7 +118,13 @@ describe("VJP rules against central finite differences (float64)", () => {
     await check((b, [x]) => b.transpose(x!, [2, 0, 1]), [{ shape: [2, 3, 4] }]);
     await check((b, [x]) => b.expand(x!, [2, 3, 4]), [{ shape: [3, 1] }]);
     await check((b, [x]) => b.split(x!, 1, [1, 2, 3])[2]!, [{ shape: [2, 6] }]);
-    await check((b, [x]) => { const [p, q] = b.split(x!, 0, [1, 2]); return b.mul(b.reshape(p!, [3]), b.reduceSum(q!, [0], false)); }, [{ shape: [3, 3] }]);
+    await check(
+      (b, [x]) => {
+        const [p, q] = b.split(x!, 0, [1, 2]);
+        return b.mul(b.reshape(p!, [3]), b.reduceSum(q!, [0], false));
+      },
+      [{ shape: [3, 3] }],
+    );
     await check((b, [x]) => b.slice(x!, [1, 0], [3, 2], [0, 1]), [{ shape: [4, 3] }]);
     await check((b, [x]) => b.pad(x!, [1, 0], [0, 2]), [{ shape: [2, 3] }]);
     await check((b, [x, y]) => b.concat([x!, y!], 1), [{ shape: [2, 2] }, { shape: [2, 3] }]);
@@ -128,14 +146,19 @@ describe("VJP rules against central finite differences (float64)", () => {
     await check((b, [x, w]) => rmsNorm(b, x!, w!, 1e-6), [{ shape: [2, 3, 5] }, { shape: [5] }]);
     await check((b, [g, u]) => b.mul(silu(b, g!), u!), [{ shape: [3, 4] }, { shape: [3, 4] }]);
     // x·cos + cat(x₂, x₁)·sin over the last axis, tables broadcast over the leading axes.
-    await check((b, [x, c, s]) => {
-      const [x1, x2] = b.split(x!, -1, [2, 2]);
-      return b.add(b.mul(x!, c!), b.mul(b.concat([x2!, x1!], -1), s!));
-    }, [{ shape: [2, 3, 4] }, { shape: [3, 4] }, { shape: [3, 4] }]);
+    await check(
+      (b, [x, c, s]) => {
+        const [x1, x2] = b.split(x!, -1, [2, 2]);
+        return b.add(b.mul(x!, c!), b.mul(b.concat([x2!, x1!], -1), s!));
+      },
+      [{ shape: [2, 3, 4] }, { shape: [3, 4] }, { shape: [3, 4] }],
+    );
   });
   it("cross-entropy: LogSoftmax + GatherElements + ReduceMean + Neg", async () => {
-    await check((b, [z, t]) => b.neg(b.reduceMean(b.gatherElements(b.logSoftmax(z!, -1), t!, 1), [0, 1], false)),
-      [{ shape: [4, 5] }, { shape: [4, 1], int: true, values: [1, 4, 0, 1] }]);
+    await check(
+      (b, [z, t]) => b.neg(b.reduceMean(b.gatherElements(b.logSoftmax(z!, -1), t!, 1), [0, 1], false)),
+      [{ shape: [4, 5] }, { shape: [4, 1], int: true, values: [1, 4, 0, 1] }],
+    );
   });
 });
 
@@ -153,7 +176,10 @@ describe("VJP rules in float32 (ops without a double kernel, casts)", () => {
   });
   it("LayerNormalization and the GELU pattern in float32", async () => {
     await check((b, [x, w, c]) => b.layerNorm(x!, w!, c!, 1e-5).y, [{ shape: [2, 6] }, { shape: [6] }, { shape: [6] }], "float32");
-    await check((b, [x]) => b.mul(b.mul(x!, 0.5), b.add(b.tanh(b.mul(b.add(x!, b.mul(b.pow(x!, 3), 0.044715)), Math.sqrt(2 / Math.PI))), 1)),
-      [{ shape: [6] }], "float32");
+    await check(
+      (b, [x]) => b.mul(b.mul(x!, 0.5), b.add(b.tanh(b.mul(b.add(x!, b.mul(b.pow(x!, 3), 0.044715)), Math.sqrt(2 / Math.PI))), 1)),
+      [{ shape: [6] }],
+      "float32",
+    );
   });
 });

@@ -44,7 +44,8 @@ export function geluNew(b: GraphBuilder, x: Value): Value {
  */
 function hidden(b: GraphBuilder, m: ResolvedDecoder, p: (name: string) => Value, ids: Value, dropout?: ApplyDropout, cache?: KvCache) {
   const { shape: s, spec, need } = m;
-  const B = ids.dims[0]!, T = ids.dims[1]!;
+  const B = ids.dims[0]!,
+    T = ids.dims[1]!;
   const { dModel: d, heads: H, headDim: hd } = s;
   const KV = m.kvHeads;
   if (!cache) m.checkContext(ids.shape[1]!);
@@ -65,8 +66,12 @@ function hidden(b: GraphBuilder, m: ResolvedDecoder, p: (name: string) => Value,
   const ct = embedding.dtype; // the compute type; norms and the softmax run in float32
   const norm = (x: Value, part: Norm, layer: number | null): Value => {
     const { weight, bias } = m.norm(part, layer);
-    const xf = b.cast(x, "float32"), w = p(weight.name);
-    const y = spec.norm.kind === "layernorm" ? b.layerNorm(xf, w, bias ? p(bias.name) : null, spec.norm.eps).y : rmsNorm(b, xf, w, spec.norm.eps, cache !== undefined);
+    const xf = b.cast(x, "float32"),
+      w = p(weight.name);
+    const y =
+      spec.norm.kind === "layernorm"
+        ? b.layerNorm(xf, w, bias ? p(bias.name) : null, spec.norm.eps).y
+        : rmsNorm(b, xf, w, spec.norm.eps, cache !== undefined);
     return b.cast(y, ct);
   };
 
@@ -148,9 +153,12 @@ function hidden(b: GraphBuilder, m: ResolvedDecoder, p: (name: string) => Value,
     h = b.add(h, drop(project(ctx, "attn.out", l), "residual", l, `h${l}.attn_out`));
 
     const x = norm(h, "mlp.norm", l);
-    const act = spec.mlp.kind === "gelu_tanh"
-      ? (cache ? geluNew(b, project(x, "mlp.in", l)) : b.fastGelu(project(x, "mlp.in", l)))
-      : b.mul(silu(b, project(x, "mlp.gate", l)), project(x, "mlp.in", l));
+    const act =
+      spec.mlp.kind === "gelu_tanh"
+        ? cache
+          ? geluNew(b, project(x, "mlp.in", l))
+          : b.fastGelu(project(x, "mlp.in", l))
+        : b.mul(silu(b, project(x, "mlp.gate", l)), project(x, "mlp.in", l));
     h = b.add(h, drop(project(act, "mlp.out", l), "residual", l, `h${l}.mlp_out`));
   }
   h = norm(h, "final_norm", null); // [N, d]

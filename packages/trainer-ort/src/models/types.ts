@@ -41,8 +41,13 @@ export interface ModelGraph {
    * same forward pass with a KV cache (the export's inference graph); `decoder`: `config` already resolved by the
    * caller (@staged/core's resolveDecoder), not resolved again.
    */
-  logits(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value,
-         options?: { cache?: KvCache; decoder?: ResolvedDecoder }): Value;
+  logits(
+    b: GraphBuilder,
+    config: Record<string, unknown>,
+    p: (name: string) => Value,
+    ids: Value,
+    options?: { cache?: KvCache; decoder?: ResolvedDecoder },
+  ): Value;
   /**
    * Scalar mean next-token cross-entropy over the B·(T−1) predictions inside the blocks. With `dropout` (the
    * training graphs), it is called at every site whose probability is above 0; without it (evaluation), the

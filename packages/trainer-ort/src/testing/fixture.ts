@@ -17,11 +17,18 @@ export interface Fixture {
 export function loadFixture(name: string): Fixture {
   const buf = readFileSync(fileURLToPath(new URL(`../../fixtures/${name}.safetensors`, import.meta.url)));
   const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }> & { __metadata__: Record<string, string> };
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<
+    string,
+    { dtype: string; shape: number[]; data_offsets: [number, number] }
+  > & { __metadata__: Record<string, string> };
   const tensors: Fixture["tensors"] = new Map();
   for (const [k, v] of Object.entries(header)) {
     if (k === "__metadata__") continue;
-    const { dtype, shape, data_offsets: [a, b] } = v as { dtype: string; shape: number[]; data_offsets: [number, number] };
+    const {
+      dtype,
+      shape,
+      data_offsets: [a, b],
+    } = v as { dtype: string; shape: number[]; data_offsets: [number, number] };
     const bytes = buf.subarray(8 + n + a, 8 + n + b);
     const copy = new Uint8Array(bytes).buffer;
     tensors.set(k, { shape, data: dtype === "F32" ? new Float32Array(copy) : new BigInt64Array(copy) });
@@ -30,7 +37,12 @@ export function loadFixture(name: string): Fixture {
   const ids = tensors.get("ids")!;
   const [, B, T] = ids.shape as [number, number, number];
   return {
-    config: JSON.parse(meta.config!), meta, hp: JSON.parse(meta.hyperparameters!), tensors, B, T,
+    config: JSON.parse(meta.config!),
+    meta,
+    hp: JSON.parse(meta.hyperparameters!),
+    tensors,
+    B,
+    T,
     f32: (k) => {
       const t = tensors.get(k);
       if (!t || !(t.data instanceof Float32Array)) throw new Error(`fixture has no float tensor ${k}`);
@@ -41,12 +53,21 @@ export function loadFixture(name: string): Fixture {
 }
 
 /** Largest violation of |a − e| ≤ atol + rtol·|e| (≤ 0 means every element passes), with its index. */
-export function closeness(actual: ArrayLike<number>, expected: ArrayLike<number>, rtol: number, atol: number): { worst: number; at: number; actual: number; expected: number } {
+export function closeness(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  rtol: number,
+  atol: number,
+): { worst: number; at: number; actual: number; expected: number } {
   if (actual.length !== expected.length) throw new Error(`length ${actual.length} vs ${expected.length}`);
-  let worst = -Infinity, at = -1;
+  let worst = -Infinity,
+    at = -1;
   for (let i = 0; i < actual.length; i++) {
     const excess = Math.abs(actual[i]! - expected[i]!) - (atol + rtol * Math.abs(expected[i]!));
-    if (!(excess <= worst) || Number.isNaN(excess)) { worst = Number.isNaN(excess) ? Infinity : excess; at = i; }
+    if (!(excess <= worst) || Number.isNaN(excess)) {
+      worst = Number.isNaN(excess) ? Infinity : excess;
+      at = i;
+    }
   }
   return { worst, at, actual: actual[at]!, expected: expected[at]! };
 }

@@ -19,7 +19,11 @@ export async function session(model: Uint8Array, threads = 1): Promise<ort.Infer
 
 /** The fixture's weights as feeds of the architecture's parameters, in the plugin's order and shapes. */
 export function paramFeeds(architecture: string, fx: Fixture): Record<string, ort.Tensor> {
-  return Object.fromEntries(modelGraph(architecture).params(fx.config).map((s) => [s.name, new ort.Tensor("float32", fx.f32(`param.${s.name}`), s.shape)]));
+  return Object.fromEntries(
+    modelGraph(architecture)
+      .params(fx.config)
+      .map((s) => [s.name, new ort.Tensor("float32", fx.f32(`param.${s.name}`), s.shape)]),
+  );
 }
 
 /** Batch `s` of the fixture's ids as the graphs' int64 input. */
@@ -29,7 +33,9 @@ export const idsTensor = (fx: Fixture, s = 0): ort.Tensor => new ort.Tensor("int
 export async function expectGradientsMatch(architecture: string, fx: Fixture, threads = 1): Promise<void> {
   const specs = modelGraph(architecture).params(fx.config);
   const s = await session(compileGradient(architecture, fx.config, { batch: fx.B, context: fx.T }).model, threads);
-  const zeros = Object.fromEntries(specs.map((sp) => [names.gradAcc(sp.name), new ort.Tensor("float32", new Float32Array(sp.shape.reduce((a, b) => a * b, 1)), sp.shape)]));
+  const zeros = Object.fromEntries(
+    specs.map((sp) => [names.gradAcc(sp.name), new ort.Tensor("float32", new Float32Array(sp.shape.reduce((a, b) => a * b, 1)), sp.shape)]),
+  );
   const out = await s.run({ ...paramFeeds(architecture, fx), ...zeros, [names.ids]: idsTensor(fx) });
   expect(Number(out[names.loss]!.data[0])).toBeCloseTo(Number(fx.meta.loss), 5);
   for (const sp of specs) {
@@ -42,9 +48,16 @@ export async function expectGradientsMatch(architecture: string, fx: Fixture, th
 /** The logits graph's mean next-token cross-entropy equals the fixture's loss (rtol 1e-5), over its whole vocabulary. */
 export async function expectLogitsLoss(architecture: string, fx: Fixture, threads = 1): Promise<void> {
   const b = new GraphBuilder();
-  const pv = new Map(modelGraph(architecture).params(fx.config).map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]));
+  const pv = new Map(
+    modelGraph(architecture)
+      .params(fx.config)
+      .map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]),
+  );
   const idv = b.input(names.ids, "int64", [fx.B, fx.T]);
-  b.output(modelGraph(architecture).logits(b, fx.config, (n) => pv.get(n)!, idv), "logits");
+  b.output(
+    modelGraph(architecture).logits(b, fx.config, (n) => pv.get(n)!, idv),
+    "logits",
+  );
   const s = await session(b.serialize(), threads);
   const logits = (await s.run({ ...paramFeeds(architecture, fx), [names.ids]: idsTensor(fx) })).logits!.data as Float32Array;
   const V = logits.length / (fx.B * fx.T);

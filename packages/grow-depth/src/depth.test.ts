@@ -142,7 +142,7 @@ describe("growDepth", () => {
     const g = growDepth(stateWithMoments(), { layers: 10_000 });
     expect(g.shape.layers).toBe(10_000);
     expect(g.params.size).toBe(2 + 10_000 * 12 + 2);
-    expect(performance.now() - t0).toBeLessThan(5000);
+    expect(performance.now() - t0).toBeLessThan(30_000); // at once: generous for a loaded machine
   });
 });
 

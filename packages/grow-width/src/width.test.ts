@@ -264,7 +264,7 @@ describe("growWidth", () => {
     expect(() => growWidth(s, { factor: 2, ffnFactor: 100_000 })).toThrow(
       /^width growth: factor 2, ffnFactor 100000 gives ffn 6400000 and .*; the limit is ffn ≤ 1048576$/,
     );
-    expect(performance.now() - t0).toBeLessThan(100);
+    expect(performance.now() - t0).toBeLessThan(5000); // nothing built: generous for a loaded machine
   });
 });
 

@@ -128,7 +128,7 @@ describe("staged grow", () => {
         const before = await fingerprint(at("f32"));
         const t0 = performance.now();
         const r = staged("grow", ...paths);
-        expect(performance.now() - t0).toBeLessThan(5000);
+        expect(performance.now() - t0).toBeLessThan(30_000); // at once: generous for a loaded machine
         expect(r.status).toBe(1);
         expect(r.stderr).toMatch(message);
         expect(r.stderr.trim().split("\n")).toHaveLength(1);

@@ -89,7 +89,7 @@ describe("staged init", () => {
         const r = staged("init", at("big"), ...args);
         expect(r.status).toBe(1);
         expect(r.stderr.trim()).toMatch(message);
-        expect(performance.now() - t0).toBeLessThan(5000);
+        expect(performance.now() - t0).toBeLessThan(30_000); // at once: generous for a loaded machine
         expect(await readdir(root)).toEqual(["small"]);
       });
     }

@@ -15,6 +15,7 @@
 //        [--threads 2] [--phase all|pilots|runs|report] [--quick] [--seed-list 1,2] [--groups baseline,width,...]
 //        [--data brown|<file> [--val-data <file>]] [--batch 16] [--lr 1e-3] [--warmup 100] [--eval-every 50] [--cooldown 300]
 //        [--frontier 0.5,0.625,0.75,0.875] (the baselines' cooled-down copies, fractions of the budget; above 1 they train on past it)
+//        [--law <law.json>] (a law fitted before, instead of the pilots)
 //
 // --parallel runs that many `staged run --only <run>` processes at once (each with --threads). Every run
 // resumes where it stopped, so the script can be interrupted and rerun. --quick is the demo's short version
@@ -51,6 +52,7 @@ const { values: a } = parseArgs({
     "eval-every": { type: "string" },
     cooldown: { type: "string" },
     frontier: { type: "string" },
+    law: { type: "string" },
   },
 });
 const cli = a.cli ?? process.env.STAGED_CLI ?? join(here, "..", "..", "packages", "cli", "dist", "bin.js");
@@ -149,7 +151,9 @@ await mkdir(out, { recursive: true });
 // 1. Pilots and the fitted law.
 const pilots = quick ? [gpt2(2, 32), gpt2(1, 64), gpt2(2, 64), gpt2(2, 128)] : [gpt2(1, 64), gpt2(2, 64), gpt2(1, 128), gpt2(2, 128)];
 const fitFile = join(out, "law.json");
-if (phase === "all" || phase === "pilots") {
+// --law: a law fitted before (a `staged plan fit --law chinchilla` output, e.g. the full benchmark's), used instead of pilots.
+if (a.law) await writeFile(fitFile, await readFile(resolve(a.law)));
+else if (phase === "all" || phase === "pilots") {
   const specs = [];
   for (const m of pilots) {
     const name = `pilot-${label(m)}`;

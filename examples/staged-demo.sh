@@ -12,12 +12,12 @@
 # cooled-down loss against the staged run's FLOPs. One seed: the full benchmark has the seeds that measure the noise.
 # Usage: examples/staged-demo.sh [out-directory]   (default: a fresh directory under /tmp)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/bench" && pwd) # bench-lib.sh finds its scripts beside it
 out=${1:-$(mktemp -d /tmp/staged-demo.XXXXXX)}
 mkdir -p "$out" && out=$(cd "$out" && pwd) && cd "$out"
-source "$here/bench/bench-lib.sh"
+source "$here/bench-lib.sh"
 mixed_corpus "$out/corpus" >&2
-node "$here/bench/staged-bench.mjs" --quick --out "$out" --parallel 2 --threads 1 \
+node "$here/staged-bench.mjs" --quick --out "$out" --parallel 2 --threads 1 \
   --data "$out/corpus/train.txt" --val-data "$out/corpus/validation.txt" --batch 256 --lr 2.5e-3 --warmup 6 \
-  --eval-every 10 --cooldown 19 --budget 1.5e13 --frontier 0.5,0.75,1.25,1.5 --law "$here/bench/laws/mixed-batch-256.json"
+  --eval-every 10 --cooldown 19 --budget 1.5e13 --frontier 0.5,0.75,1.25,1.5 --law "$here/laws/mixed-batch-256.json"
 echo "runs, report.md and report.png in $out"

@@ -2,43 +2,18 @@
  * Storages and tensors of a torch.save file, read lazily: the pickle gives each tensor's dtype, shape, strides and
  * storage offset; the bytes stay in the file until asked for, and come in pieces of at most PIECE_BYTES.
  */
-import { type DType, DTYPE_SIZES, type LazyTensor, PIECE_BYTES, type Tensor, decodeTensor } from "@staged/core";
+import { type DType, DTYPE_SIZES, type LazyTensor, PIECE_BYTES, type Tensor, TORCH_NAMES, decodeTensor } from "@staged/core";
 import { TorchFormatError } from "./errors.js";
 import { crc32 } from "./zip.js";
 
-/** torch dtype name → core dtype, for the dtypes this package reads. */
-export const TORCH_TO_DTYPE: Readonly<Record<string, DType>> = {
-  float64: "F64",
-  float32: "F32",
-  float16: "F16",
-  bfloat16: "BF16",
-  int64: "I64",
-  int32: "I32",
-  int16: "I16",
-  int8: "I8",
-  uint8: "U8",
-  bool: "BOOL",
-  uint16: "U16",
-  uint32: "U32",
-  uint64: "U64",
-};
+/** The dtypes this package reads and writes: core's in-memory ones (DType), named as core's TORCH_NAMES says. */
+const DTYPES = Object.keys(DTYPE_SIZES) as DType[];
 
 /** core dtype → torch dtype name. */
-export const DTYPE_TO_TORCH: Readonly<Record<DType, string>> = {
-  F64: "float64",
-  F32: "float32",
-  F16: "float16",
-  BF16: "bfloat16",
-  I64: "int64",
-  I32: "int32",
-  I16: "int16",
-  I8: "int8",
-  U8: "uint8",
-  BOOL: "bool",
-  U16: "uint16",
-  U32: "uint32",
-  U64: "uint64",
-};
+export const DTYPE_TO_TORCH: Readonly<Record<DType, string>> = Object.fromEntries(DTYPES.map((d) => [d, TORCH_NAMES[d]])) as Record<DType, string>;
+
+/** torch dtype name → core dtype, for the dtypes this package reads. */
+export const TORCH_TO_DTYPE: Readonly<Record<string, DType>> = Object.fromEntries(DTYPES.map((d) => [TORCH_NAMES[d], d]));
 
 /** Where a storage's bytes are: a stored zip entry of an open file. */
 export interface StorageSource {

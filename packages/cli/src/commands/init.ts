@@ -16,30 +16,20 @@ import {
   writeAnnouncement,
   type ModelShape,
 } from "@staged/core";
+import { modelConfig, type ModelSpec } from "@staged/run";
 import { createOutput, runAction } from "../output.js";
 import { integer, probability } from "../options.js";
 import type { GlobalOptions } from "../main.js";
 
-export interface InitOptions {
+/** `staged init`'s options: a run spec's model (arch default gpt2), its context and seed. */
+export interface InitOptions extends Omit<ModelSpec, "arch"> {
   arch?: string;
-  layers: number;
-  dModel: number;
-  heads: number;
-  kvHeads?: number;
-  ffn?: number;
-  vocab: number;
   context: number;
   seed: number;
-  tie?: boolean;
-  /** Written into every dropout field of the architecture's config (GPT-2: embd/attn/resid_pdrop; Llama: attention_dropout). */
-  dropout?: number;
 }
 
-/** The HF config of `staged init`: the architecture's own, tied as the architecture is by default unless told. */
-export function initConfig(o: InitOptions): Record<string, unknown> {
-  const arch = createDefaultRegistry().get("architecture", o.arch ?? "gpt2");
-  return arch.initConfig(o, o.tie ?? arch.tiedByDefault);
-}
+/** The HF config of `staged init`: the architecture's own, tied as the architecture is by default unless told (as a run spec's model). */
+export const initConfig = (o: InitOptions): Record<string, unknown> => modelConfig({ ...o, arch: o.arch ?? "gpt2" }, o.context);
 
 const ARCH_NAMES: Record<string, string> = { gpt2: "GPT-2", llama: "Llama" };
 

@@ -3,7 +3,17 @@ import ort from "onnxruntime-node";
 import type { ParamSpec, Registry } from "@staged/core";
 import { modelGraph } from "./models/index.js";
 import { dropoutMasks, type DropoutMasks } from "./dropout.js";
-import { adamwDefaults, compileApply, compileEval, compileGradient, compileTrainStep, names, type AdamWOptions, type CompiledGraph } from "./step.js";
+import {
+  adamwDefaults,
+  compileApply,
+  compileEval,
+  compileGradient,
+  compileTrainStep,
+  names,
+  optimizerScalars,
+  type AdamWOptions,
+  type CompiledGraph,
+} from "./step.js";
 
 export interface EngineOptions {
   /** cuda: ask for the CUDA execution provider; throws when it cannot be loaded. */
@@ -176,7 +186,6 @@ export async function createEngine(
   const checkLength = (ids: Int32Array | BigInt64Array, rows: number) => {
     if (ids.length !== rows * T) throw new Error(`expected ${rows}×${T} = ${rows * T} token ids, got ${ids.length}`);
   };
-  const scalar64 = (x: number) => new ort.Tensor("float64", Float64Array.of(x), []);
   const scalar32 = () => new ort.Tensor("float32", new Float32Array(1), []);
   /** Run with every output fetched, in the session's order (the binding maps results by output position). */
   const run = async (s: ort.InferenceSession, feeds: Feeds, out: Record<string, ort.Tensor | null>) => {
@@ -253,22 +262,20 @@ export async function createEngine(
   }
 
   const paramNames = specs.map((s) => s.name);
-  const scalesData = new Float64Array(specs.length);
-  const scalesTensor = new ort.Tensor("float64", scalesData, [specs.length]);
-  /** The `lr_scales` input of a step compiled with perParamLr: the given factors, else 1 for every parameter. */
-  const lrScaleFeeds = (scales: ArrayLike<number> | undefined): Feeds => {
-    if (!opt.perParamLr) {
-      if (scales !== undefined) throw new Error("lrScales needs an engine created with perParamLr");
-      return {};
+  /** The optimizer's scalar inputs of a step (optimizerScalars), the per-parameter LR factors checked. */
+  const optimizerFeeds = (lr: number, stepNumber: number, scales: ArrayLike<number> | undefined): Feeds => {
+    if (!opt.perParamLr && scales !== undefined) throw new Error("lrScales needs an engine created with perParamLr");
+    if (scales !== undefined) {
+      if (scales.length !== specs.length) throw new Error(`lrScales has ${scales.length} factors for ${specs.length} parameters`);
+      for (let i = 0; i < specs.length; i++) {
+        const f = scales[i]!;
+        if (!(Number.isFinite(f) && f >= 0)) throw new Error(`lrScales[${i}] (${specs[i]!.name}) must be a finite number ≥ 0, got ${f}`);
+      }
     }
-    if (scales !== undefined && scales.length !== specs.length)
-      throw new Error(`lrScales has ${scales.length} factors for ${specs.length} parameters`);
-    for (let i = 0; i < specs.length; i++) {
-      const f = scales === undefined ? 1 : scales[i]!;
-      if (!(Number.isFinite(f) && f >= 0)) throw new Error(`lrScales[${i}] (${specs[i]!.name}) must be a finite number ≥ 0, got ${f}`);
-      scalesData[i] = f;
-    }
-    return { [names.lrScales]: scalesTensor };
+    const values = optimizerScalars(specs, opt, lr, stepNumber, scales);
+    return Object.fromEntries(
+      Object.entries(values).map(([n, v]) => [n, new ort.Tensor("float32", v, opt.perParamLr && n !== names.bc2Sqrt ? [specs.length] : [])]),
+    );
   };
   const pick = (prefix: (n: string) => string) => new Map(paramNames.map((n) => [n, state.cur.get(prefix(n))!.data as Float32Array]));
   let released = false;
@@ -288,7 +295,7 @@ export async function createEngine(
       if (options.evalOnly) throw new Error("this engine was created with evalOnly: it does not train");
       checkLength(ids, B);
       if (!(stepNumber >= 1)) throw new Error(`step number ${stepNumber} must be ≥ 1 (the update count after this step)`);
-      const lrFeeds: Feeds = { [names.lr]: scalar64(lr), [names.step]: scalar64(stepNumber), ...lrScaleFeeds(stepOptions.lrScales) };
+      const lrFeeds = optimizerFeeds(lr, stepNumber, stepOptions.lrScales);
       const dropoutKey = stepOptions.dropoutKey ?? stepNumber;
       let loss: number;
       if (stepSession) {

@@ -6,10 +6,12 @@ import { modelGraph, type ApplyDropout, type DropoutSite } from "./models/index.
 /** Graph input and output names shared by the compiler and the engine. */
 export const names = {
   ids: "input_ids",
-  lr: "lr",
-  /** float64 [P]: each parameter's factor on lr, in the params' order (only with AdamWOptions.perParamLr). */
-  lrScales: "lr_scales",
-  step: "step",
+  /** float32, [] or [P] with AdamWOptions.perParamLr (the params' order): lr/(1 − β1ᵗ), lr without bias correction. */
+  stepSize: "step_size",
+  /** float32, [] or [P] like stepSize: 1 − lr·weightDecay (only when weight decay applies to some parameter). */
+  decayFactor: "decay_factor",
+  /** float32 []: √(1 − β2ᵗ) (only with bias correction). */
+  bc2Sqrt: "bc2_sqrt",
   microBatches: "micro_batches",
   loss: "loss",
   gradNorm: "grad_norm",
@@ -121,27 +123,46 @@ const finish = (b: GraphBuilder, params: ParamSpec[], dropout: DropoutInput[] = 
   dropout,
 });
 
+/** Whether weight decay applies to some parameter (the step then takes `decay_factor`). */
+const decays = (specs: readonly ParamSpec[], o: AdamWOptions) => o.weightDecay !== 0 && specs.some((s) => o.decay.has(s.name));
+
+/**
+ * The optimizer's scalar inputs of a step (names.stepSize, decayFactor, bc2Sqrt), computed on the host in float64
+ * like torch's Python floats and rounded to float32 once, so that no float64 value is on the device (a GPU provider
+ * has no float64 kernels): `lr` the step's LR, `step` the 1-based update count, `scales` each parameter's factor on
+ * the LR (with AdamWOptions.perParamLr; default 1). Parameter i trains at lr·scales[i], as a PyTorch param group of
+ * that lr would (its decay too).
+ */
+export function optimizerScalars(
+  specs: readonly ParamSpec[],
+  o: AdamWOptions,
+  lr: number,
+  step: number,
+  scales?: ArrayLike<number>,
+): Record<string, Float32Array> {
+  const bc1 = o.biasCorrection ? 1 - Math.pow(o.betas[0], step) : 1;
+  const lrs = o.perParamLr ? Array.from({ length: specs.length }, (_, i) => lr * (scales?.[i] ?? 1)) : [lr];
+  const out: Record<string, Float32Array> = { [names.stepSize]: Float32Array.from(lrs, (x) => x / bc1) };
+  if (decays(specs, o)) out[names.decayFactor] = Float32Array.from(lrs, (x) => 1 - x * o.weightDecay);
+  if (o.biasCorrection) out[names.bc2Sqrt] = Float32Array.of(Math.sqrt(1 - Math.pow(o.betas[1], step)));
+  return out;
+}
+
 /**
  * Global-norm clipping (clip_grad_norm_: coef = max/(‖g‖+1e-6) clamped to ≤ 1) then PyTorch's AdamW
  * (foreach=False): p ← p·(1−lr·wd) for decayed params; m ← lerp(m, g, 1−β1); v ← β2·v + (1−β2)·g²;
- * p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + eps). Scalar factors are computed in float64 like torch's Python
- * floats. Without bias correction both (1 − βᵗ) are 1. With per-parameter LR factors, parameter i trains
- * at lr·lr_scales[i], as a PyTorch param group of that lr would (its decay too). Appends the outputs
- * `grad_norm` and `new.*` for params and moments.
+ * p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + eps). The scalar factors are inputs (optimizerScalars). Without bias
+ * correction both (1 − βᵗ) are 1. Appends the outputs `grad_norm` and `new.*` for params and moments.
  */
 function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grads: Value[], o: AdamWOptions): void {
   b.section = "optimizer";
-  const lr = b.input(names.lr, "float64", []);
-  const t = b.input(names.step, "float64", []);
-  const scales = o.perParamLr ? b.input(names.lrScales, "float64", [specs.length]) : null;
   const [beta1, beta2] = o.betas;
-  const f32 = (x: Value) => b.cast(x, "float32");
-  const bc1 = o.biasCorrection ? b.sub(1, b.pow(b.scalar(beta1, "float64"), t)) : null;
-  const stepSizeOf = (lrOf: Value) => f32(bc1 ? b.div(lrOf, bc1) : lrOf);
-  const decayFactorOf = (lrOf: Value) => f32(b.sub(1, b.mul(lrOf, o.weightDecay)));
-  const stepSize = stepSizeOf(lr);
-  const bc2Sqrt = o.biasCorrection ? f32(b.sqrt(b.sub(1, b.pow(b.scalar(beta2, "float64"), t)))) : null;
-  const decayFactor = decayFactorOf(lr);
+  const dims = o.perParamLr ? [specs.length] : [];
+  const stepSizes = b.input(names.stepSize, "float32", dims);
+  const decayFactors = decays(specs, o) ? b.input(names.decayFactor, "float32", dims) : null;
+  const bc2Sqrt = o.biasCorrection ? b.input(names.bc2Sqrt, "float32", []) : null;
+  /** Parameter i's factor of an input of `dims`. */
+  const of = (x: Value, i: number) => (o.perParamLr ? b.gather(x, b.constant([i], "int64", [])) : x);
 
   const sq = grads.map((g) => b.reduceSumSquare(g, [...g.shape.keys()], false));
   const norm = b.sqrt(b.sum(sq));
@@ -154,12 +175,11 @@ function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grad
     const p = pv.get(s.name)!;
     const m = b.input(names.expAvg(s.name), "float32", s.shape);
     const v = b.input(names.expAvgSq(s.name), "float32", s.shape);
-    const lrOf = scales ? b.mul(lr, b.gather(scales, b.constant([i], "int64", []))) : null;
-    const pd = o.decay.has(s.name) && o.weightDecay !== 0 ? b.mul(p, lrOf ? decayFactorOf(lrOf) : decayFactor) : p;
+    const pd = decayFactors && o.decay.has(s.name) ? b.mul(p, of(decayFactors, i)) : p;
     const m2 = b.add(m, b.mul(b.sub(g, m), 1 - beta1));
     const v2 = b.add(b.mul(v, beta2), b.mul(b.mul(g, g), 1 - beta2));
     const denom = b.add(bc2Sqrt ? b.div(b.sqrt(v2), bc2Sqrt) : b.sqrt(v2), o.eps);
-    b.output(b.sub(pd, b.mul(b.div(m2, denom), lrOf ? stepSizeOf(lrOf) : stepSize)), names.updated(s.name));
+    b.output(b.sub(pd, b.mul(b.div(m2, denom), of(stepSizes, i))), names.updated(s.name));
     b.output(m2, names.updated(names.expAvg(s.name)));
     b.output(v2, names.updated(names.expAvgSq(s.name)));
   });
@@ -167,7 +187,7 @@ function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grad
 
 /**
  * The whole training step: inputs = params, `exp_avg.*`, `exp_avg_sq.*`, `input_ids` int64 [B, T],
- * float64 scalars `lr` and `step` (the 1-based update count), and a `dropout.<site>` mask per dropout site
+ * the optimizer's float32 scalars (optimizerScalars), and a `dropout.<site>` mask per dropout site
  * of p > 0 (CompiledGraph.dropout); outputs = `loss`, `grad_norm`, `new.<param>`, `new.exp_avg.<param>`,
  * `new.exp_avg_sq.<param>`.
  */
@@ -228,7 +248,7 @@ export function compileGradient(
 
 /**
  * The update from summed micro-batch gradients: params, moments, `grad.*`, float32 scalar `micro_batches`
- * (the gradient is the sum divided by it), `lr`, `step` → `grad_norm` and the `new.*` outputs.
+ * (the gradient is the sum divided by it), the optimizer's scalars (optimizerScalars) → `grad_norm` and the `new.*` outputs.
  */
 export function compileApply(architecture: string, config: Record<string, unknown>, opt: AdamWOptions, registry?: Registry): CompiledGraph {
   const { params, b, pv } = setup(architecture, config, registry);

@@ -16,8 +16,8 @@ import {
 } from "./step.js";
 
 export interface EngineOptions {
-  /** cuda: ask for the CUDA execution provider; throws when it cannot be loaded. */
-  device?: "cpu" | "cuda" | undefined;
+  /** The execution provider (DEVICES; default cpu): cuda and webgpu throw a one-line error when they cannot be used. */
+  device?: Device | undefined;
   /** Intra-op threads; default: all cores (os.availableParallelism()). */
   threads?: number | undefined;
   /** B and T of the compiled graphs. */
@@ -91,7 +91,11 @@ class DoubleBuffer {
   }
 }
 
-async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; threads: number; profile: boolean }): Promise<ort.InferenceSession> {
+/** The execution providers a step can run on: onnxruntime-node's CPU, CUDA (where its install script fetched it) and WebGPU (bundled). */
+export const DEVICES = ["cpu", "cuda", "webgpu"] as const;
+export type Device = (typeof DEVICES)[number];
+
+async function createSession(g: CompiledGraph, o: { device: Device; threads: number; profile: boolean }): Promise<ort.InferenceSession> {
   const options: ort.InferenceSession.SessionOptions = {
     executionProviders: [o.device],
     graphOptimizationLevel: "all",
@@ -116,6 +120,18 @@ async function createSession(g: CompiledGraph, o: { device: "cpu" | "cuda"; thre
       throw new Error(
         `CUDA execution provider is not available: ${(e as Error).message} ` +
           "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)",
+        { cause: e },
+      );
+    }
+  }
+  if (o.device === "webgpu") {
+    ort.env.logLevel = "fatal";
+    try {
+      return await ort.InferenceSession.create(g.model, options);
+    } catch (e) {
+      const reason = /Failed to get a WebGPU adapter: ([^\n]*)/.exec((e as Error).message)?.[1] ?? (e as Error).message.split("\n")[0];
+      throw new Error(
+        `WebGPU execution provider is not available: ${reason} (onnxruntime-node's WebGPU runs on Dawn over Vulkan: it needs libvulkan1 and the GPU driver's ICD, e.g. VK_DRIVER_FILES; see @staged/trainer-ort's README)`,
         { cause: e },
       );
     }

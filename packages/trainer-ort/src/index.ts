@@ -40,7 +40,7 @@ export {
   type DropoutInput,
   type TrainGraphOptions,
 } from "./step.js";
-export { createEngine, type Engine, type EngineOptions, type StepOptions } from "./engine.js";
+export { createEngine, DEVICES, type Device, type Engine, type EngineOptions, type StepOptions } from "./engine.js";
 export { dropoutMasks, type DropoutMasks } from "./dropout.js";
 export {
   train,

@@ -26,7 +26,7 @@ import { createLrSchedule, flopsPerToken, hasParamLrScales, lrScheduleKinds, par
 import { brownSplitOf, prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type Sampler, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
-import { createEngine, type EngineOptions, type StepOptions } from "./engine.js";
+import { createEngine, type Device, type EngineOptions, type StepOptions } from "./engine.js";
 import { formatMetrics, METRICS_FILE, parseMetrics, readMetrics, type MetricsRecord } from "@staged/scheduler";
 
 /** What the trainer needs of a compiled engine (see ./engine.ts). */
@@ -122,7 +122,7 @@ export interface TrainOptions {
    * needs one of the two: it is never saved over the checkpoint it was derived from.
    */
   saveDir?: string | null | undefined;
-  device?: "cpu" | "cuda" | undefined;
+  device?: Device | undefined;
   threads?: number | undefined;
   /** Engine builder (tests substitute their own). */
   engineFactory?: EngineFactory | undefined;
@@ -848,7 +848,7 @@ export interface EvaluateOptions {
   context?: number | undefined;
   maxBlocks?: number | undefined;
   batch?: number | undefined;
-  device?: "cpu" | "cuda" | undefined;
+  device?: Device | undefined;
   threads?: number | undefined;
   engineFactory?: EngineFactory | undefined;
   /** Where the state's architecture plugin is found (default: createDefaultRegistry()). */

@@ -1,7 +1,7 @@
 import { resolve } from "node:path";
 import { Option, type Command } from "commander";
 import { loadTrainingState } from "@staged/core";
-import { evaluate, DEFAULT_BATCH } from "@staged/trainer-ort";
+import { evaluate, DEFAULT_BATCH, DEVICES, type Device } from "@staged/trainer-ort";
 import { createOutput, runAction } from "../output.js";
 import { integer } from "../options.js";
 import { createProgress } from "../progress.js";
@@ -13,7 +13,7 @@ interface EvalCliOptions {
   context?: number;
   maxBlocks?: number;
   batch?: number;
-  device?: "cpu" | "cuda";
+  device?: Device;
   threads?: number;
 }
 
@@ -28,7 +28,7 @@ export function registerEval(program: Command): void {
     .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
     .option("--max-blocks <K>", "evaluate only the first K blocks", integer("max-blocks", 1))
     .option("--batch <B>", `blocks per evaluation batch (default ${DEFAULT_BATCH})`, integer("batch", 1))
-    .addOption(new Option("--device <d>", "execution provider (default cpu)").choices(["cpu", "cuda"]))
+    .addOption(new Option("--device <d>", "execution provider (default cpu)").choices(DEVICES))
     .option("--threads <N>", "CPU threads (default: all cores)", integer("threads", 1))
     .action(async (dir: string, o: EvalCliOptions, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();

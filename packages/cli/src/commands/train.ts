@@ -1,7 +1,7 @@
 import { resolve } from "node:path";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { loadTrainingState } from "@staged/core";
-import { train, DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, type StepInfo, type TrainOptions } from "@staged/trainer-ort";
+import { train, DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, DEVICES, type Device, type StepInfo, type TrainOptions } from "@staged/trainer-ort";
 import { createReporter, fmtTime, PROGRESS_MODES, type ProgressMode, type Reporter } from "../progress.js";
 import { createOutput, runAction, UsageError } from "../output.js";
 import { listenForInterrupt, lostSince } from "../interrupt.js";
@@ -44,7 +44,7 @@ interface TrainCliOptions {
   evalBlocks?: number;
   saveEvery?: number;
   keepEvery?: number;
-  device?: "cpu" | "cuda";
+  device?: Device;
   valData?: string;
   tokenizer?: string;
   threads?: number;
@@ -140,7 +140,7 @@ export function registerTrain(program: Command): void {
     .option("--eval-blocks <K>", `validation blocks per evaluation (default: the checkpoint's, ${DEFAULT_EVAL_BLOCKS})`, integer("eval-blocks", 1))
     .option("--save-every <K>", "checkpoint every K steps (0: only at the end)", integer("save-every", 0))
     .option("--keep-every <K>", "also keep a snapshot <dir>.step-<N> every K updates, never replaced", integer("keep-every", 0))
-    .addOption(new Option("--device <d>", "execution provider (default cpu)").choices(["cpu", "cuda"]))
+    .addOption(new Option("--device <d>", "execution provider (default cpu)").choices(DEVICES))
     .option("--threads <N>", "CPU threads (default: all cores)", integer("threads", 1))
     .option("--val-data <file>", "validation data (default: Brown's validation split, or the last 5% of --data)")
     .option("--tokenizer <tokenizer.json>", "an HF tokenizer to use and store in the checkpoint (default: the checkpoint's, bytes)")

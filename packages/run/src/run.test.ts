@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTrainingState, processStart, type GrowthTimingPlugin, type LrSchedulePlugin, type TimingPoint } from "@staged/core";
 import { chinchillaLaw, flopsPerToken, readMetrics } from "@staged/scheduler";
-import { brownText, ortTrainer, type OrtTrainerPlugin } from "@staged/trainer-ort";
+import { brownText, defaultEngineFactory, ortTrainer, type EngineFactory, type OrtTrainerPlugin } from "@staged/trainer-ort";
 import { budgetFlops, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf, type RunProgress } from "./run.js";
 import { checkRunPlugins, createRunRegistry } from "./plugins.js";
 import type { RunResult } from "./types.js";
@@ -208,6 +208,24 @@ describe("executeRun", () => {
     const resumed = await executeRun(s, entry!, d);
     expect(resumed.growths[0]!.globalStep).toBe(20);
     expect(resumed.points).toEqual(whole.points);
+  });
+
+  it("device: the spec's (or the caller's) reaches every engine; it is not part of the run's identity", async () => {
+    const s = spec({ device: "webgpu", stages: [], budget: { flops: 1e8 } });
+    const [entry] = runEntries(s);
+    const d = join(dir, "device");
+    const seen = new Set<string | undefined>();
+    // The engine is asked for WebGPU; this test runs it on the CPU (the WebGPU numerics are trainer-ort's webgpu.test.ts).
+    const engineFactory: EngineFactory = (a, c, w, m, options) => {
+      seen.add(options.device);
+      return defaultEngineFactory(a, c, w, m, { ...options, device: "cpu" });
+    };
+    const r = await executeRun(s, entry!, d, { engineFactory });
+    expect([...seen]).toEqual(["webgpu"]);
+    seen.clear();
+    await executeRun({ ...s, device: "cpu" }, entry!, join(dir, "device-cuda"), { engineFactory, device: "cuda" });
+    expect([...seen]).toEqual(["cuda"]);
+    expect(await executeRun({ ...s, device: "cpu" }, entry!, d)).toEqual(r);
   });
 
   it("refuses a directory that holds another spec's run", async () => {

@@ -29,7 +29,7 @@ import {
   type MetricsRecord,
   type RunModel,
 } from "@staged/scheduler";
-import type { EngineFactory, EvaluateOptions, OrtTrainerPlugin, TrainOptions } from "@staged/trainer-ort";
+import type { Device, EngineFactory, EvaluateOptions, OrtTrainerPlugin, TrainOptions } from "@staged/trainer-ort";
 import type { ModelSpec, RunSpec, StageSpec } from "./spec.js";
 import { checkRunPlugins, createRunRegistry, runLaw, runTrainer, timingRule } from "./plugins.js";
 import type { CurvePoint, FinalEvaluation, GrowthEvent, RunResult } from "./types.js";
@@ -151,6 +151,8 @@ export interface ExecuteOptions {
   /** A line for people: growth decisions, resumes. */
   onLine?(line: string): void;
   threads?: number | undefined;
+  /** The execution provider (default: the spec's, else cpu). */
+  device?: Device | undefined;
   engineFactory?: EngineFactory | undefined;
   /** Called after every training step (tests interrupt a run here to check resuming). */
   onStep?(globalStep: number): void;
@@ -198,7 +200,7 @@ export async function checkRunInputs(
 
 /** What identifies a run's configuration: a rerun into the same directory must match it. */
 function identity(spec: RunSpec, entry: RunEntry): RunIdentity {
-  const { name: _n, seeds: _s, baseline: _b, noGrowth: _g, threads: _t, stages: _st, model: _m, ...shared } = spec;
+  const { name: _n, seeds: _s, baseline: _b, noGrowth: _g, threads: _t, device: _d, stages: _st, model: _m, ...shared } = spec;
   return {
     format: RUN_FORMAT,
     version: RUN_FILES_VERSION,
@@ -467,6 +469,7 @@ function stageTrainOptions(ctx: RunContext, k: number, state: TrainingState, ste
     evalBlocks: spec.eval.blocks,
     saveDir: dir,
     threads: o.threads ?? spec.threads,
+    device: o.device ?? spec.device,
     engineFactory: o.engineFactory,
     signal: o.signal,
     registry: ctx.registry,
@@ -616,6 +619,7 @@ const cooldownOptions = ({ spec, o, registry }: RunContext, steps: number, saveD
   microBatch: spec.microBatch,
   context: spec.context,
   threads: o.threads ?? spec.threads,
+  device: o.device ?? spec.device,
   engineFactory: o.engineFactory,
   signal: o.signal,
   registry,
@@ -630,6 +634,7 @@ function validationOf({ spec, o, registry }: RunContext, maxBlocks: number | und
     context: spec.context,
     batch: spec.batch,
     threads: o.threads ?? spec.threads,
+    device: o.device ?? spec.device,
     engineFactory: o.engineFactory,
     ...(maxBlocks === undefined ? {} : { maxBlocks }),
     registry,

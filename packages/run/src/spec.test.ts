@@ -114,6 +114,12 @@ describe("parseRunSpec", () => {
     }
   });
 
+  it("device: one of the trainer's execution providers, not part of a run's identity", () => {
+    expect(parse({ device: "webgpu" }).device).toBe("webgpu");
+    expect(parse({}).device).toBeUndefined();
+    expect(() => parse({ device: "tpu" })).toThrow('/x/spec.json: device must be one of cpu, cuda, webgpu, got "tpu"');
+  });
+
   it("errors are one line naming the file", () => {
     try {
       parse({ eval: { every: 0 } });

@@ -1,6 +1,7 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import { createDefaultRegistry, LR_SCALE_PARAMS, type LrScaleParams } from "@staged/core";
 import { LR_SCHEDULE_KINDS } from "@staged/scheduler";
+import { DEVICES, type Device } from "@staged/trainer-ort";
 
 /**
  * A staged run described in one JSON file (`staged run <spec.json>`): data, batch, optimizer, the budget,
@@ -63,6 +64,8 @@ export interface RunSpec {
   noGrowth?: { seeds: number[] };
   /** CPU threads of the trainer (default: all cores). */
   threads?: number;
+  /** The trainer's execution provider (@staged/trainer-ort's DEVICES; default cpu); like threads, not part of a run's identity. */
+  device?: Device;
 }
 
 export interface ModelSpec {
@@ -146,6 +149,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     "baseline",
     "noGrowth",
     "threads",
+    "device",
     "$comment",
   ]);
   for (const k of Object.keys(r))
@@ -160,6 +164,10 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
   const str = (v: unknown, field: string): string =>
     typeof v === "string" && v !== "" ? v : fail(field, `must be a non-empty string, got ${JSON.stringify(v)}`);
   const path = (v: string) => (v === "brown" || isAbsolute(v) ? v : resolve(dirname(file), v));
+  const device = (v: unknown): Device =>
+    typeof v === "string" && (DEVICES as readonly string[]).includes(v)
+      ? (v as Device)
+      : fail("device", `must be one of ${DEVICES.join(", ")}, got ${JSON.stringify(v)}`);
   const seeds = (v: unknown, field: string): number[] => {
     if (!Array.isArray(v) || v.length === 0) return fail(field, "must be a non-empty list of seeds");
     const out = v.map((s, i) => int(s, `${field}[${i}]`, 0, 0xffffffff));
@@ -321,6 +329,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     ...(r.baseline === undefined ? {} : { baseline: group(r.baseline, "baseline")! }),
     ...(r.noGrowth === undefined ? {} : { noGrowth: group(r.noGrowth, "noGrowth")! }),
     ...(r.threads === undefined ? {} : { threads: int(r.threads, "threads", 1, 1024) }),
+    ...(r.device === undefined ? {} : { device: device(r.device) }),
   };
 }
 

@@ -26,7 +26,7 @@ import { createLrSchedule, flopsPerToken, hasParamLrScales, lrScheduleKinds, par
 import { brownSplitOf, prepareData, readTokens, requireBlock, type PreparedData } from "./data/corpus.js";
 import { createSampler, evalBlockCount, SAMPLER_KINDS, type Sampler, type SamplerKind } from "./data/sampler.js";
 import { checkTokenizerFits, loadHfTokenizer, tokenizerOf, type TextTokenizer } from "./data/tokenizer.js";
-import { createEngine, type Device, type EngineOptions, type StepOptions } from "./engine.js";
+import { createEngine, DEVICES, type Device, type EngineOptions, type StepOptions } from "./engine.js";
 import { formatMetrics, METRICS_FILE, parseMetrics, readMetrics, type MetricsRecord } from "@staged/scheduler";
 
 /** What the trainer needs of a compiled engine (see ./engine.ts). */
@@ -284,7 +284,7 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
   if (o.evalBlocks !== undefined) check(isPosInt(o.evalBlocks), `eval-blocks must be a positive integer, got ${o.evalBlocks}`);
   if (o.saveEvery !== undefined) check(isNonNegInt(o.saveEvery), `save-every must be a non-negative integer, got ${o.saveEvery}`);
   if (o.keepEvery !== undefined) check(isNonNegInt(o.keepEvery), `keep-every must be a non-negative integer, got ${o.keepEvery}`);
-  if (o.device !== undefined) check(o.device === "cpu" || o.device === "cuda", `device must be cpu or cuda, got ${JSON.stringify(o.device)}`);
+  if (o.device !== undefined) check(DEVICES.includes(o.device), `device must be one of ${DEVICES.join(", ")}, got ${JSON.stringify(o.device)}`);
   if (o.threads !== undefined) check(isPosInt(o.threads), `threads must be a positive integer, got ${o.threads}`);
   // What the state itself says, checked here for a state built in memory (a loaded one was checked as it was read).
   const where = stateFileOf(state);

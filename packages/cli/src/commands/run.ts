@@ -1,3 +1,4 @@
+import { DEVICES, type Device } from "@staged/trainer-ort";
 import { existsSync } from "node:fs";
 import { readdir } from "node:fs/promises";
 import { basename, dirname, extname, join, resolve } from "node:path";
@@ -114,6 +115,7 @@ interface RunCliOptions {
   seeds?: number[];
   baseline?: number[];
   threads?: number;
+  device?: Device;
   progress?: ProgressMode;
 }
 interface ReportCliOptions {
@@ -133,6 +135,7 @@ export function registerRun(program: Command): void {
     .option("--baseline <s,...>", "also train the final model from scratch with these seeds (default: the spec's baseline)", intList("baseline"))
     .option("--only <names>", "run only these runs (comma-separated, e.g. baseline-s1,staged-s0)")
     .option("--threads <N>", "CPU threads of the trainer (default: the spec's, else all cores)", integer("threads", 1))
+    .addOption(new Option("--device <d>", "execution provider (default: the spec's, else cpu)").choices(DEVICES))
     .addOption(
       new Option("--progress <mode>", "progress on stderr: lines (auto, also on a terminal), lines, JSON lines, or none")
         .choices([...PROGRESS_MODES])
@@ -164,6 +167,7 @@ export function registerRun(program: Command): void {
           results = await runSpec(spec, dir, {
             only,
             threads: o.threads,
+            device: o.device,
             signal: interrupt.signal,
             onStart: (names) =>
               process.stderr.write(`staged run: ${names.length} run${names.length === 1 ? "" : "s"} (${names.join(", ")}) into ${resolve(dir)}\n`),

@@ -95,6 +95,25 @@ class DoubleBuffer {
 export const DEVICES = ["cpu", "cuda", "webgpu"] as const;
 export type Device = (typeof DEVICES)[number];
 
+/**
+ * A session on a provider that may be missing: ORT's native log silenced (it would print the failed load), its error
+ * turned into one line, "<provider> execution provider is not available: <reason> <hint>".
+ */
+async function createOrExplain(
+  g: CompiledGraph,
+  options: ort.InferenceSession.SessionOptions,
+  provider: string,
+  reason: (message: string) => string,
+  hint: string,
+): Promise<ort.InferenceSession> {
+  ort.env.logLevel = "fatal";
+  try {
+    return await ort.InferenceSession.create(g.model, options);
+  } catch (e) {
+    throw new Error(`${provider} execution provider is not available: ${reason((e as Error).message)} ${hint}`, { cause: e });
+  }
+}
+
 async function createSession(g: CompiledGraph, o: { device: Device; threads: number; profile: boolean }): Promise<ort.InferenceSession> {
   const options: ort.InferenceSession.SessionOptions = {
     executionProviders: [o.device],
@@ -112,29 +131,22 @@ async function createSession(g: CompiledGraph, o: { device: Device; threads: num
       throw new Error(
         "CUDA execution provider is not available: this onnxruntime-node build does not include it (its CUDA binaries are installed by the package's install script)",
       );
-    // ORT would also log the failed library load natively; the thrown error says it in one line.
-    ort.env.logLevel = "fatal";
-    try {
-      return await ort.InferenceSession.create(g.model, options);
-    } catch (e) {
-      throw new Error(
-        `CUDA execution provider is not available: ${(e as Error).message} ` +
-          "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)",
-        { cause: e },
-      );
-    }
+    return createOrExplain(
+      g,
+      options,
+      "CUDA",
+      (m) => m,
+      "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)",
+    );
   }
   if (o.device === "webgpu") {
-    ort.env.logLevel = "fatal";
-    try {
-      return await ort.InferenceSession.create(g.model, options);
-    } catch (e) {
-      const reason = /Failed to get a WebGPU adapter: ([^\n]*)/.exec((e as Error).message)?.[1] ?? (e as Error).message.split("\n")[0];
-      throw new Error(
-        `WebGPU execution provider is not available: ${reason} (onnxruntime-node's WebGPU runs on Dawn over Vulkan: it needs libvulkan1 and the GPU driver's ICD, e.g. VK_DRIVER_FILES; see @staged/trainer-ort's README)`,
-        { cause: e },
-      );
-    }
+    return createOrExplain(
+      g,
+      options,
+      "WebGPU",
+      (m) => /Failed to get a WebGPU adapter: ([^\n]*)/.exec(m)?.[1] ?? m.split("\n")[0]!,
+      "(onnxruntime-node's WebGPU runs on Dawn over Vulkan: it needs libvulkan1 and the GPU driver's ICD, e.g. VK_DRIVER_FILES; see @staged/trainer-ort's README)",
+    );
   }
   return ort.InferenceSession.create(g.model, options);
 }

@@ -25,6 +25,7 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { loadTrainingState } from "@staged/core";
 import { readRunResult, RESULT_FILE } from "@staged/run";
+import { tinyRunSpec } from "@staged/testing";
 
 const { values: a } = parseArgs({
   options: {
@@ -118,23 +119,7 @@ log(
 
 // A staged run with one growth, and its uninterrupted result.
 const spec = join(root, "spec.json");
-await writeFile(
-  spec,
-  JSON.stringify({
-    name: "w",
-    data,
-    context: 16,
-    batch: 4,
-    optimizer: { lr: 3e-3 },
-    schedule: { kind: "constant", warmup: 2 },
-    eval: { every: 4, blocks: 4 },
-    budget: { flops: 6e8 },
-    model: { layers: 1, dModel: 16, heads: 2 },
-    stages: [{ grow: "width", at: { step: 40 }, rewarmup: 2 }],
-    seeds: [0],
-    threads: 1,
-  }),
-);
+await writeFile(spec, JSON.stringify(tinyRunSpec(data, { stages: [{ grow: "width", at: { step: 40 }, rewarmup: 2 }], seeds: [0] })));
 const runRef = join(root, "run-ref");
 const runSeconds = await timed(["run", spec, "--out", runRef]);
 const resultOf = async (dir) => {

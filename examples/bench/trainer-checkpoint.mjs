@@ -11,7 +11,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { createDefaultRegistry, initTrainingState, saveTrainingState, Tensor } from "@staged/core";
+import { createDefaultRegistry, initTrainingState, mapValues, saveTrainingState } from "@staged/core";
 import { HF_TRAINER_FORMAT, hfTrainerFormat } from "@staged/hf-trainer";
 
 const { values, positionals } = parseArgs({
@@ -33,22 +33,7 @@ const t0 = performance.now();
 rmSync(src, { recursive: true, force: true });
 const s = initTrainingState("gpt2", { model_type: "gpt2", n_layer: layers, n_embd: d, n_head: d / 64, vocab_size: 50257, n_positions: 1024 }, 0);
 // Moments derived from the weights (values do not matter here, their bytes do), computed one tensor at a time.
-const moment = (c) =>
-  new Map(
-    [...s.params].map(([n, t]) => [
-      n,
-      {
-        dtype: t.dtype,
-        shape: t.shape,
-        read: async () =>
-          new Tensor(
-            "F32",
-            t.shape,
-            (await t.read()).f32.map((v) => v * c),
-          ),
-      },
-    ]),
-  );
+const moment = (c) => mapValues(s.params, (v) => v * c);
 const registry = createDefaultRegistry().register("checkpointFormat", hfTrainerFormat);
 await saveTrainingState(
   src,

@@ -6,6 +6,7 @@ import { Rng, Tensor, deriveSeed, gpt2, inMemory, initTrainingState, type LazyTe
 import { growWidth, type WidthOptions } from "@staged/grow-width";
 import { growDepth, type DepthOptions } from "@staged/grow-depth";
 import { createEngine, type Engine } from "@staged/trainer-ort";
+import { TINY_LLAMA } from "@staged/testing";
 
 const B = 4,
   T = 12,
@@ -262,19 +263,7 @@ describe("symmetry breaking", () => {
 
 // The Llama family through the same trainer: grouped-query attention, qwen2's q/k/v biases, tied and untied heads.
 const llamaConfigs: [string, Record<string, unknown>][] = [
-  [
-    "llama, GQA 4/2, untied",
-    {
-      model_type: "llama",
-      hidden_size: 16,
-      intermediate_size: 24,
-      num_hidden_layers: 2,
-      num_attention_heads: 4,
-      num_key_value_heads: 2,
-      vocab_size: VOCAB,
-      max_position_embeddings: 16,
-    },
-  ],
+  ["llama, GQA 4/2, untied", { ...TINY_LLAMA, vocab_size: VOCAB, max_position_embeddings: 16 }],
   [
     "llama, tied",
     {

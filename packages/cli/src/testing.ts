@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Tensor, initTrainingState, saveTrainingState, type TrainingState } from "@staged/core";
+import { initTrainingState, mapValues, saveTrainingState, type TrainingState } from "@staged/core";
 
 const BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
 
@@ -40,22 +40,7 @@ export const TEST_CONFIG = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 
 /** A tiny checkpoint with moments, schedule and progress, in a dtype, optionally sharded, weights × scale. */
 export async function testCheckpoint(dir: string, dtype: "F32" | "F16" | "BF16" = "F32", maxShardBytes?: number, scale = 1): Promise<string> {
   const s = initTrainingState("gpt2", TEST_CONFIG, 3);
-  const as = (c: number) =>
-    new Map(
-      [...s.params].map(([n, t]) => [
-        n,
-        {
-          dtype,
-          shape: t.shape,
-          read: async () =>
-            new Tensor(
-              dtype,
-              t.shape,
-              (await t.read()).f32.map((v) => Math.abs(v) * c),
-            ),
-        },
-      ]),
-    );
+  const as = (c: number) => mapValues(s.params, (v) => Math.abs(v) * c, dtype);
   const state: TrainingState = {
     ...s,
     params: as(scale),

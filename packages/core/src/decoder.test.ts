@@ -1,19 +1,10 @@
 import { describe, expect, it } from "vitest";
+import { TINY_LLAMA } from "@staged/testing";
 import { resolveDecoder } from "./decoder.js";
 import { gpt2 } from "./gpt2.js";
 import { llama } from "./llama.js";
 import type { ArchitecturePlugin, ParamSpec } from "./plugins.js";
 
-const tinyLlama = {
-  model_type: "llama",
-  hidden_size: 16,
-  intermediate_size: 24,
-  num_hidden_layers: 2,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  vocab_size: 40,
-  max_position_embeddings: 32,
-};
 const tinyGpt2 = { model_type: "gpt2", n_layer: 2, n_embd: 16, n_head: 4, vocab_size: 40, n_positions: 8 };
 
 /** A plugin like `base` whose parameters (or parsed shape) are changed: the decoder's error paths. */
@@ -50,7 +41,7 @@ describe("resolveDecoder", () => {
   });
 
   it("Llama: grouped-query heads, separate q/k/v, Linear matrices transposed, no norm bias, lm_head", () => {
-    const d = resolveDecoder(llama, tinyLlama);
+    const d = resolveDecoder(llama, TINY_LLAMA);
     expect([d.kvHeads, d.groups]).toEqual([2, 2]);
     expect(d.fusedQkv(0)).toBe(false);
     expect(d.projection("attn.k", 0)).toMatchObject({
@@ -60,23 +51,27 @@ describe("resolveDecoder", () => {
     expect(d.norm("mlp.norm", 1).bias).toBeUndefined();
     expect(d.output().spec.name).toBe("lm_head.weight");
     expect(d.need("embed.tokens", null).name).toBe("model.embed_tokens.weight");
-    expect(() => resolveDecoder(llama, { ...tinyLlama, model_type: "mistral", sliding_window: 4 }).checkContext(5)).toThrow(
+    expect(() => resolveDecoder(llama, { ...TINY_LLAMA, model_type: "mistral", sliding_window: 4 }).checkContext(5)).toThrow(
       "mistral: context 5 exceeds sliding_window 4",
     );
   });
 
   it("refuses, in one line naming the model type, what no decoder graph can run", () => {
-    expect(() => resolveDecoder(llama, tinyLlama).need("attn.qkv.weight", 1)).toThrow(/^llama: no parameter with role attn\.qkv\.weight in layer 1$/);
-    expect(() => resolveDecoder(variant(llama, { kvHeads: 3 }), tinyLlama)).toThrow(
+    expect(() => resolveDecoder(llama, TINY_LLAMA).need("attn.qkv.weight", 1)).toThrow(
+      /^llama: no parameter with role attn\.qkv\.weight in layer 1$/,
+    );
+    expect(() => resolveDecoder(variant(llama, { kvHeads: 3 }), TINY_LLAMA)).toThrow(
       /^llama: 4 query heads are not a multiple of 3 key\/value heads$/,
     );
-    expect(() => resolveDecoder(variant(llama, { headDim: 3 }), tinyLlama)).toThrow(/^llama: head_dim 3 must be even for rotary embeddings$/);
+    expect(() => resolveDecoder(variant(llama, { headDim: 3 }), TINY_LLAMA)).toThrow(/^llama: head_dim 3 must be even for rotary embeddings$/);
     const withBias = variant(llama, {
       params: (ps) => [...ps, { ...ps.find((p) => p.role === "mlp.norm.weight")!, name: "b", role: "mlp.norm.bias" }],
     });
-    expect(() => resolveDecoder(withBias, tinyLlama).norm("mlp.norm", 0)).toThrow(/^llama: RMSNorm has no bias, but mlp\.norm\.bias is a parameter$/);
+    expect(() => resolveDecoder(withBias, TINY_LLAMA).norm("mlp.norm", 0)).toThrow(
+      /^llama: RMSNorm has no bias, but mlp\.norm\.bias is a parameter$/,
+    );
     const vector = variant(llama, { params: (ps) => ps.map((p) => (p.role === "attn.out.weight" ? { ...p, layout: "vector" as const } : p)) });
-    expect(() => resolveDecoder(vector, tinyLlama).projection("attn.out", 0)).toThrow(
+    expect(() => resolveDecoder(vector, TINY_LLAMA).projection("attn.out", 0)).toThrow(
       /^llama: model\.layers\.0\.self_attn\.o_proj\.weight has layout vector, not a matrix$/,
     );
     const kvq = variant(gpt2, { params: (ps) => ps.map((p) => (p.role === "attn.qkv.weight" ? { ...p, fused: ["k", "v", "q"] as const } : p)) });

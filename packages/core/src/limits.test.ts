@@ -1,7 +1,7 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { useTempDir } from "@staged/testing";
 import {
   MODEL_LIMITS,
   checkDiskSpace,
@@ -19,13 +19,7 @@ import { gpt2 } from "./gpt2.js";
 import { initTrainingState } from "./state/init.js";
 import type { ModelShape } from "./types.js";
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), "staged-limits-"));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const root = useTempDir("staged-limits-");
 
 const shape = (s: Partial<ModelShape>): ModelShape => ({
   layers: 12,
@@ -119,11 +113,11 @@ describe("resources", () => {
   });
 
   it("measures free disk space at the nearest existing parent", async () => {
-    const free = await freeDiskSpace(join(root, "a", "b", "c"));
-    expect(free.at).toBe(root);
+    const free = await freeDiskSpace(join(root(), "a", "b", "c"));
+    expect(free.at).toBe(root());
     expect(free.bytes).toBeGreaterThan(0);
-    await writeFile(join(root, "file"), "x");
-    expect((await freeDiskSpace(join(root, "file"))).at).toBe(root);
+    await writeFile(join(root(), "file"), "x");
+    expect((await freeDiskSpace(join(root(), "file"))).at).toBe(root());
   });
 
   it("refuses a write larger than the free space, with both numbers", async () => {
@@ -133,7 +127,7 @@ describe("resources", () => {
     );
     await expect(checkDiskSpace("runs/big", 5e9, undefined, space)).resolves.toBeUndefined();
     // The real filesystem: no disk holds 10^20 bytes.
-    await expect(checkDiskSpace(join(root, "out"), 1e20)).rejects.toThrow(/writing 100 EB needs more than the .* free on the filesystem of /);
+    await expect(checkDiskSpace(join(root(), "out"), 1e20)).rejects.toThrow(/writing 100 EB needs more than the .* free on the filesystem of /);
   });
 
   it("announces writes above a gigabyte", () => {

@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { TINY_LLAMA } from "@staged/testing";
 import { llama } from "./llama.js";
 import { writeCheckpoint } from "./shards.js";
 import { initTrainingState, parameterCount } from "./state/init.js";
@@ -9,16 +10,6 @@ import { loadTrainingState } from "./state/load.js";
 import { saveTrainingState } from "./state/save.js";
 import { Tensor } from "./tensor.js";
 
-const tiny = {
-  model_type: "llama",
-  hidden_size: 16,
-  intermediate_size: 24,
-  num_hidden_layers: 2,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  vocab_size: 40,
-  max_position_embeddings: 32,
-};
 let dir: string;
 beforeEach(async () => {
   dir = await mkdtemp(join(tmpdir(), "staged-llama-"));
@@ -54,7 +45,7 @@ async function foreign(
 
 describe("llama plugin", () => {
   it("fills HF's defaults per model_type and derives the shape (GQA, explicit head_dim)", () => {
-    const a = llama.parseConfig(tiny);
+    const a = llama.parseConfig(TINY_LLAMA);
     expect(a.shape).toEqual({ layers: 2, dModel: 16, heads: 4, headDim: 4, kvHeads: 2, ffn: 24, vocab: 40, context: 32, gatedMlp: true });
     expect(a.config).toMatchObject({ rms_norm_eps: 1e-6, rope_theta: 10000, tie_word_embeddings: false, hidden_act: "silu" });
     expect(llama.parseConfig({ model_type: "llama", num_hidden_layers: 1 }).shape).toMatchObject({
@@ -67,29 +58,29 @@ describe("llama plugin", () => {
     });
     expect(llama.parseConfig({ model_type: "mistral", num_hidden_layers: 1 }).shape).toMatchObject({ kvHeads: 8, ffn: 14336 });
     expect(llama.parseConfig({ model_type: "qwen2", num_hidden_layers: 1 }).shape).toMatchObject({ vocab: 151936, ffn: 22016 });
-    expect(llama.parseConfig({ ...tiny, head_dim: 8 }).shape.headDim).toBe(8);
+    expect(llama.parseConfig({ ...TINY_LLAMA, head_dim: 8 }).shape.headDim).toBe(8);
   });
 
   it("refuses what it does not implement, by name, and bad sizes, naming the file", () => {
-    expect(() => llama.parseConfig({ ...tiny, num_key_value_heads: 3 }, "c.json")).toThrow(
+    expect(() => llama.parseConfig({ ...TINY_LLAMA, num_key_value_heads: 3 }, "c.json")).toThrow(
       "c.json: num_attention_heads 4 is not a multiple of num_key_value_heads 3",
     );
-    expect(() => llama.parseConfig({ ...tiny, hidden_size: 18 }, "c.json")).toThrow(/hidden_size 18 is not divisible by num_attention_heads 4/);
-    expect(() => llama.decoder({ ...tiny, rope_scaling: { rope_type: "yarn", factor: 4 } })).toThrow(
+    expect(() => llama.parseConfig({ ...TINY_LLAMA, hidden_size: 18 }, "c.json")).toThrow(/hidden_size 18 is not divisible by num_attention_heads 4/);
+    expect(() => llama.decoder({ ...TINY_LLAMA, rope_scaling: { rope_type: "yarn", factor: 4 } })).toThrow(
       'llama: rope_scaling of type "yarn" is not supported (supported: none)',
     );
-    expect(() => llama.decoder({ ...tiny, rope_scaling: { type: "linear", factor: 2 } })).toThrow(/type "linear" is not supported/);
-    expect(llama.decoder({ ...tiny, rope_scaling: { rope_type: "default" } }).positions).toEqual({ kind: "rope", theta: 10000 });
-    expect(() => llama.decoder({ ...tiny, hidden_act: "gelu" })).toThrow(/hidden_act "gelu" is not supported/);
-    expect(() => llama.parseConfig({ ...tiny, model_type: "falcon" }, "c.json")).toThrow(
+    expect(() => llama.decoder({ ...TINY_LLAMA, rope_scaling: { type: "linear", factor: 2 } })).toThrow(/type "linear" is not supported/);
+    expect(llama.decoder({ ...TINY_LLAMA, rope_scaling: { rope_type: "default" } }).positions).toEqual({ kind: "rope", theta: 10000 });
+    expect(() => llama.decoder({ ...TINY_LLAMA, hidden_act: "gelu" })).toThrow(/hidden_act "gelu" is not supported/);
+    expect(() => llama.parseConfig({ ...TINY_LLAMA, model_type: "falcon" }, "c.json")).toThrow(
       /c.json: model_type "falcon" is not one of the Llama family/,
     );
-    expect(() => llama.parseConfig({ ...tiny, num_hidden_layers: 1e8 }, "c.json")).toThrow(/c.json: num_hidden_layers 100000000 gives/);
+    expect(() => llama.parseConfig({ ...TINY_LLAMA, num_hidden_layers: 1e8 }, "c.json")).toThrow(/c.json: num_hidden_layers 100000000 gives/);
   });
 
   it("names, layouts, axes and biases per model_type; the parameter count is the arithmetic one", () => {
     const names = (c: Record<string, unknown>) => llama.params(c).map((p) => p.name);
-    const l0 = names(tiny).filter((n) => n.startsWith("model.layers.0."));
+    const l0 = names(TINY_LLAMA).filter((n) => n.startsWith("model.layers.0."));
     expect(l0).toEqual(
       [
         "input_layernorm.weight",
@@ -103,25 +94,25 @@ describe("llama plugin", () => {
         "mlp.down_proj.weight",
       ].map((n) => `model.layers.0.${n}`),
     );
-    expect(names({ ...tiny, model_type: "qwen2" }).filter((n) => n.startsWith("model.layers.0.") && n.endsWith("bias"))).toEqual(
+    expect(names({ ...TINY_LLAMA, model_type: "qwen2" }).filter((n) => n.startsWith("model.layers.0.") && n.endsWith("bias"))).toEqual(
       ["q", "k", "v"].map((p) => `model.layers.0.self_attn.${p}_proj.bias`),
     );
     expect(
-      names({ ...tiny, attention_bias: true, mlp_bias: true }).filter((n) => n.startsWith("model.layers.0.") && n.endsWith("bias")),
+      names({ ...TINY_LLAMA, attention_bias: true, mlp_bias: true }).filter((n) => n.startsWith("model.layers.0.") && n.endsWith("bias")),
     ).toHaveLength(7);
-    const k = llama.params(tiny).find((p) => p.name.endsWith("0.self_attn.k_proj.weight"))!;
+    const k = llama.params(TINY_LLAMA).find((p) => p.name.endsWith("0.self_attn.k_proj.weight"))!;
     expect(k).toMatchObject({ shape: [8, 16], layout: "linear", axes: ["kvHeads", "model"], role: "attn.k.weight" });
     expect(
       llama
-        .params(tiny)
+        .params(TINY_LLAMA)
         .filter((p) => p.writesResidual)
         .map((p) => p.role),
     ).toEqual(["attn.out.weight", "mlp.out.weight", "attn.out.weight", "mlp.out.weight"]);
     for (const c of [
-      tiny,
-      { ...tiny, tie_word_embeddings: true },
-      { ...tiny, model_type: "qwen2" },
-      { ...tiny, attention_bias: true, mlp_bias: true },
+      TINY_LLAMA,
+      { ...TINY_LLAMA, tie_word_embeddings: true },
+      { ...TINY_LLAMA, model_type: "qwen2" },
+      { ...TINY_LLAMA, attention_bias: true, mlp_bias: true },
     ]) {
       const total = llama.params(c).reduce((s, p) => s + p.shape.reduce((a, b) => a * b, 1), 0);
       expect(llama.parameterCount(c)).toBe(total);
@@ -129,18 +120,18 @@ describe("llama plugin", () => {
   });
 
   it("reads attention_dropout (HF default 0, Llama's only dropout) per model_type, refuses values outside [0, 1)", () => {
-    expect(llama.decoder(tiny).dropout).toEqual({ embedding: 0, attention: 0, residual: 0 });
+    expect(llama.decoder(TINY_LLAMA).dropout).toEqual({ embedding: 0, attention: 0, residual: 0 });
     for (const model_type of ["llama", "mistral", "qwen2"]) {
-      expect(llama.decoder({ ...tiny, model_type, attention_dropout: 0.25 }).dropout, model_type).toEqual({
+      expect(llama.decoder({ ...TINY_LLAMA, model_type, attention_dropout: 0.25 }).dropout, model_type).toEqual({
         embedding: 0,
         attention: 0.25,
         residual: 0,
       });
     }
-    expect(() => llama.parseConfig({ ...tiny, attention_dropout: 1.5 }, "c.json")).toThrow(
+    expect(() => llama.parseConfig({ ...TINY_LLAMA, attention_dropout: 1.5 }, "c.json")).toThrow(
       'c.json: "attention_dropout" must be a number in [0, 1), got 1.5',
     );
-    expect(() => llama.parseConfig({ ...tiny, attention_dropout: null }, "c.json")).toThrow(
+    expect(() => llama.parseConfig({ ...TINY_LLAMA, attention_dropout: null }, "c.json")).toThrow(
       'c.json: "attention_dropout" must be a number in [0, 1), got null',
     );
     const fresh = llama.initConfig({ layers: 1, dModel: 16, heads: 4, vocab: 40, context: 8, dropout: 0.1 }, false);
@@ -155,8 +146,8 @@ describe("llama plugin", () => {
 
   it("writes configs transformers reads as LlamaForCausalLM / Qwen2ForCausalLM, keeping other settings", () => {
     const c = llama.withShape(
-      { ...tiny, model_type: "qwen2", rope_theta: 1e6 },
-      { ...llama.parseConfig(tiny).shape, dModel: 32, heads: 8, kvHeads: 4 },
+      { ...TINY_LLAMA, model_type: "qwen2", rope_theta: 1e6 },
+      { ...llama.parseConfig(TINY_LLAMA).shape, dModel: 32, heads: 8, kvHeads: 4 },
     );
     expect(c).toMatchObject({
       model_type: "qwen2",
@@ -167,13 +158,13 @@ describe("llama plugin", () => {
       rope_theta: 1e6,
     });
     expect("head_dim" in c).toBe(false);
-    expect(llama.withShape(tiny, { ...llama.parseConfig(tiny).shape, headDim: 8, dModel: 16 })).toMatchObject({ head_dim: 8 });
+    expect(llama.withShape(TINY_LLAMA, { ...llama.parseConfig(TINY_LLAMA).shape, headDim: 8, dModel: 16 })).toMatchObject({ head_dim: 8 });
   });
 });
 
 describe("llama checkpoints written by other tools", () => {
   it("loads LlamaModel names without the prefix, ignores rotary buffers, BF16 sharded, and saves back", async () => {
-    const weights = await foreign(join(dir, "m"), tiny, { prefix: false, buffers: true, dtype: "BF16", maxShardBytes: 2000 });
+    const weights = await foreign(join(dir, "m"), TINY_LLAMA, { prefix: false, buffers: true, dtype: "BF16", maxShardBytes: 2000 });
     expect((await readFile(join(dir, "m", "model.safetensors.index.json"), "utf8")).length).toBeGreaterThan(0);
     const s = await loadTrainingState(join(dir, "m"));
     expect(s.architecture).toBe("llama");
@@ -186,7 +177,7 @@ describe("llama checkpoints written by other tools", () => {
     await saveTrainingState(join(dir, "out"), s);
     await s.close();
     const back = await loadTrainingState(join(dir, "out"));
-    expect(parameterCount(back)).toBe(llama.parameterCount(tiny));
+    expect(parameterCount(back)).toBe(llama.parameterCount(TINY_LLAMA));
     expect(JSON.parse(await readFile(join(dir, "out", "config.json"), "utf8"))).toMatchObject({
       architectures: ["LlamaForCausalLM"],
       torch_dtype: "bfloat16",
@@ -196,9 +187,9 @@ describe("llama checkpoints written by other tools", () => {
 
   it("tied (no lm_head), untied, qwen2 with q/k/v biases", async () => {
     for (const [name, config] of [
-      ["tied", { ...tiny, tie_word_embeddings: true }],
-      ["untied", tiny],
-      ["qwen2", { ...tiny, model_type: "qwen2" }],
+      ["tied", { ...TINY_LLAMA, tie_word_embeddings: true }],
+      ["untied", TINY_LLAMA],
+      ["qwen2", { ...TINY_LLAMA, model_type: "qwen2" }],
     ] as const) {
       const weights = await foreign(join(dir, name), config);
       const s = await loadTrainingState(join(dir, name));
@@ -210,7 +201,7 @@ describe("llama checkpoints written by other tools", () => {
   });
 
   it("initializes like HF: norms 1, biases 0, matrices N(0, 0.02)", () => {
-    const s = initTrainingState("llama", { ...tiny, model_type: "qwen2", hidden_size: 64, intermediate_size: 128 }, 3);
+    const s = initTrainingState("llama", { ...TINY_LLAMA, model_type: "qwen2", hidden_size: 64, intermediate_size: 128 }, 3);
     const read = (n: string) => (s.params.get(n) as unknown as { read(): Promise<Tensor> }).read();
     return Promise.all([read("model.norm.weight"), read("model.layers.0.self_attn.k_proj.bias"), read("model.layers.0.mlp.up_proj.weight")]).then(
       ([norm, bias, w]) => {

@@ -1,6 +1,6 @@
 import type { LazyTensor, ModelShape, Progress, StageRecord, TrainingState } from "./types.js";
 import { PIECE_BYTES, Tensor, blockLayoutBytes, blockLayoutPieces, numel, zeroPieces, type BlockLayout } from "./tensor.js";
-import { DTYPE_SIZES } from "./dtype.js";
+import { DTYPE_SIZES, type DType } from "./dtype.js";
 import { deriveSeed } from "./rng.js";
 
 /** Optimizer updates over the whole run, all stages together (Progress.globalStep; absent, it equals `step`). */
@@ -54,6 +54,19 @@ export const derived = (
   const t: LazyTensor = { dtype, shape: [...shape], read: compute };
   return Object.assign(t, stored.readBytes ? { readBytes: stored.readBytes } : {}, stored.streamBytes ? { streamBytes: stored.streamBytes } : {});
 };
+
+/**
+ * Each tensor of `tensors` with its values mapped elementwise (`f(value, index)`) and stored as `dtype` (default: its
+ * own dtype): lazy, one tensor read at a time. E.g. AdamW moments derived from the weights, or a checkpoint retyped.
+ */
+export function mapValues(tensors: ReadonlyMap<string, LazyTensor>, f: (v: number, i: number) => number, dtype?: DType): Map<string, LazyTensor> {
+  return new Map(
+    [...tensors].map(([name, t]) => {
+      const to = dtype ?? t.dtype;
+      return [name, derived(to, t.shape, async () => new Tensor(to, t.shape, (await t.read()).f32.map(f)))];
+    }),
+  );
+}
 
 /** Whether every one of these tensors has its stored bytes (so growth can copy them instead of decoding). */
 export const haveStoredBytes = (...ts: LazyTensor[]): boolean => ts.every((t) => typeof t.readBytes === "function");

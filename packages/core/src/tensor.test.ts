@@ -7,6 +7,7 @@ import {
   blockLayoutPieces,
   blockMatrix,
   concat,
+  concatBytes,
   f32ToStored,
   layoutShape,
   scaleStored,
@@ -73,15 +74,7 @@ describe("Tensor", () => {
 describe("stored bytes (growth's copies without decoding)", () => {
   const bytesOf = (x: Tensor) => encodeTensor(x);
   const pieces = (it: Iterable<Uint8Array>) => [...it];
-  const joined = (ps: Uint8Array[]) => {
-    const out = new Uint8Array(ps.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of ps) {
-      out.set(p, at);
-      at += p.length;
-    }
-    return out;
-  };
+  const joined = concatBytes;
   const m = t([2, 3], [1, 2, 3, 4, 5, 6]);
   const n = t([2, 3], [-1, -2, -3, -4, -5, -6]);
 

@@ -249,6 +249,17 @@ function checkLayout(sources: readonly Uint8Array[], elementSize: number, l: Blo
   return { rowBytes, partBytes: rowBytes / parts, parts };
 }
 
+/** The pieces one after another in one new array. */
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
 /**
  * Zeros of `byteLength` bytes in pieces of at most `maxPieceBytes`: views of one zeroed buffer, so they are read-only
  * to whoever takes them (a writer).

@@ -2,30 +2,14 @@ import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { Tensor, initTrainingState, loadTrainingState, saveTrainingState, type LazyTensor, type TrainingState } from "@staged/core";
+import { initTrainingState, loadTrainingState, mapValues, saveTrainingState, type LazyTensor, type TrainingState } from "@staged/core";
+import { TINY_CONFIGS, TINY_GPT2 } from "@staged/testing";
 import { depthLossPreserving, growDepth, layerMap, targetLayers, type DepthOptions } from "./depth.js";
 import { depthGrowth } from "./index.js";
 
-const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
-
 function stateWithMoments(): TrainingState {
-  const s = initTrainingState("gpt2", tiny, 1);
-  const plus = (c: number) =>
-    new Map(
-      [...s.params].map(([n, t]) => [
-        n,
-        {
-          dtype: t.dtype,
-          shape: t.shape,
-          read: async () =>
-            new Tensor(
-              "F32",
-              t.shape,
-              (await t.read()).f32.map((v) => v + c),
-            ),
-        } as LazyTensor,
-      ]),
-    );
+  const s = initTrainingState("gpt2", TINY_GPT2, 1);
+  const plus = (c: number) => mapValues(s.params, (v) => v + c);
   return {
     ...s,
     optimizer: { ...s.optimizer, step: 6, expAvg: plus(1), expAvgSq: plus(2) },
@@ -97,7 +81,7 @@ describe("growDepth", () => {
       await values(s.optimizer.expAvg, "transformer.h.1.mlp.c_fc.weight"),
     );
     expect(g.optimizer.step).toBe(6);
-    expect(growDepth(initTrainingState("gpt2", tiny, 1), { moments: "copy" }).optimizer.expAvg).toBeUndefined();
+    expect(growDepth(initTrainingState("gpt2", TINY_GPT2, 1), { moments: "copy" }).optimizer.expAvg).toBeUndefined();
   });
 
   it("records the stage and the LR restart", () => {
@@ -111,7 +95,7 @@ describe("growDepth", () => {
     expect(g.schedule!.restarts).toEqual([{ step: 3, warmupSteps: 2 }]);
     expect(() => growDepth(stateWithMoments(), { rewarmup: -1 })).toThrow(/rewarmup must be an integer ≥ 0/);
     // No schedule yet (a fresh or pretrained checkpoint): the re-warmup goes into the trainer's default one.
-    const fresh = initTrainingState("gpt2", tiny, 1);
+    const fresh = initTrainingState("gpt2", TINY_GPT2, 1);
     expect(growDepth(fresh, { rewarmup: 4 }).schedule).toEqual({
       kind: "constant",
       peakLr: fresh.optimizer.lr,
@@ -147,16 +131,6 @@ describe("growDepth", () => {
 });
 
 describe("growDepth on stored bytes", () => {
-  const llama = {
-    model_type: "llama",
-    num_hidden_layers: 2,
-    hidden_size: 8,
-    num_attention_heads: 2,
-    num_key_value_heads: 1,
-    intermediate_size: 12,
-    vocab_size: 16,
-    max_position_embeddings: 8,
-  };
   const cases: [string, DepthOptions][] = [
     ["×2 identity", { factor: 2 }],
     ["×2 copy", { factor: 2, init: "copy" }],
@@ -166,28 +140,10 @@ describe("growDepth on stored bytes", () => {
     it(`${dtype}: writes the same bytes as the values path, reading each source tensor once per file and no value`, async () => {
       const dir = await mkdtemp(join(tmpdir(), "staged-depth-bytes-"));
       try {
-        for (const [arch, config] of [
-          ["gpt2", tiny],
-          ["llama", llama],
-        ] as const) {
+        for (const [arch, config] of TINY_CONFIGS) {
           const s = initTrainingState(arch, config, 4);
           const edgy = (v: number, i: number) => (i % 7 === 3 ? -0 : i % 11 === 5 ? -1e-39 : v);
-          const as = (f: (v: number) => number) =>
-            new Map(
-              [...s.params].map(([n, t]) => [
-                n,
-                {
-                  dtype,
-                  shape: t.shape,
-                  read: async () =>
-                    new Tensor(
-                      dtype,
-                      t.shape,
-                      (await t.read()).f32.map((v, i) => f(edgy(v, i))),
-                    ),
-                } as LazyTensor,
-              ]),
-            );
+          const as = (f: (v: number) => number) => mapValues(s.params, (v, i) => f(edgy(v, i)), dtype);
           await saveTrainingState(
             join(dir, "in"),
             { ...s, params: as((v) => v), optimizer: { ...s.optimizer, step: 3, expAvg: as((v) => v / 7), expAvgSq: as((v) => v * v) } },
@@ -260,7 +216,7 @@ describe("growDepth on stored bytes", () => {
   it("reads a source tensor once per output file when its copies land in several shards", async () => {
     const dir = await mkdtemp(join(tmpdir(), "staged-depth-bytes-"));
     try {
-      await saveTrainingState(join(dir, "in"), initTrainingState("gpt2", tiny, 4));
+      await saveTrainingState(join(dir, "in"), initTrainingState("gpt2", TINY_GPT2, 4));
       const loaded = await loadTrainingState(join(dir, "in"));
       const reads = new Map<string, number>();
       const count = (n: string) => reads.set(n, (reads.get(n) ?? 0) + 1);

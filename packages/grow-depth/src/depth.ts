@@ -1,15 +1,5 @@
-import {
-  checkModelSize,
-  checkStageOptions,
-  createDefaultRegistry,
-  grownState,
-  zerosTensor,
-  type LazyTensor,
-  type ParamSpec,
-  type Registry,
-  type StageOptions,
-  type TrainingState,
-} from "@staged/core";
+import { checkModelSize, checkStageOptions, createDefaultRegistry, grownState, zerosTensor } from "@staged/core";
+import type { LazyTensor, ParamSpec, Registry, StageOptions, TrainingState } from "@staged/core";
 
 export type DepthPlacement = "alternate" | "append";
 export type DepthInit = "identity" | "copy";

@@ -8,35 +8,18 @@ import {
   encodeTensor,
   initTrainingState,
   loadTrainingState,
+  mapValues,
   saveTrainingState,
   type LazyTensor,
   type TrainingState,
 } from "@staged/core";
+import { TINY_CONFIGS, TINY_GPT2 } from "@staged/testing";
 import { growWidth, type WidthOptions } from "./width.js";
 
-const tiny = { model_type: "gpt2", n_layer: 2, n_embd: 8, n_head: 2, vocab_size: 16, n_positions: 8 };
-
 /** A small state with distinct, recognizable moments (m = value, v = value²) and a schedule. */
-function stateWithMoments(config: Record<string, unknown> = tiny): TrainingState {
+function stateWithMoments(config: Record<string, unknown> = TINY_GPT2): TrainingState {
   const s = initTrainingState("gpt2", config, 1);
-  const scaled = (p: number) =>
-    new Map(
-      [...s.params].map(([n, t]) => [
-        n,
-        {
-          dtype: t.dtype,
-          shape: t.shape,
-          read: async () => {
-            const x = (await t.read()).f32;
-            return new Tensor(
-              "F32",
-              t.shape,
-              x.map((v) => (v + 0.5) ** p),
-            );
-          },
-        } as LazyTensor,
-      ]),
-    );
+  const scaled = (p: number) => mapValues(s.params, (v) => (v + 0.5) ** p);
   return {
     ...s,
     optimizer: { ...s.optimizer, step: 10, expAvg: scaled(1), expAvgSq: scaled(2) },
@@ -234,7 +217,7 @@ describe("growWidth", () => {
   });
 
   it("is lazy: nothing is read until a grown tensor is", async () => {
-    const s = initTrainingState("gpt2", tiny, 1);
+    const s = initTrainingState("gpt2", TINY_GPT2, 1);
     let reads = 0;
     const counted = new Map(
       [...s.params].map(([n, t]) => [
@@ -274,24 +257,9 @@ describe("growWidth", () => {
  */
 async function storedAndValues(dir: string, arch: string, config: Record<string, unknown>, dtype: "F32" | "F16" | "BF16") {
   const s = initTrainingState(arch, config, 4);
-  const tiny = dtype === "F32" ? 1e-40 : dtype === "F16" ? 6e-8 : 1e-39;
-  const edgy = (v: number, i: number) => (i % 7 === 3 ? -0 : i % 11 === 5 ? -tiny : i % 13 === 6 ? v * 100 : v);
-  const as = (f: (v: number, i: number) => number) =>
-    new Map(
-      [...s.params].map(([n, t]) => [
-        n,
-        {
-          dtype,
-          shape: t.shape,
-          read: async () =>
-            new Tensor(
-              dtype,
-              t.shape,
-              (await t.read()).f32.map((v, i) => f(edgy(v, i), i)),
-            ),
-        } as LazyTensor,
-      ]),
-    );
+  const smallest = dtype === "F32" ? 1e-40 : dtype === "F16" ? 6e-8 : 1e-39;
+  const edgy = (v: number, i: number) => (i % 7 === 3 ? -0 : i % 11 === 5 ? -smallest : i % 13 === 6 ? v * 100 : v);
+  const as = (f: (v: number, i: number) => number) => mapValues(s.params, (v, i) => f(edgy(v, i), i), dtype);
   await saveTrainingState(
     join(dir, "in"),
     {
@@ -345,16 +313,6 @@ async function expectSameFiles(a: string, b: string): Promise<void> {
 }
 
 describe("growWidth on stored bytes", () => {
-  const llama = {
-    model_type: "llama",
-    num_hidden_layers: 2,
-    hidden_size: 8,
-    num_attention_heads: 2,
-    num_key_value_heads: 1,
-    intermediate_size: 12,
-    vocab_size: 16,
-    max_position_embeddings: 8,
-  };
   const cases: [string, WidthOptions][] = [
     ["×2", { factor: 2 }],
     ["FFN-only ×2", { factor: 1, ffnFactor: 2 }],
@@ -366,10 +324,7 @@ describe("growWidth on stored bytes", () => {
     it(`${dtype}: writes the same bytes as the values path (GPT-2 and Llama with GQA), reading no value where nothing is scaled per value`, async () => {
       const dir = await mkdtemp(join(tmpdir(), "staged-width-bytes-"));
       try {
-        for (const [arch, config] of [
-          ["gpt2", tiny],
-          ["llama", llama],
-        ] as const) {
+        for (const [arch, config] of TINY_CONFIGS) {
           const { stored, values, reads, close } = await storedAndValues(dir, arch, config, dtype);
           for (const [label, o] of cases) {
             reads.clear();
@@ -404,7 +359,7 @@ describe("growWidth on stored bytes", () => {
   it("streams a grown tensor in pieces that add up to its bytes", async () => {
     const dir = await mkdtemp(join(tmpdir(), "staged-width-bytes-"));
     try {
-      const { stored, close } = await storedAndValues(dir, "gpt2", tiny, "BF16");
+      const { stored, close } = await storedAndValues(dir, "gpt2", TINY_GPT2, "BF16");
       const g = growWidth(stored, { factor: 2 });
       for (const name of ["transformer.h.0.attn.c_attn.weight", "transformer.ln_f.weight", "transformer.wte.weight"]) {
         const t = g.params.get(name)!;

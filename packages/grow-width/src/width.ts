@@ -12,14 +12,8 @@ import {
   laidOut,
   scaleStored,
   tileLayout,
-  type AxisSpace,
-  type BlockLayout,
-  type LazyTensor,
-  type ParamSpec,
-  type Registry,
-  type StageOptions,
-  type TrainingState,
 } from "@staged/core";
+import type { AxisSpace, BlockLayout, LazyTensor, ParamSpec, Registry, StageOptions, TrainingState } from "@staged/core";
 
 export type WidthMoments = "paper" | "consistent" | "reset";
 export type WidthSymmetry = "none" | "split" | "noise" | "antithetic";

@@ -1,7 +1,7 @@
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { useTempDir } from "@staged/testing";
 import { executeRun, runEntries } from "./run.js";
 import {
   formatGrowths,
@@ -17,14 +17,11 @@ import {
   RESULT_FILE,
   RUN_FILE,
 } from "./run-format.js";
+import { tinyRunSpec } from "@staged/testing";
 import { parseRunSpec } from "./spec.js";
 import type { GrowthEvent, RunResult } from "./types.js";
 
-let dir: string;
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "staged-run-format-"));
-});
-afterAll(() => rm(dir, { recursive: true, force: true }));
+const dir = useTempDir("staged-run-format-");
 
 const growth: GrowthEvent = {
   stage: 1,
@@ -58,7 +55,7 @@ const bad = (over: Record<string, unknown>) => ({ ...result, ...over });
 describe("result.json", () => {
   it("reads back what it writes; fields it does not know (dynamics-ablation.mjs's divergence) are dropped", async () => {
     expect(parseRunResult(JSON.parse(formatRunResult(result)), RESULT_FILE)).toEqual(result);
-    const f = join(dir, RESULT_FILE);
+    const f = join(dir(), RESULT_FILE);
     await writeFile(f, JSON.stringify({ ...result, divergence: [0.1] }));
     expect(await readRunResult(f)).toEqual(result);
   });
@@ -82,10 +79,10 @@ describe("result.json", () => {
   });
 
   it("a file that is not JSON, or not there, is named", async () => {
-    const f = join(dir, "broken.json");
+    const f = join(dir(), "broken.json");
     await writeFile(f, "{");
     await expect(readRunResult(f)).rejects.toThrow(new RegExp(`^${f}: invalid JSON`));
-    await expect(readRunResult(join(dir, "none.json"))).rejects.toThrow(/none\.json: cannot read the run result \(no such file/);
+    await expect(readRunResult(join(dir(), "none.json"))).rejects.toThrow(/none\.json: cannot read the run result \(no such file/);
   });
 });
 
@@ -97,7 +94,7 @@ describe("growths.json, run.json, frontier.json, cooldown.json", () => {
     expect(() => parseGrowths({ format: "staged-run-growths", version: 1, growths: [{ ...growth, flops: "1" }] }, "g.json")).toThrow(
       new Error('g.json: growths[0].flops must be a finite number, got "1"'),
     );
-    const f = join(dir, "g.json");
+    const f = join(dir(), "g.json");
     await writeFile(f, JSON.stringify(result));
     await expect(readGrowths(f)).rejects.toThrow(new Error(`${f}: format must be "staged-run-growths"`));
   });
@@ -112,8 +109,8 @@ describe("growths.json, run.json, frontier.json, cooldown.json", () => {
   });
 
   it("frontier.json and cooldown.json are checked field by field", async () => {
-    const fr = join(dir, "frontier.json"),
-      cd = join(dir, "cooldown.json");
+    const fr = join(dir(), "frontier.json"),
+      cd = join(dir(), "cooldown.json");
     await writeFile(fr, JSON.stringify([{ ...result.final, valLoss: "x" }]));
     await expect(readFrontier(fr)).rejects.toThrow(new Error(`${fr}: [0].valLoss must be a finite number, got "x"`));
     await writeFile(cd, JSON.stringify({ step: 3 }));
@@ -122,23 +119,7 @@ describe("growths.json, run.json, frontier.json, cooldown.json", () => {
 });
 
 describe("a run directory with a bad file is refused before anything trains", () => {
-  const spec = () =>
-    parseRunSpec(
-      {
-        name: "w",
-        data: "brown",
-        context: 16,
-        batch: 4,
-        optimizer: { lr: 3e-3 },
-        schedule: { kind: "constant", warmup: 2 },
-        eval: { every: 4, blocks: 4 },
-        budget: { flops: 6e8 },
-        model: { layers: 1, dModel: 16, heads: 2 },
-        stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }],
-        threads: 1,
-      },
-      join(dir, "spec.json"),
-    );
+  const spec = () => parseRunSpec(tinyRunSpec("brown"), join(dir(), "spec.json"));
 
   it.each([
     [RUN_FILE, { format: "something-else" }, 'format must be "staged-run-entry"'],
@@ -147,7 +128,7 @@ describe("a run directory with a bad file is refused before anything trains", ()
   ])("%s", async (file, content, message) => {
     const s = spec();
     const entry = runEntries(s)[0]!;
-    const d = join(dir, `bad-${file}`);
+    const d = join(dir(), `bad-${file}`);
     await mkdir(d, { recursive: true });
     // A run.json of this spec first (the other files are read after it), then the bad file.
     if (file !== RUN_FILE) await executeRun(s, entry, d, { signal: AbortSignal.abort() }).catch(() => undefined);

@@ -4,7 +4,7 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTrainingState, processStart, type GrowthTimingPlugin, type LrSchedulePlugin, type TimingPoint } from "@staged/core";
-import { chinchillaLaw, flopsPerToken, readMetrics } from "@staged/scheduler";
+import { chinchillaLaw, flopsPerToken, lawFile, readMetrics } from "@staged/scheduler";
 import { brownText, defaultEngineFactory, ortTrainer, type EngineFactory, type OrtTrainerPlugin } from "@staged/trainer-ort";
 import { budgetFlops, executeRun, grownModel, RunInterrupted, runEntries, runSpec, shapeOf, type RunProgress } from "./run.js";
 import { checkRunPlugins, createRunRegistry } from "./plugins.js";
@@ -12,6 +12,7 @@ import type { RunResult } from "./types.js";
 
 /** The global step of a run's first growth. */
 const g0 = (r: RunResult): number => r.growths[0]!.globalStep;
+import { tinyRunSpec } from "@staged/testing";
 import { parseRunSpec, type RunSpec } from "./spec.js";
 import { compareRuns } from "./report.js";
 import { FRONTIER_FILE, formatGrowths, GROWTHS_FILE, RESULT_FILE } from "./run-format.js";
@@ -26,23 +27,7 @@ beforeAll(async () => {
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
 function spec(over: Record<string, unknown> = {}): RunSpec {
-  return parseRunSpec(
-    {
-      name: "w",
-      data,
-      context: 16,
-      batch: 4,
-      optimizer: { lr: 3e-3 },
-      schedule: { kind: "constant", warmup: 2 },
-      eval: { every: 4, blocks: 4 },
-      budget: { flops: 6e8 },
-      model: { layers: 1, dModel: 16, heads: 2 },
-      stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }],
-      threads: 1,
-      ...over,
-    },
-    join(dir, "spec.json"),
-  );
+  return parseRunSpec(tinyRunSpec(data, over), join(dir, "spec.json"));
 }
 
 describe("runEntries / grownModel", () => {
@@ -266,16 +251,7 @@ describe("executeRun", () => {
     const law = join(dir, "law.json");
     // A law under which the large model is far more efficient at any loss below 5: growth is due at once,
     // as soon as the detector has its window (8 points) and patience (3).
-    await writeFile(
-      law,
-      JSON.stringify({
-        format: "staged-scaling-fit",
-        version: 1,
-        form: "chinchilla",
-        constants: { E: 0.5, A: 10, alpha: 0.5, B: 1, beta: 1 },
-        batchTokens: 64,
-      }),
-    );
+    await writeFile(law, JSON.stringify(lawFile("chinchilla", { E: 0.5, A: 10, alpha: 0.5, B: 1, beta: 1 }, 64)));
     const s = spec({ law, stages: [{ grow: "width", at: "auto" }], budget: { flops: 1.2e9 } });
     const r = await executeRun(s, runEntries(s)[0]!, join(dir, "auto"));
     expect(r.growths).toHaveLength(1);

@@ -53,6 +53,14 @@ export interface FitResult {
   warnings?: string[];
 }
 
+/** The fields of a fit file that name its law: all a law file needs (a fit's, or one written by hand for a run spec). */
+export type LawFile = Pick<FitResult, "format" | "version" | "form" | "constants" | "batchTokens">;
+
+/** A law file for a law given by its form and constants: what a run spec's `law` and `staged plan --law` read. */
+export function lawFile(form: FitResult["form"], constants: Record<string, number>, batchTokens: number): LawFile {
+  return { format: "staged-scaling-fit", version: 1, form, constants, batchTokens };
+}
+
 export function observationsOf(curves: readonly LearningCurve[]): Observation[] {
   const out: Observation[] = [];
   for (const c of curves) {
@@ -255,11 +263,7 @@ function summarize(
   });
   const rmse = Math.sqrt(residuals.reduce((s, r) => s + r.residual ** 2, 0) / residuals.length);
   return {
-    format: "staged-scaling-fit",
-    version: 1,
-    form,
-    constants,
-    batchTokens,
+    ...lawFile(form, constants, batchTokens),
     observations: obs.length,
     rmse,
     maxAbsResidual: Math.max(...residuals.map((r) => Math.abs(r.residual))),
@@ -333,7 +337,7 @@ function sourcesOf(curves: readonly LearningCurve[]): string[] | undefined {
 }
 
 /** The law a fit describes, usable wherever the built-in laws are (named "fit:<form>"). */
-export function lawFromFit(fit: FitResult, source = "fit"): KaplanLaw | ChinchillaLaw {
+export function lawFromFit(fit: LawFile, source = "fit"): KaplanLaw | ChinchillaLaw {
   if (!fit || typeof fit !== "object" || fit.format !== "staged-scaling-fit") {
     throw new Error(`${source}: not a scaling-law fit (expected format "staged-scaling-fit")`);
   }

@@ -8,6 +8,7 @@ import { registerScheduler, registeredLaw } from "./registry.js";
 import { chinchilla, chinchillaLaw, isChinchillaLaw, isScalingLaw, kaplan } from "./laws.js";
 import { lawNames, resolveLaw } from "./resolve-law.js";
 import { fitLawToMetrics } from "./fit-files.js";
+import { lawFile } from "./fit.js";
 import { decideOnCurve, OnlineGrowthDetector } from "./online.js";
 
 const spec = (kind: string, extra: Partial<LrScheduleSpec> = {}): LrScheduleSpec => ({
@@ -81,16 +82,7 @@ describe("laws through the registry", () => {
     expect(mine).toMatchObject({ name: "mine", form: "chinchilla", batchTokens: 512, constants: { E: 1.5 } });
     expect((await resolveLaw("kaplan", registry, 512)).law).toBe(kaplan); // Kaplan's law counts no tokens per step
     const fit = join(dir, "fit.json");
-    await writeFile(
-      fit,
-      JSON.stringify({
-        format: "staged-scaling-fit",
-        version: 1,
-        form: "chinchilla",
-        constants: { E: 1.7, A: 400, B: 400, alpha: 0.3, beta: 0.3 },
-        batchTokens: 1024,
-      }),
-    );
+    await writeFile(fit, JSON.stringify(lawFile("chinchilla", { E: 1.7, A: 400, B: 400, alpha: 0.3, beta: 0.3 }, 1024)));
     const r = await resolveLaw(fit, registry, 2048);
     expect(r.file).toBe(fit);
     expect(r.law).toMatchObject({ form: "chinchilla", batchTokens: 2048 });

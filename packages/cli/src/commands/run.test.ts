@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RESULT_FILE } from "@staged/run";
 import { brownText } from "@staged/trainer-ort";
+import { tinyRunSpec } from "@staged/testing";
 import { staged } from "../testing.js";
 
 let root: string;
@@ -13,24 +14,7 @@ const at = (name: string) => join(root, name);
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "staged-run-cli-"));
   await writeFile(at("corpus.txt"), (await brownText("train")).slice(0, 40_000));
-  await writeFile(
-    at("spec.json"),
-    JSON.stringify({
-      name: "w",
-      data: "corpus.txt",
-      context: 16,
-      batch: 4,
-      optimizer: { lr: 3e-3 },
-      schedule: { kind: "constant", warmup: 2 },
-      eval: { every: 4, blocks: 4 },
-      budget: { flops: 4e8 },
-      model: { layers: 1, dModel: 16, heads: 2 },
-      stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }],
-      seeds: [0],
-      baseline: { seeds: [0] },
-      threads: 1,
-    }),
-  );
+  await writeFile(at("spec.json"), JSON.stringify(tinyRunSpec("corpus.txt", { budget: { flops: 4e8 }, seeds: [0], baseline: { seeds: [0] } })));
 });
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });

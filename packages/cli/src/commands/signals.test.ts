@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RESULT_FILE } from "@staged/run";
 import { brownText } from "@staged/trainer-ort";
+import { tinyRunSpec } from "@staged/testing";
 import { ok } from "../testing.js";
 
 // Ctrl-C and SIGTERM through the built command (src/interrupt.ts): a real process, a real signal.
@@ -94,23 +95,7 @@ describe("train under Ctrl-C and SIGTERM", () => {
 describe("staged run under Ctrl-C", () => {
   it("stops after the step in progress with its work saved, exits 130, and the same command resumes to an uninterrupted run's result", async () => {
     await writeFile(join(root, "corpus.txt"), (await brownText("train")).slice(0, 40_000));
-    await writeFile(
-      join(root, "spec.json"),
-      JSON.stringify({
-        name: "w",
-        data: "corpus.txt",
-        context: 16,
-        batch: 4,
-        optimizer: { lr: 3e-3 },
-        schedule: { kind: "constant", warmup: 2 },
-        eval: { every: 4, blocks: 4 },
-        budget: { flops: 4e8 },
-        model: { layers: 1, dModel: 16, heads: 2 },
-        stages: [{ grow: "width", at: { fraction: 0.4 }, rewarmup: 2 }],
-        seeds: [0],
-        threads: 1,
-      }),
-    );
+    await writeFile(join(root, "spec.json"), JSON.stringify(tinyRunSpec("corpus.txt", { budget: { flops: 4e8 }, seeds: [0] })));
     ok("run", join(root, "spec.json"), "--out", join(root, "whole"));
     const out = join(root, "cut");
     const r = await interrupted(

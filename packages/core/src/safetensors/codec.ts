@@ -4,7 +4,7 @@
  * in-memory form; the other safetensors dtypes are refused naming the dtype.
  */
 import { type DType, DTYPE_SIZES, HOST_LITTLE_ENDIAN, isDType, isSafetensorsDType, decodeBF16, decodeF16, encodeBF16, encodeF16 } from "../dtype.js";
-import { Tensor, type TypedArray } from "../tensor.js";
+import { Tensor, concatBytes, type TypedArray } from "../tensor.js";
 import type { LazyTensor } from "../types.js";
 import { describe } from "./errors.js";
 
@@ -118,14 +118,7 @@ export async function readStoredBytes(t: LazyTensor | Tensor): Promise<Uint8Arra
   if (t.streamBytes) {
     const pieces: Uint8Array[] = [];
     for await (const p of t.streamBytes()) pieces.push(p);
-    if (pieces.length === 1) return pieces[0]!.slice();
-    const out = new Uint8Array(pieces.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of pieces) {
-      out.set(p, at);
-      at += p.length;
-    }
-    return out;
+    return pieces.length === 1 ? pieces[0]!.slice() : concatBytes(pieces);
   }
   return encodeTensor(await t.read());
 }

@@ -5,6 +5,7 @@
  * file beside it. Both write the same nodes, inputs and outputs (symbolic dimensions as dim_param), at OPSET.
  */
 import { open } from "node:fs/promises";
+import { concatBytes } from "@staged/core";
 import onnxProto from "onnx-proto";
 import type { Attr, DType, GraphBuilder, Initializer, Value } from "./builder.js";
 
@@ -192,16 +193,6 @@ export async function writeOnnxModel(path: string, b: GraphBuilder, options: Wri
     await file.close();
     await data?.close();
   }
-}
-
-function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** A decoded model, for inspection (tests, tools): the proto as onnx-proto's plain object. */

@@ -7,7 +7,7 @@
 //   3. runs: the target from scratch (baseline, several seeds), the staged schedules (width, depth,
 //      width+depth) timed by the scheduler ("auto": the marginal-efficiency rule on the run's own validation
 //      curve with the fitted law), the first models never grown (is the target really the better use of the
-//      budget?), and ablations of the growth remedies and of the timing (one seed each);
+//      budget?), and ablations of the growth remedies and of the timing (one seed each; the equal-loss step over every seed);
 //   4. the report: FLOPs to the baseline's final loss, the saving with its spread over seeds, the post-growth
 //      penalties, and the plots (`staged report`), written to <out>/report.md, report.png, report.svg.
 //
@@ -205,6 +205,10 @@ const ablations = quick
       { name: "width-plan", stages: [{ ...WIDTH, at: "plan" }] },
       { name: "width-at-25pct", stages: [{ ...WIDTH, at: { fraction: 0.25 } }] },
       { name: "width-defaults", stages: [{ grow: "width", at: "auto" }] },
+      // The seed's equal-loss step (issue 17): the grown model continues from the step at which the law's target reaches
+      // its loss. Under the constant LR it changes only the re-warmup's place and the batch order, so it runs over the
+      // benchmark's seeds, to be compared with the width schedule's spread.
+      { name: "width-equal-step", stages: [{ ...WIDTH, continueAt: "law" }], seeds },
     ];
 // The target from scratch at half the LR: the control of the constant-LR comparisons (a growth that halved the LR
 // lowered a constant-LR loss by itself); with the common cooldown it is only run on request (--groups).
@@ -244,8 +248,9 @@ if (groups?.has(lrControl.name)) {
   specs.push({ file: await writeSpec(lrControl.name, spec), names: seeds.map((x) => `${lrControl.name}-s${x}`) });
 }
 for (const ab of ablations) {
-  const spec = { ...common, name: ab.name, budget: { flops: budget }, model: half.width, stages: ab.stages, law: fitFile, seeds: [0] };
-  specs.push({ file: await writeSpec(ab.name, spec), names: [`${ab.name}-s0`] });
+  const abSeeds = ab.seeds ?? [0];
+  const spec = { ...common, name: ab.name, budget: { flops: budget }, model: half.width, stages: ab.stages, law: fitFile, seeds: abSeeds };
+  specs.push({ file: await writeSpec(ab.name, spec), names: abSeeds.map((x) => `${ab.name}-s${x}`) });
 }
 if (phase === "all" || phase === "runs") {
   // Baselines first (every comparison needs them), then the schedules, the controls, the ablations.
@@ -276,11 +281,11 @@ if (phase === "all" || phase === "report") {
   if (hasControl) md += `\n## Against the target from scratch at LR ${lrControl.lr} (the grown width's LR)\n\n${vsControl}`;
   const abl = [
     ...dirs(["width"]).slice(0, 1),
-    ...ablations.map((x) => join(runsDir, `${x.name}-s0`)).filter((d) => existsSync(join(d, RESULT_FILE))),
+    ...ablations.flatMap((x) => (x.seeds ?? [0]).map((n) => join(runsDir, `${x.name}-s${n}`))).filter((d) => existsSync(join(d, RESULT_FILE))),
     ...dirs(["baseline"]),
   ];
   if (ablations.length && abl.length > seeds.length + 1) {
-    md += `\n## Ablations (width schedule, seed 0, one default changed each)\n\n${await sh(["report", ...abl], { quiet: true })}`;
+    md += `\n## Ablations (width schedule, seed 0 unless named, one default changed each)\n\n${await sh(["report", ...abl], { quiet: true })}`;
   }
   await writeFile(join(out, "report.md"), md);
   console.log(md);

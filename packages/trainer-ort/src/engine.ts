@@ -12,7 +12,6 @@ import {
   names,
   optimizerScalars,
   type AdamWOptions,
-  type CompiledGraph,
 } from "./step.js";
 
 export interface EngineOptions {
@@ -100,7 +99,7 @@ export type Device = (typeof DEVICES)[number];
  * turned into one line, "<provider> execution provider is not available: <reason> <hint>".
  */
 async function createOrExplain(
-  g: CompiledGraph,
+  model: Uint8Array,
   options: ort.InferenceSession.SessionOptions,
   provider: string,
   reason: (message: string) => string,
@@ -108,13 +107,14 @@ async function createOrExplain(
 ): Promise<ort.InferenceSession> {
   ort.env.logLevel = "fatal";
   try {
-    return await ort.InferenceSession.create(g.model, options);
+    return await ort.InferenceSession.create(model, options);
   } catch (e) {
     throw new Error(`${provider} execution provider is not available: ${reason((e as Error).message)} ${hint}`, { cause: e });
   }
 }
 
-async function createSession(g: CompiledGraph, o: { device: Device; threads: number; profile: boolean }): Promise<ort.InferenceSession> {
+/** A session for a serialized ONNX model on a device, with the engine's options and its one-line errors. */
+export async function createSession(model: Uint8Array, o: { device: Device; threads: number; profile?: boolean }): Promise<ort.InferenceSession> {
   const options: ort.InferenceSession.SessionOptions = {
     executionProviders: [o.device],
     graphOptimizationLevel: "all",
@@ -132,7 +132,7 @@ async function createSession(g: CompiledGraph, o: { device: Device; threads: num
         "CUDA execution provider is not available: this onnxruntime-node build does not include it (its CUDA binaries are installed by the package's install script)",
       );
     return createOrExplain(
-      g,
+      model,
       options,
       "CUDA",
       (m) => m,
@@ -141,14 +141,14 @@ async function createSession(g: CompiledGraph, o: { device: Device; threads: num
   }
   if (o.device === "webgpu") {
     return createOrExplain(
-      g,
+      model,
       options,
       "WebGPU",
       (m) => /Failed to get a WebGPU adapter: ([^\n]*)/.exec(m)?.[1] ?? m.split("\n")[0]!,
       "(onnxruntime-node's WebGPU runs on Dawn over Vulkan: it needs libvulkan1 and the GPU driver's ICD, e.g. VK_DRIVER_FILES; see @staged/trainer-ort's README)",
     );
   }
-  return ort.InferenceSession.create(g.model, options);
+  return ort.InferenceSession.create(model, options);
 }
 
 /** Create a training engine for one architecture, shape and optimizer configuration. */
@@ -247,7 +247,7 @@ export async function createEngine(
     if (!gradSession) {
       const g = compileGradient(architecture, config, { batch: micro, context: T }, registry);
       gradMasks = dropoutMasks(g.dropout);
-      gradSession = await createSession(g, sess);
+      gradSession = await createSession(g.model, sess);
       const mk = () => new Map(specs.map((s) => [s.name, f32(new Float32Array(size(s)), s.shape)]));
       acc = { a: mk(), b: mk(), zero: mk() };
     }
@@ -283,9 +283,9 @@ export async function createEngine(
   if (!options.evalOnly && micro === B) {
     const g = compileTrainStep(architecture, config, { batch: B, context: T }, opt, registry);
     stepMasks = dropoutMasks(g.dropout);
-    stepSession = await createSession(g, sess);
+    stepSession = await createSession(g.model, sess);
   } else if (!options.evalOnly) {
-    applySession = await createSession(compileApply(architecture, config, opt, registry), sess);
+    applySession = await createSession(compileApply(architecture, config, opt, registry).model, sess);
     await getGradSession();
   }
 
@@ -348,7 +348,7 @@ export async function createEngine(
       const rows = ids.length / T;
       let s = evalSessions.get(rows);
       if (!s) {
-        s = await createSession(compileEval(architecture, config, { batch: rows, context: T }, registry), sess);
+        s = await createSession(compileEval(architecture, config, { batch: rows, context: T }, registry).model, sess);
         evalSessions.set(rows, s);
       }
       const feeds: Feeds = { [names.ids]: idsTensor(ids, 0, rows) };

@@ -6,6 +6,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createDefaultRegistry, type Registry } from "@staged/core";
+import { DEVICE_HINTS, DEVICES, webgpuReason, type Device } from "@staged/trainer-ort";
 import { ensureExport, lockWaiting, type EnsureExportOptions } from "./cache.js";
 import type { ExportDType } from "./export.js";
 
@@ -30,6 +31,11 @@ export interface GenerateOptions extends SamplingOptions {
 export interface GeneratorOptions extends EnsureExportOptions {
   /** CPU threads of the ONNX runtime session (default: its own choice, all cores). */
   threads?: number;
+  /**
+   * Where transformers.js runs the model (onnxruntime-node's providers, as the trainer's: DEVICES; default cpu). A
+   * provider that cannot start is one line with what it needs (DEVICE_HINTS).
+   */
+  device?: Device;
 }
 
 export interface GenerateResult {
@@ -133,6 +139,8 @@ export async function loadGenerator(dir: string, options: GeneratorOptions = {})
   const dtype = options.dtype ?? "fp32";
   if (options.threads !== undefined && !(Number.isSafeInteger(options.threads) && options.threads >= 1))
     throw new Error(`threads must be an integer ≥ 1, got ${options.threads}`);
+  const device = options.device ?? "cpu";
+  if (!DEVICES.includes(device)) throw new Error(`device must be one of ${DEVICES.join(", ")}, got ${JSON.stringify(device)}`);
   const ensured = await ensureExport(dir, options);
   const registry = options.registry ?? createDefaultRegistry();
   const tf: Transformers = await import("@huggingface/transformers");
@@ -150,12 +158,17 @@ export async function loadGenerator(dir: string, options: GeneratorOptions = {})
     pipe = await tf
       .pipeline("text-generation", ensured.dir, {
         dtype,
-        device: "cpu",
+        device,
         local_files_only: true,
         session_options: options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {},
       })
       .catch((e: unknown) => {
-        throw new Error(`${ensured.dir}: transformers.js cannot load the export (${(e as Error).message.split("\n")[0]})`, { cause: e });
+        const message = (e as Error).message;
+        if (device !== "cpu") {
+          const reason = device === "webgpu" ? webgpuReason(message) : message.split("\n")[0];
+          throw new Error(`${ensured.dir}: transformers.js cannot run the export on ${device}: ${reason} ${DEVICE_HINTS[device]}`, { cause: e });
+        }
+        throw new Error(`${ensured.dir}: transformers.js cannot load the export (${message.split("\n")[0]})`, { cause: e });
       });
   } finally {
     await lock?.release();

@@ -3,16 +3,7 @@ import ort from "onnxruntime-node";
 import type { ParamSpec, Registry } from "@staged/core";
 import { modelGraph } from "./models/index.js";
 import { dropoutMasks, type DropoutMasks } from "./dropout.js";
-import {
-  adamwDefaults,
-  compileApply,
-  compileEval,
-  compileGradient,
-  compileTrainStep,
-  names,
-  optimizerScalars,
-  type AdamWOptions,
-} from "./step.js";
+import { adamwDefaults, compileApply, compileEval, compileGradient, compileTrainStep, names, optimizerScalars, type AdamWOptions } from "./step.js";
 
 export interface EngineOptions {
   /** The execution provider (DEVICES; default cpu): cuda and webgpu throw a one-line error when they cannot be used. */
@@ -94,6 +85,13 @@ class DoubleBuffer {
 export const DEVICES = ["cpu", "cuda", "webgpu"] as const;
 export type Device = (typeof DEVICES)[number];
 
+/** What a provider other than the CPU needs, said after its one-line error (here and by the generator). */
+export const DEVICE_HINTS: Readonly<Record<Exclude<Device, "cpu">, string>> = {
+  cuda: "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)",
+  webgpu:
+    "(onnxruntime-node's WebGPU runs on Dawn over Vulkan: it needs libvulkan1 and the GPU driver's ICD, e.g. VK_DRIVER_FILES; see @staged/trainer-ort's README)",
+};
+
 /**
  * A session on a provider that may be missing: ORT's native log silenced (it would print the failed load), its error
  * turned into one line, "<provider> execution provider is not available: <reason> <hint>".
@@ -113,6 +111,9 @@ async function createOrExplain(
   }
 }
 
+/** The reason in onnxruntime's WebGPU error (Dawn's adapter message where there is one), on one line. */
+export const webgpuReason = (message: string): string => /Failed to get a WebGPU adapter: ([^\n]*)/.exec(message)?.[1] ?? message.split("\n")[0]!;
+
 /** A session for a serialized ONNX model on a device, with the engine's options and its one-line errors. */
 export async function createSession(model: Uint8Array, o: { device: Device; threads: number; profile?: boolean }): Promise<ort.InferenceSession> {
   const options: ort.InferenceSession.SessionOptions = {
@@ -131,22 +132,10 @@ export async function createSession(model: Uint8Array, o: { device: Device; thre
       throw new Error(
         "CUDA execution provider is not available: this onnxruntime-node build does not include it (its CUDA binaries are installed by the package's install script)",
       );
-    return createOrExplain(
-      model,
-      options,
-      "CUDA",
-      (m) => m,
-      "(onnxruntime-node fetches its CUDA libraries in its install script; run that script on a machine with CUDA 12)",
-    );
+    return createOrExplain(model, options, "CUDA", (m) => m, DEVICE_HINTS.cuda);
   }
   if (o.device === "webgpu") {
-    return createOrExplain(
-      model,
-      options,
-      "WebGPU",
-      (m) => /Failed to get a WebGPU adapter: ([^\n]*)/.exec(m)?.[1] ?? m.split("\n")[0]!,
-      "(onnxruntime-node's WebGPU runs on Dawn over Vulkan: it needs libvulkan1 and the GPU driver's ICD, e.g. VK_DRIVER_FILES; see @staged/trainer-ort's README)",
-    );
+    return createOrExplain(model, options, "WebGPU", webgpuReason, DEVICE_HINTS.webgpu);
   }
   return ort.InferenceSession.create(model, options);
 }

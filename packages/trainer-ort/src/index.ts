@@ -40,7 +40,17 @@ export {
   type DropoutInput,
   type TrainGraphOptions,
 } from "./step.js";
-export { createEngine, createSession, DEVICES, type Device, type Engine, type EngineOptions, type StepOptions } from "./engine.js";
+export {
+  createEngine,
+  createSession,
+  DEVICE_HINTS,
+  DEVICES,
+  webgpuReason,
+  type Device,
+  type Engine,
+  type EngineOptions,
+  type StepOptions,
+} from "./engine.js";
 export { matmulPeak, type MatmulPeak, type MatmulPeakOptions } from "./peak.js";
 export { dropoutMasks, type DropoutMasks } from "./dropout.js";
 export {

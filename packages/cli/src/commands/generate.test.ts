@@ -99,6 +99,10 @@ describe("staged generate", () => {
         ["generate", at("fresh"), "--prompt", "x", "--dtype", "int8"],
         /^staged: option '--dtype <d>' argument 'int8' is invalid\. Allowed choices are fp32, fp16\.$/,
       ],
+      [
+        ["generate", at("fresh"), "--prompt", "x", "--device", "tpu"],
+        /^staged: option '--device <d>' argument 'tpu' is invalid\. Allowed choices are cpu, cuda, webgpu\.$/,
+      ],
       [["generate", at("fresh")], /^staged: required option '--prompt <text>' not specified$/],
       // Refused before the export cache beside the checkpoint is made (the listing below shows none).
       [
@@ -118,5 +122,20 @@ describe("staged generate", () => {
     expect(r.status).toBe(1);
     expect(r.stderr.trim().split("\n").at(-1)).toBe("staged: the prompt (30 tokens) and 8 new tokens exceed the model's context of 32 positions");
     expect(r.stdout).toBe("");
+  }, 60_000);
+
+  it("--device webgpu: the CPU's greedy continuation where the machine has an adapter, else one line saying what it needs", () => {
+    const r = staged("--json", "generate", at("ckpt"), "--prompt", "Hello", "--max-new-tokens", "8", "--device", "webgpu");
+    if (r.status === 0) {
+      const cpu = json("generate", at("ckpt"), "--prompt", "Hello", "--max-new-tokens", "8");
+      expect((JSON.parse(r.stdout) as { newIds: number[] }).newIds).toEqual(cpu.newIds);
+      return;
+    }
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    // Dawn may print its own Vulkan warning first; ours is the last line.
+    expect(r.stderr.trim().split("\n").at(-1)).toMatch(
+      /^staged: .*\.ckpt\.staged-export: transformers\.js cannot run the export on webgpu: .+ \(onnxruntime-node's WebGPU runs on Dawn over Vulkan: it needs libvulkan1/,
+    );
   }, 60_000);
 });

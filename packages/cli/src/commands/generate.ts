@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { loadGenerator, type ExportDType } from "@staged/export";
+import { DEVICES, type Device } from "@staged/trainer-ort";
 import { createOutput, runAction, UsageError } from "../output.js";
 import { integer, number } from "../options.js";
 import { createProgress } from "../progress.js";
@@ -17,6 +18,7 @@ interface GenerateCliOptions {
   seed?: number;
   dtype?: ExportDType;
   threads?: number;
+  device?: Device;
 }
 
 const probability = (value: string): number => {
@@ -52,6 +54,7 @@ export function registerGenerate(program: Command): void {
     .option("--seed <s>", "seed of the sampler, for reproducible samples", integer("seed", 0))
     .addOption(new Option("--dtype <d>", "the ONNX model to run (default fp32)").choices(["fp32", "fp16"]))
     .option("--threads <N>", "CPU threads (default: all cores)", integer("threads", 1))
+    .addOption(new Option("--device <d>", "execution provider (default cpu)").choices(DEVICES))
     .action(async (dir: string, o: GenerateCliOptions, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       await runAction(Boolean(g.debug), async () => {
@@ -65,6 +68,7 @@ export function registerGenerate(program: Command): void {
           registry: createCliRegistry(),
           dtype: o.dtype ?? "fp32",
           ...(o.threads ? { threads: o.threads } : {}),
+          ...(o.device ? { device: o.device } : {}),
           onProgress: (p) => {
             progress ??= createProgress(`exporting ${p.file}`, "MB", 1e6);
             progress.update(p.bytes, p.totalBytes);

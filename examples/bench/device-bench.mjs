@@ -9,7 +9,8 @@
 //   3. PyTorch (device-bench-torch.py beside this file, with Hugging Face transformers): the same config, batch and
 //      context, fp32 with TF32 off and bf16 autocast: tokens/s (skipped, with the reason, where python3, torch or
 //      transformers is missing);
-//   4. the provider's matmul peak (chained 4096³ float32 products through this project's GraphBuilder), and
+//   4. where onnxruntime places the step's nodes (stepPlacement): the nodes not on the device's provider, named;
+//   5. the provider's matmul peak (chained 4096³ float32 products through this project's GraphBuilder), and
 //      PyTorch's on the same device.
 // Prints a Markdown table (stdout) and, with --json <file>, writes every number. Progress lines go to stderr.
 //
@@ -26,7 +27,7 @@ import os from "node:os";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { Rng, initTrainingState } from "@staged/core";
-import { DEVICES, createEngine, matmulPeak } from "@staged/trainer-ort";
+import { DEVICES, createEngine, matmulPeak, placementFallbacks, stepPlacement } from "@staged/trainer-ort";
 
 const MODELS = {
   "gpt2-124m": ["gpt2", { model_type: "gpt2", n_layer: 12, n_embd: 768, n_head: 12, vocab_size: 50257, n_positions: 1024 }],
@@ -213,6 +214,15 @@ if (!a["no-peak"]) {
 for (const name of models) {
   const [arch, config] = MODELS[name];
   log(`${name}: ${arch}, B${B} T${T}, ${steps} steps on ${a.device}${a.device === "cpu" ? "" : `, ${cpuSteps} on the CPU`}`);
+  // Where onnxruntime puts the step's nodes: any not on the device's provider is named (a copy to the host and back).
+  const placement = await stepPlacement(arch, config, { batch: B, context: T, device: a.device, threads }).then(
+    (sessions) => {
+      const off = placementFallbacks(sessions, a.device);
+      for (const p of off) log(`${name}: ${p.count} node(s) on ${p.provider}: ${p.nodes.map((n) => `${n.op} (${n.name})`).join(", ") || "all"}`);
+      return { sessions: sessions.map((s) => s.map((p) => ({ provider: p.provider, count: p.count }))), off };
+    },
+    (e) => ({ error: e.message }),
+  );
   const w = await weightsOf(arch, config);
   const vocab = Number(config.vocab_size);
   // A device that cannot run the step (no adapter, no CUDA provider) is reported, and the rest still measured.
@@ -228,6 +238,7 @@ for (const name of models) {
     device: dev.error ? { error: dev.error } : { tokensPerSecond: dev.tokensPerSecond, compileSeconds: dev.compileSeconds, trace: dev.trace },
     cpu: cpu && { tokensPerSecond: cpu.tokensPerSecond, compileSeconds: cpu.compileSeconds, trace: cpu.trace },
     agreement: cpu && !dev.error ? agreement(dev, cpu) : null,
+    placement,
   };
   if (!a["no-torch"]) {
     r.torch = {
@@ -242,8 +253,8 @@ results.seconds = (performance.now() - started) / 1000;
 const f = (x, d = 0) => (x === null || x === undefined ? "—" : x.toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d }));
 const tps = (t) => (t?.skipped ? `skipped (${t.skipped})` : f(t?.tokensPerSecond));
 const lines = [
-  `| model (B${B}, T${T}) | trainer-ort ${a.device}, tok/s | CPU provider (${cpuThreads} thread${cpuThreads > 1 ? "s" : ""}), tok/s | PyTorch fp32 (TF32 off), tok/s | PyTorch bf16 autocast, tok/s | ${a.device} / PyTorch fp32 | ${a.device} / CPU | ${a.device} vs CPU (max rel. Δ loss / grad norm / params) |`,
-  "| --- | --- | --- | --- | --- | --- | --- | --- |",
+  `| model (B${B}, T${T}) | trainer-ort ${a.device}, tok/s | CPU provider (${cpuThreads} thread${cpuThreads > 1 ? "s" : ""}), tok/s | PyTorch fp32 (TF32 off), tok/s | PyTorch bf16 autocast, tok/s | ${a.device} / PyTorch fp32 | ${a.device} / CPU | ${a.device} vs CPU (max rel. Δ loss / grad norm / params) | step nodes off ${a.device} |`,
+  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
 ];
 for (const r of results.models) {
   const d = r.device.tokensPerSecond ?? null;
@@ -252,7 +263,7 @@ for (const r of results.models) {
   lines.push(
     `| ${r.model} (${(r.params / 1e6).toFixed(1)}M) | ${r.device.error ? "failed (stderr)" : f(d)} | ${f(r.cpu?.tokensPerSecond)} | ${tps(r.torch?.fp32)} | ${tps(r.torch?.bf16)} | ` +
       `${t32 && d ? `${((100 * d) / t32).toFixed(1)}%` : "—"} | ${r.cpu?.tokensPerSecond && d ? `${(d / r.cpu.tokensPerSecond).toFixed(1)}×` : "—"} | ` +
-      `${ag ? `${ag.loss.toExponential(1)} / ${ag.gradNorm.toExponential(1)} / ${ag.params ? `${ag.params.maxRelative.toExponential(1)} (${ag.steps} steps)` : "—"}` : "—"} |`,
+      `${ag ? `${ag.loss.toExponential(1)} / ${ag.gradNorm.toExponential(1)} / ${ag.params ? `${ag.params.maxRelative.toExponential(1)} (${ag.steps} steps)` : "—"}` : "—"} | ${r.placement.error ? "—" : r.placement.off.reduce((n, p) => n + p.count, 0)} |`,
   );
 }
 if (results.peak) {

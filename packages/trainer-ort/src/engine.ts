@@ -26,6 +26,11 @@ export interface EngineOptions {
   noDecay?: Iterable<string> | undefined;
   /** Write onnxruntime's per-node profile (onnxruntime_profile_*.json in the working directory). */
   profile?: boolean | undefined;
+  /**
+   * Sessions log at onnxruntime's verbose level on the process's stderr (native, not catchable in-process): among it,
+   * which provider runs each node. `stepPlacement` reads it from a child process.
+   */
+  verboseLog?: boolean | undefined;
   /** Compile only what evaluation needs: step() then throws (gradients() still works, compiled on first use). */
   evalOnly?: boolean | undefined;
   /** Where the architecture's plugin is found (default: core's createDefaultRegistry()). */
@@ -115,7 +120,10 @@ async function createOrExplain(
 export const webgpuReason = (message: string): string => /Failed to get a WebGPU adapter: ([^\n]*)/.exec(message)?.[1] ?? message.split("\n")[0]!;
 
 /** A session for a serialized ONNX model on a device, with the engine's options and its one-line errors. */
-export async function createSession(model: Uint8Array, o: { device: Device; threads: number; profile?: boolean }): Promise<ort.InferenceSession> {
+export async function createSession(
+  model: Uint8Array,
+  o: { device: Device; threads: number; profile?: boolean; verboseLog?: boolean },
+): Promise<ort.InferenceSession> {
   const options: ort.InferenceSession.SessionOptions = {
     executionProviders: [o.device],
     graphOptimizationLevel: "all",
@@ -125,6 +133,7 @@ export async function createSession(model: Uint8Array, o: { device: Device; thre
     enableCpuMemArena: true,
     enableMemPattern: true,
     ...(o.profile ? { enableProfiling: true, profileFilePrefix: "onnxruntime_profile" } : {}),
+    ...(o.verboseLog ? { logSeverityLevel: 0 as const, logVerbosityLevel: 0 } : {}),
   };
   if (o.device === "cuda") {
     const listed = ort.listSupportedBackends?.().some((b) => b.name === "cuda");
@@ -160,7 +169,7 @@ export async function createEngine(
   const device = options.device ?? "cpu";
   const threads = options.threads ?? os.availableParallelism();
   const opt = adamwDefaults(specs, options);
-  const sess = { device, threads, profile: options.profile ?? false };
+  const sess = { device, threads, profile: options.profile ?? false, verboseLog: options.verboseLog ?? false };
 
   const size = (s: ParamSpec) => s.shape.reduce((a, b) => a * b, 1);
   const take = (m: Map<string, Float32Array> | undefined, s: ParamSpec, what: string): Float32Array => {

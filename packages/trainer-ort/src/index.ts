@@ -52,6 +52,7 @@ export {
   type StepOptions,
 } from "./engine.js";
 export { matmulPeak, type MatmulPeak, type MatmulPeakOptions } from "./peak.js";
+export { PROVIDER_NAMES, parsePlacement, placementFallbacks, stepPlacement, type ProviderPlacement } from "./placement.js";
 export { dropoutMasks, type DropoutMasks } from "./dropout.js";
 export {
   train,

@@ -1,17 +1,7 @@
 import { describe, expect, it } from "vitest";
+import { TINY_GPT2, TINY_LLAMA } from "@staged/testing";
 import { parsePlacement, placementFallbacks, stepPlacement } from "./placement.js";
 
-const gpt2 = { model_type: "gpt2", n_layer: 1, n_embd: 16, n_head: 2, vocab_size: 32, n_positions: 16 };
-const llama = {
-  model_type: "llama",
-  hidden_size: 16,
-  intermediate_size: 24,
-  num_hidden_layers: 1,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  vocab_size: 32,
-  max_position_embeddings: 16,
-};
 const shape = { batch: 2, context: 8, threads: 1 };
 
 describe("parsePlacement", () => {
@@ -54,15 +44,15 @@ describe("parsePlacement", () => {
 
 // Where the machine has a WebGPU adapter, no node of the step may fall back to the CPU (the test names them); elsewhere
 // the child's one-line refusal comes back.
-const probe = await stepPlacement("gpt2", gpt2, { ...shape, device: "webgpu" }).then(
+const probe = await stepPlacement("gpt2", TINY_GPT2, { ...shape, device: "webgpu" }).then(
   (sessions) => ({ sessions, error: null }),
   (e: unknown) => ({ sessions: null, error: e as Error }),
 );
 
 describe("stepPlacement", () => {
   it.each([
-    ["gpt2", gpt2],
-    ["llama", llama],
+    ["gpt2", TINY_GPT2],
+    ["llama", TINY_LLAMA],
   ])(
     "%s on the CPU: every node of the step's sessions on the CPU provider",
     async (arch, config) => {

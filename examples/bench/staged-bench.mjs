@@ -179,11 +179,16 @@ const shape = (m) => ({ layers: m.layers, dModel: m.dModel, heads: m.heads, head
 const model = (m) => ({ ...m, params: nonEmbeddingParams(shape(m)), flopsPerToken: flopsPerToken(shape(m), 128) });
 const fitJson = JSON.parse(await readFile(fitFile, "utf8"));
 const law = chinchillaLaw(fitJson.constants, fitJson.batchTokens);
-const candidates = (quick ? [gpt2(2, 32), gpt2(2, 64), gpt2(2, 128)] : [gpt2(2, 64), gpt2(2, 128), gpt2(4, 128), gpt2(4, 256)]).map(model);
+// A target needs a half-width model with whole heads (32 dims each) to grow from: 2x32 is a candidate only as a half.
+const growable = (m) => Number.isInteger(m.dModel / 64);
+const sizes = quick ? [gpt2(2, 32), gpt2(2, 64), gpt2(2, 128)] : [gpt2(2, 64), gpt2(2, 128), gpt2(4, 128), gpt2(4, 256)];
+const candidates = sizes.filter(growable).map(model);
 const choice = computeOptimalChoice(law, candidates, budget);
 const target = choice.best;
+const notGrowable = sizes.filter((m) => !growable(m)).map(model);
 console.error(
-  `budget ${budget.toExponential(2)} FLOPs: predicted final losses ${choice.losses.map((l) => `${label(l.model)} ${l.loss.toFixed(4)}`).join(", ")} → target ${label(target)}`,
+  `budget ${budget.toExponential(2)} FLOPs: predicted final losses ${choice.losses.map((l) => `${label(l.model)} ${l.loss.toFixed(4)}`).join(", ")} → target ${label(target)}` +
+    notGrowable.map((m) => `; ${label(m)} ${law.loss(m.params, budget / m.flopsPerToken).toFixed(4)} has no half to grow from`).join(""),
 );
 
 // 3. The runs.

@@ -10,13 +10,15 @@
 //      context, fp32 with TF32 off and bf16 autocast: tokens/s (skipped, with the reason, where python3, torch or
 //      transformers is missing);
 //   4. where onnxruntime places the step's nodes (stepPlacement): the nodes not on the device's provider, named;
-//   5. the provider's matmul peak (chained 4096³ float32 products through this project's GraphBuilder), and
+//   5. mixed precision on the device (float16 matrices, float32 state, dynamic loss scale; --no-mixed skips it): the
+//      same steps, tokens/s and the loss against the CPU's fp32 one;
+//   6. the provider's matmul peak (chained 4096³ float32 products through this project's GraphBuilder), and
 //      PyTorch's on the same device.
 // Prints a Markdown table (stdout) and, with --json <file>, writes every number. Progress lines go to stderr.
 //
 // Usage (after `pnpm build`):
 //   node examples/bench/device-bench.mjs [--device webgpu] [--models gpt2-124m,llama-100m] [--context 512] [--batch 8]
-//        [--steps 20] [--warmup 2] [--cpu-steps 20] [--threads <cores>] [--python python3] [--no-torch] [--no-peak]
+//        [--steps 20] [--warmup 2] [--cpu-steps 20] [--threads <cores>] [--python python3] [--no-torch] [--no-peak] [--no-mixed]
 //        [--peak-n 4096] [--json out.json]
 //   --models also takes gpt2-tiny and llama-tiny (seconds on any machine: a check of the script itself).
 // On a GPU machine, onnxruntime-node's WebGPU provider needs libvulkan1 and the driver's Vulkan ICD (e.g.
@@ -74,6 +76,7 @@ const { values: a } = parseArgs({
     python: { type: "string", default: "python3" },
     "no-torch": { type: "boolean", default: false },
     "no-peak": { type: "boolean", default: false },
+    "no-mixed": { type: "boolean", default: false },
     "peak-n": { type: "string", default: "4096" },
     json: { type: "string" },
   },
@@ -117,7 +120,7 @@ async function weightsOf(arch, config) {
 }
 
 /** Steps on one engine: per step loss and grad norm, and the timed steps' tokens/s. */
-async function trainOn(device, arch, config, w, n, vocab, threads) {
+async function trainOn(device, arch, config, w, n, vocab, threads, precision = "fp32") {
   const t0 = performance.now();
   const e = await createEngine(arch, config, new Map([...w].map(([k, v]) => [k, v.slice()])), undefined, {
     batch: B,
@@ -125,6 +128,7 @@ async function trainOn(device, arch, config, w, n, vocab, threads) {
     device,
     threads,
     clip: 1,
+    precision,
   });
   const compileSeconds = (performance.now() - t0) / 1000;
   const trace = [];
@@ -139,11 +143,14 @@ async function trainOn(device, arch, config, w, n, vocab, threads) {
       timed++;
       seconds += dt;
     }
-    log(`${device} step ${s + 1}/${n}: loss ${r.loss.toFixed(5)}, grad norm ${r.gradNorm.toFixed(5)}, ${((B * T) / dt).toFixed(0)} tok/s`);
+    log(
+      `${device}${precision === "mixed" ? " mixed" : ""} step ${s + 1}/${n}: loss ${r.loss.toFixed(5)}, grad norm ${r.gradNorm.toFixed(5)}, ${((B * T) / dt).toFixed(0)} tok/s`,
+    );
   }
   const params = new Map([...e.params()].map(([k, v]) => [k, v.slice()]));
+  const lossScale = e.lossScale();
   await e.release();
-  return { device, compileSeconds, trace, tokensPerSecond: timed ? (timed * B * T) / seconds : null, params };
+  return { device, compileSeconds, trace, tokensPerSecond: timed ? (timed * B * T) / seconds : null, params, lossScale };
 }
 
 function agreement(x, y) {
@@ -231,6 +238,12 @@ for (const name of models) {
     failed = true;
     return { error: e.message, trace: [], tokensPerSecond: null };
   });
+  const mixed = a["no-mixed"]
+    ? null
+    : await trainOn(a.device, arch, config, w, steps, vocab, threads, "mixed").catch((e) => {
+        console.error(`device-bench: ${name} mixed precision on ${a.device}: ${e.message}`);
+        return { error: e.message, trace: [], tokensPerSecond: null };
+      });
   const cpu = cpuSteps === 0 ? null : await trainOn("cpu", arch, config, w, cpuSteps, vocab, cpuThreads);
   const r = {
     model: name,
@@ -238,6 +251,9 @@ for (const name of models) {
     device: dev.error ? { error: dev.error } : { tokensPerSecond: dev.tokensPerSecond, compileSeconds: dev.compileSeconds, trace: dev.trace },
     cpu: cpu && { tokensPerSecond: cpu.tokensPerSecond, compileSeconds: cpu.compileSeconds, trace: cpu.trace },
     agreement: cpu && !dev.error ? agreement(dev, cpu) : null,
+    mixed:
+      mixed && (mixed.error ? { error: mixed.error } : { tokensPerSecond: mixed.tokensPerSecond, trace: mixed.trace, lossScale: mixed.lossScale }),
+    mixedAgreement: cpu && mixed && !mixed.error ? agreement(mixed, cpu) : null,
     placement,
   };
   if (!a["no-torch"]) {
@@ -253,15 +269,16 @@ results.seconds = (performance.now() - started) / 1000;
 const f = (x, d = 0) => (x === null || x === undefined ? "—" : x.toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d }));
 const tps = (t) => (t?.skipped ? `skipped (${t.skipped})` : f(t?.tokensPerSecond));
 const lines = [
-  `| model (B${B}, T${T}) | trainer-ort ${a.device}, tok/s | CPU provider (${cpuThreads} thread${cpuThreads > 1 ? "s" : ""}), tok/s | PyTorch fp32 (TF32 off), tok/s | PyTorch bf16 autocast, tok/s | ${a.device} / PyTorch fp32 | ${a.device} / CPU | ${a.device} vs CPU (max rel. Δ loss / grad norm / params) | step nodes off ${a.device} |`,
-  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  `| model (B${B}, T${T}) | trainer-ort ${a.device}, tok/s | trainer-ort ${a.device} mixed, tok/s (max rel. Δ loss vs CPU fp32) | CPU provider (${cpuThreads} thread${cpuThreads > 1 ? "s" : ""}), tok/s | PyTorch fp32 (TF32 off), tok/s | PyTorch bf16 autocast, tok/s | ${a.device} / PyTorch fp32 | ${a.device} / CPU | ${a.device} vs CPU (max rel. Δ loss / grad norm / params) | step nodes off ${a.device} |`,
+  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
 ];
 for (const r of results.models) {
   const d = r.device.tokensPerSecond ?? null;
   const t32 = r.torch?.fp32?.tokensPerSecond;
   const ag = r.agreement;
   lines.push(
-    `| ${r.model} (${(r.params / 1e6).toFixed(1)}M) | ${r.device.error ? "failed (stderr)" : f(d)} | ${f(r.cpu?.tokensPerSecond)} | ${tps(r.torch?.fp32)} | ${tps(r.torch?.bf16)} | ` +
+    `| ${r.model} (${(r.params / 1e6).toFixed(1)}M) | ${r.device.error ? "failed (stderr)" : f(d)} | ` +
+      `${!r.mixed ? "—" : r.mixed.error ? "failed (stderr)" : `${f(r.mixed.tokensPerSecond)} (${r.mixedAgreement ? r.mixedAgreement.loss.toExponential(1) : "—"})`} | ${f(r.cpu?.tokensPerSecond)} | ${tps(r.torch?.fp32)} | ${tps(r.torch?.bf16)} | ` +
       `${t32 && d ? `${((100 * d) / t32).toFixed(1)}%` : "—"} | ${r.cpu?.tokensPerSecond && d ? `${(d / r.cpu.tokensPerSecond).toFixed(1)}×` : "—"} | ` +
       `${ag ? `${ag.loss.toExponential(1)} / ${ag.gradNorm.toExponential(1)} / ${ag.params ? `${ag.params.maxRelative.toExponential(1)} (${ag.steps} steps)` : "—"}` : "—"} | ${r.placement.error ? "—" : r.placement.off.reduce((n, p) => n + p.count, 0)} |`,
   );

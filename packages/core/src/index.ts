@@ -16,7 +16,9 @@ export type {
   TokenizerSpec,
   TrainingSettings,
   TrainingState,
+  Precision,
 } from "./types.js";
+export { PRECISIONS } from "./types.js";
 export { DEFAULT_ADAMW, inMemory, initTrainingState, parameterCount } from "./state/init.js";
 export { isLoaded, loadTrainingState, recoverInterruptedSave, type LoadOptions, type LoadedTrainingState } from "./state/load.js";
 export { STAGED_FORMAT, writeModelFiles, type CheckpointContents, type ModelToSave } from "./state/format.js";

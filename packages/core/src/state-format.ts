@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { schemaError } from "./schema.js";
-import type { AdamWState, Progress, TokenizerSpec, TrainingSettings, TrainingState } from "./types.js";
+import { PRECISIONS, type AdamWState, type Progress, type TokenizerSpec, type TrainingSettings, type TrainingState } from "./types.js";
 
 /**
  * training_state.json: everything of a TrainingState that is not a tensor (the optimizer's settings and step, the
@@ -52,6 +52,12 @@ const optimizer = z.object({
   noDecay: z.array(z.string()),
   step: int(0),
   biasCorrection: bool.optional(),
+  lossScale: z
+    .object({
+      scale: positive.refine((x) => Number.isInteger(Math.log2(x)), { error: "must be a power of two" }),
+      goodSteps: int(0),
+    })
+    .optional(),
   hasMoments: bool.optional(),
 });
 
@@ -96,6 +102,7 @@ const tokenizer = z.union(
 const training = z.object({
   batch: int(1),
   microBatch: int(1).optional(),
+  precision: z.enum(PRECISIONS).optional(),
   context: int(2),
   evalEvery: int(0),
   evalBlocks: int(1),
@@ -140,6 +147,7 @@ export function parseStateFile(raw: unknown, file: string): SavedState {
       step: o.step,
       ...(o.clip === undefined ? {} : { clip: o.clip }),
       ...(o.biasCorrection === undefined ? {} : { biasCorrection: o.biasCorrection }),
+      ...(o.lossScale === undefined ? {} : { lossScale: o.lossScale }),
     },
     schedule: r.data.schedule as TrainingState["schedule"],
     progress: {

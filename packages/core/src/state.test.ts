@@ -229,6 +229,20 @@ describe("saveTrainingState", () => {
       /optimizer\.eps must be a positive number/,
     ],
     [
+      "a loss scale that is not a power of two",
+      (m: Meta) => {
+        (m.optimizer as Record<string, unknown>).lossScale = { scale: 3, goodSteps: 0 };
+      },
+      /optimizer\.lossScale\.scale must be a power of two/,
+    ],
+    [
+      "a precision no flag sets",
+      (m: Meta) => {
+        (m as Record<string, unknown>).training = { batch: 1, context: 2, evalEvery: 0, evalBlocks: 1, precision: "bf16" };
+      },
+      /training\.precision/,
+    ],
+    [
       "a negative LR",
       (m: Meta) => {
         m.optimizer.lr = -1e-3;

@@ -37,6 +37,13 @@ export interface ModelShape {
   gatedMlp?: boolean;
 }
 
+/**
+ * The arithmetic of a training step: fp32 everywhere, or mixed: matrices and activations in float16, parameters,
+ * gradients, moments and the update in float32, with a dynamic loss scale (@staged/trainer-ort's step graphs).
+ */
+export const PRECISIONS = ["fp32", "mixed"] as const;
+export type Precision = (typeof PRECISIONS)[number];
+
 export interface AdamWState {
   name: "adamw";
   lr: number;
@@ -54,6 +61,12 @@ export interface AdamWState {
    * setting (allenai/staged-training trains with `correct_bias=False`).
    */
   biasCorrection?: boolean;
+  /**
+   * Mixed precision's dynamic loss scale (a power of two) and the updates since it last changed (PyTorch
+   * GradScaler's scale and growth tracker), so that a resumed run continues with them; absent: the trainer's
+   * initial scale (fp32 training has none).
+   */
+  lossScale?: { scale: number; goodSteps: number };
   /** First and second moments by parameter name; absent for a bare pretrained checkpoint. */
   expAvg?: Map<string, LazyTensor>;
   expAvgSq?: Map<string, LazyTensor>;
@@ -127,6 +140,8 @@ export interface TrainingSettings {
   batch: number;
   /** Blocks per micro-batch (gradient accumulation); absent: the whole batch. */
   microBatch?: number;
+  /** The training step's arithmetic (PRECISIONS); absent: fp32. */
+  precision?: Precision;
   /** Tokens per block. */
   context: number;
   /** Validation every K steps (0: only at the end of each call). */

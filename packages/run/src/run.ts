@@ -456,6 +456,7 @@ function stageTrainOptions(ctx: RunContext, k: number, state: TrainingState, ste
     steps,
     batch: spec.batch,
     microBatch: spec.microBatch,
+    precision: spec.precision,
     context: spec.context,
     // A grown model's peak LR is the checkpoint's (the growth scaled it by its lrScale).
     ...(k === 0 ? { lr: spec.optimizer.lr, schedule: spec.schedule.kind, warmup: spec.schedule.warmup } : {}),
@@ -617,6 +618,7 @@ const cooldownOptions = ({ spec, o, registry }: RunContext, steps: number, saveD
   valData: spec.valData,
   batch: spec.batch,
   microBatch: spec.microBatch,
+  precision: spec.precision,
   context: spec.context,
   threads: o.threads ?? spec.threads,
   device: o.device ?? spec.device,

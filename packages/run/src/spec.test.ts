@@ -120,6 +120,12 @@ describe("parseRunSpec", () => {
     expect(() => parse({ device: "tpu" })).toThrow('/x/spec.json: device must be one of cpu, cuda, webgpu, got "tpu"');
   });
 
+  it("precision: fp32 or mixed, part of a run's identity", () => {
+    expect(parse({ precision: "mixed" }).precision).toBe("mixed");
+    expect(parse({}).precision).toBeUndefined();
+    expect(() => parse({ precision: "bf16" })).toThrow('/x/spec.json: precision must be one of fp32, mixed, got "bf16"');
+  });
+
   it("errors are one line naming the file", () => {
     try {
       parse({ eval: { every: 0 } });

@@ -1,5 +1,5 @@
 import { dirname, isAbsolute, resolve } from "node:path";
-import { createDefaultRegistry, LR_SCALE_PARAMS, type LrScaleParams } from "@staged/core";
+import { createDefaultRegistry, LR_SCALE_PARAMS, PRECISIONS, type LrScaleParams, type Precision } from "@staged/core";
 import { LR_SCHEDULE_KINDS } from "@staged/scheduler";
 import { DEVICES, type Device } from "@staged/trainer-ort";
 
@@ -20,6 +20,8 @@ export interface RunSpec {
   context: number;
   batch: number;
   microBatch?: number;
+  /** The training step's arithmetic (@staged/core's PRECISIONS; default fp32): part of the run's identity. */
+  precision?: Precision;
   optimizer: { lr: number; betas?: [number, number]; eps?: number; weightDecay?: number; clip?: number | null; biasCorrection?: boolean };
   /**
    * The LR schedule: constant after a linear warmup. Staged and baseline runs are compared at every FLOP
@@ -136,6 +138,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     "context",
     "batch",
     "microBatch",
+    "precision",
     "optimizer",
     "schedule",
     "eval",
@@ -168,6 +171,10 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     typeof v === "string" && (DEVICES as readonly string[]).includes(v)
       ? (v as Device)
       : fail("device", `must be one of ${DEVICES.join(", ")}, got ${JSON.stringify(v)}`);
+  const precision = (v: unknown): Precision =>
+    typeof v === "string" && (PRECISIONS as readonly string[]).includes(v)
+      ? (v as Precision)
+      : fail("precision", `must be one of ${PRECISIONS.join(", ")}, got ${JSON.stringify(v)}`);
   const seeds = (v: unknown, field: string): number[] => {
     if (!Array.isArray(v) || v.length === 0) return fail(field, "must be a non-empty list of seeds");
     const out = v.map((s, i) => int(s, `${field}[${i}]`, 0, 0xffffffff));
@@ -323,6 +330,7 @@ export function parseRunSpec(raw: unknown, file: string): RunSpec {
     ...(r.valData === undefined ? {} : { valData: path(str(r.valData, "valData")) }),
     ...(r.tokenizer === undefined ? {} : { tokenizer: path(str(r.tokenizer, "tokenizer")) }),
     ...(microBatch === undefined ? {} : { microBatch }),
+    ...(r.precision === undefined ? {} : { precision: precision(r.precision) }),
     ...(cooldown === undefined ? {} : { cooldown }),
     ...(law === undefined ? {} : { law }),
     ...(r.trainer === undefined ? {} : { trainer: str(r.trainer, "trainer") }),

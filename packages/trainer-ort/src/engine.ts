@@ -1,6 +1,6 @@
 import os from "node:os";
 import ort from "onnxruntime-node";
-import type { ParamSpec, Registry } from "@staged/core";
+import type { ParamSpec, Precision, Registry } from "@staged/core";
 import { modelGraph } from "./models/index.js";
 import { dropoutMasks, type DropoutMasks } from "./dropout.js";
 import { adamwDefaults, compileApply, compileEval, compileGradient, compileTrainStep, names, optimizerScalars, type AdamWOptions } from "./step.js";
@@ -35,7 +35,21 @@ export interface EngineOptions {
   evalOnly?: boolean | undefined;
   /** Where the architecture's plugin is found (default: core's createDefaultRegistry()). */
   registry?: Registry | undefined;
+  /** fp32 (default) or mixed: float16 matrices and activations, float32 state, a dynamic loss scale (TrainGraphOptions.precision). */
+  precision?: Precision | undefined;
+  /** Mixed precision's loss scale and its count of steps since it changed, at the start (default LOSS_SCALE.initial, 0; a resumed run passes the saved ones). */
+  lossScale?: { scale: number; goodSteps: number } | undefined;
+  /** Mixed precision: steps without overflow before the scale doubles (default LOSS_SCALE.growthInterval). */
+  lossScaleInterval?: number | undefined;
 }
+
+/**
+ * The dynamic loss scale of mixed precision, PyTorch's GradScaler defaults: start at 2¹⁶, halve when the scaled
+ * gradients overflow, double after `growthInterval` steps without. Powers of two, so scaling and unscaling are
+ * exact. An overflowed step is not skipped as GradScaler does but repeated at the halved scale on the same batch
+ * (the state is left as it was): every step updates, so step counts, schedules and data order stay those of fp32.
+ */
+export const LOSS_SCALE = { initial: 2 ** 16, growthInterval: 2000, min: 2 ** -24, max: 2 ** 24 } as const;
 
 /** Per-step settings beside the ids, the LR and the step number. */
 export interface StepOptions {
@@ -65,6 +79,9 @@ export interface Engine {
   readonly optimizer: Readonly<AdamWOptions>;
   /** Compiled B and T, and the micro-batch rows. */
   readonly shape: { batch: number; context: number; microBatch: number };
+  readonly precision: Precision;
+  /** Mixed precision's current loss scale and the steps since it last changed (1 and 0 in fp32); a checkpoint keeps them. */
+  lossScale(): { scale: number; goodSteps: number };
 }
 
 type Feeds = Record<string, ort.Tensor>;
@@ -169,6 +186,14 @@ export async function createEngine(
   const device = options.device ?? "cpu";
   const threads = options.threads ?? os.availableParallelism();
   const opt = adamwDefaults(specs, options);
+  const precision: Precision = options.precision ?? "fp32";
+  const mixed = precision === "mixed";
+  let scale = mixed ? (options.lossScale?.scale ?? LOSS_SCALE.initial) : 1,
+    goodSteps = mixed ? (options.lossScale?.goodSteps ?? 0) : 0;
+  const interval = options.lossScaleInterval ?? LOSS_SCALE.growthInterval;
+  if (!(Number.isFinite(scale) && scale > 0 && Number.isInteger(Math.log2(scale)))) throw new Error(`loss scale ${scale} must be a power of two`);
+  if (!(Number.isSafeInteger(goodSteps) && goodSteps >= 0)) throw new Error(`loss scale steps ${goodSteps} must be an integer ≥ 0`);
+  if (!(Number.isSafeInteger(interval) && interval >= 1)) throw new Error(`loss scale interval ${interval} must be a positive integer`);
   const sess = { device, threads, profile: options.profile ?? false, verboseLog: options.verboseLog ?? false };
 
   const size = (s: ParamSpec) => s.shape.reduce((a, b) => a * b, 1);
@@ -228,6 +253,8 @@ export async function createEngine(
     return out;
   };
   const stateFeeds = (): Feeds => Object.fromEntries(state.cur);
+  /** The loss scale input of the mixed-precision graphs (none in fp32). */
+  const scaleFeed = (): Feeds => (mixed ? { [names.lossScale]: new ort.Tensor("float32", Float32Array.of(scale), []) } : {});
 
   const lossOut = scalar32(),
     normOut = scalar32();
@@ -243,7 +270,7 @@ export async function createEngine(
     gradMasks: DropoutMasks | null = null;
   const getGradSession = async () => {
     if (!gradSession) {
-      const g = compileGradient(architecture, config, { batch: micro, context: T }, registry);
+      const g = compileGradient(architecture, config, { batch: micro, context: T }, registry, { precision });
       gradMasks = dropoutMasks(g.dropout);
       gradSession = await createSession(g.model, sess);
       const mk = () => new Map(specs.map((s) => [s.name, f32(new Float32Array(size(s)), s.shape)]));
@@ -262,7 +289,7 @@ export async function createEngine(
     let loss = 0;
     for (let k = 0; k < B / micro; k++) {
       const masks = !gradMasks!.active ? {} : dropoutKey === null ? gradMasks!.ones() : gradMasks!.draw(dropoutKey, k);
-      const feeds: Feeds = { [names.ids]: idsTensor(ids, k * micro * T, micro), ...masks };
+      const feeds: Feeds = { [names.ids]: idsTensor(ids, k * micro * T, micro), ...masks, ...scaleFeed() };
       for (const sp of specs) {
         feeds[sp.name] = state.cur.get(sp.name)!;
         feeds[names.gradAcc(sp.name)] = src.get(sp.name)!;
@@ -279,11 +306,11 @@ export async function createEngine(
 
   // Evaluation sessions are made per batch size on first use; an eval-only engine compiles nothing else.
   if (!options.evalOnly && micro === B) {
-    const g = compileTrainStep(architecture, config, { batch: B, context: T }, opt, registry);
+    const g = compileTrainStep(architecture, config, { batch: B, context: T }, opt, registry, { precision });
     stepMasks = dropoutMasks(g.dropout);
     stepSession = await createSession(g.model, sess);
   } else if (!options.evalOnly) {
-    applySession = await createSession(compileApply(architecture, config, opt, registry).model, sess);
+    applySession = await createSession(compileApply(architecture, config, opt, registry, { precision }).model, sess);
     await getGradSession();
   }
 
@@ -313,6 +340,8 @@ export async function createEngine(
     paramNames,
     optimizer: opt,
     shape: { batch: B, context: T, microBatch: micro },
+    precision,
+    lossScale: () => ({ scale, goodSteps }),
     params: () => pick((n) => n),
     moments: () => ({ expAvg: pick(names.expAvg), expAvgSq: pick(names.expAvgSq) }),
 
@@ -323,21 +352,43 @@ export async function createEngine(
       if (!(stepNumber >= 1)) throw new Error(`step number ${stepNumber} must be ≥ 1 (the update count after this step)`);
       const lrFeeds = optimizerFeeds(lr, stepNumber, stepOptions.lrScales);
       const dropoutKey = stepOptions.dropoutKey ?? stepNumber;
-      let loss: number;
-      if (stepSession) {
-        const masks = stepMasks!.active ? stepMasks!.draw(dropoutKey, 0) : {};
-        const feeds = { ...stateFeeds(), [names.ids]: idsTensor(ids, 0, B), ...lrFeeds, ...masks };
-        await run(stepSession, feeds, stateFetches(stepSession, lossOut, normOut));
-        loss = (lossOut.data as Float32Array)[0]!;
-      } else {
-        const r = await accumulate(ids, dropoutKey);
-        loss = r.loss;
-        const feeds: Feeds = { ...stateFeeds(), ...lrFeeds, [names.microBatches]: new ort.Tensor("float32", Float32Array.of(B / micro), []) };
-        for (const sp of specs) feeds[names.grad(sp.name)] = r.sums.get(sp.name)!;
-        await run(applySession!, feeds, stateFetches(applySession!, null, normOut));
+      // The step writes the next buffers, which then become the state. In mixed precision a non-finite gradient
+      // norm with a finite loss is an overflow of the scaled gradients: the state stays, and the step is repeated
+      // at half the scale. Any other non-finite value is the trainer's to judge (its numeric guards), as in fp32.
+      for (;;) {
+        let loss: number;
+        if (stepSession) {
+          const masks = stepMasks!.active ? stepMasks!.draw(dropoutKey, 0) : {};
+          const feeds = { ...stateFeeds(), [names.ids]: idsTensor(ids, 0, B), ...lrFeeds, ...masks, ...scaleFeed() };
+          await run(stepSession, feeds, stateFetches(stepSession, lossOut, normOut));
+          loss = (lossOut.data as Float32Array)[0]!;
+        } else {
+          const r = await accumulate(ids, dropoutKey);
+          loss = r.loss;
+          const feeds: Feeds = {
+            ...stateFeeds(),
+            ...lrFeeds,
+            [names.microBatches]: new ort.Tensor("float32", Float32Array.of(B / micro), []),
+            ...scaleFeed(),
+          };
+          for (const sp of specs) feeds[names.grad(sp.name)] = r.sums.get(sp.name)!;
+          await run(applySession!, feeds, stateFetches(applySession!, null, normOut));
+        }
+        const gradNorm = (normOut.data as Float32Array)[0]!;
+        if (mixed && !Number.isFinite(gradNorm) && Number.isFinite(loss)) {
+          if (scale / 2 < LOSS_SCALE.min)
+            throw new Error(`mixed precision: the gradients overflow float16 even at loss scale ${scale} (a diverged model?)`);
+          scale /= 2;
+          goodSteps = 0;
+          continue;
+        }
+        state.swap();
+        if (mixed && ++goodSteps >= interval) {
+          if (scale * 2 <= LOSS_SCALE.max) scale *= 2;
+          goodSteps = 0;
+        }
+        return { loss, gradNorm };
       }
-      state.swap();
-      return { loss, gradNorm: (normOut.data as Float32Array)[0]! };
     },
 
     async evalLoss(ids) {
@@ -358,15 +409,22 @@ export async function createEngine(
     async gradients(ids, gradOptions = {}) {
       alive();
       checkLength(ids, B);
-      const { loss, sums } = await accumulate(ids, gradOptions.dropoutKey ?? null);
-      const k = B / micro;
-      const grads = new Map(
-        specs.map((s) => {
-          const src = sums.get(s.name)!.data as Float32Array;
-          return [s.name, k === 1 ? Float32Array.from(src) : src.map((x) => x / k)];
-        }),
-      );
-      return { loss, grads };
+      for (;;) {
+        const { loss, sums } = await accumulate(ids, gradOptions.dropoutKey ?? null);
+        const k = (B / micro) * scale;
+        const grads = new Map(
+          specs.map((s) => {
+            const src = sums.get(s.name)!.data as Float32Array;
+            return [s.name, k === 1 ? Float32Array.from(src) : src.map((x) => x / k)];
+          }),
+        );
+        if (mixed && Number.isFinite(loss) && [...grads.values()].some((g) => !g.every(Number.isFinite)) && scale / 2 >= LOSS_SCALE.min) {
+          scale /= 2;
+          goodSteps = 0;
+          continue;
+        }
+        return { loss, grads };
+      }
     },
 
     async release() {

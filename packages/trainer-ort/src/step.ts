@@ -1,4 +1,4 @@
-import type { ParamSpec, Registry } from "@staged/core";
+import type { ParamSpec, Precision, Registry } from "@staged/core";
 import { GraphBuilder, type Value } from "./graph/builder.js";
 import { gradients } from "./graph/autodiff.js";
 import { modelGraph, type ApplyDropout, type DropoutSite } from "./models/index.js";
@@ -13,6 +13,8 @@ export const names = {
   /** float32 []: √(1 − β2ᵗ) (only with bias correction). */
   bc2Sqrt: "bc2_sqrt",
   microBatches: "micro_batches",
+  /** float32 []: the factor on the loss before the backward pass (mixed precision; the update divides it out). */
+  lossScale: "loss_scale",
   loss: "loss",
   gradNorm: "grad_norm",
   expAvg: (p: string) => `exp_avg.${p}`,
@@ -60,10 +62,17 @@ export interface CompiledGraph {
   dropout: DropoutInput[];
 }
 
-/** Options of the training graphs (compileTrainStep, compileGradient). */
+/** Options of the training graphs (compileTrainStep, compileGradient, compileApply). */
 export interface TrainGraphOptions {
   /** false: no dropout even where the config has some (the graph of p = 0). Default true. */
   dropout?: boolean;
+  /**
+   * Default fp32. mixed: the matrices and activations in float16 (ComputeType), the parameters, gradients,
+   * moments and update in float32; the backward pass is seeded with the input `loss_scale` and the gradients are
+   * divided by it before clipping and the update (PyTorch's autocast with a GradScaler). A non-finite gradient
+   * norm then means the scaled gradients overflowed float16: the engine repeats the step at half the scale.
+   */
+  precision?: Precision;
 }
 
 /**
@@ -78,7 +87,7 @@ function dropoutMasks(b: GraphBuilder, enabled: boolean): { apply?: ApplyDropout
   const apply: ApplyDropout = (x, site) => {
     const input = names.dropoutMask(site.name);
     inputs.push({ ...site, input, shape: [...x.shape] });
-    return b.mul(x, b.input(input, "float32", x.shape));
+    return b.mul(x, b.cast(b.input(input, "float32", x.shape), x.dtype));
   };
   return { apply, inputs };
 }
@@ -199,18 +208,39 @@ export function compileTrainStep(
   registry?: Registry,
   options: TrainGraphOptions = {},
 ): CompiledGraph {
+  const { b, params, pv, loss, grads, drop, lossScale } = lossAndGradients(architecture, config, shape, registry, options);
+  b.output(loss, names.loss);
+  adamw(b, params, pv, lossScale ? grads.map((g) => b.div(g, lossScale)) : grads, opt);
+  return finish(b, params, drop.inputs);
+}
+
+/**
+ * The loss of one batch and its gradients (scaled by the input `loss_scale` with mixed precision), the graph
+ * the training step and the micro-batch gradient share.
+ */
+function lossAndGradients(
+  architecture: string,
+  config: Record<string, unknown>,
+  shape: BatchShape,
+  registry: Registry | undefined,
+  options: TrainGraphOptions,
+) {
   const { model, params, b, pv, p } = setup(architecture, config, registry);
   const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
   const drop = dropoutMasks(b, options.dropout ?? true);
-  const loss = model.loss(b, config, p, ids, drop.apply ? { dropout: drop.apply } : {});
-  b.output(loss, names.loss);
+  const mixed = (options.precision ?? "fp32") === "mixed";
+  const loss = model.loss(b, config, p, ids, {
+    ...(drop.apply ? { dropout: drop.apply } : {}),
+    ...(mixed ? { computeType: "float16" as const } : {}),
+  });
+  const lossScale = mixed ? b.input(names.lossScale, "float32", []) : null;
   const grads = gradients(
     b,
     loss,
     params.map((s) => pv.get(s.name)!),
+    lossScale ?? undefined,
   );
-  adamw(b, params, pv, grads, opt);
-  return finish(b, params, drop.inputs);
+  return { b, params, pv, loss, grads, drop, lossScale };
 }
 
 /** Loss only: params and `input_ids` → `loss`. */
@@ -232,27 +262,27 @@ export function compileGradient(
   registry?: Registry,
   options: TrainGraphOptions = {},
 ): CompiledGraph {
-  const { model, params, b, pv, p } = setup(architecture, config, registry);
-  const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
-  const drop = dropoutMasks(b, options.dropout ?? true);
-  const loss = model.loss(b, config, p, ids, drop.apply ? { dropout: drop.apply } : {});
+  const { b, params, loss, grads, drop } = lossAndGradients(architecture, config, shape, registry, options);
   b.output(loss, names.loss);
-  const grads = gradients(
-    b,
-    loss,
-    params.map((s) => pv.get(s.name)!),
-  );
   params.forEach((s, i) => b.output(b.add(b.input(names.gradAcc(s.name), "float32", s.shape), grads[i]!), names.grad(s.name)));
   return finish(b, params, drop.inputs);
 }
 
 /**
  * The update from summed micro-batch gradients: params, moments, `grad.*`, float32 scalar `micro_batches`
- * (the gradient is the sum divided by it), the optimizer's scalars (optimizerScalars) → `grad_norm` and the `new.*` outputs.
+ * (the gradient is the sum divided by it; with mixed precision, by it and by `loss_scale`), the optimizer's scalars
+ * (optimizerScalars) → `grad_norm` and the `new.*` outputs.
  */
-export function compileApply(architecture: string, config: Record<string, unknown>, opt: AdamWOptions, registry?: Registry): CompiledGraph {
+export function compileApply(
+  architecture: string,
+  config: Record<string, unknown>,
+  opt: AdamWOptions,
+  registry?: Registry,
+  options: Pick<TrainGraphOptions, "precision"> = {},
+): CompiledGraph {
   const { params, b, pv } = setup(architecture, config, registry);
-  const count = b.input(names.microBatches, "float32", []);
+  let count = b.input(names.microBatches, "float32", []);
+  if ((options.precision ?? "fp32") === "mixed") count = b.mul(count, b.input(names.lossScale, "float32", []));
   const grads = params.map((s) => b.div(b.input(names.grad(s.name), "float32", s.shape), count));
   adamw(b, params, pv, grads, opt);
   return finish(b, params);

@@ -9,6 +9,7 @@ import {
   inMemory,
   isLoaded,
   lockCheckpoint,
+  PRECISIONS,
   saveTrainingState,
   STATE_FILE,
   streamKey,
@@ -17,6 +18,7 @@ import {
   type CheckpointLock,
   type LazyTensor,
   type LrScheduleSpec,
+  type Precision,
   type Progress,
   type Registry,
   type TrainingSettings,
@@ -37,6 +39,8 @@ export interface TrainEngine {
   evalLoss(ids: Int32Array): Promise<number>;
   params(): Map<string, Float32Array>;
   moments(): { expAvg: Map<string, Float32Array>; expAvgSq: Map<string, Float32Array> };
+  /** Mixed precision's loss scale now (engine.ts; an engine without one trains in fp32). */
+  lossScale?(): { scale: number; goodSteps: number };
   release(): Promise<void>;
 }
 
@@ -78,6 +82,8 @@ export interface TrainOptions {
   batch?: number | undefined;
   /** Blocks per micro-batch (gradient accumulation); must divide batch. Default: the whole batch. */
   microBatch?: number | undefined;
+  /** The step's arithmetic (@staged/core's PRECISIONS: fp32, mixed; default fp32; stored as training.precision). */
+  precision?: Precision | undefined;
   /** Tokens per block (default: the model's n_positions; at most n_positions). */
   context?: number | undefined;
   // Options below left undefined keep the value stored in the state (or the default on a fresh state).
@@ -237,6 +243,9 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
       `micro-batch must be a positive integer that divides the batch ${batch}, got ${microBatch}`,
     );
   }
+  const precision = o.precision ?? stored?.precision;
+  if (precision !== undefined)
+    check(PRECISIONS.includes(precision), `precision must be one of ${PRECISIONS.join(", ")}, got ${JSON.stringify(precision)}`);
   const data = o.data ?? stored?.data;
   check(typeof data === "string" && data !== "", "no training data: name it (data: brown, a .txt or a .bin file); this checkpoint stores none");
   // The data a checkpoint names is read only when it is what --data takes (a checkpoint from elsewhere must not pick
@@ -304,6 +313,7 @@ function validate(state: TrainingState, o: TrainOptions): TrainingSettings & { d
     evalEvery: o.evalEvery ?? stored?.evalEvery ?? 0,
     evalBlocks: o.evalBlocks ?? stored?.evalBlocks ?? DEFAULT_EVAL_BLOCKS,
     ...(microBatch === undefined ? {} : { microBatch }),
+    ...(precision === undefined ? {} : { precision }),
     ...(valData === undefined ? {} : { valData }),
   };
 }
@@ -566,6 +576,7 @@ async function buildEngine(
     ...(o.registry ? { registry: o.registry } : {}),
     ...(optimizer.biasCorrection === false ? { biasCorrection: false } : {}),
     ...(perParamLr ? { perParamLr: true } : {}),
+    ...(settings.precision === "mixed" ? { precision: "mixed" as const, lossScale: state.optimizer.lossScale } : {}),
   });
 }
 
@@ -597,6 +608,11 @@ function lrScalesOf(
   };
 }
 
+const withoutLossScale = ({ lossScale: _s, ...rest }: AdamWState): AdamWState => rest;
+/** The loss scale a checkpoint keeps: the engine's in mixed precision, none in fp32. */
+const lossScaleOf = (engine: TrainEngine, settings: TrainingSettings): Pick<AdamWState, "lossScale"> =>
+  settings.precision === "mixed" && engine.lossScale ? { lossScale: engine.lossScale() } : {};
+
 /** The state the engine holds now (`copy`: its arrays copied, for a state that outlives the engine), with the metrics so far. */
 function snapshotOf(loop: Loop, copy: boolean): TrainingState {
   const { state, engine, optimizer, schedule, progress, inputs, settings } = loop;
@@ -610,7 +626,7 @@ function snapshotOf(loop: Loop, copy: boolean): TrainingState {
   return {
     ...plain,
     params: wrap(engine.params()),
-    optimizer: { ...optimizer, expAvg: wrap(mom.expAvg), expAvgSq: wrap(mom.expAvgSq) },
+    optimizer: { ...withoutLossScale(optimizer), ...lossScaleOf(engine, settings), expAvg: wrap(mom.expAvg), expAvgSq: wrap(mom.expAvgSq) },
     schedule: { ...schedule, restarts: [...schedule.restarts] },
     progress: { ...progress, stages: [...progress.stages] },
     tokenizer: inputs.tokenizerSpec,

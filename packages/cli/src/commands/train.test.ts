@@ -164,6 +164,20 @@ describe("staged init → train → eval → inspect", () => {
     expect(JSON.parse(await readFile(join(dir, "training_state.json"), "utf8")).optimizer.clip).toBeNull();
   });
 
+  it("--precision mixed is stored and kept, with the loss scale; another value is refused", async () => {
+    const dir = join(root, "mixed");
+    ok("init", dir, ...SHAPE, "--seed", "3");
+    const stored = async () => JSON.parse(await readFile(join(dir, "training_state.json"), "utf8"));
+    json("train", dir, "--data", text, ...TRAIN, "--steps", "1", "--precision", "mixed");
+    json("train", dir, "--data", text, ...TRAIN, "--steps", "1");
+    const meta = await stored();
+    expect(meta.training.precision).toBe("mixed");
+    expect(meta.optimizer.lossScale.goodSteps).toBe(2);
+    const r = staged("train", dir, "--data", text, ...TRAIN, "--steps", "1", "--precision", "bf16");
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/--precision.*bf16.*fp32, mixed/);
+  }, 60_000);
+
   it("--no-bias-correction is stored and kept; --bias-correction turns it back on", async () => {
     const dir = join(root, "nobc");
     ok("init", dir, ...SHAPE, "--seed", "3");

@@ -1,6 +1,6 @@
 import { resolve } from "node:path";
 import { InvalidArgumentError, Option, type Command } from "commander";
-import { loadTrainingState } from "@staged/core";
+import { loadTrainingState, PRECISIONS, type Precision } from "@staged/core";
 import { train, DEFAULT_BATCH, DEFAULT_CLIP, DEFAULT_EVAL_BLOCKS, DEVICES, type Device, type StepInfo, type TrainOptions } from "@staged/trainer-ort";
 import { createReporter, fmtTime, PROGRESS_MODES, type ProgressMode, type Reporter } from "../progress.js";
 import { createOutput, runAction, UsageError } from "../output.js";
@@ -27,6 +27,7 @@ interface TrainCliOptions {
   steps: number;
   batch?: number;
   microBatch?: number;
+  precision?: Precision;
   context?: number;
   lr?: number;
   schedule?: string;
@@ -118,6 +119,12 @@ export function registerTrain(program: Command): void {
     .requiredOption("--steps <N>", "steps to run now", integer("steps", 1))
     .option("--batch <B>", `blocks per step (default: the checkpoint's, ${DEFAULT_BATCH} for a fresh one)`, integer("batch", 1))
     .option("--micro-batch <M>", "blocks per micro-batch (gradient accumulation; divides --batch)", integer("micro-batch", 1))
+    .addOption(
+      new Option(
+        "--precision <p>",
+        "the step's arithmetic: fp32, or mixed (float16 matrices, float32 weights and moments, dynamic loss scale); default: the checkpoint's, fp32",
+      ).choices(PRECISIONS),
+    )
     .option("--context <T>", "tokens per block (default the model's n_positions)", integer("context", 2))
     .option("--lr <X>", "peak learning rate (default: the checkpoint's, 1e-3 for a fresh one)", number("lr", "positive"))
     .addOption(

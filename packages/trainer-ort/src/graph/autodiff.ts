@@ -1,7 +1,7 @@
 import type { GraphBuilder, Node, Value } from "./builder.js";
 import { VJP } from "./vjp.js";
 
-const differentiable = (v: Value) => v.dtype === "float32" || v.dtype === "float64";
+const differentiable = (v: Value) => v.dtype === "float32" || v.dtype === "float64" || v.dtype === "float16";
 
 /**
  * Reverse-mode autodiff: append to `b` the nodes computing d(loss)/d(v) for each v in `wrt`.

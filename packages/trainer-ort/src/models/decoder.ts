@@ -1,7 +1,7 @@
 import type { ArchitecturePlugin, Norm, Projection, ResolvedDecoder } from "@staged/core";
 import { resolveDecoder, rotaryTables } from "@staged/core";
 import type { GraphBuilder, Value } from "../graph/builder.js";
-import type { ApplyDropout, DropoutSite, KvCache, ModelGraph } from "./types.js";
+import type { ApplyDropout, ComputeType, DropoutSite, KvCache, ModelGraph } from "./types.js";
 
 /**
  * RMSNorm (HF LlamaRMSNorm): x / √(mean(x²) + eps) · w over the last axis, from standard ops. `fused`: the form
@@ -42,7 +42,15 @@ export function geluNew(b: GraphBuilder, x: Value): Value {
  * onnxruntime fuses). Parameters may then be float16 (the compute type, that of the token embedding): norms and
  * the softmax run in float32 (norm weights are float32), the rest in float16.
  */
-function hidden(b: GraphBuilder, m: ResolvedDecoder, p: (name: string) => Value, ids: Value, dropout?: ApplyDropout, cache?: KvCache) {
+function hidden(
+  b: GraphBuilder,
+  m: ResolvedDecoder,
+  p: (name: string) => Value,
+  ids: Value,
+  dropout?: ApplyDropout,
+  cache?: KvCache,
+  computeType?: ComputeType,
+) {
   const { shape: s, spec, need } = m;
   const B = ids.dims[0]!,
     T = ids.dims[1]!;
@@ -58,12 +66,14 @@ function hidden(b: GraphBuilder, m: ResolvedDecoder, p: (name: string) => Value,
     return dropout(x, { name, kind, layer, p: rate, causal: kind === "attention" });
   };
 
+  const embedding = p(need("embed.tokens", null).name);
+  // The compute type: the caller's (mixed precision: float32 parameters cast to float16 where used), else the
+  // token embedding's (an export's stored type). Norms and the softmax run in float32 either way.
+  const ct = computeType ?? embedding.dtype;
   const project = (x: Value, part: Projection, layer: number): Value => {
     const { weight, bias } = m.projection(part, layer);
-    return b.gemm(x, p(weight.spec.name), bias ? p(bias.name) : null, weight.transB ? { transB: true } : {});
+    return b.gemm(x, b.cast(p(weight.spec.name), ct), bias ? b.cast(p(bias.name), ct) : null, weight.transB ? { transB: true } : {});
   };
-  const embedding = p(need("embed.tokens", null).name);
-  const ct = embedding.dtype; // the compute type; norms and the softmax run in float32
   const norm = (x: Value, part: Norm, layer: number | null): Value => {
     const { weight, bias } = m.norm(part, layer);
     const xf = b.cast(x, "float32"),
@@ -75,10 +85,11 @@ function hidden(b: GraphBuilder, m: ResolvedDecoder, p: (name: string) => Value,
     return b.cast(y, ct);
   };
 
-  const tok = b.gather(embedding, ids, 0); // [B, T, d]
+  // The lookup in the table's own type (its gradient is summed there), then cast: PyTorch autocast's embedding.
+  const tok = b.cast(b.gather(embedding, ids, 0), ct); // [B, T, d]
   let h: Value;
   if (spec.positions.kind === "learned") {
-    const table = p(need("embed.positions", null).name);
+    const table = b.cast(p(need("embed.positions", null).name), ct);
     h = b.reshape(b.add(tok, cache ? b.gather(table, cache.positions, 0) : b.slice(table, [0], [ids.shape[1]!], [0])), [-1, d]);
   } else {
     h = b.reshape(tok, [-1, d]);
@@ -163,7 +174,7 @@ function hidden(b: GraphBuilder, m: ResolvedDecoder, p: (name: string) => Value,
   }
   h = norm(h, "final_norm", null); // [N, d]
   const out = m.output();
-  return { h, out: { w: p(out.spec.name), transB: out.transB }, B, T };
+  return { h, out: { w: b.cast(p(out.spec.name), ct), transB: out.transB }, B, T };
 }
 
 /** The logits [B·T, V] of the hidden states. */
@@ -185,7 +196,8 @@ export function decoderGraph(plugin: ArchitecturePlugin): ModelGraph {
     loss(b, config, p, ids, options = {}) {
       const [B, T] = ids.shape as [number, number];
       if (T < 2) throw new Error("the loss needs blocks of at least 2 tokens");
-      const logits = outputLogits(b, hidden(b, resolveDecoder(plugin, config), p, ids, options.dropout)); // [B·T, V]
+      const r = hidden(b, resolveDecoder(plugin, config), p, ids, options.dropout, undefined, options.computeType);
+      const logits = b.cast(outputLogits(b, r), "float32"); // [B·T, V]; the log-softmax in float32
       // Position t predicts token t+1; the last position of each block predicts nothing: its target is a
       // dummy 0 with weight 0. (Masking costs less than slicing the activations, a strided copy.)
       const next = b.concat([b.slice(ids, [1], [T], [1]), b.zeros([B, 1], "int64")], 1);

@@ -2,7 +2,7 @@ import { createDefaultRegistry, gpt2, type Registry } from "@staged/core";
 import { decoderGraph } from "./decoder.js";
 import type { ModelGraph } from "./types.js";
 
-export type { ApplyDropout, DropoutSite, KvCache, ModelGraph } from "./types.js";
+export type { ApplyDropout, ComputeType, DropoutSite, KvCache, ModelGraph } from "./types.js";
 export { decoderGraph, geluNew, rmsNorm, silu } from "./decoder.js";
 export { rotaryTables } from "@staged/core";
 

@@ -30,6 +30,12 @@ export interface KvCache {
   attend(layer: number, k: Value, v: Value): { k: Value; v: Value };
 }
 
+/**
+ * The type the matrices and activations are computed in (mixed precision: float16, from float32 parameters cast
+ * where they are used; norms, the softmax and the loss stay float32).
+ */
+export type ComputeType = "float32" | "float16";
+
 /** The forward graph of one architecture: the generic decoder built from its plugin (modelGraph, decoderGraph). */
 export interface ModelGraph {
   readonly architecture: string;
@@ -51,7 +57,13 @@ export interface ModelGraph {
   /**
    * Scalar mean next-token cross-entropy over the B·(T−1) predictions inside the blocks. With `dropout` (the
    * training graphs), it is called at every site whose probability is above 0; without it (evaluation), the
-   * graph has no dropout.
+   * graph has no dropout. `computeType` float16: mixed precision (ComputeType).
    */
-  loss(b: GraphBuilder, config: Record<string, unknown>, p: (name: string) => Value, ids: Value, options?: { dropout?: ApplyDropout }): Value;
+  loss(
+    b: GraphBuilder,
+    config: Record<string, unknown>,
+    p: (name: string) => Value,
+    ids: Value,
+    options?: { dropout?: ApplyDropout; computeType?: ComputeType },
+  ): Value;
 }

@@ -19,7 +19,8 @@
 // Usage (after `pnpm build`):
 //   node examples/bench/device-bench.mjs [--device webgpu] [--models gpt2-124m,llama-100m] [--context 512] [--batch 8]
 //        [--steps 20] [--warmup 2] [--cpu-steps 20] [--threads <cores>] [--python python3] [--no-torch] [--no-peak] [--no-mixed]
-//        [--peak-n 4096] [--json out.json]
+//        [--peak-n 4096] [--no-resident] [--json out.json]
+//   --no-resident: the device's state is downloaded and uploaded every step (as before resident state), for comparison.
 //   --models also takes gpt2-tiny and llama-tiny (seconds on any machine: a check of the script itself).
 // On a GPU machine, onnxruntime-node's WebGPU provider needs libvulkan1 and the driver's Vulkan ICD (e.g.
 // VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json); see packages/trainer-ort/README.md.
@@ -77,6 +78,7 @@ const { values: a } = parseArgs({
     "no-torch": { type: "boolean", default: false },
     "no-peak": { type: "boolean", default: false },
     "no-mixed": { type: "boolean", default: false },
+    "no-resident": { type: "boolean", default: false },
     "peak-n": { type: "string", default: "4096" },
     json: { type: "string" },
   },
@@ -129,6 +131,8 @@ async function trainOn(device, arch, config, w, n, vocab, threads, precision = "
     threads,
     clip: 1,
     precision,
+    // The device's state stays there between steps (the engine's default on WebGPU) unless --no-resident.
+    ...(device === a.device && a["no-resident"] ? { resident: false } : {}),
   });
   const compileSeconds = (performance.now() - t0) / 1000;
   const trace = [];
@@ -147,10 +151,11 @@ async function trainOn(device, arch, config, w, n, vocab, threads, precision = "
       `${device}${precision === "mixed" ? " mixed" : ""} step ${s + 1}/${n}: loss ${r.loss.toFixed(5)}, grad norm ${r.gradNorm.toFixed(5)}, ${((B * T) / dt).toFixed(0)} tok/s`,
     );
   }
+  await e.sync();
   const params = new Map([...e.params()].map(([k, v]) => [k, v.slice()]));
   const lossScale = e.lossScale();
   await e.release();
-  return { device, compileSeconds, trace, tokensPerSecond: timed ? (timed * B * T) / seconds : null, params, lossScale };
+  return { device, resident: e.resident, compileSeconds, trace, tokensPerSecond: timed ? (timed * B * T) / seconds : null, params, lossScale };
 }
 
 function agreement(x, y) {
@@ -248,7 +253,9 @@ for (const name of models) {
   const r = {
     model: name,
     params: [...w.values()].reduce((s, v) => s + v.length, 0),
-    device: dev.error ? { error: dev.error } : { tokensPerSecond: dev.tokensPerSecond, compileSeconds: dev.compileSeconds, trace: dev.trace },
+    device: dev.error
+      ? { error: dev.error }
+      : { tokensPerSecond: dev.tokensPerSecond, resident: dev.resident, compileSeconds: dev.compileSeconds, trace: dev.trace },
     cpu: cpu && { tokensPerSecond: cpu.tokensPerSecond, compileSeconds: cpu.compileSeconds, trace: cpu.trace },
     agreement: cpu && !dev.error ? agreement(dev, cpu) : null,
     mixed:

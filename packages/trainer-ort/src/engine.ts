@@ -1,6 +1,7 @@
 import os from "node:os";
 import ort from "onnxruntime-node";
 import type { ParamSpec, Precision, Registry } from "@staged/core";
+import { GraphBuilder } from "./graph/builder.js";
 import { modelGraph } from "./models/index.js";
 import { dropoutMasks, type DropoutMasks } from "./dropout.js";
 import { adamwDefaults, compileApply, compileEval, compileGradient, compileTrainStep, names, optimizerScalars, type AdamWOptions } from "./step.js";
@@ -41,6 +42,13 @@ export interface EngineOptions {
   lossScale?: { scale: number; goodSteps: number } | undefined;
   /** Mixed precision: steps without overflow before the scale doubles (default LOSS_SCALE.growthInterval). */
   lossScaleInterval?: number | undefined;
+  /**
+   * Keep the training state where the step leaves it (ResidentState): on the GPU with WebGPU, only token ids, masks
+   * and scalars going up and the loss and gradient norm coming down; params() and moments() then need `await sync()`
+   * (a download). Default: on with webgpu, off elsewhere. CUDA cannot (onnxruntime-node returns only WebGPU tensors
+   * to JavaScript): refused there.
+   */
+  resident?: boolean | undefined;
 }
 
 /**
@@ -65,8 +73,12 @@ export interface StepOptions {
 
 export interface Engine {
   readonly paramNames: readonly string[];
-  /** Current values (views that stay valid until the step after next). */
+  /** Current values (views that stay valid until the step after next; a resident engine's need `await sync()` after a step). */
   params(): Map<string, Float32Array>;
+  /** Brings the state to the host for params() and moments() (a resident engine downloads it; otherwise nothing to do). */
+  sync(): Promise<void>;
+  /** Whether the state stays on the device between steps (EngineOptions.resident). */
+  readonly resident: boolean;
   /** One training step on ids (B·T values, row-major): the loss before the update and the gradient norm. */
   step(ids: Int32Array | BigInt64Array, lr: number, stepNumber: number, options?: StepOptions): Promise<{ loss: number; gradNorm: number }>;
   /** Mean next-token loss over the predictions inside the blocks of ids (any number of T-token rows). */
@@ -87,19 +99,92 @@ export interface Engine {
 type Feeds = Record<string, ort.Tensor>;
 const f32 = (data: Float32Array, shape: readonly number[]) => new ort.Tensor("float32", data, shape as number[]);
 
-/** Two sets of buffers: a step reads one and writes the other (preallocated outputs), then they swap. */
-class DoubleBuffer {
+/** Where the training state (parameters and moments, by input name) lives between steps. */
+interface StateStore {
+  readonly cur: Map<string, ort.Tensor>;
+  /** The fetches of a session's state outputs (`new.<name>`): the host store's next buffers; none for the resident one. */
+  fetches(s: ort.InferenceSession): Record<string, ort.Tensor>;
+  /** A step's outputs become the state. */
+  commit(out: ort.InferenceSession.ReturnType): void;
+  /** An overflowed step's outputs are dropped (the state stays). */
+  discard(out: ort.InferenceSession.ReturnType): void;
+  /** The state's values on the host, after `sync()`. */
+  host(name: string): Float32Array;
+  sync(): Promise<void>;
+  release(): void;
+}
+
+/** Host state: two sets of buffers; a step reads one and writes the other (preallocated outputs), then they swap. */
+class HostState implements StateStore {
   cur: Map<string, ort.Tensor>;
-  next: Map<string, ort.Tensor>;
+  private next: Map<string, ort.Tensor>;
   constructor(entries: [string, Float32Array, readonly number[]][]) {
     this.cur = new Map(entries.map(([n, d, s]) => [n, f32(d, s)]));
     this.next = new Map(entries.map(([n, d, s]) => [n, f32(new Float32Array(d.length), s)]));
   }
-  swap(): void {
+  fetches(s: ort.InferenceSession): Record<string, ort.Tensor> {
+    return Object.fromEntries(s.outputNames.filter((n) => n.startsWith("new.")).map((n) => [n, this.next.get(n.slice(4))!]));
+  }
+  commit(): void {
     [this.cur, this.next] = [this.next, this.cur];
   }
-  view(): Map<string, Float32Array> {
-    return new Map([...this.cur].map(([n, t]) => [n, t.data as Float32Array]));
+  discard(): void {}
+  host(name: string): Float32Array {
+    return this.cur.get(name)!.data as Float32Array;
+  }
+  async sync(): Promise<void> {}
+  release(): void {}
+}
+
+/** Disposes the tensors of `m` (a GPU tensor's buffer is freed only so: its wrapper has no finalizer). */
+const disposeAll = (m: Iterable<ort.Tensor>) => {
+  for (const t of m) t.dispose();
+};
+
+/**
+ * Resident state: the tensors the last step returned, fed as the next step's inputs; on WebGPU they are GPU buffers
+ * (the training sessions' `preferredOutputLocation` puts `new.*` and `grad.*` outputs there), so the state never
+ * crosses to the host between steps. The tensors a step replaces are disposed once it has returned. `sync()`
+ * downloads the state through `download` (a session of Identity nodes whose outputs come to the CPU: onnxruntime-node
+ * 1.30 cannot read a GPU tensor's data itself); the copies stay valid until the next step. onnxruntime-node details
+ * this relies on: the package README, "Training on a GPU".
+ */
+class ResidentState implements StateStore {
+  cur: Map<string, ort.Tensor>;
+  private mirror: Map<string, Float32Array> | null = null;
+  constructor(
+    entries: [string, Float32Array, readonly number[]][],
+    private readonly download: (m: Map<string, ort.Tensor>) => Promise<Map<string, Float32Array>>,
+  ) {
+    this.cur = new Map(entries.map(([n, d, s]) => [n, f32(d, s)]));
+    this.mirror = new Map(entries.map(([n, d]) => [n, d]));
+  }
+  fetches(): Record<string, ort.Tensor> {
+    return {};
+  }
+  commit(out: ort.InferenceSession.ReturnType): void {
+    const old: ort.Tensor[] = [];
+    for (const [n, t] of this.cur) {
+      const next = out[`new.${n}`];
+      if (!next) throw new Error(`the step returned no new.${n}`);
+      old.push(t);
+      this.cur.set(n, next);
+    }
+    disposeAll(old);
+    this.mirror = null;
+  }
+  discard(out: ort.InferenceSession.ReturnType): void {
+    disposeAll(Object.entries(out).flatMap(([n, t]) => (n.startsWith("new.") ? [t] : [])));
+  }
+  host(name: string): Float32Array {
+    if (!this.mirror) throw new Error("the state is on the device: await engine.sync() before reading it");
+    return this.mirror.get(name)!;
+  }
+  async sync(): Promise<void> {
+    this.mirror ??= await this.download(this.cur);
+  }
+  release(): void {
+    disposeAll(this.cur.values());
   }
 }
 
@@ -139,7 +224,7 @@ export const webgpuReason = (message: string): string => /Failed to get a WebGPU
 /** A session for a serialized ONNX model on a device, with the engine's options and its one-line errors. */
 export async function createSession(
   model: Uint8Array,
-  o: { device: Device; threads: number; profile?: boolean; verboseLog?: boolean },
+  o: { device: Device; threads: number; profile?: boolean; verboseLog?: boolean; gpuOutputs?: readonly string[] },
 ): Promise<ort.InferenceSession> {
   const options: ort.InferenceSession.SessionOptions = {
     executionProviders: [o.device],
@@ -151,6 +236,8 @@ export async function createSession(
     enableMemPattern: true,
     ...(o.profile ? { enableProfiling: true, profileFilePrefix: "onnxruntime_profile" } : {}),
     ...(o.verboseLog ? { logSeverityLevel: 0 as const, logVerbosityLevel: 0 } : {}),
+    // A map, never the string form: outputs left out (the loss, the norm) come to the CPU, where their data is read.
+    ...(o.gpuOutputs?.length ? { preferredOutputLocation: Object.fromEntries(o.gpuOutputs.map((n) => [n, "gpu-buffer" as const])) } : {}),
   };
   if (o.device === "cuda") {
     const listed = ort.listSupportedBackends?.().some((b) => b.name === "cuda");
@@ -194,7 +281,13 @@ export async function createEngine(
   if (!(Number.isFinite(scale) && scale > 0 && Number.isInteger(Math.log2(scale)))) throw new Error(`loss scale ${scale} must be a power of two`);
   if (!(Number.isSafeInteger(goodSteps) && goodSteps >= 0)) throw new Error(`loss scale steps ${goodSteps} must be an integer ≥ 0`);
   if (!(Number.isSafeInteger(interval) && interval >= 1)) throw new Error(`loss scale interval ${interval} must be a positive integer`);
+  const resident = options.resident ?? device === "webgpu";
+  if (resident && device === "cuda")
+    throw new Error("resident state is not possible on CUDA: onnxruntime-node returns only WebGPU tensors to JavaScript (train with resident off)");
   const sess = { device, threads, profile: options.profile ?? false, verboseLog: options.verboseLog ?? false };
+  /** A training session's options: with resident state on a GPU, its state and gradient outputs stay there. */
+  const trainSess = (outputs: readonly string[]) =>
+    resident && device !== "cpu" ? { ...sess, gpuOutputs: outputs.filter((n) => n.startsWith("new.") || n.startsWith("grad.")) } : sess;
 
   const size = (s: ParamSpec) => s.shape.reduce((a, b) => a * b, 1);
   const take = (m: Map<string, Float32Array> | undefined, s: ParamSpec, what: string): Float32Array => {
@@ -207,16 +300,29 @@ export async function createEngine(
     return Float32Array.from(d);
   };
   // Engine-owned copies: the caller's arrays are never written.
-  const state = new DoubleBuffer(
-    specs.flatMap(
-      (s) =>
-        [
-          [s.name, take(weights, s, "weights"), s.shape],
-          [names.expAvg(s.name), take(moments?.expAvg, s, "expAvg"), s.shape],
-          [names.expAvgSq(s.name), take(moments?.expAvgSq, s, "expAvgSq"), s.shape],
-        ] as [string, Float32Array, readonly number[]][],
-    ),
+  const entries = specs.flatMap(
+    (s) =>
+      [
+        [s.name, take(weights, s, "weights"), s.shape],
+        [names.expAvg(s.name), take(moments?.expAvg, s, "expAvg"), s.shape],
+        [names.expAvgSq(s.name), take(moments?.expAvgSq, s, "expAvgSq"), s.shape],
+      ] as [string, Float32Array, readonly number[]][],
   );
+  /** Sessions of Identity nodes that bring tensors (of the names given, in order) to the host, on the engine's device. */
+  const downloads = new Map<string, ort.InferenceSession>();
+  const download = async (m: Map<string, ort.Tensor>): Promise<Map<string, Float32Array>> => {
+    const key = [...m.keys()].join("\n");
+    let s = downloads.get(key);
+    if (!s) {
+      const b = new GraphBuilder();
+      for (const [n, t] of m) b.output(b.node1("Identity", [b.input(n, "float32", t.dims)], {}, "float32", t.dims), `host.${n}`);
+      s = await createSession(b.serialize(), sess);
+      downloads.set(key, s);
+    }
+    const out = await s.run(Object.fromEntries(m));
+    return new Map([...m.keys()].map((n) => [n, out[`host.${n}`]!.data as Float32Array]));
+  };
+  const state: StateStore = resident ? new ResidentState(entries, download) : new HostState(entries);
 
   const idsCache = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
   /** Validated int64 ids [rows, T] in a reused buffer. */
@@ -238,20 +344,20 @@ export async function createEngine(
     if (ids.length !== rows * T) throw new Error(`expected ${rows}×${T} = ${rows * T} token ids, got ${ids.length}`);
   };
   const scalar32 = () => new ort.Tensor("float32", new Float32Array(1), []);
-  /** Run with every output fetched, in the session's order (the binding maps results by output position). */
+  /**
+   * Run a session. Host state: every output fetched, in the session's order (the binding maps results by output
+   * position), into `out` where given. Resident: no fetches at all (the binding would give the outputs the
+   * locations of the wrong positions), every output returned.
+   */
   const run = async (s: ort.InferenceSession, feeds: Feeds, out: Record<string, ort.Tensor | null>) => {
+    if (resident) return s.run(feeds);
     const fetches: Record<string, ort.Tensor | null> = {};
     for (const n of s.outputNames) fetches[n] = out[n] ?? null;
     return s.run(feeds, fetches as ort.InferenceSession.FetchesType);
   };
-  const stateFetches = (s: ort.InferenceSession, lossOut: ort.Tensor | null, normOut: ort.Tensor) => {
-    const out: Record<string, ort.Tensor | null> = { [names.gradNorm]: normOut };
-    if (lossOut) out[names.loss] = lossOut;
-    for (const n of s.outputNames) {
-      if (n.startsWith("new.")) out[n] = state.next.get(n.slice(4))!;
-    }
-    return out;
-  };
+  /** A scalar output: from the run's results, or the host buffer it was written into. */
+  const scalarOut = (out: ort.InferenceSession.ReturnType, name: string, buffer: ort.Tensor) =>
+    ((resident ? out[name]! : buffer).data as Float32Array)[0]!;
   const stateFeeds = (): Feeds => Object.fromEntries(state.cur);
   /** The loss scale input of the mixed-precision graphs (none in fp32). */
   const scaleFeed = (): Feeds => (mixed ? { [names.lossScale]: new ort.Tensor("float32", Float32Array.of(scale), []) } : {});
@@ -272,7 +378,7 @@ export async function createEngine(
     if (!gradSession) {
       const g = compileGradient(architecture, config, { batch: micro, context: T }, registry, { precision });
       gradMasks = dropoutMasks(g.dropout);
-      gradSession = await createSession(g.model, sess);
+      gradSession = await createSession(g.model, trainSess(g.outputs));
       const mk = () => new Map(specs.map((s) => [s.name, f32(new Float32Array(size(s)), s.shape)]));
       acc = { a: mk(), b: mk(), zero: mk() };
     }
@@ -294,10 +400,16 @@ export async function createEngine(
         feeds[sp.name] = state.cur.get(sp.name)!;
         feeds[names.gradAcc(sp.name)] = src.get(sp.name)!;
       }
-      const out: Record<string, ort.Tensor | null> = { [names.loss]: lossOut };
-      for (const sp of specs) out[names.grad(sp.name)] = dst.get(sp.name)!;
-      await run(s, feeds, out);
-      loss += (lossOut.data as Float32Array)[0]!;
+      const fetches: Record<string, ort.Tensor | null> = { [names.loss]: lossOut };
+      for (const sp of specs) fetches[names.grad(sp.name)] = dst.get(sp.name)!;
+      const out = await run(s, feeds, fetches);
+      loss += scalarOut(out, names.loss, lossOut);
+      if (resident) {
+        // The running sums are the outputs (on the device); the ones they replace are freed.
+        if (src !== acc!.zero) disposeAll(src.values());
+        src = new Map(specs.map((sp) => [sp.name, out[names.grad(sp.name)]!]));
+        continue;
+      }
       src = dst;
       dst = dst === acc!.a ? acc!.b : acc!.a;
     }
@@ -308,9 +420,10 @@ export async function createEngine(
   if (!options.evalOnly && micro === B) {
     const g = compileTrainStep(architecture, config, { batch: B, context: T }, opt, registry, { precision });
     stepMasks = dropoutMasks(g.dropout);
-    stepSession = await createSession(g.model, sess);
+    stepSession = await createSession(g.model, trainSess(g.outputs));
   } else if (!options.evalOnly) {
-    applySession = await createSession(compileApply(architecture, config, opt, registry, { precision }).model, sess);
+    const g = compileApply(architecture, config, opt, registry, { precision });
+    applySession = await createSession(g.model, trainSess(g.outputs));
     await getGradSession();
   }
 
@@ -330,7 +443,7 @@ export async function createEngine(
       Object.entries(values).map(([n, v]) => [n, new ort.Tensor("float32", v, opt.perParamLr && n !== names.bc2Sqrt ? [specs.length] : [])]),
     );
   };
-  const pick = (prefix: (n: string) => string) => new Map(paramNames.map((n) => [n, state.cur.get(prefix(n))!.data as Float32Array]));
+  const pick = (prefix: (n: string) => string) => new Map(paramNames.map((n) => [n, state.host(prefix(n))]));
   let released = false;
   const alive = () => {
     if (released) throw new Error("engine released");
@@ -342,6 +455,8 @@ export async function createEngine(
     shape: { batch: B, context: T, microBatch: micro },
     precision,
     lossScale: () => ({ scale, goodSteps }),
+    resident,
+    sync: () => state.sync(),
     params: () => pick((n) => n),
     moments: () => ({ expAvg: pick(names.expAvg), expAvgSq: pick(names.expAvgSq) }),
 
@@ -356,15 +471,17 @@ export async function createEngine(
       // norm with a finite loss is an overflow of the scaled gradients: the state stays, and the step is repeated
       // at half the scale. Any other non-finite value is the trainer's to judge (its numeric guards), as in fp32.
       for (;;) {
-        let loss: number;
+        let loss: number, out: ort.InferenceSession.ReturnType;
+        let sums: Map<string, ort.Tensor> | null = null;
         if (stepSession) {
           const masks = stepMasks!.active ? stepMasks!.draw(dropoutKey, 0) : {};
           const feeds = { ...stateFeeds(), [names.ids]: idsTensor(ids, 0, B), ...lrFeeds, ...masks, ...scaleFeed() };
-          await run(stepSession, feeds, stateFetches(stepSession, lossOut, normOut));
-          loss = (lossOut.data as Float32Array)[0]!;
+          out = await run(stepSession, feeds, { [names.loss]: lossOut, [names.gradNorm]: normOut, ...state.fetches(stepSession) });
+          loss = scalarOut(out, names.loss, lossOut);
         } else {
           const r = await accumulate(ids, dropoutKey);
           loss = r.loss;
+          sums = r.sums;
           const feeds: Feeds = {
             ...stateFeeds(),
             ...lrFeeds,
@@ -372,17 +489,19 @@ export async function createEngine(
             ...scaleFeed(),
           };
           for (const sp of specs) feeds[names.grad(sp.name)] = r.sums.get(sp.name)!;
-          await run(applySession!, feeds, stateFetches(applySession!, null, normOut));
+          out = await run(applySession!, feeds, { [names.gradNorm]: normOut, ...state.fetches(applySession!) });
         }
-        const gradNorm = (normOut.data as Float32Array)[0]!;
+        if (resident && sums) disposeAll(sums.values());
+        const gradNorm = scalarOut(out, names.gradNorm, normOut);
         if (mixed && !Number.isFinite(gradNorm) && Number.isFinite(loss)) {
           if (scale / 2 < LOSS_SCALE.min)
             throw new Error(`mixed precision: the gradients overflow float16 even at loss scale ${scale} (a diverged model?)`);
+          state.discard(out);
           scale /= 2;
           goodSteps = 0;
           continue;
         }
-        state.swap();
+        state.commit(out);
         if (mixed && ++goodSteps >= interval) {
           if (scale * 2 <= LOSS_SCALE.max) scale *= 2;
           goodSteps = 0;
@@ -412,9 +531,11 @@ export async function createEngine(
       for (;;) {
         const { loss, sums } = await accumulate(ids, gradOptions.dropoutKey ?? null);
         const k = (B / micro) * scale;
+        const host = resident ? await download(sums) : new Map([...sums].map(([n, t]) => [n, t.data as Float32Array]));
+        if (resident) disposeAll(sums.values());
         const grads = new Map(
           specs.map((s) => {
-            const src = sums.get(s.name)!.data as Float32Array;
+            const src = host.get(s.name)!;
             return [s.name, k === 1 ? Float32Array.from(src) : src.map((x) => x / k)];
           }),
         );
@@ -430,7 +551,8 @@ export async function createEngine(
     async release() {
       if (released) return;
       released = true;
-      for (const s of [stepSession, applySession, gradSession, ...evalSessions.values()]) if (s) await s.release();
+      state.release();
+      for (const s of [stepSession, applySession, gradSession, ...evalSessions.values(), ...downloads.values()]) if (s) await s.release();
     },
   };
 }

@@ -24,7 +24,6 @@ const CASES: [string, ArchitecturePlugin, Record<string, unknown>][] = [
 const batchOf = (s: number) => Int32Array.from({ length: B * T }, (_, i) => (i * 7 + s * 13 + (i >> 3)) % 64);
 const weightsOf = (plugin: ArchitecturePlugin, config: Record<string, unknown>) =>
   new Map([...plugin.init(plugin.parseConfig(config).config, 3)].map(([n, t]) => [n, Float32Array.from(t.data as ArrayLike<number>)]));
-const maxAbs = (a: Float32Array, b?: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - (b?.[i] ?? 0))), 0);
 
 async function steps(architecture: string, config: Record<string, unknown>, w0: Map<string, Float32Array>, n: number, o: Partial<EngineOptions>) {
   const e = await createEngine(architecture, config, w0, undefined, { batch: B, context: T, threads: 1, ...o });

@@ -39,6 +39,8 @@ export interface TrainEngine {
   evalLoss(ids: Int32Array): Promise<number>;
   params(): Map<string, Float32Array>;
   moments(): { expAvg: Map<string, Float32Array>; expAvgSq: Map<string, Float32Array> };
+  /** Brings a resident state to the host before params() and moments() (engine.ts); absent: always there. */
+  sync?(): Promise<void>;
   /** Mixed precision's loss scale now (engine.ts; an engine without one trains in fp32). */
   lossScale?(): { scale: number; goodSteps: number };
   release(): Promise<void>;
@@ -613,7 +615,13 @@ const withoutLossScale = ({ lossScale: _s, ...rest }: AdamWState): AdamWState =>
 const lossScaleOf = (engine: TrainEngine, settings: TrainingSettings): Pick<AdamWState, "lossScale"> =>
   settings.precision === "mixed" && engine.lossScale ? { lossScale: engine.lossScale() } : {};
 
-/** The state the engine holds now (`copy`: its arrays copied, for a state that outlives the engine), with the metrics so far. */
+/** snapshotOf, after a resident engine has brought its state to the host. */
+async function snapshot(loop: Loop, copy: boolean): Promise<TrainingState> {
+  await loop.engine.sync?.();
+  return snapshotOf(loop, copy);
+}
+
+/** The state the engine holds now, on the host (`copy`: its arrays copied, for a state that outlives the engine), with the metrics so far. */
 function snapshotOf(loop: Loop, copy: boolean): TrainingState {
   const { state, engine, optimizer, schedule, progress, inputs, settings } = loop;
   const shapes = new Map([...state.params].map(([n, t]) => [n, t.shape]));
@@ -651,7 +659,7 @@ function checkpointsOf(
     },
     async save() {
       if (!saveDir || lastSaved === progress.step) return;
-      await saveTrainingState(saveDir, snapshotOf(loop, false), {
+      await saveTrainingState(saveDir, await snapshot(loop, false), {
         overwrite: true,
         ...(lock ? { lock } : {}),
         ...(o.registry ? { registry: o.registry } : {}),
@@ -664,7 +672,7 @@ function checkpointsOf(
       if (!dir) return;
       // A snapshot is never replaced: a resumed run that passes the same step again keeps the first one.
       if (existsSync(dir)) return;
-      await saveTrainingState(dir, snapshotOf(loop, false), o.registry ? { registry: o.registry } : {});
+      await saveTrainingState(dir, await snapshot(loop, false), o.registry ? { registry: o.registry } : {});
       await callbacks.onSave?.({ step: progress.step, dir });
     },
   };
@@ -843,7 +851,7 @@ async function trainLocked(
     await callbacks.onStart?.({ data: inputs.data, schedule, context: settings.context, batch: settings.batch, setupSeconds });
     interrupted = await runSteps(loop, o, callbacks, lrAt, stepOptions, checkpoints);
     if (loop.tally.losses.length > 0) await checkpoints.save();
-    final = snapshotOf(loop, true);
+    final = await snapshot(loop, true);
   } finally {
     await engine.release();
   }

@@ -2,6 +2,7 @@ import ort from "onnxruntime-node";
 import onnxProto from "onnx-proto";
 import { gpt2, llama, type ArchitecturePlugin } from "@staged/core";
 import { describe, expect, it } from "vitest";
+import { initWeights } from "./testing/weights.js";
 import { dropoutMasks } from "./dropout.js";
 import { createEngine, type Engine } from "./engine.js";
 import { GraphBuilder } from "./graph/builder.js";
@@ -206,7 +207,7 @@ describe("the engine", () => {
     "%s: keyed steps are reproducible; evaluation and gradients() without a key have no dropout",
     async (architecture, plugin, config) => {
       const [c0, c1] = [config(0), config(0.2)];
-      const w = new Map([...plugin.init(plugin.parseConfig(c0).config, 5)].map(([n, t]) => [n, t.f32]));
+      const w = initWeights(plugin, c0, 5);
       const make = (c: Record<string, unknown>, microBatch?: number) =>
         createEngine(architecture, c, w, undefined, { batch: B, context: T, threads: 1, ...(microBatch ? { microBatch } : {}) });
       const [e0, e1, e2] = [await make(c0), await make(c1), await make(c1)];
@@ -274,7 +275,7 @@ describe.each([
     T = 64;
   const batch = (s: number) =>
     Int32Array.from({ length: B * T }, (_, i) => "abcab aab cabba ".charCodeAt((i * 3 + s * 5 + Math.floor(i / 7)) % 16) % 64);
-  const w0 = new Map([...plugin.init(plugin.parseConfig(config).config, 3)].map(([n, t]) => [n, t.f32]));
+  const w0 = initWeights(plugin, config, 3);
   const maxAbs = (a: Float32Array, b?: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - (b?.[i] ?? 0))), 0);
 
   it("weights and moments after 3 steps", async () => {

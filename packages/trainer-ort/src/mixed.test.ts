@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gpt2, initTrainingState, llama, loadTrainingState, type ArchitecturePlugin } from "@staged/core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { initWeights } from "./testing/weights.js";
 import { createEngine, LOSS_SCALE, type EngineOptions } from "./engine.js";
 import { gradients } from "./graph/autodiff.js";
 import { GraphBuilder } from "./graph/builder.js";
@@ -22,8 +23,6 @@ const CASES: [string, ArchitecturePlugin, Record<string, unknown>][] = [
   ["llama", llama, llama.initConfig({ layers: 2, dModel: 64, heads: 4, kvHeads: 2, vocab: 64, context: T }, false)],
 ];
 const batchOf = (s: number) => Int32Array.from({ length: B * T }, (_, i) => (i * 7 + s * 13 + (i >> 3)) % 64);
-const weightsOf = (plugin: ArchitecturePlugin, config: Record<string, unknown>) =>
-  new Map([...plugin.init(plugin.parseConfig(config).config, 3)].map(([n, t]) => [n, Float32Array.from(t.data as ArrayLike<number>)]));
 
 async function steps(architecture: string, config: Record<string, unknown>, w0: Map<string, Float32Array>, n: number, o: Partial<EngineOptions>) {
   const e = await createEngine(architecture, config, w0, undefined, { batch: B, context: T, threads: 1, ...o });
@@ -37,7 +36,7 @@ async function steps(architecture: string, config: Record<string, unknown>, w0: 
 }
 
 describe.each(CASES)("%s, mixed precision", (architecture, plugin, config) => {
-  const w0 = weightsOf(plugin, config);
+  const w0 = initWeights(plugin, config, 3);
 
   it("the matrix products run in float16, forward and backward; norms, softmax and the loss in float32; gradients come out float32", () => {
     const model = modelGraph(architecture);
@@ -118,7 +117,7 @@ describe.each(CASES)("%s, mixed precision", (architecture, plugin, config) => {
 
 describe("the dynamic loss scale", () => {
   const [architecture, plugin, config] = CASES[0]!;
-  const w0 = weightsOf(plugin, config);
+  const w0 = initWeights(plugin, config, 3);
 
   it.each([B, B / 2])(
     "an overflow repeats the step at half the scale until it is finite: the same step as one started at that scale (micro-batch %i)",

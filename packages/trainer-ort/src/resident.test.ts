@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gpt2, initTrainingState, llama, type ArchitecturePlugin } from "@staged/core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { initWeights } from "./testing/weights.js";
 import { createEngine, type EngineOptions } from "./engine.js";
 import { train, type EngineFactory } from "./trainer.js";
 
@@ -18,8 +19,6 @@ const CASES: [string, ArchitecturePlugin, Record<string, unknown>][] = [
   ["llama", llama, llama.initConfig({ layers: 2, dModel: 32, heads: 2, kvHeads: 1, vocab: 64, context: T }, false)],
 ];
 const batchOf = (s: number) => Int32Array.from({ length: B * T }, (_, i) => (i * 5 + s * 11 + (i >> 4)) % 64);
-const weightsOf = (plugin: ArchitecturePlugin, config: Record<string, unknown>) =>
-  new Map([...plugin.init(plugin.parseConfig(config).config, 3)].map(([n, t]) => [n, Float32Array.from(t.data as ArrayLike<number>)]));
 const copy = (m: Map<string, Float32Array>) => new Map([...m].map(([n, d]) => [n, Float32Array.from(d)]));
 
 async function trainWith(architecture: string, config: Record<string, unknown>, w0: Map<string, Float32Array>, o: Partial<EngineOptions>) {
@@ -38,7 +37,7 @@ async function trainWith(architecture: string, config: Record<string, unknown>, 
 }
 
 describe.each(CASES)("%s: resident state on the CPU provider", (architecture, plugin, config) => {
-  const w0 = weightsOf(plugin, config);
+  const w0 = initWeights(plugin, config, 3);
   it.each([
     ["one batch", {}],
     ["micro-batches", { microBatch: B / 4 }],
@@ -58,7 +57,7 @@ describe.each(CASES)("%s: resident state on the CPU provider", (architecture, pl
 
 describe("resident state", () => {
   const [architecture, plugin, config] = CASES[0]!;
-  const w0 = weightsOf(plugin, config);
+  const w0 = initWeights(plugin, config, 3);
 
   it("the weights are read after sync(): before it, one line that says so; the caller's arrays are never written", async () => {
     const given = copy(w0);

@@ -1,5 +1,6 @@
 import { gpt2, llama, type ArchitecturePlugin } from "@staged/core";
 import { describe, expect, it } from "vitest";
+import { initWeights } from "./testing/weights.js";
 import { createEngine } from "./engine.js";
 import onnxProto from "onnx-proto";
 import { adamwDefaults, compileGradient, compileTrainStep } from "./step.js";
@@ -38,7 +39,7 @@ const copy = (m: Map<string, Float32Array>) => new Map([...m].map(([n, d]) => [n
 const maxAbs = (a: Float32Array, b?: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - (b?.[i] ?? 0))), 0);
 
 describe.each(CASES)("%s: the same training at 1, 4 and 8 threads", (architecture, plugin, config) => {
-  const w0 = new Map([...plugin.init(plugin.parseConfig(config).config, 3)].map(([n, t]) => [n, Float32Array.from(t.data as ArrayLike<number>)]));
+  const w0 = initWeights(plugin, config, 3);
 
   async function train(threads: number): Promise<Trained> {
     const e = await createEngine(architecture, config, w0, undefined, { batch: B, context: T, threads });

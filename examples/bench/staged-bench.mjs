@@ -179,8 +179,10 @@ const shape = (m) => ({ layers: m.layers, dModel: m.dModel, heads: m.heads, head
 const model = (m) => ({ ...m, params: nonEmbeddingParams(shape(m)), flopsPerToken: flopsPerToken(shape(m), 128) });
 const fitJson = JSON.parse(await readFile(fitFile, "utf8"));
 const law = chinchillaLaw(fitJson.constants, fitJson.batchTokens);
-// A target needs a half-width model with whole heads (32 dims each) to grow from: 2x32 is a candidate only as a half.
-const growable = (m) => Number.isInteger(m.dModel / 64);
+// A target needs a smaller model to grow from: a half-width one with whole heads (32 dims each), which the ablations
+// found the better start, else a half-depth one (2x32 grows from 1x32 by depth).
+const growthOf = (m) => (Number.isInteger(m.dModel / 64) ? "width" : Number.isInteger(m.layers / 2) ? "depth" : null);
+const growable = (m) => growthOf(m) !== null;
 const sizes = quick ? [gpt2(2, 32), gpt2(2, 64), gpt2(2, 128)] : [gpt2(2, 64), gpt2(2, 128), gpt2(4, 128), gpt2(4, 256)];
 const candidates = sizes.filter(growable).map(model);
 const choice = computeOptimalChoice(law, candidates, budget);
@@ -193,28 +195,30 @@ console.error(
 
 // 3. The runs.
 const half = { width: gpt2(target.layers, target.dModel / 2), depth: gpt2(target.layers / 2, target.dModel) };
-const schedules = [
-  { name: "width", model: half.width, stages: [WIDTH] },
-  ...(quick || target.layers < 2
-    ? []
-    : [
-        { name: "depth", model: half.depth, stages: [{ grow: "depth", at: "auto" }] },
-        { name: "width-depth", model: gpt2(target.layers / 2, target.dModel / 2), stages: [WIDTH, { grow: "depth", at: "auto" }] },
-      ]),
-];
+const DEPTH = { name: "depth", model: half.depth, stages: [{ grow: "depth", at: "auto" }] };
+const byWidth = growthOf(target) === "width";
+const schedules = byWidth
+  ? [
+      { name: "width", model: half.width, stages: [WIDTH] },
+      ...(quick || target.layers < 2
+        ? []
+        : [DEPTH, { name: "width-depth", model: gpt2(target.layers / 2, target.dModel / 2), stages: [WIDTH, { grow: "depth", at: "auto" }] }]),
+    ]
+  : [DEPTH];
 // Ablations of the width schedule (one seed), each changing one choice: the timing (the law's plan, a fixed 25%),
 // and the package defaults the ablation replaced (LR × 1/2, no symmetry breaking).
-const ablations = quick
-  ? []
-  : [
-      { name: "width-plan", stages: [{ ...WIDTH, at: "plan" }] },
-      { name: "width-at-25pct", stages: [{ ...WIDTH, at: { fraction: 0.25 } }] },
-      { name: "width-defaults", stages: [{ grow: "width", at: "auto" }] },
-      // The seed's equal-loss step (issue 17): the grown model continues from the step at which the law's target reaches
-      // its loss. Under the constant LR it changes only the re-warmup's place and the batch order, so it runs over the
-      // benchmark's seeds, to be compared with the width schedule's spread.
-      { name: "width-equal-step", stages: [{ ...WIDTH, continueAt: "law" }], seeds },
-    ];
+const ablations =
+  quick || !byWidth
+    ? []
+    : [
+        { name: "width-plan", stages: [{ ...WIDTH, at: "plan" }] },
+        { name: "width-at-25pct", stages: [{ ...WIDTH, at: { fraction: 0.25 } }] },
+        { name: "width-defaults", stages: [{ grow: "width", at: "auto" }] },
+        // The seed's equal-loss step (issue 17): the grown model continues from the step at which the law's target reaches
+        // its loss. Under the constant LR it changes only the re-warmup's place and the batch order, so it runs over the
+        // benchmark's seeds, to be compared with the width schedule's spread.
+        { name: "width-equal-step", stages: [{ ...WIDTH, continueAt: "law" }], seeds },
+      ];
 // The target from scratch at half the LR: the control of the constant-LR comparisons (a growth that halved the LR
 // lowered a constant-LR loss by itself); with the common cooldown it is only run on request (--groups).
 const lrControl = { name: "scratch-lr-half", model: gpt2(target.layers, target.dModel), stages: [], lr: common.optimizer.lr / 2 };

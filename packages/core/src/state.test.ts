@@ -238,7 +238,7 @@ describe("saveTrainingState", () => {
     [
       "a precision no flag sets",
       (m: Meta) => {
-        (m as Record<string, unknown>).training = { batch: 1, context: 2, evalEvery: 0, evalBlocks: 1, precision: "bf16" };
+        (m as unknown as Record<string, unknown>).training = { batch: 1, context: 2, evalEvery: 0, evalBlocks: 1, precision: "bf16" };
       },
       /training\.precision/,
     ],

@@ -359,6 +359,13 @@ export async function createEngine(
   const scalarOut = (out: ort.InferenceSession.ReturnType, name: string, buffer: ort.Tensor) =>
     ((resident ? out[name]! : buffer).data as Float32Array)[0]!;
   const stateFeeds = (): Feeds => Object.fromEntries(state.cur);
+  /** After an overflow of the scaled gradients: halve the scale (false, unchanged, where it is at LOSS_SCALE.min). */
+  const backOff = (): boolean => {
+    if (scale / 2 < LOSS_SCALE.min) return false;
+    scale /= 2;
+    goodSteps = 0;
+    return true;
+  };
   /** The loss scale input of the mixed-precision graphs (none in fp32). */
   const scaleFeed = (): Feeds => (mixed ? { [names.lossScale]: new ort.Tensor("float32", Float32Array.of(scale), []) } : {});
 
@@ -380,7 +387,8 @@ export async function createEngine(
       gradMasks = dropoutMasks(g.dropout);
       gradSession = await createSession(g.model, trainSess(g.outputs));
       const mk = () => new Map(specs.map((s) => [s.name, f32(new Float32Array(size(s)), s.shape)]));
-      acc = { a: mk(), b: mk(), zero: mk() };
+      // Resident, the running sums are the session's own outputs: only the zeros live on the host.
+      acc = { a: resident ? new Map() : mk(), b: resident ? new Map() : mk(), zero: mk() };
     }
     return gradSession;
   };
@@ -401,7 +409,7 @@ export async function createEngine(
         feeds[names.gradAcc(sp.name)] = src.get(sp.name)!;
       }
       const fetches: Record<string, ort.Tensor | null> = { [names.loss]: lossOut };
-      for (const sp of specs) fetches[names.grad(sp.name)] = dst.get(sp.name)!;
+      if (!resident) for (const sp of specs) fetches[names.grad(sp.name)] = dst.get(sp.name)!;
       const out = await run(s, feeds, fetches);
       loss += scalarOut(out, names.loss, lossOut);
       if (resident) {
@@ -494,11 +502,8 @@ export async function createEngine(
         if (resident && sums) disposeAll(sums.values());
         const gradNorm = scalarOut(out, names.gradNorm, normOut);
         if (mixed && !Number.isFinite(gradNorm) && Number.isFinite(loss)) {
-          if (scale / 2 < LOSS_SCALE.min)
-            throw new Error(`mixed precision: the gradients overflow float16 even at loss scale ${scale} (a diverged model?)`);
+          if (!backOff()) throw new Error(`mixed precision: the gradients overflow float16 even at loss scale ${scale} (a diverged model?)`);
           state.discard(out);
-          scale /= 2;
-          goodSteps = 0;
           continue;
         }
         state.commit(out);
@@ -539,11 +544,7 @@ export async function createEngine(
             return [s.name, k === 1 ? Float32Array.from(src) : src.map((x) => x / k)];
           }),
         );
-        if (mixed && Number.isFinite(loss) && [...grads.values()].some((g) => !g.every(Number.isFinite)) && scale / 2 >= LOSS_SCALE.min) {
-          scale /= 2;
-          goodSteps = 0;
-          continue;
-        }
+        if (mixed && Number.isFinite(loss) && [...grads.values()].some((g) => !g.every(Number.isFinite)) && backOff()) continue;
         return { loss, grads };
       }
     },

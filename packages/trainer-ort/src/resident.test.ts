@@ -41,6 +41,7 @@ describe.each(CASES)("%s: resident state on the CPU provider", (architecture, pl
   it.each([
     ["one batch", {}],
     ["micro-batches", { microBatch: B / 4 }],
+    ["micro-batches at 4 threads", { microBatch: B / 4, threads: 4 }],
     ["mixed precision, an overflow on the way", { precision: "mixed" as const, lossScale: { scale: 2 ** 40, goodSteps: 0 } }],
     ["mixed precision with micro-batches", { precision: "mixed" as const, microBatch: B / 2, lossScale: { scale: 2 ** 40, goodSteps: 0 } }],
   ])(

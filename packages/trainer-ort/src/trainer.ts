@@ -610,10 +610,9 @@ function lrScalesOf(
   };
 }
 
-const withoutLossScale = ({ lossScale: _s, ...rest }: AdamWState): AdamWState => rest;
-/** The loss scale a checkpoint keeps: the engine's in mixed precision, none in fp32. */
-const lossScaleOf = (engine: TrainEngine, settings: TrainingSettings): Pick<AdamWState, "lossScale"> =>
-  settings.precision === "mixed" && engine.lossScale ? { lossScale: engine.lossScale() } : {};
+/** The optimizer a checkpoint keeps: with the engine's loss scale in mixed precision, with none in fp32. */
+const withLossScale = ({ lossScale: _s, ...optimizer }: AdamWState, engine: TrainEngine, settings: TrainingSettings): AdamWState =>
+  settings.precision === "mixed" && engine.lossScale ? { ...optimizer, lossScale: engine.lossScale() } : optimizer;
 
 /** snapshotOf, after a resident engine has brought its state to the host. */
 async function snapshot(loop: Loop, copy: boolean): Promise<TrainingState> {
@@ -634,7 +633,7 @@ function snapshotOf(loop: Loop, copy: boolean): TrainingState {
   return {
     ...plain,
     params: wrap(engine.params()),
-    optimizer: { ...withoutLossScale(optimizer), ...lossScaleOf(engine, settings), expAvg: wrap(mom.expAvg), expAvgSq: wrap(mom.expAvgSq) },
+    optimizer: { ...withLossScale(optimizer, engine, settings), expAvg: wrap(mom.expAvg), expAvgSq: wrap(mom.expAvgSq) },
     schedule: { ...schedule, restarts: [...schedule.restarts] },
     progress: { ...progress, stages: [...progress.stages] },
     tokenizer: inputs.tokenizerSpec,

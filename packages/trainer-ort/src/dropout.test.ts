@@ -7,7 +7,7 @@ import { dropoutMasks } from "./dropout.js";
 import { createEngine, type Engine } from "./engine.js";
 import { GraphBuilder } from "./graph/builder.js";
 import { modelGraph } from "./models/index.js";
-import { adamwDefaults, compileEval, compileGradient, compileTrainStep, names, type DropoutInput } from "./step.js";
+import { adamwDefaults, compileEval, compileGradient, compileTrainStep, idsType, names, type DropoutInput } from "./step.js";
 import { closeness, loadFixture } from "./testing/fixture.js";
 import { FIXTURE_THREADS, idsTensor, paramFeeds, session } from "./testing/graph-checks.js";
 
@@ -33,7 +33,7 @@ function logitsGraph(architecture: string, config: Record<string, unknown>): Uin
       .map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]),
   );
   b.output(
-    modelGraph(architecture).logits(b, config, (n) => pv.get(n)!, b.input(names.ids, "int64", [SHAPE.batch, SHAPE.context])),
+    modelGraph(architecture).logits(b, config, (n) => pv.get(n)!, b.input(names.ids, idsType, [SHAPE.batch, SHAPE.context])),
     "logits",
   );
   return b.serialize();

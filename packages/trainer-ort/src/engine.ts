@@ -4,7 +4,17 @@ import type { ParamSpec, Precision, Registry } from "@staged/core";
 import { GraphBuilder } from "./graph/builder.js";
 import { modelGraph } from "./models/index.js";
 import { dropoutMasks, type DropoutMasks } from "./dropout.js";
-import { adamwDefaults, compileApply, compileEval, compileGradient, compileTrainStep, names, optimizerScalars, type AdamWOptions } from "./step.js";
+import {
+  adamwDefaults,
+  compileApply,
+  compileEval,
+  compileGradient,
+  compileTrainStep,
+  idsType,
+  names,
+  optimizerScalars,
+  type AdamWOptions,
+} from "./step.js";
 
 export interface EngineOptions {
   /** The execution provider (DEVICES; default cpu): cuda and webgpu throw a one-line error when they cannot be used. */
@@ -324,19 +334,19 @@ export async function createEngine(
   };
   const state: StateStore = resident ? new ResidentState(entries, download) : new HostState(entries);
 
-  const idsCache = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
-  /** Validated int64 ids [rows, T] in a reused buffer. */
+  const idsCache = new Map<number, { data: Int32Array; tensor: ort.Tensor }>();
+  /** Validated ids [rows, T] (idsType: int32) in a reused buffer. */
   const idsTensor = (ids: Int32Array | BigInt64Array, offset: number, rows: number): ort.Tensor => {
     let e = idsCache.get(rows);
     if (!e) {
-      const data = new BigInt64Array(rows * T);
-      e = { data, tensor: new ort.Tensor("int64", data, [rows, T]) };
+      const data = new Int32Array(rows * T);
+      e = { data, tensor: new ort.Tensor(idsType, data, [rows, T]) };
       idsCache.set(rows, e);
     }
     for (let i = 0; i < rows * T; i++) {
       const v = Number(ids[offset + i]!);
       if (!(v >= 0 && v < vocab && Number.isInteger(v))) throw new Error(`token id ${v} at ${offset + i} is outside the vocabulary [0, ${vocab})`);
-      e.data[i] = BigInt(v);
+      e.data[i] = v;
     }
     return e.tensor;
   };

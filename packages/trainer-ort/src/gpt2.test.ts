@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { compileEval, names } from "./step.js";
+import { compileEval, idsType, names } from "./step.js";
 import { loadFixture } from "./testing/fixture.js";
 import { expectGradientsMatch, expectLogitsLoss, FIXTURE_THREADS, idsTensor, paramFeeds, session } from "./testing/graph-checks.js";
 import { createRegistry, gpt2 } from "@staged/core";
@@ -46,7 +46,7 @@ it("the GPT-2 forward graph keeps its fused ops: LayerNormalization, one Gemm pe
       .map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]),
   );
   b.output(
-    modelGraph("gpt2").logits(b, fx.config, (n) => pv.get(n)!, b.input(names.ids, "int64", [fx.B, fx.T])),
+    modelGraph("gpt2").logits(b, fx.config, (n) => pv.get(n)!, b.input(names.ids, idsType, [fx.B, fx.T])),
     "logits",
   );
   const ops: Record<string, number> = {};

@@ -29,6 +29,7 @@ export {
 } from "./models/index.js";
 export {
   names,
+  idsType,
   adamwDefaults,
   compileTrainStep,
   compileEval,

@@ -67,6 +67,22 @@ describe("stepPlacement", () => {
   it.skipIf(probe.sessions === null)("on WebGPU: no node of the step on another provider", () => {
     expect(placementFallbacks(probe.sessions!, "webgpu")).toEqual([]);
   });
+  // The other graphs the engine compiles: Llama's, mixed precision's (float16 products), micro-batches' (a gradient
+  // session and an update session), and GPT-2 with dropout (mask inputs).
+  it.skipIf(probe.sessions === null).each([
+    ["llama", "llama", TINY_LLAMA, {}],
+    ["gpt2 mixed", "gpt2", TINY_GPT2, { precision: "mixed" as const }],
+    ["llama mixed, micro-batches", "llama", TINY_LLAMA, { precision: "mixed" as const, microBatch: 1 }],
+    ["gpt2 dropout, micro-batches", "gpt2", { ...TINY_GPT2, resid_pdrop: 0.1, embd_pdrop: 0.1, attn_pdrop: 0.1 }, { microBatch: 1 }],
+  ])(
+    "on WebGPU, %s: every node on the WebGPU provider",
+    async (_label, arch, config, extra) => {
+      const sessions = await stepPlacement(arch, config, { ...shape, device: "webgpu", ...extra });
+      expect(sessions.length).toBe("microBatch" in extra ? 2 : 1);
+      expect(placementFallbacks(sessions, "webgpu")).toEqual([]);
+    },
+    120_000,
+  );
   it.skipIf(probe.sessions !== null)("without an adapter: the engine's one-line error", () => {
     expect(probe.error!.message).toMatch(/^stepPlacement: the engine could not be made: WebGPU execution provider is not available: /);
   });

@@ -58,7 +58,7 @@ export function placementFallbacks(sessions: readonly ProviderPlacement[][], dev
 export async function stepPlacement(
   architecture: string,
   config: Record<string, unknown>,
-  options: Pick<EngineOptions, "batch" | "context" | "device" | "threads" | "microBatch">,
+  options: Pick<EngineOptions, "batch" | "context" | "device" | "threads" | "microBatch" | "precision">,
 ): Promise<ProviderPlacement[][]> {
   // Beside this module in dist; from the sources (vitest), the built one (tests run after the build).
   const beside = fileURLToPath(new URL("./placement-child.js", import.meta.url));

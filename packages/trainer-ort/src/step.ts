@@ -1,7 +1,15 @@
 import type { ParamSpec, Precision, Registry } from "@staged/core";
-import { GraphBuilder, type Value } from "./graph/builder.js";
+import { GraphBuilder, type DType, type Value } from "./graph/builder.js";
 import { gradients } from "./graph/autodiff.js";
 import { modelGraph, type ApplyDropout, type DropoutSite } from "./models/index.js";
+
+/**
+ * The element type of the training graphs' `input_ids` (the inference graphs keep Hugging Face's int64). int32:
+ * onnxruntime's WebGPU provider has no int64 kernels for Slice, Concat, Reshape and Expand, so int64 ids put the
+ * targets' shift and the embedding gradient's [B·T, d] scatter index on the CPU, copied to the GPU every step
+ * (packages/trainer-ort/README.md, "A step the GPU runs whole").
+ */
+export const idsType: DType = "int32";
 
 /** Graph input and output names shared by the compiler and the engine. */
 export const names = {
@@ -195,7 +203,7 @@ function adamw(b: GraphBuilder, specs: ParamSpec[], pv: Map<string, Value>, grad
 }
 
 /**
- * The whole training step: inputs = params, `exp_avg.*`, `exp_avg_sq.*`, `input_ids` int64 [B, T],
+ * The whole training step: inputs = params, `exp_avg.*`, `exp_avg_sq.*`, `input_ids` int32 [B, T],
  * the optimizer's float32 scalars (optimizerScalars), and a `dropout.<site>` mask per dropout site
  * of p > 0 (CompiledGraph.dropout); outputs = `loss`, `grad_norm`, `new.<param>`, `new.exp_avg.<param>`,
  * `new.exp_avg_sq.<param>`.
@@ -226,7 +234,7 @@ function lossAndGradients(
   options: TrainGraphOptions,
 ) {
   const { model, params, b, pv, p } = setup(architecture, config, registry);
-  const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
+  const ids = b.input(names.ids, idsType, [shape.batch, shape.context]);
   const drop = dropoutMasks(b, options.dropout ?? true);
   const mixed = (options.precision ?? "fp32") === "mixed";
   const loss = model.loss(b, config, p, ids, {
@@ -246,7 +254,7 @@ function lossAndGradients(
 /** Loss only: params and `input_ids` → `loss`. */
 export function compileEval(architecture: string, config: Record<string, unknown>, shape: BatchShape, registry?: Registry): CompiledGraph {
   const { model, params, b, p } = setup(architecture, config, registry);
-  const ids = b.input(names.ids, "int64", [shape.batch, shape.context]);
+  const ids = b.input(names.ids, idsType, [shape.batch, shape.context]);
   b.output(model.loss(b, config, p, ids), names.loss);
   return finish(b, params);
 }

@@ -6,7 +6,7 @@ const differentiable = (v: Value) => v.dtype === "float32" || v.dtype === "float
 /**
  * Reverse-mode autodiff: append to `b` the nodes computing d(loss)/d(v) for each v in `wrt`.
  * `seed` is the gradient flowing into `loss` (default: ones, so a scalar loss gets its plain gradient).
- * Only nodes on a path from `wrt` to `loss` are differentiated; a value used several times gets the sum
+ * Only nodes on a path from `wrt` to `loss` are differentiated (a detached node cuts the path); a value used several times gets the sum
  * of its contributions. A `wrt` value the loss does not depend on gets zeros.
  */
 export function gradients(b: GraphBuilder, loss: Value, wrt: readonly Value[], seed?: Value): Value[] {
@@ -15,7 +15,7 @@ export function gradients(b: GraphBuilder, loss: Value, wrt: readonly Value[], s
   b.section = "backward";
   const fromWrt = new Set<Value>(wrt);
   for (const n of nodes) {
-    if (n.inputs.some((v) => v && fromWrt.has(v))) for (const o of n.outputs) if (differentiable(o)) fromWrt.add(o);
+    if (!n.detached && n.inputs.some((v) => v && fromWrt.has(v))) for (const o of n.outputs) if (differentiable(o)) fromWrt.add(o);
   }
   const contributions = new Map<Value, Value[]>();
   const add = (v: Value, g: Value) => {

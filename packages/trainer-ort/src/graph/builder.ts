@@ -53,6 +53,8 @@ export interface Node {
   readonly outputs: readonly Value[];
   readonly attrs: Readonly<Record<string, Attr>>;
   readonly domain?: string;
+  /** Autodiff treats the outputs as constants: no gradient flows back through this node (GraphBuilder.detach). */
+  readonly detached?: true;
 }
 
 /** Values of an initializer; float16 as its bits (Uint16Array). */
@@ -320,17 +322,14 @@ export class GraphBuilder {
   identity(x: Value): Value {
     return this.unary("Identity", x);
   }
-  /** Elementwise sum of same-shaped values (ONNX Sum). */
+  /**
+   * Elementwise sum, as a chain of Adds ((x₀ + x₁) + x₂) + …, with broadcasting. Not ONNX's variadic Sum:
+   * onnxruntime's WebGPU provider has no kernel for it, so it would run on the CPU with copies both ways
+   * (packages/trainer-ort/README.md, "A step the GPU runs whole").
+   */
   sum(xs: readonly Value[]): Value {
-    if (xs.length === 1) return xs[0]!;
-    if (xs.length === 2) return this.add(xs[0]!, xs[1]!);
-    return this.node1(
-      "Sum",
-      [...xs],
-      {},
-      xs[0]!.dtype,
-      xs.slice(1).reduce((s, v) => broadcastShapes(s, v.dims), xs[0]!.dims),
-    );
+    if (xs.length === 0) throw new Error("sum of no values");
+    return xs.slice(1).reduce((s, x) => this.add(s, x), xs[0]!);
   }
   cast(x: Value, to: DType): Value {
     return to === x.dtype ? x : this.node1("Cast", [x], { to: ONNX_TYPE[to] }, to, x.dims);
@@ -379,8 +378,25 @@ export class GraphBuilder {
   softmax(x: Value, axis = -1): Value {
     return this.node1("Softmax", [x], { axis }, x.dtype, x.dims);
   }
+  /**
+   * log Σ exp(x) along `axis` (kept, size 1): m + log Σ exp(x − m) with m the maximum, so nothing overflows. m is
+   * detached: the result does not depend on it (its gradient is exactly zero), so none is computed. Built from
+   * ReduceMax, Sub, Exp, ReduceSum, Log and Add, which every provider has (onnxruntime's WebGPU provider has no
+   * LogSoftmax kernel).
+   */
+  logSumExp(x: Value, axis = -1): Value {
+    const m = this.detach(this.reduceMax(x, [axis]));
+    return this.add(this.log(this.reduceSum(this.exp(this.sub(x, m)), [axis])), m);
+  }
+  /** x − logSumExp(x) along `axis`. */
   logSoftmax(x: Value, axis = -1): Value {
-    return this.node1("LogSoftmax", [x], { axis }, x.dtype, x.dims);
+    return this.sub(x, this.logSumExp(x, axis));
+  }
+  /** The same values, a constant for autodiff (PyTorch's detach): an Identity node that no gradient passes. */
+  detach(x: Value): Value {
+    const out = this.node1("Identity", [x], {}, x.dtype, x.dims);
+    (out.producer as { detached?: true }).detached = true;
+    return out;
   }
 
   /** LayerNormalization over the axes from `axis` on; also returns Mean and InvStdDev (kept dims). */

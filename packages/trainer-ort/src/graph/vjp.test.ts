@@ -85,10 +85,23 @@ describe("VJP rules against central finite differences (float64)", () => {
     await check((b, [x]) => b.neg(x!), [{ shape: [6] }]);
     await check((b, [x]) => b.identity(x!), [{ shape: [6] }]);
   });
-  it("Softmax and LogSoftmax", async () => {
+  it("Softmax; logSumExp and logSoftmax (composites with the max detached), also where exp would overflow", async () => {
     await check((b, [x]) => b.softmax(x!, -1), [{ shape: [2, 3, 4] }]);
     await check((b, [x]) => b.softmax(x!, 1), [{ shape: [2, 3, 4] }]);
     await check((b, [x]) => b.logSoftmax(x!, -1), [{ shape: [3, 5] }]);
+    await check((b, [x]) => b.logSumExp(x!, 0), [{ shape: [3, 5] }]);
+    await check((b, [x]) => b.logSoftmax(x!, -1), [{ shape: [2, 3], values: [800, 801, 799.5, -3, 0.5, 2] }]);
+  });
+  it("detach: the values pass, the gradient does not (d/dx of x·detach(x) is detach(x))", async () => {
+    const b = new GraphBuilder();
+    const x = b.input("x", "float64", [3]);
+    const [g] = gradients(b, b.reduceSum(b.mul(x, b.detach(x)), [0], false), [x]);
+    b.output(g!, "g");
+    const xs = Float64Array.of(0.5, -2, 3);
+    const session = await ort.InferenceSession.create(b.serialize());
+    const out = await session.run({ x: new ort.Tensor("float64", xs, [3]) });
+    expect(Array.from(out.g!.data as Float64Array)).toEqual(Array.from(xs));
+    await session.release();
   });
   it("MatMul: 2-D, 3-D by 2-D weights, batched, broadcast batch", async () => {
     await check((b, [x, y]) => b.matmul(x!, y!), [{ shape: [3, 4] }, { shape: [4, 2] }]);
@@ -129,7 +142,7 @@ describe("VJP rules against central finite differences (float64)", () => {
     await check((b, [x]) => b.pad(x!, [1, 0], [0, 2]), [{ shape: [2, 3] }]);
     await check((b, [x, y]) => b.concat([x!, y!], 1), [{ shape: [2, 2] }, { shape: [2, 3] }]);
   });
-  it("ReduceSum, ReduceMean, ReduceSumSquare, ReduceMax, Sum", async () => {
+  it("ReduceSum, ReduceMean, ReduceSumSquare, ReduceMax, sum (chained Adds, broadcast)", async () => {
     await check((b, [x]) => b.reduceSum(x!, [0, 2], false), [{ shape: [2, 3, 4] }]);
     await check((b, [x]) => b.reduceMean(x!, [1], true), [{ shape: [2, 3, 4] }]);
     await check((b, [x]) => b.reduceSumSquare(x!, [2], false), [{ shape: [2, 3, 4] }]);
@@ -154,9 +167,9 @@ describe("VJP rules against central finite differences (float64)", () => {
       [{ shape: [2, 3, 4] }, { shape: [3, 4] }, { shape: [3, 4] }],
     );
   });
-  it("cross-entropy: LogSoftmax + GatherElements + ReduceMean + Neg", async () => {
+  it("cross-entropy as the decoder's loss writes it: GatherElements − logSumExp, ReduceMean, Neg", async () => {
     await check(
-      (b, [z, t]) => b.neg(b.reduceMean(b.gatherElements(b.logSoftmax(z!, -1), t!, 1), [0, 1], false)),
+      (b, [z, t]) => b.neg(b.reduceMean(b.sub(b.gatherElements(z!, t!, 1), b.logSumExp(z!, -1)), [0, 1], false)),
       [{ shape: [4, 5] }, { shape: [4, 1], int: true, values: [1, 4, 0, 1] }],
     );
   });

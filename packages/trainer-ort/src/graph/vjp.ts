@@ -133,10 +133,6 @@ export const VJP: Record<string, VjpRule> = {
       G = g0(g);
     return [b.mul(Y, b.sub(G, b.reduceSum(b.mul(G, Y), [n.attrs.axis as number])))];
   },
-  LogSoftmax: (b, n, g) => {
-    const G = g0(g);
-    return [b.sub(G, b.mul(b.exp(out(n)), b.reduceSum(G, [n.attrs.axis as number])))];
-  },
   // gelu'(x) = ½(1+t)·(1 + x(1−t)(c + 3ca·x²)) with t = tanh(c(x + a·x³)), recomputed from x so that
   // the forward stays one fused kernel.
   FastGelu: (b, n, g) => {
@@ -164,7 +160,7 @@ export const VJP: Record<string, VjpRule> = {
       I = inp(n, 1);
     const rows = I.size,
       rest = D.shape.slice(1);
-    const index = b.expand(b.reshape(b.cast(I, "int64"), [rows, ...rest.map(() => 1)]), [rows, ...rest]);
+    const index = b.expand(b.reshape(I, [rows, ...rest.map(() => 1)]), [rows, ...rest]); // int32 or int64, as I
     return [b.scatterElements(b.zeros(D.shape, D.dtype), index, b.reshape(g0(g), [rows, ...rest]), 0, "add"), null];
   },
   GatherElements: (b, n, g) => {
@@ -246,5 +242,4 @@ export const VJP: Record<string, VjpRule> = {
       () => unbroadcast(b, b.where(c, z, g0(g)), inp(n, 2).shape),
     ]);
   },
-  Sum: (b, n, g) => n.inputs.map((v) => unbroadcast(b, g0(g), v!.shape)),
 };

@@ -198,10 +198,17 @@ export function decoderGraph(plugin: ArchitecturePlugin): ModelGraph {
       if (T < 2) throw new Error("the loss needs blocks of at least 2 tokens");
       const r = hidden(b, resolveDecoder(plugin, config), p, ids, options.dropout, undefined, options.computeType);
       const logits = b.cast(outputLogits(b, r), "float32"); // [B·T, V]; the log-softmax in float32
-      // Position t predicts token t+1; the last position of each block predicts nothing: its target is a
-      // dummy 0 with weight 0. (Masking costs less than slicing the activations, a strided copy.)
-      const next = b.concat([b.slice(ids, [1], [T], [1]), b.zeros([B, 1], "int64")], 1);
-      const picked = b.gatherElements(b.logSoftmax(logits, 1), b.reshape(next, [B * T, 1]), 1); // [B·T, 1]
+      // Position t predicts token t+1; the last position of each block predicts nothing: its target is the
+      // block's first token with weight 0. (Masking costs less than slicing the activations, a strided copy.) A
+      // Gather, not Slice and Concat: onnxruntime's WebGPU provider slices only floats.
+      const shift = b.constant(
+        Array.from({ length: T }, (_, t) => (t + 1) % T),
+        "int64",
+        [T],
+      );
+      const next = b.gather(ids, shift, 1); // [B, T]
+      // log p(next) = logit(next) − logΣexp(logits): the log-softmax of the picked entries only ([B·T, 1]).
+      const picked = b.sub(b.gatherElements(logits, b.reshape(next, [B * T, 1]), 1), b.logSumExp(logits, 1));
       const weight = new Float32Array(B * T).map((_, i) => (i % T === T - 1 ? 0 : -1 / (B * (T - 1))));
       return b.reduceSum(b.mul(picked, b.initializer("loss_weight", "float32", [B * T, 1], weight)), [0, 1], false);
     },

@@ -4,7 +4,7 @@ import ort from "onnxruntime-node";
 import { expect } from "vitest";
 import { GraphBuilder } from "../graph/builder.js";
 import { modelGraph } from "../models/index.js";
-import { compileGradient, names } from "../step.js";
+import { compileGradient, idsType, names } from "../step.js";
 import { closeness, type Fixture } from "./fixture.js";
 
 /**
@@ -27,7 +27,7 @@ export function paramFeeds(architecture: string, fx: Fixture): Record<string, or
 }
 
 /** Batch `s` of the fixture's ids as the graphs' int64 input. */
-export const idsTensor = (fx: Fixture, s = 0): ort.Tensor => new ort.Tensor("int64", BigInt64Array.from(fx.ids(s), BigInt), [fx.B, fx.T]);
+export const idsTensor = (fx: Fixture, s = 0): ort.Tensor => new ort.Tensor(idsType, Int32Array.from(fx.ids(s)), [fx.B, fx.T]);
 
 /** The gradient graph's loss and every gradient equal the fixture's: loss rtol 1e-5, gradients |Δ| ≤ 1e-6 + 1e-4·|g|. */
 export async function expectGradientsMatch(architecture: string, fx: Fixture, threads = 1): Promise<void> {
@@ -53,7 +53,7 @@ export async function expectLogitsLoss(architecture: string, fx: Fixture, thread
       .params(fx.config)
       .map((sp) => [sp.name, b.input(sp.name, "float32", sp.shape)]),
   );
-  const idv = b.input(names.ids, "int64", [fx.B, fx.T]);
+  const idv = b.input(names.ids, idsType, [fx.B, fx.T]);
   b.output(
     modelGraph(architecture).logits(b, fx.config, (n) => pv.get(n)!, idv),
     "logits",

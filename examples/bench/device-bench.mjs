@@ -12,8 +12,8 @@
 //   4. where onnxruntime places the step's nodes (stepPlacement): the nodes not on the device's provider, named;
 //   5. mixed precision on the device (float16 matrices, float32 state, dynamic loss scale; --no-mixed skips it): the
 //      same steps, tokens/s and the loss against the CPU's fp32 one;
-//   6. the provider's matmul peak (chained 4096³ float32 products through this project's GraphBuilder), and
-//      PyTorch's on the same device.
+//   6. the provider's matmul peak (chained 4096³ products through this project's GraphBuilder: float32 MatMul, float32
+//      Gemm with a transposed weight as in a Linear, float16 MatMul), and PyTorch's on the same device.
 // Prints a Markdown table (stdout) and, with --json <file>, writes every number. Progress lines go to stderr.
 //
 // Usage (after `pnpm build`):
@@ -211,16 +211,26 @@ const results = {
   models: [],
 };
 if (!a["no-peak"]) {
-  log(`matmul peak on ${a.device} (chained ${peakN}³ float32 products)`);
-  results.peak = {
-    ort: await matmulPeak({ device: a.device, threads, n: peakN }).then(
-      ({ output: _o, input: _i, ...r }) => r,
-      (e) => {
-        console.error(`device-bench: matmul peak on ${a.device}: ${e.message}`);
-        return { error: e.message };
-      },
-    ),
-  };
+  // The products a step is made of: MatMul and Gemm with a transposed weight (a Linear) in float32, and MatMul in
+  // float16 (mixed precision's; not on the CPU, which has no float16 kernels and would time casts).
+  const kinds = [
+    { op: "MatMul", dtype: "float32" },
+    { op: "Gemm", dtype: "float32" },
+    ...(a.device === "cpu" || a["no-mixed"] ? [] : [{ op: "MatMul", dtype: "float16" }]),
+  ];
+  results.peak = { ort: [] };
+  for (const k of kinds) {
+    log(`matmul peak on ${a.device}: chained ${peakN}³ ${k.dtype} ${k.op}s`);
+    results.peak.ort.push(
+      await matmulPeak({ device: a.device, threads, n: peakN, ...k }).then(
+        ({ output: _o, input: _i, ...r }) => r,
+        (e) => {
+          console.error(`device-bench: ${k.dtype} ${k.op} peak on ${a.device}: ${e.message}`);
+          return { ...k, error: e.message };
+        },
+      ),
+    );
+  }
   if (!a["no-torch"]) results.peak.torch = torchRun("peak", "peak", {}, { peak: true, n: peakN, threads });
 }
 for (const name of models) {
@@ -292,9 +302,10 @@ for (const r of results.models) {
 }
 if (results.peak) {
   const p = results.peak;
+  const ours = p.ort.map((r) => `${r.dtype} ${r.op} ${r.error ? "failed (stderr)" : `${r.tflops.toPrecision(3)} TFLOP/s`}`).join(", ");
   lines.push(
     "",
-    `Matmul peak (float32, chained ${peakN}³ products): trainer-ort ${a.device} ${p.ort.error ? "failed (stderr)" : `${p.ort.tflops.toPrecision(3)} TFLOP/s`}` +
+    `Matmul peak (chained ${peakN}³ products): trainer-ort ${a.device} ${ours}` +
       (p.torch
         ? `; PyTorch ${p.torch.skipped ? `skipped (${p.torch.skipped})` : `${p.torch.fp32Tflops.toPrecision(3)} fp32 (TF32 off)${p.torch.fp16Tflops ? `, ${p.torch.fp16Tflops.toFixed(1)} fp16` : ""}`}`
         : ""),
@@ -303,4 +314,4 @@ if (results.peak) {
 lines.push("", `${results.seconds.toFixed(0)} s in all on ${results.host.cpus} (${results.host.cores} cores).`);
 console.log(lines.join("\n"));
 if (a.json) writeFileSync(a.json, JSON.stringify(results, null, 2) + "\n");
-if (failed || results.peak?.ort.error) process.exitCode = 1;
+if (failed || results.peak?.ort.some((r) => r.error)) process.exitCode = 1;

@@ -73,6 +73,7 @@ export {
   DTYPE_SIZES,
   HOST_LITTLE_ENDIAN,
   TORCH_NAMES,
+  decodeF16,
   encodeF16,
   firstNonFiniteStored,
   isDType,

@@ -1,6 +1,6 @@
 import os from "node:os";
 import ort from "onnxruntime-node";
-import { Rng } from "@staged/core";
+import { Rng, decodeF16, encodeF16 } from "@staged/core";
 import { GraphBuilder } from "./graph/builder.js";
 import { serializeModel } from "./graph/onnx.js";
 import { createSession, type Device } from "./engine.js";
@@ -15,10 +15,19 @@ export interface MatmulPeakOptions {
   chain?: number;
   /** Timed runs after one untimed warm-up; the best is reported (default 3). */
   reps?: number;
+  /**
+   * The product (default "MatMul"): "Gemm" is x·Aᵀ through Gemm with transB, the form of a Linear layer's weight
+   * (Llama's projections), so that a provider's two kernels can be told apart.
+   */
+  op?: "MatMul" | "Gemm";
+  /** The element type of A and the products (default float32); float16 is what mixed precision's products use. */
+  dtype?: "float32" | "float16";
 }
 
 export interface MatmulPeak {
   device: Device;
+  op: "MatMul" | "Gemm";
+  dtype: "float32" | "float16";
   n: number;
   chain: number;
   /** 2·n³ per product. */
@@ -26,9 +35,9 @@ export interface MatmulPeak {
   /** The best run's wall time. */
   seconds: number;
   tflops: number;
-  /** The chained product A^(chain+1) of the last run (row-major), for a check of the result. */
+  /** The chained product of the last run (row-major; A^(chain+1), or A·(Aᵀ)^chain for Gemm), in float32. */
   output: Float32Array;
-  /** The input A (entries N(0, 1/n), seed 0), so that a reader can check `output`. */
+  /** The input A (entries N(0, 1/n), seed 0; rounded to float16 for that dtype), so that a reader can check `output`. */
   input: Float32Array;
 }
 
@@ -42,27 +51,44 @@ export async function matmulPeak(options: MatmulPeakOptions = {}): Promise<Matmu
   const device = options.device ?? "cpu";
   const n = options.n ?? 4096,
     chain = options.chain ?? 8,
-    reps = options.reps ?? 3;
+    reps = options.reps ?? 3,
+    op = options.op ?? "MatMul",
+    dtype = options.dtype ?? "float32";
   if (!(Number.isInteger(n) && n >= 1 && Number.isInteger(chain) && chain >= 1 && Number.isInteger(reps) && reps >= 1))
     throw new Error(`matmulPeak: n ${n}, chain ${chain} and reps ${reps} must be positive integers`);
   const g = new GraphBuilder();
-  const a = g.input("a", "float32", [n, n]);
+  const a = g.input("a", dtype, [n, n]);
   let x = a;
-  for (let i = 0; i < chain; i++) x = g.matmul(x, a);
+  for (let i = 0; i < chain; i++) x = op === "Gemm" ? g.gemm(x, a, null, { transB: true }) : g.matmul(x, a);
   g.output(x, "y");
   const session = await createSession(serializeModel(g), { device, threads: options.threads ?? os.availableParallelism() });
-  const input = new Rng(0).fillNormal(new Float32Array(n * n), 0, 1 / Math.sqrt(n));
-  const feeds = { a: new ort.Tensor("float32", input, [n, n]) };
+  let input = new Rng(0).fillNormal(new Float32Array(n * n), 0, 1 / Math.sqrt(n));
+  let feed: ort.Tensor;
+  if (dtype === "float16") {
+    const bits = new Uint8Array(n * n * 2);
+    encodeF16(input, bits);
+    input = new Float32Array(n * n);
+    decodeF16(bits, input);
+    feed = new ort.Tensor("float16", new Uint16Array(bits.buffer), [n, n]);
+  } else feed = new ort.Tensor("float32", input, [n, n]);
+  const read = (t: ort.Tensor): Float32Array => {
+    if (dtype === "float32") return t.data as Float32Array;
+    const d = t.data as Uint16Array,
+      out = new Float32Array(d.length);
+    decodeF16(new Uint8Array(d.buffer, d.byteOffset, d.byteLength), out);
+    return out;
+  };
   try {
-    let output = (await session.run(feeds)).y!.data as Float32Array;
+    let output = read((await session.run({ a: feed })).y!);
     let seconds = Infinity;
     for (let r = 0; r < reps; r++) {
       const t0 = performance.now();
-      output = (await session.run(feeds)).y!.data as Float32Array;
+      const y = (await session.run({ a: feed })).y!;
       seconds = Math.min(seconds, (performance.now() - t0) / 1000);
+      output = read(y);
     }
     const flops = chain * 2 * n ** 3;
-    return { device, n, chain, flops, seconds, tflops: flops / seconds / 1e12, output, input };
+    return { device, op, dtype, n, chain, flops, seconds, tflops: flops / seconds / 1e12, output, input };
   } finally {
     await session.release();
   }

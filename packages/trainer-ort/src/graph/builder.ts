@@ -141,6 +141,8 @@ export class GraphBuilder {
   private readonly sources = new Map<string, { value: Value; axis: number }>();
   /** Run-time shape tensors made once (symbolic Reshape targets). */
   private readonly shapeCache = new Map<string, Value>();
+  /** The values made by zeros(). */
+  private readonly zeroValues = new WeakSet<Value>();
   /** Prefix of the names of nodes created from now on (e.g. "forward", "backward"), shown in profiles. */
   section = "n";
 
@@ -226,7 +228,13 @@ export class GraphBuilder {
 
   /** A zero tensor built at run time (Expand of a scalar), so large zeros never sit in the model file. */
   zeros(shape: readonly number[], dtype: DType = "float32"): Value {
-    return this.node1("Expand", [this.scalar(0, dtype), this.ints(shape)], {}, dtype, shape);
+    const z = this.node1("Expand", [this.scalar(0, dtype), this.ints(shape)], {}, dtype, shape);
+    this.zeroValues.add(z);
+    return z;
+  }
+  /** Whether `v` was made by zeros(). */
+  isZeros(v: Value): boolean {
+    return this.zeroValues.has(v);
   }
 
   scalar(x: number, dtype: DType = "float32"): Value {

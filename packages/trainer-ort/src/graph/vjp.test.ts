@@ -155,6 +155,26 @@ describe("VJP rules against central finite differences (float64)", () => {
   it("accumulates gradients of a value used several times", async () => {
     await check((b, [x]) => b.add(b.mul(x!, x!), b.tanh(x!)), [{ shape: [4] }]);
   });
+  it("a scatter-add that writes each element once goes into the other contributions, not into zeros", async () => {
+    // GatherElements with one index per row (the loss's target logit) beside a dense use of the same value.
+    const picked = (b: GraphBuilder, [z, t]: Value[]) => b.sub(b.gatherElements(z!, t!, 1), b.logSumExp(z!, -1));
+    await check(picked, [{ shape: [4, 5] }, { shape: [4, 1], int: true, values: [1, 4, 0, 1] }]);
+    // Gather with repeated rows (an embedding tied to a dense use): left as a scatter into zeros, then added.
+    const tied = (b: GraphBuilder, [w, i]: Value[]) => b.mul(b.gather(w!, i!, 0), b.reduceSum(w!, [0], true));
+    await check(tied, [{ shape: [4, 3] }, { shape: [5], int: true, values: [1, 3, 1, 0, 1] }]);
+    const scattersInto = (build: typeof picked, x: [number, number], i: number[]) => {
+      const b = new GraphBuilder();
+      const v = b.input("x", "float64", x);
+      const [g] = gradients(b, b.reduceSum(build(b, [v, b.input("i", "int64", i)]), [0, 1], false), [v]);
+      b.output(g!, "g");
+      return b
+        .live()
+        .nodes.filter((n) => n.op === "ScatterElements")
+        .map((n) => (b.isZeros(n.inputs[0]!) ? "zeros" : "sum"));
+    };
+    expect(scattersInto(picked, [4, 5], [4, 1])).toEqual(["sum"]);
+    expect(scattersInto(tied, [4, 3], [5])).toEqual(["zeros"]);
+  });
   it("the decoder's composites: RMSNorm, SwiGLU, rotate-half rotary embedding", async () => {
     await check((b, [x, w]) => rmsNorm(b, x!, w!, 1e-6), [{ shape: [2, 3, 5] }, { shape: [5] }]);
     await check((b, [g, u]) => b.mul(silu(b, g!), u!), [{ shape: [3, 4] }, { shape: [3, 4] }]);

@@ -1,6 +1,6 @@
 import os from "node:os";
 import ort from "onnxruntime-node";
-import { Rng, decodeF16, encodeF16 } from "@staged/core";
+import { Rng, f32ToStored, storedToF32 } from "@staged/core";
 import { GraphBuilder } from "./graph/builder.js";
 import { serializeModel } from "./graph/onnx.js";
 import { createSession, type Device } from "./engine.js";
@@ -65,18 +65,14 @@ export async function matmulPeak(options: MatmulPeakOptions = {}): Promise<Matmu
   let input = new Rng(0).fillNormal(new Float32Array(n * n), 0, 1 / Math.sqrt(n));
   let feed: ort.Tensor;
   if (dtype === "float16") {
-    const bits = new Uint8Array(n * n * 2);
-    encodeF16(input, bits);
-    input = new Float32Array(n * n);
-    decodeF16(bits, input);
-    feed = new ort.Tensor("float16", new Uint16Array(bits.buffer), [n, n]);
+    const bits = f32ToStored("F16", input);
+    input = storedToF32("F16", bits);
+    feed = new ort.Tensor("float16", new Uint16Array(bits.buffer, bits.byteOffset, n * n), [n, n]);
   } else feed = new ort.Tensor("float32", input, [n, n]);
   const read = (t: ort.Tensor): Float32Array => {
     if (dtype === "float32") return t.data as Float32Array;
-    const d = t.data as Uint16Array,
-      out = new Float32Array(d.length);
-    decodeF16(new Uint8Array(d.buffer, d.byteOffset, d.byteLength), out);
-    return out;
+    const d = t.data as Uint16Array;
+    return storedToF32("F16", new Uint8Array(d.buffer, d.byteOffset, d.byteLength));
   };
   try {
     let output = read((await session.run({ a: feed })).y!);

@@ -15,7 +15,7 @@ export function gradients(b: GraphBuilder, loss: Value, wrt: readonly Value[], s
   b.section = "backward";
   const fromWrt = new Set<Value>(wrt);
   for (const n of nodes) {
-    if (!n.detached && n.inputs.some((v) => v && fromWrt.has(v))) for (const o of n.outputs) if (differentiable(o)) fromWrt.add(o);
+    if (!b.isDetached(n) && n.inputs.some((v) => v && fromWrt.has(v))) for (const o of n.outputs) if (differentiable(o)) fromWrt.add(o);
   }
   const contributions = new Map<Value, Value[]>();
   const add = (v: Value, g: Value) => {

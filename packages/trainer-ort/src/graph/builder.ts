@@ -53,8 +53,6 @@ export interface Node {
   readonly outputs: readonly Value[];
   readonly attrs: Readonly<Record<string, Attr>>;
   readonly domain?: string;
-  /** Autodiff treats the outputs as constants: no gradient flows back through this node (GraphBuilder.detach). */
-  readonly detached?: true;
 }
 
 /** Values of an initializer; float16 as its bits (Uint16Array). */
@@ -143,6 +141,8 @@ export class GraphBuilder {
   private readonly shapeCache = new Map<string, Value>();
   /** The values made by zeros(). */
   private readonly zeroValues = new WeakSet<Value>();
+  /** The nodes made by detach(): autodiff passes no gradient through them. */
+  private readonly detachedNodes = new WeakSet<Node>();
   /** Prefix of the names of nodes created from now on (e.g. "forward", "backward"), shown in profiles. */
   section = "n";
 
@@ -403,8 +403,12 @@ export class GraphBuilder {
   /** The same values, a constant for autodiff (PyTorch's detach): an Identity node that no gradient passes. */
   detach(x: Value): Value {
     const out = this.node1("Identity", [x], {}, x.dtype, x.dims);
-    (out.producer as { detached?: true }).detached = true;
+    this.detachedNodes.add(out.producer!);
     return out;
+  }
+  /** Whether `n` was made by detach(). */
+  isDetached(n: Node): boolean {
+    return this.detachedNodes.has(n);
   }
 
   /** LayerNormalization over the axes from `axis` on; also returns Mean and InvStdDev (kept dims). */
